@@ -48,7 +48,7 @@ export function printBench(title: string, bench: Bench, itemsPerOp: Record<strin
   console.log(`\n## ${title}`);
   const rows = bench.tasks.map((task) => {
     const r = task.result;
-    if (!r || r.state !== "completed") {
+    if (r?.state !== "completed") {
       const why = r && "error" in r ? String(r.error) : (r?.state ?? "not run");
       throw new Error(`bench task "${task.name}" did not complete: ${why}`);
     }

@@ -1,0 +1,146 @@
+/** Doorbells, adaptive spinning and the spinner cap. */
+import { once } from "node:events";
+import { setTimeout as sleep } from "node:timers/promises";
+import { describe, expect, it } from "vitest";
+import { anyOf, Doorbell } from "../../src/rings/doorbell.js";
+import { AdaptiveSpin, SpinLimiter } from "../../src/rings/spin.js";
+import { InvalidOptionError } from "../../src/util/errors.js";
+import { siblingModule, startWorker } from "../../src/workers/spawn.js";
+
+function flagWaitable() {
+  let set = false;
+  let polls = 0;
+  let arms = 0;
+  return {
+    set: () => {
+      set = true;
+    },
+    get polls() {
+      return polls;
+    },
+    get arms() {
+      return arms;
+    },
+    hasPending: () => {
+      polls++;
+      return set;
+    },
+    armAndCheck: () => {
+      arms++;
+      return set;
+    },
+  };
+}
+
+describe("doorbell", () => {
+  it("wakes a thread parked in Atomics.wait", async () => {
+    const bell = Doorbell.create();
+    const flag = new SharedArrayBuffer(8);
+    const worker = startWorker(siblingModule(import.meta.url, "./bell-waiter-worker"), {
+      workerData: { bell, flag },
+    });
+    const word = new Int32Array(flag);
+    while (Atomics.load(word, 1) === 0) await sleep(1);
+    await sleep(20); // let it reach Atomics.wait
+    Atomics.store(word, 0, 1);
+    new Doorbell(bell).ring();
+    const [msg] = await once(worker, "message");
+    await worker.terminate();
+    expect(msg).toEqual({ outcome: "woken", flag: 1 });
+  });
+
+  it("does not sleep when work arrived between reading the sequence and the final check", () => {
+    const bell = new Doorbell(Doorbell.create());
+    // The peer publishes right as we arm: the final check sees it.
+    const racing = { hasPending: () => false, armAndCheck: () => true };
+    expect(bell.wait(racing, undefined, 1)).toBe("work");
+  });
+
+  it("wakes an async waiter without blocking its event loop", async () => {
+    const bell = new Doorbell(Doorbell.create());
+    const w = flagWaitable();
+    const pending = bell.waitAsync(w);
+    expect(pending).not.toBeNull();
+    let ticked = false;
+    setImmediate(() => {
+      ticked = true;
+      w.set();
+      bell.ring();
+    });
+    expect(await pending).toBe("woken");
+    expect(ticked).toBe(true);
+    expect(w.arms).toBe(1);
+  });
+
+  it("returns null from waitAsync when work is already there (no promise on the hot path)", () => {
+    const bell = new Doorbell(Doorbell.create());
+    const w = flagWaitable();
+    w.set();
+    expect(bell.waitAsync(w, new AdaptiveSpin())).toBeNull();
+  });
+
+  it("times out a blocking wait when nobody rings", () => {
+    const bell = new Doorbell(Doorbell.create());
+    expect(bell.wait(flagWaitable(), undefined, 5)).toBe("timed-out");
+  });
+
+  it("anyOf arms every ring before deciding", () => {
+    const a = flagWaitable();
+    const b = flagWaitable();
+    b.set();
+    expect(anyOf([a, b]).armAndCheck()).toBe(true);
+    expect(a.arms).toBe(1);
+    expect(b.arms).toBe(1);
+  });
+
+  it("validates its buffer offset", () => {
+    expect(() => new Doorbell(Doorbell.create(), 2)).toThrow(InvalidOptionError);
+    expect(() => new Doorbell(Doorbell.create(), 64)).toThrow(InvalidOptionError);
+  });
+});
+
+describe("adaptive spin", () => {
+  it("halves its budget on every fruitless spin down to the minimum, so an idle thread parks cheaply", () => {
+    const spin = new AdaptiveSpin({ minPolls: 16, maxPolls: 1024 });
+    const w = flagWaitable();
+    expect(spin.spin(w)).toBe(false);
+    expect(spin.currentBudget).toBe(512);
+    for (let i = 0; i < 20; i++) spin.spin(w);
+    expect(spin.currentBudget).toBe(16);
+    expect(spin.misses).toBe(21);
+  });
+
+  it("grows its budget when spinning finds work", () => {
+    const spin = new AdaptiveSpin({ minPolls: 0, maxPolls: 4096 });
+    const idle = flagWaitable();
+    for (let i = 0; i < 20; i++) spin.spin(idle);
+    expect(spin.currentBudget).toBe(0);
+    spin.sleptInVain();
+    expect(spin.currentBudget).toBe(64);
+    let calls = 0;
+    const soon = { hasPending: () => ++calls > 10, armAndCheck: () => true };
+    expect(spin.spin(soon)).toBe(true);
+    expect(spin.currentBudget).toBe(128);
+    expect(spin.hits).toBe(1);
+  });
+
+  it("never lets more threads spin than the limiter allows", () => {
+    const limiter = new SpinLimiter(SpinLimiter.create(), 1);
+    expect(limiter.tryEnter()).toBe(true);
+    // Another spinner is active: this one goes straight to sleep instead of burning a core.
+    const spin = new AdaptiveSpin({ maxPolls: 1000, limiter });
+    const w = flagWaitable();
+    expect(spin.spin(w)).toBe(false);
+    expect(w.polls).toBe(1); // the one cheap look before spinning, no spin loop
+    limiter.leave();
+    expect(limiter.spinning).toBe(0);
+    spin.spin(w);
+    expect(w.polls).toBeGreaterThan(100);
+    expect(limiter.spinning).toBe(0);
+  });
+
+  it("validates its options", () => {
+    expect(() => new AdaptiveSpin({ minPolls: -1 })).toThrow(/minPolls/);
+    expect(() => new AdaptiveSpin({ minPolls: 10, maxPolls: 5 })).toThrow(/maxPolls/);
+  });
+});
