@@ -3,6 +3,7 @@
  * the status table, the codec that writes slots, and the parse gate that reads them.
  */
 export * from "./codec.js";
+export * from "./iso.js";
 export * from "./layout.js";
 export * from "./limits.js";
 export * from "./parse.js";

@@ -53,6 +53,15 @@ export const PARSE_REJECTIONS = Object.freeze({
     status: EINVAL,
     meaning: "frame-descriptor offset + number_of_packets × 16 beyond 2^32",
   },
+  "truncated-iso-descriptors": {
+    status: EINVAL,
+    meaning: "copied iso descriptor array shorter than number_of_packets × 16",
+  },
+  "iso-packet-too-long": { status: EMSGSIZE, meaning: "an iso packet longer than MAX_ISO_PACKET_LENGTH" },
+  "iso-packet-outside-buffer": {
+    status: EINVAL,
+    meaning: "an iso packet's offset + length lies beyond buffer_length",
+  },
   "reserved-bytes-nonzero": {
     status: EINVAL,
     meaning: "an octet the request does not use (union padding, unused segment slot) is not zero",

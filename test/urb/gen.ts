@@ -884,3 +884,120 @@ export const INDIRECT_CASE_LABELS: readonly string[] = [
   "truncated-page",
   "count-too-large",
 ];
+
+// ---------------------------------------------------------------- iso frame descriptor arrays
+
+export interface IsoDescriptorCase {
+  readonly label: string;
+  readonly copied: Uint8Array;
+  readonly numberOfPackets: number;
+  readonly bufferLength: number;
+  readonly expected:
+    | { readonly ok: true; readonly packets: readonly { offset: number; length: number }[] }
+    | { readonly ok: false; readonly status: UrbStatus; readonly reason: ParseReason };
+}
+
+const MAX_ISO_PACKET = 3 * 16 * 1024;
+
+/** Valid packets inside a buffer, with garbage in the status/actual_length fields the gate must ignore. */
+const arbIsoArray = fc
+  .record({
+    bufferLength: fc.integer({ min: 0, max: MAX_BUFFER_LENGTH }),
+    count: fc.integer({ min: 1, max: MAX_ISO_PACKETS }),
+  })
+  .chain(({ bufferLength, count }) =>
+    fc.record({
+      bufferLength: fc.constant(bufferLength),
+      packets: fc.array(
+        fc.integer({ min: 0, max: bufferLength }).chain((offset) =>
+          fc.record({
+            offset: fc.constant(offset),
+            length: fc.integer({ min: 0, max: Math.min(MAX_ISO_PACKET, bufferLength - offset) }),
+          }),
+        ),
+        { minLength: count, maxLength: count },
+      ),
+      noise: fc.uint8Array({ minLength: 8, maxLength: 8 }),
+    }),
+  );
+
+function isoArrayBytes(
+  packets: readonly { offset: number; length: number }[],
+  noise: Uint8Array,
+): Uint8Array {
+  const bytes = new Uint8Array(packets.length * 16);
+  packets.forEach((p, i) => {
+    putU32(bytes, i * 16, p.offset);
+    putU32(bytes, i * 16 + 4, p.length);
+    bytes.set(noise, i * 16 + 8);
+  });
+  return bytes;
+}
+
+export const arbIsoDescriptorCase: fc.Arbitrary<IsoDescriptorCase> = fc.oneof(
+  arbIsoArray.map(
+    ({ bufferLength, packets, noise }): IsoDescriptorCase => ({
+      label: "valid",
+      copied: isoArrayBytes(packets, noise),
+      numberOfPackets: packets.length,
+      bufferLength,
+      expected: { ok: true, packets },
+    }),
+  ),
+  arbIsoArray.chain(({ bufferLength, packets, noise }) =>
+    fc
+      .record({
+        i: fc.integer({ min: 0, max: packets.length - 1 }),
+        excess: fc.integer({ min: 1, max: MAX_ISO_PACKET }),
+      })
+      .map(({ i, excess }): IsoDescriptorCase => {
+        const copied = isoArrayBytes(packets, noise);
+        // Push packet i past the end of the buffer while keeping its length legal.
+        const length = Math.min(packets[i]!.length, MAX_ISO_PACKET);
+        putU32(copied, i * 16, bufferLength - length + excess);
+        return {
+          label: "packet-outside-buffer",
+          copied,
+          numberOfPackets: packets.length,
+          bufferLength,
+          expected: { ok: false, status: EINVAL, reason: "iso-packet-outside-buffer" },
+        };
+      }),
+  ),
+  arbIsoArray.chain(({ bufferLength, packets, noise }) =>
+    fc
+      .record({
+        i: fc.integer({ min: 0, max: packets.length - 1 }),
+        length: fc.integer({ min: MAX_ISO_PACKET + 1, max: U32_MAX }),
+      })
+      .map(({ i, length }): IsoDescriptorCase => {
+        const copied = isoArrayBytes(packets, noise);
+        putU32(copied, i * 16 + 4, length);
+        return {
+          label: "packet-too-long",
+          copied,
+          numberOfPackets: packets.length,
+          bufferLength,
+          expected: { ok: false, status: EMSGSIZE, reason: "iso-packet-too-long" },
+        };
+      }),
+  ),
+  arbIsoArray.chain(({ bufferLength, packets, noise }) =>
+    fc.integer({ min: 0, max: packets.length * 16 - 1 }).map(
+      (size): IsoDescriptorCase => ({
+        label: "truncated",
+        copied: isoArrayBytes(packets, noise).subarray(0, size),
+        numberOfPackets: packets.length,
+        bufferLength,
+        expected: { ok: false, status: EINVAL, reason: "truncated-iso-descriptors" },
+      }),
+    ),
+  ),
+);
+
+export const ISO_DESCRIPTOR_CASE_LABELS: readonly string[] = [
+  "valid",
+  "packet-outside-buffer",
+  "packet-too-long",
+  "truncated",
+];
