@@ -44,7 +44,7 @@ import {
   URB_SLOT_SIZE,
 } from "./layout.js";
 import { MAX_INDIRECT_SEGMENTS, MAX_INLINE_SEGMENTS } from "./limits.js";
-import { encodePipe } from "./pipe.js";
+import { pipeWord } from "./pipe.js";
 import { statusFromPeer } from "./status.js";
 import type { Segment, UrbRequest, UrbResponse } from "./types.js";
 import { transferTypeOf } from "./types.js";
@@ -85,14 +85,7 @@ export function encodeRequest(req: UrbRequest, target: Uint8Array, offset = 0): 
   writeU32(
     target,
     offset + kReqPipe,
-    encodePipe({
-      port: req.port,
-      unlink: req.kind === "unlink",
-      direction: req.direction,
-      device: req.device,
-      endpoint: req.endpoint,
-      type: transferTypeOf(req),
-    }),
+    pipeWord(req.port, req.kind === "unlink", req.direction, req.device, req.endpoint, transferTypeOf(req)),
   );
   writeU16(target, offset + kReqTransferFlags, transferFlagsOf(req));
 

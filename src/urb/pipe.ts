@@ -74,17 +74,32 @@ export function pipeReservedBits(pipe: number): number {
   return (pipe & PIPE_RESERVED_MASK) >>> 0;
 }
 
-/** Pack a pipe into its u32 word. Each field is masked to its width so one cannot spill into another. */
-export function encodePipe(pipe: Pipe): number {
+/**
+ * Pack pipe fields into the u32 word, from scalars so the request encoder allocates nothing. Each field
+ * is masked to its width so one cannot spill into another.
+ */
+export function pipeWord(
+  port: number,
+  unlink: boolean,
+  direction: Direction,
+  device: number,
+  endpoint: number,
+  type: TransferType,
+): number {
   return (
-    ((pipe.port & PORT_MASK) |
-      (pipe.unlink ? UNLINK_BIT : 0) |
-      (pipe.direction === Direction.In ? DIR_IN_BIT : 0) |
-      ((pipe.device & DEVADDR_MASK) << DEVADDR_SHIFT) |
-      ((pipe.endpoint & ENDPOINT_MASK) << ENDPOINT_SHIFT) |
-      ((pipe.type & TYPE_MASK) << TYPE_SHIFT)) >>>
+    ((port & PORT_MASK) |
+      (unlink ? UNLINK_BIT : 0) |
+      (direction === Direction.In ? DIR_IN_BIT : 0) |
+      ((device & DEVADDR_MASK) << DEVADDR_SHIFT) |
+      ((endpoint & ENDPOINT_MASK) << ENDPOINT_SHIFT) |
+      ((type & TYPE_MASK) << TYPE_SHIFT)) >>>
     0
   );
+}
+
+/** Pack a `Pipe` into its u32 word (fields masked to their widths, see `pipeWord`). */
+export function encodePipe(pipe: Pipe): number {
+  return pipeWord(pipe.port, pipe.unlink, pipe.direction, pipe.device, pipe.endpoint, pipe.type);
 }
 
 /**
