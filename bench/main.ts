@@ -2,14 +2,16 @@
  * `npm run bench [-- --quick]`: every suite in one process, one machine
  * header, tables side by side.
  */
+import { grantSuite } from "./grant.js";
 import { machineHeader, type SuiteOptions } from "./harness.js";
+import { ringSuite } from "./ring.js";
 
 interface Suite {
   readonly name: string;
   run(opts: SuiteOptions): Promise<unknown>;
 }
 
-const suites: Suite[] = [];
+const suites: Suite[] = [ringSuite, grantSuite];
 
 async function main(): Promise<void> {
   const quick = process.argv.includes("--quick");

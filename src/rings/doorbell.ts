@@ -13,6 +13,7 @@
  * is hot. Threads that need their event loop (libusb completions, the VMM's
  * main thread) use waitAsync, never wait.
  */
+import { performance } from "node:perf_hooks";
 import { InvalidOptionError } from "../util/errors.js";
 import type { AdaptiveSpin } from "./spin.js";
 
@@ -86,8 +87,11 @@ export class Doorbell {
       spin?.sleptInVain();
       return "work";
     }
+    const slept = performance.now();
     const r = Atomics.wait(this.word, this.index, seq, timeoutMs);
-    return r === "timed-out" ? "timed-out" : "woken";
+    if (r === "timed-out") return "timed-out";
+    spin?.woke(performance.now() - slept);
+    return "woken";
   }
 
   /**
@@ -106,6 +110,11 @@ export class Doorbell {
     }
     const r = Atomics.waitAsync(this.word, this.index, seq);
     if (!r.async) return null; // the word moved between the load and the wait: work is there
-    return r.value.then((v) => (v === "timed-out" ? "timed-out" : "woken"));
+    const slept = performance.now();
+    return r.value.then((v) => {
+      if (v === "timed-out") return "timed-out";
+      spin?.woke(performance.now() - slept);
+      return "woken";
+    });
   }
 }

@@ -100,27 +100,36 @@ describe("doorbell", () => {
 });
 
 describe("adaptive spin", () => {
-  it("halves its budget on every fruitless spin down to the minimum, so an idle thread parks cheaply", () => {
-    const spin = new AdaptiveSpin({ minPolls: 16, maxPolls: 1024 });
+  it("halves its budget on every fruitless spin and then parks at once, so an idle thread costs nothing", () => {
+    const spin = new AdaptiveSpin({ maxSpinMicros: 8 });
     const w = flagWaitable();
     expect(spin.spin(w)).toBe(false);
-    expect(spin.currentBudget).toBe(512);
-    for (let i = 0; i < 20; i++) spin.spin(w);
-    expect(spin.currentBudget).toBe(16);
-    expect(spin.misses).toBe(21);
+    expect(spin.currentBudgetMicros).toBe(4);
+    spin.spin(w);
+    spin.spin(w);
+    spin.spin(w); // 4 → 2 → 1 → below 1 µs: zero
+    expect(spin.currentBudgetMicros).toBe(0);
+    const before = w.polls;
+    expect(spin.spin(w)).toBe(false);
+    expect(w.polls - before).toBe(1); // one look, no spinning
+    expect(spin.misses).toBe(4);
   });
 
-  it("grows its budget when spinning finds work", () => {
-    const spin = new AdaptiveSpin({ minPolls: 0, maxPolls: 4096 });
+  it("spins again after a sleep shorter than its maximum, and stays at the maximum while spins find work", () => {
+    const spin = new AdaptiveSpin({ maxSpinMicros: 100 });
     const idle = flagWaitable();
-    for (let i = 0; i < 20; i++) spin.spin(idle);
-    expect(spin.currentBudget).toBe(0);
+    for (let i = 0; i < 10; i++) spin.spin(idle);
+    expect(spin.currentBudgetMicros).toBe(0);
+    spin.woke(50); // a 50 ms sleep: spinning would not have helped
+    expect(spin.currentBudgetMicros).toBe(0);
+    spin.woke(0.01); // woken after 10 µs: a spin would have caught it
+    expect(spin.currentBudgetMicros).toBe(2);
     spin.sleptInVain();
-    expect(spin.currentBudget).toBe(64);
+    expect(spin.currentBudgetMicros).toBe(4);
     let calls = 0;
     const soon = { hasPending: () => ++calls > 10, armAndCheck: () => true };
     expect(spin.spin(soon)).toBe(true);
-    expect(spin.currentBudget).toBe(128);
+    expect(spin.currentBudgetMicros).toBe(100);
     expect(spin.hits).toBe(1);
   });
 
@@ -128,7 +137,7 @@ describe("adaptive spin", () => {
     const limiter = new SpinLimiter(SpinLimiter.create(), 1);
     expect(limiter.tryEnter()).toBe(true);
     // Another spinner is active: this one goes straight to sleep instead of burning a core.
-    const spin = new AdaptiveSpin({ maxPolls: 1000, limiter });
+    const spin = new AdaptiveSpin({ maxSpinMicros: 200, limiter });
     const w = flagWaitable();
     expect(spin.spin(w)).toBe(false);
     expect(w.polls).toBe(1); // the one cheap look before spinning, no spin loop
@@ -140,7 +149,7 @@ describe("adaptive spin", () => {
   });
 
   it("validates its options", () => {
-    expect(() => new AdaptiveSpin({ minPolls: -1 })).toThrow(/minPolls/);
-    expect(() => new AdaptiveSpin({ minPolls: 10, maxPolls: 5 })).toThrow(/maxPolls/);
+    expect(() => new AdaptiveSpin({ maxSpinMicros: -1 })).toThrow(/maxSpinMicros/);
+    expect(() => new AdaptiveSpin({ maxSpinMicros: Number.NaN })).toThrow(/maxSpinMicros/);
   });
 });
