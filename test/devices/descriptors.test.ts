@@ -1,0 +1,156 @@
+/** The descriptor builder: lengths, totals, per-speed endpoint encodings, strings and spec validation. */
+import { describe, expect, it } from "vitest";
+import {
+  buildDescriptors,
+  DescriptorType,
+  type DeviceSpec,
+  decodeStringDescriptor,
+  hidDescriptor,
+  stringDescriptor,
+  walkDescriptors,
+} from "../../src/devices/emulated/descriptors.js";
+import { UsbSpeed } from "../../src/rings/conn-ring.js";
+import { InvalidOptionError } from "../../src/util/errors.js";
+
+const u16 = (b: Uint8Array, at: number) => b[at]! | (b[at + 1]! << 8);
+
+const spec: DeviceSpec = {
+  deviceClass: 0,
+  deviceSubClass: 0,
+  deviceProtocol: 0,
+  vendorId: 0x1209,
+  productId: 0x0001,
+  bcdDevice: 0x0100,
+  manufacturer: "usbvirt",
+  product: "test",
+  serialNumber: "0123456789AB",
+  dualSpeed: true,
+  configurations: [
+    {
+      configurationValue: 1,
+      name: "cfg",
+      selfPowered: true,
+      interfaces: [
+        {
+          interfaceNumber: 0,
+          alternates: [
+            {
+              alternateSetting: 0,
+              interfaceClass: 3,
+              interfaceSubClass: 0,
+              interfaceProtocol: 0,
+              classDescriptors: [hidDescriptor(63)],
+              endpoints: [
+                { address: 0x81, type: "bulk" },
+                { address: 0x02, type: "interrupt", maxPacketSize: 8, intervalMs: 10 },
+              ],
+            },
+            {
+              alternateSetting: 1,
+              interfaceClass: 0xff,
+              interfaceSubClass: 0,
+              interfaceProtocol: 0,
+              endpoints: [{ address: 0x83, type: "isochronous", maxPacketSize: { full: 1023, high: 1024 } }],
+            },
+          ],
+        },
+      ],
+    },
+  ],
+};
+
+describe("buildDescriptors", () => {
+  it("walks cleanly with wTotalLength, bNumInterfaces and bNumEndpoints matching the set", () => {
+    for (const speed of [UsbSpeed.FULL, UsbSpeed.HIGH]) {
+      const d = buildDescriptors(spec, speed);
+      const set = d.configurations[0]!;
+      const { entries, error } = walkDescriptors(set);
+      expect(error).toBeNull();
+      expect(u16(set, 2)).toBe(set.length);
+      expect(set[4]).toBe(1);
+      expect(entries.map((e) => e.type)).toEqual([
+        DescriptorType.CONFIGURATION,
+        DescriptorType.INTERFACE,
+        DescriptorType.HID,
+        DescriptorType.ENDPOINT,
+        DescriptorType.ENDPOINT,
+        DescriptorType.INTERFACE,
+        DescriptorType.ENDPOINT,
+      ]);
+      expect(set[entries[1]!.offset + 4]).toBe(2);
+      expect(set[entries[5]!.offset + 4]).toBe(1);
+      expect(set[7]).toBe(0xc0); // reserved bit + self-powered
+    }
+  });
+
+  it("encodes bulk 64/512 and interrupt/iso bInterval per speed", () => {
+    const fs = buildDescriptors(spec, UsbSpeed.FULL).layout[0]!.interfaces[0]!.alternates;
+    const hs = buildDescriptors(spec, UsbSpeed.HIGH).layout[0]!.interfaces[0]!.alternates;
+    expect(fs[0]!.endpoints[0]!.maxPacketSize).toBe(64);
+    expect(hs[0]!.endpoints[0]!.maxPacketSize).toBe(512);
+    expect(fs[0]!.endpoints[1]!.intervalMs).toBe(10);
+    expect(hs[0]!.endpoints[1]!.intervalMs).toBe(8); // 2^(7-1) microframes
+    expect(fs[1]!.endpoints[0]!.maxPacketSize).toBe(1023);
+    expect(hs[1]!.endpoints[0]!.maxPacketSize).toBe(1024);
+    const hsSet = buildDescriptors(spec, UsbSpeed.HIGH).configurations[0]!;
+    const eps = walkDescriptors(hsSet).entries.filter((e) => e.type === DescriptorType.ENDPOINT);
+    expect(hsSet[eps[1]!.offset + 6]).toBe(7);
+  });
+
+  it("builds device_qualifier and other_speed_configuration for a dual-speed device", () => {
+    const d = buildDescriptors(spec, UsbSpeed.HIGH);
+    expect(d.deviceQualifier).toEqual(Uint8Array.from([10, 6, 0x00, 0x02, 0, 0, 0, 64, 1, 0]));
+    const other = d.otherSpeedConfigurations![0]!;
+    expect(other[1]).toBe(DescriptorType.OTHER_SPEED_CONFIGURATION);
+    const eps = walkDescriptors(other).entries.filter((e) => e.type === DescriptorType.ENDPOINT);
+    expect(u16(other, eps[0]!.offset + 4)).toBe(64);
+    const single = buildDescriptors({ ...spec, dualSpeed: false }, UsbSpeed.FULL);
+    expect(single.deviceQualifier).toBeNull();
+    expect(single.otherSpeedConfigurations).toBeNull();
+  });
+
+  it("assigns string indices and encodes UTF-16LE with LANGID 0x0409 at index 0", () => {
+    const d = buildDescriptors(spec, UsbSpeed.FULL);
+    expect(d.strings.get(0)).toEqual(Uint8Array.from([4, 3, 0x09, 0x04]));
+    expect(decodeStringDescriptor(d.strings.get(d.device[14]!)!)).toBe("usbvirt");
+    expect(decodeStringDescriptor(d.strings.get(d.device[15]!)!)).toBe("test");
+    expect(decodeStringDescriptor(d.strings.get(d.device[16]!)!)).toBe("0123456789AB");
+    expect(decodeStringDescriptor(d.strings.get(d.configurations[0]![6]!)!)).toBe("cfg");
+    expect(stringDescriptor("é")).toEqual(Uint8Array.from([4, 3, 0xe9, 0x00]));
+  });
+
+  it("rejects impossible specs eagerly", () => {
+    const bad = (patch: Partial<DeviceSpec>) => () => buildDescriptors({ ...spec, ...patch }, UsbSpeed.HIGH);
+    expect(bad({ vendorId: 0x10000 })).toThrow(InvalidOptionError);
+    expect(bad({ configurations: [] })).toThrow(InvalidOptionError);
+    expect(() => stringDescriptor("x".repeat(200))).toThrow(InvalidOptionError);
+    expect(() => buildDescriptors(spec, UsbSpeed.LOW)).toThrow(InvalidOptionError);
+    const badEp: DeviceSpec = {
+      ...spec,
+      configurations: [
+        {
+          configurationValue: 1,
+          interfaces: [
+            {
+              interfaceNumber: 0,
+              alternates: [
+                {
+                  alternateSetting: 0,
+                  interfaceClass: 0xff,
+                  interfaceSubClass: 0,
+                  interfaceProtocol: 0,
+                  endpoints: [{ address: 0x81, type: "bulk", maxPacketSize: 128 }],
+                },
+              ],
+            },
+          ],
+        },
+      ],
+    };
+    expect(() => buildDescriptors(badEp, UsbSpeed.FULL)).toThrow(InvalidOptionError);
+  });
+
+  it("walkDescriptors reports a zero bLength instead of looping", () => {
+    expect(walkDescriptors(Uint8Array.from([9, 2, 0, 0, 0, 0, 0, 0, 0, 0, 4])).error).toMatch(/bLength 0/);
+  });
+});
