@@ -240,6 +240,23 @@ export class GrantTableOwner {
     return false;
   }
 
+  /**
+   * End access to `ref` even while the backend still has it mapped, and put
+   * the ref back on the free list. Returns the map count that was discarded.
+   * ONLY for a backend known to be dead (its worker terminated, or cut off
+   * after a protocol fault): a dead backend's map counts can never drop, so
+   * tryRevoke would refuse forever. Never call it while a live backend may
+   * still use the grant: it could then write memory the guest has reused.
+   */
+  forceRevoke(ref: GrantRef): number {
+    this.#assertGranted(ref, "force-revoke");
+    // Seq-cst exchange: any later map attempt sees PERMIT clear and fails.
+    const status = Atomics.exchange(this.#words, entryWord(ref, kStatus), 0);
+    this.#granted[ref] = 0;
+    this.#free[this.#freeTop++] = ref;
+    return mapCountOf(status);
+  }
+
   /** Live backend mappings of a granted ref (0 when none). */
   mapCount(ref: GrantRef): number {
     this.#assertGranted(ref, "read the map count of");
