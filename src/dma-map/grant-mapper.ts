@@ -135,6 +135,29 @@ export class GrantMapper {
   }
 
   /**
+   * Like map(), but without making a view: on OK the pinned bytes are at
+   * `pinnedRegion` / `pinnedRegionOffset` until the next call. For a caller
+   * that hands the location to another thread (the port workers build their
+   * own views over the same SharedArrayBuffers).
+   */
+  pin(ref: GrantRef, domid: DomId, access: GrantAccess, offset: number, length: number): GrantFaultCode {
+    const fault = this.#pin(ref, domid, access, offset, length);
+    if (fault !== GrantFault.OK) this.stats.faults++;
+    else this.stats.maps++;
+    return fault;
+  }
+
+  /** Region of the last successful pin(). */
+  get pinnedRegion(): number {
+    return this.#pinnedRegion;
+  }
+
+  /** Byte offset in that region of the last successful pin(). */
+  get pinnedRegionOffset(): number {
+    return this.#pinnedRegionOffset;
+  }
+
+  /**
    * Drop one mapping of `ref`. Returns OK, NOT_MAPPED when the grant has no
    * mapping (a double unmap: nothing changes, the count never underflows),
    * REF_OUT_OF_RANGE, or BUSY if the entry kept changing under us.

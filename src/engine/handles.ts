@@ -40,7 +40,7 @@ export interface ControllerHandles {
   readonly scratchFrames: number;
 }
 
-export interface ControllerOptions {
+export interface HandlesOptions {
   /** Root-hub ports (default 8). */
   readonly ports?: number;
   /**
@@ -54,7 +54,7 @@ export interface ControllerOptions {
   readonly scratchFrames?: number;
 }
 
-export function createControllerHandles(options: ControllerOptions = {}): ControllerHandles {
+export function createControllerHandles(options: HandlesOptions = {}): ControllerHandles {
   const ports = options.ports ?? 8;
   if (!Number.isInteger(ports) || ports < 1 || ports > 31) {
     throw new InvalidOptionError(`options.ports must be an integer in [1, 31], got ${String(ports)}`);

@@ -1,0 +1,517 @@
+/**
+ * The backend of one connection (usbback; QEMU hw/usb/xen-usb.c is the model):
+ * consumes the URB ring, copies and parses each request at the one gate,
+ * routes it by port and device address, virtualises SET_ADDRESS, pins the
+ * guest's grants, hands the transfer to the port's worker, and answers when
+ * the port worker completes it. It trusts nothing from the frontend: a bad
+ * request gets an error response, an impossible ring state latches a fault
+ * and stops this connection only, and a failing port fails only its URBs.
+ *
+ * Unlink contract (exactly one completion per URB): if the target is in
+ * flight, its own completion (with -ECONNRESET if the cancel won, its real
+ * status otherwise) is answered first, then the unlink with 0; an unlink
+ * whose target is not in flight is answered -ENOENT.
+ */
+import { GrantMapper } from "../dma-map/grant-mapper.js";
+import { GuestMemory } from "../dma-map/guest-memory.js";
+import type { DomId, GrantRef } from "../dma-map/types.js";
+import type { ControllerHandles } from "../engine/handles.js";
+import { URB_RING_GEOMETRY } from "../engine/handles.js";
+import { isPortReset, isSetAddress } from "../port/intercept.js";
+import {
+  PORT_FLAG_ISO_ASAP,
+  PORT_FLAG_SHORT_NOT_OK,
+  PORT_FLAG_ZERO_PACKET,
+  PORT_SLOT_SIZE,
+  portResponseId,
+  writePortCancel,
+  writePortIso,
+  writePortSegment,
+  writePortSubmit,
+} from "../port/port-wire.js";
+import { BackRing } from "../rings/back-ring.js";
+import { ConnBack, type ConnEvent, UsbSpeed } from "../rings/conn-ring.js";
+import { anyOf, Doorbell, type Waitable } from "../rings/doorbell.js";
+import { RingFault, ringFaultMessage } from "../rings/faults.js";
+import { readS32, readU32 } from "../urb/bytes.js";
+import { encodeResponse } from "../urb/codec.js";
+import { parseIsoPacketDescriptors } from "../urb/iso.js";
+import { ISO_FRAME_DESCRIPTOR_SIZE, SEGMENT_SIZE } from "../urb/layout.js";
+import { parseIndirectSegments, parseRequest } from "../urb/parse.js";
+import { ECONNRESET, EINVAL, ENODEV, ENOENT, ENOMEM, ESHUTDOWN, OK, type UrbStatus } from "../urb/status.js";
+import {
+  type DataUrb,
+  Direction,
+  type Segment,
+  TransferType,
+  type UnlinkUrb,
+  type UrbId,
+} from "../urb/types.js";
+import type { InFlightUrb, PortLink } from "./port-link.js";
+
+export interface PortStatsSnapshot {
+  urbs: number;
+  bytes: number;
+  errors: number;
+}
+
+export interface BackendStats {
+  requests: number;
+  responses: number;
+  rejected: number;
+  unlinks: number;
+  setAddress: number;
+  grantFaults: number;
+  inFlight: number;
+  ringFault: number;
+  ports: Record<number, PortStatsSnapshot>;
+}
+
+export type BackendEvent =
+  | { readonly type: "ring-fault"; readonly fault: number; readonly message: string }
+  | { readonly type: "port-failed"; readonly port: number; readonly reason: string };
+
+interface PortState {
+  link: PortLink | null;
+  /** The device's address as the guest set it (SET_ADDRESS is virtualised here). */
+  address: number;
+  stats: PortStatsSnapshot;
+}
+
+const TRANSFER_TYPE_BY_KIND = {
+  control: TransferType.Control,
+  bulk: TransferType.Bulk,
+  interrupt: TransferType.Interrupt,
+  iso: TransferType.Isochronous,
+} as const;
+
+export class UsbBackend implements Waitable {
+  private readonly urbRing: BackRing;
+  private readonly conn: ConnBack;
+  private readonly frontendBell: Doorbell;
+  readonly bell: Doorbell;
+  private readonly mapper: GrantMapper;
+  private readonly memory: GuestMemory;
+  private readonly domid: DomId;
+  private readonly ports: PortState[];
+  private readonly inFlight = new Map<number, InFlightUrb>();
+  private readonly connQueue: ConnEvent[] = [];
+  private readonly copy = new Uint8Array(URB_RING_GEOMETRY.slotSize);
+  private readonly portCopy = new Uint8Array(PORT_SLOT_SIZE);
+  private readonly pageCopy = new Uint8Array(4096);
+  private faultReported = false;
+  private readonly listeners: ((e: BackendEvent) => void)[] = [];
+  readonly stats: BackendStats = {
+    requests: 0,
+    responses: 0,
+    rejected: 0,
+    unlinks: 0,
+    setAddress: 0,
+    grantFaults: 0,
+    inFlight: 0,
+    ringFault: 0,
+    ports: {},
+  };
+
+  constructor(readonly handles: ControllerHandles) {
+    this.urbRing = new BackRing(handles.urbRing, URB_RING_GEOMETRY);
+    this.conn = new ConnBack(handles.connRing);
+    this.frontendBell = new Doorbell(handles.frontendBell);
+    this.bell = new Doorbell(handles.backendBell);
+    this.memory = new GuestMemory({ regions: handles.memory });
+    this.mapper = new GrantMapper({ table: handles.grantTable, memory: this.memory });
+    this.domid = handles.backendDomid as DomId;
+    this.ports = [];
+    for (let p = 0; p <= handles.ports; p++) {
+      this.ports.push({ link: null, address: 0, stats: { urbs: 0, bytes: 0, errors: 0 } });
+    }
+  }
+
+  onEvent(listener: (e: BackendEvent) => void): void {
+    this.listeners.push(listener);
+  }
+
+  private emit(e: BackendEvent): void {
+    for (const l of this.listeners) l(e);
+  }
+
+  get ringFault(): number {
+    return this.urbRing.fault;
+  }
+
+  portLink(port: number): PortLink | null {
+    return this.ports[port]?.link ?? null;
+  }
+
+  /** Links of attached ports, for waiting on their completions. */
+  get links(): PortLink[] {
+    const out: PortLink[] = [];
+    for (const p of this.ports) if (p.link !== null) out.push(p.link);
+    return out;
+  }
+
+  // --- Waitable: the backend sleeps on one doorbell for the URB ring, the port rings and the conn ring.
+  hasPending(): boolean {
+    if (this.urbRing.hasPending()) return true;
+    for (const p of this.ports) if (p.link?.front.hasPending()) return true;
+    return this.connQueue.length > 0 && this.conn.ring.unconsumedRequests() > 0;
+  }
+
+  armAndCheck(): boolean {
+    const rings: Waitable[] = [this.urbRing];
+    for (const p of this.ports) if (p.link !== null) rings.push(p.link.front);
+    if (this.connQueue.length > 0) rings.push(this.conn.ring);
+    return anyOf(rings).armAndCheck();
+  }
+
+  /** One pass: port completions, then new requests, then queued port events. Returns the work done. */
+  poll(): number {
+    let work = 0;
+    for (const p of this.ports) if (p.link !== null) work += this.drainPort(p.link);
+    while (this.urbRing.takeRequest(this.copy)) {
+      work++;
+      this.stats.requests++;
+      this.handleRequest();
+    }
+    if (this.urbRing.fault !== RingFault.NONE && !this.faultReported) {
+      this.faultReported = true;
+      this.stats.ringFault = this.urbRing.fault;
+      this.emit({
+        type: "ring-fault",
+        fault: this.urbRing.fault,
+        message: ringFaultMessage(this.urbRing.fault),
+      });
+    }
+    this.flushConn();
+    if (this.urbRing.pushResponses()) this.frontendBell.ring();
+    this.stats.inFlight = this.inFlight.size;
+    return work;
+  }
+
+  private respond(id: number, status: number, actualLength = 0, startFrame = 0, errorCount = 0): void {
+    encodeResponse(
+      { id: id as UrbId, status: status as UrbStatus, actualLength, startFrame, errorCount },
+      this.urbRing.responseSlot(),
+    );
+    this.urbRing.commitResponse();
+    this.stats.responses++;
+  }
+
+  private reject(id: number, status: UrbStatus): void {
+    this.stats.rejected++;
+    this.respond(id, status);
+  }
+
+  private handleRequest(): void {
+    const parsed = parseRequest(this.copy);
+    if (!parsed.ok) {
+      // Only a slot shorter than an id has no id to answer; the URB ring's slots never are.
+      this.reject(parsed.id ?? 0, parsed.status);
+      return;
+    }
+    const req = parsed.req;
+    if (this.inFlight.has(req.id)) {
+      this.reject(req.id, EINVAL); // ids must be unique in flight, or unlink would be ambiguous
+      return;
+    }
+    if (req.kind === "unlink") {
+      this.handleUnlink(req);
+      return;
+    }
+    const port = req.port <= this.handles.ports ? this.ports[req.port]! : null;
+    if (port === null || port.link === null || port.link.closing) {
+      this.reject(req.id, ENODEV);
+      return;
+    }
+    if (req.kind === "control" && isSetAddress(req.setup)) {
+      this.setAddress(port, req.id, req.device, req.setup.wValue);
+      return;
+    }
+    const reset = req.kind === "control" && isPortReset(req.setup);
+    if (!reset && req.device !== port.address) {
+      this.reject(req.id, ENODEV);
+      return;
+    }
+    this.forward(port.link, req, reset);
+  }
+
+  private setAddress(port: PortState, id: number, device: number, value: number): void {
+    this.stats.setAddress++;
+    if (device !== port.address) this.reject(id, ENODEV);
+    else if (value < 1 || value > 127) this.reject(id, EINVAL);
+    else {
+      port.address = value;
+      this.respond(id, OK);
+    }
+  }
+
+  private unpin(pins: readonly number[]): void {
+    for (const ref of pins) this.mapper.unmap(ref as GrantRef);
+  }
+
+  /** Pin one guest segment; on success append it to the port slot. */
+  private pinSegment(slot: Uint8Array, index: number, seg: Segment, write: boolean, pins: number[]): boolean {
+    const fault = this.mapper.pin(seg.ref, this.domid, write ? "write" : "read", seg.offset, seg.length);
+    if (fault !== 0) {
+      this.stats.grantFaults++;
+      return false;
+    }
+    pins.push(seg.ref);
+    writePortSegment(slot, index, this.mapper.pinnedRegion, this.mapper.pinnedRegionOffset, seg.length);
+    return true;
+  }
+
+  private forward(link: PortLink, req: DataUrb, reset: boolean): void {
+    const slot = link.front.requestSlot();
+    const portId = slot === null ? -1 : link.ids.allocate();
+    if (slot === null || portId < 0) {
+      // Cannot happen while the URB ring bounds what is in flight (see port-wire.ts); answer, never drop.
+      this.reject(req.id, ENOMEM);
+      return;
+    }
+    const pins: number[] = [];
+    const write = req.direction === Direction.In;
+    let flags = req.shortNotOk ? PORT_FLAG_SHORT_NOT_OK : 0;
+    if ((req.kind === "bulk" || req.kind === "interrupt") && req.zeroPacket) flags |= PORT_FLAG_ZERO_PACKET;
+    if (req.kind === "iso" && req.isoAsap) flags |= PORT_FLAG_ISO_ASAP;
+    writePortSubmit(
+      slot,
+      portId,
+      TRANSFER_TYPE_BY_KIND[req.kind],
+      req.endpoint,
+      write,
+      flags,
+      req.bufferLength,
+      req.kind === "control" ? req.setup : null,
+      req.kind === "interrupt" || req.kind === "iso" ? req.interval : 0,
+    );
+    let status: UrbStatus = OK;
+    const segments = this.segmentsOf(req);
+    if (segments === null) status = EINVAL;
+    else if (typeof segments === "number") status = segments as UrbStatus;
+    else {
+      for (let i = 0; i < segments.length; i++) {
+        if (!this.pinSegment(slot, i, segments[i]!, write, pins)) {
+          status = EINVAL;
+          break;
+        }
+      }
+    }
+    if (status === OK && req.kind === "iso") status = this.pinIsoDescriptors(slot, req, pins);
+    if (status !== OK) {
+      link.ids.complete(portId);
+      this.unpin(pins);
+      this.reject(req.id, status);
+      return;
+    }
+    link.front.commitRequest();
+    const urb: InFlightUrb = {
+      frontId: req.id,
+      port: link.port,
+      portId,
+      bufferLength: req.bufferLength,
+      pins,
+      unlinkWaiters: null,
+      cancelSent: false,
+      isPortReset: reset,
+    };
+    link.byPortId[portId] = urb;
+    this.inFlight.set(req.id, urb);
+    if (link.front.pushRequests()) link.bell.ring();
+  }
+
+  /** The request's data segments, or a status when the indirect page is bad. */
+  private segmentsOf(req: DataUrb): readonly Segment[] | number | null {
+    const b = req.buffer;
+    if (b.kind === "none") return [];
+    if (b.kind === "inline") return b.segments;
+    // Indirect: pin the page, copy it (the guest may rewrite it), unpin, then parse the copy.
+    const length = b.count * SEGMENT_SIZE;
+    const view = this.mapper.map(b.page.ref, this.domid, "read", b.page.offset, length);
+    if (typeof view === "number") {
+      this.stats.grantFaults++;
+      return EINVAL;
+    }
+    const copy = this.pageCopy.subarray(0, length);
+    copy.set(view);
+    this.mapper.unmap(b.page.ref);
+    const parsed = parseIndirectSegments(copy, b.count, req.bufferLength);
+    return parsed.ok ? parsed.segments : parsed.status;
+  }
+
+  private pinIsoDescriptors(
+    slot: Uint8Array,
+    req: Extract<DataUrb, { kind: "iso" }>,
+    pins: number[],
+  ): UrbStatus {
+    const d = req.frameDescriptors;
+    const length = req.numberOfPackets * ISO_FRAME_DESCRIPTOR_SIZE;
+    const fault = this.mapper.pin(d.ref, this.domid, "write", d.offset, length);
+    if (fault !== 0) {
+      this.stats.grantFaults++;
+      return EINVAL;
+    }
+    pins.push(d.ref);
+    const region = this.mapper.pinnedRegion;
+    const offset = this.mapper.pinnedRegionOffset;
+    // Check a copy; the port worker re-checks each packet against the buffer when it reads the live array.
+    const copy = new Uint8Array(length);
+    copy.set(new Uint8Array(this.memory.regions[region]!, offset, length));
+    const parsed = parseIsoPacketDescriptors(copy, req.numberOfPackets, req.bufferLength);
+    if (!parsed.ok) return parsed.status;
+    writePortIso(slot, req.numberOfPackets, region, offset, req.startFrame);
+    return OK;
+  }
+
+  private handleUnlink(req: UnlinkUrb): void {
+    this.stats.unlinks++;
+    const target = this.inFlight.get(req.unlinkId);
+    // Only a transfer on the same port can be unlinked (not another unlink: those have no port-ring id).
+    if (target === undefined || target.port !== req.port || target.portId < 0) {
+      this.reject(req.id, ENOENT);
+      return;
+    }
+    const link = this.ports[target.port]?.link ?? null;
+    if (link === null) {
+      this.reject(req.id, ENOENT);
+      return;
+    }
+    // The unlink itself is in flight until its target completes (its id is taken meanwhile).
+    const unlink: InFlightUrb = {
+      frontId: req.id,
+      port: target.port,
+      portId: -1,
+      bufferLength: 0,
+      pins: [],
+      unlinkWaiters: null,
+      cancelSent: false,
+      isPortReset: false,
+    };
+    this.inFlight.set(req.id, unlink);
+    if (target.unlinkWaiters === null) target.unlinkWaiters = [req.id];
+    else target.unlinkWaiters.push(req.id);
+    if (!target.cancelSent && target.portId >= 0) {
+      const slot = link.front.requestSlot();
+      const cancelId = slot === null ? -1 : link.ids.allocate();
+      if (slot !== null && cancelId >= 0) {
+        target.cancelSent = true;
+        writePortCancel(slot, cancelId, target.portId);
+        link.front.commitRequest();
+        link.byPortId[cancelId] = null;
+        if (link.front.pushRequests()) link.bell.ring();
+      }
+      // No room for the cancel: the target completes on its own; the unlink is answered then.
+    }
+  }
+
+  /** Take the port worker's answers. */
+  private drainPort(link: PortLink): number {
+    let n = 0;
+    while (link.front.takeResponse(this.portCopy)) {
+      n++;
+      const portId = portResponseId(this.portCopy);
+      const urb = link.byPortId[portId];
+      link.byPortId[portId] = null;
+      if (urb === null || urb === undefined) continue; // a cancel's own answer
+      this.completeUrb(
+        urb,
+        readS32(this.portCopy, 4),
+        readU32(this.portCopy, 8),
+        readU32(this.portCopy, 12),
+        readU32(this.portCopy, 16),
+      );
+    }
+    if (link.front.fault !== RingFault.NONE)
+      this.failPort(link.port, `port ring fault: ${ringFaultMessage(link.front.fault)}`);
+    return n;
+  }
+
+  private completeUrb(
+    urb: InFlightUrb,
+    status: number,
+    actual: number,
+    startFrame: number,
+    errorCount: number,
+  ): void {
+    this.unpin(urb.pins);
+    this.inFlight.delete(urb.frontId);
+    const port = this.ports[urb.port]!;
+    const clamped = Math.min(actual, urb.bufferLength);
+    port.stats.urbs++;
+    port.stats.bytes += clamped;
+    if (status !== OK && status !== ECONNRESET) port.stats.errors++;
+    this.respond(urb.frontId, status, clamped, startFrame, errorCount);
+    if (urb.isPortReset && status === OK && port.link !== null) {
+      port.address = 0;
+      this.connQueue.push({ port: urb.port, speed: port.link.summary.speed });
+    }
+    if (urb.unlinkWaiters !== null) {
+      for (const id of urb.unlinkWaiters) {
+        this.inFlight.delete(id);
+        this.respond(id, OK);
+      }
+    }
+  }
+
+  private flushConn(): void {
+    let sent = 0;
+    while (this.connQueue.length > 0 && this.conn.postEvent(this.connQueue[0]!)) {
+      this.connQueue.shift();
+      sent++;
+    }
+    if (sent > 0 && this.conn.push()) this.frontendBell.ring();
+  }
+
+  /** A port worker is ready: the port is connected. */
+  attachLink(link: PortLink): void {
+    const port = this.ports[link.port]!;
+    if (port.link !== null) throw new Error(`port ${link.port} already has a device`);
+    port.link = link;
+    port.address = 0;
+    this.connQueue.push({ port: link.port, speed: link.summary.speed });
+    this.flushConn();
+    this.bell.ring();
+  }
+
+  /**
+   * The port's worker is gone or must go: every URB on it completes with
+   * `status` (-ESHUTDOWN after a crash), its grants are released, and the
+   * frontend sees a disconnect. Other ports are untouched.
+   */
+  failPort(portNumber: number, reason: string, status: UrbStatus = ESHUTDOWN): PortLink | null {
+    const port = this.ports[portNumber];
+    const link = port?.link ?? null;
+    if (port === undefined || link === null) return null;
+    port.link = null;
+    port.address = 0;
+    for (const urb of [...this.inFlight.values()]) {
+      if (urb.port !== portNumber || urb.portId < 0) continue;
+      this.completeUrb(urb, status, 0, 0, 0);
+    }
+    // Unlinks whose target already went above; anything left on this port is answered too.
+    for (const urb of [...this.inFlight.values()]) {
+      if (urb.port === portNumber) {
+        this.inFlight.delete(urb.frontId);
+        this.respond(urb.frontId, urb.portId < 0 ? OK : status);
+      }
+    }
+    this.connQueue.push({ port: portNumber, speed: UsbSpeed.NONE });
+    this.flushConn();
+    if (this.urbRing.pushResponses()) this.frontendBell.ring();
+    if (reason !== "detached") this.emit({ type: "port-failed", port: portNumber, reason });
+    return link;
+  }
+
+  /** Statistics with per-port figures. */
+  snapshot(): BackendStats {
+    const ports: Record<number, PortStatsSnapshot> = {};
+    for (let p = 1; p < this.ports.length; p++) ports[p] = { ...this.ports[p]!.stats };
+    return { ...this.stats, inFlight: this.inFlight.size, ports };
+  }
+
+  /** Mark everything in flight as failed (backend shutting down). */
+  shutdown(): void {
+    for (let p = 1; p < this.ports.length; p++)
+      if (this.ports[p]!.link !== null) this.failPort(p, "detached");
+  }
+}

@@ -1,0 +1,238 @@
+/**
+ * The control plane of one connection (the xenbus / xl analogue): allocates
+ * the shared parts, spawns the backend worker, drives the connection state
+ * machine (Initialising → InitWait → Initialised → Connected → Closing →
+ * Closed, xenbus numbering), attaches and detaches devices on ports while
+ * traffic runs, restarts a lost backend, and reports statistics. All of it
+ * goes over comlink; the data plane never does.
+ *
+ * By default the connection also builds the frontend (VirtualHostController)
+ * on the calling thread. A VMM that runs its frontend on its own
+ * device-model thread passes `frontend: false`, posts `handles` there, and
+ * forwards the 'backend-lost' / 'backend-ready' events to it.
+ */
+import { EventEmitter } from "node:events";
+import { MessageChannel, type Worker } from "node:worker_threads";
+import type { BackendEvent } from "../backend/backend.js";
+import type { DeviceSummary } from "../backend/port-link.js";
+import { type DeviceSpec, describeSpec } from "../devices/spec.js";
+import { VirtualHostController } from "../frontend/index.js";
+import type { ControllerOptions as FrontendOptions } from "../frontend/types.js";
+import { UsbvirtError } from "../util/errors.js";
+import { connect, disconnect, type Remote } from "../util/rpc.js";
+import type { BackendApi, BackendWorkerData } from "../workers/backend-worker.js";
+import { siblingModule, startWorker } from "../workers/spawn.js";
+import { type ControllerHandles, createControllerHandles, type HandlesOptions } from "./handles.js";
+
+/** xenbus states (xen/include/public/io/xenbus.h). */
+export const ConnectionState = {
+  Initialising: 1,
+  InitWait: 2,
+  Initialised: 3,
+  Connected: 4,
+  Closing: 5,
+  Closed: 6,
+} as const;
+export type ConnectionState = (typeof ConnectionState)[keyof typeof ConnectionState];
+
+export function connectionStateName(s: ConnectionState): string {
+  return Object.entries(ConnectionState).find(([, v]) => v === s)?.[0] ?? `unknown(${s})`;
+}
+
+export interface ConnectionOptions extends HandlesOptions {
+  /** Build the frontend on this thread (default true). */
+  readonly frontend?: boolean;
+  readonly frontendOptions?: FrontendOptions;
+  /** Restart a backend worker that died or cut the connection off (default true). */
+  readonly restartBackend?: boolean;
+  /** Most automatic restarts before the connection gives up and closes (default 5). */
+  readonly maxRestarts?: number;
+  /** A port worker whose event loop stalls this long is declared hung (default 5000 ms). */
+  readonly hungPortMs?: number;
+}
+
+export class ConnectionError extends UsbvirtError {}
+
+interface BackendHandle {
+  readonly worker: Worker;
+  readonly api: Remote<BackendApi>;
+  readonly events: import("node:worker_threads").MessagePort;
+  exited: boolean;
+}
+
+export class Connection extends EventEmitter {
+  readonly handles: ControllerHandles;
+  readonly frontend: VirtualHostController | null;
+  private stateValue: ConnectionState = ConnectionState.Initialising;
+  private backend: BackendHandle | null = null;
+  /** What each port should have: re-attached after a backend restart. */
+  private readonly wanted = new Map<number, DeviceSpec>();
+  private restarts = 0;
+  private restarting: Promise<void> | null = null;
+
+  private constructor(
+    private readonly options: ConnectionOptions,
+    handles: ControllerHandles,
+  ) {
+    super();
+    this.handles = handles;
+    this.frontend =
+      options.frontend === false ? null : new VirtualHostController(handles, options.frontendOptions);
+  }
+
+  /** Create the connection and bring it to Connected. */
+  static async create(options: ConnectionOptions = {}): Promise<Connection> {
+    const c = new Connection(options, createControllerHandles(options));
+    await c.startBackend();
+    c.frontend?.start();
+    return c;
+  }
+
+  get state(): ConnectionState {
+    return this.stateValue;
+  }
+
+  private setState(s: ConnectionState): void {
+    this.stateValue = s;
+    this.emit("state", s);
+  }
+
+  private async startBackend(): Promise<void> {
+    this.setState(ConnectionState.InitWait);
+    const control = new MessageChannel();
+    const events = new MessageChannel();
+    const data: BackendWorkerData = {
+      handles: this.handles,
+      control: control.port2,
+      events: events.port2,
+      ...(this.options.hungPortMs !== undefined ? { hungPortMs: this.options.hungPortMs } : {}),
+    };
+    const worker = startWorker(siblingModule(import.meta.url, "../workers/backend-worker"), {
+      workerData: data,
+      transferList: [control.port2, events.port2],
+    });
+    const handle: BackendHandle = {
+      worker,
+      api: connect<BackendApi>(control.port1),
+      events: events.port1,
+      exited: false,
+    };
+    this.backend = handle;
+    events.port1.on("message", (e: BackendEvent) => this.onBackendEvent(handle, e));
+    worker.on("error", (err) => this.emit("log", `backend worker error: ${String(err)}`));
+    worker.on("exit", (code) => {
+      handle.exited = true;
+      if (this.backend === handle && this.stateValue === ConnectionState.Connected) {
+        void this.recover(`backend worker exited (code ${code})`);
+      }
+    });
+    // The backend answers once its comlink endpoint is up: the typed READY of this protocol.
+    await handle.api.stats();
+    this.setState(ConnectionState.Initialised);
+    this.setState(ConnectionState.Connected);
+  }
+
+  private onBackendEvent(handle: BackendHandle, e: BackendEvent): void {
+    if (handle !== this.backend) return;
+    if (e.type === "port-failed") {
+      this.wanted.delete(e.port);
+      this.emit("port-failed", e.port, e.reason);
+    } else if (e.type === "ring-fault") {
+      this.emit("log", `frontend broke the ring protocol: ${e.message}; cutting the connection off`);
+      void this.recover(`ring fault: ${e.message}`);
+    }
+  }
+
+  /** The backend is gone or cut off: fail everything in flight, start a new one, re-attach. */
+  private recover(reason: string): Promise<void> {
+    this.restarting ??= (async () => {
+      const old = this.backend;
+      this.backend = null;
+      if (old !== null) {
+        disconnect(old.api);
+        old.events.close();
+        if (!old.exited) await old.worker.terminate();
+      }
+      this.frontend?.backendLost({ cause: "control-plane", message: reason });
+      this.emit("backend-lost", reason);
+      if (this.options.restartBackend === false || ++this.restarts > (this.options.maxRestarts ?? 5)) {
+        this.setState(ConnectionState.Closed);
+        return;
+      }
+      await this.startBackend();
+      this.frontend?.backendReady();
+      this.emit("backend-ready");
+      for (const [port, spec] of this.wanted) {
+        await this.requireBackend()
+          .api.attach(port, spec)
+          .catch((err: unknown) => {
+            this.wanted.delete(port);
+            this.emit("log", `re-attach of ${describeSpec(spec)} on port ${port} failed: ${String(err)}`);
+          });
+      }
+    })().finally(() => {
+      this.restarting = null;
+    });
+    return this.restarting;
+  }
+
+  /** Kill the backend worker and bring up a new one (fault injection, or an operator's restart). */
+  async restartBackend(): Promise<void> {
+    await this.recover("backend restarted by the control plane");
+  }
+
+  private requireBackend(): BackendHandle {
+    if (this.backend === null || this.stateValue !== ConnectionState.Connected) {
+      throw new ConnectionError(
+        "ERR_USBVIRT_NOT_CONNECTED",
+        `connection is ${connectionStateName(this.stateValue)}, not Connected`,
+      );
+    }
+    return this.backend;
+  }
+
+  /** Put a device on a port; resolves once the port worker has opened it and the frontend is told. */
+  async attach(port: number, spec: DeviceSpec): Promise<DeviceSummary> {
+    const summary = await this.requireBackend().api.attach(port, spec);
+    this.wanted.set(port, spec);
+    return summary;
+  }
+
+  async detach(port: number): Promise<void> {
+    this.wanted.delete(port);
+    await this.requireBackend().api.detach(port);
+  }
+
+  /** Call a device's command (e.g. the keyboard's `pressKeys`). */
+  async deviceCommand(port: number, method: string, ...args: unknown[]): Promise<unknown> {
+    return await this.requireBackend().api.deviceCommand(port, method, args);
+  }
+
+  /** Fault injection: end the port's worker abruptly. */
+  async killPort(port: number): Promise<void> {
+    await this.requireBackend().api.killPort(port);
+  }
+
+  async stats(): Promise<Awaited<ReturnType<BackendApi["stats"]>> & { frontend: unknown }> {
+    const backend = await this.requireBackend().api.stats();
+    return { ...backend, frontend: this.frontend?.stats() ?? null };
+  }
+
+  /** Detach every device, stop the backend and the frontend. */
+  async close(): Promise<void> {
+    if (this.stateValue === ConnectionState.Closed) return;
+    await this.restarting;
+    this.setState(ConnectionState.Closing);
+    const b = this.backend;
+    this.backend = null;
+    if (b !== null) {
+      await b.api.close().catch(() => undefined);
+      disconnect(b.api);
+      b.events.close();
+      await b.worker.terminate();
+    }
+    this.frontend?.backendLost({ cause: "control-plane", message: "connection closed" });
+    await this.frontend?.stop();
+    this.setState(ConnectionState.Closed);
+  }
+}

@@ -1,0 +1,277 @@
+/**
+ * A small guest USB core on top of the virtual host controller: what a guest
+ * kernel does with a root-hub port (wait for connect, reset, enumerate with
+ * GET_DESCRIPTOR / SET_ADDRESS / SET_CONFIGURATION) and convenience calls for
+ * control, bulk and interrupt transfers with buffers in guest memory. The
+ * example, the end-to-end tests and the benches drive the engine through it,
+ * exactly as a VMM's guest would (STYLE: one guest-side mock for all of them).
+ */
+import { GuestMemory } from "../dma-map/guest-memory.js";
+import { FRAME_SIZE, type GuestFrame } from "../dma-map/types.js";
+import type { ControllerHandles } from "../engine/handles.js";
+import type { VirtualHostController } from "../frontend/index.js";
+import type { UrbCompletion } from "../frontend/types.js";
+import { describeStatus, OK, type UrbStatus } from "../urb/status.js";
+import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
+import { UsbvirtError } from "../util/errors.js";
+import { GuestBufferAllocator, type GuestRange } from "./guest-memory-allocator.js";
+
+export const USB_DT_DEVICE = 1;
+export const USB_DT_CONFIG = 2;
+export const USB_DT_STRING = 3;
+export const USB_DT_INTERFACE = 4;
+export const USB_DT_ENDPOINT = 5;
+
+export class GuestTransferError extends UsbvirtError {
+  constructor(
+    readonly what: string,
+    readonly status: UrbStatus,
+  ) {
+    super("ERR_USBVIRT_GUEST_TRANSFER", `${what} failed: ${describeStatus(status)}`);
+  }
+}
+
+export interface EndpointInfo {
+  readonly address: number;
+  readonly attributes: number;
+  readonly maxPacketSize: number;
+  readonly interval: number;
+}
+
+export interface InterfaceInfo {
+  readonly number: number;
+  readonly alternate: number;
+  readonly cls: number;
+  readonly subclass: number;
+  readonly protocol: number;
+  readonly endpoints: EndpointInfo[];
+}
+
+export interface EnumeratedDevice {
+  readonly port: PortNum;
+  readonly address: DevAddr;
+  readonly vendorId: number;
+  readonly productId: number;
+  readonly deviceClass: number;
+  readonly maxPacketSize0: number;
+  readonly configurationValue: number;
+  readonly interfaces: InterfaceInfo[];
+  readonly product: string;
+}
+
+/** Walk a configuration descriptor set into interfaces and endpoints (bounded by its length). */
+export function parseConfiguration(bytes: Uint8Array): { value: number; interfaces: InterfaceInfo[] } {
+  const interfaces: InterfaceInfo[] = [];
+  let at = 0;
+  let current: InterfaceInfo | null = null;
+  while (at + 2 <= bytes.length) {
+    const len = bytes[at]!;
+    const type = bytes[at + 1]!;
+    if (len < 2 || at + len > bytes.length) throw new Error(`malformed descriptor at offset ${at}`);
+    if (type === USB_DT_INTERFACE) {
+      current = {
+        number: bytes[at + 2]!,
+        alternate: bytes[at + 3]!,
+        cls: bytes[at + 5]!,
+        subclass: bytes[at + 6]!,
+        protocol: bytes[at + 7]!,
+        endpoints: [],
+      };
+      interfaces.push(current);
+    } else if (type === USB_DT_ENDPOINT && current !== null) {
+      current.endpoints.push({
+        address: bytes[at + 2]!,
+        attributes: bytes[at + 3]!,
+        maxPacketSize: bytes[at + 4]! | (bytes[at + 5]! << 8),
+        interval: bytes[at + 6]!,
+      });
+    }
+    at += len;
+  }
+  return { value: bytes[5] ?? 0, interfaces };
+}
+
+export class GuestUsbDriver {
+  readonly memory: GuestMemory;
+  readonly buffers: GuestBufferAllocator;
+
+  constructor(
+    readonly hcd: VirtualHostController,
+    handles: ControllerHandles,
+  ) {
+    this.memory = new GuestMemory({ regions: handles.memory });
+    // Everything below the frontend's scratch frames is the guest's to use.
+    this.buffers = new GuestBufferAllocator(FRAME_SIZE, handles.scratchFirstFrame * FRAME_SIZE);
+  }
+
+  /** The bytes of a guest range, to fill or read. */
+  bytes(range: GuestRange): Uint8Array {
+    const frame = Math.floor(range.offset / FRAME_SIZE) as GuestFrame;
+    const view = this.memory.tryFrameView(frame, range.offset % FRAME_SIZE, range.length);
+    if (view === undefined) throw new Error(`guest range at ${range.offset} is outside guest memory`);
+    return view;
+  }
+
+  /** Resolve once `port` reports a connected device (or reject after `timeoutMs`). */
+  async waitForConnect(port: PortNum, timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.hcd.portStatus(port).connected) {
+      if (Date.now() > deadline) throw new Error(`no device connected on port ${port} after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  }
+
+  async submitChecked(
+    what: string,
+    urb: Parameters<VirtualHostController["submit"]>[0],
+  ): Promise<UrbCompletion> {
+    const c = await this.hcd.submit(urb);
+    if (c.status !== OK) throw new GuestTransferError(what, c.status);
+    return c;
+  }
+
+  /** A control transfer on endpoint 0; IN returns the data the device sent. */
+  async control(
+    port: PortNum,
+    device: DevAddr,
+    setup: SetupPacket,
+    dataOut?: Uint8Array,
+    what = `control request 0x${setup.bRequest.toString(16)}`,
+  ): Promise<Uint8Array> {
+    const directionIn = (setup.bmRequestType & 0x80) !== 0;
+    const length = directionIn ? setup.wLength : (dataOut?.length ?? 0);
+    const range = length > 0 ? this.buffers.allocate(length) : null;
+    try {
+      if (range !== null && !directionIn && dataOut !== undefined) this.bytes(range).set(dataOut);
+      const c = await this.submitChecked(what, {
+        type: "control",
+        port,
+        device,
+        endpoint: 0 as EndpointNum,
+        directionIn,
+        setup,
+        buffer: range === null ? [] : [range],
+      });
+      return range === null ? new Uint8Array(0) : this.bytes(range).slice(0, c.actualLength);
+    } finally {
+      if (range !== null) this.buffers.release(range);
+    }
+  }
+
+  async getDescriptor(
+    port: PortNum,
+    device: DevAddr,
+    type: number,
+    index: number,
+    length: number,
+    langId = 0,
+  ) {
+    return await this.control(
+      port,
+      device,
+      { bmRequestType: 0x80, bRequest: 6, wValue: (type << 8) | index, wIndex: langId, wLength: length },
+      undefined,
+      `GET_DESCRIPTOR(${type}, ${index})`,
+    );
+  }
+
+  async getString(port: PortNum, device: DevAddr, index: number): Promise<string> {
+    if (index === 0) return "";
+    const d = await this.getDescriptor(port, device, USB_DT_STRING, index, 255, 0x0409);
+    return Buffer.from(d.subarray(2, d[0])).toString("utf16le");
+  }
+
+  /** What a guest's hub driver and USB core do on connect: reset, address, describe, configure. */
+  async enumerate(port: PortNum, address: DevAddr): Promise<EnumeratedDevice> {
+    await this.waitForConnect(port);
+    await this.hcd.resetPort(port);
+    const zero = 0 as DevAddr;
+    const head = await this.getDescriptor(port, zero, USB_DT_DEVICE, 0, 8);
+    await this.control(
+      port,
+      zero,
+      { bmRequestType: 0x00, bRequest: 5, wValue: address, wIndex: 0, wLength: 0 },
+      undefined,
+      "SET_ADDRESS",
+    );
+    const dev = await this.getDescriptor(port, address, USB_DT_DEVICE, 0, 18);
+    if (dev.length !== 18 || dev[1] !== USB_DT_DEVICE) throw new Error(`port ${port}: bad device descriptor`);
+    const configHead = await this.getDescriptor(port, address, USB_DT_CONFIG, 0, 9);
+    const total = configHead[2]! | (configHead[3]! << 8);
+    const config = await this.getDescriptor(port, address, USB_DT_CONFIG, 0, total);
+    const { value, interfaces } = parseConfiguration(config);
+    await this.control(
+      port,
+      address,
+      { bmRequestType: 0x00, bRequest: 9, wValue: value, wIndex: 0, wLength: 0 },
+      undefined,
+      "SET_CONFIGURATION",
+    );
+    return {
+      port,
+      address,
+      vendorId: dev[8]! | (dev[9]! << 8),
+      productId: dev[10]! | (dev[11]! << 8),
+      deviceClass: dev[4]!,
+      maxPacketSize0: head[7]!,
+      configurationValue: value,
+      interfaces,
+      product: await this.getString(port, address, dev[15]!),
+    };
+  }
+
+  /** Bulk or interrupt OUT of `data` from a guest buffer. */
+  async transferOut(
+    port: PortNum,
+    device: DevAddr,
+    endpoint: number,
+    data: Uint8Array,
+    type: "bulk" | "interrupt" = "bulk",
+  ) {
+    const range = this.buffers.allocate(data.length);
+    try {
+      this.bytes(range).set(data);
+      const common = {
+        port,
+        device,
+        endpoint: endpoint as EndpointNum,
+        directionIn: false,
+        buffer: [range],
+      } as const;
+      const c = await this.submitChecked(
+        `${type} OUT ep${endpoint}`,
+        type === "bulk" ? { type, ...common } : { type, interval: 1, ...common },
+      );
+      return c.actualLength;
+    } finally {
+      this.buffers.release(range);
+    }
+  }
+
+  /** Bulk or interrupt IN of up to `length` bytes into a guest buffer; returns a copy of what arrived. */
+  async transferIn(
+    port: PortNum,
+    device: DevAddr,
+    endpoint: number,
+    length: number,
+    type: "bulk" | "interrupt" = "bulk",
+  ) {
+    const range = this.buffers.allocate(length);
+    try {
+      const common = {
+        port,
+        device,
+        endpoint: endpoint as EndpointNum,
+        directionIn: true,
+        buffer: [range],
+      } as const;
+      const c = await this.submitChecked(
+        `${type} IN ep${endpoint}`,
+        type === "bulk" ? { type, ...common } : { type, interval: 1, ...common },
+      );
+      return this.bytes(range).slice(0, c.actualLength);
+    } finally {
+      this.buffers.release(range);
+    }
+  }
+}

@@ -1,0 +1,325 @@
+/**
+ * The port worker's engine: consumes the port ring, turns each request into
+ * a transfer on its one UsbDevice, and answers when the device completes.
+ *
+ * Transfer state machine (crosvm xhci_transfer.rs): Submitted → Completed,
+ * or Submitted → Cancelling → Completed. The device's `done` is the only
+ * way to Completed and answers the ring exactly once; a cancel only asks
+ * the device to finish early (with -ECONNRESET). The thread never blocks:
+ * device completions (timers, libusb through uv_async) arrive through its
+ * event loop, so waiting is Atomics.waitAsync and a hot loop yields.
+ */
+import { setImmediate as yieldToLoop } from "node:timers/promises";
+import type {
+  IsoPacketRequest,
+  TransferKind,
+  TransferRequest,
+  TransferResult,
+  UsbDevice,
+} from "../devices/device.js";
+import { BackRing } from "../rings/back-ring.js";
+import { Doorbell } from "../rings/doorbell.js";
+import { AdaptiveSpin } from "../rings/spin.js";
+import { readU32, writeU32 } from "../urb/bytes.js";
+import { ISO_FRAME_DESCRIPTOR_SIZE } from "../urb/layout.js";
+import { ECONNRESET, EINVAL, ENOENT, OK, type UrbStatus } from "../urb/status.js";
+import { interceptedRequest } from "./intercept.js";
+import {
+  PORT_FLAG_SHORT_NOT_OK,
+  PORT_FLAG_ZERO_PACKET,
+  PORT_RING_GEOMETRY,
+  PORT_SLOT_SIZE,
+  PortOp,
+  PortRequest,
+} from "./port-wire.js";
+
+const KIND_BY_TYPE: readonly TransferKind[] = ["isochronous", "interrupt", "control", "bulk"];
+
+export interface PortServiceOptions {
+  readonly device: UsbDevice;
+  readonly portRing: SharedArrayBuffer;
+  /** This worker waits on it; the backend rings it. */
+  readonly portBell: SharedArrayBuffer;
+  /** The backend's doorbell, rung when answers are published. */
+  readonly backendBell: SharedArrayBuffer;
+  readonly memory: readonly SharedArrayBuffer[];
+}
+
+export interface PortStats {
+  submitted: number;
+  completed: number;
+  cancelled: number;
+  bytesIn: number;
+  bytesOut: number;
+  bounceCopies: number;
+  bounceBytes: number;
+  errors: number;
+}
+
+interface Transfer {
+  readonly id: number;
+  handle: number;
+  state: "submitted" | "cancelling" | "completed";
+  /** Scattered IN buffers are bounced: where the data goes at completion. */
+  readonly bounce: Uint8Array | null;
+  readonly segments: Uint32Array | null;
+  readonly directionIn: boolean;
+  readonly isoDescriptors: Uint8Array | null;
+}
+
+export class PortService {
+  private readonly ring: BackRing;
+  private readonly myBell: Doorbell;
+  private readonly backendBell: Doorbell;
+  private readonly spin = new AdaptiveSpin({ maxSpinMicros: 20 });
+  private readonly copy = new Uint8Array(PORT_SLOT_SIZE);
+  private readonly req = new PortRequest();
+  private readonly transfers = new Map<number, Transfer>();
+  private readonly device: UsbDevice;
+  private readonly memory: readonly SharedArrayBuffer[];
+  private running = false;
+  private stopped: Promise<void> | null = null;
+  readonly stats: PortStats = {
+    submitted: 0,
+    completed: 0,
+    cancelled: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    bounceCopies: 0,
+    bounceBytes: 0,
+    errors: 0,
+  };
+
+  constructor(options: PortServiceOptions) {
+    this.device = options.device;
+    this.memory = options.memory;
+    this.ring = new BackRing(options.portRing, PORT_RING_GEOMETRY);
+    this.myBell = new Doorbell(options.portBell);
+    this.backendBell = new Doorbell(options.backendBell);
+  }
+
+  get inFlight(): number {
+    return this.transfers.size;
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.stopped = this.loop();
+  }
+
+  /** Stop consuming; in-flight transfers still answer when the device completes them. */
+  async stop(): Promise<void> {
+    this.running = false;
+    this.myBell.ring();
+    await this.stopped;
+  }
+
+  private async loop(): Promise<void> {
+    let hot = 0;
+    while (this.running) {
+      this.drain();
+      if (this.ring.fault !== 0) throw new Error(`port ring fault ${this.ring.fault}`);
+      const wait = this.myBell.waitAsync(this.ring, this.spin);
+      if (wait !== null) {
+        hot = 0;
+        await wait;
+      } else if (++hot % 16 === 0) {
+        // Work keeps coming without a sleep: let timers and I/O completions run.
+        await yieldToLoop();
+      } else {
+        await null;
+      }
+    }
+  }
+
+  /** Take every queued request. */
+  drain(): void {
+    while (this.ring.takeRequest(this.copy)) {
+      this.req.decode(this.copy);
+      if (this.req.op === PortOp.CANCEL) this.cancel(this.req.id, this.req.target);
+      else if (this.req.op === PortOp.SUBMIT) this.submit(this.req);
+      else this.answer(this.req.id, EINVAL, 0, 0, 0);
+    }
+    this.publish();
+  }
+
+  private publish(): void {
+    if (this.ring.pushResponses()) this.backendBell.ring();
+  }
+
+  private answer(
+    id: number,
+    status: number,
+    actualLength: number,
+    startFrame: number,
+    errorCount: number,
+  ): void {
+    const slot = this.ring.responseSlot();
+    writeU32(slot, 0, id);
+    writeU32(slot, 4, status);
+    writeU32(slot, 8, actualLength);
+    writeU32(slot, 12, startFrame);
+    writeU32(slot, 16, errorCount);
+    this.ring.commitResponse();
+  }
+
+  private cancel(id: number, target: number): void {
+    const t = this.transfers.get(target);
+    if (t === undefined || t.state !== "submitted") {
+      this.answer(id, ENOENT, 0, 0, 0);
+      return;
+    }
+    t.state = "cancelling";
+    this.stats.cancelled++;
+    this.device.cancel(t.handle);
+    this.answer(id, OK, 0, 0, 0);
+  }
+
+  private view(region: number, offset: number, length: number): Uint8Array {
+    return new Uint8Array(this.memory[region]!, offset, length);
+  }
+
+  private submit(r: PortRequest): void {
+    this.stats.submitted++;
+    const id = r.id;
+    if (r.kind === 2) {
+      const op = interceptedRequest(r.setup);
+      if (op !== null) {
+        this.runIntercepted(id, op);
+        return;
+      }
+    }
+    // Build the buffer: one view when the segments are one piece of guest memory.
+    let buffer: Uint8Array;
+    let bounce: Uint8Array | null = null;
+    let segments: Uint32Array | null = null;
+    const s = r.segs;
+    if (r.nSegs === 0) buffer = new Uint8Array(0);
+    else if (r.nSegs === 1) buffer = this.view(s[0]!, s[1]!, s[2]!);
+    else {
+      let contiguous = true;
+      for (let i = 1; i < r.nSegs && contiguous; i++) {
+        const p = (i - 1) * 3;
+        contiguous = s[i * 3] === s[p] && s[i * 3 + 1] === s[p + 1]! + s[p + 2]!;
+      }
+      if (contiguous) buffer = this.view(s[0]!, s[1]!, r.length);
+      else {
+        bounce = new Uint8Array(r.length);
+        segments = s.slice(0, r.nSegs * 3);
+        if (!r.directionIn) this.copySegments(segments, bounce, true, r.length);
+        buffer = bounce;
+        this.stats.bounceCopies++;
+        this.stats.bounceBytes += r.length;
+      }
+    }
+    let isoPackets: IsoPacketRequest[] | null = null;
+    let isoDescriptors: Uint8Array | null = null;
+    if (r.kind === 0) {
+      isoDescriptors = this.view(r.isoRegion, r.isoOffset, r.isoPackets * ISO_FRAME_DESCRIPTOR_SIZE);
+      isoPackets = [];
+      for (let i = 0; i < r.isoPackets; i++) {
+        const at = i * ISO_FRAME_DESCRIPTOR_SIZE;
+        const offset = readU32(isoDescriptors, at);
+        const length = readU32(isoDescriptors, at + 4);
+        // The backend checked a copy; the guest may have changed the array since. Re-check, never trust.
+        if (offset + length > buffer.length) {
+          this.answer(id, EINVAL, 0, 0, 0);
+          this.stats.errors++;
+          return;
+        }
+        isoPackets.push({ offset, length });
+      }
+    }
+    const request: TransferRequest = {
+      kind: KIND_BY_TYPE[r.kind] ?? "bulk",
+      endpoint: r.endpoint,
+      directionIn: r.directionIn,
+      setup: r.kind === 2 ? r.setup : null,
+      buffer,
+      shortNotOk: (r.flags & PORT_FLAG_SHORT_NOT_OK) !== 0,
+      zeroPacket: (r.flags & PORT_FLAG_ZERO_PACKET) !== 0,
+      interval: r.interval,
+      isoPackets,
+    };
+    const t: Transfer = {
+      id,
+      handle: -1,
+      state: "submitted",
+      bounce,
+      segments,
+      directionIn: r.directionIn,
+      isoDescriptors,
+    };
+    this.transfers.set(id, t);
+    t.handle = this.device.submit(request, (result) => this.complete(t, result));
+  }
+
+  private copySegments(segs: Uint32Array, bounce: Uint8Array, intoBounce: boolean, limit: number): void {
+    let at = 0;
+    for (let i = 0; i < segs.length && at < limit; i += 3) {
+      const len = Math.min(segs[i + 2]!, limit - at);
+      const v = this.view(segs[i]!, segs[i + 1]!, len);
+      if (intoBounce) bounce.set(v, at);
+      else v.set(bounce.subarray(at, at + len));
+      at += len;
+    }
+  }
+
+  private complete(t: Transfer, result: TransferResult): void {
+    if (t.state === "completed") return; // a device calling done twice: the first answer stands
+    t.state = "completed";
+    this.transfers.delete(t.id);
+    const actual = Math.max(0, Math.min(result.actualLength, t.bounce?.length ?? Number.MAX_SAFE_INTEGER));
+    if (t.bounce !== null && t.segments !== null && t.directionIn && actual > 0) {
+      this.copySegments(t.segments, t.bounce, false, actual);
+    }
+    if (t.isoDescriptors !== null && result.isoPackets !== undefined) {
+      const n = Math.min(result.isoPackets.length, t.isoDescriptors.length / ISO_FRAME_DESCRIPTOR_SIZE);
+      for (let i = 0; i < n; i++) {
+        const p = result.isoPackets[i]!;
+        writeU32(t.isoDescriptors, i * ISO_FRAME_DESCRIPTOR_SIZE + 8, p.status);
+        writeU32(t.isoDescriptors, i * ISO_FRAME_DESCRIPTOR_SIZE + 12, p.actualLength);
+      }
+    }
+    this.stats.completed++;
+    if (result.status !== OK && result.status !== ECONNRESET) this.stats.errors++;
+    if (t.directionIn) this.stats.bytesIn += actual;
+    else this.stats.bytesOut += actual;
+    this.answer(t.id, result.status, actual, result.startFrame ?? 0, result.errorCount ?? 0);
+    this.publish();
+  }
+
+  private runIntercepted(id: number, op: NonNullable<ReturnType<typeof interceptedRequest>>): void {
+    let pending: Promise<UrbStatus>;
+    switch (op.op) {
+      case "set-configuration":
+        pending = this.device.setConfiguration(op.value);
+        break;
+      case "set-interface":
+        pending = this.device.setInterface(op.interfaceNumber, op.alternateSetting);
+        break;
+      case "clear-halt":
+        pending = this.device.clearHalt(op.endpointAddress);
+        break;
+      case "port-reset":
+        pending = this.device.reset();
+        break;
+    }
+    // Tracked like a transfer so close() and crash accounting see it; not cancellable.
+    const t: Transfer = {
+      id,
+      handle: -1,
+      state: "submitted",
+      bounce: null,
+      segments: null,
+      directionIn: false,
+      isoDescriptors: null,
+    };
+    this.transfers.set(id, t);
+    pending.then(
+      (status) => this.complete(t, { status, actualLength: 0 }),
+      () => this.complete(t, { status: EINVAL, actualLength: 0 }),
+    );
+  }
+}

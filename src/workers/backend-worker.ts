@@ -1,0 +1,175 @@
+/**
+ * Backend worker entry: one per frontend connection. Serves the URB ring
+ * (UsbBackend), spawns one port worker per attached device, and answers the
+ * control plane over comlink. It waits with Atomics.waitAsync so comlink
+ * calls and port-worker events keep flowing on its event loop.
+ */
+import { setImmediate as yieldToLoop } from "node:timers/promises";
+import { type MessagePort, workerData } from "node:worker_threads";
+import { type BackendEvent, type BackendStats, UsbBackend } from "../backend/backend.js";
+import { type DeviceSummary, type PortLink, spawnPortWorker } from "../backend/port-link.js";
+import type { DeviceSpec } from "../devices/spec.js";
+import type { ControllerHandles } from "../engine/handles.js";
+import type { PortStats } from "../port/port-service.js";
+import { AdaptiveSpin } from "../rings/spin.js";
+import { ENODEV } from "../urb/status.js";
+import { UsbvirtError } from "../util/errors.js";
+import { disconnect, serve } from "../util/rpc.js";
+
+export interface BackendWorkerData {
+  readonly handles: ControllerHandles;
+  /** comlink channel for BackendApi. */
+  readonly control: MessagePort;
+  /** BackendEvent messages to the manager. */
+  readonly events: MessagePort;
+  /** A port worker whose event loop has not turned for this long is declared hung (default 5000). */
+  readonly hungPortMs?: number;
+}
+
+export interface BackendApi {
+  attach(port: number, spec: DeviceSpec): Promise<DeviceSummary>;
+  detach(port: number): Promise<void>;
+  stats(): Promise<BackendStats & { portWorkers: Record<number, (PortStats & { inFlight: number }) | null> }>;
+  deviceCommand(port: number, method: string, args: unknown[]): Promise<unknown>;
+  /** Test and fault-injection hook: end a port worker abruptly. */
+  killPort(port: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class BackendPortError extends UsbvirtError {}
+
+const data = workerData as BackendWorkerData;
+const backend = new UsbBackend(data.handles);
+const spin = new AdaptiveSpin();
+const hungMs = data.hungPortMs ?? 5000;
+let running = true;
+const attaching = new Set<number>();
+
+backend.onEvent((e: BackendEvent) => data.events.postMessage(e));
+
+function checkPort(port: number): void {
+  if (!Number.isInteger(port) || port < 1 || port > data.handles.ports) {
+    throw new BackendPortError("ERR_USBVIRT_PORT_RANGE", `port ${port} is not in 1..${data.handles.ports}`);
+  }
+}
+
+function requireLink(port: number): PortLink {
+  checkPort(port);
+  const link = backend.portLink(port);
+  if (link === null) throw new BackendPortError("ERR_USBVIRT_PORT_EMPTY", `port ${port} has no device`);
+  return link;
+}
+
+async function retire(link: PortLink): Promise<void> {
+  disconnect(link.api);
+  await link.worker.terminate();
+}
+
+const api: BackendApi = {
+  async attach(port, spec) {
+    checkPort(port);
+    if (backend.portLink(port) !== null || attaching.has(port)) {
+      throw new BackendPortError("ERR_USBVIRT_PORT_BUSY", `port ${port} already has a device`);
+    }
+    attaching.add(port);
+    try {
+      const link = await spawnPortWorker({
+        port,
+        spec,
+        memory: data.handles.memory,
+        backendBell: data.handles.backendBell,
+      });
+      link.worker.on("error", (err) => {
+        if (backend.portLink(port) === link) backend.failPort(port, `port worker crashed: ${String(err)}`);
+      });
+      link.worker.on("exit", (code) => {
+        if (backend.portLink(port) === link) backend.failPort(port, `port worker exited (code ${code})`);
+        backend.bell.ring();
+      });
+      backend.attachLink(link);
+      return link.summary;
+    } finally {
+      attaching.delete(port);
+    }
+  },
+
+  async detach(port) {
+    const link = requireLink(port);
+    link.closing = true; // new URBs to this port get -ENODEV from now on
+    try {
+      await Promise.race([
+        link.api.close(),
+        new Promise((_, reject) => setTimeout(() => reject(new Error("close timed out")), hungMs).unref()),
+      ]);
+    } catch {
+      // A device that will not close is cut off: its URBs are failed below.
+    }
+    backend.poll(); // collect the completions the close produced
+    backend.failPort(port, "detached", ENODEV);
+    await retire(link);
+  },
+
+  async stats() {
+    const portWorkers: Record<number, (PortStats & { inFlight: number }) | null> = {};
+    for (const link of backend.links) {
+      portWorkers[link.port] = await link.api.stats().catch(() => null);
+    }
+    return { ...backend.snapshot(), portWorkers };
+  },
+
+  async deviceCommand(port, method, args) {
+    return await requireLink(port).api.command(method, args);
+  },
+
+  async killPort(port) {
+    const link = requireLink(port);
+    await link.worker.terminate();
+  },
+
+  async close() {
+    running = false;
+    for (const link of backend.links) await api.detach(link.port).catch(() => undefined);
+    backend.bell.ring();
+  },
+};
+
+serve(api, data.control);
+
+// Hung port workers: the heartbeat stopped, so the worker cannot answer; cut it off.
+const watchdog = setInterval(
+  () => {
+    const now = Date.now();
+    for (const link of backend.links) {
+      if (!link.closing && link.isHung(now, hungMs)) {
+        backend.failPort(link.port, `port worker hung (no heartbeat for ${hungMs} ms)`);
+        void retire(link);
+      }
+    }
+  },
+  Math.max(50, Math.floor(hungMs / 4)),
+);
+watchdog.unref();
+
+async function serviceLoop(): Promise<void> {
+  let hot = 0;
+  while (running) {
+    backend.poll();
+    if (backend.ringFault !== 0) {
+      // The frontend broke the protocol: stop consuming; the manager decides (reset or close).
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      continue;
+    }
+    const wait = backend.bell.waitAsync(backend, spin);
+    if (wait !== null) {
+      hot = 0;
+      await wait;
+    } else if (++hot % 16 === 0) {
+      await yieldToLoop(); // keep comlink calls and worker events flowing under load
+    }
+  }
+  clearInterval(watchdog);
+  data.control.close();
+  data.events.close();
+}
+
+void serviceLoop();

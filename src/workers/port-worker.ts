@@ -1,0 +1,101 @@
+/**
+ * Port worker entry: one per attached device. Opens the device, says READY
+ * (or why not) to the backend worker that spawned it, then serves the port
+ * ring. Its event loop must stay free (device completions arrive through
+ * it), so it never blocks: the ring is waited on with Atomics.waitAsync and
+ * a heartbeat word proves to the backend that the loop still turns.
+ */
+import { type MessagePort, parentPort, workerData } from "node:worker_threads";
+import type { DeviceSummary } from "../backend/port-link.js";
+import { createDevice } from "../devices/create-device.js";
+import type { UsbDevice } from "../devices/device.js";
+import type { DeviceSpec } from "../devices/spec.js";
+import { PortService, type PortStats } from "../port/port-service.js";
+import { serve } from "../util/rpc.js";
+
+export interface PortWorkerData {
+  readonly port: number;
+  readonly spec: DeviceSpec;
+  readonly portRing: SharedArrayBuffer;
+  readonly portBell: SharedArrayBuffer;
+  readonly backendBell: SharedArrayBuffer;
+  readonly memory: readonly SharedArrayBuffer[];
+  /** Word 0: bumped by this worker's event loop every HEARTBEAT_MS. */
+  readonly heartbeat: SharedArrayBuffer;
+  /** comlink control channel (device commands, stats, close). */
+  readonly control: MessagePort;
+}
+
+export type PortWorkerHello =
+  | { readonly type: "ready"; readonly summary: DeviceSummary }
+  | { readonly type: "error"; readonly code: string; readonly message: string };
+
+export interface PortWorkerApi {
+  stats(): PortStats & { inFlight: number };
+  /** Call a device-specific method (e.g. the keyboard's pressKeys) by name, from an allowlist. */
+  command(method: string, args: unknown[]): Promise<unknown>;
+  /** Close the device: its in-flight transfers complete with -ESHUTDOWN first. */
+  close(): Promise<void>;
+}
+
+export const HEARTBEAT_MS = 100;
+
+/** Methods a VMM may call on a device through the control plane. */
+const DEVICE_COMMANDS = new Set(["pressKeys", "releaseAll", "typeText", "leds", "stats"]);
+
+async function main(data: PortWorkerData): Promise<void> {
+  let device: UsbDevice;
+  try {
+    device = createDevice(data.spec);
+    await device.open();
+  } catch (err) {
+    const e = err as { code?: string; message?: string };
+    const hello: PortWorkerHello = {
+      type: "error",
+      code: e.code ?? "ERR_USBVIRT_DEVICE_OPEN",
+      message: e.message ?? String(err),
+    };
+    parentPort!.postMessage(hello);
+    data.control.close();
+    return;
+  }
+  const heartbeat = new Int32Array(data.heartbeat);
+  const beat = setInterval(() => Atomics.add(heartbeat, 0, 1), HEARTBEAT_MS);
+  const service = new PortService({
+    device,
+    portRing: data.portRing,
+    portBell: data.portBell,
+    backendBell: data.backendBell,
+    memory: data.memory,
+  });
+  const api: PortWorkerApi = {
+    stats: () => ({ ...service.stats, inFlight: service.inFlight }),
+    async command(method, args) {
+      const fn = (device as unknown as Record<string, unknown>)[method];
+      if (!DEVICE_COMMANDS.has(method) || typeof fn !== "function") {
+        throw new Error(`device '${device.info.name}' has no command '${method}'`);
+      }
+      return await (fn as (...a: unknown[]) => unknown).apply(device, args);
+    },
+    async close() {
+      await device.close();
+      // Let the completions the close produced reach the ring before stopping.
+      service.drain();
+      await service.stop();
+      clearInterval(beat);
+    },
+  };
+  serve(api, data.control);
+  service.start();
+  const hello: PortWorkerHello = {
+    type: "ready",
+    summary: {
+      name: device.info.name,
+      speed: device.info.speed,
+      deviceDescriptor: device.info.deviceDescriptor,
+    },
+  };
+  parentPort!.postMessage(hello);
+}
+
+void main(workerData as PortWorkerData);
