@@ -143,6 +143,12 @@ export class PendingTransfer {
     this.complete({ status, actualLength });
   }
 
+  /** Disarm the timer set with `after`, if any. */
+  clearTimer(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
   /** Run `fn` after `ms` unless the transfer settles first. The timer never keeps the process alive. */
   after(ms: number, fn: () => void): void {
     if (this.isSettled) return;
