@@ -75,6 +75,9 @@ export class FakeBackend {
   readonly rejected: string[] = [];
   /** What mapping an OUT buffer for write returned (the frontend must have granted it read-only). */
   readonly outWriteProbes: GrantFaultCode[] = [];
+  /** Publish a port reset's conn event one step before its answer. */
+  resetEventFirst = false;
+  private readonly deferred: (() => void)[] = [];
   /** Most requests ever waiting unconsumed on the ring. */
   maxUnconsumed = 0;
   private readonly held = new Map<number, HeldUrb>();
@@ -141,8 +144,9 @@ export class FakeBackend {
   /** Consume and answer every request on the ring; returns how many. */
   step(): number {
     this.flushConn();
+    let n = this.deferred.length;
+    for (const answer of this.deferred.splice(0)) answer();
     this.maxUnconsumed = Math.max(this.maxUnconsumed, this.ring.unconsumedRequests());
-    let n = 0;
     while (n < URB_RING_GEOMETRY.slots && this.ring.takeRequest(this.copy)) {
       n++;
       this.handle(this.copy);
@@ -267,8 +271,14 @@ export class FakeBackend {
           this.finish(req, mapped, OK, 0);
         } else if (bmRequestType === 0x23 && bRequest === 3 && wValue === 4) {
           device.address = 0;
-          this.finish(req, mapped, OK, 0);
-          this.postConn({ port: req.port, speed: device.speed });
+          if (this.resetEventFirst) {
+            // The "reset done" event overtakes the answer, which goes out on the next step.
+            this.postConn({ port: req.port, speed: device.speed });
+            this.deferred.push(() => this.finish(req, mapped, OK, 0));
+          } else {
+            this.finish(req, mapped, OK, 0);
+            this.postConn({ port: req.port, speed: device.speed });
+          }
         } else if (bmRequestType === 0x80 && bRequest === 6 && wValue >> 8 === 1) {
           const n = Math.min(wLength, DEVICE_DESCRIPTOR.length);
           view.set(DEVICE_DESCRIPTOR.subarray(0, n));
