@@ -1,0 +1,89 @@
+/**
+ * start()'s service loop: it parks in Atomics.waitAsync on the frontend
+ * doorbell, so the thread's event loop keeps running while it idles and while
+ * traffic flows; it completes URBs and notices faults without anyone calling
+ * poll(); stop() ends it.
+ */
+import { afterEach, describe, expect, it } from "vitest";
+import type { BackendLossReason } from "../../src/frontend/types.js";
+import { ESHUTDOWN, OK } from "../../src/urb/status.js";
+import { bulk, type Rig, rig, seg, tick } from "./support.js";
+
+const running: Rig[] = [];
+
+function started(options: Parameters<typeof rig>[1] = {}): Rig {
+  const r = rig("normal", options);
+  running.push(r);
+  r.fake.run();
+  r.hc.start();
+  return r;
+}
+
+afterEach(async () => {
+  for (const r of running.splice(0)) {
+    await r.hc.stop();
+    await r.fake.stop();
+  }
+});
+
+/** Count setImmediate callbacks that run during `ms` milliseconds. */
+async function immediatesDuring(ms: number): Promise<number> {
+  let count = 0;
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    await new Promise((resolve) => setImmediate(resolve));
+    count++;
+  }
+  return count;
+}
+
+describe("service loop", () => {
+  it("lets setImmediate callbacks run while it idles", async () => {
+    const r = started({ maxSpinMicros: 50 });
+    await tick();
+    expect(await immediatesDuring(30)).toBeGreaterThan(20);
+    await r.hc.stop();
+    await r.hc.stop(); // idempotent
+  });
+
+  it("completes URBs on its own, with a backend driven by its doorbell", async () => {
+    const r = started();
+    await enumerateRunning(r);
+    const results = await Promise.all(
+      Array.from({ length: 400 }, (_, i) => r.hc.submit(bulk(1, 0, 1, false, [seg(i * 128, 128)]))),
+    );
+    expect(results.every((c) => c.status === OK && c.actualLength === 128)).toBe(true);
+    expect(r.hc.stats()).toMatchObject({ completed: 401, pending: 0, inFlight: 0 });
+  });
+
+  it("keeps the event loop turning while traffic flows", async () => {
+    const r = started({ maxSpinMicros: 100, pollsPerYield: 4 });
+    await enumerateRunning(r);
+    let ticks = 0;
+    const ticker = setInterval(() => ticks++, 1);
+    const work = Array.from({ length: 2000 }, (_, i) =>
+      r.hc.submit(bulk(1, 0, 2, false, [seg((i % 500) * 64, 64)])),
+    );
+    await Promise.all(work);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    clearInterval(ticker);
+    expect(ticks).toBeGreaterThan(0);
+  });
+
+  it("notices a protocol fault by itself and reports it", async () => {
+    const r = started();
+    await enumerateRunning(r);
+    const fault = new Promise<BackendLossReason>((resolve) => r.hc.on("fault", resolve));
+    r.fake.mode = "bogus-id";
+    const done = r.hc.submit(bulk(1, 0, 1, false, [seg(0, 8)]));
+    expect((await fault).cause).toBe("ring-fault");
+    expect((await done).status).toBe(ESHUTDOWN);
+  });
+});
+
+/** Plug and reset port 1 while both loops run. */
+async function enumerateRunning(r: Rig): Promise<void> {
+  r.fake.plug(1);
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  await r.hc.resetPort(1);
+}
