@@ -83,7 +83,14 @@ import type {
   UrbCompletion,
 } from "./types.js";
 import { Phase, UrbRecord } from "./urb-record.js";
-import { bufferLengthOf, checkUrb, framesSpanned, grantsNeeded, isoDescriptorFrames } from "./validate.js";
+import {
+  bufferLengthOf,
+  checkUrb,
+  framesSpanned,
+  grantsNeeded,
+  isoDescriptorFrames,
+  type UrbLimits,
+} from "./validate.js";
 
 /** USB 2.0 §9.4 / §11.24.2: the control requests the controller itself understands. */
 const REQ_SET_ADDRESS = 5;
@@ -137,7 +144,7 @@ export class VirtualHostController {
   private readonly backendBell: Doorbell;
   private readonly hub: RootHub;
   private readonly scratch: ScratchFrames;
-  private readonly limits: Parameters<typeof checkUrb>[1];
+  private readonly limits: UrbLimits;
   /** Private copy of each response slot (RING_COPY_RESPONSE). */
   private readonly copy: Uint8Array;
   /** Ring id → the record holding it. */
@@ -742,21 +749,22 @@ export class VirtualHostController {
    * the ring keep their id and grants until the backend answers them.
    */
   private failPort(port: PortNum, status: UrbStatus, detail: string): void {
+    // Collect first: callbacks may submit, and what they submit now is not part of this disconnect.
+    const victims: UrbRecord[] = [];
     const queue = this.pending;
     for (let i = this.pendingHead; i < queue.length; i++) {
       const record = queue[i]!;
       if (record.phase === Phase.PENDING && record.urb !== null && record.urb.port === port) {
         record.phase = Phase.OFF;
         this.pendingLive--;
-        this.deliver(record, failure(status, detail));
+        victims.push(record);
       }
     }
     for (let id = 0; id < this.inFlight.length; id++) {
       const record = this.inFlight[id];
-      if (record?.urb != null && record.urb.port === port && !record.delivered) {
-        this.deliver(record, failure(status, detail));
-      }
+      if (record?.urb != null && record.urb.port === port && !record.delivered) victims.push(record);
     }
+    for (const record of victims) this.deliver(record, failure(status, detail));
   }
 
   // ---------------------------------------------------------------- backend lifecycle
