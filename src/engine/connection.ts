@@ -83,6 +83,8 @@ export class Connection extends EventEmitter {
   /** Create the connection and bring it to Connected. */
   static async create(options: ConnectionOptions = {}): Promise<Connection> {
     const c = new Connection(options, createControllerHandles(options));
+    // A fault the frontend finds itself (a lying backend) is handled like a lost backend: start a new one.
+    c.frontend?.on("fault", (reason) => void c.recover(`frontend detected a fault: ${reason.message}`));
     await c.startBackend();
     c.frontend?.start();
     return c;
