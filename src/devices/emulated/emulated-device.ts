@@ -106,6 +106,10 @@ export function endpointAddressOf(request: TransferRequest): number {
 export class PendingTransfer {
   private timer: NodeJS.Timeout | null = null;
   private isSettled = false;
+  /** Asynchronous I/O (file store) writing into or reading from `buffer` right now. */
+  private ioActive = 0;
+  /** A result that arrived (cancel, flush) while I/O was using the buffer: delivered when the I/O ends. */
+  private deferred: TransferResult | null = null;
 
   constructor(
     readonly handle: TransferHandle,
@@ -128,6 +132,31 @@ export class PendingTransfer {
     this.isSettled = true;
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
+    // The guest buffer is ours until done runs: never hand it back while I/O still touches it.
+    if (this.ioActive > 0) this.deferred = result;
+    else this.deliver(result);
+  }
+
+  /** Mark asynchronous I/O on `buffer` as started; pair with `endIo`. */
+  beginIo(): void {
+    this.ioActive++;
+  }
+
+  /**
+   * Mark the I/O as finished. Returns false when the transfer settled meanwhile (cancelled or flushed):
+   * its result is delivered now and the device must drop the transfer.
+   */
+  endIo(): boolean {
+    if (this.ioActive > 0) this.ioActive--;
+    if (this.ioActive === 0 && this.deferred !== null) {
+      const result = this.deferred;
+      this.deferred = null;
+      this.deliver(result);
+    }
+    return !this.isSettled;
+  }
+
+  private deliver(result: TransferResult): void {
     const done = this.done;
     queueMicrotask(() => done(result));
   }
@@ -209,6 +238,8 @@ export abstract class EmulatedDevice implements UsbDevice {
   private active = new Map<number, EndpointLayout>();
   private readonly halted = new Set<number>();
   private readonly createdAt = performance.now();
+  /** Resolves close() once the last in-flight transfer's done has run. */
+  private drained: (() => void) | null = null;
 
   protected constructor(spec: DeviceSpec, options: EmulatedDeviceOptions) {
     this.descriptors = buildDescriptors(spec, options.speed);
@@ -292,7 +323,14 @@ export abstract class EmulatedDevice implements UsbDevice {
     this.nextHandle = this.nextHandle >= 0x7fff_ffff ? 1 : this.nextHandle + 1;
     const t = new PendingTransfer(handle, request, endpointAddressOf(request), (result) => {
       this.inflight.delete(handle);
-      done(result);
+      try {
+        done(result);
+      } finally {
+        if (this.inflight.size === 0 && this.drained !== null) {
+          this.drained();
+          this.drained = null;
+        }
+      }
     });
     this.inflight.set(handle, t);
     if (this.closed) {
@@ -363,9 +401,9 @@ export abstract class EmulatedDevice implements UsbDevice {
     if (this.closed) return;
     this.closed = true;
     this.flush(() => true, ESHUTDOWN);
+    // Every done has run (including ones held back until their I/O finished) before resources go.
+    if (this.inflight.size > 0) await new Promise<void>((resolve) => (this.drained = resolve));
     await this.onClose();
-    // The -ESHUTDOWN completions run as microtasks queued above; yield once so they are delivered first.
-    await new Promise<void>((resolve) => setImmediate(resolve));
   }
 
   // ---- internals ---------------------------------------------------------------------------------------
