@@ -21,7 +21,7 @@ import {
   ScsiOp,
 } from "../../src/devices/emulated/mass-storage/index.js";
 import { UsbSpeed } from "../../src/rings/conn-ring.js";
-import { ECONNRESET, EPIPE, OK } from "../../src/urb/status.js";
+import { ECONNRESET, EPIPE, ESHUTDOWN, OK } from "../../src/urb/status.js";
 import { InvalidOptionError } from "../../src/util/errors.js";
 import { bulk, control, expectPending, setupPacket } from "./support.js";
 
@@ -390,5 +390,70 @@ describe("stores and options", () => {
     expect([...fsSet.subarray(9, 18)]).toEqual([9, 4, 0, 0, 2, 8, 6, 0x50, 0]);
     expect(fsSet[18 + 4]! | (fsSet[18 + 5]! << 8)).toBe(64);
     expect(hsSet[18 + 4]! | (hsSet[18 + 5]! << 8)).toBe(512);
+  });
+});
+
+/** A memory store whose reads wait until the test releases them (an asynchronous store in slow motion). */
+class GatedStore extends MemoryStore {
+  private gates: (() => void)[] = [];
+  override read(offset: number, into: Uint8Array): Promise<void> {
+    return new Promise((resolve) => {
+      this.gates.push(() => {
+        super.read(offset, into);
+        resolve();
+      });
+    });
+  }
+  get waiting(): number {
+    return this.gates.length;
+  }
+  release(): void {
+    for (const g of this.gates.splice(0)) g();
+  }
+}
+
+describe("asynchronous store I/O and the guest buffer", () => {
+  it("a transfer cancelled while the store fills its buffer completes once, with -ECONNRESET, after the I/O", async () => {
+    const store = new GatedStore({ sizeBytes: 16 * BLOCK_SIZE });
+    await attach({ store });
+    await bulk(
+      dev,
+      OUT,
+      encodeCbw({ tag: 5, dataTransferLength: BLOCK_SIZE, directionIn: true, cb: read10(0, 1) }),
+    ).result;
+    const data = bulk(dev, IN, new Uint8Array(BLOCK_SIZE));
+    await expectPending(data);
+    expect(store.waiting).toBe(1);
+    dev.cancel(data.handle);
+    await expectPending(data); // the store still writes into the view: done must wait
+    store.release();
+    expect((await data.result).status).toBe(ECONNRESET);
+    expect(data.calls()).toBe(1);
+    // The data stage ended with nothing delivered: the CSW says so.
+    const csw = new Uint8Array(13);
+    await bulk(dev, IN, csw).result;
+    expect(decodeCsw(csw)).toMatchObject({ tag: 5, residue: BLOCK_SIZE });
+  });
+
+  it("close waits for in-flight store I/O and completes the transfer with -ESHUTDOWN first", async () => {
+    const store = new GatedStore({ sizeBytes: 16 * BLOCK_SIZE });
+    await attach({ store });
+    await bulk(
+      dev,
+      OUT,
+      encodeCbw({ tag: 6, dataTransferLength: BLOCK_SIZE, directionIn: true, cb: read10(0, 1) }),
+    ).result;
+    const data = bulk(dev, IN, new Uint8Array(BLOCK_SIZE));
+    await expectPending(data);
+    let closed = false;
+    const closing = dev.close().then(() => {
+      closed = true;
+    });
+    await expectPending(data);
+    expect(closed).toBe(false);
+    store.release();
+    await closing;
+    expect(data.calls()).toBe(1);
+    expect((await data.result).status).toBe(ESHUTDOWN);
   });
 });

@@ -13,7 +13,7 @@
  *   changes (configuration, alternate setting, reset, close) flush in-flight transfers with -ESHUTDOWN as
  *   Linux usb_hcd_flush_endpoint does; a halted endpoint fails transfers with -EPIPE until clearHalt.
  */
-import { UsbSpeed } from "../../rings/conn-ring.js";
+import type { UsbSpeed } from "../../rings/conn-ring.js";
 import {
   ECONNRESET,
   EINVAL,
@@ -27,7 +27,6 @@ import {
 import type { SetupPacket } from "../../urb/types.js";
 import type {
   DeviceInfo,
-  IsoPacketResult,
   TransferDone,
   TransferHandle,
   TransferRequest,
@@ -599,12 +598,3 @@ function isoPacketsValid(r: TransferRequest): boolean {
   }
   return true;
 }
-
-/** Results for an iso transfer whose packets all completed with `status` and no data (e.g. OUT refused). */
-export function isoResults(count: number, status: UrbStatus): IsoPacketResult[] {
-  const out: IsoPacketResult[] = [];
-  for (let i = 0; i < count && i < MAX_ISO_PACKETS_PER_TRANSFER; i++) out.push({ status, actualLength: 0 });
-  return out;
-}
-
-export { UsbSpeed };

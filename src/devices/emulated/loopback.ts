@@ -35,7 +35,14 @@ import { EMSGSIZE, EOVERFLOW, EPIPE, EPROTO, OK, type UrbStatus } from "../../ur
 import type { SetupPacket } from "../../urb/types.js";
 import { InvalidOptionError } from "../../util/errors.js";
 import type { IsoPacketResult } from "../device.js";
-import type { AlternateSettingSpec, DeviceSpec, EndpointLayout, EndpointSpec } from "./descriptors.js";
+import {
+  type AlternateSettingSpec,
+  type DeviceSpec,
+  ENDPOINT_DIR_IN,
+  ENDPOINT_NUMBER_MASK,
+  type EndpointLayout,
+  type EndpointSpec,
+} from "./descriptors.js";
 import {
   type ControlReply,
   EmulatedDevice,
@@ -296,7 +303,7 @@ export class LoopbackDevice extends EmulatedDevice {
   }
 
   private stallRequest(wIndex: number): UrbStatus {
-    const address = wIndex & 0x8f;
+    const address = wIndex & (ENDPOINT_DIR_IN | ENDPOINT_NUMBER_MASK);
     const known = Object.values(LoopbackEndpoint).includes(address as never);
     if (!known || this.configurationValue === 0) return EPIPE;
     this.halt(address);
