@@ -25,6 +25,7 @@ import {
   type UrbStatus,
 } from "../../urb/status.js";
 import type { SetupPacket } from "../../urb/types.js";
+import { UsbvirtError } from "../../util/errors.js";
 import type {
   DeviceInfo,
   TransferDone,
@@ -212,11 +213,6 @@ export class TransferQueue {
     if (t !== undefined) this.items.shift();
     return t;
   }
-
-  get length(): number {
-    this.items = this.items.filter((t) => !t.settled);
-    return this.items.length;
-  }
 }
 
 export interface EmulatedDeviceOptions {
@@ -313,7 +309,8 @@ export abstract class EmulatedDevice implements UsbDevice {
   // ---- UsbDevice ---------------------------------------------------------------------------------------
 
   async open(): Promise<void> {
-    if (this.closed) throw new Error(`${this.info.name}: open after close`);
+    if (this.closed)
+      throw new UsbvirtError("ERR_USBVIRT_DEVICE_CLOSED", `${this.info.name}: open after close`);
   }
 
   submit(request: TransferRequest, done: TransferDone): TransferHandle {
@@ -332,12 +329,13 @@ export abstract class EmulatedDevice implements UsbDevice {
       }
     });
     this.inflight.set(handle, t);
-    if (this.closed) {
-      t.fail(ESHUTDOWN);
-    } else if (request.kind === "control") {
-      this.handleControl(t);
-    } else {
-      this.route(t);
+    try {
+      if (this.closed) t.fail(ESHUTDOWN);
+      else if (request.kind === "control") this.handleControl(t);
+      else this.route(t);
+    } catch {
+      // A device-model bug must not throw into the port worker: the transfer fails like a bus error.
+      t.fail(EPROTO);
     }
     return handle;
   }
