@@ -61,6 +61,15 @@ describe("loopback bulk", () => {
     );
   });
 
+  it("reads back a 300 000-byte OUT written before any IN (the default FIFO holds a maximal URB)", async () => {
+    await configured();
+    const big = Uint8Array.from({ length: 300_000 }, (_, i) => (i * 31) & 0xff);
+    expect(await bulk(device, EP.BULK_OUT, big).result).toEqual({ status: OK, actualLength: big.length });
+    const back = new Uint8Array(big.length);
+    expect(await bulk(device, EP.BULK_IN, back).result).toEqual({ status: OK, actualLength: big.length });
+    expect(back).toEqual(big);
+  });
+
   it("keeps an IN pending until data is written, never completing with 0 bytes", async () => {
     await configured();
     const pendingIn = bulk(device, EP.BULK_IN, new Uint8Array(512));

@@ -31,6 +31,7 @@
  * the bytes that fit (USB 2.0 §8.5.1 / Linux error-codes.rst "babble").
  */
 import { UsbSpeed } from "../../rings/conn-ring.js";
+import { MAX_BUFFER_LENGTH } from "../../urb/limits.js";
 import { EMSGSIZE, EOVERFLOW, EPIPE, EPROTO, OK, type UrbStatus } from "../../urb/status.js";
 import type { SetupPacket } from "../../urb/types.js";
 import { InvalidOptionError } from "../../util/errors.js";
@@ -87,7 +88,11 @@ export const ISO_PACKET_SIZE = 256;
 export const ISO_INTERVAL_MS = 1;
 /** g_zero pattern 1 period. */
 export const PATTERN_PERIOD = 63;
-export const DEFAULT_FIFO_CAPACITY = 64 * 1024;
+/**
+ * Default FIFO size: one largest legal URB (src/urb/limits.ts), so a host that writes a transfer and only
+ * then reads it back never deadlocks on back-pressure, whatever the size.
+ */
+export const DEFAULT_FIFO_CAPACITY = MAX_BUFFER_LENGTH;
 /** Queued messages are bounded as well as bytes, so many tiny OUTs cannot grow the queue without limit. */
 export const FIFO_MAX_MESSAGES = 1024;
 /** Upper bound on one pump pass: every step settles a transfer or moves a message. */
@@ -110,7 +115,7 @@ export interface LoopbackStats {
 export interface LoopbackOptions {
   /** Default high. */
   readonly speed?: UsbSpeed;
-  /** Bytes the loopback FIFO holds before bulk OUT waits (back-pressure). Default 64 KiB. */
+  /** Bytes the loopback FIFO holds before bulk OUT waits (back-pressure). Default 4 MiB (one maximal URB). */
   readonly fifoCapacity?: number;
   readonly serialNumber?: string;
 }
