@@ -228,6 +228,7 @@ export class LoopbackDevice extends EmulatedDevice {
   private counters = emptyStats();
   private interruptSequence = 0;
   private nextInterruptDue = 0;
+  private pumpScheduled: NodeJS.Immediate | null = null;
 
   constructor(options: LoopbackOptions = {}) {
     super(loopbackSpec(options.serialNumber ?? "USBVIRT-LOOP-0001"), {
@@ -259,7 +260,7 @@ export class LoopbackDevice extends EmulatedDevice {
         if (this.configurationValue === LoopbackConfiguration.SOURCE_SINK) this.sourceSink(t);
         else {
           (t.request.directionIn ? this.pendingIn : this.pendingOut).push(t);
-          this.pump(ep.maxPacketSize);
+          this.schedulePump(ep.maxPacketSize);
         }
         return;
       case LoopbackEndpoint.INTERRUPT_IN:
@@ -354,6 +355,24 @@ export class LoopbackDevice extends EmulatedDevice {
       return;
     }
     t.ok(buffer.length);
+  }
+
+  /**
+   * Run the FIFO on the next turn of the event loop rather than inside submit: like a bus, the device
+   * answers a transfer a little after it was posted, so an unlink posted right behind it can still win.
+   */
+  private schedulePump(maxPacket: number): void {
+    if (this.pumpScheduled !== null) return;
+    this.pumpScheduled = setImmediate(() => {
+      this.pumpScheduled = null;
+      this.pump(maxPacket);
+    });
+    // Left ref'd on purpose: an unref'd immediate may wait in the poll phase until some other event.
+  }
+
+  protected override onClose(): void {
+    if (this.pumpScheduled !== null) clearImmediate(this.pumpScheduled);
+    this.pumpScheduled = null;
   }
 
   /** Move data OUT → FIFO → IN until neither side can progress (bounded). */
