@@ -2,6 +2,7 @@
  * `npm run bench [-- --quick]`: every suite in one process, one machine
  * header, tables side by side.
  */
+import { e2eSuite } from "./e2e.js";
 import { grantSuite } from "./grant.js";
 import { machineHeader, type SuiteOptions } from "./harness.js";
 import { ringSuite } from "./ring.js";
@@ -11,7 +12,7 @@ interface Suite {
   run(opts: SuiteOptions): Promise<unknown>;
 }
 
-const suites: Suite[] = [ringSuite, grantSuite];
+const suites: Suite[] = [ringSuite, grantSuite, e2eSuite];
 
 async function main(): Promise<void> {
   const quick = process.argv.includes("--quick");
