@@ -46,7 +46,10 @@ async function main(): Promise<void> {
     const payload = bytesOf(64 * 1024, 7);
     const wrote = await guest.transferOut(p(1), a(1), 1, payload);
     const back = await guest.transferIn(p(1), a(1), 1, payload.length);
-    check(wrote === payload.length && Buffer.compare(back, payload) === 0, `64 KiB bulk OUT then IN came back identical`);
+    check(
+      wrote === payload.length && Buffer.compare(back, payload) === 0,
+      `64 KiB bulk OUT then IN came back identical`,
+    );
 
     console.log("\nkeyboard (port 2)");
     const kbd = await guest.enumerate(p(2), a(2));
@@ -70,14 +73,21 @@ async function main(): Promise<void> {
     );
     const inquiry = await bot.inquiry();
     const capacity = await bot.readCapacity();
-    console.log(`  INQUIRY "${inquiry.vendor} ${inquiry.product}", ${capacity.blocks} blocks of ${capacity.blockSize} bytes`);
+    console.log(
+      `  INQUIRY "${inquiry.vendor} ${inquiry.product}", ${capacity.blocks} blocks of ${capacity.blockSize} bytes`,
+    );
     const sectors = bytesOf(32 * 512, 3);
     const w = await bot.write10(2048, sectors);
     const rd = await bot.read10(2048, 32);
-    check(w.status === 0 && rd.status === 0 && Buffer.compare(rd.data, sectors) === 0, "32 sectors written at LBA 2048 read back identical");
+    check(
+      w.status === 0 && rd.status === 0 && Buffer.compare(rd.data, sectors) === 0,
+      "32 sectors written at LBA 2048 read back identical",
+    );
 
     const stats = await conn.stats();
-    console.log(`\nbackend: ${stats.requests} requests, ${stats.responses} responses, ${stats.rejected} rejected`);
+    console.log(
+      `\nbackend: ${stats.requests} requests, ${stats.responses} responses, ${stats.rejected} rejected`,
+    );
   } finally {
     await conn.close();
   }

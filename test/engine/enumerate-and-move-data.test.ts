@@ -4,9 +4,9 @@
  * Each emulated device is enumerated as a guest driver would, then moves data.
  */
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { EndpointNum } from "../../src/urb/types.js";
 import { BulkOnlyClient } from "../../src/guest/bulk-only-client.js";
 import { EPIPE, OK } from "../../src/urb/status.js";
+import type { EndpointNum } from "../../src/urb/types.js";
 import { addr, pattern, port, type Rig, rig } from "./helpers.js";
 
 let r: Rig;
@@ -35,7 +35,13 @@ describe("loopback device end to end", () => {
   it("stalls an endpoint on request, reports -EPIPE, and recovers after CLEAR_FEATURE(HALT)", async () => {
     await r.conn.attach(1, { kind: "emulated", name: "loopback" });
     await r.guest.enumerate(port(1), addr(7));
-    await r.guest.control(port(1), addr(7), { bmRequestType: 0x40, bRequest: 0x03, wValue: 0, wIndex: 0x01, wLength: 0 });
+    await r.guest.control(port(1), addr(7), {
+      bmRequestType: 0x40,
+      bRequest: 0x03,
+      wValue: 0,
+      wIndex: 0x01,
+      wLength: 0,
+    });
     const range = r.guest.buffers.allocate(16);
     const stalled = await r.hcd.submit({
       type: "bulk",
@@ -46,7 +52,13 @@ describe("loopback device end to end", () => {
       buffer: [range],
     });
     expect(stalled.status).toBe(EPIPE);
-    await r.guest.control(port(1), addr(7), { bmRequestType: 0x02, bRequest: 1, wValue: 0, wIndex: 0x01, wLength: 0 });
+    await r.guest.control(port(1), addr(7), {
+      bmRequestType: 0x02,
+      bRequest: 1,
+      wValue: 0,
+      wIndex: 0x01,
+      wLength: 0,
+    });
     expect(await r.guest.transferOut(port(1), addr(7), 1, pattern(16, 9))).toBe(16);
   });
 
@@ -54,8 +66,19 @@ describe("loopback device end to end", () => {
     await r.conn.attach(2, { kind: "emulated", name: "loopback" });
     await r.guest.enumerate(port(2), addr(3));
     const data = pattern(200, 4);
-    await r.guest.control(port(2), addr(3), { bmRequestType: 0x40, bRequest: 0x01, wValue: 0, wIndex: 0, wLength: 200 }, data);
-    const back = await r.guest.control(port(2), addr(3), { bmRequestType: 0xc0, bRequest: 0x02, wValue: 0, wIndex: 0, wLength: 200 });
+    await r.guest.control(
+      port(2),
+      addr(3),
+      { bmRequestType: 0x40, bRequest: 0x01, wValue: 0, wIndex: 0, wLength: 200 },
+      data,
+    );
+    const back = await r.guest.control(port(2), addr(3), {
+      bmRequestType: 0xc0,
+      bRequest: 0x02,
+      wValue: 0,
+      wIndex: 0,
+      wLength: 200,
+    });
     expect(Buffer.compare(back, data)).toBe(0);
   });
 
@@ -72,7 +95,13 @@ describe("loopback device end to end", () => {
   it("moves isochronous packets with per-packet results on alternate setting 1", async () => {
     await r.conn.attach(1, { kind: "emulated", name: "loopback" });
     await r.guest.enumerate(port(1), addr(4));
-    await r.guest.control(port(1), addr(4), { bmRequestType: 0x01, bRequest: 11, wValue: 1, wIndex: 0, wLength: 0 });
+    await r.guest.control(port(1), addr(4), {
+      bmRequestType: 0x01,
+      bRequest: 11,
+      wValue: 1,
+      wIndex: 0,
+      wLength: 0,
+    });
     const packets = 8;
     const size = 256;
     const range = r.guest.buffers.allocate(packets * size);
@@ -84,7 +113,10 @@ describe("loopback device end to end", () => {
       directionIn: true,
       buffer: [range],
       interval: 1,
-      iso: { asap: true, packets: Array.from({ length: packets }, (_, i) => ({ offset: i * size, length: size })) },
+      iso: {
+        asap: true,
+        packets: Array.from({ length: packets }, (_, i) => ({ offset: i * size, length: size })),
+      },
     });
     expect(c.status).toBe(OK);
     expect(c.isoPackets).toHaveLength(packets);
@@ -120,7 +152,13 @@ describe("mass storage end to end", () => {
     const eps = dev.interfaces[0]!.endpoints;
     const bulkIn = eps.find((e) => e.address & 0x80)!.address & 0x0f;
     const bulkOut = eps.find((e) => !(e.address & 0x80))!.address;
-    const maxLun = await r.guest.control(port(3), addr(11), { bmRequestType: 0xa1, bRequest: 0xfe, wValue: 0, wIndex: 0, wLength: 1 });
+    const maxLun = await r.guest.control(port(3), addr(11), {
+      bmRequestType: 0xa1,
+      bRequest: 0xfe,
+      wValue: 0,
+      wIndex: 0,
+      wLength: 1,
+    });
     expect([...maxLun]).toEqual([0]);
     const bot = new BulkOnlyClient(r.guest, port(3), addr(11), bulkIn, bulkOut);
     expect(await bot.testUnitReady()).toBe(0);

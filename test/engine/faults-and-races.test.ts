@@ -50,7 +50,14 @@ describe("unlink", () => {
         queued > 0
           ? Promise.resolve()
           : hcd
-              .submit({ type: "bulk", port: port(1), device: addr(2), endpoint: 1 as EndpointNum, directionIn: false, buffer: [outRange] })
+              .submit({
+                type: "bulk",
+                port: port(1),
+                device: addr(2),
+                endpoint: 1 as EndpointNum,
+                directionIn: false,
+                buffer: [outRange],
+              })
               .then((c) => expect(c.status).toBe(OK));
       const unlinked = hcd.unlink(inUrb);
       const [c, u] = await Promise.all([inDone, unlinked, feed]);
@@ -111,7 +118,14 @@ describe("hotplug and failures", () => {
     await guest.enumerate(port(1), addr(2));
     await guest.enumerate(port(2), addr(2));
     const range = guest.buffers.allocate(512);
-    const pending = hcd.submit({ type: "bulk", port: port(1), device: addr(2), endpoint: 1 as EndpointNum, directionIn: true, buffer: [range] });
+    const pending = hcd.submit({
+      type: "bulk",
+      port: port(1),
+      device: addr(2),
+      endpoint: 1 as EndpointNum,
+      directionIn: true,
+      buffer: [range],
+    });
     await new Promise((res) => setTimeout(res, 20));
     await conn.killPort(1);
     const c = await pending;
@@ -120,7 +134,14 @@ describe("hotplug and failures", () => {
     const data = pattern(1000, 5);
     await guest.transferOut(port(2), addr(2), 1, data);
     expect(Buffer.compare(await guest.transferIn(port(2), addr(2), 1, 1000), data)).toBe(0);
-    const after = await hcd.submit({ type: "bulk", port: port(1), device: addr(2), endpoint: 1 as EndpointNum, directionIn: false, buffer: [range] });
+    const after = await hcd.submit({
+      type: "bulk",
+      port: port(1),
+      device: addr(2),
+      endpoint: 1 as EndpointNum,
+      directionIn: false,
+      buffer: [range],
+    });
     expect(after.status).toBe(ENODEV);
   });
 
@@ -130,7 +151,14 @@ describe("hotplug and failures", () => {
     await conn.attach(1, { kind: "emulated", name: "loopback" });
     await guest.enumerate(port(1), addr(2));
     const range = guest.buffers.allocate(512);
-    const pending = hcd.submit({ type: "bulk", port: port(1), device: addr(2), endpoint: 1 as EndpointNum, directionIn: true, buffer: [range] });
+    const pending = hcd.submit({
+      type: "bulk",
+      port: port(1),
+      device: addr(2),
+      endpoint: 1 as EndpointNum,
+      directionIn: true,
+      buffer: [range],
+    });
     await new Promise((res) => setTimeout(res, 20));
     await conn.restartBackend();
     expect((await pending).status).toBe(ESHUTDOWN);
