@@ -2,9 +2,11 @@
 import { NotImplementedError } from "../util/errors.js";
 import type { UsbDevice } from "./device.js";
 import { createEmulatedDevice } from "./emulated/index.js";
+import { createHostDevice } from "./host/index.js";
 import type { DeviceSpec } from "./spec.js";
 
 export function createDevice(spec: DeviceSpec): UsbDevice {
   if (spec.kind === "emulated") return createEmulatedDevice(spec.name, spec.options ?? {});
-  throw new NotImplementedError("passing through host USB devices (libusb)");
+  if (spec.kind === "host") return createHostDevice(spec);
+  throw new NotImplementedError(`devices of kind '${(spec as { kind: string }).kind}'`);
 }

@@ -1,0 +1,425 @@
+/**
+ * A real USB device through libusb (npm usb@2), driven by one port worker.
+ *
+ * open: find the device (selector or a given libusb device), libusb_open, and
+ * for every interface of the active configuration detach a bound kernel driver
+ * (remembered, reattached on close) and claim it.
+ *
+ * Transfers (crosvm backend/device.rs; the UsbDevice contract in ../device.ts):
+ * - bulk and interrupt run straight on the guest's view: the Buffer handed to
+ *   libusb is `Buffer.from(view.buffer, view.byteOffset, view.length)` over the
+ *   SharedArrayBuffer, so libusb reads and writes guest memory in place (zero
+ *   copy, checked under umockdev in test/host).
+ * - control transfers are bounced: libusb wants the 8-byte setup packet and
+ *   the data stage in ONE buffer and the guest's view holds only the data
+ *   stage, so OUT data is copied in and IN data copied back (counted in
+ *   `stats.controlCopies` / `controlCopyBytes`). Control transfers are small.
+ * - any number in flight per endpoint; cancel → libusb_cancel_transfer and the
+ *   transfer's own callback completes it (exactly once, -ECONNRESET if the
+ *   cancel won); libusb codes → URB statuses through ./status.ts.
+ * - isochronous: node-usb has none. An iso URB completes with -EINVAL
+ *   (ISO_UNSUPPORTED_STATUS) and is logged once per device.
+ * - node-usb sets no transfer flags, so SHORT_NOT_OK is applied here (a short
+ *   IN becomes -EREMOTEIO) and URB_ZERO_PACKET is not honoured (logged once).
+ *
+ * Standard requests the port worker intercepts map to libusb calls:
+ * SET_CONFIGURATION → release, libusb_set_configuration, claim again (a no-op
+ * when the value is the active configuration, as the device was opened in it);
+ * SET_INTERFACE → libusb_set_interface_alt_setting; CLEAR_FEATURE(HALT) →
+ * libusb_clear_halt; port reset → libusb_reset_device, except the first reset
+ * of a device nothing was sent to since open (QEMU's host-libusb skips that
+ * one too: the device is already in its default state).
+ *
+ * Unplug: the first NO_DEVICE (a transfer or a call) marks the device gone:
+ * new URBs get -ENODEV, the other transfers in flight are cancelled and complete
+ * through their callbacks, then the interfaces are released and the handle
+ * closed (never inside a transfer callback), and `onGone` runs — the port
+ * worker's default (see ./index.ts) ends the worker, so the backend reports a
+ * disconnect on the port. close() completes what is in flight with -ESHUTDOWN,
+ * releases the interfaces, reattaches kernel drivers and closes the handle.
+ */
+
+import { ECONNRESET, ENODEV, EREMOTEIO, ESHUTDOWN, OK, type UrbStatus } from "../../urb/status.js";
+import { UsbvirtError } from "../../util/errors.js";
+import type {
+  DeviceInfo,
+  TransferDone,
+  TransferHandle,
+  TransferRequest,
+  TransferResult,
+  UsbDevice,
+} from "../device.js";
+import { configurationBytes, deviceDescriptorBytes, interfaceNumbers } from "./descriptors.js";
+import { describeDevice, describeWithStrings, type HostDeviceInfo, usbSpeedOf } from "./enumerate.js";
+import {
+  type LibusbDevice,
+  LibusbError,
+  LibusbTransferStatus,
+  LibusbTransferType,
+  loadLibusb,
+  type TransferHandleNative,
+} from "./libusb.js";
+import { formatSelector, type HostSelector, matchesSelector } from "./select.js";
+import { ISO_UNSUPPORTED_STATUS, isNoDevice, libusbStatus } from "./status.js";
+
+export class HostDeviceError extends UsbvirtError {}
+
+export interface HostUsbDeviceOptions {
+  /** Called once when the device went away (after it was released). */
+  readonly onGone?: (reason: string) => void;
+  readonly log?: (message: string) => void;
+  /** How long close() and the unplug path wait for libusb to complete cancelled transfers (default 2000). */
+  readonly drainTimeoutMs?: number;
+}
+
+export interface HostDeviceStats {
+  /** Bulk and interrupt transfers run in place on guest memory. */
+  zeroCopyTransfers: number;
+  /** Control transfers bounced through a setup+data buffer, and their data bytes. */
+  controlCopies: number;
+  controlCopyBytes: number;
+  isoRejected: number;
+  cancels: number;
+}
+
+const TYPE_BY_KIND = {
+  control: LibusbTransferType.CONTROL,
+  bulk: LibusbTransferType.BULK,
+  interrupt: LibusbTransferType.INTERRUPT,
+  isochronous: LibusbTransferType.ISOCHRONOUS,
+} as const;
+
+interface InFlight {
+  readonly request: TransferRequest;
+  readonly done: TransferDone;
+  /** Control only: setup + data as libusb wants it. */
+  readonly bounce: Buffer | null;
+  native: TransferHandleNative | null;
+  /** Why a cancel was asked for: the guest's unlink, or close()/unplug. */
+  cancelledBy: "unlink" | "close" | "gone" | null;
+}
+
+/** Find the one device `selector` names (serials are read only from candidates that match otherwise). */
+export async function findHostDevice(selector: HostSelector): Promise<LibusbDevice> {
+  const candidates = loadLibusb()
+    .devices()
+    .map((d) => ({ d, info: describeDevice(d) }))
+    .filter(({ info }) => matchesSelector(info, { ...selector, serial: undefined }) || isSerialOnly(selector))
+    .sort((a, b) => a.info.portPath.localeCompare(b.info.portPath, "en", { numeric: true }));
+  for (const c of candidates) {
+    const info = selector.serial === undefined ? c.info : await describeWithStrings(c.d);
+    if (matchesSelector(info, selector)) return c.d;
+  }
+  throw new HostDeviceError(
+    "ERR_USBVIRT_HOST_DEVICE_NOT_FOUND",
+    `no host USB device matches ${formatSelector(selector)}`,
+  );
+}
+
+function isSerialOnly(s: HostSelector): boolean {
+  return (
+    s.serial !== undefined && s.vendorId === undefined && s.productId === undefined && s.busPort === undefined
+  );
+}
+
+export class HostUsbDevice implements UsbDevice {
+  readonly stats: HostDeviceStats = {
+    zeroCopyTransfers: 0,
+    controlCopies: 0,
+    controlCopyBytes: 0,
+    isoRejected: 0,
+    cancels: 0,
+  };
+  private dev: LibusbDevice | null = null;
+  private identity: HostDeviceInfo | null = null;
+  private infoValue: DeviceInfo | null = null;
+  private readonly inFlight = new Map<number, InFlight>();
+  private nextHandle = 1;
+  private claimed: number[] = [];
+  private readonly detachedDrivers = new Set<number>();
+  private state: "new" | "open" | "gone" | "closing" | "closed" = "new";
+  /** Something reached the device since open or the last reset. */
+  private touched = false;
+  private drained: (() => void) | null = null;
+  private readonly warned = new Set<string>();
+  private readonly log: (message: string) => void;
+
+  constructor(
+    private readonly target: HostSelector | LibusbDevice,
+    private readonly options: HostUsbDeviceOptions = {},
+  ) {
+    this.log = options.log ?? ((m) => process.stderr.write(`usbvirt host: ${m}\n`));
+  }
+
+  get info(): DeviceInfo {
+    if (this.infoValue === null)
+      throw new HostDeviceError("ERR_USBVIRT_HOST_NOT_OPEN", "host device is not open");
+    return this.infoValue;
+  }
+
+  /** Identity of the device once open (vid, pid, bus, port path, speed). */
+  get host(): HostDeviceInfo | null {
+    return this.identity;
+  }
+
+  get isGone(): boolean {
+    return this.state === "gone" || this.state === "closed";
+  }
+
+  async open(): Promise<void> {
+    if (this.state !== "new")
+      throw new HostDeviceError("ERR_USBVIRT_HOST_REOPEN", "host device was already opened");
+    const dev = "identity" in this.target ? this.target : await findHostDevice(this.target);
+    const identity = describeDevice(dev);
+    const where = `${hex(identity.vendorId)}:${hex(identity.productId)} at ${identity.portPath}`;
+    const rc = dev.open();
+    if (rc !== 0) {
+      throw new HostDeviceError(
+        "ERR_USBVIRT_HOST_OPEN",
+        `cannot open host device ${where}: libusb error ${rc}`,
+      );
+    }
+    this.dev = dev;
+    const claimError = this.claimAll();
+    if (claimError !== null) {
+      await this.releaseAll();
+      dev.close();
+      throw new HostDeviceError("ERR_USBVIRT_HOST_CLAIM", `cannot claim host device ${where}: ${claimError}`);
+    }
+    this.identity = identity;
+    this.infoValue = {
+      speed: usbSpeedOf(identity.speed),
+      deviceDescriptor: deviceDescriptorBytes(dev.deviceDescriptor),
+      configurations: dev.configurations.map(configurationBytes),
+      name: `host ${where}`,
+    };
+    this.state = "open";
+  }
+
+  /** Detach kernel drivers and claim every interface of the active configuration; a message on failure. */
+  private claimAll(): string | null {
+    const dev = this.dev!;
+    for (const n of interfaceNumbers(dev.activeConfiguration)) {
+      if (dev.kernelDriverActive(n) === 1) {
+        const rc = dev.detachKernelDriver(n);
+        if (rc !== 0) return `interface ${n}: detaching the kernel driver failed (libusb error ${rc})`;
+        this.detachedDrivers.add(n);
+      }
+      const rc = dev.claimInterface(n);
+      if (rc !== 0) return `interface ${n}: claim failed (libusb error ${rc})`;
+      this.claimed.push(n);
+    }
+    return null;
+  }
+
+  private async releaseAll(): Promise<void> {
+    const dev = this.dev!;
+    for (const n of this.claimed) await dev.releaseInterface(n);
+    this.claimed = [];
+  }
+
+  submit(request: TransferRequest, done: TransferDone): TransferHandle {
+    const handle = this.nextHandle++;
+    if (this.state !== "open") {
+      const status = this.state === "gone" ? ENODEV : ESHUTDOWN;
+      setImmediate(() => done({ status, actualLength: 0 }));
+      return handle;
+    }
+    if (request.kind === "isochronous") {
+      this.stats.isoRejected++;
+      this.warnOnce(
+        "iso",
+        "isochronous URBs are not supported for host devices (node-usb has none): -EINVAL",
+      );
+      setImmediate(() => done({ status: ISO_UNSUPPORTED_STATUS, actualLength: 0 }));
+      return handle;
+    }
+    if (request.zeroPacket && !request.directionIn) {
+      this.warnOnce("zlp", "URB_ZERO_PACKET cannot be passed to libusb through node-usb; sent without it");
+    }
+    this.touched = true;
+    const endpointAddress = request.endpoint | (request.directionIn ? 0x80 : 0);
+    const view = request.buffer;
+    let buffer: Buffer;
+    let bounce: Buffer | null = null;
+    if (request.kind === "control") {
+      const s = request.setup!;
+      bounce = Buffer.allocUnsafe(8 + view.length);
+      bounce.writeUInt8(s.bmRequestType, 0);
+      bounce.writeUInt8(s.bRequest, 1);
+      bounce.writeUInt16LE(s.wValue, 2);
+      bounce.writeUInt16LE(s.wIndex, 4);
+      bounce.writeUInt16LE(view.length, 6);
+      if (!request.directionIn) bounce.set(view, 8);
+      this.stats.controlCopies++;
+      this.stats.controlCopyBytes += view.length;
+      buffer = bounce;
+    } else {
+      buffer = Buffer.from(view.buffer, view.byteOffset, view.length);
+      this.stats.zeroCopyTransfers++;
+    }
+    const entry: InFlight = { request, done, bounce, native: null, cancelledBy: null };
+    const native = this.dev!.submit(
+      request.kind === "control" ? 0 : endpointAddress,
+      TYPE_BY_KIND[request.kind],
+      buffer,
+      (status, actual) => this.finish(handle, status, actual),
+    );
+    if (typeof native === "number") {
+      if (isNoDevice(native)) this.markGone("submit failed: no device");
+      setImmediate(() => done({ status: libusbStatus(native), actualLength: 0 }));
+      return handle;
+    }
+    entry.native = native;
+    this.inFlight.set(handle, entry);
+    return handle;
+  }
+
+  /** libusb's completion (always from the event loop). */
+  private finish(handle: number, code: number, actual: number): void {
+    const entry = this.inFlight.get(handle);
+    if (entry === undefined) return;
+    this.inFlight.delete(handle);
+    const r = entry.request;
+    let status: UrbStatus = libusbStatus(code);
+    const actualLength = Math.max(0, Math.min(actual, r.buffer.length));
+    if (code === LibusbTransferStatus.CANCELLED) {
+      status = entry.cancelledBy === "close" ? ESHUTDOWN : entry.cancelledBy === "gone" ? ENODEV : ECONNRESET;
+    }
+    if (entry.bounce !== null && r.directionIn && actualLength > 0) {
+      r.buffer.set(entry.bounce.subarray(8, 8 + actualLength));
+    }
+    if (status === OK && r.directionIn && r.shortNotOk && actualLength < r.buffer.length) status = EREMOTEIO;
+    if (isNoDevice(code)) this.markGone("a transfer found the device gone");
+    const result: TransferResult = { status, actualLength };
+    entry.done(result);
+    if (this.inFlight.size === 0 && this.drained !== null) {
+      const resolve = this.drained;
+      this.drained = null;
+      setImmediate(resolve); // never release or close inside a transfer callback
+    }
+  }
+
+  cancel(handle: TransferHandle): void {
+    const entry = this.inFlight.get(handle);
+    if (entry === undefined || entry.cancelledBy !== null) return;
+    entry.cancelledBy = "unlink";
+    this.stats.cancels++;
+    entry.native?.cancel();
+  }
+
+  /** Cancel everything in flight and wait (bounded) for libusb to complete it. */
+  private async drain(why: "close" | "gone"): Promise<void> {
+    for (const entry of this.inFlight.values()) {
+      if (entry.cancelledBy === null) entry.cancelledBy = why;
+      entry.native?.cancel();
+    }
+    if (this.inFlight.size === 0) return;
+    const limit = this.options.drainTimeoutMs ?? 2000;
+    const settled = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), limit);
+      this.drained = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+    });
+    this.drained = null;
+    if (!settled) {
+      // libusb never completed them (the device is gone for good): answer anyway; the handle stays open.
+      this.log(`${this.inFlight.size} transfer(s) did not complete within ${limit} ms; failing them`);
+      for (const [h, entry] of [...this.inFlight]) {
+        this.inFlight.delete(h);
+        entry.done({ status: why === "close" ? ESHUTDOWN : ENODEV, actualLength: 0 });
+      }
+    }
+  }
+
+  private markGone(reason: string): void {
+    if (this.state !== "open") return;
+    this.state = "gone";
+    this.log(`${this.infoValue?.name ?? "host device"}: unplugged (${reason})`);
+    setImmediate(() => void this.afterGone(reason));
+  }
+
+  private async afterGone(reason: string): Promise<void> {
+    await this.drain("gone");
+    await this.releaseAll();
+    if (this.inFlight.size === 0) this.dev?.close();
+    this.state = "closed";
+    this.options.onGone?.(reason);
+  }
+
+  private async control(run: () => Promise<number>): Promise<UrbStatus> {
+    if (this.state === "gone" || this.state === "closed") return ENODEV;
+    if (this.state !== "open") return ESHUTDOWN;
+    this.touched = true;
+    const rc = await run();
+    if (isNoDevice(rc)) this.markGone("a request found the device gone");
+    return libusbStatus(rc);
+  }
+
+  async setConfiguration(value: number): Promise<UrbStatus> {
+    const dev = this.dev;
+    if (dev !== null && this.state === "open" && dev.activeConfiguration?.bConfigurationValue === value) {
+      return OK; // opened in this configuration: nothing to change
+    }
+    return await this.control(async () => {
+      await this.releaseAll();
+      const rc = await dev!.setConfiguration(value);
+      const claimError = this.claimAll();
+      if (claimError !== null) this.log(`after SET_CONFIGURATION(${value}): ${claimError}`);
+      return rc;
+    });
+  }
+
+  async setInterface(interfaceNumber: number, alternateSetting: number): Promise<UrbStatus> {
+    if (this.state === "open" && !this.claimed.includes(interfaceNumber))
+      return libusbStatus(LibusbError.NOT_FOUND);
+    return await this.control(() => this.dev!.setInterface(interfaceNumber, alternateSetting));
+  }
+
+  async clearHalt(endpointAddress: number): Promise<UrbStatus> {
+    return await this.control(() => this.dev!.clearHalt(endpointAddress));
+  }
+
+  async reset(): Promise<UrbStatus> {
+    if (this.state === "open" && !this.touched) return OK; // already in its default state
+    const status = await this.control(async () => {
+      const rc = await this.dev!.reset();
+      // NOT_FOUND: the device re-enumerated as something else (or left): for the guest it is gone.
+      return rc === LibusbError.NOT_FOUND ? LibusbError.NO_DEVICE : rc;
+    });
+    this.touched = false;
+    return status;
+  }
+
+  async close(): Promise<void> {
+    if (this.state === "new") {
+      this.state = "closed";
+      return;
+    }
+    if (this.state === "closing" || this.state === "closed") return;
+    const wasGone = this.state === "gone";
+    this.state = "closing";
+    await this.drain("close");
+    if (wasGone) return; // afterGone releases and closes
+    const dev = this.dev!;
+    await this.releaseAll();
+    for (const n of this.detachedDrivers) {
+      const rc = dev.attachKernelDriver(n);
+      if (rc !== 0 && rc !== LibusbError.NO_DEVICE)
+        this.log(`interface ${n}: reattaching the kernel driver failed (${rc})`);
+    }
+    this.detachedDrivers.clear();
+    if (this.inFlight.size === 0) dev.close();
+    this.state = "closed";
+  }
+
+  private warnOnce(key: string, message: string): void {
+    if (this.warned.has(key)) return;
+    this.warned.add(key);
+    this.log(`${this.infoValue?.name ?? "host device"}: ${message}`);
+  }
+}
+
+const hex = (n: number) => n.toString(16).padStart(4, "0");
