@@ -1,0 +1,159 @@
+/**
+ * Real libusb code (npm usb@2) against a fake device under umockdev: one
+ * child process per test under `umockdev-run`, replaying a usbmon capture the
+ * test synthesises (see ./umockdev.ts and /work/shared/USB-TESTING.md). The
+ * replay scenarios run the whole engine: frontend → backend worker → port
+ * worker → HostUsbDevice → libusb. Sequential and bounded: libusb polls a
+ * umockdev device busily (about 0.6 of a core while it is open).
+ *
+ * Skips when umockdev-run is not installed (CI installs it: umockdev,
+ * gir1.2-umockdev-1.0, python3-gi).
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ECONNRESET, ENODEV, EPIPE, ESHUTDOWN } from "../../src/urb/status.js";
+import {
+  BUS_PORT,
+  fakeDevice,
+  MANUFACTURER,
+  PID,
+  PRODUCT,
+  SERIAL,
+  stringDescriptor,
+  VID,
+} from "./fixture.js";
+import { type ChildOutcome, underReplay } from "./run-child.js";
+import { payload, SCENARIOS } from "./scenarios.js";
+import { findUmockdevRun, Recording, umockdevDescription, XFER_BULK } from "./umockdev.js";
+
+const umockdevRun = findUmockdevRun();
+if (umockdevRun === null) {
+  console.warn(
+    "test/host: SKIPPED — umockdev-run is not installed (apt-get install umockdev gir1.2-umockdev-1.0 python3-gi)",
+  );
+}
+
+const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+
+describe
+  .skipIf(umockdevRun === null)
+  .sequential("host devices through libusb under umockdev (replay)", () => {
+    let dir = "";
+    let description = "";
+    beforeAll(() => {
+      dir = mkdtempSync(join(tmpdir(), "usbvirt-umockdev-"));
+      description = join(dir, "device.umockdev");
+      writeFileSync(description, umockdevDescription(fakeDevice));
+    });
+    afterAll(() => {
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    async function replay(
+      name: string,
+      record: (r: Recording) => void,
+      child: string,
+      args: string[] = [],
+    ): Promise<Record<string, unknown>> {
+      const r = new Recording(fakeDevice.busnum, fakeDevice.devnum);
+      record(r);
+      const pcap = join(dir, `${name}.pcap`);
+      writeFileSync(pcap, r.pcap());
+      const out: ChildOutcome = await underReplay(
+        umockdevRun!,
+        description,
+        fakeDevice.sysfsPath,
+        pcap,
+        child,
+        args,
+      );
+      if (out.verdict === null || out.verdict.ok !== true) {
+        throw new Error(
+          `child '${name}' failed (exit ${out.code}, ${out.ms} ms): ${JSON.stringify(out.verdict)}\n${out.stderr.slice(-2000)}`,
+        );
+      }
+      return out.verdict;
+    }
+
+    const scenario = (name: string) =>
+      replay(name, (r) => SCENARIOS[name]!.record(r), "test/host/children/replay.ts", [name]);
+
+    it("lists the described device with its strings, selects it, and libusb writes land in the SharedArrayBuffer", async () => {
+      const v = await replay(
+        "enumerate",
+        (r) => {
+          const get = (index: number) => ({
+            bmRequestType: 0x80,
+            bRequest: 6,
+            wValue: 0x0300 | index,
+            wIndex: 0x0409,
+            wLength: 255,
+          });
+          r.control(get(1), stringDescriptor(MANUFACTURER));
+          r.control(get(2), stringDescriptor(PRODUCT));
+          r.control(get(3), stringDescriptor(SERIAL));
+          r.transferIn(XFER_BULK, 0x01, 64, payload(64, 42));
+        },
+        "test/host/children/enumerate.ts",
+      );
+      expect(v.list).toEqual([
+        {
+          vendorId: VID,
+          productId: PID,
+          busNumber: 1,
+          deviceAddress: 2,
+          portPath: BUS_PORT,
+          speed: "high",
+          deviceClass: 0xff,
+          manufacturer: MANUFACTURER,
+          product: PRODUCT,
+          serial: SERIAL,
+        },
+      ]);
+      expect(v.selected).toEqual([BUS_PORT]);
+      expect(v.info).toEqual({ name: `host 1209:7301 at ${BUS_PORT}`, speed: 3, configBytes: 39 });
+      expect(v.result).toEqual({ status: 0, actualLength: 64 });
+      // Zero copy: libusb wrote into the guest's SharedArrayBuffer in place, and only inside the view.
+      expect(v.inPlace).toBe(hex(payload(64, 42)));
+      expect([v.canaryBefore, v.canaryAfter]).toEqual([0xee, 0xee]);
+      expect(v.iso).toBe(-22); // isochronous URBs to a real device: -EINVAL
+      expect(v.stats).toMatchObject({ zeroCopyTransfers: 1, controlCopies: 0, isoRejected: 1 });
+    });
+
+    it("enumerates through the engine and moves control, bulk and interrupt data, four bulk INs in flight", async () => {
+      const v = await scenario("data");
+      expect(v).toMatchObject({
+        vendorId: VID,
+        productId: PID,
+        product: PRODUCT,
+        endpoints: [0x81, 0x02, 0x83],
+      });
+      expect(v.controlIn).toBe(hex(payload(40, 1)));
+      expect(v.bulkOut).toBe(1024);
+      expect(v.bulkIn).toBe(hex(payload(1024, 3)));
+      expect(v.interruptIn).toBe(hex(payload(8, 4)));
+      expect(v.many).toEqual(
+        [0, 1, 2, 3].map((i) => ({ status: 0, length: 512 - i, hex: hex(payload(512 - i, 10 + i)) })),
+      );
+    });
+
+    it("reports a stall as -EPIPE and recovers after CLEAR_FEATURE(HALT) through libusb_clear_halt", async () => {
+      const v = await scenario("stall");
+      expect(v).toMatchObject({ stalledStatus: EPIPE, retried: 64 });
+    });
+
+    it("cancels an unanswered bulk IN on unlink: one completion with -ECONNRESET", async () => {
+      const v = await scenario("unlink");
+      expect(v).toMatchObject({ unlinkStatus: 0, status: ECONNRESET });
+    });
+
+    it("fails in-flight URBs when the device goes away, disconnects the port and ends the port worker", async () => {
+      const v = await scenario("unplug");
+      for (const s of v.statuses as number[]) expect([ENODEV, ESHUTDOWN]).toContain(s);
+      expect(v.reason).toBe("port worker exited (code 0)");
+      expect(v.connected).toBe(false);
+      expect([ENODEV, ESHUTDOWN]).toContain(v.afterStatus);
+    });
+  });
