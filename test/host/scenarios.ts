@@ -93,7 +93,9 @@ export const SCENARIOS: Record<string, Scenario> = {
       r.transferIn(XFER_INTERRUPT, 0x03, 8, payload(8, 4));
       const ids = [r.id(), r.id(), r.id(), r.id()];
       for (const id of ids) r.submit(id, XFER_BULK, 0x81, 512);
-      ids.forEach((id, i) => r.complete(id, XFER_BULK, 0x81, 512 - i, { data: payload(512 - i, 10 + i) }));
+      for (const [i, id] of ids.entries()) {
+        r.complete(id, XFER_BULK, 0x81, 512 - i, { data: payload(512 - i, 10 + i) });
+      }
     },
     async run({ guest }) {
       const dev = await guest.enumerate(P, A);
