@@ -1,0 +1,129 @@
+/**
+ * Host hotplug for a Connection (the manager side of "attach a host device by
+ * vid:pid, bus-port path or serial; detach; hotplug"): watches libusb's
+ * attach / detach events, puts every host device that passes the allow / deny
+ * filter on a free port of the connection, and takes it off again when it is
+ * unplugged. A device whose port worker already ended because it saw the
+ * unplug first (the connection's 'port-failed') is simply forgotten; when it
+ * comes back it is attached again.
+ *
+ * Events: 'attached' (port, HostDeviceInfo), 'detached' (port, HostDeviceInfo),
+ * 'log' (message). Uses only Connection's public API.
+ */
+import { EventEmitter } from "node:events";
+import {
+  type HostDeviceInfo,
+  type HostFilter,
+  HostHotplugWatcher,
+  type HotplugEvent,
+  listHostDevices,
+  passesFilter,
+} from "../devices/host/index.js";
+import type { DeviceSpec } from "../devices/spec.js";
+import type { Connection } from "./connection.js";
+
+export interface HostHotplugOptions {
+  /** Which host devices to pass through (deny wins; no allow list = every device not denied). */
+  readonly filter: HostFilter;
+  /** Ports this helper may use (default: every port of the connection). */
+  readonly ports?: readonly number[];
+  /** Attach matching devices that are already plugged in when start() runs (default true). */
+  readonly attachExisting?: boolean;
+}
+
+const isHub = (d: HostDeviceInfo) => d.deviceClass === 9;
+
+export class HostHotplug extends EventEmitter {
+  private readonly watcher: HostHotplugWatcher;
+  /** Port path → port, for the devices this helper attached. */
+  private readonly attached = new Map<string, { port: number; info: HostDeviceInfo }>();
+  private readonly ports: readonly number[];
+  /** Serialises attach/detach so events are applied in the order they arrived. */
+  private queue: Promise<void> = Promise.resolve();
+  private readonly onPortFailed = (port: number) => {
+    for (const [path, a] of this.attached) if (a.port === port) this.attached.delete(path);
+  };
+
+  constructor(
+    private readonly conn: Connection,
+    private readonly options: HostHotplugOptions,
+  ) {
+    super();
+    this.ports = options.ports ?? Array.from({ length: conn.handles.ports }, (_, i) => i + 1);
+    this.watcher = new HostHotplugWatcher((e) => this.enqueue(e), options.filter);
+  }
+
+  /** Ports in use by this helper, by port path. */
+  get devices(): ReadonlyMap<string, { port: number; info: HostDeviceInfo }> {
+    return this.attached;
+  }
+
+  /** Start watching; attach what is already there. Throws LibusbUnavailableError without libusb. */
+  async start(): Promise<void> {
+    this.conn.on("port-failed", this.onPortFailed);
+    this.watcher.start();
+    if (this.options.attachExisting === false) return;
+    const needStrings = [...(this.options.filter.allow ?? []), ...(this.options.filter.deny ?? [])].some(
+      (s) => s.serial !== undefined,
+    );
+    for (const info of await listHostDevices({ strings: needStrings })) {
+      if (passesFilter(info, this.options.filter)) this.enqueue({ type: "attach", device: info });
+    }
+    await this.queue;
+  }
+
+  /** Stop watching (attached devices stay attached). */
+  async stop(): Promise<void> {
+    this.watcher.stop();
+    this.conn.off("port-failed", this.onPortFailed);
+    await this.queue;
+  }
+
+  private enqueue(e: HotplugEvent): void {
+    this.queue = this.queue
+      .then(() => (e.type === "attach" ? this.attach(e.device) : this.detach(e.device)))
+      .catch((err: unknown) => {
+        this.emit("log", `hotplug ${e.type} of ${e.device.portPath}: ${String(err)}`);
+      });
+  }
+
+  private async attach(info: HostDeviceInfo): Promise<void> {
+    if (isHub(info) || this.attached.has(info.portPath)) return;
+    const used = new Set([...this.attached.values()].map((a) => a.port));
+    const spec: DeviceSpec = {
+      kind: "host",
+      vendorId: info.vendorId,
+      productId: info.productId,
+      busPort: info.portPath,
+    };
+    for (const port of this.ports) {
+      if (used.has(port) || this.conn.frontend?.portStatus(port).connected === true) continue;
+      try {
+        await this.conn.attach(port, spec);
+      } catch (err) {
+        const e = err as { code?: string; message?: string };
+        if (e.code === "ERR_USBVIRT_PORT_BUSY" || /already has a device/.test(e.message ?? "")) continue;
+        throw err;
+      }
+      this.attached.set(info.portPath, { port, info });
+      this.emit("attached", port, info);
+      return;
+    }
+    this.emit("log", `no free port for host device ${info.portPath}`);
+  }
+
+  private async detach(info: HostDeviceInfo): Promise<void> {
+    const a = this.attached.get(info.portPath);
+    if (a === undefined) return;
+    this.attached.delete(info.portPath);
+    try {
+      await this.conn.detach(a.port);
+    } catch (err) {
+      // The port worker saw the unplug first and ended: the port is already empty.
+      // (comlink carries an error's message, not its code.)
+      const e = err as { code?: string; message?: string };
+      if (e.code !== "ERR_USBVIRT_PORT_EMPTY" && !/has no device/.test(e.message ?? "")) throw err;
+    }
+    this.emit("detached", a.port, a.info);
+  }
+}
