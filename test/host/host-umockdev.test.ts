@@ -24,14 +24,21 @@ import {
   stringDescriptor,
   VID,
 } from "./fixture.js";
-import { type ChildOutcome, underReplay } from "./run-child.js";
+import { type ChildOutcome, runChild, underReplay } from "./run-child.js";
 import { payload, SCENARIOS } from "./scenarios.js";
-import { findUmockdevRun, Recording, umockdevDescription, XFER_BULK } from "./umockdev.js";
+import { findTestbedPython, findUmockdevRun, Recording, umockdevDescription, XFER_BULK } from "./umockdev.js";
 
 const umockdevRun = findUmockdevRun();
 if (umockdevRun === null) {
   console.warn(
     "test/host: SKIPPED — umockdev-run is not installed (apt-get install umockdev gir1.2-umockdev-1.0 python3-gi)",
+  );
+}
+
+const testbedPython = umockdevRun === null ? null : findTestbedPython();
+if (umockdevRun !== null && testbedPython === null) {
+  console.warn(
+    "test/host: hotplug test SKIPPED — python3 with gir1.2-umockdev-1.0 (python3-gi) is not installed",
   );
 }
 
@@ -157,3 +164,41 @@ describe
       expect([ENODEV, ESHUTDOWN]).toContain(v.afterStatus);
     });
   });
+
+describe.skipIf(testbedPython === null)("host hotplug under an interactive umockdev testbed", () => {
+  it("detaches the port cleanly when the device is unplugged (the frontend sees it) and attaches it again on re-plug", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "usbvirt-testbed-"));
+    try {
+      const description = join(dir, "device.umockdev");
+      writeFileSync(description, umockdevDescription(fakeDevice));
+      const out = await runChild(testbedPython!, [
+        "test/host/children/testbed.py",
+        description,
+        `/sys${fakeDevice.sysfsPath}`,
+        "--",
+        process.execPath,
+        "--import",
+        "tsx",
+        "test/host/children/hotplug.ts",
+      ]);
+      const v = out.verdict;
+      if (v === null || v.ok !== true) {
+        throw new Error(
+          `hotplug child failed (exit ${out.code}, ${out.ms} ms): ${JSON.stringify(v)}\n${out.stderr.slice(-2000)}`,
+        );
+      }
+      expect(v.events).toEqual([
+        `attached 1 ${BUS_PORT}`,
+        `detached 1 ${BUS_PORT}`,
+        `attached 1 ${BUS_PORT}`,
+      ]);
+      expect([ENODEV, ESHUTDOWN]).toContain(v.inFlightStatus);
+      const changes = v.portChanges as boolean[];
+      expect(changes[0]).toBe(true);
+      expect(changes.at(-1)).toBe(true); // connected again after the re-plug
+      expect(changes).toContain(false); // the frontend saw the disconnect in between
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -24,6 +24,25 @@ export function findUmockdevRun(): string | null {
   }
 }
 
+/** A Python 3 that has umockdev's GObject introspection (interactive mode), or null. */
+export function findTestbedPython(): string | null {
+  for (const python of ["/usr/bin/python3", "python3"]) {
+    try {
+      execFileSync(
+        python,
+        ["-c", "import gi; gi.require_version('UMockdev', '1.0'); from gi.repository import UMockdev"],
+        {
+          stdio: "ignore",
+        },
+      );
+      return python;
+    } catch {
+      // try the next one
+    }
+  }
+  return null;
+}
+
 export interface FakeUsbDevice {
   /** Sysfs path, e.g. /devices/pci0000:00/0000:00:14.0/usb1/1-1. Its last part is the bus-port name. */
   readonly sysfsPath: string;

@@ -1,0 +1,84 @@
+/**
+ * Child process under test/host/children/testbed.py (interactive umockdev):
+ * a Connection with HostHotplug. The device is attached to port 1 on start,
+ * a bulk IN is left in flight, then (STAGE plugged) the testbed unplugs it:
+ * libusb's detach event makes HostHotplug detach the port, the URB fails, and
+ * the frontend sees the port disconnect. Then (STAGE unplugged) the device
+ * comes back and is attached again. Prints `VERDICT <json>`.
+ */
+import { Connection } from "../../../src/engine/connection.js";
+import { HostHotplug } from "../../../src/engine/host-hotplug.js";
+import { GuestUsbDriver } from "../../../src/guest/guest-driver.js";
+import type { DevAddr, EndpointNum, PortNum } from "../../../src/urb/types.js";
+import { PID, VID } from "../fixture.js";
+
+const P = 1 as PortNum;
+
+async function until(what: string, check: () => boolean, ms = 8000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+async function main(): Promise<Record<string, unknown>> {
+  const conn = await Connection.create({ ports: 2, memory: 1024 });
+  const hcd = conn.frontend!;
+  const events: string[] = [];
+  const portChanges: boolean[] = [];
+  hcd.on("portChange", (s: { connected: boolean }) => portChanges.push(s.connected));
+  const hotplug = new HostHotplug(conn, { filter: { allow: [{ vendorId: VID, productId: PID }] } });
+  hotplug.on("attached", (port: number, info: { portPath: string }) =>
+    events.push(`attached ${port} ${info.portPath}`),
+  );
+  hotplug.on("detached", (port: number, info: { portPath: string }) =>
+    events.push(`detached ${port} ${info.portPath}`),
+  );
+  hotplug.on("log", (m: string) => events.push(`log ${m}`));
+  try {
+    await hotplug.start();
+    await until("port 1 connected", () => hcd.portStatus(P).connected);
+    // Reset and address the device (both handled without it), then leave a bulk IN in flight.
+    const guest = new GuestUsbDriver(hcd, conn.handles);
+    await hcd.resetPort(P);
+    await guest.control(P, 0 as DevAddr, { bmRequestType: 0, bRequest: 5, wValue: 5, wIndex: 0, wLength: 0 });
+    const pending = hcd.submit({
+      type: "bulk",
+      port: P,
+      device: 5 as DevAddr,
+      endpoint: 1 as EndpointNum,
+      directionIn: true,
+      buffer: [guest.buffers.allocate(64)],
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    process.stdout.write("STAGE plugged\n");
+    const inFlight = await pending;
+    await until("port 1 disconnected", () => !hcd.portStatus(P).connected);
+    await until("detached event", () => events.some((e) => e.startsWith("detached")));
+    process.stdout.write("STAGE unplugged\n");
+    await until("re-attached", () => events.filter((e) => e.startsWith("attached")).length === 2);
+    await until("port 1 connected again", () => hcd.portStatus(P).connected);
+    return { events: [...events], inFlightStatus: inFlight.status, portChanges: [...portChanges] };
+  } finally {
+    await hotplug.stop();
+    await conn.close();
+  }
+}
+
+const watchdog = setTimeout(() => {
+  process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: "timed out in the child" })}\n`);
+  process.exit(2);
+}, 25_000);
+main().then(
+  (v) => {
+    clearTimeout(watchdog);
+    process.stdout.write(`VERDICT ${JSON.stringify({ ok: true, ...v })}\n`);
+    process.exit(0);
+  },
+  (err: unknown) => {
+    clearTimeout(watchdog);
+    process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: String(err) })}\n`);
+    process.exit(1);
+  },
+);
