@@ -1,0 +1,379 @@
+/**
+ * The client side of USB/IP (what Linux's `usbip` tool and vhci-hcd do over
+ * the socket): list a server's devices, import one, then submit URBs and
+ * unlink them. Used by the usbip-remote device backend (`usbvirt attach`) and
+ * by the tests. Replies are framed with the frame readers of protocol.ts, so
+ * a server that breaks framing (a RET_SUBMIT for a seqnum not in flight, IN
+ * data longer than asked) ends the connection, as vhci does.
+ *
+ * Unlink contract, client's view: RET_UNLINK -ECONNRESET → the target is
+ * finished as cancelled (its submit promise resolves with -ECONNRESET, and a
+ * RET_SUBMIT for it afterwards is a protocol error); RET_UNLINK 0 → the
+ * target's RET_SUBMIT already arrived.
+ */
+import { EventEmitter } from "node:events";
+import { type Socket, connect as tcpConnect } from "node:net";
+import { UsbvirtError } from "../util/errors.js";
+import {
+  ByteQueue,
+  type DeviceRecord,
+  devidOf,
+  encodeCmdSubmit,
+  encodeCmdUnlink,
+  encodeDevlistRequest,
+  encodeImportRequest,
+  type IsoDescriptor,
+  NON_ISO_PACKETS,
+  OpStatus,
+  opStatusName,
+  type RetSubmit,
+  readOpReply,
+  readServerPdu,
+  type SentSubmit,
+  USBIP_PORT,
+} from "./protocol.js";
+
+export class UsbipClientError extends UsbvirtError {}
+
+/** An import the server refused; `status` is the OP status (2 = busy, 4 = no such device). */
+export class UsbipImportError extends UsbipClientError {
+  constructor(
+    readonly busid: string,
+    readonly status: number,
+  ) {
+    super("ERR_USBVIRT_USBIP_IMPORT", `import of ${busid} refused: ${opStatusName(status)} (${status})`);
+  }
+}
+
+export interface SubmitRequest {
+  /** Endpoint number 0..15 (no direction bit). */
+  readonly ep: number;
+  readonly directionIn: boolean;
+  /** Bytes asked for (IN) — OUT uses data.length when absent. */
+  readonly length?: number;
+  readonly data?: Uint8Array;
+  readonly setup?: Uint8Array;
+  readonly transferFlags?: number;
+  readonly interval?: number;
+  readonly startFrame?: number;
+  /** Iso packets (offset, length) in the transfer buffer. */
+  readonly iso?: readonly { offset: number; length: number }[];
+}
+
+/** What a submit resolves with: the RET_SUBMIT, or the cancellation RET_UNLINK stood for. */
+export interface SubmitResult {
+  readonly status: number;
+  readonly actualLength: number;
+  /** IN data (iso: compacted as on the wire). */
+  readonly data: Uint8Array;
+  readonly iso: readonly IsoDescriptor[];
+  readonly startFrame: number;
+  readonly errorCount: number;
+  /** True when it ended by RET_UNLINK -ECONNRESET (no RET_SUBMIT came). */
+  readonly unlinked: boolean;
+}
+
+interface Pending {
+  readonly sent: SentSubmit;
+  readonly resolve: (r: SubmitResult) => void;
+}
+
+export interface ClientOptions {
+  readonly host: string;
+  readonly port?: number;
+  /** Connect timeout (default 5000 ms). */
+  readonly timeoutMs?: number;
+}
+
+export class UsbipClient extends EventEmitter {
+  private readonly queue = new ByteQueue();
+  private seq = 1;
+  private readonly pending = new Map<number, Pending>();
+  private readonly unlinks = new Map<number, { target: number; resolve: (status: number) => void }>();
+  private opWaiter: {
+    expect: "devlist" | "import";
+    resolve: (v: unknown) => void;
+    reject: (e: Error) => void;
+  } | null = null;
+  private phase: "op" | "urb" | "closed" = "op";
+  private closeReason: Error | null = null;
+  /** The imported device (after import()). */
+  device: DeviceRecord | null = null;
+  devid = 0;
+
+  private constructor(readonly socket: Socket) {
+    super();
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 30_000);
+    socket.on("data", (chunk: Buffer) => {
+      this.queue.push(chunk);
+      this.pump();
+    });
+    socket.on("error", (err) => this.fail(err));
+    socket.on("close", () =>
+      this.fail(new UsbipClientError("ERR_USBVIRT_USBIP_CLOSED", "connection closed")),
+    );
+  }
+
+  static connect(options: ClientOptions): Promise<UsbipClient> {
+    return new Promise((resolve, reject) => {
+      const socket = tcpConnect({ host: options.host, port: options.port ?? USBIP_PORT });
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(
+          new UsbipClientError(
+            "ERR_USBVIRT_USBIP_CONNECT",
+            `no answer from ${options.host}:${options.port ?? USBIP_PORT} in ${options.timeoutMs ?? 5000} ms`,
+          ),
+        );
+      }, options.timeoutMs ?? 5000);
+      socket.once("connect", () => {
+        clearTimeout(timer);
+        socket.removeAllListeners("error");
+        resolve(new UsbipClient(socket));
+      });
+      socket.once("error", (err) => {
+        clearTimeout(timer);
+        reject(
+          new UsbipClientError(
+            "ERR_USBVIRT_USBIP_CONNECT",
+            `cannot connect to ${options.host}:${options.port ?? USBIP_PORT}: ${err.message}`,
+            { cause: err },
+          ),
+        );
+      });
+    });
+  }
+
+  get closed(): boolean {
+    return this.phase === "closed";
+  }
+
+  /** Why the connection ended (null while open). */
+  get error(): Error | null {
+    return this.closeReason;
+  }
+
+  /** Submits in flight. */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /** OP_REQ_DEVLIST on this connection (usbip closes it afterwards; so may the server). */
+  async devlist(): Promise<DeviceRecord[]> {
+    const reply = (await this.op("devlist", encodeDevlistRequest())) as {
+      status: number;
+      devices: DeviceRecord[];
+    };
+    if (reply.status !== OpStatus.OK) {
+      throw new UsbipClientError(
+        "ERR_USBVIRT_USBIP_DEVLIST",
+        `device list refused: ${opStatusName(reply.status)}`,
+      );
+    }
+    return reply.devices;
+  }
+
+  /** OP_REQ_IMPORT; on success the connection carries URBs for that device. */
+  async import(busid: string): Promise<DeviceRecord> {
+    const reply = (await this.op("import", encodeImportRequest(busid))) as {
+      status: number;
+      device: DeviceRecord | null;
+    };
+    if (reply.status !== OpStatus.OK || reply.device === null)
+      throw new UsbipImportError(busid, reply.status);
+    this.device = reply.device;
+    this.devid = devidOf(reply.device);
+    this.phase = "urb";
+    this.pump();
+    return reply.device;
+  }
+
+  private op(expect: "devlist" | "import", request: Uint8Array): Promise<unknown> {
+    if (this.phase !== "op" || this.opWaiter !== null) {
+      return Promise.reject(new UsbipClientError("ERR_USBVIRT_USBIP_STATE", `cannot send ${expect} now`));
+    }
+    return new Promise((resolve, reject) => {
+      this.opWaiter = { expect, resolve, reject };
+      this.socket.write(request);
+      this.pump();
+    });
+  }
+
+  /** Send a CMD_SUBMIT; `done` resolves with its RET_SUBMIT (or the -ECONNRESET its unlink produced). */
+  submit(request: SubmitRequest): { seqnum: number; done: Promise<SubmitResult> } {
+    const seqnum = this.nextSeq();
+    const data = request.directionIn ? new Uint8Array(0) : (request.data ?? new Uint8Array(0));
+    const length = request.length ?? data.length;
+    const iso = (request.iso ?? []).map((p) => ({
+      offset: p.offset,
+      length: p.length,
+      actualLength: 0,
+      status: 0,
+    }));
+    const done = new Promise<SubmitResult>((resolve) => {
+      if (this.phase !== "urb") {
+        resolve(closedResult(-108));
+        return;
+      }
+      this.pending.set(seqnum, {
+        sent: { directionIn: request.directionIn, transferBufferLength: length },
+        resolve,
+      });
+    });
+    if (this.phase === "urb") {
+      this.socket.write(
+        encodeCmdSubmit({
+          seqnum,
+          devid: this.devid,
+          directionIn: request.directionIn,
+          ep: request.ep,
+          transferFlags: request.transferFlags ?? 0,
+          transferBufferLength: length,
+          startFrame: request.startFrame ?? 0,
+          numberOfPackets: iso.length > 0 ? iso.length : NON_ISO_PACKETS,
+          interval: request.interval ?? 0,
+          setup: request.setup ?? new Uint8Array(8),
+          data,
+          iso,
+        }),
+      );
+    }
+    return { seqnum, done };
+  }
+
+  /** Send a CMD_UNLINK for `target`; resolves with RET_UNLINK's status. */
+  unlink(target: number): Promise<number> {
+    const seqnum = this.nextSeq();
+    return new Promise((resolve) => {
+      if (this.phase !== "urb") {
+        resolve(-108);
+        return;
+      }
+      this.unlinks.set(seqnum, { target, resolve });
+      this.socket.write(
+        encodeCmdUnlink({ seqnum, devid: this.devid, directionIn: false, ep: 0, unlinkSeqnum: target }),
+      );
+    });
+  }
+
+  /** Write raw bytes (tests: hostile input). */
+  writeRaw(bytes: Uint8Array): void {
+    this.socket.write(bytes);
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  /** Resolves once the socket has closed. */
+  whenClosed(): Promise<void> {
+    if (this.socket.destroyed && this.phase === "closed") return Promise.resolve();
+    return new Promise((resolve) => this.socket.once("close", () => resolve()));
+  }
+
+  private nextSeq(): number {
+    const s = this.seq;
+    this.seq = (this.seq + 1) >>> 0 || 1;
+    return s;
+  }
+
+  private pump(): void {
+    while (this.phase !== "closed") {
+      if (this.phase === "op") {
+        const waiter = this.opWaiter;
+        if (waiter === null) {
+          if (this.queue.length > 0) this.protocolError("data from the server before any request");
+          return;
+        }
+        const r = readOpReply(this.queue, waiter.expect);
+        if (r.kind === "need") return;
+        if (r.kind === "malformed") {
+          this.protocolError(r.reason);
+          return;
+        }
+        this.opWaiter = null;
+        waiter.resolve(r.frame);
+        return; // import() switches the phase and pumps again
+      }
+      const r = readServerPdu(this.queue, (seq) => this.pending.get(seq)?.sent);
+      if (r.kind === "need") return;
+      if (r.kind === "malformed") {
+        this.protocolError(r.reason);
+        return;
+      }
+      const pdu = r.frame;
+      if (pdu.command === "ret-submit") {
+        const p = this.pending.get(pdu.seqnum)!;
+        this.pending.delete(pdu.seqnum);
+        p.resolve(resultOf(pdu));
+      } else {
+        const u = this.unlinks.get(pdu.seqnum);
+        if (u === undefined) {
+          this.protocolError(`RET_UNLINK for seqnum ${pdu.seqnum}, which is not an unlink in flight`);
+          return;
+        }
+        this.unlinks.delete(pdu.seqnum);
+        if (pdu.status !== 0) {
+          // Cancelled: no RET_SUBMIT follows for the target.
+          const p = this.pending.get(u.target);
+          this.pending.delete(u.target);
+          p?.resolve({ ...closedResult(pdu.status), unlinked: true });
+        }
+        u.resolve(pdu.status);
+      }
+    }
+  }
+
+  private protocolError(reason: string): void {
+    this.fail(new UsbipClientError("ERR_USBVIRT_USBIP_PROTOCOL", `server broke the protocol: ${reason}`));
+    this.socket.destroy();
+  }
+
+  private fail(err: Error): void {
+    if (this.phase === "closed") return;
+    this.phase = "closed";
+    this.closeReason = err;
+    this.opWaiter?.reject(err);
+    this.opWaiter = null;
+    for (const p of this.pending.values()) p.resolve(closedResult(-108));
+    this.pending.clear();
+    for (const u of this.unlinks.values()) u.resolve(-108);
+    this.unlinks.clear();
+    this.emit("close", err);
+  }
+}
+
+function closedResult(status: number): SubmitResult {
+  return {
+    status,
+    actualLength: 0,
+    data: new Uint8Array(0),
+    iso: [],
+    startFrame: 0,
+    errorCount: 0,
+    unlinked: false,
+  };
+}
+
+function resultOf(r: RetSubmit): SubmitResult {
+  return {
+    status: r.status,
+    actualLength: r.actualLength,
+    data: r.data.slice(),
+    iso: r.iso,
+    startFrame: r.startFrame,
+    errorCount: r.errorCount,
+    unlinked: false,
+  };
+}
+
+/** Connect, list, disconnect (what `usbip list -r HOST` does). */
+export async function listRemote(options: ClientOptions): Promise<DeviceRecord[]> {
+  const client = await UsbipClient.connect(options);
+  try {
+    return await client.devlist();
+  } finally {
+    client.close();
+  }
+}
