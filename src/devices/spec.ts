@@ -20,10 +20,21 @@ export interface HostDeviceSpec {
   readonly serial?: string;
 }
 
-export type DeviceSpec = EmulatedDeviceSpec | HostDeviceSpec;
+/** A device imported from a USB/IP server (Linux usbipd or `usbvirt serve`), see src/devices/usbip-remote.ts. */
+export interface UsbipDeviceSpec {
+  readonly kind: "usbip";
+  readonly host: string;
+  /** TCP port (default 3240). */
+  readonly port?: number;
+  /** The device's bus id on the server, e.g. "1-1". */
+  readonly busid: string;
+}
+
+export type DeviceSpec = EmulatedDeviceSpec | HostDeviceSpec | UsbipDeviceSpec;
 
 export function describeSpec(spec: DeviceSpec): string {
   if (spec.kind === "emulated") return `emulated ${spec.name}`;
+  if (spec.kind === "usbip") return `USB/IP device ${spec.busid} on ${spec.host}:${spec.port ?? 3240}`;
   const parts = [
     spec.vendorId !== undefined ? `vid 0x${spec.vendorId.toString(16).padStart(4, "0")}` : "",
     spec.productId !== undefined ? `pid 0x${spec.productId.toString(16).padStart(4, "0")}` : "",

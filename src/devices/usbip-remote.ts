@@ -1,0 +1,260 @@
+/**
+ * A device backend that is a USB/IP client (what Linux's vhci-hcd is): it
+ * imports one device from a USB/IP server (usbvirt's or Linux's usbipd) and
+ * turns each transfer into CMD_SUBMIT / CMD_UNLINK on that connection, so a
+ * VMM can use a device that sits on another machine. It runs in a port
+ * worker like every other backend.
+ *
+ * open(): connect, OP_REQ_IMPORT, then read the device descriptor and every
+ * configuration descriptor over the link (GET_DESCRIPTOR). Speed comes from
+ * the import reply's record. SET_ADDRESS never reaches this backend (the
+ * engine virtualises it), matching vhci, which never forwards it either; the
+ * intercepted standard requests (SET_CONFIGURATION, SET_INTERFACE,
+ * CLEAR_FEATURE(HALT), port reset) are sent as the control requests they
+ * are, which the server's stub intercepts in turn.
+ *
+ * Statuses from the server go through the USB/IP boundary's translation
+ * (src/usbip/protocol.ts statusFromUsbip). A lost connection completes every
+ * transfer in flight with -ESHUTDOWN.
+ */
+import { UsbSpeed } from "../rings/conn-ring.js";
+import { ECONNRESET, ESHUTDOWN, OK, type UrbStatus } from "../urb/status.js";
+import { type SubmitResult, UsbipClient } from "../usbip/client.js";
+import {
+  encodeSetup,
+  type SetupFields,
+  statusFromUsbip,
+  TransferFlag,
+  usbifSpeedOf,
+} from "../usbip/protocol.js";
+import { UsbvirtError } from "../util/errors.js";
+import type {
+  DeviceInfo,
+  IsoPacketResult,
+  TransferDone,
+  TransferHandle,
+  TransferRequest,
+  TransferResult,
+  UsbDevice,
+} from "./device.js";
+import type { UsbipDeviceSpec } from "./spec.js";
+
+export class UsbipRemoteError extends UsbvirtError {}
+
+const USB_DT_DEVICE = 1;
+const USB_DT_CONFIG = 2;
+
+function hex4(n: number): string {
+  return n.toString(16).padStart(4, "0");
+}
+
+export class UsbipRemoteDevice implements UsbDevice {
+  private client: UsbipClient | null = null;
+  private infoValue: DeviceInfo | null = null;
+  /** Transfers whose `done` has not been called, by seqnum. */
+  private readonly live = new Set<number>();
+  private closed = false;
+
+  constructor(
+    readonly spec: UsbipDeviceSpec,
+    private readonly options: { readonly connectTimeoutMs?: number } = {},
+  ) {}
+
+  get info(): DeviceInfo {
+    if (this.infoValue === null) {
+      throw new UsbipRemoteError("ERR_USBVIRT_USBIP_NOT_OPEN", "the USB/IP device is not open yet");
+    }
+    return this.infoValue;
+  }
+
+  private get where(): string {
+    return `${this.spec.host}:${this.spec.port ?? 3240}/${this.spec.busid}`;
+  }
+
+  async open(): Promise<void> {
+    if (this.closed) throw new UsbipRemoteError("ERR_USBVIRT_USBIP_CLOSED", "device was closed");
+    const client = await UsbipClient.connect({
+      host: this.spec.host,
+      port: this.spec.port ?? 3240,
+      timeoutMs: this.options.connectTimeoutMs ?? 5000,
+    });
+    this.client = client;
+    try {
+      const record = await client.import(this.spec.busid);
+      const device = await this.getDescriptor(USB_DT_DEVICE, 0, 18);
+      if (device.length !== 18 || device[1] !== USB_DT_DEVICE) {
+        throw new UsbipRemoteError("ERR_USBVIRT_USBIP_DESCRIPTOR", `${this.where}: bad device descriptor`);
+      }
+      const configurations: Uint8Array[] = [];
+      for (let i = 0; i < device[17]!; i++) {
+        const head = await this.getDescriptor(USB_DT_CONFIG, i, 9);
+        const total = head[2]! | (head[3]! << 8);
+        configurations.push(await this.getDescriptor(USB_DT_CONFIG, i, total));
+      }
+      const speed = usbifSpeedOf(record.speed);
+      this.infoValue = {
+        speed: (speed === 0 ? UsbSpeed.FULL : speed) as UsbSpeed,
+        deviceDescriptor: device,
+        configurations,
+        name: `usbip ${this.where} ${hex4(record.idVendor)}:${hex4(record.idProduct)}`,
+      };
+    } catch (err) {
+      client.close();
+      this.client = null;
+      throw err;
+    }
+  }
+
+  private async getDescriptor(type: number, index: number, length: number): Promise<Uint8Array> {
+    const r = await this.control({
+      bmRequestType: 0x80,
+      bRequest: 6,
+      wValue: (type << 8) | index,
+      wIndex: 0,
+      wLength: length,
+    });
+    if (r.status !== 0) {
+      throw new UsbipRemoteError(
+        "ERR_USBVIRT_USBIP_DESCRIPTOR",
+        `${this.where}: GET_DESCRIPTOR(${type}, ${index}) failed with status ${r.status}`,
+      );
+    }
+    return r.data;
+  }
+
+  private async control(setup: SetupFields, data?: Uint8Array): Promise<SubmitResult> {
+    const client = this.requireClient();
+    const directionIn = (setup.bmRequestType & 0x80) !== 0;
+    return await client.submit({
+      ep: 0,
+      directionIn,
+      setup: encodeSetup(setup),
+      ...(directionIn ? { length: setup.wLength } : { data: data ?? new Uint8Array(0) }),
+    }).done;
+  }
+
+  private requireClient(): UsbipClient {
+    if (this.client === null || this.client.closed) {
+      throw new UsbipRemoteError(
+        "ERR_USBVIRT_USBIP_CLOSED",
+        `${this.where}: the USB/IP connection is closed`,
+      );
+    }
+    return this.client;
+  }
+
+  submit(request: TransferRequest, done: TransferDone): TransferHandle {
+    const client = this.client;
+    if (client === null || client.closed) {
+      queueMicrotask(() => done({ status: ESHUTDOWN, actualLength: 0 }));
+      return -1;
+    }
+    let flags = 0;
+    if (request.shortNotOk && request.directionIn) flags |= TransferFlag.SHORT_NOT_OK;
+    if (request.zeroPacket && !request.directionIn) flags |= TransferFlag.ZERO_PACKET;
+    if (request.kind === "isochronous") flags |= TransferFlag.ISO_ASAP;
+    if (request.directionIn) flags |= TransferFlag.DIR_IN;
+    const buffer = request.buffer;
+    const { seqnum, done: reply } = client.submit({
+      ep: request.endpoint,
+      directionIn: request.directionIn,
+      length: buffer.length,
+      // The view is valid until done: OUT data is copied into the PDU right here.
+      ...(request.directionIn ? {} : { data: buffer }),
+      ...(request.setup !== null ? { setup: encodeSetup(request.setup) } : {}),
+      transferFlags: flags,
+      interval: request.interval,
+      ...(request.isoPackets !== null ? { iso: request.isoPackets } : {}),
+    });
+    this.live.add(seqnum);
+    void reply.then((r) => {
+      if (!this.live.delete(seqnum)) return;
+      done(this.resultOf(request, r));
+    });
+    return seqnum;
+  }
+
+  private resultOf(request: TransferRequest, r: SubmitResult): TransferResult {
+    const status: UrbStatus = r.unlinked ? ECONNRESET : statusFromUsbip(r.status);
+    const buffer = request.buffer;
+    if (request.kind !== "isochronous") {
+      const actual = Math.min(r.actualLength, buffer.length);
+      if (request.directionIn && actual > 0) buffer.set(r.data.subarray(0, actual));
+      return { status, actualLength: actual };
+    }
+    // Iso IN data arrives compacted: put each packet back at its offset.
+    const packets = request.isoPackets ?? [];
+    const isoPackets: IsoPacketResult[] = [];
+    let at = 0;
+    let total = 0;
+    let errors = 0;
+    for (let i = 0; i < packets.length; i++) {
+      const p = packets[i]!;
+      const d = r.iso[i];
+      const actual = Math.min(d?.actualLength ?? 0, p.length);
+      const packetStatus = d === undefined ? status : statusFromUsbip(d.status);
+      if (request.directionIn && actual > 0 && at + actual <= r.data.length) {
+        buffer.set(r.data.subarray(at, at + actual), p.offset);
+      }
+      at += request.directionIn ? (d?.actualLength ?? 0) : 0;
+      total += actual;
+      if (packetStatus !== OK) errors++;
+      isoPackets.push({ status: packetStatus, actualLength: actual });
+    }
+    return { status, actualLength: total, isoPackets, startFrame: r.startFrame >>> 0, errorCount: errors };
+  }
+
+  cancel(handle: TransferHandle): void {
+    if (!this.live.has(handle) || this.client === null || this.client.closed) return;
+    // RET_UNLINK -ECONNRESET resolves the transfer as cancelled; 0 means its RET_SUBMIT already came.
+    void this.client.unlink(handle);
+  }
+
+  private async standard(setup: SetupFields): Promise<UrbStatus> {
+    if (this.client === null || this.client.closed) return ESHUTDOWN;
+    const r = await this.control(setup);
+    return r.unlinked ? ECONNRESET : statusFromUsbip(r.status);
+  }
+
+  setConfiguration(value: number): Promise<UrbStatus> {
+    return this.standard({ bmRequestType: 0x00, bRequest: 9, wValue: value, wIndex: 0, wLength: 0 });
+  }
+
+  setInterface(interfaceNumber: number, alternateSetting: number): Promise<UrbStatus> {
+    return this.standard({
+      bmRequestType: 0x01,
+      bRequest: 11,
+      wValue: alternateSetting,
+      wIndex: interfaceNumber,
+      wLength: 0,
+    });
+  }
+
+  clearHalt(endpointAddress: number): Promise<UrbStatus> {
+    return this.standard({
+      bmRequestType: 0x02,
+      bRequest: 1,
+      wValue: 0,
+      wIndex: endpointAddress,
+      wLength: 0,
+    });
+  }
+
+  /** SET_FEATURE(PORT_RESET) over the link: Linux's stub resets the device, usbvirt's server resets it in its engine. */
+  reset(): Promise<UrbStatus> {
+    return this.standard({ bmRequestType: 0x23, bRequest: 3, wValue: 4, wIndex: 0, wLength: 0 });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const client = this.client;
+    this.client = null;
+    if (client === null) return;
+    // Detach as vhci does: close the socket; the client completes what is in flight with -ESHUTDOWN.
+    const closed = client.whenClosed();
+    client.close();
+    await closed;
+    // Let the completions the close produced run before close resolves.
+    await new Promise((r) => setImmediate(r));
+  }
+}

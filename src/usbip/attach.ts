@@ -1,0 +1,140 @@
+/**
+ * The client side of `usbvirt attach HOST[:PORT] BUSID`: a local engine
+ * connection whose port 1 holds a device imported from a USB/IP server
+ * (src/devices/usbip-remote.ts), enumerated by the guest driver the way a
+ * VMM's guest would. `loopbackCheck` moves data through it when the remote
+ * device is usbvirt's loopback (the `--check` round trip).
+ */
+import { Connection } from "../engine/connection.js";
+import { type EnumeratedDevice, GuestUsbDriver } from "../guest/guest-driver.js";
+import type { DevAddr, PortNum } from "../urb/types.js";
+import { InvalidOptionError } from "../util/errors.js";
+import { USBIP_PORT } from "./protocol.js";
+
+export interface AttachOptions {
+  readonly host: string;
+  readonly port?: number;
+  readonly busid: string;
+}
+
+export interface AttachedDevice {
+  readonly conn: Connection;
+  readonly guest: GuestUsbDriver;
+  readonly device: EnumeratedDevice;
+  readonly port: PortNum;
+  readonly address: DevAddr;
+  close(): Promise<void>;
+}
+
+/** "host", "host:port", "[v6]:port" → host and port. */
+export function parseHostPort(text: string, defaultPort = USBIP_PORT): { host: string; port: number } {
+  let host = text;
+  let port = defaultPort;
+  const v6 = /^\[([^\]]+)\](?::(\d+))?$/.exec(text);
+  if (v6 !== null) {
+    host = v6[1]!;
+    if (v6[2] !== undefined) port = Number(v6[2]);
+  } else if ((text.match(/:/g) ?? []).length === 1) {
+    const [h, p] = text.split(":");
+    host = h!;
+    port = Number(p);
+  }
+  if (host === "" || !Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new InvalidOptionError(`"${text}" is not HOST or HOST:PORT with a port in 1..65535`);
+  }
+  return { host, port };
+}
+
+/** Import `busid` from the server onto port 1 of a new local controller and enumerate it. */
+export async function attachRemote(options: AttachOptions): Promise<AttachedDevice> {
+  const conn = await Connection.create({ ports: 1, memory: 8192 });
+  const port = 1 as PortNum;
+  const address = 1 as DevAddr;
+  try {
+    await conn.attach(port, {
+      kind: "usbip",
+      host: options.host,
+      port: options.port ?? USBIP_PORT,
+      busid: options.busid,
+    });
+    const guest = new GuestUsbDriver(conn.frontend!, conn.handles);
+    const device = await guest.enumerate(port, address);
+    return {
+      conn,
+      guest,
+      device,
+      port,
+      address,
+      close: async () => {
+        await conn.detach(port).catch(() => undefined);
+        await conn.close();
+      },
+    };
+  } catch (err) {
+    await conn.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+export const LOOPBACK_VENDOR_ID = 0x1209;
+export const LOOPBACK_PRODUCT_ID = 0x0001;
+
+/** Write patterned bytes to the loopback's bulk OUT and read them back from bulk IN; also a vendor control round trip. */
+export async function loopbackCheck(
+  att: AttachedDevice,
+  bytes = 64 * 1024,
+): Promise<{ ok: boolean; detail: string }> {
+  const d = att.device;
+  if (d.vendorId !== LOOPBACK_VENDOR_ID || d.productId !== LOOPBACK_PRODUCT_ID) {
+    return {
+      ok: false,
+      detail: `the device is ${hex4(d.vendorId)}:${hex4(d.productId)}, not usbvirt's loopback (1209:0001)`,
+    };
+  }
+  const payload = new Uint8Array(bytes);
+  for (let i = 0; i < bytes; i++) payload[i] = (i * 31 + 7) & 0xff;
+  const wrote = await att.guest.transferOut(att.port, att.address, 1, payload);
+  const back = await att.guest.transferIn(att.port, att.address, 1, bytes);
+  if (wrote !== bytes || Buffer.compare(back, payload) !== 0) {
+    return {
+      ok: false,
+      detail: `bulk round trip of ${bytes} bytes came back different (${back.length} bytes)`,
+    };
+  }
+  const ctl = payload.subarray(0, 200);
+  await att.guest.control(
+    att.port,
+    att.address,
+    {
+      bmRequestType: 0x40,
+      bRequest: 0x01,
+      wValue: 0,
+      wIndex: 0,
+      wLength: ctl.length,
+    },
+    ctl,
+  );
+  const ctlBack = await att.guest.control(att.port, att.address, {
+    bmRequestType: 0xc0,
+    bRequest: 0x02,
+    wValue: 0,
+    wIndex: 0,
+    wLength: ctl.length,
+  });
+  if (Buffer.compare(ctlBack, ctl) !== 0)
+    return { ok: false, detail: "vendor control write/read came back different" };
+  return {
+    ok: true,
+    detail: `${bytes} bytes bulk OUT→IN and a ${ctl.length}-byte control write/read verified`,
+  };
+}
+
+export function hex4(n: number): string {
+  return n.toString(16).padStart(4, "0");
+}
+
+export function describeEnumerated(d: EnumeratedDevice): string {
+  const eps = d.interfaces.flatMap((i) => i.endpoints.map((e) => `0x${e.address.toString(16)}`)).join(" ");
+  const classes = d.interfaces.map((i) => `${i.cls}/${i.subclass}/${i.protocol}`).join(", ");
+  return `${hex4(d.vendorId)}:${hex4(d.productId)} "${d.product}" address ${d.address}, configuration ${d.configurationValue}, interfaces ${classes}, endpoints ${eps}`;
+}
