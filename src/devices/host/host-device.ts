@@ -141,6 +141,8 @@ export class HostUsbDevice implements UsbDevice {
   /** Something reached the device since open or the last reset. */
   private touched = false;
   private drained: (() => void) | null = null;
+  /** The unplug path's release, which close() waits for (no native call may be pending when it resolves). */
+  private goneDone: Promise<void> | null = null;
   private readonly warned = new Set<string>();
   private readonly log: (message: string) => void;
 
@@ -338,15 +340,16 @@ export class HostUsbDevice implements UsbDevice {
     if (this.state !== "open") return;
     this.state = "gone";
     this.log(`${this.infoValue?.name ?? "host device"}: unplugged (${reason})`);
-    setImmediate(() => void this.afterGone(reason));
+    this.goneDone = new Promise((resolve) => setImmediate(resolve)).then(() => this.afterGone(reason));
   }
 
   private async afterGone(reason: string): Promise<void> {
     await this.drain("gone");
     await this.releaseAll();
     if (this.inFlight.size === 0) this.dev?.close();
+    const closing = this.state === "closing"; // close() is waiting: the port is being detached anyway
     this.state = "closed";
-    this.options.onGone?.(reason);
+    if (!closing) this.options.onGone?.(reason);
   }
 
   private async control(run: () => Promise<number>): Promise<UrbStatus> {
@@ -402,7 +405,12 @@ export class HostUsbDevice implements UsbDevice {
     const wasGone = this.state === "gone";
     this.state = "closing";
     await this.drain("close");
-    if (wasGone) return; // afterGone releases and closes
+    if (wasGone) {
+      // The unplug path releases and closes; wait for it, so that nothing native is pending when
+      // close resolves (the backend may terminate this worker right after).
+      await this.goneDone;
+      return;
+    }
     const dev = this.dev!;
     await this.releaseAll();
     for (const n of this.detachedDrivers) {
