@@ -30,7 +30,14 @@ function bytesOf(length: number, seed: number): Uint8Array {
 }
 
 async function main(): Promise<void> {
+  // Until every check has run, an early exit (say, the event loop draining) is a failure.
+  process.exitCode = 1;
   const conn = await Connection.create({ ports: 4 });
+  conn.on("log", (line: string) => console.error(`connection: ${line}`));
+  conn.on("backend-lost", (why: string) => console.error(`connection: backend lost: ${why}`));
+  conn.on("port-failed", (port: number, why: string) =>
+    console.error(`connection: port ${port} failed: ${why}`),
+  );
   const guest = new GuestUsbDriver(conn.frontend!, conn.handles);
   const p = (n: number) => n as PortNum;
   const a = (n: number) => n as DevAddr;
@@ -96,6 +103,7 @@ async function main(): Promise<void> {
     process.exitCode = 1;
   } else {
     console.log("\nall checks passed");
+    process.exitCode = 0;
   }
 }
 

@@ -53,6 +53,9 @@ export interface ConnectionOptions extends HandlesOptions {
 
 export class ConnectionError extends UsbvirtError {}
 
+/** How long close() waits for the backend to release its devices before terminating it. */
+const CLOSE_TIMEOUT_MS = 10_000;
+
 interface BackendHandle {
   readonly worker: Worker;
   readonly api: Remote<BackendApi>;
@@ -228,7 +231,11 @@ export class Connection extends EventEmitter {
     const b = this.backend;
     this.backend = null;
     if (b !== null) {
-      await b.api.close().catch(() => undefined);
+      // A backend that cannot close in time is terminated all the same.
+      await Promise.race([
+        b.api.close(),
+        new Promise((resolve) => setTimeout(resolve, CLOSE_TIMEOUT_MS)),
+      ]).catch(() => undefined);
       disconnect(b.api);
       b.events.close();
       await b.worker.terminate();

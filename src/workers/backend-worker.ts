@@ -167,9 +167,8 @@ async function serviceLoop(): Promise<void> {
       await yieldToLoop(); // keep comlink calls and worker events flowing under load
     }
   }
+  // The ports stay open: close() is still answering over `control`; the manager terminates this worker.
   clearInterval(watchdog);
-  data.control.close();
-  data.events.close();
 }
 
 void serviceLoop();
