@@ -115,4 +115,11 @@ export interface UsbDevice {
    * before close resolves.
    */
   close(): Promise<void>;
+
+  /**
+   * Devices that can disappear (unplug) call `listener` once, after every
+   * transfer in flight has completed (-ENODEV). The port worker then tells
+   * the backend, which reports a disconnect on the port.
+   */
+  onGone?(listener: (reason: string) => void): void;
 }

@@ -15,6 +15,7 @@ import { AdaptiveSpin } from "../rings/spin.js";
 import { ENODEV } from "../urb/status.js";
 import { UsbvirtError } from "../util/errors.js";
 import { disconnect, serve } from "../util/rpc.js";
+import type { PortWorkerGone } from "./port-worker.js";
 
 export interface BackendWorkerData {
   readonly handles: ControllerHandles;
@@ -81,6 +82,12 @@ const api: BackendApi = {
       });
       link.worker.on("error", (err) => {
         if (backend.portLink(port) === link) backend.failPort(port, `port worker crashed: ${String(err)}`);
+      });
+      link.worker.on("message", (m: PortWorkerGone) => {
+        if (m.type !== "gone" || backend.portLink(port) !== link) return;
+        backend.poll(); // collect the completions the device produced on its way out
+        backend.failPort(port, `device gone: ${m.reason}`, ENODEV);
+        void retire(link);
       });
       link.worker.on("exit", (code) => {
         if (backend.portLink(port) === link) backend.failPort(port, `port worker exited (code ${code})`);

@@ -30,6 +30,12 @@ export type PortWorkerHello =
   | { readonly type: "ready"; readonly summary: DeviceSummary }
   | { readonly type: "error"; readonly code: string; readonly message: string };
 
+/** After READY: the device disappeared; every completion it produced is already on the port ring. */
+export interface PortWorkerGone {
+  readonly type: "gone";
+  readonly reason: string;
+}
+
 export interface PortWorkerApi {
   stats(): PortStats & { inFlight: number };
   /** Call a device-specific method (e.g. the keyboard's pressKeys) by name, from an allowlist. */
@@ -86,6 +92,11 @@ async function main(data: PortWorkerData): Promise<void> {
     },
   };
   serve(api, data.control);
+  device.onGone?.((reason) => {
+    service.drain(); // publish whatever is still queued before the backend looks
+    const gone: PortWorkerGone = { type: "gone", reason };
+    parentPort!.postMessage(gone);
+  });
   service.start();
   const hello: PortWorkerHello = {
     type: "ready",

@@ -143,6 +143,11 @@ export class HostUsbDevice implements UsbDevice {
   private drained: (() => void) | null = null;
   /** The unplug path's release, which close() waits for (no native call may be pending when it resolves). */
   private goneDone: Promise<void> | null = null;
+  private readonly goneListeners: ((reason: string) => void)[] = [];
+
+  onGone(listener: (reason: string) => void): void {
+    this.goneListeners.push(listener);
+  }
   private readonly warned = new Set<string>();
   private readonly log: (message: string) => void;
 
@@ -349,7 +354,10 @@ export class HostUsbDevice implements UsbDevice {
     if (this.inFlight.size === 0) this.dev?.close();
     const closing = this.state === "closing"; // close() is waiting: the port is being detached anyway
     this.state = "closed";
-    if (!closing) this.options.onGone?.(reason);
+    if (!closing) {
+      this.options.onGone?.(reason);
+      for (const listener of this.goneListeners) listener(reason);
+    }
   }
 
   private async control(run: () => Promise<number>): Promise<UrbStatus> {

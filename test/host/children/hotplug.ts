@@ -14,7 +14,7 @@ import { PID, VID } from "../fixture.js";
 
 const P = 1 as PortNum;
 
-async function until(what: string, check: () => boolean, ms = 8000): Promise<void> {
+async function until(what: string, check: () => boolean, ms = 20_000): Promise<void> {
   const deadline = Date.now() + ms;
   while (!check()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
