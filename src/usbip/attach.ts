@@ -135,6 +135,9 @@ export function hex4(n: number): string {
 
 export function describeEnumerated(d: EnumeratedDevice): string {
   const eps = d.interfaces.flatMap((i) => i.endpoints.map((e) => `0x${e.address.toString(16)}`)).join(" ");
-  const classes = d.interfaces.map((i) => `${i.cls}/${i.subclass}/${i.protocol}`).join(", ");
+  const classes = d.interfaces
+    .filter((i) => i.alternate === 0)
+    .map((i) => `${i.cls}/${i.subclass}/${i.protocol}`)
+    .join(", ");
   return `${hex4(d.vendorId)}:${hex4(d.productId)} "${d.product}" address ${d.address}, configuration ${d.configurationValue}, interfaces ${classes}, endpoints ${eps}`;
 }

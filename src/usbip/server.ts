@@ -760,9 +760,6 @@ export class UsbipServer extends EventEmitter {
       for (const slot of this.slots) if (slot.draining !== null) drains.push(slot.draining);
       await Promise.race([Promise.all(drains), new Promise((r) => setTimeout(r, 3000).unref())]);
       await listenerClosed;
-      // Detach one by one before close(): the backend worker's close() stops its service loop before its
-      // last detach answers, which hangs Connection.close() with two or more devices (engine bug, reported).
-      for (const slot of this.slots) await this.connection.detach(slot.port).catch(() => undefined);
       await this.connection.close();
       this.log.info("server stopped: in-flight URBs completed or cancelled, devices released");
     })();

@@ -1,0 +1,11 @@
+/** CLI errors: a usage mistake (exit status 2, with the command's help hint). */
+import { UsbvirtError } from "../util/errors.js";
+
+export class UsageError extends UsbvirtError {
+  constructor(
+    readonly command: string,
+    message: string,
+  ) {
+    super("ERR_USBVIRT_USAGE", message);
+  }
+}

@@ -1,0 +1,506 @@
+/**
+ * The `usbvirt` commands: list, serve (the standalone USB/IP passthrough
+ * host), attach (the USB/IP client side), help. `run` returns the exit
+ * status: 0 success, 1 failure, 2 usage error. Everything a test needs to
+ * replace (output, stop signal, logger, host listing) comes in through CliIo.
+ */
+import { readFile } from "node:fs/promises";
+import { EMULATED_DEVICES, isEmulatedDeviceName } from "../devices/emulated/index.js";
+import { type HostSelector, parseSelector, passesFilter, specFromSelector } from "../devices/host/select.js";
+import type { DeviceSpec } from "../devices/spec.js";
+import { describeSpec } from "../devices/spec.js";
+import { attachRemote, describeEnumerated, hex4, loopbackCheck, parseHostPort } from "../usbip/attach.js";
+import { listRemote } from "../usbip/client.js";
+import { stderrLogger, type UsbipLogger } from "../usbip/log.js";
+import { USBIP_PORT } from "../usbip/protocol.js";
+import { UsbipServer } from "../usbip/server.js";
+import { type CommandSpec, commandHelp, parseArgs, parseSize } from "./args.js";
+import { UsageError } from "./errors.js";
+
+export interface CliIo {
+  out(text: string): void;
+  err(text: string): void;
+  /** Resolves (with the signal's name) when serve / attach should stop; default SIGINT or SIGTERM. */
+  stopSignal?: () => Promise<string>;
+  /** Called once serve listens (tests learn the port here). */
+  onListening?: (server: UsbipServer) => void;
+  logger?: UsbipLogger;
+  /** Replaces the libusb listing (tests). */
+  listHostDevices?: () => Promise<readonly HostDeviceRow[]>;
+}
+
+/** What `list` needs of a host device (src/devices/host/enumerate.ts HostDeviceInfo). */
+export interface HostDeviceRow {
+  readonly vendorId: number;
+  readonly productId: number;
+  readonly portPath: string;
+  readonly speed?: string;
+  readonly serial?: string;
+  readonly manufacturer?: string;
+  readonly product?: string;
+}
+
+export const defaultIo: CliIo = {
+  out: (t) => process.stdout.write(t),
+  err: (t) => process.stderr.write(t),
+};
+
+const DEFAULT_STORAGE_BYTES = 64 * 1024 * 1024;
+
+// ---------------------------------------------------------------- command specs
+
+const LIST: CommandSpec = {
+  name: "list",
+  summary:
+    "List host USB devices (through libusb) and the built-in emulated devices, or a USB/IP server's exports.",
+  positionals: [],
+  options: [
+    { name: "json", kind: "boolean", help: "print JSON instead of a table" },
+    {
+      name: "remote",
+      kind: "string",
+      value: "HOST[:PORT]",
+      help: "list the devices a USB/IP server exports instead",
+    },
+    { name: "no-strings", kind: "boolean", help: "do not open host devices to read their strings" },
+  ],
+};
+
+const SERVE: CommandSpec = {
+  name: "serve",
+  summary: "Export devices over USB/IP (TCP, version 0x0111) so Linux's usbip / vhci-hcd can import them.",
+  positionals: [],
+  options: [
+    { name: "bind", kind: "string", value: "ADDR", help: "address to listen on (default 127.0.0.1)" },
+    {
+      name: "port",
+      kind: "string",
+      value: "N",
+      help: `TCP port (default ${USBIP_PORT}; 0 picks a free one)`,
+    },
+    {
+      name: "device",
+      kind: "string",
+      multiple: true,
+      value: "SEL",
+      help: "export a device: loopback | keyboard | storage | VID:PID | BUS-PORT (1-1.2) | serial=S",
+    },
+    {
+      name: "allow",
+      kind: "string",
+      multiple: true,
+      value: "SEL",
+      help: "also export every host device matching SEL",
+    },
+    {
+      name: "deny",
+      kind: "string",
+      multiple: true,
+      value: "SEL",
+      help: "never export host devices matching SEL",
+    },
+    {
+      name: "allow-client",
+      kind: "string",
+      multiple: true,
+      value: "ADDR[/BITS]",
+      help: "accept USB/IP clients only from these addresses or subnets",
+    },
+    {
+      name: "storage-size",
+      kind: "string",
+      value: "SIZE",
+      help: "size of the emulated storage device (default 64M)",
+    },
+    {
+      name: "storage-file",
+      kind: "string",
+      value: "PATH",
+      help: "back the emulated storage device by this file",
+    },
+    {
+      name: "config",
+      kind: "string",
+      value: "FILE",
+      help: "read these settings from a JSON file (flags win)",
+    },
+    { name: "quiet", kind: "boolean", help: "log only warnings and errors" },
+  ],
+  details: `With no device selected, serve exports the emulated loopback, keyboard and a 64 MiB storage device.
+Devices get bus ids 1-1, 1-2, … in the order given. Every import, detach and error is logged with the
+client's address. SIGINT/SIGTERM: in-flight URBs are completed or cancelled, devices released, exit 0.
+
+Config file (JSON): {"bind": "0.0.0.0", "port": 3240, "devices": ["loopback", "1209:0001",
+  {"kind": "emulated", "name": "storage", "options": {"sizeBytes": 16777216}}],
+  "allow": ["1d6b:*"], "deny": [], "allowClients": ["192.168.1.0/24"], "storageSize": "64M", "storageFile": "disk.img"}
+
+On a Linux client (modprobe vhci-hcd):  usbip list -r HOST   then   usbip attach -r HOST -b 1-1`,
+};
+
+const ATTACH: CommandSpec = {
+  name: "attach",
+  summary:
+    "Import a device from a USB/IP server (usbvirt serve or Linux usbipd) onto port 1 of a local virtual host controller.",
+  positionals: ["HOST[:PORT]", "BUSID"],
+  options: [
+    {
+      name: "check",
+      kind: "boolean",
+      help: "if the device is usbvirt's loopback, move data through it, then exit 0 (verified) or 1",
+    },
+  ],
+  details: "Without --check the device stays attached until SIGINT/SIGTERM.",
+};
+
+const COMMANDS: readonly CommandSpec[] = [LIST, SERVE, ATTACH];
+
+const USAGE = `usbvirt — USB passthrough engine for virtual machine monitors
+
+usage: usbvirt <command> [options]
+
+commands:
+  help [COMMAND]             show this text, or a command's help
+  list                       list host USB devices and built-in emulated devices
+  serve                      export devices over USB/IP (default 127.0.0.1:${USBIP_PORT})
+  attach HOST[:PORT] BUSID   import a device from a USB/IP server onto a local virtual controller
+
+Run 'usbvirt <command> --help' for a command's options.
+`;
+
+// ---------------------------------------------------------------- entry
+
+export async function run(argv: readonly string[], io: CliIo = defaultIo): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === "help" || command === "--help" || command === "-h") {
+    const topic = command === "help" ? rest[0] : undefined;
+    const spec = COMMANDS.find((c) => c.name === topic);
+    if (topic !== undefined && spec === undefined) {
+      io.err(`usbvirt: unknown command '${topic}'\n\n${USAGE}`);
+      return 2;
+    }
+    io.out(spec !== undefined ? commandHelp(spec) : USAGE);
+    return 0;
+  }
+  const spec = COMMANDS.find((c) => c.name === command);
+  if (spec === undefined) {
+    io.err(`usbvirt: unknown command '${command}'\n\n${USAGE}`);
+    return 2;
+  }
+  try {
+    const parsed = parseArgs(spec, rest);
+    if (parsed.help) {
+      io.out(commandHelp(spec));
+      return 0;
+    }
+    switch (spec.name) {
+      case "list":
+        return await listCommand(parsed.options, io);
+      case "serve":
+        return await serveCommand(parsed.options, io);
+      default:
+        return await attachCommand(parsed.positionals, parsed.options, io);
+    }
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.err(`usbvirt ${err.command}: ${err.message}\nRun 'usbvirt ${err.command} --help' for usage.\n`);
+      return 2;
+    }
+    io.err(`usbvirt ${spec.name}: ${(err as Error).message ?? String(err)}\n`);
+    return 1;
+  }
+}
+
+function signals(): Promise<string> {
+  return new Promise((resolve) => {
+    const on = (name: string) => () => {
+      process.off("SIGINT", onInt);
+      process.off("SIGTERM", onTerm);
+      resolve(name);
+    };
+    const onInt = on("SIGINT");
+    const onTerm = on("SIGTERM");
+    process.once("SIGINT", onInt);
+    process.once("SIGTERM", onTerm);
+  });
+}
+
+// ---------------------------------------------------------------- list
+
+type Options = Parsed["options"];
+type Parsed = ReturnType<typeof parseArgs>;
+
+async function loadHostListing(
+  io: CliIo,
+  strings: boolean,
+): Promise<{ rows: readonly HostDeviceRow[] } | { error: string }> {
+  try {
+    if (io.listHostDevices !== undefined) return { rows: await io.listHostDevices() };
+    // Loaded on demand: the libusb backend may be absent or unable to load on this machine.
+    const modulePath = "../devices/host/enumerate.js";
+    const mod = (await import(modulePath)) as {
+      listHostDevices?: (o: { strings: boolean }) => Promise<HostDeviceRow[]>;
+    };
+    if (typeof mod.listHostDevices !== "function")
+      return { error: "this build has no libusb backend (listHostDevices missing)" };
+    return { rows: await mod.listHostDevices({ strings }) };
+  } catch (err) {
+    return { error: (err as Error).message ?? String(err) };
+  }
+}
+
+async function listCommand(options: Options, io: CliIo): Promise<number> {
+  const json = options.json === true;
+  if (typeof options.remote === "string") {
+    const { host, port } = hostPort(options.remote, "list");
+    const devices = await listRemote({ host, port });
+    if (json) {
+      io.out(`${JSON.stringify({ server: `${host}:${port}`, devices }, null, 2)}\n`);
+      return 0;
+    }
+    io.out(`USB/IP devices exported by ${host}:${port}\n`);
+    if (devices.length === 0) io.out("  (none)\n");
+    for (const d of devices) {
+      const itfs = d.interfaces
+        .map((i) => `${hex2(i.cls)}/${hex2(i.subclass)}/${hex2(i.protocol)}`)
+        .join(" ");
+      io.out(
+        `  ${d.busid.padEnd(8)} ${hex4(d.idVendor)}:${hex4(d.idProduct)}  speed ${d.speed}  interfaces ${itfs}\n`,
+      );
+    }
+    return 0;
+  }
+  const host = await loadHostListing(io, options["no-strings"] !== true);
+  if (json) {
+    io.out(
+      `${JSON.stringify(
+        {
+          emulated: EMULATED_DEVICES.map((d) => ({ name: d.name, description: d.description })),
+          host: "rows" in host ? host.rows : null,
+          ...("error" in host ? { hostError: `host devices cannot be listed: ${host.error}` } : {}),
+        },
+        null,
+        2,
+      )}\n`,
+    );
+    return 0;
+  }
+  io.out("EMULATED DEVICES (serve --device NAME)\n");
+  const width = Math.max(...EMULATED_DEVICES.map((d) => d.name.length));
+  for (const d of EMULATED_DEVICES) io.out(`  ${d.name.padEnd(width)}  ${d.description}\n`);
+  io.out("\nHOST DEVICES (serve --device VID:PID | BUS-PORT | serial=S)\n");
+  if ("error" in host) {
+    io.out(`  host devices cannot be listed: ${host.error}\n`);
+    return 0;
+  }
+  if (host.rows.length === 0) io.out("  (none found)\n");
+  for (const d of host.rows) {
+    const name = [d.manufacturer, d.product].filter((x) => x !== undefined && x !== "").join(" ");
+    const serial = d.serial !== undefined ? `  serial=${d.serial}` : "";
+    io.out(
+      `  ${d.portPath.padEnd(10)} ${hex4(d.vendorId)}:${hex4(d.productId)}  ${(d.speed ?? "").padEnd(6)} ${name}${serial}\n`,
+    );
+  }
+  return 0;
+}
+
+function hex2(n: number): string {
+  return n.toString(16).padStart(2, "0");
+}
+
+function hostPort(text: string, command: string): { host: string; port: number } {
+  try {
+    return parseHostPort(text);
+  } catch (err) {
+    throw new UsageError(command, (err as Error).message);
+  }
+}
+
+// ---------------------------------------------------------------- serve
+
+interface ServeConfig {
+  bind?: string;
+  port?: number;
+  devices?: (string | DeviceSpec)[];
+  allow?: string[];
+  deny?: string[];
+  allowClients?: string[];
+  storageSize?: string | number;
+  storageFile?: string;
+}
+
+async function readConfig(path: string): Promise<ServeConfig> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (err) {
+    throw new UsageError("serve", `cannot read config file ${path}: ${(err as Error).message}`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new UsageError("serve", `config file ${path} is not JSON: ${(err as Error).message}`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new UsageError("serve", `config file ${path} must hold a JSON object`);
+  }
+  const known = new Set([
+    "bind",
+    "port",
+    "devices",
+    "allow",
+    "deny",
+    "allowClients",
+    "storageSize",
+    "storageFile",
+  ]);
+  for (const key of Object.keys(value)) {
+    if (!known.has(key)) throw new UsageError("serve", `config file ${path}: unknown key "${key}"`);
+  }
+  return value as ServeConfig;
+}
+
+function stringList(v: unknown, what: string): string[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) {
+    throw new UsageError("serve", `${what} must be a list of strings`);
+  }
+  return v as string[];
+}
+
+/** One --device selector → a DeviceSpec (emulated by name, else a host selector). */
+export function deviceFromSelector(text: string, storage: Record<string, unknown>): DeviceSpec {
+  const name = text.startsWith("emulated:") ? text.slice("emulated:".length) : text;
+  if (isEmulatedDeviceName(name)) {
+    return name === "storage" ? { kind: "emulated", name, options: storage } : { kind: "emulated", name };
+  }
+  if (text.startsWith("emulated:")) {
+    throw new UsageError(
+      "serve",
+      `unknown emulated device "${name}"; known: ${EMULATED_DEVICES.map((d) => d.name).join(", ")}`,
+    );
+  }
+  try {
+    return specFromSelector(parseSelector(text));
+  } catch (err) {
+    throw new UsageError(
+      "serve",
+      `cannot read device "${text}": ${(err as Error).message} (emulated names: ${EMULATED_DEVICES.map((d) => d.name).join(", ")})`,
+    );
+  }
+}
+
+function selectors(list: readonly string[], what: string): HostSelector[] {
+  return list.map((s) => {
+    try {
+      return parseSelector(s);
+    } catch (err) {
+      throw new UsageError("serve", `${what} "${s}": ${(err as Error).message}`);
+    }
+  });
+}
+
+export async function serveCommand(options: Options, io: CliIo): Promise<number> {
+  const config = typeof options.config === "string" ? await readConfig(options.config) : {};
+  const bind = (options.bind as string | undefined) ?? config.bind ?? "127.0.0.1";
+  const portText =
+    (options.port as string | undefined) ?? (config.port !== undefined ? String(config.port) : undefined);
+  const port = portText === undefined ? USBIP_PORT : Number(portText);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new UsageError("serve", `--port must be an integer in 0..65535, not "${portText}"`);
+  }
+  const sizeText = (options["storage-size"] as string | undefined) ?? config.storageSize;
+  const storageSize = sizeText === undefined ? DEFAULT_STORAGE_BYTES : parseSize(String(sizeText));
+  if (storageSize === null || storageSize < 512 * 64 || storageSize % 512 !== 0) {
+    throw new UsageError(
+      "serve",
+      `--storage-size must be a multiple of 512 bytes, at least 32K (e.g. 64M), not "${sizeText}"`,
+    );
+  }
+  const storageFile = (options["storage-file"] as string | undefined) ?? config.storageFile;
+  const storage: Record<string, unknown> = {
+    sizeBytes: storageSize,
+    ...(storageFile !== undefined ? { file: storageFile } : {}),
+  };
+
+  const deviceTexts = (options.device as string[] | undefined) ?? config.devices ?? [];
+  const specs: DeviceSpec[] = deviceTexts.map((d) =>
+    typeof d === "string" ? deviceFromSelector(d, storage) : (d as DeviceSpec),
+  );
+  const allow = selectors(
+    (options.allow as string[] | undefined) ?? stringList(config.allow, "allow"),
+    "--allow",
+  );
+  const deny = selectors((options.deny as string[] | undefined) ?? stringList(config.deny, "deny"), "--deny");
+  if (allow.length > 0) {
+    const listing = await loadHostListing(io, true);
+    if ("error" in listing)
+      throw new Error(`--allow needs the host's device list, which failed: ${listing.error}`);
+    for (const d of listing.rows) {
+      if (d.portPath.startsWith("usb")) continue; // root hubs
+      if (passesFilter(d, { allow, deny })) specs.push({ kind: "host", busPort: d.portPath });
+    }
+    if (specs.length === 0)
+      throw new Error("no host device matches --allow (and none was selected otherwise)");
+  }
+  if (specs.length === 0) {
+    specs.push(
+      { kind: "emulated", name: "loopback" },
+      { kind: "emulated", name: "keyboard" },
+      { kind: "emulated", name: "storage", options: storage },
+    );
+  }
+  if (specs.length > 31)
+    throw new UsageError("serve", `at most 31 devices can be exported, ${specs.length} selected`);
+  const allowClients =
+    (options["allow-client"] as string[] | undefined) ?? stringList(config.allowClients, "allowClients");
+
+  const base = io.logger ?? stderrLogger;
+  const logger: UsbipLogger = options.quiet === true ? { ...base, info: () => {} } : base;
+  const server = await UsbipServer.start({ devices: specs, host: bind, port, logger, allow: allowClients });
+  const { host: boundHost, port: boundPort } = server.address;
+  io.out(`usbvirt: serving ${specs.length} device(s) over USB/IP on ${boundHost}:${boundPort}\n`);
+  for (const d of server.devices) {
+    io.out(`  ${d.busid.padEnd(6)} ${d.name}  (${describeSpec(d.spec)})\n`);
+  }
+  const shown = boundHost === "0.0.0.0" || boundHost === "::" ? "THIS_HOST" : boundHost;
+  io.out(
+    `on a Linux client:  usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}list -r ${shown}` +
+      `   then   usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}attach -r ${shown} -b ${server.devices[0]!.busid}\n`,
+  );
+  if (bind !== "127.0.0.1" && bind !== "::1" && allowClients.length === 0) {
+    logger.warn(
+      `listening on ${bind} with no --allow-client list: any host that reaches this port can import devices`,
+    );
+  }
+  io.onListening?.(server);
+  const signal = await (io.stopSignal ?? signals)();
+  logger.info(`${signal}: shutting down`);
+  await server.close();
+  return 0;
+}
+
+// ---------------------------------------------------------------- attach
+
+async function attachCommand(positionals: readonly string[], options: Options, io: CliIo): Promise<number> {
+  const { host, port } = hostPort(positionals[0]!, "attach");
+  const busid = positionals[1]!;
+  if (busid.length === 0 || busid.length > 31)
+    throw new UsageError("attach", `"${busid}" is not a bus id like 1-1`);
+  io.out(`usbvirt: importing ${busid} from ${host}:${port}\n`);
+  const att = await attachRemote({ host, port, busid });
+  try {
+    io.out(`attached on port ${att.port}: ${describeEnumerated(att.device)}\n`);
+    if (options.check === true) {
+      const result = await loopbackCheck(att);
+      io.out(`check ${result.ok ? "passed" : "FAILED"}: ${result.detail}\n`);
+      return result.ok ? 0 : 1;
+    }
+    io.out("the device stays attached; press Ctrl-C to detach\n");
+    const signal = await (io.stopSignal ?? signals)();
+    io.out(`${signal}: detaching\n`);
+    return 0;
+  } finally {
+    await att.close();
+  }
+}
