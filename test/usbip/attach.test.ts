@@ -67,6 +67,42 @@ describe("attach", () => {
     }
   });
 
+  it("iso IN through both engines: packets re-expanded at their offsets", async () => {
+    const att = await attachRemote({ host: "127.0.0.1", port: t.port, busid: "1-1" });
+    try {
+      await att.guest.control(att.port, att.address, {
+        bmRequestType: 0x01,
+        bRequest: 11,
+        wValue: 1,
+        wIndex: 0,
+        wLength: 0,
+      });
+      const range = att.guest.buffers.allocate(1200);
+      att.guest.bytes(range).fill(0xee);
+      const c = await att.conn.frontend!.submit({
+        type: "isochronous",
+        port: att.port,
+        device: att.address,
+        endpoint: 3 as never,
+        directionIn: true,
+        buffer: [range],
+        interval: 1,
+        iso: { asap: true, packets: [0, 300, 600, 900].map((offset) => ({ offset, length: 300 })) },
+      });
+      expect(c.status).toBe(0);
+      expect(c.isoPackets!.map((p) => p.actualLength)).toEqual([256, 256, 256, 256]);
+      const bytes = att.guest.bytes(range);
+      for (const base of [0, 300, 600, 900]) {
+        expect(bytes[base + 62]).toBe(62);
+        expect(bytes[base + 63]).toBe(0);
+        expect(bytes[base + 256]).toBe(0xee); // the gap after each packet is untouched
+      }
+      att.guest.buffers.release(range);
+    } finally {
+      await att.close();
+    }
+  });
+
   it("a busy or unknown device fails the attach with the server's reason", async () => {
     const holder = await t.imported("1-2");
     await expect(attachRemote({ host: "127.0.0.1", port: t.port, busid: "1-2" })).rejects.toThrow(/DEV_BUSY/);

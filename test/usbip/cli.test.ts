@@ -56,7 +56,14 @@ async function serveInProcess(args: string[]) {
       throw new Error(`serve exited ${code}: ${c.err}`);
     }),
   ]);
-  return { server, c, stop: async () => (stop("SIGINT"), await exit) };
+  return {
+    server,
+    c,
+    stop: async () => {
+      stop("SIGINT");
+      return await exit;
+    },
+  };
 }
 
 describe("argument parsing", () => {
