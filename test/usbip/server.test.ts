@@ -327,3 +327,29 @@ describe("keyboard and storage over USB/IP", () => {
     await eventually(() => t.server.stats().imported.length === 0, 5000, "detach");
   });
 });
+
+describe("guest memory as the bound", () => {
+  it("URBs that do not fit guest memory wait (reads paused) and all complete, in order, with the right data", async () => {
+    const small = await startServer({ guestMemoryMiB: 8, devices: [{ kind: "emulated", name: "loopback" }] });
+    try {
+      const c = await small.imported("1-1");
+      await enumerate(c);
+      const size = 3 * 1024 * 1024;
+      const payloads = [1, 2, 3, 4].map((seed) => pattern(size, seed));
+      const results = payloads.map((p) => {
+        const out = c.submit({ ep: 1, directionIn: false, data: p }).done;
+        const back = c.submit({ ep: 1, directionIn: true, length: size }).done;
+        return { out, back };
+      });
+      for (let i = 0; i < payloads.length; i++) {
+        expect((await results[i]!.out).status).toBe(0);
+        const back = await results[i]!.back;
+        expect(back.status).toBe(0);
+        expect(Buffer.compare(back.data, payloads[i]!)).toBe(0);
+      }
+      c.close();
+    } finally {
+      await small.close();
+    }
+  });
+});
