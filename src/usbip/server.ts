@@ -594,7 +594,7 @@ export class UsbipServer extends EventEmitter {
         // Cancelled: RET_UNLINK -ECONNRESET, and no RET_SUBMIT for it.
         for (const u of entry.unlinks) this.send(s, encodeRetUnlink(retBase(u, ECONNRESET)));
       } else {
-        this.sendRet(s, cmd, c.status, actual, data, iso);
+        this.sendRet(s, cmd, c.status, actual, data, iso, iso.length > 0 ? c.startFrame : 0);
         for (const u of entry.unlinks) this.send(s, encodeRetUnlink(retBase(u, OK)));
       }
     }
@@ -635,6 +635,7 @@ export class UsbipServer extends EventEmitter {
     actual: number,
     data: Uint8Array,
     iso: readonly IsoDescriptor[],
+    startFrame = 0,
   ): void {
     this.send(
       s,
@@ -645,7 +646,7 @@ export class UsbipServer extends EventEmitter {
         ep: 0,
         status,
         actualLength: actual,
-        startFrame: 0,
+        startFrame,
         numberOfPackets: iso.length,
         errorCount: iso.filter((d) => d.status !== 0).length,
         data,
