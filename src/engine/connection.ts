@@ -218,6 +218,11 @@ export class Connection extends EventEmitter {
     await this.requireBackend().api.killPort(port);
   }
 
+  /** Fault injection: stall the port's worker for `ms`; past `hungPortMs` the port is cut off. */
+  async freezePort(port: number, ms: number): Promise<void> {
+    await this.requireBackend().api.freezePort(port, ms);
+  }
+
   async stats(): Promise<Awaited<ReturnType<BackendApi["stats"]>> & { frontend: unknown }> {
     const backend = await this.requireBackend().api.stats();
     return { ...backend, frontend: this.frontend?.stats() ?? null };
@@ -232,10 +237,13 @@ export class Connection extends EventEmitter {
     this.backend = null;
     if (b !== null) {
       // A backend that cannot close in time is terminated all the same.
-      await Promise.race([
-        b.api.close(),
-        new Promise((resolve) => setTimeout(resolve, CLOSE_TIMEOUT_MS)),
-      ]).catch(() => undefined);
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise((resolve) => {
+        timer = setTimeout(resolve, CLOSE_TIMEOUT_MS);
+      });
+      await Promise.race([b.api.close(), deadline])
+        .catch(() => undefined)
+        .finally(() => clearTimeout(timer));
       disconnect(b.api);
       b.events.close();
       await b.worker.terminate();

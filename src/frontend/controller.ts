@@ -103,6 +103,9 @@ const FEAT_PORT_RESET = 4;
 const PENDING_COMPACT_AT = 1024;
 
 /** A port reset that did not complete with status 0. */
+
+/** The keep-alive timer of a started controller fires this rarely (it only holds the thread open). */
+const KEEP_ALIVE_INTERVAL_MS = 1 << 30;
 export class PortResetError extends UsbvirtError {
   constructor(
     readonly port: PortNum,
@@ -863,10 +866,18 @@ export class VirtualHostController {
   start(): void {
     if (this.loop !== null) return;
     this.running = true;
+    // A thread parked in Atomics.waitAsync is not kept alive by it: hold the
+    // thread (a VMM's device-model worker, say) open until stop(), as a
+    // listening socket would, so pending URBs can complete.
+    this.keepAlive = setInterval(() => {}, KEEP_ALIVE_INTERVAL_MS);
     this.loop = this.runLoop().finally(() => {
       this.loop = null;
+      clearInterval(this.keepAlive);
+      this.keepAlive = undefined;
     });
   }
+
+  private keepAlive: NodeJS.Timeout | undefined;
 
   /** End the service loop; resolves once it has returned. */
   stop(): Promise<void> {

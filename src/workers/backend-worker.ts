@@ -32,8 +32,10 @@ export interface BackendApi {
   detach(port: number): Promise<void>;
   stats(): Promise<BackendStats & { portWorkers: Record<number, (PortStats & { inFlight: number }) | null> }>;
   deviceCommand(port: number, method: string, args: unknown[]): Promise<unknown>;
-  /** Test and fault-injection hook: end a port worker abruptly. */
+  /** Fault injection: end a port worker abruptly. */
   killPort(port: number): Promise<void>;
+  /** Fault injection: stall a port worker's event loop for `ms` (the watchdog should cut it off). */
+  freezePort(port: number, ms: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -131,6 +133,10 @@ const api: BackendApi = {
   async killPort(port) {
     const link = requireLink(port);
     await link.worker.terminate();
+  },
+
+  async freezePort(port, ms) {
+    await requireLink(port).api.freeze(ms);
   },
 
   async close() {

@@ -42,6 +42,8 @@ export interface PortWorkerApi {
   command(method: string, args: unknown[]): Promise<unknown>;
   /** Close the device: its in-flight transfers complete with -ESHUTDOWN first. */
   close(): Promise<void>;
+  /** Fault injection: block this worker's event loop for `ms` (a device driver stuck in a syscall). */
+  freeze(ms: number): void;
 }
 
 export const HEARTBEAT_MS = 100;
@@ -82,6 +84,10 @@ async function main(data: PortWorkerData): Promise<void> {
         throw new Error(`device '${device.info.name}' has no command '${method}'`);
       }
       return await (fn as (...a: unknown[]) => unknown).apply(device, args);
+    },
+    freeze(ms) {
+      // Answer first, then stall: the caller should not hang on its own fault injection.
+      setImmediate(() => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms));
     },
     async close() {
       await device.close();

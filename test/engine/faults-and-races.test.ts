@@ -170,3 +170,35 @@ describe("hotplug and failures", () => {
     expect(conn.frontend).toBe(hcd);
   });
 });
+
+describe("hung port worker", () => {
+  it("cuts off a port whose worker stops turning its event loop, and only that port", async () => {
+    r = await rig({ hungPortMs: 400 });
+    const { hcd, guest, conn } = r;
+    await conn.attach(1, { kind: "emulated", name: "loopback" });
+    await conn.attach(2, { kind: "emulated", name: "loopback" });
+    await guest.enumerate(port(1), addr(2));
+    await guest.enumerate(port(2), addr(2));
+    const failed = new Promise<[number, string]>((res) =>
+      conn.once("port-failed", (p: number, why: string) => res([p, why])),
+    );
+    const range = guest.buffers.allocate(512);
+    const pending = hcd.submit({
+      type: "bulk",
+      port: port(1),
+      device: addr(2),
+      endpoint: 1 as EndpointNum,
+      directionIn: true,
+      buffer: [range],
+    });
+    await conn.freezePort(1, 5000);
+    const [failedPort, why] = await failed;
+    expect(failedPort).toBe(1);
+    expect(why).toMatch(/hung/);
+    expect([ESHUTDOWN, ENODEV]).toContain((await pending).status);
+    await eventually(() => !hcd.portStatus(port(1)).connected, 5000, "port 1 disconnect");
+    const data = pattern(777, 1);
+    await guest.transferOut(port(2), addr(2), 1, data);
+    expect(Buffer.compare(await guest.transferIn(port(2), addr(2), 1, 777), data)).toBe(0);
+  });
+});
