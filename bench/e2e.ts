@@ -1,11 +1,18 @@
 /**
  * The whole engine end to end (frontend on this thread → URB ring → backend
- * worker → port ring → port worker → emulated loopback device, and back):
+ * worker → port ring → port worker → emulated loopback device, and back),
+ * beside the designs people would otherwise build for the same job
+ * (bench/peers: the same frontend / backend / port split and the same device,
+ * carried by postMessage, comlink calls or piscina tasks), moving the same
+ * URBs at the same depths:
  * - null URB rate: a control URB with no data stage that the device answers
- *   at once (loopback vendor request RESET_STATS), with 1 and 64 in flight;
- * - single-URB round trip (p50 / p99 latency of the same URB, one at a time);
- * - 64 KiB bulk loopback: 8 OUT + 8 IN of 64 KiB in flight, payload GB/s.
- * Buffers live in guest memory and are granted per URB, as a VMM's would.
+ *   at once (loopback vendor request RESET_STATS), 1 and 64 in flight;
+ * - single-URB round trip (p50 / p99 latency, one at a time);
+ * - bulk loopback, 64 KiB (8 OUT + 8 IN in flight) and 1 MiB (2 + 2): payload
+ *   GB/s, each byte written out and read back into guest memory.
+ * The engine's buffers live in guest memory and are granted per URB, as a
+ * VMM's would; the peers copy OUT data into their messages and IN data back
+ * into the same guest buffers.
  */
 import { Bench } from "tinybench";
 import { Connection } from "../src/engine/connection.js";
@@ -13,13 +20,21 @@ import type { Urb, UrbCompletion } from "../src/frontend/types.js";
 import { GuestUsbDriver } from "../src/guest/guest-driver.js";
 import { OK } from "../src/urb/status.js";
 import type { DevAddr, EndpointNum, PortNum } from "../src/urb/types.js";
-import { benchTiming, printBench, type Result, type SuiteOptions } from "./harness.js";
+import { benchTiming, latencyOf, printBench, type Result, type SuiteOptions } from "./harness.js";
+import { PEER_DESIGNS, type PeerDesign, type PeerTransport, startPeer } from "./peers/peers.js";
+import type { PeerUrb } from "./peers/wire.js";
 
 const PORT = 1 as PortNum;
 const ADDRESS = 2 as DevAddr;
 const BATCH = 4096;
-const BULK = 64 * 1024;
-const BULK_PAIRS = 8;
+const BATCH1 = 512;
+const DEPTH = 64;
+const KIB64 = 64 * 1024;
+const MIB1 = 1024 * 1024;
+const PAIRS_64K = 8;
+const PAIRS_1M = 2;
+
+const RESET_STATS = { bmRequestType: 0x40, bRequest: 0x05, wValue: 0, wIndex: 0, wLength: 0 } as const;
 
 const nullUrb: Urb = {
   type: "control",
@@ -27,90 +42,193 @@ const nullUrb: Urb = {
   device: ADDRESS,
   endpoint: 0 as EndpointNum,
   directionIn: false,
-  setup: { bmRequestType: 0x40, bRequest: 0x05, wValue: 0, wIndex: 0, wLength: 0 },
+  setup: RESET_STATS,
 };
 
 /** Complete `total` copies of `urb` keeping `depth` in flight. */
 function pipeline(conn: Connection, urb: Urb, total: number, depth: number): Promise<void> {
   const hcd = conn.frontend!;
+  // Distinct URB objects (the controller refuses one already outstanding), made before timing starts.
+  const urbs = Array.from({ length: Math.min(depth, total) }, () => ({ ...urb }));
   return new Promise((resolve, reject) => {
     let submitted = 0;
     let completed = 0;
-    // Distinct URB objects: the controller refuses an object that is already outstanding.
-    const onDone = (c: UrbCompletion) => {
-      if (c.status !== OK) {
-        reject(new Error(`URB failed with status ${c.status}`));
-        return;
-      }
-      if (++completed === total) resolve();
-      else if (submitted < total) send();
-    };
-    const send = () => {
+    const callbacks = urbs.map((u) => {
+      const onDone = (c: UrbCompletion): void => {
+        if (c.status !== OK) {
+          reject(new Error(`URB failed with status ${c.status}`));
+          return;
+        }
+        if (++completed === total) resolve();
+        else if (submitted < total) {
+          submitted++;
+          hcd.submitWithCallback(u, onDone);
+        }
+      };
+      return onDone;
+    });
+    for (let i = 0; i < urbs.length; i++) {
       submitted++;
-      hcd.submitWithCallback({ ...urb }, onDone);
+      hcd.submitWithCallback(urbs[i]!, callbacks[i]!);
+    }
+  });
+}
+
+/** The same pipeline through a peer design. */
+function peerPipeline(peer: PeerTransport, total: number, depth: number): Promise<void> {
+  let nextId = 0;
+  const urb = (): PeerUrb => ({
+    id: nextId++,
+    port: 1,
+    kind: "control",
+    endpoint: 0,
+    directionIn: false,
+    setup: RESET_STATS,
+    length: 0,
+    data: null,
+  });
+  return new Promise((resolve, reject) => {
+    let submitted = 0;
+    let completed = 0;
+    const send = (): void => {
+      submitted++;
+      peer.submit(urb()).then((r) => {
+        if (r.status !== OK) return reject(new Error(`${peer.design} URB failed with status ${r.status}`));
+        if (++completed === total) resolve();
+        else if (submitted < total) send();
+      }, reject);
     };
     for (let i = 0; i < depth && i < total; i++) send();
   });
 }
 
+interface BulkBuffers {
+  readonly outs: Uint8Array[];
+  readonly ins: Uint8Array[];
+  readonly size: number;
+}
+
 export const e2eSuite = {
   name: "e2e",
   async run(opts: SuiteOptions): Promise<Result[]> {
-    const conn = await Connection.create({ ports: 2 });
+    const conn = await Connection.create({ ports: 2, memory: 8192 });
     const guest = new GuestUsbDriver(conn.frontend!, conn.handles);
     await conn.attach(1, { kind: "emulated", name: "loopback" });
     await guest.enumerate(PORT, ADDRESS);
-    const outs = Array.from({ length: BULK_PAIRS }, () => guest.buffers.allocatePages(BULK));
-    const ins = Array.from({ length: BULK_PAIRS }, () => guest.buffers.allocatePages(BULK));
-    for (const [i, r] of outs.entries()) guest.bytes(r).fill(i + 1);
+    const hcd = conn.frontend!;
+
+    const regions = (size: number, pairs: number) => ({
+      outs: Array.from({ length: pairs }, () => guest.buffers.allocatePages(size)),
+      ins: Array.from({ length: pairs }, () => guest.buffers.allocatePages(size)),
+    });
+    const r64 = regions(KIB64, PAIRS_64K);
+    const r1m = regions(MIB1, PAIRS_1M);
+    const bytesOf = (r: typeof r64, size: number): BulkBuffers => ({
+      outs: r.outs.map((x) => guest.bytes(x)),
+      ins: r.ins.map((x) => guest.bytes(x)),
+      size,
+    });
+    for (const b of [bytesOf(r64, KIB64), bytesOf(r1m, MIB1)])
+      for (const [i, out] of b.outs.entries()) out.fill(i + 1);
+    // The peers' guest memory is ordinary memory: a design built on messages has no shared buffers.
+    const privateBuffers = (size: number, pairs: number): BulkBuffers => ({
+      outs: Array.from({ length: pairs }, (_, i) => new Uint8Array(size).fill(i + 1)),
+      ins: Array.from({ length: pairs }, () => new Uint8Array(size)),
+      size,
+    });
+    const b64 = privateBuffers(KIB64, PAIRS_64K);
+    const b1m = privateBuffers(MIB1, PAIRS_1M);
+
     let bulkBytes = 0;
-    const bulkRound = async () => {
+    const bulk = { type: "bulk", port: PORT, device: ADDRESS, endpoint: 1 as EndpointNum } as const;
+    const bulkRound = async (r: typeof r64, size: number): Promise<void> => {
       const all: Promise<UrbCompletion>[] = [];
-      for (let i = 0; i < BULK_PAIRS; i++) {
-        const common = { type: "bulk", port: PORT, device: ADDRESS, endpoint: 1 as EndpointNum } as const;
-        all.push(conn.frontend!.submit({ ...common, directionIn: false, buffer: [outs[i]!] }));
-        all.push(conn.frontend!.submit({ ...common, directionIn: true, buffer: [ins[i]!] }));
+      for (let i = 0; i < r.outs.length; i++) {
+        all.push(hcd.submit({ ...bulk, directionIn: false, buffer: [r.outs[i]!] }));
+        all.push(hcd.submit({ ...bulk, directionIn: true, buffer: [r.ins[i]!] }));
       }
       for (const c of await Promise.all(all)) {
-        if (c.status !== OK || c.actualLength !== BULK)
+        if (c.status !== OK || c.actualLength !== size)
           throw new Error(`bulk URB ended ${c.status}/${c.actualLength}`);
       }
-      bulkBytes += BULK_PAIRS * BULK;
+      bulkBytes += r.outs.length * size;
+    };
+
+    const peers: PeerTransport[] = [];
+    for (const design of PEER_DESIGNS) peers.push(await startPeer(design, DEPTH));
+    const peerBulkRound = async (peer: PeerTransport, b: BulkBuffers): Promise<void> => {
+      const all: Promise<void>[] = [];
+      for (let i = 0; i < b.outs.length; i++) {
+        const common = { port: 1, kind: "bulk", endpoint: 1, setup: null, length: b.size } as const;
+        all.push(
+          peer.submit({ ...common, id: 2 * i, directionIn: false, data: b.outs[i]! }).then((r) => {
+            if (r.status !== OK || r.actualLength !== b.size)
+              throw new Error(`${peer.design} bulk OUT failed`);
+          }),
+        );
+        all.push(
+          peer.submit({ ...common, id: 2 * i + 1, directionIn: true, data: null }).then((r) => {
+            if (r.status !== OK || r.actualLength !== b.size || r.data === null)
+              throw new Error(
+                `${peer.design} bulk IN failed: ${r.status}/${r.actualLength}/${r.data?.length}`,
+              );
+            b.ins[i]!.set(r.data); // into guest memory, where the engine's device wrote directly
+          }),
+        );
+      }
+      await Promise.all(all);
     };
 
     const bench = new Bench(benchTiming(opts));
-    bench
-      .add("e2e null URB, 1 in flight", () => pipeline(conn, nullUrb, BATCH / 8, 1))
-      .add("e2e null URB, 64 in flight", () => pipeline(conn, nullUrb, BATCH, 64))
-      .add("e2e round trip, one URB", () => pipeline(conn, nullUrb, 1, 1))
-      .add("e2e bulk 64 KiB loopback, 8 OUT + 8 IN in flight", bulkRound);
+    const items: Record<string, number> = {};
+    const add = (name: string, fn: () => Promise<void>, perOp = 1): void => {
+      // async: true, or tinybench calls fn once at add() to see whether it returns a promise, unawaited.
+      bench.add(name, fn, { async: true });
+      items[name] = perOp;
+    };
+    add("usbvirt null URB, 1 in flight", () => pipeline(conn, nullUrb, BATCH1, 1), BATCH1);
+    add("usbvirt null URB, 64 in flight", () => pipeline(conn, nullUrb, BATCH, DEPTH), BATCH);
+    add("usbvirt round trip, one URB", () => pipeline(conn, nullUrb, 1, 1));
+    add("usbvirt bulk 64 KiB, 8 OUT + 8 IN", () => bulkRound(r64, KIB64), PAIRS_64K * KIB64);
+    add("usbvirt bulk 1 MiB, 2 OUT + 2 IN", () => bulkRound(r1m, MIB1), PAIRS_1M * MIB1);
+    for (const peer of peers) {
+      const d = peer.design;
+      add(`${d} null URB, 1 in flight`, () => peerPipeline(peer, BATCH1, 1), BATCH1);
+      add(`${d} null URB, 64 in flight`, () => peerPipeline(peer, BATCH, DEPTH), BATCH);
+      add(`${d} round trip, one URB`, () => peerPipeline(peer, 1, 1));
+      add(`${d} bulk 64 KiB, 8 OUT + 8 IN`, () => peerBulkRound(peer, b64), PAIRS_64K * KIB64);
+      add(`${d} bulk 1 MiB, 2 OUT + 2 IN`, () => peerBulkRound(peer, b1m), PAIRS_1M * MIB1);
+    }
     await bench.run();
-    const results = printBench(
-      "end to end: frontend → backend worker → port worker → emulated loopback",
-      bench,
-      {
-        "e2e null URB, 1 in flight": BATCH / 8,
-        "e2e null URB, 64 in flight": BATCH,
-      },
-    );
-    const rtt = bench.getTask("e2e round trip, one URB")?.result;
-    const bulk = bench.getTask("e2e bulk 64 KiB loopback, 8 OUT + 8 IN in flight")?.result;
-    if (rtt?.state === "completed" && bulk?.state === "completed") {
-      const gbps = (BULK_PAIRS * BULK) / (bulk.period / 1000) / 1e9;
-      console.log(
-        `round trip p50 ${(rtt.latency.p50 * 1000).toFixed(1)} µs, p99 ${(rtt.latency.p99 * 1000).toFixed(1)} µs; ` +
-          `64 KiB bulk loopback ${gbps.toFixed(2)} GB/s of payload (each byte written and read back)`,
-      );
+    printBench("end to end: frontend → backend worker → port worker → emulated loopback", bench, items);
+
+    const results: Result[] = [];
+    const designs: ("usbvirt" | PeerDesign)[] = ["usbvirt", ...PEER_DESIGNS];
+    for (const d of designs) {
+      const tag = d === "usbvirt" ? "" : `.${d}`;
+      const rate = (task: string) => latencyOf(bench, `${d} ${task}`);
+      const n1 = rate("null URB, 1 in flight");
+      const n64 = rate("null URB, 64 in flight");
+      const rtt = rate("round trip, one URB");
+      const k64 = rate("bulk 64 KiB, 8 OUT + 8 IN");
+      const m1 = rate("bulk 1 MiB, 2 OUT + 2 IN");
       results.push(
-        { name: "e2e.rtt.p50_us", value: rtt.latency.p50 * 1000, unit: "µs" },
-        { name: "e2e.rtt.p99_us", value: rtt.latency.p99 * 1000, unit: "µs" },
-        { name: "e2e.bulk64k.gbps", value: gbps, unit: "GB/s" },
+        { name: `e2e.null.inflight1${tag}.urbs_per_s`, value: n1.opsPerSec * BATCH1, unit: "URB/s" },
+        { name: `e2e.null.inflight64${tag}.urbs_per_s`, value: n64.opsPerSec * BATCH, unit: "URB/s" },
+        { name: `e2e.rtt${tag}.p50_us`, value: rtt.p50Micros, unit: "µs" },
+        { name: `e2e.rtt${tag}.p99_us`, value: rtt.p99Micros, unit: "µs" },
+        { name: `e2e.bulk64k${tag}.gbps`, value: (k64.opsPerSec * PAIRS_64K * KIB64) / 1e9, unit: "GB/s" },
+        { name: `e2e.bulk1m${tag}.gbps`, value: (m1.opsPerSec * PAIRS_1M * MIB1) / 1e9, unit: "GB/s" },
       );
     }
+
+    await Promise.all(peers.map((p) => p.close()));
     const stats = await conn.stats();
     await conn.close();
     if (bulkBytes === 0 || stats.rejected !== 0)
       throw new Error("e2e bench: no bulk data moved, or URBs were rejected");
+    const copies = Object.values(stats.portWorkers).reduce((n, p) => n + (p?.bounceCopies ?? 0), 0);
+    if (copies !== 0) throw new Error(`e2e bench: the engine bounced ${copies} buffers (expected zero copy)`);
     return results;
   },
 };

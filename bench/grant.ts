@@ -22,11 +22,11 @@ import { benchTiming, printBench, type Result, type SuiteOptions } from "./harne
 
 const BACKEND = 1 as DomId;
 
-/** Task name → the metric key reported as `grant.<key>`. */
+/** Task name → its stable result name. */
 export const GRANT_RESULT_KEYS: Record<string, string> = {
-  "map+unmap 1 segment": "map_unmap_per_s",
-  "mapSegments contiguous 4 segments": "map_segments_contiguous_per_s",
-  "mapSegments scattered 4 segments (bounce 16 KiB)": "map_segments_bounce_per_s",
+  "map+unmap 1 segment": "grant.map_unmap_per_s",
+  "mapSegments contiguous 4 segments": "grant.map_segments4_contiguous_per_s",
+  "mapSegments scattered 4 segments (bounce 16 KiB)": "grant.map_segments4_bounce_per_s",
 };
 
 export const grantSuite = {
@@ -91,6 +91,6 @@ export const grantSuite = {
     console.log(
       `grant: ${stats.maps} pins, ${stats.directBuffers} direct + ${stats.bouncedBuffers} bounced buffers, ${(stats.bounceBytes / 2 ** 20).toFixed(0)} MiB bounced`,
     );
-    return results.map((r) => ({ ...r, name: GRANT_RESULT_KEYS[r.name] ?? r.name }));
+    return results.map((r) => ({ ...r, name: GRANT_RESULT_KEYS[r.name] ?? r.name, unit: "maps/s" }));
   },
 };

@@ -12,10 +12,17 @@ export interface SuiteOptions {
   readonly quick: boolean;
 }
 
+/** One figure of the performance record, under a stable name (`--json` writes these). */
 export interface Result {
   readonly name: string;
   readonly value: number;
   readonly unit: string;
+}
+
+/** usbvirt / peer, oriented so that > 1 means usbvirt is better. */
+export interface Ratio {
+  readonly name: string;
+  readonly value: number;
 }
 
 export function machineHeader(): string {
@@ -37,6 +44,16 @@ export function formatRate(perSecond: number): string {
   if (perSecond >= 1e6) return `${(perSecond / 1e6).toFixed(2)} M/s`;
   if (perSecond >= 1e3) return `${(perSecond / 1e3).toFixed(1)} k/s`;
   return `${perSecond.toFixed(1)} /s`;
+}
+
+/** A completed task's rate and latency (throws when it did not complete). */
+export function latencyOf(
+  bench: Bench,
+  name: string,
+): { opsPerSec: number; p50Micros: number; p99Micros: number } {
+  const r = bench.getTask(name)?.result;
+  if (r?.state !== "completed") throw new Error(`bench task "${name}" did not complete`);
+  return { opsPerSec: 1000 / r.period, p50Micros: r.latency.p50 * 1000, p99Micros: r.latency.p99 * 1000 };
 }
 
 /**

@@ -1,27 +1,112 @@
 /**
- * `npm run bench [-- --quick]`: every suite in one process, one machine
- * header, tables side by side.
+ * `npm run bench [-- --quick] [-- --json FILE] [-- --only ring,e2e]`: every
+ * suite in one process, one machine header, tables side by side, then the
+ * record: every figure under its stable name and the usbvirt / peer ratios.
+ * `--json FILE` writes {node, cpu, cores, results, ratios}.
  */
+import { writeFileSync } from "node:fs";
+import os from "node:os";
 import { e2eSuite } from "./e2e.js";
 import { grantSuite } from "./grant.js";
-import { machineHeader, type SuiteOptions } from "./harness.js";
+import { machineHeader, type Ratio, type Result, type SuiteOptions } from "./harness.js";
+import { idleSuite } from "./idle.js";
+import { PEER_DESIGNS } from "./peers/peers.js";
 import { ringSuite } from "./ring.js";
+import { usbipSuite } from "./usbip.js";
 
 interface Suite {
   readonly name: string;
-  run(opts: SuiteOptions): Promise<unknown>;
+  run(opts: SuiteOptions): Promise<Result[]>;
 }
 
-const suites: Suite[] = [ringSuite, grantSuite, e2eSuite];
+const suites: Suite[] = [ringSuite, grantSuite, e2eSuite, usbipSuite, idleSuite];
+
+function argValue(flag: string): string | undefined {
+  const i = process.argv.indexOf(flag);
+  if (i < 0) return undefined;
+  const v = process.argv[i + 1];
+  if (v === undefined || v.startsWith("--")) throw new Error(`${flag} needs a value`);
+  return v;
+}
+
+/** usbvirt / peer for every peer design, oriented so that > 1 favours usbvirt. */
+function ratios(results: readonly Result[]): Ratio[] {
+  const value = (name: string) => results.find((r) => r.name === name)?.value;
+  const out: Ratio[] = [];
+  const add = (name: string, ours: string, theirs: string, higherIsBetter: boolean) => {
+    const a = value(ours);
+    const b = value(theirs);
+    if (a === undefined || b === undefined || a === 0 || b === 0) return;
+    out.push({ name, value: higherIsBetter ? a / b : b / a });
+  };
+  for (const d of PEER_DESIGNS) {
+    add(`ratio.e2e.vs_${d}`, "e2e.null.inflight64.urbs_per_s", `e2e.null.inflight64.${d}.urbs_per_s`, true);
+    add(
+      `ratio.e2e.inflight1.vs_${d}`,
+      "e2e.null.inflight1.urbs_per_s",
+      `e2e.null.inflight1.${d}.urbs_per_s`,
+      true,
+    );
+    add(`ratio.rtt.vs_${d}`, "e2e.rtt.p50_us", `e2e.rtt.${d}.p50_us`, false);
+    add(`ratio.bulk64k.vs_${d}`, "e2e.bulk64k.gbps", `e2e.bulk64k.${d}.gbps`, true);
+    add(`ratio.bulk1m.vs_${d}`, "e2e.bulk1m.gbps", `e2e.bulk1m.${d}.gbps`, true);
+  }
+  return out;
+}
+
+function fmt(v: number): string {
+  if (v >= 1e6) return `${(v / 1e6).toFixed(2)} M`;
+  if (v >= 1e4) return `${(v / 1e3).toFixed(1)} k`;
+  if (v >= 100) return v.toFixed(0);
+  return v.toFixed(2);
+}
 
 async function main(): Promise<void> {
   const quick = process.argv.includes("--quick");
+  const jsonFile = argValue("--json");
+  const only = argValue("--only")?.split(",");
+  const unknown = only?.filter((n) => !suites.some((s) => s.name === n)) ?? [];
+  if (unknown.length > 0)
+    throw new Error(`unknown suite(s) ${unknown.join(", ")}; known: ${suites.map((s) => s.name).join(", ")}`);
   console.log(`# usbvirt benchmarks${quick ? " (--quick: a moment per task, figures not meaningful)" : ""}`);
   console.log(machineHeader());
-  for (const suite of suites) await suite.run({ quick });
+  console.log(
+    `load average ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}`,
+  );
+  const results: Result[] = [];
+  for (const suite of suites) {
+    if (only !== undefined && !only.includes(suite.name)) continue;
+    results.push(...(await suite.run({ quick })));
+  }
+  const r = ratios(results);
+  console.log("\n## the record (stable names)");
+  console.table(results.map((x) => ({ name: x.name, value: fmt(x.value), unit: x.unit })));
+  if (r.length > 0)
+    console.table(r.map((x) => ({ name: x.name, "usbvirt / peer": `${x.value.toFixed(1)}×` })));
+  if (jsonFile !== undefined) {
+    const cpus = os.cpus();
+    const record = {
+      node: process.version,
+      cpu: cpus[0]?.model ?? "unknown",
+      cores: os.availableParallelism(),
+      quick,
+      loadavg: os.loadavg(),
+      results,
+      ratios: r,
+    };
+    writeFileSync(jsonFile, `${JSON.stringify(record, null, 2)}\n`);
+    console.log(`wrote ${jsonFile}`);
+  }
 }
 
-main().catch((err: unknown) => {
-  console.error(err);
-  process.exitCode = 1;
-});
+main().then(
+  // Worker threads the suites closed may still be winding down: do not wait for them.
+  () => process.exit(process.exitCode ?? 0),
+  (err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  },
+);

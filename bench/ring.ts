@@ -14,7 +14,7 @@ import { IdPool } from "../src/rings/id-pool.js";
 import { createRingBuffer, type RingGeometry } from "../src/rings/layout.js";
 import { AdaptiveSpin } from "../src/rings/spin.js";
 import { siblingModule, startWorker } from "../src/workers/spawn.js";
-import { benchTiming, printBench, type Result, type SuiteOptions } from "./harness.js";
+import { benchTiming, latencyOf, printBench, type Result, type SuiteOptions } from "./harness.js";
 
 /** The URB ring's geometry: 256 slots of 128 bytes. */
 const GEOMETRY: RingGeometry = { slots: 256, slotSize: 128 };
@@ -91,17 +91,37 @@ function stream(e: EchoRing, count: number, batch: number): void {
   e.received += got;
 }
 
-function roundTrip(e: EchoRing): void {
-  const slot = e.front.requestSlot();
-  if (slot === null) throw new Error("ring unexpectedly full");
-  writeRequest(e, slot);
+/** Publish `batch` requests at once and wait for every answer. */
+function roundTrip(e: EchoRing, batch = 1): void {
+  for (let i = 0; i < batch; i++) {
+    const slot = e.front.requestSlot();
+    if (slot === null) throw new Error("ring unexpectedly full");
+    writeRequest(e, slot);
+  }
   if (e.front.pushRequests()) e.peerBell.ring();
-  while (!e.front.takeResponse(e.copy)) {
+  let got = 0;
+  while (got < batch) {
+    if (e.front.takeResponse(e.copy)) {
+      got++;
+      continue;
+    }
     if (e.front.fault !== 0) throw new Error(`ring fault ${e.front.fault}`);
     e.myBell.wait(e.front, e.spin);
   }
-  e.received++;
+  e.received += batch;
 }
+
+/** Task name → stable result name and how it is reported. */
+const RING_RESULTS: Record<string, { name: string; kind: "rate" | "latency"; items?: number }> = {
+  "oneway b1": { name: "ring.oneway.b1.desc_per_s", kind: "rate", items: STREAM },
+  "oneway b8": { name: "ring.oneway.b8.desc_per_s", kind: "rate", items: STREAM },
+  "oneway b32": { name: "ring.oneway.b32.desc_per_s", kind: "rate", items: STREAM },
+  "roundtrip b1 spin": { name: "ring.roundtrip.b1", kind: "latency" },
+  "roundtrip b8 spin": { name: "ring.roundtrip.b8", kind: "latency" },
+  "roundtrip b32 spin": { name: "ring.roundtrip.b32", kind: "latency" },
+  "roundtrip b1 park (no spin)": { name: "ring.roundtrip.park", kind: "latency" },
+  "roundtrip postMessage (for scale)": { name: "ring.roundtrip.postmessage", kind: "latency" },
+};
 
 export const ringSuite = {
   name: "ring",
@@ -125,15 +145,29 @@ export const ringSuite = {
       .add("oneway b1", () => stream(hot, STREAM, 1))
       .add("oneway b8", () => stream(hot, STREAM, 8))
       .add("oneway b32", () => stream(hot, STREAM, 32))
-      .add("roundtrip spin", () => roundTrip(hot))
-      .add("roundtrip park (no spin)", () => roundTrip(parked))
-      .add("roundtrip postMessage (for scale)", pmRoundTrip);
+      .add("roundtrip b1 spin", () => roundTrip(hot, 1))
+      .add("roundtrip b8 spin", () => roundTrip(hot, 8))
+      .add("roundtrip b32 spin", () => roundTrip(hot, 32))
+      .add("roundtrip b1 park (no spin)", () => roundTrip(parked, 1))
+      .add("roundtrip postMessage (for scale)", pmRoundTrip, { async: true });
     await bench.run();
-    const results = printBench("ring: descriptors between two threads (256 × 128-byte slots)", bench, {
+    printBench("ring: descriptors between two threads (256 × 128-byte slots)", bench, {
       "oneway b1": STREAM,
       "oneway b8": STREAM,
       "oneway b32": STREAM,
+      "roundtrip b8 spin": 8,
+      "roundtrip b32 spin": 32,
     });
+    const results: Result[] = [];
+    for (const [task, r] of Object.entries(RING_RESULTS)) {
+      const l = latencyOf(bench, task);
+      if (r.kind === "rate") results.push({ name: r.name, value: l.opsPerSec * r.items!, unit: "desc/s" });
+      else
+        results.push(
+          { name: `${r.name}.p50_us`, value: l.p50Micros, unit: "µs" },
+          { name: `${r.name}.p99_us`, value: l.p99Micros, unit: "µs" },
+        );
+    }
 
     await Promise.all([stopEcho(hot), stopEcho(parked), echo.terminate()]);
     if (hot.received === 0 || parked.received === 0 || pmReceived === 0)
