@@ -628,13 +628,22 @@ describe("fuzz: hostile frontend against the backend and a real port worker", ()
     const baselineRate = (bystander.rounds() - base0) / 0.5;
     const start0 = bystander.rounds();
     const t0 = Date.now();
-    await fc.assert(fc.asyncProperty(runArb, oneRun), {
-      seed: SEED,
-      numRuns: 1_000_000,
-      interruptAfterTimeLimit: TIME_MS,
-      markInterruptAsFailure: false,
-      endOnFailure: true,
-    });
+    // interruptAfterTimeLimit abandons the run in progress: keep it, and let it finish before checking.
+    let current: Promise<void> = Promise.resolve();
+    await fc.assert(
+      fc.asyncProperty(runArb, (run) => {
+        current = oneRun(run);
+        return current;
+      }),
+      {
+        seed: SEED,
+        numRuns: 1_000_000,
+        interruptAfterTimeLimit: TIME_MS,
+        markInterruptAsFailure: false,
+        endOnFailure: true,
+      },
+    );
+    await current;
     const seconds = (Date.now() - t0) / 1000;
     const fuzzRate = (bystander.rounds() - start0) / seconds;
     console.log(
