@@ -50,6 +50,8 @@ export class PortLink {
   private lastBeat = 0;
   private lastBeatAt = Date.now();
   closing = false;
+  /** The worker has been (or is being) terminated and its comlink proxy released. */
+  retired = false;
 
   constructor(
     readonly port: number,

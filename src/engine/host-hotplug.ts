@@ -3,9 +3,9 @@
  * vid:pid, bus-port path or serial; detach; hotplug"): watches libusb's
  * attach / detach events, puts every host device that passes the allow / deny
  * filter on a free port of the connection, and takes it off again when it is
- * unplugged. A device whose port worker already ended because it saw the
- * unplug first (the connection's 'port-failed') is simply forgotten; when it
- * comes back it is attached again.
+ * unplugged. Whichever comes first — libusb's detach event or the port
+ * worker seeing the unplug (the connection's 'port-failed') — reports the
+ * detach, exactly once; when the device comes back it is attached again.
  *
  * Events: 'attached' (port, HostDeviceInfo), 'detached' (port, HostDeviceInfo),
  * 'log' (message). Uses only Connection's public API.
@@ -40,8 +40,18 @@ export class HostHotplug extends EventEmitter {
   private readonly ports: readonly number[];
   /** Serialises attach/detach so events are applied in the order they arrived. */
   private queue: Promise<void> = Promise.resolve();
-  private readonly onPortFailed = (port: number) => {
-    for (const [path, a] of this.attached) if (a.port === port) this.attached.delete(path);
+  /**
+   * The port lost its device before libusb's detach event arrived (the port
+   * worker saw the unplug first, or crashed): report the detach now, once;
+   * the later libusb event finds nothing left to do.
+   */
+  private readonly onPortFailed = (port: number, reason: string) => {
+    for (const [path, a] of this.attached) {
+      if (a.port !== port) continue;
+      this.attached.delete(path);
+      this.emit("log", `port ${port} (${path}) lost its device: ${reason}`);
+      this.emit("detached", a.port, a.info);
+    }
   };
 
   constructor(

@@ -30,7 +30,13 @@ export interface BackendWorkerData {
 export interface BackendApi {
   attach(port: number, spec: DeviceSpec): Promise<DeviceSummary>;
   detach(port: number): Promise<void>;
-  stats(): Promise<BackendStats & { portWorkers: Record<number, (PortStats & { inFlight: number }) | null> }>;
+  stats(): Promise<
+    BackendStats & {
+      portWorkers: Record<number, (PortStats & { inFlight: number }) | null>;
+      /** Port worker threads started and not yet exited (leak accounting). */
+      liveWorkers: number;
+    }
+  >;
   deviceCommand(port: number, method: string, args: unknown[]): Promise<unknown>;
   /** Fault injection: end a port worker abruptly. */
   killPort(port: number): Promise<void>;
@@ -47,6 +53,8 @@ const spin = new AdaptiveSpin();
 const hungMs = data.hungPortMs ?? 5000;
 let running = true;
 const attaching = new Set<number>();
+/** Port worker threads started and not yet exited. */
+let liveWorkers = 0;
 
 backend.onEvent((e: BackendEvent) => data.events.postMessage(e));
 
@@ -63,7 +71,10 @@ function requireLink(port: number): PortLink {
   return link;
 }
 
+/** End a port worker; idempotent (a detach and a 'gone' report can both get here). */
 async function retire(link: PortLink): Promise<void> {
+  if (link.retired) return;
+  link.retired = true;
   disconnect(link.api);
   await link.worker.terminate();
 }
@@ -82,6 +93,8 @@ const api: BackendApi = {
         memory: data.handles.memory,
         backendBell: data.handles.backendBell,
       });
+      liveWorkers++;
+      link.worker.once("exit", () => liveWorkers--);
       link.worker.on("error", (err) => {
         if (backend.portLink(port) === link) backend.failPort(port, `port worker crashed: ${String(err)}`);
       });
@@ -123,7 +136,7 @@ const api: BackendApi = {
     for (const link of backend.links) {
       portWorkers[link.port] = await link.api.stats().catch(() => null);
     }
-    return { ...backend.snapshot(), portWorkers };
+    return { ...backend.snapshot(), portWorkers, liveWorkers };
   },
 
   async deviceCommand(port, method, args) {

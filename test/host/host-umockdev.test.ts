@@ -187,7 +187,8 @@ describe.skipIf(testbedPython === null)("host hotplug under an interactive umock
           `hotplug child failed (exit ${out.code}, ${out.ms} ms): ${JSON.stringify(v)}\n${out.stderr.slice(-2000)}`,
         );
       }
-      expect(v.events).toEqual([
+      // Log and port-failed lines are there for diagnosis; the hotplug events themselves must be exactly these.
+      expect((v.events as string[]).filter((e) => /^(attached|detached) /.test(e))).toEqual([
         `attached 1 ${BUS_PORT}`,
         `detached 1 ${BUS_PORT}`,
         `attached 1 ${BUS_PORT}`,

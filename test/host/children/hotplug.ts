@@ -22,10 +22,13 @@ async function until(what: string, check: () => boolean, ms = 20_000): Promise<v
   }
 }
 
+/** What the child saw, reported with the verdict either way (a failure says where it stopped). */
+const events: string[] = [];
+
 async function main(): Promise<Record<string, unknown>> {
   const conn = await Connection.create({ ports: 2, memory: 1024 });
+  conn.on("port-failed", (port: number, why: string) => events.push(`port-failed ${port} ${why}`));
   const hcd = conn.frontend!;
-  const events: string[] = [];
   const portChanges: boolean[] = [];
   hcd.on("portChange", (s: { connected: boolean }) => portChanges.push(s.connected));
   const hotplug = new HostHotplug(conn, { filter: { allow: [{ vendorId: VID, productId: PID }] } });
@@ -78,7 +81,7 @@ main().then(
   },
   (err: unknown) => {
     clearTimeout(watchdog);
-    process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: String(err) })}\n`);
+    process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: String(err), events })}\n`);
     process.exit(1);
   },
 );
