@@ -99,6 +99,12 @@ const RT_STANDARD_DEVICE_OUT = 0x00;
 const RT_CLASS_OTHER_OUT = 0x23;
 const FEAT_PORT_RESET = 4;
 
+/**
+ * URB ring slots data URBs may not take: kept for unlinks. Without them a ring full of URBs the device
+ * never completes (interrupt INs on an idle keyboard) could never be cancelled: the unlink needs a slot.
+ */
+export const UNLINK_RESERVED_SLOTS = 8;
+
 /** Entries above this in the pending array trigger a compaction (amortised O(1) dequeue). */
 const PENDING_COMPACT_AT = 1024;
 
@@ -398,8 +404,9 @@ export class VirtualHostController {
   }
 
   private enqueueOrSend(record: UrbRecord): void {
-    // FIFO: nothing overtakes a URB already waiting.
-    if (this.pendingLive === 0 && this.trySend(record)) {
+    // FIFO: no data URB overtakes one already waiting. An unlink may (its target is already on the ring),
+    // into the slots kept for unlinks.
+    if ((this.pendingLive === 0 || record.urb === null) && this.trySend(record)) {
       this.publish();
       return;
     }
@@ -416,14 +423,26 @@ export class VirtualHostController {
   private flushPending(): void {
     let sent = false;
     const queue = this.pending;
+    let blocked = false;
     while (this.pendingHead < queue.length && this.connected) {
       const record = queue[this.pendingHead]!;
       if (record.phase === Phase.PENDING) {
-        if (!this.trySend(record)) break;
+        if (!this.trySend(record)) {
+          blocked = true;
+          break;
+        }
         this.pendingLive--;
         sent = true;
       }
       queue[this.pendingHead++] = undefined as unknown as UrbRecord;
+    }
+    // Unlinks behind a data URB that cannot go yet overtake it (bounded by the queue length).
+    for (let i = this.pendingHead; blocked && i < queue.length && this.connected; i++) {
+      const record = queue[i]!;
+      if (record.phase !== Phase.PENDING || record.urb !== null) continue;
+      if (!this.trySendUnlink(record)) break;
+      this.pendingLive--;
+      sent = true;
     }
     if (this.pendingHead === queue.length) {
       queue.length = 0;
@@ -443,6 +462,7 @@ export class VirtualHostController {
   private trySend(record: UrbRecord): boolean {
     const urb = record.urb;
     if (urb === null) return this.trySendUnlink(record);
+    if (this.ring.freeRequests <= UNLINK_RESERVED_SLOTS) return false;
     const slot = this.ring.requestSlot();
     if (slot === null) return false;
     const segments = urb.buffer ?? [];

@@ -5,6 +5,7 @@
  * one the controller does not know (-ENOENT).
  */
 import { describe, expect, it } from "vitest";
+import { UNLINK_RESERVED_SLOTS } from "../../src/frontend/controller.js";
 import type { Urb, UrbCompletion } from "../../src/frontend/types.js";
 import { RingFault } from "../../src/rings/faults.js";
 import { ECONNRESET, ENOENT, OK } from "../../src/urb/status.js";
@@ -23,7 +24,8 @@ describe("pending queue", () => {
         completions.push(c);
       });
     }
-    expect(r.hc.stats()).toMatchObject({ pending: 600 - 256, inFlight: 256 });
+    const dataSlots = 256 - UNLINK_RESERVED_SLOTS; // the rest is kept for unlinks
+    expect(r.hc.stats()).toMatchObject({ pending: 600 - dataSlots, inFlight: dataSlots });
     await pump(r);
     expect(completions).toHaveLength(600);
     expect(completions.every((c) => c.status === OK && c.actualLength === 64)).toBe(true);
@@ -81,7 +83,8 @@ describe("unlink", () => {
     const r = rig();
     await enumerate(r, 1, 1);
     // Fill the ring with held INs so the next URB waits.
-    for (let i = 0; i < 256; i++) r.hc.submitWithCallback(bulk(1, 1, 1, true, [seg(i * 64, 64)]), () => {});
+    for (let i = 0; i < 256 - UNLINK_RESERVED_SLOTS; i++)
+      r.hc.submitWithCallback(bulk(1, 1, 1, true, [seg(i * 64, 64)]), () => {});
     const waiting = bulk(1, 1, 2, false, [seg(0, 8)]);
     const calls: UrbCompletion[] = [];
     r.hc.submitWithCallback(waiting, (c) => calls.push(c));
