@@ -182,6 +182,7 @@ export class UsbBackend implements Waitable {
         message: ringFaultMessage(this.urbRing.fault),
       });
     }
+    for (const p of this.ports) if (p.link !== null && p.link.front.pushRequests()) p.link.bell.ring();
     this.flushConn();
     if (this.urbRing.pushResponses()) this.frontendBell.ring();
     this.stats.inFlight = this.inFlight.size;
@@ -317,7 +318,7 @@ export class UsbBackend implements Waitable {
     };
     link.byPortId[portId] = urb;
     this.inFlight.set(req.id, urb);
-    if (link.front.pushRequests()) link.bell.ring();
+    // Published by poll() once per drain of the URB ring (one push and at most one ring per batch).
   }
 
   /** The request's data segments, or a status when the indirect page is bad. */

@@ -91,6 +91,9 @@ export interface SpawnPortOptions {
   readonly spec: DeviceSpec;
   readonly memory: readonly SharedArrayBuffer[];
   readonly backendBell: SharedArrayBuffer;
+  /** The connection's spinner cap (ControllerHandles.spinLimiter) and its size. */
+  readonly spinLimiter?: SharedArrayBuffer;
+  readonly maxSpinners?: number;
   readonly readyTimeoutMs?: number;
 }
 
@@ -109,6 +112,9 @@ export async function spawnPortWorker(options: SpawnPortOptions): Promise<PortLi
     memory: options.memory,
     heartbeat,
     control: port2,
+    ...(options.spinLimiter === undefined
+      ? {}
+      : { spinLimiter: options.spinLimiter, maxSpinners: options.maxSpinners ?? 1 }),
   };
   const worker = startWorker(siblingModule(import.meta.url, "../workers/port-worker"), {
     workerData: data,

@@ -6,11 +6,13 @@
  * builds its VirtualHostController from it, the backend worker its end.
  */
 
+import os from "node:os";
 import { createGrantTableStorage } from "../dma-map/grant-table.js";
 import { GuestMemory } from "../dma-map/guest-memory.js";
 import { createConnRingBuffer } from "../rings/conn-ring.js";
 import { Doorbell } from "../rings/doorbell.js";
 import { createRingBuffer, type RingGeometry } from "../rings/layout.js";
+import { SpinLimiter } from "../rings/spin.js";
 import { URB_SLOT_SIZE } from "../urb/layout.js";
 import { InvalidOptionError } from "../util/errors.js";
 
@@ -38,6 +40,20 @@ export interface ControllerHandles {
    */
   readonly scratchFirstFrame: number;
   readonly scratchFrames: number;
+  /**
+   * The spinner cap shared by every thread of the connection (frontend,
+   * backend, port workers): at most `maxSpinners` spin at once, so the
+   * thread that has the work always finds a core.
+   */
+  readonly spinLimiter?: SharedArrayBuffer;
+  readonly maxSpinners?: number;
+}
+
+/** The connection's shared spinner cap, for the thread that calls it (undefined: no cap). */
+export function spinLimiterOf(handles: ControllerHandles): SpinLimiter | undefined {
+  return handles.spinLimiter === undefined
+    ? undefined
+    : new SpinLimiter(handles.spinLimiter, handles.maxSpinners ?? 1);
 }
 
 export interface HandlesOptions {
@@ -52,6 +68,8 @@ export interface HandlesOptions {
   readonly grantEntries?: number;
   /** Frames kept for the frontend's own use, at the end of guest memory (default 64). */
   readonly scratchFrames?: number;
+  /** Threads of this connection that may spin at once (default: cores − 1, at least 1). */
+  readonly maxSpinners?: number;
 }
 
 export function createControllerHandles(options: HandlesOptions = {}): ControllerHandles {
@@ -82,5 +100,7 @@ export function createControllerHandles(options: HandlesOptions = {}): Controlle
     memory: memory.regions,
     scratchFirstFrame: memory.frameCount - scratchFrames,
     scratchFrames,
+    spinLimiter: SpinLimiter.create(),
+    maxSpinners: options.maxSpinners ?? Math.max(1, os.availableParallelism() - 1),
   };
 }

@@ -25,7 +25,7 @@
 import { GrantTableOwner } from "../dma-map/grant-table.js";
 import { GuestMemory } from "../dma-map/guest-memory.js";
 import { type DomId, domId, FRAME_SIZE, type GrantRef, type GuestFrame } from "../dma-map/types.js";
-import { type ControllerHandles, URB_RING_GEOMETRY } from "../engine/handles.js";
+import { type ControllerHandles, spinLimiterOf, URB_RING_GEOMETRY } from "../engine/handles.js";
 import { CONN_RING_SLOTS, ConnFront } from "../rings/conn-ring.js";
 import { Doorbell, type Waitable } from "../rings/doorbell.js";
 import { RingFault, ringFaultMessage } from "../rings/faults.js";
@@ -168,6 +168,8 @@ export class VirtualHostController {
   /** Set at backend loss: the shared rings hold the dead backend's state until re-initialised. */
   private ringsNeedReset = false;
   private polling = false;
+  /** Requests committed during a poll, published once at its end (one push and at most one ring per drain). */
+  private publishDeferred = false;
   private readonly listeners = new Map<ControllerEventName, Set<(...args: never[]) => void>>();
 
   // Service loop.
@@ -219,9 +221,10 @@ export class VirtualHostController {
       );
     }
     this.pollsPerYield = pollsPerYield;
+    const limiter = options.spinLimiter ?? spinLimiterOf(handles);
     this.spin = new AdaptiveSpin({
       maxSpinMicros: options.maxSpinMicros ?? 50,
-      ...(options.spinLimiter === undefined ? {} : { limiter: options.spinLimiter }),
+      ...(limiter === undefined ? {} : { limiter }),
     });
     this.waitable = {
       hasPending: () => !this.running || (this.connected && this.ringsHaveWork()),
@@ -416,6 +419,11 @@ export class VirtualHostController {
   }
 
   private publish(): void {
+    // Inside poll() (completion callbacks resubmitting): batch, poll() publishes once when it is done.
+    if (this.polling) {
+      this.publishDeferred = true;
+      return;
+    }
     if (this.ring.pushRequests()) this.backendBell.ring();
   }
 
@@ -621,6 +629,10 @@ export class VirtualHostController {
       return this.pollOnce();
     } finally {
       this.polling = false;
+      if (this.publishDeferred) {
+        this.publishDeferred = false;
+        if (this.connected) this.publish();
+      }
     }
   }
 

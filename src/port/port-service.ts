@@ -19,7 +19,7 @@ import type {
 } from "../devices/device.js";
 import { BackRing } from "../rings/back-ring.js";
 import { Doorbell } from "../rings/doorbell.js";
-import { AdaptiveSpin } from "../rings/spin.js";
+import { AdaptiveSpin, type SpinLimiter } from "../rings/spin.js";
 import { readU32, writeU32 } from "../urb/bytes.js";
 import { ISO_FRAME_DESCRIPTOR_SIZE } from "../urb/layout.js";
 import { ECONNRESET, EINVAL, ENOENT, OK, type UrbStatus } from "../urb/status.js";
@@ -43,6 +43,8 @@ export interface PortServiceOptions {
   /** The backend's doorbell, rung when answers are published. */
   readonly backendBell: SharedArrayBuffer;
   readonly memory: readonly SharedArrayBuffer[];
+  /** The connection's spinner cap, shared with the frontend and the backend. */
+  readonly spinLimiter?: SpinLimiter;
 }
 
 export interface PortStats {
@@ -71,7 +73,7 @@ export class PortService {
   private readonly ring: BackRing;
   private readonly myBell: Doorbell;
   private readonly backendBell: Doorbell;
-  private readonly spin = new AdaptiveSpin({ maxSpinMicros: 20 });
+  private readonly spin: AdaptiveSpin;
   private readonly copy = new Uint8Array(PORT_SLOT_SIZE);
   private readonly req = new PortRequest();
   private readonly transfers = new Map<number, Transfer>();
@@ -79,6 +81,12 @@ export class PortService {
   private readonly memory: readonly SharedArrayBuffer[];
   private running = false;
   private stopped: Promise<void> | null = null;
+  /** A publish is queued as a microtask: completions of one turn go out in one push. */
+  private publishQueued = false;
+  private readonly publishNow = (): void => {
+    this.publishQueued = false;
+    this.publish();
+  };
   readonly stats: PortStats = {
     submitted: 0,
     completed: 0,
@@ -96,6 +104,10 @@ export class PortService {
     this.ring = new BackRing(options.portRing, PORT_RING_GEOMETRY);
     this.myBell = new Doorbell(options.portBell);
     this.backendBell = new Doorbell(options.backendBell);
+    this.spin = new AdaptiveSpin({
+      maxSpinMicros: 20,
+      ...(options.spinLimiter === undefined ? {} : { limiter: options.spinLimiter }),
+    });
   }
 
   get inFlight(): number {
@@ -287,7 +299,11 @@ export class PortService {
     if (t.directionIn) this.stats.bytesIn += actual;
     else this.stats.bytesOut += actual;
     this.answer(t.id, result.status, actual, result.startFrame ?? 0, result.errorCount ?? 0);
-    this.publish();
+    // Devices complete in microtasks: the completions already queued this turn join one publish.
+    if (!this.publishQueued) {
+      this.publishQueued = true;
+      queueMicrotask(this.publishNow);
+    }
   }
 
   private runIntercepted(id: number, op: NonNullable<ReturnType<typeof interceptedRequest>>): void {

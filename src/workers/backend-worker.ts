@@ -9,7 +9,7 @@ import { type MessagePort, workerData } from "node:worker_threads";
 import { type BackendEvent, type BackendStats, UsbBackend } from "../backend/backend.js";
 import { type DeviceSummary, type PortLink, spawnPortWorker } from "../backend/port-link.js";
 import type { DeviceSpec } from "../devices/spec.js";
-import type { ControllerHandles } from "../engine/handles.js";
+import { type ControllerHandles, spinLimiterOf } from "../engine/handles.js";
 import type { PortStats } from "../port/port-service.js";
 import { AdaptiveSpin } from "../rings/spin.js";
 import { ENODEV } from "../urb/status.js";
@@ -49,7 +49,8 @@ export class BackendPortError extends UsbvirtError {}
 
 const data = workerData as BackendWorkerData;
 const backend = new UsbBackend(data.handles);
-const spin = new AdaptiveSpin();
+const limiter = spinLimiterOf(data.handles);
+const spin = new AdaptiveSpin(limiter === undefined ? {} : { limiter });
 const hungMs = data.hungPortMs ?? 5000;
 let running = true;
 const attaching = new Set<number>();
@@ -92,6 +93,9 @@ const api: BackendApi = {
         spec,
         memory: data.handles.memory,
         backendBell: data.handles.backendBell,
+        ...(data.handles.spinLimiter === undefined
+          ? {}
+          : { spinLimiter: data.handles.spinLimiter, maxSpinners: data.handles.maxSpinners ?? 1 }),
       });
       liveWorkers++;
       link.worker.once("exit", () => liveWorkers--);

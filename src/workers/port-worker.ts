@@ -11,6 +11,7 @@ import { createDevice } from "../devices/create-device.js";
 import type { UsbDevice } from "../devices/device.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { PortService, type PortStats } from "../port/port-service.js";
+import { SpinLimiter } from "../rings/spin.js";
 import { serve } from "../util/rpc.js";
 
 export interface PortWorkerData {
@@ -24,6 +25,9 @@ export interface PortWorkerData {
   readonly heartbeat: SharedArrayBuffer;
   /** comlink control channel (device commands, stats, close). */
   readonly control: MessagePort;
+  /** The connection's spinner cap, shared with the frontend and the backend. */
+  readonly spinLimiter?: SharedArrayBuffer;
+  readonly maxSpinners?: number;
 }
 
 export type PortWorkerHello =
@@ -75,6 +79,9 @@ async function main(data: PortWorkerData): Promise<void> {
     portBell: data.portBell,
     backendBell: data.backendBell,
     memory: data.memory,
+    ...(data.spinLimiter === undefined
+      ? {}
+      : { spinLimiter: new SpinLimiter(data.spinLimiter, data.maxSpinners ?? 1) }),
   });
   const api: PortWorkerApi = {
     stats: () => ({ ...service.stats, inFlight: service.inFlight }),
