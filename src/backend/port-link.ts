@@ -95,6 +95,8 @@ export interface SpawnPortOptions {
   readonly spinLimiter?: SharedArrayBuffer;
   readonly maxSpinners?: number;
   readonly readyTimeoutMs?: number;
+  /** The port worker's heartbeat period (a quarter of the hung-port limit is plenty). */
+  readonly heartbeatMs?: number;
 }
 
 /** Start a port worker for `spec` and wait for it to open its device. */
@@ -112,6 +114,7 @@ export async function spawnPortWorker(options: SpawnPortOptions): Promise<PortLi
     memory: options.memory,
     heartbeat,
     control: port2,
+    ...(options.heartbeatMs === undefined ? {} : { heartbeatMs: options.heartbeatMs }),
     ...(options.spinLimiter === undefined
       ? {}
       : { spinLimiter: options.spinLimiter, maxSpinners: options.maxSpinners ?? 1 }),

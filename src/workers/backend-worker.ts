@@ -52,6 +52,8 @@ const backend = new UsbBackend(data.handles);
 const limiter = spinLimiterOf(data.handles);
 const spin = new AdaptiveSpin(limiter === undefined ? {} : { limiter });
 const hungMs = data.hungPortMs ?? 5000;
+/** The watchdog looks, and port workers beat, four times per hung-port limit. */
+const watchdogMs = Math.max(50, Math.floor(hungMs / 4));
 let running = true;
 const attaching = new Set<number>();
 /** Port worker threads started and not yet exited. */
@@ -93,6 +95,7 @@ const api: BackendApi = {
         spec,
         memory: data.handles.memory,
         backendBell: data.handles.backendBell,
+        heartbeatMs: watchdogMs,
         ...(data.handles.spinLimiter === undefined
           ? {}
           : { spinLimiter: data.handles.spinLimiter, maxSpinners: data.handles.maxSpinners ?? 1 }),
@@ -166,18 +169,15 @@ const api: BackendApi = {
 serve(api, data.control);
 
 // Hung port workers: the heartbeat stopped, so the worker cannot answer; cut it off.
-const watchdog = setInterval(
-  () => {
-    const now = Date.now();
-    for (const link of backend.links) {
-      if (!link.closing && link.isHung(now, hungMs)) {
-        backend.failPort(link.port, `port worker hung (no heartbeat for ${hungMs} ms)`);
-        void retire(link);
-      }
+const watchdog = setInterval(() => {
+  const now = Date.now();
+  for (const link of backend.links) {
+    if (!link.closing && link.isHung(now, hungMs)) {
+      backend.failPort(link.port, `port worker hung (no heartbeat for ${hungMs} ms)`);
+      void retire(link);
     }
-  },
-  Math.max(50, Math.floor(hungMs / 4)),
-);
+  }
+}, watchdogMs);
 watchdog.unref();
 
 async function serviceLoop(): Promise<void> {

@@ -21,8 +21,10 @@ export interface PortWorkerData {
   readonly portBell: SharedArrayBuffer;
   readonly backendBell: SharedArrayBuffer;
   readonly memory: readonly SharedArrayBuffer[];
-  /** Word 0: bumped by this worker's event loop every HEARTBEAT_MS. */
+  /** Word 0: bumped by this worker's event loop every `heartbeatMs`. */
   readonly heartbeat: SharedArrayBuffer;
+  /** How often the heartbeat word is bumped (default HEARTBEAT_MS). */
+  readonly heartbeatMs?: number;
   /** comlink control channel (device commands, stats, close). */
   readonly control: MessagePort;
   /** The connection's spinner cap, shared with the frontend and the backend. */
@@ -72,7 +74,8 @@ async function main(data: PortWorkerData): Promise<void> {
     return;
   }
   const heartbeat = new Int32Array(data.heartbeat);
-  const beat = setInterval(() => Atomics.add(heartbeat, 0, 1), HEARTBEAT_MS);
+  // An idle port costs one timer wake-up per beat: beat as rarely as the watchdog allows.
+  const beat = setInterval(() => Atomics.add(heartbeat, 0, 1), data.heartbeatMs ?? HEARTBEAT_MS);
   const service = new PortService({
     device,
     portRing: data.portRing,
