@@ -182,7 +182,7 @@ export class UsbBackend implements Waitable {
         message: ringFaultMessage(this.urbRing.fault),
       });
     }
-    for (const p of this.ports) if (p.link !== null && p.link.front.pushRequests()) p.link.bell.ring();
+    for (const p of this.ports) if (p.link?.front.pushRequests()) p.link.bell.ring();
     this.flushConn();
     if (this.urbRing.pushResponses()) this.frontendBell.ring();
     this.stats.inFlight = this.inFlight.size;
