@@ -31,7 +31,7 @@ import {
 } from "../port/port-wire.js";
 import { BackRing } from "../rings/back-ring.js";
 import { ConnBack, type ConnEvent, UsbSpeed } from "../rings/conn-ring.js";
-import { anyOf, Doorbell, type Waitable } from "../rings/doorbell.js";
+import { Doorbell, type Waitable } from "../rings/doorbell.js";
 import { RingFault, ringFaultMessage } from "../rings/faults.js";
 import { readS32, readU32 } from "../urb/bytes.js";
 import { encodeResponse } from "../urb/codec.js";
@@ -158,10 +158,11 @@ export class UsbBackend implements Waitable {
   }
 
   armAndCheck(): boolean {
-    const rings: Waitable[] = [this.urbRing];
-    for (const p of this.ports) if (p.link !== null) rings.push(p.link.front);
-    if (this.connQueue.length > 0) rings.push(this.conn.ring);
-    return anyOf(rings).armAndCheck();
+    // Arm every ring before deciding, so none can be missed between checks (as anyOf does, without allocating).
+    let pending = this.urbRing.armAndCheck();
+    for (const p of this.ports) if (p.link !== null) pending = p.link.front.armAndCheck() || pending;
+    if (this.connQueue.length > 0) pending = this.conn.ring.armAndCheck() || pending;
+    return pending;
   }
 
   /** One pass: port completions, then new requests, then queued port events. Returns the work done. */
@@ -398,8 +399,7 @@ export class UsbBackend implements Waitable {
         target.cancelSent = true;
         writePortCancel(slot, cancelId, target.portId);
         link.front.commitRequest();
-        link.byPortId[cancelId] = null;
-        if (link.front.pushRequests()) link.bell.ring();
+        link.byPortId[cancelId] = null; // published by poll() with the rest of this drain
       }
       // No room for the cancel: the target completes on its own; the unlink is answered then.
     }
