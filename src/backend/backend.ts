@@ -49,6 +49,13 @@ import {
 } from "../urb/types.js";
 import type { InFlightUrb, PortLink } from "./port-link.js";
 
+/**
+ * Requests taken per poll. Answers go out at the end of each poll, so a
+ * bounded batch keeps the pipeline full: the frontend refills while the rest
+ * of a deep queue is still here (Xen's backends bound a batch the same way).
+ */
+const REQUESTS_PER_POLL = 16;
+
 export interface PortStatsSnapshot {
   urbs: number;
   bytes: number;
@@ -143,6 +150,12 @@ export class UsbBackend implements Waitable {
     return this.ports[port]?.link ?? null;
   }
 
+  /** True when a device runs on this thread: the caller must let its event loop turn for completions. */
+  get hasInlinePorts(): boolean {
+    for (const p of this.ports) if (p.link?.host.placement === "backend") return true;
+    return false;
+  }
+
   /** Links of attached ports, for waiting on their completions. */
   get links(): PortLink[] {
     const out: PortLink[] = [];
@@ -169,7 +182,7 @@ export class UsbBackend implements Waitable {
   poll(): number {
     let work = 0;
     for (const p of this.ports) if (p.link !== null) work += this.drainPort(p.link);
-    while (this.urbRing.takeRequest(this.copy)) {
+    for (let taken = 0; taken < REQUESTS_PER_POLL && this.urbRing.takeRequest(this.copy); taken++) {
       work++;
       this.stats.requests++;
       this.handleRequest();
@@ -183,7 +196,7 @@ export class UsbBackend implements Waitable {
         message: ringFaultMessage(this.urbRing.fault),
       });
     }
-    for (const p of this.ports) if (p.link?.front.pushRequests()) p.link.bell.ring();
+    for (const p of this.ports) if (p.link !== null) p.link.host.kick(p.link.front.pushRequests());
     this.flushConn();
     if (this.urbRing.pushResponses()) this.frontendBell.ring();
     this.stats.inFlight = this.inFlight.size;
@@ -407,6 +420,7 @@ export class UsbBackend implements Waitable {
 
   /** Take the port worker's answers. */
   private drainPort(link: PortLink): number {
+    link.host.collect();
     let n = 0;
     while (link.front.takeResponse(this.portCopy)) {
       n++;

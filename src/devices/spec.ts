@@ -9,6 +9,12 @@ export interface EmulatedDeviceSpec {
   readonly name: EmulatedDeviceName;
   /** Device-specific options (speed, storage size or backing file, …). */
   readonly options?: Readonly<Record<string, unknown>>;
+  /**
+   * Where it runs: on the backend worker's thread (default: the fast path,
+   * no thread hand-off per URB) or on a port worker of its own (isolation,
+   * as host devices always have).
+   */
+  readonly placement?: "backend" | "worker";
 }
 
 export interface HostDeviceSpec {

@@ -17,7 +17,7 @@ import type { BackendEvent } from "../backend/backend.js";
 import type { DeviceSummary } from "../backend/port-link.js";
 import { type DeviceSpec, describeSpec } from "../devices/spec.js";
 import { VirtualHostController } from "../frontend/index.js";
-import type { ControllerOptions as FrontendOptions } from "../frontend/types.js";
+import type { ControllerOptions as FrontendOptions, PortStatus } from "../frontend/types.js";
 import { UsbvirtError } from "../util/errors.js";
 import { connect, disconnect, type Remote } from "../util/rpc.js";
 import type { BackendApi, BackendWorkerData } from "../workers/backend-worker.js";
@@ -52,6 +52,9 @@ export interface ConnectionOptions extends HandlesOptions {
 }
 
 export class ConnectionError extends UsbvirtError {}
+
+/** How long attach/detach wait for this thread's frontend to take the port's event. */
+const FRONTEND_SEES_MS = 2000;
 
 /** How long close() waits for the backend to release its devices before terminating it. */
 const CLOSE_TIMEOUT_MS = 10_000;
@@ -196,16 +199,46 @@ export class Connection extends EventEmitter {
     return this.backend;
   }
 
-  /** Put a device on a port; resolves once the port worker has opened it and the frontend is told. */
+  /**
+   * Put a device on a port; resolves once the device is open and, when the
+   * frontend runs on this thread, once it shows the port connected.
+   */
   async attach(port: number, spec: DeviceSpec): Promise<DeviceSummary> {
     const summary = await this.requireBackend().api.attach(port, spec);
     this.wanted.set(port, spec);
+    await this.frontendSees(port, true);
     return summary;
   }
 
+  /** Take the device off a port; resolves once it is closed and the frontend shows the port empty. */
   async detach(port: number): Promise<void> {
     this.wanted.delete(port);
     await this.requireBackend().api.detach(port);
+    await this.frontendSees(port, false);
+  }
+
+  /**
+   * Wait (briefly) until this thread's frontend has taken the port's conn-ring
+   * event, so an enumerate right after attach or a re-attach right after
+   * detach never meets the previous device's state.
+   */
+  private async frontendSees(port: number, connected: boolean): Promise<void> {
+    const hcd = this.frontend;
+    if (hcd === null || !hcd.isRunning) return;
+    if (hcd.portStatus(port).connected === connected) return;
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        hcd.off("portChange", onChange);
+        resolve();
+      };
+      const onChange = (s: PortStatus): void => {
+        if (s.port === port && s.connected === connected) done();
+      };
+      // The event is already on the conn ring; the bound only matters if the frontend is stalled.
+      const timer = setTimeout(done, FRONTEND_SEES_MS);
+      hcd.on("portChange", onChange);
+    });
   }
 
   /** Call a device's command (e.g. the keyboard's `pressKeys`). */

@@ -68,7 +68,11 @@ export interface HandlesOptions {
   readonly grantEntries?: number;
   /** Frames kept for the frontend's own use, at the end of guest memory (default 64). */
   readonly scratchFrames?: number;
-  /** Threads of this connection that may spin at once (default: cores − 1, at least 1). */
+  /**
+   * Threads of this connection that may spin at once (default: the cores).
+   * With emulated devices on the backend's thread the hot path is two threads
+   * (frontend, backend); both must spin for a round trip without a wake-up.
+   */
   readonly maxSpinners?: number;
 }
 
@@ -101,6 +105,6 @@ export function createControllerHandles(options: HandlesOptions = {}): Controlle
     scratchFirstFrame: memory.frameCount - scratchFrames,
     scratchFrames,
     spinLimiter: SpinLimiter.create(),
-    maxSpinners: options.maxSpinners ?? Math.max(1, os.availableParallelism() - 1),
+    maxSpinners: options.maxSpinners ?? os.availableParallelism(),
   };
 }

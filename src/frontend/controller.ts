@@ -911,6 +911,11 @@ export class VirtualHostController {
 
   private keepAlive: NodeJS.Timeout | undefined;
 
+  /** True between start() and stop(): the service loop takes responses and port events. */
+  get isRunning(): boolean {
+    return this.loop !== null && this.running;
+  }
+
   /** End the service loop; resolves once it has returned. */
   stop(): Promise<void> {
     const loop = this.loop;
@@ -924,17 +929,21 @@ export class VirtualHostController {
   private async runLoop(): Promise<void> {
     let busy = 0;
     while (this.running) {
-      this.poll();
-      const wait = this.frontendBell.waitAsync(this.waitable, this.spin);
-      if (wait === null) {
+      if (this.poll() > 0) {
+        // Let the owners' continuations run (an awaited submit resolves in a microtask and may submit again),
+        // then look at once; yield to the event loop now and then under load.
         if (++busy >= this.pollsPerYield) {
           busy = 0;
           await yieldToEventLoop();
-        }
+        } else await null;
         continue;
       }
       busy = 0;
-      await wait;
+      // Spin between turns of the event loop, never in a tight loop: this thread is the VMM's, and the work
+      // that ends the wait may come from its own microtasks and timers as well as from the backend.
+      if (await this.spin.spinTurning(this.waitable)) continue;
+      const wait = this.frontendBell.waitAsync(this.waitable, this.spin, true);
+      if (wait !== null) await wait;
     }
   }
 

@@ -156,7 +156,8 @@ export class PortService {
     this.publish();
   }
 
-  private publish(): void {
+  /** Publish the answers made so far and wake the backend if it asked to be. */
+  publish(): void {
     if (this.ring.pushResponses()) this.backendBell.ring();
   }
 

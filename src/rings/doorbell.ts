@@ -99,10 +99,11 @@ export class Doorbell {
    * loop keeps running. Returns null when work was found without sleeping
    * (no promise allocated on the hot path), else a promise settled on wake.
    * No timeout: a pending waitAsync does not keep a thread alive, and a
-   * timeout made the tail latency 8× worse on this machine.
+   * timeout made the tail latency 8× worse on this machine. `alreadySpun`:
+   * the caller spun with spin.spinTurning; `spin` only learns from the sleep.
    */
-  waitAsync(w: Waitable, spin?: AdaptiveSpin): Promise<WaitOutcome> | null {
-    if (spin?.spin(w)) return null;
+  waitAsync(w: Waitable, spin?: AdaptiveSpin, alreadySpun = false): Promise<WaitOutcome> | null {
+    if (!alreadySpun && spin?.spin(w)) return null;
     const seq = Atomics.load(this.word, this.index);
     if (w.armAndCheck()) {
       spin?.sleptInVain();

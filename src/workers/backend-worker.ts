@@ -1,21 +1,24 @@
 /**
  * Backend worker entry: one per frontend connection. Serves the URB ring
- * (UsbBackend), spawns one port worker per attached device, and answers the
+ * (UsbBackend), runs emulated devices on its own thread or spawns a port
+ * worker per device (host and USB/IP devices always), and answers the
  * control plane over comlink. It waits with Atomics.waitAsync so comlink
- * calls and port-worker events keep flowing on its event loop.
+ * calls, port-worker events and its own devices' completions keep flowing
+ * on its event loop.
  */
 import { setImmediate as yieldToLoop } from "node:timers/promises";
 import { type MessagePort, workerData } from "node:worker_threads";
 import { type BackendEvent, type BackendStats, UsbBackend } from "../backend/backend.js";
-import { type DeviceSummary, type PortLink, spawnPortWorker } from "../backend/port-link.js";
+import { openInlinePort } from "../backend/inline-port.js";
+import type { DeviceSummary, PortLink } from "../backend/port-link.js";
+import { spawnPortWorker, type WorkerPort } from "../backend/worker-port.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { type ControllerHandles, spinLimiterOf } from "../engine/handles.js";
 import type { PortStats } from "../port/port-service.js";
 import { AdaptiveSpin } from "../rings/spin.js";
 import { ENODEV } from "../urb/status.js";
 import { UsbvirtError } from "../util/errors.js";
-import { disconnect, serve } from "../util/rpc.js";
-import type { PortWorkerGone } from "./port-worker.js";
+import { serve } from "../util/rpc.js";
 
 export interface BackendWorkerData {
   readonly handles: ControllerHandles;
@@ -74,12 +77,46 @@ function requireLink(port: number): PortLink {
   return link;
 }
 
-/** End a port worker; idempotent (a detach and a 'gone' report can both get here). */
-async function retire(link: PortLink): Promise<void> {
-  if (link.retired) return;
-  link.retired = true;
-  disconnect(link.api);
-  await link.worker.terminate();
+/** Open the device where its spec says: on this thread (emulated devices by default) or on a port worker. */
+async function openPort(port: number, spec: DeviceSpec): Promise<PortLink> {
+  const asked: unknown = (spec as { placement?: unknown }).placement;
+  if (
+    spec.kind === "emulated"
+      ? asked !== undefined && asked !== "backend" && asked !== "worker"
+      : asked !== undefined && asked !== "worker"
+  ) {
+    throw new BackendPortError(
+      "ERR_USBVIRT_PORT_PLACEMENT",
+      spec.kind === "emulated"
+        ? `placement must be 'backend' or 'worker', got ${JSON.stringify(asked)}`
+        : `${spec.kind} devices always run on a port worker; placement ${JSON.stringify(asked)} is not possible`,
+    );
+  }
+  const placement = spec.kind === "emulated" ? (spec.placement ?? "backend") : "worker";
+  if (placement === "backend" && spec.kind === "emulated") {
+    return await openInlinePort({
+      port,
+      spec,
+      memory: data.handles.memory,
+      backendBell: data.handles.backendBell,
+    });
+  }
+  const link = await spawnPortWorker({
+    port,
+    spec,
+    memory: data.handles.memory,
+    backendBell: data.handles.backendBell,
+    heartbeatMs: watchdogMs,
+    ...(data.handles.spinLimiter === undefined
+      ? {}
+      : { spinLimiter: data.handles.spinLimiter, maxSpinners: data.handles.maxSpinners ?? 1 }),
+  });
+  liveWorkers++;
+  (link.host as WorkerPort).worker.once("exit", () => {
+    liveWorkers--;
+    backend.bell.ring();
+  });
+  return link;
 }
 
 const api: BackendApi = {
@@ -90,30 +127,19 @@ const api: BackendApi = {
     }
     attaching.add(port);
     try {
-      const link = await spawnPortWorker({
-        port,
-        spec,
-        memory: data.handles.memory,
-        backendBell: data.handles.backendBell,
-        heartbeatMs: watchdogMs,
-        ...(data.handles.spinLimiter === undefined
-          ? {}
-          : { spinLimiter: data.handles.spinLimiter, maxSpinners: data.handles.maxSpinners ?? 1 }),
-      });
-      liveWorkers++;
-      link.worker.once("exit", () => liveWorkers--);
-      link.worker.on("error", (err) => {
-        if (backend.portLink(port) === link) backend.failPort(port, `port worker crashed: ${String(err)}`);
-      });
-      link.worker.on("message", (m: PortWorkerGone) => {
-        if (m.type !== "gone" || backend.portLink(port) !== link) return;
-        backend.poll(); // collect the completions the device produced on its way out
-        backend.failPort(port, `device gone: ${m.reason}`, ENODEV);
-        void retire(link);
-      });
-      link.worker.on("exit", (code) => {
-        if (backend.portLink(port) === link) backend.failPort(port, `port worker exited (code ${code})`);
-        backend.bell.ring();
+      const link = await openPort(port, spec);
+      link.host.watch({
+        gone(reason) {
+          if (backend.portLink(port) !== link) return;
+          backend.poll(); // collect the completions the device produced on its way out
+          backend.failPort(port, `device gone: ${reason}`, ENODEV);
+          void link.host.retire();
+        },
+        failed(reason) {
+          if (backend.portLink(port) !== link) return;
+          backend.failPort(port, reason);
+          void link.host.retire();
+        },
       });
       backend.attachLink(link);
       return link.summary;
@@ -127,7 +153,7 @@ const api: BackendApi = {
     link.closing = true; // new URBs to this port get -ENODEV from now on
     try {
       await Promise.race([
-        link.api.close(),
+        link.host.close(),
         new Promise((_, reject) => setTimeout(() => reject(new Error("close timed out")), hungMs).unref()),
       ]);
     } catch {
@@ -135,28 +161,27 @@ const api: BackendApi = {
     }
     backend.poll(); // collect the completions the close produced
     backend.failPort(port, "detached", ENODEV);
-    await retire(link);
+    await link.host.retire();
   },
 
   async stats() {
     const portWorkers: Record<number, (PortStats & { inFlight: number }) | null> = {};
     for (const link of backend.links) {
-      portWorkers[link.port] = await link.api.stats().catch(() => null);
+      portWorkers[link.port] = await link.host.stats().catch(() => null);
     }
     return { ...backend.snapshot(), portWorkers, liveWorkers };
   },
 
   async deviceCommand(port, method, args) {
-    return await requireLink(port).api.command(method, args);
+    return await requireLink(port).host.command(method, args);
   },
 
   async killPort(port) {
-    const link = requireLink(port);
-    await link.worker.terminate();
+    await requireLink(port).host.kill();
   },
 
   async freezePort(port, ms) {
-    await requireLink(port).api.freeze(ms);
+    await requireLink(port).host.freeze(ms);
   },
 
   async close() {
@@ -172,9 +197,9 @@ serve(api, data.control);
 const watchdog = setInterval(() => {
   const now = Date.now();
   for (const link of backend.links) {
-    if (!link.closing && link.isHung(now, hungMs)) {
+    if (!link.closing && link.host.isHung(now, hungMs)) {
       backend.failPort(link.port, `port worker hung (no heartbeat for ${hungMs} ms)`);
-      void retire(link);
+      void link.host.retire();
     }
   }
 }, watchdogMs);
@@ -183,19 +208,25 @@ watchdog.unref();
 async function serviceLoop(): Promise<void> {
   let hot = 0;
   while (running) {
-    backend.poll();
+    const work = backend.poll();
     if (backend.ringFault !== 0) {
       // The frontend broke the protocol: stop consuming; the manager decides (reset or close).
       await new Promise((resolve) => setTimeout(resolve, 50));
       continue;
     }
-    const wait = backend.bell.waitAsync(backend, spin);
-    if (wait !== null) {
-      hot = 0;
-      await wait;
-    } else if (++hot % 16 === 0) {
-      await yieldToLoop(); // keep comlink calls and worker events flowing under load
+    if (work > 0) {
+      // Look again after the microtasks this poll queued: devices on this thread complete in them.
+      if (++hot % 16 === 0)
+        await yieldToLoop(); // keep comlink calls and worker events flowing under load
+      else await null;
+      continue;
     }
+    hot = 0;
+    // With devices on this thread, spin between turns of the event loop so their completions can land.
+    const turning = backend.hasInlinePorts;
+    if (turning && (await spin.spinTurning(backend))) continue;
+    const wait = backend.bell.waitAsync(backend, spin, turning);
+    if (wait !== null) await wait;
   }
   // The ports stay open: close() is still answering over `control`; the manager terminates this worker.
   clearInterval(watchdog);

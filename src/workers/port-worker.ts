@@ -10,6 +10,7 @@ import type { DeviceSummary } from "../backend/port-link.js";
 import { createDevice } from "../devices/create-device.js";
 import type { UsbDevice } from "../devices/device.js";
 import type { DeviceSpec } from "../devices/spec.js";
+import { runDeviceCommand } from "../port/device-commands.js";
 import { PortService, type PortStats } from "../port/port-service.js";
 import { SpinLimiter } from "../rings/spin.js";
 import { serve } from "../util/rpc.js";
@@ -33,7 +34,7 @@ export interface PortWorkerData {
 }
 
 export type PortWorkerHello =
-  | { readonly type: "ready"; readonly summary: DeviceSummary }
+  | { readonly type: "ready"; readonly summary: Omit<DeviceSummary, "placement"> }
   | { readonly type: "error"; readonly code: string; readonly message: string };
 
 /** After READY: the device disappeared; every completion it produced is already on the port ring. */
@@ -53,9 +54,6 @@ export interface PortWorkerApi {
 }
 
 export const HEARTBEAT_MS = 100;
-
-/** Methods a VMM may call on a device through the control plane. */
-const DEVICE_COMMANDS = new Set(["pressKeys", "releaseAll", "typeText", "leds", "stats"]);
 
 async function main(data: PortWorkerData): Promise<void> {
   let device: UsbDevice;
@@ -88,13 +86,7 @@ async function main(data: PortWorkerData): Promise<void> {
   });
   const api: PortWorkerApi = {
     stats: () => ({ ...service.stats, inFlight: service.inFlight }),
-    async command(method, args) {
-      const fn = (device as unknown as Record<string, unknown>)[method];
-      if (!DEVICE_COMMANDS.has(method) || typeof fn !== "function") {
-        throw new Error(`device '${device.info.name}' has no command '${method}'`);
-      }
-      return await (fn as (...a: unknown[]) => unknown).apply(device, args);
-    },
+    command: (method, args) => runDeviceCommand(device, method, args),
     freeze(ms) {
       // Answer first, then stall: the caller should not hang on its own fault injection.
       setImmediate(() => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms));

@@ -113,7 +113,7 @@ describe("hotplug and failures", () => {
   it("contains a port worker crash to its port: its URBs fail, the port disconnects, others go on", async () => {
     r = await rig();
     const { hcd, guest, conn } = r;
-    await conn.attach(1, { kind: "emulated", name: "loopback" });
+    await conn.attach(1, { kind: "emulated", name: "loopback", placement: "worker" });
     await conn.attach(2, { kind: "emulated", name: "loopback" });
     await guest.enumerate(port(1), addr(2));
     await guest.enumerate(port(2), addr(2));
@@ -175,7 +175,7 @@ describe("hung port worker", () => {
   it("cuts off a port whose worker stops turning its event loop, and only that port", async () => {
     r = await rig({ hungPortMs: 400 });
     const { hcd, guest, conn } = r;
-    await conn.attach(1, { kind: "emulated", name: "loopback" });
+    await conn.attach(1, { kind: "emulated", name: "loopback", placement: "worker" });
     await conn.attach(2, { kind: "emulated", name: "loopback" });
     await guest.enumerate(port(1), addr(2));
     await guest.enumerate(port(2), addr(2));
@@ -200,5 +200,18 @@ describe("hung port worker", () => {
     const data = pattern(777, 1);
     await guest.transferOut(port(2), addr(2), 1, data);
     expect(Buffer.compare(await guest.transferIn(port(2), addr(2), 1, 777), data)).toBe(0);
+  });
+
+  it("refuses to freeze a device on the backend's own thread, and a placement a device cannot have", async () => {
+    r = await rig();
+    const { conn } = r;
+    await conn.attach(1, { kind: "emulated", name: "loopback" });
+    await expect(conn.freezePort(1, 100)).rejects.toThrow(/runs on the backend thread/);
+    await expect(
+      conn.attach(2, { kind: "usbip", host: "127.0.0.1", busid: "1-1", placement: "backend" } as never),
+    ).rejects.toThrow(/always run on a port worker/);
+    await expect(
+      conn.attach(2, { kind: "emulated", name: "loopback", placement: "elsewhere" } as never),
+    ).rejects.toThrow(/placement must be 'backend' or 'worker'/);
   });
 });

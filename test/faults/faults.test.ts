@@ -58,12 +58,17 @@ function release(urbs: readonly Tracked[]): void {
   for (const t of urbs) for (const b of t.urb.buffer ?? []) r!.guest.buffers.release(b);
 }
 
-describe("fault injection", () => {
+// Every fault on both placements: devices on the backend's thread (the default) and on port workers.
+describe.each(["backend", "worker"] as const)("fault injection, devices on the %s thread", (placement) => {
+  const emu = (name: "loopback" | "keyboard") => ({ kind: "emulated", name, placement }) as const;
+  /** Port worker threads expected alive with `ports` devices attached. */
+  const workers = (ports: number) => (placement === "worker" ? ports : 0);
+
   it("port worker killed mid-transfer: its URBs fail once (-ESHUTDOWN/-ENODEV), nothing leaks, the port comes back", async () => {
     r = await rig();
     const { conn, hcd, guest } = r;
-    await conn.attach(1, { kind: "emulated", name: "loopback" });
-    await conn.attach(2, { kind: "emulated", name: "loopback" });
+    await conn.attach(1, emu("loopback"));
+    await conn.attach(2, emu("loopback"));
     await guest.enumerate(port(1), addr(2));
     await guest.enumerate(port(2), addr(2));
     const victims = Array.from({ length: 8 }, () => new Tracked(hcd, bulkInUrb(1, 2, 512)));
@@ -81,18 +86,18 @@ describe("fault injection", () => {
     for (const v of victims) expect(v.completions).toHaveLength(1);
     release(victims);
     await echo(2, 2, 2048, 5); // the other port never noticed
-    await expectNoLeaks(conn, hcd, 1);
-    await conn.attach(1, { kind: "emulated", name: "loopback" });
+    await expectNoLeaks(conn, hcd, workers(1));
+    await conn.attach(1, emu("loopback"));
     await guest.enumerate(port(1), addr(3));
     await echo(1, 3, 4096, 6);
-    await expectNoLeaks(conn, hcd, 2);
+    await expectNoLeaks(conn, hcd, workers(2));
   });
 
   it("device unplugged (detached) mid-transfer: in-flight URBs end -ENODEV/-ESHUTDOWN exactly once, nothing leaks, re-plug works", async () => {
     r = await rig();
     const { conn, hcd, guest } = r;
-    await conn.attach(1, { kind: "emulated", name: "loopback" });
-    await conn.attach(2, { kind: "emulated", name: "loopback" });
+    await conn.attach(1, emu("loopback"));
+    await conn.attach(2, emu("loopback"));
     await guest.enumerate(port(1), addr(2));
     await guest.enumerate(port(2), addr(2));
     let running = true;
@@ -143,18 +148,18 @@ describe("fault injection", () => {
     for (const t of all) expect(t.completions).toHaveLength(1);
     await eventually(() => !hcd.portStatus(port(1)).connected, 5000, "port 1 disconnect");
     await echo(2, 2, 1000, 3);
-    await expectNoLeaks(conn, hcd, 1);
-    await conn.attach(1, { kind: "emulated", name: "loopback" });
+    await expectNoLeaks(conn, hcd, workers(1));
+    await conn.attach(1, emu("loopback"));
     await guest.enumerate(port(1), addr(4));
     await echo(1, 4, 4096, 9);
-    await expectNoLeaks(conn, hcd, 2);
+    await expectNoLeaks(conn, hcd, workers(2));
   });
 
   it("backend worker restarted: everything in flight ends -ESHUTDOWN once, grants are all revoked, devices come back", async () => {
     r = await rig();
     const { conn, hcd, guest } = r;
-    await conn.attach(1, { kind: "emulated", name: "loopback" });
-    await conn.attach(2, { kind: "emulated", name: "keyboard" });
+    await conn.attach(1, emu("loopback"));
+    await conn.attach(2, emu("keyboard"));
     await guest.enumerate(port(1), addr(2));
     await guest.enumerate(port(2), addr(3));
     const victims = [
@@ -176,13 +181,13 @@ describe("fault injection", () => {
     await conn.deviceCommand(2, "pressKeys", 0, [0x04]);
     const report = await guest.transferIn(port(2), addr(6), 1, 8, "interrupt");
     expect(report[2]).toBe(0x04);
-    await expectNoLeaks(conn, hcd, 2);
+    await expectNoLeaks(conn, hcd, workers(2));
   });
 
   it("frontend revoking a busy grant: tryRevoke refuses while the backend holds it, and the transfer still completes right", async () => {
     r = await rig();
     const { conn, hcd, guest } = r;
-    await conn.attach(1, { kind: "emulated", name: "loopback" });
+    await conn.attach(1, emu("loopback"));
     await guest.enumerate(port(1), addr(2));
     const t = new Tracked(hcd, bulkInUrb(1, 2, 4096));
     await eventually(() => hcd.stats().inFlight === 1, 5000, "the IN on the ring");
@@ -208,13 +213,13 @@ describe("fault injection", () => {
     expect(Buffer.compare(guest.bytes(t.urb.buffer![0]!), data)).toBe(0);
     expect(hcd.grants.isGranted(busy[0] as never)).toBe(false); // revoked at completion, once unmapped
     release([t]);
-    await expectNoLeaks(conn, hcd, 1);
+    await expectNoLeaks(conn, hcd, workers(1));
   });
 
   it("ring full for seconds: 300 interrupt INs on an idle keyboard wait (the ring full, the rest queued), then complete or unlink, none lost", async () => {
     r = await rig();
     const { conn, hcd, guest } = r;
-    await conn.attach(1, { kind: "emulated", name: "keyboard" });
+    await conn.attach(1, emu("keyboard"));
     await guest.enumerate(port(1), addr(2));
     // SET_IDLE(0): the keyboard never repeats a report, so an IN waits until a key changes.
     await guest.control(port(1), addr(2), {
@@ -247,7 +252,7 @@ describe("fault injection", () => {
     for (const u of urbs.slice(20)) expect((await u.done).status).toBe(ECONNRESET);
     for (const u of urbs) expect(u.completions).toHaveLength(1);
     release(urbs);
-    await expectNoLeaks(conn, hcd, 1);
+    await expectNoLeaks(conn, hcd, workers(1));
     await conn.deviceCommand(1, "pressKeys", 0, [0x2c]);
     expect((await guest.transferIn(port(1), addr(2), 1, 8, "interrupt"))[2]).toBe(0x2c);
   });
@@ -255,7 +260,7 @@ describe("fault injection", () => {
   it("unlink storms: hundreds of unlinks racing completions; one completion each, no payload lost or duplicated", async () => {
     r = await rig();
     const { conn, hcd, guest } = r;
-    await conn.attach(1, { kind: "emulated", name: "loopback" });
+    await conn.attach(1, emu("loopback"));
     await guest.enumerate(port(1), addr(2));
     const outRange = guest.buffers.allocate(512);
     for (let round = 0; round < 3; round++) {
@@ -311,7 +316,7 @@ describe("fault injection", () => {
         fed.set(key, 1);
       }
       expect([...fed.values()].every((v) => v === 1)).toBe(true);
-      await expectNoLeaks(conn, hcd, 1);
+      await expectNoLeaks(conn, hcd, workers(1));
     }
     guest.buffers.release(outRange);
     expect(hcd.stats().unlinksSent).toBeGreaterThan(0);

@@ -23,7 +23,8 @@
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { UsbBackend } from "../../src/backend/backend.js";
-import { type PortLink, spawnPortWorker } from "../../src/backend/port-link.js";
+import type { PortLink } from "../../src/backend/port-link.js";
+import { spawnPortWorker, type WorkerPort } from "../../src/backend/worker-port.js";
 import {
   GRANT_ENTRY_WORDS,
   GTF_PERMIT_ACCESS,
@@ -115,8 +116,9 @@ async function makeFuzzed(): Promise<Fuzzed> {
     backendBell: handles.backendBell,
   });
   const workerTrouble: string[] = [];
-  link.worker.on("error", (err) => workerTrouble.push(`error: ${String(err)}`));
-  link.worker.on("exit", (code) => workerTrouble.push(`exit ${code}`));
+  const worker = (link.host as WorkerPort).worker;
+  worker.on("error", (err) => workerTrouble.push(`error: ${String(err)}`));
+  worker.on("exit", (code) => workerTrouble.push(`exit ${code}`));
   backend.attachLink(link);
   const memory = new GuestMemory({ regions: handles.memory });
   const shadow = CANARY.slice();
@@ -614,8 +616,8 @@ afterAll(async () => {
   await bystander?.stop();
   if (fz !== undefined) {
     fz.backend.failPort(1, "detached");
-    await fz.link.api.close().catch(() => undefined);
-    await fz.link.worker.terminate();
+    await fz.link.host.close().catch(() => undefined);
+    await fz.link.host.retire();
   }
 });
 
@@ -656,7 +658,7 @@ describe("fuzz: hostile frontend against the backend and a real port worker", ()
     // The bystander shares two cores with the fuzz thread and its workers: it slows, it must not stop.
     expect(fuzzRate).toBeGreaterThan(baselineRate * 0.05);
     expect(fz.workerTrouble).toEqual([]);
-    const portStats = await fz.link.api.stats();
+    const portStats = await fz.link.host.stats();
     expect(portStats.inFlight).toBe(0);
   }, 60_000);
 });

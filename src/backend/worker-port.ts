@@ -1,0 +1,162 @@
+/**
+ * A port whose device runs on a port worker of its own: the backend rings
+ * the worker's doorbell, the worker beats a heartbeat word the watchdog
+ * reads, and the control calls go over comlink. Spawning waits for the
+ * worker's typed READY message (with a timeout) before the port is usable.
+ */
+import { once } from "node:events";
+import { MessageChannel, type MessagePort, type Worker } from "node:worker_threads";
+import type { DeviceSpec } from "../devices/spec.js";
+import type { PortStats } from "../port/port-service.js";
+import { PORT_RING_GEOMETRY } from "../port/port-wire.js";
+import { Doorbell } from "../rings/doorbell.js";
+import { createRingBuffer } from "../rings/layout.js";
+import { connect, disconnect, type Remote } from "../util/rpc.js";
+import type {
+  PortWorkerApi,
+  PortWorkerData,
+  PortWorkerGone,
+  PortWorkerHello,
+} from "../workers/port-worker.js";
+import { siblingModule, startWorker } from "../workers/spawn.js";
+import { type PortHost, type PortHostEvents, PortLink, PortStartError } from "./port-link.js";
+
+export class WorkerPort implements PortHost {
+  readonly placement = "worker";
+  private readonly bell: Doorbell;
+  private readonly heartbeat: Int32Array;
+  private readonly api: Remote<PortWorkerApi>;
+  private lastBeat = 0;
+  private lastBeatAt = Date.now();
+  /** The worker has been (or is being) terminated and its comlink proxy released. */
+  private retired = false;
+
+  constructor(
+    readonly worker: Worker,
+    bell: SharedArrayBuffer,
+    heartbeat: SharedArrayBuffer,
+    control: MessagePort,
+  ) {
+    this.bell = new Doorbell(bell);
+    this.heartbeat = new Int32Array(heartbeat);
+    this.api = connect<PortWorkerApi>(control);
+  }
+
+  kick(notify: boolean): void {
+    if (notify) this.bell.ring();
+  }
+
+  collect(): void {
+    // The worker publishes its own answers.
+  }
+
+  watch(events: PortHostEvents): void {
+    this.worker.on("error", (err) => events.failed(`port worker crashed: ${String(err)}`));
+    this.worker.on("message", (m: PortWorkerGone) => {
+      if (m.type === "gone") events.gone(m.reason);
+    });
+    this.worker.on("exit", (code) => events.failed(`port worker exited (code ${code})`));
+  }
+
+  stats(): Promise<PortStats & { inFlight: number }> {
+    return this.api.stats();
+  }
+
+  command(method: string, args: unknown[]): Promise<unknown> {
+    return this.api.command(method, args);
+  }
+
+  close(): Promise<void> {
+    return this.api.close();
+  }
+
+  isHung(now: number, hungMs: number): boolean {
+    const beat = Atomics.load(this.heartbeat, 0);
+    if (beat !== this.lastBeat) {
+      this.lastBeat = beat;
+      this.lastBeatAt = now;
+      return false;
+    }
+    return now - this.lastBeatAt > hungMs;
+  }
+
+  async retire(): Promise<void> {
+    if (this.retired) return;
+    this.retired = true;
+    disconnect(this.api);
+    await this.worker.terminate();
+  }
+
+  async kill(): Promise<void> {
+    await this.worker.terminate();
+  }
+
+  async freeze(ms: number): Promise<void> {
+    await this.api.freeze(ms);
+  }
+}
+
+export interface SpawnPortOptions {
+  readonly port: number;
+  readonly spec: DeviceSpec;
+  readonly memory: readonly SharedArrayBuffer[];
+  readonly backendBell: SharedArrayBuffer;
+  /** The connection's spinner cap (ControllerHandles.spinLimiter) and its size. */
+  readonly spinLimiter?: SharedArrayBuffer;
+  readonly maxSpinners?: number;
+  readonly readyTimeoutMs?: number;
+  /** The port worker's heartbeat period (a quarter of the hung-port limit is plenty). */
+  readonly heartbeatMs?: number;
+}
+
+/** Start a port worker for `spec` and wait for it to open its device. */
+export async function spawnPortWorker(options: SpawnPortOptions): Promise<PortLink> {
+  const ring = createRingBuffer(PORT_RING_GEOMETRY);
+  const bell = Doorbell.create();
+  const heartbeat = new SharedArrayBuffer(8);
+  const { port1, port2 } = new MessageChannel();
+  const data: PortWorkerData = {
+    port: options.port,
+    spec: options.spec,
+    portRing: ring,
+    portBell: bell,
+    backendBell: options.backendBell,
+    memory: options.memory,
+    heartbeat,
+    control: port2,
+    ...(options.heartbeatMs === undefined ? {} : { heartbeatMs: options.heartbeatMs }),
+    ...(options.spinLimiter === undefined
+      ? {}
+      : { spinLimiter: options.spinLimiter, maxSpinners: options.maxSpinners ?? 1 }),
+  };
+  const worker = startWorker(siblingModule(import.meta.url, "../workers/port-worker"), {
+    workerData: data,
+    transferList: [port2],
+  });
+  const timeoutMs = options.readyTimeoutMs ?? 10_000;
+  const hello = await new Promise<PortWorkerHello>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new PortStartError(options.port, `no READY within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    worker.once("message", (m: PortWorkerHello) => {
+      clearTimeout(timer);
+      resolve(m);
+    });
+    worker.once("error", (err) => {
+      clearTimeout(timer);
+      reject(new PortStartError(options.port, `worker failed to start: ${String(err)}`));
+    });
+  }).catch(async (err: unknown) => {
+    await worker.terminate();
+    port1.close();
+    throw err;
+  });
+  if (hello.type !== "ready") {
+    await once(worker, "exit").catch(() => undefined);
+    port1.close();
+    throw new PortStartError(options.port, hello.message, hello.code);
+  }
+  const host = new WorkerPort(worker, bell, heartbeat, port1);
+  return new PortLink(options.port, { ...hello.summary, placement: "worker" }, ring, host);
+}
