@@ -56,6 +56,11 @@ import type { InFlightUrb, PortLink } from "./port-link.js";
  */
 const REQUESTS_PER_POLL = 16;
 
+/** In-flight records kept for reuse: what the URB ring can hold, plus its unlinks. */
+const MAX_SPARE_RECORDS = 2 * URB_RING_GEOMETRY.slots;
+
+const NO_SEGMENTS: readonly Segment[] = Object.freeze([]);
+
 export interface PortStatsSnapshot {
   urbs: number;
   bytes: number;
@@ -102,6 +107,7 @@ export class UsbBackend implements Waitable {
   private readonly domid: DomId;
   private readonly ports: PortState[];
   private readonly inFlight = new Map<number, InFlightUrb>();
+  private readonly spare: InFlightUrb[] = [];
   private readonly connQueue: ConnEvent[] = [];
   private readonly copy = new Uint8Array(URB_RING_GEOMETRY.slotSize);
   private readonly portCopy = new Uint8Array(PORT_SLOT_SIZE);
@@ -284,7 +290,8 @@ export class UsbBackend implements Waitable {
       this.reject(req.id, ENOMEM);
       return;
     }
-    const pins: number[] = [];
+    const urb = this.takeRecord(req.id, link.port, portId, req.bufferLength, reset);
+    const pins = urb.pins;
     const write = req.direction === Direction.In;
     let flags = req.shortNotOk ? PORT_FLAG_SHORT_NOT_OK : 0;
     if ((req.kind === "bulk" || req.kind === "interrupt") && req.zeroPacket) flags |= PORT_FLAG_ZERO_PACKET;
@@ -316,20 +323,11 @@ export class UsbBackend implements Waitable {
     if (status !== OK) {
       link.ids.complete(portId);
       this.unpin(pins);
+      this.giveBack(urb);
       this.reject(req.id, status);
       return;
     }
     link.front.commitRequest();
-    const urb: InFlightUrb = {
-      frontId: req.id,
-      port: link.port,
-      portId,
-      bufferLength: req.bufferLength,
-      pins,
-      unlinkWaiters: null,
-      cancelSent: false,
-      isPortReset: reset,
-    };
     link.byPortId[portId] = urb;
     this.inFlight.set(req.id, urb);
     // Published by poll() once per drain of the URB ring (one push and at most one ring per batch).
@@ -338,7 +336,7 @@ export class UsbBackend implements Waitable {
   /** The request's data segments, or a status when the indirect page is bad. */
   private segmentsOf(req: DataUrb): readonly Segment[] | number | null {
     const b = req.buffer;
-    if (b.kind === "none") return [];
+    if (b.kind === "none") return NO_SEGMENTS;
     if (b.kind === "inline") return b.segments;
     // Indirect: pin the page, copy it (the guest may rewrite it), unpin, then parse the copy.
     const length = b.count * SEGMENT_SIZE;
@@ -392,17 +390,7 @@ export class UsbBackend implements Waitable {
       return;
     }
     // The unlink itself is in flight until its target completes (its id is taken meanwhile).
-    const unlink: InFlightUrb = {
-      frontId: req.id,
-      port: target.port,
-      portId: -1,
-      bufferLength: 0,
-      pins: [],
-      unlinkWaiters: null,
-      cancelSent: false,
-      isPortReset: false,
-    };
-    this.inFlight.set(req.id, unlink);
+    this.inFlight.set(req.id, this.takeRecord(req.id, target.port, -1, 0, false));
     if (target.unlinkWaiters === null) target.unlinkWaiters = [req.id];
     else target.unlinkWaiters.push(req.id);
     if (!target.cancelSent && target.portId >= 0) {
@@ -462,10 +450,53 @@ export class UsbBackend implements Waitable {
     }
     if (urb.unlinkWaiters !== null) {
       for (const id of urb.unlinkWaiters) {
+        const unlink = this.inFlight.get(id);
         this.inFlight.delete(id);
+        if (unlink !== undefined) this.giveBack(unlink);
         this.respond(id, OK);
       }
     }
+    this.giveBack(urb);
+  }
+
+  /**
+   * An in-flight record, reused from the spare list: a record per URB was
+   * garbage the scavenger paid for on every URB. A record goes back only once
+   * nothing refers to it any more (answered, out of inFlight and byPortId).
+   */
+  private takeRecord(
+    frontId: number,
+    port: number,
+    portId: number,
+    bufferLength: number,
+    isPortReset: boolean,
+  ): InFlightUrb {
+    const r = this.spare.pop();
+    if (r === undefined) {
+      return {
+        frontId,
+        port,
+        portId,
+        bufferLength,
+        pins: [],
+        unlinkWaiters: null,
+        cancelSent: false,
+        isPortReset,
+      };
+    }
+    r.frontId = frontId;
+    r.port = port;
+    r.portId = portId;
+    r.bufferLength = bufferLength;
+    r.isPortReset = isPortReset;
+    return r;
+  }
+
+  private giveBack(r: InFlightUrb): void {
+    r.pins.length = 0;
+    r.unlinkWaiters = null;
+    r.cancelSent = false;
+    if (this.spare.length < MAX_SPARE_RECORDS) this.spare.push(r);
   }
 
   private flushConn(): void {

@@ -12,19 +12,19 @@ import { FrontRing } from "../rings/front-ring.js";
 import { IdPool } from "../rings/id-pool.js";
 import { UsbvirtError } from "../util/errors.js";
 
-/** One guest URB while it is on a port: what to answer and what to unpin when it completes. */
+/** One guest URB while it is on a port: what to answer and what to unpin when it completes (reused by the backend). */
 export interface InFlightUrb {
-  readonly frontId: number;
-  readonly port: number;
-  /** Port-ring id, or -1 when the URB never reached the port. */
+  frontId: number;
+  port: number;
+  /** Port-ring id, or -1 for an unlink (it never reaches the port). */
   portId: number;
-  readonly bufferLength: number;
+  bufferLength: number;
   /** Grant refs pinned for this URB (data segments and the iso descriptor array). */
   readonly pins: number[];
   /** Guest ids of unlink requests waiting for this URB to complete. */
   unlinkWaiters: number[] | null;
   cancelSent: boolean;
-  readonly isPortReset: boolean;
+  isPortReset: boolean;
 }
 
 export interface DeviceSummary {
