@@ -1,7 +1,8 @@
 /**
  * The whole engine end to end (frontend on this thread → URB ring → backend
- * worker → port ring → port worker → emulated loopback device, and back),
- * beside the designs people would otherwise build for the same job
+ * worker → port ring → emulated loopback device, and back), in both of its
+ * placements (the device on the backend's thread, the default, and on a port
+ * worker of its own, as host devices always are), beside the designs people would otherwise build for the same job
  * (bench/peers: the same frontend / backend / port split and the same device,
  * carried by postMessage, comlink calls or piscina tasks), moving the same
  * URBs at the same depths:
@@ -21,7 +22,7 @@ import { GuestUsbDriver } from "../src/guest/guest-driver.js";
 import { OK } from "../src/urb/status.js";
 import type { DevAddr, EndpointNum, PortNum } from "../src/urb/types.js";
 import { benchTiming, latencyOf, printBench, type Result, type SuiteOptions } from "./harness.js";
-import { PEER_DESIGNS, type PeerDesign, type PeerTransport, startPeer } from "./peers/peers.js";
+import { PEER_DESIGNS, type PeerTransport, startPeer } from "./peers/peers.js";
 import type { PeerUrb } from "./peers/wire.js";
 
 const PORT = 1 as PortNum;
@@ -108,28 +109,47 @@ interface BulkBuffers {
   readonly size: number;
 }
 
+/** An engine under test: one connection with a loopback on port 1, its device placed as the variant says. */
+interface Engine {
+  readonly label: string;
+  readonly tag: string;
+  readonly conn: Connection;
+  readonly r64: { outs: GuestRange[]; ins: GuestRange[] };
+  readonly r1m: { outs: GuestRange[]; ins: GuestRange[] };
+}
+
+type GuestRange = ReturnType<GuestUsbDriver["buffers"]["allocatePages"]>;
+
+/**
+ * The engine's variants, side by side: the emulated device on the backend's
+ * own thread (the default: two threads on the data path) and on a port
+ * worker of its own (three threads, the isolation host devices always have).
+ */
+const ENGINE_VARIANTS = [
+  { label: "usbvirt", tag: "", placement: "backend" },
+  { label: "usbvirt/port-worker", tag: ".portworker", placement: "worker" },
+] as const;
+
+async function startEngine(variant: (typeof ENGINE_VARIANTS)[number]): Promise<Engine> {
+  const conn = await Connection.create({ ports: 2, memory: 8192 });
+  const guest = new GuestUsbDriver(conn.frontend!, conn.handles);
+  await conn.attach(1, { kind: "emulated", name: "loopback", placement: variant.placement });
+  await guest.enumerate(PORT, ADDRESS);
+  const regions = (size: number, pairs: number) => ({
+    outs: Array.from({ length: pairs }, () => guest.buffers.allocatePages(size)),
+    ins: Array.from({ length: pairs }, () => guest.buffers.allocatePages(size)),
+  });
+  const r64 = regions(KIB64, PAIRS_64K);
+  const r1m = regions(MIB1, PAIRS_1M);
+  for (const r of [r64, r1m]) for (const [i, out] of r.outs.entries()) guest.bytes(out).fill(i + 1);
+  return { label: variant.label, tag: variant.tag, conn, r64, r1m };
+}
+
 export const e2eSuite = {
   name: "e2e",
   async run(opts: SuiteOptions): Promise<Result[]> {
-    const conn = await Connection.create({ ports: 2, memory: 8192 });
-    const guest = new GuestUsbDriver(conn.frontend!, conn.handles);
-    await conn.attach(1, { kind: "emulated", name: "loopback" });
-    await guest.enumerate(PORT, ADDRESS);
-    const hcd = conn.frontend!;
-
-    const regions = (size: number, pairs: number) => ({
-      outs: Array.from({ length: pairs }, () => guest.buffers.allocatePages(size)),
-      ins: Array.from({ length: pairs }, () => guest.buffers.allocatePages(size)),
-    });
-    const r64 = regions(KIB64, PAIRS_64K);
-    const r1m = regions(MIB1, PAIRS_1M);
-    const bytesOf = (r: typeof r64, size: number): BulkBuffers => ({
-      outs: r.outs.map((x) => guest.bytes(x)),
-      ins: r.ins.map((x) => guest.bytes(x)),
-      size,
-    });
-    for (const b of [bytesOf(r64, KIB64), bytesOf(r1m, MIB1)])
-      for (const [i, out] of b.outs.entries()) out.fill(i + 1);
+    const engines: Engine[] = [];
+    for (const v of ENGINE_VARIANTS) engines.push(await startEngine(v));
     // The peers' guest memory is ordinary memory: a design built on messages has no shared buffers.
     const privateBuffers = (size: number, pairs: number): BulkBuffers => ({
       outs: Array.from({ length: pairs }, (_, i) => new Uint8Array(size).fill(i + 1)),
@@ -141,7 +161,12 @@ export const e2eSuite = {
 
     let bulkBytes = 0;
     const bulk = { type: "bulk", port: PORT, device: ADDRESS, endpoint: 1 as EndpointNum } as const;
-    const bulkRound = async (r: typeof r64, size: number): Promise<void> => {
+    const bulkRound = async (
+      conn: Connection,
+      r: { outs: GuestRange[]; ins: GuestRange[] },
+      size: number,
+    ): Promise<void> => {
+      const hcd = conn.frontend!;
       const all: Promise<UrbCompletion>[] = [];
       for (let i = 0; i < r.outs.length; i++) {
         all.push(hcd.submit({ ...bulk, directionIn: false, buffer: [r.outs[i]!] }));
@@ -186,11 +211,14 @@ export const e2eSuite = {
       bench.add(name, fn, { async: true });
       items[name] = perOp;
     };
-    add("usbvirt null URB, 1 in flight", () => pipeline(conn, nullUrb, BATCH1, 1), BATCH1);
-    add("usbvirt null URB, 64 in flight", () => pipeline(conn, nullUrb, BATCH, DEPTH), BATCH);
-    add("usbvirt round trip, one URB", () => pipeline(conn, nullUrb, 1, 1));
-    add("usbvirt bulk 64 KiB, 8 OUT + 8 IN", () => bulkRound(r64, KIB64), PAIRS_64K * KIB64);
-    add("usbvirt bulk 1 MiB, 2 OUT + 2 IN", () => bulkRound(r1m, MIB1), PAIRS_1M * MIB1);
+    for (const e of engines) {
+      const l = e.label;
+      add(`${l} null URB, 1 in flight`, () => pipeline(e.conn, nullUrb, BATCH1, 1), BATCH1);
+      add(`${l} null URB, 64 in flight`, () => pipeline(e.conn, nullUrb, BATCH, DEPTH), BATCH);
+      add(`${l} round trip, one URB`, () => pipeline(e.conn, nullUrb, 1, 1));
+      add(`${l} bulk 64 KiB, 8 OUT + 8 IN`, () => bulkRound(e.conn, e.r64, KIB64), PAIRS_64K * KIB64);
+      add(`${l} bulk 1 MiB, 2 OUT + 2 IN`, () => bulkRound(e.conn, e.r1m, MIB1), PAIRS_1M * MIB1);
+    }
     for (const peer of peers) {
       const d = peer.design;
       add(`${d} null URB, 1 in flight`, () => peerPipeline(peer, BATCH1, 1), BATCH1);
@@ -200,12 +228,14 @@ export const e2eSuite = {
       add(`${d} bulk 1 MiB, 2 OUT + 2 IN`, () => peerBulkRound(peer, b1m), PAIRS_1M * MIB1);
     }
     await bench.run();
-    printBench("end to end: frontend → backend worker → port worker → emulated loopback", bench, items);
+    printBench("end to end: frontend → backend worker (→ port worker) → emulated loopback", bench, items);
 
     const results: Result[] = [];
-    const designs: ("usbvirt" | PeerDesign)[] = ["usbvirt", ...PEER_DESIGNS];
-    for (const d of designs) {
-      const tag = d === "usbvirt" ? "" : `.${d}`;
+    const designs = [
+      ...engines.map((e) => ({ label: e.label, tag: e.tag })),
+      ...PEER_DESIGNS.map((d) => ({ label: d, tag: `.${d}` })),
+    ];
+    for (const { label: d, tag } of designs) {
       const rate = (task: string) => latencyOf(bench, `${d} ${task}`);
       const n1 = rate("null URB, 1 in flight");
       const n64 = rate("null URB, 64 in flight");
@@ -223,12 +253,15 @@ export const e2eSuite = {
     }
 
     await Promise.all(peers.map((p) => p.close()));
-    const stats = await conn.stats();
-    await conn.close();
-    if (bulkBytes === 0 || stats.rejected !== 0)
-      throw new Error("e2e bench: no bulk data moved, or URBs were rejected");
-    const copies = Object.values(stats.portWorkers).reduce((n, p) => n + (p?.bounceCopies ?? 0), 0);
-    if (copies !== 0) throw new Error(`e2e bench: the engine bounced ${copies} buffers (expected zero copy)`);
+    for (const e of engines) {
+      const stats = await e.conn.stats();
+      await e.conn.close();
+      if (stats.rejected !== 0) throw new Error(`e2e bench: ${e.label} rejected URBs`);
+      const copies = Object.values(stats.portWorkers).reduce((n, p) => n + (p?.bounceCopies ?? 0), 0);
+      if (copies !== 0)
+        throw new Error(`e2e bench: ${e.label} bounced ${copies} buffers (expected zero copy)`);
+    }
+    if (bulkBytes === 0) throw new Error("e2e bench: no bulk data moved");
     return results;
   },
 };

@@ -6,6 +6,7 @@
  */
 import { writeFileSync } from "node:fs";
 import os from "node:os";
+import { allocSuite } from "./alloc.js";
 import { e2eSuite } from "./e2e.js";
 import { grantSuite } from "./grant.js";
 import { machineHeader, type Ratio, type Result, type SuiteOptions } from "./harness.js";
@@ -19,7 +20,7 @@ interface Suite {
   run(opts: SuiteOptions): Promise<Result[]>;
 }
 
-const suites: Suite[] = [ringSuite, grantSuite, e2eSuite, usbipSuite, idleSuite];
+const suites: Suite[] = [ringSuite, grantSuite, e2eSuite, allocSuite, usbipSuite, idleSuite];
 
 function argValue(flag: string): string | undefined {
   const i = process.argv.indexOf(flag);
