@@ -59,17 +59,17 @@ import {
   type DevAddr,
   Direction,
   type PortNum,
-  type Segment,
   TransferType,
   type UrbBuffer,
   type UrbId,
-  type UrbRequest,
 } from "../urb/types.js";
 import { InvalidOptionError, UsbvirtError } from "../util/errors.js";
+import { RequestScratch, type ScratchDataRequest } from "./request-scratch.js";
 import { RootHub } from "./root-hub.js";
 import { ScratchFrames } from "./scratch.js";
 import type {
   BackendLossReason,
+  BufferSegment,
   ControllerEventName,
   ControllerEvents,
   ControllerOptions,
@@ -131,11 +131,17 @@ export class ControllerStateError extends UsbvirtError {
   }
 }
 
+/** A URB without a buffer reads as this (shared: no empty array per URB). */
+const NO_SEGMENTS: readonly BufferSegment[] = Object.freeze([]);
+
 function failure(status: UrbStatus, detail?: string): UrbCompletion {
   return detail === undefined
     ? { status, actualLength: 0, startFrame: 0, errorCount: 0 }
     : { status, actualLength: 0, startFrame: 0, errorCount: 0, detail };
 }
+
+/** Awaited to let microtasks run: awaiting a settled native promise allocates less than `await null`. */
+const RESOLVED: Promise<void> = Promise.resolve();
 
 function yieldToEventLoop(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
@@ -158,8 +164,14 @@ export class VirtualHostController {
   private readonly copy: Uint8Array;
   /** Ring id → the record holding it. */
   private readonly inFlight: (UrbRecord | undefined)[];
-  /** URB object → its live record (for unlink by handle and double-submit checks). */
-  private readonly outstanding = new Map<Urb, UrbRecord>();
+  /**
+   * URB object → its latest record, for unlink by handle and the double-submit check. Never deleted: the
+   * record's `delivered` says whether the URB is outstanding, and a resubmit of the same object reuses the
+   * record (no record and no map insert per URB on the hot path; a dropped URB takes its entry with it).
+   */
+  private readonly records = new WeakMap<Urb, UrbRecord>();
+  /** The request objects trySend fills and encodes (none allocated per URB). */
+  private readonly scratchRequest = new RequestScratch();
   /** FIFO pending queue; entries before `pendingHead` are done, entries not PENDING are skipped. */
   private pending: UrbRecord[] = [];
   private pendingHead = 0;
@@ -356,20 +368,29 @@ export class VirtualHostController {
   submitWithCallback(urb: Urb, callback: UrbCallback): void {
     this.submitted++;
     if (typeof callback !== "function") throw new InvalidOptionError("submitWithCallback needs a callback");
+    // A non-object urb finds nothing here (WeakMap.get) and checkUrb refuses it.
+    const previous = this.records.get(urb);
     const refusal =
-      this.outstanding.has(urb) === true
+      previous !== undefined && !previous.delivered
         ? { status: EINVAL, detail: "this URB object is already submitted and not yet completed" }
         : checkUrb(urb, this.limits);
     if (refusal !== null) {
-      queueMicrotask(() => this.invoke(callback, failure(refusal.status, refusal.detail)));
+      this.invokeLater(callback, failure(refusal.status, refusal.detail));
       return;
     }
     if (!this.connected) {
-      queueMicrotask(() => this.invoke(callback, failure(ESHUTDOWN, "the backend is gone")));
+      this.invokeLater(callback, failure(ESHUTDOWN, "the backend is gone"));
       return;
     }
-    const record = UrbRecord.data(urb, callback, bufferLengthOf(urb));
-    this.outstanding.set(urb, record);
+    let record: UrbRecord;
+    if (previous?.reusable === true) {
+      record = previous;
+      record.reuse(callback, bufferLengthOf(urb));
+    } else {
+      // First submit of this object, or its last record is still held (early completion awaiting its answer).
+      record = UrbRecord.data(urb, callback, bufferLengthOf(urb));
+      this.records.set(urb, record);
+    }
     this.enqueueOrSend(record);
   }
 
@@ -387,7 +408,7 @@ export class VirtualHostController {
         ? Number.isInteger(target) && target >= 0 && target < this.inFlight.length
           ? this.inFlight[target]
           : undefined
-        : this.outstanding.get(target);
+        : this.records.get(target);
     if (record === undefined || record.urb === null || record.delivered || !this.connected) {
       return Promise.resolve(ENOENT);
     }
@@ -402,8 +423,10 @@ export class VirtualHostController {
 
   /** The ring id a submitted URB currently holds, if it is on the ring. */
   idOf(urb: Urb): UrbId | undefined {
-    const record = this.outstanding.get(urb);
-    return record !== undefined && record.phase === Phase.IN_FLIGHT ? (record.id as UrbId) : undefined;
+    const record = this.records.get(urb);
+    return record !== undefined && !record.delivered && record.phase === Phase.IN_FLIGHT
+      ? (record.id as UrbId)
+      : undefined;
   }
 
   private enqueueOrSend(record: UrbRecord): void {
@@ -473,7 +496,7 @@ export class VirtualHostController {
     if (this.ring.freeRequests <= UNLINK_RESERVED_SLOTS) return false;
     const slot = this.ring.requestSlot();
     if (slot === null) return false;
-    const segments = urb.buffer ?? [];
+    const segments = urb.buffer ?? NO_SEGMENTS;
     const count = segments.length;
     if (this.grants.freeCount < grantsNeeded(urb)) return false;
     let indirectFrame: GuestFrame | -1 = -1;
@@ -501,7 +524,8 @@ export class VirtualHostController {
 
     // Grant each segment: one extent over the frames it spans; the wire offset is within the first frame.
     const readonly = !urb.directionIn;
-    const wire: Segment[] = [];
+    const scratch = this.scratchRequest;
+    const wire = scratch.segments;
     for (let i = 0; i < count; i++) {
       const { offset, length } = segments[i]!;
       const ref = this.grants.grant(
@@ -511,45 +535,37 @@ export class VirtualHostController {
         readonly,
       );
       record.grants.push(ref);
-      wire.push({ ref, offset: offset % FRAME_SIZE, length });
+      const w = wire[i]!;
+      w.ref = ref;
+      w.offset = offset % FRAME_SIZE;
+      w.length = length;
     }
     let buffer: UrbBuffer;
-    if (count === 0) buffer = { kind: "none" };
-    else if (indirectFrame === -1) buffer = { kind: "inline", segments: wire };
-    else {
-      encodeIndirectSegments(wire, this.memory.frameView(indirectFrame));
+    if (indirectFrame === -1) {
+      buffer = scratch.inlineBuffer(count); // NO_BUFFER when count is 0
+    } else {
+      encodeIndirectSegments(wire, this.memory.frameView(indirectFrame), 0, count);
       // The backend only reads the segment list.
       const pageRef = this.grants.grant(this.backendDomid, indirectFrame, 1, true);
       record.grants.push(pageRef);
-      buffer = { kind: "indirect", page: { ref: pageRef, offset: 0, length: count * SEGMENT_SIZE }, count };
+      buffer = scratch.indirectBuffer(pageRef, count, count * SEGMENT_SIZE);
     }
     record.indirectFrame = indirectFrame;
 
-    const common = {
-      id: id as UrbId,
-      port: urb.port,
-      device: urb.device,
-      endpoint: urb.endpoint,
-      direction: urb.directionIn ? Direction.In : Direction.Out,
-      bufferLength: record.bufferLength,
-      buffer,
-      shortNotOk: urb.shortNotOk === true,
-    };
-    let request: UrbRequest;
+    let request: ScratchDataRequest;
     switch (urb.type) {
       case "control":
-        request = { kind: "control", ...common, setup: urb.setup };
+        request = scratch.control;
+        request.setup = urb.setup;
         break;
       case "bulk":
-        request = { kind: "bulk", ...common, zeroPacket: urb.zeroPacket === true };
+        request = scratch.bulk;
+        request.zeroPacket = urb.zeroPacket === true;
         break;
       case "interrupt":
-        request = {
-          kind: "interrupt",
-          ...common,
-          zeroPacket: urb.zeroPacket === true,
-          interval: urb.interval,
-        };
+        request = scratch.interrupt;
+        request.zeroPacket = urb.zeroPacket === true;
+        request.interval = urb.interval;
         break;
       case "isochronous": {
         const descriptors = this.memory.frameView(isoFrame as GuestFrame, isoFrames);
@@ -560,18 +576,25 @@ export class VirtualHostController {
         record.grants.push(descRef);
         record.isoFrame = isoFrame;
         record.isoFrames = isoFrames;
-        request = {
-          kind: "iso",
-          ...common,
-          isoAsap: urb.iso.asap,
-          interval: urb.interval,
-          numberOfPackets: packets.length,
-          startFrame: urb.iso.startFrame ?? 0,
-          frameDescriptors: { ref: descRef, offset: 0 },
-        };
+        const iso = scratch.iso;
+        iso.isoAsap = urb.iso.asap;
+        iso.interval = urb.interval;
+        iso.numberOfPackets = packets.length;
+        iso.startFrame = urb.iso.startFrame ?? 0;
+        iso.frameDescriptors.ref = descRef;
+        iso.frameDescriptors.offset = 0;
+        request = iso;
         break;
       }
     }
+    request.id = id as UrbId;
+    request.port = urb.port;
+    request.device = urb.device;
+    request.endpoint = urb.endpoint;
+    request.direction = urb.directionIn ? Direction.In : Direction.Out;
+    request.bufferLength = record.bufferLength;
+    request.buffer = buffer;
+    request.shortNotOk = urb.shortNotOk === true;
     encodeRequest(request, slot);
     this.ring.commitRequest();
     record.id = id;
@@ -582,7 +605,12 @@ export class VirtualHostController {
 
   private trySendUnlink(record: UrbRecord): boolean {
     const target = record.target!;
-    if (target.phase !== Phase.IN_FLIGHT || target.delivered) {
+    // A target record reused by a later submit of its URB means this unlink's submission is over.
+    if (
+      target.generation !== record.targetGeneration ||
+      target.phase !== Phase.IN_FLIGHT ||
+      target.delivered
+    ) {
       // Finished (or failed locally) before the unlink could go: nothing to cancel.
       record.phase = Phase.OFF;
       const done = record.unlinkDone!;
@@ -725,7 +753,11 @@ export class VirtualHostController {
       this.scratch.release(record.indirectFrame, 1);
       record.indirectFrame = -1;
     }
-    if (record.delivered) return; // completed early (port disconnect); the answer only freed its resources
+    if (record.delivered) {
+      // Completed early (port disconnect); the answer only freed its resources. Nothing holds it now.
+      record.reusable = true;
+      return;
+    }
 
     const urb = record.urb;
     const actual = Math.min(readU32(copy, kRspActualLength), record.bufferLength);
@@ -739,6 +771,8 @@ export class VirtualHostController {
       isoPackets === undefined
         ? { status, actualLength: actual, startFrame, errorCount }
         : { status, actualLength: actual, startFrame, errorCount, isoPackets };
+    // Off the ring with nothing held: the callback may resubmit its URB on this same record.
+    record.reusable = true;
     this.deliver(record, completion);
   }
 
@@ -935,7 +969,7 @@ export class VirtualHostController {
         if (++busy >= this.pollsPerYield) {
           busy = 0;
           await yieldToEventLoop();
-        } else await null;
+        } else await RESOLVED;
         continue;
       }
       busy = 0;
@@ -953,18 +987,26 @@ export class VirtualHostController {
   private deliver(record: UrbRecord, completion: UrbCompletion): void {
     if (record.delivered) return;
     record.delivered = true;
-    const urb = record.urb!;
-    if (this.outstanding.get(urb) === record) this.outstanding.delete(urb);
-    this.invoke(record.callback!, completion);
+    const callback = record.callback!;
+    // The record outlives the completion (bound to its URB): do not keep the owner's callback alive.
+    record.callback = null;
+    this.invoke(callback, completion);
   }
 
   /** Like deliver, but the callback runs in a microtask (the caller is inside a public API call). */
   private deliverLater(record: UrbRecord, completion: UrbCompletion): void {
     if (record.delivered) return;
     record.delivered = true;
-    const urb = record.urb!;
-    if (this.outstanding.get(urb) === record) this.outstanding.delete(urb);
     const callback = record.callback!;
+    record.callback = null;
+    this.invokeLater(callback, completion);
+  }
+
+  /**
+   * invoke() in a microtask. Its own method so that no hot caller holds a closure: a function with one
+   * allocates a context object on every call, whether or not the closure is made.
+   */
+  private invokeLater(callback: UrbCallback, completion: UrbCompletion): void {
     queueMicrotask(() => this.invoke(callback, completion));
   }
 

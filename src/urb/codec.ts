@@ -136,16 +136,23 @@ export function encodeRequest(req: UrbRequest, target: Uint8Array, offset = 0): 
 
 /**
  * Write the segment list of an indirect URB into the page bytes at `target[offset]` (12 bytes per
- * segment). The frontend then grants that page and describes it in inline seg[0].
+ * segment). The frontend then grants that page and describes it in inline seg[0]. `count` writes only
+ * `segments[0..count)`, so a caller may pass a reused array longer than this URB's list.
  */
-export function encodeIndirectSegments(segments: readonly Segment[], target: Uint8Array, offset = 0): void {
-  if (segments.length > MAX_INDIRECT_SEGMENTS) {
-    throw new InvalidOptionError(
-      `at most ${MAX_INDIRECT_SEGMENTS} indirect segments, got ${segments.length}`,
-    );
+export function encodeIndirectSegments(
+  segments: readonly Segment[],
+  target: Uint8Array,
+  offset = 0,
+  count = segments.length,
+): void {
+  if (!Number.isInteger(count) || count < 0 || count > segments.length) {
+    throw new InvalidOptionError(`count must be an integer in [0, ${segments.length}], got ${count}`);
   }
-  checkRoom(target, offset, segments.length * SEGMENT_SIZE, "an indirect segment page");
-  for (let i = 0; i < segments.length; i++) {
+  if (count > MAX_INDIRECT_SEGMENTS) {
+    throw new InvalidOptionError(`at most ${MAX_INDIRECT_SEGMENTS} indirect segments, got ${count}`);
+  }
+  checkRoom(target, offset, count * SEGMENT_SIZE, "an indirect segment page");
+  for (let i = 0; i < count; i++) {
     writeSegment(target, offset + i * SEGMENT_SIZE, segments[i]!);
   }
 }
