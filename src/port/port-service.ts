@@ -58,16 +58,22 @@ export interface PortStats {
   errors: number;
 }
 
-interface Transfer {
+/**
+ * One transfer from submit to its answer. It is also the TransferRequest the device gets: one object per
+ * URB, not two. Never reused: the device may hold it until it calls done.
+ */
+interface Transfer extends TransferRequest {
   readonly id: number;
   handle: number;
   state: "submitted" | "cancelling" | "completed";
   /** Scattered IN buffers are bounced: where the data goes at completion. */
   readonly bounce: Uint8Array | null;
   readonly segments: Uint32Array | null;
-  readonly directionIn: boolean;
   readonly isoDescriptors: Uint8Array | null;
 }
+
+/** The buffer of every no-data transfer: zero bytes long, nothing can be written to it, so one serves all. */
+const NO_DATA = new Uint8Array(0);
 
 export class PortService {
   private readonly ring: BackRing;
@@ -76,7 +82,12 @@ export class PortService {
   private readonly spin: AdaptiveSpin;
   private readonly copy = new Uint8Array(PORT_SLOT_SIZE);
   private readonly req = new PortRequest();
-  private readonly transfers = new Map<number, Transfer>();
+  /**
+   * In-flight transfers by port-ring id. The backend allocates ids from a pool of PORT_RING_GEOMETRY.slots,
+   * so an array does what a Map did without its per-URB entry churn; submit refuses any other id.
+   */
+  private readonly transfers = new Array<Transfer | null>(PORT_RING_GEOMETRY.slots).fill(null);
+  private transferCount = 0;
   private readonly device: UsbDevice;
   private readonly memory: readonly SharedArrayBuffer[];
   private running = false;
@@ -111,7 +122,7 @@ export class PortService {
   }
 
   get inFlight(): number {
-    return this.transfers.size;
+    return this.transferCount;
   }
 
   start(): void {
@@ -178,8 +189,8 @@ export class PortService {
   }
 
   private cancel(id: number, target: number): void {
-    const t = this.transfers.get(target);
-    if (t === undefined || t.state !== "submitted") {
+    const t = target < this.transfers.length ? (this.transfers[target] ?? null) : null;
+    if (t === null || t.state !== "submitted") {
       this.answer(id, ENOENT, 0, 0, 0);
       return;
     }
@@ -193,9 +204,27 @@ export class PortService {
     return new Uint8Array(this.memory[region]!, offset, length);
   }
 
+  private track(t: Transfer): void {
+    // A second submit with an id in flight replaces it, as Map.set did; the first still answers once.
+    if (this.transfers[t.id] === null) this.transferCount++;
+    this.transfers[t.id] = t;
+  }
+
+  private untrack(t: Transfer): void {
+    if (this.transfers[t.id] !== t) return; // replaced by a later submit with the same id: that one stays
+    this.transfers[t.id] = null;
+    this.transferCount--;
+  }
+
   private submit(r: PortRequest): void {
     this.stats.submitted++;
     const id = r.id;
+    if (id >= this.transfers.length) {
+      // Not an id the backend's pool hands out: refused, never tracked.
+      this.answer(id, EINVAL, 0, 0, 0);
+      this.stats.errors++;
+      return;
+    }
     if (r.kind === 2) {
       const op = interceptedRequest(r.setup);
       if (op !== null) {
@@ -208,7 +237,7 @@ export class PortService {
     let bounce: Uint8Array | null = null;
     let segments: Uint32Array | null = null;
     const s = r.segs;
-    if (r.nSegs === 0) buffer = new Uint8Array(0);
+    if (r.nSegs === 0) buffer = NO_DATA;
     else if (r.nSegs === 1) buffer = this.view(s[0]!, s[1]!, s[2]!);
     else {
       let contiguous = true;
@@ -244,28 +273,28 @@ export class PortService {
         isoPackets.push({ offset, length });
       }
     }
-    const request: TransferRequest = {
+    // Same property order as runIntercepted's: one hidden class for every Transfer.
+    const t: Transfer = {
       kind: KIND_BY_TYPE[r.kind] ?? "bulk",
       endpoint: r.endpoint,
       directionIn: r.directionIn,
-      setup: r.kind === 2 ? r.setup : null,
+      // r.setup is overwritten by the next decode; the device may keep its request until done.
+      setup: r.kind === 2 ? { ...r.setup } : null,
       buffer,
       shortNotOk: (r.flags & PORT_FLAG_SHORT_NOT_OK) !== 0,
       zeroPacket: (r.flags & PORT_FLAG_ZERO_PACKET) !== 0,
       interval: r.interval,
       isoPackets,
-    };
-    const t: Transfer = {
       id,
       handle: -1,
       state: "submitted",
       bounce,
       segments,
-      directionIn: r.directionIn,
       isoDescriptors,
     };
-    this.transfers.set(id, t);
-    t.handle = this.device.submit(request, (result) => this.complete(t, result));
+    this.track(t);
+    // A done per transfer (not per id): a device calling a stale done twice cannot answer a later URB.
+    t.handle = this.device.submit(t, (result) => this.complete(t, result));
   }
 
   private copySegments(segs: Uint32Array, bounce: Uint8Array, intoBounce: boolean, limit: number): void {
@@ -282,7 +311,7 @@ export class PortService {
   private complete(t: Transfer, result: TransferResult): void {
     if (t.state === "completed") return; // a device calling done twice: the first answer stands
     t.state = "completed";
-    this.transfers.delete(t.id);
+    this.untrack(t);
     const actual = Math.max(0, Math.min(result.actualLength, t.bounce?.length ?? Number.MAX_SAFE_INTEGER));
     if (t.bounce !== null && t.segments !== null && t.directionIn && actual > 0) {
       this.copySegments(t.segments, t.bounce, false, actual);
@@ -325,15 +354,23 @@ export class PortService {
     }
     // Tracked like a transfer so close() and crash accounting see it; not cancellable.
     const t: Transfer = {
+      kind: "control",
+      endpoint: 0,
+      directionIn: false,
+      setup: null,
+      buffer: NO_DATA,
+      shortNotOk: false,
+      zeroPacket: false,
+      interval: 0,
+      isoPackets: null,
       id,
       handle: -1,
       state: "submitted",
       bounce: null,
       segments: null,
-      directionIn: false,
       isoDescriptors: null,
     };
-    this.transfers.set(id, t);
+    this.track(t);
     pending.then(
       (status) => this.complete(t, { status, actualLength: 0 }),
       () => this.complete(t, { status: EINVAL, actualLength: 0 }),

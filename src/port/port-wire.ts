@@ -68,6 +68,8 @@ const kIsoRegion = 36;
 const kIsoOffset = 40;
 const kStartFrame = 44;
 
+type MutableSetupPacket = { -readonly [K in keyof SetupPacket]: SetupPacket[K] };
+
 /** A decoded port request; one object reused by the port worker for every slot. */
 export class PortRequest {
   id = 0;
@@ -78,7 +80,11 @@ export class PortRequest {
   flags = 0;
   nSegs = 0;
   length = 0;
-  setup: SetupPacket = { bmRequestType: 0, bRequest: 0, wValue: 0, wIndex: 0, wLength: 0 };
+  /**
+   * Overwritten by every decode (no object per request): valid until the next one. A transfer that keeps
+   * the setup packet beyond that (a device may hold its request until done) takes a copy.
+   */
+  readonly setup: MutableSetupPacket = { bmRequestType: 0, bRequest: 0, wValue: 0, wIndex: 0, wLength: 0 };
   interval = 0;
   target = 0;
   isoPackets = 0;
@@ -97,13 +103,12 @@ export class PortRequest {
     this.flags = readU16(b, kFlags);
     this.nSegs = Math.min(readU16(b, kNSegs), MAX_PORT_SEGMENTS);
     this.length = readU32(b, kLength);
-    this.setup = {
-      bmRequestType: b[kSetup]!,
-      bRequest: b[kSetup + 1]!,
-      wValue: readU16(b, kSetup + 2),
-      wIndex: readU16(b, kSetup + 4),
-      wLength: readU16(b, kSetup + 6),
-    };
+    const setup = this.setup;
+    setup.bmRequestType = b[kSetup]!;
+    setup.bRequest = b[kSetup + 1]!;
+    setup.wValue = readU16(b, kSetup + 2);
+    setup.wIndex = readU16(b, kSetup + 4);
+    setup.wLength = readU16(b, kSetup + 6);
     this.interval = readU32(b, kInterval);
     this.target = readU32(b, kTarget);
     this.isoPackets = readU32(b, kIsoPackets);

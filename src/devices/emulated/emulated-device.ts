@@ -82,6 +82,8 @@ const STATUS_LENGTH = 2;
 
 /** USB frame numbers are 11 bits (§8.4.3.1). */
 const FRAME_NUMBER_MASK = 0x7ff;
+/** The empty data stage: zero bytes long, nothing can be written to it, so one serves every request. */
+const NO_DATA = new Uint8Array(0);
 /** A device handles at most this many iso packets per transfer (as the URB gate: src/urb/limits.ts). */
 export const MAX_ISO_PACKETS_PER_TRANSFER = 1024;
 
@@ -110,12 +112,19 @@ export class PendingTransfer {
   private ioActive = 0;
   /** A result that arrived (cancel, flush) while I/O was using the buffer: delivered when the I/O ends. */
   private deferred: TransferResult | null = null;
+  /** The result waiting for the device's delivery microtask. */
+  private delivering: TransferResult | null = null;
+  /** @internal Links in the device's in-flight list (TransferTable), in submit order. */
+  prevInflight: PendingTransfer | null = null;
+  /** @internal */
+  nextInflight: PendingTransfer | null = null;
 
   constructor(
     readonly handle: TransferHandle,
     readonly request: TransferRequest,
     readonly endpointAddress: number,
     private readonly done: TransferDone,
+    private readonly table: TransferTable,
   ) {}
 
   get settled(): boolean {
@@ -157,8 +166,15 @@ export class PendingTransfer {
   }
 
   private deliver(result: TransferResult): void {
-    const done = this.done;
-    queueMicrotask(() => done(result));
+    this.delivering = result;
+    this.table.deliverLater(this);
+  }
+
+  /** @internal The device's delivery microtask hands the result over (exactly once: deliver runs once). */
+  runDone(): void {
+    const result = this.delivering!;
+    this.delivering = null;
+    this.done(result);
   }
 
   /** Success with `actualLength` bytes; a short IN with SHORT_NOT_OK becomes -EREMOTEIO (the bytes still count). */
@@ -215,6 +231,89 @@ export class TransferQueue {
   }
 }
 
+/**
+ * A device's transfers in flight and the delivery of their results, without garbage per transfer: an
+ * intrusive list in submit order (a Map keyed by handle churned its hash table on every URB), and one
+ * queueMicrotask per batch of results rather than per transfer (Node's costs an AsyncResource, a bound
+ * function and a closure each). Results still reach `done` in settle order, in a later microtask.
+ */
+class TransferTable {
+  private head: PendingTransfer | null = null;
+  private tail: PendingTransfer | null = null;
+  private count = 0;
+  private ready: PendingTransfer[] = [];
+  private spare: PendingTransfer[] = [];
+  private runQueued = false;
+
+  /** `delivered` runs after each done (even one that threw). */
+  constructor(private readonly delivered: () => void) {}
+
+  get size(): number {
+    return this.count;
+  }
+
+  add(t: PendingTransfer): void {
+    t.prevInflight = this.tail;
+    if (this.tail === null) this.head = t;
+    else this.tail.nextInflight = t;
+    this.tail = t;
+    this.count++;
+  }
+
+  /** Linear, but cancel is rare and the list holds only what the host keeps in flight (≤ 256 per port). */
+  find(handle: TransferHandle): PendingTransfer | undefined {
+    for (let t = this.head; t !== null; t = t.nextInflight) if (t.handle === handle) return t;
+    return undefined;
+  }
+
+  /** A copy in submit order, for walks that settle transfers as they go. */
+  snapshot(): PendingTransfer[] {
+    const all: PendingTransfer[] = [];
+    for (let t = this.head; t !== null; t = t.nextInflight) all.push(t);
+    return all;
+  }
+
+  /** Queue `t` (settled, result attached) for its done in a later microtask. */
+  deliverLater(t: PendingTransfer): void {
+    this.ready.push(t);
+    if (this.runQueued) return;
+    this.runQueued = true;
+    queueMicrotask(this.run);
+  }
+
+  private readonly run = (): void => {
+    this.runQueued = false;
+    // Transfers settled by the dones below go to a fresh batch and a later microtask, never this loop.
+    const batch = this.ready;
+    this.ready = this.spare;
+    for (let i = 0; i < batch.length; i++) {
+      const t = batch[i]!;
+      this.remove(t);
+      try {
+        t.runDone();
+      } catch (err) {
+        // As when each done had its own microtask: the error is uncaught, the other dones still run.
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+      this.delivered();
+    }
+    batch.length = 0;
+    this.spare = batch;
+  };
+
+  private remove(t: PendingTransfer): void {
+    if (t.prevInflight === null) this.head = t.nextInflight;
+    else t.prevInflight.nextInflight = t.nextInflight;
+    if (t.nextInflight === null) this.tail = t.prevInflight;
+    else t.nextInflight.prevInflight = t.prevInflight;
+    t.prevInflight = null;
+    t.nextInflight = null;
+    this.count--;
+  }
+}
+
 export interface EmulatedDeviceOptions {
   readonly speed: UsbSpeed;
   readonly name: string;
@@ -224,7 +323,12 @@ export interface EmulatedDeviceOptions {
 export abstract class EmulatedDevice implements UsbDevice {
   readonly info: DeviceInfo;
   protected readonly descriptors: DeviceDescriptors;
-  private readonly inflight = new Map<TransferHandle, PendingTransfer>();
+  private readonly inflight = new TransferTable(() => {
+    if (this.inflight.size === 0 && this.drained !== null) {
+      this.drained();
+      this.drained = null;
+    }
+  });
   private nextHandle = 1;
   private closed = false;
   private config: ConfigurationLayout | null = null;
@@ -317,18 +421,9 @@ export abstract class EmulatedDevice implements UsbDevice {
     const handle = this.nextHandle;
     // Handles only need to be unique among transfers in flight; wrap well inside the safe integers.
     this.nextHandle = this.nextHandle >= 0x7fff_ffff ? 1 : this.nextHandle + 1;
-    const t = new PendingTransfer(handle, request, endpointAddressOf(request), (result) => {
-      this.inflight.delete(handle);
-      try {
-        done(result);
-      } finally {
-        if (this.inflight.size === 0 && this.drained !== null) {
-          this.drained();
-          this.drained = null;
-        }
-      }
-    });
-    this.inflight.set(handle, t);
+    // The table takes it off the in-flight list just before done runs, then checks for close's drain.
+    const t = new PendingTransfer(handle, request, endpointAddressOf(request), done, this.inflight);
+    this.inflight.add(t);
     try {
       if (this.closed) t.fail(ESHUTDOWN);
       else if (request.kind === "control") this.handleControl(t);
@@ -341,7 +436,7 @@ export abstract class EmulatedDevice implements UsbDevice {
   }
 
   cancel(handle: TransferHandle): void {
-    const t = this.inflight.get(handle);
+    const t = this.inflight.find(handle);
     if (t === undefined || t.settled) return;
     this.onCancel(t);
     t.fail(ECONNRESET);
@@ -406,7 +501,7 @@ export abstract class EmulatedDevice implements UsbDevice {
   // ---- internals ---------------------------------------------------------------------------------------
 
   private flush(match: (t: PendingTransfer) => boolean, status: UrbStatus): void {
-    for (const t of [...this.inflight.values()]) if (!t.settled && match(t)) t.fail(status);
+    for (const t of this.inflight.snapshot()) if (!t.settled && match(t)) t.fail(status);
   }
 
   private recomputeActive(): void {
@@ -466,10 +561,7 @@ export abstract class EmulatedDevice implements UsbDevice {
     let reply: ControlReply;
     if (type === REQUEST_TYPE_STANDARD) reply = this.standardRequest(setup);
     else if (type === REQUEST_TYPE_CLASS || type === REQUEST_TYPE_VENDOR)
-      reply = this.handleClassOrVendorRequest(
-        setup,
-        directionIn ? new Uint8Array(0) : t.buffer.subarray(0, dataLength),
-      );
+      reply = this.handleClassOrVendorRequest(setup, directionIn ? NO_DATA : dataStage(t.buffer, dataLength));
     else reply = EPIPE;
     if (typeof reply === "number") {
       if (reply === OK) t.ok(directionIn ? 0 : dataLength);
@@ -490,13 +582,12 @@ export abstract class EmulatedDevice implements UsbDevice {
    * CLEAR_FEATURE(HALT)) are honoured if they arrive anyway, through the same methods. True when handled.
    */
   private standardAsync(t: PendingTransfer, setup: SetupPacket): boolean {
-    const settle = (p: Promise<UrbStatus>) => void p.then((status) => t.fail(status));
     switch (setup.bRequest) {
       case StandardRequest.SET_CONFIGURATION:
-        settle(this.setConfiguration(setup.wValue & 0xff));
+        void this.setConfiguration(setup.wValue & 0xff).then((status) => t.fail(status));
         return true;
       case StandardRequest.SET_INTERFACE:
-        settle(this.setInterface(setup.wIndex, setup.wValue));
+        void this.setInterface(setup.wIndex, setup.wValue).then((status) => t.fail(status));
         return true;
       default:
         return false;
@@ -583,6 +674,12 @@ export abstract class EmulatedDevice implements UsbDevice {
     this.halt(address);
     return OK;
   }
+}
+
+/** The OUT data stage of a control request: the first `length` bytes of the buffer, a new view only if shorter. */
+function dataStage(buffer: Uint8Array, length: number): Uint8Array {
+  if (length === 0) return NO_DATA;
+  return length === buffer.length ? buffer : buffer.subarray(0, length);
 }
 
 /** Iso packet list present, not too long, and every packet inside the buffer. */

@@ -206,6 +206,9 @@ function emptyStats(): LoopbackStats {
   };
 }
 
+const ZERO_STATS: Readonly<LoopbackStats> = Object.freeze(emptyStats());
+const NO_DATA = new Uint8Array(0);
+
 /** One queued OUT transfer's data (copied: the guest view is only ours until the OUT completes). */
 interface Message {
   readonly data: Uint8Array;
@@ -224,8 +227,8 @@ export class LoopbackDevice extends EmulatedDevice {
    */
   private outHead: PendingTransfer | null = null;
   private outAccepted = 0;
-  private controlBuffer = new Uint8Array(0);
-  private counters = emptyStats();
+  private controlBuffer = NO_DATA;
+  private readonly counters = emptyStats();
   private interruptSequence = 0;
   private nextInterruptDue = 0;
   private pumpScheduled: NodeJS.Immediate | null = null;
@@ -282,7 +285,8 @@ export class LoopbackDevice extends EmulatedDevice {
     switch (setup.bRequest) {
       case LoopbackRequest.CONTROL_WRITE:
         if (directionIn || setup.wLength > CONTROL_BUFFER_SIZE) return EPIPE;
-        this.controlBuffer = data.slice(0, CONTROL_BUFFER_SIZE);
+        // A zero-length write shares one empty array: nothing can be written to it, so no copy is needed.
+        this.controlBuffer = data.length === 0 ? NO_DATA : data.slice(0, CONTROL_BUFFER_SIZE);
         return OK;
       case LoopbackRequest.CONTROL_READ:
         return directionIn ? this.controlBuffer : EPIPE;
@@ -292,7 +296,8 @@ export class LoopbackDevice extends EmulatedDevice {
         return directionIn ? this.encodeStats() : EPIPE;
       case LoopbackRequest.RESET_STATS:
         if (directionIn) return EPIPE;
-        this.counters = emptyStats();
+        // In place: stats() hands out copies, so nobody else holds this object.
+        Object.assign(this.counters, ZERO_STATS);
         return OK;
       default:
         return EPIPE;
