@@ -70,6 +70,48 @@ describe("loopback bulk", () => {
     expect(back).toEqual(big);
   });
 
+  it("hands an OUT straight to waiting INs, keeps what they leave, and never reads the OUT after it completed", async () => {
+    await configured();
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.integer({ min: 1, max: 4 }), { minLength: 1, maxLength: 4 }),
+        fc.integer({ min: 1, max: 5000 }),
+        fc.integer({ min: 1, max: 255 }),
+        async (packets, length, seed) => {
+          // Sizes spread over the whole range (uint8Array arbitraries stay short), bytes that differ.
+          const message = Uint8Array.from({ length }, (_, i) => (i * seed + (i >> 8)) & 0xff);
+          // Packet-aligned INs waiting on an empty FIFO: each takes the next piece of the message.
+          const ins = packets.map((n) => bulk(device, EP.BULK_IN, new Uint8Array(n * 512)));
+          const out = message.slice();
+          expect(await bulk(device, EP.BULK_OUT, out).result).toEqual({
+            status: OK,
+            actualLength: out.length,
+          });
+          out.fill(0xee); // the guest reuses its buffer: the device must hold its own copy of what is left
+          await tick();
+          const got: number[] = [];
+          for (const i of ins) {
+            if (i.calls() === 0) {
+              device.cancel(i.handle); // the message ran out before this IN
+              expect((await i.result).status).toBe(ECONNRESET);
+              continue;
+            }
+            const r = await i.result;
+            expect(r.status).toBe(OK);
+            got.push(...i.buffer.subarray(0, r.actualLength));
+          }
+          if (device.queuedBytes > 0) {
+            const rest = bulk(device, EP.BULK_IN, new Uint8Array(8192));
+            got.push(...rest.buffer.subarray(0, (await rest.result).actualLength));
+          }
+          expect(Uint8Array.from(got)).toEqual(message);
+          expect(device.queuedBytes).toBe(0);
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+
   it("keeps an IN pending until data is written, never completing with 0 bytes", async () => {
     await configured();
     const pendingIn = bulk(device, EP.BULK_IN, new Uint8Array(512));

@@ -211,7 +211,8 @@ const NO_DATA = new Uint8Array(0);
 
 /** One queued OUT transfer's data (copied: the guest view is only ours until the OUT completes). */
 interface Message {
-  readonly data: Uint8Array;
+  /** A copy owned by the FIFO, or (only while its OUT is being accepted) a view of the OUT's buffer. */
+  data: Uint8Array;
   offset: number;
 }
 
@@ -443,8 +444,23 @@ export class LoopbackDevice extends EmulatedDevice {
       if (this.fifoBytes > 0) return false;
       take = Math.min(remaining, this.fifoCapacity);
     }
-    this.fifo.push({ data: data.slice(this.outAccepted, this.outAccepted + take), offset: 0 });
-    this.fifoBytes += take;
+    const chunk = data.subarray(this.outAccepted, this.outAccepted + take);
+    if (this.fifo.length === 0 && this.pendingIn.peek() !== undefined) {
+      // INs are waiting on an empty FIFO: hand them the OUT's bytes straight from its buffer (one copy,
+      // guest to guest), and keep a copy only of what they leave, before the OUT completes below.
+      const message = { data: chunk, offset: 0 };
+      this.fifo.push(message);
+      this.fifoBytes += take;
+      let served = true;
+      while (served && this.fifo[0] === message) served = this.serveIn(maxPacket);
+      if (this.fifo[0] === message) {
+        message.data = message.data.slice(message.offset);
+        message.offset = 0;
+      }
+    } else {
+      this.fifo.push({ data: chunk.slice(), offset: 0 });
+      this.fifoBytes += take;
+    }
     this.outAccepted += take;
     this.count("bytesOut", take);
     if (this.outAccepted >= data.length) {
