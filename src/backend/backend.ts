@@ -22,7 +22,7 @@ import {
   PORT_FLAG_ISO_ASAP,
   PORT_FLAG_SHORT_NOT_OK,
   PORT_FLAG_ZERO_PACKET,
-  PORT_SLOT_SIZE,
+  PORT_RESPONSE_SIZE,
   portResponseId,
   writePortCancel,
   writePortIso,
@@ -110,7 +110,7 @@ export class UsbBackend implements Waitable {
   private readonly spare: InFlightUrb[] = [];
   private readonly connQueue: ConnEvent[] = [];
   private readonly copy = new Uint8Array(URB_RING_GEOMETRY.slotSize);
-  private readonly portCopy = new Uint8Array(PORT_SLOT_SIZE);
+  private readonly portCopy = new Uint8Array(PORT_RESPONSE_SIZE);
   private readonly pageCopy = new Uint8Array(4096);
   private faultReported = false;
   private readonly listeners: ((e: BackendEvent) => void)[] = [];

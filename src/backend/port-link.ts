@@ -6,7 +6,7 @@
  * speaks the same ring protocol to both.
  */
 import type { PortStats } from "../port/port-service.js";
-import { PORT_RING_GEOMETRY } from "../port/port-wire.js";
+import { PORT_RESPONSE_SIZE, PORT_RING_GEOMETRY } from "../port/port-wire.js";
 import type { UsbSpeed } from "../rings/conn-ring.js";
 import { FrontRing } from "../rings/front-ring.js";
 import { IdPool } from "../rings/id-pool.js";
@@ -91,7 +91,10 @@ export class PortLink {
     ring: SharedArrayBuffer,
     readonly host: PortHost,
   ) {
-    this.front = new FrontRing(ring, PORT_RING_GEOMETRY, { ids: this.ids });
+    this.front = new FrontRing(ring, PORT_RING_GEOMETRY, {
+      ids: this.ids,
+      responseBytes: PORT_RESPONSE_SIZE,
+    });
   }
 }
 

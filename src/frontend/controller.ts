@@ -42,6 +42,7 @@ import {
   kRspStartFrame,
   kRspStatus,
   SEGMENT_SIZE,
+  URB_RESPONSE_SIZE,
 } from "../urb/layout.js";
 import { MAX_INLINE_SEGMENTS } from "../urb/limits.js";
 import {
@@ -215,9 +216,12 @@ export class VirtualHostController {
     // Geometry comes from the connection's definition, never from shared memory; FrontRing checks the size.
     const slots = URB_RING_GEOMETRY.slots;
     this.ids = new IdPool(slots);
-    this.ring = new FrontRing(handles.urbRing, URB_RING_GEOMETRY, { ids: this.ids });
+    this.ring = new FrontRing(handles.urbRing, URB_RING_GEOMETRY, {
+      ids: this.ids,
+      responseBytes: URB_RESPONSE_SIZE,
+    });
     this.conn = new ConnFront(handles.connRing, handles.ports);
-    this.copy = new Uint8Array(this.ring.geometry.slotSize);
+    this.copy = new Uint8Array(URB_RESPONSE_SIZE);
     this.inFlight = new Array<UrbRecord | undefined>(slots).fill(undefined);
     this.limits = {
       ports: handles.ports,

@@ -28,7 +28,6 @@ import {
   PORT_FLAG_SHORT_NOT_OK,
   PORT_FLAG_ZERO_PACKET,
   PORT_RING_GEOMETRY,
-  PORT_SLOT_SIZE,
   PortOp,
   PortRequest,
 } from "./port-wire.js";
@@ -80,7 +79,6 @@ export class PortService {
   private readonly myBell: Doorbell;
   private readonly backendBell: Doorbell;
   private readonly spin: AdaptiveSpin;
-  private readonly copy = new Uint8Array(PORT_SLOT_SIZE);
   private readonly req = new PortRequest();
   /**
    * In-flight transfers by port-ring id. The backend allocates ids from a pool of PORT_RING_GEOMETRY.slots,
@@ -158,8 +156,11 @@ export class PortService {
 
   /** Take every queued request. */
   drain(): void {
-    while (this.ring.takeRequest(this.copy)) {
-      this.req.decode(this.copy);
+    // In place: the backend is this ring's producer and trusted here; decode copies every field out
+    // before anything is answered into the shared slot (copying whole 4 KiB slots was a tenth of the
+    // backend's time).
+    for (let slot = this.ring.takeRequestInPlace(); slot !== null; slot = this.ring.takeRequestInPlace()) {
+      this.req.decode(slot);
       if (this.req.op === PortOp.CANCEL) this.cancel(this.req.id, this.req.target);
       else if (this.req.op === PortOp.SUBMIT) this.submit(this.req);
       else this.answer(this.req.id, EINVAL, 0, 0, 0);

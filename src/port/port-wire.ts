@@ -39,6 +39,8 @@ export const PORT_SLOT_SIZE = 4096;
 /** 512 slots: up to 256 transfers (the URB ring's bound) plus a cancel for each. */
 export const PORT_RING_GEOMETRY: RingGeometry = { slots: 512, slotSize: PORT_SLOT_SIZE };
 export const PORT_HEADER_SIZE = 64;
+/** A port-ring answer: id, status, actual length, start frame, error count (u32 each). */
+export const PORT_RESPONSE_SIZE = 20;
 export const PORT_SEGMENT_SIZE = 12;
 export const MAX_PORT_SEGMENTS = MAX_INDIRECT_SEGMENTS;
 if (PORT_HEADER_SIZE + MAX_PORT_SEGMENTS * PORT_SEGMENT_SIZE > PORT_SLOT_SIZE) {

@@ -78,6 +78,22 @@ export class BackRing {
   }
 
   /**
+   * Take the next request without copying it: the shared slot itself, or
+   * null. Only for a producer this end trusts (the port ring, whose producer
+   * is the backend of this same process): an untrusted one could change the
+   * slot while it is read, so the URB ring always copies (takeRequest). The
+   * slot holds the request until the caller's next response is committed
+   * (requests and responses share slots): read it first, answer after.
+   */
+  takeRequestInPlace(): Uint8Array | null {
+    if (this.reqCons === this.reqProdSeen && this.unconsumedRequests() === 0) return null;
+    if (this.faultCode !== RingFault.NONE) return null;
+    const slot = this.v.slotViews[this.reqCons & this.v.mask]!;
+    this.reqCons = ringAdvance(this.reqCons, 1);
+    return slot;
+  }
+
+  /**
    * The slot for the next response, to be filled in place; commitResponse()
    * once written. Only a consumed request can be answered: responses never
    * overwrite a slot the backend has not copied.

@@ -6,6 +6,7 @@
  * checked before it is trusted.
  */
 
+import { InvalidOptionError } from "../util/errors.js";
 import { RingFault } from "./faults.js";
 import { type IdPool, slotId } from "./id-pool.js";
 import {
@@ -24,12 +25,19 @@ import { asRingIdx, type RingIdx, ringAdvance, ringDistance } from "./ring-index
 export interface FrontRingOptions {
   /** When given, every response's id (u32 at offset 0) must be in flight in this pool. */
   readonly ids?: IdPool;
+  /**
+   * Bytes of a response slot that takeResponse copies (default the whole
+   * slot): the port ring's 4 KiB slots carry 20-byte answers.
+   */
+  readonly responseBytes?: number;
 }
 
 export class FrontRing {
   private readonly v: RingViews;
   private readonly h: Int32Array;
   private readonly ids: IdPool | undefined;
+  /** What takeResponse copies of each slot (pre-made: no view per response). */
+  private readonly responseViews: readonly Uint8Array[];
   private reqProdPvt = 0 as RingIdx;
   /** The reqProd we last published: the peer cannot have answered past it. */
   private reqProdPushed = 0 as RingIdx;
@@ -42,6 +50,16 @@ export class FrontRing {
     this.v = new RingViews(sab, geometry);
     this.h = this.v.header;
     this.ids = options.ids;
+    const bytes = options.responseBytes ?? geometry.slotSize;
+    if (!Number.isInteger(bytes) || bytes < 4 || bytes > geometry.slotSize) {
+      throw new InvalidOptionError(
+        `responseBytes must be an integer in [4, ${geometry.slotSize}], got ${String(options.responseBytes)}`,
+      );
+    }
+    this.responseViews =
+      bytes === geometry.slotSize
+        ? this.v.slotViews
+        : this.v.slotViews.map((v) => new Uint8Array(v.buffer, v.byteOffset, bytes));
     this.attach();
   }
 
@@ -128,7 +146,7 @@ export class FrontRing {
     if (this.rspCons === this.rspProdSeen && this.unconsumedResponses() === 0) return false;
     if (this.faultCode !== RingFault.NONE) return false;
     // RING_COPY_RESPONSE: nothing reads the shared slot after this copy.
-    into.set(this.v.slotViews[this.rspCons & this.v.mask]!);
+    into.set(this.responseViews[this.rspCons & this.v.mask]!);
     this.rspCons = ringAdvance(this.rspCons, 1);
     if (this.ids !== undefined && !this.ids.complete(slotId(into))) {
       this.latch(RingFault.RESPONSE_ID_NOT_IN_FLIGHT);

@@ -155,3 +155,49 @@ describe("notification suppression", () => {
     expect(push()).toBe(true); // so the next request must wake it
   });
 });
+
+describe("partial copies and in-place takes", () => {
+  it("takeResponse copies only responseBytes of a slot; the rest of the caller's buffer is untouched", () => {
+    const sab = createRingBuffer(G);
+    const ids = new IdPool(G.slots);
+    const front = new FrontRing(sab, G, { ids, responseBytes: 8 });
+    const back = new BackRing(sab, G);
+    const id = ids.allocate();
+    front.requestSlot()!.fill(0);
+    new DataView(front.requestSlot()!.buffer, front.requestSlot()!.byteOffset).setUint32(0, id, true);
+    front.commitRequest();
+    front.pushRequests();
+    expect(back.takeRequest(new Uint8Array(G.slotSize))).toBe(true);
+    const rsp = back.responseSlot();
+    rsp.fill(0xaa);
+    new DataView(rsp.buffer, rsp.byteOffset).setUint32(0, id, true);
+    back.commitResponse();
+    back.pushResponses();
+    const into = new Uint8Array(G.slotSize).fill(0x55);
+    expect(front.takeResponse(into)).toBe(true);
+    expect([...into.subarray(4, 8)]).toEqual([0xaa, 0xaa, 0xaa, 0xaa]);
+    expect([...into.subarray(8)]).toEqual(new Array(G.slotSize - 8).fill(0x55));
+  });
+
+  it.each([0, 3, 17, 1.5])("refuses responseBytes %s", (bytes) => {
+    expect(() => new FrontRing(createRingBuffer(G), G, { responseBytes: bytes })).toThrow(InvalidOptionError);
+  });
+
+  it("takeRequestInPlace hands out the shared slot itself, in order, then null", () => {
+    const { front, back, ids } = pair();
+    for (let i = 0; i < 3; i++) {
+      const slot = front.requestSlot()!;
+      slot.fill(0);
+      slot[0] = ids.allocate();
+      slot[4] = 10 + i;
+      front.commitRequest();
+    }
+    front.pushRequests();
+    for (let i = 0; i < 3; i++) {
+      const slot = back.takeRequestInPlace()!;
+      expect(slot.buffer).toBe(back.responseSlot().buffer); // shared memory, not a copy
+      expect(slot[4]).toBe(10 + i);
+    }
+    expect(back.takeRequestInPlace()).toBeNull();
+  });
+});
