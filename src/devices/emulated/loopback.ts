@@ -206,7 +206,6 @@ function emptyStats(): LoopbackStats {
   };
 }
 
-const ZERO_STATS: Readonly<LoopbackStats> = Object.freeze(emptyStats());
 const NO_DATA = new Uint8Array(0);
 
 /** One queued OUT transfer's data (copied: the guest view is only ours until the OUT completes). */
@@ -250,6 +249,13 @@ export class LoopbackDevice extends EmulatedDevice {
   /** Counters since creation or the last RESET_STATS (u32, wrapping). */
   stats(): LoopbackStats {
     return { ...this.counters };
+  }
+
+  /** In place, field by field (the benches' null URB): stats() hands out copies, so nobody holds this object. */
+  private resetCounters(): void {
+    const c = this.counters;
+    c.bytesOut = c.bytesIn = c.transfersOut = c.transfersIn = 0;
+    c.patternErrors = c.interruptReports = c.isoPacketsIn = c.isoPacketsOut = 0;
   }
 
   /** Bytes waiting in the loopback FIFO. */
@@ -297,8 +303,7 @@ export class LoopbackDevice extends EmulatedDevice {
         return directionIn ? this.encodeStats() : EPIPE;
       case LoopbackRequest.RESET_STATS:
         if (directionIn) return EPIPE;
-        // In place: stats() hands out copies, so nobody else holds this object.
-        Object.assign(this.counters, ZERO_STATS);
+        this.resetCounters();
         return OK;
       default:
         return EPIPE;
