@@ -117,7 +117,6 @@ interface BulkBuffers {
 /** An engine under test: one connection with a loopback on port 1, its device placed as the variant says. */
 interface Engine {
   readonly label: string;
-  readonly tag: string;
   readonly conn: Connection;
   readonly r64: { outs: GuestRange[]; ins: GuestRange[] };
   readonly r1m: { outs: GuestRange[]; ins: GuestRange[] };
@@ -147,14 +146,12 @@ async function startEngine(variant: (typeof ENGINE_VARIANTS)[number]): Promise<E
   const r64 = regions(KIB64, PAIRS_64K);
   const r1m = regions(MIB1, PAIRS_1M);
   for (const r of [r64, r1m]) for (const [i, out] of r.outs.entries()) guest.bytes(out).fill(i + 1);
-  return { label: variant.label, tag: variant.tag, conn, r64, r1m };
+  return { label: variant.label, conn, r64, r1m };
 }
 
 export const e2eSuite = {
   name: "e2e",
   async run(opts: SuiteOptions): Promise<Result[]> {
-    const engines: Engine[] = [];
-    for (const v of ENGINE_VARIANTS) engines.push(await startEngine(v));
     // The peers' guest memory is ordinary memory: a design built on messages has no shared buffers.
     const privateBuffers = (size: number, pairs: number): BulkBuffers => ({
       outs: Array.from({ length: pairs }, (_, i) => new Uint8Array(size).fill(i + 1)),
@@ -202,8 +199,6 @@ export const e2eSuite = {
       });
     };
 
-    const peers: PeerTransport[] = [];
-    for (const design of PEER_DESIGNS) peers.push(await startPeer(design, DEPTH));
     /** The same stream through a peer: OUT data travels in the message, IN data is copied into guest memory. */
     const peerBulkStream = (peer: PeerTransport, b: BulkBuffers, rounds: number): Promise<void> => {
       let nextId = 0;
@@ -226,39 +221,56 @@ export const e2eSuite = {
       return Promise.all(all).then(() => undefined);
     };
 
-    const bench = new Bench(benchTiming(opts));
+    // One variant at a time: each runs its tasks with nothing else of this suite alive (idle threads of the
+    // others still cost it scheduler time and cache), then is closed before the next starts.
+    const benches: Bench[] = [];
     const items: Record<string, number> = {};
-    const add = (name: string, fn: () => Promise<void>, perOp = 1): void => {
+    const runVariant = async (tasks: readonly [string, () => Promise<void>, number][]): Promise<void> => {
+      const bench = new Bench(benchTiming(opts));
       // async: true, or tinybench calls fn once at add() to see whether it returns a promise, unawaited.
-      bench.add(name, fn, { async: true });
-      items[name] = perOp;
+      for (const [name, fn, perOp] of tasks) {
+        bench.add(name, fn, { async: true });
+        items[name] = perOp;
+      }
+      await bench.run();
+      benches.push(bench);
     };
-    for (const e of engines) {
+    for (const v of ENGINE_VARIANTS) {
+      const e = await startEngine(v);
       const l = e.label;
-      add(`${l} null URB, 1 in flight`, () => pipeline(e.conn, nullUrb, BATCH1, 1), BATCH1);
-      add(`${l} null URB, 64 in flight`, () => pipeline(e.conn, nullUrb, BATCH, DEPTH), BATCH);
-      add(`${l} round trip, one URB`, () => pipeline(e.conn, nullUrb, 1, 1));
-      add(`${l} bulk 64 KiB, 8 OUT + 8 IN`, () => bulkStream(e.conn, e.r64, KIB64, ROUNDS_64K), BYTES_64K);
-      add(`${l} bulk 1 MiB, 2 OUT + 2 IN`, () => bulkStream(e.conn, e.r1m, MIB1, ROUNDS_1M), BYTES_1M);
+      await runVariant([
+        [`${l} null URB, 1 in flight`, () => pipeline(e.conn, nullUrb, BATCH1, 1), BATCH1],
+        [`${l} null URB, 64 in flight`, () => pipeline(e.conn, nullUrb, BATCH, DEPTH), BATCH],
+        [`${l} round trip, one URB`, () => pipeline(e.conn, nullUrb, 1, 1), 1],
+        [`${l} bulk 64 KiB, 8 OUT + 8 IN`, () => bulkStream(e.conn, e.r64, KIB64, ROUNDS_64K), BYTES_64K],
+        [`${l} bulk 1 MiB, 2 OUT + 2 IN`, () => bulkStream(e.conn, e.r1m, MIB1, ROUNDS_1M), BYTES_1M],
+      ]);
+      const stats = await e.conn.stats();
+      await e.conn.close();
+      if (stats.rejected !== 0) throw new Error(`e2e bench: ${l} rejected URBs`);
+      const copies = Object.values(stats.portWorkers).reduce((n, p) => n + (p?.bounceCopies ?? 0), 0);
+      if (copies !== 0) throw new Error(`e2e bench: ${l} bounced ${copies} buffers (expected zero copy)`);
     }
-    for (const peer of peers) {
-      const d = peer.design;
-      add(`${d} null URB, 1 in flight`, () => peerPipeline(peer, BATCH1, 1), BATCH1);
-      add(`${d} null URB, 64 in flight`, () => peerPipeline(peer, BATCH, DEPTH), BATCH);
-      add(`${d} round trip, one URB`, () => peerPipeline(peer, 1, 1));
-      add(`${d} bulk 64 KiB, 8 OUT + 8 IN`, () => peerBulkStream(peer, b64, ROUNDS_64K), BYTES_64K);
-      add(`${d} bulk 1 MiB, 2 OUT + 2 IN`, () => peerBulkStream(peer, b1m, ROUNDS_1M), BYTES_1M);
+    for (const design of PEER_DESIGNS) {
+      const peer = await startPeer(design, DEPTH);
+      await runVariant([
+        [`${design} null URB, 1 in flight`, () => peerPipeline(peer, BATCH1, 1), BATCH1],
+        [`${design} null URB, 64 in flight`, () => peerPipeline(peer, BATCH, DEPTH), BATCH],
+        [`${design} round trip, one URB`, () => peerPipeline(peer, 1, 1), 1],
+        [`${design} bulk 64 KiB, 8 OUT + 8 IN`, () => peerBulkStream(peer, b64, ROUNDS_64K), BYTES_64K],
+        [`${design} bulk 1 MiB, 2 OUT + 2 IN`, () => peerBulkStream(peer, b1m, ROUNDS_1M), BYTES_1M],
+      ]);
+      await peer.close();
     }
-    await bench.run();
-    printBench("end to end: frontend → backend worker (→ port worker) → emulated loopback", bench, items);
+    printBench("end to end: frontend → backend worker (→ port worker) → emulated loopback", benches, items);
 
     const results: Result[] = [];
     const designs = [
-      ...engines.map((e) => ({ label: e.label, tag: e.tag })),
+      ...ENGINE_VARIANTS.map((e) => ({ label: e.label, tag: e.tag })),
       ...PEER_DESIGNS.map((d) => ({ label: d, tag: `.${d}` })),
     ];
     for (const { label: d, tag } of designs) {
-      const rate = (task: string) => latencyOf(bench, `${d} ${task}`);
+      const rate = (task: string) => latencyOf(benches, `${d} ${task}`);
       const n1 = rate("null URB, 1 in flight");
       const n64 = rate("null URB, 64 in flight");
       const rtt = rate("round trip, one URB");
@@ -274,15 +286,6 @@ export const e2eSuite = {
       );
     }
 
-    await Promise.all(peers.map((p) => p.close()));
-    for (const e of engines) {
-      const stats = await e.conn.stats();
-      await e.conn.close();
-      if (stats.rejected !== 0) throw new Error(`e2e bench: ${e.label} rejected URBs`);
-      const copies = Object.values(stats.portWorkers).reduce((n, p) => n + (p?.bounceCopies ?? 0), 0);
-      if (copies !== 0)
-        throw new Error(`e2e bench: ${e.label} bounced ${copies} buffers (expected zero copy)`);
-    }
     if (bulkBytes === 0) throw new Error("e2e bench: no bulk data moved");
     return results;
   },

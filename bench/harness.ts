@@ -46,24 +46,30 @@ export function formatRate(perSecond: number): string {
   return `${perSecond.toFixed(1)} /s`;
 }
 
-/** A completed task's rate and latency (throws when it did not complete). */
+/** A completed task's rate and latency, from one run or several (throws when it did not complete). */
 export function latencyOf(
-  bench: Bench,
+  benches: Bench | readonly Bench[],
   name: string,
 ): { opsPerSec: number; p50Micros: number; p99Micros: number } {
-  const r = bench.getTask(name)?.result;
+  const all = Array.isArray(benches) ? benches : [benches as Bench];
+  const r = all.map((b) => b.getTask(name)?.result).find((x) => x !== undefined);
   if (r?.state !== "completed") throw new Error(`bench task "${name}" did not complete`);
   return { opsPerSec: 1000 / r.period, p50Micros: r.latency.p50 * 1000, p99Micros: r.latency.p99 * 1000 };
 }
 
 /**
- * Print a tinybench run. `itemsPerOp` says how many units one measured call
+ * Print tinybench runs as one table. `itemsPerOp` says how many units one measured call
  * moves (a batch of 32 descriptors is 32), so rates compare across variants.
  */
-export function printBench(title: string, bench: Bench, itemsPerOp: Record<string, number> = {}): Result[] {
+export function printBench(
+  title: string,
+  benches: Bench | readonly Bench[],
+  itemsPerOp: Record<string, number> = {},
+): Result[] {
   const results: Result[] = [];
   console.log(`\n## ${title}`);
-  const rows = bench.tasks.map((task) => {
+  const tasks = (Array.isArray(benches) ? benches : [benches as Bench]).flatMap((b) => b.tasks);
+  const rows = tasks.map((task) => {
     const r = task.result;
     if (r?.state !== "completed") {
       const why = r && "error" in r ? String(r.error) : (r?.state ?? "not run");
