@@ -213,11 +213,18 @@ interface Message {
   /** A copy owned by the FIFO, or (only while its OUT is being accepted) a view of the OUT's buffer. */
   data: Uint8Array;
   offset: number;
+  /** `data` is the FIFO's own copy (its buffer may be recycled), not a view of guest memory. */
+  owned: boolean;
 }
+
+/** Used-up FIFO buffers kept for the next messages: a few, of at most a megabyte each. */
+const SPARE_FIFO_BUFFERS = 4;
+const SPARE_FIFO_BUFFER_MAX = 1024 * 1024;
 
 export class LoopbackDevice extends EmulatedDevice {
   private readonly fifoCapacity: number;
   private readonly fifo: Message[] = [];
+  private readonly spareBuffers: ArrayBuffer[] = [];
   private fifoBytes = 0;
   private readonly pendingIn = new TransferQueue();
   private readonly pendingOut = new TransferQueue();
@@ -417,7 +424,7 @@ export class LoopbackDevice extends EmulatedDevice {
     t.buffer.set(head.data.subarray(head.offset, head.offset + delivered));
     head.offset += sent;
     this.fifoBytes -= sent;
-    if (head.offset >= head.data.length) this.fifo.shift();
+    if (head.offset >= head.data.length) this.recycle(this.fifo.shift()!);
     this.count("bytesIn", delivered);
     this.count("transfersIn", 1);
     if (babble) t.fail(EOVERFLOW, delivered);
@@ -453,17 +460,18 @@ export class LoopbackDevice extends EmulatedDevice {
     if (this.fifo.length === 0 && this.pendingIn.peek() !== undefined) {
       // INs are waiting on an empty FIFO: hand them the OUT's bytes straight from its buffer (one copy,
       // guest to guest), and keep a copy only of what they leave, before the OUT completes below.
-      const message = { data: chunk, offset: 0 };
+      const message: Message = { data: chunk, offset: 0, owned: false };
       this.fifo.push(message);
       this.fifoBytes += take;
       let served = true;
       while (served && this.fifo[0] === message) served = this.serveIn(maxPacket);
       if (this.fifo[0] === message) {
-        message.data = message.data.slice(message.offset);
+        message.data = this.copyOf(message.data.subarray(message.offset));
         message.offset = 0;
+        message.owned = true;
       }
     } else {
-      this.fifo.push({ data: chunk.slice(), offset: 0 });
+      this.fifo.push({ data: this.copyOf(chunk), offset: 0, owned: true });
       this.fifoBytes += take;
     }
     this.outAccepted += take;
@@ -475,6 +483,31 @@ export class LoopbackDevice extends EmulatedDevice {
       t.ok(data.length);
     }
     return true;
+  }
+
+  /**
+   * A FIFO-owned copy of `bytes`, in a recycled buffer when one is big enough: a fresh megabyte per
+   * message drove V8's external-memory accounting into full collections on the 1 MiB stream.
+   */
+  private copyOf(bytes: Uint8Array): Uint8Array {
+    const i = this.spareBuffers.findIndex((b) => b.byteLength >= bytes.length);
+    const out =
+      i < 0
+        ? new Uint8Array(bytes.length)
+        : new Uint8Array(this.spareBuffers.splice(i, 1)[0]!, 0, bytes.length);
+    out.set(bytes);
+    return out;
+  }
+
+  /** A message the INs have used up gives its buffer back (only FIFO-owned copies, a few at most). */
+  private recycle(message: Message): void {
+    const buffer = message.data.buffer as ArrayBuffer;
+    if (
+      message.owned &&
+      buffer.byteLength <= SPARE_FIFO_BUFFER_MAX &&
+      this.spareBuffers.length < SPARE_FIFO_BUFFERS
+    )
+      this.spareBuffers.push(buffer);
   }
 
   private scheduleInterrupt(t: PendingTransfer, ep: EndpointLayout): void {
