@@ -16,7 +16,7 @@ import { UsbBackend } from "../src/backend/backend.js";
 import { openInlinePort } from "../src/backend/inline-port.js";
 import { createControllerHandles } from "../src/engine/handles.js";
 import { VirtualHostController } from "../src/frontend/index.js";
-import type { Urb } from "../src/frontend/types.js";
+import type { Urb, UrbCompletion } from "../src/frontend/types.js";
 import { GuestUsbDriver } from "../src/guest/guest-driver.js";
 import { OK } from "../src/urb/status.js";
 import type { DevAddr, EndpointNum, PortNum } from "../src/urb/types.js";
@@ -39,20 +39,24 @@ function post<T>(session: Session, method: string, params: object = {}): Promise
   );
 }
 
-/** Run `urbs` copies of `make()` 64 deep, one completion each. */
+/** Run `urbs` copies of `make()` 64 deep, one completion each (one callback per slot: the harness adds no garbage). */
 function pipeline(hcd: VirtualHostController, make: () => Urb, urbs: number): Promise<void> {
   return new Promise((resolve, reject) => {
     let submitted = 0;
     let completed = 0;
-    const send = (urb: Urb): void => {
-      submitted++;
-      hcd.submitWithCallback(urb, (c) => {
+    const slot = (urb: Urb): void => {
+      const onDone = (c: UrbCompletion): void => {
         if (c.status !== OK) return reject(new Error(`URB ended with status ${c.status}`));
         if (++completed === urbs) resolve();
-        else if (submitted < urbs) send(urb);
-      });
+        else if (submitted < urbs) {
+          submitted++;
+          hcd.submitWithCallback(urb, onDone);
+        }
+      };
+      submitted++;
+      hcd.submitWithCallback(urb, onDone);
     };
-    for (let i = 0; i < DEPTH && i < urbs; i++) send(make());
+    for (let i = 0; i < DEPTH && i < urbs; i++) slot(make());
   });
 }
 
