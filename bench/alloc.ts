@@ -46,7 +46,10 @@ function pipeline(hcd: VirtualHostController, make: () => Urb, urbs: number): Pr
     let completed = 0;
     const slot = (urb: Urb): void => {
       const onDone = (c: UrbCompletion): void => {
-        if (c.status !== OK) return reject(new Error(`URB ended with status ${c.status}`));
+        if (c.status !== OK) {
+          reject(new Error(`URB ended with status ${c.status}`));
+          return;
+        }
         if (++completed === urbs) resolve();
         else if (submitted < urbs) {
           submitted++;
