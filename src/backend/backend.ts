@@ -493,7 +493,7 @@ export class UsbBackend implements Waitable {
   }
 
   private giveBack(r: InFlightUrb): void {
-    r.pins.length = 0;
+    if (r.pins.length !== 0) r.pins.length = 0; // setting length is a builtin call even when it is 0
     r.unlinkWaiters = null;
     r.cancelSent = false;
     if (this.spare.length < MAX_SPARE_RECORDS) this.spare.push(r);
