@@ -1,15 +1,16 @@
 /**
  * Fuzz: a hostile frontend against the backend, with a real device behind it.
  *
- * The backend runs in this thread (as in test/backend/hostile-frontend.test.ts) but port 1 has a real
- * port worker with the emulated loopback device, so fuzzed requests that pass the gate reach a device,
+ * The backend runs in this thread (as in test/backend/hostile-frontend.test.ts) and port 1 has the
+ * emulated loopback device, run twice: on a real port worker, and on this thread as the default
+ * placement puts it (on the backend's), so fuzzed requests that pass the gate reach a device,
  * pin grants and get IN data written into guest memory. Each fast-check run writes "good" grants,
  * then a random mix of valid-looking URBs (random fields, real and random grant refs with random
  * offsets/lengths, indirect pages, iso descriptor arrays, unlinks), mutated URBs, raw garbage slots,
  * raw writes into the grant table and mid-stream polls; sometimes it ends by corrupting reqProd.
  *
  * Invariants, checked after every run:
- * - poll() never throws and the port worker never errors or exits;
+ * - poll() never throws and the port worker never errors or exits (the in-thread device never fails);
  * - every request gets exactly one response (ids are unique per request; a pending one is unlinked);
  * - guest memory outside every frame that was ever granted writable (to anyone) is byte-for-byte the
  *   canary (plus what the guest itself wrote: indirect pages, iso descriptors);
@@ -23,6 +24,7 @@
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { UsbBackend } from "../../src/backend/backend.js";
+import { openInlinePort } from "../../src/backend/inline-port.js";
 import type { PortLink } from "../../src/backend/port-link.js";
 import { spawnPortWorker, type WorkerPort } from "../../src/backend/worker-port.js";
 import {
@@ -100,7 +102,7 @@ function newBackend(handles: ControllerHandles, faultEvents: number[]): UsbBacke
   return b;
 }
 
-async function makeFuzzed(): Promise<Fuzzed> {
+async function makeFuzzed(placement: "worker" | "backend"): Promise<Fuzzed> {
   const handles = createControllerHandles({
     ports: 2,
     memory: MEMORY_FRAMES,
@@ -109,16 +111,25 @@ async function makeFuzzed(): Promise<Fuzzed> {
   });
   const faultEvents: number[] = [];
   const backend = newBackend(handles, faultEvents);
-  const link = await spawnPortWorker({
+  const options = {
     port: 1,
-    spec: { kind: "emulated", name: "loopback" },
+    spec: { kind: "emulated", name: "loopback" } as const,
     memory: handles.memory,
     backendBell: handles.backendBell,
-  });
+  };
+  // The device on a port worker of its own, or on this thread (the backend's, here) as by default.
+  const link = placement === "worker" ? await spawnPortWorker(options) : await openInlinePort(options);
   const workerTrouble: string[] = [];
-  const worker = (link.host as WorkerPort).worker;
-  worker.on("error", (err) => workerTrouble.push(`error: ${String(err)}`));
-  worker.on("exit", (code) => workerTrouble.push(`exit ${code}`));
+  if (placement === "worker") {
+    const worker = (link.host as WorkerPort).worker;
+    worker.on("error", (err) => workerTrouble.push(`error: ${String(err)}`));
+    worker.on("exit", (code) => workerTrouble.push(`exit ${code}`));
+  } else {
+    link.host.watch({
+      gone: (reason) => workerTrouble.push(`gone: ${reason}`),
+      failed: (reason) => workerTrouble.push(`failed: ${reason}`),
+    });
+  }
   backend.attachLink(link);
   const memory = new GuestMemory({ regions: handles.memory });
   const shadow = CANARY.slice();
@@ -606,59 +617,65 @@ async function corruptAndRecover(delta: number): Promise<void> {
 
 let bystander: Bystander;
 
-beforeAll(async () => {
-  fz = await makeFuzzed();
-  await honestEnumerate();
-  bystander = await startBystander();
-}, 30_000);
+describe.each(["worker", "backend"] as const)(
+  "fuzz: hostile frontend against the backend, device on the %s thread",
+  (placement) => {
+    beforeAll(async () => {
+      for (const k of Object.keys(stats) as (keyof typeof stats)[]) stats[k] = 0;
+      fz = await makeFuzzed(placement);
+      await honestEnumerate();
+      bystander = await startBystander();
+    }, 30_000);
 
-afterAll(async () => {
-  await bystander?.stop();
-  if (fz !== undefined) {
-    fz.backend.failPort(1, "detached");
-    await fz.link.host.close().catch(() => undefined);
-    await fz.link.host.retire();
-  }
-});
+    afterAll(async () => {
+      await bystander?.stop();
+      if (fz !== undefined) {
+        fz.backend.failPort(1, "detached");
+        await fz.link.host.close().catch(() => undefined);
+        await fz.link.host.retire();
+      }
+    });
 
-describe("fuzz: hostile frontend against the backend and a real port worker", () => {
-  it("answers every request exactly once, writes only granted-writable memory, and contains index faults", async () => {
-    console.log(`[fuzz backend] seed ${SEED}, time box ${TIME_MS} ms (USBVIRT_FUZZ_SEED / USBVIRT_FUZZ_MS)`);
-    // Baseline of the bystander, then the fuzz.
-    const base0 = bystander.rounds();
-    await new Promise((r) => setTimeout(r, 500));
-    const baselineRate = (bystander.rounds() - base0) / 0.5;
-    const start0 = bystander.rounds();
-    const t0 = Date.now();
-    // interruptAfterTimeLimit abandons the run in progress: keep it, and let it finish before checking.
-    let current: Promise<void> = Promise.resolve();
-    await fc.assert(
-      fc.asyncProperty(runArb, (run) => {
-        current = oneRun(run);
-        return current;
-      }),
-      {
-        seed: SEED,
-        numRuns: 1_000_000,
-        interruptAfterTimeLimit: TIME_MS,
-        markInterruptAsFailure: false,
-        endOnFailure: true,
-      },
-    );
-    await current;
-    const seconds = (Date.now() - t0) / 1000;
-    const fuzzRate = (bystander.rounds() - start0) / seconds;
-    console.log(
-      `[fuzz backend] ${JSON.stringify(stats)}; bystander ${baselineRate.toFixed(0)} rounds/s before, ${fuzzRate.toFixed(0)} during`,
-    );
-    expect(stats.runs).toBeGreaterThan(20);
-    expect(stats.forwarded).toBeGreaterThan(0); // fuzzed URBs did reach the device
-    expect(stats.faults).toBeGreaterThan(0);
-    expect(bystander.errors).toEqual([]);
-    // The bystander shares two cores with the fuzz thread and its workers: it slows, it must not stop.
-    expect(fuzzRate).toBeGreaterThan(baselineRate * 0.05);
-    expect(fz.workerTrouble).toEqual([]);
-    const portStats = await fz.link.host.stats();
-    expect(portStats.inFlight).toBe(0);
-  }, 60_000);
-});
+    it("answers every request exactly once, writes only granted-writable memory, and contains index faults", async () => {
+      console.log(
+        `[fuzz backend] seed ${SEED}, time box ${TIME_MS} ms (USBVIRT_FUZZ_SEED / USBVIRT_FUZZ_MS)`,
+      );
+      // Baseline of the bystander, then the fuzz.
+      const base0 = bystander.rounds();
+      await new Promise((r) => setTimeout(r, 500));
+      const baselineRate = (bystander.rounds() - base0) / 0.5;
+      const start0 = bystander.rounds();
+      const t0 = Date.now();
+      // interruptAfterTimeLimit abandons the run in progress: keep it, and let it finish before checking.
+      let current: Promise<void> = Promise.resolve();
+      await fc.assert(
+        fc.asyncProperty(runArb, (run) => {
+          current = oneRun(run);
+          return current;
+        }),
+        {
+          seed: SEED,
+          numRuns: 1_000_000,
+          interruptAfterTimeLimit: TIME_MS,
+          markInterruptAsFailure: false,
+          endOnFailure: true,
+        },
+      );
+      await current;
+      const seconds = (Date.now() - t0) / 1000;
+      const fuzzRate = (bystander.rounds() - start0) / seconds;
+      console.log(
+        `[fuzz backend] ${JSON.stringify(stats)}; bystander ${baselineRate.toFixed(0)} rounds/s before, ${fuzzRate.toFixed(0)} during`,
+      );
+      expect(stats.runs).toBeGreaterThan(20);
+      expect(stats.forwarded).toBeGreaterThan(0); // fuzzed URBs did reach the device
+      expect(stats.faults).toBeGreaterThan(0);
+      expect(bystander.errors).toEqual([]);
+      // The bystander shares two cores with the fuzz thread and its workers: it slows, it must not stop.
+      expect(fuzzRate).toBeGreaterThan(baselineRate * 0.05);
+      expect(fz.workerTrouble).toEqual([]);
+      const portStats = await fz.link.host.stats();
+      expect(portStats.inFlight).toBe(0);
+    }, 60_000);
+  },
+);
