@@ -92,8 +92,8 @@ export class AdaptiveSpin {
     if (budget === 0) return false;
     if (this.limiter !== undefined && !this.limiter.tryEnter()) return false;
     const deadline = performance.now() + budget / 1000;
-    // One promise per spin and a bare setImmediate per turn: a promise per turn made garbage enough
-    // (kilobytes per URB) for the scavenger to cost a third of the backend's time.
+    // One promise per spin and a bare setImmediate per turn: awaiting timers/promises' setImmediate made a
+    // promise, an Immediate and closures per turn, garbage the scavenger pays for on the data path.
     return new Promise<boolean>((resolve) => {
       const turn = (): void => {
         if (w.hasPending()) {
