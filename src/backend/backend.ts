@@ -188,6 +188,8 @@ export class UsbBackend implements Waitable {
   poll(): number {
     let work = 0;
     for (const p of this.ports) if (p.link !== null) work += this.drainPort(p.link);
+    // Answers out before the next batch is taken: the frontend refills while this thread works.
+    if (work > 0 && this.urbRing.pushResponses()) this.frontendBell.ring();
     for (let taken = 0; taken < REQUESTS_PER_POLL && this.urbRing.takeRequest(this.copy); taken++) {
       work++;
       this.stats.requests++;
