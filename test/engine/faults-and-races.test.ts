@@ -100,14 +100,17 @@ describe("hotplug and failures", () => {
       }
     })();
     for (let round = 0; round < 5; round++) {
+      const before = moved;
       await conn.attach(2, { kind: "emulated", name: "storage", options: { sizeBytes: 1024 * 1024 } });
       await guest.enumerate(port(2), addr(3));
       await conn.detach(2);
       await eventually(() => !r!.hcd.portStatus(port(2)).connected, 5000, "port 2 disconnect");
+      // Port 1 keeps moving data across every hotplug (an attach is now quicker than an echo under load).
+      await eventually(() => moved > before, 5000, `port 1 traffic during round ${round}`);
     }
     running = false;
     await traffic;
-    expect(moved).toBeGreaterThan(5);
+    expect(moved).toBeGreaterThanOrEqual(5);
   });
 
   it("contains a port worker crash to its port: its URBs fail, the port disconnects, others go on", async () => {
