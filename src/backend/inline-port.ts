@@ -35,7 +35,8 @@ export class InlinePort implements PortHost {
     private readonly service: PortService,
   ) {}
 
-  kick(): void {
+  kick(_notify: boolean): void {
+    // Run whatever the ring says: nobody waits on its doorbell, the service runs right here.
     if (this.broken || this.retired) return;
     try {
       this.service.drain();
