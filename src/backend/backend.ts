@@ -50,9 +50,10 @@ import {
 import type { InFlightUrb, PortLink } from "./port-link.js";
 
 /**
- * Requests taken per poll. Answers go out at the end of each poll, so a
- * bounded batch keeps the pipeline full: the frontend refills while the rest
- * of a deep queue is still here (Xen's backends bound a batch the same way).
+ * Requests taken per poll. The answers collected from the ports go out before
+ * each batch is taken, so a bounded batch keeps the pipeline full: the
+ * frontend refills while the rest of a deep queue is still here (Xen's
+ * backends bound a batch the same way).
  */
 const REQUESTS_PER_POLL = 16;
 

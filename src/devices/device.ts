@@ -31,6 +31,12 @@ import type { SetupPacket } from "../urb/types.js";
 
 export type TransferKind = "control" | "bulk" | "interrupt" | "isochronous";
 
+/**
+ * The buffer of a transfer with no data stage, shared by the port service and the device models: zero
+ * bytes long, nothing can be written to it, so one serves every such transfer (no allocation per URB).
+ */
+export const NO_DATA: Uint8Array = new Uint8Array(0);
+
 export interface IsoPacketRequest {
   /** Offset of this packet's data in the transfer buffer. */
   readonly offset: number;

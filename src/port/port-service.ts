@@ -10,12 +10,13 @@
  * event loop, so waiting is Atomics.waitAsync and a hot loop yields.
  */
 import { setImmediate as yieldToLoop } from "node:timers/promises";
-import type {
-  IsoPacketRequest,
-  TransferKind,
-  TransferRequest,
-  TransferResult,
-  UsbDevice,
+import {
+  type IsoPacketRequest,
+  NO_DATA,
+  type TransferKind,
+  type TransferRequest,
+  type TransferResult,
+  type UsbDevice,
 } from "../devices/device.js";
 import { BackRing } from "../rings/back-ring.js";
 import { Doorbell } from "../rings/doorbell.js";
@@ -70,9 +71,6 @@ interface Transfer extends TransferRequest {
   readonly segments: Uint32Array | null;
   readonly isoDescriptors: Uint8Array | null;
 }
-
-/** The buffer of every no-data transfer: zero bytes long, nothing can be written to it, so one serves all. */
-const NO_DATA = new Uint8Array(0);
 
 export class PortService {
   private readonly ring: BackRing;

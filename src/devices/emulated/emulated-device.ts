@@ -26,13 +26,14 @@ import {
 } from "../../urb/status.js";
 import type { SetupPacket } from "../../urb/types.js";
 import { UsbvirtError } from "../../util/errors.js";
-import type {
-  DeviceInfo,
-  TransferDone,
-  TransferHandle,
-  TransferRequest,
-  TransferResult,
-  UsbDevice,
+import {
+  type DeviceInfo,
+  NO_DATA,
+  type TransferDone,
+  type TransferHandle,
+  type TransferRequest,
+  type TransferResult,
+  type UsbDevice,
 } from "../device.js";
 import {
   buildDescriptors,
@@ -82,8 +83,6 @@ const STATUS_LENGTH = 2;
 
 /** USB frame numbers are 11 bits (§8.4.3.1). */
 const FRAME_NUMBER_MASK = 0x7ff;
-/** The empty data stage: zero bytes long, nothing can be written to it, so one serves every request. */
-const NO_DATA = new Uint8Array(0);
 /** A device handles at most this many iso packets per transfer (as the URB gate: src/urb/limits.ts). */
 export const MAX_ISO_PACKETS_PER_TRANSFER = 1024;
 

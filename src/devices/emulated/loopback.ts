@@ -35,7 +35,7 @@ import { MAX_BUFFER_LENGTH } from "../../urb/limits.js";
 import { EMSGSIZE, EOVERFLOW, EPIPE, EPROTO, OK, type UrbStatus } from "../../urb/status.js";
 import type { SetupPacket } from "../../urb/types.js";
 import { InvalidOptionError } from "../../util/errors.js";
-import type { IsoPacketResult } from "../device.js";
+import { type IsoPacketResult, NO_DATA } from "../device.js";
 import {
   type AlternateSettingSpec,
   type DeviceSpec,
@@ -205,8 +205,6 @@ function emptyStats(): LoopbackStats {
     isoPacketsOut: 0,
   };
 }
-
-const NO_DATA = new Uint8Array(0);
 
 /** One queued OUT transfer's data (copied: the guest view is only ours until the OUT completes). */
 interface Message {
