@@ -65,9 +65,8 @@ import {
   type UrbRequest,
 } from "../../src/urb/types.js";
 import { type Bystander, startBystander } from "./bystander.js";
+import { fuzzFor } from "./time-box.js";
 
-const SEED = Number(process.env.USBVIRT_FUZZ_SEED ?? 0x5eed_0b);
-const TIME_MS = Number(process.env.USBVIRT_FUZZ_MS ?? 6000);
 const MEMORY_FRAMES = 512;
 const GRANT_ENTRIES = 256;
 const SLOT = URB_RING_GEOMETRY.slotSize;
@@ -637,31 +636,13 @@ describe.each(["worker", "backend"] as const)(
     });
 
     it("answers every request exactly once, writes only granted-writable memory, and contains index faults", async () => {
-      console.log(
-        `[fuzz backend] seed ${SEED}, time box ${TIME_MS} ms (USBVIRT_FUZZ_SEED / USBVIRT_FUZZ_MS)`,
-      );
       // Baseline of the bystander, then the fuzz.
       const base0 = bystander.rounds();
       await new Promise((r) => setTimeout(r, 500));
       const baselineRate = (bystander.rounds() - base0) / 0.5;
       const start0 = bystander.rounds();
       const t0 = Date.now();
-      // interruptAfterTimeLimit abandons the run in progress: keep it, and let it finish before checking.
-      let current: Promise<void> = Promise.resolve();
-      await fc.assert(
-        fc.asyncProperty(runArb, (run) => {
-          current = oneRun(run);
-          return current;
-        }),
-        {
-          seed: SEED,
-          numRuns: 1_000_000,
-          interruptAfterTimeLimit: TIME_MS,
-          markInterruptAsFailure: false,
-          endOnFailure: true,
-        },
-      );
-      await current;
+      await fuzzFor("backend", runArb, oneRun);
       const seconds = (Date.now() - t0) / 1000;
       const fuzzRate = (bystander.rounds() - start0) / seconds;
       console.log(

@@ -40,9 +40,8 @@ import {
   startServer,
   type TestServer,
 } from "../usbip/helpers.js";
+import { fuzzFor } from "./time-box.js";
 
-const SEED = Number(process.env.USBVIRT_FUZZ_SEED ?? 0x5eed_0b);
-const TIME_MS = Number(process.env.USBVIRT_FUZZ_MS ?? 6000);
 const DEVID = 0x10001;
 
 let t: TestServer;
@@ -406,28 +405,12 @@ async function oneRun(run: Run): Promise<void> {
 
 describe("fuzz: arbitrary byte streams against the USB/IP server", () => {
   it("closes bad connections alone, answers framed URBs at most (or exactly) once, and keeps serving others", async () => {
-    console.log(`[fuzz usbip] seed ${SEED}, time box ${TIME_MS} ms (USBVIRT_FUZZ_SEED / USBVIRT_FUZZ_MS)`);
     const base0 = honestRounds;
     await new Promise((r) => setTimeout(r, 500));
     const baselineRate = (honestRounds - base0) / 0.5;
     const start0 = honestRounds;
     const t0 = Date.now();
-    // interruptAfterTimeLimit abandons the run in progress: keep it, and let it finish before checking.
-    let current: Promise<void> = Promise.resolve();
-    await fc.assert(
-      fc.asyncProperty(runArb, (run) => {
-        current = oneRun(run);
-        return current;
-      }),
-      {
-        seed: SEED,
-        numRuns: 1_000_000,
-        interruptAfterTimeLimit: TIME_MS,
-        markInterruptAsFailure: false,
-        endOnFailure: true,
-      },
-    );
-    await current;
+    await fuzzFor("usbip", runArb, oneRun);
     const rate = (honestRounds - start0) / ((Date.now() - t0) / 1000);
     console.log(
       `[fuzz usbip] ${JSON.stringify(stats)}; honest client ${baselineRate.toFixed(0)} rounds/s before, ${rate.toFixed(0)} during`,
