@@ -16,11 +16,11 @@ import { UsbBackend } from "../src/backend/backend.js";
 import { openInlinePort } from "../src/backend/inline-port.js";
 import { createControllerHandles } from "../src/engine/handles.js";
 import { VirtualHostController } from "../src/frontend/index.js";
-import type { Urb, UrbCompletion } from "../src/frontend/types.js";
+import type { Urb } from "../src/frontend/types.js";
 import { GuestUsbDriver } from "../src/guest/guest-driver.js";
-import { OK } from "../src/urb/status.js";
 import type { DevAddr, EndpointNum, PortNum } from "../src/urb/types.js";
 import type { Result, SuiteOptions } from "./harness.js";
+import { urbPipeline } from "./urb-pipeline.js";
 
 const PORT = 1 as PortNum;
 const ADDRESS = 2 as DevAddr;
@@ -37,30 +37,6 @@ function post<T>(session: Session, method: string, params: object = {}): Promise
   return new Promise((resolve, reject) =>
     session.post(method, params, (err, result) => (err ? reject(err) : resolve(result as T))),
   );
-}
-
-/** Run `urbs` copies of `make()` 64 deep, one completion each (one callback per slot: the harness adds no garbage). */
-function pipeline(hcd: VirtualHostController, make: () => Urb, urbs: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let submitted = 0;
-    let completed = 0;
-    const slot = (urb: Urb): void => {
-      const onDone = (c: UrbCompletion): void => {
-        if (c.status !== OK) {
-          reject(new Error(`URB ended with status ${c.status}`));
-          return;
-        }
-        if (++completed === urbs) resolve();
-        else if (submitted < urbs) {
-          submitted++;
-          hcd.submitWithCallback(urb, onDone);
-        }
-      };
-      submitted++;
-      hcd.submitWithCallback(urb, onDone);
-    };
-    for (let i = 0; i < DEPTH && i < urbs; i++) slot(make());
-  });
 }
 
 export const allocSuite = {
@@ -116,13 +92,13 @@ export const allocSuite = {
     const session = new Session();
     session.connect();
     const perUrb = async (make: () => Urb, urbs: number): Promise<{ bytes: number; top: string[] }> => {
-      await pipeline(hcd, make, Math.max(1000, urbs / 4)); // warm: optimised code allocates less
+      await urbPipeline(hcd, make, Math.max(1000, urbs / 4), DEPTH); // warm: optimised code allocates less
       await post(session, "HeapProfiler.startSampling", {
         samplingInterval: SAMPLING_BYTES,
         includeObjectsCollectedByMajorGC: true,
         includeObjectsCollectedByMinorGC: true,
       });
-      await pipeline(hcd, make, urbs);
+      await urbPipeline(hcd, make, urbs, DEPTH);
       const { profile } = await post<{ profile: { head: SampleNode } }>(session, "HeapProfiler.stopSampling");
       const byFunction = new Map<string, number>();
       let total = 0;

@@ -24,6 +24,7 @@ import type { DevAddr, EndpointNum, PortNum } from "../src/urb/types.js";
 import { benchTiming, latencyOf, printBench, type Result, type SuiteOptions } from "./harness.js";
 import { PEER_DESIGNS, type PeerTransport, startPeer } from "./peers/peers.js";
 import type { PeerUrb } from "./peers/wire.js";
+import { urbPipeline } from "./urb-pipeline.js";
 
 const PORT = 1 as PortNum;
 const ADDRESS = 2 as DevAddr;
@@ -53,31 +54,7 @@ const nullUrb: Urb = {
 
 /** Complete `total` copies of `urb` keeping `depth` in flight. */
 function pipeline(conn: Connection, urb: Urb, total: number, depth: number): Promise<void> {
-  const hcd = conn.frontend!;
-  // Distinct URB objects (the controller refuses one already outstanding), made before timing starts.
-  const urbs = Array.from({ length: Math.min(depth, total) }, () => ({ ...urb }));
-  return new Promise((resolve, reject) => {
-    let submitted = 0;
-    let completed = 0;
-    const callbacks = urbs.map((u) => {
-      const onDone = (c: UrbCompletion): void => {
-        if (c.status !== OK) {
-          reject(new Error(`URB failed with status ${c.status}`));
-          return;
-        }
-        if (++completed === total) resolve();
-        else if (submitted < total) {
-          submitted++;
-          hcd.submitWithCallback(u, onDone);
-        }
-      };
-      return onDone;
-    });
-    for (let i = 0; i < urbs.length; i++) {
-      submitted++;
-      hcd.submitWithCallback(urbs[i]!, callbacks[i]!);
-    }
-  });
+  return urbPipeline(conn.frontend!, () => ({ ...urb }), total, depth);
 }
 
 /** The same pipeline through a peer design. */
