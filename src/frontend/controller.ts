@@ -181,7 +181,9 @@ export class VirtualHostController {
   /** Set at backend loss: the shared rings hold the dead backend's state until re-initialised. */
   private ringsNeedReset = false;
   private polling = false;
-  /** Requests committed during a poll, published once at its end (one push and at most one ring per drain). */
+  /** Depth of batch() calls: requests committed inside one are published when the outermost ends. */
+  private batching = 0;
+  /** Requests committed during a poll or batch, published once at its end (one push and at most one ring). */
   private publishDeferred = false;
   private readonly listeners = new Map<ControllerEventName, Set<(...args: never[]) => void>>();
 
@@ -445,9 +447,27 @@ export class VirtualHostController {
     this.pendingLive++;
   }
 
+  /**
+   * Run `submits` (any submitWithCallback / unlink calls) and publish what they committed to the
+   * backend once at the end, with at most one doorbell: a network server hands the engine every PDU
+   * one socket read brought this way. Nothing is delayed past the call's return.
+   */
+  batch(submits: () => void): void {
+    this.batching++;
+    try {
+      submits();
+    } finally {
+      this.batching--;
+      if (this.batching === 0 && !this.polling && this.publishDeferred) {
+        this.publishDeferred = false;
+        if (this.connected) this.publish();
+      }
+    }
+  }
+
   private publish(): void {
-    // Inside poll() (completion callbacks resubmitting): batch, poll() publishes once when it is done.
-    if (this.polling) {
+    // Inside poll() (completion callbacks resubmitting) or batch(): publish once when it is done.
+    if (this.polling || this.batching > 0) {
       this.publishDeferred = true;
       return;
     }
@@ -661,7 +681,7 @@ export class VirtualHostController {
       return this.pollOnce();
     } finally {
       this.polling = false;
-      if (this.publishDeferred) {
+      if (this.publishDeferred && this.batching === 0) {
         this.publishDeferred = false;
         if (this.connected) this.publish();
       }

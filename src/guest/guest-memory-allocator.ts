@@ -26,19 +26,33 @@ export class GuestBufferAllocator {
 
   /** `length` bytes aligned to `align` (default 64); throws when guest memory is exhausted. */
   allocate(length: number, align = 64): GuestRange {
+    const range = this.tryAllocate(length, align);
+    if (range === null) throw new InvalidOptionError(`guest memory exhausted allocating ${length} bytes`);
+    return range;
+  }
+
+  /** As allocate(), but null when no free range is large enough (a server's hot path waits instead). */
+  tryAllocate(length: number, align = 64): GuestRange | null {
     if (!Number.isInteger(length) || length < 1)
       throw new InvalidOptionError(`allocation length ${length} is invalid`);
-    for (let i = 0; i < this.free.length; i++) {
-      const r = this.free[i]!;
+    const free = this.free;
+    for (let i = 0; i < free.length; i++) {
+      const r = free[i]!;
       const at = Math.ceil(r.start / align) * align;
       if (at + length > r.end) continue;
-      const pieces = [];
-      if (at > r.start) pieces.push({ start: r.start, end: at });
-      if (at + length < r.end) pieces.push({ start: at + length, end: r.end });
-      this.free.splice(i, 1, ...pieces);
+      if (at === r.start) {
+        // The common case: carve from the front, no new piece.
+        if (at + length === r.end) free.splice(i, 1);
+        else r.start = at + length;
+      } else if (at + length === r.end) {
+        r.end = at;
+      } else {
+        free.splice(i + 1, 0, { start: at + length, end: r.end });
+        r.end = at;
+      }
       return { offset: at as GuestOffset, length };
     }
-    throw new InvalidOptionError(`guest memory exhausted allocating ${length} bytes`);
+    return null;
   }
 
   /** A page-aligned allocation (DMA buffers usually are). */
@@ -46,20 +60,39 @@ export class GuestBufferAllocator {
     return this.allocate(length, FRAME_SIZE);
   }
 
+  /** Bytes free in total (not necessarily contiguous). */
+  get freeBytes(): number {
+    let total = 0;
+    for (const r of this.free) total += r.end - r.start;
+    return total;
+  }
+
   release(range: GuestRange): void {
     const start = range.offset as number;
     const end = start + range.length;
     const list = this.free;
-    let i = 0;
-    while (i < list.length && list[i]!.start < start) i++;
-    list.splice(i, 0, { start, end });
-    // Coalesce neighbours.
-    const merged: { start: number; end: number }[] = [];
-    for (const r of list) {
-      const last = merged[merged.length - 1];
-      if (last !== undefined && last.end >= r.start) last.end = Math.max(last.end, r.end);
-      else merged.push({ ...r });
+    // Binary search for the first free range after this one, then merge with the neighbours in place.
+    let lo = 0;
+    let hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (list[mid]!.start < start) lo = mid + 1;
+      else hi = mid;
     }
-    this.free = merged;
+    const before = lo > 0 ? list[lo - 1]! : undefined;
+    const after = lo < list.length ? list[lo]! : undefined;
+    const joinsBefore = before !== undefined && before.end >= start;
+    const joinsAfter = after !== undefined && end >= after.start;
+    if (joinsBefore && joinsAfter) {
+      before.end = Math.max(after.end, end);
+      list.splice(lo, 1);
+    } else if (joinsBefore) {
+      before.end = Math.max(before.end, end);
+    } else if (joinsAfter) {
+      after.start = start;
+      after.end = Math.max(after.end, end);
+    } else {
+      list.splice(lo, 0, { start, end });
+    }
   }
 }

@@ -5,9 +5,24 @@
  * One engine Connection serves every exported device: device i sits on root
  * port i (busid "1-i", devid 1 << 16 | i). The server is that connection's
  * guest: each CMD_SUBMIT becomes an engine URB whose buffer lives in the
- * connection's guest memory (OUT data copied in from the socket, IN data
- * copied out to it — the one copy at the network edge), so every transfer
- * crosses the same rings, grants and port workers as an embedded VMM's.
+ * connection's guest memory, so every transfer crosses the same rings, grants,
+ * parse gate and port service as an embedded VMM's.
+ *
+ * The socket side (designed for it; DESIGN.md "Servers on the engine"):
+ * - OUT data is read straight from the socket's chunks into its guest buffer
+ *   (urb-reader.ts: linear in bytes however TCP segments the stream); every
+ *   submit one read brought reaches the engine in one batch, one doorbell.
+ * - Replies of one turn leave in one writev (reply-writer.ts); IN data is
+ *   written from guest memory, its buffer held until the kernel took it.
+ * - Each exported device — so each client, one client per device — owns a
+ *   fixed share of the engine: its own region of guest memory, its share of
+ *   the URB ring's slots and of the scratch frames iso descriptors use. A
+ *   client that uses up its share waits (its reads paused) for its own URBs;
+ *   the others never notice. A request that cannot start for
+ *   `blockedRequestMs` while none of its client's URBs completes gets -ENOMEM,
+ *   as usbfs answers past its memory limit. A client whose unsent replies pass
+ *   `maxSendQueueBytes` has no request started until it reads, and is dropped
+ *   when it does not read for `stalledClientMs`.
  *
  * Per client connection: management phase (OP_REQ_DEVLIST, OP_REQ_IMPORT),
  * then the URB phase on the same socket. On import the server resets the
@@ -19,46 +34,55 @@
  * goes away (vhci detach closes the socket without unlinks) has everything
  * in flight unlinked; the device can be imported again once that drained.
  *
- * Hostile input: a PDU the frame reader cannot frame (bad version, unknown
- * command, lengths over the limits), a CMD_SUBMIT for another devid, or a
- * duplicate seqnum ends that connection with a log line; a request that is
- * well framed but wrong (bad endpoint, a setup packet the device refuses) gets
- * a RET_SUBMIT with an error status. A client that stops reading has its
- * reads paused once its send queue passes a bound and is dropped after a timeout.
+ * Hostile input: a PDU the reader cannot frame (bad version, unknown command,
+ * lengths over the limits), a PDU for another devid, or a duplicate seqnum ends
+ * that connection with a log line; a request that is well framed but wrong (bad
+ * endpoint, iso descriptors outside the buffer or overlapping, a setup packet
+ * the device refuses) gets a RET_SUBMIT with an error status.
  */
 import { EventEmitter } from "node:events";
 import { BlockList, createServer, isIP, type Server, type Socket } from "node:net";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
-import { FRAME_SIZE } from "../dma-map/types.js";
+import { FRAME_SIZE, type GuestOffset } from "../dma-map/types.js";
 import { Connection, type ConnectionOptions } from "../engine/connection.js";
-import type { Urb, UrbCompletion, VirtualHostController } from "../frontend/index.js";
+import { URB_RING_GEOMETRY } from "../engine/handles.js";
+import { UNLINK_RESERVED_SLOTS } from "../frontend/controller.js";
+import type {
+  BufferSegment,
+  BulkTransfer,
+  ControlTransfer,
+  InterruptTransfer,
+  IsoPacketSpec,
+  Urb,
+  UrbCallback,
+  UrbCompletion,
+  VirtualHostController,
+} from "../frontend/index.js";
+import { isoDescriptorFrames } from "../frontend/validate.js";
 import { GuestUsbDriver, parseConfiguration, USB_DT_CONFIG, USB_DT_DEVICE } from "../guest/guest-driver.js";
-import type { GuestRange } from "../guest/guest-memory-allocator.js";
-import { ECONNRESET, EINVAL, OK, type UrbStatus } from "../urb/status.js";
+import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
+import { ECONNRESET, EINVAL, ENOMEM, OK, type UrbStatus } from "../urb/status.js";
 import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
 import { UsbvirtError } from "../util/errors.js";
 import { stderrLogger, type UsbipLogger } from "./log.js";
 import {
   ByteQueue,
-  type CmdSubmit,
-  type CmdUnlink,
   type DeviceRecord,
-  decodeSetup,
   devidOf,
   encodeDevlistReply,
   encodeImportReply,
-  encodeRetSubmit,
-  encodeRetUnlink,
-  type IsoDescriptor,
+  ISO_DESCRIPTOR_SIZE,
   OpStatus,
   opStatusName,
-  readClientPdu,
   readOpRequest,
   TransferFlag,
+  URB_HEADER_SIZE,
   USBIP_PORT,
   usbipSpeedOf,
 } from "./protocol.js";
+import { type ReplyHolder, ReplyWriter } from "./reply-writer.js";
+import { type SubmitHeader, UrbReader, type UrbReaderSink } from "./urb-reader.js";
 
 export class UsbipServerError extends UsbvirtError {}
 
@@ -72,13 +96,21 @@ export interface UsbipServerOptions {
   readonly logger?: UsbipLogger;
   /** Client addresses or CIDR subnets allowed to connect; absent or empty allows every client. */
   readonly allow?: readonly string[];
-  /** A client whose unsent replies exceed this many bytes has its reads paused (default 16 MiB). */
+  /** A client whose unsent replies exceed this many bytes has no request started until it reads (default 16 MiB). */
   readonly maxSendQueueBytes?: number;
   /** ... and is dropped if it does not read for this long (default 30 s). */
   readonly stalledClientMs?: number;
-  /** URBs one client may have in the engine at once; more wait, reads paused (default 1024). */
+  /**
+   * URBs one client may have in the engine at once (default and most: its device's share of the
+   * engine's 248 ring slots, 248 / devices); more wait, reads paused.
+   */
   readonly maxUrbsPerClient?: number;
-  /** Guest memory that holds URB buffers, MiB (default 64). */
+  /** A request that waits this long for its client's share while none of its URBs completes gets -ENOMEM (default 2000 ms). */
+  readonly blockedRequestMs?: number;
+  /**
+   * Guest memory that holds URB buffers, MiB (default 64, at least 8 MiB per device); each device gets
+   * an equal region of it, which bounds what its client's requests and unsent replies hold.
+   */
   readonly guestMemoryMiB?: number;
   /** Extra options for the engine connection (tests). */
   readonly connection?: Omit<ConnectionOptions, "ports" | "memory">;
@@ -116,6 +148,9 @@ interface Slot {
   /** Every endpoint of every configuration (used while unconfigured). */
   readonly anyEndpoints: ReadonlyMap<number, EndpointEntry>;
   readonly address: DevAddr;
+  /** This device's region of guest memory: its client's URB buffers and unsent IN data live here. */
+  readonly memory: GuestBufferAllocator;
+  readonly memoryBytes: number;
   owner: Session | null;
   /** Resolves once the previous owner's URBs have all come back. */
   draining: Promise<void> | null;
@@ -123,49 +158,276 @@ interface Slot {
   failed: string | null;
 }
 
-/** One CMD_SUBMIT while the engine has it. */
-interface ServerUrb {
-  readonly cmd: CmdSubmit;
-  readonly kind: "control" | "bulk" | "interrupt" | "isochronous" | "local";
-  urb: Urb | null;
-  range: GuestRange | null;
-  /** Seqnums of CMD_UNLINKs waiting for this URB. */
-  unlinks: number[];
+/** What a CMD_SUBMIT became: the engine transfer types, or handled here (SET_ADDRESS, port reset). */
+const enum Kind {
+  CONTROL,
+  BULK,
+  INTERRUPT,
+  ISO,
+  LOCAL,
 }
+
+/**
+ * One CMD_SUBMIT from the moment it is admitted until its reply is written; pooled per session, and
+ * its engine URB objects are reused (the controller recycles their records), so a steady stream
+ * allocates no record per URB.
+ */
+class ServerUrb implements ReplyHolder {
+  seqnum = 0;
+  kind = Kind.CONTROL;
+  directionIn = false;
+  /** Local answer decided at admission (bad endpoint, SET_ADDRESS, …): no engine URB. */
+  verdict: UrbStatus | null = null;
+  bmRequestType = 0;
+  bRequest = 0;
+  wValue = 0;
+  /** Its buffer in the device's region of guest memory (length 0: none). */
+  offset = 0;
+  length = 0;
+  isoFrames = 0;
+  /** Iso packets (offset, length) as the client laid them out. */
+  iso: IsoPacketSpec[] = [];
+  /** The engine URB now submitted, or null. */
+  urb: Urb | null = null;
+  /** Seqnums of CMD_UNLINKs waiting for this URB. */
+  readonly unlinks: number[] = [];
+  private readonly segment = { offset: 0 as GuestOffset, length: 0 };
+  private readonly segments = [this.segment];
+  private control: Mutable<ControlTransfer> | null = null;
+  private bulk: Mutable<BulkTransfer> | null = null;
+  private interrupt: Mutable<InterruptTransfer> | null = null;
+  readonly done: UrbCallback;
+
+  constructor(readonly session: Session) {
+    this.done = (c) => session.server.completed(this, c);
+  }
+
+  /** The writer is done with this record's IN data. */
+  released(): void {
+    this.session.release(this);
+    this.session.server.progress(this.session);
+  }
+
+  /** The engine URB for this submit, reusing this record's objects where the type allows. */
+  engineUrb(slot: Slot, h: SubmitHeader, entry: EndpointEntry): Urb {
+    const segment = this.segment;
+    segment.offset = this.offset as GuestOffset;
+    segment.length = this.length;
+    const buffer = this.length > 0 ? this.segments : NO_SEGMENTS;
+    const endpoint = h.ep as EndpointNum;
+    const shortNotOk = h.directionIn && (h.transferFlags & TransferFlag.SHORT_NOT_OK) !== 0;
+    const zeroPacket = !h.directionIn && (h.transferFlags & TransferFlag.ZERO_PACKET) !== 0;
+    const interval = h.interval >= 1 ? h.interval : Math.max(1, entry.interval);
+    switch (this.kind) {
+      case Kind.CONTROL: {
+        const u = (this.control ??= {
+          type: "control",
+          port: slot.port,
+          device: slot.address,
+          endpoint,
+          directionIn: false,
+          buffer,
+          shortNotOk: false,
+          setup: { bmRequestType: 0, bRequest: 0, wValue: 0, wIndex: 0, wLength: 0 },
+        });
+        u.directionIn = h.directionIn;
+        u.buffer = buffer;
+        u.shortNotOk = shortNotOk;
+        const setup = u.setup as Mutable<SetupPacket>;
+        setup.bmRequestType = h.bmRequestType;
+        setup.bRequest = h.bRequest;
+        setup.wValue = h.wValue;
+        setup.wIndex = h.wIndex;
+        setup.wLength = h.wLength;
+        return u;
+      }
+      case Kind.BULK: {
+        const u = (this.bulk ??= {
+          type: "bulk",
+          port: slot.port,
+          device: slot.address,
+          endpoint,
+          directionIn: false,
+          buffer,
+          shortNotOk: false,
+          zeroPacket: false,
+        });
+        u.endpoint = endpoint;
+        u.directionIn = h.directionIn;
+        u.buffer = buffer;
+        u.shortNotOk = shortNotOk;
+        u.zeroPacket = zeroPacket;
+        return u;
+      }
+      case Kind.INTERRUPT: {
+        const u = (this.interrupt ??= {
+          type: "interrupt",
+          port: slot.port,
+          device: slot.address,
+          endpoint,
+          directionIn: false,
+          buffer,
+          shortNotOk: false,
+          zeroPacket: false,
+          interval,
+        });
+        u.endpoint = endpoint;
+        u.directionIn = h.directionIn;
+        u.buffer = buffer;
+        u.shortNotOk = shortNotOk;
+        u.zeroPacket = zeroPacket;
+        u.interval = interval;
+        return u;
+      }
+      default:
+        return {
+          type: "isochronous",
+          port: slot.port,
+          device: slot.address,
+          endpoint,
+          directionIn: h.directionIn,
+          buffer: this.length > 0 ? [{ offset: this.offset as GuestOffset, length: this.length }] : [],
+          interval: Math.min(interval, 0xffff),
+          iso: {
+            asap: (h.transferFlags & TransferFlag.ISO_ASAP) !== 0,
+            startFrame: h.startFrame >>> 0,
+            packets: this.iso,
+          },
+        };
+    }
+  }
+}
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
+const NO_SEGMENTS: readonly BufferSegment[] = Object.freeze([]);
 
 type Phase = "op" | "importing" | "urb" | "closed";
 
-class Session {
+/** Why a session's reader is stopped at a header. */
+const enum Blocked {
+  NO,
+  /** Its unsent replies are over the bound: wait for the client to read. */
+  SEND,
+  /** Its share of engine slots, guest memory or scratch frames is in use: wait for its URBs. */
+  SHARE,
+}
+
+class Session implements UrbReaderSink {
   readonly queue = new ByteQueue();
   phase: Phase = "op";
   slot: Slot | null = null;
+  reader: UrbReader | null = null;
+  writer: ReplyWriter | null = null;
   readonly inflight = new Map<number, ServerUrb>();
-  /** Submits waiting for guest memory or the per-client URB bound, in order. */
-  readonly waiting: CmdSubmit[] = [];
-  sendBlocked = false;
+  private readonly free: ServerUrb[] = [];
+  /** The admitted submit whose data and iso descriptors are still arriving. */
+  private current: ServerUrb | null = null;
+  blocked = Blocked.NO;
+  /** Set when a blocked request has waited too long: admit it with this status. */
+  private forced: UrbStatus | null = null;
   paused = false;
   stallTimer: NodeJS.Timeout | null = null;
+  blockTimer: NodeJS.Timeout | null = null;
+  /** Engine slots and scratch frames this client's URBs hold now. */
   urbs = 0;
+  isoFrames = 0;
   /** Called once the last in-flight URB of a closed session came back. */
   onDrained: (() => void) | null = null;
 
   constructor(
+    readonly server: UsbipServer,
     readonly socket: Socket,
     readonly peer: string,
   ) {}
+
+  /** Into the URB phase: the reader and writer, fed first with whatever followed the import request. */
+  startUrbPhase(memory: SharedArrayBuffer): void {
+    this.phase = "urb";
+    this.writer = new ReplyWriter(this.socket, memory, () => this.server.written(this));
+    this.reader = new UrbReader(this);
+    const rest = this.queue.length > 0 ? Buffer.from(this.queue.take(this.queue.length)) : null;
+    this.queue.clear();
+    if (rest !== null) this.server.received(this, rest);
+  }
+
+  record(): ServerUrb {
+    const r = this.free.pop() ?? new ServerUrb(this);
+    r.verdict = null;
+    r.urb = null;
+    r.length = 0;
+    r.isoFrames = 0;
+    r.unlinks.length = 0;
+    return r;
+  }
+
+  /** Its reply is written (or will never be): give back its guest memory, recycle the record. */
+  release(r: ServerUrb): void {
+    const slot = this.slot;
+    if (r.length > 0 && slot !== null) slot.memory.release({ offset: r.offset as GuestOffset, length: r.length });
+    r.length = 0;
+    if (r.kind === Kind.ISO) r.iso = [];
+    this.free.push(r);
+  }
+
+  // UrbReaderSink: the reader calls these as the stream arrives.
+  admit(h: SubmitHeader): boolean {
+    return this.server.admit(this, h, this.takeForced());
+  }
+  submit(h: SubmitHeader, iso: Uint8Array): void {
+    const r = this.current!;
+    this.current = null;
+    this.server.submit(this, r, h, iso);
+  }
+  unlink(seqnum: number, devid: number, unlinkSeqnum: number): void {
+    this.server.unlink(this, seqnum, devid, unlinkSeqnum);
+  }
+  malformed(reason: string): void {
+    this.server.malformed(this, reason);
+  }
+
+  admitted(r: ServerUrb): void {
+    this.current = r;
+  }
+  force(status: UrbStatus): void {
+    this.forced = status;
+  }
+  private takeForced(): UrbStatus | null {
+    const f = this.forced;
+    this.forced = null;
+    return f;
+  }
+  /** The submit being received when the connection ended: it never reached the engine. */
+  abandonCurrent(): void {
+    const r = this.current;
+    this.current = null;
+    if (r === null) return;
+    if (this.inflight.get(r.seqnum) === r) {
+      this.inflight.delete(r.seqnum);
+      this.urbs--;
+      this.isoFrames -= r.isoFrames;
+    }
+    this.release(r);
+  }
 }
 
 function hex4(n: number): string {
   return n.toString(16).padStart(4, "0");
 }
 
-function setupOf(bytes: Uint8Array): SetupPacket {
-  return decodeSetup(bytes);
-}
+/** Bytes a client may send before its import completes (a devlist and an import request are 48). */
+const MAX_OP_BYTES = 64 * 1024;
+const CONTROL_ENTRY: EndpointEntry = { type: 0, interval: 0 };
 
 const SET_ADDRESS = { type: 0x00, request: 5 };
 const SET_CONFIGURATION = { type: 0x00, request: 9 };
 const PORT_RESET = { type: 0x23, request: 3, feature: 4 };
+
+/** URB ring slots the exported devices share (the controller keeps the rest for unlinks). */
+const SHARED_RING_SLOTS = URB_RING_GEOMETRY.slots - UNLINK_RESERVED_SLOTS;
+/** Scratch frames per exported device: iso descriptor arrays (a 1024-packet URB takes 4). */
+const SCRATCH_FRAMES_PER_DEVICE = 16;
+/** Guest memory kept at the start for the server's own enumeration transfers (descriptors at start-up). */
+const DRIVER_FRAMES = 32;
 
 export class UsbipServer extends EventEmitter {
   private readonly server: Server;
@@ -174,9 +436,14 @@ export class UsbipServer extends EventEmitter {
   private readonly log: UsbipLogger;
   private readonly hcd: VirtualHostController;
   private readonly allow: BlockList | null;
+  private readonly memory: SharedArrayBuffer;
+  private readonly memoryBytes: Uint8Array;
   private readonly maxSendQueue: number;
   private readonly stalledMs: number;
-  private readonly maxUrbs: number;
+  private readonly blockedMs: number;
+  /** Engine slots and scratch frames one client may hold. */
+  private readonly urbShare: number;
+  private readonly scratchShare: number;
   private closing: Promise<void> | null = null;
 
   private constructor(
@@ -185,16 +452,21 @@ export class UsbipServer extends EventEmitter {
     slots: Slot[],
     server: Server,
     options: UsbipServerOptions,
+    shares: { urbs: number; scratchFrames: number },
   ) {
     super();
     this.slots = slots;
     this.server = server;
     this.hcd = connection.frontend!;
+    this.memory = connection.handles.memory[0]!;
+    this.memoryBytes = new Uint8Array(this.memory);
     this.log = options.logger ?? stderrLogger;
     this.allow = buildAllowList(options.allow);
     this.maxSendQueue = options.maxSendQueueBytes ?? 16 * 1024 * 1024;
     this.stalledMs = options.stalledClientMs ?? 30_000;
-    this.maxUrbs = options.maxUrbsPerClient ?? 1024;
+    this.blockedMs = options.blockedRequestMs ?? 2000;
+    this.urbShare = shares.urbs;
+    this.scratchShare = shares.scratchFrames;
     server.on("connection", (socket) => this.accept(socket));
     connection.on("port-failed", (port: number, reason: string) => {
       const slot = this.slots.find((s) => s.port === port);
@@ -212,27 +484,58 @@ export class UsbipServer extends EventEmitter {
       throw new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", "options.devices must list 1 to 31 devices");
     }
     buildAllowList(options.allow); // validate eagerly, before any worker starts
-    const mib = options.guestMemoryMiB ?? 64;
-    if (!Number.isInteger(mib) || mib < 8 || mib > 1024) {
+    const devices = specs.length;
+    const mib = options.guestMemoryMiB ?? Math.max(64, 8 * devices);
+    if (!Number.isInteger(mib) || mib < 8 * devices || mib > 1024) {
       throw new UsbipServerError(
         "ERR_USBVIRT_USBIP_OPTIONS",
-        `options.guestMemoryMiB must be in [8, 1024], got ${mib}`,
+        `options.guestMemoryMiB must be an integer in [${8 * devices}, 1024] (8 MiB per device), got ${mib}`,
       );
     }
+    const ringShare = Math.floor(SHARED_RING_SLOTS / devices);
+    const maxUrbs = options.maxUrbsPerClient ?? ringShare;
+    if (!Number.isInteger(maxUrbs) || maxUrbs < 1) {
+      throw new UsbipServerError(
+        "ERR_USBVIRT_USBIP_OPTIONS",
+        `options.maxUrbsPerClient must be a positive integer, got ${maxUrbs}`,
+      );
+    }
+    for (const [key, min] of [
+      ["maxSendQueueBytes", 1],
+      ["stalledClientMs", 1],
+      ["blockedRequestMs", 1],
+    ] as const) {
+      const v = options[key];
+      if (v !== undefined && (!Number.isInteger(v) || v < min)) {
+        throw new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", `options.${key} must be a positive integer, got ${v}`);
+      }
+    }
+    const scratchFrames = Math.max(64, SCRATCH_FRAMES_PER_DEVICE * devices);
+    const frames = (mib * 1024 * 1024) / FRAME_SIZE;
     const connection = await Connection.create({
       ...options.connection,
-      ports: specs.length,
-      memory: (mib * 1024 * 1024) / FRAME_SIZE,
+      ports: devices,
+      memory: frames,
       grantEntries: 8192,
+      scratchFrames,
     });
     try {
+      if (connection.handles.memory.length !== 1) throw new Error("the server's guest memory must be one region");
       const guest = new GuestUsbDriver(connection.frontend!, connection.handles);
+      // Each device's region: an equal slice of the frames between the driver's and the scratch frames.
+      const first = 1 + DRIVER_FRAMES;
+      const perDevice = Math.floor((connection.handles.scratchFirstFrame - first) / devices);
       const slots: Slot[] = [];
-      for (let i = 0; i < specs.length; i++) {
-        slots.push(await describeDevice(connection, guest, (i + 1) as PortNum, specs[i]!));
+      for (let i = 0; i < devices; i++) {
+        const start = (first + i * perDevice) * FRAME_SIZE;
+        const region = new GuestBufferAllocator(start, start + perDevice * FRAME_SIZE);
+        slots.push(await describeDevice(connection, guest, (i + 1) as PortNum, specs[i]!, region, perDevice * FRAME_SIZE));
       }
       const server = createServer({ noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
-      const self = new UsbipServer(connection, guest, slots, server, options);
+      const self = new UsbipServer(connection, guest, slots, server, options, {
+        urbs: Math.min(maxUrbs, ringShare),
+        scratchFrames: Math.floor(scratchFrames / devices),
+      });
       await new Promise<void>((resolve, reject) => {
         server.once("error", reject);
         server.listen(options.port ?? USBIP_PORT, options.host ?? "127.0.0.1", () => {
@@ -266,11 +569,28 @@ export class UsbipServer extends EventEmitter {
     }));
   }
 
-  /** Clients connected now (any phase), and which busids are imported. */
-  stats(): { clients: number; imported: string[] } {
+  /**
+   * Clients connected now (any phase), which busids are imported, and per imported device what its
+   * client holds: URBs in the engine, guest memory in use, reply bytes not yet written, bytes received
+   * and not yet read (held while its reads wait).
+   */
+  stats(): {
+    clients: number;
+    imported: string[];
+    perDevice: { busid: string; urbs: number; memoryBytes: number; unsentBytes: number; receivedBytes: number }[];
+  } {
     return {
       clients: this.sessions.size,
       imported: this.slots.filter((s) => s.owner !== null).map((s) => s.busid),
+      perDevice: this.slots
+        .filter((s) => s.owner !== null)
+        .map((s) => ({
+          busid: s.busid,
+          urbs: s.owner!.urbs,
+          memoryBytes: s.memoryBytes - s.memory.freeBytes,
+          unsentBytes: s.owner!.writer?.unsent ?? 0,
+          receivedBytes: s.owner!.reader?.pending ?? s.owner!.queue.length,
+        })),
     };
   }
 
@@ -289,55 +609,48 @@ export class UsbipServer extends EventEmitter {
     }
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
-    const s = new Session(socket, peer);
+    const s = new Session(this, socket, peer);
     this.sessions.add(s);
     socket.on("data", (chunk: Buffer) => {
       if (s.phase === "closed") return;
+      if (s.phase === "urb") {
+        this.received(s, chunk);
+        return;
+      }
+      // Management phase (or an import in progress): a few bytes, framed by the op reader.
+      if (s.queue.length + chunk.length > MAX_OP_BYTES) {
+        this.drop(s, `more than ${MAX_OP_BYTES} bytes before an import completed`);
+        return;
+      }
       s.queue.push(chunk);
-      this.pump(s);
-    });
-    socket.on("drain", () => {
-      if (s.stallTimer !== null) clearTimeout(s.stallTimer);
-      s.stallTimer = null;
-      s.sendBlocked = false;
-      this.updateFlow(s);
+      this.pumpOp(s);
     });
     socket.on("error", (err) => {
       if (s.phase !== "closed") this.log.warn(`${peer}: socket error: ${err.message}`);
     });
     socket.on("close", () => {
       if (s.phase === "closed") return;
-      const partial = s.queue.length > 0 ? ` with ${s.queue.length} bytes of an incomplete PDU` : "";
+      const held = s.reader?.incomplete ?? s.queue.length;
+      const partial = held > 0 ? ` with ${held} bytes of an incomplete PDU` : "";
       this.end(s, `client closed the connection${partial}`, partial === "" ? "info" : "warn");
     });
   }
 
-  /** Parse and handle whatever whole PDUs are buffered. Bounded by the bytes received. */
-  private pump(s: Session): void {
-    while (s.phase === "op" || s.phase === "urb") {
-      if (s.phase === "op") {
-        const r = readOpRequest(s.queue);
-        if (r.kind === "need") return;
-        if (r.kind === "malformed") {
-          this.drop(s, r.reason);
-          return;
-        }
-        if (r.frame.op === "devlist") {
-          this.send(s, encodeDevlistReply(this.slots.map((slot) => slot.record)));
-          this.log.info(`${s.peer}: device list (${this.slots.length} devices)`);
-        } else {
-          void this.importDevice(s, r.frame.busid, r.frame.busidValid);
-          return;
-        }
+  /** Management phase: parse and answer whole requests. Bounded by the bytes received. */
+  private pumpOp(s: Session): void {
+    while (s.phase === "op") {
+      const r = readOpRequest(s.queue);
+      if (r.kind === "need") return;
+      if (r.kind === "malformed") {
+        this.drop(s, r.reason);
+        return;
+      }
+      if (r.frame.op === "devlist") {
+        s.socket.write(encodeDevlistReply(this.slots.map((slot) => slot.record)));
+        this.log.info(`${s.peer}: device list (${this.slots.length} devices)`);
       } else {
-        const r = readClientPdu(s.queue);
-        if (r.kind === "need") return;
-        if (r.kind === "malformed") {
-          this.drop(s, r.reason);
-          return;
-        }
-        if (r.frame.command === "unlink") this.onUnlink(s, r.frame);
-        else this.onSubmit(s, r.frame);
+        void this.importDevice(s, r.frame.busid, r.frame.busidValid);
+        return;
       }
     }
   }
@@ -348,8 +661,8 @@ export class UsbipServer extends EventEmitter {
       this.log.warn(
         `${s.peer}: import of ${JSON.stringify(busid)} refused (${opStatusName(status)}): ${why}`,
       );
-      this.send(s, encodeImportReply(status));
-      this.finish(s);
+      s.socket.end(encodeImportReply(status));
+      this.end(s, null, "info");
     };
     if (slot === undefined) {
       refuse(OpStatus.NODEV, "no such exported device");
@@ -381,11 +694,10 @@ export class UsbipServer extends EventEmitter {
       if (slot.owner === s) slot.owner = null;
       return;
     }
-    s.phase = "urb";
-    this.send(s, encodeImportReply(OpStatus.OK, slot.record));
+    s.socket.write(encodeImportReply(OpStatus.OK, slot.record));
     this.log.info(`${s.peer}: imported ${slot.busid} (${slot.name})`);
     this.emit("import", slot.busid, s.peer);
-    this.pump(s);
+    s.startUrbPhase(this.memory);
   }
 
   /** Port reset, then SET_ADDRESS, both through the engine (the device starts from its default state). */
@@ -410,289 +722,317 @@ export class UsbipServer extends EventEmitter {
 
   // ---------------------------------------------------------------- URBs
 
-  private onSubmit(s: Session, cmd: CmdSubmit): void {
-    const slot = s.slot!;
-    if (cmd.devid !== slot.devid) {
-      this.drop(s, `CMD_SUBMIT for devid 0x${cmd.devid.toString(16)}, imported 0x${slot.devid.toString(16)}`);
-      return;
-    }
-    if (s.inflight.has(cmd.seqnum) || s.waiting.some((w) => w.seqnum === cmd.seqnum)) {
-      this.drop(s, `seqnum ${cmd.seqnum} is already in flight`);
-      return;
-    }
-    if (s.waiting.length > 0) {
-      s.waiting.push(cmd);
-      this.updateFlow(s);
-      return;
-    }
-    if (!this.start(s, cmd)) {
-      s.waiting.push(cmd);
-      this.updateFlow(s);
-    }
+  /** Bytes of the URB phase: the reader walks them; every submit they complete goes to the engine in one batch. */
+  received(s: Session, chunk: Buffer): void {
+    this.hcd.batch(() => s.reader!.push(chunk));
+    this.updateFlow(s);
   }
 
-  /** Start a submit in the engine; false when it must wait (guest memory or the per-client bound). */
-  private start(s: Session, cmd: CmdSubmit): boolean {
+  /**
+   * The reader has a whole CMD_SUBMIT header: check what the stream's framing allows, then start it
+   * if the client's share allows (else stop the reader here). `forced` answers a request that waited
+   * too long.
+   */
+  admit(s: Session, h: SubmitHeader, forced: UrbStatus | null): boolean {
     const slot = s.slot!;
-    const fail = (status: UrbStatus) => this.sendRet(s, cmd, status, 0, new Uint8Array(0), []);
-    if (cmd.ep > 15) {
-      fail(EINVAL);
-      return true;
+    if (h.devid !== slot.devid) {
+      this.drop(s, `CMD_SUBMIT for devid 0x${h.devid.toString(16)}, imported 0x${slot.devid.toString(16)}`);
+      return false;
     }
-    if (cmd.ep === 0) {
-      const setup = setupOf(cmd.setup);
-      if (setup.bmRequestType === SET_ADDRESS.type && setup.bRequest === SET_ADDRESS.request) {
+    if (s.inflight.has(h.seqnum)) {
+      this.drop(s, `seqnum ${h.seqnum} is already in flight`);
+      return false;
+    }
+    const r = s.record();
+    r.seqnum = h.seqnum;
+    r.directionIn = h.directionIn;
+    r.bmRequestType = h.bmRequestType;
+    r.bRequest = h.bRequest;
+    r.wValue = h.wValue;
+    if (forced !== null) return this.answerLocally(s, r, forced);
+    let type: number;
+    if (h.ep > 15) return this.answerLocally(s, r, EINVAL);
+    if (h.ep === 0) {
+      if (h.bmRequestType === SET_ADDRESS.type && h.bRequest === SET_ADDRESS.request) {
         // vhci never forwards it; the device already has the address the server gave it.
-        fail(OK);
-        return true;
+        return this.answerLocally(s, r, OK);
       }
-      if (
-        setup.bmRequestType === PORT_RESET.type &&
-        setup.bRequest === PORT_RESET.request &&
-        setup.wValue === PORT_RESET.feature
-      ) {
-        this.portReset(s, cmd);
-        return true;
-      }
+      type = EP_CONTROL;
+    } else {
+      const table = slot.endpoints.get(slot.configuration) ?? slot.anyEndpoints;
+      const entry = table.get((h.directionIn ? 0x80 : 0) | h.ep);
+      if (entry === undefined) return this.answerLocally(s, r, EINVAL);
+      type = entry.type;
     }
-    const address = cmd.ep === 0 ? 0 : (cmd.directionIn ? 0x80 : 0) | cmd.ep;
-    const table = slot.endpoints.get(slot.configuration) ?? slot.anyEndpoints;
-    const entry = cmd.ep === 0 ? { type: EP_CONTROL, interval: 0 } : table.get(address);
-    if (entry === undefined) {
-      fail(EINVAL);
-      return true;
+    if ((type === EP_ISO) !== h.packets > 0) return this.answerLocally(s, r, EINVAL);
+    const length = h.transferBufferLength;
+    if (length > slot.memoryBytes) return this.answerLocally(s, r, ENOMEM);
+    // The client's share: replies it has not read, engine slots, scratch frames, guest memory.
+    if ((s.writer?.unsent ?? 0) > this.maxSendQueue) return this.block(s, r, Blocked.SEND);
+    if (s.urbs >= this.urbShare) return this.block(s, r, Blocked.SHARE);
+    const isoFrames = h.packets > 0 ? isoDescriptorFrames(h.packets) : 0;
+    if (isoFrames > this.scratchShare) return this.answerLocally(s, r, ENOMEM);
+    if (s.isoFrames + isoFrames > this.scratchShare) return this.block(s, r, Blocked.SHARE);
+    if (length > 0) {
+      const range = slot.memory.tryAllocate(length, length >= FRAME_SIZE ? FRAME_SIZE : 64);
+      if (range === null) return this.block(s, r, Blocked.SHARE);
+      r.offset = range.offset;
+      r.length = length;
+      if (!h.directionIn) s.reader!.receiveInto(this.memoryBytes, range.offset);
     }
-    const packets = cmd.iso.length;
-    if ((entry.type === EP_ISO) !== packets > 0) {
-      fail(EINVAL);
-      return true;
-    }
-    if (s.inflight.size >= this.maxUrbs) return false;
-    let range: GuestRange | null = null;
-    if (cmd.transferBufferLength > 0) {
-      try {
-        range = this.guest.buffers.allocate(
-          cmd.transferBufferLength,
-          cmd.transferBufferLength >= FRAME_SIZE ? FRAME_SIZE : 64,
-        );
-      } catch {
-        if (s.inflight.size === 0 && this.allIdle()) {
-          fail(EINVAL); // larger than guest memory can ever hold
-          return true;
-        }
-        return false;
-      }
-      if (!cmd.directionIn) this.guest.bytes(range).set(cmd.data.subarray(0, cmd.transferBufferLength));
-    }
-    const common = {
-      port: slot.port,
-      device: slot.address,
-      endpoint: cmd.ep as EndpointNum,
-      directionIn: cmd.directionIn,
-      buffer: range === null ? [] : [range],
-      shortNotOk: cmd.directionIn && (cmd.transferFlags & TransferFlag.SHORT_NOT_OK) !== 0,
-    };
-    const zeroPacket = !cmd.directionIn && (cmd.transferFlags & TransferFlag.ZERO_PACKET) !== 0;
-    const interval = cmd.interval >= 1 ? cmd.interval : Math.max(1, entry.interval);
-    let urb: Urb;
-    let kind: ServerUrb["kind"];
-    switch (entry.type) {
-      case EP_CONTROL:
-        kind = "control";
-        urb = { type: "control", ...common, setup: setupOf(cmd.setup) };
-        break;
-      case EP_BULK:
-        kind = "bulk";
-        urb = { type: "bulk", ...common, zeroPacket };
-        break;
-      case EP_INTERRUPT:
-        kind = "interrupt";
-        urb = { type: "interrupt", ...common, zeroPacket, interval };
-        break;
-      default:
-        kind = "isochronous";
-        urb = {
-          type: "isochronous",
-          ...common,
-          interval: Math.min(interval, 0xffff),
-          iso: {
-            asap: (cmd.transferFlags & TransferFlag.ISO_ASAP) !== 0,
-            startFrame: cmd.startFrame >>> 0,
-            packets: cmd.iso.map((d) => ({ offset: d.offset, length: d.length })),
-          },
-        };
-    }
-    const entryUrb: ServerUrb = { cmd, kind, urb, range, unlinks: [] };
-    s.inflight.set(cmd.seqnum, entryUrb);
+    r.kind =
+      type === EP_CONTROL ? Kind.CONTROL : type === EP_BULK ? Kind.BULK : type === EP_INTERRUPT ? Kind.INTERRUPT : Kind.ISO;
+    r.isoFrames = isoFrames;
+    s.isoFrames += isoFrames;
     s.urbs++;
-    this.hcd.submitWithCallback(urb, (c) => this.onComplete(s, entryUrb, c));
+    s.inflight.set(r.seqnum, r);
+    s.admitted(r);
     return true;
   }
 
-  private allIdle(): boolean {
-    for (const s of this.sessions) if (s.inflight.size > 0) return false;
+  /** Admit a request that the server answers itself with `status` (its data, if any, is read and dropped). */
+  private answerLocally(s: Session, r: ServerUrb, status: UrbStatus): boolean {
+    r.verdict = status;
+    r.kind = Kind.LOCAL;
+    s.admitted(r);
     return true;
+  }
+
+  /** Stop the reader at this request until the client's share frees up (or it reads its replies). */
+  private block(s: Session, r: ServerUrb, why: Blocked): boolean {
+    s.release(r);
+    s.blocked = why;
+    if (why === Blocked.SHARE && s.blockTimer === null) {
+      s.blockTimer = setTimeout(() => {
+        s.blockTimer = null;
+        if (s.blocked !== Blocked.SHARE || s.phase !== "urb") return;
+        this.log.warn(
+          `${s.peer}: a request on ${s.slot!.busid} waited ${this.blockedMs} ms for its share of the engine ` +
+            `(${s.urbs} URBs, ${s.slot!.memoryBytes - s.slot!.memory.freeBytes} bytes of guest memory in use): -ENOMEM`,
+        );
+        s.force(ENOMEM);
+        this.progress(s);
+      }, this.blockedMs);
+    }
+    return false;
+  }
+
+  /** The admitted submit is whole (data in guest memory, iso descriptors in `iso`): answer it or start it. */
+  submit(s: Session, r: ServerUrb, h: SubmitHeader, iso: Uint8Array): void {
+    if (r.kind === Kind.LOCAL) {
+      s.writer!.retSubmit(r.seqnum, r.verdict ?? EINVAL, 0, 0, 0, 0, 0, 0, null, null);
+      s.release(r);
+      return;
+    }
+    if (r.kind === Kind.ISO) {
+      const problem = this.isoLayout(r, h.packets, iso);
+      if (problem !== null) {
+        s.inflight.delete(r.seqnum);
+        s.urbs--;
+        s.isoFrames -= r.isoFrames;
+        s.writer!.retSubmit(r.seqnum, EINVAL, 0, 0, 0, 0, 0, 0, null, null);
+        this.log.warn(`${s.peer}: iso CMD_SUBMIT seqnum ${r.seqnum} refused: ${problem}`);
+        s.release(r);
+        return;
+      }
+    }
+    const slot = s.slot!;
+    if (
+      r.kind === Kind.CONTROL &&
+      h.bmRequestType === PORT_RESET.type &&
+      h.bRequest === PORT_RESET.request &&
+      h.wValue === PORT_RESET.feature
+    ) {
+      this.portReset(s, r);
+      return;
+    }
+    const table = slot.endpoints.get(slot.configuration) ?? slot.anyEndpoints;
+    const entry = h.ep === 0 ? CONTROL_ENTRY : table.get((h.directionIn ? 0x80 : 0) | h.ep) ?? CONTROL_ENTRY;
+    const urb = r.engineUrb(slot, h, entry);
+    r.urb = urb;
+    this.hcd.submitWithCallback(urb, r.done);
+  }
+
+  /**
+   * Iso packet descriptors (wire form) against the buffer: each inside it, none overlapping, and the
+   * lengths within the buffer. Null when they are sound (they are then kept in `r.iso`), else why not.
+   */
+  private isoLayout(r: ServerUrb, packets: number, iso: Uint8Array): string | null {
+    const v = new DataView(iso.buffer, iso.byteOffset, iso.byteLength);
+    const specs: IsoPacketSpec[] = [];
+    let ordered = true;
+    let lastEnd = 0;
+    for (let i = 0; i < packets; i++) {
+      const offset = v.getUint32(i * ISO_DESCRIPTOR_SIZE);
+      const length = v.getUint32(i * ISO_DESCRIPTOR_SIZE + 4);
+      if (offset + length > r.length) {
+        return `packet ${i} (offset ${offset}, length ${length}) ends past the ${r.length}-byte buffer`;
+      }
+      if (offset < lastEnd) ordered = false;
+      lastEnd = offset + length;
+      specs.push({ offset, length });
+    }
+    if (!ordered) {
+      // Out of order is allowed; overlap is not (the reply's data would repeat bytes).
+      const sorted = [...specs].sort((a, b) => a.offset - b.offset);
+      for (let i = 1; i < sorted.length; i++) {
+        const prev = sorted[i - 1]!;
+        if (sorted[i]!.offset < prev.offset + prev.length) {
+          return `packets overlap at offset ${sorted[i]!.offset}`;
+        }
+      }
+    }
+    r.iso = specs;
+    return null;
   }
 
   /** A forwarded SET_FEATURE(PORT_RESET): reset in the engine, then give the device its address back. */
-  private portReset(s: Session, cmd: CmdSubmit): void {
+  private portReset(s: Session, r: ServerUrb): void {
     const slot = s.slot!;
-    const entry: ServerUrb = { cmd, kind: "local", urb: null, range: null, unlinks: [] };
-    s.inflight.set(cmd.seqnum, entry);
+    r.kind = Kind.LOCAL;
+    const answer = (status: UrbStatus) => this.completed(r, { status, actualLength: 0, startFrame: 0, errorCount: 0 });
     this.resetAndAddress(slot).then(
-      () => this.onComplete(s, entry, { status: OK, actualLength: 0, startFrame: 0, errorCount: 0 }),
+      () => answer(OK),
       (err: unknown) => {
         this.log.warn(`${s.peer}: port reset of ${slot.busid} failed: ${(err as Error).message}`);
-        this.onComplete(s, entry, { status: EINVAL, actualLength: 0, startFrame: 0, errorCount: 0 });
+        answer(EINVAL);
       },
     );
   }
 
-  private onComplete(s: Session, entry: ServerUrb, c: UrbCompletion): void {
-    const cmd = entry.cmd;
-    s.inflight.delete(cmd.seqnum);
-    let data: Uint8Array = new Uint8Array(0);
-    let actual = c.actualLength;
-    let iso: IsoDescriptor[] = [];
-    const live = s.phase === "urb";
-    if (live && entry.urb !== null && !(entry.unlinks.length > 0 && c.status === ECONNRESET)) {
-      if (entry.kind === "control" || entry.kind === "local") {
-        const setup = setupOf(cmd.setup);
-        if (
-          c.status === OK &&
-          setup.bmRequestType === SET_CONFIGURATION.type &&
-          setup.bRequest === SET_CONFIGURATION.request
-        ) {
-          s.slot!.configuration = setup.wValue & 0xff;
-        }
-      }
-      if (entry.kind === "isochronous") {
-        const packets = c.isoPackets;
-        iso = cmd.iso.map((d, i) => ({
-          offset: d.offset,
-          length: d.length,
-          actualLength: packets?.[i]?.actualLength ?? 0,
-          status: packets?.[i]?.status ?? c.status,
-        }));
-        actual = iso.reduce((sum, d) => sum + d.actualLength, 0);
-        if (cmd.directionIn && entry.range !== null && actual > 0) {
-          // IN iso data travels compacted: each packet's actual bytes, in order.
-          const bytes = this.guest.bytes(entry.range);
-          data = new Uint8Array(actual);
-          let at = 0;
-          for (const d of iso) {
-            data.set(bytes.subarray(d.offset, d.offset + d.actualLength), at);
-            at += d.actualLength;
-          }
-        }
-      } else if (cmd.directionIn && entry.range !== null && actual > 0) {
-        data = this.guest.bytes(entry.range).subarray(0, actual);
-      }
+  /** An engine URB (or a local port reset) of `r.session` completed: queue its reply. */
+  completed(r: ServerUrb, c: UrbCompletion): void {
+    const s = r.session;
+    s.inflight.delete(r.seqnum);
+    s.urbs--;
+    s.isoFrames -= r.isoFrames;
+    r.isoFrames = 0;
+    r.urb = null;
+    if (s.phase !== "urb") {
+      s.release(r);
+      if (s.phase === "closed" && s.inflight.size === 0) s.onDrained?.();
+      return;
     }
-    if (live) {
-      if (entry.unlinks.length > 0 && c.status === ECONNRESET) {
-        // Cancelled: RET_UNLINK -ECONNRESET, and no RET_SUBMIT for it.
-        for (const u of entry.unlinks) this.send(s, encodeRetUnlink(retBase(u, ECONNRESET)));
-      } else {
-        this.sendRet(s, cmd, c.status, actual, data, iso, iso.length > 0 ? c.startFrame : 0);
-        for (const u of entry.unlinks) this.send(s, encodeRetUnlink(retBase(u, OK)));
+    const writer = s.writer!;
+    if (r.unlinks.length > 0 && c.status === ECONNRESET) {
+      // Cancelled: RET_UNLINK -ECONNRESET, and no RET_SUBMIT for it.
+      for (const u of r.unlinks) writer.retUnlink(u, ECONNRESET);
+      s.release(r);
+    } else {
+      if (
+        c.status === OK &&
+        r.kind === Kind.CONTROL &&
+        r.bmRequestType === SET_CONFIGURATION.type &&
+        r.bRequest === SET_CONFIGURATION.request
+      ) {
+        s.slot!.configuration = r.wValue & 0xff;
       }
+      // IN data goes from guest memory: the writer holds the buffer until it is written.
+      const held = r.kind !== Kind.ISO && r.directionIn && c.actualLength > 0;
+      if (r.kind === Kind.ISO) this.isoReply(s, r, c);
+      else if (held) {
+        const actual = Math.min(c.actualLength, r.length);
+        writer.retSubmit(r.seqnum, c.status, actual, 0, 0, 0, r.offset, actual, null, r);
+      } else writer.retSubmit(r.seqnum, c.status, c.actualLength, 0, 0, 0, 0, 0, null, null);
+      // RET_UNLINK 0 for unlinks that came too late: after the RET_SUBMIT, as stub_tx orders them.
+      for (const u of r.unlinks) writer.retUnlink(u, OK);
+      if (!held) s.release(r);
     }
-    if (entry.range !== null) this.guest.buffers.release(entry.range);
-    entry.range = null;
-    if (s.phase === "closed" && s.inflight.size === 0) s.onDrained?.();
-    this.retryWaiting();
+    this.progress(s);
   }
 
-  private onUnlink(s: Session, cmd: CmdUnlink): void {
+  /** RET_SUBMIT of an iso URB: each packet's actual bytes compacted (IN), then the descriptors. */
+  private isoReply(s: Session, r: ServerUrb, c: UrbCompletion): void {
+    const packets = r.iso;
+    const results = c.isoPackets;
+    let actual = 0;
+    let errors = 0;
+    for (let i = 0; i < packets.length; i++) {
+      const got = Math.min(results?.[i]?.actualLength ?? 0, packets[i]!.length);
+      actual += got;
+      if ((results?.[i]?.status ?? c.status) !== 0) errors++;
+    }
+    const dataBytes = r.directionIn ? actual : 0;
+    const tail = new Uint8Array(dataBytes + packets.length * ISO_DESCRIPTOR_SIZE);
+    const v = new DataView(tail.buffer);
+    let at = 0;
+    for (let i = 0; i < packets.length; i++) {
+      const p = packets[i]!;
+      const got = Math.min(results?.[i]?.actualLength ?? 0, p.length);
+      if (r.directionIn && got > 0) {
+        tail.set(this.memoryBytes.subarray(r.offset + p.offset, r.offset + p.offset + got), at);
+        at += got;
+      }
+      const d = dataBytes + i * ISO_DESCRIPTOR_SIZE;
+      v.setUint32(d, p.offset);
+      v.setUint32(d + 4, p.length);
+      v.setUint32(d + 8, got);
+      v.setInt32(d + 12, results?.[i]?.status ?? c.status);
+    }
+    s.writer!.retSubmit(r.seqnum, c.status, actual, c.startFrame, packets.length, errors, 0, 0, tail, null);
+  }
+
+  unlink(s: Session, seqnum: number, devid: number, target: number): void {
     const slot = s.slot!;
-    if (cmd.devid !== slot.devid) {
-      this.drop(s, `CMD_UNLINK for devid 0x${cmd.devid.toString(16)}, imported 0x${slot.devid.toString(16)}`);
+    if (devid !== slot.devid) {
+      this.drop(s, `CMD_UNLINK for devid 0x${devid.toString(16)}, imported 0x${slot.devid.toString(16)}`);
       return;
     }
-    const waitingAt = s.waiting.findIndex((w) => w.seqnum === cmd.unlinkSeqnum);
-    if (waitingAt >= 0) {
-      // Never reached the engine: cancelled here.
-      s.waiting.splice(waitingAt, 1);
-      this.send(s, encodeRetUnlink(retBase(cmd.seqnum, ECONNRESET)));
-      this.updateFlow(s);
-      return;
-    }
-    const target = s.inflight.get(cmd.unlinkSeqnum);
-    if (target === undefined) {
+    const r = s.inflight.get(target);
+    if (r === undefined) {
       // Already completed: its RET_SUBMIT is ahead of this in the stream.
-      this.send(s, encodeRetUnlink(retBase(cmd.seqnum, OK)));
+      s.writer!.retUnlink(seqnum, OK);
       return;
     }
-    target.unlinks.push(cmd.seqnum);
-    if (target.urb !== null && target.unlinks.length === 1) void this.hcd.unlink(target.urb);
+    r.unlinks.push(seqnum);
+    if (r.urb !== null && r.unlinks.length === 1) void this.hcd.unlink(r.urb);
   }
 
-  private sendRet(
-    s: Session,
-    cmd: CmdSubmit,
-    status: number,
-    actual: number,
-    data: Uint8Array,
-    iso: readonly IsoDescriptor[],
-    startFrame = 0,
-  ): void {
-    this.send(
-      s,
-      encodeRetSubmit({
-        seqnum: cmd.seqnum,
-        devid: 0,
-        directionIn: false,
-        ep: 0,
-        status,
-        actualLength: actual,
-        startFrame,
-        numberOfPackets: iso.length,
-        errorCount: iso.filter((d) => d.status !== 0).length,
-        data,
-        iso,
-      }),
-    );
-  }
-
-  /** Start waiting submits of every client, in order, while memory and bounds allow. */
-  private retryWaiting(): void {
-    for (const s of this.sessions) {
-      while (s.phase === "urb" && s.waiting.length > 0) {
-        if (!this.start(s, s.waiting[0]!)) break;
-        s.waiting.shift();
-      }
-      this.updateFlow(s);
-      if (s.phase === "urb" && s.waiting.length === 0 && s.queue.length > 0) this.pump(s);
-    }
+  malformed(s: Session, reason: string): void {
+    this.drop(s, reason);
   }
 
   // ---------------------------------------------------------------- flow control and ends
 
-  private send(s: Session, bytes: Uint8Array): void {
-    if (s.phase === "closed") return;
-    s.socket.write(bytes);
-    if (!s.sendBlocked && s.socket.writableLength > this.maxSendQueue) {
-      s.sendBlocked = true;
-      this.updateFlow(s);
-      s.stallTimer = setTimeout(() => {
-        this.drop(
-          s,
-          `client stopped reading: ${s.socket.writableLength} bytes unsent for ${this.stalledMs} ms`,
-        );
-      }, this.stalledMs);
+  /** Something of `s`'s share came back: try the request its reader stopped at. */
+  progress(s: Session): void {
+    if (s.phase !== "urb" || s.blocked === Blocked.NO) return;
+    if (s.blockTimer !== null) {
+      clearTimeout(s.blockTimer);
+      s.blockTimer = null;
+    }
+    s.blocked = Blocked.NO;
+    this.hcd.batch(() => s.reader!.resume());
+    this.updateFlow(s);
+  }
+
+  /** A flush of `s`'s replies reached the kernel. */
+  written(s: Session): void {
+    if (s.phase !== "urb") return;
+    if (s.writer!.unsent <= this.maxSendQueue) {
+      if (s.stallTimer !== null) clearTimeout(s.stallTimer);
+      s.stallTimer = null;
+      if (s.blocked === Blocked.SEND) this.progress(s);
     }
   }
 
+  /** Reads paused while the reader is stopped at a request; the stall timer runs while replies pile up. */
   private updateFlow(s: Session): void {
-    if (s.phase === "closed") return;
-    const pause = s.sendBlocked || s.waiting.length > 0;
+    if (s.phase !== "urb") return;
+    const pause = s.reader!.isBlocked;
     if (pause && !s.paused) {
       s.paused = true;
       s.socket.pause();
     } else if (!pause && s.paused) {
       s.paused = false;
       s.socket.resume();
+    }
+    if (s.stallTimer === null && s.writer!.unsent + s.writer!.pending * URB_HEADER_SIZE > this.maxSendQueue) {
+      s.stallTimer = setTimeout(() => {
+        s.stallTimer = null;
+        if (s.phase !== "urb" || s.writer!.unsent <= this.maxSendQueue) return;
+        this.drop(s, `client stopped reading: ${s.writer!.unsent} bytes unsent for ${this.stalledMs} ms`);
+      }, this.stalledMs);
     }
   }
 
@@ -702,23 +1042,21 @@ export class UsbipServer extends EventEmitter {
     this.end(s, `protocol error: ${reason}; closing the connection`, "error");
   }
 
-  /** Close after the replies already queued are flushed (refused imports). */
-  private finish(s: Session): void {
-    s.socket.end();
-    this.end(s, null, "info");
-  }
-
   /**
-   * The connection is over: stop parsing, cancel everything the client had in
-   * flight, and free the device once it all came back.
+   * The connection is over: stop reading, drop unsent replies (their guest memory comes back),
+   * cancel everything the client had in flight, and free the device once it all came back.
    */
   private end(s: Session, reason: string | null, level: "info" | "warn" | "error"): void {
     if (s.phase === "closed") return;
     s.phase = "closed";
     if (s.stallTimer !== null) clearTimeout(s.stallTimer);
+    if (s.blockTimer !== null) clearTimeout(s.blockTimer);
     s.stallTimer = null;
+    s.blockTimer = null;
     s.queue.clear();
-    s.waiting.length = 0;
+    s.reader?.stop();
+    s.abandonCurrent();
+    s.writer?.close();
     if (reason !== null) s.socket.destroy();
     const slot = s.slot;
     const inFlight = s.inflight.size;
@@ -746,7 +1084,7 @@ export class UsbipServer extends EventEmitter {
       s.onDrained!();
       return;
     }
-    for (const entry of s.inflight.values()) if (entry.urb !== null) void this.hcd.unlink(entry.urb);
+    for (const r of s.inflight.values()) if (r.urb !== null) void this.hcd.unlink(r.urb);
   }
 
   /** Stop listening, cancel every client's URBs, release the devices, stop the engine. */
@@ -768,16 +1106,14 @@ export class UsbipServer extends EventEmitter {
   }
 }
 
-function retBase(seqnum: number, status: number) {
-  return { seqnum, devid: 0, directionIn: false, ep: 0, status };
-}
-
 /** Attach one device on its port and read what the device record needs, through the engine. */
 async function describeDevice(
   conn: Connection,
   guest: GuestUsbDriver,
   port: PortNum,
   spec: DeviceSpec,
+  memory: GuestBufferAllocator,
+  memoryBytes: number,
 ): Promise<Slot> {
   let summary: Awaited<ReturnType<Connection["attach"]>>;
   try {
@@ -850,6 +1186,8 @@ async function describeDevice(
     endpoints,
     anyEndpoints,
     address: port as number as DevAddr,
+    memory,
+    memoryBytes,
     owner: null,
     draining: null,
     configuration: 0,

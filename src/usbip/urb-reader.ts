@@ -1,0 +1,316 @@
+/**
+ * The server's reader for the URB phase of a USB/IP connection: it walks the
+ * byte stream once, in whatever segments TCP delivers it, and never
+ * reassembles a PDU. A CMD_SUBMIT header (48 bytes, gathered across segments
+ * when it must be) goes to the sink, which admits it — and then names where
+ * the OUT data goes (a guest buffer: the bytes are copied there straight from
+ * the socket's chunks) — or blocks it: the reader stops where it is, keeps the
+ * unread chunks, and starts again at the same header on resume(). The iso
+ * descriptors that follow the data are gathered into one reused array.
+ *
+ * Work is linear in the bytes received: each byte is looked at once (copied
+ * at most once), consumed chunks are dropped by index. Framing checks are the
+ * frame readers' (protocol.ts, the same limits): a header that cannot be
+ * framed ends the connection; everything else is the sink's to answer per URB.
+ *
+ *   HEADER --admit--> DATA (OUT bytes → target, or skipped) --> ISO (n × 16 bytes) --> sink.submit()
+ *      \--block--> (stopped until resume())       CMD_UNLINK --> sink.unlink()
+ */
+import { MAX_BUFFER_LENGTH, MAX_ISO_PACKETS } from "../urb/limits.js";
+import {
+  ISO_DESCRIPTOR_SIZE,
+  NON_ISO_PACKETS,
+  URB_HEADER_SIZE,
+  UsbipCommand,
+  USBIP_VERSION,
+} from "./protocol.js";
+
+/** One CMD_SUBMIT header, decoded into numbers. The reader reuses one object: copy what you keep. */
+export interface SubmitHeader {
+  seqnum: number;
+  devid: number;
+  directionIn: boolean;
+  ep: number;
+  transferFlags: number;
+  transferBufferLength: number;
+  startFrame: number;
+  /** 0 for a non-iso URB (the wire's 0 or 0xffffffff), else 1..MAX_ISO_PACKETS. */
+  packets: number;
+  interval: number;
+  /** The setup packet's fields (USB byte order already undone). */
+  bmRequestType: number;
+  bRequest: number;
+  wValue: number;
+  wIndex: number;
+  wLength: number;
+}
+
+export interface UrbReaderSink {
+  /**
+   * A whole CMD_SUBMIT header. Return false to stop reading here (the same header comes again after
+   * resume()); true to go on, after calling `reader.receiveInto(...)` for OUT data that should land
+   * somewhere (else it is read and dropped).
+   */
+  admit(h: SubmitHeader): boolean;
+  /** The admitted submit is complete: its OUT data landed, `iso` holds its packet descriptors (wire form). */
+  submit(h: SubmitHeader, iso: Uint8Array): void;
+  unlink(seqnum: number, devid: number, unlinkSeqnum: number): void;
+  /** Framing is lost: nothing more is read; end the connection. */
+  malformed(reason: string): void;
+}
+
+const enum State {
+  HEADER,
+  DATA,
+  ISO,
+  STOPPED,
+}
+
+/** Consumed chunks are dropped in one splice once this many have piled up at the front. */
+const COMPACT_AT = 64;
+
+export class UrbReader {
+  private chunks: Buffer[] = [];
+  private first = 0;
+  /** Read offset in chunks[first]. */
+  private at = 0;
+  private buffered = 0;
+  private state = State.HEADER;
+  private blocked = false;
+  private running = false;
+  private readonly header = Buffer.alloc(URB_HEADER_SIZE);
+  private headerFill = 0;
+  private readonly h: SubmitHeader = {
+    seqnum: 0,
+    devid: 0,
+    directionIn: false,
+    ep: 0,
+    transferFlags: 0,
+    transferBufferLength: 0,
+    startFrame: 0,
+    packets: 0,
+    interval: 0,
+    bmRequestType: 0,
+    bRequest: 0,
+    wValue: 0,
+    wIndex: 0,
+    wLength: 0,
+  };
+  /** OUT data still to come for the current submit, and where it goes (null: dropped). */
+  private dataLeft = 0;
+  private target: Uint8Array | null = null;
+  private targetAt = 0;
+  private readonly iso = Buffer.alloc(MAX_ISO_PACKETS * ISO_DESCRIPTOR_SIZE);
+  private isoFill = 0;
+  private isoBytes = 0;
+
+  constructor(private readonly sink: UrbReaderSink) {}
+
+  /** Bytes received and not yet consumed (held while blocked). */
+  get pending(): number {
+    return this.buffered;
+  }
+
+  /** Bytes of PDUs not yet whole: what was read of the current one, and what is buffered. */
+  get incomplete(): number {
+    let current = 0;
+    if (this.state === State.HEADER) current = this.headerFill;
+    else if (this.state === State.DATA)
+      current = URB_HEADER_SIZE + (this.h.directionIn ? 0 : this.h.transferBufferLength) - this.dataLeft;
+    else if (this.state === State.ISO)
+      current = URB_HEADER_SIZE + (this.h.directionIn ? 0 : this.h.transferBufferLength) + this.isoFill;
+    return current + this.buffered;
+  }
+
+  /** True while the sink has refused a header and resume() has not been called. */
+  get isBlocked(): boolean {
+    return this.blocked;
+  }
+
+  /** During admit(): the admitted submit's OUT data goes to `bytes[offset ..]`. */
+  receiveInto(bytes: Uint8Array, offset: number): void {
+    this.target = bytes;
+    this.targetAt = offset;
+  }
+
+  push(chunk: Buffer): void {
+    if (this.state === State.STOPPED || chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    this.run();
+  }
+
+  /** Try the refused header again, then carry on with what is buffered. */
+  resume(): void {
+    if (!this.blocked || this.state === State.STOPPED) return;
+    this.blocked = false;
+    this.run();
+  }
+
+  /** Stop for good and let go of every buffered chunk. */
+  stop(): void {
+    this.state = State.STOPPED;
+    this.chunks = [];
+    this.first = 0;
+    this.at = 0;
+    this.buffered = 0;
+    this.target = null;
+  }
+
+  private run(): void {
+    if (this.running) return; // re-entered from a sink callback: the outer loop carries on
+    this.running = true;
+    try {
+      while (!this.blocked && this.state !== State.STOPPED && this.step()) {}
+    } finally {
+      this.running = false;
+    }
+    if (this.first >= COMPACT_AT) {
+      this.chunks.splice(0, this.first);
+      this.first = 0;
+    }
+  }
+
+  /** One move of the state machine; false when it needs more bytes (or stopped). Bounded by the bytes. */
+  private step(): boolean {
+    switch (this.state) {
+      case State.HEADER: {
+        if (this.headerFill < URB_HEADER_SIZE) {
+          if (this.buffered === 0) return false;
+          this.headerFill += this.copyOut(this.header, this.headerFill, URB_HEADER_SIZE - this.headerFill);
+          if (this.headerFill < URB_HEADER_SIZE) return false;
+        }
+        return this.onHeader();
+      }
+      case State.DATA: {
+        if (this.dataLeft > 0) {
+          if (this.buffered === 0) return false;
+          const n =
+            this.target === null
+              ? this.skip(this.dataLeft)
+              : this.copyOut(this.target, this.targetAt, this.dataLeft);
+          this.targetAt += n;
+          this.dataLeft -= n;
+          if (this.dataLeft > 0) return false;
+        }
+        this.target = null;
+        this.state = State.ISO;
+        return true;
+      }
+      case State.ISO: {
+        if (this.isoFill < this.isoBytes) {
+          if (this.buffered === 0) return false;
+          this.isoFill += this.copyOut(this.iso, this.isoFill, this.isoBytes - this.isoFill);
+          if (this.isoFill < this.isoBytes) return false;
+        }
+        this.state = State.HEADER;
+        this.headerFill = 0;
+        this.sink.submit(this.h, this.iso.subarray(0, this.isoBytes));
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+  /** A whole header is in `this.header`: frame it, then unlink, or admit the submit. */
+  private onHeader(): boolean {
+    const b = this.header;
+    const command = b.readUInt32BE(0);
+    if (command === UsbipCommand.CMD_UNLINK) {
+      const direction = b.readUInt32BE(12);
+      if (direction > 1) return this.fail(`direction ${direction} is neither 0 nor 1`);
+      this.headerFill = 0;
+      this.sink.unlink(b.readUInt32BE(4), b.readUInt32BE(8), b.readUInt32BE(20));
+      return true;
+    }
+    const h = this.h;
+    if (command !== UsbipCommand.CMD_SUBMIT) {
+      if (command >>> 16 === USBIP_VERSION) return this.fail("management request after import");
+      return this.fail(`unknown command 0x${command.toString(16)}`);
+    }
+    const direction = b.readUInt32BE(12);
+    if (direction > 1) return this.fail(`direction ${direction} is neither 0 nor 1`);
+    const length = b.readInt32BE(24);
+    if (length < 0 || length > MAX_BUFFER_LENGTH) {
+      return this.fail(`transfer_buffer_length ${length} is outside [0, ${MAX_BUFFER_LENGTH}]`);
+    }
+    const rawPackets = b.readUInt32BE(32);
+    const packets = rawPackets === NON_ISO_PACKETS ? 0 : rawPackets;
+    if (packets > MAX_ISO_PACKETS) return this.fail(`number_of_packets ${rawPackets} is above ${MAX_ISO_PACKETS}`);
+    h.seqnum = b.readUInt32BE(4);
+    h.devid = b.readUInt32BE(8);
+    h.directionIn = direction === 1;
+    h.ep = b.readUInt32BE(16);
+    h.transferFlags = b.readUInt32BE(20);
+    h.transferBufferLength = length;
+    h.startFrame = b.readInt32BE(28);
+    h.packets = packets;
+    h.interval = b.readInt32BE(36);
+    h.bmRequestType = b[40]!;
+    h.bRequest = b[41]!;
+    h.wValue = b[42]! | (b[43]! << 8);
+    h.wIndex = b[44]! | (b[45]! << 8);
+    h.wLength = b[46]! | (b[47]! << 8);
+    this.target = null;
+    if (!this.sink.admit(h)) {
+      // Stay on this header (headerFill stays full): resume() admits it again.
+      this.blocked = this.state !== State.STOPPED;
+      return false;
+    }
+    if (this.state === State.STOPPED) return false;
+    this.dataLeft = h.directionIn ? 0 : length;
+    this.targetAt = this.target === null ? 0 : this.targetAt;
+    this.isoBytes = packets * ISO_DESCRIPTOR_SIZE;
+    this.isoFill = 0;
+    this.state = State.DATA;
+    return true;
+  }
+
+  private fail(reason: string): boolean {
+    this.stop();
+    this.sink.malformed(reason);
+    return false;
+  }
+
+  /** Copy up to `n` buffered bytes to `out[at ..]`; returns how many. */
+  private copyOut(out: Uint8Array, at: number, n: number): number {
+    let done = 0;
+    while (done < n && this.first < this.chunks.length) {
+      const c = this.chunks[this.first]!;
+      const take = Math.min(c.length - this.at, n - done);
+      c.copy(out, at + done, this.at, this.at + take);
+      done += take;
+      this.advance(c, take);
+    }
+    return done;
+  }
+
+  /** Drop up to `n` buffered bytes; returns how many. */
+  private skip(n: number): number {
+    let done = 0;
+    while (done < n && this.first < this.chunks.length) {
+      const c = this.chunks[this.first]!;
+      const take = Math.min(c.length - this.at, n - done);
+      done += take;
+      this.advance(c, take);
+    }
+    return done;
+  }
+
+  private advance(chunk: Buffer, n: number): void {
+    this.buffered -= n;
+    this.at += n;
+    if (this.at === chunk.length) {
+      this.chunks[this.first] = EMPTY;
+      this.first++;
+      this.at = 0;
+      if (this.first === this.chunks.length) {
+        this.chunks.length = 0;
+        this.first = 0;
+      }
+    }
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
