@@ -52,6 +52,8 @@ function ratios(results: readonly Result[]): Ratio[] {
     add(`ratio.bulk64k.vs_${d}`, "e2e.bulk64k.gbps", `e2e.bulk64k.${d}.gbps`, true);
     add(`ratio.bulk1m.vs_${d}`, "e2e.bulk1m.gbps", `e2e.bulk1m.${d}.gbps`, true);
   }
+  // The peer here is the socket itself: a naive TCP echo, same client, same run.
+  add("ratio.usbip.bulk64k.vs_tcp_echo", "usbip.bulk64k.mbps", "tcp.echo64k.mbps", true);
   return out;
 }
 
@@ -86,7 +88,9 @@ async function main(): Promise<void> {
   console.log("\n## the record (stable names)");
   console.table(results.map((x) => ({ name: x.name, value: fmt(x.value), unit: x.unit })));
   if (r.length > 0)
-    console.table(r.map((x) => ({ name: x.name, "usbvirt / peer": `${x.value.toFixed(1)}×` })));
+    console.table(
+      r.map((x) => ({ name: x.name, "usbvirt / peer": `${x.value.toFixed(x.value < 10 ? 2 : 1)}×` })),
+    );
   if (jsonFile !== undefined) {
     const cpus = os.cpus();
     const record = {

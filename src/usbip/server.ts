@@ -159,7 +159,7 @@ interface Slot {
 }
 
 /** What a CMD_SUBMIT became: the engine transfer types, or handled here (SET_ADDRESS, port reset). */
-const enum Kind {
+enum Kind {
   CONTROL,
   BULK,
   INTERRUPT,
@@ -220,16 +220,19 @@ class ServerUrb implements ReplyHolder {
     const interval = h.interval >= 1 ? h.interval : Math.max(1, entry.interval);
     switch (this.kind) {
       case Kind.CONTROL: {
-        const u = (this.control ??= {
-          type: "control",
-          port: slot.port,
-          device: slot.address,
-          endpoint,
-          directionIn: false,
-          buffer,
-          shortNotOk: false,
-          setup: { bmRequestType: 0, bRequest: 0, wValue: 0, wIndex: 0, wLength: 0 },
-        });
+        if (this.control === null) {
+          this.control = {
+            type: "control",
+            port: slot.port,
+            device: slot.address,
+            endpoint,
+            directionIn: false,
+            buffer,
+            shortNotOk: false,
+            setup: { bmRequestType: 0, bRequest: 0, wValue: 0, wIndex: 0, wLength: 0 },
+          };
+        }
+        const u = this.control;
         u.directionIn = h.directionIn;
         u.buffer = buffer;
         u.shortNotOk = shortNotOk;
@@ -242,16 +245,19 @@ class ServerUrb implements ReplyHolder {
         return u;
       }
       case Kind.BULK: {
-        const u = (this.bulk ??= {
-          type: "bulk",
-          port: slot.port,
-          device: slot.address,
-          endpoint,
-          directionIn: false,
-          buffer,
-          shortNotOk: false,
-          zeroPacket: false,
-        });
+        if (this.bulk === null) {
+          this.bulk = {
+            type: "bulk",
+            port: slot.port,
+            device: slot.address,
+            endpoint,
+            directionIn: false,
+            buffer,
+            shortNotOk: false,
+            zeroPacket: false,
+          };
+        }
+        const u = this.bulk;
         u.endpoint = endpoint;
         u.directionIn = h.directionIn;
         u.buffer = buffer;
@@ -260,17 +266,20 @@ class ServerUrb implements ReplyHolder {
         return u;
       }
       case Kind.INTERRUPT: {
-        const u = (this.interrupt ??= {
-          type: "interrupt",
-          port: slot.port,
-          device: slot.address,
-          endpoint,
-          directionIn: false,
-          buffer,
-          shortNotOk: false,
-          zeroPacket: false,
-          interval,
-        });
+        if (this.interrupt === null) {
+          this.interrupt = {
+            type: "interrupt",
+            port: slot.port,
+            device: slot.address,
+            endpoint,
+            directionIn: false,
+            buffer,
+            shortNotOk: false,
+            zeroPacket: false,
+            interval,
+          };
+        }
+        const u = this.interrupt;
         u.endpoint = endpoint;
         u.directionIn = h.directionIn;
         u.buffer = buffer;
@@ -304,7 +313,7 @@ const NO_SEGMENTS: readonly BufferSegment[] = Object.freeze([]);
 type Phase = "op" | "importing" | "urb" | "closed";
 
 /** Why a session's reader is stopped at a header. */
-const enum Blocked {
+enum Blocked {
   NO,
   /** Its unsent replies are over the bound: wait for the client to read. */
   SEND,
@@ -363,7 +372,8 @@ class Session implements UrbReaderSink {
   /** Its reply is written (or will never be): give back its guest memory, recycle the record. */
   release(r: ServerUrb): void {
     const slot = this.slot;
-    if (r.length > 0 && slot !== null) slot.memory.release({ offset: r.offset as GuestOffset, length: r.length });
+    if (r.length > 0 && slot !== null)
+      slot.memory.release({ offset: r.offset as GuestOffset, length: r.length });
     r.length = 0;
     if (r.kind === Kind.ISO) r.iso = [];
     this.free.push(r);
@@ -507,7 +517,10 @@ export class UsbipServer extends EventEmitter {
     ] as const) {
       const v = options[key];
       if (v !== undefined && (!Number.isInteger(v) || v < min)) {
-        throw new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", `options.${key} must be a positive integer, got ${v}`);
+        throw new UsbipServerError(
+          "ERR_USBVIRT_USBIP_OPTIONS",
+          `options.${key} must be a positive integer, got ${v}`,
+        );
       }
     }
     const scratchFrames = Math.max(64, SCRATCH_FRAMES_PER_DEVICE * devices);
@@ -520,7 +533,8 @@ export class UsbipServer extends EventEmitter {
       scratchFrames,
     });
     try {
-      if (connection.handles.memory.length !== 1) throw new Error("the server's guest memory must be one region");
+      if (connection.handles.memory.length !== 1)
+        throw new Error("the server's guest memory must be one region");
       const guest = new GuestUsbDriver(connection.frontend!, connection.handles);
       // Each device's region: an equal slice of the frames between the driver's and the scratch frames.
       const first = 1 + DRIVER_FRAMES;
@@ -529,7 +543,16 @@ export class UsbipServer extends EventEmitter {
       for (let i = 0; i < devices; i++) {
         const start = (first + i * perDevice) * FRAME_SIZE;
         const region = new GuestBufferAllocator(start, start + perDevice * FRAME_SIZE);
-        slots.push(await describeDevice(connection, guest, (i + 1) as PortNum, specs[i]!, region, perDevice * FRAME_SIZE));
+        slots.push(
+          await describeDevice(
+            connection,
+            guest,
+            (i + 1) as PortNum,
+            specs[i]!,
+            region,
+            perDevice * FRAME_SIZE,
+          ),
+        );
       }
       const server = createServer({ noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
       const self = new UsbipServer(connection, guest, slots, server, options, {
@@ -577,7 +600,13 @@ export class UsbipServer extends EventEmitter {
   stats(): {
     clients: number;
     imported: string[];
-    perDevice: { busid: string; urbs: number; memoryBytes: number; unsentBytes: number; receivedBytes: number }[];
+    perDevice: {
+      busid: string;
+      urbs: number;
+      memoryBytes: number;
+      unsentBytes: number;
+      receivedBytes: number;
+    }[];
   } {
     return {
       clients: this.sessions.size,
@@ -781,7 +810,13 @@ export class UsbipServer extends EventEmitter {
       if (!h.directionIn) s.reader!.receiveInto(this.memoryBytes, range.offset);
     }
     r.kind =
-      type === EP_CONTROL ? Kind.CONTROL : type === EP_BULK ? Kind.BULK : type === EP_INTERRUPT ? Kind.INTERRUPT : Kind.ISO;
+      type === EP_CONTROL
+        ? Kind.CONTROL
+        : type === EP_BULK
+          ? Kind.BULK
+          : type === EP_INTERRUPT
+            ? Kind.INTERRUPT
+            : Kind.ISO;
     r.isoFrames = isoFrames;
     s.isoFrames += isoFrames;
     s.urbs++;
@@ -847,7 +882,8 @@ export class UsbipServer extends EventEmitter {
       return;
     }
     const table = slot.endpoints.get(slot.configuration) ?? slot.anyEndpoints;
-    const entry = h.ep === 0 ? CONTROL_ENTRY : table.get((h.directionIn ? 0x80 : 0) | h.ep) ?? CONTROL_ENTRY;
+    const entry =
+      h.ep === 0 ? CONTROL_ENTRY : (table.get((h.directionIn ? 0x80 : 0) | h.ep) ?? CONTROL_ENTRY);
     const urb = r.engineUrb(slot, h, entry);
     r.urb = urb;
     this.hcd.submitWithCallback(urb, r.done);
@@ -890,7 +926,8 @@ export class UsbipServer extends EventEmitter {
   private portReset(s: Session, r: ServerUrb): void {
     const slot = s.slot!;
     r.kind = Kind.LOCAL;
-    const answer = (status: UrbStatus) => this.completed(r, { status, actualLength: 0, startFrame: 0, errorCount: 0 });
+    const answer = (status: UrbStatus) =>
+      this.completed(r, { status, actualLength: 0, startFrame: 0, errorCount: 0 });
     this.resetAndAddress(slot).then(
       () => answer(OK),
       (err: unknown) => {

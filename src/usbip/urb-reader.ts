@@ -21,8 +21,8 @@ import {
   ISO_DESCRIPTOR_SIZE,
   NON_ISO_PACKETS,
   URB_HEADER_SIZE,
-  UsbipCommand,
   USBIP_VERSION,
+  UsbipCommand,
 } from "./protocol.js";
 
 /** One CMD_SUBMIT header, decoded into numbers. The reader reuses one object: copy what you keep. */
@@ -59,7 +59,7 @@ export interface UrbReaderSink {
   malformed(reason: string): void;
 }
 
-const enum State {
+enum State {
   HEADER,
   DATA,
   ISO,
@@ -237,7 +237,8 @@ export class UrbReader {
     }
     const rawPackets = b.readUInt32BE(32);
     const packets = rawPackets === NON_ISO_PACKETS ? 0 : rawPackets;
-    if (packets > MAX_ISO_PACKETS) return this.fail(`number_of_packets ${rawPackets} is above ${MAX_ISO_PACKETS}`);
+    if (packets > MAX_ISO_PACKETS)
+      return this.fail(`number_of_packets ${rawPackets} is above ${MAX_ISO_PACKETS}`);
     h.seqnum = b.readUInt32BE(4);
     h.devid = b.readUInt32BE(8);
     h.directionIn = direction === 1;
