@@ -33,6 +33,21 @@ describe("VirtualHostController transfers", () => {
     expect(r.hc.grants.freeCount).toBe(r.hc.grants.entries);
   });
 
+  it("publishes the URBs submitted inside batch() once, when the batch ends", async () => {
+    const r = rig();
+    await enumerate(r, 1, 4);
+    const results: Promise<UrbCompletion>[] = [];
+    let seenInside = -1;
+    r.hc.batch(() => {
+      for (let i = 0; i < 3; i++) results.push(r.hc.submit(bulk(1, 4, 1, false, [seg((30 + i) * FRAME, 64)])));
+      seenInside = r.fake.ring.unconsumedRequests();
+    });
+    expect(seenInside).toBe(0); // committed to slots, not yet published to the backend
+    expect(r.fake.ring.unconsumedRequests()).toBe(3);
+    await pump(r);
+    for (const c of await Promise.all(results)) expect(c).toMatchObject({ status: OK, actualLength: 64 });
+  });
+
   it("sends bulk OUT data from guest memory with read-only grants and loops it back on bulk IN", async () => {
     const r = rig();
     await enumerate(r, 2, 9);
