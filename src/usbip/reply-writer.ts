@@ -86,6 +86,13 @@ export class ReplyWriter {
     tail: Uint8Array | null,
     holder: ReplyHolder | null,
   ): void {
+    if (this.closed) {
+      holder?.released();
+      return;
+    }
+    if (dataLength > 0 && (dataOffset < 0 || dataOffset + dataLength > this.memory.length)) {
+      throw new RangeError(`reply data [${dataOffset}, +${dataLength}) is outside guest memory`);
+    }
     const r = this.next();
     r.command = UsbipCommand.RET_SUBMIT;
     r.seqnum = seqnum;
@@ -101,6 +108,7 @@ export class ReplyWriter {
   }
 
   retUnlink(seqnum: number, status: number): void {
+    if (this.closed) return;
     const r = this.next();
     r.command = UsbipCommand.RET_UNLINK;
     r.seqnum = seqnum;
@@ -115,10 +123,14 @@ export class ReplyWriter {
     r.holder = null;
   }
 
-  /** No more writes: release every holder still waiting (their bytes will never be sent). */
+  /**
+   * No more writes: the socket is destroyed (so nothing reads guest memory any more) and every holder
+   * still waiting is released once; replies queued afterwards are dropped, their holders released at once.
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.socket.destroy();
     for (let i = 0; i < this.queued; i++) this.recycle(this.queue[i]!)?.released();
     this.queued = 0;
     for (const f of this.inProgress) for (const h of f.holders) h.released();

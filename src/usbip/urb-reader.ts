@@ -48,11 +48,14 @@ export interface SubmitHeader {
 export interface UrbReaderSink {
   /**
    * A whole CMD_SUBMIT header. Return false to stop reading here (the same header comes again after
-   * resume()); true to go on, after calling `reader.receiveInto(...)` for OUT data that should land
-   * somewhere (else it is read and dropped).
+   * resume(), which only takes effect once admit has returned); true to go on, after calling
+   * `reader.receiveInto(...)` for OUT data that should land somewhere (else it is read and dropped).
    */
   admit(h: SubmitHeader): boolean;
-  /** The admitted submit is complete: its OUT data landed, `iso` holds its packet descriptors (wire form). */
+  /**
+   * The admitted submit is complete: its OUT data landed, `iso` holds its packet descriptors (wire
+   * form). `iso` is a view of the reader's own reused buffer: copy what you keep.
+   */
   submit(h: SubmitHeader, iso: Uint8Array): void;
   unlink(seqnum: number, devid: number, unlinkSeqnum: number): void;
   /** Framing is lost: nothing more is read; end the connection. */
@@ -66,7 +69,7 @@ enum State {
   STOPPED,
 }
 
-/** Consumed chunks are dropped in one splice once this many have piled up at the front. */
+/** Consumed chunks are dropped in one splice once this many (and half the list) piled up: amortised O(1). */
 const COMPACT_AT = 64;
 
 export class UrbReader {
@@ -127,8 +130,13 @@ export class UrbReader {
     return this.blocked;
   }
 
-  /** During admit(): the admitted submit's OUT data goes to `bytes[offset ..]`. */
+  /** During admit(): the admitted submit's OUT data (all transfer_buffer_length bytes) goes to `bytes[offset ..]`. */
   receiveInto(bytes: Uint8Array, offset: number): void {
+    if (offset < 0 || offset + this.h.transferBufferLength > bytes.length) {
+      throw new RangeError(
+        `OUT data target [${offset}, +${this.h.transferBufferLength}) does not fit ${bytes.length} bytes`,
+      );
+    }
     this.target = bytes;
     this.targetAt = offset;
   }
@@ -165,7 +173,7 @@ export class UrbReader {
     } finally {
       this.running = false;
     }
-    if (this.first >= COMPACT_AT) {
+    if (this.first >= COMPACT_AT && this.first * 2 >= this.chunks.length) {
       this.chunks.splice(0, this.first);
       this.first = 0;
     }

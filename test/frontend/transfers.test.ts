@@ -39,7 +39,8 @@ describe("VirtualHostController transfers", () => {
     const results: Promise<UrbCompletion>[] = [];
     let seenInside = -1;
     r.hc.batch(() => {
-      for (let i = 0; i < 3; i++) results.push(r.hc.submit(bulk(1, 4, 1, false, [seg((30 + i) * FRAME, 64)])));
+      for (let i = 0; i < 3; i++)
+        results.push(r.hc.submit(bulk(1, 4, 1, false, [seg((30 + i) * FRAME, 64)])));
       seenInside = r.fake.ring.unconsumedRequests();
     });
     expect(seenInside).toBe(0); // committed to slots, not yet published to the backend
