@@ -82,7 +82,9 @@ export interface BackendStats {
 
 export type BackendEvent =
   | { readonly type: "ring-fault"; readonly fault: number; readonly message: string }
-  | { readonly type: "port-failed"; readonly port: number; readonly reason: string };
+  | { readonly type: "port-failed"; readonly port: number; readonly reason: string }
+  /** The host's service loop threw (a bug): on a worker the worker dies; on a shared thread this says so. */
+  | { readonly type: "host-failed"; readonly message: string };
 
 interface PortState {
   link: PortLink | null;

@@ -14,13 +14,13 @@
 import { EventEmitter } from "node:events";
 import { MessageChannel, type Worker } from "node:worker_threads";
 import type { BackendEvent } from "../backend/backend.js";
+import { type BackendApi, type BackendHostData, startBackendHost } from "../backend/backend-host.js";
 import type { DeviceSummary } from "../backend/port-link.js";
 import { type DeviceSpec, describeSpec } from "../devices/spec.js";
 import { VirtualHostController } from "../frontend/index.js";
 import type { ControllerOptions as FrontendOptions, PortStatus } from "../frontend/types.js";
 import { UsbvirtError } from "../util/errors.js";
 import { connect, disconnect, type Remote } from "../util/rpc.js";
-import type { BackendApi, BackendWorkerData } from "../workers/backend-worker.js";
 import { siblingModule, startWorker } from "../workers/spawn.js";
 import { type ControllerHandles, createControllerHandles, type HandlesOptions } from "./handles.js";
 
@@ -49,6 +49,13 @@ export interface ConnectionOptions extends HandlesOptions {
   readonly maxRestarts?: number;
   /** A port worker whose event loop stalls this long is declared hung (default 5000 ms). */
   readonly hungPortMs?: number;
+  /**
+   * Where the backend runs: on a worker of its own (`"worker"`, the default: a backend that crashes
+   * or is cut off is restarted) or on this thread beside the frontend (`"shared"`: no thread hand-off
+   * per batch and no spinning; for a frontend that is itself driven by I/O on this thread, such as
+   * the USB/IP server). Host and USB/IP devices keep a port worker each either way.
+   */
+  readonly backendThread?: "worker" | "shared";
 }
 
 export class ConnectionError extends UsbvirtError {}
@@ -60,7 +67,8 @@ const FRONTEND_SEES_MS = 2000;
 const CLOSE_TIMEOUT_MS = 10_000;
 
 interface BackendHandle {
-  readonly worker: Worker;
+  /** Null when the backend runs on this thread. */
+  readonly worker: Worker | null;
   readonly api: Remote<BackendApi>;
   readonly events: import("node:worker_threads").MessagePort;
   exited: boolean;
@@ -82,8 +90,12 @@ export class Connection extends EventEmitter {
   ) {
     super();
     this.handles = handles;
-    this.frontend =
-      options.frontend === false ? null : new VirtualHostController(handles, options.frontendOptions);
+    // Beside a backend on this thread a spin only keeps the peer from running.
+    const frontendOptions =
+      options.backendThread === "shared"
+        ? { maxSpinMicros: 0, ...options.frontendOptions }
+        : options.frontendOptions;
+    this.frontend = options.frontend === false ? null : new VirtualHostController(handles, frontendOptions);
   }
 
   /** Create the connection and bring it to Connected. */
@@ -109,16 +121,22 @@ export class Connection extends EventEmitter {
     this.setState(ConnectionState.InitWait);
     const control = new MessageChannel();
     const events = new MessageChannel();
-    const data: BackendWorkerData = {
+    const shared = this.options.backendThread === "shared";
+    const data: BackendHostData = {
       handles: this.handles,
       control: control.port2,
       events: events.port2,
       ...(this.options.hungPortMs !== undefined ? { hungPortMs: this.options.hungPortMs } : {}),
+      ...(shared ? { maxSpinMicros: 0 } : {}),
     };
-    const worker = startWorker(siblingModule(import.meta.url, "../workers/backend-worker"), {
-      workerData: data,
-      transferList: [control.port2, events.port2],
-    });
+    let worker: Worker | null = null;
+    if (shared) startBackendHost(data);
+    else {
+      worker = startWorker(siblingModule(import.meta.url, "../workers/backend-worker"), {
+        workerData: data,
+        transferList: [control.port2, events.port2],
+      });
+    }
     const handle: BackendHandle = {
       worker,
       api: connect<BackendApi>(control.port1),
@@ -127,8 +145,8 @@ export class Connection extends EventEmitter {
     };
     this.backend = handle;
     events.port1.on("message", (e: BackendEvent) => this.onBackendEvent(handle, e));
-    worker.on("error", (err) => this.emit("log", `backend worker error: ${String(err)}`));
-    worker.on("exit", (code) => {
+    worker?.on("error", (err) => this.emit("log", `backend worker error: ${String(err)}`));
+    worker?.on("exit", (code) => {
       handle.exited = true;
       if (this.backend === handle && this.stateValue === ConnectionState.Connected) {
         void this.recover(`backend worker exited (code ${code})`);
@@ -136,6 +154,10 @@ export class Connection extends EventEmitter {
     });
     // The backend answers once its comlink endpoint is up: the typed READY of this protocol.
     await handle.api.stats();
+    if (shared) {
+      // Ports of this thread's own channels would keep the process alive: the frontend decides that.
+      for (const p of [control.port1, control.port2, events.port1, events.port2]) p.unref();
+    }
     this.setState(ConnectionState.Initialised);
     this.setState(ConnectionState.Connected);
   }
@@ -145,6 +167,9 @@ export class Connection extends EventEmitter {
     if (e.type === "port-failed") {
       this.wanted.delete(e.port);
       this.emit("port-failed", e.port, e.reason);
+    } else if (e.type === "host-failed") {
+      this.emit("log", `backend failed: ${e.message}`);
+      void this.recover(`backend failed: ${e.message}`);
     } else if (e.type === "ring-fault") {
       this.emit("log", `frontend broke the ring protocol: ${e.message}; cutting the connection off`);
       void this.recover(`ring fault: ${e.message}`);
@@ -156,11 +181,8 @@ export class Connection extends EventEmitter {
     this.restarting ??= (async () => {
       const old = this.backend;
       this.backend = null;
-      if (old !== null) {
-        disconnect(old.api);
-        old.events.close();
-        if (!old.exited) await old.worker.terminate();
-      }
+      // A worker is cut off at once; a backend on this thread is asked to close its ports first.
+      if (old !== null) await this.stopBackend(old, 1000, old.worker === null);
       this.frontend?.backendLost({ cause: "control-plane", message: reason });
       this.emit("backend-lost", reason);
       if (this.options.restartBackend === false || ++this.restarts > (this.options.maxRestarts ?? 5)) {
@@ -261,6 +283,25 @@ export class Connection extends EventEmitter {
     return { ...backend, frontend: this.frontend?.stats() ?? null };
   }
 
+  /**
+   * Close a backend: its devices are detached (bounded by `ms`), then a worker is terminated; a backend
+   * on this thread stops once close() returned (its service loop ends, its ports are closed).
+   */
+  private async stopBackend(b: BackendHandle, ms: number, graceful: boolean): Promise<void> {
+    if (graceful && !b.exited) {
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise((resolve) => {
+        timer = setTimeout(resolve, ms);
+      });
+      await Promise.race([b.api.close(), deadline])
+        .catch(() => undefined)
+        .finally(() => clearTimeout(timer));
+    }
+    disconnect(b.api);
+    b.events.close();
+    if (b.worker !== null && !b.exited) await b.worker.terminate();
+  }
+
   /** Detach every device, stop the backend and the frontend. */
   async close(): Promise<void> {
     if (this.stateValue === ConnectionState.Closed) return;
@@ -268,19 +309,7 @@ export class Connection extends EventEmitter {
     this.setState(ConnectionState.Closing);
     const b = this.backend;
     this.backend = null;
-    if (b !== null) {
-      // A backend that cannot close in time is terminated all the same.
-      let timer: NodeJS.Timeout | undefined;
-      const deadline = new Promise((resolve) => {
-        timer = setTimeout(resolve, CLOSE_TIMEOUT_MS);
-      });
-      await Promise.race([b.api.close(), deadline])
-        .catch(() => undefined)
-        .finally(() => clearTimeout(timer));
-      disconnect(b.api);
-      b.events.close();
-      await b.worker.terminate();
-    }
+    if (b !== null) await this.stopBackend(b, CLOSE_TIMEOUT_MS, true);
     this.frontend?.backendLost({ cause: "control-plane", message: "connection closed" });
     await this.frontend?.stop();
     this.setState(ConnectionState.Closed);

@@ -112,7 +112,7 @@ export interface UsbipServerOptions {
    * an equal region of it, which bounds what its client's requests and unsent replies hold.
    */
   readonly guestMemoryMiB?: number;
-  /** Extra options for the engine connection (tests). */
+  /** Extra options for the engine connection (tests; `backendThread: "worker"` puts the backend on a worker). */
   readonly connection?: Omit<ConnectionOptions, "ports" | "memory">;
 }
 
@@ -526,6 +526,9 @@ export class UsbipServer extends EventEmitter {
     const scratchFrames = Math.max(64, SCRATCH_FRAMES_PER_DEVICE * devices);
     const frames = (mib * 1024 * 1024) / FRAME_SIZE;
     const connection = await Connection.create({
+      // The backend on the socket's thread: measured faster than a backend worker for a socket-driven
+      // frontend on two cores (README, Benchmarks); host and imported devices keep their port workers.
+      backendThread: "shared",
       ...options.connection,
       ports: devices,
       memory: frames,
