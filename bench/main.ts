@@ -54,6 +54,7 @@ function ratios(results: readonly Result[]): Ratio[] {
   }
   // The peer here is the socket itself: a naive TCP echo, same client, same run.
   add("ratio.usbip.bulk64k.vs_tcp_echo", "usbip.bulk64k.mbps", "tcp.echo64k.mbps", true);
+  add("ratio.usbip.bulk64k.vs_backendworker", "usbip.bulk64k.mbps", "usbip.bulk64k.backendworker.mbps", true);
   return out;
 }
 

@@ -8,11 +8,15 @@
  * - 64 KiB bulk loopback, 8 OUT + 8 IN in flight: MB/s of payload (each byte crosses the socket twice);
  * - the same client against a naive Node TCP echo server here, 8 × 64 KiB outstanding: the socket's
  *   own ceiling, for the ratio usbip.bulk64k / tcp.echo64k.
+ * The server runs its engine's backend on its own thread (its default); a second server with the
+ * backend on a worker runs the URB streams after it (names `usbip.*.backendworker.*`), the measurement
+ * behind that default.
  */
 import { type ChildProcess, fork } from "node:child_process";
 import net from "node:net";
 import { fileURLToPath } from "node:url";
 import { Bench } from "tinybench";
+import type { ConnectionOptions } from "../src/engine/connection.js";
 import { silentLogger } from "../src/usbip/log.js";
 import { UsbipServer } from "../src/usbip/server.js";
 import { benchTiming, latencyOf, printBench, type Result, type SuiteOptions } from "./harness.js";
@@ -148,69 +152,102 @@ const TASKS: readonly StreamTask[] = [
   },
 ];
 
+/** Start a server (engine options `connection`) and a client, run `tasks` as one Bench, close both. */
+async function runTasks(
+  opts: SuiteOptions,
+  title: string,
+  tasks: readonly StreamTask[],
+  connection: Omit<ConnectionOptions, "ports" | "memory">,
+): Promise<Result[]> {
+  const server = await UsbipServer.start({
+    devices: [{ kind: "emulated", name: "loopback" }],
+    port: 0,
+    logger: silentLogger,
+    guestMemoryMiB: 64,
+    connection,
+  });
+  // That naive on purpose (no back-pressure handling): the socket's own limit. Errors only end it.
+  const echo = net.createServer((s) => s.on("data", (d) => s.write(d)).on("error", () => s.destroy()));
+  await new Promise<void>((resolve) => echo.listen(0, "127.0.0.1", resolve));
+  const echoPort = (echo.address() as net.AddressInfo).port;
+  let client: ClientProcess | null = null;
+  try {
+    client = await ClientProcess.start();
+    const c = client;
+    await c.request(
+      { cmd: "connect", usbipPort: server.address.port, echoPort, busid: server.devices[0]!.busid },
+      "connected",
+    );
+
+    const bench = new Bench(benchTiming(opts));
+    const done = new Map<string, { waited: number; completed: number }>();
+    for (const t of tasks) {
+      const count = { waited: 0, completed: 0 };
+      done.set(t.name, count);
+      bench.add(
+        t.name,
+        async () => {
+          const r = await c.request({ cmd: "wait", items: t.items }, "waited");
+          count.waited += r.items;
+          // The client's own clock, from the wait's arrival to its Nth item: IPC latency stays out.
+          return { overriddenDuration: r.ms };
+        },
+        {
+          async: true,
+          // Once per phase (warmup, then run): each phase gets a fresh stream, drained at its end.
+          beforeAll: async () => {
+            await c.request({ cmd: "start", workload: t.workload }, "started");
+          },
+          afterAll: async () => {
+            count.completed += (await c.request({ cmd: "stop" }, "stopped")).items;
+          },
+        },
+      );
+    }
+    await bench.run();
+    const units = Object.fromEntries(tasks.map((t) => [t.name, t.items * t.units]));
+    printBench(title, bench, units);
+    for (const [name, n] of done) {
+      if (n.waited === 0 || n.completed < n.waited)
+        throw new Error(`usbip bench: ${name} completed ${n.completed} items, waited for ${n.waited}`);
+    }
+
+    return tasks.map((t) => {
+      const perSecond = latencyOf(bench, t.name).opsPerSec * t.items * t.units;
+      return { name: t.result, value: t.unit === "MB/s" ? perSecond / 1e6 : perSecond, unit: t.unit };
+    });
+  } finally {
+    await client?.close();
+    await new Promise((resolve) => echo.close(resolve));
+    await server.close();
+  }
+}
+
+/** The URB streams again, against a server whose backend runs on a worker. */
+const WORKER_TASKS: readonly StreamTask[] = TASKS.filter((t) => t.workload.kind !== "tcp-echo64k").map(
+  (t) => ({
+    ...t,
+    name: `${t.name} (backend worker)`,
+    result: t.result.replace(/\.(urbs_per_s|mbps)$/, ".backendworker.$1"),
+  }),
+);
+
 export const usbipSuite = {
   name: "usbip",
   async run(opts: SuiteOptions): Promise<Result[]> {
-    const server = await UsbipServer.start({
-      devices: [{ kind: "emulated", name: "loopback" }],
-      port: 0,
-      logger: silentLogger,
-      guestMemoryMiB: 64,
-    });
-    // That naive on purpose (no back-pressure handling): the socket's own limit. Errors only end it.
-    const echo = net.createServer((s) => s.on("data", (d) => s.write(d)).on("error", () => s.destroy()));
-    await new Promise<void>((resolve) => echo.listen(0, "127.0.0.1", resolve));
-    const echoPort = (echo.address() as net.AddressInfo).port;
-    let client: ClientProcess | null = null;
-    try {
-      client = await ClientProcess.start();
-      const c = client;
-      await c.request(
-        { cmd: "connect", usbipPort: server.address.port, echoPort, busid: server.devices[0]!.busid },
-        "connected",
-      );
-
-      const bench = new Bench(benchTiming(opts));
-      const done = new Map<string, { waited: number; completed: number }>();
-      for (const t of TASKS) {
-        const count = { waited: 0, completed: 0 };
-        done.set(t.name, count);
-        bench.add(
-          t.name,
-          async () => {
-            const r = await c.request({ cmd: "wait", items: t.items }, "waited");
-            count.waited += r.items;
-            // The client's own clock, from the wait's arrival to its Nth item: IPC latency stays out.
-            return { overriddenDuration: r.ms };
-          },
-          {
-            async: true,
-            // Once per phase (warmup, then run): each phase gets a fresh stream, drained at its end.
-            beforeAll: async () => {
-              await c.request({ cmd: "start", workload: t.workload }, "started");
-            },
-            afterAll: async () => {
-              count.completed += (await c.request({ cmd: "stop" }, "stopped")).items;
-            },
-          },
-        );
-      }
-      await bench.run();
-      const units = Object.fromEntries(TASKS.map((t) => [t.name, t.items * t.units]));
-      printBench("USB/IP over TCP on 127.0.0.1 (server in this process, client in another)", bench, units);
-      for (const [name, n] of done) {
-        if (n.waited === 0 || n.completed < n.waited)
-          throw new Error(`usbip bench: ${name} completed ${n.completed} items, waited for ${n.waited}`);
-      }
-
-      return TASKS.map((t) => {
-        const perSecond = latencyOf(bench, t.name).opsPerSec * t.items * t.units;
-        return { name: t.result, value: t.unit === "MB/s" ? perSecond / 1e6 : perSecond, unit: t.unit };
-      });
-    } finally {
-      await client?.close();
-      await new Promise((resolve) => echo.close(resolve));
-      await server.close();
-    }
+    return [
+      ...(await runTasks(
+        opts,
+        "USB/IP over TCP on 127.0.0.1 (server in this process, client in another)",
+        TASKS,
+        {},
+      )),
+      ...(await runTasks(
+        opts,
+        "USB/IP, the same server with its engine's backend on a worker",
+        WORKER_TASKS,
+        { backendThread: "worker" },
+      )),
+    ];
   },
 };

@@ -41,7 +41,15 @@
  * the device refuses) gets a RET_SUBMIT with an error status.
  */
 import { EventEmitter } from "node:events";
-import { BlockList, createServer, isIP, type Server, type Socket } from "node:net";
+import {
+  BlockList,
+  createServer,
+  isIP,
+  type OnReadOpts,
+  type Server,
+  Socket,
+  type SocketConstructorOpts,
+} from "node:net";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
 import { FRAME_SIZE, type GuestOffset } from "../dma-map/types.js";
@@ -343,11 +351,25 @@ class Session implements UrbReaderSink {
   /** Called once the last in-flight URB of a closed session came back. */
   onDrained: (() => void) | null = null;
 
+  /** Set by accept() right after construction. */
+  socket!: Socket;
+  /** What reads land in, except OUT data read straight into guest memory (urb-reader.ts). */
+  readonly staging = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+
   constructor(
     readonly server: UsbipServer,
-    readonly socket: Socket,
     readonly peer: string,
   ) {}
+
+  /** Where the next read lands: the rest of the OUT data that is due, in its guest buffer, or staging. */
+  nextReadBuffer(memory: Buffer): Uint8Array {
+    const reader = this.reader;
+    if (this.phase !== "urb" || reader === null) return this.staging;
+    const length = reader.directLength;
+    if (length < DIRECT_READ_MIN) return this.staging;
+    const at = reader.directOffset;
+    return memory.subarray(at, at + length);
+  }
 
   /** Into the URB phase: the reader and writer, fed first with whatever followed the import request. */
   startUrbPhase(memory: SharedArrayBuffer): void {
@@ -432,6 +454,10 @@ const SET_ADDRESS = { type: 0x00, request: 5 };
 const SET_CONFIGURATION = { type: 0x00, request: 9 };
 const PORT_RESET = { type: 0x23, request: 3, feature: 4 };
 
+/** Each connection's read buffer; OUT data of at least DIRECT_READ_MIN bytes is read into guest memory instead. */
+const READ_BUFFER_BYTES = 128 * 1024;
+const DIRECT_READ_MIN = 16 * 1024;
+
 /** URB ring slots the exported devices share (the controller keeps the rest for unlinks). */
 const SHARED_RING_SLOTS = URB_RING_GEOMETRY.slots - UNLINK_RESERVED_SLOTS;
 /** Scratch frames per exported device: iso descriptor arrays (a 1024-packet URB takes 4). */
@@ -448,6 +474,8 @@ export class UsbipServer extends EventEmitter {
   private readonly allow: BlockList | null;
   private readonly memory: SharedArrayBuffer;
   private readonly memoryBytes: Uint8Array;
+  /** The same guest memory as a Buffer, for views that reads land in. */
+  private readonly memoryBuffer: Buffer;
   private readonly maxSendQueue: number;
   private readonly stalledMs: number;
   private readonly blockedMs: number;
@@ -470,6 +498,7 @@ export class UsbipServer extends EventEmitter {
     this.hcd = connection.frontend!;
     this.memory = connection.handles.memory[0]!;
     this.memoryBytes = new Uint8Array(this.memory);
+    this.memoryBuffer = Buffer.from(this.memory);
     this.log = options.logger ?? stderrLogger;
     this.allow = buildAllowList(options.allow);
     this.maxSendQueue = options.maxSendQueueBytes ?? 16 * 1024 * 1024;
@@ -557,7 +586,13 @@ export class UsbipServer extends EventEmitter {
           ),
         );
       }
-      const server = createServer({ noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
+      // Paused: accept() hands each connection to a socket that reads where the server says (onread).
+      const server = createServer({
+        noDelay: true,
+        keepAlive: true,
+        keepAliveInitialDelay: 30_000,
+        pauseOnConnect: true,
+      });
       const self = new UsbipServer(connection, guest, slots, server, options, {
         urbs: Math.min(maxUrbs, ringShare),
         scratchFrames: Math.floor(scratchFrames / devices),
@@ -628,35 +663,28 @@ export class UsbipServer extends EventEmitter {
 
   // ---------------------------------------------------------------- connections
 
-  private accept(socket: Socket): void {
-    const peer = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
+  private accept(raw: Socket): void {
+    const peer = `${raw.remoteAddress ?? "?"}:${raw.remotePort ?? "?"}`;
     if (this.closing !== null) {
-      socket.destroy();
+      raw.destroy();
       return;
     }
-    if (this.allow !== null && !allowed(this.allow, socket.remoteAddress)) {
+    if (this.allow !== null && !allowed(this.allow, raw.remoteAddress)) {
       this.log.warn(`${peer}: refused, not in the allowlist`);
-      socket.destroy();
+      raw.destroy();
       return;
     }
+    const s = new Session(this, peer);
+    const adopted = adoptWithReadBuffer(raw, {
+      buffer: () => s.nextReadBuffer(this.memoryBuffer),
+      callback: (n, buf) => this.onRead(s, n, buf),
+    });
+    const socket = adopted ?? raw;
+    s.socket = socket;
+    if (adopted === null) socket.on("data", (chunk: Buffer) => this.onChunk(s, chunk));
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
-    const s = new Session(this, socket, peer);
     this.sessions.add(s);
-    socket.on("data", (chunk: Buffer) => {
-      if (s.phase === "closed") return;
-      if (s.phase === "urb") {
-        this.received(s, chunk);
-        return;
-      }
-      // Management phase (or an import in progress): a few bytes, framed by the op reader.
-      if (s.queue.length + chunk.length > MAX_OP_BYTES) {
-        this.drop(s, `more than ${MAX_OP_BYTES} bytes before an import completed`);
-        return;
-      }
-      s.queue.push(chunk);
-      this.pumpOp(s);
-    });
     socket.on("error", (err) => {
       if (s.phase !== "closed") this.log.warn(`${peer}: socket error: ${err.message}`);
     });
@@ -666,6 +694,36 @@ export class UsbipServer extends EventEmitter {
       const partial = held > 0 ? ` with ${held} bytes of an incomplete PDU` : "";
       this.end(s, `client closed the connection${partial}`, partial === "" ? "info" : "warn");
     });
+    socket.resume();
+  }
+
+  /** A read into the session's own buffer or, for OUT data that was due, straight into guest memory. */
+  private onRead(s: Session, n: number, buf: Uint8Array): boolean {
+    if (s.phase === "closed") return false;
+    if (buf === s.staging) {
+      // The staging buffer is read into again next time: what the reader keeps of it must be copied.
+      this.onChunk(s, s.phase === "urb" ? s.staging.subarray(0, n) : Buffer.from(s.staging.subarray(0, n)));
+      if (s.phase === "urb") s.reader!.ownBuffered();
+    } else {
+      this.hcd.batch(() => s.reader!.receivedDirect(n));
+      this.updateFlow(s);
+    }
+    return true;
+  }
+
+  private onChunk(s: Session, chunk: Buffer): void {
+    if (s.phase === "closed") return;
+    if (s.phase === "urb") {
+      this.received(s, chunk);
+      return;
+    }
+    // Management phase (or an import in progress): a few bytes, framed by the op reader.
+    if (s.queue.length + chunk.length > MAX_OP_BYTES) {
+      this.drop(s, `more than ${MAX_OP_BYTES} bytes before an import completed`);
+      return;
+    }
+    s.queue.push(chunk);
+    this.pumpOp(s);
   }
 
   /** Management phase: parse and answer whole requests. Bounded by the bytes received. */
@@ -1130,7 +1188,9 @@ export class UsbipServer extends EventEmitter {
   /** Stop listening, cancel every client's URBs, release the devices, stop the engine. */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+      // Stop listening. Its callback would wait for the accepted sockets the server counts, which
+      // adopted connections never close: the sessions are ended below instead.
+      this.server.close();
       const drains: Promise<void>[] = [];
       for (const s of [...this.sessions]) {
         this.end(s, "server shutting down", "info");
@@ -1138,7 +1198,6 @@ export class UsbipServer extends EventEmitter {
       }
       for (const slot of this.slots) if (slot.draining !== null) drains.push(slot.draining);
       await Promise.race([Promise.all(drains), new Promise((r) => setTimeout(r, 3000).unref())]);
-      await listenerClosed;
       await this.connection.close();
       this.log.info("server stopped: in-flight URBs completed or cancelled, devices released");
     })();
@@ -1233,6 +1292,23 @@ async function describeDevice(
     configuration: 0,
     failed: null,
   };
+}
+
+/**
+ * Re-own an accepted connection with Node's `onread` option, so reads land in memory the server chooses
+ * (its staging buffer, or a submit's guest buffer) instead of a fresh Buffer per read: the garbage a
+ * fast stream would otherwise make is what a busy server's event loop pays for most. net.Server has no
+ * such option, so the accepted socket's handle is given to a new Socket (as net does for every
+ * connection it accepts); where the handle is not reachable, null: the caller keeps 'data' events.
+ */
+function adoptWithReadBuffer(raw: Socket, onread: OnReadOpts): Socket | null {
+  const handle = (raw as unknown as { _handle?: object | null })._handle;
+  if (handle === undefined || handle === null) return null;
+  try {
+    return new Socket({ handle, onread } as SocketConstructorOpts);
+  } catch {
+    return null;
+  }
 }
 
 function buildAllowList(allow: readonly string[] | undefined): BlockList | null {

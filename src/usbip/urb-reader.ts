@@ -141,6 +141,45 @@ export class UrbReader {
     this.targetAt = offset;
   }
 
+  /**
+   * OUT data the socket may read straight into its target now (nothing else buffered): its length,
+   * 0 when none; the bytes go to `directBytes[directOffset ..]`, then receivedDirect(n).
+   */
+  get directLength(): number {
+    return this.state === State.DATA && this.target !== null && this.buffered === 0 && !this.blocked
+      ? this.dataLeft
+      : 0;
+  }
+  get directBytes(): Uint8Array | null {
+    return this.target;
+  }
+  get directOffset(): number {
+    return this.targetAt;
+  }
+
+  /** `n` (≤ directLength) bytes of OUT data were read straight into the target. */
+  receivedDirect(n: number): void {
+    if (n <= 0 || n > this.directLength)
+      throw new RangeError(`receivedDirect(${n}) outside [1, ${this.directLength}]`);
+    this.targetAt += n;
+    this.dataLeft -= n;
+    this.run();
+  }
+
+  /**
+   * Copy the buffered bytes into memory of the reader's own: the caller is about to reuse the buffer
+   * its chunks were read into (a socket's read buffer). Rare: only while blocked with bytes left over.
+   */
+  ownBuffered(): void {
+    if (this.buffered === 0) return;
+    const own = Buffer.allocUnsafe(this.buffered);
+    this.copyOut(own, 0, this.buffered);
+    this.chunks = [own];
+    this.first = 0;
+    this.at = 0;
+    this.buffered = own.length;
+  }
+
   push(chunk: Buffer): void {
     if (this.state === State.STOPPED || chunk.length === 0) return;
     this.chunks.push(chunk);
