@@ -353,6 +353,8 @@ class Session implements UrbReaderSink {
 
   /** Set by accept() right after construction. */
   socket!: Socket;
+  /** OUT bytes the socket read straight into guest memory (no copy on the way). */
+  directBytes = 0;
   /** What reads land in, except OUT data read straight into guest memory (urb-reader.ts). */
   readonly staging = Buffer.allocUnsafe(READ_BUFFER_BYTES);
 
@@ -633,7 +635,7 @@ export class UsbipServer extends EventEmitter {
   /**
    * Clients connected now (any phase), which busids are imported, and per imported device what its
    * client holds: URBs in the engine, guest memory in use, reply bytes not yet written, bytes received
-   * and not yet read (held while its reads wait).
+   * and not yet read (held while its reads wait), and the OUT bytes read straight into guest memory.
    */
   stats(): {
     clients: number;
@@ -657,6 +659,7 @@ export class UsbipServer extends EventEmitter {
           memoryBytes: s.memoryBytes - s.memory.freeBytes,
           unsentBytes: s.owner!.writer?.unsent ?? 0,
           receivedBytes: s.owner!.reader?.pending ?? s.owner!.queue.length,
+          directBytes: s.owner!.directBytes,
         })),
     };
   }
@@ -705,6 +708,7 @@ export class UsbipServer extends EventEmitter {
       this.onChunk(s, s.phase === "urb" ? s.staging.subarray(0, n) : Buffer.from(s.staging.subarray(0, n)));
       if (s.phase === "urb") s.reader!.ownBuffered();
     } else {
+      s.directBytes += n;
       this.hcd.batch(() => s.reader!.receivedDirect(n));
       this.updateFlow(s);
     }
