@@ -646,6 +646,7 @@ export class UsbipServer extends EventEmitter {
       memoryBytes: number;
       unsentBytes: number;
       receivedBytes: number;
+      directBytes: number;
     }[];
   } {
     return {
