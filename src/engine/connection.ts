@@ -60,6 +60,23 @@ export interface ConnectionOptions extends HandlesOptions {
 
 export class ConnectionError extends UsbvirtError {}
 
+/**
+ * The events a Connection emits, with their arguments: `on`, `once`, `off` and
+ * `emit` are checked against this map, so an unknown event name is a type error.
+ */
+export interface ConnectionEvents {
+  /** The connection state machine moved (xenbus numbering). */
+  state: [state: ConnectionState];
+  /** Something the operator should read: a worker error, a failed re-attach, a cut-off frontend. */
+  log: [line: string];
+  /** A port's device or port worker failed; the port reports a disconnect. */
+  "port-failed": [port: number, reason: string];
+  /** The backend died or was cut off; every URB in flight completed with -ESHUTDOWN. */
+  "backend-lost": [reason: string];
+  /** A new backend is up (its devices are re-attached next). */
+  "backend-ready": [];
+}
+
 /** How long attach/detach wait for this thread's frontend to take the port's event. */
 const FRONTEND_SEES_MS = 2000;
 
@@ -74,7 +91,7 @@ interface BackendHandle {
   exited: boolean;
 }
 
-export class Connection extends EventEmitter {
+export class Connection extends EventEmitter<ConnectionEvents> {
   readonly handles: ControllerHandles;
   readonly frontend: VirtualHostController | null;
   private stateValue: ConnectionState = ConnectionState.Initialising;

@@ -148,6 +148,9 @@ function yieldToEventLoop(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
 
+/** A listener registered with `once`, remembering the caller's function so `off` can find it. */
+type OnceWrapper = ((...args: never[]) => void) & { readonly listener: (...args: never[]) => void };
+
 export class VirtualHostController {
   readonly memory: GuestMemory;
   readonly grants: GrantTableOwner;
@@ -272,8 +275,27 @@ export class VirtualHostController {
     return this;
   }
 
+  /** Like `on`, for the next event only: the listener is removed before it runs (`off` removes it too). */
+  once<E extends ControllerEventName>(event: E, listener: ControllerEvents[E]): this {
+    const wrapper: OnceWrapper = Object.assign(
+      (...args: unknown[]) => {
+        this.listeners.get(event)?.delete(wrapper);
+        (listener as (...a: unknown[]) => void)(...args);
+      },
+      { listener: listener as (...args: never[]) => void },
+    );
+    return this.on(event, wrapper as unknown as ControllerEvents[E]);
+  }
+
   off<E extends ControllerEventName>(event: E, listener: ControllerEvents[E]): this {
-    this.listeners.get(event)?.delete(listener as (...args: never[]) => void);
+    const set = this.listeners.get(event);
+    if (set === undefined || set.delete(listener as (...args: never[]) => void)) return this;
+    for (const l of set) {
+      if ((l as Partial<OnceWrapper>).listener === listener) {
+        set.delete(l);
+        break;
+      }
+    }
     return this;
   }
 
