@@ -23,7 +23,7 @@ import { type ControllerHandles, spinLimiterOf } from "../engine/handles.js";
 import type { PortStats } from "../port/port-service.js";
 import { AdaptiveSpin } from "../rings/spin.js";
 import { ENODEV } from "../urb/status.js";
-import { UsbvirtError } from "../util/errors.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { serve } from "../util/rpc.js";
 
 export interface BackendHostData {
@@ -59,7 +59,21 @@ export interface BackendApi {
   close(): Promise<void>;
 }
 
-export class BackendPortError extends UsbvirtError {}
+/** A port request the backend refused. */
+export type BackendPortCode =
+  | "ERR_USBVIRT_PORT_RANGE"
+  | "ERR_USBVIRT_PORT_EMPTY"
+  | "ERR_USBVIRT_PORT_BUSY"
+  | "ERR_USBVIRT_PORT_PLACEMENT";
+
+/** A port request the backend refused. The class owns its codes: BackendPortCode lists every one. */
+export class BackendPortError extends UsbvirtError {
+  declare readonly code: BackendPortCode;
+  constructor(code: BackendPortCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+  }
+}
+registerErrorClass(BackendPortError);
 
 /** Start a backend host on this thread; it runs until the control plane calls close(). */
 export function startBackendHost(hostData: BackendHostData): void {

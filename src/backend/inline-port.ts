@@ -18,10 +18,20 @@ import { PortService, type PortStats } from "../port/port-service.js";
 import { PORT_RING_GEOMETRY } from "../port/port-wire.js";
 import { Doorbell } from "../rings/doorbell.js";
 import { createRingBuffer } from "../rings/layout.js";
-import { UsbvirtError } from "../util/errors.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { type PortHost, type PortHostEvents, PortLink, PortStartError } from "./port-link.js";
 
-export class InlinePortError extends UsbvirtError {}
+/** An operation an inline (backend-thread) port cannot do. */
+export type InlinePortCode = "ERR_USBVIRT_PORT_PLACEMENT";
+
+/** An operation an inline (backend-thread) port cannot do. The class owns its codes: InlinePortCode lists every one. */
+export class InlinePortError extends UsbvirtError {
+  declare readonly code: InlinePortCode;
+  constructor(code: InlinePortCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+  }
+}
+registerErrorClass(InlinePortError);
 
 export class InlinePort implements PortHost {
   readonly placement = "backend";
@@ -113,8 +123,7 @@ export async function openInlinePort(options: OpenInlineOptions): Promise<PortLi
     device = createDevice(options.spec);
     await device.open();
   } catch (err) {
-    const e = err as { code?: string; message?: string };
-    throw new PortStartError(options.port, e.message ?? String(err), e.code ?? "ERR_USBVIRT_DEVICE_OPEN");
+    throw PortStartError.deviceOpen(options.port, err);
   }
   const ring = createRingBuffer(PORT_RING_GEOMETRY);
   const service = new PortService({

@@ -10,7 +10,7 @@ import { PORT_RESPONSE_SIZE, PORT_RING_GEOMETRY } from "../port/port-wire.js";
 import type { UsbSpeed } from "../rings/conn-ring.js";
 import { FrontRing } from "../rings/front-ring.js";
 import { IdPool } from "../rings/id-pool.js";
-import { UsbvirtError } from "../util/errors.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 
 /** One guest URB while it is on a port: what to answer and what to unpin when it completes (reused by the backend). */
 export interface InFlightUrb {
@@ -98,8 +98,31 @@ export class PortLink {
   }
 }
 
+/**
+ * A port whose device could not be started. Its code is ERR_USBVIRT_PORT_START
+ * when the worker itself failed (no READY, crashed on start); when the device
+ * refused to open (`PortStartError.deviceOpen`) the device's error is the
+ * `cause` and its code is kept (ERR_USBVIRT_HOST_DEVICE_NOT_FOUND …), or
+ * ERR_USBVIRT_DEVICE_OPEN when the device threw something without a code.
+ */
 export class PortStartError extends UsbvirtError {
-  constructor(port: number, message: string, code = "ERR_USBVIRT_PORT_START") {
-    super(code, `port ${port}: ${message}`);
+  constructor(port: number, message: string, options?: { cause?: unknown; deviceOpen?: boolean }) {
+    const cause = options?.cause;
+    const code =
+      options?.deviceOpen !== true
+        ? "ERR_USBVIRT_PORT_START"
+        : cause instanceof UsbvirtError
+          ? cause.code
+          : "ERR_USBVIRT_DEVICE_OPEN";
+    super(code, `port ${port}: ${message}`, cause === undefined ? undefined : { cause });
+  }
+
+  /** The device on `port` refused to open with `cause`. */
+  static deviceOpen(port: number, cause: unknown): PortStartError {
+    return new PortStartError(port, cause instanceof Error ? cause.message : String(cause), {
+      cause,
+      deviceOpen: true,
+    });
   }
 }
+registerErrorClass(PortStartError);

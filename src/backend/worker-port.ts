@@ -11,6 +11,7 @@ import type { PortStats } from "../port/port-service.js";
 import { PORT_RING_GEOMETRY } from "../port/port-wire.js";
 import { Doorbell } from "../rings/doorbell.js";
 import { createRingBuffer } from "../rings/layout.js";
+import { deserializeError } from "../util/error-wire.js";
 import { connect, disconnect, type Remote } from "../util/rpc.js";
 import type {
   PortWorkerApi,
@@ -145,7 +146,7 @@ export async function spawnPortWorker(options: SpawnPortOptions): Promise<PortLi
     });
     worker.once("error", (err) => {
       clearTimeout(timer);
-      reject(new PortStartError(options.port, `worker failed to start: ${String(err)}`));
+      reject(new PortStartError(options.port, `worker failed to start: ${String(err)}`, { cause: err }));
     });
   }).catch(async (err: unknown) => {
     await worker.terminate();
@@ -155,7 +156,7 @@ export async function spawnPortWorker(options: SpawnPortOptions): Promise<PortLi
   if (hello.type !== "ready") {
     await once(worker, "exit").catch(() => undefined);
     port1.close();
-    throw new PortStartError(options.port, hello.message, hello.code);
+    throw PortStartError.deviceOpen(options.port, deserializeError(hello.error));
   }
   const host = new WorkerPort(worker, bell, heartbeat, port1);
   return new PortLink(options.port, { ...hello.summary, placement: "worker" }, ring, host);

@@ -1,7 +1,8 @@
 /** CLI errors: a usage mistake (exit status 2, with the command's help hint). */
-import { UsbvirtError } from "../util/errors.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 
 export class UsageError extends UsbvirtError {
+  declare readonly code: "ERR_USBVIRT_USAGE";
   constructor(
     readonly command: string,
     message: string,
@@ -9,3 +10,4 @@ export class UsageError extends UsbvirtError {
     super("ERR_USBVIRT_USAGE", message);
   }
 }
+registerErrorClass(UsageError);

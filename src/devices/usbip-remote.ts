@@ -27,7 +27,7 @@ import {
   TransferFlag,
   usbifSpeedOf,
 } from "../usbip/protocol.js";
-import { UsbvirtError } from "../util/errors.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import type {
   DeviceInfo,
   IsoPacketResult,
@@ -39,7 +39,20 @@ import type {
 } from "./device.js";
 import type { UsbipDeviceSpec } from "./spec.js";
 
-export class UsbipRemoteError extends UsbvirtError {}
+/** A device imported over USB/IP that cannot be used. */
+export type UsbipRemoteCode =
+  | "ERR_USBVIRT_USBIP_NOT_OPEN"
+  | "ERR_USBVIRT_USBIP_CLOSED"
+  | "ERR_USBVIRT_USBIP_DESCRIPTOR";
+
+/** A device imported over USB/IP that cannot be used. The class owns its codes: UsbipRemoteCode lists every one. */
+export class UsbipRemoteError extends UsbvirtError {
+  declare readonly code: UsbipRemoteCode;
+  constructor(code: UsbipRemoteCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+  }
+}
+registerErrorClass(UsbipRemoteError);
 
 const USB_DT_DEVICE = 1;
 const USB_DT_CONFIG = 2;

@@ -6,7 +6,7 @@
  * there: that mapping belongs to src/urb). Callers that prefer exceptions wrap
  * a code with `GrantError.fromFault`.
  */
-import { UsbvirtError } from "../util/errors.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 
 export const GrantFault = {
   /** Not a fault: the operation succeeded (unmap, complete, release return it). */
@@ -90,10 +90,19 @@ export function isGrantFault(result: unknown): result is GrantFaultCode {
  * grant), INVALID_ARGUMENT (grant of a bad domain / frame / extent),
  * STORAGE_IN_USE (an owner built over a table that already has grants).
  */
+export type GrantErrorKind =
+  | GrantFaultName
+  | "UNKNOWN"
+  | "TABLE_FULL"
+  | "NOT_ACTIVE"
+  | "INVALID_ARGUMENT"
+  | "STORAGE_IN_USE";
+
 export class GrantError extends UsbvirtError {
+  declare readonly code: `ERR_USBVIRT_GRANT_${GrantErrorKind}`;
   /** The numeric fault when this wraps a mapper fault, else undefined. */
   readonly fault: GrantFaultCode | undefined;
-  constructor(kind: string, message: string, fault?: GrantFaultCode, options?: { cause?: unknown }) {
+  constructor(kind: GrantErrorKind, message: string, fault?: GrantFaultCode, options?: { cause?: unknown }) {
     super(`ERR_USBVIRT_GRANT_${kind}`, message, options);
     this.fault = fault;
   }
@@ -103,3 +112,4 @@ export class GrantError extends UsbvirtError {
     return new GrantError(grantFaultName(fault), context ? `${context}: ${message}` : message, fault);
   }
 }
+registerErrorClass(GrantError);

@@ -19,7 +19,7 @@ import type { DeviceSummary } from "../backend/port-link.js";
 import { type DeviceSpec, describeSpec } from "../devices/spec.js";
 import { VirtualHostController } from "../frontend/index.js";
 import type { ControllerOptions as FrontendOptions, PortStatus } from "../frontend/types.js";
-import { UsbvirtError } from "../util/errors.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { connect, disconnect, type Remote } from "../util/rpc.js";
 import { siblingModule, startWorker } from "../workers/spawn.js";
 import { type ControllerHandles, createControllerHandles, type HandlesOptions } from "./handles.js";
@@ -58,7 +58,17 @@ export interface ConnectionOptions extends HandlesOptions {
   readonly backendThread?: "worker" | "shared";
 }
 
-export class ConnectionError extends UsbvirtError {}
+/** A connection call made when the connection cannot serve it. */
+export type ConnectionCode = "ERR_USBVIRT_NOT_CONNECTED";
+
+/** A connection call made when the connection cannot serve it. The class owns its codes: ConnectionCode lists every one. */
+export class ConnectionError extends UsbvirtError {
+  declare readonly code: ConnectionCode;
+  constructor(code: ConnectionCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+  }
+}
+registerErrorClass(ConnectionError);
 
 /**
  * The events a Connection emits, with their arguments: `on`, `once`, `off` and

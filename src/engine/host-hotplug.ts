@@ -20,6 +20,7 @@ import {
   passesFilter,
 } from "../devices/host/index.js";
 import type { DeviceSpec } from "../devices/spec.js";
+import { UsbvirtError } from "../util/errors.js";
 import type { Connection } from "./connection.js";
 
 export interface HostHotplugOptions {
@@ -32,6 +33,9 @@ export interface HostHotplugOptions {
 }
 
 const isHub = (d: HostDeviceInfo) => d.deviceClass === 9;
+
+/** The code of a usbvirt error (it survives the backend's thread boundary, src/util/rpc.ts); else undefined. */
+const codeOf = (err: unknown): string | undefined => (err instanceof UsbvirtError ? err.code : undefined);
 
 export class HostHotplug extends EventEmitter {
   private readonly watcher: HostHotplugWatcher;
@@ -111,8 +115,8 @@ export class HostHotplug extends EventEmitter {
       try {
         await this.conn.attach(port, spec);
       } catch (err) {
-        const e = err as { code?: string; message?: string };
-        if (e.code === "ERR_USBVIRT_PORT_BUSY" || /already has a device/.test(e.message ?? "")) continue;
+        // Taken since we looked (another attach won the race): try the next port.
+        if (codeOf(err) === "ERR_USBVIRT_PORT_BUSY") continue;
         throw err;
       }
       this.attached.set(info.portPath, { port, info });
@@ -130,9 +134,7 @@ export class HostHotplug extends EventEmitter {
       await this.conn.detach(a.port);
     } catch (err) {
       // The port worker saw the unplug first and ended: the port is already empty.
-      // (comlink carries an error's message, not its code.)
-      const e = err as { code?: string; message?: string };
-      if (e.code !== "ERR_USBVIRT_PORT_EMPTY" && !/has no device/.test(e.message ?? "")) throw err;
+      if (codeOf(err) !== "ERR_USBVIRT_PORT_EMPTY") throw err;
     }
     this.emit("detached", a.port, a.info);
   }

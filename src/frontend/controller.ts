@@ -54,6 +54,7 @@ import {
   ESHUTDOWN,
   OK,
   statusFromPeer,
+  statusText,
   type UrbStatus,
 } from "../urb/status.js";
 import {
@@ -64,7 +65,7 @@ import {
   type UrbBuffer,
   type UrbId,
 } from "../urb/types.js";
-import { InvalidOptionError, UsbvirtError } from "../util/errors.js";
+import { InvalidOptionError, registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { RequestScratch, type ScratchDataRequest } from "./request-scratch.js";
 import { RootHub } from "./root-hub.js";
 import { ScratchFrames } from "./scratch.js";
@@ -114,23 +115,24 @@ const PENDING_COMPACT_AT = 1024;
 /** The keep-alive timer of a started controller fires this rarely (it only holds the thread open). */
 const KEEP_ALIVE_INTERVAL_MS = 1 << 30;
 export class PortResetError extends UsbvirtError {
+  declare readonly code: "ERR_USBVIRT_PORT_RESET";
   constructor(
     readonly port: PortNum,
     readonly status: UrbStatus,
   ) {
-    super(
-      "ERR_USBVIRT_PORT_RESET",
-      `reset of port ${port} failed: ${describeStatus(status)?.name ?? status} (${describeStatus(status)?.meaning ?? "unknown status"})`,
-    );
+    super("ERR_USBVIRT_PORT_RESET", `reset of port ${port} failed: ${statusText(status)}`);
   }
 }
+registerErrorClass(PortResetError);
 
 /** A lifecycle call made in the wrong state (backendReady while connected, …). */
 export class ControllerStateError extends UsbvirtError {
+  declare readonly code: "ERR_USBVIRT_CONTROLLER_STATE";
   constructor(message: string) {
     super("ERR_USBVIRT_CONTROLLER_STATE", message);
   }
 }
+registerErrorClass(ControllerStateError);
 
 /** A URB without a buffer reads as this (shared: no empty array per URB). */
 const NO_SEGMENTS: readonly BufferSegment[] = Object.freeze([]);

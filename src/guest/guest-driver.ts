@@ -11,9 +11,9 @@ import { FRAME_SIZE, type GuestFrame } from "../dma-map/types.js";
 import type { ControllerHandles } from "../engine/handles.js";
 import type { VirtualHostController } from "../frontend/index.js";
 import type { UrbCompletion } from "../frontend/types.js";
-import { describeStatus, OK, type UrbStatus } from "../urb/status.js";
+import { OK, statusText, type UrbStatus } from "../urb/status.js";
 import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
-import { UsbvirtError } from "../util/errors.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { GuestBufferAllocator, type GuestRange } from "./guest-memory-allocator.js";
 
 export const USB_DT_DEVICE = 1;
@@ -22,14 +22,17 @@ export const USB_DT_STRING = 3;
 export const USB_DT_INTERFACE = 4;
 export const USB_DT_ENDPOINT = 5;
 
+/** A guest transfer that completed with a status other than OK; the message names the status. */
 export class GuestTransferError extends UsbvirtError {
+  declare readonly code: "ERR_USBVIRT_GUEST_TRANSFER";
   constructor(
     readonly what: string,
     readonly status: UrbStatus,
   ) {
-    super("ERR_USBVIRT_GUEST_TRANSFER", `${what} failed: ${describeStatus(status)}`);
+    super("ERR_USBVIRT_GUEST_TRANSFER", `${what} failed: ${statusText(status)}`);
   }
 }
+registerErrorClass(GuestTransferError);
 
 export interface EndpointInfo {
   readonly address: number;

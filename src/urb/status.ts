@@ -79,6 +79,12 @@ export function describeStatus(raw: number): StatusInfo | undefined {
   return byStatus.get(raw);
 }
 
+/** A status for people: "EPIPE (endpoint stalled)"; "unknown status -5" outside the table. */
+export function statusText(raw: number): string {
+  const info = byStatus.get(raw);
+  return info === undefined ? `unknown status ${raw}` : `${info.name} (${info.meaning})`;
+}
+
 /**
  * Accept a status written by the peer. Unknown values become -ESHUTDOWN, as Linux xen-hcd does:
  * a peer that writes nonsense is treated like one that went away, never passed on raw.

@@ -13,7 +13,7 @@
  */
 import { EventEmitter } from "node:events";
 import { type Socket, connect as tcpConnect } from "node:net";
-import { UsbvirtError } from "../util/errors.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import {
   ByteQueue,
   type DeviceRecord,
@@ -33,7 +33,23 @@ import {
   USBIP_PORT,
 } from "./protocol.js";
 
-export class UsbipClientError extends UsbvirtError {}
+/** A USB/IP client failure. */
+export type UsbipClientCode =
+  | "ERR_USBVIRT_USBIP_CLOSED"
+  | "ERR_USBVIRT_USBIP_CONNECT"
+  | "ERR_USBVIRT_USBIP_DEVLIST"
+  | "ERR_USBVIRT_USBIP_PROTOCOL"
+  | "ERR_USBVIRT_USBIP_STATE"
+  | "ERR_USBVIRT_USBIP_IMPORT";
+
+/** A USB/IP client failure. The class owns its codes: UsbipClientCode lists every one. */
+export class UsbipClientError extends UsbvirtError {
+  declare readonly code: UsbipClientCode;
+  constructor(code: UsbipClientCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+  }
+}
+registerErrorClass(UsbipClientError);
 
 /** An import the server refused; `status` is the OP status (2 = busy, 4 = no such device). */
 export class UsbipImportError extends UsbipClientError {
@@ -44,6 +60,7 @@ export class UsbipImportError extends UsbipClientError {
     super("ERR_USBVIRT_USBIP_IMPORT", `import of ${busid} refused: ${opStatusName(status)} (${status})`);
   }
 }
+registerErrorClass(UsbipImportError);
 
 export interface SubmitRequest {
   /** Endpoint number 0..15 (no direction bit). */

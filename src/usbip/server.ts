@@ -72,7 +72,7 @@ import { GuestUsbDriver, parseConfiguration, USB_DT_CONFIG, USB_DT_DEVICE } from
 import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
 import { ECONNRESET, EINVAL, ENOMEM, OK, type UrbStatus } from "../urb/status.js";
 import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
-import { UsbvirtError } from "../util/errors.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { stderrLogger, type UsbipLogger } from "./log.js";
 import {
   ByteQueue,
@@ -92,7 +92,13 @@ import {
 import { type ReplyHolder, ReplyWriter } from "./reply-writer.js";
 import { type SubmitHeader, UrbReader, type UrbReaderSink } from "./urb-reader.js";
 
-export class UsbipServerError extends UsbvirtError {}
+export class UsbipServerError extends UsbvirtError {
+  declare readonly code: "ERR_USBVIRT_USBIP_OPTIONS" | "ERR_USBVIRT_USBIP_DEVICE";
+  constructor(code: UsbipServerError["code"], message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+  }
+}
+registerErrorClass(UsbipServerError);
 
 export interface UsbipServerOptions {
   /** What to export, in port order (at most 31). */

@@ -13,6 +13,7 @@ import type { DeviceSpec } from "../devices/spec.js";
 import { runDeviceCommand } from "../port/device-commands.js";
 import { PortService, type PortStats } from "../port/port-service.js";
 import { SpinLimiter } from "../rings/spin.js";
+import { type SerializedValue, serializeError } from "../util/error-wire.js";
 import { serve } from "../util/rpc.js";
 
 export interface PortWorkerData {
@@ -35,7 +36,8 @@ export interface PortWorkerData {
 
 export type PortWorkerHello =
   | { readonly type: "ready"; readonly summary: Omit<DeviceSummary, "placement"> }
-  | { readonly type: "error"; readonly code: string; readonly message: string };
+  /** The device did not open: its error (class, code, cause) in src/util/error-wire.ts's form. */
+  | { readonly type: "error"; readonly error: SerializedValue };
 
 /** After READY: the device disappeared; every completion it produced is already on the port ring. */
 export interface PortWorkerGone {
@@ -61,12 +63,7 @@ async function main(data: PortWorkerData): Promise<void> {
     device = createDevice(data.spec);
     await device.open();
   } catch (err) {
-    const e = err as { code?: string; message?: string };
-    const hello: PortWorkerHello = {
-      type: "error",
-      code: e.code ?? "ERR_USBVIRT_DEVICE_OPEN",
-      message: e.message ?? String(err),
-    };
+    const hello: PortWorkerHello = { type: "error", error: serializeError(err) };
     parentPort!.postMessage(hello);
     data.control.close();
     return;

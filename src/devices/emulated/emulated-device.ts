@@ -25,7 +25,7 @@ import {
   type UrbStatus,
 } from "../../urb/status.js";
 import type { SetupPacket } from "../../urb/types.js";
-import { UsbvirtError } from "../../util/errors.js";
+import { registerErrorClass, UsbvirtError } from "../../util/errors.js";
 import {
   type DeviceInfo,
   NO_DATA,
@@ -45,6 +45,15 @@ import {
   ENDPOINT_NUMBER_MASK,
   type EndpointLayout,
 } from "./descriptors.js";
+
+/** An emulated device used after close (open after close). */
+export class DeviceClosedError extends UsbvirtError {
+  declare readonly code: "ERR_USBVIRT_DEVICE_CLOSED";
+  constructor(message: string) {
+    super("ERR_USBVIRT_DEVICE_CLOSED", message);
+  }
+}
+registerErrorClass(DeviceClosedError);
 
 /** bmRequestType fields (§9.3.1). */
 export const REQUEST_DIR_IN = 0x80;
@@ -412,8 +421,7 @@ export abstract class EmulatedDevice implements UsbDevice {
   // ---- UsbDevice ---------------------------------------------------------------------------------------
 
   async open(): Promise<void> {
-    if (this.closed)
-      throw new UsbvirtError("ERR_USBVIRT_DEVICE_CLOSED", `${this.info.name}: open after close`);
+    if (this.closed) throw new DeviceClosedError(`${this.info.name}: open after close`);
   }
 
   submit(request: TransferRequest, done: TransferDone): TransferHandle {

@@ -40,7 +40,7 @@
  */
 
 import { ECONNRESET, ENODEV, EREMOTEIO, ESHUTDOWN, OK, type UrbStatus } from "../../urb/status.js";
-import { UsbvirtError } from "../../util/errors.js";
+import { registerErrorClass, UsbvirtError } from "../../util/errors.js";
 import type {
   DeviceInfo,
   TransferDone,
@@ -62,7 +62,22 @@ import {
 import { formatSelector, type HostSelector, matchesSelector } from "./select.js";
 import { ISO_UNSUPPORTED_STATUS, isNoDevice, libusbStatus } from "./status.js";
 
-export class HostDeviceError extends UsbvirtError {}
+/** A host device that cannot be opened or used. */
+export type HostDeviceCode =
+  | "ERR_USBVIRT_HOST_DEVICE_NOT_FOUND"
+  | "ERR_USBVIRT_HOST_OPEN"
+  | "ERR_USBVIRT_HOST_NOT_OPEN"
+  | "ERR_USBVIRT_HOST_REOPEN"
+  | "ERR_USBVIRT_HOST_CLAIM";
+
+/** A host device that cannot be opened or used. The class owns its codes: HostDeviceCode lists every one. */
+export class HostDeviceError extends UsbvirtError {
+  declare readonly code: HostDeviceCode;
+  constructor(code: HostDeviceCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+  }
+}
+registerErrorClass(HostDeviceError);
 
 export interface HostUsbDeviceOptions {
   /** Called once when the device went away (after it was released). */

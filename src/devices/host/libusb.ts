@@ -19,7 +19,7 @@
  */
 import { createRequire } from "node:module";
 import type * as UsbModule from "usb";
-import { UsbvirtError } from "../../util/errors.js";
+import { registerErrorClass, UsbvirtError } from "../../util/errors.js";
 
 /** libusb_transfer_status (libusb.h). */
 export const LibusbTransferStatus = {
@@ -56,10 +56,12 @@ export type LibusbTransferType = (typeof LibusbTransferType)[keyof typeof Libusb
 
 /** libusb cannot be loaded or initialised in this process. */
 export class LibusbUnavailableError extends UsbvirtError {
+  declare readonly code: "ERR_USBVIRT_LIBUSB_UNAVAILABLE";
   constructor(message: string, cause?: unknown) {
-    super("ERR_USBVIRT_LIBUSB_UNAVAILABLE", message, { cause });
+    super("ERR_USBVIRT_LIBUSB_UNAVAILABLE", message, cause === undefined ? undefined : { cause });
   }
 }
+registerErrorClass(LibusbUnavailableError);
 
 /** The parts of a node-usb Device usbvirt reads without opening it. */
 export interface LibusbDeviceIdentity {
