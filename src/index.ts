@@ -22,6 +22,7 @@
 export { BackendPortError } from "./backend/backend-host.js";
 export { InlinePortError } from "./backend/inline-port.js";
 export { PortStartError } from "./backend/port-link.js";
+export { DeviceClosedError } from "./devices/emulated/emulated-device.js";
 export { EMULATED_DEVICES, type EmulatedDeviceEntry } from "./devices/emulated/index.js";
 export {
   type HostDeviceInfo,

@@ -48,6 +48,7 @@ const errorClasses = [
   "UsbipClientError",
   "UsbipImportError",
   "UsbipRemoteError",
+  "DeviceClosedError",
   "HostDeviceError",
   "LibusbUnavailableError",
   "PortStartError",

@@ -50,8 +50,8 @@ function facade(real: Connection, detach?: (port: number) => Promise<void>): Con
     handles: real.handles,
     // No frontend view: HostHotplug cannot skip a taken port by looking, the backend must refuse it.
     frontend: null,
-    on: (event: string, fn: (...args: unknown[]) => void) => real.on(event, fn),
-    off: (event: string, fn: (...args: unknown[]) => void) => real.off(event, fn),
+    on: real.on.bind(real),
+    off: real.off.bind(real),
     attach: (port: number) => real.attach(port, { kind: "emulated", name: "loopback" }),
     detach: detach ?? ((port: number) => real.detach(port)),
   } as unknown as Connection;
