@@ -88,6 +88,7 @@ export {
   OK,
   STATUS_TABLE,
   type StatusInfo,
+  statusText,
   type UrbStatus,
 } from "./urb/status.js";
 export {
