@@ -105,6 +105,7 @@ export {
   type SetupPacket,
   type UrbId,
 } from "./urb/types.js";
+export { AttachError, attachRemote } from "./usbip/attach.js";
 export {
   type ClientOptions as UsbipClientOptions,
   listRemote,
@@ -113,6 +114,7 @@ export {
   UsbipClient,
   UsbipClientError,
   UsbipImportError,
+  UsbipTimeoutError,
 } from "./usbip/client.js";
 export { type DeviceRecord as UsbipDeviceRecord, USBIP_PORT } from "./usbip/protocol.js";
 export {

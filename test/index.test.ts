@@ -49,6 +49,8 @@ const errorClasses = [
   "UsbipImportError",
   "UsbipRemoteError",
   "DeviceClosedError",
+  "UsbipTimeoutError",
+  "AttachError",
   "HostDeviceError",
   "LibusbUnavailableError",
   "PortStartError",

@@ -23,6 +23,7 @@ import { type ControllerHandles, spinLimiterOf } from "../engine/handles.js";
 import type { PortStats } from "../port/port-service.js";
 import { AdaptiveSpin } from "../rings/spin.js";
 import { ENODEV } from "../urb/status.js";
+import { DEFAULT_CLIENT_TIMEOUT_MS } from "../usbip/client.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { serve } from "../util/rpc.js";
 
@@ -137,6 +138,10 @@ export function startBackendHost(hostData: BackendHostData): void {
       memory: data.handles.memory,
       backendBell: data.handles.backendBell,
       heartbeatMs: watchdogMs,
+      // A USB/IP import has its own bounds (connect, import, descriptors); the READY wait must outlast them.
+      ...(spec.kind === "usbip"
+        ? { readyTimeoutMs: 3 * (spec.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS) + 5000 }
+        : {}),
       ...(data.handles.spinLimiter === undefined
         ? {}
         : { spinLimiter: data.handles.spinLimiter, maxSpinners: data.handles.maxSpinners ?? 1 }),

@@ -49,6 +49,16 @@ const DEFAULT_STORAGE_BYTES = 64 * 1024 * 1024;
 
 // ---------------------------------------------------------------- command specs
 
+const DEFAULT_TIMEOUT_S = 5;
+const DEFAULT_KEEPALIVE_S = 5;
+
+const TIMEOUT_OPTION = {
+  name: "timeout",
+  kind: "string",
+  value: "SECONDS",
+  help: `give up when a USB/IP server does not answer within this time (default ${DEFAULT_TIMEOUT_S})`,
+} as const;
+
 const LIST: CommandSpec = {
   name: "list",
   summary:
@@ -63,6 +73,7 @@ const LIST: CommandSpec = {
       help: "list the devices a USB/IP server exports instead",
     },
     { name: "no-strings", kind: "boolean", help: "do not open host devices to read their strings" },
+    TIMEOUT_OPTION,
   ],
 };
 
@@ -148,8 +159,17 @@ const ATTACH: CommandSpec = {
       kind: "boolean",
       help: "if the device is usbvirt's loopback, move data through it, then exit 0 (verified) or 1",
     },
+    TIMEOUT_OPTION,
+    {
+      name: "keepalive",
+      kind: "string",
+      value: "SECONDS",
+      help: `check on a quiet server after this long (default ${DEFAULT_KEEPALIVE_S})`,
+    },
   ],
-  details: "Without --check the device stays attached until SIGINT/SIGTERM.",
+  details: `Without --check the device stays attached until SIGINT/SIGTERM (exit 0). If the server closes the
+connection, or stays silent for --keepalive and then does not answer a status request within --timeout,
+attach says so and exits 1.`,
 };
 
 const COMMANDS: readonly CommandSpec[] = [LIST, SERVE, ATTACH];
@@ -252,7 +272,8 @@ async function listCommand(options: Options, io: CliIo): Promise<number> {
   const json = options.json === true;
   if (typeof options.remote === "string") {
     const { host, port } = hostPort(options.remote, "list");
-    const devices = await listRemote({ host, port });
+    const timeoutMs = secondsOption(options, "timeout", DEFAULT_TIMEOUT_S, "list");
+    const devices = await listRemote({ host, port, timeoutMs });
     if (json) {
       io.out(`${JSON.stringify({ server: `${host}:${port}`, devices }, null, 2)}\n`);
       return 0;
@@ -305,6 +326,20 @@ async function listCommand(options: Options, io: CliIo): Promise<number> {
 
 function hex2(n: number): string {
   return n.toString(16).padStart(2, "0");
+}
+
+/** A `--NAME SECONDS` option (decimals allowed, e.g. 0.5) → milliseconds. */
+function secondsOption(options: Options, name: string, fallback: number, command: string): number {
+  const text = options[name];
+  if (text === undefined) return fallback * 1000;
+  const s = typeof text === "string" && /^\d+(\.\d+)?$/.test(text) ? Number(text) : Number.NaN;
+  if (!(s > 0 && s <= 86_400)) {
+    throw new UsageError(
+      command,
+      `--${name} must be a number of seconds above 0 (e.g. 5 or 0.5), not "${String(text)}"`,
+    );
+  }
+  return Math.max(1, Math.round(s * 1000));
 }
 
 function hostPort(text: string, command: string): { host: string; port: number } {
@@ -487,18 +522,30 @@ async function attachCommand(positionals: readonly string[], options: Options, i
   const busid = positionals[1]!;
   if (busid.length === 0 || busid.length > 31)
     throw new UsageError("attach", `"${busid}" is not a bus id like 1-1`);
+  const timeoutMs = secondsOption(options, "timeout", DEFAULT_TIMEOUT_S, "attach");
+  const keepaliveMs = secondsOption(options, "keepalive", DEFAULT_KEEPALIVE_S, "attach");
   io.out(`usbvirt: importing ${busid} from ${host}:${port}\n`);
-  const att = await attachRemote({ host, port, busid });
+  const att = await attachRemote({ host, port, busid, timeoutMs, keepaliveMs });
   try {
-    io.out(`attached on port ${att.port}: ${describeEnumerated(att.device)}\n`);
+    io.out(`attached ${busid}: ${describeEnumerated(att.device)}\n`);
     if (options.check === true) {
-      const result = await loopbackCheck(att);
+      const result = await Promise.race([
+        loopbackCheck(att),
+        att.lost.then((detail) => ({ ok: false, detail })),
+      ]);
       io.out(`check ${result.ok ? "passed" : "FAILED"}: ${result.detail}\n`);
       return result.ok ? 0 : 1;
     }
     io.out("the device stays attached; press Ctrl-C to detach\n");
-    const signal = await (io.stopSignal ?? signals)();
-    io.out(`${signal}: detaching\n`);
+    const end = await Promise.race([
+      (io.stopSignal ?? signals)().then((signal) => ({ signal })),
+      att.lost.then((reason) => ({ reason })),
+    ]);
+    if ("reason" in end) {
+      io.err(`usbvirt attach: lost ${busid} from ${host}:${port}: ${end.reason}; it is no longer attached\n`);
+      return 1;
+    }
+    io.out(`${end.signal}: detaching\n`);
     return 0;
   } finally {
     await att.close();

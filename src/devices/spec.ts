@@ -34,6 +34,10 @@ export interface UsbipDeviceSpec {
   readonly port?: number;
   /** The device's bus id on the server, e.g. "1-1". */
   readonly busid: string;
+  /** Bound on connecting and importing (open as a whole) and on a keepalive probe's answer (default 5000 ms). */
+  readonly timeoutMs?: number;
+  /** Quiet time after which the server is probed (default 5000 ms); see src/usbip/client.ts startKeepalive. */
+  readonly keepaliveMs?: number;
 }
 
 export type DeviceSpec = EmulatedDeviceSpec | HostDeviceSpec | UsbipDeviceSpec;

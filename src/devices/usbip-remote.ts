@@ -15,11 +15,20 @@
  *
  * Statuses from the server go through the USB/IP boundary's translation
  * (src/usbip/protocol.ts statusFromUsbip). A lost connection completes every
- * transfer in flight with -ESHUTDOWN.
+ * transfer in flight with -ESHUTDOWN, then `onGone` says why in plain words
+ * (the port worker reports the port empty, `usbvirt attach` exits). Nothing
+ * waits forever: open() as a whole (connect, import, descriptors) is bounded
+ * by the spec's `timeoutMs` (connect, import, descriptors: each), and once open the client's keepalive
+ * (src/usbip/client.ts startKeepalive, `keepaliveMs`) notices a silent server.
  */
 import { UsbSpeed } from "../rings/conn-ring.js";
 import { ECONNRESET, ESHUTDOWN, OK, type UrbStatus } from "../urb/status.js";
-import { type SubmitResult, UsbipClient } from "../usbip/client.js";
+import {
+  DEFAULT_CLIENT_TIMEOUT_MS,
+  type SubmitResult,
+  UsbipClient,
+  UsbipTimeoutError,
+} from "../usbip/client.js";
 import {
   encodeSetup,
   type SetupFields,
@@ -54,6 +63,9 @@ export class UsbipRemoteError extends UsbvirtError {
 }
 registerErrorClass(UsbipRemoteError);
 
+/** How long the link may be quiet before the client probes the server (see UsbipClient.startKeepalive). */
+export const DEFAULT_KEEPALIVE_MS = 5000;
+
 const USB_DT_DEVICE = 1;
 const USB_DT_CONFIG = 2;
 
@@ -67,11 +79,13 @@ export class UsbipRemoteDevice implements UsbDevice {
   /** Transfers whose `done` has not been called, by seqnum. */
   private readonly live = new Set<number>();
   private closed = false;
+  private goneListener: ((reason: string) => void) | null = null;
 
-  constructor(
-    readonly spec: UsbipDeviceSpec,
-    private readonly options: { readonly connectTimeoutMs?: number } = {},
-  ) {}
+  constructor(readonly spec: UsbipDeviceSpec) {}
+
+  private get timeoutMs(): number {
+    return this.spec.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS;
+  }
 
   get info(): DeviceInfo {
     if (this.infoValue === null) {
@@ -81,7 +95,7 @@ export class UsbipRemoteDevice implements UsbDevice {
   }
 
   private get where(): string {
-    return `${this.spec.host}:${this.spec.port ?? 3240}/${this.spec.busid}`;
+    return `${this.spec.busid} on ${this.spec.host}:${this.spec.port ?? 3240}`;
   }
 
   async open(): Promise<void> {
@@ -89,14 +103,28 @@ export class UsbipRemoteDevice implements UsbDevice {
     const client = await UsbipClient.connect({
       host: this.spec.host,
       port: this.spec.port ?? 3240,
-      timeoutMs: this.options.connectTimeoutMs ?? 5000,
+      timeoutMs: this.timeoutMs,
     });
     this.client = client;
+    let deadline: NodeJS.Timeout | undefined;
     try {
-      const record = await client.import(this.spec.busid);
+      const record = await client.import(this.spec.busid); // bounded by the client's own timeout
+      // One deadline for every descriptor read that follows.
+      deadline = setTimeout(
+        () =>
+          client.abort(
+            new UsbipTimeoutError(
+              `the USB/IP server ${client.server} did not give ${this.spec.busid}'s descriptors within ${this.timeoutMs} ms`,
+            ),
+          ),
+        this.timeoutMs,
+      );
       const device = await this.getDescriptor(USB_DT_DEVICE, 0, 18);
       if (device.length !== 18 || device[1] !== USB_DT_DEVICE) {
-        throw new UsbipRemoteError("ERR_USBVIRT_USBIP_DESCRIPTOR", `${this.where}: bad device descriptor`);
+        throw new UsbipRemoteError(
+          "ERR_USBVIRT_USBIP_DESCRIPTOR",
+          `${this.where} sent a bad device descriptor`,
+        );
       }
       const configurations: Uint8Array[] = [];
       for (let i = 0; i < device[17]!; i++) {
@@ -115,7 +143,19 @@ export class UsbipRemoteDevice implements UsbDevice {
       client.close();
       this.client = null;
       throw err;
+    } finally {
+      clearTimeout(deadline);
     }
+    client.once("close", (err: Error) => {
+      if (this.closed) return;
+      // After the -ESHUTDOWN completions the close produced (onGone's contract).
+      setImmediate(() => this.goneListener?.(err.message));
+    });
+    client.startKeepalive(this.spec.keepaliveMs ?? DEFAULT_KEEPALIVE_MS);
+  }
+
+  onGone(listener: (reason: string) => void): void {
+    this.goneListener = listener;
   }
 
   private async getDescriptor(type: number, index: number, length: number): Promise<Uint8Array> {
@@ -127,9 +167,12 @@ export class UsbipRemoteDevice implements UsbDevice {
       wLength: length,
     });
     if (r.status !== 0) {
+      // A connection that ended (timeout, server gone) says why; a device that refused says that.
+      const ended = this.client?.error ?? null;
+      if (ended !== null) throw ended;
       throw new UsbipRemoteError(
         "ERR_USBVIRT_USBIP_DESCRIPTOR",
-        `${this.where}: GET_DESCRIPTOR(${type}, ${index}) failed with status ${r.status}`,
+        `${this.where} did not give its ${type === USB_DT_DEVICE ? "device" : `configuration ${index}`} descriptor (status ${r.status})`,
       );
     }
     return r.data;
@@ -150,7 +193,7 @@ export class UsbipRemoteDevice implements UsbDevice {
     if (this.client === null || this.client.closed) {
       throw new UsbipRemoteError(
         "ERR_USBVIRT_USBIP_CLOSED",
-        `${this.where}: the USB/IP connection is closed`,
+        `the connection to the USB/IP server for ${this.where} is closed`,
       );
     }
     return this.client;

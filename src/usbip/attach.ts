@@ -4,18 +4,35 @@
  * (src/devices/usbip-remote.ts), enumerated by the guest driver the way a
  * VMM's guest would. `loopbackCheck` moves data through it when the remote
  * device is usbvirt's loopback (the `--check` round trip).
+ *
+ * Errors and losses are told in the user's words (the device, the server),
+ * not the engine's (its port number, its worker handshake): `lost` resolves
+ * with a plain reason when the server goes away or stops answering.
  */
 import { Connection } from "../engine/connection.js";
 import { type EnumeratedDevice, GuestUsbDriver } from "../guest/guest-driver.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
-import { InvalidOptionError } from "../util/errors.js";
+import { InvalidOptionError, registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { USBIP_PORT } from "./protocol.js";
 
 export interface AttachOptions {
   readonly host: string;
   readonly port?: number;
   readonly busid: string;
+  /** Bound on connecting and importing, and on the answer to a keepalive probe (default 5000 ms). */
+  readonly timeoutMs?: number;
+  /** Quiet time after which the server is probed (default 5000 ms). */
+  readonly keepaliveMs?: number;
 }
+
+/** The import did not work; the message says why in plain words. */
+export class AttachError extends UsbvirtError {
+  declare readonly code: "ERR_USBVIRT_ATTACH";
+  constructor(message: string, cause: unknown) {
+    super("ERR_USBVIRT_ATTACH", message, { cause });
+  }
+}
+registerErrorClass(AttachError);
 
 export interface AttachedDevice {
   readonly conn: Connection;
@@ -23,6 +40,8 @@ export interface AttachedDevice {
   readonly device: EnumeratedDevice;
   readonly port: PortNum;
   readonly address: DevAddr;
+  /** Resolves with a plain reason once the device is gone (server closed, stopped answering, …). */
+  readonly lost: Promise<string>;
   close(): Promise<void>;
 }
 
@@ -50,12 +69,21 @@ export async function attachRemote(options: AttachOptions): Promise<AttachedDevi
   const conn = await Connection.create({ ports: 1, memory: 8192 });
   const port = 1 as PortNum;
   const address = 1 as DevAddr;
+  const server = `${options.host}:${options.port ?? USBIP_PORT}`;
+  const lost = new Promise<string>((resolve) => {
+    conn.on("port-failed", (p: number, reason: string) => {
+      if (p === port) resolve(plainReason(reason, port));
+    });
+    conn.on("backend-lost", (reason: string) => resolve(`the local engine stopped (${reason})`));
+  });
   try {
     await conn.attach(port, {
       kind: "usbip",
       host: options.host,
       port: options.port ?? USBIP_PORT,
       busid: options.busid,
+      ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+      ...(options.keepaliveMs !== undefined ? { keepaliveMs: options.keepaliveMs } : {}),
     });
     const guest = new GuestUsbDriver(conn.frontend!, conn.handles);
     const device = await guest.enumerate(port, address);
@@ -65,6 +93,7 @@ export async function attachRemote(options: AttachOptions): Promise<AttachedDevi
       device,
       port,
       address,
+      lost,
       close: async () => {
         await conn.detach(port).catch(() => undefined);
         await conn.close();
@@ -72,8 +101,25 @@ export async function attachRemote(options: AttachOptions): Promise<AttachedDevi
     };
   } catch (err) {
     await conn.close().catch(() => undefined);
-    throw err;
+    throw new AttachError(
+      `could not attach ${options.busid} from ${server}: ${plainReason((err as Error).message ?? String(err), port)}`,
+      err,
+    );
   }
+}
+
+/**
+ * The engine words a port's failure for an engine's reader ("port 1: …",
+ * "device gone: …"); the user of `attach` has one device and no ports, so
+ * those exact prefixes (built by src/backend/port-link.ts and backend-host.ts)
+ * are dropped. The rest is the device backend's own, already plain, message.
+ */
+function plainReason(message: string, port: number): string {
+  let m = message;
+  for (const prefix of [`port ${port}: `, "device gone: "]) {
+    if (m.startsWith(prefix)) m = m.slice(prefix.length);
+  }
+  return m;
 }
 
 export const LOOPBACK_VENDOR_ID = 0x1209;

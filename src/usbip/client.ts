@@ -6,6 +6,18 @@
  * a server that breaks framing (a RET_SUBMIT for a seqnum not in flight, IN
  * data longer than asked) ends the connection, as vhci does.
  *
+ * Nothing here waits forever (a server that accepts and never answers must
+ * not hang `usbvirt list --remote`): connecting and every OP request are
+ * bounded by `timeoutMs`. Once a device is imported, `startKeepalive` bounds
+ * how long a silent server goes unnoticed. A stopped server closes the socket,
+ * which is seen at once; a server that hangs, or a host that vanished behind a
+ * quiet link, is not (TCP keepalive only probes after minutes of silence, and
+ * an interrupt IN may rightly wait forever for data), so when nothing has
+ * been heard for `intervalMs` the client sends GET_STATUS(device) on endpoint
+ * 0 — a standard request every device must answer (USB 2.0 §9.4.5) that
+ * changes no state — and ends the connection if the server says nothing for
+ * `timeoutMs` more. Every byte from the server counts as an answer.
+ *
  * Unlink contract, client's view: RET_UNLINK -ECONNRESET → the target is
  * finished as cancelled (its submit promise resolves with -ECONNRESET, and a
  * RET_SUBMIT for it afterwards is a protocol error); RET_UNLINK 0 → the
@@ -13,7 +25,7 @@
  */
 import { EventEmitter } from "node:events";
 import { type Socket, connect as tcpConnect } from "node:net";
-import { registerErrorClass, UsbvirtError } from "../util/errors.js";
+import { InvalidOptionError, registerErrorClass, UsbvirtError } from "../util/errors.js";
 import {
   ByteQueue,
   type DeviceRecord,
@@ -40,7 +52,8 @@ export type UsbipClientCode =
   | "ERR_USBVIRT_USBIP_DEVLIST"
   | "ERR_USBVIRT_USBIP_PROTOCOL"
   | "ERR_USBVIRT_USBIP_STATE"
-  | "ERR_USBVIRT_USBIP_IMPORT";
+  | "ERR_USBVIRT_USBIP_IMPORT"
+  | "ERR_USBVIRT_USBIP_TIMEOUT";
 
 /** A USB/IP client failure. The class owns its codes: UsbipClientCode lists every one. */
 export class UsbipClientError extends UsbvirtError {
@@ -98,8 +111,26 @@ interface Pending {
 export interface ClientOptions {
   readonly host: string;
   readonly port?: number;
-  /** Connect timeout (default 5000 ms). */
+  /** Bound on connecting and on each OP request's reply (default 5000 ms). */
   readonly timeoutMs?: number;
+}
+
+export const DEFAULT_CLIENT_TIMEOUT_MS = 5000;
+
+/** The connection ended because the server did not answer in time (connect, a request, or a keepalive probe). */
+export class UsbipTimeoutError extends UsbipClientError {
+  declare readonly code: "ERR_USBVIRT_USBIP_TIMEOUT";
+  constructor(message: string) {
+    super("ERR_USBVIRT_USBIP_TIMEOUT", message);
+  }
+}
+registerErrorClass(UsbipTimeoutError);
+
+/** GET_STATUS(device): bmRequestType 0x80, bRequest 0, wLength 2 — the keepalive probe. */
+const KEEPALIVE_SETUP = Uint8Array.of(0x80, 0x00, 0, 0, 0, 0, 2, 0);
+
+function seconds(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000} s` : `${ms} ms`;
 }
 
 export class UsbipClient extends EventEmitter {
@@ -114,47 +145,78 @@ export class UsbipClient extends EventEmitter {
   } | null = null;
   private phase: "op" | "urb" | "closed" = "op";
   private closeReason: Error | null = null;
+  private opTimer: NodeJS.Timeout | null = null;
+  private keepaliveTimer: NodeJS.Timeout | null = null;
+  /** performance.now() of the last bytes from the server. */
+  private lastHeard = performance.now();
+  /** When the outstanding keepalive probe was sent (null: none outstanding). */
+  private probeSentAt: number | null = null;
+  /** "HOST:PORT", for messages. */
+  readonly server: string;
+  private readonly timeoutMs: number;
   /** The imported device (after import()). */
   device: DeviceRecord | null = null;
   devid = 0;
 
-  private constructor(readonly socket: Socket) {
+  private constructor(
+    readonly socket: Socket,
+    options: ClientOptions,
+  ) {
     super();
+    this.server = `${options.host}:${options.port ?? USBIP_PORT}`;
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS;
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
     socket.on("data", (chunk: Buffer) => {
+      this.lastHeard = performance.now();
+      this.probeSentAt = null;
       this.queue.push(chunk);
       this.pump();
     });
-    socket.on("error", (err) => this.fail(err));
+    socket.on("error", (err) =>
+      this.fail(
+        new UsbipClientError(
+          "ERR_USBVIRT_USBIP_CLOSED",
+          `the connection to the USB/IP server ${this.server} failed: ${err.message}`,
+          { cause: err },
+        ),
+      ),
+    );
     socket.on("close", () =>
-      this.fail(new UsbipClientError("ERR_USBVIRT_USBIP_CLOSED", "connection closed")),
+      this.fail(
+        new UsbipClientError(
+          "ERR_USBVIRT_USBIP_CLOSED",
+          `the USB/IP server ${this.server} closed the connection`,
+        ),
+      ),
     );
   }
 
   static connect(options: ClientOptions): Promise<UsbipClient> {
+    const timeoutMs = options.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS;
+    checkTimeout(timeoutMs, "timeoutMs");
+    const where = `${options.host}:${options.port ?? USBIP_PORT}`;
     return new Promise((resolve, reject) => {
       const socket = tcpConnect({ host: options.host, port: options.port ?? USBIP_PORT });
       const timer = setTimeout(() => {
         socket.destroy();
         reject(
-          new UsbipClientError(
-            "ERR_USBVIRT_USBIP_CONNECT",
-            `no answer from ${options.host}:${options.port ?? USBIP_PORT} in ${options.timeoutMs ?? 5000} ms`,
+          new UsbipTimeoutError(
+            `could not connect to the USB/IP server ${where} within ${seconds(timeoutMs)}`,
           ),
         );
-      }, options.timeoutMs ?? 5000);
+      }, timeoutMs);
       socket.once("connect", () => {
         clearTimeout(timer);
         socket.removeAllListeners("error");
-        resolve(new UsbipClient(socket));
+        resolve(new UsbipClient(socket, options));
       });
       socket.once("error", (err) => {
         clearTimeout(timer);
         reject(
           new UsbipClientError(
             "ERR_USBVIRT_USBIP_CONNECT",
-            `cannot connect to ${options.host}:${options.port ?? USBIP_PORT}: ${err.message}`,
+            `cannot connect to the USB/IP server ${where}: ${err.message}`,
             { cause: err },
           ),
         );
@@ -185,7 +247,7 @@ export class UsbipClient extends EventEmitter {
     if (reply.status !== OpStatus.OK) {
       throw new UsbipClientError(
         "ERR_USBVIRT_USBIP_DEVLIST",
-        `device list refused: ${opStatusName(reply.status)}`,
+        `the USB/IP server ${this.server} refused to list its devices: ${opStatusName(reply.status)}`,
       );
     }
     return reply.devices;
@@ -210,11 +272,63 @@ export class UsbipClient extends EventEmitter {
     if (this.phase !== "op" || this.opWaiter !== null) {
       return Promise.reject(new UsbipClientError("ERR_USBVIRT_USBIP_STATE", `cannot send ${expect} now`));
     }
+    const what = expect === "devlist" ? "the device list" : "the import";
     return new Promise((resolve, reject) => {
       this.opWaiter = { expect, resolve, reject };
+      this.opTimer = setTimeout(
+        () =>
+          this.abort(
+            new UsbipTimeoutError(
+              `the USB/IP server ${this.server} accepted the connection but did not answer ${what} request within ${seconds(this.timeoutMs)}`,
+            ),
+          ),
+        this.timeoutMs,
+      );
       this.socket.write(request);
       this.pump();
     });
+  }
+
+  /**
+   * Bound how long a silent server goes unnoticed (URB phase): after
+   * `intervalMs` with nothing heard, send a GET_STATUS(device) probe; if the
+   * server then says nothing for `timeoutMs` (the client's timeout), end the
+   * connection with a UsbipTimeoutError. Worst case: intervalMs + timeoutMs
+   * (+ one check period, intervalMs / 4).
+   */
+  startKeepalive(intervalMs: number): void {
+    checkTimeout(intervalMs, "keepalive interval");
+    if (this.phase !== "urb")
+      throw new UsbipClientError("ERR_USBVIRT_USBIP_STATE", "keepalive needs an imported device");
+    if (this.keepaliveTimer !== null) clearInterval(this.keepaliveTimer);
+    const tick = Math.max(10, Math.floor(Math.min(intervalMs, this.timeoutMs) / 4));
+    this.keepaliveTimer = setInterval(() => this.checkAlive(intervalMs), tick);
+    this.keepaliveTimer.unref();
+  }
+
+  private checkAlive(intervalMs: number): void {
+    if (this.phase !== "urb") return;
+    const now = performance.now();
+    if (this.probeSentAt !== null) {
+      if (now - this.probeSentAt >= this.timeoutMs) {
+        this.abort(
+          new UsbipTimeoutError(
+            `the USB/IP server ${this.server} stopped answering (nothing heard for ${seconds(Math.round(now - this.lastHeard))})`,
+          ),
+        );
+      }
+      return;
+    }
+    if (now - this.lastHeard < intervalMs) return;
+    this.probeSentAt = now;
+    // The answer itself does not matter (even a stall is an answer): any bytes reset the clock.
+    void this.submit({ ep: 0, directionIn: true, length: 2, setup: KEEPALIVE_SETUP }).done;
+  }
+
+  /** End the connection with `err` as the reason (everything in flight completes with -ESHUTDOWN). */
+  abort(err: Error): void {
+    this.fail(err);
+    this.socket.destroy();
   }
 
   /** Send a CMD_SUBMIT; `done` resolves with its RET_SUBMIT (or the -ECONNRESET its unlink produced). */
@@ -280,6 +394,7 @@ export class UsbipClient extends EventEmitter {
   }
 
   close(): void {
+    this.fail(new UsbipClientError("ERR_USBVIRT_USBIP_CLOSED", "the connection was closed by this client"));
     this.socket.destroy();
   }
 
@@ -310,6 +425,7 @@ export class UsbipClient extends EventEmitter {
           return;
         }
         this.opWaiter = null;
+        this.clearOpTimer();
         waiter.resolve(r.frame);
         return; // import() switches the phase and pumps again
       }
@@ -343,14 +459,26 @@ export class UsbipClient extends EventEmitter {
   }
 
   private protocolError(reason: string): void {
-    this.fail(new UsbipClientError("ERR_USBVIRT_USBIP_PROTOCOL", `server broke the protocol: ${reason}`));
-    this.socket.destroy();
+    this.abort(
+      new UsbipClientError(
+        "ERR_USBVIRT_USBIP_PROTOCOL",
+        `the USB/IP server ${this.server} broke the protocol: ${reason}`,
+      ),
+    );
+  }
+
+  private clearOpTimer(): void {
+    if (this.opTimer !== null) clearTimeout(this.opTimer);
+    this.opTimer = null;
   }
 
   private fail(err: Error): void {
     if (this.phase === "closed") return;
     this.phase = "closed";
     this.closeReason = err;
+    this.clearOpTimer();
+    if (this.keepaliveTimer !== null) clearInterval(this.keepaliveTimer);
+    this.keepaliveTimer = null;
     this.opWaiter?.reject(err);
     this.opWaiter = null;
     for (const p of this.pending.values()) p.resolve(closedResult(-108));
@@ -385,7 +513,13 @@ function resultOf(r: RetSubmit): SubmitResult {
   };
 }
 
-/** Connect, list, disconnect (what `usbip list -r HOST` does). */
+function checkTimeout(ms: number, what: string): void {
+  if (!Number.isFinite(ms) || ms <= 0 || ms > 2 ** 31 - 1) {
+    throw new InvalidOptionError(`${what} must be a positive number of milliseconds, not ${ms}`);
+  }
+}
+
+/** Connect, list, disconnect (what `usbip list -r HOST` does); connect and the reply are each bounded by `timeoutMs`. */
 export async function listRemote(options: ClientOptions): Promise<DeviceRecord[]> {
   const client = await UsbipClient.connect(options);
   try {

@@ -249,18 +249,41 @@ export interface Libusb {
 
 let loaded: Libusb | null = null;
 
-/** Load npm `usb` once per thread (each worker gets its own libusb context). */
-export function loadLibusb(): Libusb {
-  if (loaded !== null) return loaded;
-  let mod: typeof UsbModule;
+/** What requireUsb needs of Node's `require` (tests pass one that cannot find the package). */
+export interface UsbRequire {
+  (id: string): unknown;
+  resolve(id: string): string;
+}
+
+export const USB_PACKAGE_MISSING = "host USB devices need the optional package 'usb' (npm install usb)";
+
+/**
+ * Load npm `usb`, which is an optionalDependency: emulated devices and USB/IP
+ * work without it. It is required on demand (never imported statically), so a
+ * process without it only fails where a host device is asked for. A package
+ * that cannot be found says how to get it; one that is there but does not load
+ * (no native binary for this platform) says why.
+ */
+export function requireUsb(req: UsbRequire = createRequire(import.meta.url)): typeof UsbModule {
   try {
-    mod = createRequire(import.meta.url)("usb") as typeof UsbModule;
+    req.resolve("usb");
+  } catch (err) {
+    throw new LibusbUnavailableError(USB_PACKAGE_MISSING, err);
+  }
+  try {
+    return req("usb") as typeof UsbModule;
   } catch (err) {
     throw new LibusbUnavailableError(
       `libusb cannot be used: loading npm 'usb' failed (${(err as Error).message})`,
       err,
     );
   }
+}
+
+/** Load npm `usb` once per thread (each worker gets its own libusb context). */
+export function loadLibusb(): Libusb {
+  if (loaded !== null) return loaded;
+  const mod = requireUsb();
   if (mod.usb.INIT_ERROR !== 0) {
     throw new LibusbUnavailableError(`libusb cannot be used: libusb_init failed (${mod.usb.INIT_ERROR})`);
   }
