@@ -4,7 +4,6 @@
  * status: 0 success, 1 failure, 2 usage error. Everything a test needs to
  * replace (output, stop signal, logger, host listing) comes in through CliIo.
  */
-import { readFile } from "node:fs/promises";
 import { EMULATED_DEVICES, isEmulatedDeviceName } from "../devices/emulated/index.js";
 import { type HostSelector, parseSelector, passesFilter, specFromSelector } from "../devices/host/select.js";
 import type { DeviceSpec } from "../devices/spec.js";
@@ -14,7 +13,9 @@ import { listRemote } from "../usbip/client.js";
 import { stderrLogger, type UsbipLogger } from "../usbip/log.js";
 import { USBIP_PORT } from "../usbip/protocol.js";
 import { UsbipServer } from "../usbip/server.js";
+import { isLoopbackHost, parseIpPrefix } from "../util/ip-prefix.js";
 import { type CommandSpec, commandHelp, parseArgs, parseSize } from "./args.js";
+import { readServeConfig, serveConfigFromFlags } from "./config.js";
 import { UsageError } from "./errors.js";
 
 export interface CliIo {
@@ -352,57 +353,6 @@ function hostPort(text: string, command: string): { host: string; port: number }
 
 // ---------------------------------------------------------------- serve
 
-interface ServeConfig {
-  bind?: string;
-  port?: number;
-  devices?: (string | DeviceSpec)[];
-  allow?: string[];
-  deny?: string[];
-  allowClients?: string[];
-  storageSize?: string | number;
-  storageFile?: string;
-}
-
-async function readConfig(path: string): Promise<ServeConfig> {
-  let text: string;
-  try {
-    text = await readFile(path, "utf8");
-  } catch (err) {
-    throw new UsageError("serve", `cannot read config file ${path}: ${(err as Error).message}`);
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw new UsageError("serve", `config file ${path} is not JSON: ${(err as Error).message}`);
-  }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new UsageError("serve", `config file ${path} must hold a JSON object`);
-  }
-  const known = new Set([
-    "bind",
-    "port",
-    "devices",
-    "allow",
-    "deny",
-    "allowClients",
-    "storageSize",
-    "storageFile",
-  ]);
-  for (const key of Object.keys(value)) {
-    if (!known.has(key)) throw new UsageError("serve", `config file ${path}: unknown key "${key}"`);
-  }
-  return value as ServeConfig;
-}
-
-function stringList(v: unknown, what: string): string[] {
-  if (v === undefined) return [];
-  if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) {
-    throw new UsageError("serve", `${what} must be a list of strings`);
-  }
-  return v as string[];
-}
-
 /** One --device selector → a DeviceSpec (emulated by name, else a host selector). */
 export function deviceFromSelector(text: string, storage: Record<string, unknown>): DeviceSpec {
   const name = text.startsWith("emulated:") ? text.slice("emulated:".length) : text;
@@ -425,48 +375,33 @@ export function deviceFromSelector(text: string, storage: Record<string, unknown
   }
 }
 
-function selectors(list: readonly string[], what: string): HostSelector[] {
-  return list.map((s) => {
-    try {
-      return parseSelector(s);
-    } catch (err) {
-      throw new UsageError("serve", `${what} "${s}": ${(err as Error).message}`);
-    }
-  });
+function selectors(list: readonly string[]): HostSelector[] {
+  return list.map((s) => parseSelector(s)); // checked by the config schema already
 }
 
 export async function serveCommand(options: Options, io: CliIo): Promise<number> {
-  const config = typeof options.config === "string" ? await readConfig(options.config) : {};
-  const bind = (options.bind as string | undefined) ?? config.bind ?? "127.0.0.1";
-  const portText =
-    (options.port as string | undefined) ?? (config.port !== undefined ? String(config.port) : undefined);
-  const port = portText === undefined ? USBIP_PORT : Number(portText);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new UsageError("serve", `--port must be an integer in 0..65535, not "${portText}"`);
-  }
-  const sizeText = (options["storage-size"] as string | undefined) ?? config.storageSize;
-  const storageSize = sizeText === undefined ? DEFAULT_STORAGE_BYTES : parseSize(String(sizeText));
-  if (storageSize === null || storageSize < 512 * 64 || storageSize % 512 !== 0) {
-    throw new UsageError(
-      "serve",
-      `--storage-size must be a multiple of 512 bytes, at least 32K (e.g. 64M), not "${sizeText}"`,
-    );
-  }
-  const storageFile = (options["storage-file"] as string | undefined) ?? config.storageFile;
+  // One schema for both sources (src/cli/config.ts): each is checked whole, then flags win key by key.
+  const file = typeof options.config === "string" ? await readServeConfig(options.config) : {};
+  const config = { ...file, ...serveConfigFromFlags(options) };
+  const bind = config.bind ?? "127.0.0.1";
+  const port = config.port ?? USBIP_PORT;
+  const storageSize =
+    config.storageSize === undefined
+      ? DEFAULT_STORAGE_BYTES
+      : typeof config.storageSize === "number"
+        ? config.storageSize
+        : parseSize(config.storageSize)!;
+  const storageFile = config.storageFile;
   const storage: Record<string, unknown> = {
     sizeBytes: storageSize,
     ...(storageFile !== undefined ? { file: storageFile } : {}),
   };
 
-  const deviceTexts = (options.device as string[] | undefined) ?? config.devices ?? [];
-  const specs: DeviceSpec[] = deviceTexts.map((d) =>
-    typeof d === "string" ? deviceFromSelector(d, storage) : (d as DeviceSpec),
+  const specs: DeviceSpec[] = (config.devices ?? []).map((d) =>
+    typeof d === "string" ? deviceFromSelector(d, storage) : d,
   );
-  const allow = selectors(
-    (options.allow as string[] | undefined) ?? stringList(config.allow, "allow"),
-    "--allow",
-  );
-  const deny = selectors((options.deny as string[] | undefined) ?? stringList(config.deny, "deny"), "--deny");
+  const allow = selectors(config.allow ?? []);
+  const deny = selectors(config.deny ?? []);
   if (allow.length > 0) {
     const listing = await loadHostListing(io, true);
     if ("error" in listing)
@@ -487,11 +422,10 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   }
   if (specs.length > 31)
     throw new UsageError("serve", `at most 31 devices can be exported, ${specs.length} selected`);
-  const allowClients =
-    (options["allow-client"] as string[] | undefined) ?? stringList(config.allowClients, "allowClients");
+  const allowClients = config.allowClients ?? [];
 
   const base = io.logger ?? stderrLogger;
-  const logger: UsbipLogger = options.quiet === true ? { ...base, info: () => {} } : base;
+  const logger: UsbipLogger = config.quiet === true ? { ...base, info: () => {} } : base;
   const server = await UsbipServer.start({ devices: specs, host: bind, port, logger, allow: allowClients });
   const { host: boundHost, port: boundPort } = server.address;
   io.out(`usbvirt: serving ${specs.length} device(s) over USB/IP on ${boundHost}:${boundPort}\n`);
@@ -503,16 +437,35 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     `on a Linux client:  usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}list -r ${shown}` +
       `   then   usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}attach -r ${shown} -b ${server.devices[0]!.busid}\n`,
   );
-  if (bind !== "127.0.0.1" && bind !== "::1" && allowClients.length === 0) {
-    logger.warn(
-      `listening on ${bind} with no --allow-client list: any host that reaches this port can import devices`,
-    );
-  }
+  const exposure = exposureWarning(bind, allowClients);
+  if (exposure !== null) logger.warn(exposure);
   io.onListening?.(server);
   const signal = await (io.stopSignal ?? signals)();
   logger.info(`${signal}: shutting down`);
   await server.close();
   return 0;
+}
+
+/**
+ * What to warn about a server bound beyond loopback. USB/IP has no authentication or encryption, so an
+ * allowlist narrows who can connect but is no lock: the warning stays, and says so.
+ */
+export function exposureWarning(bind: string, allowClients: readonly string[]): string | null {
+  if (isLoopbackHost(bind)) return null;
+  if (allowClients.length === 0) {
+    return `listening on ${bind} with no --allow-client list: any host that reaches this port can import devices`;
+  }
+  const everyone = allowClients.filter((c) => {
+    const p = parseIpPrefix(c);
+    return p.ok && p.prefix.bits === 0;
+  });
+  const wide =
+    everyone.length > 0 ? `; ${everyone.join(", ")} lets in every client of its address family` : "";
+  return (
+    `listening on ${bind}: USB/IP has no authentication or encryption; only the --allow-client list` +
+    ` (${allowClients.join(", ")}) decides who can import devices, and any host that has or spoofs an` +
+    ` allowed address can import them and read their traffic${wide}`
+  );
 }
 
 // ---------------------------------------------------------------- attach

@@ -17,6 +17,7 @@ import type { BackendEvent } from "../backend/backend.js";
 import { type BackendApi, type BackendHostData, startBackendHost } from "../backend/backend-host.js";
 import type { DeviceSummary } from "../backend/port-link.js";
 import { type DeviceSpec, describeSpec } from "../devices/spec.js";
+import { checkDeviceSpec } from "../devices/spec-schema.js";
 import { VirtualHostController } from "../frontend/index.js";
 import type { ControllerOptions as FrontendOptions, PortStatus } from "../frontend/types.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
@@ -253,6 +254,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * frontend runs on this thread, once it shows the port connected.
    */
   async attach(port: number, spec: DeviceSpec): Promise<DeviceSummary> {
+    checkDeviceSpec(spec); // a VMM's bad spec fails here, naming the field, not deep in the backend
     const summary = await this.requireBackend().api.attach(port, spec);
     this.wanted.set(port, spec);
     await this.frontendSees(port, true);

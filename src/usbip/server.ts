@@ -73,6 +73,7 @@ import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
 import { ECONNRESET, EINVAL, ENOMEM, OK, type UrbStatus } from "../urb/status.js";
 import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
+import { parseIpPrefix } from "../util/ip-prefix.js";
 import { stderrLogger, type UsbipLogger } from "./log.js";
 import {
   ByteQueue,
@@ -1326,26 +1327,14 @@ function buildAllowList(allow: readonly string[] | undefined): BlockList | null 
   if (allow === undefined || allow.length === 0) return null;
   const list = new BlockList();
   for (const entry of allow) {
-    const [address, prefix] = entry.split("/");
-    const family = isIP(address ?? "");
-    if (family === 0) {
-      throw new UsbipServerError(
-        "ERR_USBVIRT_USBIP_OPTIONS",
-        `allowlist entry ${JSON.stringify(entry)} is not an IP address or subnet`,
-      );
+    const parsed = parseIpPrefix(entry); // strict: "10.0.0.7/" or "a/8/32" is an error, never a wider subnet
+    if (!parsed.ok) {
+      throw new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", `allowlist entry ${parsed.reason}`);
     }
+    const { address, family, bits } = parsed.prefix;
     const type = family === 4 ? "ipv4" : "ipv6";
-    if (prefix === undefined) list.addAddress(address!, type);
-    else {
-      const bits = Number(prefix);
-      if (!Number.isInteger(bits) || bits < 0 || bits > (family === 4 ? 32 : 128)) {
-        throw new UsbipServerError(
-          "ERR_USBVIRT_USBIP_OPTIONS",
-          `allowlist entry ${JSON.stringify(entry)} has a bad prefix length`,
-        );
-      }
-      list.addSubnet(address!, bits, type);
-    }
+    if (bits === null) list.addAddress(address, type);
+    else list.addSubnet(address, bits, type);
   }
   return list;
 }

@@ -1,0 +1,238 @@
+/**
+ * The settings of `usbvirt serve`, one schema for both of their sources: the command-line flags and the
+ * JSON config file (`--config FILE`). Each source is checked whole against it, so every wrong key, type or
+ * value is an error naming the key (and the file, or the flag); the CLI turns it into exit status 2. Flags
+ * win over the file, key by key. The schema is published as JSON Schema (schema/usbvirt.schema.json,
+ * written by scripts/gen-config-schema.ts; a test fails when the checked-in file is stale), so an editor
+ * can check a config file that says `"$schema": ".../usbvirt.schema.json"`.
+ *
+ * Why valibot: it is small and tree-shaken (the CLI and the device-spec gate pull in a few KB of it, no
+ * code generation, no dependencies), its issues carry the path of the offending value (`devices[0].name`),
+ * `variant` reports the field of the one matching branch instead of "no union member matched", and its own
+ * @valibot/to-json-schema writes the JSON Schema (a dev dependency: only the generator needs it). Checks
+ * JSON Schema cannot say (CIDR ranges, selector syntax) are valibot checks; the JSON Schema keeps their
+ * shape as a pattern.
+ */
+import { readFile } from "node:fs/promises";
+import * as v from "valibot";
+import { parseSelector } from "../devices/host/select.js";
+import { DeviceSpecSchema, describeIssue, describeIssues } from "../devices/spec-schema.js";
+import { parseIpPrefix } from "../util/ip-prefix.js";
+import { parseSize } from "./args.js";
+import { UsageError } from "./errors.js";
+
+const SIZE_PATTERN = /^\d+\s*[kmgtKMGT]?(i?[bB])?$/;
+const HOST_NAME =
+  /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+/** The shape of an address or subnet, for editors; parseIpPrefix decides. */
+const IP_PREFIX_SHAPE = /^[0-9A-Fa-f:.]+(\/[0-9]{1,3})?$/;
+
+/** A --device selector: an emulated device name, "emulated:NAME", or a host selector (VID:PID, BUS-PORT, serial=S). */
+export const DeviceSelectorSchema = v.pipe(
+  v.string(),
+  v.minLength(1, "must not be empty"),
+  v.description(
+    'an emulated device ("loopback", "keyboard", "storage") or a host device: "VID:PID", "BUS-PORT" (1-1.2) or "serial=S"',
+  ),
+);
+
+/** A `devices` entry: a selector string, or a device spec object (checked field by field). */
+export const DeviceEntrySchema = v.lazy((input) =>
+  typeof input === "string"
+    ? DeviceSelectorSchema
+    : typeof input === "object" && input !== null && !Array.isArray(input)
+      ? DeviceSpecSchema
+      : v.never(
+          `must be a selector string ("loopback", "1209:0001", "1-1.2", "serial=S") or a device spec object, not ${
+            Array.isArray(input) ? "an array" : (JSON.stringify(input) ?? typeof input)
+          }`,
+        ),
+);
+/** What DeviceEntrySchema accepts, as one JSON Schema can say it (the generator uses this for it). */
+export const DeviceEntryJsonShape = v.union([DeviceSelectorSchema, DeviceSpecSchema]);
+
+const HostSelectorText = v.pipe(
+  v.string(),
+  v.rawCheck(({ dataset, addIssue }) => {
+    if (!dataset.typed) return;
+    try {
+      parseSelector(dataset.value);
+    } catch (err) {
+      addIssue({ message: `${JSON.stringify(dataset.value)}: ${(err as Error).message}` });
+    }
+  }),
+);
+
+const ClientAddress = v.pipe(
+  v.string(),
+  v.regex(IP_PREFIX_SHAPE, (i) => parseReason(i.input)),
+  v.rawCheck(({ dataset, addIssue }) => {
+    if (!dataset.typed || dataset.issues !== undefined) return; // the pattern above already said why
+    const parsed = parseIpPrefix(dataset.value);
+    if (!parsed.ok) addIssue({ message: parsed.reason });
+  }),
+);
+function parseReason(input: unknown): string {
+  const parsed = parseIpPrefix(input);
+  return parsed.ok ? "is not an address or subnet" : parsed.reason;
+}
+
+const portMessage = (i: v.BaseIssue<unknown>) =>
+  `must be an integer 0..65535, not ${JSON.stringify(i.input)}`;
+
+export const ServeConfigSchema = v.pipe(
+  v.strictObject({
+    $schema: v.optional(v.pipe(v.string(), v.description("the JSON Schema this file follows (for editors)"))),
+    bind: v.optional(
+      v.pipe(
+        v.string(portlessMessage),
+        v.check(
+          (s) => HOST_NAME.test(s) || (parseIpPrefix(s).ok && !s.includes("/")),
+          (i) => `must be an IP address or host name, not ${JSON.stringify(i.input)}`,
+        ),
+        v.description("address to listen on (default 127.0.0.1)"),
+      ),
+    ),
+    port: v.optional(
+      v.pipe(
+        v.number(portMessage),
+        v.integer(portMessage),
+        v.minValue(0, portMessage),
+        v.maxValue(65535, portMessage),
+        v.description("TCP port (default 3240; 0 picks a free one)"),
+      ),
+    ),
+    devices: v.optional(
+      v.pipe(
+        v.array(DeviceEntrySchema, (i) => `must be a list of devices, not ${JSON.stringify(i.input)}`),
+        v.maxLength(31, "lists more than 31 devices"),
+        v.description("devices to export, in bus-id order (default: loopback, keyboard, storage)"),
+      ),
+    ),
+    allow: v.optional(
+      v.pipe(
+        v.array(HostSelectorText, "must be a list of host selectors"),
+        v.description("also export every host device matching one of these selectors"),
+      ),
+    ),
+    deny: v.optional(
+      v.pipe(
+        v.array(HostSelectorText, "must be a list of host selectors"),
+        v.description("never export host devices matching these selectors"),
+      ),
+    ),
+    allowClients: v.optional(
+      v.pipe(
+        v.array(ClientAddress, "must be a list of addresses or subnets"),
+        v.description(
+          'accept USB/IP clients only from these addresses or subnets ("10.0.0.7", "192.168.1.0/24")',
+        ),
+      ),
+    ),
+    storageSize: v.optional(
+      v.pipe(
+        v.union(
+          [
+            v.pipe(
+              v.string(),
+              v.regex(SIZE_PATTERN, (i) => `must be a size like "64M", not ${JSON.stringify(i.input)}`),
+            ),
+            v.pipe(v.number(), v.safeInteger("must be a whole number of bytes"), v.minValue(32 * 1024)),
+          ],
+          (i) => `must be a size like "64M" or a number of bytes, not ${JSON.stringify(i.input)}`,
+        ),
+        v.check(
+          (s) => {
+            const n = typeof s === "number" ? s : parseSize(s);
+            return n !== null && n >= 32 * 1024 && n % 512 === 0;
+          },
+          (i) => `must be a multiple of 512 bytes, at least 32K (e.g. "64M"), not ${JSON.stringify(i.input)}`,
+        ),
+        v.description('size of the emulated storage device (default "64M")'),
+      ),
+    ),
+    storageFile: v.optional(
+      v.pipe(
+        v.string((i) => `must be a file path, not ${JSON.stringify(i.input)}`),
+        v.minLength(1, "must not be empty"),
+        v.description("back the emulated storage device by this file"),
+      ),
+    ),
+    quiet: v.optional(v.pipe(v.boolean(), v.description("log only warnings and errors"))),
+  }),
+  v.title("usbvirt serve configuration"),
+  v.description("Settings of `usbvirt serve --config FILE`; command-line flags win over them."),
+);
+function portlessMessage(i: v.BaseIssue<unknown>): string {
+  return `must be a string, not ${JSON.stringify(i.input)}`;
+}
+
+export type ServeConfig = v.InferOutput<typeof ServeConfigSchema>;
+type ConfigKey = keyof ServeConfig;
+
+/** Each serve flag and the config key it sets (one name per setting; the flag wins). */
+export const FLAG_OF_KEY: Readonly<Record<Exclude<ConfigKey, "$schema">, string>> = {
+  bind: "bind",
+  port: "port",
+  devices: "device",
+  allow: "allow",
+  deny: "deny",
+  allowClients: "allow-client",
+  storageSize: "storage-size",
+  storageFile: "storage-file",
+  quiet: "quiet",
+};
+
+/** Read and check a config file; a UsageError names the file and the key. */
+export async function readServeConfig(path: string): Promise<ServeConfig> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (err) {
+    throw new UsageError("serve", `cannot read config file ${path}: ${(err as Error).message}`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new UsageError("serve", `config file ${path} is not JSON: ${(err as Error).message}`);
+  }
+  return checkServeConfig(value, `config file ${path}`);
+}
+
+export function checkServeConfig(value: unknown, source: string): ServeConfig {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new UsageError("serve", `${source} must hold a JSON object`);
+  }
+  const result = v.safeParse(ServeConfigSchema, value, { abortPipeEarly: true });
+  if (!result.success) throw new UsageError("serve", `${source}: ${describeIssues(result.issues, "")}`);
+  return result.output;
+}
+
+/**
+ * The serve flags, as the config file's keys, checked by the same schema; an error names the flag
+ * (`--port: must be an integer 0..65535, not "3253x"`). A port written in digits becomes a number.
+ */
+export function serveConfigFromFlags(options: Readonly<Record<string, unknown>>): ServeConfig {
+  const input: Record<string, unknown> = {};
+  for (const [key, flag] of Object.entries(FLAG_OF_KEY)) {
+    const value = options[flag];
+    if (value === undefined) continue;
+    input[key] =
+      key === "port" && typeof value === "string" && /^\d{1,5}$/.test(value) ? Number(value) : value;
+  }
+  const result = v.safeParse(ServeConfigSchema, input, { abortPipeEarly: true });
+  if (result.success) return result.output;
+  const messages = result.issues.map((issue) => {
+    const [head, ...rest] = issue.path ?? [];
+    const flag = `--${FLAG_OF_KEY[head?.key as keyof typeof FLAG_OF_KEY] ?? String(head?.key)}`;
+    // Repeatable flags: name the flag, not its index; the message quotes the value.
+    const inner = describeIssue(
+      issue,
+      "",
+      rest.filter((p) => typeof p.key !== "number"),
+    );
+    return `${flag}: ${inner}`;
+  });
+  throw new UsageError("serve", messages.join("; "));
+}
