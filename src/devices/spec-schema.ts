@@ -124,6 +124,14 @@ const HostSpec = v.pipe(
   ),
 );
 
+/** A timer's length: a positive integer of milliseconds that setTimeout can hold. */
+const milliseconds = v.pipe(
+  v.number(),
+  v.integer("must be a whole number of milliseconds"),
+  v.minValue(1, "must be at least 1 ms"),
+  v.maxValue(2 ** 31 - 1, "must be at most 2147483647 ms"),
+);
+
 const UsbipSpec = v.strictObject({
   kind: v.literal("usbip"),
   host: v.pipe(v.string(), v.minLength(1, "must not be empty"), v.maxLength(253, "is longer than 253")),
@@ -136,6 +144,8 @@ const UsbipSpec = v.strictObject({
     ),
   ),
   busid: v.pipe(v.string(), v.minLength(1, "must not be empty"), v.maxLength(31, "is longer than 31")),
+  timeoutMs: v.optional(milliseconds),
+  keepaliveMs: v.optional(milliseconds),
   placement: v.optional(workerOnly("usbip")),
 });
 

@@ -28,6 +28,8 @@ export interface SerializedErrorData {
   readonly message: string;
   readonly stack?: string;
   readonly code?: string;
+  /** A UsbvirtError on the sending side (so a class this side does not know still arrives as one). */
+  readonly usbvirt?: boolean;
   /** Own enumerable primitive fields other than name / code / message / stack / cause. */
   readonly fields: Readonly<Record<string, Primitive>>;
   readonly cause?: SerializedValue;
@@ -83,6 +85,7 @@ export function serializeError(value: unknown, depth = 0): SerializedValue {
       message: String(value.message),
       ...(typeof value.stack === "string" ? { stack: value.stack } : {}),
       ...(typeof code === "string" ? { code } : {}),
+      ...(value instanceof UsbvirtError ? { usbvirt: true } : {}),
       fields,
       ...(cause === undefined ? {} : { cause }),
     },
@@ -109,8 +112,8 @@ function define(target: object, key: string, value: unknown): void {
 
 /**
  * Rebuild what `serializeError` produced. An error becomes an instance of the
- * class registered under its name (else UsbvirtError when it has a code, else
- * the builtin of that name, else Error). Malformed input never throws here:
+ * class registered under its name (else UsbvirtError when it was one on the
+ * sending side, else the builtin of that name, else Error; a code is kept either way). Malformed input never throws here:
  * it becomes an Error that says so.
  */
 export function deserializeError(wire: unknown, depth = 0): unknown {
@@ -122,7 +125,8 @@ export function deserializeError(wire: unknown, depth = 0): unknown {
   }
   const name = e.name.slice(0, MAX_NAME_LENGTH);
   const code = typeof e.code === "string" ? e.code.slice(0, MAX_NAME_LENGTH) : undefined;
-  const cls = errorClassNamed(name) ?? (code !== undefined ? UsbvirtError : (BUILTIN[name] ?? Error));
+  // A Node system error (code ENOENT, …) stays an Error with its code; only usbvirt's become UsbvirtError.
+  const cls = errorClassNamed(name) ?? (e.usbvirt === true ? UsbvirtError : (BUILTIN[name] ?? Error));
   const error = Object.create(cls.prototype) as Error;
   define(error, "message", e.message);
   if (typeof e.stack === "string") define(error, "stack", e.stack);

@@ -50,43 +50,44 @@ describe("errors from the backend worker", () => {
     expect((err as BackendPortError).code).toBe("ERR_USBVIRT_PORT_EMPTY");
   });
 
+  // A spec the schema accepts (so the error comes from the device, not from attach's own check) but
+  // that cannot open: a disk image in a directory that does not exist.
+  const missingDisk = (placement: "worker" | "backend") =>
+    ({
+      kind: "emulated",
+      name: "storage",
+      placement,
+      options: { file: "/nonexistent-usbvirt-dir/disk.img", sizeBytes: 1024 * 1024 },
+    }) as const;
+
   it("a device that fails to open on a port worker arrives as PortStartError with the device's error as cause, two threads away", async () => {
     conn = await Connection.create({ ports: 2, memory: 1024 });
-    const err = await rejection(
-      conn.attach(2, {
-        kind: "emulated",
-        name: "loopback",
-        placement: "worker",
-        options: { fifoCapacity: 0 },
-      }),
-    );
+    const err = await rejection(conn.attach(2, missingDisk("worker")));
     expect(err).toBeInstanceOf(PortStartError);
     expect(err).toBeInstanceOf(UsbvirtError);
     const e = err as PortStartError;
-    // The device's code is kept on the wrapper (as before), and the device's error is its cause.
-    expect(e.code).toBe("ERR_USBVIRT_INVALID_OPTION");
-    expect(e.message).toBe("port 2: loopback: options.fifoCapacity must be a positive integer, got 0");
-    expect(e.cause).toBeInstanceOf(InvalidOptionError);
-    const cause = e.cause as InvalidOptionError;
-    expect(cause.code).toBe("ERR_USBVIRT_INVALID_OPTION");
-    expect(cause.message).toBe("loopback: options.fifoCapacity must be a positive integer, got 0");
-    // Thrown in the port worker, where the loopback device was built.
-    expect(cause.stack).toContain("loopback");
+    expect(e.code).toBe("ERR_USBVIRT_DEVICE_OPEN");
+    expect(e.message).toMatch(/^port 2: .*ENOENT/);
+    // The device's own error, thrown in the port worker, is the cause, with its code.
+    expect(e.cause).toBeInstanceOf(Error);
+    expect((e.cause as NodeJS.ErrnoException).code).toBe("ENOENT");
   });
 
   it("the same device failing on the backend's own thread gives the same error", async () => {
     conn = await Connection.create({ ports: 2, memory: 1024 });
-    const err = await rejection(
-      conn.attach(2, {
-        kind: "emulated",
-        name: "loopback",
-        placement: "backend",
-        options: { fifoCapacity: 0 },
-      }),
-    );
+    const err = await rejection(conn.attach(2, missingDisk("backend")));
     expect(err).toBeInstanceOf(PortStartError);
-    expect((err as PortStartError).code).toBe("ERR_USBVIRT_INVALID_OPTION");
-    expect((err as PortStartError).cause).toBeInstanceOf(InvalidOptionError);
+    expect((err as PortStartError).code).toBe("ERR_USBVIRT_DEVICE_OPEN");
+    expect(((err as PortStartError).cause as NodeJS.ErrnoException).code).toBe("ENOENT");
+  });
+
+  it("a spec the device schema refuses never reaches the backend: InvalidOptionError on this thread", async () => {
+    conn = await Connection.create({ ports: 2, memory: 1024 });
+    const err = await rejection(
+      conn.attach(2, { kind: "emulated", name: "loopback", options: { fifoCapacity: 0 } }),
+    );
+    expect(err).toBeInstanceOf(InvalidOptionError);
+    expect((err as InvalidOptionError).message).toContain("fifoCapacity");
   });
 });
 
