@@ -3,12 +3,39 @@
  * (metrics.ts; `serve --metrics`) and prints a short table — engine up, clients, backend losses,
  * grant faults, and per exported device its client, URBs, bytes, errors and URBs in flight.
  */
+import { get } from "node:http";
 import type { CommandSpec } from "./args.js";
 import { UsageError } from "./errors.js";
 import { DEFAULT_METRICS_PORT, type MetricSample, parseMetricsAddress, parseMetricsText } from "./metrics.js";
 import type { CliIo } from "./run.js";
 
 const FETCH_TIMEOUT_MS = 5000;
+/** A metrics page is a few KiB; anything past this is not ours. */
+const MAX_BODY_BYTES = 4 * 1024 * 1024;
+
+/** GET http://host:port/path with node:http (fetch refuses some ports) within FETCH_TIMEOUT_MS. */
+function httpGet(host: string, port: number, path: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = get({ host, port, path, timeout: FETCH_TIMEOUT_MS }, (res) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on("data", (c: Buffer) => {
+        size += c.length;
+        if (size > MAX_BODY_BYTES)
+          req.destroy(new Error(`the answer is larger than ${MAX_BODY_BYTES} bytes`));
+        else chunks.push(c);
+      });
+      res.on("end", () => {
+        const text = Buffer.concat(chunks).toString("utf8");
+        if (res.statusCode === 200) resolve(text);
+        else reject(new Error(`HTTP ${res.statusCode}: ${text.slice(0, 200)}`));
+      });
+      res.on("error", reject);
+    });
+    req.on("timeout", () => req.destroy(new Error(`no answer within ${FETCH_TIMEOUT_MS / 1000} s`)));
+    req.on("error", reject);
+  });
+}
 
 export const STATUS: CommandSpec = {
   name: "status",
@@ -91,17 +118,11 @@ export async function statusCommand(options: Readonly<Record<string, unknown>>, 
   const endpoint = `${host}:${where.port}`;
   let body: string;
   try {
-    const res = await fetch(`http://${endpoint}/metrics`, { signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
-    body = await res.text();
-    if (!res.ok) throw new Error(`HTTP ${res.status}: ${body.slice(0, 200)}`);
+    body = await httpGet(where.host, where.port, "/metrics");
   } catch (err) {
-    const e = err as Error & { cause?: { code?: string } };
+    const e = err as NodeJS.ErrnoException;
     const why =
-      e.name === "TimeoutError"
-        ? `no answer within ${FETCH_TIMEOUT_MS / 1000} s`
-        : e.cause?.code === "ECONNREFUSED"
-          ? "nothing listens there (is 'usbvirt serve --metrics' running?)"
-          : e.message;
+      e.code === "ECONNREFUSED" ? "nothing listens there (is 'usbvirt serve --metrics' running?)" : e.message;
     throw new Error(`cannot read the metrics at http://${endpoint}/metrics: ${why}`);
   }
   const report = statusFromMetrics(endpoint, parseMetricsText(body));
