@@ -24,6 +24,7 @@ export { InlinePortError } from "./backend/inline-port.js";
 export { PortStartError } from "./backend/port-link.js";
 export { DeviceClosedError } from "./devices/emulated/emulated-device.js";
 export { EMULATED_DEVICES, type EmulatedDeviceEntry } from "./devices/emulated/index.js";
+export { StorageLockError } from "./devices/emulated/mass-storage/file-lock.js";
 export {
   type HostDeviceInfo,
   type HostSpeed,

@@ -49,6 +49,7 @@ const errorClasses = [
   "UsbipImportError",
   "UsbipRemoteError",
   "DeviceClosedError",
+  "StorageLockError",
   "UsbipTimeoutError",
   "AttachError",
   "HostDeviceError",

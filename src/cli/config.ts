@@ -13,6 +13,7 @@
  * JSON Schema cannot say (CIDR ranges, selector syntax) are valibot checks; the JSON Schema keeps their
  * shape as a pattern.
  */
+
 import { readFile } from "node:fs/promises";
 import * as v from "valibot";
 import { parseSelector } from "../devices/host/select.js";
@@ -20,6 +21,7 @@ import { DeviceSpecSchema, describeIssue, describeIssues } from "../devices/spec
 import { parseIpPrefix } from "../util/ip-prefix.js";
 import { parseSize } from "./args.js";
 import { UsageError } from "./errors.js";
+import { parseMetricsAddress } from "./metrics.js";
 
 const SIZE_PATTERN = /^\d+\s*[kmgtKMGT]?(i?[bB])?$/;
 const HOST_NAME =
@@ -159,6 +161,29 @@ export const ServeConfigSchema = v.pipe(
       ),
     ),
     quiet: v.optional(v.pipe(v.boolean(), v.description("log only warnings and errors"))),
+    logFormat: v.optional(
+      v.pipe(
+        v.picklist(["text", "json"], (i) => `must be "text" or "json", not ${JSON.stringify(i.input)}`),
+        v.description("log lines as text or as one JSON object per line"),
+      ),
+    ),
+    metrics: v.optional(
+      v.pipe(
+        v.string((i) => `must be a string, not ${JSON.stringify(i.input)}`),
+        v.check(
+          (text) => {
+            try {
+              parseMetricsAddress(text);
+              return true;
+            } catch {
+              return false;
+            }
+          },
+          (i) => `must be [HOST:]PORT (e.g. "9240", "127.0.0.1:9240"), not ${JSON.stringify(i.input)}`,
+        ),
+        v.description("serve Prometheus metrics over HTTP at [HOST:]PORT (host 127.0.0.1 by default)"),
+      ),
+    ),
   }),
   v.title("usbvirt serve configuration"),
   v.description("Settings of `usbvirt serve --config FILE`; command-line flags win over them."),
@@ -181,6 +206,8 @@ export const FLAG_OF_KEY: Readonly<Record<Exclude<ConfigKey, "$schema">, string>
   storageSize: "storage-size",
   storageFile: "storage-file",
   quiet: "quiet",
+  logFormat: "log-format",
+  metrics: "metrics",
 };
 
 /** Read and check a config file; a UsageError names the file and the key. */

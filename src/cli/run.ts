@@ -10,13 +10,16 @@ import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
 import { attachRemote, describeEnumerated, hex4, loopbackCheck, parseHostPort } from "../usbip/attach.js";
 import { listRemote } from "../usbip/client.js";
-import { stderrLogger, type UsbipLogger } from "../usbip/log.js";
+import { type LogFormat, streamLogger, type UsbipLogger } from "../usbip/log.js";
 import { USBIP_PORT } from "../usbip/protocol.js";
 import { UsbipServer } from "../usbip/server.js";
 import { isLoopbackHost, parseIpPrefix } from "../util/ip-prefix.js";
 import { type CommandSpec, commandHelp, parseArgs, parseSize } from "./args.js";
 import { readServeConfig, serveConfigFromFlags } from "./config.js";
+import { EngineWatch, packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
 import { UsageError } from "./errors.js";
+import { MetricsEndpoint, parseMetricsAddress } from "./metrics.js";
+import { STATUS, statusCommand } from "./status.js";
 
 export interface CliIo {
   out(text: string): void;
@@ -137,10 +140,25 @@ const SERVE: CommandSpec = {
       help: "read these settings from a JSON file (flags win)",
     },
     { name: "quiet", kind: "boolean", help: "log only warnings and errors" },
+    {
+      name: "log-format",
+      kind: "string",
+      value: "text|json",
+      help: "log lines as text (default) or one JSON object per line (time, level, message, client, busid)",
+    },
+    {
+      name: "metrics",
+      kind: "string",
+      value: "[HOST:]PORT",
+      help: "serve Prometheus metrics at http://HOST:PORT/metrics (host 127.0.0.1 unless given)",
+    },
   ],
   details: `With no device selected, serve exports the emulated loopback, keyboard and a 64 MiB storage device.
 Devices get bus ids 1-1, 1-2, … in the order given. Every import, detach and error is logged with the
 client's address. SIGINT/SIGTERM: in-flight URBs are completed or cancelled, devices released, exit 0.
+If the engine dies for good (its backend lost more often than it may be restarted) serve logs it and exits 1.
+Under systemd socket activation (LISTEN_FDS/LISTEN_PID) serve listens on the passed socket, not --bind/--port.
+A --storage-file is locked (FILE.lock holds the pid): a second serve on the same file fails.
 
 Config file (JSON): {"bind": "0.0.0.0", "port": 3240, "devices": ["loopback", "1209:0001",
   {"kind": "emulated", "name": "storage", "options": {"sizeBytes": 16777216}}],
@@ -173,7 +191,7 @@ connection, or stays silent for --keepalive and then does not answer a status re
 attach says so and exits 1.`,
 };
 
-const COMMANDS: readonly CommandSpec[] = [LIST, SERVE, ATTACH];
+const COMMANDS: readonly CommandSpec[] = [LIST, SERVE, ATTACH, STATUS];
 
 const USAGE = `usbvirt — USB passthrough engine for virtual machine monitors
 
@@ -184,6 +202,9 @@ commands:
   list                       list host USB devices and built-in emulated devices
   serve                      export devices over USB/IP (default 127.0.0.1:${USBIP_PORT})
   attach HOST[:PORT] BUSID   import a device from a USB/IP server onto a local virtual controller
+  status                     show a running server's devices and counters (serve --metrics)
+
+usbvirt --version (-V) prints the version.
 
 Run 'usbvirt <command> --help' for a command's options.
 `;
@@ -192,6 +213,10 @@ Run 'usbvirt <command> --help' for a command's options.
 
 export async function run(argv: readonly string[], io: CliIo = defaultIo): Promise<number> {
   const [command, ...rest] = argv;
+  if (command === "--version" || command === "-V") {
+    io.out(`usbvirt ${packageVersion()}\n`);
+    return 0;
+  }
   if (command === undefined || command === "help" || command === "--help" || command === "-h") {
     const topic = command === "help" ? rest[0] : undefined;
     const spec = COMMANDS.find((c) => c.name === topic);
@@ -218,6 +243,8 @@ export async function run(argv: readonly string[], io: CliIo = defaultIo): Promi
         return await listCommand(parsed.options, io);
       case "serve":
         return await serveCommand(parsed.options, io);
+      case "status":
+        return await statusCommand(parsed.options, io);
       default:
         return await attachCommand(parsed.positionals, parsed.options, io);
     }
@@ -424,9 +451,29 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     throw new UsageError("serve", `at most 31 devices can be exported, ${specs.length} selected`);
   const allowClients = config.allowClients ?? [];
 
-  const base = io.logger ?? stderrLogger;
+  const logFormat: LogFormat = config.logFormat ?? "text";
+  const base = io.logger ?? streamLogger(logFormat);
   const logger: UsbipLogger = config.quiet === true ? { ...base, info: () => {} } : base;
-  const server = await UsbipServer.start({ devices: specs, host: bind, port, logger, allow: allowClients });
+  const metricsAt = config.metrics !== undefined ? parseMetricsAddress(config.metrics) : null;
+  for (const w of storageFileWarnings(specs, config.storageSize !== undefined)) logger.warn(w);
+  const listenFd = socketActivationFd();
+  const server = await UsbipServer.start({
+    devices: specs,
+    host: bind,
+    port,
+    logger,
+    allow: allowClients,
+    ...(listenFd !== null ? { listenFd } : {}),
+  });
+  const watch = new EngineWatch(server.connection);
+  let metrics: MetricsEndpoint | null = null;
+  try {
+    if (metricsAt !== null) metrics = await MetricsEndpoint.start(server, metricsAt, packageVersion());
+  } catch (err) {
+    watch.dispose();
+    await server.close();
+    throw new Error(`cannot serve metrics on ${config.metrics}: ${(err as Error).message}`);
+  }
   const { host: boundHost, port: boundPort } = server.address;
   io.out(`usbvirt: serving ${specs.length} device(s) over USB/IP on ${boundHost}:${boundPort}\n`);
   for (const d of server.devices) {
@@ -439,11 +486,23 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   );
   const exposure = exposureWarning(bind, allowClients);
   if (exposure !== null) logger.warn(exposure);
+  if (listenFd !== null)
+    logger.info(`listening on the socket systemd passed (fd ${listenFd}), not --bind/--port`);
+  if (metrics !== null) {
+    const m = metrics.address;
+    io.out(`metrics: http://${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}/metrics\n`);
+  }
   io.onListening?.(server);
-  const signal = await (io.stopSignal ?? signals)();
-  logger.info(`${signal}: shutting down`);
+  const stop = await Promise.race([
+    (io.stopSignal ?? signals)().then((signal) => ({ signal })),
+    watch.died.then((died) => ({ died })),
+  ]);
+  watch.dispose();
+  if ("died" in stop) logger.error(`${stop.died}: exiting with status 1 so a supervisor can restart usbvirt`);
+  else logger.info(`${stop.signal}: shutting down`);
+  await metrics?.close();
   await server.close();
-  return 0;
+  return "died" in stop ? 1 : 0;
 }
 
 /**

@@ -1,37 +1,76 @@
 /**
  * The USB/IP transport's log: one line per event (import, detach, client
- * error), each naming the client's address. The default writes to stderr;
- * tests pass a collecting logger, the CLI may silence info lines.
+ * error), each naming the client's address. Two formats: text (a timestamped
+ * line, the default) and JSON (one object per line: time, level, message and
+ * the event's structured fields — `client`, `busid` — for log collectors).
+ * Callers pass the fields as an optional second argument; the text format
+ * already has them in the message and ignores them. Tests pass a collecting
+ * logger, the CLI may silence info lines.
  */
-export interface UsbipLogger {
-  info(message: string): void;
-  warn(message: string): void;
-  error(message: string): void;
+
+/** Structured fields of one log line: the client's "address:port" and the device's busid where known. */
+export interface LogFields {
+  readonly client?: string;
+  readonly busid?: string;
+  readonly [key: string]: string | number | boolean | undefined;
 }
+
+export interface UsbipLogger {
+  info(message: string, fields?: LogFields): void;
+  warn(message: string, fields?: LogFields): void;
+  error(message: string, fields?: LogFields): void;
+}
+
+export type LogFormat = "text" | "json";
+export const LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
 
 function stamp(level: string, message: string): string {
   return `${new Date().toISOString()} usbvirt ${level}: ${message}\n`;
 }
 
-export const stderrLogger: UsbipLogger = {
-  info: (m) => process.stderr.write(stamp("info", m)),
-  warn: (m) => process.stderr.write(stamp("warn", m)),
-  error: (m) => process.stderr.write(stamp("error", m)),
-};
+/** One JSON object per line; the fixed keys come first and cannot be overridden by fields. */
+export function jsonLine(level: string, message: string, fields?: LogFields, time = new Date()): string {
+  const extra: Record<string, string | number | boolean> = {};
+  if (fields !== undefined) {
+    for (const [k, v] of Object.entries(fields)) {
+      if (v !== undefined && k !== "time" && k !== "level" && k !== "message") extra[k] = v;
+    }
+  }
+  return `${JSON.stringify({ time: time.toISOString(), level, message, ...extra })}\n`;
+}
+
+/** A logger writing `format` lines to `write` (stderr by default). */
+export function streamLogger(
+  format: LogFormat,
+  write: (line: string) => void = (l) => process.stderr.write(l),
+): UsbipLogger {
+  const line =
+    format === "json"
+      ? (level: string) => (m: string, f?: LogFields) => write(jsonLine(level, m, f))
+      : (level: string) => (m: string) => write(stamp(level, m));
+  return { info: line("info"), warn: line("warn"), error: line("error") };
+}
+
+export const stderrLogger: UsbipLogger = streamLogger("text");
 
 export const silentLogger: UsbipLogger = { info: () => {}, warn: () => {}, error: () => {} };
 
-/** A logger that keeps every line (for tests): `lines` holds "level: message". */
+/** A logger that keeps every line (for tests): `lines` holds "level: message", `records` the fields too. */
 export class CollectingLogger implements UsbipLogger {
   readonly lines: string[] = [];
-  info(m: string): void {
-    this.lines.push(`info: ${m}`);
+  readonly records: { level: string; message: string; fields: LogFields | undefined }[] = [];
+  private keep(level: string, m: string, fields: LogFields | undefined): void {
+    this.lines.push(`${level}: ${m}`);
+    this.records.push({ level, message: m, fields });
   }
-  warn(m: string): void {
-    this.lines.push(`warn: ${m}`);
+  info(m: string, fields?: LogFields): void {
+    this.keep("info", m, fields);
   }
-  error(m: string): void {
-    this.lines.push(`error: ${m}`);
+  warn(m: string, fields?: LogFields): void {
+    this.keep("warn", m, fields);
+  }
+  error(m: string, fields?: LogFields): void {
+    this.keep("error", m, fields);
   }
   /** Lines containing `text`. */
   matching(text: string): string[] {

@@ -74,7 +74,7 @@ import { ECONNRESET, EINVAL, ENOMEM, OK, type UrbStatus } from "../urb/status.js
 import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { parseIpPrefix } from "../util/ip-prefix.js";
-import { stderrLogger, type UsbipLogger } from "./log.js";
+import { type LogFields, stderrLogger, type UsbipLogger } from "./log.js";
 import {
   ByteQueue,
   type DeviceRecord,
@@ -108,6 +108,11 @@ export interface UsbipServerOptions {
   readonly host?: string;
   /** TCP port (default 3240; 0 picks a free one). */
   readonly port?: number;
+  /**
+   * Listen on this already-bound, listening socket (a file descriptor, e.g. 3 from systemd socket
+   * activation) instead of binding `host`:`port`.
+   */
+  readonly listenFd?: number;
   readonly logger?: UsbipLogger;
   /** Client addresses or CIDR subnets allowed to connect; absent or empty allows every client. */
   readonly allow?: readonly string[];
@@ -370,6 +375,11 @@ class Session implements UrbReaderSink {
     readonly peer: string,
   ) {}
 
+  /** The structured fields of this client's log lines (JSON log format). */
+  fields(): LogFields {
+    return this.slot !== null ? { client: this.peer, busid: this.slot.busid } : { client: this.peer };
+  }
+
   /** Where the next read lands: the rest of the OUT data that is due, in its guest buffer, or staging. */
   nextReadBuffer(memory: Buffer): Uint8Array {
     const reader = this.reader;
@@ -520,7 +530,7 @@ export class UsbipServer extends EventEmitter {
       const slot = this.slots.find((s) => s.port === port);
       if (slot === undefined) return;
       slot.failed = reason;
-      this.log.error(`device ${slot.busid} (${slot.name}) failed: ${reason}`);
+      this.log.error(`device ${slot.busid} (${slot.name}) failed: ${reason}`, { busid: slot.busid });
       if (slot.owner !== null) this.drop(slot.owner, `its device ${slot.busid} failed`);
     });
   }
@@ -532,6 +542,12 @@ export class UsbipServer extends EventEmitter {
       throw new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", "options.devices must list 1 to 31 devices");
     }
     buildAllowList(options.allow); // validate eagerly, before any worker starts
+    if (options.listenFd !== undefined && (!Number.isInteger(options.listenFd) || options.listenFd < 0)) {
+      throw new UsbipServerError(
+        "ERR_USBVIRT_USBIP_OPTIONS",
+        `options.listenFd must be a file descriptor number, got ${options.listenFd}`,
+      );
+    }
     const devices = specs.length;
     const mib = options.guestMemoryMiB ?? Math.max(64, 8 * devices);
     if (!Number.isInteger(mib) || mib < 8 * devices || mib > 1024) {
@@ -608,10 +624,12 @@ export class UsbipServer extends EventEmitter {
       });
       await new Promise<void>((resolve, reject) => {
         server.once("error", reject);
-        server.listen(options.port ?? USBIP_PORT, options.host ?? "127.0.0.1", () => {
+        const listening = () => {
           server.off("error", reject);
           resolve();
-        });
+        };
+        if (options.listenFd !== undefined) server.listen({ fd: options.listenFd }, listening);
+        else server.listen(options.port ?? USBIP_PORT, options.host ?? "127.0.0.1", listening);
       });
       server.on("error", (err) => self.log.error(`listener: ${String(err)}`));
       return self;
@@ -681,7 +699,7 @@ export class UsbipServer extends EventEmitter {
       return;
     }
     if (this.allow !== null && !allowed(this.allow, raw.remoteAddress)) {
-      this.log.warn(`${peer}: refused, not in the allowlist`);
+      this.log.warn(`${peer}: refused, not in the allowlist`, { client: peer });
       raw.destroy();
       return;
     }
@@ -697,7 +715,7 @@ export class UsbipServer extends EventEmitter {
     socket.setKeepAlive(true, 30_000);
     this.sessions.add(s);
     socket.on("error", (err) => {
-      if (s.phase !== "closed") this.log.warn(`${peer}: socket error: ${err.message}`);
+      if (s.phase !== "closed") this.log.warn(`${peer}: socket error: ${err.message}`, s.fields());
     });
     socket.on("close", () => {
       if (s.phase === "closed") return;
@@ -749,7 +767,7 @@ export class UsbipServer extends EventEmitter {
       }
       if (r.frame.op === "devlist") {
         s.socket.write(encodeDevlistReply(this.slots.map((slot) => slot.record)));
-        this.log.info(`${s.peer}: device list (${this.slots.length} devices)`);
+        this.log.info(`${s.peer}: device list (${this.slots.length} devices)`, s.fields());
       } else {
         void this.importDevice(s, r.frame.busid, r.frame.busidValid);
         return;
@@ -762,6 +780,7 @@ export class UsbipServer extends EventEmitter {
     const refuse = (status: OpStatus, why: string) => {
       this.log.warn(
         `${s.peer}: import of ${JSON.stringify(busid)} refused (${opStatusName(status)}): ${why}`,
+        { client: s.peer, busid },
       );
       s.socket.end(encodeImportReply(status));
       this.end(s, null, "info");
@@ -797,7 +816,7 @@ export class UsbipServer extends EventEmitter {
       return;
     }
     s.socket.write(encodeImportReply(OpStatus.OK, slot.record));
-    this.log.info(`${s.peer}: imported ${slot.busid} (${slot.name})`);
+    this.log.info(`${s.peer}: imported ${slot.busid} (${slot.name})`, s.fields());
     this.emit("import", slot.busid, s.peer);
     s.startUrbPhase(this.memory);
   }
@@ -917,6 +936,7 @@ export class UsbipServer extends EventEmitter {
         this.log.warn(
           `${s.peer}: a request on ${s.slot!.busid} waited ${this.blockedMs} ms for its share of the engine ` +
             `(${s.urbs} URBs, ${s.slot!.memoryBytes - s.slot!.memory.freeBytes} bytes of guest memory in use): -ENOMEM`,
+          s.fields(),
         );
         s.force(ENOMEM);
         this.progress(s);
@@ -939,7 +959,7 @@ export class UsbipServer extends EventEmitter {
         s.urbs--;
         s.isoFrames -= r.isoFrames;
         s.writer!.retSubmit(r.seqnum, EINVAL, 0, 0, 0, 0, 0, 0, null, null);
-        this.log.warn(`${s.peer}: iso CMD_SUBMIT seqnum ${r.seqnum} refused: ${problem}`);
+        this.log.warn(`${s.peer}: iso CMD_SUBMIT seqnum ${r.seqnum} refused: ${problem}`, s.fields());
         s.release(r);
         return;
       }
@@ -1004,7 +1024,7 @@ export class UsbipServer extends EventEmitter {
     this.resetAndAddress(slot).then(
       () => answer(OK),
       (err: unknown) => {
-        this.log.warn(`${s.peer}: port reset of ${slot.busid} failed: ${(err as Error).message}`);
+        this.log.warn(`${s.peer}: port reset of ${slot.busid} failed: ${(err as Error).message}`, s.fields());
         answer(EINVAL);
       },
     );
@@ -1173,7 +1193,7 @@ export class UsbipServer extends EventEmitter {
     if (reason !== null) {
       const what = slot !== null ? `detached ${slot.busid} (${slot.name}): ` : "";
       const urbs = slot !== null ? `; ${inFlight} URBs in flight cancelled` : "";
-      this.log[level](`${s.peer}: ${what}${reason}${urbs}`);
+      this.log[level](`${s.peer}: ${what}${reason}${urbs}`, s.fields());
     }
     if (slot === null || slot.owner !== s) {
       this.sessions.delete(s);

@@ -7,6 +7,7 @@
  */
 import { type FileHandle, open } from "node:fs/promises";
 import { InvalidOptionError } from "../../../util/errors.js";
+import { lockStorageFile } from "./file-lock.js";
 
 export const BLOCK_SIZE = 512;
 export const DEFAULT_STORE_SIZE = 64 * 1024 * 1024;
@@ -78,11 +79,14 @@ export class FileStore implements BlockStore {
     private readonly handle: FileHandle,
     readonly blockCount: number,
     readonly readOnly: boolean,
+    private readonly unlock: (() => Promise<void>) | null,
   ) {}
 
   /**
-   * Open `path`. Read-write opens create the file when missing and grow it to `sizeBytes` when it is
-   * smaller; the block count is the file size rounded down to whole blocks.
+   * Open `path`. Read-write opens take the file's lock first (file-lock.ts: a second process gets a
+   * StorageLockError), create the file when missing and grow it to `sizeBytes` when it is smaller —
+   * except a file whose size is not a whole number of blocks, which is no disk image this device wrote
+   * and is refused rather than grown. The block count is the file size rounded down to whole blocks.
    */
   static async open(
     path: string,
@@ -91,23 +95,33 @@ export class FileStore implements BlockStore {
     const readOnly = options.readOnly ?? false;
     if (options.sizeBytes !== undefined)
       checkSize("options.sizeBytes", options.sizeBytes, Number.MAX_SAFE_INTEGER);
-    const handle = await open(path, readOnly ? "r" : "a+").then(async (h) => {
-      if (readOnly) return h;
-      // "a+" creates without truncating; reopen "r+" so positioned writes are not forced to the end.
-      await h.close();
-      return open(path, "r+");
-    });
+    const unlock = readOnly ? null : await lockStorageFile(path);
+    let handle: FileHandle | null = null;
     try {
-      let size = (await handle.stat()).size;
+      const opened = await open(path, readOnly ? "r" : "a+").then(async (h) => {
+        if (readOnly) return h;
+        // "a+" creates without truncating; reopen "r+" so positioned writes are not forced to the end.
+        await h.close();
+        return open(path, "r+");
+      });
+      handle = opened;
+      let size = (await opened.stat()).size;
       if (!readOnly && options.sizeBytes !== undefined && size < options.sizeBytes) {
-        await handle.truncate(options.sizeBytes);
+        if (size % BLOCK_SIZE !== 0) {
+          throw new InvalidOptionError(
+            `${path} is ${size} bytes, not a whole number of ${BLOCK_SIZE}-byte blocks, so not a disk image: ` +
+              `refusing to grow it to ${options.sizeBytes} bytes (remove it or pick another file)`,
+          );
+        }
+        await opened.truncate(options.sizeBytes);
         size = options.sizeBytes;
       }
       const blocks = Math.floor(size / BLOCK_SIZE);
       if (blocks === 0) throw new InvalidOptionError(`${path}: smaller than one ${BLOCK_SIZE}-byte block`);
-      return new FileStore(handle, blocks, readOnly);
+      return new FileStore(opened, blocks, readOnly, unlock);
     } catch (err) {
-      await handle.close();
+      await handle?.close();
+      await unlock?.();
       throw err;
     }
   }
@@ -136,6 +150,10 @@ export class FileStore implements BlockStore {
   }
 
   async close(): Promise<void> {
-    await this.handle.close();
+    try {
+      await this.handle.close();
+    } finally {
+      await this.unlock?.();
+    }
   }
 }

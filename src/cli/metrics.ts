@@ -1,0 +1,266 @@
+/**
+ * `usbvirt serve --metrics [HOST:]PORT`: the engine's counters over HTTP as Prometheus text
+ * (exposition format 0.0.4: `# HELP`, `# TYPE`, `name{label="v"} value`), at GET /metrics.
+ *
+ * Sources: the backend's BackendStats (per port: URBs, bytes, errors; grant faults, rejected requests;
+ * counted by the current backend, so they restart from 0 after a backend loss — Prometheus counters
+ * allow resets), the frontend's ControllerStats (backend losses, counted for the connection's whole
+ * life) and the USB/IP server's stats() (clients, each imported device's URBs in flight). While the
+ * engine is not Connected the backend's metrics are left out and `usbvirt_up` is 0.
+ *
+ * Also the reading side for `usbvirt status`: a parser for the lines this module writes.
+ */
+
+import { createServer, type Server } from "node:http";
+import { isIP } from "node:net";
+import type { UsbipServer } from "../usbip/server.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
+
+/** The default metrics port (serve has no default: --metrics is opt-in; `status` looks here). */
+export const DEFAULT_METRICS_PORT = 9240;
+
+export class MetricsAddressError extends UsbvirtError {
+  declare readonly code: "ERR_USBVIRT_METRICS_ADDRESS";
+  constructor(message: string) {
+    super("ERR_USBVIRT_METRICS_ADDRESS", message);
+  }
+}
+registerErrorClass(MetricsAddressError);
+
+/** "[HOST:]PORT": a port 0..65535 (digits only) and an optional IPv4, [IPv6] or "localhost"; host 127.0.0.1. */
+export function parseMetricsAddress(text: string, allowZero = true): { host: string; port: number } {
+  const m = /^(?:(\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):)?(\d{1,5})$/.exec(text);
+  const bad = () =>
+    new MetricsAddressError(
+      `"${text}" is not [HOST:]PORT (e.g. 9240, 127.0.0.1:9240, [::1]:9240) with a port in ${allowZero ? 0 : 1}..65535`,
+    );
+  if (m === null) throw bad();
+  const port = Number(m[2]);
+  if (port > 65535 || (!allowZero && port === 0)) throw bad();
+  let host = m[1] ?? "127.0.0.1";
+  if (host.startsWith("[")) host = host.slice(1, -1);
+  if (host !== "localhost" && isIP(host) === 0) throw bad();
+  return { host, port };
+}
+
+interface Sample {
+  readonly labels?: Readonly<Record<string, string>>;
+  readonly value: number;
+}
+
+interface Family {
+  readonly name: string;
+  readonly type: "counter" | "gauge";
+  readonly help: string;
+  readonly samples: readonly Sample[];
+}
+
+function escapeLabel(v: string): string {
+  return v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"');
+}
+
+export function renderFamilies(families: readonly Family[]): string {
+  let out = "";
+  for (const f of families) {
+    out += `# HELP ${f.name} ${f.help}\n# TYPE ${f.name} ${f.type}\n`;
+    for (const s of f.samples) {
+      const labels =
+        s.labels !== undefined && Object.keys(s.labels).length > 0
+          ? `{${Object.entries(s.labels)
+              .map(([k, v]) => `${k}="${escapeLabel(v)}"`)
+              .join(",")}}`
+          : "";
+      out += `${f.name}${labels} ${Number.isFinite(s.value) ? s.value : 0}\n`;
+    }
+  }
+  return out;
+}
+
+/** Collect every metric from the server and its engine now. */
+export async function collectMetrics(server: UsbipServer, version: string): Promise<string> {
+  const conn = server.connection;
+  let backend: Awaited<ReturnType<typeof conn.stats>> | null = null;
+  try {
+    backend = await conn.stats();
+  } catch {
+    backend = null; // not Connected (restarting or closed)
+  }
+  const front = conn.frontend?.stats() ?? null;
+  const serverStats = server.stats();
+  const inFlightByBusid = new Map(serverStats.perDevice.map((d) => [d.busid, d.urbs]));
+  const imported = new Set(serverStats.imported);
+  const devices = server.devices;
+  const perDevice = (value: (d: (typeof devices)[number]) => number): Sample[] =>
+    devices.map((d) => ({ labels: { busid: d.busid, device: d.name }, value: value(d) }));
+  const families: Family[] = [
+    {
+      name: "usbvirt_build_info",
+      type: "gauge",
+      help: "Always 1; the version is a label.",
+      samples: [{ labels: { version }, value: 1 }],
+    },
+    {
+      name: "usbvirt_up",
+      type: "gauge",
+      help: "1 while the engine is connected (its backend answers), else 0.",
+      samples: [{ value: backend !== null ? 1 : 0 }],
+    },
+    {
+      name: "usbvirt_clients",
+      type: "gauge",
+      help: "USB/IP client connections open now (any phase).",
+      samples: [{ value: serverStats.clients }],
+    },
+    {
+      name: "usbvirt_device_clients",
+      type: "gauge",
+      help: "1 while a client has imported the device, else 0.",
+      samples: perDevice((d) => (imported.has(d.busid) ? 1 : 0)),
+    },
+    {
+      name: "usbvirt_device_in_flight",
+      type: "gauge",
+      help: "URBs the device's client has in the engine now.",
+      samples: perDevice((d) => inFlightByBusid.get(d.busid) ?? 0),
+    },
+    {
+      name: "usbvirt_backend_losses_total",
+      type: "counter",
+      help: "Times the engine lost its backend (crash, fault, restart) and started a new one.",
+      samples: [{ value: front?.backendLosses ?? 0 }],
+    },
+  ];
+  if (backend !== null) {
+    const port = (d: (typeof devices)[number]) => backend.ports[d.port] ?? { urbs: 0, bytes: 0, errors: 0 };
+    families.push(
+      {
+        name: "usbvirt_device_urbs_total",
+        type: "counter",
+        help: "URBs the device completed (since the current backend started).",
+        samples: perDevice((d) => port(d).urbs),
+      },
+      {
+        name: "usbvirt_device_bytes_total",
+        type: "counter",
+        help: "Bytes the device moved, both directions (since the current backend started).",
+        samples: perDevice((d) => port(d).bytes),
+      },
+      {
+        name: "usbvirt_device_errors_total",
+        type: "counter",
+        help: "URBs the device completed with an error status (since the current backend started).",
+        samples: perDevice((d) => port(d).errors),
+      },
+      {
+        name: "usbvirt_backend_requests_total",
+        type: "counter",
+        help: "Requests the backend took from the URB ring.",
+        samples: [{ value: backend.requests }],
+      },
+      {
+        name: "usbvirt_backend_rejected_total",
+        type: "counter",
+        help: "Requests the backend's parse gate or grant mapper refused.",
+        samples: [{ value: backend.rejected }],
+      },
+      {
+        name: "usbvirt_grant_faults_total",
+        type: "counter",
+        help: "Grant references the backend could not map (bad reference, domain, direction or bounds).",
+        samples: [{ value: backend.grantFaults }],
+      },
+      {
+        name: "usbvirt_backend_in_flight",
+        type: "gauge",
+        help: "URBs the backend holds now, all devices.",
+        samples: [{ value: backend.inFlight }],
+      },
+    );
+  }
+  return renderFamilies(families);
+}
+
+/** The HTTP endpoint: GET /metrics (and / for a pointer); everything else 404, other methods 405. */
+export class MetricsEndpoint {
+  private constructor(private readonly http: Server) {}
+
+  static async start(
+    server: UsbipServer,
+    where: { host: string; port: number },
+    version: string,
+  ): Promise<MetricsEndpoint> {
+    const http = createServer((req, res) => {
+      const path = (req.url ?? "/").split("?")[0];
+      if (req.method !== "GET" && req.method !== "HEAD") {
+        res.writeHead(405, { allow: "GET, HEAD" }).end();
+        return;
+      }
+      if (path !== "/metrics") {
+        res.writeHead(404, { "content-type": "text/plain" }).end("usbvirt: metrics are at /metrics\n");
+        return;
+      }
+      collectMetrics(server, version).then(
+        (text) => {
+          res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
+          res.end(req.method === "HEAD" ? undefined : text);
+        },
+        (err: unknown) => {
+          res.writeHead(500, { "content-type": "text/plain" }).end(`usbvirt: ${String(err)}\n`);
+        },
+      );
+    });
+    http.keepAliveTimeout = 5000;
+    await new Promise<void>((resolve, reject) => {
+      http.once("error", reject);
+      http.listen(where.port, where.host, () => {
+        http.off("error", reject);
+        resolve();
+      });
+    });
+    return new MetricsEndpoint(http);
+  }
+
+  get address(): { host: string; port: number } {
+    const a = this.http.address();
+    if (a === null || typeof a === "string") return { host: String(a), port: 0 };
+    return { host: a.address, port: a.port };
+  }
+
+  close(): Promise<void> {
+    this.http.closeAllConnections();
+    return new Promise((resolve) => this.http.close(() => resolve()));
+  }
+}
+
+// ---------------------------------------------------------------- reading
+
+export interface MetricSample {
+  readonly name: string;
+  readonly labels: Record<string, string>;
+  readonly value: number;
+}
+
+/** Parse Prometheus text (the subset collectMetrics writes: no timestamps); comment lines are skipped. */
+export function parseMetricsText(text: string): MetricSample[] {
+  const out: MetricSample[] = [];
+  for (const line of text.split("\n")) {
+    if (line === "" || line.startsWith("#")) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (m === null) throw new Error(`not a metrics line: ${JSON.stringify(line.slice(0, 200))}`);
+    const labels: Record<string, string> = {};
+    const body = m[2] ?? "";
+    const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)/g;
+    let consumed = 0;
+    for (let lm = re.exec(body); lm !== null; lm = re.exec(body)) {
+      labels[lm[1]!] = lm[2]!.replace(/\\n/g, "\n").replace(/\\(["\\])/g, "$1");
+      consumed = re.lastIndex;
+    }
+    if (consumed !== body.length)
+      throw new Error(`bad labels in metrics line: ${JSON.stringify(line.slice(0, 200))}`);
+    const value = Number(m[3]);
+    if (Number.isNaN(value) && m[3] !== "NaN")
+      throw new Error(`bad value in metrics line: ${JSON.stringify(line)}`);
+    out.push({ name: m[1]!, labels, value });
+  }
+  return out;
+}

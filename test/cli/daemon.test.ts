@@ -1,0 +1,163 @@
+/**
+ * usbvirt as a daemon: --version, JSON log lines with the client and busid, the engine dying for good
+ * (logged, exit 1), and systemd socket activation through the real `systemd-socket-activate`.
+ */
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { socketActivationFd } from "../../src/cli/daemon.js";
+import { run } from "../../src/cli/run.js";
+import { attachRemote } from "../../src/usbip/attach.js";
+import { listRemote } from "../../src/usbip/client.js";
+import { jsonLine, streamLogger } from "../../src/usbip/log.js";
+import { capture, ROOT, serveInProcess, spawnChild } from "./helpers.js";
+
+const VERSION = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
+
+describe("usbvirt --version", () => {
+  it("--version and -V print the package.json version and exit 0", async () => {
+    for (const flag of ["--version", "-V"]) {
+      const c = capture();
+      expect(await run([flag], c.io)).toBe(0);
+      expect(c.out).toBe(`usbvirt ${VERSION}\n`);
+    }
+  });
+});
+
+describe("--log-format json", () => {
+  it("one JSON object per line: time, level, message, then the fields; fixed keys cannot be overridden", () => {
+    const line = jsonLine(
+      "warn",
+      'say "hi"',
+      { client: "10.0.0.1:5", busid: "1-1", level: "x" },
+      new Date(0),
+    );
+    expect(line.endsWith("\n")).toBe(true);
+    expect(line.indexOf("\n")).toBe(line.length - 1);
+    expect(JSON.parse(line)).toEqual({
+      time: "1970-01-01T00:00:00.000Z",
+      level: "warn",
+      message: 'say "hi"',
+      client: "10.0.0.1:5",
+      busid: "1-1",
+    });
+    const lines: string[] = [];
+    streamLogger("json", (l) => lines.push(l)).info("m", { client: "c" });
+    streamLogger("text", (l) => lines.push(l)).info("m", { client: "c" });
+    expect(JSON.parse(lines[0]!)).toMatchObject({ level: "info", message: "m", client: "c" });
+    expect(lines[1]).toMatch(/^\S+ usbvirt info: m\n$/);
+  });
+
+  it("the server's lines carry the client's address and the device's busid", async () => {
+    const s = await serveInProcess(["--device", "loopback"]);
+    const { port } = s.server.address;
+    const att = await attachRemote({ host: "127.0.0.1", port, busid: "1-1" });
+    await att.close();
+    expect(await s.stop()).toBe(0);
+    const imported = s.c.logger.records.find((r) => r.message.includes("imported 1-1"));
+    expect(imported?.fields).toEqual({ client: expect.stringMatching(/^127\.0\.0\.1:\d+$/), busid: "1-1" });
+    const detached = s.c.logger.records.find((r) => r.message.includes("detached 1-1"));
+    expect(detached?.fields?.busid).toBe("1-1");
+  });
+
+  it("rejects another format with a usage error (exit 2)", async () => {
+    const c = capture();
+    expect(await run(["serve", "--port", "0", "--log-format", "xml"], c.io)).toBe(2);
+    expect(c.err).toContain('--log-format: must be "text" or "json", not "xml"');
+  });
+});
+
+describe("the engine dying for good", () => {
+  it("serve logs it and exits 1 once the backend was lost more often than maxRestarts (5)", async () => {
+    const s = await serveInProcess(["--device", "loopback"]);
+    const conn = s.server.connection;
+    // Each restart is a backend loss; the sixth is one too many and leaves the connection Closed.
+    for (let i = 0; i < 6; i++) await conn.restartBackend();
+    expect(await s.exit).toBe(1);
+    const died = s.c.logger.matching("stopped for good");
+    expect(died).toHaveLength(1);
+    expect(died[0]).toMatch(
+      /^error: the engine stopped for good after 6 backend loss\(es\); last loss: .+exiting with status 1/,
+    );
+    expect(s.c.logger.matching("server stopped")).toHaveLength(1);
+  });
+
+  it("a closed server (SIGINT) is not reported as a death", async () => {
+    const s = await serveInProcess(["--device", "loopback"]);
+    expect(await s.stop()).toBe(0);
+    expect(s.c.logger.matching("stopped for good")).toEqual([]);
+  });
+});
+
+describe("systemd socket activation", () => {
+  it("LISTEN_PID/LISTEN_FDS: fd 3 for this process only, exactly one socket, variables removed", () => {
+    const env: NodeJS.ProcessEnv = { LISTEN_PID: "42", LISTEN_FDS: "1", LISTEN_FDNAMES: "usbip" };
+    expect(socketActivationFd(env, 42)).toBe(3);
+    expect(env).toEqual({});
+    expect(socketActivationFd({ LISTEN_PID: "41", LISTEN_FDS: "1" }, 42)).toBeNull();
+    expect(socketActivationFd({}, 42)).toBeNull();
+    expect(() => socketActivationFd({ LISTEN_PID: "42", LISTEN_FDS: "2" }, 42)).toThrow(/exactly one/);
+    expect(() => socketActivationFd({ LISTEN_PID: "42", LISTEN_FDS: "x" }, 42)).toThrow(/LISTEN_FDS/);
+  });
+
+  const tool = (() => {
+    try {
+      return execFileSync("sh", ["-c", "command -v systemd-socket-activate"], { encoding: "utf8" }).trim();
+    } catch {
+      return "";
+    }
+  })();
+  if (tool === "") {
+    it.skip("serve under systemd-socket-activate (skipped: systemd-socket-activate is not installed; apt-get install systemd)", () => {});
+    return;
+  }
+
+  it("serve under systemd-socket-activate listens on the passed socket, logs JSON, exits 0 on SIGTERM", async () => {
+    // A free port: systemd-socket-activate binds it itself.
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
+    const port = (probe.address() as { port: number }).port;
+    await new Promise<void>((r) => probe.close(() => r()));
+    const p = spawnChild(
+      [
+        "-l",
+        `127.0.0.1:${port}`,
+        process.execPath,
+        "--import",
+        "tsx",
+        "src/cli/main.ts",
+        "serve",
+        "--port",
+        "1",
+        "--device",
+        "loopback",
+        "--log-format",
+        "json",
+      ],
+      tool,
+    );
+    try {
+      await p.waitFor(/Listening on 127\.0\.0\.1:\d+ as 3/, "err");
+      // The first connection starts usbvirt (exec'd with LISTEN_FDS=1): it must answer on that socket.
+      const devices = await listRemote({ host: "127.0.0.1", port });
+      expect(devices.map((d) => d.busid)).toEqual(["1-1"]);
+      await p.waitFor(/device list/, "err");
+      expect(p.out()).toContain(`on 127.0.0.1:${port}`);
+      const json = p
+        .err()
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(json.find((l) => String(l.message).includes("socket systemd passed"))).toBeDefined();
+      expect(json.find((l) => String(l.message).includes("device list"))).toMatchObject({
+        level: "info",
+        client: expect.stringMatching(/^127\.0\.0\.1:\d+$/),
+      });
+    } finally {
+      p.child.kill("SIGTERM");
+    }
+    expect(await p.exited).toBe(0);
+  }, 30_000);
+});
