@@ -9,62 +9,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseArgs, parseSize } from "../../src/cli/args.js";
-import { type CliIo, deviceFromSelector, run } from "../../src/cli/run.js";
+import { deviceFromSelector, run } from "../../src/cli/run.js";
 import { listRemote } from "../../src/usbip/client.js";
-import { CollectingLogger } from "../../src/usbip/log.js";
-import type { UsbipServer } from "../../src/usbip/server.js";
-
-function capture(extra: Partial<CliIo> = {}) {
-  let out = "";
-  let err = "";
-  const io: CliIo = {
-    out: (t) => {
-      out += t;
-    },
-    err: (t) => {
-      err += t;
-    },
-    logger: new CollectingLogger(),
-    ...extra,
-  };
-  return {
-    io,
-    get out() {
-      return out;
-    },
-    get err() {
-      return err;
-    },
-  };
-}
-
-/** Run `serve` in-process; returns the server once it listens and a function that stops it (SIGINT stand-in). */
-async function serveInProcess(args: string[]) {
-  let stop!: (s: string) => void;
-  const stopped = new Promise<string>((r) => {
-    stop = r;
-  });
-  let listening!: (s: UsbipServer) => void;
-  const up = new Promise<UsbipServer>((r) => {
-    listening = r;
-  });
-  const c = capture({ stopSignal: () => stopped, onListening: (s) => listening(s) });
-  const exit = run(["serve", "--port", "0", ...args], c.io);
-  const server = await Promise.race([
-    up,
-    exit.then((code) => {
-      throw new Error(`serve exited ${code}: ${c.err}`);
-    }),
-  ]);
-  return {
-    server,
-    c,
-    stop: async () => {
-      stop("SIGINT");
-      return await exit;
-    },
-  };
-}
+import { capture, serveInProcess } from "../cli/helpers.js";
 
 describe("argument parsing", () => {
   it("options, repeats, = form, positionals, sizes", () => {
