@@ -50,6 +50,7 @@ import {
   Socket,
   type SocketConstructorOpts,
 } from "node:net";
+import { PortStartError } from "../backend/port-link.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
 import { FRAME_SIZE, type GuestOffset } from "../dma-map/types.js";
@@ -1250,12 +1251,12 @@ async function describeDevice(
   try {
     summary = await conn.attach(port, spec);
   } catch (err) {
+    // The device's own words, without the engine's "port N:" (an exported device has no port to a user).
+    const why = err instanceof PortStartError && err.cause instanceof Error ? err.cause : (err as Error);
     throw new UsbipServerError(
       "ERR_USBVIRT_USBIP_DEVICE",
-      `cannot export ${describeSpec(spec)}: ${(err as Error).message}`,
-      {
-        cause: err,
-      },
+      `cannot export ${describeSpec(spec)}: ${why.message}`,
+      { cause: err },
     );
   }
   const hcd = conn.frontend!;
