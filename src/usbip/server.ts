@@ -661,19 +661,22 @@ export class UsbipServer extends EventEmitter {
   /**
    * Clients connected now (any phase), which busids are imported, and per imported device what its
    * client holds: URBs in the engine, guest memory in use, reply bytes not yet written, bytes received
-   * and not yet read (held while its reads wait), and the OUT bytes read straight into guest memory.
+   * and not yet read (held while its reads wait), and the OUT bytes read straight into guest memory;
+   * the holder's address; and which devices failed, with the reason.
    */
   stats(): {
     clients: number;
     imported: string[];
     perDevice: {
       busid: string;
+      client: string;
       urbs: number;
       memoryBytes: number;
       unsentBytes: number;
       receivedBytes: number;
       directBytes: number;
     }[];
+    failed: { busid: string; reason: string }[];
   } {
     return {
       clients: this.sessions.size,
@@ -682,12 +685,14 @@ export class UsbipServer extends EventEmitter {
         .filter((s) => s.owner !== null)
         .map((s) => ({
           busid: s.busid,
+          client: s.owner!.peer,
           urbs: s.owner!.urbs,
           memoryBytes: s.memoryBytes - s.memory.freeBytes,
           unsentBytes: s.owner!.writer?.unsent ?? 0,
           receivedBytes: s.owner!.reader?.pending ?? s.owner!.queue.length,
           directBytes: s.owner!.directBytes,
         })),
+      failed: this.slots.filter((s) => s.failed !== null).map((s) => ({ busid: s.busid, reason: s.failed! })),
     };
   }
 
