@@ -126,7 +126,8 @@ export function renderBarChart(c: BarChart): string {
     .join("");
   const height = plotBottom + AXIS_H;
   return (
-    `<svg xmlns="http://www.w3.org/2000/svg" id="chart-${esc(c.id)}" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="system-ui, sans-serif" font-size="12" fill="#222">` +
+    `<svg xmlns="http://www.w3.org/2000/svg" id="chart-${esc(c.id)}" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="system-ui, sans-serif" font-size="12" fill="#222" role="img">` +
+    `<title>${esc(c.title)}</title>` +
     `<rect width="${width}" height="${height}" fill="#fff"/>` +
     `<text x="8" y="15" font-size="13" font-weight="600">${esc(c.title)}</text>${legend}${axis}${body}</svg>`
   );

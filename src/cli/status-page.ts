@@ -281,7 +281,7 @@ export function sparkline(values: readonly number[], cls: string): string {
   const pts = values
     .map((v, i) => `${((i / (n - 1)) * w).toFixed(1)},${(h - 1 - (v / max) * (h - 2)).toFixed(1)}`)
     .join(" ");
-  return `<svg class="spark ${cls}" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}" role="img"><polyline points="${pts}"/></svg>`;
+  return `<svg class="spark ${cls}" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}" role="img"><title>${cls} per second, last ${values.length} s</title><polyline points="${pts}"/></svg>`;
 }
 
 function row(d: DeviceStatus): string {

@@ -118,7 +118,7 @@ describe("serve --metrics: the status page", () => {
         const rate = /class="num bytes-rate">([\d.]+) ([kMG]?)B\/s/.exec(row!);
         expect(rate).not.toBeNull();
         expect(Number(rate![1])).toBeGreaterThan(0);
-        expect(row).toMatch(/<svg class="spark bytes"[^>]*><polyline points="[\d., ]+"/);
+        expect(row).toMatch(/<svg class="spark bytes"[^>]*><title>[^<]*<\/title><polyline points="[\d., ]+"/);
         const file = join(outputDir(), "status-page.png");
         await screenshot(browser!, b.base, file, 3000);
         expect(existsSync(file) && statSync(file).size > 1000).toBe(true);
