@@ -1,8 +1,9 @@
 /**
- * `npm run bench [-- --quick] [-- --json FILE] [-- --only ring,e2e]`: every
+ * `npm run bench [-- --quick] [-- --json FILE] [-- --report FILE.html] [-- --only ring,e2e]`: every
  * suite in one process, one machine header, tables side by side, then the
  * record: every figure under its stable name and the usbvirt / peer ratios.
- * `--json FILE` writes {node, cpu, cores, results, ratios}.
+ * `--json FILE` writes {node, cpu, cores, results, ratios}; `--report FILE.html` the same record as
+ * charts (report.ts): FILE.html and FILE-<chart>.svg.
  */
 import { writeFileSync } from "node:fs";
 import os from "node:os";
@@ -12,6 +13,7 @@ import { grantSuite } from "./grant.js";
 import { machineHeader, type Ratio, type Result, type SuiteOptions } from "./harness.js";
 import { idleSuite } from "./idle.js";
 import { PEER_DESIGNS } from "./peers/peers.js";
+import { type BenchRecord, writeReport } from "./report.js";
 import { ringSuite } from "./ring.js";
 import { usbipSuite } from "./usbip.js";
 
@@ -68,6 +70,7 @@ function fmt(v: number): string {
 async function main(): Promise<void> {
   const quick = process.argv.includes("--quick");
   const jsonFile = argValue("--json");
+  const reportFile = argValue("--report");
   const only = argValue("--only")?.split(",");
   const unknown = only?.filter((n) => !suites.some((s) => s.name === n)) ?? [];
   if (unknown.length > 0)
@@ -92,20 +95,21 @@ async function main(): Promise<void> {
     console.table(
       r.map((x) => ({ name: x.name, "usbvirt / peer": `${x.value.toFixed(x.value < 10 ? 2 : 1)}×` })),
     );
+  const cpus = os.cpus();
+  const record: BenchRecord = {
+    node: process.version,
+    cpu: cpus[0]?.model ?? "unknown",
+    cores: os.availableParallelism(),
+    quick,
+    loadavg: os.loadavg(),
+    results,
+    ratios: r,
+  };
   if (jsonFile !== undefined) {
-    const cpus = os.cpus();
-    const record = {
-      node: process.version,
-      cpu: cpus[0]?.model ?? "unknown",
-      cores: os.availableParallelism(),
-      quick,
-      loadavg: os.loadavg(),
-      results,
-      ratios: r,
-    };
     writeFileSync(jsonFile, `${JSON.stringify(record, null, 2)}\n`);
     console.log(`wrote ${jsonFile}`);
   }
+  if (reportFile !== undefined) console.log(`wrote ${writeReport(reportFile, record).join(", ")}`);
 }
 
 main().then(

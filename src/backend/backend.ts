@@ -82,7 +82,8 @@ export interface BackendStats {
 
 export type BackendEvent =
   | { readonly type: "ring-fault"; readonly fault: number; readonly message: string }
-  | { readonly type: "port-failed"; readonly port: number; readonly reason: string }
+  /** `gone`: the device went away (unplugged, its URBs got -ENODEV), rather than misbehaving. */
+  | { readonly type: "port-failed"; readonly port: number; readonly reason: string; readonly gone: boolean }
   /** The host's service loop threw (a bug): on a worker the worker dies; on a shared thread this says so. */
   | { readonly type: "host-failed"; readonly message: string };
 
@@ -549,7 +550,9 @@ export class UsbBackend implements Waitable {
     this.connQueue.push({ port: portNumber, speed: UsbSpeed.NONE });
     this.flushConn();
     if (this.urbRing.pushResponses()) this.frontendBell.ring();
-    if (reason !== "detached") this.emit({ type: "port-failed", port: portNumber, reason });
+    if (reason !== "detached") {
+      this.emit({ type: "port-failed", port: portNumber, reason, gone: status === ENODEV });
+    }
     return link;
   }
 

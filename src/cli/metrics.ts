@@ -8,6 +8,9 @@
  * life) and the USB/IP server's stats() (clients, each imported device's URBs in flight). While the
  * engine is not Connected the backend's metrics are left out and `usbvirt_up` is 0.
  *
+ * With a StatusTracker (serve passes one) the same endpoint serves the status page: GET /status.json and
+ * GET / or /status (src/cli/status-page.ts).
+ *
  * Also the reading side for `usbvirt status`: a parser for the lines this module writes.
  */
 
@@ -15,6 +18,7 @@ import { createServer, type Server } from "node:http";
 import { isIP } from "node:net";
 import type { UsbipServer } from "../usbip/server.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
+import { renderStatusPage, type StatusTracker } from "./status-page.js";
 
 /** The default metrics port (serve has no default: --metrics is opt-in; `status` looks here). */
 export const DEFAULT_METRICS_PORT = 9240;
@@ -180,7 +184,10 @@ export async function collectMetrics(server: UsbipServer, version: string): Prom
   return renderFamilies(families);
 }
 
-/** The HTTP endpoint: GET /metrics (and / for a pointer); everything else 404, other methods 405. */
+/**
+ * The HTTP endpoint: GET /metrics; with a tracker also /status.json and the page at / and /status (without
+ * one, / answers a pointer with 404); everything else 404, other methods 405.
+ */
 export class MetricsEndpoint {
   private constructor(private readonly http: Server) {}
 
@@ -188,11 +195,36 @@ export class MetricsEndpoint {
     server: UsbipServer,
     where: { host: string; port: number },
     version: string,
+    tracker: StatusTracker | null = null,
   ): Promise<MetricsEndpoint> {
     const http = createServer((req, res) => {
       const path = (req.url ?? "/").split("?")[0];
       if (req.method !== "GET" && req.method !== "HEAD") {
         res.writeHead(405, { allow: "GET, HEAD" }).end();
+        return;
+      }
+      const page = path === "/" || path === "/status";
+      if (tracker !== null && (page || path === "/status.json")) {
+        tracker.status().then(
+          (status) => {
+            const body = page ? renderStatusPage(status) : `${JSON.stringify(status, null, 2)}\n`;
+            res.writeHead(200, {
+              "content-type": page ? "text/html; charset=utf-8" : "application/json",
+              "cache-control": "no-store",
+              // The page needs nothing from elsewhere: say so to the browser too.
+              ...(page
+                ? {
+                    "content-security-policy":
+                      "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'",
+                  }
+                : {}),
+            });
+            res.end(req.method === "HEAD" ? undefined : body);
+          },
+          (err: unknown) => {
+            res.writeHead(500, { "content-type": "text/plain" }).end(`usbvirt: ${String(err)}\n`);
+          },
+        );
         return;
       }
       if (path !== "/metrics") {

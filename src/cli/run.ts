@@ -20,6 +20,7 @@ import { EngineWatch, packageVersion, socketActivationFd, storageFileWarnings } 
 import { UsageError } from "./errors.js";
 import { MetricsEndpoint, parseMetricsAddress } from "./metrics.js";
 import { STATUS, statusCommand } from "./status.js";
+import { StatusTracker } from "./status-page.js";
 
 export interface CliIo {
   out(text: string): void;
@@ -150,7 +151,7 @@ const SERVE: CommandSpec = {
       name: "metrics",
       kind: "string",
       value: "[HOST:]PORT",
-      help: "serve Prometheus metrics at http://HOST:PORT/metrics (host 127.0.0.1 unless given)",
+      help: "serve Prometheus metrics at http://HOST:PORT/metrics and a status page at / (host 127.0.0.1 unless given)",
     },
   ],
   details: `With no device selected, serve exports the emulated loopback, keyboard and a 64 MiB storage device.
@@ -453,8 +454,11 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
 
   const logFormat: LogFormat = config.logFormat ?? "text";
   const base = io.logger ?? streamLogger(logFormat);
-  const logger: UsbipLogger = config.quiet === true ? { ...base, info: () => {} } : base;
+  const quietable: UsbipLogger = config.quiet === true ? { ...base, info: () => {} } : base;
   const metricsAt = config.metrics !== undefined ? parseMetricsAddress(config.metrics) : null;
+  // The status page keeps each device's last log lines: it sees every line the log writes.
+  const tracker = metricsAt !== null ? new StatusTracker() : null;
+  const logger = tracker?.wrap(quietable) ?? quietable;
   for (const w of storageFileWarnings(specs, config.storageSize !== undefined)) logger.warn(w);
   const listenFd = socketActivationFd();
   const server = await UsbipServer.start({
@@ -468,8 +472,12 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   const watch = new EngineWatch(server.connection);
   let metrics: MetricsEndpoint | null = null;
   try {
-    if (metricsAt !== null) metrics = await MetricsEndpoint.start(server, metricsAt, packageVersion());
+    if (metricsAt !== null && tracker !== null) {
+      tracker.attach(server, packageVersion());
+      metrics = await MetricsEndpoint.start(server, metricsAt, packageVersion(), tracker);
+    }
   } catch (err) {
+    tracker?.close();
     watch.dispose();
     await server.close();
     throw new Error(`cannot serve metrics on ${config.metrics}: ${(err as Error).message}`);
@@ -490,7 +498,8 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     logger.info(`listening on the socket systemd passed (fd ${listenFd}), not --bind/--port`);
   if (metrics !== null) {
     const m = metrics.address;
-    io.out(`metrics: http://${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}/metrics\n`);
+    const at = `http://${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}`;
+    io.out(`metrics: ${at}/metrics\nstatus page: ${at}/\n`);
   }
   io.onListening?.(server);
   const stop = await Promise.race([
@@ -500,6 +509,7 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   watch.dispose();
   if ("died" in stop) logger.error(`${stop.died}: exiting with status 1 so a supervisor can restart usbvirt`);
   else logger.info(`${stop.signal}: shutting down`);
+  tracker?.close();
   await metrics?.close();
   await server.close();
   return "died" in stop ? 1 : 0;

@@ -1,13 +1,15 @@
 /**
- * `usbvirt status [--metrics HOST:PORT] [--json]`: reads a running server's metrics endpoint
- * (metrics.ts; `serve --metrics`) and prints a short table — engine up, clients, backend losses,
- * grant faults, and per exported device its client, URBs, bytes, errors and URBs in flight.
+ * `usbvirt status [--metrics HOST:PORT] [--json]`: reads a running server's /status.json on its metrics
+ * endpoint (status-page.ts; `serve --metrics`) and prints a short table — engine up, clients, backend
+ * losses, grant faults, and per exported device its state, client, URBs, bytes, errors, URBs in flight
+ * and rates. --json prints /status.json as the server wrote it.
  */
 import { get } from "node:http";
 import type { CommandSpec } from "./args.js";
 import { UsageError } from "./errors.js";
-import { DEFAULT_METRICS_PORT, type MetricSample, parseMetricsAddress, parseMetricsText } from "./metrics.js";
+import { DEFAULT_METRICS_PORT, parseMetricsAddress } from "./metrics.js";
 import type { CliIo } from "./run.js";
+import type { ServerStatus } from "./status-page.js";
 
 const FETCH_TIMEOUT_MS = 5000;
 /** A metrics page is a few KiB; anything past this is not ours. */
@@ -48,58 +50,11 @@ export const STATUS: CommandSpec = {
       value: "[HOST:]PORT",
       help: `the server's metrics endpoint (default 127.0.0.1:${DEFAULT_METRICS_PORT})`,
     },
-    { name: "json", kind: "boolean", help: "print JSON instead of a table" },
+    { name: "json", kind: "boolean", help: "print the server's /status.json instead of a table" },
   ],
   details: `The server must run with --metrics (e.g. usbvirt serve --metrics ${DEFAULT_METRICS_PORT}).
 Exit status 1 when the endpoint cannot be reached or the engine is not up.`,
 };
-
-export interface StatusReport {
-  readonly endpoint: string;
-  readonly version: string | null;
-  readonly up: boolean;
-  readonly clients: number;
-  readonly backendLosses: number;
-  readonly grantFaults: number | null;
-  readonly devices: {
-    busid: string;
-    device: string;
-    client: boolean;
-    urbs: number | null;
-    bytes: number | null;
-    errors: number | null;
-    inFlight: number;
-  }[];
-}
-
-export function statusFromMetrics(endpoint: string, samples: readonly MetricSample[]): StatusReport {
-  const one = (name: string): number | null => samples.find((s) => s.name === name)?.value ?? null;
-  const per = (name: string, busid: string): number | null =>
-    samples.find((s) => s.name === name && s.labels.busid === busid)?.value ?? null;
-  const devices = samples
-    .filter((s) => s.name === "usbvirt_device_clients")
-    .map((s) => {
-      const busid = s.labels.busid ?? "?";
-      return {
-        busid,
-        device: s.labels.device ?? "?",
-        client: s.value > 0,
-        urbs: per("usbvirt_device_urbs_total", busid),
-        bytes: per("usbvirt_device_bytes_total", busid),
-        errors: per("usbvirt_device_errors_total", busid),
-        inFlight: per("usbvirt_device_in_flight", busid) ?? 0,
-      };
-    });
-  return {
-    endpoint,
-    version: samples.find((s) => s.name === "usbvirt_build_info")?.labels.version ?? null,
-    up: one("usbvirt_up") === 1,
-    clients: one("usbvirt_clients") ?? 0,
-    backendLosses: one("usbvirt_backend_losses_total") ?? 0,
-    grantFaults: one("usbvirt_grant_faults_total"),
-    devices,
-  };
-}
 
 function table(rows: readonly (readonly string[])[]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
@@ -118,39 +73,43 @@ export async function statusCommand(options: Readonly<Record<string, unknown>>, 
   const endpoint = `${host}:${where.port}`;
   let body: string;
   try {
-    body = await httpGet(where.host, where.port, "/metrics");
+    body = await httpGet(where.host, where.port, "/status.json");
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     const why =
       e.code === "ECONNREFUSED" ? "nothing listens there (is 'usbvirt serve --metrics' running?)" : e.message;
-    throw new Error(`cannot read the metrics at http://${endpoint}/metrics: ${why}`);
+    throw new Error(`cannot read the status at http://${endpoint}/status.json: ${why}`);
   }
-  const report = statusFromMetrics(endpoint, parseMetricsText(body));
+  const report = JSON.parse(body) as ServerStatus;
   if (options.json === true) {
-    io.out(`${JSON.stringify(report, null, 2)}\n`);
+    io.out(body.endsWith("\n") ? body : `${body}\n`);
     return report.up ? 0 : 1;
   }
   const n = (v: number | null) => (v === null ? "-" : String(v));
   io.out(
-    `usbvirt ${report.version ?? "?"} at ${endpoint}: engine ${report.up ? "up" : "DOWN"}, ` +
+    `usbvirt ${report.version} at ${endpoint}: engine ${report.up ? "up" : "DOWN"}, ` +
       `${report.clients} client connection(s), ${report.backendLosses} backend loss(es), ` +
       `${n(report.grantFaults)} grant fault(s)\n`,
   );
   if (report.devices.length > 0) {
     io.out(
       `${table([
-        ["BUSID", "DEVICE", "CLIENT", "URBS", "BYTES", "ERRORS", "IN-FLIGHT"],
+        ["BUSID", "DEVICE", "STATE", "CLIENT", "URBS", "BYTES", "ERRORS", "IN-FLIGHT", "URBS/S", "BYTES/S"],
         ...report.devices.map((d) => [
           d.busid,
-          d.device,
-          d.client ? "yes" : "-",
+          `${d.name} ${d.identity}`,
+          d.state,
+          d.holder ?? "-",
           n(d.urbs),
           n(d.bytes),
           n(d.errors),
           String(d.inFlight),
+          String(d.urbsPerSec),
+          String(d.bytesPerSec),
         ]),
       ])}\n`,
     );
+    for (const d of report.devices) if (d.failure !== null) io.out(`${d.busid}: ${d.state}: ${d.failure}\n`);
   }
   return report.up ? 0 : 1;
 }

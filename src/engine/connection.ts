@@ -81,7 +81,7 @@ export interface ConnectionEvents {
   /** Something the operator should read: a worker error, a failed re-attach, a cut-off frontend. */
   log: [line: string];
   /** A port's device or port worker failed; the port reports a disconnect. */
-  "port-failed": [port: number, reason: string];
+  "port-failed": [port: number, reason: string, gone: boolean];
   /** The backend died or was cut off; every URB in flight completed with -ESHUTDOWN. */
   "backend-lost": [reason: string];
   /** A new backend is up (its devices are re-attached next). */
@@ -194,7 +194,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     if (handle !== this.backend) return;
     if (e.type === "port-failed") {
       this.wanted.delete(e.port);
-      this.emit("port-failed", e.port, e.reason);
+      this.emit("port-failed", e.port, e.reason, e.gone);
     } else if (e.type === "host-failed") {
       this.emit("log", `backend failed: ${e.message}`);
       void this.recover(`backend failed: ${e.message}`);

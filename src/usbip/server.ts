@@ -177,6 +177,8 @@ interface Slot {
   draining: Promise<void> | null;
   configuration: number;
   failed: string | null;
+  /** The failure was the device going away (unplug), not misbehaving. */
+  gone: boolean;
 }
 
 /** What a CMD_SUBMIT became: the engine transfer types, or handled here (SET_ADDRESS, port reset). */
@@ -527,10 +529,11 @@ export class UsbipServer extends EventEmitter {
     this.urbShare = shares.urbs;
     this.scratchShare = shares.scratchFrames;
     server.on("connection", (socket) => this.accept(socket));
-    connection.on("port-failed", (port: number, reason: string) => {
+    connection.on("port-failed", (port: number, reason: string, gone: boolean) => {
       const slot = this.slots.find((s) => s.port === port);
       if (slot === undefined) return;
       slot.failed = reason;
+      slot.gone = gone;
       this.log.error(`device ${slot.busid} (${slot.name}) failed: ${reason}`, { busid: slot.busid });
       if (slot.owner !== null) this.drop(slot.owner, `its device ${slot.busid} failed`);
     });
@@ -661,19 +664,22 @@ export class UsbipServer extends EventEmitter {
   /**
    * Clients connected now (any phase), which busids are imported, and per imported device what its
    * client holds: URBs in the engine, guest memory in use, reply bytes not yet written, bytes received
-   * and not yet read (held while its reads wait), and the OUT bytes read straight into guest memory.
+   * and not yet read (held while its reads wait), and the OUT bytes read straight into guest memory;
+   * the holder's address; and which devices failed, with the reason.
    */
   stats(): {
     clients: number;
     imported: string[];
     perDevice: {
       busid: string;
+      client: string;
       urbs: number;
       memoryBytes: number;
       unsentBytes: number;
       receivedBytes: number;
       directBytes: number;
     }[];
+    failed: { busid: string; reason: string; gone: boolean }[];
   } {
     return {
       clients: this.sessions.size,
@@ -682,12 +688,16 @@ export class UsbipServer extends EventEmitter {
         .filter((s) => s.owner !== null)
         .map((s) => ({
           busid: s.busid,
+          client: s.owner!.peer,
           urbs: s.owner!.urbs,
           memoryBytes: s.memoryBytes - s.memory.freeBytes,
           unsentBytes: s.owner!.writer?.unsent ?? 0,
           receivedBytes: s.owner!.reader?.pending ?? s.owner!.queue.length,
           directBytes: s.owner!.directBytes,
         })),
+      failed: this.slots
+        .filter((s) => s.failed !== null)
+        .map((s) => ({ busid: s.busid, reason: s.failed!, gone: s.gone })),
     };
   }
 
@@ -1324,6 +1334,7 @@ async function describeDevice(
     draining: null,
     configuration: 0,
     failed: null,
+    gone: false,
   };
 }
 

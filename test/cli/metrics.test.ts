@@ -70,16 +70,21 @@ describe("serve --metrics", () => {
         expect(table.out).toMatch(
           /engine up, 1 client connection\(s\), 0 backend loss\(es\), 0 grant fault\(s\)/,
         );
-        expect(table.out).toMatch(/BUSID\s+DEVICE\s+CLIENT\s+URBS\s+BYTES\s+ERRORS\s+IN-FLIGHT/);
-        expect(table.out).toMatch(/1-1\s+\S.*\s+yes\s+\d+\s+\d+\s+\d+\s+\d+/);
+        expect(table.out).toMatch(
+          /BUSID\s+DEVICE\s+STATE\s+CLIENT\s+URBS\s+BYTES\s+ERRORS\s+IN-FLIGHT\s+URBS\/S\s+BYTES\/S/,
+        );
+        expect(table.out).toMatch(
+          /1-1\s+\S.*\s+imported\s+127\.0\.0\.1:\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+/,
+        );
         const json = capture();
         expect(await run(["status", "--metrics", where, "--json"], json.io)).toBe(0);
         const report = JSON.parse(json.out) as {
           up: boolean;
-          devices: { busid: string; client: boolean; urbs: number }[];
+          devices: { busid: string; state: string; holder: string | null; urbs: number }[];
         };
         expect(report.up).toBe(true);
-        expect(report.devices.find((d) => d.busid === "1-1")).toMatchObject({ client: true });
+        expect(report.devices.find((d) => d.busid === "1-1")).toMatchObject({ state: "imported" });
+        expect(report.devices.find((d) => d.busid === "1-1")!.holder).toMatch(/^127\.0\.0\.1:\d+$/);
         expect(report.devices.find((d) => d.busid === "1-1")!.urbs).toBeGreaterThan(urbs0);
       } finally {
         await att.close();
@@ -104,7 +109,7 @@ describe("serve --metrics", () => {
     // Port 1 on loopback: nothing listens there as an unprivileged test.
     expect(await run(["status", "--metrics", "127.0.0.1:1"], c.io)).toBe(1);
     expect(c.err).toMatch(
-      /cannot read the metrics at http:\/\/127\.0\.0\.1:1\/metrics: nothing listens there/,
+      /cannot read the status at http:\/\/127\.0\.0\.1:1\/status\.json: nothing listens there/,
     );
     for (const bad of ["", "x", "70000", "1.2.3.4:", "host:80", "9240/", "127.0.0.1:92 40"]) {
       expect(() => parseMetricsAddress(bad), bad).toThrow(/is not \[HOST:\]PORT/);

@@ -182,8 +182,8 @@ describe("hung port worker", () => {
     await conn.attach(2, { kind: "emulated", name: "loopback" });
     await guest.enumerate(port(1), addr(2));
     await guest.enumerate(port(2), addr(2));
-    const failed = new Promise<[number, string]>((res) =>
-      conn.once("port-failed", (p: number, why: string) => res([p, why])),
+    const failed = new Promise<[number, string, boolean]>((res) =>
+      conn.once("port-failed", (p: number, why: string, gone: boolean) => res([p, why, gone])),
     );
     const range = guest.buffers.allocate(512);
     const pending = hcd.submit({
@@ -195,9 +195,10 @@ describe("hung port worker", () => {
       buffer: [range],
     });
     await conn.freezePort(1, 5000);
-    const [failedPort, why] = await failed;
+    const [failedPort, why, gone] = await failed;
     expect(failedPort).toBe(1);
     expect(why).toMatch(/hung/);
+    expect(gone).toBe(false); // a hung worker is a failure, not a device that went away
     expect([ESHUTDOWN, ENODEV]).toContain((await pending).status);
     await eventually(() => !hcd.portStatus(port(1)).connected, 5000, "port 1 disconnect");
     const data = pattern(777, 1);

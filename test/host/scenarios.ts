@@ -198,7 +198,9 @@ export const SCENARIOS: Record<string, Scenario> = {
     },
     async run({ conn, guest }) {
       const failed = new Promise<string>((res) =>
-        conn.once("port-failed", (_port: number, reason: string) => res(reason)),
+        conn.once("port-failed", (_port: number, reason: string, gone: boolean) =>
+          res(gone ? reason : `not marked gone: ${reason}`),
+        ),
       );
       await guest.enumerate(P, A);
       const a = bulkIn({ conn, guest }, 1, 512);

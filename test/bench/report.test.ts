@@ -1,0 +1,111 @@
+/**
+ * `npm run bench -- --report`: from a small generated record with every figure the charts read, the
+ * report is one HTML file with no external reference and four charts each with a bar per figure; the
+ * standalone SVGs are written beside it; headless Chromium opens the report and renders every chart
+ * with non-empty bars. A record with only some suites gets only the charts it has data for.
+ */
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import type { BenchRecord } from "../../bench/report.js";
+import { renderCharts, writeReport } from "../../bench/report.js";
+import { chromium, dumpDom, outputDir, screenshot } from "../support/chromium.js";
+
+const TAGS = ["", ".portworker", ".postmessage", ".comlink", ".piscina"];
+
+function record(): BenchRecord {
+  const results = [
+    ...TAGS.flatMap((t, i) => [
+      { name: `e2e.null.inflight1${t}.urbs_per_s`, value: 20_000 + i * 1000, unit: "URB/s" },
+      { name: `e2e.null.inflight64${t}.urbs_per_s`, value: 900_000 - i * 100_000, unit: "URB/s" },
+      { name: `e2e.rtt${t}.p50_us`, value: 30 + i, unit: "µs" },
+      { name: `e2e.rtt${t}.p99_us`, value: 120 + i * 10, unit: "µs" },
+      { name: `e2e.bulk64k${t}.gbps`, value: 2 - i * 0.2, unit: "GB/s" },
+      { name: `e2e.bulk1m${t}.gbps`, value: 4 - i * 0.3, unit: "GB/s" },
+    ]),
+    { name: "usbip.null.inflight1.urbs_per_s", value: 13_000, unit: "URB/s" },
+    { name: "usbip.null.inflight64.urbs_per_s", value: 350_000, unit: "URB/s" },
+    { name: "usbip.bulk64k.mbps", value: 1600, unit: "MB/s" },
+    { name: "tcp.echo64k.mbps", value: 900, unit: "MB/s" },
+  ];
+  return {
+    node: "v20.0.0",
+    cpu: "test CPU",
+    cores: 2,
+    quick: true,
+    loadavg: [0.5, 0.5, 0.5],
+    results,
+    ratios: [
+      { name: "ratio.e2e.vs_postmessage", value: 3.2 },
+      { name: "ratio.usbip.bulk64k.vs_tcp_echo", value: 1.78 },
+    ],
+  };
+}
+
+/** The <svg> elements of `html` and, per chart, its bar widths. */
+function charts(html: string): Map<string, number[]> {
+  const out = new Map<string, number[]>();
+  for (const m of html.matchAll(/<svg[^>]*id="chart-([a-z]+)"[^>]*>(.*?)<\/svg>/gs)) {
+    out.set(
+      m[1]!,
+      [...m[2]!.matchAll(/<rect class="bar"[^>]*width="([\d.]+)"/g)].map((b) => Number(b[1])),
+    );
+  }
+  return out;
+}
+
+describe("bench --report", () => {
+  it("writes one self-contained HTML file and a standalone SVG per chart, each chart with its bars", () => {
+    const dir = mkdtempSync(join(tmpdir(), "usbvirt-report-"));
+    const file = join(dir, "report.html");
+    const written = writeReport(file, record());
+    expect(written).toEqual([
+      file,
+      ...["depth", "latency", "bulk", "ratios"].map((c) => join(dir, `report-${c}.svg`)),
+    ]);
+    const html = readFileSync(file, "utf8");
+    expect(html).not.toMatch(/(src|href)=|<script|@import|url\(/);
+    const found = charts(html);
+    // 6 designs x 2 depths (usbip has no backend-worker figures here), 5 x 2 percentiles,
+    // 5 x 2 + usbip + tcp bulk bars, 2 ratios.
+    expect(Object.fromEntries([...found].map(([k, v]) => [k, v.length]))).toEqual({
+      depth: 12,
+      latency: 10,
+      bulk: 12,
+      ratios: 2,
+    });
+    for (const [id, bars] of found)
+      expect(
+        bars.every((w) => w > 0),
+        id,
+      ).toBe(true);
+    // The largest bar of a chart spans most of the plot: the axis fits the data.
+    expect(Math.max(...found.get("depth")!)).toBeGreaterThan(300);
+    expect(html).toContain('class="reference"');
+    for (const svg of written.slice(1)) {
+      const text = readFileSync(svg, "utf8");
+      expect(text).toMatch(/^<\?xml[^\n]*\n<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
+      expect(charts(text).size).toBe(1);
+    }
+  });
+
+  it("leaves out the charts a partial run has no figures for", () => {
+    const usbipOnly = { ...record(), results: record().results.filter((r) => !r.name.startsWith("e2e.")) };
+    expect(renderCharts(usbipOnly).map((c) => c.id)).toEqual(["depth", "bulk", "ratios"]);
+  });
+
+  const browser = chromium();
+  it.skipIf(browser === null)("headless Chromium renders every chart with its bars", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "usbvirt-report-"));
+    const file = join(dir, "report.html");
+    writeReport(file, record());
+    const dom = await dumpDom(browser!, `file://${file}`, 500);
+    const found = charts(dom);
+    expect([...found.keys()]).toEqual(["depth", "latency", "bulk", "ratios"]);
+    for (const [id, bars] of found) expect(bars.length > 0 && bars.every((w) => w > 0), id).toBe(true);
+    await screenshot(browser!, `file://${file}`, join(outputDir(), "bench-report.png"), 500, "800,2400");
+  });
+  if (browser === null)
+    it.skip("headless Chromium tests: no chromium on PATH (apt-get install chromium)", () => {});
+});
