@@ -241,75 +241,37 @@ class ServerUrb implements ReplyHolder {
     const shortNotOk = h.directionIn && (h.transferFlags & TransferFlag.SHORT_NOT_OK) !== 0;
     const zeroPacket = !h.directionIn && (h.transferFlags & TransferFlag.ZERO_PACKET) !== 0;
     const interval = h.interval >= 1 ? h.interval : Math.max(1, entry.interval);
+    // Control, bulk and interrupt reuse one object each: set the fields they share, then their own.
+    let u: Mutable<ControlTransfer | BulkTransfer | InterruptTransfer>;
     switch (this.kind) {
       case Kind.CONTROL: {
         if (this.control === null) {
-          this.control = {
-            type: "control",
-            port: slot.port,
-            device: slot.address,
-            endpoint,
-            directionIn: false,
-            buffer,
-            shortNotOk: false,
-            setup: { bmRequestType: 0, bRequest: 0, wValue: 0, wIndex: 0, wLength: 0 },
-          };
+          const setup = { bmRequestType: 0, bRequest: 0, wValue: 0, wIndex: 0, wLength: 0 };
+          this.control = { type: "control", ...this.base(slot), setup };
         }
-        const u = this.control;
-        u.directionIn = h.directionIn;
-        u.buffer = buffer;
-        u.shortNotOk = shortNotOk;
-        const setup = u.setup as Mutable<SetupPacket>;
+        const setup = this.control.setup as Mutable<SetupPacket>;
         setup.bmRequestType = h.bmRequestType;
         setup.bRequest = h.bRequest;
         setup.wValue = h.wValue;
         setup.wIndex = h.wIndex;
         setup.wLength = h.wLength;
-        return u;
+        u = this.control;
+        break;
       }
       case Kind.BULK: {
-        if (this.bulk === null) {
-          this.bulk = {
-            type: "bulk",
-            port: slot.port,
-            device: slot.address,
-            endpoint,
-            directionIn: false,
-            buffer,
-            shortNotOk: false,
-            zeroPacket: false,
-          };
-        }
-        const u = this.bulk;
-        u.endpoint = endpoint;
-        u.directionIn = h.directionIn;
-        u.buffer = buffer;
-        u.shortNotOk = shortNotOk;
-        u.zeroPacket = zeroPacket;
-        return u;
+        if (this.bulk === null) this.bulk = { type: "bulk", ...this.base(slot), zeroPacket: false };
+        this.bulk.zeroPacket = zeroPacket;
+        u = this.bulk;
+        break;
       }
       case Kind.INTERRUPT: {
         if (this.interrupt === null) {
-          this.interrupt = {
-            type: "interrupt",
-            port: slot.port,
-            device: slot.address,
-            endpoint,
-            directionIn: false,
-            buffer,
-            shortNotOk: false,
-            zeroPacket: false,
-            interval,
-          };
+          this.interrupt = { type: "interrupt", ...this.base(slot), zeroPacket: false, interval };
         }
-        const u = this.interrupt;
-        u.endpoint = endpoint;
-        u.directionIn = h.directionIn;
-        u.buffer = buffer;
-        u.shortNotOk = shortNotOk;
-        u.zeroPacket = zeroPacket;
-        u.interval = interval;
-        return u;
+        this.interrupt.zeroPacket = zeroPacket;
+        this.interrupt.interval = interval;
+        u = this.interrupt;
+        break;
       }
       default:
         return {
@@ -327,6 +289,23 @@ class ServerUrb implements ReplyHolder {
           },
         };
     }
+    u.endpoint = endpoint;
+    u.directionIn = h.directionIn;
+    u.buffer = buffer;
+    u.shortNotOk = shortNotOk;
+    return u;
+  }
+
+  /** The fields every transfer type shares, for a new reusable URB object on this device. */
+  private base(slot: Slot) {
+    return {
+      port: slot.port,
+      device: slot.address,
+      endpoint: 0 as EndpointNum,
+      directionIn: false,
+      buffer: NO_SEGMENTS,
+      shortNotOk: false,
+    };
   }
 }
 
