@@ -38,6 +38,7 @@
  */
 import { MAX_BUFFER_LENGTH, MAX_ISO_PACKETS } from "../urb/limits.js";
 import { createStatusTranslation, ESHUTDOWN, STATUS_TABLE, type UrbStatus } from "../urb/status.js";
+import { ByteQueue } from "../util/byte-queue.js";
 
 export const USBIP_PORT = 3240;
 export const USBIP_VERSION = 0x0111;
@@ -409,78 +410,7 @@ export function encodeRetUnlink(r: Omit<RetUnlink, "command">): Uint8Array {
 
 // ---------------------------------------------------------------- byte queue
 
-/**
- * Bytes received and not yet parsed, as a list of chunks (no re-concatenation per read). Reads are
- * bounded by what the readers ask for, and the readers ask only for limit-checked sizes. Every
- * operation is linear in the bytes it returns, however the stream was segmented: consumed chunks are
- * skipped by index and dropped in bulk, never shifted one by one.
- */
-export class ByteQueue {
-  private chunks: Uint8Array[] = [];
-  /** Index of the first chunk with unread bytes, and the read offset inside it. */
-  private first = 0;
-  private head = 0;
-  private total = 0;
-
-  get length(): number {
-    return this.total;
-  }
-
-  push(chunk: Uint8Array): void {
-    if (chunk.length === 0) return;
-    this.chunks.push(chunk);
-    this.total += chunk.length;
-  }
-
-  /** The first `n` bytes (n ≤ length), contiguous; a view when they lie in one chunk. */
-  peek(n: number): Uint8Array {
-    const first = this.chunks[this.first];
-    if (first !== undefined && first.length - this.head >= n) return first.subarray(this.head, this.head + n);
-    const out = new Uint8Array(n);
-    let filled = 0;
-    let offset = this.head;
-    for (let i = this.first; i < this.chunks.length && filled < n; i++) {
-      const c = this.chunks[i]!;
-      const take = Math.min(c.length - offset, n - filled);
-      out.set(c.subarray(offset, offset + take), filled);
-      filled += take;
-      offset = 0;
-    }
-    return out;
-  }
-
-  /** Remove and return the first `n` bytes (n ≤ length). */
-  take(n: number): Uint8Array {
-    const out = this.peek(n);
-    let left = n;
-    while (left > 0) {
-      const c = this.chunks[this.first]!;
-      const available = c.length - this.head;
-      if (available > left) {
-        this.head += left;
-        break;
-      }
-      left -= available;
-      this.first++;
-      this.head = 0;
-    }
-    this.total -= n;
-    if (this.first === this.chunks.length) this.clear();
-    else if (this.first >= 64 && this.first * 2 >= this.chunks.length) {
-      // Drop the consumed prefix in one splice: amortised O(1) per chunk.
-      this.chunks.splice(0, this.first);
-      this.first = 0;
-    }
-    return out;
-  }
-
-  clear(): void {
-    this.chunks = [];
-    this.first = 0;
-    this.head = 0;
-    this.total = 0;
-  }
-}
+export { ByteQueue };
 
 // ---------------------------------------------------------------- frame readers
 

@@ -42,9 +42,8 @@
  */
 import { EventEmitter } from "node:events";
 import {
-  BlockList,
+  type BlockList,
   createServer,
-  isIP,
   type OnReadOpts,
   type Server,
   Socket,
@@ -69,12 +68,17 @@ import type {
   VirtualHostController,
 } from "../frontend/index.js";
 import { isoDescriptorFrames } from "../frontend/validate.js";
-import { GuestUsbDriver, parseConfiguration, USB_DT_CONFIG, USB_DT_DEVICE } from "../guest/guest-driver.js";
+import {
+  type DeviceDescription,
+  DeviceDescriptionError,
+  readDeviceDescription,
+} from "../guest/device-description.js";
+import { GuestUsbDriver } from "../guest/guest-driver.js";
 import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
 import { ECONNRESET, EINVAL, ENOMEM, OK, type UrbStatus } from "../urb/status.js";
 import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
-import { parseIpPrefix } from "../util/ip-prefix.js";
+import { allowedBy, buildAllowList } from "../util/ip-prefix.js";
 import { type LogFields, stderrLogger, type UsbipLogger } from "./log.js";
 import {
   ByteQueue,
@@ -501,7 +505,10 @@ export class UsbipServer extends EventEmitter {
     this.memoryBytes = new Uint8Array(this.memory);
     this.memoryBuffer = Buffer.from(this.memory);
     this.log = options.logger ?? stderrLogger;
-    this.allow = buildAllowList(options.allow);
+    this.allow = buildAllowList(
+      options.allow,
+      (reason) => new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", reason),
+    );
     this.maxSendQueue = options.maxSendQueueBytes ?? 16 * 1024 * 1024;
     this.stalledMs = options.stalledClientMs ?? 30_000;
     this.blockedMs = options.blockedRequestMs ?? 2000;
@@ -524,7 +531,7 @@ export class UsbipServer extends EventEmitter {
     if (!Array.isArray(specs) || specs.length < 1 || specs.length > 31) {
       throw new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", "options.devices must list 1 to 31 devices");
     }
-    buildAllowList(options.allow); // validate eagerly, before any worker starts
+    buildAllowList(options.allow, (reason) => new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", reason)); // validate eagerly, before any worker starts
     if (options.listenFd !== undefined && (!Number.isInteger(options.listenFd) || options.listenFd < 0)) {
       throw new UsbipServerError(
         "ERR_USBVIRT_USBIP_OPTIONS",
@@ -688,7 +695,7 @@ export class UsbipServer extends EventEmitter {
       raw.destroy();
       return;
     }
-    if (this.allow !== null && !allowed(this.allow, raw.remoteAddress)) {
+    if (this.allow !== null && !allowedBy(this.allow, raw.remoteAddress)) {
       this.log.warn(`${peer}: refused, not in the allowlist`, { client: peer });
       raw.destroy();
       return;
@@ -1249,22 +1256,16 @@ async function describeDevice(
     );
   }
   const hcd = conn.frontend!;
-  await guest.waitForConnect(port);
-  await hcd.resetPort(port);
-  const zero = 0 as DevAddr;
-  const dev = await guest.getDescriptor(port, zero, USB_DT_DEVICE, 0, 18);
-  if (dev.length < 18)
-    throw new UsbipServerError("ERR_USBVIRT_USBIP_DEVICE", `${summary.name}: short device descriptor`);
-  const configs: Uint8Array[] = [];
-  for (let i = 0; i < dev[17]!; i++) {
-    const head = await guest.getDescriptor(port, zero, USB_DT_CONFIG, i, 9);
-    const total = head[2]! | (head[3]! << 8);
-    configs.push(await guest.getDescriptor(port, zero, USB_DT_CONFIG, i, total));
+  let d: DeviceDescription;
+  try {
+    d = await readDeviceDescription(guest, port);
+  } catch (err) {
+    if (!(err instanceof DeviceDescriptionError)) throw err;
+    throw new UsbipServerError("ERR_USBVIRT_USBIP_DEVICE", `${summary.name}: ${err.message}`);
   }
   const endpoints = new Map<number, Map<number, EndpointEntry>>();
   const anyEndpoints = new Map<number, EndpointEntry>();
-  for (const config of configs) {
-    const parsed = parseConfiguration(config);
+  for (const parsed of d.configurations) {
     const table = new Map<number, EndpointEntry>();
     for (const itf of parsed.interfaces) {
       for (const ep of itf.endpoints) {
@@ -1275,10 +1276,10 @@ async function describeDevice(
     }
     endpoints.set(parsed.value, table);
   }
-  const first = configs[0] !== undefined ? parseConfiguration(configs[0]) : { value: 0, interfaces: [] };
+  const first = d.configurations[0] ?? { value: 0, interfaces: [] };
   const busid = `1-${port}`;
-  const vendor = dev[8]! | (dev[9]! << 8);
-  const product = dev[10]! | (dev[11]! << 8);
+  const vendor = d.vendorId;
+  const product = d.productId;
   const record: DeviceRecord = {
     path: `/sys/devices/platform/usbvirt/usb1/${busid}`,
     busid,
@@ -1287,12 +1288,12 @@ async function describeDevice(
     speed: usbipSpeedOf(hcd.portStatus(port).speed),
     idVendor: vendor,
     idProduct: product,
-    bcdDevice: dev[12]! | (dev[13]! << 8),
-    bDeviceClass: dev[4]!,
-    bDeviceSubClass: dev[5]!,
-    bDeviceProtocol: dev[6]!,
+    bcdDevice: d.bcdDevice,
+    bDeviceClass: d.deviceClass,
+    bDeviceSubClass: d.deviceSubClass,
+    bDeviceProtocol: d.deviceProtocol,
     bConfigurationValue: first.value,
-    bNumConfigurations: dev[17]!,
+    bNumConfigurations: d.configurations.length,
     interfaces: first.interfaces
       .filter((i) => i.alternate === 0)
       .map((i) => ({ cls: i.cls, subclass: i.subclass, protocol: i.protocol })),
@@ -1332,28 +1333,4 @@ function adoptWithReadBuffer(raw: Socket, onread: OnReadOpts): Socket | null {
   } catch {
     return null;
   }
-}
-
-function buildAllowList(allow: readonly string[] | undefined): BlockList | null {
-  if (allow === undefined || allow.length === 0) return null;
-  const list = new BlockList();
-  for (const entry of allow) {
-    const parsed = parseIpPrefix(entry); // strict: "10.0.0.7/" or "a/8/32" is an error, never a wider subnet
-    if (!parsed.ok) {
-      throw new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", `allowlist entry ${parsed.reason}`);
-    }
-    const { address, family, bits } = parsed.prefix;
-    const type = family === 4 ? "ipv4" : "ipv6";
-    if (bits === null) list.addAddress(address, type);
-    else list.addSubnet(address, bits, type);
-  }
-  return list;
-}
-
-function allowed(list: BlockList, remote: string | undefined): boolean {
-  if (remote === undefined) return false;
-  const mapped = remote.startsWith("::ffff:") ? remote.slice(7) : remote;
-  const family = isIP(mapped);
-  if (family === 0) return false;
-  return list.check(mapped, family === 4 ? "ipv4" : "ipv6");
 }

@@ -8,7 +8,7 @@
  * decimal digits (no sign, no leading zero) in 0..32 (IPv4) or 0..128 (IPv6). Anything else is refused with
  * the reason; a value, never an exception, so callers word the error for their own boundary.
  */
-import { isIP } from "node:net";
+import { BlockList, isIP } from "node:net";
 
 export interface IpPrefix {
   /** The address as written (BlockList masks host bits of a subnet itself). */
@@ -57,4 +57,34 @@ export function parseIpPrefix(text: unknown): IpPrefixResult {
 export function isLoopbackHost(host: string): boolean {
   if (host === "localhost" || host === "::1") return true;
   return isIP(host) === 4 && host.startsWith("127.");
+}
+
+/**
+ * The servers' client allowlist: null when `entries` is absent or empty (every client allowed). An entry
+ * that does not parse is reported through `fail`, which words the error for the caller's boundary.
+ */
+export function buildAllowList(
+  entries: readonly string[] | undefined,
+  fail: (reason: string) => Error,
+): BlockList | null {
+  if (entries === undefined || entries.length === 0) return null;
+  const list = new BlockList();
+  for (const entry of entries) {
+    const parsed = parseIpPrefix(entry); // strict: "10.0.0.7/" or "a/8/32" is an error, never a wider subnet
+    if (!parsed.ok) throw fail(`allowlist entry ${parsed.reason}`);
+    const { address, family, bits } = parsed.prefix;
+    const type = family === 4 ? "ipv4" : "ipv6";
+    if (bits === null) list.addAddress(address, type);
+    else list.addSubnet(address, bits, type);
+  }
+  return list;
+}
+
+/** Whether a connection from `remote` (as net reports it; IPv4-mapped IPv6 included) passes `list`. */
+export function allowedBy(list: BlockList, remote: string | undefined): boolean {
+  if (remote === undefined) return false;
+  const mapped = remote.startsWith("::ffff:") ? remote.slice(7) : remote;
+  const family = isIP(mapped);
+  if (family === 0) return false;
+  return list.check(mapped, family === 4 ? "ipv4" : "ipv6");
 }

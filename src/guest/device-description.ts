@@ -1,0 +1,59 @@
+/**
+ * What a server on the engine learns of a device before it offers it to a client (USB/IP's device
+ * record, usbredir's device_connect, interface_info and ep_info): its device descriptor and every
+ * configuration, read through the engine at address 0 right after a port reset, as a hub driver would.
+ */
+import type { DevAddr, PortNum } from "../urb/types.js";
+import {
+  type GuestUsbDriver,
+  type InterfaceInfo,
+  parseConfiguration,
+  USB_DT_CONFIG,
+  USB_DT_DEVICE,
+} from "./guest-driver.js";
+
+export interface ConfigurationInfo {
+  /** bConfigurationValue. */
+  readonly value: number;
+  /** Every interface descriptor, alternates included, in descriptor order. */
+  readonly interfaces: readonly InterfaceInfo[];
+}
+
+export interface DeviceDescription {
+  readonly vendorId: number;
+  readonly productId: number;
+  readonly bcdDevice: number;
+  readonly deviceClass: number;
+  readonly deviceSubClass: number;
+  readonly deviceProtocol: number;
+  readonly configurations: readonly ConfigurationInfo[];
+}
+
+export class DeviceDescriptionError extends Error {}
+
+/** Reset the port's device and read its descriptors (it is left at address 0, unconfigured). */
+export async function readDeviceDescription(
+  guest: GuestUsbDriver,
+  port: PortNum,
+): Promise<DeviceDescription> {
+  await guest.waitForConnect(port);
+  await guest.hcd.resetPort(port);
+  const zero = 0 as DevAddr;
+  const dev = await guest.getDescriptor(port, zero, USB_DT_DEVICE, 0, 18);
+  if (dev.length < 18) throw new DeviceDescriptionError(`short device descriptor (${dev.length} bytes)`);
+  const configurations: ConfigurationInfo[] = [];
+  for (let i = 0; i < dev[17]!; i++) {
+    const head = await guest.getDescriptor(port, zero, USB_DT_CONFIG, i, 9);
+    const total = head[2]! | (head[3]! << 8);
+    configurations.push(parseConfiguration(await guest.getDescriptor(port, zero, USB_DT_CONFIG, i, total)));
+  }
+  return {
+    vendorId: dev[8]! | (dev[9]! << 8),
+    productId: dev[10]! | (dev[11]! << 8),
+    bcdDevice: dev[12]! | (dev[13]! << 8),
+    deviceClass: dev[4]!,
+    deviceSubClass: dev[5]!,
+    deviceProtocol: dev[6]!,
+    configurations,
+  };
+}

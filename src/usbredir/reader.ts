@@ -1,0 +1,194 @@
+/**
+ * The parse gate of a usbredir connection: it frames the peer's byte stream into packets and checks
+ * each against the protocol's rules before anything acts on it. One reader per connection, either
+ * side (`peer` names who sends the bytes it reads: "guest" on usbvirt's host side).
+ *
+ *   HEADER (12/16 + type header bytes) --sink.admit--> DATA (copied where the sink says) --> sink.deliver
+ *       \--block--> stopped at this header until resume()
+ *
+ * Framing errors end the connection (`sink.malformed`), never throw: the first packet must be a hello;
+ * the type must be one the peer's role sends; `length` must hold the type header the negotiated
+ * capabilities call for, and the data must be what that header implies (transfer data only in its data
+ * direction, at most MAX_REDIR_DATA bytes; bounded hello and filter data). Whatever is well framed but
+ * wrong for the device (bad endpoint, unknown interface, …) is the sink's to answer, not the reader's.
+ * Work is linear in the bytes received; data is copied once, from the socket's chunks to its target.
+ */
+import { ByteQueue } from "../util/byte-queue.js";
+import {
+  decodeTypeHeader,
+  emptyPacket,
+  framingProblem,
+  HELLO_NEGOTIATED,
+  MAX_REDIR_DATA,
+  type Negotiated,
+  type RedirPacket,
+  type RedirRole,
+  RedirType,
+  redirTypeName,
+  typeHeaderSize,
+} from "./protocol.js";
+
+/** What the sink wants done with an admitted packet's data. */
+export const BLOCK = "block";
+export type Admission = Uint8Array | typeof BLOCK | null;
+
+export interface RedirReaderSink {
+  /**
+   * A packet's headers are in and sound. Return where its `p.dataLength` data bytes go (a view of
+   * exactly that length), null to have the reader gather them into a buffer of its own (small data:
+   * hello, filter, replies a client reads), or BLOCK to stop here until `resume()` (the same packet
+   * is admitted again then).
+   */
+  admit(p: RedirPacket, typeHeader: Uint8Array): Admission;
+  /** The packet is whole; `data` is the admitted view or the reader's buffer (valid during the call). */
+  deliver(p: RedirPacket, typeHeader: Uint8Array, data: Uint8Array): void;
+  /** Framing is lost: nothing more is read; end the connection with `reason`. */
+  malformed(reason: string): void;
+}
+
+enum State {
+  HEADER,
+  DATA,
+  STOPPED,
+}
+
+const EMPTY = new Uint8Array(0);
+const MAX_TYPE_HEADER = 288;
+
+export class RedirReader {
+  private readonly queue = new ByteQueue();
+  private readonly p = emptyPacket();
+  private readonly typeHeader = new Uint8Array(MAX_TYPE_HEADER);
+  private typeHeaderLength = 0;
+  private state = State.HEADER;
+  private negotiated: Negotiated = HELLO_NEGOTIATED;
+  private helloSeen = false;
+  private target: Uint8Array = EMPTY;
+  private filled = 0;
+  private blocked = false;
+  /** Re-entrancy guard: deliver() may call resume() or push() (through the sink). */
+  private pumping = false;
+
+  constructor(
+    private readonly peer: RedirRole,
+    private readonly sink: RedirReaderSink,
+  ) {}
+
+  /** Bytes received and not yet consumed (held while blocked, or a partial header). */
+  get pending(): number {
+    return this.queue.length;
+  }
+
+  get isBlocked(): boolean {
+    return this.blocked;
+  }
+
+  /** Headers are 16 bytes from now on if both sides have 64-bit ids; call from deliver(hello). */
+  setNegotiated(n: Negotiated): void {
+    this.negotiated = n;
+  }
+
+  push(chunk: Uint8Array): void {
+    if (this.state === State.STOPPED) return;
+    this.queue.push(chunk);
+    this.pump();
+  }
+
+  /** Admit the packet the reader stopped at again. */
+  resume(): void {
+    if (!this.blocked || this.state === State.STOPPED) return;
+    this.blocked = false;
+    this.pump();
+  }
+
+  /** Stop for good (connection over); buffered bytes are dropped. */
+  stop(): void {
+    this.state = State.STOPPED;
+    this.queue.clear();
+  }
+
+  private pump(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.state !== State.STOPPED && !this.blocked) {
+        if (this.state === State.HEADER) {
+          if (!this.readHeaders()) return;
+        } else if (!this.readData()) return;
+      }
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  /** Frame and check the next packet's headers, then admit it. False when more bytes are needed or it stopped. */
+  private readHeaders(): boolean {
+    const hs = this.negotiated.headerSize;
+    if (this.queue.length < hs) return false;
+    const head = this.queue.peek(hs);
+    const v = new DataView(head.buffer, head.byteOffset, hs);
+    const p = this.p;
+    p.type = v.getUint32(0, true);
+    const length = v.getUint32(4, true);
+    p.idLow = v.getUint32(8, true);
+    p.idHigh = hs === 16 ? v.getUint32(12, true) : 0;
+    if (!this.helloSeen && p.type !== RedirType.HELLO) {
+      return this.fail(`first packet is ${redirTypeName(p.type)}, not hello`);
+    }
+    if (this.helloSeen && p.type === RedirType.HELLO) return this.fail("a second hello");
+    const th = typeHeaderSize(p.type, this.negotiated.caps, this.peer);
+    if (th < 0) return this.fail(`${redirTypeName(p.type)} is not a packet the ${this.peer} side sends`);
+    if (length < th) {
+      return this.fail(`${redirTypeName(p.type)} length ${length} is shorter than its ${th}-byte header`);
+    }
+    p.dataLength = length - th;
+    if (p.dataLength > MAX_REDIR_DATA) {
+      return this.fail(`${redirTypeName(p.type)} of ${length} bytes (at most ${MAX_REDIR_DATA} of data)`);
+    }
+    if (this.queue.length < hs + th) return false;
+    const both = this.queue.peek(hs + th);
+    this.typeHeader.set(both.subarray(hs), 0);
+    this.typeHeaderLength = th;
+    const typeHeader = this.typeHeader.subarray(0, th);
+    decodeTypeHeader(p, new DataView(typeHeader.buffer, typeHeader.byteOffset, th), this.negotiated.caps);
+    const problem = framingProblem(p, this.peer);
+    if (problem !== null) return this.fail(problem);
+    const admitted = this.sink.admit(p, typeHeader);
+    if ((this.state as State) === State.STOPPED) return false;
+    if (admitted === BLOCK) {
+      this.blocked = true;
+      return false;
+    }
+    if (admitted !== null && admitted.length !== p.dataLength) {
+      throw new Error(`usbredir reader: admitted a ${admitted.length}-byte target for ${p.dataLength} bytes`);
+    }
+    this.queue.skip(hs + th);
+    if (p.type === RedirType.HELLO) this.helloSeen = true;
+    this.target = admitted ?? (p.dataLength > 0 ? new Uint8Array(p.dataLength) : EMPTY);
+    this.filled = 0;
+    this.state = State.DATA;
+    return true;
+  }
+
+  /** Copy what has arrived of the data into its target; deliver once whole. */
+  private readData(): boolean {
+    const want = this.target.length - this.filled;
+    const take = Math.min(want, this.queue.length);
+    if (take > 0) {
+      this.queue.takeInto(this.target.subarray(this.filled, this.filled + take));
+      this.filled += take;
+    }
+    if (this.filled < this.target.length) return false;
+    this.state = State.HEADER;
+    const data = this.target;
+    this.target = EMPTY;
+    this.sink.deliver(this.p, this.typeHeader.subarray(0, this.typeHeaderLength), data);
+    return true;
+  }
+
+  private fail(reason: string): boolean {
+    this.stop();
+    this.sink.malformed(reason);
+    return false;
+  }
+}

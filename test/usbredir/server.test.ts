@@ -1,0 +1,155 @@
+/**
+ * usbvirt redirect's usb-host side, driven by a usb-guest client over real TCP: the connect sequence
+ * QEMU expects, then every kind of packet through the engine to the emulated devices.
+ */
+import { afterEach, describe, expect, it } from "vitest";
+import { RedirEpType, RedirSpeed, RedirStatus, RedirType } from "../../src/usbredir/protocol.js";
+import { KEYBOARD, LOOPBACK, startRedirServer, type TestRedirServer } from "./helpers.js";
+
+let t: TestRedirServer | null = null;
+afterEach(async () => {
+  await t?.close();
+  t = null;
+});
+
+describe("usbredir server: connect sequence", () => {
+  it("answers the hello with its own, then ep_info, interface_info and device_connect for the configured device", async () => {
+    t = await startRedirServer(LOOPBACK);
+    const c = await t.connect();
+    expect(c.hostVersion).toMatch(/^usbvirt/);
+    expect(c.negotiated?.headerSize).toBe(16);
+    expect(c.device).toMatchObject({ vendorId: 0x1209, productId: 0x0001, speed: RedirSpeed.HIGH });
+    expect(c.interfaces).toEqual([{ number: 0, cls: 0xff, subclass: 0, protocol: 0 }]);
+    expect(c.endpoints.get(0x01)).toMatchObject({ type: RedirEpType.BULK, maxPacketSize: 512 });
+    expect(c.endpoints.get(0x81)).toMatchObject({ type: RedirEpType.BULK, maxPacketSize: 512 });
+    expect(c.endpoints.get(0x82)).toMatchObject({ type: RedirEpType.INTERRUPT, maxPacketSize: 8 });
+    // alt 0 has no iso endpoints
+    expect(c.endpoints.has(0x83)).toBe(false);
+    const order = c.events.map((e) => e.type);
+    expect(order.indexOf(RedirType.EP_INFO)).toBeLessThan(order.indexOf(RedirType.DEVICE_CONNECT));
+    expect(order.indexOf(RedirType.INTERFACE_INFO)).toBeLessThan(order.indexOf(RedirType.DEVICE_CONNECT));
+  });
+
+  it("reads the device descriptor with a control packet", async () => {
+    t = await startRedirServer(LOOPBACK);
+    const c = await t.connect();
+    const r = await c.control({ requestType: 0x80, request: 6, value: 0x0100, index: 0, length: 18 });
+    expect(r.status).toBe(RedirStatus.SUCCESS);
+    expect(r.length).toBe(18);
+    expect(r.data[0]).toBe(18);
+    expect(r.data[8] | (r.data[9] << 8)).toBe(0x1209);
+  });
+});
+
+describe("usbredir server: transfers through the engine", () => {
+  it("echoes bulk data through the loopback device", async () => {
+    t = await startRedirServer(LOOPBACK);
+    const c = await t.connect();
+    for (const size of [1, 512, 4096, 65536, 200_000]) {
+      const out = new Uint8Array(size).map((_, i) => (i * 7 + size) & 0xff);
+      const w = await c.bulk(0x01, out).reply;
+      expect(w).toMatchObject({ status: RedirStatus.SUCCESS, length: size });
+      const r = await c.bulk(0x81, size).reply;
+      expect(r.status).toBe(RedirStatus.SUCCESS);
+      expect(r.length).toBe(size);
+      expect(Buffer.from(r.data).equals(Buffer.from(out))).toBe(true);
+    }
+  });
+
+  it("answers a cancelled bulk IN exactly once, with cancelled", async () => {
+    t = await startRedirServer(LOOPBACK);
+    const c = await t.connect();
+    const pending = c.bulk(0x81, 512); // nothing queued: the loopback NAKs until data arrives
+    await new Promise((r) => setTimeout(r, 50));
+    c.cancel(pending.id);
+    const r = await pending.reply;
+    expect(r).toMatchObject({ status: RedirStatus.CANCELLED, length: 0 });
+    // A cancel for an id that already completed is ignored: nothing more arrives for it.
+    c.cancel(pending.id);
+    const w = await c.bulk(0x01, new Uint8Array([1, 2, 3])).reply;
+    expect(w.status).toBe(RedirStatus.SUCCESS);
+  });
+
+  it("refuses a bulk packet on an endpoint that is not bulk, with inval", async () => {
+    t = await startRedirServer(LOOPBACK);
+    const c = await t.connect();
+    const r = await c.bulk(0x82, 8).reply;
+    expect(r.status).toBe(RedirStatus.INVAL);
+    expect(t.log.lines.some((l) => /not a bulk endpoint/.test(l))).toBe(true);
+  });
+
+  it("set_configuration goes to the device and is reported back; get_configuration reads it", async () => {
+    t = await startRedirServer(LOOPBACK);
+    const c = await t.connect();
+    const set = await c.request(RedirType.SET_CONFIGURATION, [2], RedirType.CONFIGURATION_STATUS);
+    expect(set).toMatchObject({ status: RedirStatus.SUCCESS, configuration: 2 });
+    const get = await c.request(RedirType.GET_CONFIGURATION, [], RedirType.CONFIGURATION_STATUS);
+    expect(get.configuration).toBe(2);
+    // The device itself says 2 (GET_CONFIGURATION as a control packet reaches the device).
+    const dev = await c.control({ requestType: 0x80, request: 8, value: 0, index: 0, length: 1 });
+    expect(dev.data[0]).toBe(2);
+    const bad = await c.request(RedirType.SET_CONFIGURATION, [7], RedirType.CONFIGURATION_STATUS);
+    expect(bad.status).toBe(RedirStatus.INVAL);
+  });
+
+  it("set_alt_setting sends the new ep_info before its status, and iso IN streams packets", async () => {
+    t = await startRedirServer(LOOPBACK);
+    const c = await t.connect();
+    const before = c.events.length;
+    const alt = await c.request(RedirType.SET_ALT_SETTING, [0, 1], RedirType.ALT_SETTING_STATUS);
+    expect(alt).toMatchObject({ status: RedirStatus.SUCCESS, interface: 0, alt: 1 });
+    const epInfo = c.events.slice(before).findIndex((e) => e.type === RedirType.EP_INFO);
+    const status = c.events.slice(before).findIndex((e) => e.type === RedirType.ALT_SETTING_STATUS);
+    expect(epInfo).toBeGreaterThanOrEqual(0);
+    expect(epInfo).toBeLessThan(status);
+    expect(c.endpoints.get(0x83)).toMatchObject({ type: RedirEpType.ISO, maxPacketSize: 256 });
+    const started = await c.request(RedirType.START_ISO_STREAM, [0x83, 4, 2], RedirType.ISO_STREAM_STATUS);
+    expect(started.status).toBe(RedirStatus.SUCCESS);
+    const isoCount = () => c.events.filter((e) => e.type === RedirType.ISO_PACKET).length;
+    while (isoCount() < 16) await new Promise((r) => setTimeout(r, 10));
+    const first = c.events.find((e) => e.type === RedirType.ISO_PACKET)!;
+    expect(first.status).toBe(RedirStatus.SUCCESS);
+    expect(first.data.length).toBe(256);
+    // The loopback's pattern: byte i of a packet is i % 63.
+    expect(first.data[70]).toBe(70 % 63);
+    await c.request(RedirType.STOP_ISO_STREAM, [0x83], RedirType.ISO_STREAM_STATUS);
+  });
+
+  it("interrupt receiving sends keyboard reports as the device produces them", async () => {
+    t = await startRedirServer(KEYBOARD);
+    const c = await t.connect();
+    const ep = [...c.endpoints].find(([a, e]) => e.type === RedirEpType.INTERRUPT && a & 0x80)![0];
+    const st = await c.request(RedirType.START_INTERRUPT_RECEIVING, [ep], RedirType.INTERRUPT_RECEIVING_STATUS);
+    expect(st.status).toBe(RedirStatus.SUCCESS);
+    await t.server.deviceCommand("pressKeys", 0, [0x04]);
+    const report = await c.waitFor((p) => p.type === RedirType.INTERRUPT_PACKET && p.data[2] === 0x04);
+    expect(report.status).toBe(RedirStatus.SUCCESS);
+    expect(report.data.length).toBe(8);
+  });
+
+  it("releases the device when the peer goes, and the next connection gets it", async () => {
+    t = await startRedirServer(LOOPBACK);
+    const a = await t.connect();
+    a.bulk(0x81, 512).reply.catch(() => undefined); // left in flight
+    await new Promise((r) => setTimeout(r, 20));
+    const released = new Promise((r) => t!.server.once("disconnect", r));
+    a.close();
+    await released;
+    const b = await t.connect();
+    expect(b.device?.productId).toBe(1);
+    const w = await b.bulk(0x01, new Uint8Array([9])).reply;
+    expect(w.status).toBe(RedirStatus.SUCCESS);
+    const r = await b.bulk(0x81, 512).reply;
+    expect([...r.data]).toEqual([9]);
+  });
+
+  it("refuses a second peer while one holds the device, with a log line naming both", async () => {
+    t = await startRedirServer(LOOPBACK);
+    const a = await t.connect();
+    const b = t.connect();
+    await expect(b).rejects.toThrow(/connection closed/);
+    expect(t.log.lines.some((l) => /refused, .* is redirected to 127\.0\.0\.1/.test(l))).toBe(true);
+    const w = await a.bulk(0x01, new Uint8Array([1])).reply;
+    expect(w.status).toBe(RedirStatus.SUCCESS);
+  });
+});
