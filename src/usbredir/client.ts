@@ -8,8 +8,8 @@ import { connect as netConnect, type Socket } from "node:net";
 import {
   type Caps,
   capsOf,
-  dataOf,
   type DeviceConnectInfo,
+  dataOf,
   decodeDeviceConnect,
   decodeEpInfo,
   decodeHello,
@@ -92,7 +92,13 @@ export class UsbredirClient implements RedirReaderSink {
   /** Connect, exchange hellos and wait for device_connect (or a timeout). */
   static async connect(
     port: number,
-    options: { host?: string; caps?: Caps; version?: string; timeoutMs?: number; waitForDevice?: boolean } = {},
+    options: {
+      host?: string;
+      caps?: Caps;
+      version?: string;
+      timeoutMs?: number;
+      waitForDevice?: boolean;
+    } = {},
   ): Promise<UsbredirClient> {
     const socket = netConnect({ host: options.host ?? "127.0.0.1", port, noDelay: true });
     await new Promise<void>((resolve, reject) => {
@@ -112,7 +118,10 @@ export class UsbredirClient implements RedirReaderSink {
     const seen = this.events.find(match);
     if (seen !== undefined) return Promise.resolve(seen);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no matching packet within ${timeoutMs} ms`)), timeoutMs);
+      const timer = setTimeout(
+        () => reject(new Error(`no matching packet within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
       const done = (p: HostPacket) => {
         clearTimeout(timer);
         resolve(p);
@@ -187,7 +196,15 @@ export class UsbredirClient implements RedirReaderSink {
 
   isoOut(endpoint: number, out: Uint8Array): void {
     const n = this.negotiated!;
-    const pkt = encodeSmallDataPacket(n, RedirType.ISO_PACKET, { low: 0, high: 0 }, endpoint, 0, out.length, out.length);
+    const pkt = encodeSmallDataPacket(
+      n,
+      RedirType.ISO_PACKET,
+      { low: 0, high: 0 },
+      endpoint,
+      0,
+      out.length,
+      out.length,
+    );
     dataOf(n, pkt, 4).set(out);
     this.socket.write(pkt);
   }

@@ -6,7 +6,11 @@ import { UsbredirServer, type UsbredirServerOptions } from "../../src/usbredir/s
 
 export const LOOPBACK: DeviceSpec = { kind: "emulated", name: "loopback" };
 export const KEYBOARD: DeviceSpec = { kind: "emulated", name: "keyboard" };
-export const STORAGE: DeviceSpec = { kind: "emulated", name: "storage", options: { sizeBytes: 4 * 1024 * 1024 } };
+export const STORAGE: DeviceSpec = {
+  kind: "emulated",
+  name: "storage",
+  options: { sizeBytes: 4 * 1024 * 1024 },
+};
 
 export interface TestRedirServer {
   readonly server: UsbredirServer;

@@ -37,7 +37,7 @@ describe("usbredir server: connect sequence", () => {
     expect(r.status).toBe(RedirStatus.SUCCESS);
     expect(r.length).toBe(18);
     expect(r.data[0]).toBe(18);
-    expect(r.data[8] | (r.data[9] << 8)).toBe(0x1209);
+    expect(r.data[8]! | (r.data[9]! << 8)).toBe(0x1209);
   });
 });
 
@@ -119,7 +119,11 @@ describe("usbredir server: transfers through the engine", () => {
     t = await startRedirServer(KEYBOARD);
     const c = await t.connect();
     const ep = [...c.endpoints].find(([a, e]) => e.type === RedirEpType.INTERRUPT && a & 0x80)![0];
-    const st = await c.request(RedirType.START_INTERRUPT_RECEIVING, [ep], RedirType.INTERRUPT_RECEIVING_STATUS);
+    const st = await c.request(
+      RedirType.START_INTERRUPT_RECEIVING,
+      [ep],
+      RedirType.INTERRUPT_RECEIVING_STATUS,
+    );
     expect(st.status).toBe(RedirStatus.SUCCESS);
     await t.server.deviceCommand("pressKeys", 0, [0x04]);
     const report = await c.waitFor((p) => p.type === RedirType.INTERRUPT_PACKET && p.data[2] === 0x04);
