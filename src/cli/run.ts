@@ -13,12 +13,14 @@ import { listRemote } from "../usbip/client.js";
 import { type LogFormat, streamLogger, type UsbipLogger } from "../usbip/log.js";
 import { USBIP_PORT } from "../usbip/protocol.js";
 import { UsbipServer } from "../usbip/server.js";
+import type { UsbredirServer } from "../usbredir/server.js";
 import { isLoopbackHost, parseIpPrefix } from "../util/ip-prefix.js";
 import { type CommandSpec, commandHelp, parseArgs, parseSize } from "./args.js";
 import { readServeConfig, serveConfigFromFlags } from "./config.js";
 import { EngineWatch, packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
 import { UsageError } from "./errors.js";
 import { MetricsEndpoint, parseMetricsAddress } from "./metrics.js";
+import { REDIRECT, redirectCommand } from "./redirect.js";
 import { STATUS, statusCommand } from "./status.js";
 import { StatusTracker } from "./status-page.js";
 
@@ -29,6 +31,8 @@ export interface CliIo {
   stopSignal?: () => Promise<string>;
   /** Called once serve listens (tests learn the port here). */
   onListening?: (server: UsbipServer) => void;
+  /** Called once redirect listens or dials (tests learn the port here). */
+  onRedirecting?: (server: UsbredirServer) => void;
   logger?: UsbipLogger;
   /** Replaces the libusb listing (tests). */
   listHostDevices?: () => Promise<readonly HostDeviceRow[]>;
@@ -192,7 +196,7 @@ connection, or stays silent for --keepalive and then does not answer a status re
 attach says so and exits 1.`,
 };
 
-const COMMANDS: readonly CommandSpec[] = [LIST, SERVE, ATTACH, STATUS];
+const COMMANDS: readonly CommandSpec[] = [LIST, SERVE, ATTACH, REDIRECT, STATUS];
 
 const USAGE = `usbvirt — USB passthrough engine for virtual machine monitors
 
@@ -203,6 +207,7 @@ commands:
   list                       list host USB devices and built-in emulated devices
   serve                      export devices over USB/IP (default 127.0.0.1:${USBIP_PORT})
   attach HOST[:PORT] BUSID   import a device from a USB/IP server onto a local virtual controller
+  redirect                   redirect one device to a QEMU virtual machine over usbredir
   status                     show a running server's devices and counters (serve --metrics)
 
 usbvirt --version (-V) prints the version.
@@ -246,6 +251,17 @@ export async function run(argv: readonly string[], io: CliIo = defaultIo): Promi
         return await serveCommand(parsed.options, io);
       case "status":
         return await statusCommand(parsed.options, io);
+      case "redirect":
+        return await redirectCommand(
+          parsed.options,
+          {
+            out: io.out,
+            stopSignal: io.stopSignal ?? signals,
+            ...(io.logger !== undefined ? { logger: io.logger } : {}),
+            ...(io.onRedirecting !== undefined ? { onRedirecting: io.onRedirecting } : {}),
+          },
+          (text, storage) => deviceFromSelector(text, storage, "redirect"),
+        );
       default:
         return await attachCommand(parsed.positionals, parsed.options, io);
     }
@@ -382,14 +398,18 @@ function hostPort(text: string, command: string): { host: string; port: number }
 // ---------------------------------------------------------------- serve
 
 /** One --device selector → a DeviceSpec (emulated by name, else a host selector). */
-export function deviceFromSelector(text: string, storage: Record<string, unknown>): DeviceSpec {
+export function deviceFromSelector(
+  text: string,
+  storage: Record<string, unknown>,
+  command = "serve",
+): DeviceSpec {
   const name = text.startsWith("emulated:") ? text.slice("emulated:".length) : text;
   if (isEmulatedDeviceName(name)) {
     return name === "storage" ? { kind: "emulated", name, options: storage } : { kind: "emulated", name };
   }
   if (text.startsWith("emulated:")) {
     throw new UsageError(
-      "serve",
+      command,
       `unknown emulated device "${name}"; known: ${EMULATED_DEVICES.map((d) => d.name).join(", ")}`,
     );
   }
@@ -397,7 +417,7 @@ export function deviceFromSelector(text: string, storage: Record<string, unknown
     return specFromSelector(parseSelector(text));
   } catch (err) {
     throw new UsageError(
-      "serve",
+      command,
       `cannot read device "${text}": ${(err as Error).message} (emulated names: ${EMULATED_DEVICES.map((d) => d.name).join(", ")})`,
     );
   }

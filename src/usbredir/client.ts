@@ -43,6 +43,15 @@ export const QEMU_GUEST_CAPS: Caps = capsOf(
   RedirCap.BULK_RECEIVING,
 );
 
+export interface ClientOptions {
+  readonly host?: string;
+  readonly caps?: Caps;
+  readonly version?: string;
+  readonly timeoutMs?: number;
+  /** Resolve once hellos are exchanged instead of at device_connect (default: wait for the device). */
+  readonly waitForDevice?: boolean;
+}
+
 export interface TransferResult {
   readonly status: number;
   /** The reply's length (actual bytes). */
@@ -90,21 +99,17 @@ export class UsbredirClient implements RedirReaderSink {
   }
 
   /** Connect, exchange hellos and wait for device_connect (or a timeout). */
-  static async connect(
-    port: number,
-    options: {
-      host?: string;
-      caps?: Caps;
-      version?: string;
-      timeoutMs?: number;
-      waitForDevice?: boolean;
-    } = {},
-  ): Promise<UsbredirClient> {
+  static async connect(port: number, options: ClientOptions = {}): Promise<UsbredirClient> {
     const socket = netConnect({ host: options.host ?? "127.0.0.1", port, noDelay: true });
     await new Promise<void>((resolve, reject) => {
       socket.once("connect", resolve);
       socket.once("error", reject);
     });
+    return await UsbredirClient.over(socket, options);
+  }
+
+  /** Play the usb-guest on a connected socket (e.g. one a usb-host dialled into). */
+  static async over(socket: Socket, options: ClientOptions = {}): Promise<UsbredirClient> {
     const c = new UsbredirClient(socket, options.caps ?? QEMU_GUEST_CAPS);
     socket.write(encodeHello(options.version ?? "usbvirt test guest", c.caps));
     if (options.waitForDevice !== false) {
