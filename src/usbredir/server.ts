@@ -35,7 +35,7 @@ import { Connection, type ConnectionOptions } from "../engine/connection.js";
 import type { IsoPacketSpec, Urb, UrbCompletion, VirtualHostController } from "../frontend/index.js";
 import { isoDescriptorFrames } from "../frontend/validate.js";
 import { type DeviceDescription, readDeviceDescription } from "../guest/device-description.js";
-import { GuestUsbDriver } from "../guest/guest-driver.js";
+import { GuestTransferError, GuestUsbDriver } from "../guest/guest-driver.js";
 import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
 import {
   ECONNRESET,
@@ -44,6 +44,7 @@ import {
   ENOENT,
   EOVERFLOW,
   EPIPE,
+  EPROTO,
   ESHUTDOWN,
   ETIME,
   ETIMEDOUT,
@@ -701,15 +702,12 @@ export class UsbredirServer extends EventEmitter {
       }
       case RedirType.GET_CONFIGURATION:
         this.serialize(s, async () => {
-          s.send(
-            encodeStatusPair(
-              n,
-              RedirType.CONFIGURATION_STATUS,
-              id,
-              RedirStatus.SUCCESS,
-              this.model.configuration,
-            ),
-          );
+          // Asked of the device itself (GET_CONFIGURATION through the engine), as the VMM asked.
+          const got = s.announced ? await this.readByte(0x80, 8, 0) : null;
+          if (s.closed) return;
+          const status = got === null ? RedirStatus.INVAL : redirStatusOf(got.status);
+          const value = got?.value ?? this.model.configuration;
+          s.send(encodeStatusPair(n, RedirType.CONFIGURATION_STATUS, id, status, value));
         });
         return;
       case RedirType.SET_ALT_SETTING: {
@@ -720,16 +718,12 @@ export class UsbredirServer extends EventEmitter {
       case RedirType.GET_ALT_SETTING: {
         const itf = p.interface;
         this.serialize(s, async () => {
-          const alt = this.model.alternates.get(itf);
-          s.send(
-            encodeAltSettingStatus(
-              n,
-              id,
-              alt === undefined ? RedirStatus.INVAL : RedirStatus.SUCCESS,
-              itf,
-              alt ?? 0xff,
-            ),
-          );
+          const known = this.model.alternates.has(itf);
+          // GET_INTERFACE through the engine, for an interface of the active configuration.
+          const got = s.announced && known ? await this.readByte(0x81, 10, itf) : null;
+          if (s.closed) return;
+          const status = got === null ? RedirStatus.INVAL : redirStatusOf(got.status);
+          s.send(encodeAltSettingStatus(n, id, status, itf, got?.value ?? 0xff));
         });
         return;
       }
@@ -856,6 +850,27 @@ export class UsbredirServer extends EventEmitter {
   }
 
   /** A no-data standard request through the engine; resolves with its status. */
+  /** A one-byte standard IN request (GET_CONFIGURATION, GET_INTERFACE) through the engine. */
+  private async readByte(
+    type: number,
+    request: number,
+    index: number,
+  ): Promise<{ status: UrbStatus; value: number }> {
+    try {
+      const data = await this.guest.control(PORT, ADDRESS, {
+        bmRequestType: type,
+        bRequest: request,
+        wValue: 0,
+        wIndex: index,
+        wLength: 1,
+      });
+      return data.length === 1 ? { status: OK, value: data[0]! } : { status: EPROTO, value: 0xff };
+    } catch (err) {
+      if (err instanceof GuestTransferError) return { status: err.status, value: 0xff };
+      throw err;
+    }
+  }
+
   private async standardRequest(
     type: number,
     request: number,

@@ -103,6 +103,11 @@ describe("usbredir server: transfers through the engine", () => {
     expect(epInfo).toBeGreaterThanOrEqual(0);
     expect(epInfo).toBeLessThan(status);
     expect(c.endpoints.get(0x83)).toMatchObject({ type: RedirEpType.ISO, maxPacketSize: 256 });
+    // get_alt_setting asks the device (GET_INTERFACE through the engine); an unknown interface is inval.
+    const got = await c.request(RedirType.GET_ALT_SETTING, [0], RedirType.ALT_SETTING_STATUS);
+    expect(got).toMatchObject({ status: RedirStatus.SUCCESS, interface: 0, alt: 1 });
+    const none = await c.request(RedirType.GET_ALT_SETTING, [5], RedirType.ALT_SETTING_STATUS);
+    expect(none).toMatchObject({ status: RedirStatus.INVAL, interface: 5, alt: 0xff });
     const started = await c.request(RedirType.START_ISO_STREAM, [0x83, 4, 2], RedirType.ISO_STREAM_STATUS);
     expect(started.status).toBe(RedirStatus.SUCCESS);
     const isoCount = () => c.events.filter((e) => e.type === RedirType.ISO_PACKET).length;
