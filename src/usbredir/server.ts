@@ -238,6 +238,8 @@ class Session implements RedirReaderSink {
   closed = false;
   /** device_connect sent and not since disconnected. */
   announced = false;
+  /** device_disconnect sent and its ack (the peer has the cap) not yet in: announce again only after it. */
+  awaitingAck = false;
   /** Device-state requests (set/get configuration and alt, reset) run one after another. */
   chain: Promise<void> = Promise.resolve();
   readonly inflight = new Map<number | string, Pending>();
@@ -311,13 +313,15 @@ export class UsbredirServer extends EventEmitter {
   private readonly helloMs: number;
   private readonly blockedMs: number;
   private readonly version: string;
-  private readonly model: RedirDeviceModel;
+  private model: RedirDeviceModel;
   private listener: Server | null = null;
   private session: Session | null = null;
   private readonly sessions = new Set<Session>();
   /** Resolves once the previous holder's URBs all came back. */
   private draining: Promise<void> = Promise.resolve();
   private failed: string | null = null;
+  /** The device came back and is being described. */
+  private returning: Promise<void> | null = null;
   private closing: Promise<void> | null = null;
   private reconnectTimer: NodeJS.Timeout | null = null;
   private reconnectDelay: number;
@@ -354,10 +358,21 @@ export class UsbredirServer extends EventEmitter {
     connection.on("port-failed", (_port: number, reason: string, gone: boolean) => {
       this.failed = reason;
       this.log.error(`${this.name} ${gone ? "went away" : "failed"}: ${reason}`);
-      const s = this.session;
-      if (s?.announced && s.negotiated !== null) {
-        s.announced = false;
-        s.send(encodeEmpty(s.negotiated, RedirType.DEVICE_DISCONNECT));
+      if (this.session !== null) this.disconnectGuest(this.session);
+    });
+    // A device that comes back (replugged, or a USB/IP import reconnected) is announced again.
+    this.hcd.on("portChange", (status) => {
+      if (status.port !== PORT) return;
+      if (status.connected && this.failed !== null) {
+        // Describing it resets the port (more port changes): one return at a time.
+        this.returning ??= this.returned().finally(() => {
+          this.returning = null;
+        });
+      } else if (!status.connected && this.failed === null) {
+        // Taken off its port without a failure (detached by an embedder, or unplugged).
+        this.failed = "disconnected";
+        this.log.warn(`${this.name} was disconnected`);
+        if (this.session !== null) this.disconnectGuest(this.session);
       }
     });
   }
@@ -780,6 +795,10 @@ export class UsbredirServer extends EventEmitter {
         s.announced = false;
         return;
       case RedirType.DEVICE_DISCONNECT_ACK:
+        if (s.awaitingAck) {
+          s.awaitingAck = false;
+          if (this.failed === null) this.serialize(s, () => this.announce(s));
+        }
         return;
       default:
         return;
@@ -1077,9 +1096,35 @@ export class UsbredirServer extends EventEmitter {
   /** The device went away under a URB: tell the guest once; the engine reports the port as failed. */
   private deviceLost(s: Session, c: UrbCompletion): void {
     if (!s.announced || this.hcd.portStatus(PORT).connected) return;
-    s.announced = false;
     this.log.error(`${s.peer}: ${this.name} is gone (${c.detail ?? c.status})`, s.fields());
-    s.send(encodeEmpty(s.negotiated!, RedirType.DEVICE_DISCONNECT));
+    this.disconnectGuest(s);
+  }
+
+  /** The guest loses the device (it sees a USB disconnect); the connection stays for its return. */
+  private disconnectGuest(s: Session): void {
+    if (!s.announced || s.closed || s.negotiated === null) return;
+    s.announced = false;
+    this.stopStreams(s);
+    s.awaitingAck = hasCap(s.negotiated.caps, RedirCap.DEVICE_DISCONNECT_ACK);
+    s.send(encodeEmpty(s.negotiated, RedirType.DEVICE_DISCONNECT));
+  }
+
+  /** The port has a device again: describe it anew and offer it to the connected guest. */
+  private async returned(): Promise<void> {
+    let description: DeviceDescription;
+    try {
+      description = await readDeviceDescription(this.guest, PORT);
+    } catch (err) {
+      this.log.error(`${this.name} came back but cannot be described: ${(err as Error).message}`);
+      return;
+    }
+    this.failed = null;
+    this.model = new RedirDeviceModel(description, redirSpeedOf(this.hcd.portStatus(PORT).speed));
+    this.log.info(`${this.name} is back`);
+    const s = this.session;
+    if (s !== null && !s.closed && s.negotiated !== null && !s.announced && !s.awaitingAck) {
+      this.serialize(s, () => this.announce(s));
+    }
   }
 
   // ---------------------------------------------------------------- interrupt and iso streams

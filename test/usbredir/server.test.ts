@@ -162,3 +162,24 @@ describe("usbredir server: transfers through the engine", () => {
     expect(w.status).toBe(RedirStatus.SUCCESS);
   });
 });
+
+describe("usbredir server: the device goes and comes back", () => {
+  it("tells the guest with device_disconnect, and announces the device again once it returns", async () => {
+    t = await startRedirServer(LOOPBACK);
+    const c = await t.connect();
+    await t.server.connection.detach(1);
+    await c.waitFor((p) => p.type === RedirType.DEVICE_DISCONNECT);
+    expect(c.device).toBeNull();
+    const connects = () => c.events.filter((e) => e.type === RedirType.DEVICE_CONNECT).length;
+    expect(connects()).toBe(1);
+    // A bulk packet while the device is away is refused, not hung.
+    expect((await c.bulk(0x01, new Uint8Array([1])).reply).status).toBe(RedirStatus.INVAL);
+    await t.server.connection.attach(1, LOOPBACK);
+    while (connects() < 2) await new Promise((r) => setTimeout(r, 10));
+    expect(c.device?.productId).toBe(1);
+    expect((await c.bulk(0x01, new Uint8Array([4])).reply).status).toBe(RedirStatus.SUCCESS);
+    expect([...(await c.bulk(0x81, 64).reply).data]).toEqual([4]);
+    expect(t.log.lines.some((l) => /was disconnected/.test(l))).toBe(true);
+    expect(t.log.lines.some((l) => /is back/.test(l))).toBe(true);
+  });
+});
