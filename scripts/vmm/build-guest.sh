@@ -27,8 +27,11 @@ busybox=/bin/busybox
 [[ -x "$busybox" ]] && "$busybox" --list | grep -qx cpio || die "busybox-static is not installed (apt-get install busybox-static)"
 file -b "$busybox" 2>/dev/null | grep -q dynamic && die "$busybox is not statically linked (apt-get install busybox-static)"
 
-# The modules the checks need; which of them are built into this kernel is found below.
-wanted=(xhci-pci xhci-hcd usb-storage sd_mod usbhid hid hid-generic evdev)
+# The modules the checks need, in two sets: `boot` is loaded by /init at start; `gadget` (dummy_hcd and
+# the configfs loopback function) only by the gadget-loopback check, which tests guest-tool's loopback
+# code against Linux's own f_loopback. Which of them are built into this kernel is found below.
+boot_modules=(xhci-pci xhci-hcd usb-storage sd_mod usbhid hid hid-generic evdev)
+gadget_modules=(configfs dummy_hcd usb_f_ss_lb)
 
 # 1. The kernel package: what linux-image-amd64 depends on today, and its candidate version.
 pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }')"
@@ -36,16 +39,18 @@ pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" &
 version="$(apt-cache policy "$pkg" | awk '$1 == "Candidate:" { print $2; exit }')"
 [[ -n "$version" && "$version" != "(none)" ]] || die "no candidate version for $pkg"
 kernel_id="$pkg=$version"
+# What OUTDIR/kernel records: the package and the module sets taken from it.
+kernel_key="$kernel_id boot: ${boot_modules[*]} gadget: ${gadget_modules[*]}"
 mkdir -p "$out"
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 
-if [[ -f "$out/kernel" && "$(cat "$out/kernel")" == "$kernel_id" && -f "$out/vmlinuz" && -f "$out/modules/load-order" ]]; then
+if [[ -f "$out/kernel" && "$(cat "$out/kernel")" == "$kernel_key" && -f "$out/vmlinuz" && -f "$out/modules/gadget.order" ]]; then
   say "kernel $kernel_id already in $out (no download)"
 else
   say "downloading $kernel_id"
-  rm -rf "$out/modules" "$out/vmlinuz" "$out/kernel"
+  rm -rf "$out/modules" "$out/vmlinuz" "$out/kernel" "$out/initrd.img" "$out/initrd.stamp"
   # apt-get download writes to the current directory; _apt cannot write to a mktemp dir, which only warns.
   (cd "$scratch" && apt-get download -q "$pkg=$version" 2>&1 | grep -v "^W: Download is performed unsandboxed" || true)
   deb="$(ls "$scratch"/*.deb 2>/dev/null | head -1)"
@@ -56,38 +61,45 @@ else
   [[ -n "$kver" && -f "$scratch/x/boot/vmlinuz-$kver" ]] || die "no vmlinuz in $deb"
   depmod -b "$scratch/x" "$kver"
   mkdir -p "$out/modules"
-  : >"$out/modules/load-order.tmp"
-  for mod in "${wanted[@]}"; do
-    # modprobe prints `insmod PATH` per module in load order (softdeps too), `builtin NAME` for built-ins.
-    deps="$(modprobe -d "$scratch/x" -S "$kver" --show-depends "$mod")" || die "modprobe --show-depends $mod failed"
-    while read -r kind path _; do
-      case "$kind" in
-        builtin) say "  $mod: built in" ;;
-        insmod)
-          base="$(basename "$path")"
-          name="${base%%.ko*}.ko"
-          grep -qx "$name" "$out/modules/load-order.tmp" && continue
-          case "$base" in
-            *.ko) cp "$path" "$out/modules/$name" ;;
-            *.ko.xz) xz -dc "$path" >"$out/modules/$name" ;;
-            *.ko.zst) zstd -qdc "$path" >"$out/modules/$name" ;;
-            *.ko.gz) gzip -dc "$path" >"$out/modules/$name" ;;
-            *) die "unknown module file $base" ;;
-          esac
-          echo "$name" >>"$out/modules/load-order.tmp"
-          ;;
-      esac
-    done <<<"$deps"
-  done
-  mv "$out/modules/load-order.tmp" "$out/modules/load-order"
-  say "modules in load order: $(tr '\n' ' ' <"$out/modules/load-order")"
+  # resolve SET MODULE...: writes modules/SET.order, the load order of MODULE... and their dependencies
+  # (softdeps too) minus what an earlier set loads, and copies each module in decompressed.
+  resolve() {
+    local set="$1" mod deps kind path base name
+    shift
+    : >"$out/modules/$set.order"
+    for mod in "$@"; do
+      # modprobe prints `insmod PATH` per module in load order, `builtin NAME` for built-ins.
+      deps="$(modprobe -d "$scratch/x" -S "$kver" --show-depends "$mod")" || die "modprobe --show-depends $mod failed"
+      while read -r kind path _; do
+        case "$kind" in
+          builtin) say "  $mod: built in" ;;
+          insmod)
+            base="$(basename "$path")"
+            name="${base%%.ko*}.ko"
+            grep -qx "$name" "$out/modules/"*.order && continue
+            case "$base" in
+              *.ko) cp "$path" "$out/modules/$name" ;;
+              *.ko.xz) xz -dc "$path" >"$out/modules/$name" ;;
+              *.ko.zst) zstd -qdc "$path" >"$out/modules/$name" ;;
+              *.ko.gz) gzip -dc "$path" >"$out/modules/$name" ;;
+              *) die "unknown module file $base" ;;
+            esac
+            echo "$name" >>"$out/modules/$set.order"
+            ;;
+        esac
+      done <<<"$deps"
+    done
+    say "$set modules in load order: $(tr '\n' ' ' <"$out/modules/$set.order")"
+  }
+  resolve boot "${boot_modules[@]}"
+  resolve gadget "${gadget_modules[@]}"
   cp "$scratch/x/boot/vmlinuz-$kver" "$out/vmlinuz"
-  echo "$kernel_id" >"$out/kernel"
+  echo "$kernel_key" >"$out/kernel"
   rm -rf "$scratch/x" "$deb"
 fi
 
 # 2. The initramfs, rebuilt when the kernel or any input changed.
-stamp="$( (echo "$kernel_id"; cat "$here/init.sh" "$here/guest-tool.c" "$0"; sha256sum "$busybox") | sha256sum | cut -d' ' -f1)"
+stamp="$( (echo "$kernel_key"; cat "$here/init.sh" "$here/guest-tool.c" "$0"; sha256sum "$busybox") | sha256sum | cut -d' ' -f1)"
 if [[ -f "$out/initrd.img" && -f "$out/initrd.stamp" && "$(cat "$out/initrd.stamp")" == "$stamp" ]]; then
   say "initramfs in $out is up to date"
 else

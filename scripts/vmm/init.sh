@@ -1,7 +1,7 @@
 #!/bin/sh
 # /init of the VMM test guest (built into the initramfs by scripts/vmm/build-guest.sh; busybox ash).
 # Loads the USB, storage and input modules, runs the checks named on the kernel command line
-# (usbvirt.checks=storage,keyboard,loopback; usbvirt.wait=S bounds each wait for a device, default 30) and
+# (usbvirt.checks=storage,keyboard,loopback,gadget-loopback; usbvirt.wait=S bounds each wait for a device, default 30) and
 # prints one marker line per step on the serial console, which test/vmm/qemu-guest.ts parses:
 #   STEP <name> ok|fail <detail>      then     DONE      then the guest powers off.
 # Kernel messages are kept off the console while the checks run (so they cannot split a marker line);
@@ -33,15 +33,18 @@ for arg in $(cat /proc/cmdline); do
 done
 case "$wait_s" in '' | *[!0-9]*) wait_s=30 ;; esac
 
-# Modules, in the load order build-guest.sh found with modprobe --show-depends.
-loaded=0
-while read -r mod; do
-  if insmod "/lib/modules/$mod" 2>/tmp/insmod.err; then
-    loaded=$((loaded + 1))
-  else
-    step "insmod-${mod%.ko}" fail "$(cat /tmp/insmod.err)"
-  fi
-done </lib/modules/load-order
+# load_modules SET: the set's modules, in the load order build-guest.sh found with modprobe --show-depends.
+load_modules() {
+  loaded=0
+  while read -r mod; do
+    if insmod "/lib/modules/$mod" 2>/tmp/insmod.err; then
+      loaded=$((loaded + 1))
+    else
+      step "insmod-${mod%.ko}" fail "$(cat /tmp/insmod.err)"
+    fi
+  done <"/lib/modules/$1.order"
+}
+load_modules boot
 step modules ok "$loaded loaded"
 
 # wait_for DESCRIPTION COMMAND...: retries COMMAND every 0.2 s for up to $wait_s seconds; on failure
@@ -140,6 +143,31 @@ check_loopback() {
   /bin/guest-tool loopback "$wait_s" || failed=1
 }
 
+# guest-tool's loopback code against Linux's own f_loopback (a configfs gadget on dummy_hcd, Gadget Zero's
+# ids 0525:a4a0): proves the guest side of the loopback check without usbvirt.
+check_gadget_loopback() {
+  load_modules gadget
+  mkdir -p /sys/kernel/config
+  mount -t configfs none /sys/kernel/config
+  g=/sys/kernel/config/usb_gadget/lb
+  if ! mkdir "$g" "$g/strings/0x409" "$g/configs/c.1" "$g/functions/Loopback.0" 2>/tmp/gadget.err; then
+    step gadget-loopback fail "configfs: $(cat /tmp/gadget.err)"
+    return
+  fi
+  echo 0x0525 >"$g/idVendor"
+  echo 0xa4a0 >"$g/idProduct"
+  echo usbvirt-test >"$g/strings/0x409/product"
+  # f_loopback completes an OUT request only when it is full or ends short: with 512-byte requests (one
+  # high-speed packet) every transfer the test sends is echoed whole, as usbvirt's loopback echoes it.
+  echo 512 >"$g/functions/Loopback.0/bulk_buflen"
+  ln -s "$g/functions/Loopback.0" "$g/configs/c.1/"
+  if ! ls /sys/class/udc | head -n 1 >"$g/UDC" 2>/tmp/gadget.err; then
+    step gadget-loopback fail "bind to a UDC ($(ls /sys/class/udc)): $(cat /tmp/gadget.err)"
+    return
+  fi
+  /bin/guest-tool loopback "$wait_s" 0525:a4a0 || failed=1
+}
+
 usb_ids() {
   ids=""
   for d in /sys/bus/usb/devices/*; do
@@ -154,7 +182,8 @@ for c in $checks; do
     storage) check_storage ;;
     keyboard) check_keyboard ;;
     loopback) check_loopback ;;
-    *) step "$c" fail "unknown check (known: storage keyboard loopback)" ;;
+    gadget-loopback) check_gadget_loopback ;;
+    *) step "$c" fail "unknown check (known: storage keyboard loopback gadget-loopback)" ;;
   esac
 done
 usb_ids

@@ -1,8 +1,9 @@
 /**
  * The real-VMM harness (qemu-guest.ts) and the guest's checks (scripts/vmm/init.sh), proven on QEMU's own
  * emulated USB devices: one boot with `usb-storage` (a raw file) and `usb-kbd` on the qemu-xhci, a key
- * typed through QEMU's monitor once the guest has its keyboard's event node open. The usbredir tests use
- * the same guest with usbvirt's devices instead. Skips where QEMU or the guest image is missing, unless
+ * typed through QEMU's monitor once the guest has its keyboard's event node open, and the guest's loopback
+ * code (guest-tool) run against Linux's own f_loopback gadget on dummy_hcd inside the guest. The usbredir
+ * tests use the same guest with usbvirt's devices instead. Skips where QEMU or the guest image is missing, unless
  * USBVIRT_REQUIRE_VMM=1 (CI).
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -64,7 +65,7 @@ describe.skipIf(skipVmm("the QEMU guest harness test", availability))(
     const dir = mkdtempSync(join(tmpdir(), "usbvirt-vmm-harness-"));
     afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-    it("sees usb-storage as a disk that keeps a 4 KiB O_DIRECT write, and a key typed on usb-kbd", async () => {
+    it("sees usb-storage as a disk that keeps a 4 KiB O_DIRECT write, a key typed on usb-kbd, and a gadget's bulk echo", async () => {
       const guest = requireGuest(availability);
       // An 8 MiB disk filled with a known pattern: the guest must leave it as it found it.
       const disk = join(dir, "disk.raw");
@@ -75,7 +76,7 @@ describe.skipIf(skipVmm("the QEMU guest harness test", availability))(
       const run = await bootGuest({
         guest,
         name: "harness-qemu-devices",
-        checks: ["storage", "keyboard"],
+        checks: ["storage", "keyboard", "gadget-loopback"],
         timeoutMs: 100_000,
         monitor: true,
         extraArgs: [
@@ -99,6 +100,10 @@ describe.skipIf(skipVmm("the QEMU guest harness test", availability))(
       expect(run.steps.get("keyboard-ready")?.detail, why).toMatch(/^\/dev\/input\/event\d+$/);
       expect(typed, why).toHaveLength(1);
       expect(run.steps.get("key"), why).toEqual({ ok: true, detail: `code=${KEY_A}` });
+      expect(run.steps.get("gadget-loopback"), why).toMatchObject({ ok: true });
+      expect(run.steps.get("gadget-loopback")?.detail, why).toContain(
+        "15 bulk transfers 0x02 -> 0x81 echoed intact",
+      );
       // QEMU's usb-storage (46f4:0001) and usb-kbd (0627:0001).
       expect(run.steps.get("usb-ids")?.detail, why).toContain("46f4:0001@");
       expect(run.steps.get("usb-ids")?.detail, why).toContain("0627:0001@");
