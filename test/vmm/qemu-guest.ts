@@ -297,7 +297,7 @@ export async function bootGuest(options: BootOptions): Promise<GuestRun> {
   return { steps, done, timedOut, exitCode, console: text, logPath, elapsedMs, argv };
 }
 
-/** One line per step and the verdict, for an assertion message that says what the guest saw. */
+/** One line per step and the verdict (and, short of DONE, the console's tail), for assertion messages. */
 export function describeRun(run: GuestRun): string {
   const steps = [...run.steps].map(([name, r]) => `  ${name} ${r.ok ? "ok" : "FAIL"} ${r.detail}`);
   const end = run.done
@@ -305,5 +305,14 @@ export function describeRun(run: GuestRun): string {
     : run.timedOut
       ? "killed at the timeout"
       : `QEMU exited ${run.exitCode} before DONE`;
-  return `${steps.join("\n")}\n  ${end} after ${Math.round(run.elapsedMs)} ms (console: ${run.logPath})`;
+  const tail = run.done
+    ? []
+    : run.console
+        .split("\n")
+        .filter((l) => !l.startsWith("LOG ") && !l.startsWith("STEP "))
+        .slice(-10)
+        .map((l) => `  | ${l}`);
+  return [...steps, `  ${end} after ${Math.round(run.elapsedMs)} ms (console: ${run.logPath})`, ...tail].join(
+    "\n",
+  );
 }
