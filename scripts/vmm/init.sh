@@ -1,8 +1,8 @@
 #!/bin/sh
 # /init of the VMM test guest (built into the initramfs by scripts/vmm/build-guest.sh; busybox ash).
 # Loads the USB, storage and input modules, runs the checks named on the kernel command line
-# (usbvirt.checks=storage,keyboard,loopback,gadget-loopback; usbvirt.wait=S bounds each wait for a device, default 30) and
-# prints one marker line per step on the serial console, which test/vmm/qemu-guest.ts parses:
+# (usbvirt.checks=storage,keyboard,loopback,gadget-loopback; usbvirt.wait=S, 1..3600, bounds each wait for
+# a device, default 30) and prints one marker line per step on the serial console, which test/vmm/qemu-guest.ts parses:
 #   STEP <name> ok|fail <detail>      then     DONE      then the guest powers off.
 # Kernel messages are kept off the console while the checks run (so they cannot split a marker line);
 # after a failed step the kernel log follows as `LOG` lines.
@@ -32,6 +32,8 @@ for arg in $(cat /proc/cmdline); do
   esac
 done
 case "$wait_s" in '' | *[!0-9]*) wait_s=30 ;; esac
+[ "$wait_s" -ge 1 ] || wait_s=1
+[ "$wait_s" -le 3600 ] || wait_s=3600
 
 # load_modules SET: the set's modules, in the load order build-guest.sh found with modprobe --show-depends.
 load_modules() {
