@@ -16,13 +16,14 @@ import { PEER_DESIGNS } from "./peers/peers.js";
 import { type BenchRecord, writeReport } from "./report.js";
 import { ringSuite } from "./ring.js";
 import { usbipSuite } from "./usbip.js";
+import { usbredirSuite } from "./usbredir.js";
 
 interface Suite {
   readonly name: string;
   run(opts: SuiteOptions): Promise<Result[]>;
 }
 
-const suites: Suite[] = [ringSuite, grantSuite, e2eSuite, allocSuite, usbipSuite, idleSuite];
+const suites: Suite[] = [ringSuite, grantSuite, e2eSuite, allocSuite, usbipSuite, usbredirSuite, idleSuite];
 
 function argValue(flag: string): string | undefined {
   const i = process.argv.indexOf(flag);
@@ -57,6 +58,21 @@ function ratios(results: readonly Result[]): Ratio[] {
   // The peer here is the socket itself: a naive TCP echo, same client, same run.
   add("ratio.usbip.bulk64k.vs_tcp_echo", "usbip.bulk64k.mbps", "tcp.echo64k.mbps", true);
   add("ratio.usbip.bulk64k.vs_backendworker", "usbip.bulk64k.mbps", "usbip.bulk64k.backendworker.mbps", true);
+  // usbredir against USB/IP (the other face on the same engine) and the socket, same workloads, same run.
+  add(
+    "ratio.usbredir.null.vs_usbip",
+    "usbredir.null.inflight64.urbs_per_s",
+    "usbip.null.inflight64.urbs_per_s",
+    true,
+  );
+  add(
+    "ratio.usbredir.null.inflight1.vs_usbip",
+    "usbredir.null.inflight1.urbs_per_s",
+    "usbip.null.inflight1.urbs_per_s",
+    true,
+  );
+  add("ratio.usbredir.bulk64k.vs_usbip", "usbredir.bulk64k.mbps", "usbip.bulk64k.mbps", true);
+  add("ratio.usbredir.bulk64k.vs_tcp_echo", "usbredir.bulk64k.mbps", "tcp.echo64k.mbps", true);
   return out;
 }
 

@@ -166,6 +166,10 @@ function chartsOf(record: BenchRecord): BarChart[] {
       ["1 in flight", value("usbip.null.inflight1.backendworker.urbs_per_s")],
       ["64 in flight", value("usbip.null.inflight64.backendworker.urbs_per_s")],
     ]),
+    group("usbredir server", [
+      ["1 in flight", value("usbredir.null.inflight1.urbs_per_s")],
+      ["64 in flight", value("usbredir.null.inflight64.urbs_per_s")],
+    ]),
   ]);
   const latency = groups(
     E2E_DESIGNS.map((d) =>
@@ -185,6 +189,7 @@ function chartsOf(record: BenchRecord): BarChart[] {
     ),
     group("USB/IP server", [["64 KiB", mb(value("usbip.bulk64k.mbps"))]]),
     group("USB/IP, backend worker", [["64 KiB", mb(value("usbip.bulk64k.backendworker.mbps"))]]),
+    group("usbredir server", [["64 KiB", mb(value("usbredir.bulk64k.mbps"))]]),
     group("plain TCP echo", [["64 KiB", mb(value("tcp.echo64k.mbps"))]]),
   ]);
   const ratios = record.ratios.map((r) => ({

@@ -26,6 +26,7 @@ import {
   URB_HEADER_SIZE,
   UsbipCommand,
 } from "../src/usbip/protocol.js";
+import type { StreamReply, StreamRequest } from "./stream-bench.js";
 
 export type Workload =
   | { readonly kind: "null"; readonly depth: number }
@@ -35,21 +36,10 @@ export type Workload =
 /** Parent → client, one at a time; each is answered by the reply named in `ClientReply`. */
 export type ClientRequest =
   | { readonly cmd: "connect"; readonly usbipPort: number; readonly echoPort: number; readonly busid: string }
-  | { readonly cmd: "start"; readonly workload: Workload }
-  | { readonly cmd: "wait"; readonly items: number }
-  | { readonly cmd: "stop" };
+  | StreamRequest<Workload>;
 
-/**
- * Client → parent. `ready` once loaded; `connected` after import + SET_CONFIGURATION; `waited` when
- * `items` more items completed, `ms` after the wait arrived (timed here, so IPC latency stays out);
- * `stopped` once the stream drained, with every item it completed.
- */
-export type ClientReply =
-  | { readonly ev: "ready" }
-  | { readonly ev: "connected"; readonly devid: number }
-  | { readonly ev: "started" }
-  | { readonly ev: "waited"; readonly items: number; readonly ms: number }
-  | { readonly ev: "stopped"; readonly items: number };
+/** Client → parent: the stream replies (stream-bench.ts), and `connected` after import + SET_CONFIGURATION. */
+export type ClientReply = StreamReply | { readonly ev: "connected"; readonly devid: number };
 
 const KIB64 = 64 * 1024;
 const BULK_PAIRS = 8;

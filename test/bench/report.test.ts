@@ -28,6 +28,9 @@ function record(): BenchRecord {
     { name: "usbip.null.inflight64.urbs_per_s", value: 350_000, unit: "URB/s" },
     { name: "usbip.bulk64k.mbps", value: 1600, unit: "MB/s" },
     { name: "tcp.echo64k.mbps", value: 900, unit: "MB/s" },
+    { name: "usbredir.null.inflight1.urbs_per_s", value: 12_000, unit: "URB/s" },
+    { name: "usbredir.null.inflight64.urbs_per_s", value: 120_000, unit: "URB/s" },
+    { name: "usbredir.bulk64k.mbps", value: 500, unit: "MB/s" },
   ];
   return {
     node: "v20.0.0",
@@ -67,12 +70,12 @@ describe("bench --report", () => {
     const html = readFileSync(file, "utf8");
     expect(html).not.toMatch(/(src|href)=|<script|@import|url\(/);
     const found = charts(html);
-    // 6 designs x 2 depths (usbip has no backend-worker figures here), 5 x 2 percentiles,
-    // 5 x 2 + usbip + tcp bulk bars, 2 ratios.
+    // 7 designs x 2 depths (usbip has no backend-worker figures here), 5 x 2 percentiles,
+    // 5 x 2 + usbip + usbredir + tcp bulk bars, 2 ratios.
     expect(Object.fromEntries([...found].map(([k, v]) => [k, v.length]))).toEqual({
-      depth: 12,
+      depth: 14,
       latency: 10,
-      bulk: 12,
+      bulk: 13,
       ratios: 2,
     });
     for (const [id, bars] of found)

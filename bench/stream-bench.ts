@@ -1,0 +1,174 @@
+/**
+ * What the network benches (usbip.ts, usbredir.ts) share: a client forked into a process of its own
+ * and driven over IPC, one request at a time, and the tinybench run of "streams" on it. A stream keeps
+ * its items (URBs, echoed buffers) in flight from the task's beforeAll to its afterAll (drained there);
+ * a measured iteration is "N more items completed", timed on the client's clock so IPC latency stays
+ * out. The client scripts speak the protocol below (`StreamRequest` / `StreamReply`) plus a `connect`
+ * of their own.
+ */
+import { type ChildProcess, fork } from "node:child_process";
+import { Bench } from "tinybench";
+import { benchTiming, latencyOf, printBench, type Result, type SuiteOptions } from "./harness.js";
+
+const READY_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 60_000;
+
+/** Parent → client, for any workload type `W`: start a stream, wait for N more items, stop (drain). */
+export type StreamRequest<W> =
+  | { readonly cmd: "start"; readonly workload: W }
+  | { readonly cmd: "wait"; readonly items: number }
+  | { readonly cmd: "stop" };
+
+/**
+ * Client → parent. `ready` once loaded; `waited` when `items` more items completed, `ms` after the
+ * wait arrived (timed there); `stopped` once the stream drained, with every item it completed.
+ */
+export type StreamReply =
+  | { readonly ev: "ready" }
+  | { readonly ev: "started" }
+  | { readonly ev: "waited"; readonly items: number; readonly ms: number }
+  | { readonly ev: "stopped"; readonly items: number };
+
+/** A forked client: one request at a time, each answered by the reply `ev` it names. */
+export class ClientProcess<Req, Reply extends { readonly ev: string }> {
+  private pending: {
+    readonly ev: Reply["ev"];
+    readonly resolve: (r: Reply) => void;
+    readonly reject: (e: Error) => void;
+    readonly timer: NodeJS.Timeout;
+  } | null = null;
+  private exited: Promise<void>;
+  private dead: Error | null = null;
+
+  private constructor(
+    private readonly child: ChildProcess,
+    private readonly label: string,
+  ) {
+    child.on("message", (m: unknown) => {
+      const reply = m as Reply;
+      const p = this.pending;
+      if (p === null) return this.die(new Error(`${label} sent ${JSON.stringify(m)} unasked`));
+      this.pending = null;
+      clearTimeout(p.timer);
+      if (reply.ev === p.ev) p.resolve(reply);
+      else p.reject(new Error(`${label} answered ${JSON.stringify(m)}, want ${p.ev}`));
+    });
+    child.on("error", (err) => this.die(err));
+    this.exited = new Promise((resolve) => {
+      child.on("exit", (code, signal) => {
+        this.die(new Error(`${label} exited (code ${code}, signal ${signal}); see its stderr above`));
+        resolve();
+      });
+    });
+  }
+
+  /** Fork `script` (a path; it inherits this Node's flags, --cpu-prof included) and wait for its `ready`. */
+  static async start<Req, Reply extends { readonly ev: string }>(
+    script: string,
+    label: string,
+  ): Promise<ClientProcess<Req, Reply>> {
+    const child = fork(script, [], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
+    const c = new ClientProcess<Req, Reply>(child, label);
+    await c.expect("ready" as Reply["ev"], READY_TIMEOUT_MS);
+    return c;
+  }
+
+  async request<E extends Reply["ev"]>(m: Req, ev: E): Promise<Extract<Reply, { ev: E }>> {
+    const reply = this.expect(ev, REQUEST_TIMEOUT_MS);
+    this.child.send(m as object);
+    return (await reply) as Extract<Reply, { ev: E }>;
+  }
+
+  /** Disconnect (the client exits on that) and wait for it to be gone; kill it if it lingers. */
+  async close(): Promise<void> {
+    if (this.child.connected) this.child.disconnect();
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), 5000);
+    await this.exited;
+    clearTimeout(timer);
+  }
+
+  private expect(ev: Reply["ev"], timeoutMs: number): Promise<Reply> {
+    if (this.dead !== null) return Promise.reject(this.dead);
+    if (this.pending !== null) return Promise.reject(new Error(`${this.label}: ${ev} while busy`));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => this.die(new Error(`${this.label}: no ${ev} in ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      this.pending = { ev, resolve, reject, timer };
+    });
+  }
+
+  private die(err: Error): void {
+    this.dead ??= err;
+    const p = this.pending;
+    this.pending = null;
+    if (p !== null) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill("SIGKILL");
+  }
+}
+
+export interface StreamTask<W> {
+  readonly name: string;
+  readonly workload: W;
+  /** Items per measured iteration (some ms of streaming). */
+  readonly items: number;
+  /** What one item counts for in the table: 1 URB, or its payload bytes. */
+  readonly units: number;
+  readonly result: string;
+  readonly unit: "URB/s" | "MB/s";
+}
+
+/** The stream requests of a client process whose own protocol adds to them (a `connect`). */
+export type StreamClient<W> = Pick<
+  ClientProcess<StreamRequest<W> | { readonly cmd: "connect" }, StreamReply | { readonly ev: "connected" }>,
+  "request"
+>;
+
+/** Run `tasks` on a connected client as one Bench, print the table, check the work was done. */
+export async function runStreams<W>(
+  opts: SuiteOptions,
+  title: string,
+  tasks: readonly StreamTask<W>[],
+  client: StreamClient<W>,
+): Promise<Result[]> {
+  const bench = new Bench(benchTiming(opts));
+  const done = new Map<string, { waited: number; completed: number }>();
+  for (const t of tasks) {
+    const count = { waited: 0, completed: 0 };
+    done.set(t.name, count);
+    bench.add(
+      t.name,
+      async () => {
+        const r = await client.request({ cmd: "wait", items: t.items }, "waited");
+        count.waited += r.items;
+        // The client's own clock, from the wait's arrival to its Nth item: IPC latency stays out.
+        return { overriddenDuration: r.ms };
+      },
+      {
+        async: true,
+        // Once per phase (warmup, then run): each phase gets a fresh stream, drained at its end.
+        beforeAll: async () => {
+          await client.request({ cmd: "start", workload: t.workload }, "started");
+        },
+        afterAll: async () => {
+          count.completed += (await client.request({ cmd: "stop" }, "stopped")).items;
+        },
+      },
+    );
+  }
+  await bench.run();
+  const units = Object.fromEntries(tasks.map((t) => [t.name, t.items * t.units]));
+  printBench(title, bench, units);
+  for (const [name, n] of done) {
+    if (n.waited === 0 || n.completed < n.waited)
+      throw new Error(`${title}: ${name} completed ${n.completed} items, waited for ${n.waited}`);
+  }
+  return tasks.map((t) => {
+    const perSecond = latencyOf(bench, t.name).opsPerSec * t.items * t.units;
+    return { name: t.result, value: t.unit === "MB/s" ? perSecond / 1e6 : perSecond, unit: t.unit };
+  });
+}
