@@ -386,10 +386,9 @@ export function expectedDataLength(p: RedirPacket, from: RedirRole): number {
 
 /** Why a decoded packet breaks the framing rules for its sender, or null when it is sound. */
 export function framingProblem(p: RedirPacket, from: RedirRole): string | null {
-  const name = redirTypeName(p.type);
   const expect = expectedDataLength(p, from);
   if (expect >= 0 && p.dataLength !== expect) {
-    return `${name} carries ${p.dataLength} data bytes, its header calls for ${expect}`;
+    return `${redirTypeName(p.type)} carries ${p.dataLength} data bytes, its header calls for ${expect}`;
   }
   switch (p.type) {
     case RedirType.HELLO:
@@ -402,11 +401,14 @@ export function framingProblem(p: RedirPacket, from: RedirRole): string | null {
       return null;
     case RedirType.BULK_PACKET:
     case RedirType.BUFFERED_BULK_PACKET:
-      if (p.length > MAX_REDIR_DATA) return `${name} of ${p.length} bytes (at most ${MAX_REDIR_DATA})`;
+      if (p.length > MAX_REDIR_DATA)
+        return `${redirTypeName(p.type)} of ${p.length} bytes (at most ${MAX_REDIR_DATA})`;
       return null;
     case RedirType.INTERRUPT_RECEIVING_STATUS:
     case RedirType.BULK_RECEIVING_STATUS:
-      return (p.endpoint & 0x80) === 0 ? `${name} for OUT endpoint 0x${p.endpoint.toString(16)}` : null;
+      return (p.endpoint & 0x80) === 0
+        ? `${redirTypeName(p.type)} for OUT endpoint 0x${p.endpoint.toString(16)}`
+        : null;
     default:
       return null;
   }

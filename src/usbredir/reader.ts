@@ -58,7 +58,9 @@ const MAX_TYPE_HEADER = 288;
 export class RedirReader {
   private readonly queue = new ByteQueue();
   private readonly p = emptyPacket();
-  private readonly typeHeader = new Uint8Array(MAX_TYPE_HEADER);
+  /** The packet's header and type header, copied out of the stream (one buffer, one view, reused). */
+  private readonly head = new Uint8Array(16 + MAX_TYPE_HEADER);
+  private readonly headView = new DataView(this.head.buffer);
   private typeHeaderLength = 0;
   private state = State.HEADER;
   private negotiated: Negotiated = HELLO_NEGOTIATED;
@@ -125,8 +127,9 @@ export class RedirReader {
   private readHeaders(): boolean {
     const hs = this.negotiated.headerSize;
     if (this.queue.length < hs) return false;
-    const head = this.queue.peek(hs);
-    const v = new DataView(head.buffer, head.byteOffset, hs);
+    const head = this.head;
+    const v = this.headView;
+    this.queue.peekInto(head.subarray(0, hs));
     const p = this.p;
     p.type = v.getUint32(0, true);
     const length = v.getUint32(4, true);
@@ -146,13 +149,12 @@ export class RedirReader {
       return this.fail(`${redirTypeName(p.type)} of ${length} bytes (at most ${MAX_REDIR_DATA} of data)`);
     }
     if (this.queue.length < hs + th) return false;
-    const both = this.queue.peek(hs + th);
-    this.typeHeader.set(both.subarray(hs), 0);
+    this.queue.peekInto(head.subarray(0, hs + th));
     this.typeHeaderLength = th;
-    const typeHeader = this.typeHeader.subarray(0, th);
-    decodeTypeHeader(p, new DataView(typeHeader.buffer, typeHeader.byteOffset, th), this.negotiated.caps);
+    decodeTypeHeader(p, new DataView(head.buffer, hs, th), this.negotiated.caps);
     const problem = framingProblem(p, this.peer);
     if (problem !== null) return this.fail(problem);
+    const typeHeader = head.subarray(hs, hs + th);
     const admitted = this.sink.admit(p, typeHeader);
     if ((this.state as State) === State.STOPPED) return false;
     if (admitted === BLOCK) {
@@ -182,7 +184,8 @@ export class RedirReader {
     this.state = State.HEADER;
     const data = this.target;
     this.target = EMPTY;
-    this.sink.deliver(this.p, this.typeHeader.subarray(0, this.typeHeaderLength), data);
+    const hs = this.negotiated.headerSize;
+    this.sink.deliver(this.p, this.head.subarray(hs, hs + this.typeHeaderLength), data);
     return true;
   }
 

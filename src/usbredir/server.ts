@@ -32,8 +32,7 @@ import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
 import { FRAME_SIZE, type GuestOffset } from "../dma-map/types.js";
 import { Connection, type ConnectionOptions } from "../engine/connection.js";
-import type { IsoPacketSpec, Urb, UrbCompletion, VirtualHostController } from "../frontend/index.js";
-import { isoDescriptorFrames } from "../frontend/validate.js";
+import type { UrbCompletion, VirtualHostController } from "../frontend/index.js";
 import { type DeviceDescription, readDeviceDescription } from "../guest/device-description.js";
 import { GuestTransferError, GuestUsbDriver } from "../guest/guest-driver.js";
 import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
@@ -52,31 +51,25 @@ import {
   type UrbStatus,
 } from "../urb/status.js";
 import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
-import { type LogFields, stderrLogger, type UsbipLogger } from "../usbip/log.js";
+import { stderrLogger, type UsbipLogger } from "../usbip/log.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { allowedBy, buildAllowList } from "../util/ip-prefix.js";
 import { RedirDeviceModel, redirSpeedOf } from "./device-model.js";
 import {
   type Caps,
   capsOf,
-  dataOf,
   decodeHello,
   encodeAltSettingStatus,
-  encodeBulkPacket,
   encodeBulkReceivingStatus,
   encodeBulkStreamsStatus,
-  encodeControlPacket,
   encodeDeviceConnect,
   encodeEmpty,
   encodeEpInfo,
   encodeHello,
   encodeInterfaceInfo,
-  encodeSmallDataPacket,
   encodeStatusPair,
   hasCap,
-  ID_ZERO,
   type Id,
-  type Negotiated,
   negotiate,
   RedirCap,
   RedirEpType,
@@ -85,7 +78,18 @@ import {
   RedirType,
   redirTypeName,
 } from "./protocol.js";
-import { type Admission, BLOCK, RedirReader, type RedirReaderSink } from "./reader.js";
+import { type Admission, BLOCK } from "./reader.js";
+import { type RedirUrb, Session, type SessionOwner } from "./session.js";
+import {
+  isoOut,
+  MAX_ISO_PKTS_PER_URB,
+  MAX_ISO_URBS,
+  type StreamContext,
+  startInterrupt,
+  startIso,
+  stopInterrupt,
+  stopIso,
+} from "./streams.js";
 
 export class UsbredirServerError extends UsbvirtError {
   declare readonly code: "ERR_USBVIRT_USBREDIR_OPTIONS" | "ERR_USBVIRT_USBREDIR_DEVICE";
@@ -147,13 +151,6 @@ const PORT = 1 as PortNum;
 const ADDRESS = 1 as DevAddr;
 const DRIVER_FRAMES = 16;
 const SCRATCH_FRAMES = 64;
-/** Interrupt IN URBs kept in flight per receiving endpoint: one, so reports leave in order. */
-const INTERRUPT_URBS = 1;
-const MAX_ISO_PKTS_PER_URB = 32;
-const MAX_ISO_URBS = 16;
-/** Iso OUT packets buffered beyond what the stream's URBs hold are dropped (QEMU expects no reply). */
-const ISO_OUT_BACKLOG_URBS = 2;
-
 /** Engine status → usbredir status (QEMU maps everything but success, stall and babble to an I/O error). */
 export function redirStatusOf(status: number): RedirStatus {
   switch (status) {
@@ -185,129 +182,19 @@ function hex(n: number, width = 2): string {
   return `0x${n.toString(16).padStart(width, "0")}`;
 }
 
-/** A data packet from the guest, from admission until its reply is written. */
-interface Pending {
-  readonly type: number;
-  readonly id: Id;
-  readonly key: number | string;
-  readonly endpoint: number;
-  readonly directionIn: boolean;
-  /** Its buffer in guest memory (length 0: none). */
-  offset: number;
-  length: number;
-  /** Control fields, echoed in the reply. */
-  request: number;
-  requestType: number;
-  value: number;
-  index: number;
-  /** Answered here without the engine (bad endpoint, SET_ADDRESS, …). */
-  verdict: RedirStatus | null;
-  urb: Urb | null;
-  cancelled: boolean;
-}
-
-interface InterruptStream {
-  readonly endpoint: number;
-  readonly maxPacketSize: number;
-  running: boolean;
-  /** Its URBs in the engine (unlinked when it stops). */
-  readonly urbs: Urb[];
-  /** Ids of the unsolicited interrupt_packets, counting up (QEMU ignores them). */
-  nextId: number;
-}
-
-interface IsoStream {
-  readonly endpoint: number;
-  readonly directionIn: boolean;
-  readonly pktsPerUrb: number;
-  readonly noUrbs: number;
-  readonly maxPacketSize: number;
-  readonly interval: number;
-  running: boolean;
-  readonly urbs: Urb[];
-  nextId: number;
-  /** OUT: packets gathered for the next URB. */
-  out: Uint8Array[];
-  dropped: number;
-}
-
-class Session implements RedirReaderSink {
-  readonly reader: RedirReader;
-  negotiated: Negotiated | null = null;
-  peerVersion = "";
-  closed = false;
-  /** device_connect sent and not since disconnected. */
-  announced = false;
-  /** device_disconnect sent and its ack (the peer has the cap) not yet in: announce again only after it. */
-  awaitingAck = false;
-  /** Device-state requests (set/get configuration and alt, reset) run one after another. */
-  chain: Promise<void> = Promise.resolve();
-  readonly inflight = new Map<number | string, Pending>();
-  readonly interrupt = new Map<number, InterruptStream>();
-  readonly iso = new Map<number, IsoStream>();
-  /** The transfer admit() accepted whose data is arriving; deliver() starts it. */
-  current: Pending | null = null;
-  /** URBs of this connection in the engine, and scratch frames their iso descriptors hold. */
-  urbs = 0;
-  isoFrames = 0;
-  helloTimer: NodeJS.Timeout | null = null;
-  stallTimer: NodeJS.Timeout | null = null;
-  blockTimer: NodeJS.Timeout | null = null;
-  /** Set when a blocked packet waited too long: admit it with an inval answer. */
-  forced = false;
-  paused = false;
-  corked = false;
-  onDrained: (() => void) | null = null;
-  /** Counters for stats and the log. */
-  packets = 0;
-  bytesIn = 0;
-  bytesOut = 0;
-
-  constructor(
-    readonly server: UsbredirServer,
-    readonly socket: Socket,
-    readonly peer: string,
-  ) {
-    this.reader = new RedirReader("guest", this);
-  }
-
-  fields(): LogFields {
-    return { client: this.peer };
-  }
-
-  admit(p: RedirPacket, _typeHeader: Uint8Array): Admission {
-    return this.server.admit(this, p);
-  }
-  deliver(p: RedirPacket, typeHeader: Uint8Array, data: Uint8Array): void {
-    this.server.deliver(this, p, typeHeader, data);
-  }
-  malformed(reason: string): void {
-    this.server.drop(this, reason);
-  }
-
-  /** Queue a packet; one turn's packets leave in one write (cork until the next tick). */
-  send(pkt: Uint8Array): void {
-    if (this.closed) return;
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
-    this.socket.write(pkt);
-  }
-}
-
-export class UsbredirServer extends EventEmitter {
+export class UsbredirServer extends EventEmitter implements SessionOwner, StreamContext {
   private readonly log: UsbipLogger;
-  private readonly hcd: VirtualHostController;
-  private readonly memory: GuestBufferAllocator;
-  private readonly memoryBytes: Uint8Array;
+  readonly hcd: VirtualHostController;
+  readonly memory: GuestBufferAllocator;
+  readonly memoryBytes: Uint8Array;
+  readonly port = PORT;
+  readonly deviceAddress = ADDRESS;
+  readonly isoScratchFrames = SCRATCH_FRAMES / 2;
+  readonly redirStatusOf = redirStatusOf;
+  private readonly shared: SharedArrayBuffer;
   private readonly regionBytes: number;
   private readonly allow: BlockList | null;
-  private readonly maxUrbs: number;
+  readonly maxUrbs: number;
   private readonly maxSendQueue: number;
   private readonly stalledMs: number;
   private readonly helloMs: number;
@@ -337,6 +224,7 @@ export class UsbredirServer extends EventEmitter {
     super();
     this.hcd = connection.frontend!;
     const shared = connection.handles.memory[0]!;
+    this.shared = shared;
     this.memoryBytes = new Uint8Array(shared);
     const first = (1 + DRIVER_FRAMES) * FRAME_SIZE;
     const end = connection.handles.scratchFirstFrame * FRAME_SIZE;
@@ -477,7 +365,7 @@ export class UsbredirServer extends EventEmitter {
       announced: s?.announced ?? false,
       urbs: s?.urbs ?? 0,
       memoryBytes: this.regionBytes - this.memory.freeBytes,
-      unsentBytes: s?.socket.writableLength ?? 0,
+      unsentBytes: s?.unsent ?? 0,
       connections: this.counters.connections,
       packets: s?.packets ?? 0,
       failed: this.failed,
@@ -555,18 +443,16 @@ export class UsbredirServer extends EventEmitter {
   }
 
   private open(socket: Socket, peer: string): void {
-    const s = new Session(this, socket, peer);
+    const s = new Session(this, socket, peer, this.shared);
     this.session = s;
     this.sessions.add(s);
     this.counters.connections++;
     socket.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => {
       if (s.closed) return;
-      s.bytesIn += chunk.length;
       this.hcd.batch(() => s.reader.push(chunk));
       this.updateFlow(s);
     });
-    socket.on("drain", () => this.written(s));
     socket.on("error", (err) => {
       if (!s.closed) this.log.warn(`${peer}: socket error: ${err.message}`, s.fields());
     });
@@ -607,22 +493,17 @@ export class UsbredirServer extends EventEmitter {
       return null;
     }
     const directionIn = (p.endpoint & 0x80) !== 0;
-    const r: Pending = {
-      type: p.type,
-      id: { low: p.idLow, high: p.idHigh },
-      key,
-      endpoint: p.endpoint,
-      directionIn,
-      offset: 0,
-      length: 0,
-      request: p.request,
-      requestType: p.requestType,
-      value: p.value,
-      index: p.index,
-      verdict: null,
-      urb: null,
-      cancelled: false,
-    };
+    const r = s.record();
+    r.type = p.type;
+    r.idLow = p.idLow;
+    r.idHigh = p.idHigh;
+    r.key = key;
+    r.endpoint = p.endpoint;
+    r.directionIn = directionIn;
+    r.request = p.request;
+    r.requestType = p.requestType;
+    r.value = p.value;
+    r.index = p.index;
     s.current = r;
     if (s.forced) {
       s.forced = false;
@@ -635,7 +516,7 @@ export class UsbredirServer extends EventEmitter {
       r.verdict = RedirStatus.INVAL;
       return null;
     }
-    if (s.socket.writableLength > this.maxSendQueue) return this.block(s);
+    if (s.unsent > this.maxSendQueue) return this.block(s);
     if (s.urbs >= this.maxUrbs) return this.block(s);
     const length = p.length;
     if (length > 0) {
@@ -674,6 +555,7 @@ export class UsbredirServer extends EventEmitter {
 
   /** Stop reading at this packet until something of the connection's share comes back. */
   private block(s: Session): Admission {
+    if (s.current !== null) s.recycle(s.current);
     s.current = null;
     if (s.blockTimer === null) {
       s.blockTimer = setTimeout(() => {
@@ -752,7 +634,7 @@ export class UsbredirServer extends EventEmitter {
         this.startInterrupt(s, id, p.endpoint);
         return;
       case RedirType.STOP_INTERRUPT_RECEIVING:
-        this.stopInterrupt(s, p.endpoint);
+        stopInterrupt(this, s, p.endpoint);
         s.send(
           encodeStatusPair(n, RedirType.INTERRUPT_RECEIVING_STATUS, id, RedirStatus.SUCCESS, p.endpoint),
         );
@@ -765,7 +647,7 @@ export class UsbredirServer extends EventEmitter {
         s.send(encodeStatusPair(n, RedirType.ISO_STREAM_STATUS, id, RedirStatus.SUCCESS, p.endpoint));
         return;
       case RedirType.ISO_PACKET:
-        this.isoOut(s, p, data);
+        isoOut(this, s, p.endpoint, data);
         return;
       case RedirType.ALLOC_BULK_STREAMS:
       case RedirType.FREE_BULK_STREAMS:
@@ -808,9 +690,8 @@ export class UsbredirServer extends EventEmitter {
   private hello(s: Session, typeHeader: Uint8Array, data: Uint8Array): void {
     const { version, caps } = decodeHello(typeHeader, data);
     const n = negotiate(HOST_CAPS, caps);
-    s.negotiated = n;
+    s.negotiate(n);
     s.peerVersion = version;
-    s.reader.setNegotiated(n);
     if (s.helloTimer !== null) clearTimeout(s.helloTimer);
     s.helloTimer = null;
     this.reconnectDelay = this.options.reconnectMinMs ?? 250;
@@ -962,10 +843,7 @@ export class UsbredirServer extends EventEmitter {
       }
     } catch (err) {
       this.log.error(`${s.peer}: reset of ${this.name} failed: ${(err as Error).message}`, s.fields());
-      if (s.announced && !s.closed) {
-        s.announced = false;
-        s.send(encodeEmpty(s.negotiated!, RedirType.DEVICE_DISCONNECT));
-      }
+      this.disconnectGuest(s);
       return;
     }
     this.model.configure(configuration);
@@ -984,106 +862,72 @@ export class UsbredirServer extends EventEmitter {
 
   // ---------------------------------------------------------------- transfers
 
-  private startTransfer(s: Session, r: Pending): void {
+  private startTransfer(s: Session, r: RedirUrb): void {
     if (r.verdict !== null) {
       this.reply(s, r, r.verdict, 0);
       return;
     }
-    const base = {
-      port: PORT,
-      device: ADDRESS,
-      endpoint: (r.endpoint & 0x0f) as EndpointNum,
-      directionIn: r.directionIn,
-      buffer: r.length > 0 ? [{ offset: r.offset as GuestOffset, length: r.length }] : [],
-    };
-    let urb: Urb;
-    if (r.type === RedirType.CONTROL_PACKET) {
-      if (r.requestType === 0x00 && r.request === 5) {
-        // SET_ADDRESS: the VMM's own business (QEMU never forwards it); the device keeps ours.
-        this.complete(s, r, { status: OK, actualLength: 0, startFrame: 0, errorCount: 0 });
-        return;
-      }
-      urb = {
-        ...base,
-        type: "control",
-        setup: {
-          bmRequestType: r.requestType,
-          bRequest: r.request,
-          wValue: r.value,
-          wIndex: r.index,
-          wLength: r.length,
-        },
-      };
-    } else if (r.type === RedirType.BULK_PACKET) {
-      urb = { ...base, type: "bulk" };
-    } else {
-      const ep = this.model.endpoint(r.endpoint);
-      urb = { ...base, type: "interrupt", interval: Math.max(1, ep?.interval ?? 1) };
+    if (r.type === RedirType.CONTROL_PACKET && r.requestType === 0x00 && r.request === 5) {
+      // SET_ADDRESS: the VMM's own business (QEMU never forwards it); the device keeps ours.
+      this.complete(s, r, { status: OK, actualLength: 0, startFrame: 0, errorCount: 0 });
+      return;
     }
+    const interval =
+      r.type === RedirType.INTERRUPT_PACKET ? Math.max(1, this.model.endpoint(r.endpoint)?.interval ?? 1) : 1;
+    const urb = r.engineUrb(PORT, ADDRESS, interval);
     r.urb = urb;
     this.counters.urbs++;
-    this.hcd.submitWithCallback(urb, (c) => this.complete(s, r, c));
+    this.hcd.submitWithCallback(urb, r.done);
   }
 
   /** An engine URB of a data packet completed: exactly one reply (cancelled if its cancel won). */
-  private complete(s: Session, r: Pending, c: UrbCompletion): void {
+  complete(s: Session, r: RedirUrb, c: UrbCompletion): void {
     s.urbs--;
     r.urb = null;
     if (s.inflight.get(r.key) === r) s.inflight.delete(r.key);
-    if (!s.closed) {
+    if (s.closed) this.release(s, r);
+    else {
       if (c.status === OK && r.type === RedirType.CONTROL_PACKET) this.noteStandardRequest(s, r);
-      const status =
-        r.cancelled && (c.status === ECONNRESET || c.status === ENOENT)
-          ? RedirStatus.CANCELLED
-          : redirStatusOf(c.status);
-      this.reply(s, r, status, status === RedirStatus.CANCELLED ? 0 : Math.min(c.actualLength, r.length));
+      const cancelled = r.cancelled && (c.status === ECONNRESET || c.status === ENOENT);
+      const status = cancelled ? RedirStatus.CANCELLED : redirStatusOf(c.status);
+      this.reply(s, r, status, cancelled ? 0 : Math.min(c.actualLength, r.length));
       if (c.status === ENODEV || c.status === ESHUTDOWN) this.deviceLost(s, c);
     }
-    if (r.length > 0) this.memory.release({ offset: r.offset as GuestOffset, length: r.length });
-    r.length = 0;
     this.settled(s);
   }
 
   /** A raw SET_CONFIGURATION or SET_INTERFACE in a control packet changed what ep_info says. */
-  private noteStandardRequest(s: Session, r: Pending): void {
+  private noteStandardRequest(s: Session, r: RedirUrb): void {
     if (r.requestType === 0x00 && r.request === 9) this.applyConfiguration(s, r.value & 0xff);
     else if (r.requestType === 0x01 && r.request === 11)
       this.applyAlternate(s, r.index & 0xff, r.value & 0xff);
   }
 
-  /** The data packet's reply: same type, id and endpoint; IN data from guest memory. */
-  private reply(s: Session, r: Pending, status: RedirStatus, actual: number): void {
-    const n = s.negotiated!;
+  /** The data packet's reply: same type, id and endpoint; IN data straight from guest memory. */
+  private reply(s: Session, r: RedirUrb, status: number, actual: number): void {
     const data = r.directionIn ? actual : 0;
-    let pkt: Buffer;
-    let headerLength: number;
-    if (r.type === RedirType.CONTROL_PACKET) {
-      pkt = encodeControlPacket(
-        n,
-        r.id,
-        {
-          endpoint: r.endpoint,
-          request: r.request,
-          requestType: r.requestType,
-          status,
-          value: r.value,
-          index: r.index,
-          length: actual,
-        },
-        data,
-      );
-      headerLength = 10;
-    } else if (r.type === RedirType.BULK_PACKET) {
-      pkt = encodeBulkPacket(n, r.id, r.endpoint, status, actual, data);
-      headerLength = hasCap(n.caps, RedirCap.BULK_LENGTH_32BIT) ? 10 : 8;
-    } else {
-      pkt = encodeSmallDataPacket(n, RedirType.INTERRUPT_PACKET, r.id, r.endpoint, status, actual, 0);
-      headerLength = 4;
-    }
-    if (data > 0) dataOf(n, pkt, headerLength).set(this.memoryBytes.subarray(r.offset, r.offset + data));
-    s.bytesOut += data;
-    this.counters.bytes += data;
-    s.send(pkt);
+    this.counters.bytes += actual;
+    // The record (and its guest buffer) goes back once the writer is done with the data.
+    s.sendData(
+      r.type,
+      r.idLow,
+      r.idHigh,
+      r.endpoint,
+      status,
+      actual,
+      r.offset,
+      data,
+      r,
+      r.type === RedirType.CONTROL_PACKET ? r : null,
+    );
+  }
+
+  /** The writer is done with a record's IN data (or it had none): its memory and the record go back. */
+  release(s: Session, r: RedirUrb): void {
+    if (r.length > 0) this.memory.release({ offset: r.offset as GuestOffset, length: r.length });
+    r.length = 0;
+    s.recycle(r);
+    if (!s.closed) this.progress(s);
   }
 
   private cancel(s: Session, key: number | string): void {
@@ -1094,7 +938,7 @@ export class UsbredirServer extends EventEmitter {
   }
 
   /** The device went away under a URB: tell the guest once; the engine reports the port as failed. */
-  private deviceLost(s: Session, c: UrbCompletion): void {
+  deviceLost(s: Session, c: UrbCompletion): void {
     if (!s.announced || this.hcd.portStatus(PORT).connected) return;
     this.log.error(`${s.peer}: ${this.name} is gone (${c.detail ?? c.status})`, s.fields());
     this.disconnectGuest(s);
@@ -1127,7 +971,7 @@ export class UsbredirServer extends EventEmitter {
     }
   }
 
-  // ---------------------------------------------------------------- interrupt and iso streams
+  // ---------------------------------------------------------------- interrupt and iso streams (streams.ts)
 
   private startInterrupt(s: Session, id: Id, endpoint: number): void {
     const n = s.negotiated!;
@@ -1143,258 +987,47 @@ export class UsbredirServer extends EventEmitter {
       }
       return;
     }
-    let stream = s.interrupt.get(endpoint);
-    if (stream === undefined || !stream.running) {
-      stream = {
-        endpoint,
-        maxPacketSize: ep.maxPacketSize,
-        running: true,
-        urbs: [],
-        nextId: stream?.nextId ?? 0,
-      };
-      s.interrupt.set(endpoint, stream);
-      for (let i = 0; i < INTERRUPT_URBS; i++) this.pollInterrupt(s, stream, ep.interval);
-    }
+    startInterrupt(this, s, endpoint, ep.maxPacketSize, ep.interval);
     s.send(encodeStatusPair(n, RedirType.INTERRUPT_RECEIVING_STATUS, id, RedirStatus.SUCCESS, endpoint));
   }
 
-  private pollInterrupt(s: Session, stream: InterruptStream, interval: number): void {
-    const length = stream.maxPacketSize;
-    const range = this.memory.tryAllocate(length, 64);
-    if (range === null || s.urbs >= this.maxUrbs) {
-      if (range !== null) this.memory.release(range);
-      setTimeout(() => {
-        if (stream.running && !s.closed) this.pollInterrupt(s, stream, interval);
-      }, 10).unref();
-      return;
-    }
-    s.urbs++;
-    const urb: Urb = {
-      type: "interrupt",
-      port: PORT,
-      device: ADDRESS,
-      endpoint: (stream.endpoint & 0x0f) as EndpointNum,
-      directionIn: true,
-      buffer: [range],
-      interval: Math.max(1, interval),
-    };
-    stream.urbs.push(urb);
-    this.hcd.submitWithCallback(urb, (c) => {
-      s.urbs--;
-      stream.urbs.splice(stream.urbs.indexOf(urb), 1);
-      const actual = Math.min(c.actualLength, length);
-      if (stream.running && !s.closed) {
-        const n = s.negotiated!;
-        if (c.status === OK) {
-          const pkt = encodeSmallDataPacket(
-            n,
-            RedirType.INTERRUPT_PACKET,
-            { low: stream.nextId++ >>> 0, high: 0 },
-            stream.endpoint,
-            RedirStatus.SUCCESS,
-            actual,
-            actual,
-          );
-          dataOf(n, pkt, 4).set(this.memoryBytes.subarray(range.offset, range.offset + actual));
-          s.send(pkt);
-        } else {
-          // A stall or a lost device stops receiving; the guest's next poll gets the error.
-          stream.running = false;
-          s.send(
-            encodeStatusPair(
-              n,
-              RedirType.INTERRUPT_RECEIVING_STATUS,
-              ID_ZERO,
-              redirStatusOf(c.status),
-              stream.endpoint,
-            ),
-          );
-          if (c.status === ENODEV || c.status === ESHUTDOWN) this.deviceLost(s, c);
-        }
-      }
-      this.memory.release(range);
-      if (stream.running && !s.closed) this.pollInterrupt(s, stream, interval);
-      this.settled(s);
-    });
-  }
-
-  private stopInterrupt(s: Session, endpoint: number): void {
-    const stream = s.interrupt.get(endpoint);
-    if (stream === undefined) return;
-    stream.running = false;
-    for (const urb of stream.urbs) void this.hcd.unlink(urb);
-  }
-
   private startIso(s: Session, id: Id, endpoint: number, pktsPerUrb: number, noUrbs: number): void {
-    const n = s.negotiated!;
     const ep = this.model.endpoint(endpoint);
-    const answer = (status: RedirStatus) =>
-      s.send(encodeStatusPair(n, RedirType.ISO_STREAM_STATUS, id, status, endpoint));
-    if (
-      !s.announced ||
-      ep === undefined ||
-      ep.type !== RedirEpType.ISO ||
-      pktsPerUrb < 1 ||
-      pktsPerUrb > MAX_ISO_PKTS_PER_URB ||
-      noUrbs < 1 ||
-      noUrbs > MAX_ISO_URBS
-    ) {
+    const ok =
+      s.announced &&
+      ep !== undefined &&
+      ep.type === RedirEpType.ISO &&
+      pktsPerUrb >= 1 &&
+      pktsPerUrb <= MAX_ISO_PKTS_PER_URB &&
+      noUrbs >= 1 &&
+      noUrbs <= MAX_ISO_URBS;
+    if (!ok) {
       this.log.warn(
         `${s.peer}: start_iso_stream on ${hex(endpoint)} (${pktsPerUrb} packets × ${noUrbs} URBs) refused`,
         s.fields(),
       );
-      answer(RedirStatus.INVAL);
-      return;
+    } else {
+      startIso(this, s, endpoint, pktsPerUrb, noUrbs, ep.maxPacketSize, ep.interval);
     }
-    this.stopIso(s, endpoint);
-    const stream: IsoStream = {
-      endpoint,
-      directionIn: (endpoint & 0x80) !== 0,
-      pktsPerUrb,
-      noUrbs,
-      maxPacketSize: ep.maxPacketSize,
-      interval: Math.max(1, ep.interval),
-      running: true,
-      urbs: [],
-      nextId: 0,
-      out: [],
-      dropped: 0,
-    };
-    s.iso.set(endpoint, stream);
-    if (stream.directionIn) for (let i = 0; i < noUrbs; i++) this.submitIso(s, stream, null);
-    answer(RedirStatus.SUCCESS);
-  }
-
-  /** One iso URB: IN of pktsPerUrb packets, or OUT of the gathered `packets`. */
-  private submitIso(s: Session, stream: IsoStream, packets: Uint8Array[] | null): void {
-    const sizes =
-      packets?.map((p) => p.length) ?? new Array<number>(stream.pktsPerUrb).fill(stream.maxPacketSize);
-    const total = sizes.reduce((a, b) => a + b, 0);
-    const frames = isoDescriptorFrames(sizes.length);
-    const range = total > 0 ? this.memory.tryAllocate(total, 64) : null;
-    if (
-      (total > 0 && range === null) ||
-      s.urbs >= this.maxUrbs ||
-      s.isoFrames + frames > SCRATCH_FRAMES / 2
-    ) {
-      if (range !== null) this.memory.release(range);
-      stream.dropped += sizes.length;
-      return;
-    }
-    const spec: IsoPacketSpec[] = [];
-    let at = 0;
-    for (const size of sizes) {
-      spec.push({ offset: at, length: size });
-      at += size;
-    }
-    if (packets !== null && range !== null) {
-      let o: number = range.offset;
-      for (const p of packets) {
-        this.memoryBytes.set(p, o);
-        o += p.length;
-      }
-    }
-    s.urbs++;
-    s.isoFrames += frames;
-    const urb: Urb = {
-      type: "isochronous",
-      port: PORT,
-      device: ADDRESS,
-      endpoint: (stream.endpoint & 0x0f) as EndpointNum,
-      directionIn: stream.directionIn,
-      buffer: range === null ? [] : [range],
-      interval: stream.interval,
-      iso: { asap: true, packets: spec },
-    };
-    stream.urbs.push(urb);
-    this.hcd.submitWithCallback(urb, (c) => {
-      s.urbs--;
-      s.isoFrames -= frames;
-      stream.urbs.splice(stream.urbs.indexOf(urb), 1);
-      if (stream.running && !s.closed) {
-        const n = s.negotiated!;
-        // A stall, a lost device, or a failure with no per-packet results ends the stream.
-        const fatal = c.status === EPIPE || c.status === ENODEV || c.status === ESHUTDOWN;
-        if (fatal || (c.status !== OK && c.isoPackets === undefined)) {
-          stream.running = false;
-          s.send(
-            encodeStatusPair(
-              n,
-              RedirType.ISO_STREAM_STATUS,
-              ID_ZERO,
-              redirStatusOf(c.status),
-              stream.endpoint,
-            ),
-          );
-          if (c.status === ENODEV || c.status === ESHUTDOWN) this.deviceLost(s, c);
-        } else if (stream.directionIn && range !== null) {
-          for (let i = 0; i < spec.length; i++) {
-            const result = c.isoPackets?.[i];
-            const got = Math.min(result?.actualLength ?? 0, spec[i]!.length);
-            const pkt = encodeSmallDataPacket(
-              n,
-              RedirType.ISO_PACKET,
-              { low: stream.nextId++ >>> 0, high: 0 },
-              stream.endpoint,
-              redirStatusOf(result?.status ?? c.status),
-              got,
-              got,
-            );
-            const from = range.offset + spec[i]!.offset;
-            dataOf(n, pkt, 4).set(this.memoryBytes.subarray(from, from + got));
-            s.send(pkt);
-          }
-        }
-      }
-      if (range !== null) this.memory.release(range);
-      if (stream.running && !s.closed && stream.directionIn) this.submitIso(s, stream, null);
-      else if (stream.running && !s.closed) this.flushIsoOut(s, stream);
-      this.settled(s);
-    });
-  }
-
-  private isoOut(s: Session, p: RedirPacket, data: Uint8Array): void {
-    const stream = s.iso.get(p.endpoint);
-    if (stream === undefined || !stream.running || stream.directionIn) return; // QEMU expects no reply
-    if (data.length > stream.maxPacketSize) {
-      stream.dropped++;
-      return;
-    }
-    stream.out.push(data.slice());
-    if (stream.out.length > stream.pktsPerUrb * (stream.noUrbs + ISO_OUT_BACKLOG_URBS)) {
-      stream.out.shift();
-      stream.dropped++;
-    }
-    this.flushIsoOut(s, stream);
-  }
-
-  private flushIsoOut(s: Session, stream: IsoStream): void {
-    while (stream.urbs.length < stream.noUrbs && stream.out.length >= stream.pktsPerUrb) {
-      this.submitIso(s, stream, stream.out.splice(0, stream.pktsPerUrb));
-    }
+    const status = ok ? RedirStatus.SUCCESS : RedirStatus.INVAL;
+    s.send(encodeStatusPair(s.negotiated!, RedirType.ISO_STREAM_STATUS, id, status, endpoint));
   }
 
   private stopIso(s: Session, endpoint: number): void {
-    const stream = s.iso.get(endpoint);
-    if (stream === undefined) return;
-    stream.running = false;
-    stream.out = [];
-    if (stream.dropped > 0) {
-      this.log.warn(`${s.peer}: iso stream ${hex(endpoint)} dropped ${stream.dropped} packets`, s.fields());
-    }
-    for (const urb of stream.urbs) void this.hcd.unlink(urb);
-    s.iso.delete(endpoint);
+    const dropped = stopIso(this, s, endpoint);
+    if (dropped > 0)
+      this.log.warn(`${s.peer}: iso stream ${hex(endpoint)} dropped ${dropped} packets`, s.fields());
   }
 
   private stopStreams(s: Session): void {
-    for (const ep of [...s.interrupt.keys()]) this.stopInterrupt(s, ep);
+    for (const ep of [...s.interrupt.keys()]) stopInterrupt(this, s, ep);
     for (const ep of [...s.iso.keys()]) this.stopIso(s, ep);
   }
 
   // ---------------------------------------------------------------- flow control and ends
 
   /** A URB of `s` came back: resume a blocked reader, or finish draining a closed connection. */
-  private settled(s: Session): void {
+  settled(s: Session): void {
     if (s.closed) {
       if (s.urbs === 0) s.onDrained?.();
       return;
@@ -1412,9 +1045,10 @@ export class UsbredirServer extends EventEmitter {
     this.updateFlow(s);
   }
 
-  private written(s: Session): void {
+  /** A flush of `s`'s frames reached the kernel. */
+  written(s: Session): void {
     if (s.closed) return;
-    if (s.socket.writableLength <= this.maxSendQueue && s.stallTimer !== null) {
+    if (s.unsent <= this.maxSendQueue && s.stallTimer !== null) {
       clearTimeout(s.stallTimer);
       s.stallTimer = null;
     }
@@ -1430,14 +1064,11 @@ export class UsbredirServer extends EventEmitter {
       if (pause) s.socket.pause();
       else s.socket.resume();
     }
-    if (s.stallTimer === null && s.socket.writableLength > this.maxSendQueue) {
+    if (s.stallTimer === null && s.unsent > this.maxSendQueue) {
       s.stallTimer = setTimeout(() => {
         s.stallTimer = null;
-        if (!s.closed && s.socket.writableLength > this.maxSendQueue) {
-          this.drop(
-            s,
-            `peer stopped reading: ${s.socket.writableLength} bytes unsent for ${this.stalledMs} ms`,
-          );
+        if (!s.closed && s.unsent > this.maxSendQueue) {
+          this.drop(s, `peer stopped reading: ${s.unsent} bytes unsent for ${this.stalledMs} ms`);
         }
       }, this.stalledMs);
     }
@@ -1451,11 +1082,9 @@ export class UsbredirServer extends EventEmitter {
   /** The connection is over: cancel its URBs; the device is free for the next one once they are back. */
   private end(s: Session, reason: string, level: "info" | "warn" | "error"): void {
     if (s.closed) return;
-    s.closed = true;
     for (const t of [s.helloTimer, s.stallTimer, s.blockTimer]) if (t !== null) clearTimeout(t);
-    s.reader.stop();
-    s.socket.destroy();
     this.stopStreams(s);
+    s.close();
     const inFlight = s.urbs;
     this.log[level](
       `${s.peer}: ${reason}${s.announced ? `; ${this.name} released, ${inFlight} URBs in flight cancelled` : ""}`,

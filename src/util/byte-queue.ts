@@ -53,6 +53,19 @@ export class ByteQueue {
     }
   }
 
+  /** Copy the first `target.length` bytes (≤ length) into `target` without consuming them. */
+  peekInto(target: Uint8Array): void {
+    let filled = 0;
+    let offset = this.head;
+    for (let i = this.first; filled < target.length; i++) {
+      const c = this.chunks[i]!;
+      const take = Math.min(c.length - offset, target.length - filled);
+      target.set(c.subarray(offset, offset + take), filled);
+      filled += take;
+      offset = 0;
+    }
+  }
+
   /** Remove the first `target.length` bytes (≤ length) by copying them into `target`: no temporary copy. */
   takeInto(target: Uint8Array): void {
     let filled = 0;

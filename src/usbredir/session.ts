@@ -1,0 +1,334 @@
+/**
+ * One usbredir connection's state: its reader (the parse gate), its writer (one writev per turn, IN data
+ * from guest memory), the data packets it has in the engine, its interrupt and iso streams, its bounds'
+ * timers. The records of data packets are pooled and reuse their engine URB objects, so a steady stream
+ * of transfers allocates no record and no URB per packet.
+ */
+import type { Socket } from "node:net";
+import type { GuestOffset } from "../dma-map/types.js";
+import type {
+  BufferSegment,
+  BulkTransfer,
+  ControlTransfer,
+  InterruptTransfer,
+  Urb,
+  UrbCallback,
+  UrbCompletion,
+} from "../frontend/index.js";
+import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
+import type { LogFields } from "../usbip/log.js";
+import { type Frame, type FrameCodec, type FrameHolder, FrameWriter } from "../util/frame-writer.js";
+import { hasCap, type Negotiated, RedirCap, type RedirPacket, RedirType } from "./protocol.js";
+import { type Admission, RedirReader, type RedirReaderSink } from "./reader.js";
+import type { InterruptStream, IsoStream } from "./streams.js";
+
+/** What a session needs of its server. */
+export interface SessionOwner {
+  admit(s: Session, p: RedirPacket): Admission;
+  deliver(s: Session, p: RedirPacket, typeHeader: Uint8Array, data: Uint8Array): void;
+  drop(s: Session, reason: string): void;
+  /** An engine URB of one of the session's data packets completed. */
+  complete(s: Session, r: RedirUrb, c: UrbCompletion): void;
+  /** The writer is done with a record's IN data (or never needed it): its memory can go. */
+  release(s: Session, r: RedirUrb): void;
+  /** A flush of the session's frames reached the kernel. */
+  written(s: Session): void;
+}
+
+/** A packet on its way out: a header written by the codec (data packets), or a whole pre-encoded packet. */
+export interface RedirFrame extends Frame {
+  /** `tail` is a whole packet (device info, statuses): no header to write. */
+  raw: boolean;
+  type: number;
+  idLow: number;
+  idHigh: number;
+  endpoint: number;
+  status: number;
+  /** The header's length field (actual bytes). */
+  length: number;
+  request: number;
+  requestType: number;
+  value: number;
+  index: number;
+}
+
+/** The data packets' headers under one connection's negotiated capabilities. */
+function redirCodec(n: Negotiated): FrameCodec<RedirFrame> {
+  const hs = n.headerSize;
+  const bulk = hasCap(n.caps, RedirCap.BULK_LENGTH_32BIT) ? 10 : 8;
+  const typeHeader = (type: number) =>
+    type === RedirType.CONTROL_PACKET ? 10 : type === RedirType.BULK_PACKET ? bulk : 4;
+  return {
+    create: () => ({
+      raw: false,
+      type: 0,
+      idLow: 0,
+      idHigh: 0,
+      endpoint: 0,
+      status: 0,
+      length: 0,
+      request: 0,
+      requestType: 0,
+      value: 0,
+      index: 0,
+      dataOffset: 0,
+      dataLength: 0,
+      tail: null,
+      holder: null,
+    }),
+    headerSize: (f) => (f.raw ? 0 : hs + typeHeader(f.type)),
+    writeHeader(out, at, f) {
+      if (f.raw) return;
+      const th = typeHeader(f.type);
+      out.writeUInt32LE(f.type, at);
+      out.writeUInt32LE(th + f.dataLength, at + 4);
+      out.writeUInt32LE(f.idLow >>> 0, at + 8);
+      if (hs === 16) out.writeUInt32LE(f.idHigh >>> 0, at + 12);
+      const h = at + hs;
+      out[h] = f.endpoint;
+      if (f.type === RedirType.CONTROL_PACKET) {
+        out[h + 1] = f.request;
+        out[h + 2] = f.requestType;
+        out[h + 3] = f.status;
+        out.writeUInt16LE(f.value, h + 4);
+        out.writeUInt16LE(f.index, h + 6);
+        out.writeUInt16LE(f.length, h + 8);
+      } else {
+        out[h + 1] = f.status;
+        out.writeUInt16LE(f.length & 0xffff, h + 2);
+        if (f.type === RedirType.BULK_PACKET) {
+          out.writeUInt32LE(0, h + 4); // stream id
+          if (th === 10) out.writeUInt16LE(f.length >>> 16, h + 8);
+        }
+      }
+    },
+  };
+}
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
+const NO_SEGMENTS: readonly BufferSegment[] = Object.freeze([]);
+
+/**
+ * A data packet from the guest (control, bulk, interrupt OUT), from admission until its reply is
+ * written. Pooled per session; its engine URB objects are reused.
+ */
+export class RedirUrb implements FrameHolder {
+  type = 0;
+  idLow = 0;
+  idHigh = 0;
+  key: number | string = 0;
+  endpoint = 0;
+  directionIn = false;
+  /** Its buffer in guest memory (length 0: none). */
+  offset = 0;
+  length = 0;
+  /** Control fields, echoed in the reply. */
+  request = 0;
+  requestType = 0;
+  value = 0;
+  index = 0;
+  /** Answered here without the engine (a usbredir status), or null. */
+  verdict: number | null = null;
+  /** In the engine now. */
+  urb: Urb | null = null;
+  cancelled = false;
+  readonly done: UrbCallback;
+  private readonly segment = { offset: 0 as GuestOffset, length: 0 };
+  private readonly segments: readonly BufferSegment[] = [this.segment];
+  private control: Mutable<ControlTransfer> | null = null;
+  private bulk: Mutable<BulkTransfer> | null = null;
+  private interrupt: Mutable<InterruptTransfer> | null = null;
+
+  constructor(readonly session: Session) {
+    this.done = (c) => session.owner.complete(session, this, c);
+  }
+
+  released(): void {
+    this.session.owner.release(this.session, this);
+  }
+
+  /** The engine URB for this packet, reusing this record's object of its type. */
+  engineUrb(port: PortNum, device: DevAddr, interval: number): Urb {
+    this.segment.offset = this.offset as GuestOffset;
+    this.segment.length = this.length;
+    let u: Mutable<ControlTransfer | BulkTransfer | InterruptTransfer>;
+    if (this.type === RedirType.CONTROL_PACKET) {
+      this.control ??= { type: "control", ...base(port, device), setup: emptySetup() };
+      const setup = this.control.setup as Mutable<SetupPacket>;
+      setup.bmRequestType = this.requestType;
+      setup.bRequest = this.request;
+      setup.wValue = this.value;
+      setup.wIndex = this.index;
+      setup.wLength = this.length;
+      u = this.control;
+    } else if (this.type === RedirType.BULK_PACKET) {
+      this.bulk ??= { type: "bulk", ...base(port, device) };
+      u = this.bulk;
+    } else {
+      this.interrupt ??= { type: "interrupt", ...base(port, device), interval: 1 };
+      this.interrupt.interval = interval;
+      u = this.interrupt;
+    }
+    u.device = device;
+    u.endpoint = (this.endpoint & 0x0f) as EndpointNum;
+    u.directionIn = this.directionIn;
+    u.buffer = this.length > 0 ? this.segments : NO_SEGMENTS;
+    return u;
+  }
+}
+
+function base(port: PortNum, device: DevAddr) {
+  return {
+    port,
+    device,
+    endpoint: 0 as EndpointNum,
+    directionIn: false,
+    buffer: NO_SEGMENTS,
+  };
+}
+
+function emptySetup(): SetupPacket {
+  return { bmRequestType: 0, bRequest: 0, wValue: 0, wIndex: 0, wLength: 0 };
+}
+
+export class Session implements RedirReaderSink {
+  readonly reader: RedirReader;
+  negotiated: Negotiated | null = null;
+  /** Set with `negotiated` (the header width is known from then on). */
+  writer: FrameWriter<RedirFrame> | null = null;
+  peerVersion = "";
+  closed = false;
+  /** device_connect sent and not since disconnected. */
+  announced = false;
+  /** device_disconnect sent and its ack (the peer has the cap) not yet in: announce again only after it. */
+  awaitingAck = false;
+  /** Device-state requests (set/get configuration and alt, reset) run one after another. */
+  chain: Promise<void> = Promise.resolve();
+  /** Data packets with a reply due, by id. */
+  readonly inflight = new Map<number | string, RedirUrb>();
+  readonly interrupt = new Map<number, InterruptStream>();
+  readonly iso = new Map<number, IsoStream>();
+  /** The transfer admit() accepted whose data is arriving; deliver() starts it. */
+  current: RedirUrb | null = null;
+  /** URBs of this connection in the engine, and scratch frames their iso descriptors hold. */
+  urbs = 0;
+  isoFrames = 0;
+  helloTimer: NodeJS.Timeout | null = null;
+  stallTimer: NodeJS.Timeout | null = null;
+  blockTimer: NodeJS.Timeout | null = null;
+  /** Set when a blocked packet waited too long: admit it with an inval answer. */
+  forced = false;
+  paused = false;
+  onDrained: (() => void) | null = null;
+  /** Packets received (stats). */
+  packets = 0;
+  private readonly free: RedirUrb[] = [];
+
+  constructor(
+    readonly owner: SessionOwner,
+    readonly socket: Socket,
+    readonly peer: string,
+    private readonly memory: SharedArrayBuffer,
+  ) {
+    this.reader = new RedirReader("guest", this);
+  }
+
+  fields(): LogFields {
+    return { client: this.peer };
+  }
+
+  /** Both hellos are in: the writer frames data packets with the negotiated header from now on. */
+  negotiate(n: Negotiated): void {
+    this.negotiated = n;
+    this.reader.setNegotiated(n);
+    this.writer = new FrameWriter(this.socket, this.memory, redirCodec(n), () => this.owner.written(this));
+  }
+
+  /** Bytes queued for the peer and not yet taken by the kernel. */
+  get unsent(): number {
+    return (this.writer?.unsent ?? 0) + this.socket.writableLength;
+  }
+
+  admit(p: RedirPacket, _typeHeader: Uint8Array): Admission {
+    return this.owner.admit(this, p);
+  }
+  deliver(p: RedirPacket, typeHeader: Uint8Array, data: Uint8Array): void {
+    this.owner.deliver(this, p, typeHeader, data);
+  }
+  malformed(reason: string): void {
+    this.owner.drop(this, reason);
+  }
+
+  /** Queue a whole pre-encoded packet, in order with the data packets' replies. */
+  send(pkt: Uint8Array): void {
+    if (this.closed) return;
+    if (this.writer === null) {
+      this.socket.write(pkt); // our hello, before the peer's
+      return;
+    }
+    const f = this.writer.frame();
+    if (f === null) return;
+    f.raw = true;
+    f.tail = pkt;
+  }
+
+  /**
+   * Queue a data packet's header, with `dataLength` bytes of IN data at `dataOffset` in guest memory;
+   * `holder` is released once they are written. Null fields a packet type lacks stay 0.
+   */
+  sendData(
+    type: number,
+    idLow: number,
+    idHigh: number,
+    endpoint: number,
+    status: number,
+    length: number,
+    dataOffset: number,
+    dataLength: number,
+    holder: FrameHolder | null,
+    control: RedirUrb | null = null,
+  ): void {
+    const w = this.writer;
+    const f = this.closed || w === null ? null : w.frame();
+    if (f === null) {
+      holder?.released();
+      return;
+    }
+    f.raw = false;
+    f.type = type;
+    f.idLow = idLow;
+    f.idHigh = idHigh;
+    f.endpoint = endpoint;
+    f.status = status;
+    f.length = length;
+    if (control !== null) {
+      f.request = control.request;
+      f.requestType = control.requestType;
+      f.value = control.value;
+      f.index = control.index;
+    }
+    w!.setData(f, dataOffset, dataLength, null, holder);
+  }
+
+  record(): RedirUrb {
+    const r = this.free.pop() ?? new RedirUrb(this);
+    r.verdict = null;
+    r.urb = null;
+    r.cancelled = false;
+    r.offset = 0;
+    r.length = 0;
+    return r;
+  }
+
+  recycle(r: RedirUrb): void {
+    this.free.push(r);
+  }
+
+  /** Stop reading and writing; the writer releases what it still holds. */
+  close(): void {
+    this.closed = true;
+    this.reader.stop();
+    if (this.writer !== null) this.writer.close();
+    else this.socket.destroy();
+  }
+}
