@@ -46,7 +46,7 @@ import {
   createServer,
   type OnReadOpts,
   type Server,
-  Socket,
+  type Socket,
   type SocketConstructorOpts,
 } from "node:net";
 import { PortStartError } from "../backend/port-link.js";
@@ -79,6 +79,7 @@ import { ECONNRESET, EINVAL, ENOMEM, OK, type UrbStatus } from "../urb/status.js
 import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { allowedBy, buildAllowList } from "../util/ip-prefix.js";
+import { adoptWithReadBuffer } from "../util/read-into.js";
 import { type LogFields, stderrLogger, type UsbipLogger } from "./log.js";
 import {
   ByteQueue,
@@ -1316,21 +1317,4 @@ async function describeDevice(
     failed: null,
     gone: false,
   };
-}
-
-/**
- * Re-own an accepted connection with Node's `onread` option, so reads land in memory the server chooses
- * (its staging buffer, or a submit's guest buffer) instead of a fresh Buffer per read: the garbage a
- * fast stream would otherwise make is what a busy server's event loop pays for most. net.Server has no
- * such option, so the accepted socket's handle is given to a new Socket (as net does for every
- * connection it accepts); where the handle is not reachable, null: the caller keeps 'data' events.
- */
-function adoptWithReadBuffer(raw: Socket, onread: OnReadOpts): Socket | null {
-  const handle = (raw as unknown as { _handle?: object | null })._handle;
-  if (handle === undefined || handle === null) return null;
-  try {
-    return new Socket({ handle, onread } as SocketConstructorOpts);
-  } catch {
-    return null;
-  }
 }

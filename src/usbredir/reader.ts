@@ -66,6 +66,8 @@ export class RedirReader {
   private negotiated: Negotiated = HELLO_NEGOTIATED;
   private helloSeen = false;
   private target: Uint8Array = EMPTY;
+  /** The target is the sink's (guest memory), not the reader's own buffer. */
+  private targetAdmitted = false;
   private filled = 0;
   private blocked = false;
   /** Re-entrancy guard: deliver() may call resume() or push() (through the sink). */
@@ -101,6 +103,26 @@ export class RedirReader {
     if (!this.blocked || this.state === State.STOPPED) return;
     this.blocked = false;
     this.pump();
+  }
+
+  /**
+   * The rest of the current packet's data when it goes to the sink's view and nothing is buffered ahead
+   * of it: the socket may read straight into it (then `receivedDirect`). Null otherwise.
+   */
+  get directTarget(): Uint8Array | null {
+    if (this.state !== State.DATA || !this.targetAdmitted || this.queue.length > 0) return null;
+    return this.target.subarray(this.filled);
+  }
+
+  /** `n` bytes were read straight into `directTarget`. */
+  receivedDirect(n: number): void {
+    this.filled += n;
+    this.pump();
+  }
+
+  /** The chunks pushed last alias a buffer that will be read into again: keep a copy of what is unread. */
+  ownBuffered(): void {
+    this.queue.detach();
   }
 
   /** Stop for good (connection over); buffered bytes are dropped. */
@@ -167,6 +189,7 @@ export class RedirReader {
     this.queue.skip(hs + th);
     if (p.type === RedirType.HELLO) this.helloSeen = true;
     this.target = admitted ?? (p.dataLength > 0 ? new Uint8Array(p.dataLength) : EMPTY);
+    this.targetAdmitted = admitted !== null;
     this.filled = 0;
     this.state = State.DATA;
     return true;

@@ -26,7 +26,14 @@
  * its share of the engine (`blockedRequestMs`, then the packet is answered `inval`).
  */
 import { EventEmitter } from "node:events";
-import { type BlockList, createServer, connect as netConnect, type Server, type Socket } from "node:net";
+import {
+  type BlockList,
+  createServer,
+  connect as netConnect,
+  type OnReadOpts,
+  type Server,
+  type Socket,
+} from "node:net";
 import { PortStartError } from "../backend/port-link.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
@@ -54,6 +61,7 @@ import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
 import { stderrLogger, type UsbipLogger } from "../usbip/log.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { allowedBy, buildAllowList } from "../util/ip-prefix.js";
+import { adoptWithReadBuffer } from "../util/read-into.js";
 import { RedirDeviceModel, redirSpeedOf } from "./device-model.js";
 import {
   type Caps,
@@ -375,7 +383,13 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
   // ---------------------------------------------------------------- connections
 
   private async listen(): Promise<void> {
-    const server = createServer({ noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
+    // Paused: open() hands each connection to a socket that reads where the session says (onread).
+    const server = createServer({
+      noDelay: true,
+      keepAlive: true,
+      keepAliveInitialDelay: 30_000,
+      pauseOnConnect: true,
+    });
     this.listener = server;
     server.on("connection", (socket) => {
       const peer = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
@@ -395,7 +409,9 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
         socket.destroy();
         return;
       }
-      this.open(socket, peer);
+      const reads = new ReadTarget(this);
+      const adopted = adoptWithReadBuffer(socket, reads.options);
+      this.open(adopted ?? socket, peer, adopted === null ? null : reads);
     });
     const o = this.options;
     await new Promise<void>((resolve, reject) => {
@@ -415,12 +431,20 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     if (this.closing !== null) return;
     const { host, port } = this.options.connect!;
     const peer = `${host}:${port}`;
-    const socket = netConnect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
+    const reads = new ReadTarget(this);
+    const socket = netConnect({
+      host,
+      port,
+      noDelay: true,
+      keepAlive: true,
+      keepAliveInitialDelay: 30_000,
+      onread: reads.options,
+    });
     let opened = false;
     socket.once("connect", () => {
       opened = true;
       this.log.info(`connected to ${peer}`, { client: peer });
-      this.open(socket, peer);
+      this.open(socket, peer, reads);
     });
     socket.once("error", (err) => {
       if (opened) return;
@@ -442,17 +466,15 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     }, delay);
   }
 
-  private open(socket: Socket, peer: string): void {
+  /** A new connection; `reads` when its socket reads through onread (else 'data' events). */
+  private open(socket: Socket, peer: string, reads: ReadTarget | null): void {
     const s = new Session(this, socket, peer, this.shared);
     this.session = s;
     this.sessions.add(s);
     this.counters.connections++;
     socket.setNoDelay(true);
-    socket.on("data", (chunk: Buffer) => {
-      if (s.closed) return;
-      this.hcd.batch(() => s.reader.push(chunk));
-      this.updateFlow(s);
-    });
+    if (reads !== null) reads.session = s;
+    else socket.on("data", (chunk: Buffer) => this.received(s, chunk, false));
     socket.on("error", (err) => {
       if (!s.closed) this.log.warn(`${peer}: socket error: ${err.message}`, s.fields());
     });
@@ -461,6 +483,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       this.end(s, `peer closed the connection${partial}`, partial === "" ? "info" : "warn");
     });
     s.send(encodeHello(this.version, HOST_CAPS));
+    socket.resume();
     if (this.helloMs > 0) {
       s.helloTimer = setTimeout(() => {
         s.helloTimer = null;
@@ -470,6 +493,23 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
   }
 
   // ---------------------------------------------------------------- packets in
+
+  /** Bytes from the socket; `reused` when `chunk` is the staging buffer, read into again next time. */
+  received(s: Session, chunk: Uint8Array, reused: boolean): void {
+    if (s.closed) return;
+    this.hcd.batch(() => {
+      s.reader.push(chunk);
+      if (reused) s.reader.ownBuffered();
+    });
+    this.updateFlow(s);
+  }
+
+  /** Bytes read straight into the guest buffer of the OUT data that was due. */
+  receivedDirect(s: Session, n: number): void {
+    if (s.closed) return;
+    this.hcd.batch(() => s.reader.receivedDirect(n));
+    this.updateFlow(s);
+  }
 
   /** The reader has a sound packet header: decide where its data goes, or stop reading here. */
   admit(s: Session, p: RedirPacket): Admission {
@@ -1123,5 +1163,32 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
   /** The engine's device commands (e.g. the keyboard's pressKeys), for tests and embedders. */
   deviceCommand(method: string, ...args: unknown[]): Promise<unknown> {
     return this.connection.deviceCommand(PORT, method, ...args);
+  }
+}
+
+/** Each connection's staging buffer; OUT data of at least DIRECT_READ_MIN bytes is read into guest memory instead. */
+const READ_BUFFER_BYTES = 128 * 1024;
+const DIRECT_READ_MIN = 16 * 1024;
+
+/** Where a connection's next read lands: the rest of the OUT data that is due, in guest memory, or staging. */
+class ReadTarget {
+  session: Session | null = null;
+  private readonly staging = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+  readonly options: OnReadOpts;
+
+  constructor(server: UsbredirServer) {
+    this.options = {
+      buffer: () => {
+        const direct = this.session?.reader.directTarget ?? null;
+        return direct !== null && direct.length >= DIRECT_READ_MIN ? direct : this.staging;
+      },
+      callback: (n, buf) => {
+        const s = this.session;
+        if (s === null || s.closed) return false;
+        if (buf === this.staging) server.received(s, this.staging.subarray(0, n), true);
+        else server.receivedDirect(s, n);
+        return true;
+      },
+    };
   }
 }

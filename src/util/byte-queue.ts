@@ -101,6 +101,16 @@ export class ByteQueue {
     this.compact();
   }
 
+  /** Copy what is unread into one chunk of its own (the chunks alias a buffer that is about to be reused). */
+  detach(): void {
+    if (this.total === 0) return;
+    const rest = new Uint8Array(this.total);
+    this.peekInto(rest);
+    this.chunks = [rest];
+    this.first = 0;
+    this.head = 0;
+  }
+
   clear(): void {
     this.chunks = [];
     this.first = 0;
