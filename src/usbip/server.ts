@@ -41,14 +41,7 @@
  * the device refuses) gets a RET_SUBMIT with an error status.
  */
 import { EventEmitter } from "node:events";
-import {
-  type BlockList,
-  createServer,
-  type OnReadOpts,
-  type Server,
-  type Socket,
-  type SocketConstructorOpts,
-} from "node:net";
+import { type BlockList, createServer, type Server, type Socket } from "node:net";
 import { PortStartError } from "../backend/port-link.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
