@@ -555,7 +555,8 @@ export class UsbredirServer extends EventEmitter {
       if (!s.closed) this.log.warn(`${peer}: socket error: ${err.message}`, s.fields());
     });
     socket.on("close", () => {
-      const partial = s.reader.pending > 0 ? ` with ${s.reader.pending} bytes of an incomplete packet` : "";
+      const cut = s.reader.partialBytes;
+      const partial = cut > 0 ? ` with ${cut} bytes of an incomplete packet` : "";
       this.end(s, `peer closed the connection${partial}`, partial === "" ? "info" : "warn");
     });
     s.send(encodeHello(this.version, HOST_CAPS));
@@ -1340,6 +1341,8 @@ export class UsbredirServer extends EventEmitter {
       return;
     }
     this.progress(s);
+    // Interrupt and iso IN data is sent from here too: a peer that stops reading it must start the stall timer.
+    this.updateFlow(s);
   }
 
   private progress(s: Session): void {
@@ -1396,6 +1399,10 @@ export class UsbredirServer extends EventEmitter {
     s.reader.stop();
     s.socket.destroy();
     this.stopStreams(s);
+    // A transfer admitted whose data never all arrived holds a URB slot and guest memory, but no URB.
+    const cut = s.current;
+    s.current = null;
+    if (cut !== null && cut.urb === null && cut.verdict === null) this.abandon(s, cut);
     const inFlight = s.urbs;
     this.log[level](
       `${s.peer}: ${reason}${s.announced ? `; ${this.name} released, ${inFlight} URBs in flight cancelled` : ""}`,
@@ -1415,6 +1422,14 @@ export class UsbredirServer extends EventEmitter {
     if (inFlight === 0) s.onDrained!();
     else for (const r of s.inflight.values()) if (r.urb !== null) void this.hcd.unlink(r.urb);
     if (this.options.connect !== undefined) this.redial();
+  }
+
+  /** Give back what admitTransfer took for a packet that never started. */
+  private abandon(s: Session, r: Pending): void {
+    s.urbs--;
+    if (s.inflight.get(r.key) === r) s.inflight.delete(r.key);
+    if (r.length > 0) this.memory.release({ offset: r.offset as GuestOffset, length: r.length });
+    r.length = 0;
   }
 
   /** Stop listening or dialling, cancel the peer's URBs, release the device, stop the engine. */
