@@ -745,9 +745,12 @@ export class UsbredirServer extends EventEmitter {
         return;
       case RedirType.STOP_INTERRUPT_RECEIVING:
         this.stopInterrupt(s, p.endpoint);
-        s.send(
-          encodeStatusPair(n, RedirType.INTERRUPT_RECEIVING_STATUS, id, RedirStatus.SUCCESS, p.endpoint),
-        );
+        // As for start: QEMU's parser refuses an interrupt_receiving_status for an OUT endpoint.
+        if ((p.endpoint & 0x80) !== 0) {
+          s.send(
+            encodeStatusPair(n, RedirType.INTERRUPT_RECEIVING_STATUS, id, RedirStatus.SUCCESS, p.endpoint),
+          );
+        }
         return;
       case RedirType.START_ISO_STREAM:
         this.startIso(s, id, p.endpoint, p.pktsPerUrb, p.noUrbs);
