@@ -83,6 +83,12 @@ export class RedirReader {
     return this.queue.length;
   }
 
+  /** Bytes received of a packet not yet delivered: a partial header, or the headers and part of the data. */
+  get partialBytes(): number {
+    if (this.state !== State.DATA) return this.queue.length;
+    return this.negotiated.headerSize + this.typeHeaderLength + this.filled + this.queue.length;
+  }
+
   get isBlocked(): boolean {
     return this.blocked;
   }

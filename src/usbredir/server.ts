@@ -479,7 +479,8 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       if (!s.closed) this.log.warn(`${peer}: socket error: ${err.message}`, s.fields());
     });
     socket.on("close", () => {
-      const partial = s.reader.pending > 0 ? ` with ${s.reader.pending} bytes of an incomplete packet` : "";
+      const cut = s.reader.partialBytes;
+      const partial = cut > 0 ? ` with ${cut} bytes of an incomplete packet` : "";
       this.end(s, `peer closed the connection${partial}`, partial === "" ? "info" : "warn");
     });
     s.send(encodeHello(this.version, HOST_CAPS));
@@ -675,9 +676,12 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
         return;
       case RedirType.STOP_INTERRUPT_RECEIVING:
         stopInterrupt(this, s, p.endpoint);
-        s.send(
-          encodeStatusPair(n, RedirType.INTERRUPT_RECEIVING_STATUS, id, RedirStatus.SUCCESS, p.endpoint),
-        );
+        // As for start: QEMU's parser refuses an interrupt_receiving_status for an OUT endpoint.
+        if ((p.endpoint & 0x80) !== 0) {
+          s.send(
+            encodeStatusPair(n, RedirType.INTERRUPT_RECEIVING_STATUS, id, RedirStatus.SUCCESS, p.endpoint),
+          );
+        }
         return;
       case RedirType.START_ISO_STREAM:
         this.startIso(s, id, p.endpoint, p.pktsPerUrb, p.noUrbs);
@@ -1073,6 +1077,8 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       return;
     }
     this.progress(s);
+    // Interrupt and iso IN data is sent from here too: a peer that stops reading it must start the stall timer.
+    this.updateFlow(s);
   }
 
   private progress(s: Session): void {
@@ -1125,6 +1131,10 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     for (const t of [s.helloTimer, s.stallTimer, s.blockTimer]) if (t !== null) clearTimeout(t);
     this.stopStreams(s);
     s.close();
+    // A transfer admitted whose data never all arrived holds a URB slot and guest memory, but no URB.
+    const cut = s.current;
+    s.current = null;
+    if (cut !== null && cut.urb === null && cut.verdict === null) this.abandon(s, cut);
     const inFlight = s.urbs;
     this.log[level](
       `${s.peer}: ${reason}${s.announced ? `; ${this.name} released, ${inFlight} URBs in flight cancelled` : ""}`,
@@ -1144,6 +1154,13 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     if (inFlight === 0) s.onDrained!();
     else for (const r of s.inflight.values()) if (r.urb !== null) void this.hcd.unlink(r.urb);
     if (this.options.connect !== undefined) this.redial();
+  }
+
+  /** Give back what admitTransfer took for a packet that never started. */
+  private abandon(s: Session, r: RedirUrb): void {
+    s.urbs--;
+    if (s.inflight.get(r.key) === r) s.inflight.delete(r.key);
+    this.release(s, r);
   }
 
   /** Stop listening or dialling, cancel the peer's URBs, release the device, stop the engine. */
