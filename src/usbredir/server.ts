@@ -203,7 +203,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
   private readonly regionBytes: number;
   private readonly allow: BlockList | null;
   readonly maxUrbs: number;
-  private readonly maxSendQueue: number;
+  readonly maxSendQueue: number;
   private readonly stalledMs: number;
   private readonly helloMs: number;
   private readonly blockedMs: number;
@@ -1094,9 +1094,13 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
   /** A flush of `s`'s frames reached the kernel. */
   written(s: Session): void {
     if (s.closed) return;
-    if (s.unsent <= this.maxSendQueue && s.stallTimer !== null) {
-      clearTimeout(s.stallTimer);
+    if (s.unsent <= this.maxSendQueue) {
+      if (s.stallTimer !== null) clearTimeout(s.stallTimer);
       s.stallTimer = null;
+      // Streams that stopped for the peer to read go on (each parks again if the bound is passed again).
+      const parked = s.parked;
+      s.parked = [];
+      for (const resubmit of parked) resubmit();
     }
     this.progress(s);
   }

@@ -208,6 +208,8 @@ export class Session implements RedirReaderSink {
   readonly inflight = new Map<number | string, RedirUrb>();
   readonly interrupt = new Map<number, InterruptStream>();
   readonly iso = new Map<number, IsoStream>();
+  /** IN streams waiting for the peer to read what they sent (streams.ts whenReading). */
+  parked: (() => void)[] = [];
   /** The transfer admit() accepted whose data is arriving; deliver() starts it. */
   current: RedirUrb | null = null;
   /** URBs of this connection in the engine, and scratch frames their iso descriptors hold. */
@@ -246,7 +248,8 @@ export class Session implements RedirReaderSink {
 
   /** Bytes queued for the peer and not yet taken by the kernel. */
   get unsent(): number {
-    return (this.writer?.unsent ?? 0) + this.socket.writableLength;
+    // The writer counts what it handed to the socket until the kernel took it; before it exists, the socket.
+    return this.writer?.unsent ?? this.socket.writableLength;
   }
 
   admit(p: RedirPacket, _typeHeader: Uint8Array): Admission {

@@ -28,6 +28,8 @@ export interface StreamContext {
   readonly maxUrbs: number;
   /** Scratch frames one connection's iso descriptors may hold. */
   readonly isoScratchFrames: number;
+  /** Unsent bytes above which a stream stops resubmitting until the peer reads (s.parked). */
+  readonly maxSendQueue: number;
   redirStatusOf(status: number): RedirStatus;
   /** A URB completed with a lost-device status. */
   deviceLost(s: Session, c: UrbCompletion): void;
@@ -138,7 +140,7 @@ function pollInterrupt(ctx: StreamContext, s: Session, stream: InterruptStream):
         actual,
         holder,
       );
-      pollInterrupt(ctx, s, stream);
+      whenReading(ctx, s, () => pollInterrupt(ctx, s, stream));
     } else {
       // A stall or a lost device stops receiving; the guest's next poll gets the error.
       holder.released();
@@ -258,7 +260,7 @@ function submitIso(ctx: StreamContext, s: Session, stream: IsoStream, packets: U
     }
     if (!held) holder?.released();
     if (stream.running && !s.closed) {
-      if (stream.directionIn) submitIso(ctx, s, stream, null);
+      if (stream.directionIn) whenReading(ctx, s, () => submitIso(ctx, s, stream, null));
       else flushIsoOut(ctx, s, stream);
     }
     ctx.settled(s);
@@ -296,6 +298,15 @@ export function stopIso(ctx: StreamContext, s: Session, endpoint: number): numbe
   for (const urb of stream.urbs) void ctx.hcd.unlink(urb);
   s.iso.delete(endpoint);
   return stream.dropped;
+}
+
+/**
+ * Resubmit an IN stream's URB now, or — while the peer has more unsent data than the bound — once it has
+ * read it: data a peer does not read must not pile up without limit (the stall timer ends such a peer).
+ */
+function whenReading(ctx: StreamContext, s: Session, resubmit: () => void): void {
+  if (s.unsent <= ctx.maxSendQueue) resubmit();
+  else s.parked.push(resubmit);
 }
 
 function sendStatus(s: Session, type: number, status: RedirStatus, endpoint: number): void {

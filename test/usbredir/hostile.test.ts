@@ -322,6 +322,28 @@ describe("usbredir hostile peers: transfers and budgets", () => {
     await nextConnectionMovesData(s);
   });
 
+  it("a peer that does not read IN stream data holds at most its bound plus the URBs in flight", async () => {
+    const s = await target({ maxSendQueueBytes: 16 * 1024, stalledPeerMs: 20_000 });
+    const c = await s.connect();
+    const alt = await c.request(RedirType.SET_ALT_SETTING, [0, 1], RedirType.ALT_SETTING_STATUS);
+    expect(alt.status).toBe(RedirStatus.SUCCESS);
+    const iso = await c.request(RedirType.START_ISO_STREAM, [0x83, 32, 16], RedirType.ISO_STREAM_STATUS);
+    expect(iso.status).toBe(RedirStatus.SUCCESS);
+    c.socket.pause();
+    // The loopback streams about 4 MB/s; unsent data must stop growing at the bound plus what the
+    // 16 URBs in flight bring back (16 × 32 packets of 256 bytes and their headers, about 140 KiB).
+    let most = 0;
+    for (let i = 0; i < 30; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      most = Math.max(most, s.server.stats().unsentBytes);
+    }
+    expect(most).toBeGreaterThan(16 * 1024);
+    expect(most).toBeLessThan(384 * 1024);
+    c.socket.resume();
+    c.close();
+    await nextConnectionMovesData(s);
+  });
+
   it("a peer that stops reading while interrupt and iso IN data piles up is dropped", async () => {
     const s = await target({ maxSendQueueBytes: 16 * 1024, stalledPeerMs: 300 });
     const r0 = rounds;
