@@ -29,7 +29,14 @@ export interface DeviceDescription {
   readonly configurations: readonly ConfigurationInfo[];
 }
 
-export class DeviceDescriptionError extends Error {}
+/** A device whose descriptors cannot be read or make no sense. */
+export class DeviceDescriptionError extends UsbvirtError {
+  declare readonly code: "ERR_USBVIRT_DEVICE_DESCRIPTION";
+  constructor(message: string) {
+    super("ERR_USBVIRT_DEVICE_DESCRIPTION", message);
+  }
+}
+registerErrorClass(DeviceDescriptionError);
 
 /** Reset the port's device and read its descriptors (it is left at address 0, unconfigured). */
 export async function readDeviceDescription(
