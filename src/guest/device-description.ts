@@ -4,6 +4,7 @@
  * configuration, read through the engine at address 0 right after a port reset, as a hub driver would.
  */
 import type { DevAddr, PortNum } from "../urb/types.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import {
   type GuestUsbDriver,
   type InterfaceInfo,
