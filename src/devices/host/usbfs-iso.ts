@@ -139,13 +139,14 @@ export type KoffiRequire = (id: string) => unknown;
  * Bind libc through koffi, once per thread. Never throws: where the platform,
  * the package or its binary is missing, the reason says which.
  */
-export function loadUsbfs(req: KoffiRequire = createRequire(import.meta.url)): UsbfsLoad {
+export function loadUsbfs(): UsbfsLoad {
   if (loaded !== null) return loaded;
-  loaded = bindLibc(req);
+  loaded = probeUsbfs();
   return loaded;
 }
 
-function bindLibc(req: KoffiRequire): UsbfsLoad {
+/** loadUsbfs without the cache (tests pass a `req` that cannot find koffi). */
+export function probeUsbfs(req: KoffiRequire = createRequire(import.meta.url)): UsbfsLoad {
   if (process.platform !== "linux") return { ok: false, reason: "usbfs exists only on Linux" };
   if (process.arch !== "x64" && process.arch !== "arm64") {
     return {
