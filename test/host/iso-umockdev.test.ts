@@ -15,8 +15,19 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { USBFS_STATUS_TABLE, usbfsStatus } from "../../src/devices/host/status.js";
 import { probeUsbfs } from "../../src/devices/host/usbfs-iso.js";
-import { ECONNRESET, ENODEV, ESHUTDOWN } from "../../src/urb/status.js";
+import {
+  ECONNRESET,
+  ENODEV,
+  ENOMEM,
+  EOVERFLOW,
+  EPROTO,
+  ESHUTDOWN,
+  EXDEV,
+  isKnownStatus,
+  OK,
+} from "../../src/urb/status.js";
 import { ISO_IN_BATCH, ISO_PACKET, isoFakeDevice, isoInByte, isoInPacket } from "./iso-fixture.js";
 import { runChild } from "./run-child.js";
 import { findTestbedPython, umockdevDescription } from "./umockdev.js";
@@ -158,5 +169,18 @@ describe("the usbfs path where it cannot load", () => {
       ok: false,
       reason: "they need the optional package 'koffi' (npm install koffi): Cannot find module 'koffi'",
     });
+  });
+});
+
+describe("usbfs statuses", () => {
+  it("translate the kernel's per-packet and URB errnos through one table into URB statuses", () => {
+    for (const target of USBFS_STATUS_TABLE.values()) expect(isKnownStatus(target)).toBe(true);
+    expect(usbfsStatus(0)).toBe(OK);
+    expect(usbfsStatus(-18)).toBe(EXDEV); // iso packet not transferred in its frame
+    expect(usbfsStatus(-75)).toBe(EOVERFLOW); // babble
+    expect(usbfsStatus(-2)).toBe(ECONNRESET); // discarded (-ENOENT from usb_kill_urb)
+    expect(usbfsStatus(-108)).toBe(ENODEV); // -ESHUTDOWN: the device left
+    expect(usbfsStatus(-28)).toBe(ENOMEM); // -ENOSPC: no bandwidth for the iso endpoint
+    expect(usbfsStatus(-1234)).toBe(EPROTO); // anything else
   });
 });

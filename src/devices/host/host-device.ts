@@ -487,6 +487,8 @@ export class HostUsbDevice implements UsbDevice {
       return rc === LibusbError.NOT_FOUND ? LibusbError.NO_DEVICE : rc;
     });
     this.touched = false;
+    const lost = status === OK ? (this.usbfs?.reclaim() ?? []) : [];
+    if (lost.length > 0) this.log(`after a port reset: usbfs could not claim interface(s) ${lost.join(", ")} again`);
     return status;
   }
 

@@ -297,6 +297,17 @@ export class UsbfsChannel {
     this.claimedInterfaces.clear();
   }
 
+  /**
+   * Claim the owned interfaces again after a port reset: the kernel unbinds
+   * usbfs from every interface of a reset device (usbfs has no reset hooks)
+   * and libusb re-claims only its own. Returns the interfaces that failed.
+   */
+  reclaim(): number[] {
+    const failed: number[] = [];
+    for (const n of this.claimedInterfaces) if (this.intCall(USBDEVFS_CLAIMINTERFACE, n) !== 0) failed.push(n);
+    return failed;
+  }
+
   owns(interfaceNumber: number): boolean {
     return this.claimedInterfaces.has(interfaceNumber);
   }
