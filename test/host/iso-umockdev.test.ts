@@ -88,7 +88,7 @@ describe
       return { verdict: out.verdict, testbed };
     }
 
-    it("streams iso IN (per-packet lengths, -EXDEV packets, 4 URBs in flight) and iso OUT after SET_INTERFACE to the iso alternate", async () => {
+    it("streams iso IN (per-packet lengths, -EXDEV packets, 4 URBs in flight) and iso OUT (one URB of 200 packets) after SET_INTERFACE to the iso alternate", async () => {
       const { verdict, testbed } = await run("stream");
       // SET_INTERFACE(1, 1) reached the device on the fd that claimed interface 1; libusb's fd never
       // collided with it (no EBUSY), and only one fd (usbfs's) submitted iso URBs.
@@ -97,7 +97,7 @@ describe
         busy: 0,
         setInterface: [[1, 1, true]],
         isoIn: 8,
-        isoOut: 3,
+        isoOut: 5,
         maxInFlight: ISO_IN_BATCH,
         other: [],
       });
@@ -134,8 +134,12 @@ describe
 
       // The testbed checked every OUT packet's bytes against the pattern the guest wrote.
       expect(testbed.outBad).toEqual([]);
-      expect(testbed.outPackets).toBe(18);
-      expect(testbed.outLengths).toEqual([0, 1, 2].flatMap(() => [ISO_PACKET, 100, 1, ISO_PACKET, 0, 64]));
+      expect(testbed.outPackets).toBe(18 + 200);
+      expect((testbed.outLengths as number[]).slice(0, 18)).toEqual(
+        [0, 1, 2].flatMap(() => [ISO_PACKET, 100, 1, ISO_PACKET, 0, 64]),
+      );
+      // 200 packets in one URB went out as two usbfs URBs (128 + 72), every byte where the device expected it.
+      expect(verdict.split).toEqual({ status: 0, actualLength: 1600, packets: 200 });
       const outs = verdict.outs as { status: number; actualLength: number; packets: number[][] }[];
       for (const o of outs) {
         expect(o.status).toBe(0);
@@ -144,10 +148,10 @@ describe
       }
     });
 
-    it("unlinks an iso IN in flight with DISCARDURB: one completion with -ECONNRESET, and the stream goes on", async () => {
+    it("unlinks an iso IN in flight with DISCARDURB: one completion with -ECONNRESET, the stream goes on, CLEAR_HALT goes through usbfs", async () => {
       const { verdict, testbed } = await run("unlink");
       expect(verdict).toMatchObject({ unlinkStatus: 0, status: ECONNRESET, packets: 4, after: [0, 0, 0, 0] });
-      expect(testbed).toMatchObject({ discards: 1, busy: 0, isoIn: ISO_IN_BATCH });
+      expect(testbed).toMatchObject({ discards: 1, busy: 0, isoIn: ISO_IN_BATCH, clearHalt: [0x82] });
     });
 
     it("fails the iso URBs in flight with -ENODEV when the device is unplugged mid-stream, and disconnects the port", async () => {

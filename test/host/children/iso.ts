@@ -8,6 +8,7 @@
  * before it prints `STAGE unplug`, so the URBs are in flight for certain.
  */
 import { createInterface } from "node:readline";
+import { USBFS_MAX_PACKETS_PER_URB } from "../../../src/devices/host/usbfs-iso.js";
 import { Connection } from "../../../src/engine/connection.js";
 import type { IsoPacketSpec, UrbCompletion } from "../../../src/frontend/types.js";
 import { GuestUsbDriver } from "../../../src/guest/guest-driver.js";
@@ -72,7 +73,7 @@ async function selectAlternate(guest: Guest, alternate: number): Promise<void> {
 }
 
 const SCENARIOS: Record<string, (conn: Connection, guest: Guest) => Promise<Record<string, unknown>>> = {
-  /** SET_INTERFACE(1, 1), then 8 iso INs (4 in flight at a time, the second 4 with gaps) and 3 iso OUTs. */
+  /** SET_INTERFACE(1, 1), 8 iso INs (4 in flight at a time, the second 4 with gaps), 3 iso OUTs, one of 200 packets. */
   async stream(_conn, guest) {
     await selectAlternate(guest, 1);
     const ins: Record<string, unknown>[] = [];
@@ -111,10 +112,23 @@ const SCENARIOS: Record<string, (conn: Connection, guest: Guest) => Promise<Reco
         packets: (c.isoPackets ?? []).map((p) => [p.status, p.actualLength]),
       });
     }
-    return { ins, outs };
+    // One URB of 200 packets: usbfs takes at most 128 per URB, so the device sees two (sequence 3 and 4).
+    const many = isoUrb(guest, 3, false, packets(200, 8));
+    const manyBytes = guest.bytes(many.range);
+    for (let k = 0; k < 200; k++) {
+      const seq = 3 + Math.floor(k / USBFS_MAX_PACKETS_PER_URB);
+      for (let j = 0; j < 8; j++) manyBytes[k * 8 + j] = isoOutByte(seq, k % USBFS_MAX_PACKETS_PER_URB, j);
+    }
+    const m = await guest.hcd.submit(many.urb);
+    const split = {
+      status: m.status,
+      actualLength: m.actualLength,
+      packets: (m.isoPackets ?? []).filter((p) => p.status === 0 && p.actualLength === 8).length,
+    };
+    return { ins, outs, split };
   },
 
-  /** An iso IN the device never answers, unlinked: DISCARDURB, one completion with -ECONNRESET. */
+  /** An iso IN the device never answers, unlinked: DISCARDURB, one completion with -ECONNRESET; then CLEAR_HALT. */
   async unlink(_conn, guest) {
     await selectAlternate(guest, 1);
     const u = isoUrb(guest, 4, true, packets(4, ISO_PACKET));
@@ -126,6 +140,8 @@ const SCENARIOS: Record<string, (conn: Connection, guest: Guest) => Promise<Reco
     const after = await Promise.all(
       [0, 1, 2, 3].map(() => guest.hcd.submit(isoUrb(guest, 2, true, specs).urb)),
     );
+    // CLEAR_FEATURE(ENDPOINT_HALT) on an endpoint of the usbfs-owned interface goes out on the usbfs fd.
+    await guest.control(P, A, { bmRequestType: 2, bRequest: 1, wValue: 0, wIndex: 0x82, wLength: 0 });
     return {
       unlinkStatus,
       status: c.status,
