@@ -247,6 +247,8 @@ export class UsbfsChannel {
   private drained: (() => void) | null = null;
   private readonly scratch = Buffer.alloc(8);
   private readonly oneByte = new Uint8Array(8);
+  /** URBs answered without being reaped: the kernel may still own them until the fd is closed. */
+  private limbo: Buffer[] = [];
 
   private constructor(
     private readonly libc: Libc,
@@ -582,6 +584,7 @@ export class UsbfsChannel {
   private fail(flight: Flight, status: UrbStatus): void {
     if (!this.flights.delete(flight.handle)) return;
     for (const address of flight.addresses) this.byAddress.delete(address);
+    this.limbo.push(...flight.urbs); // kept alive (the kernel may write into them) until close(fd)
     flight.done({ status, actualLength: 0 });
     this.checkDrained();
   }
@@ -649,7 +652,8 @@ export class UsbfsChannel {
     for (const flight of [...this.flights.values()]) this.fail(flight, ESHUTDOWN);
     if (!this.gone) this.releaseAll();
     this.claimedInterfaces.clear();
-    this.libc.close(this.fd);
+    this.libc.close(this.fd); // the kernel kills and frees whatever it still held
+    this.limbo = [];
     this.libc.close(this.wake[0]!);
     this.libc.close(this.wake[1]!);
   }
