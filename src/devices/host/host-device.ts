@@ -17,8 +17,13 @@
  * - any number in flight per endpoint; cancel → libusb_cancel_transfer and the
  *   transfer's own callback completes it (exactly once, -ECONNRESET if the
  *   cancel won); libusb codes → URB statuses through ./status.ts.
- * - isochronous: node-usb has none. An iso URB completes with -EINVAL
- *   (ISO_UNSUPPORTED_STATUS) and is logged once per device.
+ * - isochronous: node-usb has none, so interfaces with an isochronous
+ *   endpoint in any alternate setting belong to a second, usbfs file
+ *   descriptor (./usbfs-iso.ts, through koffi): it claims them instead of
+ *   libusb and carries every URB on their endpoints (iso, bulk, interrupt),
+ *   their SET_INTERFACE and CLEAR_FEATURE(HALT). Where that path cannot load
+ *   (no koffi, not Linux, no device node) the interfaces stay with libusb and
+ *   an iso URB completes with -EINVAL (ISO_UNSUPPORTED_STATUS), logged once.
  * - node-usb sets no transfer flags, so SHORT_NOT_OK is applied here (a short
  *   IN becomes -EREMOTEIO) and URB_ZERO_PACKET is not honoured (logged once).
  *
@@ -57,10 +62,12 @@ import {
   LibusbTransferStatus,
   LibusbTransferType,
   loadLibusb,
+  type ParsedConfiguration,
   type TransferHandleNative,
 } from "./libusb.js";
 import { formatSelector, type HostSelector, matchesSelector } from "./select.js";
 import { ISO_UNSUPPORTED_STATUS, isNoDevice, libusbStatus } from "./status.js";
+import { loadUsbfs, UsbfsChannel, type UsbfsStats } from "./usbfs-iso.js";
 
 /** A host device that cannot be opened or used. */
 export type HostDeviceCode =
@@ -95,6 +102,8 @@ export interface HostDeviceStats {
   controlCopyBytes: number;
   isoRejected: number;
   cancels: number;
+  /** Requests carried by the usbfs path (iso, and bulk/interrupt on its interfaces); null without it. */
+  usbfs: UsbfsStats | null;
 }
 
 const TYPE_BY_KIND = {
@@ -144,7 +153,12 @@ export class HostUsbDevice implements UsbDevice {
     controlCopyBytes: 0,
     isoRejected: 0,
     cancels: 0,
+    usbfs: null,
   };
+  /** The usbfs fd that owns the interfaces with isochronous endpoints (null: none, or unavailable). */
+  private usbfs: UsbfsChannel | null = null;
+  /** Endpoint address (bit 7 = IN) → interface, for the endpoints of interfaces usbfs owns. */
+  private readonly usbfsEndpoints = new Map<number, number>();
   private dev: LibusbDevice | null = null;
   private identity: HostDeviceInfo | null = null;
   private infoValue: DeviceInfo | null = null;
@@ -202,9 +216,11 @@ export class HostUsbDevice implements UsbDevice {
       );
     }
     this.dev = dev;
+    this.openUsbfs(identity, where);
     const claimError = this.claimAll();
     if (claimError !== null) {
       await this.releaseAll();
+      await this.usbfs?.close();
       dev.close();
       throw new HostDeviceError("ERR_USBVIRT_HOST_CLAIM", `cannot claim host device ${where}: ${claimError}`);
     }
@@ -218,14 +234,42 @@ export class HostUsbDevice implements UsbDevice {
     this.state = "open";
   }
 
+  /** Open the usbfs path when the device has isochronous endpoints (see the header); a log line when it cannot. */
+  private openUsbfs(identity: HostDeviceInfo, where: string): void {
+    if (isoInterfaces(this.dev!.configurations).size === 0) return;
+    const load = loadUsbfs();
+    const channel = load.ok
+      ? UsbfsChannel.open(load.libc, identity.busNumber, identity.deviceAddress, {
+          log: (m) => this.log(`host ${where}: ${m}`),
+          onGone: (reason) => this.markGone(reason),
+        })
+      : load.reason;
+    if (typeof channel === "string") {
+      this.warned.add("iso"); // the one line about iso for this device
+      this.log(`host ${where}: isochronous URBs will fail with -EINVAL: ${channel}`);
+      return;
+    }
+    this.usbfs = channel;
+    this.stats.usbfs = channel.stats;
+  }
+
   /** Detach kernel drivers and claim every interface of the active configuration; a message on failure. */
   private claimAll(): string | null {
     const dev = this.dev!;
+    const iso = isoInterfaces(dev.activeConfiguration === undefined ? [] : [dev.activeConfiguration]);
+    this.usbfsEndpoints.clear();
     for (const n of interfaceNumbers(dev.activeConfiguration)) {
       if (dev.kernelDriverActive(n) === 1) {
         const rc = dev.detachKernelDriver(n);
         if (rc !== 0) return `interface ${n}: detaching the kernel driver failed (libusb error ${rc})`;
         this.detachedDrivers.add(n);
+      }
+      const endpoints = iso.get(n);
+      if (this.usbfs !== null && endpoints !== undefined) {
+        const errno = this.usbfs.claim(n);
+        if (errno !== 0) return `interface ${n}: usbfs claim failed (errno ${errno})`;
+        for (const address of endpoints) this.usbfsEndpoints.set(address, n);
+        continue;
       }
       const rc = dev.claimInterface(n);
       if (rc !== 0) return `interface ${n}: claim failed (libusb error ${rc})`;
@@ -238,6 +282,8 @@ export class HostUsbDevice implements UsbDevice {
     const dev = this.dev!;
     for (const n of this.claimed) await dev.releaseInterface(n);
     this.claimed = [];
+    this.usbfs?.releaseAll();
+    this.usbfsEndpoints.clear();
   }
 
   submit(request: TransferRequest, done: TransferDone): TransferHandle {
@@ -245,6 +291,12 @@ export class HostUsbDevice implements UsbDevice {
     if (this.state !== "open") {
       const status = this.state === "gone" ? ENODEV : ESHUTDOWN;
       setImmediate(() => done({ status, actualLength: 0 }));
+      return handle;
+    }
+    const endpointAddress = request.endpoint | (request.directionIn ? 0x80 : 0);
+    if (this.usbfs !== null && request.kind !== "control" && this.usbfsEndpoints.has(endpointAddress)) {
+      this.touched = true;
+      this.usbfs.submit(handle, request, done);
       return handle;
     }
     if (request.kind === "isochronous") {
@@ -260,7 +312,6 @@ export class HostUsbDevice implements UsbDevice {
       this.warnOnce("zlp", "URB_ZERO_PACKET cannot be passed to libusb through node-usb; sent without it");
     }
     this.touched = true;
-    const endpointAddress = request.endpoint | (request.directionIn ? 0x80 : 0);
     const view = request.buffer;
     let buffer: Buffer;
     let bounce: Buffer | null = null;
@@ -323,6 +374,10 @@ export class HostUsbDevice implements UsbDevice {
   }
 
   cancel(handle: TransferHandle): void {
+    if (this.usbfs?.cancel(handle) === true) {
+      this.stats.cancels++;
+      return;
+    }
     const entry = this.inFlight.get(handle);
     if (entry === undefined || entry.cancelledBy !== null) return;
     entry.cancelledBy = "unlink";
@@ -332,12 +387,18 @@ export class HostUsbDevice implements UsbDevice {
 
   /** Cancel everything in flight and wait (bounded) for libusb to complete it. */
   private async drain(why: "close" | "gone"): Promise<void> {
+    const limit = this.options.drainTimeoutMs ?? 2000;
+    const usbfsDrained = this.usbfs?.drain(why, limit);
+    await this.drainLibusb(why, limit);
+    await usbfsDrained;
+  }
+
+  private async drainLibusb(why: "close" | "gone", limit: number): Promise<void> {
     for (const entry of this.inFlight.values()) {
       if (entry.cancelledBy === null) entry.cancelledBy = why;
       entry.native?.cancel();
     }
     if (this.inFlight.size === 0) return;
-    const limit = this.options.drainTimeoutMs ?? 2000;
     const settled = await new Promise<boolean>((resolve) => {
       const timer = setTimeout(() => resolve(false), limit);
       this.drained = () => {
@@ -366,6 +427,7 @@ export class HostUsbDevice implements UsbDevice {
   private async afterGone(reason: string): Promise<void> {
     await this.drain("gone");
     await this.releaseAll();
+    await this.usbfs?.close();
     if (this.inFlight.size === 0) this.dev?.close();
     const closing = this.state === "closing"; // close() is waiting: the port is being detached anyway
     this.state = "closed";
@@ -399,12 +461,21 @@ export class HostUsbDevice implements UsbDevice {
   }
 
   async setInterface(interfaceNumber: number, alternateSetting: number): Promise<UrbStatus> {
+    const usbfs = this.usbfs;
+    if (this.state === "open" && usbfs?.owns(interfaceNumber) === true) {
+      this.touched = true;
+      return usbfs.setInterface(interfaceNumber, alternateSetting);
+    }
     if (this.state === "open" && !this.claimed.includes(interfaceNumber))
       return libusbStatus(LibusbError.NOT_FOUND);
     return await this.control(() => this.dev!.setInterface(interfaceNumber, alternateSetting));
   }
 
   async clearHalt(endpointAddress: number): Promise<UrbStatus> {
+    if (this.state === "open" && this.usbfs !== null && this.usbfsEndpoints.has(endpointAddress)) {
+      this.touched = true;
+      return this.usbfs.clearHalt(endpointAddress);
+    }
     return await this.control(() => this.dev!.clearHalt(endpointAddress));
   }
 
@@ -416,6 +487,8 @@ export class HostUsbDevice implements UsbDevice {
       return rc === LibusbError.NOT_FOUND ? LibusbError.NO_DEVICE : rc;
     });
     this.touched = false;
+    const lost = status === OK ? (this.usbfs?.reclaim() ?? []) : [];
+    if (lost.length > 0) this.log(`after a port reset: usbfs could not claim interface(s) ${lost.join(", ")} again`);
     return status;
   }
 
@@ -436,6 +509,7 @@ export class HostUsbDevice implements UsbDevice {
     }
     const dev = this.dev!;
     await this.releaseAll();
+    await this.usbfs?.close();
     for (const n of this.detachedDrivers) {
       const rc = dev.attachKernelDriver(n);
       if (rc !== 0 && rc !== LibusbError.NO_DEVICE)
@@ -454,3 +528,22 @@ export class HostUsbDevice implements UsbDevice {
 }
 
 const hex = (n: number) => n.toString(16).padStart(4, "0");
+
+/**
+ * Interfaces (of `configurations`) with an isochronous endpoint in any
+ * alternate setting, each with the addresses of all its endpoints.
+ */
+function isoInterfaces(configurations: readonly ParsedConfiguration[]): Map<number, Set<number>> {
+  const found = new Map<number, Set<number>>();
+  for (const c of configurations) {
+    for (const alts of c.interfaces ?? []) {
+      if (!alts.some((a) => a.endpoints.some((e) => (e.bmAttributes & 3) === 1))) continue;
+      const n = alts[0]?.bInterfaceNumber;
+      if (n === undefined) continue;
+      const endpoints = found.get(n) ?? new Set<number>();
+      for (const a of alts) for (const e of a.endpoints) endpoints.add(e.bEndpointAddress);
+      found.set(n, endpoints);
+    }
+  }
+  return found;
+}

@@ -15,7 +15,13 @@ export * from "./enumerate.js";
 export { findHostDevice, HostDeviceError, HostUsbDevice, type HostUsbDeviceOptions } from "./host-device.js";
 export { HostHotplugWatcher, type HotplugEvent } from "./hotplug.js";
 export * from "./select.js";
-export { ISO_UNSUPPORTED_STATUS, LIBUSB_STATUS_TABLE, libusbStatus } from "./status.js";
+export {
+  ISO_UNSUPPORTED_STATUS,
+  LIBUSB_STATUS_TABLE,
+  libusbStatus,
+  USBFS_STATUS_TABLE,
+  usbfsStatus,
+} from "./status.js";
 
 export function createHostDevice(spec: HostDeviceSpec): HostUsbDevice {
   return new HostUsbDevice(selectorFromSpec(spec));

@@ -32,14 +32,23 @@
  */
 import {
   createStatusTranslation,
+  ECOMM,
   ECONNRESET,
+  EILSEQ,
   EINVAL,
+  EMSGSIZE,
   ENODEV,
+  ENOENT,
   ENOMEM,
+  ENOSR,
   EOVERFLOW,
   EPIPE,
   EPROTO,
+  EREMOTEIO,
+  ESHUTDOWN,
+  ETIME,
   ETIMEDOUT,
+  EXDEV,
   OK,
   type UrbStatus,
 } from "../../urb/status.js";
@@ -78,3 +87,46 @@ export function isNoDevice(code: number): boolean {
 
 /** What an isochronous URB to a real device completes with (see the README). */
 export const ISO_UNSUPPORTED_STATUS: UrbStatus = libusbStatus(LibusbError.NOT_SUPPORTED);
+
+/**
+ * The usbfs boundary (./usbfs-iso.ts): what the kernel writes into a reaped
+ * URB's status and each iso packet's status, and what a failed ioctl sets in
+ * errno (negated here), are negative Linux errnos already; this table says
+ * which of them a URB may carry and folds the rest (Linux
+ * Documentation/driver-api/usb/error-codes.rst). Anything else: -EPROTO.
+ *
+ * | kernel                     | URB status  | why                                          |
+ * |----------------------------|-------------|----------------------------------------------|
+ * | 0                          | 0           |                                              |
+ * | -EXDEV, -EOVERFLOW, -EPROTO, -EILSEQ, -ETIME, -ECOMM, -ENOSR, -EPIPE, -EREMOTEIO, -EMSGSIZE, -ENOMEM, -ETIMEDOUT, -EINVAL | the same | per-packet and URB errors pass as they are |
+ * | -ENOENT, -ECONNRESET       | -ECONNRESET | discarded (unlinked)                         |
+ * | -ENODEV, -ESHUTDOWN        | -ENODEV     | unplugged, as libusb's NO_DEVICE             |
+ * | -EBUSY (16)                | -EPROTO     | another fd (driver) holds the interface      |
+ * | -ENOSPC (28)               | -ENOMEM     | no bus bandwidth / usbfs_memory_mb exhausted |
+ */
+const E = (errno: number) => -errno;
+export const USBFS_STATUS_TABLE: ReadonlyMap<number, UrbStatus> = new Map<number, UrbStatus>([
+  [0, OK],
+  [EXDEV, EXDEV],
+  [EOVERFLOW, EOVERFLOW],
+  [EPROTO, EPROTO],
+  [EILSEQ, EILSEQ],
+  [ETIME, ETIME],
+  [ECOMM, ECOMM],
+  [ENOSR, ENOSR],
+  [EPIPE, EPIPE],
+  [EREMOTEIO, EREMOTEIO],
+  [EMSGSIZE, EMSGSIZE],
+  [ENOMEM, ENOMEM],
+  [ETIMEDOUT, ETIMEDOUT],
+  [EINVAL, EINVAL],
+  [ENOENT, ECONNRESET],
+  [ECONNRESET, ECONNRESET],
+  [ENODEV, ENODEV],
+  [ESHUTDOWN, ENODEV],
+  [E(16), EPROTO],
+  [E(28), ENOMEM],
+]);
+
+/** A kernel status (negative errno) from usbfs → URB status. */
+export const usbfsStatus = createStatusTranslation("usbfs", USBFS_STATUS_TABLE, EPROTO);
