@@ -488,7 +488,8 @@ export class HostUsbDevice implements UsbDevice {
     });
     this.touched = false;
     const lost = status === OK ? (this.usbfs?.reclaim() ?? []) : [];
-    if (lost.length > 0) this.log(`after a port reset: usbfs could not claim interface(s) ${lost.join(", ")} again`);
+    if (lost.length > 0)
+      this.log(`after a port reset: usbfs could not claim interface(s) ${lost.join(", ")} again`);
     return status;
   }
 

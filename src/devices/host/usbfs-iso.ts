@@ -306,7 +306,8 @@ export class UsbfsChannel {
    */
   reclaim(): number[] {
     const failed: number[] = [];
-    for (const n of this.claimedInterfaces) if (this.intCall(USBDEVFS_CLAIMINTERFACE, n) !== 0) failed.push(n);
+    for (const n of this.claimedInterfaces)
+      if (this.intCall(USBDEVFS_CLAIMINTERFACE, n) !== 0) failed.push(n);
     return failed;
   }
 
