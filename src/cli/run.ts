@@ -186,10 +186,17 @@ const ATTACH: CommandSpec = {
       value: "SECONDS",
       help: `check on a quiet server after this long (default ${DEFAULT_KEEPALIVE_S})`,
     },
+    {
+      name: "no-reconnect",
+      kind: "boolean",
+      help: "exit 1 when the link is lost instead of reconnecting",
+    },
   ],
   details: `Without --check the device stays attached until SIGINT/SIGTERM (exit 0). If the server closes the
 connection, or stays silent for --keepalive and then does not answer a status request within --timeout,
-attach says so and exits 1.`,
+the device is disconnected (URBs in flight end with -ESHUTDOWN), then attach reconnects with exponential
+backoff (0.5 s doubling up to 30 s, with jitter) and imports the same bus id again; each step is logged.
+With --no-reconnect it says so and exits 1 instead.`,
 };
 
 const COMMANDS: readonly CommandSpec[] = [LIST, SERVE, ATTACH, STATUS];
@@ -547,7 +554,15 @@ async function attachCommand(positionals: readonly string[], options: Options, i
   const timeoutMs = secondsOption(options, "timeout", DEFAULT_TIMEOUT_S, "attach");
   const keepaliveMs = secondsOption(options, "keepalive", DEFAULT_KEEPALIVE_S, "attach");
   io.out(`usbvirt: importing ${busid} from ${host}:${port}\n`);
-  const att = await attachRemote({ host, port, busid, timeoutMs, keepaliveMs });
+  const att = await attachRemote({
+    host,
+    port,
+    busid,
+    timeoutMs,
+    keepaliveMs,
+    reconnect: options["no-reconnect"] !== true,
+    log: (line) => io.err(`usbvirt attach: ${line}\n`),
+  });
   try {
     io.out(`attached ${busid}: ${describeEnumerated(att.device)}\n`);
     if (options.check === true) {

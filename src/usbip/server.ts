@@ -71,7 +71,7 @@ import type {
 import { isoDescriptorFrames } from "../frontend/validate.js";
 import { GuestUsbDriver, parseConfiguration, USB_DT_CONFIG, USB_DT_DEVICE } from "../guest/guest-driver.js";
 import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
-import { ECONNRESET, EINVAL, ENOMEM, OK, type UrbStatus } from "../urb/status.js";
+import { ECONNRESET, EINVAL, ENOMEM, EPIPE, OK, type UrbStatus } from "../urb/status.js";
 import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { parseIpPrefix } from "../util/ip-prefix.js";
@@ -135,6 +135,11 @@ export interface UsbipServerOptions {
   readonly guestMemoryMiB?: number;
   /** Extra options for the engine connection (tests; `backendThread: "worker"` puts the backend on a worker). */
   readonly connection?: Omit<ConnectionOptions, "ports" | "memory">;
+  /**
+   * A client's SET_FEATURE(PORT_RESET): reset the device in the engine (default, as Linux's stub does), or
+   * stall it, as a server that hands the request to the device does (tests of clients that must cope).
+   */
+  readonly portReset?: "reset" | "stall";
 }
 
 /** One exported device as `usbvirt serve` prints it. */
@@ -484,6 +489,7 @@ export class UsbipServer extends EventEmitter {
   private readonly urbShare: number;
   private readonly scratchShare: number;
   private closing: Promise<void> | null = null;
+  private readonly stallPortReset: boolean;
 
   private constructor(
     readonly connection: Connection,
@@ -505,6 +511,7 @@ export class UsbipServer extends EventEmitter {
     this.maxSendQueue = options.maxSendQueueBytes ?? 16 * 1024 * 1024;
     this.stalledMs = options.stalledClientMs ?? 30_000;
     this.blockedMs = options.blockedRequestMs ?? 2000;
+    this.stallPortReset = options.portReset === "stall";
     this.urbShare = shares.urbs;
     this.scratchShare = shares.scratchFrames;
     server.on("connection", (socket) => this.accept(socket));
@@ -1011,6 +1018,10 @@ export class UsbipServer extends EventEmitter {
     r.kind = Kind.LOCAL;
     const answer = (status: UrbStatus) =>
       this.completed(r, { status, actualLength: 0, startFrame: 0, errorCount: 0 });
+    if (this.stallPortReset) {
+      queueMicrotask(() => answer(EPIPE));
+      return;
+    }
     this.resetAndAddress(slot).then(
       () => answer(OK),
       (err: unknown) => {
