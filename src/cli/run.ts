@@ -5,7 +5,8 @@
  * replace (output, stop signal, logger, host listing) comes in through CliIo.
  */
 import { EMULATED_DEVICES, isEmulatedDeviceName } from "../devices/emulated/index.js";
-import { type HostSelector, parseSelector, passesFilter, specFromSelector } from "../devices/host/select.js";
+import { filterFromLists } from "../devices/host/filter.js";
+import { parseSelector, specFromSelector } from "../devices/host/select.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
 import { attachRemote, describeEnumerated, hex4, loopbackCheck, parseHostPort } from "../usbip/attach.js";
@@ -18,6 +19,7 @@ import { type CommandSpec, commandHelp, parseArgs, parseSize } from "./args.js";
 import { readServeConfig, serveConfigFromFlags } from "./config.js";
 import { EngineWatch, packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
 import { UsageError } from "./errors.js";
+import { allowedExports, checkExplicitDevices } from "./host-exports.js";
 import { MetricsEndpoint, parseMetricsAddress } from "./metrics.js";
 import { STATUS, statusCommand } from "./status.js";
 import { StatusTracker } from "./status-page.js";
@@ -43,6 +45,10 @@ export interface HostDeviceRow {
   readonly serial?: string;
   readonly manufacturer?: string;
   readonly product?: string;
+  /** For the filter: bDeviceClass, bcdDevice and the interface classes (HostDeviceInfo has them). */
+  readonly deviceClass?: number;
+  readonly bcdDevice?: number;
+  readonly interfaceClasses?: readonly number[];
 }
 
 export const defaultIo: CliIo = {
@@ -102,18 +108,25 @@ const SERVE: CommandSpec = {
       help: "export a device: loopback | keyboard | storage | VID:PID | BUS-PORT (1-1.2) | serial=S",
     },
     {
+      name: "filter",
+      kind: "string",
+      multiple: true,
+      value: "RULES",
+      help: 'host device rules, first match wins: "0x03,-1,-1,-1,0|..." (usbredir) or "deny class=hid|allow *"',
+    },
+    {
       name: "allow",
       kind: "string",
       multiple: true,
       value: "SEL",
-      help: "also export every host device matching SEL",
+      help: "allow host devices matching SEL, and export every one plugged in at start",
     },
     {
       name: "deny",
       kind: "string",
       multiple: true,
       value: "SEL",
-      help: "never export host devices matching SEL",
+      help: "never export host devices matching SEL (class=hid, VID:PID, 1-1.2, serial=S; explicit ones too)",
     },
     {
       name: "allow-client",
@@ -155,6 +168,9 @@ const SERVE: CommandSpec = {
     },
   ],
   details: `With no device selected, serve exports the emulated loopback, keyboard and a 64 MiB storage device.
+Host devices pass the filter first: --filter rules in order, then --deny, then --allow; the first rule that
+matches decides; then hubs (class 9) are denied; with no match a device is allowed unless an allow rule was
+given. A class rule is checked against the device class and each interface class (as usbredir does).
 Devices get bus ids 1-1, 1-2, … in the order given. Every import, detach and error is logged with the
 client's address. SIGINT/SIGTERM: in-flight URBs are completed or cancelled, devices released, exit 0.
 If the engine dies for good (its backend lost more often than it may be restarted) serve logs it and exits 1.
@@ -410,10 +426,6 @@ export function deviceFromSelector(text: string, storage: Record<string, unknown
   }
 }
 
-function selectors(list: readonly string[]): HostSelector[] {
-  return list.map((s) => parseSelector(s)); // checked by the config schema already
-}
-
 export async function serveCommand(options: Options, io: CliIo): Promise<number> {
   // One schema for both sources (src/cli/config.ts): each is checked whole, then flags win key by key.
   const file = typeof options.config === "string" ? await readServeConfig(options.config) : {};
@@ -435,17 +447,20 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   const specs: DeviceSpec[] = (config.devices ?? []).map((d) =>
     typeof d === "string" ? deviceFromSelector(d, storage) : d,
   );
-  const allow = selectors(config.allow ?? []);
-  const deny = selectors(config.deny ?? []);
-  if (allow.length > 0) {
+  const allow = config.allow ?? [];
+  const filterLists = typeof config.filter === "string" ? [config.filter] : (config.filter ?? []);
+  const filter = filterFromLists({ filter: filterLists, deny: config.deny ?? [], allow });
+  // Host devices are judged even with no rule given: the built-in rule denies hubs.
+  if (allow.length > 0 || specs.some((s) => s.kind === "host")) {
     const listing = await loadHostListing(io, true);
-    if ("error" in listing)
-      throw new Error(`--allow needs the host's device list, which failed: ${listing.error}`);
-    for (const d of listing.rows) {
-      if (d.portPath.startsWith("usb")) continue; // root hubs
-      if (passesFilter(d, { allow, deny })) specs.push({ kind: "host", busPort: d.portPath });
+    if ("error" in listing) {
+      if (allow.length > 0)
+        throw new Error(`--allow needs the host's device list, which failed: ${listing.error}`);
+    } else {
+      checkExplicitDevices(specs, filter, listing.rows);
+      specs.push(...allowedExports(allow, filter, listing.rows, specs));
     }
-    if (specs.length === 0)
+    if (allow.length > 0 && specs.length === 0)
       throw new Error("no host device matches --allow (and none was selected otherwise)");
   }
   if (specs.length === 0) {

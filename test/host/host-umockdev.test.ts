@@ -114,6 +114,9 @@ describe
           portPath: BUS_PORT,
           speed: "high",
           deviceClass: 0xff,
+          // Read without opening the device (the filter's class rules need them).
+          bcdDevice: 0x0100,
+          interfaceClasses: [0xff],
           manufacturer: MANUFACTURER,
           product: PRODUCT,
           serial: SERIAL,
