@@ -152,6 +152,12 @@ export const ServeConfigSchema = v.pipe(
         v.description("never export host devices matching these selectors (explicit devices included)"),
       ),
     ),
+    matchNew: v.optional(
+      v.pipe(
+        v.boolean(),
+        v.description("also export every host device plugged in later that passes the filter"),
+      ),
+    ),
     allowClients: v.optional(
       v.pipe(
         v.array(ClientAddress, "must be a list of addresses or subnets"),
@@ -232,6 +238,7 @@ export const FLAG_OF_KEY: Readonly<Record<Exclude<ConfigKey, "$schema">, string>
   filter: "filter",
   allow: "allow",
   deny: "deny",
+  matchNew: "match-new",
   allowClients: "allow-client",
   storageSize: "storage-size",
   storageFile: "storage-file",

@@ -3,7 +3,9 @@
  * every explicit host `--device` entry is judged like any other device (a denied one is an error that says
  * which rule refused it), and each `--allow SEL` also exports every plugged-in host device it matches that
  * the whole filter allows (root hubs never; hubs only if a rule allows class 9). Pure over the listing, so
- * the CLI tests can hand it a fake one.
+ * the CLI tests can hand it a fake one. planPorts gives every device its port (its bus id), keeping the
+ * ports of devices not plugged in yet, and --match-new's spare ones, free (src/usbip/host-exports.ts
+ * fills them as devices come and go).
  */
 import {
   type DeviceFilter,
@@ -12,7 +14,7 @@ import {
   parseSelectorRule,
   ruleMatches,
 } from "../devices/host/filter.js";
-import { matchesSelector, selectorFromSpec } from "../devices/host/select.js";
+import { type HostSelector, matchesSelector, selectorFromSpec } from "../devices/host/select.js";
 import type { DeviceSpec, HostDeviceSpec } from "../devices/spec.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 
@@ -100,4 +102,54 @@ function describe(spec: HostDeviceSpec): string {
   if (spec.busPort !== undefined) parts.push(spec.busPort);
   if (spec.serial !== undefined) parts.push(`serial=${spec.serial}`);
   return parts.join(",");
+}
+
+/** Extra ports `--match-new` keeps free for devices plugged in later (each holds 8 MiB of guest memory). */
+export const MATCH_NEW_PORTS = 8;
+
+export interface PortPlan {
+  /** The server's devices, by port: null keeps a port free for a device exported later. */
+  readonly devices: readonly (DeviceSpec | null)[];
+  /** Each host selector, the port it owns, and the path of the device exported there now (if any). */
+  readonly wants: readonly { selector: HostSelector; port: number; exportedPath?: string }[];
+  /** Ports for --match-new. */
+  readonly freePorts: readonly number[];
+}
+
+/**
+ * Give every device a port: a host selector that matches a plugged-in device is exported at start; one
+ * that matches nothing yet keeps its port (its bus id) empty until the device appears. Without a listing
+ * (`rows` null: no libusb) the specs are exported as given, as before.
+ */
+export function planPorts(
+  specs: readonly DeviceSpec[],
+  rows: readonly ListedDevice[] | null,
+  matchNew: boolean,
+): PortPlan {
+  const devices: (DeviceSpec | null)[] = [];
+  const wants: { selector: HostSelector; port: number; exportedPath?: string }[] = [];
+  specs.forEach((spec, i) => {
+    const port = i + 1;
+    if (spec.kind !== "host" || rows === null) {
+      devices.push(spec);
+      return;
+    }
+    const selector = selectorFromSpec(spec);
+    const match = rows.find((r) => !r.portPath.startsWith("usb") && matchesSelector(r, selector));
+    if (match === undefined) {
+      devices.push(null);
+      wants.push({ selector, port });
+    } else {
+      devices.push(spec);
+      wants.push({ selector, port, exportedPath: match.portPath });
+    }
+  });
+  const freePorts: number[] = [];
+  if (matchNew) {
+    for (let p = devices.length + 1; p <= Math.min(31, specs.length + MATCH_NEW_PORTS); p++) {
+      devices.push(null);
+      freePorts.push(p);
+    }
+  }
+  return { devices, wants, freePorts };
 }

@@ -5,12 +5,13 @@
  * replace (output, stop signal, logger, host listing) comes in through CliIo.
  */
 import { EMULATED_DEVICES, isEmulatedDeviceName } from "../devices/emulated/index.js";
-import { filterFromLists } from "../devices/host/filter.js";
+import { filterFromLists, needsSerial } from "../devices/host/filter.js";
 import { parseSelector, specFromSelector } from "../devices/host/select.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
 import { attachRemote, describeEnumerated, hex4, loopbackCheck, parseHostPort } from "../usbip/attach.js";
 import { listRemote } from "../usbip/client.js";
+import { HostExports, type HotplugSource, libusbHotplugSource } from "../usbip/host-exports.js";
 import { type LogFormat, streamLogger, type UsbipLogger } from "../usbip/log.js";
 import { USBIP_PORT } from "../usbip/protocol.js";
 import { UsbipServer } from "../usbip/server.js";
@@ -19,7 +20,7 @@ import { type CommandSpec, commandHelp, parseArgs, parseSize } from "./args.js";
 import { readServeConfig, serveConfigFromFlags } from "./config.js";
 import { EngineWatch, packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
 import { UsageError } from "./errors.js";
-import { allowedExports, checkExplicitDevices } from "./host-exports.js";
+import { allowedExports, checkExplicitDevices, planPorts } from "./host-exports.js";
 import { MetricsEndpoint, parseMetricsAddress } from "./metrics.js";
 import { STATUS, statusCommand } from "./status.js";
 import { StatusTracker } from "./status-page.js";
@@ -34,6 +35,8 @@ export interface CliIo {
   logger?: UsbipLogger;
   /** Replaces the libusb listing (tests). */
   listHostDevices?: () => Promise<readonly HostDeviceRow[]>;
+  /** Replaces libusb's hotplug events for serve (tests). */
+  hotplugSource?: HotplugSource;
 }
 
 /** What `list` needs of a host device (src/devices/host/enumerate.ts HostDeviceInfo). */
@@ -127,6 +130,11 @@ const SERVE: CommandSpec = {
       multiple: true,
       value: "SEL",
       help: "never export host devices matching SEL (class=hid, VID:PID, 1-1.2, serial=S; explicit ones too)",
+    },
+    {
+      name: "match-new",
+      kind: "boolean",
+      help: "also export every host device plugged in later that passes the filter",
     },
     {
       name: "allow-client",
@@ -448,11 +456,14 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     typeof d === "string" ? deviceFromSelector(d, storage) : d,
   );
   const allow = config.allow ?? [];
+  const matchNew = config.matchNew === true;
   const filterLists = typeof config.filter === "string" ? [config.filter] : (config.filter ?? []);
   const filter = filterFromLists({ filter: filterLists, deny: config.deny ?? [], allow });
   // Host devices are judged even with no rule given: the built-in rule denies hubs.
-  if (allow.length > 0 || specs.some((s) => s.kind === "host")) {
+  let rows: readonly HostDeviceRow[] | null = null;
+  if (allow.length > 0 || matchNew || specs.some((s) => s.kind === "host")) {
     const listing = await loadHostListing(io, true);
+    if ("rows" in listing) rows = listing.rows;
     if ("error" in listing) {
       if (allow.length > 0)
         throw new Error(`--allow needs the host's device list, which failed: ${listing.error}`);
@@ -463,7 +474,7 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     if (allow.length > 0 && specs.length === 0)
       throw new Error("no host device matches --allow (and none was selected otherwise)");
   }
-  if (specs.length === 0) {
+  if (specs.length === 0 && !matchNew) {
     specs.push(
       { kind: "emulated", name: "loopback" },
       { kind: "emulated", name: "keyboard" },
@@ -483,14 +494,37 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   const logger = tracker?.wrap(quietable) ?? quietable;
   for (const w of storageFileWarnings(specs, config.storageSize !== undefined)) logger.warn(w);
   const listenFd = socketActivationFd();
+  const plan = planPorts(specs, rows, matchNew);
+  if (plan.devices.length === 0)
+    throw new UsageError("serve", "--match-new needs the host's device list (libusb)");
   const server = await UsbipServer.start({
-    devices: specs,
+    devices: plan.devices,
     host: bind,
     port,
     logger,
     allow: allowClients,
     ...(listenFd !== null ? { listenFd } : {}),
   });
+  let hotplug: HostExports | null = null;
+  if (rows !== null && (plan.wants.length > 0 || matchNew)) {
+    hotplug = new HostExports({
+      server,
+      wants: plan.wants,
+      filter,
+      matchNew,
+      freePorts: plan.freePorts,
+      log: logger,
+      source:
+        io.hotplugSource ??
+        libusbHotplugSource(needsSerial(filter) || plan.wants.some((w) => w.selector.serial !== undefined)),
+    });
+    try {
+      await hotplug.start();
+    } catch (err) {
+      await server.close();
+      throw new Error(`cannot watch for host devices: ${(err as Error).message}`);
+    }
+  }
   const watch = new EngineWatch(server.connection);
   let metrics: MetricsEndpoint | null = null;
   try {
@@ -501,18 +535,19 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   } catch (err) {
     tracker?.close();
     watch.dispose();
+    await hotplug?.stop();
     await server.close();
     throw new Error(`cannot serve metrics on ${config.metrics}: ${(err as Error).message}`);
   }
   const { host: boundHost, port: boundPort } = server.address;
-  io.out(`usbvirt: serving ${specs.length} device(s) over USB/IP on ${boundHost}:${boundPort}\n`);
+  io.out(`usbvirt: serving ${server.devices.length} device(s) over USB/IP on ${boundHost}:${boundPort}\n`);
   for (const d of server.devices) {
     io.out(`  ${d.busid.padEnd(6)} ${d.name}  (${describeSpec(d.spec)})\n`);
   }
   const shown = boundHost === "0.0.0.0" || boundHost === "::" ? "THIS_HOST" : boundHost;
   io.out(
     `on a Linux client:  usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}list -r ${shown}` +
-      `   then   usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}attach -r ${shown} -b ${server.devices[0]!.busid}\n`,
+      `   then   usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}attach -r ${shown} -b ${server.devices[0]?.busid ?? "1-1"}\n`,
   );
   const exposure = exposureWarning(bind, allowClients);
   if (exposure !== null) logger.warn(exposure);
@@ -533,6 +568,7 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   else logger.info(`${stop.signal}: shutting down`);
   tracker?.close();
   await metrics?.close();
+  await hotplug?.stop();
   await server.close();
   return "died" in stop ? 1 : 0;
 }
