@@ -48,7 +48,14 @@ async function serve(args: readonly string[], source: HotplugSource) {
       throw new Error(`serve exited ${code}: ${c.err}`);
     }),
   ]);
-  return { server, c, stop: async () => (stop("SIGINT"), await exit) };
+  return {
+    server,
+    c,
+    stop: async () => {
+      stop("SIGINT");
+      return await exit;
+    },
+  };
 }
 
 describe("serve: host devices that are not plugged in yet", () => {
