@@ -80,7 +80,10 @@ export class PortReconnector {
     this.cancel(port);
     const retry: Retry = { timer: null, cancelled: false };
     this.retries.set(port, retry);
-    this.host.log(`port ${port}: ${describeSpec(spec)} lost (${reason}); reconnecting`);
+    // The engine words a vanished device "device gone: …" (backend-host.ts); the reason after it is the link's.
+    this.host.log(
+      `port ${port}: ${describeSpec(spec)} lost (${reason.replace(/^device gone: /, "")}); reconnecting`,
+    );
     this.schedule(port, spec, retry, 1, reason);
   }
 
