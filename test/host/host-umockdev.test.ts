@@ -264,7 +264,7 @@ describe.skipIf(testbedPython === null)(
     }, 60_000);
 
     it("a hotplug storm (100 plug/unplug) under --match-new: one export left, no leaked port worker or grant", async () => {
-      const v = await serveUnderTestbed(["storm", "100"], 120_000);
+      const v = await serveUnderTestbed(["storm", "100"], 180_000);
       expect(v.listed).toEqual(["1-1"]);
       expect(v.exported).toEqual(["1-1"]);
       expect(v.workersBefore).toBe(0);
@@ -272,6 +272,6 @@ describe.skipIf(testbedPython === null)(
       expect(v.grantsLeaked).toBe(0);
       // Every export but the last was withdrawn (events may coalesce: a plug seen after its unplug is skipped).
       expect(v.exports).toBe((v.withdrawn as number) + 1);
-    }, 130_000);
+    }, 190_000);
   },
 );
