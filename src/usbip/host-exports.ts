@@ -82,6 +82,9 @@ export class HostExports {
   private stopWatching: (() => void) | null = null;
   private stopped = false;
   private readonly timers = new Set<NodeJS.Timeout>();
+  /** Per port path, the number of the last hotplug event for it: an attach that is not the last is stale. */
+  private readonly latest = new Map<string, number>();
+  private events = 0;
   private readonly onFailed = (busid: string, reason: string, gone: boolean): void => {
     this.enqueue(() => this.failed(busid, reason, gone));
   };
@@ -104,17 +107,30 @@ export class HostExports {
   /** Start watching; then export whatever wanted device is plugged in already but not exported. */
   async start(): Promise<void> {
     this.options.server.on("device-failed", this.onFailed);
-    this.stopWatching = this.options.source.watch((type, d) =>
-      this.enqueue(() => (type === "attach" ? this.plugged(d, "plugged in") : this.unplugged(d))),
-    );
+    this.stopWatching = this.options.source.watch((type, d) => {
+      const n = ++this.events;
+      this.latest.set(d.portPath, n);
+      this.enqueue(async () => {
+        if (type === "detach") return await this.unplugged(d);
+        // Unplugged again before its turn came (a hotplug storm): its detach follows; exporting it is wasted.
+        if (this.latest.get(d.portPath) !== n) {
+          this.options.log.info(
+            `host device ${describe(d)} plugged in and out again before it could be exported`,
+          );
+          return;
+        }
+        await this.plugged(d, "plugged in");
+      });
+    });
     for (const w of this.wants) {
       if (w.current === null) {
         this.options.log.info(`waiting for host device ${formatSelector(w.selector)} (bus id 1-${w.port})`);
       }
     }
-    // A device plugged in between serve's listing and the watch: look once more.
+    // A wanted device plugged in between serve's listing and the watch: look once more (--match-new is
+    // for devices plugged in from now on, not for what was there at start).
     const now = await this.options.source.list();
-    for (const d of now) this.enqueue(() => this.plugged(d, "found"));
+    for (const d of now) this.enqueue(() => this.plugged(d, "found", false));
     await this.queue;
   }
 
@@ -144,11 +160,11 @@ export class HostExports {
     });
   }
 
-  private async plugged(d: PluggedDevice, how: string): Promise<void> {
+  private async plugged(d: PluggedDevice, how: string, isNew = true): Promise<void> {
     if (d.portPath.startsWith("usb")) return; // a root hub
     if (this.wants.some((w) => w.current !== null && w.current.path === d.portPath)) return; // exported already
     const want = this.wants.find((w) => w.current === null && matchesSelector(d, w.selector));
-    if (want === undefined && !this.options.matchNew) return;
+    if (want === undefined && !(this.options.matchNew && isNew)) return;
     const verdict = judge(this.options.filter, d);
     if (!verdict.allowed) {
       const what = want !== undefined ? ` (wanted as ${formatSelector(want.selector)})` : "";

@@ -12,7 +12,9 @@ import type { HotplugSource, PluggedDevice } from "../../src/usbip/host-exports.
 import type { UsbipServer } from "../../src/usbip/server.js";
 import { capture } from "./helpers.js";
 
-function fakeSource(): HotplugSource & { emit(type: "attach" | "detach", d: PluggedDevice): void } {
+function fakeSource(
+  present: readonly PluggedDevice[] = [],
+): HotplugSource & { emit(type: "attach" | "detach", d: PluggedDevice): void } {
   let listener: ((type: "attach" | "detach", d: PluggedDevice) => void) | null = null;
   return {
     watch(l) {
@@ -21,7 +23,7 @@ function fakeSource(): HotplugSource & { emit(type: "attach" | "detach", d: Plug
         listener = null;
       };
     },
-    list: async () => [],
+    list: async () => present,
     emit: (type, d) => listener?.(type, d),
   };
 }
@@ -93,6 +95,23 @@ describe("serve: host devices that are not plugged in yet", () => {
         c.logger.matching("but the filter denies it: rule 1: deny class=0x03 (class 0x03)"),
       ).toHaveLength(1);
       expect(c.logger.matching("but the filter denies it: the built-in rule: deny hubs")).toHaveLength(1);
+    } finally {
+      expect(await stop()).toBe(0);
+    }
+  });
+
+  it("--match-new is for devices plugged in from now on: one already there at start is left alone", async () => {
+    const stick = {
+      vendorId: 0x0781,
+      productId: 0x5567,
+      deviceClass: 0,
+      interfaceClasses: [8],
+      portPath: "1-4.1",
+    };
+    const { server, c, stop } = await serve(["--match-new"], fakeSource([stick]));
+    try {
+      expect(await listRemote({ host: "127.0.0.1", port: server.address.port })).toEqual([]);
+      expect(c.logger.matching("1-4.1")).toEqual([]);
     } finally {
       expect(await stop()).toBe(0);
     }

@@ -162,6 +162,9 @@ async function storm(n: number): Promise<Record<string, unknown>> {
       grantsLeaked: grantsFreeBefore - grants.freeCount,
       withdrawn: log.matching("withdrew ").length,
       exports: log.matching("exported as").length,
+      coalesced: log.matching("plugged in and out again before it could be exported").length,
+      failedExports: log.matching("could not export it").length,
+      warnings: log.lines.filter((l) => l.startsWith("warn") && !l.includes("could not export it")),
     };
   } finally {
     await stop();
