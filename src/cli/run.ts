@@ -20,8 +20,8 @@ import { type CommandSpec, commandHelp, parseArgs, parseSize } from "./args.js";
 import { readServeConfig, serveConfigFromFlags } from "./config.js";
 import { EngineWatch, packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
 import { UsageError } from "./errors.js";
-import { allowedExports, checkExplicitDevices, planPorts } from "./host-exports.js";
 import { MetricsEndpoint, parseMetricsAddress } from "./metrics.js";
+import { allowedExports, checkExplicitDevices, planPorts } from "./serve-hosts.js";
 import { STATUS, statusCommand } from "./status.js";
 import { StatusTracker } from "./status-page.js";
 
@@ -465,8 +465,12 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     const listing = await loadHostListing(io, true);
     if ("rows" in listing) rows = listing.rows;
     if ("error" in listing) {
-      if (allow.length > 0)
-        throw new Error(`--allow needs the host's device list, which failed: ${listing.error}`);
+      for (const [wanted, flag] of [
+        [allow.length > 0, "--allow"],
+        [matchNew, "--match-new"],
+      ] as const) {
+        if (wanted) throw new Error(`${flag} needs the host's device list, which failed: ${listing.error}`);
+      }
     } else {
       checkExplicitDevices(specs, filter, listing.rows);
       specs.push(...allowedExports(allow, filter, listing.rows, specs));
@@ -495,8 +499,6 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   for (const w of storageFileWarnings(specs, config.storageSize !== undefined)) logger.warn(w);
   const listenFd = socketActivationFd();
   const plan = planPorts(specs, rows, matchNew);
-  if (plan.devices.length === 0)
-    throw new UsageError("serve", "--match-new needs the host's device list (libusb)");
   const server = await UsbipServer.start({
     devices: plan.devices,
     host: bind,

@@ -116,4 +116,16 @@ describe("serve: host devices that are not plugged in yet", () => {
       expect(await stop()).toBe(0);
     }
   });
+
+  it("--match-new without a host listing (no libusb) says so and exits 1, instead of serving nothing", async () => {
+    const c = capture({
+      listHostDevices: async () => {
+        throw new Error("libusb could not be loaded");
+      },
+    });
+    expect(await run(["serve", "--port", "0", "--match-new"], c.io)).toBe(1);
+    expect(c.err).toBe(
+      "usbvirt serve: --match-new needs the host's device list, which failed: libusb could not be loaded\n",
+    );
+  });
 });

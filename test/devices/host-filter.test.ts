@@ -6,7 +6,7 @@
  */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { allowedExports, checkExplicitDevices } from "../../src/cli/host-exports.js";
+import { allowedExports, checkExplicitDevices } from "../../src/cli/serve-hosts.js";
 import {
   type DeviceFilter,
   type FilterableDevice,
