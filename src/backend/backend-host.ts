@@ -170,6 +170,9 @@ export function startBackendHost(hostData: BackendHostData): void {
             backend.failPort(port, `device gone: ${reason}`, ENODEV);
             void link.host.retire();
           },
+          log(line) {
+            if (backend.portLink(port) === link) backend.deviceLog(port, line);
+          },
           failed(reason) {
             if (backend.portLink(port) !== link) return;
             backend.failPort(port, reason);

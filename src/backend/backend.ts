@@ -85,7 +85,9 @@ export type BackendEvent =
   /** `gone`: the device went away (unplugged, its URBs got -ENODEV), rather than misbehaving. */
   | { readonly type: "port-failed"; readonly port: number; readonly reason: string; readonly gone: boolean }
   /** The host's service loop threw (a bug): on a worker the worker dies; on a shared thread this says so. */
-  | { readonly type: "host-failed"; readonly message: string };
+  | { readonly type: "host-failed"; readonly message: string }
+  /** Something a port's device told its operator (e.g. a remote server that stalled a port reset). */
+  | { readonly type: "device-log"; readonly port: number; readonly line: string };
 
 interface PortState {
   link: PortLink | null;
@@ -150,6 +152,11 @@ export class UsbBackend implements Waitable {
 
   private emit(e: BackendEvent): void {
     for (const l of this.listeners) l(e);
+  }
+
+  /** Pass a line a port's device logged on to the control plane. */
+  deviceLog(port: number, line: string): void {
+    this.emit({ type: "device-log", port, line });
   }
 
   get ringFault(): number {

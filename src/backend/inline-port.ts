@@ -67,6 +67,7 @@ export class InlinePort implements PortHost {
 
   watch(events: PortHostEvents): void {
     this.events = events;
+    this.device.onLog?.((line) => events.log?.(line));
     this.device.onGone?.((reason) => {
       this.service.publish();
       events.gone(reason);

@@ -49,6 +49,8 @@ export interface PortHostEvents {
   gone(reason: string): void;
   /** The host failed (a worker crashed or exited, a device threw). */
   failed(reason: string): void;
+  /** The device logged a line for the operator (UsbDevice.onLog). */
+  log?(line: string): void;
 }
 
 /** What runs a port's device, seen from the backend worker. */

@@ -18,6 +18,7 @@ import type {
   PortWorkerData,
   PortWorkerGone,
   PortWorkerHello,
+  PortWorkerLog,
 } from "../workers/port-worker.js";
 import { siblingModule, startWorker } from "../workers/spawn.js";
 import { type PortHost, type PortHostEvents, PortLink, PortStartError } from "./port-link.js";
@@ -53,8 +54,9 @@ export class WorkerPort implements PortHost {
 
   watch(events: PortHostEvents): void {
     this.worker.on("error", (err) => events.failed(`port worker crashed: ${String(err)}`));
-    this.worker.on("message", (m: PortWorkerGone) => {
+    this.worker.on("message", (m: PortWorkerGone | PortWorkerLog) => {
       if (m.type === "gone") events.gone(m.reason);
+      else if (m.type === "log") events.log?.(m.line);
     });
     this.worker.on("exit", (code) => events.failed(`port worker exited (code ${code})`));
   }

@@ -16,7 +16,7 @@
 
 import { readFile } from "node:fs/promises";
 import * as v from "valibot";
-import { parseSelector } from "../devices/host/select.js";
+import { parseRules, parseSelectorRule } from "../devices/host/filter.js";
 import { DeviceSpecSchema, describeIssue, describeIssues } from "../devices/spec-schema.js";
 import { parseIpPrefix } from "../util/ip-prefix.js";
 import { parseSize } from "./args.js";
@@ -58,11 +58,27 @@ const HostSelectorText = v.pipe(
   v.rawCheck(({ dataset, addIssue }) => {
     if (!dataset.typed) return;
     try {
-      parseSelector(dataset.value);
+      parseSelectorRule("allow", dataset.value);
     } catch (err) {
       addIssue({ message: `${JSON.stringify(dataset.value)}: ${(err as Error).message}` });
     }
   }),
+);
+
+/** Filter rules (src/devices/host/filter.ts): one or more joined by "|", usbredir's form or "allow|deny SEL". */
+const FilterRulesText = v.pipe(
+  v.string(),
+  v.rawCheck(({ dataset, addIssue }) => {
+    if (!dataset.typed) return;
+    try {
+      parseRules(dataset.value);
+    } catch (err) {
+      addIssue({ message: (err as Error).message });
+    }
+  }),
+  v.description(
+    'filter rules joined by "|", first match wins: usbredir\'s "class,vendor,product,bcd,allow" (-1 = any, e.g. "0x03,-1,-1,-1,0") or "allow SEL" / "deny SEL" (SEL: VID:PID, 1-1.2, serial=S, class=hid, bcd=0x0100)',
+  ),
 );
 
 const ClientAddress = v.pipe(
@@ -111,16 +127,35 @@ export const ServeConfigSchema = v.pipe(
         v.description("devices to export, in bus-id order (default: loopback, keyboard, storage)"),
       ),
     ),
+    filter: v.optional(
+      v.pipe(
+        v.union(
+          [FilterRulesText, v.array(FilterRulesText)],
+          (i) => `must be filter rules (a string or a list of strings), not ${JSON.stringify(i.input)}`,
+        ),
+        v.description(
+          "which host devices may be exported: rules checked in order before deny and allow (see filter rules in the README)",
+        ),
+      ),
+    ),
     allow: v.optional(
       v.pipe(
         v.array(HostSelectorText, "must be a list of host selectors"),
-        v.description("also export every host device matching one of these selectors"),
+        v.description(
+          "allow host devices matching these selectors, and export every one plugged in at start",
+        ),
       ),
     ),
     deny: v.optional(
       v.pipe(
         v.array(HostSelectorText, "must be a list of host selectors"),
-        v.description("never export host devices matching these selectors"),
+        v.description("never export host devices matching these selectors (explicit devices included)"),
+      ),
+    ),
+    matchNew: v.optional(
+      v.pipe(
+        v.boolean(),
+        v.description("also export every host device plugged in later that passes the filter"),
       ),
     ),
     allowClients: v.optional(
@@ -200,8 +235,10 @@ export const FLAG_OF_KEY: Readonly<Record<Exclude<ConfigKey, "$schema">, string>
   bind: "bind",
   port: "port",
   devices: "device",
+  filter: "filter",
   allow: "allow",
   deny: "deny",
+  matchNew: "match-new",
   allowClients: "allow-client",
   storageSize: "storage-size",
   storageFile: "storage-file",

@@ -5,11 +5,13 @@
  * replace (output, stop signal, logger, host listing) comes in through CliIo.
  */
 import { EMULATED_DEVICES, isEmulatedDeviceName } from "../devices/emulated/index.js";
-import { type HostSelector, parseSelector, passesFilter, specFromSelector } from "../devices/host/select.js";
+import { filterFromLists, needsSerial } from "../devices/host/filter.js";
+import { parseSelector, specFromSelector } from "../devices/host/select.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
 import { attachRemote, describeEnumerated, hex4, loopbackCheck, parseHostPort } from "../usbip/attach.js";
 import { listRemote } from "../usbip/client.js";
+import { HostExports, type HotplugSource, libusbHotplugSource } from "../usbip/host-exports.js";
 import { type LogFormat, streamLogger, type UsbipLogger } from "../usbip/log.js";
 import { USBIP_PORT } from "../usbip/protocol.js";
 import { UsbipServer } from "../usbip/server.js";
@@ -21,6 +23,7 @@ import { EngineWatch, packageVersion, socketActivationFd, storageFileWarnings } 
 import { UsageError } from "./errors.js";
 import { MetricsEndpoint, parseMetricsAddress } from "./metrics.js";
 import { REDIRECT, redirectCommand } from "./redirect.js";
+import { allowedExports, checkExplicitDevices, planPorts } from "./serve-hosts.js";
 import { STATUS, statusCommand } from "./status.js";
 import { StatusTracker } from "./status-page.js";
 
@@ -36,6 +39,8 @@ export interface CliIo {
   logger?: UsbipLogger;
   /** Replaces the libusb listing (tests). */
   listHostDevices?: () => Promise<readonly HostDeviceRow[]>;
+  /** Replaces libusb's hotplug events for serve (tests). */
+  hotplugSource?: HotplugSource;
 }
 
 /** What `list` needs of a host device (src/devices/host/enumerate.ts HostDeviceInfo). */
@@ -47,6 +52,10 @@ export interface HostDeviceRow {
   readonly serial?: string;
   readonly manufacturer?: string;
   readonly product?: string;
+  /** For the filter: bDeviceClass, bcdDevice and the interface classes (HostDeviceInfo has them). */
+  readonly deviceClass?: number;
+  readonly bcdDevice?: number;
+  readonly interfaceClasses?: readonly number[];
 }
 
 export const defaultIo: CliIo = {
@@ -106,18 +115,30 @@ const SERVE: CommandSpec = {
       help: "export a device: loopback | keyboard | storage | VID:PID | BUS-PORT (1-1.2) | serial=S",
     },
     {
+      name: "filter",
+      kind: "string",
+      multiple: true,
+      value: "RULES",
+      help: 'host device rules, first match wins: "0x03,-1,-1,-1,0|..." (usbredir) or "deny class=hid|allow *"',
+    },
+    {
       name: "allow",
       kind: "string",
       multiple: true,
       value: "SEL",
-      help: "also export every host device matching SEL",
+      help: "allow host devices matching SEL, and export every one plugged in at start",
     },
     {
       name: "deny",
       kind: "string",
       multiple: true,
       value: "SEL",
-      help: "never export host devices matching SEL",
+      help: "never export host devices matching SEL (class=hid, VID:PID, 1-1.2, serial=S; explicit ones too)",
+    },
+    {
+      name: "match-new",
+      kind: "boolean",
+      help: "also export every host device plugged in later that passes the filter",
     },
     {
       name: "allow-client",
@@ -159,6 +180,9 @@ const SERVE: CommandSpec = {
     },
   ],
   details: `With no device selected, serve exports the emulated loopback, keyboard and a 64 MiB storage device.
+Host devices pass the filter first: --filter rules in order, then --deny, then --allow; the first rule that
+matches decides; then hubs (class 9) are denied; with no match a device is allowed unless an allow rule was
+given. A class rule is checked against the device class and each interface class (as usbredir does).
 Devices get bus ids 1-1, 1-2, … in the order given. Every import, detach and error is logged with the
 client's address. SIGINT/SIGTERM: in-flight URBs are completed or cancelled, devices released, exit 0.
 If the engine dies for good (its backend lost more often than it may be restarted) serve logs it and exits 1.
@@ -190,10 +214,17 @@ const ATTACH: CommandSpec = {
       value: "SECONDS",
       help: `check on a quiet server after this long (default ${DEFAULT_KEEPALIVE_S})`,
     },
+    {
+      name: "no-reconnect",
+      kind: "boolean",
+      help: "exit 1 when the link is lost instead of reconnecting",
+    },
   ],
   details: `Without --check the device stays attached until SIGINT/SIGTERM (exit 0). If the server closes the
 connection, or stays silent for --keepalive and then does not answer a status request within --timeout,
-attach says so and exits 1.`,
+the device is disconnected (URBs in flight end with -ESHUTDOWN), then attach reconnects with exponential
+backoff (0.5 s doubling up to 30 s, with jitter) and imports the same bus id again; each step is logged.
+With --no-reconnect it says so and exits 1 instead.`,
 };
 
 const COMMANDS: readonly CommandSpec[] = [LIST, SERVE, ATTACH, REDIRECT, STATUS];
@@ -423,10 +454,6 @@ export function deviceFromSelector(
   }
 }
 
-function selectors(list: readonly string[]): HostSelector[] {
-  return list.map((s) => parseSelector(s)); // checked by the config schema already
-}
-
 export async function serveCommand(options: Options, io: CliIo): Promise<number> {
   // One schema for both sources (src/cli/config.ts): each is checked whole, then flags win key by key.
   const file = typeof options.config === "string" ? await readServeConfig(options.config) : {};
@@ -448,20 +475,30 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   const specs: DeviceSpec[] = (config.devices ?? []).map((d) =>
     typeof d === "string" ? deviceFromSelector(d, storage) : d,
   );
-  const allow = selectors(config.allow ?? []);
-  const deny = selectors(config.deny ?? []);
-  if (allow.length > 0) {
+  const allow = config.allow ?? [];
+  const matchNew = config.matchNew === true;
+  const filterLists = typeof config.filter === "string" ? [config.filter] : (config.filter ?? []);
+  const filter = filterFromLists({ filter: filterLists, deny: config.deny ?? [], allow });
+  // Host devices are judged even with no rule given: the built-in rule denies hubs.
+  let rows: readonly HostDeviceRow[] | null = null;
+  if (allow.length > 0 || matchNew || specs.some((s) => s.kind === "host")) {
     const listing = await loadHostListing(io, true);
-    if ("error" in listing)
-      throw new Error(`--allow needs the host's device list, which failed: ${listing.error}`);
-    for (const d of listing.rows) {
-      if (d.portPath.startsWith("usb")) continue; // root hubs
-      if (passesFilter(d, { allow, deny })) specs.push({ kind: "host", busPort: d.portPath });
+    if ("rows" in listing) rows = listing.rows;
+    if ("error" in listing) {
+      for (const [wanted, flag] of [
+        [allow.length > 0, "--allow"],
+        [matchNew, "--match-new"],
+      ] as const) {
+        if (wanted) throw new Error(`${flag} needs the host's device list, which failed: ${listing.error}`);
+      }
+    } else {
+      checkExplicitDevices(specs, filter, listing.rows);
+      specs.push(...allowedExports(allow, filter, listing.rows, specs));
     }
-    if (specs.length === 0)
+    if (allow.length > 0 && specs.length === 0)
       throw new Error("no host device matches --allow (and none was selected otherwise)");
   }
-  if (specs.length === 0) {
+  if (specs.length === 0 && !matchNew) {
     specs.push(
       { kind: "emulated", name: "loopback" },
       { kind: "emulated", name: "keyboard" },
@@ -481,14 +518,35 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   const logger = tracker?.wrap(quietable) ?? quietable;
   for (const w of storageFileWarnings(specs, config.storageSize !== undefined)) logger.warn(w);
   const listenFd = socketActivationFd();
+  const plan = planPorts(specs, rows, matchNew);
   const server = await UsbipServer.start({
-    devices: specs,
+    devices: plan.devices,
     host: bind,
     port,
     logger,
     allow: allowClients,
     ...(listenFd !== null ? { listenFd } : {}),
   });
+  let hotplug: HostExports | null = null;
+  if (rows !== null && (plan.wants.length > 0 || matchNew)) {
+    hotplug = new HostExports({
+      server,
+      wants: plan.wants,
+      filter,
+      matchNew,
+      freePorts: plan.freePorts,
+      log: logger,
+      source:
+        io.hotplugSource ??
+        libusbHotplugSource(needsSerial(filter) || plan.wants.some((w) => w.selector.serial !== undefined)),
+    });
+    try {
+      await hotplug.start();
+    } catch (err) {
+      await server.close();
+      throw new Error(`cannot watch for host devices: ${(err as Error).message}`);
+    }
+  }
   const watch = new EngineWatch(server.connection);
   let metrics: MetricsEndpoint | null = null;
   try {
@@ -499,18 +557,19 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   } catch (err) {
     tracker?.close();
     watch.dispose();
+    await hotplug?.stop();
     await server.close();
     throw new Error(`cannot serve metrics on ${config.metrics}: ${(err as Error).message}`);
   }
   const { host: boundHost, port: boundPort } = server.address;
-  io.out(`usbvirt: serving ${specs.length} device(s) over USB/IP on ${boundHost}:${boundPort}\n`);
+  io.out(`usbvirt: serving ${server.devices.length} device(s) over USB/IP on ${boundHost}:${boundPort}\n`);
   for (const d of server.devices) {
     io.out(`  ${d.busid.padEnd(6)} ${d.name}  (${describeSpec(d.spec)})\n`);
   }
   const shown = boundHost === "0.0.0.0" || boundHost === "::" ? "THIS_HOST" : boundHost;
   io.out(
     `on a Linux client:  usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}list -r ${shown}` +
-      `   then   usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}attach -r ${shown} -b ${server.devices[0]!.busid}\n`,
+      `   then   usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}attach -r ${shown} -b ${server.devices[0]?.busid ?? "1-1"}\n`,
   );
   const exposure = exposureWarning(bind, allowClients);
   if (exposure !== null) logger.warn(exposure);
@@ -531,6 +590,7 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   else logger.info(`${stop.signal}: shutting down`);
   tracker?.close();
   await metrics?.close();
+  await hotplug?.stop();
   await server.close();
   return "died" in stop ? 1 : 0;
 }
@@ -567,7 +627,15 @@ async function attachCommand(positionals: readonly string[], options: Options, i
   const timeoutMs = secondsOption(options, "timeout", DEFAULT_TIMEOUT_S, "attach");
   const keepaliveMs = secondsOption(options, "keepalive", DEFAULT_KEEPALIVE_S, "attach");
   io.out(`usbvirt: importing ${busid} from ${host}:${port}\n`);
-  const att = await attachRemote({ host, port, busid, timeoutMs, keepaliveMs });
+  const att = await attachRemote({
+    host,
+    port,
+    busid,
+    timeoutMs,
+    keepaliveMs,
+    reconnect: options["no-reconnect"] !== true,
+    log: (line) => io.err(`usbvirt attach: ${line}\n`),
+  });
   try {
     io.out(`attached ${busid}: ${describeEnumerated(att.device)}\n`);
     if (options.check === true) {

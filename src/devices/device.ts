@@ -128,4 +128,7 @@ export interface UsbDevice {
    * the backend, which reports a disconnect on the port.
    */
   onGone?(listener: (reason: string) => void): void;
+
+  /** Devices with something to tell the operator (not an error of a transfer) call `listener` with one line. */
+  onLog?(listener: (line: string) => void): void;
 }

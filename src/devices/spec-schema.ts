@@ -132,22 +132,39 @@ const milliseconds = v.pipe(
   v.maxValue(2 ** 31 - 1, "must be at most 2147483647 ms"),
 );
 
-const UsbipSpec = v.strictObject({
-  kind: v.literal("usbip"),
-  host: v.pipe(v.string(), v.minLength(1, "must not be empty"), v.maxLength(253, "is longer than 253")),
-  port: v.optional(
-    v.pipe(
-      v.number(),
-      v.integer("must be an integer 1..65535"),
-      v.minValue(1, "must be an integer 1..65535"),
-      v.maxValue(65535, "must be an integer 1..65535"),
+const UsbipSpec = v.pipe(
+  v.strictObject({
+    kind: v.literal("usbip"),
+    host: v.pipe(v.string(), v.minLength(1, "must not be empty"), v.maxLength(253, "is longer than 253")),
+    port: v.optional(
+      v.pipe(
+        v.number(),
+        v.integer("must be an integer 1..65535"),
+        v.minValue(1, "must be an integer 1..65535"),
+        v.maxValue(65535, "must be an integer 1..65535"),
+      ),
     ),
+    busid: v.pipe(v.string(), v.minLength(1, "must not be empty"), v.maxLength(31, "is longer than 31")),
+    timeoutMs: v.optional(milliseconds),
+    keepaliveMs: v.optional(milliseconds),
+    reconnect: v.optional(v.boolean()),
+    retryMinMs: v.optional(milliseconds),
+    retryMaxMs: v.optional(milliseconds),
+    retryAttempts: v.optional(
+      v.pipe(
+        v.number(),
+        v.integer("must be an integer 1..1000000"),
+        v.minValue(1, "must be an integer 1..1000000"),
+        v.maxValue(1_000_000, "must be an integer 1..1000000"),
+      ),
+    ),
+    placement: v.optional(workerOnly("usbip")),
+  }),
+  v.check(
+    (s) => (s.retryMinMs ?? 500) <= (s.retryMaxMs ?? 30_000),
+    "retryMinMs must not be larger than retryMaxMs (defaults 500 and 30000)",
   ),
-  busid: v.pipe(v.string(), v.minLength(1, "must not be empty"), v.maxLength(31, "is longer than 31")),
-  timeoutMs: v.optional(milliseconds),
-  keepaliveMs: v.optional(milliseconds),
-  placement: v.optional(workerOnly("usbip")),
-});
+);
 
 export const DeviceSpecSchema = v.variant("kind", [EmulatedSpec, HostSpec, UsbipSpec], oneOf);
 

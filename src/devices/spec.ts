@@ -38,6 +38,17 @@ export interface UsbipDeviceSpec {
   readonly timeoutMs?: number;
   /** Quiet time after which the server is probed (default 5000 ms); see src/usbip/client.ts startKeepalive. */
   readonly keepaliveMs?: number;
+  /**
+   * Reconnect and re-import the same bus id when the link is lost (default true); see
+   * src/engine/reconnect.ts. The guest sees a disconnect, then the device again.
+   */
+  readonly reconnect?: boolean;
+  /** First backoff step (default 500 ms); each failed attempt doubles it, with jitter. */
+  readonly retryMinMs?: number;
+  /** Largest backoff step (default 30000 ms). */
+  readonly retryMaxMs?: number;
+  /** Attempts before giving up (default: no limit). */
+  readonly retryAttempts?: number;
 }
 
 export type DeviceSpec = EmulatedDeviceSpec | HostDeviceSpec | UsbipDeviceSpec;

@@ -16,13 +16,14 @@
  * Statuses from the server go through the USB/IP boundary's translation
  * (src/usbip/protocol.ts statusFromUsbip). A lost connection completes every
  * transfer in flight with -ESHUTDOWN, then `onGone` says why in plain words
- * (the port worker reports the port empty, `usbvirt attach` exits). Nothing
+ * (the port worker reports the port empty: the guest sees a disconnect; the
+ * connection then reconnects and re-imports, src/engine/reconnect.ts). Nothing
  * waits forever: open() as a whole (connect, import, descriptors) is bounded
  * by the spec's `timeoutMs` (connect, import, descriptors: each), and once open the client's keepalive
  * (src/usbip/client.ts startKeepalive, `keepaliveMs`) notices a silent server.
  */
 import { UsbSpeed } from "../rings/conn-ring.js";
-import { ECONNRESET, ESHUTDOWN, OK, type UrbStatus } from "../urb/status.js";
+import { ECONNRESET, EPIPE, ESHUTDOWN, OK, type UrbStatus } from "../urb/status.js";
 import {
   DEFAULT_CLIENT_TIMEOUT_MS,
   type SubmitResult,
@@ -80,6 +81,9 @@ export class UsbipRemoteDevice implements UsbDevice {
   private readonly live = new Set<number>();
   private closed = false;
   private goneListener: ((reason: string) => void) | null = null;
+  private logListener: ((line: string) => void) | null = null;
+  /** The server stalled our SET_FEATURE(PORT_RESET) once: resets are local from then on. */
+  private localReset = false;
 
   constructor(readonly spec: UsbipDeviceSpec) {}
 
@@ -156,6 +160,10 @@ export class UsbipRemoteDevice implements UsbDevice {
 
   onGone(listener: (reason: string) => void): void {
     this.goneListener = listener;
+  }
+
+  onLog(listener: (line: string) => void): void {
+    this.logListener = listener;
   }
 
   private async getDescriptor(type: number, index: number, length: number): Promise<Uint8Array> {
@@ -296,9 +304,29 @@ export class UsbipRemoteDevice implements UsbDevice {
     });
   }
 
-  /** SET_FEATURE(PORT_RESET) over the link: Linux's stub resets the device, usbvirt's server resets it in its engine. */
-  reset(): Promise<UrbStatus> {
-    return this.standard({ bmRequestType: 0x23, bRequest: 3, wValue: 4, wIndex: 0, wLength: 0 });
+  /**
+   * SET_FEATURE(PORT_RESET) over the link: Linux's stub resets the device, usbvirt's server resets it in
+   * its engine. That is a Linux convention (vhci-hcd itself never sends the request: it resets its port
+   * locally); a server that hands the request to the device gets a stall (-EPIPE) back. Then the reset is
+   * local, as vhci's: the port's state (address, configuration) was already reset by the engine, the
+   * device keeps its own, and the next SET_CONFIGURATION brings both in line. Logged once per import.
+   */
+  async reset(): Promise<UrbStatus> {
+    if (this.localReset) return this.client === null || this.client.closed ? ESHUTDOWN : OK;
+    const status = await this.standard({
+      bmRequestType: 0x23,
+      bRequest: 3,
+      wValue: 4,
+      wIndex: 0,
+      wLength: 0,
+    });
+    if (status !== EPIPE) return status;
+    this.localReset = true;
+    this.logListener?.(
+      `the USB/IP server ${this.spec.host}:${this.spec.port ?? 3240} stalled the port reset of ${this.spec.busid} ` +
+        "(it is not Linux's usbip-host and hands the request to the device); resets of this device are local from now on",
+    );
+    return OK;
   }
 
   async close(): Promise<void> {

@@ -24,6 +24,7 @@ import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { connect, disconnect, type Remote } from "../util/rpc.js";
 import { siblingModule, startWorker } from "../workers/spawn.js";
 import { type ControllerHandles, createControllerHandles, type HandlesOptions } from "./handles.js";
+import { PortReconnector, reconnects } from "./reconnect.js";
 
 /** xenbus states (xen/include/public/io/xenbus.h). */
 export const ConnectionState = {
@@ -86,6 +87,12 @@ export interface ConnectionEvents {
   "backend-lost": [reason: string];
   /** A new backend is up (its devices are re-attached next). */
   "backend-ready": [];
+  /** A lost USB/IP device is re-attached after `delayMs` (attempt from 1; src/engine/reconnect.ts). */
+  "port-reconnecting": [port: number, attempt: number, delayMs: number, reason: string];
+  /** The lost device is back on its port (the guest sees a connect and enumerates it again). */
+  "port-reconnected": [port: number, summary: DeviceSummary];
+  /** Reconnecting stopped after the spec's retryAttempts: the port stays empty. */
+  "port-reconnect-failed": [port: number, reason: string];
 }
 
 /** How long attach/detach wait for this thread's frontend to take the port's event. */
@@ -111,6 +118,15 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private readonly wanted = new Map<number, DeviceSpec>();
   private restarts = 0;
   private restarting: Promise<void> | null = null;
+  private readonly reconnector = new PortReconnector({
+    attach: (port, spec) => this.attachSpec(port, spec),
+    detach: (port) => this.detach(port),
+    log: (line) => this.emit("log", line),
+    reconnecting: (port, attempt, delayMs, reason) =>
+      this.emit("port-reconnecting", port, attempt, delayMs, reason),
+    reconnected: (port, summary) => this.emit("port-reconnected", port, summary),
+    gaveUp: (port, reason) => this.emit("port-reconnect-failed", port, reason),
+  });
 
   private constructor(
     private readonly options: ConnectionOptions,
@@ -193,8 +209,12 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private onBackendEvent(handle: BackendHandle, e: BackendEvent): void {
     if (handle !== this.backend) return;
     if (e.type === "port-failed") {
+      const spec = this.wanted.get(e.port);
       this.wanted.delete(e.port);
       this.emit("port-failed", e.port, e.reason, e.gone);
+      if (e.gone && spec !== undefined && reconnects(spec)) this.reconnector.lost(e.port, spec, e.reason);
+    } else if (e.type === "device-log") {
+      this.emit("log", `port ${e.port}: ${e.line}`);
     } else if (e.type === "host-failed") {
       this.emit("log", `backend failed: ${e.message}`);
       void this.recover(`backend failed: ${e.message}`);
@@ -255,6 +275,16 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    */
   async attach(port: number, spec: DeviceSpec): Promise<DeviceSummary> {
     checkDeviceSpec(spec); // a VMM's bad spec fails here, naming the field, not deep in the backend
+    this.reconnector.cancel(port);
+    return await this.attachSpec(port, spec);
+  }
+
+  /** Ports whose lost USB/IP device is being reconnected. */
+  get reconnecting(): readonly number[] {
+    return this.reconnector.pending;
+  }
+
+  private async attachSpec(port: number, spec: DeviceSpec): Promise<DeviceSummary> {
     const summary = await this.requireBackend().api.attach(port, spec);
     this.wanted.set(port, spec);
     await this.frontendSees(port, true);
@@ -264,6 +294,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   /** Take the device off a port; resolves once it is closed and the frontend shows the port empty. */
   async detach(port: number): Promise<void> {
     this.wanted.delete(port);
+    // Detaching a port whose device is being reconnected just stops that.
+    if (this.reconnector.cancel(port) && this.frontend?.portStatus(port).connected !== true) return;
     await this.requireBackend().api.detach(port);
     await this.frontendSees(port, false);
   }
@@ -334,6 +366,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   /** Detach every device, stop the backend and the frontend. */
   async close(): Promise<void> {
     if (this.stateValue === ConnectionState.Closed) return;
+    this.reconnector.cancelAll();
     await this.restarting;
     this.setState(ConnectionState.Closing);
     const b = this.backend;

@@ -6,9 +6,18 @@
  * device is usbvirt's loopback (the `--check` round trip).
  *
  * Errors and losses are told in the user's words (the device, the server),
- * not the engine's (its port number, its worker handshake): `lost` resolves
- * with a plain reason when the server goes away or stops answering.
+ * not the engine's (its port number, its worker handshake). Lifecycle: when
+ * the link is lost (the server closed, a read error, the keepalive timed
+ * out) the guest sees the port disconnect and every URB in flight completes
+ * with -ESHUTDOWN; then, unless `reconnect: false`, the engine reconnects
+ * with exponential backoff and re-imports the same bus id
+ * (src/engine/reconnect.ts), and this module enumerates the device again:
+ * 'disconnected' (reason), 'reconnecting' (attempt, delay), 'reconnected'
+ * (device) on `events`, each also a line on `log`. `lost` resolves with a
+ * plain reason only when the device is gone for good (no reconnect, or
+ * reconnecting gave up, or the local engine stopped).
  */
+import { EventEmitter } from "node:events";
 import { Connection } from "../engine/connection.js";
 import { type EnumeratedDevice, GuestUsbDriver } from "../guest/guest-driver.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
@@ -23,6 +32,20 @@ export interface AttachOptions {
   readonly timeoutMs?: number;
   /** Quiet time after which the server is probed (default 5000 ms). */
   readonly keepaliveMs?: number;
+  /** Reconnect and re-import after a lost link (default true). */
+  readonly reconnect?: boolean;
+  /** Backoff bounds of the reconnect (defaults 500 ms and 30 s) and the attempts before giving up (no limit). */
+  readonly retryMinMs?: number;
+  readonly retryMaxMs?: number;
+  readonly retryAttempts?: number;
+  /** Every transition, one line each (lost, each attempt, reconnected, a stalled reset). */
+  readonly log?: (line: string) => void;
+}
+
+export interface AttachEvents {
+  disconnected: [reason: string];
+  reconnecting: [attempt: number, delayMs: number];
+  reconnected: [device: EnumeratedDevice];
 }
 
 /** The import did not work; the message says why in plain words. */
@@ -37,11 +60,13 @@ registerErrorClass(AttachError);
 export interface AttachedDevice {
   readonly conn: Connection;
   readonly guest: GuestUsbDriver;
+  /** The device as last enumerated (again after each reconnect). */
   readonly device: EnumeratedDevice;
   readonly port: PortNum;
   readonly address: DevAddr;
-  /** Resolves with a plain reason once the device is gone (server closed, stopped answering, …). */
+  /** Resolves with a plain reason once the device is gone for good (see the header). */
   readonly lost: Promise<string>;
+  readonly events: EventEmitter<AttachEvents>;
   close(): Promise<void>;
 }
 
@@ -70,11 +95,26 @@ export async function attachRemote(options: AttachOptions): Promise<AttachedDevi
   const port = 1 as PortNum;
   const address = 1 as DevAddr;
   const server = `${options.host}:${options.port ?? USBIP_PORT}`;
+  const reconnect = options.reconnect !== false;
+  const log = options.log ?? (() => undefined);
+  const events = new EventEmitter<AttachEvents>();
+  let closing = false;
   const lost = new Promise<string>((resolve) => {
-    conn.on("port-failed", (p: number, reason: string) => {
-      if (p === port) resolve(plainReason(reason, port));
+    conn.on("port-failed", (p: number, reason: string, gone: boolean) => {
+      if (p !== port) return;
+      const plain = plainReason(reason, port);
+      events.emit("disconnected", plain);
+      // A lost link comes back through the reconnect; anything else (a crashed worker) is final.
+      if (!(reconnect && gone)) resolve(plain);
+    });
+    conn.on("port-reconnect-failed", (p: number, reason: string) => {
+      if (p === port) resolve(reason);
     });
     conn.on("backend-lost", (reason: string) => resolve(`the local engine stopped (${reason})`));
+  });
+  conn.on("log", (line) => log(plainReason(line, port)));
+  conn.on("port-reconnecting", (p, attempt, delayMs) => {
+    if (p === port) events.emit("reconnecting", attempt, delayMs);
   });
   try {
     await conn.attach(port, {
@@ -82,19 +122,42 @@ export async function attachRemote(options: AttachOptions): Promise<AttachedDevi
       host: options.host,
       port: options.port ?? USBIP_PORT,
       busid: options.busid,
+      reconnect,
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
       ...(options.keepaliveMs !== undefined ? { keepaliveMs: options.keepaliveMs } : {}),
+      ...(options.retryMinMs !== undefined ? { retryMinMs: options.retryMinMs } : {}),
+      ...(options.retryMaxMs !== undefined ? { retryMaxMs: options.retryMaxMs } : {}),
+      ...(options.retryAttempts !== undefined ? { retryAttempts: options.retryAttempts } : {}),
     });
     const guest = new GuestUsbDriver(conn.frontend!, conn.handles);
-    const device = await guest.enumerate(port, address);
+    let device = await guest.enumerate(port, address);
+    conn.on("port-reconnected", (p) => {
+      if (p !== port || closing) return;
+      // The guest's part of a reconnect: the port shows a device again, so enumerate it (as a hub driver would).
+      guest.enumerate(port, address).then(
+        (d) => {
+          device = d;
+          log(`${options.busid} from ${server} is attached again: ${describeEnumerated(d)}`);
+          events.emit("reconnected", d);
+        },
+        (err: unknown) => {
+          const why = err instanceof Error ? err.message : String(err);
+          log(`${options.busid} from ${server} came back but did not enumerate: ${why}`);
+        },
+      );
+    });
     return {
       conn,
       guest,
-      device,
+      get device() {
+        return device;
+      },
       port,
       address,
       lost,
+      events,
       close: async () => {
+        closing = true;
         await conn.detach(port).catch(() => undefined);
         await conn.close();
       },

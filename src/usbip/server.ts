@@ -68,7 +68,7 @@ import {
 } from "../guest/device-description.js";
 import { GuestUsbDriver } from "../guest/guest-driver.js";
 import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
-import { ECONNRESET, EINVAL, ENOMEM, OK, type UrbStatus } from "../urb/status.js";
+import { ECONNRESET, EINVAL, ENOMEM, EPIPE, OK, type UrbStatus } from "../urb/status.js";
 import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { allowedBy, buildAllowList } from "../util/ip-prefix.js";
@@ -101,8 +101,11 @@ export class UsbipServerError extends UsbvirtError {
 registerErrorClass(UsbipServerError);
 
 export interface UsbipServerOptions {
-  /** What to export, in port order (at most 31). */
-  readonly devices: readonly DeviceSpec[];
+  /**
+   * What to export, in port order (at most 31). A null entry keeps its port free for a device exported
+   * later (exportDevice: a device that is not plugged in yet, or one `serve --match-new` finds).
+   */
+  readonly devices: readonly (DeviceSpec | null)[];
   /** Address to bind (default 127.0.0.1). */
   readonly host?: string;
   /** TCP port (default 3240; 0 picks a free one). */
@@ -133,6 +136,11 @@ export interface UsbipServerOptions {
   readonly guestMemoryMiB?: number;
   /** Extra options for the engine connection (tests; `backendThread: "worker"` puts the backend on a worker). */
   readonly connection?: Omit<ConnectionOptions, "ports" | "memory">;
+  /**
+   * A client's SET_FEATURE(PORT_RESET): reset the device in the engine (default, as Linux's stub does), or
+   * stall it, as a server that hands the request to the device does (tests of clients that must cope).
+   */
+  readonly portReset?: "reset" | "stall";
 }
 
 /** One exported device as `usbvirt serve` prints it. */
@@ -482,6 +490,9 @@ export class UsbipServer extends EventEmitter {
   private readonly urbShare: number;
   private readonly scratchShare: number;
   private closing: Promise<void> | null = null;
+  private readonly stallPortReset: boolean;
+  /** Each port's region of guest memory (index: port - 1), kept for devices exported later. */
+  private readonly regions: readonly { readonly memory: GuestBufferAllocator; readonly bytes: number }[];
 
   private constructor(
     readonly connection: Connection,
@@ -490,9 +501,11 @@ export class UsbipServer extends EventEmitter {
     server: Server,
     options: UsbipServerOptions,
     shares: { urbs: number; scratchFrames: number },
+    regions: readonly { readonly memory: GuestBufferAllocator; readonly bytes: number }[],
   ) {
     super();
     this.slots = slots;
+    this.regions = regions;
     this.server = server;
     this.hcd = connection.frontend!;
     this.memory = connection.handles.memory[0]!;
@@ -506,6 +519,7 @@ export class UsbipServer extends EventEmitter {
     this.maxSendQueue = options.maxSendQueueBytes ?? 16 * 1024 * 1024;
     this.stalledMs = options.stalledClientMs ?? 30_000;
     this.blockedMs = options.blockedRequestMs ?? 2000;
+    this.stallPortReset = options.portReset === "stall";
     this.urbShare = shares.urbs;
     this.scratchShare = shares.scratchFrames;
     server.on("connection", (socket) => this.accept(socket));
@@ -516,6 +530,7 @@ export class UsbipServer extends EventEmitter {
       slot.gone = gone;
       this.log.error(`device ${slot.busid} (${slot.name}) failed: ${reason}`, { busid: slot.busid });
       if (slot.owner !== null) this.drop(slot.owner, `its device ${slot.busid} failed`);
+      this.emit("device-failed", slot.busid, reason, gone);
     });
   }
 
@@ -581,18 +596,15 @@ export class UsbipServer extends EventEmitter {
       const first = 1 + DRIVER_FRAMES;
       const perDevice = Math.floor((connection.handles.scratchFirstFrame - first) / devices);
       const slots: Slot[] = [];
+      const regions: { memory: GuestBufferAllocator; bytes: number }[] = [];
       for (let i = 0; i < devices; i++) {
         const start = (first + i * perDevice) * FRAME_SIZE;
         const region = new GuestBufferAllocator(start, start + perDevice * FRAME_SIZE);
+        regions.push({ memory: region, bytes: perDevice * FRAME_SIZE });
+        const spec = specs[i];
+        if (spec === null || spec === undefined) continue;
         slots.push(
-          await describeDevice(
-            connection,
-            guest,
-            (i + 1) as PortNum,
-            specs[i]!,
-            region,
-            perDevice * FRAME_SIZE,
-          ),
+          await describeDevice(connection, guest, (i + 1) as PortNum, spec, region, perDevice * FRAME_SIZE),
         );
       }
       // Paused: accept() hands each connection to a socket that reads where the server says (onread).
@@ -602,10 +614,15 @@ export class UsbipServer extends EventEmitter {
         keepAliveInitialDelay: 30_000,
         pauseOnConnect: true,
       });
-      const self = new UsbipServer(connection, guest, slots, server, options, {
-        urbs: Math.min(maxUrbs, ringShare),
-        scratchFrames: Math.floor(scratchFrames / devices),
-      });
+      const self = new UsbipServer(
+        connection,
+        guest,
+        slots,
+        server,
+        options,
+        { urbs: Math.min(maxUrbs, ringShare), scratchFrames: Math.floor(scratchFrames / devices) },
+        regions,
+      );
       await new Promise<void>((resolve, reject) => {
         server.once("error", reject);
         const listening = () => {
@@ -621,6 +638,68 @@ export class UsbipServer extends EventEmitter {
       await connection.close().catch(() => undefined);
       throw err;
     }
+  }
+
+  /**
+   * Export `spec` on `port` (a port kept free with a null entry, or one a withdrawn device left):
+   * attach and describe it through the engine, then list it. Its bus id is 1-PORT, so a device that
+   * comes back on the port it had keeps its bus id.
+   */
+  async exportDevice(spec: DeviceSpec, port: number): Promise<ExportedDeviceInfo> {
+    const region = this.regions[port - 1];
+    if (region === undefined || !Number.isInteger(port)) {
+      throw new UsbipServerError(
+        "ERR_USBVIRT_USBIP_OPTIONS",
+        `port ${port} is not one of 1..${this.regions.length}`,
+      );
+    }
+    if (this.slots.some((s) => s.port === port)) {
+      throw new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", `port ${port} already exports a device`);
+    }
+    let slot: Slot;
+    try {
+      slot = await describeDevice(
+        this.connection,
+        this.guest,
+        port as PortNum,
+        spec,
+        region.memory,
+        region.bytes,
+      );
+    } catch (err) {
+      // Attached but not describable (or never attached): leave the port empty for the next try.
+      if (this.connection.frontend?.portStatus(port).connected === true) {
+        await this.connection.detach(port).catch(() => undefined);
+      }
+      throw err;
+    }
+    if (this.closing !== null || this.slots.some((s) => s.port === port)) {
+      await this.connection.detach(port).catch(() => undefined);
+      throw new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", `port ${port} was taken or the server closed`);
+    }
+    this.slots.push(slot);
+    this.slots.sort((a, b) => a.port - b.port);
+    this.log.info(`exporting ${slot.busid} (${slot.name})`, { busid: slot.busid });
+    return this.devices.find((d) => d.busid === slot.busid)!;
+  }
+
+  /**
+   * Stop exporting `busid` (its device was unplugged, or failed): it leaves the device list at once, its
+   * importer's connection is closed (vhci then reports the device gone), and once its URBs came back the
+   * port is emptied. Resolves false when `busid` was not exported.
+   */
+  async withdraw(busid: string, reason: string): Promise<boolean> {
+    const slot = this.slots.find((s) => s.busid === busid);
+    if (slot === undefined) return false;
+    this.slots.splice(this.slots.indexOf(slot), 1);
+    this.log.info(`withdrew ${busid} (${slot.name}): ${reason}`, { busid });
+    if (slot.owner !== null) this.end(slot.owner, `its device ${busid} is gone (${reason})`, "warn");
+    if (slot.draining !== null) await slot.draining;
+    if (slot.failed === null) {
+      // Still on its port (a failure not reported by the engine yet, or a withdrawal by choice): take it off.
+      await this.connection.detach(slot.port).catch(() => undefined);
+    }
+    return true;
   }
 
   /** Where the server listens. */
@@ -1012,6 +1091,10 @@ export class UsbipServer extends EventEmitter {
     r.kind = Kind.LOCAL;
     const answer = (status: UrbStatus) =>
       this.completed(r, { status, actualLength: 0, startFrame: 0, errorCount: 0 });
+    if (this.stallPortReset) {
+      queueMicrotask(() => answer(EPIPE));
+      return;
+    }
     this.resetAndAddress(slot).then(
       () => answer(OK),
       (err: unknown) => {

@@ -40,6 +40,12 @@ export type PortWorkerHello =
   | { readonly type: "error"; readonly error: SerializedValue };
 
 /** After READY: the device disappeared; every completion it produced is already on the port ring. */
+/** After READY: a line the device logged for the operator (UsbDevice.onLog). */
+export interface PortWorkerLog {
+  readonly type: "log";
+  readonly line: string;
+}
+
 export interface PortWorkerGone {
   readonly type: "gone";
   readonly reason: string;
@@ -97,6 +103,10 @@ async function main(data: PortWorkerData): Promise<void> {
     },
   };
   serve(api, data.control);
+  device.onLog?.((line) => {
+    const log: PortWorkerLog = { type: "log", line };
+    parentPort!.postMessage(log);
+  });
   device.onGone?.((reason) => {
     service.drain(); // publish whatever is still queued before the backend looks
     const gone: PortWorkerGone = { type: "gone", reason };

@@ -16,10 +16,15 @@ export function runChild(
   command: string,
   args: readonly string[],
   timeoutMs = 30_000,
+  env: Readonly<Record<string, string>> = {},
 ): Promise<ChildOutcome> {
   const started = Date.now();
   return new Promise((resolve) => {
-    const child = spawn(command, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(command, args, {
+      cwd: ROOT,
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, ...env },
+    });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (b: Buffer) => {

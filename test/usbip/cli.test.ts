@@ -137,7 +137,12 @@ describe("usbvirt commands", () => {
   });
 
   it("a host device that cannot be exported fails serve with a clear message (exit 1)", async () => {
-    const c = capture();
+    // Without a host listing (no libusb) serve cannot wait for the device: it tries to export it at once.
+    const c = capture({
+      listHostDevices: async () => {
+        throw new Error("libusb could not be loaded");
+      },
+    });
     expect(await run(["serve", "--port", "0", "--device", "dead:beef"], c.io)).toBe(1);
     expect(c.err).toMatch(/^usbvirt serve: cannot export host device vid 0xdead pid 0xbeef: .+/);
     // The device's own words: the engine's port numbering means nothing to a user of serve.

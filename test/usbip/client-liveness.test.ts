@@ -142,6 +142,7 @@ describe("a server that goes away after the import", () => {
       busid: "1-1",
       timeoutMs: 300,
       keepaliveMs: 200,
+      reconnect: false,
     });
     cleanups.push(() => att.close());
     relay.mute();
@@ -154,11 +155,11 @@ describe("a server that goes away after the import", () => {
     expect(att.conn.frontend!.portStatus(att.port).connected).toBe(false);
   }, 15_000);
 
-  it("usbvirt attach (the process) exits 1 with a plain message when its server stops", async () => {
+  it("usbvirt attach --no-reconnect (the process) exits 1 with a plain message when its server stops", async () => {
     t = await startServer();
     const child = spawn(
       process.execPath,
-      ["--import", "tsx", "src/cli/main.ts", "attach", `127.0.0.1:${t.port}`, "1-1"],
+      ["--import", "tsx", "src/cli/main.ts", "attach", "--no-reconnect", `127.0.0.1:${t.port}`, "1-1"],
       { cwd: join(import.meta.dirname, "../.."), stdio: ["ignore", "pipe", "pipe"] },
     );
     cleanups.push(() => {
@@ -190,5 +191,54 @@ describe("a server that goes away after the import", () => {
       /: the USB\/IP server 127\.0\.0\.1:\d+ closed the connection; it is no longer attached\n$/,
     );
     expect(err).not.toMatch(/port 1:|READY/);
+  }, 30_000);
+
+  it("usbvirt attach (the process) keeps the device attached across a server restart on the same port", async () => {
+    t = await startServer();
+    const port = t.port;
+    const child = spawn(
+      process.execPath,
+      ["--import", "tsx", "src/cli/main.ts", "attach", "--keepalive", "1", `127.0.0.1:${port}`, "1-1"],
+      { cwd: join(import.meta.dirname, "../.."), stdio: ["ignore", "pipe", "pipe"] },
+    );
+    cleanups.push(() => {
+      if (child.exitCode === null) child.kill("SIGKILL");
+    });
+    let out = "";
+    let err = "";
+    const waiters: { text: () => string; want: string; resolve: () => void }[] = [];
+    const check = () => {
+      for (const w of waiters.splice(0)) {
+        if (w.text().includes(w.want)) w.resolve();
+        else waiters.push(w);
+      }
+    };
+    const seen = (text: () => string, want: string) =>
+      new Promise<void>((resolve) => {
+        waiters.push({ text, want, resolve });
+        check();
+      });
+    child.stdout.on("data", (d: Buffer) => {
+      out += d.toString();
+      check();
+    });
+    child.stderr.on("data", (d: Buffer) => {
+      err += d.toString();
+      check();
+    });
+    const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+    const early = exited.then((code) => {
+      throw new Error(`attach exited ${code}: ${out} ${err}`);
+    });
+    await Promise.race([seen(() => out, "stays attached"), early]);
+    await t.close();
+    t = undefined;
+    await Promise.race([seen(() => err, "reconnecting"), early]);
+    t = await startServer({ port });
+    await Promise.race([seen(() => err, "is attached again"), early]);
+    expect(err).toMatch(/usbvirt attach: USB\/IP device 1-1 on 127\.0\.0\.1:\d+ lost \(.*\); reconnecting\n/);
+    expect(err).not.toContain("no longer attached");
+    child.kill("SIGINT");
+    expect(await exited).toBe(0);
   }, 30_000);
 });

@@ -23,6 +23,10 @@ export interface HostDeviceInfo {
   readonly serial?: string;
   readonly speed: HostSpeed;
   readonly deviceClass: number;
+  /** The device's release number (device descriptor bcdDevice). */
+  readonly bcdDevice?: number;
+  /** bInterfaceClass of each interface of the active configuration (absent when it cannot be read). */
+  readonly interfaceClasses?: readonly number[];
   readonly manufacturer?: string;
   readonly product?: string;
 }
@@ -86,7 +90,20 @@ export function describeDevice(d: LibusbDevice): HostDeviceInfo {
     portPath: portPathOf(d),
     speed: speedOf(d),
     deviceClass: d.identity.bDeviceClass,
+    bcdDevice: d.identity.bcdDevice,
+    ...interfaceClassesOf(d),
   };
+}
+
+/** The interface classes of the active configuration (read from sysfs / the cached descriptors, no open). */
+function interfaceClassesOf(d: LibusbDevice): { interfaceClasses?: readonly number[] } {
+  try {
+    const config = d.activeConfiguration;
+    if (config === undefined) return {};
+    return { interfaceClasses: config.interfaces.map((alts) => alts[0]?.bInterfaceClass ?? 0) };
+  } catch {
+    return {}; // unconfigured or unreadable: judged on the device class alone
+  }
 }
 
 /** GET_DESCRIPTOR(STRING, index, en-US) on an open device; undefined on any failure or timeout. */

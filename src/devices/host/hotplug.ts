@@ -23,13 +23,15 @@ export class HostHotplugWatcher {
   constructor(
     private readonly listener: (event: HotplugEvent) => void,
     private readonly filter: HostFilter = {},
+    /** Read strings (the serial) on attach even when the filter does not need them. */
+    private readonly options: { readonly strings?: boolean } = {},
   ) {}
 
   /** Start watching. Throws LibusbUnavailableError when libusb cannot be used. */
   start(): void {
     if (this.unsubscribe !== null) return;
     const lib = loadLibusb();
-    const serial = needsSerial(this.filter);
+    const serial = this.options.strings === true || needsSerial(this.filter);
     this.unsubscribe = lib.onHotplug((type, d) => {
       void (async () => {
         const info = type === "attach" && serial ? await describeWithStrings(d) : describeDevice(d);

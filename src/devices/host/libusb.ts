@@ -72,6 +72,7 @@ export interface LibusbDeviceIdentity {
   readonly idVendor: number;
   readonly idProduct: number;
   readonly bcdUSB: number;
+  readonly bcdDevice: number;
   readonly bDeviceClass: number;
   readonly bMaxPacketSize0: number;
   readonly iManufacturer: number;
@@ -106,6 +107,7 @@ export class LibusbDevice {
       idVendor: d.idVendor,
       idProduct: d.idProduct,
       bcdUSB: d.bcdUSB,
+      bcdDevice: d.bcdDevice,
       bDeviceClass: d.bDeviceClass,
       bMaxPacketSize0: d.bMaxPacketSize0,
       iManufacturer: d.iManufacturer,

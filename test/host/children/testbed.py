@@ -2,14 +2,19 @@
 """
 Interactive umockdev testbed for the hotplug test (USB-TESTING.md, interactive mode).
 
-  testbed.py DEVICE.umockdev SYSFS_PATH -- node --import tsx test/host/children/hotplug.ts
+  testbed.py [--start-unplugged] DEVICE.umockdev SYSFS_PATH -- node --import tsx CHILD.ts
 
-Adds the described device, answers its usbdevfs ioctls (capabilities, claim/release,
-"no kernel driver", and SUBMITURB / REAPURB(NDELAY) / DISCARDURB for URBs that the
-device never answers, so they stay in flight until discarded), runs the Node child,
-and follows the child's `STAGE <name>` lines:
-  STAGE plugged    -> unplug: uevent 'remove', then remove the device
-  STAGE unplugged  -> plug it back: add the device again, uevent 'add'
+The child is killed after USBVIRT_TESTBED_SECONDS (default 30).
+Adds the described device (unless --start-unplugged), answers its usbdevfs ioctls
+(capabilities, claim/release, "no kernel driver", reset, set configuration / interface,
+clear halt, and SUBMITURB / REAPURB(NDELAY) / DISCARDURB), runs the Node child, and
+follows the child's `STAGE <name>` lines:
+  STAGE plugged, STAGE unplug    -> unplug: uevent 'remove', then remove the device
+  STAGE unplugged, STAGE plug    -> plug it (back): add the device, uevent 'add'
+URBs: a control GET_DESCRIPTOR of the device, configuration or a string is answered (from
+the description; the strings are test/host/fixture.ts's), other control requests stall; a bulk OUT is taken whole and its bytes come back
+on the next bulk IN (an echo); any other URB (a bulk IN with nothing to echo, interrupt)
+stays in flight until discarded or the device is unplugged.
 The child's output is passed through; the exit code is the child's.
 """
 import os
@@ -37,17 +42,74 @@ SUBMITURB = 0x8038550A
 DISCARDURB = 0x0000550B
 REAPURB = 0x4008550C
 REAPURBNDELAY = 0x4008550D
-ENODATA, EAGAIN, EINVAL, ENOENT, ENODEV = 61, 11, 22, 2, 19
+RESET = 0x00005514
+SETCONFIGURATION = 0x80045505
+SETINTERFACE = 0x80085504
+CLEAR_HALT = 0x80045515
+ENODATA, EAGAIN, EINVAL, ENOENT, ENODEV, EPIPE = 61, 11, 22, 2, 19, 32
+URB_TYPE_CONTROL, URB_TYPE_BULK = 2, 3
+LANGIDS = bytes([4, 3, 0x09, 0x04])
+# The strings of test/host/fixture.ts (iManufacturer 1, iProduct 2, iSerialNumber 3).
+STRINGS = {1: "usbvirt tests", 2: "replayed echo", 3: "UV-0001"}
+
+
+def string_descriptor(text):
+    body = text.encode("utf-16-le")
+    return bytes([len(body) + 2, 3]) + body
 
 
 class Device(UMockdev.IoctlBase):
     """A device that accepts URBs and never answers them (they stay in flight until discarded)."""
 
-    def __init__(self):
+    def __init__(self, descriptors):
         super().__init__()
         self.flying = []  # IoctlData of submitted urbs
-        self.done = []  # (IoctlData, status) ready to reap
+        self.done = []  # (IoctlData, status, actual length) ready to reap
         self.gone = False
+        self.descriptors = descriptors  # device descriptor (18 bytes) + configuration set
+        self.echo = []  # bytes of bulk OUTs not read back yet
+        self.waiting_in = []  # (urb IoctlData, buffer IoctlData, length) of bulk INs waiting for data
+
+    def control(self, urb, length):
+        """A control URB: answer GET_DESCRIPTOR from the description, stall the rest."""
+        buf = urb.resolve(16, length)
+        setup = bytes(buf.retrieve())[:8]
+        request_type, request, value, wlength = setup[0], setup[1], setup[2] | setup[3] << 8, setup[6] | setup[7] << 8
+        data = None
+        if request_type == 0x80 and request == 6:
+            kind, index = value >> 8, value & 0xFF
+            if kind == 1:
+                data = self.descriptors[:18]
+            elif kind == 2 and index == 0:
+                data = self.descriptors[18:]
+            elif kind == 3 and index == 0:
+                data = LANGIDS
+            elif kind == 3 and index in STRINGS:
+                data = string_descriptor(STRINGS[index])
+        if data is None:
+            self.done.append((urb, -EPIPE, 0))
+            return
+        data = data[: min(wlength, length - 8)]
+        buf.update(8, data)
+        self.done.append((urb, 0, len(data)))
+
+    def bulk(self, urb, endpoint, length):
+        """Bulk OUT: keep the bytes; bulk IN: give back what was written (waits until there is some)."""
+        buf = urb.resolve(16, length)
+        if endpoint & 0x80 == 0:
+            self.echo.append(bytes(buf.retrieve())[:length])
+            self.done.append((urb, 0, length))
+            self.feed()
+        else:
+            self.waiting_in.append((urb, buf, length))
+            self.feed()
+
+    def feed(self):
+        while self.echo and self.waiting_in:
+            urb, buf, length = self.waiting_in.pop(0)
+            data = self.echo.pop(0)[:length]
+            buf.update(0, data)
+            self.done.append((urb, 0, len(data)))
 
     def do_handle_ioctl(self, client):
         req = client.get_request()
@@ -55,8 +117,8 @@ class Device(UMockdev.IoctlBase):
         if req == GET_CAPABILITIES:
             arg.update(0, struct.pack("<I", 0))
             client.complete(0, 0)
-        elif req in (CLAIMINTERFACE, RELEASEINTERFACE, DISCONNECT_CLAIM):
-            client.complete(0, 0)
+        elif req in (CLAIMINTERFACE, RELEASEINTERFACE, DISCONNECT_CLAIM, RESET, SETCONFIGURATION, SETINTERFACE, CLEAR_HALT):
+            client.complete(-1, ENODEV) if self.gone else client.complete(0, 0)
         elif req == GETDRIVER:
             client.complete(-1, ENODATA)
         elif req == SUBMITURB:
@@ -64,14 +126,29 @@ class Device(UMockdev.IoctlBase):
                 client.complete(-1, ENODEV)
                 return True
             # The argument is the pointer; resolve the struct usbdevfs_urb (56 bytes) behind it.
-            self.flying.append(arg.resolve(0, 56))
+            urb = arg.resolve(0, 56)
+            raw = bytes(urb.retrieve())
+            kind, endpoint = raw[0], raw[1]
+            (length,) = struct.unpack_from("<i", raw, 24)
+            if kind == URB_TYPE_CONTROL and length >= 8:
+                self.control(urb, length)
+            elif kind == URB_TYPE_BULK and length > 0:
+                self.bulk(urb, endpoint, length)
+            else:
+                self.flying.append(urb)
             client.complete(0, 0)
         elif req == DISCARDURB:
             (addr,) = struct.unpack("<Q", bytes(arg.retrieve())[:8])  # the urb's address itself
             for urb in self.flying:
                 if urb.client_addr == addr:
                     self.flying.remove(urb)
-                    self.done.append((urb, -ENOENT))
+                    self.done.append((urb, -ENOENT, 0))
+                    client.complete(0, 0)
+                    return True
+            for entry in self.waiting_in:
+                if entry[0].client_addr == addr:
+                    self.waiting_in.remove(entry)
+                    self.done.append((entry[0], -ENOENT, 0))
                     client.complete(0, 0)
                     return True
             client.complete(-1, EINVAL)
@@ -79,51 +156,97 @@ class Device(UMockdev.IoctlBase):
             if not self.done:
                 client.complete(-1, ENODEV if self.gone and not self.flying else EAGAIN)
                 return True
-            urb, status = self.done.pop(0)
+            urb, status, actual = self.done.pop(0)
             urb.update(4, struct.pack("<i", status))  # struct usbdevfs_urb.status
-            urb.update(28, struct.pack("<i", 0))  # .actual_length
+            urb.update(28, struct.pack("<i", actual))  # .actual_length
             arg.resolve(0, 8).set_ptr(0, urb)  # *(void **)arg = the reaped urb
             client.complete(0, 0)
         else:
             client.complete(-1, EINVAL)
         return True
 
+    def replug(self):
+        """A new device on the same node: nothing in flight, nothing to echo."""
+        self.gone = False
+        self.flying = []
+        self.done = []
+        self.echo = []
+        self.waiting_in = []
+
     def unplug(self):
         """What the kernel does on disconnect: every URB completes with -ENODEV."""
         self.gone = True
-        self.done.extend((u, -ENODEV) for u in self.flying)
+        self.done.extend((u, -ENODEV, 0) for u in self.flying)
+        self.done.extend((u, -ENODEV, 0) for (u, _, _) in self.waiting_in)
         self.flying = []
+        self.waiting_in = []
 
 
 def main():
-    description, sysfs = sys.argv[1], sys.argv[2]
+    args = sys.argv[1 : sys.argv.index("--")]
+    start_unplugged = "--start-unplugged" in args
+    description, sysfs = [a for a in args if not a.startswith("--")][:2]
     child_argv = sys.argv[sys.argv.index("--") + 1 :]
     text = open(description).read()
     devnode = [line[3:] for line in text.splitlines() if line.startswith("N: ")][0]
+    descriptors = bytes.fromhex([line for line in text.splitlines() if line.startswith("H: descriptors=")][0][15:])
     testbed = UMockdev.Testbed.new()
-    state = {"device": None, "code": 1}
+    state = {"device": None, "code": 1, "handler": None}
 
     def plug():
-        testbed.add_from_string(text)
-        dev = Device()
-        testbed.attach_ioctl("/dev/" + devnode, dev)
-        state["device"] = dev
+        if state["device"] is not None:
+            return
+        if state["handler"] is None:
+            testbed.add_from_string(text)
+            state["handler"] = Device(descriptors)
+            testbed.attach_ioctl("/dev/" + devnode, state["handler"])
+        else:
+            # The node and its handler stay for the testbed's whole life: a program may still issue ioctls
+            # on a descriptor it opened before an unplug (they get ENODEV), and removing the node or
+            # detaching the handler under it makes umockdev's preload abort that program. libusb follows
+            # the uevents alone.
+            state["handler"].replug()
+        state["device"] = state["handler"]
 
-    plug()
+    def unplug():
+        if state["device"] is None:
+            return
+        state["device"].unplug()
+        testbed.uevent(sysfs, "remove")
+        state["device"] = None
+
+    if not start_unplugged:
+        plug()
     loop = GLib.MainLoop()
     child = subprocess.Popen(child_argv, stdout=subprocess.PIPE, bufsize=0)
+
+    # Stages are applied in order, at most one every 5 ms: umockdev's uevent sender aborts when the
+    # program's netlink socket is full, which a burst of hundreds of uevents (a hotplug storm) can do.
+    stages = []
+    pacing = {"busy": False}
+
+    def apply_stage():
+        if not stages:
+            pacing["busy"] = False
+            return False
+        line = stages.pop(0)
+        if line.startswith("STAGE plugged") or line.startswith("STAGE unplug\n"):
+            unplug()
+        elif line.startswith("STAGE unplugged") or line.startswith("STAGE plug\n"):
+            if state["device"] is None:
+                plug()
+                testbed.uevent(sysfs, "add")
+        return True  # look again in 5 ms
 
     def on_line(line):
         sys.stdout.write(line)
         sys.stdout.flush()
-        if line.startswith("STAGE plugged"):
-            state["device"].unplug()
-            testbed.detach_ioctl("/dev/" + devnode)
-            testbed.uevent(sysfs, "remove")
-            testbed.remove_device(sysfs)
-        elif line.startswith("STAGE unplugged"):
-            plug()
-            testbed.uevent(sysfs, "add")
+        if line.startswith("STAGE "):
+            stages.append(line)
+            if not pacing["busy"]:
+                pacing["busy"] = True
+                apply_stage()
+                GLib.timeout_add(5, apply_stage)
 
     buf = {"data": b""}
 
@@ -140,7 +263,8 @@ def main():
         return False
 
     GLib.io_add_watch(child.stdout.fileno(), GLib.IO_IN | GLib.IO_HUP, on_output)
-    GLib.timeout_add_seconds(30, lambda: (child.kill(), loop.quit()))
+    limit = int(os.environ.get("USBVIRT_TESTBED_SECONDS", "30"))
+    GLib.timeout_add_seconds(limit, lambda: (child.kill(), loop.quit()))
     loop.run()
     sys.exit(state["code"])
 

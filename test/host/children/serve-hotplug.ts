@@ -1,0 +1,198 @@
+/**
+ * Child process under test/host/children/testbed.py --start-unplugged (interactive umockdev): the real
+ * `usbvirt serve --device 1209:7301` (run() in-process, real libusb) while the device is not plugged in,
+ * and a `usbvirt attach` client (attachRemote, reconnecting) in the same process.
+ *   1. serve starts anyway; the device list is empty.          STAGE plug
+ *   2. the device is exported as 1-1; attach imports it and moves bulk data through the testbed's echo.
+ *                                                                STAGE unplug
+ *   3. the device list is empty again; the importer saw the device go.
+ *                                                                STAGE plug
+ *   4. 1-1 is back; attach reconnected on its own and moves data again.
+ * With `storm N` as argument it instead runs serve --match-new, plugs and unplugs the device N times
+ * without waiting for serve (only for libusb to see each uevent), plugs it once more, and checks that
+ * exactly one export is left and nothing leaked.
+ * Prints `VERDICT <json>`.
+ */
+import { once } from "node:events";
+import { type CliIo, run } from "../../../src/cli/run.js";
+import { HostHotplugWatcher } from "../../../src/devices/host/hotplug.js";
+import { type AttachedDevice, attachRemote } from "../../../src/usbip/attach.js";
+import { listRemote } from "../../../src/usbip/client.js";
+import { CollectingLogger } from "../../../src/usbip/log.js";
+import type { UsbipServer } from "../../../src/usbip/server.js";
+import { PID, VID } from "../fixture.js";
+
+const events: string[] = [];
+const log = new CollectingLogger();
+
+async function until(what: string, check: () => boolean | Promise<boolean>, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+async function serve(args: readonly string[]) {
+  let stop!: (s: string) => void;
+  const stopped = new Promise<string>((r) => {
+    stop = r;
+  });
+  let up!: (s: UsbipServer) => void;
+  const listening = new Promise<UsbipServer>((r) => {
+    up = r;
+  });
+  const io: CliIo = {
+    out: () => undefined,
+    err: (t) => events.push(`serve stderr: ${t.trim()}`),
+    logger: log,
+    stopSignal: () => stopped,
+    onListening: (s) => up(s),
+  };
+  const exit = run(["serve", "--port", "0", ...args], io);
+  const server = await Promise.race([
+    listening,
+    exit.then((code) => {
+      throw new Error(`serve exited ${code}`);
+    }),
+  ]);
+  return {
+    server,
+    stop: async () => {
+      stop("SIGINT");
+      return await exit;
+    },
+  };
+}
+
+const busids = async (port: number) => (await listRemote({ host: "127.0.0.1", port })).map((d) => d.busid);
+
+async function echo(att: AttachedDevice, seed: number): Promise<boolean> {
+  const payload = Uint8Array.from({ length: 64 }, (_, i) => (i * 7 + seed) & 0xff);
+  await att.guest.transferOut(att.port, att.address, 2, payload);
+  const back = await att.guest.transferIn(att.port, att.address, 1, 64);
+  return Buffer.compare(back, payload) === 0;
+}
+
+async function lifecycle(): Promise<Record<string, unknown>> {
+  const { server, stop } = await serve(["--device", `${VID.toString(16)}:${PID.toString(16)}`]);
+  const port = server.address.port;
+  let att: AttachedDevice | null = null;
+  try {
+    const before = await busids(port);
+    process.stdout.write("STAGE plug\n");
+    await until("1-1 listed", async () => (await busids(port)).includes("1-1"));
+    att = await attachRemote({
+      host: "127.0.0.1",
+      port,
+      busid: "1-1",
+      timeoutMs: 3000,
+      keepaliveMs: 2000,
+      retryMinMs: 50,
+      retryMaxMs: 400,
+      log: (l) => events.push(`attach: ${l}`),
+    });
+    const first = [att.device.vendorId, att.device.productId];
+    const echoed = await echo(att, 1);
+    const disconnected = once(att.events, "disconnected");
+    process.stdout.write("STAGE unplug\n");
+    const [gone] = (await disconnected) as [string];
+    await until("1-1 withdrawn", async () => (await busids(port)).length === 0);
+    const reconnected = once(att.events, "reconnected");
+    process.stdout.write("STAGE plug\n");
+    await reconnected;
+    const after = await busids(port);
+    const echoedAgain = await echo(att, 2);
+    return {
+      before,
+      first,
+      echoed,
+      gone,
+      after,
+      again: [att.device.vendorId, att.device.productId],
+      echoedAgain,
+      log: log.lines,
+    };
+  } finally {
+    await att?.close();
+    await stop();
+  }
+}
+
+async function storm(n: number): Promise<Record<string, unknown>> {
+  const { server, stop } = await serve(["--match-new"]);
+  const port = server.address.port;
+  try {
+    const grants = server.connection.frontend!.grants;
+    const grantsFreeBefore = grants.freeCount;
+    const workersBefore = (await server.connection.stats()).liveWorkers;
+    // Each uevent is sent once libusb has taken the one before (umockdev's uevent socket holds only a few),
+    // not once serve has acted on it: serve's exports lag behind a stream of plugs and unplugs.
+    let attaches = 0;
+    let detaches = 0;
+    const watcher = new HostHotplugWatcher((e) => {
+      if (e.type === "attach") attaches++;
+      else detaches++;
+    });
+    watcher.start();
+    try {
+      for (let i = 0; i < n; i++) {
+        process.stdout.write("STAGE plug\n");
+        await until(`libusb saw plug ${i + 1}`, () => attaches === i + 1);
+        process.stdout.write("STAGE unplug\n");
+        await until(`libusb saw unplug ${i + 1}`, () => detaches === i + 1);
+      }
+    } finally {
+      watcher.stop();
+    }
+    process.stdout.write("STAGE plug\n");
+    // Settled: exactly one export, and it stays one (every event of the storm was applied in order).
+    await until("one export after the storm", async () => (await busids(port)).length === 1, 150_000);
+    // The port workers of the withdrawn exports exit asynchronously: wait until only the live one is left.
+    await until(
+      "one port worker left",
+      async () => (await server.connection.stats()).liveWorkers === 1,
+      20_000,
+    );
+    return {
+      listed: await busids(port),
+      exported: server.devices.map((d) => d.busid),
+      workersBefore,
+      workersAfter: (await server.connection.stats()).liveWorkers,
+      grantsLeaked: grantsFreeBefore - grants.freeCount,
+      withdrawn: log.matching("withdrew ").length,
+      exports: log.matching("exported as").length,
+      coalesced: log.matching("plugged in and out again before it could be exported").length,
+      failedExports: log.matching("could not export it").length,
+      warnings: log.lines.filter((l) => l.startsWith("warn") && !l.includes("could not export it")),
+    };
+  } finally {
+    await stop();
+  }
+}
+
+const args = process.argv.slice(2);
+const stormCount = args[0] === "storm" ? Number(args[1]) : 0;
+const watchdog = setTimeout(
+  () => {
+    process.stdout.write(
+      `VERDICT ${JSON.stringify({ ok: false, error: "timed out in the child", events })}\n`,
+    );
+    process.exit(2);
+  },
+  stormCount > 0 ? 170_000 : 40_000,
+);
+(stormCount > 0 ? storm(stormCount) : lifecycle()).then(
+  (v) => {
+    clearTimeout(watchdog);
+    process.stdout.write(`VERDICT ${JSON.stringify({ ok: true, ...v, events })}\n`);
+    process.exit(0);
+  },
+  (err: unknown) => {
+    clearTimeout(watchdog);
+    process.stdout.write(
+      `VERDICT ${JSON.stringify({ ok: false, error: String(err), events, log: log.lines })}\n`,
+    );
+    process.exit(1);
+  },
+);
