@@ -35,6 +35,7 @@ import {
   type Socket,
 } from "node:net";
 import { PortStartError } from "../backend/port-link.js";
+import { type FilterRule, judge, parseRules } from "../devices/host/filter.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
 import { FRAME_SIZE, type GuestOffset } from "../dma-map/types.js";
@@ -760,7 +761,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
   /** Reset, address and configure the device through the engine, then tell the guest about it. */
   private async announce(s: Session): Promise<void> {
     await this.draining;
-    if (s.closed) return;
+    if (s.closed || s.refusedBy !== null) return;
     if (this.failed !== null) {
       this.log.warn(
         `${s.peer}: ${this.name} is not available (${this.failed}); nothing to announce`,
@@ -900,8 +901,48 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       this.drop(s, "filter_filter string is not NUL-terminated where its length says");
       return;
     }
-    const rules = Buffer.from(data.subarray(0, nul)).toString("latin1");
-    this.log.info(`${s.peer}: the VMM's device filter is "${rules}"`, s.fields());
+    const text = Buffer.from(data.subarray(0, nul)).toString("latin1");
+    let rules: FilterRule[];
+    try {
+      rules = parseRules(text);
+    } catch (err) {
+      this.log.warn(
+        `${s.peer}: the VMM's device filter "${text}" cannot be read (${(err as Error).message}); ignored`,
+        s.fields(),
+      );
+      return;
+    }
+    // As QEMU judges it (usbredirfilter_check without DEFAULT_ALLOW): a device no rule allows is refused.
+    const d = this.model.description;
+    const verdict = judge(
+      { rules: [...rules, { action: "deny" }] },
+      {
+        vendorId: d.vendorId,
+        productId: d.productId,
+        deviceClass: d.deviceClass,
+        bcdDevice: d.bcdDevice,
+        portPath: "",
+        // The interfaces QEMU is (or will be) told of: the active configuration's, else the first's.
+        interfaceClasses: (
+          d.configurations.find((c) => c.value === this.model.configuration) ?? d.configurations[0]
+        )?.interfaces
+          .filter((i) => i.alternate === 0)
+          .map((i) => i.cls),
+      },
+    );
+    if (verdict.allowed) {
+      this.log.info(
+        `${s.peer}: the VMM's device filter "${text}" allows ${this.name} (${verdict.why})`,
+        s.fields(),
+      );
+      return;
+    }
+    s.refusedBy = verdict.why;
+    this.log.error(
+      `${s.peer}: the VMM's device filter "${text}" refuses ${this.name}: ${verdict.why}`,
+      s.fields(),
+    );
+    this.disconnectGuest(s);
   }
 
   // ---------------------------------------------------------------- transfers

@@ -202,6 +202,8 @@ export class Session implements RedirReaderSink {
   announced = false;
   /** device_disconnect sent and its ack (the peer has the cap) not yet in: announce again only after it. */
   awaitingAck = false;
+  /** Why the peer's own device filter (filter_filter) refuses the device: it is not announced then. */
+  refusedBy: string | null = null;
   /** Device-state requests (set/get configuration and alt, reset) run one after another. */
   chain: Promise<void> = Promise.resolve();
   /** Data packets with a reply due, by id. */

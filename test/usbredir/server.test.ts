@@ -3,7 +3,13 @@
  * QEMU expects, then every kind of packet through the engine to the emulated devices.
  */
 import { afterEach, describe, expect, it } from "vitest";
-import { RedirEpType, RedirSpeed, RedirStatus, RedirType } from "../../src/usbredir/protocol.js";
+import {
+  encodeFilter,
+  RedirEpType,
+  RedirSpeed,
+  RedirStatus,
+  RedirType,
+} from "../../src/usbredir/protocol.js";
 import { KEYBOARD, LOOPBACK, startRedirServer, type TestRedirServer } from "./helpers.js";
 
 let t: TestRedirServer | null = null;
@@ -181,5 +187,40 @@ describe("usbredir server: the device goes and comes back", () => {
     expect([...(await c.bulk(0x81, 64).reply).data]).toEqual([4]);
     expect(t.log.lines.some((l) => /was disconnected/.test(l))).toBe(true);
     expect(t.log.lines.some((l) => /is back/.test(l))).toBe(true);
+  });
+});
+
+describe("usbredir server: the VMM's device filter", () => {
+  async function filtered(device: typeof LOOPBACK, rules: string) {
+    t = await startRedirServer(device);
+    const c = await t.connect({ waitForDevice: false });
+    while (c.negotiated === null) await new Promise((r) => setTimeout(r, 5));
+    c.raw(encodeFilter(c.negotiated, rules));
+    // get_configuration is answered after the announcement (device requests run in order).
+    await c.request(RedirType.GET_CONFIGURATION, [], RedirType.CONFIGURATION_STATUS);
+    return c;
+  }
+
+  it("does not offer a device the VMM's filter refuses (deny HID, allow the rest), and says why", async () => {
+    const c = await filtered(KEYBOARD, "0x03,-1,-1,-1,0|-1,-1,-1,-1,1");
+    expect(c.device).toBeNull();
+    expect(
+      t!.log.lines.some((l) =>
+        /filter "0x03,-1,-1,-1,0\|-1,-1,-1,-1,1" refuses usbvirt keyboard .*rule 1/.test(l),
+      ),
+    ).toBe(true);
+  });
+
+  it("offers a device the filter allows", async () => {
+    const c = await filtered(LOOPBACK, "0x03,-1,-1,-1,0|-1,-1,-1,-1,1");
+    await c.waitFor((p) => p.type === RedirType.DEVICE_CONNECT);
+    expect(c.device?.productId).toBe(1);
+    expect(t!.log.lines.some((l) => /filter .* allows usbvirt loopback/.test(l))).toBe(true);
+  });
+
+  it("refuses a device no rule allows, as QEMU judges it", async () => {
+    const c = await filtered(LOOPBACK, "-1,0x1234,-1,-1,1");
+    expect(c.device).toBeNull();
+    expect(t!.log.lines.some((l) => /refuses usbvirt loopback/.test(l))).toBe(true);
   });
 });
