@@ -16,8 +16,8 @@
 
 import { createServer, type Server } from "node:http";
 import { isIP } from "node:net";
-import type { UsbipServer } from "../usbip/server.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
+import type { ExportingServer } from "./exporting-server.js";
 import { renderStatusPage, type StatusTracker } from "./status-page.js";
 
 /** The default metrics port (serve has no default: --metrics is opt-in; `status` looks here). */
@@ -81,7 +81,7 @@ export function renderFamilies(families: readonly Family[]): string {
 }
 
 /** Collect every metric from the server and its engine now. */
-export async function collectMetrics(server: UsbipServer, version: string): Promise<string> {
+export async function collectMetrics(server: ExportingServer, version: string): Promise<string> {
   const conn = server.connection;
   let backend: Awaited<ReturnType<typeof conn.stats>> | null = null;
   try {
@@ -192,7 +192,7 @@ export class MetricsEndpoint {
   private constructor(private readonly http: Server) {}
 
   static async start(
-    server: UsbipServer,
+    server: ExportingServer,
     where: { host: string; port: number },
     version: string,
     tracker: StatusTracker | null = null,

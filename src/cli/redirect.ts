@@ -12,6 +12,9 @@ import { UsbredirServer } from "../usbredir/server.js";
 import { type CommandSpec, parseSize } from "./args.js";
 import { EngineWatch, packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
 import { UsageError } from "./errors.js";
+import type { ExportEvent, ExportingServer, ExportListener } from "./exporting-server.js";
+import { MetricsEndpoint, parseMetricsAddress } from "./metrics.js";
+import { StatusTracker } from "./status-page.js";
 
 export const REDIRECT: CommandSpec = {
   name: "redirect",
@@ -56,6 +59,12 @@ export const REDIRECT: CommandSpec = {
       help: "back the emulated storage device by this file",
     },
     { name: "quiet", kind: "boolean", help: "log only warnings and errors" },
+    {
+      name: "metrics",
+      kind: "string",
+      value: "[HOST:]PORT",
+      help: "serve Prometheus metrics at http://HOST:PORT/metrics and a status page at / (host 127.0.0.1 unless given)",
+    },
     {
       name: "log-format",
       kind: "string",
@@ -141,7 +150,22 @@ export async function redirectCommand(
     throw new UsageError("redirect", `--log-format must be text or json, not "${String(format)}"`);
   }
   const base = io.logger ?? streamLogger(format as LogFormat);
-  const logger: UsbipLogger = options.quiet === true ? { ...base, info: () => {} } : base;
+  const quietable: UsbipLogger = options.quiet === true ? { ...base, info: () => {} } : base;
+  const metricsText = typeof options.metrics === "string" ? options.metrics : undefined;
+  let metricsAt: { host: string; port: number } | null = null;
+  try {
+    metricsAt = metricsText !== undefined ? parseMetricsAddress(metricsText) : null;
+  } catch (err) {
+    throw new UsageError("redirect", `--metrics ${(err as Error).message}`);
+  }
+  // The status page keeps the device's last log lines: every line the server logs is about its one device.
+  const tracker = metricsAt !== null ? new StatusTracker() : null;
+  const tracked = tracker?.wrap(quietable) ?? quietable;
+  const logger: UsbipLogger = {
+    info: (m, f) => tracked.info(m, { ...f, busid: REDIRECT_BUSID }),
+    warn: (m, f) => tracked.warn(m, { ...f, busid: REDIRECT_BUSID }),
+    error: (m, f) => tracked.error(m, { ...f, busid: REDIRECT_BUSID }),
+  };
   for (const w of storageFileWarnings([spec], sizeText !== undefined)) logger.warn(w);
   const allow = Array.isArray(options["allow-client"]) ? options["allow-client"] : [];
   if (connect !== undefined && allow.length > 0) {
@@ -161,6 +185,19 @@ export async function redirectCommand(
         : { listen: listenAddress(listen!) }),
   });
   const watch = new EngineWatch(server.connection);
+  let metrics: MetricsEndpoint | null = null;
+  if (metricsAt !== null && tracker !== null) {
+    const view = redirectStatusView(server);
+    try {
+      tracker.attach(view, packageVersion());
+      metrics = await MetricsEndpoint.start(view, metricsAt, packageVersion(), tracker);
+    } catch (err) {
+      tracker.close();
+      watch.dispose();
+      await server.close();
+      throw new Error(`cannot serve metrics on ${metricsText}: ${(err as Error).message}`);
+    }
+  }
   const bound = server.address;
   io.out(`usbvirt: redirecting ${server.name} (${describeSpec(spec)}) over usbredir\n`);
   if (bound !== null) {
@@ -173,6 +210,11 @@ export async function redirectCommand(
   } else {
     io.out(`connecting to ${where!.host}:${where!.port} (QEMU: -chardev socket,...,server=on,wait=off)\n`);
   }
+  if (metrics !== null) {
+    const m = metrics.address;
+    const at = `http://${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}`;
+    io.out(`metrics: ${at}/metrics\nstatus page: ${at}/\n`);
+  }
   io.onRedirecting?.(server);
   const stop = await Promise.race([
     io.stopSignal().then((signal) => ({ signal })),
@@ -181,6 +223,8 @@ export async function redirectCommand(
   watch.dispose();
   if ("died" in stop) logger.error(`${stop.died}: exiting with status 1 so a supervisor can restart usbvirt`);
   else logger.info(`${stop.signal}: shutting down`);
+  tracker?.close();
+  await metrics?.close();
   await server.close();
   return "died" in stop ? 1 : 0;
 }
@@ -191,4 +235,50 @@ function parseConnect(text: string): { host: string; port: number } {
   } catch (err) {
     throw new UsageError("redirect", `--connect ${(err as Error).message}`);
   }
+}
+
+/** The one device's label on the status page and in the metrics (its root port on the engine). */
+export const REDIRECT_BUSID = "1-1";
+
+/**
+ * The redirect server as the metrics endpoint and status page read a server: one device (REDIRECT_BUSID),
+ * held by the VMM it is announced to ("import" on connect, "detach" when the VMM goes).
+ */
+export function redirectStatusView(server: UsbredirServer): ExportingServer {
+  const wrapped = new Map<ExportListener, (peer: string) => void>();
+  const eventOf = (e: ExportEvent) => (e === "import" ? "connect" : "disconnect");
+  return {
+    connection: server.connection,
+    get devices() {
+      const { vendorId, productId } = server.identity;
+      return [
+        {
+          busid: REDIRECT_BUSID,
+          port: 1,
+          name: server.name,
+          record: { idVendor: vendorId, idProduct: productId },
+        },
+      ];
+    },
+    stats() {
+      const s = server.stats();
+      const held = s.announced && s.peer !== null;
+      return {
+        clients: s.peer !== null ? 1 : 0,
+        imported: held ? [REDIRECT_BUSID] : [],
+        perDevice: held ? [{ busid: REDIRECT_BUSID, client: s.peer!, urbs: s.urbs }] : [],
+        failed: s.failed !== null ? [{ busid: REDIRECT_BUSID, reason: s.failed, gone: s.gone }] : [],
+      };
+    },
+    on(event, listener) {
+      const w = (peer: string) => listener(REDIRECT_BUSID, peer);
+      wrapped.set(listener, w);
+      server.on(eventOf(event), w);
+    },
+    off(event, listener) {
+      const w = wrapped.get(listener);
+      if (w !== undefined) server.off(eventOf(event), w);
+      wrapped.delete(listener);
+    },
+  };
 }

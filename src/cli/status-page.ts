@@ -12,7 +12,7 @@
  */
 
 import type { LogFields, UsbipLogger } from "../usbip/log.js";
-import type { UsbipServer } from "../usbip/server.js";
+import type { ExportingServer } from "./exporting-server.js";
 
 /** Log lines kept per device. */
 export const LOG_LINES = 8;
@@ -88,7 +88,7 @@ function pushBounded<T>(list: T[], item: T, max: number): void {
 
 export class StatusTracker {
   private readonly perDevice = new Map<string, PerDevice>();
-  private server: UsbipServer | null = null;
+  private server: ExportingServer | null = null;
   private version = "?";
   private timer: NodeJS.Timeout | null = null;
   private sampling = false;
@@ -129,7 +129,7 @@ export class StatusTracker {
   }
 
   /** Follow `server`: its imports and detaches, and its counters once a second until close(). */
-  attach(server: UsbipServer, version: string): void {
+  attach(server: ExportingServer, version: string): void {
     this.server = server;
     this.version = version;
     server.on("import", this.onImport);

@@ -216,6 +216,8 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
   /** Resolves once the previous holder's URBs all came back. */
   private draining: Promise<void> = Promise.resolve();
   private failed: string | null = null;
+  /** The failure was the device going away (unplug), not misbehaving. */
+  private gone = false;
   /** The device came back and is being described. */
   private returning: Promise<void> | null = null;
   private closing: Promise<void> | null = null;
@@ -254,6 +256,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     this.model = new RedirDeviceModel(description, redirSpeedOf(this.hcd.portStatus(PORT).speed));
     connection.on("port-failed", (_port: number, reason: string, gone: boolean) => {
       this.failed = reason;
+      this.gone = gone;
       this.log.error(`${this.name} ${gone ? "went away" : "failed"}: ${reason}`);
       if (this.session !== null) this.disconnectGuest(this.session);
     });
@@ -268,6 +271,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       } else if (!status.connected && this.failed === null) {
         // Taken off its port without a failure (detached by an embedder, or unplugged).
         this.failed = "disconnected";
+        this.gone = true;
         this.log.warn(`${this.name} was disconnected`);
         if (this.session !== null) this.disconnectGuest(this.session);
       }
@@ -350,6 +354,11 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     }
   }
 
+  /** The device's vendor and product id (as announced). */
+  get identity(): { vendorId: number; productId: number } {
+    return { vendorId: this.model.description.vendorId, productId: this.model.description.productId };
+  }
+
   /** Where the server listens (listen mode). */
   get address(): { host: string; port: number } | null {
     const a = this.listener?.address();
@@ -367,6 +376,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     connections: number;
     packets: number;
     failed: string | null;
+    gone: boolean;
   } {
     const s = this.session;
     return {
@@ -378,6 +388,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       connections: this.counters.connections,
       packets: s?.packets ?? 0,
       failed: this.failed,
+      gone: this.failed !== null && this.gone,
     };
   }
 

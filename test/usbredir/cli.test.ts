@@ -141,3 +141,34 @@ describe("usbvirt redirect: listen and connect", () => {
     expect(child.err()).toMatch(/released/);
   });
 });
+
+describe("usbvirt redirect --metrics", () => {
+  it("serves the metrics and the status page of its one device: who holds it, and its counters", async () => {
+    const r = redirectInProcess(["--device", "loopback", "--listen", "0", "--metrics", "0"]);
+    const server = await r.ready;
+    const at = /status page: (http:\/\/[^\s]+)\//.exec(r.c.out)![1]!;
+    const before = (await (await fetch(`${at}/status.json`)).json()) as {
+      devices: { busid: string; state: string; holder: string | null; identity: string }[];
+    };
+    expect(before.devices).toMatchObject([
+      { busid: "1-1", state: "free", holder: null, identity: "1209:0001" },
+    ]);
+    const g = await UsbredirClient.connect(server.address!.port);
+    expect((await g.bulk(0x01, new Uint8Array(100)).reply).status).toBe(RedirStatus.SUCCESS);
+    const after = (await (await fetch(`${at}/status.json`)).json()) as typeof before & {
+      devices: { urbs: number | null; log: { message: string }[] }[];
+    };
+    expect(after.devices[0]).toMatchObject({
+      state: "imported",
+      holder: expect.stringMatching(/^127\.0\.0\.1:\d+$/),
+    });
+    expect(after.devices[0]!.urbs).toBeGreaterThan(0);
+    expect(after.devices[0]!.log.some((l) => /redirected usbvirt loopback/.test(l.message))).toBe(true);
+    const metrics = await (await fetch(`${at}/metrics`)).text();
+    expect(metrics).toMatch(/usbvirt_device_clients\{busid="1-1",device="usbvirt loopback 1209:0001"\} 1/);
+    const page = await (await fetch(`${at}/`)).text();
+    expect(page).toContain("usbvirt loopback 1209:0001");
+    g.close();
+    expect(await r.stop()).toBe(0);
+  });
+});
