@@ -26,8 +26,15 @@ import {
 } from "./fixture.js";
 import { type ChildOutcome, runChild, underReplay } from "./run-child.js";
 import { payload, SCENARIOS } from "./scenarios.js";
-import { STATES_PID, statesDevice } from "./states-fixture.js";
-import { findTestbedPython, findUmockdevRun, Recording, umockdevDescription, XFER_BULK } from "./umockdev.js";
+import { DFU_PID, dfuDevice, STATES_PID, statesDevice } from "./states-fixture.js";
+import {
+  type FakeUsbDevice,
+  findTestbedPython,
+  findUmockdevRun,
+  Recording,
+  umockdevDescription,
+  XFER_BULK,
+} from "./umockdev.js";
 
 const umockdevRun = findUmockdevRun();
 if (umockdevRun === null) {
@@ -209,16 +216,26 @@ describe.skipIf(testbedPython === null)("host hotplug under an interactive umock
 });
 
 /** Run test/host/children/serve-hotplug.ts under the testbed, the device unplugged at first. */
-async function serveUnderTestbed(args: string[], timeoutMs: number): Promise<Record<string, unknown>> {
+async function serveUnderTestbed(
+  args: string[],
+  timeoutMs: number,
+  alt: FakeUsbDevice | null = null,
+): Promise<Record<string, unknown>> {
   const dir = mkdtempSync(join(tmpdir(), "usbvirt-testbed-"));
   try {
     const description = join(dir, "device.umockdev");
     writeFileSync(description, umockdevDescription(fakeDevice));
+    const altOption: string[] = [];
+    if (alt !== null) {
+      altOption.push("--alt", join(dir, "alt.umockdev"));
+      writeFileSync(altOption[1]!, umockdevDescription(alt));
+    }
     const out = await runChild(
       testbedPython!,
       [
         "test/host/children/testbed.py",
         "--start-unplugged",
+        ...altOption,
         description,
         `/sys${fakeDevice.sysfsPath}`,
         "--",
@@ -262,6 +279,38 @@ describe.skipIf(testbedPython === null)(
       expect(log.filter((l) => l.includes("to come back as 1-1"))).toHaveLength(1);
       const events = v.events as string[];
       expect(events.some((e) => e.includes("is attached again"))).toBe(true);
+    }, 60_000);
+
+    const hex4 = (n: number) => n.toString(16).padStart(4, "0");
+    const original = `1-1 ${hex4(VID)}:${hex4(PID)}`;
+    const dfu = `1-1 ${hex4(VID)}:${hex4(DFU_PID)}`;
+
+    it("follows a device that re-enumerates with another id at the same path when selected by path (--device 1-1)", async () => {
+      const v = await serveUnderTestbed(["reenumerate", BUS_PORT], 45_000, dfuDevice);
+      expect(v.before).toEqual([]);
+      expect(v.first).toEqual([original]);
+      expect(v.dfu).toEqual([dfu]); // the devlist names the new id under the same bus id
+      expect(v.dfuImported).toBe(DFU_PID);
+      expect(v.dfuEchoed).toBe(true);
+      expect(v.back).toEqual([original]);
+      const log = v.log as string[];
+      expect(log.filter((l) => l.includes("plugged in: exported as 1-1"))).toHaveLength(3);
+      expect(
+        log.filter((l) => l.includes(`${hex4(VID)}:${hex4(DFU_PID)} at 1-1 plugged in: exported as 1-1`)),
+      ).toHaveLength(1);
+    }, 60_000);
+
+    it("does not follow it when selected by vid:pid: nothing is listed while the other id is plugged, and says why", async () => {
+      const v = await serveUnderTestbed(["reenumerate", `${hex4(VID)}:${hex4(PID)}`], 45_000, dfuDevice);
+      expect(v.first).toEqual([original]);
+      expect(v.dfu).toEqual([]);
+      expect(v.dfuImported).toBeNull();
+      expect(v.back).toEqual([original]); // the device itself, back from its DFU mode, is exported again
+      const log = v.log as string[];
+      expect(log.filter((l) => l.includes("exported as"))).toHaveLength(2);
+      expect(log.filter((l) => l.includes(`${hex4(VID)}:${hex4(DFU_PID)}`))).toEqual([
+        `info: host device ${hex4(VID)}:${hex4(DFU_PID)} at 1-1 plugged in where ${hex4(VID)}:${hex4(PID)} (1-1) was: not exported, ${hex4(VID)}:${hex4(PID)} does not match it (select by port path, --device 1-1, to follow a device that re-enumerates with another id)`,
+      ]);
     }, 60_000);
 
     it("a hotplug storm (100 plug/unplug) under --match-new: one export left, no leaked port worker or grant", async () => {
