@@ -32,6 +32,14 @@ export {
   type ListOptions as ListHostDevicesOptions,
   listHostDevices,
 } from "./devices/host/enumerate.js";
+export {
+  type DeviceFilter,
+  type FilterRule,
+  type FilterVerdict,
+  filterFromLists,
+  judge,
+  parseRules,
+} from "./devices/host/filter.js";
 export { HostDeviceError } from "./devices/host/host-device.js";
 export type { HostFilter, HostSelector } from "./devices/host/select.js";
 export type {

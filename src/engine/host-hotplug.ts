@@ -1,9 +1,14 @@
 /**
  * Host hotplug for a Connection (the manager side of "attach a host device by
  * vid:pid, bus-port path or serial; detach; hotplug"): watches libusb's
- * attach / detach events, puts every host device that passes the allow / deny
- * filter on a free port of the connection, and takes it off again when it is
- * unplugged. Whichever comes first — libusb's detach event or the port
+ * attach / detach events, puts every host device that passes the filter on a
+ * free port of the connection, and takes it off again when it is unplugged.
+ * The filter is serve's (src/devices/host/filter.ts: usbredir-style rules on
+ * class, ids, bcdDevice, serial and path, first match wins, hubs denied unless
+ * a rule names class 9), given as `{ rules }` (e.g. from parseRules); the older
+ * `{ allow, deny }` selector lists still work and mean what they meant (deny
+ * wins; no allow list = every device not denied). A device the filter refuses
+ * by a rule (or as a hub) is logged with the rule that refused it. Whichever comes first — libusb's detach event or the port
  * worker seeing the unplug (the connection's 'port-failed') — reports the
  * detach, exactly once; when the device comes back it is attached again.
  *
@@ -11,28 +16,48 @@
  * 'log' (message). Uses only Connection's public API.
  */
 import { EventEmitter } from "node:events";
+import { type DeviceFilter, type FilterRule, judge, needsSerial } from "../devices/host/filter.js";
 import {
   type HostDeviceInfo,
   type HostFilter,
   HostHotplugWatcher,
+  type HostSelector,
   type HotplugEvent,
+  isEmptySelector,
   listHostDevices,
-  passesFilter,
 } from "../devices/host/index.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { UsbvirtError } from "../util/errors.js";
 import type { Connection } from "./connection.js";
 
 export interface HostHotplugOptions {
-  /** Which host devices to pass through (deny wins; no allow list = every device not denied). */
-  readonly filter: HostFilter;
+  /**
+   * Which host devices to pass through: filter rules (`{ rules: parseRules("deny class=hid|allow *") }`),
+   * or the older allow / deny selector lists (deny wins; no allow list = every device not denied).
+   */
+  readonly filter: DeviceFilter | HostFilter;
   /** Ports this helper may use (default: every port of the connection). */
   readonly ports?: readonly number[];
   /** Attach matching devices that are already plugged in when start() runs (default true). */
   readonly attachExisting?: boolean;
 }
 
-const isHub = (d: HostDeviceInfo) => d.deviceClass === 9;
+/**
+ * The rules an allow / deny selector filter means: each deny, then each allow (so deny wins; with no allow
+ * rule the default allows). An empty selector matches nothing, so it makes no rule, but an allow list of
+ * empty selectors still allows nothing.
+ */
+export function rulesOf(filter: DeviceFilter | HostFilter): DeviceFilter {
+  if ("rules" in filter) return filter;
+  const rule = (action: FilterRule["action"], s: HostSelector): FilterRule => ({ action, ...s });
+  const allow = filter.allow ?? [];
+  const rules = [
+    ...(filter.deny ?? []).filter((s) => !isEmptySelector(s)).map((s) => rule("deny", s)),
+    ...allow.filter((s) => !isEmptySelector(s)).map((s) => rule("allow", s)),
+  ];
+  if (allow.length > 0 && !rules.some((r) => r.action === "allow")) rules.push({ action: "deny" });
+  return { rules };
+}
 
 /** The code of a usbvirt error (it survives the backend's thread boundary, src/util/rpc.ts); else undefined. */
 const codeOf = (err: unknown): string | undefined => (err instanceof UsbvirtError ? err.code : undefined);
@@ -42,6 +67,7 @@ export class HostHotplug extends EventEmitter {
   /** Port path → port, for the devices this helper attached. */
   private readonly attached = new Map<string, { port: number; info: HostDeviceInfo }>();
   private readonly ports: readonly number[];
+  private readonly filter: DeviceFilter;
   /** Serialises attach/detach so events are applied in the order they arrived. */
   private queue: Promise<void> = Promise.resolve();
   /**
@@ -64,7 +90,9 @@ export class HostHotplug extends EventEmitter {
   ) {
     super();
     this.ports = options.ports ?? Array.from({ length: conn.handles.ports }, (_, i) => i + 1);
-    this.watcher = new HostHotplugWatcher((e) => this.enqueue(e), options.filter);
+    this.filter = rulesOf(options.filter);
+    // The watcher passes every event; the filter is judged here (it logs what it refuses).
+    this.watcher = new HostHotplugWatcher((e) => this.enqueue(e), {}, { strings: needsSerial(this.filter) });
   }
 
   /** Ports in use by this helper, by port path. */
@@ -77,11 +105,8 @@ export class HostHotplug extends EventEmitter {
     this.conn.on("port-failed", this.onPortFailed);
     this.watcher.start();
     if (this.options.attachExisting === false) return;
-    const needStrings = [...(this.options.filter.allow ?? []), ...(this.options.filter.deny ?? [])].some(
-      (s) => s.serial !== undefined,
-    );
-    for (const info of await listHostDevices({ strings: needStrings })) {
-      if (passesFilter(info, this.options.filter)) this.enqueue({ type: "attach", device: info });
+    for (const info of await listHostDevices({ strings: needsSerial(this.filter) })) {
+      this.enqueue({ type: "attach", device: info });
     }
     await this.queue;
   }
@@ -102,7 +127,14 @@ export class HostHotplug extends EventEmitter {
   }
 
   private async attach(info: HostDeviceInfo): Promise<void> {
-    if (isHub(info) || this.attached.has(info.portPath)) return;
+    if (info.portPath.startsWith("usb") || this.attached.has(info.portPath)) return; // a root hub, or ours
+    const verdict = judge(this.filter, info);
+    if (!verdict.allowed) {
+      // Said when a rule refused it; a device an allow list just does not name is not news.
+      if (!verdict.why.startsWith("no allow rule matched"))
+        this.emit("log", `host device ${info.portPath} is denied by the filter: ${verdict.why}`);
+      return;
+    }
     const used = new Set([...this.attached.values()].map((a) => a.port));
     const spec: DeviceSpec = {
       kind: "host",

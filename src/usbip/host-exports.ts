@@ -49,6 +49,8 @@ export interface Want {
   current: { busid: string; path: string | null } | null;
   /** Made by matchNew for one device: its port is freed when the device goes. */
   readonly transient: boolean;
+  /** The port path of the device it exported last (set when that device was withdrawn). */
+  lastPath?: string;
 }
 
 export interface HostExportsOptions {
@@ -164,7 +166,17 @@ export class HostExports {
     if (d.portPath.startsWith("usb")) return; // a root hub
     if (this.wants.some((w) => w.current !== null && w.current.path === d.portPath)) return; // exported already
     const want = this.wants.find((w) => w.current === null && matchesSelector(d, w.selector));
-    if (want === undefined && !(this.options.matchNew && isNew)) return;
+    if (want === undefined && !(this.options.matchNew && isNew)) {
+      // Where a selector's device just was, another id: a re-enumeration (DFU, bootloader) most likely.
+      const was = this.wants.find((w) => w.current === null && w.lastPath === d.portPath);
+      if (was !== undefined) {
+        const sel = formatSelector(was.selector);
+        this.options.log.info(
+          `host device ${describe(d)} ${how} where ${sel} (1-${was.port}) was: not exported, ${sel} does not match it (select by port path, --device ${d.portPath}, to follow a device that re-enumerates with another id)`,
+        );
+      }
+      return;
+    }
     const verdict = judge(this.options.filter, d);
     if (!verdict.allowed) {
       const what = want !== undefined ? ` (wanted as ${formatSelector(want.selector)})` : "";
@@ -210,6 +222,7 @@ export class HostExports {
 
   private async withdraw(want: Want, reason: string): Promise<void> {
     const busid = want.current!.busid;
+    if (want.current!.path !== null) want.lastPath = want.current!.path;
     want.current = null;
     await this.options.server.withdraw(busid, reason);
     this.release(want);

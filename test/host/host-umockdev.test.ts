@@ -26,7 +26,15 @@ import {
 } from "./fixture.js";
 import { type ChildOutcome, runChild, underReplay } from "./run-child.js";
 import { payload, SCENARIOS } from "./scenarios.js";
-import { findTestbedPython, findUmockdevRun, Recording, umockdevDescription, XFER_BULK } from "./umockdev.js";
+import { DFU_PID, dfuDevice, STATES_PID, statesDevice } from "./states-fixture.js";
+import {
+  type FakeUsbDevice,
+  findTestbedPython,
+  findUmockdevRun,
+  Recording,
+  umockdevDescription,
+  XFER_BULK,
+} from "./umockdev.js";
 
 const umockdevRun = findUmockdevRun();
 if (umockdevRun === null) {
@@ -208,16 +216,26 @@ describe.skipIf(testbedPython === null)("host hotplug under an interactive umock
 });
 
 /** Run test/host/children/serve-hotplug.ts under the testbed, the device unplugged at first. */
-async function serveUnderTestbed(args: string[], timeoutMs: number): Promise<Record<string, unknown>> {
+async function serveUnderTestbed(
+  args: string[],
+  timeoutMs: number,
+  alt: FakeUsbDevice | null = null,
+): Promise<Record<string, unknown>> {
   const dir = mkdtempSync(join(tmpdir(), "usbvirt-testbed-"));
   try {
     const description = join(dir, "device.umockdev");
     writeFileSync(description, umockdevDescription(fakeDevice));
+    const altOption: string[] = [];
+    if (alt !== null) {
+      altOption.push("--alt", join(dir, "alt.umockdev"));
+      writeFileSync(altOption[1]!, umockdevDescription(alt));
+    }
     const out = await runChild(
       testbedPython!,
       [
         "test/host/children/testbed.py",
         "--start-unplugged",
+        ...altOption,
         description,
         `/sys${fakeDevice.sysfsPath}`,
         "--",
@@ -263,6 +281,38 @@ describe.skipIf(testbedPython === null)(
       expect(events.some((e) => e.includes("is attached again"))).toBe(true);
     }, 60_000);
 
+    const hex4 = (n: number) => n.toString(16).padStart(4, "0");
+    const original = `1-1 ${hex4(VID)}:${hex4(PID)}`;
+    const dfu = `1-1 ${hex4(VID)}:${hex4(DFU_PID)}`;
+
+    it("follows a device that re-enumerates with another id at the same path when selected by path (--device 1-1)", async () => {
+      const v = await serveUnderTestbed(["reenumerate", BUS_PORT], 45_000, dfuDevice);
+      expect(v.before).toEqual([]);
+      expect(v.first).toEqual([original]);
+      expect(v.dfu).toEqual([dfu]); // the devlist names the new id under the same bus id
+      expect(v.dfuImported).toBe(DFU_PID);
+      expect(v.dfuEchoed).toBe(true);
+      expect(v.back).toEqual([original]);
+      const log = v.log as string[];
+      expect(log.filter((l) => l.includes("plugged in: exported as 1-1"))).toHaveLength(3);
+      expect(
+        log.filter((l) => l.includes(`${hex4(VID)}:${hex4(DFU_PID)} at 1-1 plugged in: exported as 1-1`)),
+      ).toHaveLength(1);
+    }, 60_000);
+
+    it("does not follow it when selected by vid:pid: nothing is listed while the other id is plugged, and says why", async () => {
+      const v = await serveUnderTestbed(["reenumerate", `${hex4(VID)}:${hex4(PID)}`], 45_000, dfuDevice);
+      expect(v.first).toEqual([original]);
+      expect(v.dfu).toEqual([]);
+      expect(v.dfuImported).toBeNull();
+      expect(v.back).toEqual([original]); // the device itself, back from its DFU mode, is exported again
+      const log = v.log as string[];
+      expect(log.filter((l) => l.includes("exported as"))).toHaveLength(2);
+      expect(log.filter((l) => l.includes(`${hex4(VID)}:${hex4(DFU_PID)}`))).toEqual([
+        `info: host device ${hex4(VID)}:${hex4(DFU_PID)} at 1-1 plugged in where ${hex4(VID)}:${hex4(PID)} (1-1) was: not exported, ${hex4(VID)}:${hex4(PID)} does not match it (select by port path, --device 1-1, to follow a device that re-enumerates with another id)`,
+      ]);
+    }, 60_000);
+
     it("a hotplug storm (100 plug/unplug) under --match-new: one export left, no leaked port worker or grant", async () => {
       const v = await serveUnderTestbed(["storm", "100"], 180_000);
       expect(v.listed).toEqual(["1-1"]);
@@ -277,5 +327,107 @@ describe.skipIf(testbedPython === null)(
       expect((v.exports as number) + (v.coalesced as number) + (v.failedExports as number)).toBe(101);
       expect(v.warnings).toEqual([]);
     }, 190_000);
+  },
+);
+
+/** Run test/host/children/device-states.ts under the testbed (extra testbed options first); its verdict. */
+async function statesUnderTestbed(testbedOptions: string[]): Promise<Record<string, unknown>> {
+  const dir = mkdtempSync(join(tmpdir(), "usbvirt-testbed-"));
+  try {
+    const description = join(dir, "device.umockdev");
+    const log = join(dir, "ioctls.log");
+    writeFileSync(description, umockdevDescription(statesDevice));
+    writeFileSync(log, "");
+    const out = await runChild(
+      testbedPython!,
+      [
+        "test/host/children/testbed.py",
+        ...testbedOptions,
+        description,
+        `/sys${statesDevice.sysfsPath}`,
+        "--",
+        process.execPath,
+        "--import",
+        "tsx",
+        "test/host/children/device-states.ts",
+      ],
+      40_000,
+      { USBVIRT_TESTBED_LOG: log },
+    );
+    const v = out.verdict;
+    if (v === null || v.ok !== true) {
+      throw new Error(
+        `device-states child failed (exit ${out.code}, ${out.ms} ms): ${JSON.stringify(v)}\n${out.stderr.slice(-2000)}`,
+      );
+    }
+    return { ...v, stderr: out.stderr };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe.skipIf(testbedPython === null)(
+  "device state requests reach the device (interactive testbed, the ioctls it receives)",
+  () => {
+    // libusb_set_configuration releases nothing itself: usbvirt releases, sets, then claims every interface
+    // of the new configuration; libusb_reset_device releases, resets and claims again.
+    const claimCycle = ["release 0", "reset", "claim 0"];
+
+    it("with a kernel driver bound: detached on open, the first reset performed, detached again after SET_CONFIGURATION, re-attached on detach", async () => {
+      const v = await statesUnderTestbed(["--driver", "testdrv"]);
+      const steps = v.steps as Record<string, string[]>;
+      expect(v.productId).toBe(STATES_PID);
+      // kernelDriverActive, then libusb's detach (which asks again), then the claim.
+      expect(steps.open).toEqual(["getdriver 0 testdrv", "getdriver 0 testdrv", "disconnect 0", "claim 0"]);
+      // The driver may have changed the device: the guest's first reset reaches it (it was skipped before).
+      expect(steps.enumerate).toEqual(claimCycle);
+      expect(steps.reset).toEqual(claimCycle);
+      expect(steps.config2).toEqual([
+        "release 0",
+        "setconfiguration 2",
+        ...[0, 1].flatMap((n) => [
+          `getdriver ${n} testdrv`,
+          `getdriver ${n} testdrv`,
+          `disconnect ${n}`,
+          `claim ${n}`,
+        ]),
+      ]);
+      expect(steps.config1).toEqual([
+        "release 0",
+        "release 1",
+        "setconfiguration 1",
+        ...["getdriver 0 testdrv", "getdriver 0 testdrv", "disconnect 0", "claim 0"],
+      ]);
+      expect(steps.altsetting).toEqual(["setinterface 0 1", "setinterface 0 0"]);
+      // Only configuration 1's interface gets its driver back (interface 1 left with configuration 2).
+      expect(steps.detach).toEqual(["release 0", "connect 0"]);
+      expect([v.echoAfterReset, v.echoConfig2, v.echoAlt1]).toEqual([true, true, true]);
+      expect(v.stderr).not.toMatch(/kernel driver failed/);
+    }, 60_000);
+
+    it("without a kernel driver: the untouched first reset is skipped, a reset after traffic and real SET_CONFIGURATION / SET_INTERFACE reach the device", async () => {
+      const v = await statesUnderTestbed([]);
+      const steps = v.steps as Record<string, string[]>;
+      expect(steps.open).toEqual(["getdriver 0 None -> 61", "claim 0"]); // ENODATA: no driver
+      // enumerate = reset (skipped: nothing reached the device since open), descriptors, address,
+      // SET_CONFIGURATION(1) (already active: no request).
+      expect(steps.enumerate).toEqual([]);
+      expect(steps.reset).toEqual(claimCycle);
+      expect(steps.config2).toEqual([
+        "release 0",
+        "setconfiguration 2",
+        ...["getdriver 0 None -> 61", "claim 0", "getdriver 1 None -> 61", "claim 1"],
+      ]);
+      expect(steps.config1).toEqual([
+        "release 0",
+        "release 1",
+        "setconfiguration 1",
+        "getdriver 0 None -> 61",
+        "claim 0",
+      ]);
+      expect(steps.altsetting).toEqual(["setinterface 0 1", "setinterface 0 0"]);
+      expect(steps.detach).toEqual(["release 0"]);
+      expect([v.echoAfterReset, v.echoConfig2, v.echoAlt1]).toEqual([true, true, true]);
+    }, 60_000);
   },
 );

@@ -51,7 +51,7 @@ export interface FakeUsbDevice {
   /** Mbit/s as sysfs `speed` says it: 1.5, 12, 480, 5000. */
   readonly speedMbps: number;
   readonly deviceDescriptor: Uint8Array;
-  /** The full configuration descriptor set of configuration 1. */
+  /** The configuration descriptor sets, in index order (configuration 1 first; more when the device has more). */
   readonly configuration: Uint8Array;
 }
 
@@ -75,7 +75,7 @@ export function umockdevDescription(d: FakeUsbDevice): string {
     `A: devnum=${d.devnum}\\n`,
     `A: speed=${d.speedMbps}\\n`,
     "A: bConfigurationValue=1\\n",
-    `A: bNumConfigurations=1\\n`,
+    `A: bNumConfigurations=${dd[17]}\\n`,
     `A: idVendor=${word(8)}\\n`,
     `A: idProduct=${word(10)}\\n`,
     `H: descriptors=${hex(dd)}${hex(d.configuration)}`,

@@ -32,8 +32,13 @@
  * when the value is the active configuration, as the device was opened in it);
  * SET_INTERFACE → libusb_set_interface_alt_setting; CLEAR_FEATURE(HALT) →
  * libusb_clear_halt; port reset → libusb_reset_device, except the first reset
- * of a device nothing was sent to since open (QEMU's host-libusb skips that
- * one too: the device is already in its default state).
+ * of a device nothing was sent to since open (QEMU's host-libusb skips a reset
+ * of an untouched device too: the host's own enumeration left it in its default
+ * state, and some devices mishandle two resets in a row). A device a kernel
+ * driver was detached from is not untouched: that driver may have changed its
+ * state, so its first reset is performed. Kernel drivers detached on open (and
+ * after a SET_CONFIGURATION, whose new interfaces the kernel probed) are
+ * re-attached on close, for the interfaces of the configuration then active.
  *
  * Unplug: the first NO_DEVICE (a transfer or a call) marks the device gone:
  * new URBs get -ENODEV, the other transfers in flight are cancelled and complete
@@ -263,6 +268,9 @@ export class HostUsbDevice implements UsbDevice {
         const rc = dev.detachKernelDriver(n);
         if (rc !== 0) return `interface ${n}: detaching the kernel driver failed (libusb error ${rc})`;
         this.detachedDrivers.add(n);
+        // That driver may have left the device in any state (alternate settings, class requests): the
+        // guest's first reset is not redundant then, and must reach the device.
+        this.touched = true;
       }
       const endpoints = iso.get(n);
       if (this.usbfs !== null && endpoints !== undefined) {
@@ -454,6 +462,9 @@ export class HostUsbDevice implements UsbDevice {
     return await this.control(async () => {
       await this.releaseAll();
       const rc = await dev!.setConfiguration(value);
+      // The kernel replaced the interfaces (and probed drivers on the new ones, which claimAll detaches):
+      // the drivers detached from the old ones are not theirs to re-attach on close.
+      if (rc === 0) this.detachedDrivers.clear();
       const claimError = this.claimAll();
       if (claimError !== null) this.log(`after SET_CONFIGURATION(${value}): ${claimError}`);
       return rc;

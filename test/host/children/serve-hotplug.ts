@@ -8,6 +8,8 @@
  *   3. the device list is empty again; the importer saw the device go.
  *                                                                STAGE plug
  *   4. 1-1 is back; attach reconnected on its own and moves data again.
+ * With `reenumerate SELECTOR` it follows (or not) a device that re-enumerates with another id at the same
+ * path (see reenumerate()).
  * With `storm N` as argument it instead runs serve --match-new, plugs and unplugs the device N times
  * without waiting for serve (only for libusb to see each uevent), plugs it once more, and checks that
  * exactly one export is left and nothing leaked.
@@ -171,6 +173,73 @@ async function storm(n: number): Promise<Record<string, unknown>> {
   }
 }
 
+/** The device list as "busid vid:pid". */
+async function listing(port: number): Promise<string[]> {
+  const hex4 = (n: number) => n.toString(16).padStart(4, "0");
+  return (await listRemote({ host: "127.0.0.1", port })).map(
+    (d) => `${d.busid} ${hex4(d.idVendor)}:${hex4(d.idProduct)}`,
+  );
+}
+
+/**
+ * A device that re-enumerates with another id at the same port path (the testbed's `--alt`, a DFU mode):
+ * serve --device SELECTOR; plug the device, unplug it, plug the other one at the same path (`STAGE plug
+ * alt`), unplug it, plug the first one again. The device list is read at each step; with a path selector
+ * the re-enumerated device is also imported and moves data.
+ */
+async function reenumerate(selector: string): Promise<Record<string, unknown>> {
+  const { server, stop } = await serve(["--device", selector]);
+  const port = server.address.port;
+  let attaches = 0;
+  let detaches = 0;
+  const watcher = new HostHotplugWatcher((e) => {
+    if (e.type === "attach") attaches++;
+    else detaches++;
+  });
+  watcher.start();
+  try {
+    const before = await listing(port);
+    process.stdout.write("STAGE plug\n");
+    await until("1-1 listed", async () => (await listing(port)).length === 1);
+    const first = await listing(port);
+    process.stdout.write("STAGE unplug\n");
+    await until("1-1 withdrawn", async () => (await listing(port)).length === 0);
+    process.stdout.write("STAGE plug alt\n");
+    let dfuImported: number | null = null;
+    let dfuEchoed = false;
+    if (selector.includes(":")) {
+      // serve applies hotplug events in order and says why it leaves this one alone: wait for that line.
+      await until("libusb saw the re-enumerated device", () => attaches === 2);
+      await until("serve judged it", () => log.matching("not exported").length === 1);
+    } else {
+      await until("the re-enumerated device listed", async () => (await listing(port)).length === 1);
+      const att = await attachRemote({
+        host: "127.0.0.1",
+        port,
+        busid: "1-1",
+        timeoutMs: 3000,
+        reconnect: false,
+      });
+      try {
+        dfuImported = att.device.productId;
+        dfuEchoed = await echo(att, 3);
+      } finally {
+        await att.close();
+      }
+    }
+    const dfu = await listing(port);
+    process.stdout.write("STAGE unplug\n");
+    await until("libusb saw it go", () => detaches === 2);
+    await until("nothing listed", async () => (await listing(port)).length === 0);
+    process.stdout.write("STAGE plug\n");
+    await until("1-1 listed again", async () => (await listing(port)).length === 1);
+    return { before, first, dfu, dfuImported, dfuEchoed, back: await listing(port), log: log.lines };
+  } finally {
+    watcher.stop();
+    await stop();
+  }
+}
+
 const args = process.argv.slice(2);
 const stormCount = args[0] === "storm" ? Number(args[1]) : 0;
 const watchdog = setTimeout(
@@ -182,7 +251,7 @@ const watchdog = setTimeout(
   },
   stormCount > 0 ? 170_000 : 40_000,
 );
-(stormCount > 0 ? storm(stormCount) : lifecycle()).then(
+(stormCount > 0 ? storm(stormCount) : args[0] === "reenumerate" ? reenumerate(args[1]!) : lifecycle()).then(
   (v) => {
     clearTimeout(watchdog);
     process.stdout.write(`VERDICT ${JSON.stringify({ ok: true, ...v, events })}\n`);
