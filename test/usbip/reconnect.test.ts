@@ -14,7 +14,7 @@ import { backoffDelay } from "../../src/engine/reconnect.js";
 import type { UrbCompletion } from "../../src/frontend/types.js";
 import { ESHUTDOWN } from "../../src/urb/status.js";
 import { type AttachedDevice, attachRemote, loopbackCheck } from "../../src/usbip/attach.js";
-import { startServer, type TestServer } from "./helpers.js";
+import { eventually, startServer, type TestServer } from "./helpers.js";
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
@@ -146,13 +146,19 @@ describe("a USB/IP link that is lost", () => {
     const { att, lines } = await attach(port);
     expect((await loopbackCheck(att, 4096)).ok).toBe(true);
     const inFlight = pendingBulkIn(att);
+    // On the wire and held by the server (the loopback NAKs it) before the link goes: else it may end -ENODEV.
+    await eventually(
+      () => first.server.stats().perDevice.some((d) => d.urbs > 0),
+      10_000,
+      "the bulk IN held by the server",
+    );
     const disconnected = once(att.events, "disconnected");
     await first.close();
     const [reason] = (await disconnected) as [string];
     // A close with a URB in flight may reach us as a reset: either way it is the server's end, in plain words.
     expect(reason).toMatch(
       new RegExp(
-        `the USB/IP server 127\\.0\\.0\\.1:${port} (closed the connection|failed: read ECONNRESET)$`,
+        `the USB/IP server 127\\.0\\.0\\.1:${port} (closed the connection|failed: (read|write) (ECONNRESET|EPIPE))$`,
       ),
     );
     // The guest saw the port go empty, and the URB in flight ended with -ESHUTDOWN.
@@ -198,6 +204,12 @@ describe("a USB/IP link that is lost", () => {
     const r = await relay(t.port);
     const { att } = await attach(r.port);
     const inFlight = pendingBulkIn(att);
+    // On the wire and held by the server (the loopback NAKs it) before the link goes: else it may end -ENODEV.
+    await eventually(
+      () => t.server.stats().perDevice.some((d) => d.urbs > 0),
+      10_000,
+      "the bulk IN held by the server",
+    );
     const disconnected = once(att.events, "disconnected");
     const reconnected = once(att.events, "reconnected");
     r.cut();
