@@ -1,0 +1,17 @@
+/**
+ * Waiting for a condition instead of sleeping: tests synchronise on what they wait for (an event, a
+ * counter, a state), never on a guessed delay. The deadline only turns a hang into a named failure.
+ */
+
+/** Resolve as soon as `check` holds (polled every 2 ms); reject, naming `what`, after `ms`. */
+export async function eventually(
+  check: () => boolean | Promise<boolean>,
+  ms = 5000,
+  what = "condition",
+): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
