@@ -9,7 +9,9 @@ import { describe, expect, it } from "vitest";
 import type { ServerStatus } from "../../src/cli/status-page.js";
 import { UsbipClient } from "../../src/usbip/client.js";
 import { chromium, dumpDom, outputDir, screenshot } from "../support/chromium.js";
-import { bulkIn, bulkOut, enumerate, eventually, pattern } from "../usbip/helpers.js";
+import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
+import { bulkIn, bulkOut, enumerate } from "../usbip/helpers.js";
 import { serveInProcess } from "./helpers.js";
 
 /** serve loopback + keyboard with --metrics on an ephemeral port; 1-1 imported by a client moving data. */

@@ -7,7 +7,9 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BulkOnlyClient } from "../../src/guest/bulk-only-client.js";
 import { EPIPE, OK } from "../../src/urb/status.js";
 import type { EndpointNum } from "../../src/urb/types.js";
-import { addr, pattern, port, type Rig, rig } from "./helpers.js";
+import { addr, port } from "../support/brands.js";
+import { pattern } from "../support/data.js";
+import { type Rig, rig } from "./helpers.js";
 
 let r: Rig;
 beforeEach(async () => {

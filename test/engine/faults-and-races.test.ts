@@ -6,7 +6,10 @@ import { afterEach, describe, expect, it } from "vitest";
 import type { UrbCompletion } from "../../src/frontend/types.js";
 import { ECONNRESET, ENODEV, ENOENT, ESHUTDOWN, OK } from "../../src/urb/status.js";
 import type { EndpointNum } from "../../src/urb/types.js";
-import { addr, eventually, pattern, port, type Rig, rig } from "./helpers.js";
+import { addr, port } from "../support/brands.js";
+import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
+import { type Rig, rig } from "./helpers.js";
 
 let r: Rig | null = null;
 afterEach(async () => {

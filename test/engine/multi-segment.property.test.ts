@@ -14,8 +14,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { GuestRange } from "../../src/guest/guest-memory-allocator.js";
 import { OK } from "../../src/urb/status.js";
 import type { EndpointNum } from "../../src/urb/types.js";
+import { addr, port } from "../support/brands.js";
 import { pattern } from "../support/data.js";
-import { addr, port, type Rig, rig } from "./helpers.js";
+import { type Rig, rig } from "./helpers.js";
 
 interface SegSpec {
   readonly length: number;

@@ -10,9 +10,12 @@ import { UNLINK_RESERVED_SLOTS } from "../../src/frontend/controller.js";
 import type { Urb } from "../../src/frontend/types.js";
 import { ECONNRESET, ENODEV, ENOENT, ESHUTDOWN, OK } from "../../src/urb/status.js";
 import type { EndpointNum } from "../../src/urb/types.js";
-import { addr, pattern, port, type Rig, rig } from "../engine/helpers.js";
+import { type Rig, rig } from "../engine/helpers.js";
+import { addr, port } from "../support/brands.js";
+import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
 import { bulkIn, bulkOut, enumerate, startServer, type TestServer } from "../usbip/helpers.js";
-import { eventually, expectNoLeaks, Tracked } from "./support.js";
+import { expectNoLeaks, Tracked } from "./support.js";
 
 let r: Rig | null = null;
 let server: TestServer | null = null;

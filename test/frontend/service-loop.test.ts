@@ -7,8 +7,9 @@
 import { afterEach, describe, expect, it } from "vitest";
 import type { BackendLossReason } from "../../src/frontend/types.js";
 import { ESHUTDOWN, OK } from "../../src/urb/status.js";
-import { eventually } from "../support/eventually.js";
-import { bulk, port, type Rig, rig, seg, tick } from "./support.js";
+import { port } from "../support/brands.js";
+import { eventually, tick } from "../support/eventually.js";
+import { bulk, type Rig, rig, seg } from "./support.js";
 
 const running: Rig[] = [];
 
@@ -108,4 +109,3 @@ async function enumerateRunning(r: Rig): Promise<void> {
   await eventually(() => r.hc.portStatus(port(1)).connected, 5000, "port 1 to connect");
   await r.hc.resetPort(1);
 }
-

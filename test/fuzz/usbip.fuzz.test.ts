@@ -31,15 +31,9 @@ import {
   type SentSubmit,
   type ServerPdu,
 } from "../../src/usbip/protocol.js";
-import {
-  bulkIn,
-  bulkOut,
-  enumerate,
-  eventually,
-  pattern,
-  startServer,
-  type TestServer,
-} from "../usbip/helpers.js";
+import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
+import { bulkIn, bulkOut, enumerate, startServer, type TestServer } from "../usbip/helpers.js";
 import { fuzzFor } from "./time-box.js";
 
 const DEVID = 0x10001;

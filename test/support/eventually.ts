@@ -15,3 +15,8 @@ export async function eventually(
     await new Promise((r) => setTimeout(r, 2));
   }
 }
+
+/** Let pending microtasks and one turn of the event loop (setImmediate) run: for tests on one thread. */
+export function tick(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}

@@ -16,15 +16,15 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { FRAME_SIZE } from "../../src/dma-map/types.js";
 import type { SubmitRequest, SubmitResult, UsbipClient } from "../../src/usbip/client.js";
 import { encodeCmdSubmit, NON_ISO_PACKETS, TransferFlag, URB_HEADER_SIZE } from "../../src/usbip/protocol.js";
+import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
 import {
   bulkIn,
   bulkOut,
   checkedControl,
   control,
   enumerate,
-  eventually,
   getDescriptor,
-  pattern,
   sleep,
   startServer,
   type TestServer,

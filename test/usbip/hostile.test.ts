@@ -10,16 +10,9 @@ import {
   encodeImportRequest,
   MAX_TRANSFER_LENGTH,
 } from "../../src/usbip/protocol.js";
-import {
-  bulkIn,
-  bulkOut,
-  checkedControl,
-  enumerate,
-  eventually,
-  pattern,
-  startServer,
-  type TestServer,
-} from "./helpers.js";
+import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
+import { bulkIn, bulkOut, checkedControl, enumerate, startServer, type TestServer } from "./helpers.js";
 
 let t: TestServer;
 let bystander: UsbipClient;

@@ -5,14 +5,14 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { UsbipImportError } from "../../src/usbip/client.js";
 import { OpStatus, TransferFlag, UsbipSpeed } from "../../src/usbip/protocol.js";
+import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
 import {
   bulkIn,
   bulkOut,
   checkedControl,
   control,
   enumerate,
-  eventually,
-  pattern,
   sleep,
   startServer,
   type TestServer,
