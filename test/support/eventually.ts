@@ -20,3 +20,12 @@ export async function eventually(
 export function tick(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
+
+/**
+ * Let `ms` of real time pass, to observe that nothing happens in it (a URB that must stay pending, a
+ * watchdog that must not fire). A premise of the test, named so it is never mistaken for (or used as)
+ * synchronisation: to wait for something to happen, use eventually().
+ */
+export function holdFor(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
