@@ -10,6 +10,7 @@ import {
   RedirStatus,
   RedirType,
 } from "../../src/usbredir/protocol.js";
+import { eventually } from "../support/eventually.js";
 import { KEYBOARD, LOOPBACK, startRedirServer, type TestRedirServer } from "./helpers.js";
 
 let t: TestRedirServer | null = null;
@@ -66,7 +67,7 @@ describe("usbredir server: transfers through the engine", () => {
     t = await startRedirServer(LOOPBACK);
     const c = await t.connect();
     const pending = c.bulk(0x81, 512); // nothing queued: the loopback NAKs until data arrives
-    await new Promise((r) => setTimeout(r, 50));
+    await eventually(() => t!.server.stats().urbs === 1, 5000, "the bulk IN in the engine");
     c.cancel(pending.id);
     const r = await pending.reply;
     expect(r).toMatchObject({ status: RedirStatus.CANCELLED, length: 0 });
@@ -146,7 +147,7 @@ describe("usbredir server: transfers through the engine", () => {
     t = await startRedirServer(LOOPBACK);
     const a = await t.connect();
     a.bulk(0x81, 512).reply.catch(() => undefined); // left in flight
-    await new Promise((r) => setTimeout(r, 20));
+    await eventually(() => t!.server.stats().urbs === 1, 5000, "the bulk IN in the engine");
     const released = new Promise((r) => t!.server.once("disconnect", r));
     a.close();
     await released;
