@@ -394,8 +394,8 @@ describe("unlink racing completion", () => {
     let finished = 0;
     let queued = 0; // OUT messages the device holds because their IN was cancelled
     const iterations = 10_000;
+    const perUrb = new Uint8Array(iterations); // completions of iteration i's IN
     for (let i = 0; i < iterations; i++) {
-      const counts = new Map<object, number>();
       const inUrb = {
         type: "bulk" as const,
         port: port(1),
@@ -406,7 +406,7 @@ describe("unlink racing completion", () => {
       };
       const inDone = new Promise<UrbCompletion>((resolve) =>
         hcd.submitWithCallback(inUrb, (c) => {
-          counts.set(inUrb, (counts.get(inUrb) ?? 0) + 1);
+          perUrb[i]!++;
           completions++;
           resolve(c);
         }),
@@ -436,13 +436,17 @@ describe("unlink racing completion", () => {
         cancelled++;
         if (queued === 0) queued++;
       }
-      expect(counts.get(inUrb)).toBe(1);
+      // Not this IN's count (its first completion just resolved inDone: it is 1 here by construction) but
+      // the previous one's: a second completion for it would have come back on the same rings before
+      // this iteration's answers.
+      if (i > 0) expect(perUrb[i - 1], `completions of iteration ${i - 1}'s IN`).toBe(1);
     }
     // A stray second completion would come back on the same rings before this echo's answers do
     // (responses are in order): after one more round trip, every completion there will be has been seen.
     if (queued > 0) await r.guest.transferIn(port(1), addr(2), 1, 64);
     await echo(1, 2, 64, 4);
     expect(completions).toBe(iterations);
+    expect(perUrb.every((n) => n === 1)).toBe(true);
     expect(finished + cancelled).toBe(iterations);
     expect(cancelled).toBeGreaterThan(0);
     guest.buffers.release(inRange);
