@@ -258,7 +258,12 @@ describe("a client that never reads its replies", () => {
         }
       })();
       const meanwhile = (async () => {
-        await sleep(300);
+        // During the burst: once the hostile client's replies are piling up in the server.
+        await eventually(
+          () => (s.t.server.stats().perDevice.find((d) => d.busid === "1-1")?.unsentBytes ?? 0) > 0,
+          3000,
+          "1-1's replies piling up",
+        );
         await answers(bystander, "bystander on 1-3 during the burst");
       })();
       await Promise.all([sampling, meanwhile]);
