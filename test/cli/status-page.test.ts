@@ -9,7 +9,9 @@ import { describe, expect, it } from "vitest";
 import type { ServerStatus } from "../../src/cli/status-page.js";
 import { UsbipClient } from "../../src/usbip/client.js";
 import { chromium, dumpDom, outputDir, screenshot } from "../support/chromium.js";
-import { bulkIn, bulkOut, enumerate, eventually, pattern } from "../usbip/helpers.js";
+import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
+import { bulkIn, bulkOut, enumerate } from "../usbip/helpers.js";
 import { serveInProcess } from "./helpers.js";
 
 /** serve loopback + keyboard with --metrics on an ephemeral port; 1-1 imported by a client moving data. */
@@ -65,11 +67,14 @@ describe("serve --metrics: the status page", () => {
     try {
       await eventually(() => b.rounds() > 20, 10_000, "traffic");
       let st = await b.status();
-      const t0 = Date.now();
-      while (st.devices[0]!.bytesPerSec === 0 && Date.now() - t0 < 10_000) {
-        await new Promise((r) => setTimeout(r, 200));
-        st = await b.status();
-      }
+      await eventually(
+        async () => {
+          st = await b.status();
+          return st.devices[0]!.bytesPerSec > 0;
+        },
+        10_000,
+        "a non-zero rate",
+      );
       expect(st.up).toBe(true);
       const [loop, kbd] = st.devices;
       expect(loop).toMatchObject({
@@ -107,7 +112,12 @@ describe("serve --metrics: the status page", () => {
       const b = await busyServer();
       try {
         await eventually(() => b.rounds() > 20, 10_000, "traffic");
-        await new Promise((r) => setTimeout(r, 2500)); // two rate samples with traffic in them
+        // The server has a rate sample with traffic in it (the page shows what /status.json says).
+        await eventually(
+          async () => (await b.status()).devices[0]!.bytesPerSec > 0,
+          10_000,
+          "a non-zero rate",
+        );
         const dom = await dumpDom(browser!, b.base, 3000);
         // The script ran: it counts its polls on <body>.
         expect(dom).toMatch(/<body data-polled="[1-9]\d*"/);

@@ -1,5 +1,5 @@
 /** The HID boot keyboard driven through the UsbDevice interface. */
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { DescriptorType } from "../../src/devices/emulated/descriptors.js";
 import {
   BOOT_KEYBOARD_REPORT_DESCRIPTOR,
@@ -14,7 +14,8 @@ import {
 import { UsbSpeed } from "../../src/rings/conn-ring.js";
 import { ECONNRESET, EOVERFLOW, EPIPE, OK } from "../../src/urb/status.js";
 import { InvalidOptionError } from "../../src/util/errors.js";
-import { control, expectPending, getDescriptor, interrupt, setupPacket, tick } from "./support.js";
+import { tick } from "../support/eventually.js";
+import { control, expectPending, getDescriptor, interrupt, setupPacket } from "./support.js";
 
 const CLASS_IN = 0xa1;
 const CLASS_OUT = 0x21;
@@ -72,8 +73,16 @@ describe("keyboard descriptors", () => {
 describe("keyboard reports", () => {
   it("an idle keyboard keeps the interrupt IN pending (never a 0-byte answer); cancel ends it", async () => {
     await configured();
+    // Time passes on fake clocks (timers and performance.now): many polling intervals, no sleep.
+    vi.useFakeTimers({
+      toFake: ["setTimeout", "clearTimeout", "setInterval", "clearInterval", "performance"],
+    });
     const s = interrupt(kbd, KEYBOARD_ENDPOINT, 8);
-    await new Promise((r) => setTimeout(r, 30));
+    try {
+      await vi.advanceTimersByTimeAsync(5000);
+    } finally {
+      vi.useRealTimers();
+    }
     await expectPending(s);
     kbd.cancel(s.handle);
     expect((await s.result).status).toBe(ECONNRESET);

@@ -22,7 +22,8 @@ import {
   ESHUTDOWN,
   OK,
 } from "../../src/urb/status.js";
-import { bulk, control, expectPending, interrupt, iso, setupPacket, tick } from "./support.js";
+import { tick } from "../support/eventually.js";
+import { bulk, control, expectPending, interrupt, iso, setupPacket } from "./support.js";
 
 const VENDOR_OUT = 0x40;
 const VENDOR_IN = 0xc0;

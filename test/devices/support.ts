@@ -11,6 +11,7 @@ import type {
   UsbDevice,
 } from "../../src/devices/device.js";
 import type { SetupPacket } from "../../src/urb/types.js";
+import { tick } from "../support/eventually.js";
 
 export interface Submitted {
   readonly handle: number;
@@ -124,11 +125,6 @@ export function iso(
       isoPackets: packets,
     }),
   );
-}
-
-/** Let microtasks and one macrotask run. */
-export function tick(): Promise<void> {
-  return new Promise((r) => setImmediate(r));
 }
 
 export async function expectPending(s: Submitted): Promise<void> {

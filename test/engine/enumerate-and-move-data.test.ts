@@ -7,7 +7,10 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BulkOnlyClient } from "../../src/guest/bulk-only-client.js";
 import { EPIPE, OK } from "../../src/urb/status.js";
 import type { EndpointNum } from "../../src/urb/types.js";
-import { addr, pattern, port, type Rig, rig } from "./helpers.js";
+import { addr, port } from "../support/brands.js";
+import { pattern } from "../support/data.js";
+import { eventually, holdFor } from "../support/eventually.js";
+import { type Rig, rig } from "./helpers.js";
 
 let r: Rig;
 beforeEach(async () => {
@@ -136,7 +139,12 @@ describe("keyboard end to end", () => {
     void report.then(() => {
       settled = true;
     });
-    await new Promise((res) => setTimeout(res, 50));
+    await eventually(
+      async () => (await r.conn.stats()).portWorkers[1]?.inFlight === 1,
+      5000,
+      "the interrupt IN in the keyboard's port",
+    );
+    await holdFor(50); // five polling intervals
     expect(settled).toBe(false); // an idle keyboard does not answer
     await r.conn.deviceCommand(1, "pressKeys", 0x02, [0x04]); // shift + 'a'
     const bytes = await report;

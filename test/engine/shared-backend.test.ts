@@ -9,7 +9,9 @@ import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
 import { ENODEV, ESHUTDOWN } from "../../src/urb/status.js";
 import type { EndpointNum } from "../../src/urb/types.js";
-import { addr, pattern, port, type Rig, rig } from "./helpers.js";
+import { addr, port } from "../support/brands.js";
+import { pattern } from "../support/data.js";
+import { type Rig, rig } from "./helpers.js";
 
 let r: Rig | undefined;
 afterEach(async () => {

@@ -2,17 +2,23 @@
  * Fault injection, one test per fault: each fault is played out with URBs in flight, every URB must
  * complete exactly once with the statuses the fault allows, nothing may leak (grants the frontend holds,
  * URB ids in flight on either side, URBs in the pending queue, port worker threads), and the port must
- * work again afterwards. Builds on test/engine/faults-and-races.test.ts (which shows containment) by
- * adding the exactly-once and leak accounting, and the faults it does not cover.
+ * work again afterwards. Then the races (unlink racing completion, hotplug under traffic) and the hung
+ * port worker. This is the one fault suite: test/engine/faults-and-races.test.ts was merged into it
+ * (its port-crash and backend-restart cases into the ones here, which now also check what they checked).
+ * Nothing here sleeps to synchronise: each step waits for the state it needs (eventually, an event, a
+ * round trip through the same rings); the one timed hold is the ring-full case's premise.
  */
 import { afterEach, describe, expect, it } from "vitest";
 import { UNLINK_RESERVED_SLOTS } from "../../src/frontend/controller.js";
-import type { Urb } from "../../src/frontend/types.js";
+import type { Urb, UrbCompletion } from "../../src/frontend/types.js";
 import { ECONNRESET, ENODEV, ENOENT, ESHUTDOWN, OK } from "../../src/urb/status.js";
 import type { EndpointNum } from "../../src/urb/types.js";
-import { addr, pattern, port, type Rig, rig } from "../engine/helpers.js";
+import { type Rig, rig } from "../engine/helpers.js";
+import { addr, port } from "../support/brands.js";
+import { pattern } from "../support/data.js";
+import { eventually, holdFor } from "../support/eventually.js";
 import { bulkIn, bulkOut, enumerate, startServer, type TestServer } from "../usbip/helpers.js";
-import { eventually, expectNoLeaks, Tracked } from "./support.js";
+import { expectNoLeaks, Tracked } from "./support.js";
 
 let r: Rig | null = null;
 let server: TestServer | null = null;
@@ -86,6 +92,17 @@ describe.each(["backend", "worker"] as const)("fault injection, devices on the %
     for (const v of victims) expect(v.completions).toHaveLength(1);
     release(victims);
     await echo(2, 2, 2048, 5); // the other port never noticed
+    const range = guest.buffers.allocate(64);
+    const toEmptyPort = await hcd.submit({
+      type: "bulk",
+      port: port(1),
+      device: addr(2),
+      endpoint: ep(1),
+      directionIn: false,
+      buffer: [range],
+    });
+    guest.buffers.release(range);
+    expect(toEmptyPort.status).toBe(ENODEV);
     await expectNoLeaks(conn, hcd, workers(1));
     await conn.attach(1, emu("loopback"));
     await guest.enumerate(port(1), addr(3));
@@ -101,6 +118,7 @@ describe.each(["backend", "worker"] as const)("fault injection, devices on the %
     await guest.enumerate(port(1), addr(2));
     await guest.enumerate(port(2), addr(2));
     let running = true;
+    let echoes = 0;
     const endings: number[] = [];
     const all: Tracked[] = [];
     // Four interrupt IN pollers keep URBs in flight; one loop echoes verified data.
@@ -137,9 +155,11 @@ describe.each(["backend", "worker"] as const)("fault injection, devices on the %
         if (c.status === OK) expect(Buffer.compare(guest.bytes(inUrb.urb.buffer![0]!), data)).toBe(0);
         release([inUrb]);
         if (c.status !== OK) return endings.push(c.status);
+        echoes++;
       }
     })();
-    await new Promise((res) => setTimeout(res, 200));
+    // Unplug mid-traffic: once data has been echoed and the pollers have interrupt INs in flight.
+    await eventually(() => echoes >= 3 && hcd.stats().inFlight >= 4, 10_000, "traffic on port 1");
     await conn.detach(1);
     running = false;
     await Promise.all([...pollers, echoLoop]);
@@ -168,6 +188,7 @@ describe.each(["backend", "worker"] as const)("fault injection, devices on the %
     ];
     await eventually(() => hcd.stats().inFlight === 9, 5000, "9 URBs on the ring");
     await conn.restartBackend();
+    expect(conn.frontend).toBe(hcd); // the same controller lives on, with a new backend
     for (const v of victims) {
       expect((await v.done).status).toBe(ESHUTDOWN);
       expect(v.completions).toHaveLength(1);
@@ -217,7 +238,9 @@ describe.each(["backend", "worker"] as const)("fault injection, devices on the %
   });
 
   it("ring full for seconds: 300 interrupt INs on an idle keyboard wait (the ring full, the rest queued), then complete or unlink, none lost", async () => {
-    r = await rig();
+    // A short hung-port limit: the hold below spans several of the watchdog's looks (a full ring on an
+    // idle device is not a hung port).
+    r = await rig({ hungPortMs: 400 });
     const { conn, hcd, guest } = r;
     await conn.attach(1, emu("keyboard"));
     await guest.enumerate(port(1), addr(2));
@@ -236,7 +259,17 @@ describe.each(["backend", "worker"] as const)("fault injection, devices on the %
       5000,
       "a full ring",
     );
-    await new Promise((res) => setTimeout(res, 2500));
+    // Every URB on the ring has reached the device (the backend and the port hold them all) ...
+    await eventually(
+      async () => {
+        const s = await conn.stats();
+        return s.inFlight === onRing && (s.portWorkers[1]?.inFlight ?? 0) === onRing;
+      },
+      5000,
+      "the backend and the port to hold the full ring",
+    );
+    // ... and they stay there: a timed hold, the premise of this case (not a synchronisation).
+    await holdFor(1500);
     expect(urbs.filter((u) => u.completions.length > 0)).toHaveLength(0);
     expect(hcd.stats()).toMatchObject({ inFlight: onRing, pending: 300 - onRing });
     expect((await conn.stats()).inFlight).toBe(onRing); // the control plane still answers
@@ -344,5 +377,157 @@ describe.each(["backend", "worker"] as const)("fault injection, devices on the %
     const payload = pattern(3000, 42);
     expect((await bulkOut(again, 1, payload)).status).toBe(0);
     expect(Buffer.compare((await bulkIn(again, 1, 3000)).data, payload)).toBe(0);
+  });
+});
+
+describe("unlink racing completion", () => {
+  it("gives every URB exactly one completion when unlink races completion, 10 000 times", async () => {
+    r = await rig();
+    const { hcd, guest, conn } = r;
+    await conn.attach(1, { kind: "emulated", name: "loopback" });
+    await guest.enumerate(port(1), addr(2));
+    const inRange = guest.buffers.allocate(64);
+    const outRange = guest.buffers.allocate(64);
+    guest.bytes(outRange).set(pattern(64, 3));
+    let completions = 0;
+    let cancelled = 0;
+    let finished = 0;
+    let queued = 0; // OUT messages the device holds because their IN was cancelled
+    const iterations = 10_000;
+    const perUrb = new Uint8Array(iterations); // completions of iteration i's IN
+    for (let i = 0; i < iterations; i++) {
+      const inUrb = {
+        type: "bulk" as const,
+        port: port(1),
+        device: addr(2),
+        endpoint: ep(1),
+        directionIn: true,
+        buffer: [inRange],
+      };
+      const inDone = new Promise<UrbCompletion>((resolve) =>
+        hcd.submitWithCallback(inUrb, (c) => {
+          perUrb[i]!++;
+          completions++;
+          resolve(c);
+        }),
+      );
+      // Feed the IN (unless a message is already queued), and unlink it at once: they race.
+      const feed =
+        queued > 0
+          ? Promise.resolve()
+          : hcd
+              .submit({
+                type: "bulk",
+                port: port(1),
+                device: addr(2),
+                endpoint: ep(1),
+                directionIn: false,
+                buffer: [outRange],
+              })
+              .then((c) => expect(c.status).toBe(OK));
+      const unlinked = hcd.unlink(inUrb);
+      const [c, u] = await Promise.all([inDone, unlinked, feed]);
+      if (c.status === OK) {
+        finished++;
+        if (queued > 0) queued--;
+        expect([OK, ENOENT]).toContain(u);
+      } else {
+        expect(c.status).toBe(ECONNRESET);
+        cancelled++;
+        if (queued === 0) queued++;
+      }
+      // Not this IN's count (its first completion just resolved inDone: it is 1 here by construction) but
+      // the previous one's: a second completion for it would have come back on the same rings before
+      // this iteration's answers.
+      if (i > 0) expect(perUrb[i - 1], `completions of iteration ${i - 1}'s IN`).toBe(1);
+    }
+    // A stray second completion would come back on the same rings before this echo's answers do
+    // (responses are in order): after one more round trip, every completion there will be has been seen.
+    if (queued > 0) await r.guest.transferIn(port(1), addr(2), 1, 64);
+    await echo(1, 2, 64, 4);
+    expect(completions).toBe(iterations);
+    expect(perUrb.every((n) => n === 1)).toBe(true);
+    expect(finished + cancelled).toBe(iterations);
+    expect(cancelled).toBeGreaterThan(0);
+    guest.buffers.release(inRange);
+    guest.buffers.release(outRange);
+    await expectNoLeaks(conn, hcd, 0);
+  }, 120_000);
+});
+
+describe("hotplug under traffic", () => {
+  it("attaches and detaches a device while another port moves data", async () => {
+    r = await rig();
+    const { guest, conn, hcd } = r;
+    await conn.attach(1, { kind: "emulated", name: "loopback" });
+    await guest.enumerate(port(1), addr(2));
+    let running = true;
+    let moved = 0;
+    const traffic = (async () => {
+      let i = 0;
+      while (running) {
+        const data = pattern(4096, ++i);
+        await guest.transferOut(port(1), addr(2), 1, data);
+        const back = await guest.transferIn(port(1), addr(2), 1, 4096);
+        expect(Buffer.compare(back, data)).toBe(0);
+        moved++;
+      }
+    })();
+    for (let round = 0; round < 5; round++) {
+      const before = moved;
+      await conn.attach(2, { kind: "emulated", name: "storage", options: { sizeBytes: 1024 * 1024 } });
+      await guest.enumerate(port(2), addr(3));
+      await conn.detach(2);
+      await eventually(() => !hcd.portStatus(port(2)).connected, 5000, "port 2 disconnect");
+      // Port 1 keeps moving data across every hotplug (an attach is now quicker than an echo under load).
+      await eventually(() => moved > before, 5000, `port 1 traffic during round ${round}`);
+    }
+    running = false;
+    await traffic;
+    await expectNoLeaks(conn, hcd, 0);
+  });
+});
+
+describe("hung port worker", () => {
+  it("cuts off a port whose worker stops turning its event loop, and only that port", async () => {
+    r = await rig({ hungPortMs: 400 });
+    const { hcd, guest, conn } = r;
+    await conn.attach(1, { kind: "emulated", name: "loopback", placement: "worker" });
+    await conn.attach(2, { kind: "emulated", name: "loopback" });
+    await guest.enumerate(port(1), addr(2));
+    await guest.enumerate(port(2), addr(2));
+    const failed = new Promise<[number, string, boolean]>((res) =>
+      conn.once("port-failed", (p: number, why: string, gone: boolean) => res([p, why, gone])),
+    );
+    const range = guest.buffers.allocate(512);
+    const pending = hcd.submit({
+      type: "bulk",
+      port: port(1),
+      device: addr(2),
+      endpoint: ep(1),
+      directionIn: true,
+      buffer: [range],
+    });
+    await conn.freezePort(1, 5000);
+    const [failedPort, why, gone] = await failed;
+    expect(failedPort).toBe(1);
+    expect(why).toMatch(/hung/);
+    expect(gone).toBe(false); // a hung worker is a failure, not a device that went away
+    expect([ESHUTDOWN, ENODEV]).toContain((await pending).status);
+    await eventually(() => !hcd.portStatus(port(1)).connected, 5000, "port 1 disconnect");
+    await echo(2, 2, 777, 1);
+  });
+
+  it("refuses to freeze a device on the backend's own thread, and a placement a device cannot have", async () => {
+    r = await rig();
+    const { conn } = r;
+    await conn.attach(1, { kind: "emulated", name: "loopback" });
+    await expect(conn.freezePort(1, 100)).rejects.toThrow(/runs on the backend thread/);
+    await expect(
+      conn.attach(2, { kind: "usbip", host: "127.0.0.1", busid: "1-1", placement: "backend" } as never),
+    ).rejects.toThrow(/always run on a port worker/);
+    await expect(
+      conn.attach(2, { kind: "emulated", name: "loopback", placement: "elsewhere" } as never),
+    ).rejects.toThrow(/placement must be 'backend' or 'worker'/);
   });
 });

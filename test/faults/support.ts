@@ -6,7 +6,6 @@
 import type { Connection } from "../../src/engine/connection.js";
 import type { VirtualHostController } from "../../src/frontend/index.js";
 import type { Urb, UrbCompletion } from "../../src/frontend/types.js";
-import { eventually } from "../engine/helpers.js";
 
 export interface Leaks {
   /** Grant refs the frontend has out (granted, not revoked). */
@@ -76,5 +75,3 @@ export class Tracked {
     );
   }
 }
-
-export { eventually };

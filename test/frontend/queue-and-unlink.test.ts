@@ -10,7 +10,8 @@ import type { Urb, UrbCompletion } from "../../src/frontend/types.js";
 import { RingFault } from "../../src/rings/faults.js";
 import { ECONNRESET, ENOENT, OK } from "../../src/urb/status.js";
 import type { UrbId } from "../../src/urb/types.js";
-import { addr, bulk, enumerate, ep, FRAME, port, pump, rig, seg } from "./support.js";
+import { addr, port } from "../support/brands.js";
+import { bulk, enumerate, ep, FRAME, pump, rig, seg } from "./support.js";
 
 describe("pending queue", () => {
   it("queues URBs beyond the 256 ring slots and completes all 600 in order without over-filling the ring", async () => {

@@ -11,7 +11,8 @@ import type { PortStatus, UrbCompletion } from "../../src/frontend/types.js";
 import { UsbSpeed } from "../../src/rings/conn-ring.js";
 import { RingFault } from "../../src/rings/faults.js";
 import { ENODEV, OK } from "../../src/urb/status.js";
-import { bulk, enumerate, port, pump, rig, seg } from "./support.js";
+import { port } from "../support/brands.js";
+import { bulk, enumerate, pump, rig, seg } from "./support.js";
 
 describe("root hub", () => {
   it("reports a connect with its speed and a connection change until cleared", async () => {

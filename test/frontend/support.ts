@@ -9,7 +9,9 @@ import { type ControllerHandles, createControllerHandles } from "../../src/engin
 import { VirtualHostController } from "../../src/frontend/controller.js";
 import type { BufferSegment, ControllerOptions, Urb } from "../../src/frontend/types.js";
 import { UsbSpeed } from "../../src/rings/conn-ring.js";
-import type { DevAddr, EndpointNum, PortNum } from "../../src/urb/types.js";
+import type { EndpointNum } from "../../src/urb/types.js";
+import { addr, port } from "../support/brands.js";
+import { tick } from "../support/eventually.js";
 import { FakeBackend, type FakeMode } from "./fake-backend.js";
 
 export const FRAME = 4096;
@@ -28,11 +30,6 @@ export function rig(mode: FakeMode = "normal", options: ControllerOptions = {}):
   return { handles, hc, fake, memory: new GuestMemory({ regions: handles.memory }) };
 }
 
-/** Let microtasks and immediates run once. */
-export function tick(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
-
 /** Alternate backend and frontend until neither has anything to do twice in a row (bounded). */
 export async function pump(r: Rig, maxRounds = 200): Promise<void> {
   let idle = 0;
@@ -43,8 +40,6 @@ export async function pump(r: Rig, maxRounds = 200): Promise<void> {
   }
 }
 
-export const port = (n: number) => n as PortNum;
-export const addr = (n: number) => n as DevAddr;
 export const ep = (n: number) => n as EndpointNum;
 export const at = (n: number) => n as GuestOffset;
 

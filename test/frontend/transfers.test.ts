@@ -9,8 +9,9 @@ import { GrantFault } from "../../src/dma-map/grant-fault.js";
 import type { Urb, UrbCompletion } from "../../src/frontend/types.js";
 import { UsbSpeed } from "../../src/rings/conn-ring.js";
 import { EINVAL, EMSGSIZE, ENODEV, EPIPE, EPROTO, OK } from "../../src/urb/status.js";
+import { addr, port } from "../support/brands.js";
 import { DEVICE_DESCRIPTOR } from "./fake-backend.js";
-import { addr, bulk, enumerate, ep, FRAME, guest, port, pump, rig, seg } from "./support.js";
+import { bulk, enumerate, ep, FRAME, guest, pump, rig, seg } from "./support.js";
 
 describe("VirtualHostController transfers", () => {
   it("runs a control IN GET_DESCRIPTOR and lands the descriptor in guest memory", async () => {

@@ -9,7 +9,7 @@ import type { ControllerHandles } from "../../src/engine/handles.js";
 import { VirtualHostController } from "../../src/frontend/index.js";
 import { GuestUsbDriver } from "../../src/guest/guest-driver.js";
 import type { DevAddr, PortNum } from "../../src/urb/types.js";
-import { pattern } from "../engine/helpers.js";
+import { pattern } from "../support/data.js";
 
 const { handles, counters } = workerData as { handles: ControllerHandles; counters: SharedArrayBuffer };
 const words = new Int32Array(counters);

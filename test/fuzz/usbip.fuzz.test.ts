@@ -31,15 +31,9 @@ import {
   type SentSubmit,
   type ServerPdu,
 } from "../../src/usbip/protocol.js";
-import {
-  bulkIn,
-  bulkOut,
-  enumerate,
-  eventually,
-  pattern,
-  startServer,
-  type TestServer,
-} from "../usbip/helpers.js";
+import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
+import { bulkIn, bulkOut, enumerate, startServer, type TestServer } from "../usbip/helpers.js";
 import { fuzzFor } from "./time-box.js";
 
 const DEVID = 0x10001;
@@ -347,9 +341,17 @@ async function oneRun(run: Run): Promise<void> {
       stats.closedAsExpected++;
       readReplies(c, v.submits, replies);
     } else {
-      await new Promise((r) => setTimeout(r, 20));
       readReplies(c, v.submits, replies);
       if (!v.unsure && v.leftover === 0 && !c.closed) {
+        // Before unlinking: the server has taken every submit (answered it, or holds it in the engine).
+        const taken = () => {
+          readReplies(c, v.submits, replies);
+          const answered = new Set(replies.filter((r) => r.command === "ret-submit").map((r) => r.seqnum))
+            .size;
+          const held = t.server.stats().perDevice.find((d) => d.busid === "1-1")?.urbs ?? 0;
+          return c.closed || answered + held >= v.submits.size;
+        };
+        await eventually(taken, 3000, "the server to take every submit");
         // Unlink whatever is still in flight, then every submit must have exactly one outcome.
         const answered = new Set(replies.filter((r) => r.command === "ret-submit").map((r) => r.seqnum));
         const unlinkOf = new Map<number, number>();

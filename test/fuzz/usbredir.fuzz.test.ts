@@ -29,7 +29,8 @@ import {
 } from "../../src/usbredir/protocol.js";
 import { RedirReader } from "../../src/usbredir/reader.js";
 import { HOST_CAPS } from "../../src/usbredir/server.js";
-import { eventually, pattern } from "../usbip/helpers.js";
+import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
 import { encodeGuestOps, GUEST_HELLO, guestOpArb, NEGOTIATED } from "../usbredir/gen.js";
 import { LOOPBACK, startRedirServer, type TestRedirServer } from "../usbredir/helpers.js";
 import { RawPeer, type SeenPacket } from "../usbredir/raw-peer.js";

@@ -9,6 +9,7 @@ import { Connection } from "../../src/engine/connection.js";
 import { GuestUsbDriver } from "../../src/guest/guest-driver.js";
 import type { UrbStatus } from "../../src/urb/status.js";
 import type { DevAddr, EndpointNum, PortNum } from "../../src/urb/types.js";
+import { eventually } from "../support/eventually.js";
 import { CONFIGURATION, DEVICE_DESCRIPTOR, PID, PRODUCT, stringDescriptor, VID } from "./fixture.js";
 import { type Recording, XFER_BULK, XFER_INTERRUPT } from "./umockdev.js";
 
@@ -52,6 +53,15 @@ interface Ctx {
 export interface Scenario {
   record(r: Recording): void;
   run(ctx: Ctx): Promise<Record<string, unknown>>;
+}
+
+/** Wait until the port's worker holds `n` transfers (submitted to libusb): the URB reached the device. */
+export async function inDevice(conn: Connection, n: number): Promise<void> {
+  await eventually(
+    async () => ((await conn.stats()).portWorkers[P]?.inFlight ?? 0) >= n,
+    5000,
+    `${n} transfer(s) in the port worker`,
+  );
 }
 
 const bulkIn = (ctx: Ctx, endpoint: number, length: number, type: "bulk" | "interrupt" = "bulk") => {
@@ -175,10 +185,10 @@ export const SCENARIOS: Record<string, Scenario> = {
       recordEnumeration(r);
       r.submit(r.id(), XFER_BULK, 0x81, 256);
     },
-    async run({ guest }) {
+    async run({ conn, guest }) {
       await guest.enumerate(P, A);
       const t = bulkIn({ guest } as Ctx, 1, 256);
-      await new Promise((res) => setTimeout(res, 100));
+      await inDevice(conn, 1);
       const unlinkStatus = await guest.hcd.unlink(t.urb);
       const c = await t.done;
       return { unlinkStatus, status: c.status };

@@ -1,4 +1,8 @@
-/** Test worker: parks on a doorbell until a shared flag is set, then reports how it woke. */
+/**
+ * Test worker: parks on a doorbell until a shared flag is set, then reports how it woke.
+ * Shared words: [0] the flag the parent sets; [1] this worker's progress: 1 started, 2 armed (the
+ * doorbell's final check has been made and found nothing: from here it sleeps until the bell rings).
+ */
 import { parentPort, workerData } from "node:worker_threads";
 import { Doorbell } from "../../src/rings/doorbell.js";
 
@@ -6,8 +10,12 @@ const { bell, flag } = workerData as { bell: SharedArrayBuffer; flag: SharedArra
 const word = new Int32Array(flag);
 const waitable = {
   hasPending: () => Atomics.load(word, 0) !== 0,
-  armAndCheck: () => Atomics.load(word, 0) !== 0,
+  armAndCheck: () => {
+    const pending = Atomics.load(word, 0) !== 0;
+    if (!pending) Atomics.store(word, 1, 2);
+    return pending;
+  },
 };
-Atomics.store(word, 1, 1); // parked (or about to be)
+Atomics.store(word, 1, 1);
 const outcome = new Doorbell(bell).wait(waitable, undefined, 10_000);
 parentPort!.postMessage({ outcome, flag: Atomics.load(word, 0) });

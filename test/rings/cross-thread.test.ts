@@ -3,6 +3,7 @@
  * 1000 wrap-arounds of the slot array, crossing the 2^32 index wrap, with
  * the frontend on this thread waiting through waitAsync and the backend
  * worker blocking in Atomics.wait. No loss, no duplicate, order kept.
+ * And a doorbell waking a thread parked in Atomics.wait.
  */
 import { once } from "node:events";
 import { describe, expect, it } from "vitest";
@@ -12,6 +13,7 @@ import { IdPool } from "../../src/rings/id-pool.js";
 import { createRingBuffer, type RingGeometry } from "../../src/rings/layout.js";
 import { AdaptiveSpin } from "../../src/rings/spin.js";
 import { siblingModule, startWorker } from "../../src/workers/spawn.js";
+import { eventually } from "../support/eventually.js";
 
 describe("ring across threads", () => {
   it("carries 1000+ wrap-arounds of sequence numbers with no loss, duplicate or reordering", async () => {
@@ -70,5 +72,24 @@ describe("ring across threads", () => {
     expect(outOfOrder).toBe(0);
     expect(received).toBe(total);
     expect(ids.inFlightCount).toBe(0);
+  });
+});
+
+describe("doorbell across threads", () => {
+  it("wakes a thread parked in Atomics.wait after its final check", async () => {
+    const bell = Doorbell.create();
+    const flag = new SharedArrayBuffer(8);
+    const worker = startWorker(siblingModule(import.meta.url, "./bell-waiter-worker"), {
+      workerData: { bell, flag },
+    });
+    const word = new Int32Array(flag);
+    // Armed: the worker read the doorbell's sequence and made its final check; it sleeps from here, and
+    // only a ring can end that sleep before its 10 s timeout. (Ringing earlier would test nothing.)
+    await eventually(() => Atomics.load(word, 1) === 2, 10_000, "the worker to arm its doorbell wait");
+    Atomics.store(word, 0, 1);
+    new Doorbell(bell).ring();
+    const [msg] = await once(worker, "message");
+    await worker.terminate();
+    expect(msg).toEqual({ outcome: "woken", flag: 1 });
   });
 });

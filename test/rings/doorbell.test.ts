@@ -1,11 +1,8 @@
-/** Doorbells, adaptive spinning and the spinner cap. */
-import { once } from "node:events";
-import { setTimeout as sleep } from "node:timers/promises";
+/** Doorbells, adaptive spinning and the spinner cap, on one thread (the cross-thread wake-up: cross-thread.test.ts). */
 import { describe, expect, it } from "vitest";
 import { anyOf, Doorbell } from "../../src/rings/doorbell.js";
 import { AdaptiveSpin, SpinLimiter } from "../../src/rings/spin.js";
 import { InvalidOptionError } from "../../src/util/errors.js";
-import { siblingModule, startWorker } from "../../src/workers/spawn.js";
 
 function flagWaitable() {
   let set = false;
@@ -33,22 +30,6 @@ function flagWaitable() {
 }
 
 describe("doorbell", () => {
-  it("wakes a thread parked in Atomics.wait", async () => {
-    const bell = Doorbell.create();
-    const flag = new SharedArrayBuffer(8);
-    const worker = startWorker(siblingModule(import.meta.url, "./bell-waiter-worker"), {
-      workerData: { bell, flag },
-    });
-    const word = new Int32Array(flag);
-    while (Atomics.load(word, 1) === 0) await sleep(1);
-    await sleep(20); // let it reach Atomics.wait
-    Atomics.store(word, 0, 1);
-    new Doorbell(bell).ring();
-    const [msg] = await once(worker, "message");
-    await worker.terminate();
-    expect(msg).toEqual({ outcome: "woken", flag: 1 });
-  });
-
   it("does not sleep when work arrived between reading the sequence and the final check", () => {
     const bell = new Doorbell(Doorbell.create());
     // The peer publishes right as we arm: the final check sees it.

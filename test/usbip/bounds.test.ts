@@ -16,15 +16,15 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { FRAME_SIZE } from "../../src/dma-map/types.js";
 import type { SubmitRequest, SubmitResult, UsbipClient } from "../../src/usbip/client.js";
 import { encodeCmdSubmit, NON_ISO_PACKETS, TransferFlag, URB_HEADER_SIZE } from "../../src/usbip/protocol.js";
+import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
 import {
   bulkIn,
   bulkOut,
   checkedControl,
   control,
   enumerate,
-  eventually,
   getDescriptor,
-  pattern,
   sleep,
   startServer,
   type TestServer,
@@ -258,7 +258,12 @@ describe("a client that never reads its replies", () => {
         }
       })();
       const meanwhile = (async () => {
-        await sleep(300);
+        // During the burst: once the hostile client's replies are piling up in the server.
+        await eventually(
+          () => (s.t.server.stats().perDevice.find((d) => d.busid === "1-1")?.unsentBytes ?? 0) > 0,
+          3000,
+          "1-1's replies piling up",
+        );
         await answers(bystander, "bystander on 1-3 during the burst");
       })();
       await Promise.all([sampling, meanwhile]);

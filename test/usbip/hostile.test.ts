@@ -10,16 +10,9 @@ import {
   encodeImportRequest,
   MAX_TRANSFER_LENGTH,
 } from "../../src/usbip/protocol.js";
-import {
-  bulkIn,
-  bulkOut,
-  checkedControl,
-  enumerate,
-  eventually,
-  pattern,
-  startServer,
-  type TestServer,
-} from "./helpers.js";
+import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
+import { bulkIn, bulkOut, checkedControl, enumerate, startServer, type TestServer } from "./helpers.js";
 
 let t: TestServer;
 let bystander: UsbipClient;
@@ -146,18 +139,21 @@ describe("hostile clients", () => {
   });
 
   it("a truncated frame, then close (in both phases)", async () => {
+    const writtenThenClosed = async (client: UsbipClient, bytes: Uint8Array) => {
+      await new Promise<void>((resolve, reject) =>
+        client.socket.write(bytes, (err) => (err ? reject(err) : resolve())),
+      );
+      client.close();
+    };
     const c = await t.imported("1-1");
     await enumerate(c);
-    c.writeRaw(encodeCmdSubmit(submitHeader).subarray(0, 30));
-    await new Promise((r) => setTimeout(r, 50));
-    c.close();
+    // The bytes are handed to the kernel before the close: the server reads them, then the end of stream.
+    await writtenThenClosed(c, encodeCmdSubmit(submitHeader).subarray(0, 30));
     await eventually(() => t.log.matching("bytes of an incomplete PDU").length > 0, 2000, "truncation log");
     expect(t.log.matching("bytes of an incomplete PDU")[0]).toMatch(/^warn: 127\.0\.0\.1:\d+: detached 1-1/);
     await othersUnaffected();
     const d = await t.connect();
-    d.writeRaw(encodeImportRequest("1-1").subarray(0, 20));
-    await new Promise((r) => setTimeout(r, 50));
-    d.close();
+    await writtenThenClosed(d, encodeImportRequest("1-1").subarray(0, 20));
     await eventually(() => t.log.matching("with 20 bytes of an incomplete PDU").length > 0, 2000, "log");
     await othersUnaffected();
   });

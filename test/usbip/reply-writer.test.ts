@@ -15,7 +15,7 @@ import {
   UsbipCommand,
 } from "../../src/usbip/protocol.js";
 import { type ReplyHolder, ReplyWriter, ZERO_COPY_MIN } from "../../src/usbip/reply-writer.js";
-import { pattern } from "./helpers.js";
+import { pattern } from "../support/data.js";
 
 // ---------------------------------------------------------------- a socket pair and a recording peer
 

@@ -5,20 +5,21 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { UsbipImportError } from "../../src/usbip/client.js";
 import { OpStatus, TransferFlag, UsbipSpeed } from "../../src/usbip/protocol.js";
+import { pattern } from "../support/data.js";
+import { eventually, holdFor } from "../support/eventually.js";
 import {
   bulkIn,
   bulkOut,
   checkedControl,
   control,
   enumerate,
-  eventually,
-  pattern,
-  sleep,
   startServer,
   type TestServer,
 } from "./helpers.js";
 
 let t: TestServer;
+/** URBs the engine holds for the client that imported `busid`. */
+const urbsOf = (busid: string) => t.server.stats().perDevice.find((d) => d.busid === busid)?.urbs ?? 0;
 
 beforeAll(async () => {
   t = await startServer();
@@ -108,7 +109,7 @@ describe("loopback over USB/IP", () => {
     const c = await t.imported("1-1");
     await enumerate(c);
     const pending = c.submit({ ep: 1, directionIn: true, length: 512 });
-    await sleep(50);
+    await eventually(() => urbsOf("1-1") === 1, 5000, "the IN in the engine");
     const status = await c.unlink(pending.seqnum);
     expect(status).toBe(-104);
     const result = await pending.done;
@@ -143,7 +144,7 @@ describe("loopback over USB/IP", () => {
     // Leave an IN pending and vanish (vhci detach: close, no unlinks).
     first.submit({ ep: 1, directionIn: true, length: 4096 });
     first.submit({ ep: 2, directionIn: true, length: 8, interval: 4 });
-    await sleep(30);
+    await eventually(() => urbsOf("1-1") === 2, 5000, "both INs in the engine");
     first.close();
     const third = await t.imported("1-1");
     const d = await enumerate(third);
@@ -216,7 +217,8 @@ describe("keyboard and storage over USB/IP", () => {
     void report.done.then(() => {
       settled = true;
     });
-    await sleep(100);
+    await eventually(() => urbsOf("1-2") === 1, 5000, "the interrupt IN in the engine");
+    await holdFor(100); // ten polling intervals: an idle keyboard must not answer in them
     expect(settled).toBe(false);
     await t.server.connection.deviceCommand(2, "pressKeys", 0, [0x0b, 0x0c]);
     const r = await report.done;

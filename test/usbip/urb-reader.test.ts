@@ -15,7 +15,7 @@ import {
   URB_HEADER_SIZE,
 } from "../../src/usbip/protocol.js";
 import { type SubmitHeader, UrbReader, type UrbReaderSink } from "../../src/usbip/urb-reader.js";
-import { pattern } from "./helpers.js";
+import { pattern } from "../support/data.js";
 
 // ---------------------------------------------------------------- PDUs with their expected calls
 

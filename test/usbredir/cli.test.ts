@@ -11,6 +11,7 @@ import { UsbredirClient } from "../../src/usbredir/client.js";
 import { RedirStatus } from "../../src/usbredir/protocol.js";
 import type { UsbredirServer } from "../../src/usbredir/server.js";
 import { capture, spawnChild } from "../cli/helpers.js";
+import { eventually } from "../support/eventually.js";
 
 function redirectInProcess(args: readonly string[]) {
   let stop!: (s: string) => void;
@@ -117,9 +118,11 @@ describe("usbvirt redirect: listen and connect", () => {
     await new Promise<void>((r) => probe.close(() => r()));
     const r = redirectInProcess(["--device", "keyboard", "--connect", `127.0.0.1:${port}`]);
     await r.ready;
-    while (r.c.logger.lines.filter((l) => /cannot connect to/.test(l)).length < 2) {
-      await new Promise((res) => setTimeout(res, 50));
-    }
+    await eventually(
+      () => r.c.logger.lines.filter((l) => /cannot connect to/.test(l)).length >= 2,
+      10_000,
+      "two failed connection attempts",
+    );
     const vmm = createServer();
     const accepted = new Promise<Socket>((res) => vmm.once("connection", res));
     await new Promise<void>((res) => vmm.listen(port, "127.0.0.1", res));

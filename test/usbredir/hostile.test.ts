@@ -23,7 +23,8 @@ import {
   RedirType,
 } from "../../src/usbredir/protocol.js";
 import type { UsbredirServerOptions } from "../../src/usbredir/server.js";
-import { eventually, pattern } from "../usbip/helpers.js";
+import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
 import { LOOPBACK, startRedirServer, type TestRedirServer } from "./helpers.js";
 import { RawPeer } from "./raw-peer.js";
 

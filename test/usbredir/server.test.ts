@@ -10,6 +10,7 @@ import {
   RedirStatus,
   RedirType,
 } from "../../src/usbredir/protocol.js";
+import { eventually } from "../support/eventually.js";
 import { KEYBOARD, LOOPBACK, startRedirServer, type TestRedirServer } from "./helpers.js";
 
 let t: TestRedirServer | null = null;
@@ -66,7 +67,7 @@ describe("usbredir server: transfers through the engine", () => {
     t = await startRedirServer(LOOPBACK);
     const c = await t.connect();
     const pending = c.bulk(0x81, 512); // nothing queued: the loopback NAKs until data arrives
-    await new Promise((r) => setTimeout(r, 50));
+    await eventually(() => t!.server.stats().urbs === 1, 5000, "the bulk IN in the engine");
     c.cancel(pending.id);
     const r = await pending.reply;
     expect(r).toMatchObject({ status: RedirStatus.CANCELLED, length: 0 });
@@ -117,7 +118,7 @@ describe("usbredir server: transfers through the engine", () => {
     const started = await c.request(RedirType.START_ISO_STREAM, [0x83, 4, 2], RedirType.ISO_STREAM_STATUS);
     expect(started.status).toBe(RedirStatus.SUCCESS);
     const isoCount = () => c.events.filter((e) => e.type === RedirType.ISO_PACKET).length;
-    while (isoCount() < 16) await new Promise((r) => setTimeout(r, 10));
+    await eventually(() => isoCount() >= 16, 5000, "16 iso packets");
     const first = c.events.find((e) => e.type === RedirType.ISO_PACKET)!;
     expect(first.status).toBe(RedirStatus.SUCCESS);
     expect(first.data.length).toBe(256);
@@ -146,7 +147,7 @@ describe("usbredir server: transfers through the engine", () => {
     t = await startRedirServer(LOOPBACK);
     const a = await t.connect();
     a.bulk(0x81, 512).reply.catch(() => undefined); // left in flight
-    await new Promise((r) => setTimeout(r, 20));
+    await eventually(() => t!.server.stats().urbs === 1, 5000, "the bulk IN in the engine");
     const released = new Promise((r) => t!.server.once("disconnect", r));
     a.close();
     await released;
@@ -181,7 +182,7 @@ describe("usbredir server: the device goes and comes back", () => {
     // A bulk packet while the device is away is refused, not hung.
     expect((await c.bulk(0x01, new Uint8Array([1])).reply).status).toBe(RedirStatus.INVAL);
     await t.server.connection.attach(1, LOOPBACK);
-    while (connects() < 2) await new Promise((r) => setTimeout(r, 10));
+    await eventually(() => connects() >= 2, 5000, "the device announced again");
     expect(c.device?.productId).toBe(1);
     expect((await c.bulk(0x01, new Uint8Array([4])).reply).status).toBe(RedirStatus.SUCCESS);
     expect([...(await c.bulk(0x81, 64).reply).data]).toEqual([4]);
@@ -194,8 +195,8 @@ describe("usbredir server: the VMM's device filter", () => {
   async function filtered(device: typeof LOOPBACK, rules: string) {
     t = await startRedirServer(device);
     const c = await t.connect({ waitForDevice: false });
-    while (c.negotiated === null) await new Promise((r) => setTimeout(r, 5));
-    c.raw(encodeFilter(c.negotiated, rules));
+    await eventually(() => c.negotiated !== null, 5000, "the hellos");
+    c.raw(encodeFilter(c.negotiated!, rules));
     // get_configuration is answered after the announcement (device requests run in order).
     await c.request(RedirType.GET_CONFIGURATION, [], RedirType.CONFIGURATION_STATUS);
     return c;

@@ -15,6 +15,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import type { DeviceSpec } from "../../src/devices/spec.js";
 import { CollectingLogger } from "../../src/usbip/log.js";
 import { UsbredirServer } from "../../src/usbredir/server.js";
+import { holdFor } from "../support/eventually.js";
 import { bootGuest, describeRun, requireGuest, skipVmm, vmmGuest } from "./qemu-guest.js";
 
 const KEY_A = 30; // linux/input-event-codes.h; HID usage 0x04
@@ -53,7 +54,7 @@ describe.skipIf(skipVmm("the usbredir QEMU test", availability))("usbvirt redire
         if (!line.startsWith("STEP keyboard-ready ok")) return;
         void (async () => {
           await keyboard.deviceCommand("pressKeys", 0, [0x04]);
-          await new Promise((r) => setTimeout(r, 50));
+          await holdFor(50); // the key is held down for 50 ms: a premise, not a wait for anything
           await keyboard.deviceCommand("releaseAll");
           typed.push("a");
         })().catch((e: Error) => typed.push(`error: ${e.message}`));

@@ -10,17 +10,15 @@ import { Connection } from "../../../src/engine/connection.js";
 import { HostHotplug } from "../../../src/engine/host-hotplug.js";
 import { GuestUsbDriver } from "../../../src/guest/guest-driver.js";
 import type { DevAddr, EndpointNum, PortNum } from "../../../src/urb/types.js";
+import { eventually } from "../../support/eventually.js";
 import { PID, VID } from "../fixture.js";
+import { inDevice } from "../scenarios.js";
 
 const P = 1 as PortNum;
 
-async function until(what: string, check: () => boolean, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+/** until(what, check): eventually with the child's 20 s default and the name first. */
+const until = (what: string, check: () => boolean | Promise<boolean>, ms = 20_000) =>
+  eventually(check, ms, what);
 
 /** What the child saw, reported with the verdict either way (a failure says where it stopped). */
 const events: string[] = [];
@@ -54,7 +52,7 @@ async function main(): Promise<Record<string, unknown>> {
       directionIn: true,
       buffer: [guest.buffers.allocate(64)],
     });
-    await new Promise((r) => setTimeout(r, 100));
+    await inDevice(conn, 1); // the IN is in libusb before the parent unplugs
     process.stdout.write("STAGE plugged\n");
     const inFlight = await pending;
     await until("port 1 disconnected", () => !hcd.portStatus(P).connected);

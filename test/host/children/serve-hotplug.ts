@@ -22,18 +22,15 @@ import { type AttachedDevice, attachRemote } from "../../../src/usbip/attach.js"
 import { listRemote } from "../../../src/usbip/client.js";
 import { CollectingLogger } from "../../../src/usbip/log.js";
 import type { UsbipServer } from "../../../src/usbip/server.js";
+import { eventually } from "../../support/eventually.js";
 import { PID, VID } from "../fixture.js";
 
 const events: string[] = [];
 const log = new CollectingLogger();
 
-async function until(what: string, check: () => boolean | Promise<boolean>, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+/** until(what, check): eventually with the child's 20 s default and the name first. */
+const until = (what: string, check: () => boolean | Promise<boolean>, ms = 20_000) =>
+  eventually(check, ms, what);
 
 async function serve(args: readonly string[]) {
   let stop!: (s: string) => void;
