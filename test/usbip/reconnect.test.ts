@@ -14,7 +14,8 @@ import { backoffDelay } from "../../src/engine/reconnect.js";
 import type { UrbCompletion } from "../../src/frontend/types.js";
 import { ESHUTDOWN } from "../../src/urb/status.js";
 import { type AttachedDevice, attachRemote, loopbackCheck } from "../../src/usbip/attach.js";
-import { eventually, startServer, type TestServer } from "./helpers.js";
+import { eventually } from "../support/eventually.js";
+import { startServer, type TestServer } from "./helpers.js";
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
