@@ -17,7 +17,6 @@ import { GuestMemory } from "../dma-map/guest-memory.js";
 import type { DomId, GrantRef } from "../dma-map/types.js";
 import type { ControllerHandles } from "../engine/handles.js";
 import { URB_RING_GEOMETRY } from "../engine/handles.js";
-import { isPortReset, isSetAddress } from "../port/intercept.js";
 import {
   PORT_FLAG_ISO_ASAP,
   PORT_FLAG_SHORT_NOT_OK,
@@ -30,7 +29,7 @@ import {
   writePortSubmit,
 } from "../port/port-wire.js";
 import { BackRing } from "../rings/back-ring.js";
-import { ConnBack, type ConnEvent, UsbSpeed } from "../rings/conn-ring.js";
+import { ConnBack, type ConnEvent } from "../rings/conn-ring.js";
 import { Doorbell, type Waitable } from "../rings/doorbell.js";
 import { RingFault, ringFaultMessage } from "../rings/faults.js";
 import { readS32, readU32 } from "../urb/bytes.js";
@@ -47,6 +46,7 @@ import {
   type UnlinkUrb,
   type UrbId,
 } from "../urb/types.js";
+import { isPortReset, isSetAddress, UsbSpeed } from "../usb/index.js";
 import type { InFlightUrb, PortLink } from "./port-link.js";
 
 /**

@@ -25,9 +25,9 @@
  *   Everything else on endpoint 0 (GET_DESCRIPTOR, GET_STATUS, class and
  *   vendor requests, …) arrives through submit() as a control transfer.
  */
-import type { UsbSpeed } from "../rings/conn-ring.js";
+
 import type { UrbStatus } from "../urb/status.js";
-import type { SetupPacket } from "../urb/types.js";
+import type { SetupPacket, UsbSpeed } from "../usb/index.js";
 
 export type TransferKind = "control" | "bulk" | "interrupt" | "isochronous";
 

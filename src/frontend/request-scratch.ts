@@ -18,10 +18,10 @@ import {
   type IsoUrb,
   NO_BUFFER,
   type PortNum,
-  type SetupPacket,
   type UrbBuffer,
   type UrbId,
 } from "../urb/types.js";
+import type { SetupPacket } from "../usb/index.js";
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 

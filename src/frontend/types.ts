@@ -7,7 +7,8 @@
 import type { GuestOffset } from "../dma-map/types.js";
 import type { SpinLimiter } from "../rings/spin.js";
 import type { UrbStatus } from "../urb/status.js";
-import type { DevAddr, EndpointNum, PortNum, SetupPacket, UrbId } from "../urb/types.js";
+import type { DevAddr, EndpointNum, PortNum, UrbId } from "../urb/types.js";
+import type { SetupPacket } from "../usb/index.js";
 
 /** One piece of a transfer buffer in guest memory (never zero-length). */
 export interface BufferSegment {

@@ -17,7 +17,8 @@ import {
   MAX_ISO_PACKETS,
 } from "../urb/limits.js";
 import { EINVAL, EMSGSIZE, type UrbStatus } from "../urb/status.js";
-import { isDevAddr, isEndpointNum, MAX_DEV_ADDR, MAX_ENDPOINT, type SetupPacket } from "../urb/types.js";
+import { isDevAddr, isEndpointNum, MAX_DEV_ADDR, MAX_ENDPOINT } from "../urb/types.js";
+import type { SetupPacket } from "../usb/index.js";
 import type { ScratchFrames } from "./scratch.js";
 import type { IsoSchedule, Urb } from "./types.js";
 

@@ -33,7 +33,7 @@
 import type { RingGeometry } from "../rings/layout.js";
 import { readS32, readU16, readU32, writeU16, writeU32 } from "../urb/bytes.js";
 import { MAX_INDIRECT_SEGMENTS } from "../urb/limits.js";
-import type { SetupPacket } from "../urb/types.js";
+import type { SetupPacket } from "../usb/index.js";
 
 export const PORT_SLOT_SIZE = 4096;
 /** 512 slots: up to 256 transfers (the URB ring's bound) plus a cancel for each. */

@@ -7,6 +7,7 @@
  * mean something for it (ZERO_PACKET only on bulk/interrupt, ISO_ASAP only on iso, no buffer on unlink).
  */
 import type { GrantRef } from "../dma-map/types.js";
+import type { SetupPacket } from "../usb/index.js";
 import type { Brand } from "../util/brand.js";
 import { InvalidOptionError } from "../util/errors.js";
 import type { UrbStatus } from "./status.js";
@@ -97,15 +98,6 @@ export type UrbBuffer =
 
 /** The one "no buffer" value (shared: the gate does not allocate one per URB). */
 export const NO_BUFFER: UrbBuffer = Object.freeze({ kind: "none" });
-
-/** The 8-byte control setup packet (USB 2.0 §9.3), fields in the spec's names. */
-export interface SetupPacket {
-  readonly bmRequestType: number;
-  readonly bRequest: number;
-  readonly wValue: number;
-  readonly wIndex: number;
-  readonly wLength: number;
-}
 
 /** Fields every request has: the id and the decoded pipe (the unlink bit is the `kind`). */
 interface UrbTarget {

@@ -15,7 +15,8 @@ import type {
   UrbCallback,
   UrbCompletion,
 } from "../frontend/index.js";
-import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
+import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
+import type { SetupPacket } from "../usb/index.js";
 import type { LogFields } from "../usbip/log.js";
 import { type Frame, type FrameCodec, type FrameHolder, FrameWriter } from "../util/frame-writer.js";
 import { hasCap, type Negotiated, RedirCap, type RedirPacket, RedirType } from "./protocol.js";

@@ -2,14 +2,13 @@
 import { describe, expect, it } from "vitest";
 import {
   buildDescriptors,
-  DescriptorType,
   type DeviceSpec,
   decodeStringDescriptor,
   hidDescriptor,
   stringDescriptor,
   walkDescriptors,
 } from "../../src/devices/emulated/descriptors.js";
-import { UsbSpeed } from "../../src/rings/conn-ring.js";
+import { DescriptorType, UsbSpeed } from "../../src/usb/index.js";
 import { InvalidOptionError } from "../../src/util/errors.js";
 
 const u16 = (b: Uint8Array, at: number) => b[at]! | (b[at + 1]! << 8);

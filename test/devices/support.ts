@@ -10,7 +10,7 @@ import type {
   TransferResult,
   UsbDevice,
 } from "../../src/devices/device.js";
-import type { SetupPacket } from "../../src/urb/types.js";
+import type { SetupPacket } from "../../src/usb/index.js";
 
 export interface Submitted {
   readonly handle: number;

@@ -8,8 +8,8 @@ import type { GuestOffset } from "../../src/dma-map/types.js";
 import { type ControllerHandles, createControllerHandles } from "../../src/engine/handles.js";
 import { VirtualHostController } from "../../src/frontend/controller.js";
 import type { BufferSegment, ControllerOptions, Urb } from "../../src/frontend/types.js";
-import { UsbSpeed } from "../../src/rings/conn-ring.js";
 import type { DevAddr, EndpointNum, PortNum } from "../../src/urb/types.js";
+import { UsbSpeed } from "../../src/usb/index.js";
 import { FakeBackend, type FakeMode } from "./fake-backend.js";
 
 export const FRAME = 4096;

@@ -12,27 +12,17 @@
  *
  * Every spec value is checked when the descriptors are built (InvalidOptionError), never at request time.
  */
-import { UsbSpeed } from "../../rings/conn-ring.js";
+import {
+  CONFIGURATION_DESCRIPTOR_LENGTH,
+  DEVICE_DESCRIPTOR_LENGTH,
+  DEVICE_QUALIFIER_LENGTH,
+  DescriptorType,
+  ENDPOINT_DESCRIPTOR_LENGTH,
+  INTERFACE_DESCRIPTOR_LENGTH,
+  UsbSpeed,
+} from "../../usb/index.js";
 import { InvalidOptionError } from "../../util/errors.js";
 
-/** bDescriptorType values (USB 2.0 Table 9-5, HID 1.11 §7.1). */
-export const DescriptorType = {
-  DEVICE: 0x01,
-  CONFIGURATION: 0x02,
-  STRING: 0x03,
-  INTERFACE: 0x04,
-  ENDPOINT: 0x05,
-  DEVICE_QUALIFIER: 0x06,
-  OTHER_SPEED_CONFIGURATION: 0x07,
-  HID: 0x21,
-  HID_REPORT: 0x22,
-} as const;
-
-export const DEVICE_DESCRIPTOR_LENGTH = 18;
-export const DEVICE_QUALIFIER_LENGTH = 10;
-export const CONFIGURATION_DESCRIPTOR_LENGTH = 9;
-export const INTERFACE_DESCRIPTOR_LENGTH = 9;
-export const ENDPOINT_DESCRIPTOR_LENGTH = 7;
 export const HID_DESCRIPTOR_LENGTH = 9;
 /** A descriptor's bLength is one byte. */
 export const MAX_DESCRIPTOR_LENGTH = 255;

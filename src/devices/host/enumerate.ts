@@ -6,7 +6,7 @@
  * `usbvirt list`, the selectors and the hotplug watcher.
  */
 import { readFileSync } from "node:fs";
-import { UsbSpeed } from "../../rings/conn-ring.js";
+import { UsbSpeed } from "../../usb/index.js";
 import { type LibusbDevice, LibusbTransferStatus, LibusbTransferType, loadLibusb } from "./libusb.js";
 
 export { LibusbUnavailableError } from "./libusb.js";
