@@ -61,7 +61,7 @@ import {
   type DevAddr,
   Direction,
   type PortNum,
-  TransferType,
+  pipeTypeOf,
   type UrbBuffer,
   type UrbId,
 } from "../urb/types.js";
@@ -666,7 +666,7 @@ export class VirtualHostController {
         device: t.device,
         endpoint: t.endpoint,
         direction: t.directionIn ? Direction.In : Direction.Out,
-        targetType: TRANSFER_TYPES[t.type],
+        targetType: pipeTypeOf(t.type),
         unlinkId: target.id as UrbId,
       },
       slot,
@@ -1076,10 +1076,3 @@ export class VirtualHostController {
     };
   }
 }
-
-const TRANSFER_TYPES: Record<Urb["type"], TransferType> = {
-  control: TransferType.Control,
-  bulk: TransferType.Bulk,
-  interrupt: TransferType.Interrupt,
-  isochronous: TransferType.Isochronous,
-};

@@ -19,6 +19,7 @@ import {
   DescriptorType,
   getDescriptorSetup,
   LANGID_EN_US,
+  requestIsIn,
   type SetupPacket,
   setAddressSetup,
   setConfigurationSetup,
@@ -145,7 +146,7 @@ export class GuestUsbDriver {
     dataOut?: Uint8Array,
     what = `control request 0x${setup.bRequest.toString(16)}`,
   ): Promise<Uint8Array> {
-    const directionIn = (setup.bmRequestType & 0x80) !== 0;
+    const directionIn = requestIsIn(setup.bmRequestType);
     const length = directionIn ? setup.wLength : (dataOut?.length ?? 0);
     const range = length > 0 ? this.buffers.allocate(length) : null;
     try {

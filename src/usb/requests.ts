@@ -38,6 +38,11 @@ export const RECIPIENT_INTERFACE = 1;
 export const RECIPIENT_ENDPOINT = 2;
 export const RECIPIENT_OTHER = 3;
 
+/** Whether a request's data stage runs device to host (bmRequestType bit 7). */
+export function requestIsIn(bmRequestType: number): boolean {
+  return (bmRequestType & REQUEST_DIR_MASK) === REQUEST_DIR_IN;
+}
+
 /** The bmRequestType byte from its three fields. */
 export function requestType(directionIn: boolean, type: number, recipient: number): number {
   return (

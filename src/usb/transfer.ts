@@ -61,3 +61,8 @@ export function endpointIsIn(address: number): boolean {
 export function endpointIndex(address: number): number {
   return (address & ENDPOINT_NUMBER_MASK) + (endpointIsIn(address) ? ENDPOINTS_PER_DIRECTION : 0);
 }
+
+/** The endpoint address at ep_info index `index` (0..31): the inverse of endpointIndex. */
+export function endpointAddressOfIndex(index: number): number {
+  return endpointAddress(index & ENDPOINT_NUMBER_MASK, (index & ENDPOINTS_PER_DIRECTION) !== 0);
+}

@@ -60,9 +60,11 @@ import {
 } from "../urb/status.js";
 import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
 import {
+  endpointIsIn,
   getConfigurationSetup,
   getInterfaceSetup,
   RequestTypeByte,
+  requestIsIn,
   type SetupPacket,
   StandardRequest,
   setAddressSetup,
@@ -555,7 +557,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       this.drop(s, `${redirTypeName(p.type)} id ${p.idHigh}:${p.idLow} is already in flight`);
       return null;
     }
-    const directionIn = (p.endpoint & 0x80) !== 0;
+    const directionIn = endpointIsIn(p.endpoint);
     const r = s.record();
     r.type = p.type;
     r.idLow = p.idLow;
@@ -600,8 +602,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       return `${p.length} bytes exceed the ${this.regionBytes}-byte buffer region`;
     if (p.type === RedirType.CONTROL_PACKET) {
       if ((p.endpoint & 0x7f) !== 0) return `control packet for endpoint ${hex(p.endpoint)}`;
-      if (((p.requestType & 0x80) !== 0) !== directionIn)
-        return "endpoint direction differs from bmRequestType";
+      if (requestIsIn(p.requestType) !== directionIn) return "endpoint direction differs from bmRequestType";
       return null;
     }
     const ep = this.model.endpoint(p.endpoint);
@@ -699,7 +700,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       case RedirType.STOP_INTERRUPT_RECEIVING:
         stopInterrupt(this, s, p.endpoint);
         // As for start: QEMU's parser refuses an interrupt_receiving_status for an OUT endpoint.
-        if ((p.endpoint & 0x80) !== 0) {
+        if (endpointIsIn(p.endpoint)) {
           s.send(
             encodeStatusPair(n, RedirType.INTERRUPT_RECEIVING_STATUS, id, RedirStatus.SUCCESS, p.endpoint),
           );
@@ -727,7 +728,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
           s.fields(),
         );
         // QEMU's parser refuses a bulk_receiving_status for an OUT endpoint: answer IN ones only.
-        if ((p.endpoint & 0x80) !== 0) {
+        if (endpointIsIn(p.endpoint)) {
           s.send(encodeBulkReceivingStatus(n, id, p.streamId, p.endpoint, RedirStatus.INVAL));
         }
         return;
@@ -1066,13 +1067,13 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
   private startInterrupt(s: Session, id: Id, endpoint: number): void {
     const n = s.negotiated!;
     const ep = this.model.endpoint(endpoint);
-    if (!s.announced || ep === undefined || ep.type !== RedirEpType.INTERRUPT || (endpoint & 0x80) === 0) {
+    if (!s.announced || ep === undefined || ep.type !== RedirEpType.INTERRUPT || !endpointIsIn(endpoint)) {
       this.log.warn(
         `${s.peer}: start_interrupt_receiving on ${hex(endpoint)}: not an interrupt IN endpoint`,
         s.fields(),
       );
       // The status needs an IN endpoint (QEMU's parser): an OUT one gets no answer, as it asked for nothing valid.
-      if ((endpoint & 0x80) !== 0) {
+      if (endpointIsIn(endpoint)) {
         s.send(encodeStatusPair(n, RedirType.INTERRUPT_RECEIVING_STATUS, id, RedirStatus.INVAL, endpoint));
       }
       return;

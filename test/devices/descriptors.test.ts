@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 import {
   buildDescriptors,
-  type DeviceSpec,
+  type DescriptorSpec,
   decodeStringDescriptor,
   hidDescriptor,
   stringDescriptor,
@@ -13,7 +13,7 @@ import { InvalidOptionError } from "../../src/util/errors.js";
 
 const u16 = (b: Uint8Array, at: number) => b[at]! | (b[at + 1]! << 8);
 
-const spec: DeviceSpec = {
+const spec: DescriptorSpec = {
   deviceClass: 0,
   deviceSubClass: 0,
   deviceProtocol: 0,
@@ -119,12 +119,13 @@ describe("buildDescriptors", () => {
   });
 
   it("rejects impossible specs eagerly", () => {
-    const bad = (patch: Partial<DeviceSpec>) => () => buildDescriptors({ ...spec, ...patch }, UsbSpeed.HIGH);
+    const bad = (patch: Partial<DescriptorSpec>) => () =>
+      buildDescriptors({ ...spec, ...patch }, UsbSpeed.HIGH);
     expect(bad({ vendorId: 0x10000 })).toThrow(InvalidOptionError);
     expect(bad({ configurations: [] })).toThrow(InvalidOptionError);
     expect(() => stringDescriptor("x".repeat(200))).toThrow(InvalidOptionError);
     expect(() => buildDescriptors(spec, UsbSpeed.LOW)).toThrow(InvalidOptionError);
-    const badEp: DeviceSpec = {
+    const badEp: DescriptorSpec = {
       ...spec,
       configurations: [
         {

@@ -316,7 +316,7 @@ export class FakeBackend {
         this.finish(req, mapped, OK, n);
         return;
       }
-      case "iso": {
+      case "isochronous": {
         const { ref, offset } = req.frameDescriptors;
         const bytes = req.numberOfPackets * ISO_FRAME_DESCRIPTOR_SIZE;
         const descriptors = this.mapper.map(ref, this.domid, "write", offset, bytes);

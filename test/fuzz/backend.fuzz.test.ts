@@ -489,7 +489,7 @@ function buildUrb(spec: UrbSpec, grants: readonly GoodGrant[], recent: readonly 
       }
       guestWrite(grants, spec.iso.ref, spec.iso.offset, descs);
       return {
-        kind: "iso",
+        kind: "isochronous",
         ...data,
         isoAsap: spec.iso.asap,
         interval: Math.max(0, spec.interval),

@@ -30,7 +30,7 @@ const PATTERNS: readonly RegExp[] = [
   ),
   // descriptor types and request-type bits under their own names
   new RegExp(
-    String.raw`\b(?:USB_DT_\w+|RT_\w+|REQUEST_(?:DIR|TYPE)_\w+|RECIPIENT_\w+|FEAT(?:URE)?_\w+)\s*=\s*${NUMBER}`,
+    String.raw`\b(?:USB_DT_\w+|RT_\w+|\w*(?:REQUEST|SETUP)_(?:DIR|TYPE)_\w+|ENDPOINT_DIR_\w+|ENDPOINT_NUMBER_MASK|RECIPIENT_\w+|FEAT(?:URE)?_\w+)\s*=\s*${NUMBER}`,
   ),
   /\b(?:StandardRequest|DescriptorType)\s*=\s*\{/,
   // a setup packet or a comparison spelled in numbers (zero alone is a scratch packet's initial value)

@@ -62,6 +62,8 @@ describe("the scans themselves", () => {
       "export const DescriptorType = {\n  DEVICE: 0x01,",
       "const RT_CLASS_OTHER_OUT = 0x23;",
       "export const REQUEST_DIR_IN = 0x80;",
+      "const SETUP_DIR_IN = 0x80;",
+      "export const ENDPOINT_DIR_IN = 0x80;",
     ];
     for (const source of spelled) expect(chapter9Definitions(source), source).not.toEqual([]);
   });

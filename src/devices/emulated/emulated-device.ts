@@ -26,6 +26,9 @@ import {
 } from "../../urb/status.js";
 import {
   DescriptorType,
+  ENDPOINT_DIR_IN,
+  ENDPOINT_NUMBER_MASK,
+  endpointAddress,
   Feature,
   RECIPIENT_DEVICE,
   RECIPIENT_ENDPOINT,
@@ -56,10 +59,8 @@ import {
 import {
   buildDescriptors,
   type ConfigurationLayout,
+  type DescriptorSpec,
   type DeviceDescriptors,
-  type DeviceSpec,
-  ENDPOINT_DIR_IN,
-  ENDPOINT_NUMBER_MASK,
   type EndpointLayout,
 } from "./descriptors.js";
 
@@ -87,7 +88,7 @@ export type ControlReply = Uint8Array | UrbStatus;
 /** The address a transfer targets: endpoint number with bit 7 set for IN; 0 for control. */
 export function endpointAddressOf(request: TransferRequest): number {
   if (request.kind === "control") return 0;
-  return (request.endpoint & ENDPOINT_NUMBER_MASK) | (request.directionIn ? ENDPOINT_DIR_IN : 0);
+  return endpointAddress(request.endpoint, request.directionIn);
 }
 
 /**
@@ -330,7 +331,7 @@ export abstract class EmulatedDevice implements UsbDevice {
   /** Resolves close() once the last in-flight transfer's done has run. */
   private drained: (() => void) | null = null;
 
-  protected constructor(spec: DeviceSpec, options: EmulatedDeviceOptions) {
+  protected constructor(spec: DescriptorSpec, options: EmulatedDeviceOptions) {
     this.descriptors = buildDescriptors(spec, options.speed);
     this.info = Object.freeze({
       speed: options.speed,

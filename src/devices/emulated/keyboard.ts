@@ -29,7 +29,7 @@ import {
   UsbSpeed,
 } from "../../usb/index.js";
 import { InvalidOptionError } from "../../util/errors.js";
-import { type DeviceSpec, type EndpointLayout, hidDescriptor } from "./descriptors.js";
+import { type DescriptorSpec, type EndpointLayout, hidDescriptor } from "./descriptors.js";
 import { type ControlReply, EmulatedDevice, type PendingTransfer, TransferQueue } from "./emulated-device.js";
 import {
   EMULATED_BCD_DEVICE,
@@ -177,7 +177,7 @@ export interface LedState {
   readonly kana: boolean;
 }
 
-function keyboardSpec(speed: UsbSpeed, serialNumber: string): DeviceSpec {
+function keyboardSpec(speed: UsbSpeed, serialNumber: string): DescriptorSpec {
   return {
     deviceClass: 0,
     deviceSubClass: 0,

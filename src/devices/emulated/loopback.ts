@@ -34,6 +34,8 @@
 import { MAX_BUFFER_LENGTH } from "../../urb/limits.js";
 import { EMSGSIZE, EOVERFLOW, EPIPE, EPROTO, OK, type UrbStatus } from "../../urb/status.js";
 import {
+  ENDPOINT_DIR_IN,
+  ENDPOINT_NUMBER_MASK,
   RECIPIENT_DEVICE,
   RECIPIENT_MASK,
   REQUEST_DIR_IN,
@@ -44,14 +46,7 @@ import {
 } from "../../usb/index.js";
 import { InvalidOptionError } from "../../util/errors.js";
 import { type IsoPacketResult, NO_DATA } from "../device.js";
-import {
-  type AlternateSettingSpec,
-  type DeviceSpec,
-  ENDPOINT_DIR_IN,
-  ENDPOINT_NUMBER_MASK,
-  type EndpointLayout,
-  type EndpointSpec,
-} from "./descriptors.js";
+import type { AlternateSettingSpec, DescriptorSpec, EndpointLayout, EndpointSpec } from "./descriptors.js";
 import { type ControlReply, EmulatedDevice, type PendingTransfer, TransferQueue } from "./emulated-device.js";
 import {
   EMULATED_BCD_DEVICE,
@@ -129,7 +124,7 @@ export function findPatternError(bytes: Uint8Array): number {
   return -1;
 }
 
-function loopbackSpec(serialNumber: string): DeviceSpec {
+function loopbackSpec(serialNumber: string): DescriptorSpec {
   const base: EndpointSpec[] = [
     { address: LoopbackEndpoint.BULK_OUT, type: "bulk" },
     { address: LoopbackEndpoint.BULK_IN, type: "bulk" },

@@ -34,7 +34,7 @@ import {
   UsbSpeed,
 } from "../../../usb/index.js";
 import { InvalidOptionError } from "../../../util/errors.js";
-import { type DeviceSpec, type EndpointLayout, MAX_STRING_CODE_UNITS } from "../descriptors.js";
+import { type DescriptorSpec, type EndpointLayout, MAX_STRING_CODE_UNITS } from "../descriptors.js";
 import {
   type ControlReply,
   EmulatedDevice,
@@ -115,7 +115,7 @@ interface Command {
 
 type Phase = "cbw" | "data" | "csw" | "busy" | "needs-reset";
 
-function storageSpec(serialNumber: string): DeviceSpec {
+function storageSpec(serialNumber: string): DescriptorSpec {
   return {
     deviceClass: 0,
     deviceSubClass: 0,
