@@ -10,13 +10,13 @@
  */
 import net from "node:net";
 import { performance } from "node:perf_hooks";
+import { encodeSetup } from "../src/usb/index.js";
 import {
   BUSID_SIZE,
   DEVICE_RECORD_SIZE,
   devidOf,
   encodeCmdSubmit,
   encodeImportRequest,
-  encodeSetup,
   NON_ISO_PACKETS,
   OP_HEADER_SIZE,
   OpCode,

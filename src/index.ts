@@ -111,9 +111,9 @@ export {
   MIN_PORT,
   type PortNum,
   portNum,
-  type SetupPacket,
   type UrbId,
 } from "./urb/types.js";
+export type { SetupPacket } from "./usb/index.js";
 export { AttachError, attachRemote } from "./usbip/attach.js";
 export {
   type ClientOptions as UsbipClientOptions,

@@ -10,7 +10,6 @@ export type {
   DeviceInfo,
   TransferDone,
   TransferHandle,
-  TransferKind,
   TransferRequest,
   TransferResult,
   UsbDevice,
@@ -19,3 +18,4 @@ export * from "./dma-map/index.js";
 export * from "./engine/handles.js";
 export * from "./rings/index.js";
 export * from "./urb/index.js";
+export * from "./usb/index.js";

@@ -8,7 +8,7 @@
 
 import type { TransferRequest, UsbDevice } from "../../src/devices/device.js";
 import { createEmulatedDevice } from "../../src/devices/emulated/index.js";
-import type { SetupPacket } from "../../src/urb/types.js";
+import type { SetupPacket } from "../../src/usb/index.js";
 
 /** One URB as a peer design carries it: the request, and OUT data as a copy. */
 export interface PeerUrb {

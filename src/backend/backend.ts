@@ -17,7 +17,6 @@ import { GuestMemory } from "../dma-map/guest-memory.js";
 import type { DomId, GrantRef } from "../dma-map/types.js";
 import type { ControllerHandles } from "../engine/handles.js";
 import { URB_RING_GEOMETRY } from "../engine/handles.js";
-import { isPortReset, isSetAddress } from "../port/intercept.js";
 import {
   PORT_FLAG_ISO_ASAP,
   PORT_FLAG_SHORT_NOT_OK,
@@ -30,7 +29,7 @@ import {
   writePortSubmit,
 } from "../port/port-wire.js";
 import { BackRing } from "../rings/back-ring.js";
-import { ConnBack, type ConnEvent, UsbSpeed } from "../rings/conn-ring.js";
+import { ConnBack, type ConnEvent } from "../rings/conn-ring.js";
 import { Doorbell, type Waitable } from "../rings/doorbell.js";
 import { RingFault, ringFaultMessage } from "../rings/faults.js";
 import { readS32, readU32 } from "../urb/bytes.js";
@@ -42,11 +41,12 @@ import { ECONNRESET, EINVAL, ENODEV, ENOENT, ENOMEM, ESHUTDOWN, OK, type UrbStat
 import {
   type DataUrb,
   Direction,
+  pipeTypeOf,
   type Segment,
-  TransferType,
   type UnlinkUrb,
   type UrbId,
 } from "../urb/types.js";
+import { isPortReset, isSetAddress, UsbSpeed } from "../usb/index.js";
 import type { InFlightUrb, PortLink } from "./port-link.js";
 
 /**
@@ -95,13 +95,6 @@ interface PortState {
   address: number;
   stats: PortStatsSnapshot;
 }
-
-const TRANSFER_TYPE_BY_KIND = {
-  control: TransferType.Control,
-  bulk: TransferType.Bulk,
-  interrupt: TransferType.Interrupt,
-  iso: TransferType.Isochronous,
-} as const;
 
 export class UsbBackend implements Waitable {
   private readonly urbRing: BackRing;
@@ -308,17 +301,17 @@ export class UsbBackend implements Waitable {
     const write = req.direction === Direction.In;
     let flags = req.shortNotOk ? PORT_FLAG_SHORT_NOT_OK : 0;
     if ((req.kind === "bulk" || req.kind === "interrupt") && req.zeroPacket) flags |= PORT_FLAG_ZERO_PACKET;
-    if (req.kind === "iso" && req.isoAsap) flags |= PORT_FLAG_ISO_ASAP;
+    if (req.kind === "isochronous" && req.isoAsap) flags |= PORT_FLAG_ISO_ASAP;
     writePortSubmit(
       slot,
       portId,
-      TRANSFER_TYPE_BY_KIND[req.kind],
+      pipeTypeOf(req.kind),
       req.endpoint,
       write,
       flags,
       req.bufferLength,
       req.kind === "control" ? req.setup : null,
-      req.kind === "interrupt" || req.kind === "iso" ? req.interval : 0,
+      req.kind === "interrupt" || req.kind === "isochronous" ? req.interval : 0,
     );
     let status: UrbStatus = OK;
     const segments = this.segmentsOf(req);
@@ -332,7 +325,7 @@ export class UsbBackend implements Waitable {
         }
       }
     }
-    if (status === OK && req.kind === "iso") status = this.pinIsoDescriptors(slot, req, pins);
+    if (status === OK && req.kind === "isochronous") status = this.pinIsoDescriptors(slot, req, pins);
     if (status !== OK) {
       link.ids.complete(portId);
       this.unpin(pins);
@@ -367,7 +360,7 @@ export class UsbBackend implements Waitable {
 
   private pinIsoDescriptors(
     slot: Uint8Array,
-    req: Extract<DataUrb, { kind: "iso" }>,
+    req: Extract<DataUrb, { kind: "isochronous" }>,
     pins: number[],
   ): UrbStatus {
     const d = req.frameDescriptors;

@@ -7,9 +7,9 @@
  */
 import type { PortStats } from "../port/port-service.js";
 import { PORT_RESPONSE_SIZE, PORT_RING_GEOMETRY } from "../port/port-wire.js";
-import type { UsbSpeed } from "../rings/conn-ring.js";
 import { FrontRing } from "../rings/front-ring.js";
 import { IdPool } from "../rings/id-pool.js";
+import type { UsbSpeed } from "../usb/index.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 
 /** One guest URB while it is on a port: what to answer and what to unpin when it completes (reused by the backend). */

@@ -25,11 +25,12 @@
  *   Everything else on endpoint 0 (GET_DESCRIPTOR, GET_STATUS, class and
  *   vendor requests, …) arrives through submit() as a control transfer.
  */
-import type { UsbSpeed } from "../rings/conn-ring.js";
-import type { UrbStatus } from "../urb/status.js";
-import type { SetupPacket } from "../urb/types.js";
 
-export type TransferKind = "control" | "bulk" | "interrupt" | "isochronous";
+import type { IsoPacketResult } from "../urb/iso.js";
+import type { UrbStatus } from "../urb/status.js";
+import type { SetupPacket, TransferKind, UsbSpeed } from "../usb/index.js";
+
+export type { IsoPacketResult };
 
 /**
  * The buffer of a transfer with no data stage, shared by the port service and the device models: zero
@@ -41,11 +42,6 @@ export interface IsoPacketRequest {
   /** Offset of this packet's data in the transfer buffer. */
   readonly offset: number;
   readonly length: number;
-}
-
-export interface IsoPacketResult {
-  status: UrbStatus;
-  actualLength: number;
 }
 
 export interface TransferRequest {

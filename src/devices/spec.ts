@@ -51,6 +51,7 @@ export interface UsbipDeviceSpec {
   readonly retryAttempts?: number;
 }
 
+/** Which device to put on a port (not `DescriptorSpec`, what an emulated device describes itself as). */
 export type DeviceSpec = EmulatedDeviceSpec | HostDeviceSpec | UsbipDeviceSpec;
 
 export function describeSpec(spec: DeviceSpec): string {

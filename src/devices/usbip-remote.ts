@@ -22,21 +22,30 @@
  * by the spec's `timeoutMs` (connect, import, descriptors: each), and once open the client's keepalive
  * (src/usbip/client.ts startKeepalive, `keepaliveMs`) notices a silent server.
  */
-import { UsbSpeed } from "../rings/conn-ring.js";
+
 import { ECONNRESET, EPIPE, ESHUTDOWN, OK, type UrbStatus } from "../urb/status.js";
+import {
+  CONFIGURATION_DESCRIPTOR_LENGTH,
+  clearHaltSetup,
+  DEVICE_DESCRIPTOR_LENGTH,
+  DescriptorType,
+  encodeSetup,
+  getDescriptorSetup,
+  portResetSetup,
+  REQUEST_DIR_IN,
+  REQUEST_DIR_MASK,
+  type SetupPacket,
+  setConfigurationSetup,
+  setInterfaceSetup,
+  UsbSpeed,
+} from "../usb/index.js";
 import {
   DEFAULT_CLIENT_TIMEOUT_MS,
   type SubmitResult,
   UsbipClient,
   UsbipTimeoutError,
 } from "../usbip/client.js";
-import {
-  encodeSetup,
-  type SetupFields,
-  statusFromUsbip,
-  TransferFlag,
-  usbifSpeedOf,
-} from "../usbip/protocol.js";
+import { statusFromUsbip, TransferFlag, usbifSpeedOf } from "../usbip/protocol.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import type {
   DeviceInfo,
@@ -66,9 +75,6 @@ registerErrorClass(UsbipRemoteError);
 
 /** How long the link may be quiet before the client probes the server (see UsbipClient.startKeepalive). */
 export const DEFAULT_KEEPALIVE_MS = 5000;
-
-const USB_DT_DEVICE = 1;
-const USB_DT_CONFIG = 2;
 
 function hex4(n: number): string {
   return n.toString(16).padStart(4, "0");
@@ -123,8 +129,8 @@ export class UsbipRemoteDevice implements UsbDevice {
           ),
         this.timeoutMs,
       );
-      const device = await this.getDescriptor(USB_DT_DEVICE, 0, 18);
-      if (device.length !== 18 || device[1] !== USB_DT_DEVICE) {
+      const device = await this.getDescriptor(DescriptorType.DEVICE, 0, DEVICE_DESCRIPTOR_LENGTH);
+      if (device.length !== DEVICE_DESCRIPTOR_LENGTH || device[1] !== DescriptorType.DEVICE) {
         throw new UsbipRemoteError(
           "ERR_USBVIRT_USBIP_DESCRIPTOR",
           `${this.where} sent a bad device descriptor`,
@@ -132,13 +138,17 @@ export class UsbipRemoteDevice implements UsbDevice {
       }
       const configurations: Uint8Array[] = [];
       for (let i = 0; i < device[17]!; i++) {
-        const head = await this.getDescriptor(USB_DT_CONFIG, i, 9);
+        const head = await this.getDescriptor(
+          DescriptorType.CONFIGURATION,
+          i,
+          CONFIGURATION_DESCRIPTOR_LENGTH,
+        );
         const total = head[2]! | (head[3]! << 8);
-        configurations.push(await this.getDescriptor(USB_DT_CONFIG, i, total));
+        configurations.push(await this.getDescriptor(DescriptorType.CONFIGURATION, i, total));
       }
       const speed = usbifSpeedOf(record.speed);
       this.infoValue = {
-        speed: (speed === 0 ? UsbSpeed.FULL : speed) as UsbSpeed,
+        speed: speed === UsbSpeed.NONE ? UsbSpeed.FULL : speed,
         deviceDescriptor: device,
         configurations,
         name: `usbip ${this.where} ${hex4(record.idVendor)}:${hex4(record.idProduct)}`,
@@ -167,28 +177,22 @@ export class UsbipRemoteDevice implements UsbDevice {
   }
 
   private async getDescriptor(type: number, index: number, length: number): Promise<Uint8Array> {
-    const r = await this.control({
-      bmRequestType: 0x80,
-      bRequest: 6,
-      wValue: (type << 8) | index,
-      wIndex: 0,
-      wLength: length,
-    });
+    const r = await this.control(getDescriptorSetup(type, index, length));
     if (r.status !== 0) {
       // A connection that ended (timeout, server gone) says why; a device that refused says that.
       const ended = this.client?.error ?? null;
       if (ended !== null) throw ended;
       throw new UsbipRemoteError(
         "ERR_USBVIRT_USBIP_DESCRIPTOR",
-        `${this.where} did not give its ${type === USB_DT_DEVICE ? "device" : `configuration ${index}`} descriptor (status ${r.status})`,
+        `${this.where} did not give its ${type === DescriptorType.DEVICE ? "device" : `configuration ${index}`} descriptor (status ${r.status})`,
       );
     }
     return r.data;
   }
 
-  private async control(setup: SetupFields, data?: Uint8Array): Promise<SubmitResult> {
+  private async control(setup: SetupPacket, data?: Uint8Array): Promise<SubmitResult> {
     const client = this.requireClient();
-    const directionIn = (setup.bmRequestType & 0x80) !== 0;
+    const directionIn = (setup.bmRequestType & REQUEST_DIR_MASK) === REQUEST_DIR_IN;
     return await client.submit({
       ep: 0,
       directionIn,
@@ -274,34 +278,22 @@ export class UsbipRemoteDevice implements UsbDevice {
     void this.client.unlink(handle);
   }
 
-  private async standard(setup: SetupFields): Promise<UrbStatus> {
+  private async standard(setup: SetupPacket): Promise<UrbStatus> {
     if (this.client === null || this.client.closed) return ESHUTDOWN;
     const r = await this.control(setup);
     return r.unlinked ? ECONNRESET : statusFromUsbip(r.status);
   }
 
   setConfiguration(value: number): Promise<UrbStatus> {
-    return this.standard({ bmRequestType: 0x00, bRequest: 9, wValue: value, wIndex: 0, wLength: 0 });
+    return this.standard(setConfigurationSetup(value));
   }
 
   setInterface(interfaceNumber: number, alternateSetting: number): Promise<UrbStatus> {
-    return this.standard({
-      bmRequestType: 0x01,
-      bRequest: 11,
-      wValue: alternateSetting,
-      wIndex: interfaceNumber,
-      wLength: 0,
-    });
+    return this.standard(setInterfaceSetup(interfaceNumber, alternateSetting));
   }
 
   clearHalt(endpointAddress: number): Promise<UrbStatus> {
-    return this.standard({
-      bmRequestType: 0x02,
-      bRequest: 1,
-      wValue: 0,
-      wIndex: endpointAddress,
-      wLength: 0,
-    });
+    return this.standard(clearHaltSetup(endpointAddress));
   }
 
   /**
@@ -313,13 +305,7 @@ export class UsbipRemoteDevice implements UsbDevice {
    */
   async reset(): Promise<UrbStatus> {
     if (this.localReset) return this.client === null || this.client.closed ? ESHUTDOWN : OK;
-    const status = await this.standard({
-      bmRequestType: 0x23,
-      bRequest: 3,
-      wValue: 4,
-      wIndex: 0,
-      wLength: 0,
-    });
+    const status = await this.standard(portResetSetup(0));
     if (status !== EPIPE) return status;
     this.localReset = true;
     this.logListener?.(

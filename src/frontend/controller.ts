@@ -61,10 +61,11 @@ import {
   type DevAddr,
   Direction,
   type PortNum,
-  TransferType,
+  pipeTypeOf,
   type UrbBuffer,
   type UrbId,
 } from "../urb/types.js";
+import { isSetAddress, portResetSetup } from "../usb/index.js";
 import { InvalidOptionError, registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { RequestScratch, type ScratchDataRequest } from "./request-scratch.js";
 import { RootHub } from "./root-hub.js";
@@ -93,13 +94,6 @@ import {
   isoDescriptorFrames,
   type UrbLimits,
 } from "./validate.js";
-
-/** USB 2.0 §9.4 / §11.24.2: the control requests the controller itself understands. */
-const REQ_SET_ADDRESS = 5;
-const REQ_SET_FEATURE = 3;
-const RT_STANDARD_DEVICE_OUT = 0x00;
-const RT_CLASS_OTHER_OUT = 0x23;
-const FEAT_PORT_RESET = 4;
 
 /**
  * URB ring slots data URBs may not take: kept for unlinks. Without them a ring full of URBs the device
@@ -359,13 +353,7 @@ export class VirtualHostController {
       device: this.hub.address(p),
       endpoint: 0 as Urb["endpoint"],
       directionIn: false,
-      setup: {
-        bmRequestType: RT_CLASS_OTHER_OUT,
-        bRequest: REQ_SET_FEATURE,
-        wValue: FEAT_PORT_RESET,
-        wIndex: p,
-        wLength: 0,
-      },
+      setup: portResetSetup(p),
     };
     this.hub.resetStarted(p);
     this.emitPort(p);
@@ -678,7 +666,7 @@ export class VirtualHostController {
         device: t.device,
         endpoint: t.endpoint,
         direction: t.directionIn ? Direction.In : Direction.Out,
-        targetType: TRANSFER_TYPES[t.type],
+        targetType: pipeTypeOf(t.type),
         unlinkId: target.id as UrbId,
       },
       slot,
@@ -827,7 +815,7 @@ export class VirtualHostController {
   /** SET_ADDRESS is virtualised by the backend; the frontend learns the port's new address from its success. */
   private noteControlSuccess(urb: Extract<Urb, { type: "control" }>): void {
     const { setup } = urb;
-    if (setup.bmRequestType === RT_STANDARD_DEVICE_OUT && setup.bRequest === REQ_SET_ADDRESS) {
+    if (isSetAddress(setup)) {
       this.hub.setAddress(urb.port, (setup.wValue & 0x7f) as DevAddr);
       this.emitPort(urb.port);
     }
@@ -1088,10 +1076,3 @@ export class VirtualHostController {
     };
   }
 }
-
-const TRANSFER_TYPES: Record<Urb["type"], TransferType> = {
-  control: TransferType.Control,
-  bulk: TransferType.Bulk,
-  interrupt: TransferType.Interrupt,
-  isochronous: TransferType.Isochronous,
-};

@@ -18,19 +18,16 @@ import {
   type IsoUrb,
   NO_BUFFER,
   type PortNum,
-  type SetupPacket,
+  type Segment,
   type UrbBuffer,
   type UrbId,
 } from "../urb/types.js";
+import type { SetupPacket } from "../usb/index.js";
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 
 /** A wire segment the frontend refills for each request. */
-export interface WireSegment {
-  ref: GrantRef;
-  offset: number;
-  length: number;
-}
+export type WireSegment = Mutable<Segment>;
 
 /** An iso request whose descriptor-array reference is refilled too. */
 type ScratchIso = Mutable<IsoUrb> & { frameDescriptors: { ref: GrantRef; offset: number } };
@@ -81,7 +78,7 @@ export class RequestScratch {
     interval: 0,
   };
   readonly iso: ScratchIso = {
-    kind: "iso",
+    kind: "isochronous",
     ...common(),
     isoAsap: false,
     interval: 0,

@@ -10,8 +10,9 @@
  * (sets C_RESET); the other only refreshes the speed, so a change bit the VMM
  * cleared in between never comes back.
  */
-import { UsbSpeed } from "../rings/conn-ring.js";
+
 import { type DevAddr, MAX_PORT, type PortNum } from "../urb/types.js";
+import { UsbSpeed } from "../usb/index.js";
 import { InvalidOptionError } from "../util/errors.js";
 import type { PortChange, PortStatus } from "./types.js";
 

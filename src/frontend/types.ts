@@ -6,8 +6,12 @@
  */
 import type { GuestOffset } from "../dma-map/types.js";
 import type { SpinLimiter } from "../rings/spin.js";
+import type { IsoPacketResult } from "../urb/iso.js";
 import type { UrbStatus } from "../urb/status.js";
-import type { DevAddr, EndpointNum, PortNum, SetupPacket, UrbId } from "../urb/types.js";
+import type { DevAddr, EndpointNum, PortNum, UrbId } from "../urb/types.js";
+import type { SetupPacket } from "../usb/index.js";
+
+export type { IsoPacketResult };
 
 /** One piece of a transfer buffer in guest memory (never zero-length). */
 export interface BufferSegment {
@@ -73,12 +77,6 @@ export interface IsochronousTransfer extends TransferCommon {
 export type Urb = ControlTransfer | BulkTransfer | InterruptTransfer | IsochronousTransfer;
 export type UrbType = Urb["type"];
 
-export interface IsoPacketResult {
-  readonly status: UrbStatus;
-  /** Clamped to the packet's length. */
-  readonly actualLength: number;
-}
-
 export interface UrbCompletion {
   readonly status: UrbStatus;
   /** Bytes transferred, clamped to [0, buffer length] (xen-hcd does the same). */
@@ -86,7 +84,7 @@ export interface UrbCompletion {
   readonly startFrame: number;
   /** Iso packets that completed with an error. */
   readonly errorCount: number;
-  /** Per-packet results of an isochronous URB that reached the backend. */
+  /** Per-packet results of an isochronous URB that reached the backend (actualLength clamped to the packet's). */
   readonly isoPackets?: readonly IsoPacketResult[];
   /** Why the frontend itself refused or ended the URB (absent when the backend answered). */
   readonly detail?: string;

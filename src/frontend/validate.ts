@@ -17,7 +17,8 @@ import {
   MAX_ISO_PACKETS,
 } from "../urb/limits.js";
 import { EINVAL, EMSGSIZE, type UrbStatus } from "../urb/status.js";
-import { isDevAddr, isEndpointNum, MAX_DEV_ADDR, MAX_ENDPOINT, type SetupPacket } from "../urb/types.js";
+import { isDevAddr, isEndpointNum, MAX_DEV_ADDR, MAX_ENDPOINT } from "../urb/types.js";
+import { requestIsIn, type SetupPacket } from "../usb/index.js";
 import type { ScratchFrames } from "./scratch.js";
 import type { IsoSchedule, Urb } from "./types.js";
 
@@ -176,7 +177,7 @@ function checkControl(setup: SetupPacket, directionIn: boolean, length: number):
   if (!isUint(setup.wValue, 0xffff) || !isUint(setup.wIndex, 0xffff) || !isUint(setup.wLength, 0xffff)) {
     return invalid("urb.setup.wValue, wIndex and wLength must be u16");
   }
-  const setupIn = (setup.bmRequestType & 0x80) !== 0;
+  const setupIn = requestIsIn(setup.bmRequestType);
   if (setup.wLength > 0 && setupIn !== directionIn) {
     return invalid("urb.directionIn disagrees with bit 7 of urb.setup.bmRequestType");
   }

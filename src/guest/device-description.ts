@@ -4,14 +4,9 @@
  * configuration, read through the engine at address 0 right after a port reset, as a hub driver would.
  */
 import type { DevAddr, PortNum } from "../urb/types.js";
+import { CONFIGURATION_DESCRIPTOR_LENGTH, DEVICE_DESCRIPTOR_LENGTH, DescriptorType } from "../usb/index.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
-import {
-  type GuestUsbDriver,
-  type InterfaceInfo,
-  parseConfiguration,
-  USB_DT_CONFIG,
-  USB_DT_DEVICE,
-} from "./guest-driver.js";
+import { type GuestUsbDriver, type InterfaceInfo, parseConfiguration } from "./guest-driver.js";
 
 export interface ConfigurationInfo {
   /** bConfigurationValue. */
@@ -47,13 +42,21 @@ export async function readDeviceDescription(
   await guest.waitForConnect(port);
   await guest.hcd.resetPort(port);
   const zero = 0 as DevAddr;
-  const dev = await guest.getDescriptor(port, zero, USB_DT_DEVICE, 0, 18);
+  const dev = await guest.getDescriptor(port, zero, DescriptorType.DEVICE, 0, DEVICE_DESCRIPTOR_LENGTH);
   if (dev.length < 18) throw new DeviceDescriptionError(`short device descriptor (${dev.length} bytes)`);
   const configurations: ConfigurationInfo[] = [];
   for (let i = 0; i < dev[17]!; i++) {
-    const head = await guest.getDescriptor(port, zero, USB_DT_CONFIG, i, 9);
+    const head = await guest.getDescriptor(
+      port,
+      zero,
+      DescriptorType.CONFIGURATION,
+      i,
+      CONFIGURATION_DESCRIPTOR_LENGTH,
+    );
     const total = head[2]! | (head[3]! << 8);
-    configurations.push(parseConfiguration(await guest.getDescriptor(port, zero, USB_DT_CONFIG, i, total)));
+    configurations.push(
+      parseConfiguration(await guest.getDescriptor(port, zero, DescriptorType.CONFIGURATION, i, total)),
+    );
   }
   return {
     vendorId: dev[8]! | (dev[9]! << 8),

@@ -12,15 +12,20 @@ import type { ControllerHandles } from "../engine/handles.js";
 import type { VirtualHostController } from "../frontend/index.js";
 import type { UrbCompletion } from "../frontend/types.js";
 import { OK, statusText, type UrbStatus } from "../urb/status.js";
-import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
+import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
+import {
+  CONFIGURATION_DESCRIPTOR_LENGTH,
+  DEVICE_DESCRIPTOR_LENGTH,
+  DescriptorType,
+  getDescriptorSetup,
+  LANGID_EN_US,
+  requestIsIn,
+  type SetupPacket,
+  setAddressSetup,
+  setConfigurationSetup,
+} from "../usb/index.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { GuestBufferAllocator, type GuestRange } from "./guest-memory-allocator.js";
-
-export const USB_DT_DEVICE = 1;
-export const USB_DT_CONFIG = 2;
-export const USB_DT_STRING = 3;
-export const USB_DT_INTERFACE = 4;
-export const USB_DT_ENDPOINT = 5;
 
 /** A guest transfer that completed with a status other than OK; the message names the status. */
 export class GuestTransferError extends UsbvirtError {
@@ -71,7 +76,7 @@ export function parseConfiguration(bytes: Uint8Array): { value: number; interfac
     const len = bytes[at]!;
     const type = bytes[at + 1]!;
     if (len < 2 || at + len > bytes.length) throw new Error(`malformed descriptor at offset ${at}`);
-    if (type === USB_DT_INTERFACE) {
+    if (type === DescriptorType.INTERFACE) {
       current = {
         number: bytes[at + 2]!,
         alternate: bytes[at + 3]!,
@@ -81,7 +86,7 @@ export function parseConfiguration(bytes: Uint8Array): { value: number; interfac
         endpoints: [],
       };
       interfaces.push(current);
-    } else if (type === USB_DT_ENDPOINT && current !== null) {
+    } else if (type === DescriptorType.ENDPOINT && current !== null) {
       current.endpoints.push({
         address: bytes[at + 2]!,
         attributes: bytes[at + 3]!,
@@ -141,7 +146,7 @@ export class GuestUsbDriver {
     dataOut?: Uint8Array,
     what = `control request 0x${setup.bRequest.toString(16)}`,
   ): Promise<Uint8Array> {
-    const directionIn = (setup.bmRequestType & 0x80) !== 0;
+    const directionIn = requestIsIn(setup.bmRequestType);
     const length = directionIn ? setup.wLength : (dataOut?.length ?? 0);
     const range = length > 0 ? this.buffers.allocate(length) : null;
     try {
@@ -172,7 +177,7 @@ export class GuestUsbDriver {
     return await this.control(
       port,
       device,
-      { bmRequestType: 0x80, bRequest: 6, wValue: (type << 8) | index, wIndex: langId, wLength: length },
+      getDescriptorSetup(type, index, length, langId),
       undefined,
       `GET_DESCRIPTOR(${type}, ${index})`,
     );
@@ -180,7 +185,7 @@ export class GuestUsbDriver {
 
   async getString(port: PortNum, device: DevAddr, index: number): Promise<string> {
     if (index === 0) return "";
-    const d = await this.getDescriptor(port, device, USB_DT_STRING, index, 255, 0x0409);
+    const d = await this.getDescriptor(port, device, DescriptorType.STRING, index, 255, LANGID_EN_US);
     return Buffer.from(d.subarray(2, d[0])).toString("utf16le");
   }
 
@@ -189,27 +194,22 @@ export class GuestUsbDriver {
     await this.waitForConnect(port);
     await this.hcd.resetPort(port);
     const zero = 0 as DevAddr;
-    const head = await this.getDescriptor(port, zero, USB_DT_DEVICE, 0, 8);
-    await this.control(
-      port,
-      zero,
-      { bmRequestType: 0x00, bRequest: 5, wValue: address, wIndex: 0, wLength: 0 },
-      undefined,
-      "SET_ADDRESS",
-    );
-    const dev = await this.getDescriptor(port, address, USB_DT_DEVICE, 0, 18);
-    if (dev.length !== 18 || dev[1] !== USB_DT_DEVICE) throw new Error(`port ${port}: bad device descriptor`);
-    const configHead = await this.getDescriptor(port, address, USB_DT_CONFIG, 0, 9);
-    const total = configHead[2]! | (configHead[3]! << 8);
-    const config = await this.getDescriptor(port, address, USB_DT_CONFIG, 0, total);
-    const { value, interfaces } = parseConfiguration(config);
-    await this.control(
+    const head = await this.getDescriptor(port, zero, DescriptorType.DEVICE, 0, 8);
+    await this.control(port, zero, setAddressSetup(address), undefined, "SET_ADDRESS");
+    const dev = await this.getDescriptor(port, address, DescriptorType.DEVICE, 0, DEVICE_DESCRIPTOR_LENGTH);
+    if (dev.length !== DEVICE_DESCRIPTOR_LENGTH || dev[1] !== DescriptorType.DEVICE)
+      throw new Error(`port ${port}: bad device descriptor`);
+    const configHead = await this.getDescriptor(
       port,
       address,
-      { bmRequestType: 0x00, bRequest: 9, wValue: value, wIndex: 0, wLength: 0 },
-      undefined,
-      "SET_CONFIGURATION",
+      DescriptorType.CONFIGURATION,
+      0,
+      CONFIGURATION_DESCRIPTOR_LENGTH,
     );
+    const total = configHead[2]! | (configHead[3]! << 8);
+    const config = await this.getDescriptor(port, address, DescriptorType.CONFIGURATION, 0, total);
+    const { value, interfaces } = parseConfiguration(config);
+    await this.control(port, address, setConfigurationSetup(value), undefined, "SET_CONFIGURATION");
     return {
       port,
       address,

@@ -9,11 +9,11 @@
  * device completions (timers, libusb through uv_async) arrive through its
  * event loop, so waiting is Atomics.waitAsync and a hot loop yields.
  */
+
 import { setImmediate as yieldToLoop } from "node:timers/promises";
 import {
   type IsoPacketRequest,
   NO_DATA,
-  type TransferKind,
   type TransferRequest,
   type TransferResult,
   type UsbDevice,
@@ -24,6 +24,7 @@ import { AdaptiveSpin, type SpinLimiter } from "../rings/spin.js";
 import { readU32, writeU32 } from "../urb/bytes.js";
 import { ISO_FRAME_DESCRIPTOR_SIZE } from "../urb/layout.js";
 import { ECONNRESET, EINVAL, ENOENT, OK, type UrbStatus } from "../urb/status.js";
+import { transferKindOfPipeType } from "../urb/types.js";
 import { interceptedRequest } from "./intercept.js";
 import {
   PORT_FLAG_SHORT_NOT_OK,
@@ -32,8 +33,6 @@ import {
   PortOp,
   PortRequest,
 } from "./port-wire.js";
-
-const KIND_BY_TYPE: readonly TransferKind[] = ["isochronous", "interrupt", "control", "bulk"];
 
 export interface PortServiceOptions {
   readonly device: UsbDevice;
@@ -274,7 +273,7 @@ export class PortService {
     }
     // Same property order as runIntercepted's: one hidden class for every Transfer.
     const t: Transfer = {
-      kind: KIND_BY_TYPE[r.kind] ?? "bulk",
+      kind: transferKindOfPipeType(r.kind) ?? "bulk",
       endpoint: r.endpoint,
       directionIn: r.directionIn,
       // r.setup is overwritten by the next decode; the device may keep its request until done.

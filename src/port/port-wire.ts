@@ -33,7 +33,14 @@
 import type { RingGeometry } from "../rings/layout.js";
 import { readS32, readU16, readU32, writeU16, writeU32 } from "../urb/bytes.js";
 import { MAX_INDIRECT_SEGMENTS } from "../urb/limits.js";
-import type { SetupPacket } from "../urb/types.js";
+import {
+  decodeSetupInto,
+  emptySetup,
+  encodeSetupInto,
+  type MutableSetupPacket,
+  SETUP_PACKET_SIZE,
+  type SetupPacket,
+} from "../usb/index.js";
 
 export const PORT_SLOT_SIZE = 4096;
 /** 512 slots: up to 256 transfers (the URB ring's bound) plus a cancel for each. */
@@ -70,8 +77,6 @@ const kIsoRegion = 36;
 const kIsoOffset = 40;
 const kStartFrame = 44;
 
-type MutableSetupPacket = { -readonly [K in keyof SetupPacket]: SetupPacket[K] };
-
 /** A decoded port request; one object reused by the port worker for every slot. */
 export class PortRequest {
   id = 0;
@@ -86,7 +91,7 @@ export class PortRequest {
    * Overwritten by every decode (no object per request): valid until the next one. A transfer that keeps
    * the setup packet beyond that (a device may hold its request until done) takes a copy.
    */
-  readonly setup: MutableSetupPacket = { bmRequestType: 0, bRequest: 0, wValue: 0, wIndex: 0, wLength: 0 };
+  readonly setup: MutableSetupPacket = emptySetup();
   interval = 0;
   target = 0;
   isoPackets = 0;
@@ -105,12 +110,7 @@ export class PortRequest {
     this.flags = readU16(b, kFlags);
     this.nSegs = Math.min(readU16(b, kNSegs), MAX_PORT_SEGMENTS);
     this.length = readU32(b, kLength);
-    const setup = this.setup;
-    setup.bmRequestType = b[kSetup]!;
-    setup.bRequest = b[kSetup + 1]!;
-    setup.wValue = readU16(b, kSetup + 2);
-    setup.wIndex = readU16(b, kSetup + 4);
-    setup.wLength = readU16(b, kSetup + 6);
+    decodeSetupInto(b, kSetup, this.setup);
     this.interval = readU32(b, kInterval);
     this.target = readU32(b, kTarget);
     this.isoPackets = readU32(b, kIsoPackets);
@@ -142,13 +142,9 @@ export function writePortSubmit(
   writeU16(b, kNSegs, 0);
   writeU32(b, kLength, length);
   if (setup !== null) {
-    b[kSetup] = setup.bmRequestType;
-    b[kSetup + 1] = setup.bRequest;
-    writeU16(b, kSetup + 2, setup.wValue);
-    writeU16(b, kSetup + 4, setup.wIndex);
-    writeU16(b, kSetup + 6, setup.wLength);
+    encodeSetupInto(setup, b, kSetup);
   } else {
-    b.fill(0, kSetup, kSetup + 8);
+    b.fill(0, kSetup, kSetup + SETUP_PACKET_SIZE);
   }
   writeU32(b, kInterval, interval);
   writeU32(b, kTarget, 0);

@@ -12,6 +12,8 @@
  * The frontend checks every event: an id it did not post, a port outside its
  * root hub or an unknown speed latches a fault, like any impossible ring state.
  */
+
+import { UsbSpeed } from "../usb/index.js";
 import { BackRing } from "./back-ring.js";
 import { RingFault } from "./faults.js";
 import { FrontRing } from "./front-ring.js";
@@ -22,10 +24,6 @@ export const CONN_SLOT_SIZE = 8;
 export const CONN_RING_SLOTS = 256;
 export const CONN_RING_GEOMETRY: RingGeometry = { slots: CONN_RING_SLOTS, slotSize: CONN_SLOT_SIZE };
 export const MAX_PORTS = 31;
-
-/** usbif speeds; NONE means the port is empty (a disconnect). */
-export const UsbSpeed = { NONE: 0, LOW: 1, FULL: 2, HIGH: 3, SUPER: 4 } as const;
-export type UsbSpeed = (typeof UsbSpeed)[keyof typeof UsbSpeed];
 
 export interface ConnEvent {
   readonly port: number;

@@ -11,12 +11,14 @@
  *
  * `runSoak` is used by the test suite (a bounded run) and by `npm run soak -- --minutes N`.
  */
+import { HidRequest } from "../devices/emulated/keyboard.js";
 import { Connection } from "../engine/connection.js";
 import type { Urb } from "../frontend/types.js";
 import { BLOCK_SIZE, BulkOnlyClient } from "../guest/bulk-only-client.js";
 import { GuestTransferError, GuestUsbDriver } from "../guest/guest-driver.js";
 import { ECONNRESET, ENODEV, ESHUTDOWN } from "../urb/status.js";
 import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
+import { endpointIsIn, endpointNumberOf, RequestTypeByte } from "../usb/index.js";
 
 export interface SoakOptions {
   readonly durationMs: number;
@@ -112,15 +114,15 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     const storage = await guest.enumerate(p(3), a(4));
     await guest.enumerate(p(4), a(5));
     await guest.control(p(2), a(3), {
-      bmRequestType: 0x21,
-      bRequest: 0x0a,
+      bmRequestType: RequestTypeByte.CLASS_INTERFACE_OUT,
+      bRequest: HidRequest.SET_IDLE,
       wValue: 0,
       wIndex: 0,
       wLength: 0,
     });
     const eps = storage.interfaces[0]!.endpoints;
-    const bulkInEp = eps.find((e) => (e.address & 0x80) !== 0)!.address & 0x0f;
-    const bulkOutEp = eps.find((e) => (e.address & 0x80) === 0)!.address & 0x0f;
+    const bulkInEp = endpointNumberOf(eps.find((e) => endpointIsIn(e.address))!.address);
+    const bulkOutEp = endpointNumberOf(eps.find((e) => !endpointIsIn(e.address))!.address);
     const bot = new BulkOnlyClient(guest, p(3), a(4), bulkInEp, bulkOutEp);
     const { blocks } = await bot.readCapacity();
 

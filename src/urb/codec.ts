@@ -6,6 +6,7 @@
  * Hot path: nothing here allocates except `decodeResponse`'s result. Writers take the target bytes and an
  * offset, so a ring can pass its shared slot array directly.
  */
+import { encodeSetupInto } from "../usb/index.js";
 import { InvalidOptionError } from "../util/errors.js";
 import { readS32, readU32, writeU16, writeU32 } from "./bytes.js";
 import {
@@ -13,11 +14,7 @@ import {
   FLAG_ISO_ASAP,
   FLAG_SHORT_NOT_OK,
   FLAG_ZERO_PACKET,
-  kCtrlIndex,
-  kCtrlLength,
-  kCtrlRequest,
-  kCtrlRequestType,
-  kCtrlValue,
+  kCtrlSetup,
   kIntInterval,
   kIsoDescOffset,
   kIsoDescRef,
@@ -68,7 +65,7 @@ function transferFlagsOf(req: UrbRequest): number {
   let flags = req.shortNotOk ? FLAG_SHORT_NOT_OK : 0;
   if (req.buffer.kind === "indirect") flags |= FLAG_INDIRECT;
   if ((req.kind === "bulk" || req.kind === "interrupt") && req.zeroPacket) flags |= FLAG_ZERO_PACKET;
-  if (req.kind === "iso" && req.isoAsap) flags |= FLAG_ISO_ASAP;
+  if (req.kind === "isochronous" && req.isoAsap) flags |= FLAG_ISO_ASAP;
   return flags;
 }
 
@@ -113,16 +110,12 @@ export function encodeRequest(req: UrbRequest, target: Uint8Array, offset = 0): 
 
   switch (req.kind) {
     case "control":
-      target[offset + kCtrlRequestType] = req.setup.bmRequestType & 0xff;
-      target[offset + kCtrlRequest] = req.setup.bRequest & 0xff;
-      writeU16(target, offset + kCtrlValue, req.setup.wValue);
-      writeU16(target, offset + kCtrlIndex, req.setup.wIndex);
-      writeU16(target, offset + kCtrlLength, req.setup.wLength);
+      encodeSetupInto(req.setup, target, offset + kCtrlSetup);
       break;
     case "interrupt":
       writeU32(target, offset + kIntInterval, req.interval);
       break;
-    case "iso":
+    case "isochronous":
       writeU16(target, offset + kIsoInterval, req.interval);
       writeU16(target, offset + kIsoNumberOfPackets, req.numberOfPackets);
       writeU32(target, offset + kIsoStartFrame, req.startFrame);

@@ -33,6 +33,15 @@ export interface IsoPacket {
   readonly length: number;
 }
 
+/**
+ * How one iso packet completed: what a device reports (src/devices/device.ts TransferResult), what the
+ * descriptor array carries back, and what the frontend hands its caller (actualLength clamped there).
+ */
+export interface IsoPacketResult {
+  readonly status: UrbStatus;
+  readonly actualLength: number;
+}
+
 export type IsoParseResult =
   | { readonly ok: true; readonly packets: readonly IsoPacket[] }
   | { readonly ok: false; readonly status: UrbStatus; readonly reason: ParseReason };
@@ -102,10 +111,7 @@ export function writeIsoPacketResult(
  * Frontend: read how packet `index` completed. The status goes through `statusFromPeer`; the frontend
  * still clamps `actualLength` to the packet's length (both come from the peer).
  */
-export function readIsoPacketResult(
-  descriptors: Uint8Array,
-  index: number,
-): { readonly status: UrbStatus; readonly actualLength: number } {
+export function readIsoPacketResult(descriptors: Uint8Array, index: number): IsoPacketResult {
   const at = checkIndex(descriptors, index);
   return {
     status: statusFromPeer(readS32(descriptors, at + kIsoFdStatus)),

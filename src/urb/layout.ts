@@ -59,6 +59,7 @@
  *   |       error_count (u32)       |                                  16
  *   +-------+-------+-------+-------+
  */
+import { SETUP_PACKET_SIZE } from "../usb/index.js";
 
 /** Size of one URB ring slot; requests and responses share it. */
 export const URB_SLOT_SIZE = 128;
@@ -80,7 +81,6 @@ export const kCtrlRequest = 17;
 export const kCtrlValue = 18;
 export const kCtrlIndex = 20;
 export const kCtrlLength = 22;
-export const SETUP_PACKET_SIZE = 8;
 export const kIntInterval = 16;
 export const kIsoInterval = 16;
 export const kIsoNumberOfPackets = 18;

@@ -28,7 +28,9 @@
  * buffer_length = wLength exactly, because libusb rebuilds wLength from the OUT data length. Control is
  * allowed on any endpoint 0..15 (legal USB, if rare); bulk, interrupt and iso are not allowed on 0.
  */
+
 import { FRAME_SIZE, type GrantRef } from "../dma-map/types.js";
+import { requestIsIn } from "../usb/index.js";
 import { readU16, readU32 } from "./bytes.js";
 import {
   FLAG_INDIRECT,
@@ -103,7 +105,6 @@ export type IndirectParseResult =
   | { readonly ok: false; readonly status: UrbStatus; readonly reason: ParseReason };
 
 const U32_LIMIT = 2 ** 32;
-const SETUP_DIR_IN = 0x80;
 
 function reject(id: UrbId | null, reason: ParseReason): ParseRejection {
   return { ok: false, id, status: PARSE_REJECTIONS[reason].status, reason };
@@ -216,7 +217,7 @@ export function parseRequest(copied: Uint8Array): ParseResult {
       if (zeroPacket || isoAsap) return reject(id, "flag-not-valid-for-transfer");
       const bmRequestType = copied[kCtrlRequestType]!;
       const wLength = readU16(copied, kCtrlLength);
-      const setupIn = (bmRequestType & SETUP_DIR_IN) !== 0;
+      const setupIn = requestIsIn(bmRequestType);
       if (wLength > 0 && setupIn !== (direction === Direction.In))
         return reject(id, "control-direction-mismatch");
       if (direction === Direction.In) {
@@ -300,7 +301,7 @@ export function parseRequest(copied: Uint8Array): ParseResult {
         return reject(id, "iso-descriptor-range-overflow");
       }
       req = {
-        kind: "iso",
+        kind: "isochronous",
         id,
         port,
         device,

@@ -6,7 +6,9 @@
  * A request is a discriminated union by `kind`, and each kind carries only the fields and flags that
  * mean something for it (ZERO_PACKET only on bulk/interrupt, ISO_ASAP only on iso, no buffer on unlink).
  */
+import type { GrantSegment } from "../dma-map/grant-mapper.js";
 import type { GrantRef } from "../dma-map/types.js";
+import type { SetupPacket, TransferKind } from "../usb/index.js";
 import type { Brand } from "../util/brand.js";
 import { InvalidOptionError } from "../util/errors.js";
 import type { UrbStatus } from "./status.js";
@@ -31,6 +33,27 @@ export enum TransferType {
   Interrupt = 1,
   Control = 2,
   Bulk = 3,
+}
+
+/**
+ * The engine's transfer kind ↔ usbif's pipe type number: the one conversion at the ring's boundary (the
+ * frontend and the URB encoder go one way, the port service the other).
+ */
+const PIPE_TYPE_BY_KIND: Readonly<Record<TransferKind, TransferType>> = {
+  control: TransferType.Control,
+  bulk: TransferType.Bulk,
+  interrupt: TransferType.Interrupt,
+  isochronous: TransferType.Isochronous,
+};
+const KIND_BY_PIPE_TYPE: readonly TransferKind[] = ["isochronous", "interrupt", "control", "bulk"];
+
+export function pipeTypeOf(kind: TransferKind): TransferType {
+  return PIPE_TYPE_BY_KIND[kind];
+}
+
+/** The kind a pipe type number names; undefined for a number that is not one (only 0..3 are). */
+export function transferKindOfPipeType(type: number): TransferKind | undefined {
+  return KIND_BY_PIPE_TYPE[type];
 }
 
 /** Data direction as seen from the host; usbif pipe bit 7. */
@@ -76,12 +99,11 @@ export function endpointNum(value: number): EndpointNum {
   return value;
 }
 
-/** A byte range inside one grant: `length` bytes from `offset` of the grant `ref`. Never zero-length. */
-export interface Segment {
-  readonly ref: GrantRef;
-  readonly offset: number;
-  readonly length: number;
-}
+/**
+ * A byte range inside one grant: `length` bytes from `offset` of the grant `ref`. Never zero-length. The
+ * mapper's own name for it is GrantSegment (src/dma-map/grant-mapper.ts): one shape, one definition.
+ */
+export type Segment = GrantSegment;
 
 /** Where the transfer buffer lives. */
 export type UrbBuffer =
@@ -97,15 +119,6 @@ export type UrbBuffer =
 
 /** The one "no buffer" value (shared: the gate does not allocate one per URB). */
 export const NO_BUFFER: UrbBuffer = Object.freeze({ kind: "none" });
-
-/** The 8-byte control setup packet (USB 2.0 §9.3), fields in the spec's names. */
-export interface SetupPacket {
-  readonly bmRequestType: number;
-  readonly bRequest: number;
-  readonly wValue: number;
-  readonly wIndex: number;
-  readonly wLength: number;
-}
 
 /** Fields every request has: the id and the decoded pipe (the unlink bit is the `kind`). */
 interface UrbTarget {
@@ -143,7 +156,7 @@ export interface InterruptUrb extends DataUrbFields {
 }
 
 export interface IsoUrb extends DataUrbFields {
-  readonly kind: "iso";
+  readonly kind: "isochronous";
   /** ISO_ASAP: start at the next possible frame, ignoring `startFrame`. */
   readonly isoAsap: boolean;
   readonly interval: number;
@@ -177,16 +190,5 @@ export interface UrbResponse {
 
 /** The transfer type a request's pipe carries. */
 export function transferTypeOf(req: UrbRequest): TransferType {
-  switch (req.kind) {
-    case "control":
-      return TransferType.Control;
-    case "bulk":
-      return TransferType.Bulk;
-    case "interrupt":
-      return TransferType.Interrupt;
-    case "iso":
-      return TransferType.Isochronous;
-    case "unlink":
-      return req.targetType;
-  }
+  return req.kind === "unlink" ? req.targetType : pipeTypeOf(req.kind);
 }

@@ -18,9 +18,11 @@
  * reconnecting gave up, or the local engine stopped).
  */
 import { EventEmitter } from "node:events";
+import { LoopbackRequest } from "../devices/emulated/loopback.js";
 import { Connection } from "../engine/connection.js";
 import { type EnumeratedDevice, GuestUsbDriver } from "../guest/guest-driver.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
+import { RequestTypeByte } from "../usb/index.js";
 import { InvalidOptionError, registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { USBIP_PORT } from "./protocol.js";
 
@@ -215,8 +217,8 @@ export async function loopbackCheck(
     att.port,
     att.address,
     {
-      bmRequestType: 0x40,
-      bRequest: 0x01,
+      bmRequestType: RequestTypeByte.VENDOR_DEVICE_OUT,
+      bRequest: LoopbackRequest.CONTROL_WRITE,
       wValue: 0,
       wIndex: 0,
       wLength: ctl.length,
@@ -224,8 +226,8 @@ export async function loopbackCheck(
     ctl,
   );
   const ctlBack = await att.guest.control(att.port, att.address, {
-    bmRequestType: 0xc0,
-    bRequest: 0x02,
+    bmRequestType: RequestTypeByte.VENDOR_DEVICE_IN,
+    bRequest: LoopbackRequest.CONTROL_READ,
     wValue: 0,
     wIndex: 0,
     wLength: ctl.length,

@@ -25,6 +25,7 @@
  */
 import { EventEmitter } from "node:events";
 import { type Socket, connect as tcpConnect } from "node:net";
+import { encodeSetup, getDeviceStatusSetup } from "../usb/index.js";
 import { InvalidOptionError, registerErrorClass, UsbvirtError } from "../util/errors.js";
 import {
   ByteQueue,
@@ -126,8 +127,8 @@ export class UsbipTimeoutError extends UsbipClientError {
 }
 registerErrorClass(UsbipTimeoutError);
 
-/** GET_STATUS(device): bmRequestType 0x80, bRequest 0, wLength 2 — the keepalive probe. */
-const KEEPALIVE_SETUP = Uint8Array.of(0x80, 0x00, 0, 0, 0, 0, 2, 0);
+/** GET_STATUS(device), two bytes back: the keepalive probe. */
+const KEEPALIVE_SETUP = encodeSetup(getDeviceStatusSetup());
 
 function seconds(ms: number): string {
   return ms % 1000 === 0 ? `${ms / 1000} s` : `${ms} ms`;

@@ -38,6 +38,7 @@
  */
 import { MAX_BUFFER_LENGTH, MAX_ISO_PACKETS } from "../urb/limits.js";
 import { createStatusTranslation, ESHUTDOWN, STATUS_TABLE, type UrbStatus } from "../urb/status.js";
+import { UsbSpeed } from "../usb/index.js";
 import { ByteQueue } from "../util/byte-queue.js";
 
 export const USBIP_PORT = 3240;
@@ -619,70 +620,36 @@ export function readServerPdu(
   };
 }
 
-// ---------------------------------------------------------------- setup packets
-
-export interface SetupFields {
-  readonly bmRequestType: number;
-  readonly bRequest: number;
-  readonly wValue: number;
-  readonly wIndex: number;
-  readonly wLength: number;
-}
-
-/** The 8 setup bytes (USB 2.0 §9.3: u16 fields little-endian, on the wire as on the bus). */
-export function decodeSetup(bytes: Uint8Array): SetupFields {
-  return {
-    bmRequestType: bytes[0]!,
-    bRequest: bytes[1]!,
-    wValue: bytes[2]! | (bytes[3]! << 8),
-    wIndex: bytes[4]! | (bytes[5]! << 8),
-    wLength: bytes[6]! | (bytes[7]! << 8),
-  };
-}
-
-export function encodeSetup(s: SetupFields): Uint8Array {
-  return Uint8Array.of(
-    s.bmRequestType,
-    s.bRequest,
-    s.wValue & 0xff,
-    s.wValue >>> 8,
-    s.wIndex & 0xff,
-    s.wIndex >>> 8,
-    s.wLength & 0xff,
-    s.wLength >>> 8,
-  );
-}
-
-/** usbif speed (src/rings/conn-ring.ts UsbSpeed: 1 low, 2 full, 3 high, 4 super) → Linux's enum in the record. */
-export function usbipSpeedOf(usbifSpeed: number): number {
-  switch (usbifSpeed) {
-    case 1:
+/** The engine's speed (src/usb/speed.ts UsbSpeed) → Linux's enum in the record. */
+export function usbipSpeedOf(speed: number): number {
+  switch (speed) {
+    case UsbSpeed.LOW:
       return UsbipSpeed.LOW;
-    case 2:
+    case UsbSpeed.FULL:
       return UsbipSpeed.FULL;
-    case 3:
+    case UsbSpeed.HIGH:
       return UsbipSpeed.HIGH;
-    case 4:
+    case UsbSpeed.SUPER:
       return UsbipSpeed.SUPER;
     default:
       return UsbipSpeed.UNKNOWN;
   }
 }
 
-/** Linux speed from a device record → usbif speed (wireless counts as high, super-plus as super); 0 unknown. */
-export function usbifSpeedOf(usbipSpeed: number): number {
+/** Linux speed from a device record → the engine's speed (wireless counts as high, super-plus as super). */
+export function usbifSpeedOf(usbipSpeed: number): UsbSpeed {
   switch (usbipSpeed) {
     case UsbipSpeed.LOW:
-      return 1;
+      return UsbSpeed.LOW;
     case UsbipSpeed.FULL:
-      return 2;
+      return UsbSpeed.FULL;
     case UsbipSpeed.HIGH:
     case UsbipSpeed.WIRELESS:
-      return 3;
+      return UsbSpeed.HIGH;
     case UsbipSpeed.SUPER:
     case UsbipSpeed.SUPER_PLUS:
-      return 4;
+      return UsbSpeed.SUPER;
     default:
-      return 0;
+      return UsbSpeed.NONE;
   }
 }

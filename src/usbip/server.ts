@@ -69,7 +69,19 @@ import {
 import { GuestUsbDriver } from "../guest/guest-driver.js";
 import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
 import { ECONNRESET, EINVAL, ENOMEM, EPIPE, OK, type UrbStatus } from "../urb/status.js";
-import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
+import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
+import {
+  ENDPOINT_TYPE_MASK,
+  EndpointType,
+  endpointAddress,
+  isPortReset,
+  isRequest,
+  isSetAddress,
+  RequestTypeByte,
+  type SetupPacket,
+  StandardRequest,
+  setAddressSetup,
+} from "../usb/index.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { allowedBy, buildAllowList } from "../util/ip-prefix.js";
 import { adoptWithReadBuffer } from "../util/read-into.js";
@@ -152,11 +164,6 @@ export interface ExportedDeviceInfo {
   readonly spec: DeviceSpec;
   readonly record: DeviceRecord;
 }
-
-const EP_CONTROL = 0;
-const EP_ISO = 1;
-const EP_BULK = 2;
-const EP_INTERRUPT = 3;
 
 interface EndpointEntry {
   readonly type: number;
@@ -455,11 +462,7 @@ function hex4(n: number): string {
 
 /** Bytes a client may send before its import completes (a devlist and an import request are 48). */
 const MAX_OP_BYTES = 64 * 1024;
-const CONTROL_ENTRY: EndpointEntry = { type: 0, interval: 0 };
-
-const SET_ADDRESS = { type: 0x00, request: 5 };
-const SET_CONFIGURATION = { type: 0x00, request: 9 };
-const PORT_RESET = { type: 0x23, request: 3, feature: 4 };
+const CONTROL_ENTRY: EndpointEntry = { type: EndpointType.CONTROL, interval: 0 };
 
 /** Each connection's read buffer; OUT data of at least DIRECT_READ_MIN bytes is read into guest memory instead. */
 const READ_BUFFER_BYTES = 128 * 1024;
@@ -899,13 +902,7 @@ export class UsbipServer extends EventEmitter {
     await this.guest.control(
       slot.port,
       0 as DevAddr,
-      {
-        bmRequestType: SET_ADDRESS.type,
-        bRequest: SET_ADDRESS.request,
-        wValue: slot.address,
-        wIndex: 0,
-        wLength: 0,
-      },
+      setAddressSetup(slot.address),
       undefined,
       "SET_ADDRESS",
     );
@@ -944,18 +941,18 @@ export class UsbipServer extends EventEmitter {
     let type: number;
     if (h.ep > 15) return this.answerLocally(s, r, EINVAL);
     if (h.ep === 0) {
-      if (h.bmRequestType === SET_ADDRESS.type && h.bRequest === SET_ADDRESS.request) {
+      if (isSetAddress(h)) {
         // vhci never forwards it; the device already has the address the server gave it.
         return this.answerLocally(s, r, OK);
       }
-      type = EP_CONTROL;
+      type = EndpointType.CONTROL;
     } else {
       const table = slot.endpoints.get(slot.configuration) ?? slot.anyEndpoints;
-      const entry = table.get((h.directionIn ? 0x80 : 0) | h.ep);
+      const entry = table.get(endpointAddress(h.ep, h.directionIn));
       if (entry === undefined) return this.answerLocally(s, r, EINVAL);
       type = entry.type;
     }
-    if ((type === EP_ISO) !== h.packets > 0) return this.answerLocally(s, r, EINVAL);
+    if ((type === EndpointType.ISOCHRONOUS) !== h.packets > 0) return this.answerLocally(s, r, EINVAL);
     const length = h.transferBufferLength;
     if (length > slot.memoryBytes) return this.answerLocally(s, r, ENOMEM);
     // The client's share: replies it has not read, engine slots, scratch frames, guest memory.
@@ -972,11 +969,11 @@ export class UsbipServer extends EventEmitter {
       if (!h.directionIn) s.reader!.receiveInto(this.memoryBytes, range.offset);
     }
     r.kind =
-      type === EP_CONTROL
+      type === EndpointType.CONTROL
         ? Kind.CONTROL
-        : type === EP_BULK
+        : type === EndpointType.BULK
           ? Kind.BULK
-          : type === EP_INTERRUPT
+          : type === EndpointType.INTERRUPT
             ? Kind.INTERRUPT
             : Kind.ISO;
     r.isoFrames = isoFrames;
@@ -1035,18 +1032,13 @@ export class UsbipServer extends EventEmitter {
       }
     }
     const slot = s.slot!;
-    if (
-      r.kind === Kind.CONTROL &&
-      h.bmRequestType === PORT_RESET.type &&
-      h.bRequest === PORT_RESET.request &&
-      h.wValue === PORT_RESET.feature
-    ) {
+    if (r.kind === Kind.CONTROL && isPortReset(h)) {
       this.portReset(s, r);
       return;
     }
     const table = slot.endpoints.get(slot.configuration) ?? slot.anyEndpoints;
     const entry =
-      h.ep === 0 ? CONTROL_ENTRY : (table.get((h.directionIn ? 0x80 : 0) | h.ep) ?? CONTROL_ENTRY);
+      h.ep === 0 ? CONTROL_ENTRY : (table.get(endpointAddress(h.ep, h.directionIn)) ?? CONTROL_ENTRY);
     const urb = r.engineUrb(slot, h, entry);
     r.urb = urb;
     this.hcd.submitWithCallback(urb, r.done);
@@ -1126,8 +1118,7 @@ export class UsbipServer extends EventEmitter {
       if (
         c.status === OK &&
         r.kind === Kind.CONTROL &&
-        r.bmRequestType === SET_CONFIGURATION.type &&
-        r.bRequest === SET_CONFIGURATION.request
+        isRequest(r, RequestTypeByte.DEVICE_OUT, StandardRequest.SET_CONFIGURATION)
       ) {
         s.slot!.configuration = r.wValue & 0xff;
       }
@@ -1346,7 +1337,7 @@ async function describeDevice(
     const table = new Map<number, EndpointEntry>();
     for (const itf of parsed.interfaces) {
       for (const ep of itf.endpoints) {
-        const entry = { type: ep.attributes & 3, interval: ep.interval };
+        const entry = { type: ep.attributes & ENDPOINT_TYPE_MASK, interval: ep.interval };
         table.set(ep.address, entry);
         if (!anyEndpoints.has(ep.address)) anyEndpoints.set(ep.address, entry);
       }

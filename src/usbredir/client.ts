@@ -4,7 +4,9 @@
  * benchmark drive `usbvirt redirect` with it; it frames what it reads with the same parse gate as the
  * server (reader.ts, peer role "host").
  */
+
 import { connect as netConnect, type Socket } from "node:net";
+import { endpointAddress, requestIsIn } from "../usb/index.js";
 import {
   type Caps,
   capsOf,
@@ -163,11 +165,11 @@ export class UsbredirClient implements RedirReaderSink {
   ): Promise<TransferResult> {
     const n = this.negotiated!;
     const id = this.id();
-    const directionIn = (setup.requestType & 0x80) !== 0;
+    const directionIn = requestIsIn(setup.requestType);
     const pkt = encodeControlPacket(
       n,
       id,
-      { endpoint: setup.requestType & 0x80, status: 0, ...setup },
+      { endpoint: endpointAddress(0, directionIn), status: 0, ...setup },
       directionIn ? 0 : setup.length,
     );
     if (!directionIn && out !== undefined) dataOf(n, pkt, 10).set(out.subarray(0, setup.length));

@@ -9,6 +9,7 @@
  * packet it refuses aborts the VM (it asserts on the leftover bytes), so every encoder here writes
  * exactly the size the negotiated capabilities call for, and the data rules of `dataAllowed`.
  */
+import { endpointAddressOfIndex, endpointIndex, endpointIsIn } from "../usb/index.js";
 
 export const REDIR_VERSION_SIZE = 64;
 
@@ -371,7 +372,7 @@ export function expectedDataLength(p: RedirPacket, from: RedirRole): number {
     case RedirType.BULK_PACKET:
     case RedirType.ISO_PACKET:
     case RedirType.INTERRUPT_PACKET: {
-      const directionIn = (p.endpoint & 0x80) !== 0;
+      const directionIn = endpointIsIn(p.endpoint);
       return directionIn === (from === "host") ? p.length : 0;
     }
     case RedirType.BUFFERED_BULK_PACKET:
@@ -406,7 +407,7 @@ export function framingProblem(p: RedirPacket, from: RedirRole): string | null {
       return null;
     case RedirType.INTERRUPT_RECEIVING_STATUS:
     case RedirType.BULK_RECEIVING_STATUS:
-      return (p.endpoint & 0x80) === 0
+      return !endpointIsIn(p.endpoint)
         ? `${redirTypeName(p.type)} for OUT endpoint 0x${p.endpoint.toString(16)}`
         : null;
     default:
@@ -541,7 +542,7 @@ export interface EndpointEntry {
 
 /** The ep_info index of an endpoint address: OUT 0..15, IN 16..31. */
 export function epIndex(address: number): number {
-  return ((address & 0x80) >> 3) | (address & 0x0f);
+  return endpointIndex(address);
 }
 
 /** ep_info: 32 entries by epIndex; endpoint 0 both ways is control, absent ones invalid. */
@@ -571,7 +572,7 @@ export function decodeEpInfo(h: DataView): Map<number, EndpointEntry> {
   for (let i = 0; i < 32; i++) {
     const type = h.getUint8(i);
     if (type === RedirEpType.INVALID || type === RedirEpType.CONTROL) continue;
-    out.set(((i & 0x10) << 3) | (i & 0x0f), {
+    out.set(endpointAddressOfIndex(i), {
       type,
       interval: h.getUint8(32 + i),
       interface: h.getUint8(64 + i),

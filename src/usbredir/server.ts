@@ -59,6 +59,18 @@ import {
   type UrbStatus,
 } from "../urb/status.js";
 import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
+import {
+  endpointIsIn,
+  getConfigurationSetup,
+  getInterfaceSetup,
+  RequestTypeByte,
+  requestIsIn,
+  type SetupPacket,
+  StandardRequest,
+  setAddressSetup,
+  setConfigurationSetup,
+  setInterfaceSetup,
+} from "../usb/index.js";
 import { stderrLogger, type UsbipLogger } from "../usbip/log.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { allowedBy, buildAllowList } from "../util/ip-prefix.js";
@@ -545,7 +557,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       this.drop(s, `${redirTypeName(p.type)} id ${p.idHigh}:${p.idLow} is already in flight`);
       return null;
     }
-    const directionIn = (p.endpoint & 0x80) !== 0;
+    const directionIn = endpointIsIn(p.endpoint);
     const r = s.record();
     r.type = p.type;
     r.idLow = p.idLow;
@@ -590,8 +602,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       return `${p.length} bytes exceed the ${this.regionBytes}-byte buffer region`;
     if (p.type === RedirType.CONTROL_PACKET) {
       if ((p.endpoint & 0x7f) !== 0) return `control packet for endpoint ${hex(p.endpoint)}`;
-      if (((p.requestType & 0x80) !== 0) !== directionIn)
-        return "endpoint direction differs from bmRequestType";
+      if (requestIsIn(p.requestType) !== directionIn) return "endpoint direction differs from bmRequestType";
       return null;
     }
     const ep = this.model.endpoint(p.endpoint);
@@ -653,7 +664,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       case RedirType.GET_CONFIGURATION:
         this.serialize(s, async () => {
           // Asked of the device itself (GET_CONFIGURATION through the engine), as the VMM asked.
-          const got = s.announced ? await this.readByte(0x80, 8, 0) : null;
+          const got = s.announced ? await this.readByte(getConfigurationSetup()) : null;
           if (s.closed) return;
           const status = got === null ? RedirStatus.INVAL : redirStatusOf(got.status);
           const value = got?.value ?? this.model.configuration;
@@ -670,7 +681,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
         this.serialize(s, async () => {
           const known = this.model.alternates.has(itf);
           // GET_INTERFACE through the engine, for an interface of the active configuration.
-          const got = s.announced && known ? await this.readByte(0x81, 10, itf) : null;
+          const got = s.announced && known ? await this.readByte(getInterfaceSetup(itf)) : null;
           if (s.closed) return;
           const status = got === null ? RedirStatus.INVAL : redirStatusOf(got.status);
           s.send(encodeAltSettingStatus(n, id, status, itf, got?.value ?? 0xff));
@@ -689,7 +700,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       case RedirType.STOP_INTERRUPT_RECEIVING:
         stopInterrupt(this, s, p.endpoint);
         // As for start: QEMU's parser refuses an interrupt_receiving_status for an OUT endpoint.
-        if ((p.endpoint & 0x80) !== 0) {
+        if (endpointIsIn(p.endpoint)) {
           s.send(
             encodeStatusPair(n, RedirType.INTERRUPT_RECEIVING_STATUS, id, RedirStatus.SUCCESS, p.endpoint),
           );
@@ -717,7 +728,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
           s.fields(),
         );
         // QEMU's parser refuses a bulk_receiving_status for an OUT endpoint: answer IN ones only.
-        if ((p.endpoint & 0x80) !== 0) {
+        if (endpointIsIn(p.endpoint)) {
           s.send(encodeBulkReceivingStatus(n, id, p.streamId, p.endpoint, RedirStatus.INVAL));
         }
         return;
@@ -782,7 +793,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     }
     const first = this.model.description.configurations[0]?.value ?? 0;
     await this.resetAndAddress();
-    if (first !== 0) await this.standardRequest(0x00, 9, first, 0);
+    if (first !== 0) await this.standardRequest(setConfigurationSetup(first));
     this.model.configure(first);
     const n = s.negotiated!;
     s.send(encodeEpInfo(n, this.model.endpoints));
@@ -796,30 +807,14 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
   private async resetAndAddress(): Promise<void> {
     if (!this.hcd.portStatus(PORT).connected) throw new Error(`${this.name} is not connected`);
     await this.hcd.resetPort(PORT);
-    await this.guest.control(
-      PORT,
-      0 as DevAddr,
-      { bmRequestType: 0x00, bRequest: 5, wValue: ADDRESS, wIndex: 0, wLength: 0 },
-      undefined,
-      "SET_ADDRESS",
-    );
+    await this.guest.control(PORT, 0 as DevAddr, setAddressSetup(ADDRESS), undefined, "SET_ADDRESS");
   }
 
   /** A no-data standard request through the engine; resolves with its status. */
   /** A one-byte standard IN request (GET_CONFIGURATION, GET_INTERFACE) through the engine. */
-  private async readByte(
-    type: number,
-    request: number,
-    index: number,
-  ): Promise<{ status: UrbStatus; value: number }> {
+  private async readByte(setup: SetupPacket): Promise<{ status: UrbStatus; value: number }> {
     try {
-      const data = await this.guest.control(PORT, ADDRESS, {
-        bmRequestType: type,
-        bRequest: request,
-        wValue: 0,
-        wIndex: index,
-        wLength: 1,
-      });
+      const data = await this.guest.control(PORT, ADDRESS, setup);
       return data.length === 1 ? { status: OK, value: data[0]! } : { status: EPROTO, value: 0xff };
     } catch (err) {
       if (err instanceof GuestTransferError) return { status: err.status, value: 0xff };
@@ -827,19 +822,14 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     }
   }
 
-  private async standardRequest(
-    type: number,
-    request: number,
-    value: number,
-    index: number,
-  ): Promise<UrbStatus> {
+  private async standardRequest(setup: SetupPacket): Promise<UrbStatus> {
     const c = await this.hcd.submit({
       type: "control",
       port: PORT,
       device: ADDRESS,
       endpoint: 0 as EndpointNum,
       directionIn: false,
-      setup: { bmRequestType: type, bRequest: request, wValue: value, wIndex: index, wLength: 0 },
+      setup,
       buffer: [],
     });
     return c.status;
@@ -850,7 +840,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     let status: RedirStatus = RedirStatus.INVAL;
     if (s.announced && this.model.hasConfiguration(value)) {
       this.stopStreams(s);
-      status = redirStatusOf(await this.standardRequest(0x00, 9, value, 0));
+      status = redirStatusOf(await this.standardRequest(setConfigurationSetup(value)));
       if (s.closed) return;
       if (status === RedirStatus.SUCCESS) this.applyConfiguration(s, value);
     }
@@ -872,7 +862,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     let status: RedirStatus = RedirStatus.INVAL;
     if (s.announced && this.model.findInterface(itf, alt) !== undefined) {
       this.stopStreams(s);
-      status = redirStatusOf(await this.standardRequest(0x01, 11, alt, itf));
+      status = redirStatusOf(await this.standardRequest(setInterfaceSetup(itf, alt)));
       if (s.closed) return;
       if (status === RedirStatus.SUCCESS) this.applyAlternate(s, itf, alt);
     }
@@ -894,7 +884,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     try {
       await this.resetAndAddress();
       if (configuration !== 0) {
-        const status = await this.standardRequest(0x00, 9, configuration, 0);
+        const status = await this.standardRequest(setConfigurationSetup(configuration));
         if (status !== OK) throw new Error(`SET_CONFIGURATION(${configuration}) after reset: ${status}`);
       }
     } catch (err) {
@@ -963,7 +953,11 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       this.reply(s, r, r.verdict, 0);
       return;
     }
-    if (r.type === RedirType.CONTROL_PACKET && r.requestType === 0x00 && r.request === 5) {
+    if (
+      r.type === RedirType.CONTROL_PACKET &&
+      r.requestType === RequestTypeByte.DEVICE_OUT &&
+      r.request === StandardRequest.SET_ADDRESS
+    ) {
       // SET_ADDRESS: the VMM's own business (QEMU never forwards it); the device keeps ours.
       this.complete(s, r, { status: OK, actualLength: 0, startFrame: 0, errorCount: 0 });
       return;
@@ -994,8 +988,9 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
 
   /** A raw SET_CONFIGURATION or SET_INTERFACE in a control packet changed what ep_info says. */
   private noteStandardRequest(s: Session, r: RedirUrb): void {
-    if (r.requestType === 0x00 && r.request === 9) this.applyConfiguration(s, r.value & 0xff);
-    else if (r.requestType === 0x01 && r.request === 11)
+    if (r.requestType === RequestTypeByte.DEVICE_OUT && r.request === StandardRequest.SET_CONFIGURATION)
+      this.applyConfiguration(s, r.value & 0xff);
+    else if (r.requestType === RequestTypeByte.INTERFACE_OUT && r.request === StandardRequest.SET_INTERFACE)
       this.applyAlternate(s, r.index & 0xff, r.value & 0xff);
   }
 
@@ -1072,13 +1067,13 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
   private startInterrupt(s: Session, id: Id, endpoint: number): void {
     const n = s.negotiated!;
     const ep = this.model.endpoint(endpoint);
-    if (!s.announced || ep === undefined || ep.type !== RedirEpType.INTERRUPT || (endpoint & 0x80) === 0) {
+    if (!s.announced || ep === undefined || ep.type !== RedirEpType.INTERRUPT || !endpointIsIn(endpoint)) {
       this.log.warn(
         `${s.peer}: start_interrupt_receiving on ${hex(endpoint)}: not an interrupt IN endpoint`,
         s.fields(),
       );
       // The status needs an IN endpoint (QEMU's parser): an OUT one gets no answer, as it asked for nothing valid.
-      if ((endpoint & 0x80) !== 0) {
+      if (endpointIsIn(endpoint)) {
         s.send(encodeStatusPair(n, RedirType.INTERRUPT_RECEIVING_STATUS, id, RedirStatus.INVAL, endpoint));
       }
       return;

@@ -15,7 +15,8 @@ import type {
   UrbCallback,
   UrbCompletion,
 } from "../frontend/index.js";
-import type { DevAddr, EndpointNum, PortNum, SetupPacket } from "../urb/types.js";
+import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
+import { endpointNumberOf, type SetupPacket } from "../usb/index.js";
 import type { LogFields } from "../usbip/log.js";
 import { type Frame, type FrameCodec, type FrameHolder, FrameWriter } from "../util/frame-writer.js";
 import { hasCap, type Negotiated, RedirCap, type RedirPacket, RedirType } from "./protocol.js";
@@ -170,7 +171,7 @@ export class RedirUrb implements FrameHolder {
       u = this.interrupt;
     }
     u.device = device;
-    u.endpoint = (this.endpoint & 0x0f) as EndpointNum;
+    u.endpoint = endpointNumberOf(this.endpoint) as EndpointNum;
     u.directionIn = this.directionIn;
     u.buffer = this.length > 0 ? this.segments : NO_SEGMENTS;
     return u;

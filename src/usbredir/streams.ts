@@ -6,12 +6,14 @@
  * cannot be queued is dropped and counted). A stream stops on the guest's stop, on a configuration or
  * alternate change, on reset, or on a stall or lost device (then the guest gets the status).
  */
+
 import type { GuestOffset } from "../dma-map/types.js";
 import type { IsoPacketSpec, Urb, UrbCompletion, VirtualHostController } from "../frontend/index.js";
 import { isoDescriptorFrames } from "../frontend/validate.js";
 import type { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
 import { ENODEV, EPIPE, ESHUTDOWN, OK } from "../urb/status.js";
 import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
+import { endpointIsIn, endpointNumberOf } from "../usb/index.js";
 import type { FrameHolder } from "../util/frame-writer.js";
 import { encodeStatusPair, ID_ZERO, type RedirStatus, RedirType, RedirStatus as Status } from "./protocol.js";
 import type { Session } from "./session.js";
@@ -115,7 +117,7 @@ function pollInterrupt(ctx: StreamContext, s: Session, stream: InterruptStream):
     type: "interrupt",
     port: ctx.port,
     device: ctx.deviceAddress,
-    endpoint: (stream.endpoint & 0x0f) as EndpointNum,
+    endpoint: endpointNumberOf(stream.endpoint) as EndpointNum,
     directionIn: true,
     buffer: [range],
     interval: stream.interval,
@@ -171,7 +173,7 @@ export function startIso(
   stopIso(ctx, s, endpoint);
   const stream: IsoStream = {
     endpoint,
-    directionIn: (endpoint & 0x80) !== 0,
+    directionIn: endpointIsIn(endpoint),
     pktsPerUrb,
     noUrbs,
     maxPacketSize,
@@ -218,7 +220,7 @@ function submitIso(ctx: StreamContext, s: Session, stream: IsoStream, packets: U
     type: "isochronous",
     port: ctx.port,
     device: ctx.deviceAddress,
-    endpoint: (stream.endpoint & 0x0f) as EndpointNum,
+    endpoint: endpointNumberOf(stream.endpoint) as EndpointNum,
     directionIn: stream.directionIn,
     buffer: range === null ? [] : [range],
     interval: stream.interval,

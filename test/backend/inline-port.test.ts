@@ -7,12 +7,12 @@ import { InlinePort } from "../../src/backend/inline-port.js";
 import type { TransferDone, TransferRequest, UsbDevice } from "../../src/devices/device.js";
 import { PortService } from "../../src/port/port-service.js";
 import { PORT_RING_GEOMETRY, writePortSubmit } from "../../src/port/port-wire.js";
-import { UsbSpeed } from "../../src/rings/conn-ring.js";
 import { Doorbell } from "../../src/rings/doorbell.js";
 import { FrontRing } from "../../src/rings/front-ring.js";
 import { IdPool } from "../../src/rings/id-pool.js";
 import { createRingBuffer } from "../../src/rings/layout.js";
 import { OK } from "../../src/urb/status.js";
+import { UsbSpeed } from "../../src/usb/index.js";
 
 /** A device model with a bug: every submit throws. */
 function throwingDevice(submits: { count: number }): UsbDevice {

@@ -2,19 +2,18 @@
 import { describe, expect, it } from "vitest";
 import {
   buildDescriptors,
-  DescriptorType,
-  type DeviceSpec,
+  type DescriptorSpec,
   decodeStringDescriptor,
   hidDescriptor,
   stringDescriptor,
   walkDescriptors,
 } from "../../src/devices/emulated/descriptors.js";
-import { UsbSpeed } from "../../src/rings/conn-ring.js";
+import { DescriptorType, UsbSpeed } from "../../src/usb/index.js";
 import { InvalidOptionError } from "../../src/util/errors.js";
 
 const u16 = (b: Uint8Array, at: number) => b[at]! | (b[at + 1]! << 8);
 
-const spec: DeviceSpec = {
+const spec: DescriptorSpec = {
   deviceClass: 0,
   deviceSubClass: 0,
   deviceProtocol: 0,
@@ -120,12 +119,13 @@ describe("buildDescriptors", () => {
   });
 
   it("rejects impossible specs eagerly", () => {
-    const bad = (patch: Partial<DeviceSpec>) => () => buildDescriptors({ ...spec, ...patch }, UsbSpeed.HIGH);
+    const bad = (patch: Partial<DescriptorSpec>) => () =>
+      buildDescriptors({ ...spec, ...patch }, UsbSpeed.HIGH);
     expect(bad({ vendorId: 0x10000 })).toThrow(InvalidOptionError);
     expect(bad({ configurations: [] })).toThrow(InvalidOptionError);
     expect(() => stringDescriptor("x".repeat(200))).toThrow(InvalidOptionError);
     expect(() => buildDescriptors(spec, UsbSpeed.LOW)).toThrow(InvalidOptionError);
-    const badEp: DeviceSpec = {
+    const badEp: DescriptorSpec = {
       ...spec,
       configurations: [
         {

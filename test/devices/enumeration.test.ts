@@ -4,19 +4,15 @@
  */
 import { afterEach, describe, expect, it } from "vitest";
 import type { UsbDevice } from "../../src/devices/device.js";
-import {
-  DescriptorType,
-  decodeStringDescriptor,
-  walkDescriptors,
-} from "../../src/devices/emulated/descriptors.js";
+import { decodeStringDescriptor, walkDescriptors } from "../../src/devices/emulated/descriptors.js";
 import {
   createEmulatedDevice,
   EMULATED_DEVICES,
   type EmulatedDeviceName,
   isEmulatedDeviceName,
 } from "../../src/devices/emulated/index.js";
-import { UsbSpeed } from "../../src/rings/conn-ring.js";
 import { EPIPE, ESHUTDOWN, OK } from "../../src/urb/status.js";
+import { DescriptorType, UsbSpeed } from "../../src/usb/index.js";
 import { InvalidOptionError } from "../../src/util/errors.js";
 import { control, getDescriptor, setupPacket, u16 } from "./support.js";
 

@@ -1,6 +1,5 @@
 /** The HID boot keyboard driven through the UsbDevice interface. */
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { DescriptorType } from "../../src/devices/emulated/descriptors.js";
 import {
   BOOT_KEYBOARD_REPORT_DESCRIPTOR,
   HidProtocol,
@@ -11,8 +10,8 @@ import {
   Led,
   Modifier,
 } from "../../src/devices/emulated/keyboard.js";
-import { UsbSpeed } from "../../src/rings/conn-ring.js";
 import { ECONNRESET, EOVERFLOW, EPIPE, OK } from "../../src/urb/status.js";
+import { DescriptorType, UsbSpeed } from "../../src/usb/index.js";
 import { InvalidOptionError } from "../../src/util/errors.js";
 import { tick } from "../support/eventually.js";
 import { control, expectPending, getDescriptor, interrupt, setupPacket } from "./support.js";

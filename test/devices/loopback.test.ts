@@ -10,7 +10,6 @@ import {
   LoopbackDevice,
   LoopbackRequest,
 } from "../../src/devices/emulated/loopback.js";
-import { UsbSpeed } from "../../src/rings/conn-ring.js";
 import {
   ECONNRESET,
   EINVAL,
@@ -22,6 +21,7 @@ import {
   ESHUTDOWN,
   OK,
 } from "../../src/urb/status.js";
+import { UsbSpeed } from "../../src/usb/index.js";
 import { tick } from "../support/eventually.js";
 import { bulk, control, expectPending, interrupt, iso, setupPacket } from "./support.js";
 

@@ -20,8 +20,8 @@ import {
   STORAGE_BULK_OUT as OUT,
   ScsiOp,
 } from "../../src/devices/emulated/mass-storage/index.js";
-import { UsbSpeed } from "../../src/rings/conn-ring.js";
 import { ECONNRESET, EPIPE, ESHUTDOWN, OK } from "../../src/urb/status.js";
+import { UsbSpeed } from "../../src/usb/index.js";
 import { InvalidOptionError } from "../../src/util/errors.js";
 import { bulk, control, expectPending, setupPacket } from "./support.js";
 

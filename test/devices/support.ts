@@ -5,12 +5,11 @@
 import { expect } from "vitest";
 import type {
   IsoPacketRequest,
-  TransferKind,
   TransferRequest,
   TransferResult,
   UsbDevice,
 } from "../../src/devices/device.js";
-import type { SetupPacket } from "../../src/urb/types.js";
+import type { SetupPacket, TransferKind } from "../../src/usb/index.js";
 import { tick } from "../support/eventually.js";
 
 export interface Submitted {

@@ -6,7 +6,7 @@
 import { describe, expect, it } from "vitest";
 import { createControllerHandles } from "../../src/engine/handles.js";
 import { VirtualHostController } from "../../src/frontend/controller.js";
-import { UsbSpeed } from "../../src/rings/conn-ring.js";
+import { UsbSpeed } from "../../src/usb/index.js";
 import { FakeBackend } from "./fake-backend.js";
 
 describe("VirtualHostController construction", () => {

@@ -22,7 +22,7 @@ import { type DomId, domId } from "../../src/dma-map/types.js";
 import type { ControllerHandles } from "../../src/engine/handles.js";
 import { URB_RING_GEOMETRY } from "../../src/engine/handles.js";
 import { BackRing } from "../../src/rings/back-ring.js";
-import { ConnBack, type ConnEvent, UsbSpeed } from "../../src/rings/conn-ring.js";
+import { ConnBack, type ConnEvent } from "../../src/rings/conn-ring.js";
 import { Doorbell } from "../../src/rings/doorbell.js";
 import { kRspProd } from "../../src/rings/layout.js";
 import { encodeResponse } from "../../src/urb/codec.js";
@@ -40,6 +40,7 @@ import {
   type UrbStatus,
 } from "../../src/urb/status.js";
 import { type DataUrb, Direction, type Segment, type UrbId, type UrbRequest } from "../../src/urb/types.js";
+import { UsbSpeed } from "../../src/usb/index.js";
 
 export type FakeMode = "normal" | "silent" | "bogus-id" | "keep-grants" | "impossible-rsp-prod";
 
@@ -315,7 +316,7 @@ export class FakeBackend {
         this.finish(req, mapped, OK, n);
         return;
       }
-      case "iso": {
+      case "isochronous": {
         const { ref, offset } = req.frameDescriptors;
         const bytes = req.numberOfPackets * ISO_FRAME_DESCRIPTOR_SIZE;
         const descriptors = this.mapper.map(ref, this.domid, "write", offset, bytes);

@@ -8,9 +8,9 @@
 import { describe, expect, it } from "vitest";
 import { PortResetError } from "../../src/frontend/controller.js";
 import type { PortStatus, UrbCompletion } from "../../src/frontend/types.js";
-import { UsbSpeed } from "../../src/rings/conn-ring.js";
 import { RingFault } from "../../src/rings/faults.js";
 import { ENODEV, OK } from "../../src/urb/status.js";
+import { UsbSpeed } from "../../src/usb/index.js";
 import { port } from "../support/brands.js";
 import { bulk, enumerate, pump, rig, seg } from "./support.js";
 

@@ -7,8 +7,8 @@
 import { describe, expect, it } from "vitest";
 import { GrantFault } from "../../src/dma-map/grant-fault.js";
 import type { Urb, UrbCompletion } from "../../src/frontend/types.js";
-import { UsbSpeed } from "../../src/rings/conn-ring.js";
 import { EINVAL, EMSGSIZE, ENODEV, EPIPE, EPROTO, OK } from "../../src/urb/status.js";
+import { UsbSpeed } from "../../src/usb/index.js";
 import { addr, port } from "../support/brands.js";
 import { DEVICE_DESCRIPTOR } from "./fake-backend.js";
 import { bulk, enumerate, ep, FRAME, guest, pump, rig, seg } from "./support.js";

@@ -46,7 +46,6 @@ import {
   createControllerHandles,
   URB_RING_GEOMETRY,
 } from "../../src/engine/handles.js";
-import { isPortReset, isSetAddress } from "../../src/port/intercept.js";
 import { RingFault } from "../../src/rings/faults.js";
 import { FrontRing } from "../../src/rings/front-ring.js";
 import { kReqProd } from "../../src/rings/layout.js";
@@ -64,6 +63,7 @@ import {
   type UrbId,
   type UrbRequest,
 } from "../../src/urb/types.js";
+import { isPortReset, isSetAddress } from "../../src/usb/index.js";
 import { type Bystander, startBystander } from "./bystander.js";
 import { fuzzFor } from "./time-box.js";
 
@@ -489,7 +489,7 @@ function buildUrb(spec: UrbSpec, grants: readonly GoodGrant[], recent: readonly 
       }
       guestWrite(grants, spec.iso.ref, spec.iso.offset, descs);
       return {
-        kind: "iso",
+        kind: "isochronous",
         ...data,
         isoAsap: spec.iso.asap,
         interval: Math.max(0, spec.interval),

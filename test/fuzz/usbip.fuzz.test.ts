@@ -17,6 +17,7 @@ import { type Socket, connect as tcpConnect } from "node:net";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ECONNRESET } from "../../src/urb/status.js";
+import { encodeSetup } from "../../src/usb/index.js";
 import type { UsbipClient } from "../../src/usbip/client.js";
 import {
   ByteQueue,
@@ -24,7 +25,6 @@ import {
   encodeCmdSubmit,
   encodeCmdUnlink,
   encodeImportRequest,
-  encodeSetup,
   readClientPdu,
   readOpReply,
   readServerPdu,

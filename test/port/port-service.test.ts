@@ -19,12 +19,12 @@ import {
   writePortSegment,
   writePortSubmit,
 } from "../../src/port/port-wire.js";
-import { UsbSpeed } from "../../src/rings/conn-ring.js";
 import { Doorbell } from "../../src/rings/doorbell.js";
 import { FrontRing } from "../../src/rings/front-ring.js";
 import { createRingBuffer } from "../../src/rings/layout.js";
 import { readS32, readU32 } from "../../src/urb/bytes.js";
 import { ECONNRESET, EINVAL, ENOENT, OK } from "../../src/urb/status.js";
+import { UsbSpeed } from "../../src/usb/index.js";
 import { pattern } from "../support/data.js";
 
 const BULK = 3;

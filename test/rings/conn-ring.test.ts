@@ -1,8 +1,9 @@
 /** The conn ring: port events from backend to frontend, checked on arrival. */
 import { describe, expect, it } from "vitest";
-import { ConnBack, ConnFront, createConnRingBuffer, UsbSpeed } from "../../src/rings/conn-ring.js";
+import { ConnBack, ConnFront, createConnRingBuffer } from "../../src/rings/conn-ring.js";
 import { RingFault } from "../../src/rings/faults.js";
 import { HEADER_BYTES } from "../../src/rings/layout.js";
+import { UsbSpeed } from "../../src/usb/index.js";
 
 describe("conn ring", () => {
   it("delivers connect and disconnect events in order and re-posts the ids", () => {

@@ -292,7 +292,7 @@ export function arbIsoUrb(choice: BufferChoice = "any"): fc.Arbitrary<IsoUrb> {
     .chain((r) =>
       fc.integer({ min: 0, max: 2 ** 32 - r.numberOfPackets * 16 }).map(
         (descOffset): IsoUrb => ({
-          kind: "iso",
+          kind: "isochronous",
           ...r.target,
           endpoint: r.endpoint,
           direction: r.direction,
@@ -367,7 +367,7 @@ const none = () => fc.constant(undefined);
 
 /** Octets of a valid data request's slot that must be zero: union padding and unused segment slots. */
 export function reservedOctets(req: DataUrb): number[] {
-  const unionEnd = { control: 24, interrupt: 20, iso: 32, bulk: kReqUnion }[req.kind];
+  const unionEnd = { control: 24, interrupt: 20, isochronous: 32, bulk: kReqUnion }[req.kind];
   const slotsUsed =
     req.buffer.kind === "inline" ? req.buffer.segments.length : req.buffer.kind === "indirect" ? 1 : 0;
   const octets: number[] = [];
@@ -379,8 +379,8 @@ export function reservedOctets(req: DataUrb): number[] {
 /** A flag the gate must refuse for this kind and direction. */
 function invalidFlagsFor(req: DataUrb): number[] {
   const flags: number[] = [];
-  if (req.kind !== "iso") flags.push(FLAG_ISO_ASAP);
-  if (req.kind === "control" || req.kind === "iso" || req.direction === Direction.In)
+  if (req.kind !== "isochronous") flags.push(FLAG_ISO_ASAP);
+  if (req.kind === "control" || req.kind === "isochronous" || req.direction === Direction.In)
     flags.push(FLAG_ZERO_PACKET);
   return flags;
 }

@@ -1,9 +1,9 @@
 /** Shared set-up of the USB/IP tests: a server on 127.0.0.1 with an ephemeral port, clients, a minimal USB core. */
 import type { DeviceSpec } from "../../src/devices/spec.js";
 import { parseConfiguration } from "../../src/guest/guest-driver.js";
+import { encodeSetup, type SetupPacket } from "../../src/usb/index.js";
 import { type SubmitResult, UsbipClient } from "../../src/usbip/client.js";
 import { CollectingLogger } from "../../src/usbip/log.js";
-import { encodeSetup, type SetupFields } from "../../src/usbip/protocol.js";
 import { UsbipServer, type UsbipServerOptions } from "../../src/usbip/server.js";
 
 export const DEFAULT_DEVICES: DeviceSpec[] = [
@@ -57,7 +57,7 @@ export async function startServer(options: Partial<UsbipServerOptions> = {}): Pr
 
 export async function control(
   client: UsbipClient,
-  setup: SetupFields,
+  setup: SetupPacket,
   data?: Uint8Array,
 ): Promise<SubmitResult> {
   const directionIn = (setup.bmRequestType & 0x80) !== 0;
@@ -71,7 +71,7 @@ export async function control(
 
 export async function checkedControl(
   client: UsbipClient,
-  setup: SetupFields,
+  setup: SetupPacket,
   data?: Uint8Array,
 ): Promise<Uint8Array> {
   const r = await control(client, setup, data);

@@ -6,8 +6,8 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { MAX_BUFFER_LENGTH, MAX_ISO_PACKETS } from "../../src/urb/limits.js";
+import { decodeSetup } from "../../src/usb/index.js";
 import {
-  decodeSetup,
   encodeCmdSubmit,
   encodeCmdUnlink,
   encodeDevlistRequest,

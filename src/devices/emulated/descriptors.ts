@@ -3,7 +3,7 @@
  * §9.6.2, configuration §9.6.3, other_speed_configuration §9.6.4, interface §9.6.5, endpoint §9.6.6,
  * string §9.6.7; HID 1.11 §6.2.1 for the HID class descriptor).
  *
- * A device is described once, speed-independently (`DeviceSpec`); `buildDescriptors(spec, speed)` turns
+ * A device is described once, speed-independently (`DescriptorSpec`); `buildDescriptors(spec, speed)` turns
  * it into the exact bytes a host reads at that speed (endpoint packet sizes and bInterval encodings
  * differ between full and high speed), computes wTotalLength / bNumInterfaces / bNumEndpoints, assigns
  * string indices, and builds the device_qualifier and other_speed_configuration descriptors a dual-speed
@@ -12,27 +12,19 @@
  *
  * Every spec value is checked when the descriptors are built (InvalidOptionError), never at request time.
  */
-import { UsbSpeed } from "../../rings/conn-ring.js";
+import {
+  CONFIGURATION_DESCRIPTOR_LENGTH,
+  DEVICE_DESCRIPTOR_LENGTH,
+  DEVICE_QUALIFIER_LENGTH,
+  DescriptorType,
+  ENDPOINT_DESCRIPTOR_LENGTH,
+  ENDPOINT_DIR_IN,
+  ENDPOINT_NUMBER_MASK,
+  INTERFACE_DESCRIPTOR_LENGTH,
+  UsbSpeed,
+} from "../../usb/index.js";
 import { InvalidOptionError } from "../../util/errors.js";
 
-/** bDescriptorType values (USB 2.0 Table 9-5, HID 1.11 §7.1). */
-export const DescriptorType = {
-  DEVICE: 0x01,
-  CONFIGURATION: 0x02,
-  STRING: 0x03,
-  INTERFACE: 0x04,
-  ENDPOINT: 0x05,
-  DEVICE_QUALIFIER: 0x06,
-  OTHER_SPEED_CONFIGURATION: 0x07,
-  HID: 0x21,
-  HID_REPORT: 0x22,
-} as const;
-
-export const DEVICE_DESCRIPTOR_LENGTH = 18;
-export const DEVICE_QUALIFIER_LENGTH = 10;
-export const CONFIGURATION_DESCRIPTOR_LENGTH = 9;
-export const INTERFACE_DESCRIPTOR_LENGTH = 9;
-export const ENDPOINT_DESCRIPTOR_LENGTH = 7;
 export const HID_DESCRIPTOR_LENGTH = 9;
 /** A descriptor's bLength is one byte. */
 export const MAX_DESCRIPTOR_LENGTH = 255;
@@ -45,9 +37,6 @@ export const BCD_USB_2_0 = 0x0200;
 export const LANGID_EN_US = 0x0409;
 /** bMaxPacketSize0: 64 is valid at full and high speed (§9.6.1; high speed requires 64). */
 export const EP0_MAX_PACKET_SIZE = 64;
-/** bEndpointAddress bit 7: IN (device to host). */
-export const ENDPOINT_DIR_IN = 0x80;
-export const ENDPOINT_NUMBER_MASK = 0x0f;
 
 /** bmAttributes of a configuration (§9.6.3): bit 7 is reserved and must be set. */
 const CONFIG_ATTR_RESERVED_ONE = 0x80;
@@ -117,7 +106,11 @@ export interface ConfigurationSpec {
   readonly interfaces: readonly InterfaceSpec[];
 }
 
-export interface DeviceSpec {
+/**
+ * What an emulated device is, to build its descriptors from: classes, ids, strings, configurations. Not
+ * `DeviceSpec` (src/devices/spec.ts), which says which device to put on a port.
+ */
+export interface DescriptorSpec {
   readonly deviceClass: number;
   readonly deviceSubClass: number;
   readonly deviceProtocol: number;
@@ -442,7 +435,7 @@ function buildConfiguration(
 }
 
 /** Build every descriptor of `spec` as the device presents itself at `speed` (FULL or HIGH). */
-export function buildDescriptors(spec: DeviceSpec, speed: UsbSpeed): DeviceDescriptors {
+export function buildDescriptors(spec: DescriptorSpec, speed: UsbSpeed): DeviceDescriptors {
   if (speed !== UsbSpeed.FULL && speed !== UsbSpeed.HIGH) fail(`speed ${speed}: only full and high speed`);
   if (spec.configurations.length === 0) fail("a device needs at least one configuration");
   const values = new Set(spec.configurations.map((c) => c.configurationValue));

@@ -13,7 +13,7 @@
  *   changes (configuration, alternate setting, reset, close) flush in-flight transfers with -ESHUTDOWN as
  *   Linux usb_hcd_flush_endpoint does; a halted endpoint fails transfers with -EPIPE until clearHalt.
  */
-import type { UsbSpeed } from "../../rings/conn-ring.js";
+
 import {
   ECONNRESET,
   EINVAL,
@@ -24,7 +24,28 @@ import {
   OK,
   type UrbStatus,
 } from "../../urb/status.js";
-import type { SetupPacket } from "../../urb/types.js";
+import {
+  DescriptorType,
+  ENDPOINT_DIR_IN,
+  ENDPOINT_NUMBER_MASK,
+  endpointAddress,
+  Feature,
+  RECIPIENT_DEVICE,
+  RECIPIENT_ENDPOINT,
+  RECIPIENT_INTERFACE,
+  RECIPIENT_MASK,
+  REQUEST_DIR_IN,
+  REQUEST_TYPE_CLASS,
+  REQUEST_TYPE_MASK,
+  REQUEST_TYPE_STANDARD,
+  REQUEST_TYPE_VENDOR,
+  type SetupPacket,
+  STATUS_HALTED,
+  STATUS_LENGTH,
+  STATUS_SELF_POWERED,
+  StandardRequest,
+  type UsbSpeed,
+} from "../../usb/index.js";
 import { registerErrorClass, UsbvirtError } from "../../util/errors.js";
 import {
   type DeviceInfo,
@@ -38,11 +59,8 @@ import {
 import {
   buildDescriptors,
   type ConfigurationLayout,
-  DescriptorType,
+  type DescriptorSpec,
   type DeviceDescriptors,
-  type DeviceSpec,
-  ENDPOINT_DIR_IN,
-  ENDPOINT_NUMBER_MASK,
   type EndpointLayout,
 } from "./descriptors.js";
 
@@ -54,41 +72,6 @@ export class DeviceClosedError extends UsbvirtError {
   }
 }
 registerErrorClass(DeviceClosedError);
-
-/** bmRequestType fields (§9.3.1). */
-export const REQUEST_DIR_IN = 0x80;
-export const REQUEST_TYPE_MASK = 0x60;
-export const REQUEST_TYPE_STANDARD = 0x00;
-export const REQUEST_TYPE_CLASS = 0x20;
-export const REQUEST_TYPE_VENDOR = 0x40;
-export const RECIPIENT_MASK = 0x1f;
-export const RECIPIENT_DEVICE = 0;
-export const RECIPIENT_INTERFACE = 1;
-export const RECIPIENT_ENDPOINT = 2;
-
-/** Standard request codes (USB 2.0 Table 9-4). */
-export const StandardRequest = {
-  GET_STATUS: 0x00,
-  CLEAR_FEATURE: 0x01,
-  SET_FEATURE: 0x03,
-  SET_ADDRESS: 0x05,
-  GET_DESCRIPTOR: 0x06,
-  SET_DESCRIPTOR: 0x07,
-  GET_CONFIGURATION: 0x08,
-  SET_CONFIGURATION: 0x09,
-  GET_INTERFACE: 0x0a,
-  SET_INTERFACE: 0x0b,
-  SYNCH_FRAME: 0x0c,
-} as const;
-
-/** Feature selectors (Table 9-6). */
-const FEATURE_ENDPOINT_HALT = 0;
-const FEATURE_DEVICE_REMOTE_WAKEUP = 1;
-
-/** GET_STATUS(device) bits (Figure 9-4) and GET_STATUS(endpoint) halt bit (Figure 9-6). */
-const STATUS_SELF_POWERED = 0x01;
-const STATUS_HALTED = 0x01;
-const STATUS_LENGTH = 2;
 
 /** USB frame numbers are 11 bits (§8.4.3.1). */
 const FRAME_NUMBER_MASK = 0x7ff;
@@ -105,7 +88,7 @@ export type ControlReply = Uint8Array | UrbStatus;
 /** The address a transfer targets: endpoint number with bit 7 set for IN; 0 for control. */
 export function endpointAddressOf(request: TransferRequest): number {
   if (request.kind === "control") return 0;
-  return (request.endpoint & ENDPOINT_NUMBER_MASK) | (request.directionIn ? ENDPOINT_DIR_IN : 0);
+  return endpointAddress(request.endpoint, request.directionIn);
 }
 
 /**
@@ -348,7 +331,7 @@ export abstract class EmulatedDevice implements UsbDevice {
   /** Resolves close() once the last in-flight transfer's done has run. */
   private drained: (() => void) | null = null;
 
-  protected constructor(spec: DeviceSpec, options: EmulatedDeviceOptions) {
+  protected constructor(spec: DescriptorSpec, options: EmulatedDeviceOptions) {
     this.descriptors = buildDescriptors(spec, options.speed);
     this.info = Object.freeze({
       speed: options.speed,
@@ -672,8 +655,8 @@ export abstract class EmulatedDevice implements UsbDevice {
 
   private feature(setup: SetupPacket, set: boolean): ControlReply {
     const recipient = setup.bmRequestType & RECIPIENT_MASK;
-    if (recipient === RECIPIENT_DEVICE && setup.wValue === FEATURE_DEVICE_REMOTE_WAKEUP) return OK;
-    if (recipient !== RECIPIENT_ENDPOINT || setup.wValue !== FEATURE_ENDPOINT_HALT) return EPIPE;
+    if (recipient === RECIPIENT_DEVICE && setup.wValue === Feature.DEVICE_REMOTE_WAKEUP) return OK;
+    if (recipient !== RECIPIENT_ENDPOINT || setup.wValue !== Feature.ENDPOINT_HALT) return EPIPE;
     const address = setup.wIndex & (ENDPOINT_DIR_IN | ENDPOINT_NUMBER_MASK);
     if (!set) return this.clearHaltNow(address);
     if ((address & ENDPOINT_NUMBER_MASK) === 0) return OK;

@@ -56,7 +56,7 @@ export function createEmulatedDevice<N extends EmulatedDeviceName>(
   }
 }
 
-export { buildDescriptors, DescriptorType, type DeviceSpec, walkDescriptors } from "./descriptors.js";
+export { buildDescriptors, type DescriptorSpec, walkDescriptors } from "./descriptors.js";
 export { EmulatedDevice, PendingTransfer } from "./emulated-device.js";
 export { KeyboardDevice, type KeyboardOptions, type LedState, Modifier } from "./keyboard.js";
 export { LoopbackDevice, type LoopbackOptions, type LoopbackStats } from "./loopback.js";

@@ -16,22 +16,21 @@
  * recommends for keyboards) the current report is repeated once the idle period passes without a change.
  * Linux usbhid sets the idle rate to 0 (never repeat).
  */
-import { UsbSpeed } from "../../rings/conn-ring.js";
+
 import { EOVERFLOW, EPIPE, OK } from "../../urb/status.js";
-import type { SetupPacket } from "../../urb/types.js";
-import { InvalidOptionError } from "../../util/errors.js";
-import { DescriptorType, type DeviceSpec, type EndpointLayout, hidDescriptor } from "./descriptors.js";
 import {
-  type ControlReply,
-  EmulatedDevice,
-  type PendingTransfer,
+  DescriptorType,
   RECIPIENT_INTERFACE,
   RECIPIENT_MASK,
   REQUEST_DIR_IN,
   REQUEST_TYPE_CLASS,
   REQUEST_TYPE_MASK,
-  TransferQueue,
-} from "./emulated-device.js";
+  type SetupPacket,
+  UsbSpeed,
+} from "../../usb/index.js";
+import { InvalidOptionError } from "../../util/errors.js";
+import { type DescriptorSpec, type EndpointLayout, hidDescriptor } from "./descriptors.js";
+import { type ControlReply, EmulatedDevice, type PendingTransfer, TransferQueue } from "./emulated-device.js";
 import {
   EMULATED_BCD_DEVICE,
   EMULATED_MANUFACTURER,
@@ -178,7 +177,7 @@ export interface LedState {
   readonly kana: boolean;
 }
 
-function keyboardSpec(speed: UsbSpeed, serialNumber: string): DeviceSpec {
+function keyboardSpec(speed: UsbSpeed, serialNumber: string): DescriptorSpec {
   return {
     deviceClass: 0,
     deviceSubClass: 0,

@@ -30,31 +30,24 @@
  * IN buffer whose length is not a multiple of wMaxPacketSize, the last packet overflows it: -EOVERFLOW with
  * the bytes that fit (USB 2.0 §8.5.1 / Linux error-codes.rst "babble").
  */
-import { UsbSpeed } from "../../rings/conn-ring.js";
+
 import { MAX_BUFFER_LENGTH } from "../../urb/limits.js";
 import { EMSGSIZE, EOVERFLOW, EPIPE, EPROTO, OK, type UrbStatus } from "../../urb/status.js";
-import type { SetupPacket } from "../../urb/types.js";
-import { InvalidOptionError } from "../../util/errors.js";
-import { type IsoPacketResult, NO_DATA } from "../device.js";
 import {
-  type AlternateSettingSpec,
-  type DeviceSpec,
   ENDPOINT_DIR_IN,
   ENDPOINT_NUMBER_MASK,
-  type EndpointLayout,
-  type EndpointSpec,
-} from "./descriptors.js";
-import {
-  type ControlReply,
-  EmulatedDevice,
-  type PendingTransfer,
   RECIPIENT_DEVICE,
   RECIPIENT_MASK,
   REQUEST_DIR_IN,
   REQUEST_TYPE_MASK,
   REQUEST_TYPE_VENDOR,
-  TransferQueue,
-} from "./emulated-device.js";
+  type SetupPacket,
+  UsbSpeed,
+} from "../../usb/index.js";
+import { InvalidOptionError } from "../../util/errors.js";
+import { type IsoPacketResult, NO_DATA } from "../device.js";
+import type { AlternateSettingSpec, DescriptorSpec, EndpointLayout, EndpointSpec } from "./descriptors.js";
+import { type ControlReply, EmulatedDevice, type PendingTransfer, TransferQueue } from "./emulated-device.js";
 import {
   EMULATED_BCD_DEVICE,
   EMULATED_MANUFACTURER,
@@ -131,7 +124,7 @@ export function findPatternError(bytes: Uint8Array): number {
   return -1;
 }
 
-function loopbackSpec(serialNumber: string): DeviceSpec {
+function loopbackSpec(serialNumber: string): DescriptorSpec {
   const base: EndpointSpec[] = [
     { address: LoopbackEndpoint.BULK_OUT, type: "bulk" },
     { address: LoopbackEndpoint.BULK_IN, type: "bulk" },

@@ -6,7 +6,7 @@
  * `usbvirt list`, the selectors and the hotplug watcher.
  */
 import { readFileSync } from "node:fs";
-import { UsbSpeed } from "../../rings/conn-ring.js";
+import { encodeSetupInto, endpointAddress, getStringSetup, UsbSpeed } from "../../usb/index.js";
 import { type LibusbDevice, LibusbTransferStatus, LibusbTransferType, loadLibusb } from "./libusb.js";
 
 export { LibusbUnavailableError } from "./libusb.js";
@@ -111,13 +111,9 @@ export function readString(d: LibusbDevice, index: number, timeoutMs: number): P
   if (index === 0) return Promise.resolve(undefined);
   return new Promise((resolve) => {
     const buf = Buffer.alloc(8 + 255);
-    buf.writeUInt8(0x80, 0);
-    buf.writeUInt8(6, 1);
-    buf.writeUInt16LE((3 << 8) | index, 2);
-    buf.writeUInt16LE(0x0409, 4);
-    buf.writeUInt16LE(255, 6);
+    encodeSetupInto(getStringSetup(index, 255), buf, 0);
     let timer: NodeJS.Timeout | undefined;
-    const h = d.submit(0x80, LibusbTransferType.CONTROL, buf, (status, actual) => {
+    const h = d.submit(endpointAddress(0, true), LibusbTransferType.CONTROL, buf, (status, actual) => {
       clearTimeout(timer);
       if (status !== LibusbTransferStatus.COMPLETED || actual < 2) resolve(undefined);
       else resolve(buf.toString("utf16le", 10, 8 + Math.min(actual, buf[8]!)));

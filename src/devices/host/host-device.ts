@@ -50,6 +50,7 @@
  */
 
 import { ECONNRESET, ENODEV, EREMOTEIO, ESHUTDOWN, OK, type UrbStatus } from "../../urb/status.js";
+import { endpointAddress } from "../../usb/index.js";
 import { registerErrorClass, UsbvirtError } from "../../util/errors.js";
 import type {
   DeviceInfo,
@@ -301,8 +302,8 @@ export class HostUsbDevice implements UsbDevice {
       setImmediate(() => done({ status, actualLength: 0 }));
       return handle;
     }
-    const endpointAddress = request.endpoint | (request.directionIn ? 0x80 : 0);
-    if (this.usbfs !== null && request.kind !== "control" && this.usbfsEndpoints.has(endpointAddress)) {
+    const endpointAddr = endpointAddress(request.endpoint, request.directionIn);
+    if (this.usbfs !== null && request.kind !== "control" && this.usbfsEndpoints.has(endpointAddr)) {
       this.touched = true;
       this.usbfs.submit(handle, request, done);
       return handle;
@@ -341,7 +342,7 @@ export class HostUsbDevice implements UsbDevice {
     }
     const entry: InFlight = { request, done, bounce, native: null, cancelledBy: null };
     const native = this.dev!.submit(
-      request.kind === "control" ? 0 : endpointAddress,
+      request.kind === "control" ? 0 : endpointAddr,
       TYPE_BY_KIND[request.kind],
       buffer,
       (status, actual) => this.finish(handle, status, actual),

@@ -22,20 +22,23 @@
  * Transfer lengths come from the untrusted CBW; they are only compared with counters and never size an
  * allocation; READ/WRITE data moves directly between the guest buffer view and the store.
  */
-import { UsbSpeed } from "../../../rings/conn-ring.js";
+
 import { EOVERFLOW, EPIPE, OK } from "../../../urb/status.js";
-import type { SetupPacket } from "../../../urb/types.js";
-import { InvalidOptionError } from "../../../util/errors.js";
-import { type DeviceSpec, type EndpointLayout, MAX_STRING_CODE_UNITS } from "../descriptors.js";
 import {
-  type ControlReply,
-  EmulatedDevice,
-  type PendingTransfer,
   RECIPIENT_INTERFACE,
   RECIPIENT_MASK,
   REQUEST_DIR_IN,
   REQUEST_TYPE_CLASS,
   REQUEST_TYPE_MASK,
+  type SetupPacket,
+  UsbSpeed,
+} from "../../../usb/index.js";
+import { InvalidOptionError } from "../../../util/errors.js";
+import { type DescriptorSpec, type EndpointLayout, MAX_STRING_CODE_UNITS } from "../descriptors.js";
+import {
+  type ControlReply,
+  EmulatedDevice,
+  type PendingTransfer,
   TransferQueue,
 } from "../emulated-device.js";
 import {
@@ -112,7 +115,7 @@ interface Command {
 
 type Phase = "cbw" | "data" | "csw" | "busy" | "needs-reset";
 
-function storageSpec(serialNumber: string): DeviceSpec {
+function storageSpec(serialNumber: string): DescriptorSpec {
   return {
     deviceClass: 0,
     deviceSubClass: 0,
