@@ -28,22 +28,22 @@ import { urbPipeline } from "./urb-pipeline.js";
 
 const PORT = 1 as PortNum;
 const ADDRESS = 2 as DevAddr;
-const BATCH = 4096;
-const BATCH1 = 512;
-const DEPTH = 64;
-const KIB64 = 64 * 1024;
+export const BATCH = 4096;
+export const BATCH1 = 512;
+export const DEPTH = 64;
+export const KIB64 = 64 * 1024;
 const MIB1 = 1024 * 1024;
-const PAIRS_64K = 8;
+export const PAIRS_64K = 8;
 const PAIRS_1M = 2;
 /** Transfers per URB slot in one measured op: 4 MiB (64 KiB) and 8 MiB (1 MiB) each way per op. */
-const ROUNDS_64K = 8;
+export const ROUNDS_64K = 8;
 const ROUNDS_1M = 4;
-const BYTES_64K = PAIRS_64K * ROUNDS_64K * KIB64;
+export const BYTES_64K = PAIRS_64K * ROUNDS_64K * KIB64;
 const BYTES_1M = PAIRS_1M * ROUNDS_1M * MIB1;
 
 const RESET_STATS = { bmRequestType: 0x40, bRequest: 0x05, wValue: 0, wIndex: 0, wLength: 0 } as const;
 
-const nullUrb: Urb = {
+export const nullUrb: Urb = {
   type: "control",
   port: PORT,
   device: ADDRESS,
@@ -53,12 +53,12 @@ const nullUrb: Urb = {
 };
 
 /** Complete `total` copies of `urb` keeping `depth` in flight. */
-function pipeline(conn: Connection, urb: Urb, total: number, depth: number): Promise<void> {
+export function pipeline(conn: Connection, urb: Urb, total: number, depth: number): Promise<void> {
   return urbPipeline(conn.frontend!, () => ({ ...urb }), total, depth);
 }
 
 /** The same pipeline through a peer design. */
-function peerPipeline(peer: PeerTransport, total: number, depth: number): Promise<void> {
+export function peerPipeline(peer: PeerTransport, total: number, depth: number): Promise<void> {
   let nextId = 0;
   const urb = (): PeerUrb => ({
     id: nextId++,
@@ -85,33 +85,33 @@ function peerPipeline(peer: PeerTransport, total: number, depth: number): Promis
   });
 }
 
-interface BulkBuffers {
+export interface BulkBuffers {
   readonly outs: Uint8Array[];
   readonly ins: Uint8Array[];
   readonly size: number;
 }
 
 /** An engine under test: one connection with a loopback on port 1, its device placed as the variant says. */
-interface Engine {
+export interface Engine {
   readonly label: string;
   readonly conn: Connection;
   readonly r64: { outs: GuestRange[]; ins: GuestRange[] };
   readonly r1m: { outs: GuestRange[]; ins: GuestRange[] };
 }
 
-type GuestRange = ReturnType<GuestUsbDriver["buffers"]["allocatePages"]>;
+export type GuestRange = ReturnType<GuestUsbDriver["buffers"]["allocatePages"]>;
 
 /**
  * The engine's variants, side by side: the emulated device on the backend's
  * own thread (the default: two threads on the data path) and on a port
  * worker of its own (three threads, the isolation host devices always have).
  */
-const ENGINE_VARIANTS = [
+export const ENGINE_VARIANTS = [
   { label: "usbvirt", tag: "", placement: "backend" },
   { label: "usbvirt/port-worker", tag: ".portworker", placement: "worker" },
 ] as const;
 
-async function startEngine(variant: (typeof ENGINE_VARIANTS)[number]): Promise<Engine> {
+export async function startEngine(variant: (typeof ENGINE_VARIANTS)[number]): Promise<Engine> {
   const conn = await Connection.create({ ports: 2, memory: 8192 });
   const guest = new GuestUsbDriver(conn.frontend!, conn.handles);
   await conn.attach(1, { kind: "emulated", name: "loopback", placement: variant.placement });
@@ -126,77 +126,88 @@ async function startEngine(variant: (typeof ENGINE_VARIANTS)[number]): Promise<E
   return { label: variant.label, conn, r64, r1m };
 }
 
+/** The peers' guest memory is ordinary memory: a design built on messages has no shared buffers. */
+export function privateBuffers(size: number, pairs: number): BulkBuffers {
+  return {
+    outs: Array.from({ length: pairs }, (_, i) => new Uint8Array(size).fill(i + 1)),
+    ins: Array.from({ length: pairs }, () => new Uint8Array(size)),
+    size,
+  };
+}
+
+const bulk = { type: "bulk", port: PORT, device: ADDRESS, endpoint: 1 as EndpointNum } as const;
+
+/**
+ * Bulk streaming: `pairs` OUT and `pairs` IN URBs stay in flight, each
+ * resubmitted as it completes, until every one has moved `rounds`
+ * transfers. Each IN gets what the OUTs before it put in the device's FIFO.
+ */
+export function engineBulkStream(
+  conn: Connection,
+  r: { outs: GuestRange[]; ins: GuestRange[] },
+  size: number,
+  rounds: number,
+): Promise<void> {
+  const hcd = conn.frontend!;
+  return new Promise<void>((resolve, reject) => {
+    let live = 0;
+    const slot = (urb: Urb): void => {
+      let left = rounds;
+      live++;
+      const onDone = (c: UrbCompletion): void => {
+        if (c.status !== OK || c.actualLength !== size) {
+          reject(new Error(`bulk URB ended ${c.status}/${c.actualLength}`));
+          return;
+        }
+        if (--left > 0) hcd.submitWithCallback(urb, onDone);
+        else if (--live === 0) resolve();
+      };
+      hcd.submitWithCallback(urb, onDone);
+    };
+    for (let i = 0; i < r.outs.length; i++) {
+      slot({ ...bulk, directionIn: false, buffer: [r.outs[i]!] });
+      slot({ ...bulk, directionIn: true, buffer: [r.ins[i]!] });
+    }
+  });
+}
+
+/** The same stream through a peer: OUT data travels in the message, IN data is copied into guest memory. */
+export function peerBulkStream(peer: PeerTransport, b: BulkBuffers, rounds: number): Promise<void> {
+  let nextId = 0;
+  const common = { port: 1, kind: "bulk", endpoint: 1, setup: null, length: b.size } as const;
+  const slot = async (i: number, directionIn: boolean): Promise<void> => {
+    for (let n = 0; n < rounds; n++) {
+      const r = await peer.submit({
+        ...common,
+        id: nextId++,
+        directionIn,
+        data: directionIn ? null : b.outs[i]!,
+      });
+      if (r.status !== OK || r.actualLength !== b.size || (directionIn && r.data === null))
+        throw new Error(`${peer.design} bulk ${directionIn ? "IN" : "OUT"} failed: ${r.status}`);
+      if (r.data !== null) b.ins[i]!.set(r.data); // into guest memory, where the engine's device wrote directly
+    }
+  };
+  const all: Promise<void>[] = [];
+  for (let i = 0; i < b.outs.length; i++) all.push(slot(i, false), slot(i, true));
+  return Promise.all(all).then(() => undefined);
+}
+
 export const e2eSuite = {
   name: "e2e",
   async run(opts: SuiteOptions): Promise<Result[]> {
-    // The peers' guest memory is ordinary memory: a design built on messages has no shared buffers.
-    const privateBuffers = (size: number, pairs: number): BulkBuffers => ({
-      outs: Array.from({ length: pairs }, (_, i) => new Uint8Array(size).fill(i + 1)),
-      ins: Array.from({ length: pairs }, () => new Uint8Array(size)),
-      size,
-    });
     const b64 = privateBuffers(KIB64, PAIRS_64K);
     const b1m = privateBuffers(MIB1, PAIRS_1M);
-
     let bulkBytes = 0;
-    const bulk = { type: "bulk", port: PORT, device: ADDRESS, endpoint: 1 as EndpointNum } as const;
-    /**
-     * Bulk streaming: `pairs` OUT and `pairs` IN URBs stay in flight, each
-     * resubmitted as it completes, until every one has moved `rounds`
-     * transfers. Each IN gets what the OUTs before it put in the device's FIFO.
-     */
     const bulkStream = (
       conn: Connection,
       r: { outs: GuestRange[]; ins: GuestRange[] },
       size: number,
       rounds: number,
-    ): Promise<void> => {
-      const hcd = conn.frontend!;
-      return new Promise<void>((resolve, reject) => {
-        let live = 0;
-        const slot = (urb: Urb): void => {
-          let left = rounds;
-          live++;
-          const onDone = (c: UrbCompletion): void => {
-            if (c.status !== OK || c.actualLength !== size) {
-              reject(new Error(`bulk URB ended ${c.status}/${c.actualLength}`));
-              return;
-            }
-            if (--left > 0) hcd.submitWithCallback(urb, onDone);
-            else if (--live === 0) resolve();
-          };
-          hcd.submitWithCallback(urb, onDone);
-        };
-        for (let i = 0; i < r.outs.length; i++) {
-          slot({ ...bulk, directionIn: false, buffer: [r.outs[i]!] });
-          slot({ ...bulk, directionIn: true, buffer: [r.ins[i]!] });
-        }
-      }).then(() => {
+    ): Promise<void> =>
+      engineBulkStream(conn, r, size, rounds).then(() => {
         bulkBytes += r.outs.length * rounds * size;
       });
-    };
-
-    /** The same stream through a peer: OUT data travels in the message, IN data is copied into guest memory. */
-    const peerBulkStream = (peer: PeerTransport, b: BulkBuffers, rounds: number): Promise<void> => {
-      let nextId = 0;
-      const common = { port: 1, kind: "bulk", endpoint: 1, setup: null, length: b.size } as const;
-      const slot = async (i: number, directionIn: boolean): Promise<void> => {
-        for (let n = 0; n < rounds; n++) {
-          const r = await peer.submit({
-            ...common,
-            id: nextId++,
-            directionIn,
-            data: directionIn ? null : b.outs[i]!,
-          });
-          if (r.status !== OK || r.actualLength !== b.size || (directionIn && r.data === null))
-            throw new Error(`${peer.design} bulk ${directionIn ? "IN" : "OUT"} failed: ${r.status}`);
-          if (r.data !== null) b.ins[i]!.set(r.data); // into guest memory, where the engine's device wrote directly
-        }
-      };
-      const all: Promise<void>[] = [];
-      for (let i = 0; i < b.outs.length; i++) all.push(slot(i, false), slot(i, true));
-      return Promise.all(all).then(() => undefined);
-    };
 
     // One variant at a time: each runs its tasks with nothing else of this suite alive (idle threads of the
     // others still cost it scheduler time and cache), then is closed before the next starts.
