@@ -21,8 +21,8 @@ import {
   BATCH1,
   BYTES_64K,
   DEPTH,
-  ENGINE_VARIANTS,
   engineBulkStream,
+  engineVariants,
   KIB64,
   nullUrb,
   PAIRS_64K,
@@ -48,10 +48,10 @@ export const CONTENTION_LEVELS = [
 ] as const;
 
 /** The variants run beside the busy threads: the engine's two placements and postMessage. */
-const VARIANTS = [
-  ...ENGINE_VARIANTS.map((v) => ({ label: v.label, tag: v.tag, engine: v })),
+const variants = () => [
+  ...engineVariants().map((v) => ({ label: v.label, tag: v.tag, engine: v })),
   { label: "postmessage", tag: ".postmessage", engine: null },
-] as const;
+];
 
 /** Busy threads, counting work units in shared memory. */
 class Burners {
@@ -130,7 +130,7 @@ export const contendedSuite = {
         return rate;
       };
       await sleep(aloneMs); // the busy threads' own warm-up
-      for (const v of VARIANTS) {
+      for (const v of variants()) {
         const alone = await measureAlone();
         rows.push({
           variant: v.label,

@@ -15,7 +15,7 @@
  * VMM's would; the peers copy OUT data into their messages and IN data back
  * into the same guest buffers.
  */
-import { Bench } from "tinybench";
+import { Bench, type Task } from "tinybench";
 import { Connection } from "../src/engine/connection.js";
 import type { Urb, UrbCompletion } from "../src/frontend/types.js";
 import { GuestUsbDriver } from "../src/guest/guest-driver.js";
@@ -106,13 +106,43 @@ export type GuestRange = ReturnType<GuestUsbDriver["buffers"]["allocatePages"]>;
  * own thread (the default: two threads on the data path) and on a port
  * worker of its own (three threads, the isolation host devices always have).
  */
-export const ENGINE_VARIANTS = [
+export const ENGINE_VARIANTS: readonly EngineVariant[] = [
   { label: "usbvirt", tag: "", placement: "backend" },
   { label: "usbvirt/port-worker", tag: ".portworker", placement: "worker" },
-] as const;
+];
 
-export async function startEngine(variant: (typeof ENGINE_VARIANTS)[number]): Promise<Engine> {
-  const conn = await Connection.create({ ports: 2, memory: 8192 });
+/**
+ * `--ab-wait`: each placement also with the wait strategy that ignores contention (every spin as long as
+ * on a quiet host: contendedSpinMicros Infinity), interleaved with the default, for before/after in one run.
+ */
+export function engineVariants(): readonly EngineVariant[] {
+  if (!process.argv.includes("--ab-wait")) return ENGINE_VARIANTS;
+  return ENGINE_VARIANTS.flatMap((v) => [
+    v,
+    {
+      label: `${v.label}/spin-always`,
+      tag: `${v.tag}.spinalways`,
+      placement: v.placement,
+      contendedSpinMicros: Infinity,
+    },
+  ]);
+}
+
+export interface EngineVariant {
+  readonly label: string;
+  readonly tag: string;
+  readonly placement: "backend" | "worker";
+  readonly contendedSpinMicros?: number;
+}
+
+export async function startEngine(variant: EngineVariant): Promise<Engine> {
+  const conn = await Connection.create({
+    ports: 2,
+    memory: 8192,
+    ...(variant.contendedSpinMicros === undefined
+      ? {}
+      : { contendedSpinMicros: variant.contendedSpinMicros }),
+  });
   const guest = new GuestUsbDriver(conn.frontend!, conn.handles);
   await conn.attach(1, { kind: "emulated", name: "loopback", placement: variant.placement });
   await guest.enumerate(PORT, ADDRESS);
@@ -213,26 +243,52 @@ export const e2eSuite = {
     // others still cost it scheduler time and cache), then is closed before the next starts.
     const benches: Bench[] = [];
     const items: Record<string, number> = {};
-    const runVariant = async (tasks: readonly [string, () => Promise<void>, number][]): Promise<void> => {
+    /** The backend thread's CPU time per URB over a task's measured phase (the kernel's account). */
+    const backendCpu = new Map<string, number>();
+    const cpuHooks = (conn: Connection) => {
+      let start: { cpuNs: number | null; requests: number } | null = null;
+      return {
+        async beforeAll(this: Task, mode?: string) {
+          if (mode !== "run") return;
+          const s = await conn.stats();
+          start = { cpuNs: s.wait.cpuNs, requests: s.requests };
+        },
+        async afterAll(this: Task, mode?: string) {
+          if (mode !== "run" || start?.cpuNs == null) return;
+          const s = await conn.stats();
+          const urbs = s.requests - start.requests;
+          if (s.wait.cpuNs !== null && urbs > 0)
+            backendCpu.set(this.name, (s.wait.cpuNs - start.cpuNs) / urbs);
+        },
+      };
+    };
+    const runVariant = async (
+      tasks: readonly [string, () => Promise<void>, number][],
+      conn?: Connection,
+    ): Promise<void> => {
       const bench = new Bench(benchTiming(opts));
       // async: true, or tinybench calls fn once at add() to see whether it returns a promise, unawaited.
       for (const [name, fn, perOp] of tasks) {
-        bench.add(name, fn, { async: true });
+        bench.add(name, fn, { async: true, ...(conn === undefined ? {} : cpuHooks(conn)) });
         items[name] = perOp;
       }
       await bench.run();
       benches.push(bench);
     };
-    for (const v of ENGINE_VARIANTS) {
+    const variants = engineVariants();
+    for (const v of variants) {
       const e = await startEngine(v);
       const l = e.label;
-      await runVariant([
-        [`${l} null URB, 1 in flight`, () => pipeline(e.conn, nullUrb, BATCH1, 1), BATCH1],
-        [`${l} null URB, 64 in flight`, () => pipeline(e.conn, nullUrb, BATCH, DEPTH), BATCH],
-        [`${l} round trip, one URB`, () => pipeline(e.conn, nullUrb, 1, 1), 1],
-        [`${l} bulk 64 KiB, 8 OUT + 8 IN`, () => bulkStream(e.conn, e.r64, KIB64, ROUNDS_64K), BYTES_64K],
-        [`${l} bulk 1 MiB, 2 OUT + 2 IN`, () => bulkStream(e.conn, e.r1m, MIB1, ROUNDS_1M), BYTES_1M],
-      ]);
+      await runVariant(
+        [
+          [`${l} null URB, 1 in flight`, () => pipeline(e.conn, nullUrb, BATCH1, 1), BATCH1],
+          [`${l} null URB, 64 in flight`, () => pipeline(e.conn, nullUrb, BATCH, DEPTH), BATCH],
+          [`${l} round trip, one URB`, () => pipeline(e.conn, nullUrb, 1, 1), 1],
+          [`${l} bulk 64 KiB, 8 OUT + 8 IN`, () => bulkStream(e.conn, e.r64, KIB64, ROUNDS_64K), BYTES_64K],
+          [`${l} bulk 1 MiB, 2 OUT + 2 IN`, () => bulkStream(e.conn, e.r1m, MIB1, ROUNDS_1M), BYTES_1M],
+        ],
+        e.conn,
+      );
       const stats = await e.conn.stats();
       await e.conn.close();
       if (stats.rejected !== 0) throw new Error(`e2e bench: ${l} rejected URBs`);
@@ -254,7 +310,7 @@ export const e2eSuite = {
 
     const results: Result[] = [];
     const designs = [
-      ...ENGINE_VARIANTS.map((e) => ({ label: e.label, tag: e.tag })),
+      ...variants.map((e) => ({ label: e.label, tag: e.tag })),
       ...PEER_DESIGNS.map((d) => ({ label: d, tag: `.${d}` })),
     ];
     for (const { label: d, tag } of designs) {
@@ -272,6 +328,15 @@ export const e2eSuite = {
         { name: `e2e.bulk64k${tag}.gbps`, value: (k64.opsPerSec * BYTES_64K) / 1e9, unit: "GB/s" },
         { name: `e2e.bulk1m${tag}.gbps`, value: (m1.opsPerSec * BYTES_1M) / 1e9, unit: "GB/s" },
       );
+      // Engines only: the backend thread's CPU per null URB (spinning included), where the kernel accounts it.
+      for (const [depth, task] of [
+        ["inflight1", "null URB, 1 in flight"],
+        ["inflight64", "null URB, 64 in flight"],
+      ] as const) {
+        const ns = backendCpu.get(`${d} ${task}`);
+        if (ns !== undefined)
+          results.push({ name: `e2e.backend_cpu.null.${depth}${tag}.ns_per_urb`, value: ns, unit: "ns" });
+      }
     }
 
     if (bulkBytes === 0) throw new Error("e2e bench: no bulk data moved");

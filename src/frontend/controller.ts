@@ -248,6 +248,9 @@ export class VirtualHostController {
     this.spin = new AdaptiveSpin({
       maxSpinMicros: options.maxSpinMicros ?? 50,
       ...(limiter === undefined ? {} : { limiter }),
+      ...(handles.contendedSpinMicros === undefined
+        ? {}
+        : { contendedSpinMicros: handles.contendedSpinMicros }),
     });
     this.waitable = {
       hasPending: () => !this.running || (this.connected && this.ringsHaveWork()),
@@ -1027,6 +1030,7 @@ export class VirtualHostController {
       const wait = this.frontendBell.waitAsync(this.waitable, this.spin, true);
       if (wait !== null) await wait;
     }
+    this.spin.close();
   }
 
   // ---------------------------------------------------------------- completion

@@ -45,6 +45,8 @@ export interface PortServiceOptions {
   readonly memory: readonly SharedArrayBuffer[];
   /** The connection's spinner cap, shared with the frontend and the backend. */
   readonly spinLimiter?: SpinLimiter;
+  /** Longest spin while the host is contended (ControllerHandles.contendedSpinMicros). */
+  readonly contendedSpinMicros?: number;
 }
 
 export interface PortStats {
@@ -114,6 +116,9 @@ export class PortService {
     this.spin = new AdaptiveSpin({
       maxSpinMicros: 20,
       ...(options.spinLimiter === undefined ? {} : { limiter: options.spinLimiter }),
+      ...(options.contendedSpinMicros === undefined
+        ? {}
+        : { contendedSpinMicros: options.contendedSpinMicros }),
     });
   }
 
@@ -150,6 +155,7 @@ export class PortService {
         await null;
       }
     }
+    this.spin.close();
   }
 
   /** Take every queued request. */

@@ -137,7 +137,7 @@ describe("adaptive spin", () => {
     const limiter = new SpinLimiter(SpinLimiter.create(), 1);
     expect(limiter.tryEnter()).toBe(true);
     // Another spinner is active: this one goes straight to sleep instead of burning a core.
-    const spin = new AdaptiveSpin({ maxSpinMicros: 200, limiter });
+    const spin = new AdaptiveSpin({ maxSpinMicros: 200, limiter, probe: null });
     const w = flagWaitable();
     expect(spin.spin(w)).toBe(false);
     expect(w.polls).toBe(1); // the one cheap look before spinning, no spin loop
