@@ -15,6 +15,8 @@ import os from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Worker } from "node:worker_threads";
 import { Bench, type Task } from "tinybench";
+import type { Connection } from "../src/engine/connection.js";
+import type { WaitStats } from "../src/rings/spin.js";
 import { siblingModule, startWorker } from "../src/workers/spawn.js";
 import {
   BATCH,
@@ -141,17 +143,38 @@ export const contendedSuite = {
         const meter: WorkMeter = { units: 0, ms: 0 };
         const perTask = new Map<string, WorkMeter>();
         let start = { units: 0, at: 0 };
+        /** The engine's backend account (its wait strategy and thread CPU time) at a task's start, and per task. */
+        let conn: Connection | null = null;
+        let wait0: { wait: WaitStats; requests: number } | null = null;
+        const account = new Map<string, { cpuNsPerUrb: number | null; hitRate: number | null }>();
         // Count the busy threads' work over each task's measured phase (not its warm-up).
         const hooks = {
-          beforeAll(this: Task, mode?: string) {
-            if (mode === "run") start = { units: burners.total(), at: performance.now() };
+          async beforeAll(this: Task, mode?: string) {
+            if (mode !== "run") return;
+            if (conn !== null) {
+              const s = await conn.stats();
+              wait0 = { wait: s.wait, requests: s.requests };
+            }
+            start = { units: burners.total(), at: performance.now() };
           },
-          afterAll(this: Task, mode?: string) {
+          async afterAll(this: Task, mode?: string) {
             if (mode !== "run") return;
             const m = { units: burners.total() - start.units, ms: performance.now() - start.at };
             meter.units += m.units;
             meter.ms += m.ms;
             perTask.set(this.name, m);
+            if (conn !== null && wait0 !== null) {
+              const s = await conn.stats();
+              const urbs = s.requests - wait0.requests;
+              const spins = s.wait.hits + s.wait.misses - wait0.wait.hits - wait0.wait.misses;
+              account.set(this.name, {
+                cpuNsPerUrb:
+                  s.wait.cpuNs !== null && wait0.wait.cpuNs !== null && urbs > 0
+                    ? (s.wait.cpuNs - wait0.wait.cpuNs) / urbs
+                    : null,
+                hitRate: spins > 0 ? (s.wait.hits - wait0.wait.hits) / spins : null,
+              });
+            }
           },
         };
         const bench = new Bench(benchTiming(opts));
@@ -159,6 +182,7 @@ export const contendedSuite = {
         let close: () => Promise<void>;
         if (v.engine !== null) {
           const e = await startEngine(v.engine);
+          conn = e.conn;
           add("null URB, 1 in flight", () => pipeline(e.conn, nullUrb, batch1, 1));
           add("null URB, 64 in flight", () => pipeline(e.conn, nullUrb, batch, DEPTH));
           add("round trip, one URB", () => pipeline(e.conn, nullUrb, 1, 1));
@@ -188,6 +212,18 @@ export const contendedSuite = {
           { name: `${prefix}.bulk64k${t}.gbps`, value: (k64.opsPerSec * bytes64k) / 1e9, unit: "GB/s" },
           { name: `${prefix}.burner_work${t}`, value: work, unit: "work/s" },
         );
+        for (const [depth, task] of [
+          ["inflight1", "null URB, 1 in flight"],
+          ["inflight64", "null URB, 64 in flight"],
+        ] as const) {
+          const ns = account.get(task)?.cpuNsPerUrb;
+          if (ns != null)
+            results.push({
+              name: `${prefix}.backend_cpu.null.${depth}${t}.ns_per_urb`,
+              value: ns,
+              unit: "ns",
+            });
+        }
         const items: Record<string, number> = {
           "null URB, 1 in flight": n1.opsPerSec * batch1,
           "null URB, 64 in flight": n64.opsPerSec * batch,
@@ -202,6 +238,9 @@ export const contendedSuite = {
             "items/s": formatRate(rate),
             "burner work/s": m === undefined || m.ms === 0 ? "" : formatRate(m.units / (m.ms / 1000)),
           };
+          const a = account.get(task);
+          if (a?.cpuNsPerUrb != null) row["backend CPU/URB µs"] = (a.cpuNsPerUrb / 1000).toFixed(2);
+          if (a?.hitRate != null) row["spins that paid"] = `${Math.round(a.hitRate * 100)} %`;
           if (task === "round trip, one URB") {
             row["µs p50"] = rtt.p50Micros.toFixed(1);
             row["µs p99"] = rtt.p99Micros.toFixed(1);

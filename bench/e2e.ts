@@ -109,6 +109,8 @@ export type GuestRange = ReturnType<GuestUsbDriver["buffers"]["allocatePages"]>;
 export const ENGINE_VARIANTS: readonly EngineVariant[] = [
   { label: "usbvirt", tag: "", placement: "backend" },
   { label: "usbvirt/port-worker", tag: ".portworker", placement: "worker" },
+  // The backend on this thread (backendThread "shared", as the USB/IP server runs it): no hand-off at all.
+  { label: "usbvirt/one-thread", tag: ".onethread", placement: "backend", backendThread: "shared" },
 ];
 
 /**
@@ -119,12 +121,16 @@ export function engineVariants(): readonly EngineVariant[] {
   if (!process.argv.includes("--ab-wait")) return ENGINE_VARIANTS;
   return ENGINE_VARIANTS.flatMap((v) => [
     v,
-    {
-      label: `${v.label}/spin-always`,
-      tag: `${v.tag}.spinalways`,
-      placement: v.placement,
-      contendedSpinMicros: Infinity,
-    },
+    ...(v.backendThread === "shared"
+      ? []
+      : [
+          {
+            label: `${v.label}/spin-always`,
+            tag: `${v.tag}.spinalways`,
+            placement: v.placement,
+            contendedSpinMicros: Infinity,
+          },
+        ]),
   ]);
 }
 
@@ -133,6 +139,7 @@ export interface EngineVariant {
   readonly tag: string;
   readonly placement: "backend" | "worker";
   readonly contendedSpinMicros?: number;
+  readonly backendThread?: "shared";
 }
 
 export async function startEngine(variant: EngineVariant): Promise<Engine> {
@@ -142,6 +149,7 @@ export async function startEngine(variant: EngineVariant): Promise<Engine> {
     ...(variant.contendedSpinMicros === undefined
       ? {}
       : { contendedSpinMicros: variant.contendedSpinMicros }),
+    ...(variant.backendThread === undefined ? {} : { backendThread: variant.backendThread }),
   });
   const guest = new GuestUsbDriver(conn.frontend!, conn.handles);
   await conn.attach(1, { kind: "emulated", name: "loopback", placement: variant.placement });

@@ -56,7 +56,7 @@ export interface WaitStats {
 }
 
 /** The default spin cap on a contended host, µs: a peer that is running answers within it. */
-export const CONTENDED_SPIN_MICROS = 4;
+export const CONTENDED_SPIN_MICROS = 16;
 
 /** Polls between two clock reads: a poll is a few ns, a clock read tens. */
 const POLLS_PER_CLOCK_READ = 32;
