@@ -1,7 +1,8 @@
 /** Doorbells, adaptive spinning and the spinner cap. */
 import { once } from "node:events";
 import { setTimeout as sleep } from "node:timers/promises";
-import { describe, expect, it } from "vitest";
+import { Worker } from "node:worker_threads";
+import { describe, expect, it, vi } from "vitest";
 import { anyOf, Doorbell } from "../../src/rings/doorbell.js";
 import { AdaptiveSpin, SpinLimiter } from "../../src/rings/spin.js";
 import { InvalidOptionError } from "../../src/util/errors.js";
@@ -70,6 +71,46 @@ describe("doorbell", () => {
     expect(await pending).toBe("woken");
     expect(ticked).toBe(true);
     expect(w.arms).toBe(1);
+  });
+
+  it("wakes a waiter parked on the ringing thread itself without Atomics.notify, and needs none while it runs", async () => {
+    // Frontend and backend on one thread: notify reaches an async waiter only through V8's task queue.
+    const sab = Doorbell.create();
+    const waiter = new Doorbell(sab);
+    const ringer = new Doorbell(sab); // the other ring end's own Doorbell on the same word, same thread
+    const w = flagWaitable();
+    const notify = vi.spyOn(Atomics, "notify");
+    try {
+      const pending = waiter.waitAsync(w);
+      expect(pending).not.toBeNull();
+      w.set();
+      ringer.ring();
+      expect(await pending).toBe("woken");
+      // The waiting thread is running now: a ring only bumps the word, its next park looks first.
+      ringer.ring();
+      expect(waiter.waitAsync(w)).toBeNull();
+      expect(notify).not.toHaveBeenCalled();
+    } finally {
+      notify.mockRestore();
+    }
+  });
+
+  it("after a same-thread wake, a ring from another thread still wakes the next park", async () => {
+    const sab = Doorbell.create();
+    const bell = new Doorbell(sab);
+    const w = flagWaitable();
+    const first = bell.waitAsync(w)!;
+    bell.ring(); // woken here: its Atomics.waitAsync stays registered and the next park reuses it
+    expect(await first).toBe("woken");
+    const second = bell.waitAsync(w);
+    expect(second).not.toBeNull();
+    // Another thread rings as any peer does: bump, then notify.
+    const peer = new Worker(
+      "const { workerData } = require('node:worker_threads'); const b = new Int32Array(workerData); Atomics.add(b, 0, 1); Atomics.notify(b, 0);",
+      { eval: true, workerData: sab },
+    );
+    expect(await second).toBe("woken");
+    await once(peer, "exit");
   });
 
   it("returns null from waitAsync when work is already there (no promise on the hot path)", () => {
