@@ -2,7 +2,9 @@
  * The whole engine end to end (frontend on this thread → URB ring → backend
  * worker → port ring → emulated loopback device, and back), in both of its
  * placements (the device on the backend's thread, the default, and on a port
- * worker of its own, as host devices always are), beside the designs people would otherwise build for the same job
+ * worker of its own, as host devices always are) and with the backend on the
+ * frontend's own thread (backendThread "shared": one thread, no hand-off),
+ * beside the designs people would otherwise build for the same job
  * (bench/peers: the same frontend / backend / port split and the same device,
  * carried by postMessage, comlink calls or piscina tasks), moving the same
  * URBs at the same depths:
@@ -11,6 +13,10 @@
  * - single-URB round trip (p50 / p99 latency, one at a time);
  * - bulk loopback streams, 64 KiB (8 OUT + 8 IN kept in flight) and 1 MiB (2 + 2): payload
  *   GB/s, each byte written out and read back into guest memory.
+ * For the engine it also reports the backend thread's CPU time per null URB
+ * (the kernel's account, spinning included; for one thread, that thread's).
+ * `--ab-wait` adds each placement with spins never cut short on a busy host
+ * (`.spinalways`), for before/after in one run (src/rings/contention.ts).
  * The engine's buffers live in guest memory and are granted per URB, as a
  * VMM's would; the peers copy OUT data into their messages and IN data back
  * into the same guest buffers.

@@ -13,6 +13,13 @@
  * A SpinLimiter shared between threads caps how many spin at once, so that on
  * a 2-core machine three threads never burn both cores while the thread that
  * has the work waits for a time slice.
+ *
+ * On a contended host (contention.ts: the thread waits for a CPU, or was
+ * preempted inside a spin) every spin is cut to contendedSpinMicros (16 µs):
+ * there a spinning thread is preempted mid-path and takes the CPU of the
+ * threads it waits for and of the host's own work (a VMM's vCPUs); parking
+ * sooner leaves them the core and wakes with the scheduler's favour for a
+ * sleeper. `hits`/`misses` say how often spinning paid (WaitStats).
  */
 import { performance } from "node:perf_hooks";
 import { InvalidOptionError } from "../util/errors.js";
