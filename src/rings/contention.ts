@@ -8,7 +8,9 @@
  * Two signals, both per thread:
  * - The kernel's own account (Linux, `/proc/thread-self/schedstat`: time on
  *   CPU, time runnable but waiting for a CPU, slices run). Read at most every
- *   SAMPLE_MS with one pread into a reused buffer (about 7 µs), parsed in place.
+ *   SAMPLE_MS (open, read into a reused buffer, close: about 10 µs; no
+ *   descriptor outlives the call, so a worker ended by terminate() leaks none),
+ *   parsed in place.
  *   Over each window: the share of the window spent waiting for a CPU, and the
  *   mean wait per slice. A thread on a quiet host gets a CPU within a few µs
  *   of becoming runnable; on a busy one it queues behind whole time slices.
@@ -22,7 +24,7 @@ import { closeSync, openSync, readSync } from "node:fs";
 
 /** Least time between two schedstat readings. */
 const SAMPLE_MS = 10;
-/** How long one sign of contention keeps the host marked contended (unless a quiet window clears it). */
+/** How long one sign of contention keeps the host marked contended. */
 const HOLD_MS = 200;
 /** A clock gap this long inside a tight spin is a preemption, not a slow poll. */
 export const PREEMPT_GAP_MICROS = 40;
@@ -31,21 +33,12 @@ const WAIT_SHARE = 0.05;
 /** ...and the mean wait per slice was at least this (a wake-up on an idle core is a few µs). */
 const WAIT_PER_SLICE_MICROS = 30;
 
+/** Names the calling thread's own account. */
 const SCHEDSTAT = "/proc/thread-self/schedstat";
 
-/** Closes the descriptor of a probe that was dropped without close(). */
-const orphans = new FinalizationRegistry<number>((fd) => {
-  try {
-    closeSync(fd);
-  } catch {
-    // already closed
-  }
-});
-
 export class ContentionProbe {
-  /** -1: not opened yet; -2: closed or unavailable. */
-  private fd = -1;
-  private readonly useSchedstat: boolean;
+  /** False where the kernel's account is not read (asked so, not Linux, /proc hidden, or closed). */
+  private schedstat: boolean;
   private readonly buf = new Uint8Array(96);
   private nextSampleAt = 0;
   private lastAt = 0;
@@ -56,34 +49,18 @@ export class ContentionProbe {
   contendedWindows = 0;
   preemptions = 0;
 
-  /**
-   * `schedstat`: read the kernel's account (default: where it exists). Open on the thread that uses the
-   * probe: /proc/thread-self names the thread that opens it.
-   */
+  /** `schedstat`: read the kernel's account where it exists (default). */
   constructor(schedstat = true) {
-    this.useSchedstat = schedstat;
-    if (!schedstat) this.fd = -2;
+    this.schedstat = schedstat;
   }
 
   /**
    * True while the host looks oversubscribed. `now`: performance.now(). Cheap: reads /proc at most every
-   * 10 ms, and opens it on the first call (the calling thread's own account).
+   * 10 ms, on the calling thread (the account is that thread's).
    */
   contended(now: number): boolean {
-    if (now >= this.nextSampleAt && this.fd !== -2) {
-      if (this.fd === -1) this.open();
-      if (this.fd >= 0) this.sample(now);
-    }
+    if (now >= this.nextSampleAt && this.schedstat) this.sample(now);
     return now < this.contendedUntil;
-  }
-
-  private open(): void {
-    try {
-      this.fd = openSync(SCHEDSTAT, "r");
-      orphans.register(this, this.fd, this);
-    } catch {
-      this.fd = -2; // not Linux, or /proc hidden: preemptions in spins are the only signal
-    }
   }
 
   /** A spin saw its thread descheduled for `gapMicros`. */
@@ -92,38 +69,37 @@ export class ContentionProbe {
     this.contendedUntil = now + HOLD_MS;
   }
 
-  /** Release the descriptor (the probe still takes preemption signs). */
+  /** Stop reading the kernel's account (preemptions in spins still count). */
   close(): void {
-    if (this.fd >= 0) {
-      orphans.unregister(this);
-      closeSync(this.fd);
-    }
-    this.fd = -2;
+    this.schedstat = false;
   }
 
-  /** Whether the kernel's account is read (false: not opened yet, unavailable, or closed). */
+  /** Whether the kernel's account is read. */
   get readsSchedstat(): boolean {
-    return this.useSchedstat && this.fd >= 0;
+    return this.schedstat;
   }
 
   /** This thread's CPU time so far in ns, from the kernel's account (null where there is none). */
   cpuNs(): number | null {
-    if (this.fd === -1) this.open();
-    return this.fd >= 0 && this.read() ? this.runNs : null;
+    return this.schedstat && this.read() ? this.runNs : null;
   }
 
   private runNs = 0;
   private waitNs = 0;
   private slices = 0;
 
-  /** One pread of "<run ns> <wait ns> <slices>\n", parsed in place (no string). */
+  /** Read "<run ns> <wait ns> <slices>\n" and parse it in place (no string). */
   private read(): boolean {
     let n: number;
+    let fd = -1;
     try {
-      n = readSync(this.fd, this.buf, 0, this.buf.length, 0);
+      fd = openSync(SCHEDSTAT, "r");
+      n = readSync(fd, this.buf, 0, this.buf.length, 0);
     } catch {
-      this.close();
+      this.schedstat = false; // not Linux, or /proc hidden: preemptions in spins are the only signal
       return false;
+    } finally {
+      if (fd >= 0) closeSync(fd);
     }
     let field = 0;
     let v = 0;

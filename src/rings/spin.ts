@@ -214,7 +214,7 @@ export class AdaptiveSpin {
     };
   }
 
-  /** Release what the probe holds (a descriptor); call when the waiting loop ends. */
+  /** The waiting loop ended: stop reading the kernel's account. */
   close(): void {
     this.probe?.close();
   }
