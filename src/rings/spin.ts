@@ -100,7 +100,7 @@ export class AdaptiveSpin {
       );
     }
     this.contendedMicros = Math.min(contended, this.maxMicros);
-    // Opens nothing until first asked (a spin longer than the cap, or statistics).
+    // Reads nothing until asked (a spin longer than the cap is about to start, or statistics).
     this.probe = options.probe !== undefined ? options.probe : new ContentionProbe();
   }
 
@@ -124,10 +124,11 @@ export class AdaptiveSpin {
   spin(w: Waitable): boolean {
     if (w.hasPending()) return true;
     if (this.budgetMicros === 0) return false;
-    let now = performance.now();
-    const budget = this.spinMicros(now);
+    const budget = this.spinMicros(performance.now());
     if (budget === 0) return false;
     if (this.limiter !== undefined && !this.limiter.tryEnter()) return false;
+    // Read the clock after the probe (which may have read /proc): only the spin's own gaps count.
+    let now = performance.now();
     try {
       const deadline = now + budget / 1000;
       do {
