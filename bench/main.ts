@@ -8,6 +8,7 @@
 import { writeFileSync } from "node:fs";
 import os from "node:os";
 import { allocSuite } from "./alloc.js";
+import { CONTENTION_LEVELS, contendedSuite } from "./contended.js";
 import { e2eSuite } from "./e2e.js";
 import { grantSuite } from "./grant.js";
 import { machineHeader, type Ratio, type Result, type SuiteOptions } from "./harness.js";
@@ -23,7 +24,16 @@ interface Suite {
   run(opts: SuiteOptions): Promise<Result[]>;
 }
 
-const suites: Suite[] = [ringSuite, grantSuite, e2eSuite, allocSuite, usbipSuite, usbredirSuite, idleSuite];
+const suites: Suite[] = [
+  ringSuite,
+  grantSuite,
+  e2eSuite,
+  contendedSuite,
+  allocSuite,
+  usbipSuite,
+  usbredirSuite,
+  idleSuite,
+];
 
 function argValue(flag: string): string | undefined {
   const i = process.argv.indexOf(flag);
@@ -52,8 +62,29 @@ function ratios(results: readonly Result[]): Ratio[] {
       true,
     );
     add(`ratio.rtt.vs_${d}`, "e2e.rtt.p50_us", `e2e.rtt.${d}.p50_us`, false);
+    add(`ratio.rtt.p99.vs_${d}`, "e2e.rtt.p99_us", `e2e.rtt.${d}.p99_us`, false);
     add(`ratio.bulk64k.vs_${d}`, "e2e.bulk64k.gbps", `e2e.bulk64k.${d}.gbps`, true);
     add(`ratio.bulk1m.vs_${d}`, "e2e.bulk1m.gbps", `e2e.bulk1m.${d}.gbps`, true);
+  }
+  // On a busy host (bench/contended.ts), against postMessage in the same run, per level of contention.
+  for (const { key } of CONTENTION_LEVELS) {
+    const pm = "postmessage";
+    add(
+      `ratio.e2e.${key}.vs_${pm}`,
+      `e2e.${key}.null.inflight64.urbs_per_s`,
+      `e2e.${key}.null.inflight64.${pm}.urbs_per_s`,
+      true,
+    );
+    add(
+      `ratio.e2e.inflight1.${key}.vs_${pm}`,
+      `e2e.${key}.null.inflight1.urbs_per_s`,
+      `e2e.${key}.null.inflight1.${pm}.urbs_per_s`,
+      true,
+    );
+    add(`ratio.rtt.${key}.vs_${pm}`, `e2e.${key}.rtt.p50_us`, `e2e.${key}.rtt.${pm}.p50_us`, false);
+    add(`ratio.rtt.p99.${key}.vs_${pm}`, `e2e.${key}.rtt.p99_us`, `e2e.${key}.rtt.${pm}.p99_us`, false);
+    add(`ratio.bulk64k.${key}.vs_${pm}`, `e2e.${key}.bulk64k.gbps`, `e2e.${key}.bulk64k.${pm}.gbps`, true);
+    add(`ratio.burner_work.${key}.vs_${pm}`, `e2e.${key}.burner_work`, `e2e.${key}.burner_work.${pm}`, true);
   }
   // The peer here is the socket itself: a naive TCP echo, same client, same run.
   add("ratio.usbip.bulk64k.vs_tcp_echo", "usbip.bulk64k.mbps", "tcp.echo64k.mbps", true);

@@ -8,6 +8,8 @@
  *   latency  round-trip p50 and p99, per design (e2e.rtt.*)
  *   bulk     bulk throughput: e2e 64 KiB and 1 MiB per design, USB/IP 64 KiB, the plain TCP echo
  *   ratios   usbvirt / peer (> 1 favours usbvirt), with the 1.0 line
+ *   contended usbvirt / postMessage quiet and on a busy host (1 and 2 busy threads per core, bench/contended.ts),
+ *            per figure, with the 1.0 line
  * One chart primitive: horizontal bars in labelled groups, a colour per series, an x axis with gridlines.
  */
 import { writeFileSync } from "node:fs";
@@ -196,6 +198,31 @@ function chartsOf(record: BenchRecord): BarChart[] {
     label: r.name.replace(/^ratio\./, ""),
     bars: [{ series: "usbvirt / peer", value: r.value }],
   }));
+  // Quiet and contended side by side: the same usbvirt / postMessage ratio in each condition.
+  const ratio = (name: string) => record.ratios.find((r) => r.name === name)?.value;
+  const conditions = [
+    ["quiet", ""],
+    ["1 busy thread per core", ".contended1"],
+    ["2 busy threads per core", ".contended"],
+  ] as const;
+  const contendedFigures = [
+    ["null URBs, 64 in flight", (c: string) => `ratio.e2e${c}.vs_postmessage`],
+    ["null URBs, 1 in flight", (c: string) => `ratio.e2e.inflight1${c}.vs_postmessage`],
+    ["round trip p50", (c: string) => `ratio.rtt${c}.vs_postmessage`],
+    ["round trip p99", (c: string) => `ratio.rtt.p99${c}.vs_postmessage`],
+    ["64 KiB bulk", (c: string) => `ratio.bulk64k${c}.vs_postmessage`],
+    ["busy threads' work", (c: string) => `ratio.burner_work${c}.vs_postmessage`],
+  ] as const;
+  const contended = record.results.some((r) => r.name.startsWith("e2e.contended"))
+    ? groups(
+        contendedFigures.map(([label, name]) =>
+          group(
+            label,
+            conditions.map(([series, c]) => [series, ratio(name(c))] as const),
+          ),
+        ),
+      )
+    : [];
   const all: BarChart[] = [
     {
       id: "depth",
@@ -224,6 +251,14 @@ function chartsOf(record: BenchRecord): BarChart[] {
       unit: "ratio",
       series: ["usbvirt / peer"],
       groups: ratios,
+      reference: 1,
+    },
+    {
+      id: "contended",
+      title: "usbvirt / postMessage, quiet and on a busy host (> 1 favours usbvirt)",
+      unit: "ratio",
+      series: conditions.map(([series]) => series),
+      groups: contended,
       reference: 1,
     },
   ];

@@ -21,7 +21,7 @@ import { spawnPortWorker, type WorkerPort } from "../backend/worker-port.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { type ControllerHandles, spinLimiterOf } from "../engine/handles.js";
 import type { PortStats } from "../port/port-service.js";
-import { AdaptiveSpin } from "../rings/spin.js";
+import { AdaptiveSpin, type WaitStats } from "../rings/spin.js";
 import { ENODEV } from "../urb/status.js";
 import { DEFAULT_CLIENT_TIMEOUT_MS } from "../usbip/client.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
@@ -50,6 +50,8 @@ export interface BackendApi {
       portWorkers: Record<number, (PortStats & { inFlight: number }) | null>;
       /** Port worker threads started and not yet exited (leak accounting). */
       liveWorkers: number;
+      /** The backend thread's wait strategy: spins that paid, sleeps, contention seen, its CPU time. */
+      wait: WaitStats;
     }
   >;
   deviceCommand(port: number, method: string, args: unknown[]): Promise<unknown>;
@@ -84,6 +86,9 @@ export function startBackendHost(hostData: BackendHostData): void {
   const spin = new AdaptiveSpin({
     ...(data.maxSpinMicros !== undefined ? { maxSpinMicros: data.maxSpinMicros } : {}),
     ...(limiter === undefined ? {} : { limiter }),
+    ...(data.handles.contendedSpinMicros === undefined
+      ? {}
+      : { contendedSpinMicros: data.handles.contendedSpinMicros }),
   });
   const hungMs = data.hungPortMs ?? 5000;
   /** The watchdog looks, and port workers beat, four times per hung-port limit. */
@@ -145,6 +150,9 @@ export function startBackendHost(hostData: BackendHostData): void {
       ...(data.handles.spinLimiter === undefined
         ? {}
         : { spinLimiter: data.handles.spinLimiter, maxSpinners: data.handles.maxSpinners ?? 1 }),
+      ...(data.handles.contendedSpinMicros === undefined
+        ? {}
+        : { contendedSpinMicros: data.handles.contendedSpinMicros }),
     });
     liveWorkers++;
     (link.host as WorkerPort).worker.once("exit", () => {
@@ -207,7 +215,7 @@ export function startBackendHost(hostData: BackendHostData): void {
       for (const link of backend.links) {
         portWorkers[link.port] = await link.host.stats().catch(() => null);
       }
-      return { ...backend.snapshot(), portWorkers, liveWorkers };
+      return { ...backend.snapshot(), portWorkers, liveWorkers, wait: spin.snapshot() };
     },
 
     async deviceCommand(port, method, args) {
@@ -268,12 +276,14 @@ export function startBackendHost(hostData: BackendHostData): void {
     }
     // The ports stay open: close() is still answering over `control`; the manager terminates this worker.
     clearInterval(watchdog);
+    spin.close();
   }
 
   serviceLoop().catch((err: unknown) => {
     // On a worker this would end the worker; on the frontend's thread it must not end the process.
     running = false;
     clearInterval(watchdog);
+    spin.close();
     data.events.postMessage({ type: "host-failed", message: String(err) } satisfies BackendEvent);
   });
 }

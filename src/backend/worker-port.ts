@@ -107,6 +107,8 @@ export interface SpawnPortOptions {
   /** The connection's spinner cap (ControllerHandles.spinLimiter) and its size. */
   readonly spinLimiter?: SharedArrayBuffer;
   readonly maxSpinners?: number;
+  /** ControllerHandles.contendedSpinMicros. */
+  readonly contendedSpinMicros?: number;
   readonly readyTimeoutMs?: number;
   /** The port worker's heartbeat period (a quarter of the hung-port limit is plenty). */
   readonly heartbeatMs?: number;
@@ -131,6 +133,9 @@ export async function spawnPortWorker(options: SpawnPortOptions): Promise<PortLi
     ...(options.spinLimiter === undefined
       ? {}
       : { spinLimiter: options.spinLimiter, maxSpinners: options.maxSpinners ?? 1 }),
+    ...(options.contendedSpinMicros === undefined
+      ? {}
+      : { contendedSpinMicros: options.contendedSpinMicros }),
   };
   const worker = startWorker(siblingModule(import.meta.url, "../workers/port-worker"), {
     workerData: data,

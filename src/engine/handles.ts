@@ -47,6 +47,11 @@ export interface ControllerHandles {
    */
   readonly spinLimiter?: SharedArrayBuffer;
   readonly maxSpinners?: number;
+  /**
+   * Longest spin, µs, of every thread of the connection while its host is contended (see
+   * src/rings/contention.ts; default CONTENDED_SPIN_MICROS). Infinity: never cut spins short.
+   */
+  readonly contendedSpinMicros?: number;
 }
 
 /** The connection's shared spinner cap, for the thread that calls it (undefined: no cap). */
@@ -74,6 +79,12 @@ export interface HandlesOptions {
    * (frontend, backend); both must spin for a round trip without a wake-up.
    */
   readonly maxSpinners?: number;
+  /**
+   * Longest spin, µs, while the host is contended (default CONTENDED_SPIN_MICROS, 4): a spinning thread
+   * on an oversubscribed host is preempted mid-path and takes the CPU of the threads it waits for.
+   * Infinity keeps spinning as on a quiet host.
+   */
+  readonly contendedSpinMicros?: number;
 }
 
 export function createControllerHandles(options: HandlesOptions = {}): ControllerHandles {
@@ -86,6 +97,12 @@ export function createControllerHandles(options: HandlesOptions = {}): Controlle
     typeof memoryOption === "number"
       ? GuestMemory.create({ regionFrames: [memoryOption] })
       : new GuestMemory({ regions: memoryOption });
+  const spinCap = options.contendedSpinMicros;
+  if (spinCap !== undefined && (typeof spinCap !== "number" || Number.isNaN(spinCap) || spinCap < 0)) {
+    throw new InvalidOptionError(
+      `options.contendedSpinMicros must be a non-negative number (Infinity: never cut short), got ${String(spinCap)}`,
+    );
+  }
   const scratchFrames = options.scratchFrames ?? 64;
   if (!Number.isInteger(scratchFrames) || scratchFrames < 1 || scratchFrames >= memory.frameCount) {
     throw new InvalidOptionError(
@@ -106,5 +123,8 @@ export function createControllerHandles(options: HandlesOptions = {}): Controlle
     scratchFrames,
     spinLimiter: SpinLimiter.create(),
     maxSpinners: options.maxSpinners ?? os.availableParallelism(),
+    ...(options.contendedSpinMicros === undefined
+      ? {}
+      : { contendedSpinMicros: options.contendedSpinMicros }),
   };
 }

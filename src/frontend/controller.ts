@@ -242,6 +242,9 @@ export class VirtualHostController {
     this.spin = new AdaptiveSpin({
       maxSpinMicros: options.maxSpinMicros ?? 50,
       ...(limiter === undefined ? {} : { limiter }),
+      ...(handles.contendedSpinMicros === undefined
+        ? {}
+        : { contendedSpinMicros: handles.contendedSpinMicros }),
     });
     this.waitable = {
       hasPending: () => !this.running || (this.connected && this.ringsHaveWork()),
@@ -1015,6 +1018,7 @@ export class VirtualHostController {
       const wait = this.frontendBell.waitAsync(this.waitable, this.spin, true);
       if (wait !== null) await wait;
     }
+    this.spin.close();
   }
 
   // ---------------------------------------------------------------- completion

@@ -44,6 +44,8 @@ export interface PortServiceOptions {
   readonly memory: readonly SharedArrayBuffer[];
   /** The connection's spinner cap, shared with the frontend and the backend. */
   readonly spinLimiter?: SpinLimiter;
+  /** Longest spin while the host is contended (ControllerHandles.contendedSpinMicros). */
+  readonly contendedSpinMicros?: number;
 }
 
 export interface PortStats {
@@ -113,6 +115,9 @@ export class PortService {
     this.spin = new AdaptiveSpin({
       maxSpinMicros: 20,
       ...(options.spinLimiter === undefined ? {} : { limiter: options.spinLimiter }),
+      ...(options.contendedSpinMicros === undefined
+        ? {}
+        : { contendedSpinMicros: options.contendedSpinMicros }),
     });
   }
 
@@ -149,6 +154,7 @@ export class PortService {
         await null;
       }
     }
+    this.spin.close();
   }
 
   /** Take every queued request. */

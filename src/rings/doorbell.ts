@@ -12,6 +12,17 @@
  * 25–50 µs on this machine, a spin costs a core, so spin only while traffic
  * is hot. Threads that need their event loop (libusb completions, the VMM's
  * main thread) use waitAsync, never wait.
+ *
+ * A doorbell has one waiting thread. When it rings on that same thread (the
+ * frontend and backend on one thread: Connection option backendThread
+ * "shared"), the parked waitAsync waiter is woken at the next turn of the
+ * event loop without Atomics.notify: notify reaches an async waiter through
+ * V8's task queue and the loop's async handle, and on that path notify alone
+ * was a sixth of the thread's time (node --cpu-prof, one thread, 1 in flight).
+ * The waiter's Atomics.waitAsync stays registered and is reused by its next
+ * park, so a ring from another thread still wakes it and none piles up; a
+ * ring on the waiting thread while it runs needs no wake at all (its next
+ * park looks at the rings first).
  */
 import { performance } from "node:perf_hooks";
 import { InvalidOptionError } from "../util/errors.js";
@@ -42,9 +53,37 @@ export const DOORBELL_BYTES = 64;
 
 export type WaitOutcome = "work" | "woken" | "timed-out";
 
+/** This thread's park on one doorbell word: who to wake, and whether an Atomics.waitAsync is registered. */
+interface Park {
+  wake: (() => void) | null;
+  registered: boolean;
+}
+
+/**
+ * This thread's parks by doorbell buffer and word. Module state is per thread, and a buffer another
+ * thread posted here is a different object: only a ring on the waiter's own thread finds its park.
+ */
+const parks = new WeakMap<SharedArrayBuffer, Map<number, Park>>();
+
+function parkOf(sab: SharedArrayBuffer, index: number): Park {
+  let byIndex = parks.get(sab);
+  if (byIndex === undefined) {
+    byIndex = new Map();
+    parks.set(sab, byIndex);
+  }
+  let park = byIndex.get(index);
+  if (park === undefined) {
+    park = { wake: null, registered: false };
+    byIndex.set(index, park);
+  }
+  return park;
+}
+
 export class Doorbell {
   private readonly word: Int32Array;
   private readonly index: number;
+  /** This thread's park on the word (shared by every Doorbell of this thread on it). */
+  private readonly park: Park;
 
   /** A doorbell on its own 64-byte line. */
   static create(): SharedArrayBuffer {
@@ -61,6 +100,7 @@ export class Doorbell {
     }
     this.word = new Int32Array(sab);
     this.index = byteOffset / 4;
+    this.park = parkOf(sab, this.index);
   }
 
   /** Wake whoever waits on this doorbell. */
@@ -68,7 +108,17 @@ export class Doorbell {
     // The seq-cst add orders this ring after the ring-index store that
     // published the work; a waiter that read the old value will not sleep.
     Atomics.add(this.word, this.index, 1);
-    Atomics.notify(this.word, this.index);
+    const park = this.park;
+    const wake = park.wake;
+    if (wake !== null) {
+      // The waiter is parked on this very thread (and a doorbell has one waiting thread): wake it at the
+      // next turn. Not in a microtask: two loops waking each other that way would starve the event loop.
+      park.wake = null;
+      setImmediate(wake);
+    } else if (!park.registered) {
+      Atomics.notify(this.word, this.index);
+    }
+    // else: the waiting thread is this one and it is running; it looks at its rings before it parks.
   }
 
   /** Current sequence number (for tests and statistics). */
@@ -109,13 +159,26 @@ export class Doorbell {
       spin?.sleptInVain();
       return null;
     }
-    const r = Atomics.waitAsync(this.word, this.index, seq);
-    if (!r.async) return null; // the word moved between the load and the wait: work is there
+    const park = this.park;
+    if (!park.registered) {
+      const r = Atomics.waitAsync(this.word, this.index, seq);
+      if (!r.async) return null; // the word moved between the load and the wait: work is there
+      park.registered = true;
+      // A ring from another thread: wake whoever is parked then. A waiter registered before this park's
+      // load of `seq` hears every notify after it, so reusing it loses no wake-up.
+      void r.value.then(() => {
+        park.registered = false;
+        const wake = park.wake;
+        park.wake = null;
+        wake?.();
+      });
+    }
     const slept = performance.now();
-    return r.value.then((v) => {
-      if (v === "timed-out") return "timed-out";
-      spin?.woke(performance.now() - slept);
-      return "woken";
+    return new Promise<WaitOutcome>((resolve) => {
+      park.wake = () => {
+        spin?.woke(performance.now() - slept);
+        resolve("woken");
+      };
     });
   }
 }

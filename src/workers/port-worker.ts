@@ -32,6 +32,8 @@ export interface PortWorkerData {
   /** The connection's spinner cap, shared with the frontend and the backend. */
   readonly spinLimiter?: SharedArrayBuffer;
   readonly maxSpinners?: number;
+  /** Longest spin while the host is contended (ControllerHandles.contendedSpinMicros). */
+  readonly contendedSpinMicros?: number;
 }
 
 export type PortWorkerHello =
@@ -86,6 +88,7 @@ async function main(data: PortWorkerData): Promise<void> {
     ...(data.spinLimiter === undefined
       ? {}
       : { spinLimiter: new SpinLimiter(data.spinLimiter, data.maxSpinners ?? 1) }),
+    ...(data.contendedSpinMicros === undefined ? {} : { contendedSpinMicros: data.contendedSpinMicros }),
   });
   const api: PortWorkerApi = {
     stats: () => ({ ...service.stats, inFlight: service.inFlight }),

@@ -93,6 +93,30 @@ describe("bench --report", () => {
     }
   });
 
+  it("draws the usbvirt / postMessage ratios quiet and contended side by side when the run has the contended suite", () => {
+    const levels = ["", ".contended1", ".contended"];
+    const figures = ["e2e", "e2e.inflight1", "rtt", "rtt.p99", "bulk64k", "burner_work"];
+    const withContended: BenchRecord = {
+      ...record(),
+      results: [...record().results, { name: "e2e.contended.rtt.p50_us", value: 9, unit: "µs" }],
+      ratios: figures.flatMap((f, i) =>
+        levels
+          // The quiet run has no busy threads, so no burner_work ratio.
+          .filter((c) => !(f === "burner_work" && c === ""))
+          .map((c, j) => ({ name: `ratio.${f}${c}.vs_postmessage`, value: 1 + i + j / 2 })),
+      ),
+    };
+    const dir = mkdtempSync(join(tmpdir(), "usbvirt-report-"));
+    const file = join(dir, "report.html");
+    expect(writeReport(file, withContended)).toContain(join(dir, "report-contended.svg"));
+    const bars = charts(readFileSync(file, "utf8")).get("contended");
+    // 6 figures × 3 conditions, less the quiet burner_work.
+    expect(bars?.length).toBe(17);
+    expect(bars!.every((w) => w > 0)).toBe(true);
+    // Without the contended suite the chart is left out.
+    expect(renderCharts(record()).map((c) => c.id)).not.toContain("contended");
+  });
+
   it("leaves out the charts a partial run has no figures for", () => {
     const usbipOnly = { ...record(), results: record().results.filter((r) => !r.name.startsWith("e2e.")) };
     expect(renderCharts(usbipOnly).map((c) => c.id)).toEqual(["depth", "bulk", "ratios"]);

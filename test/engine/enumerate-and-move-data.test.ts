@@ -33,6 +33,10 @@ describe("loopback device end to end", () => {
       const back = await r.guest.transferIn(port(1), addr(5), 1, size);
       expect(Buffer.compare(back, data)).toBe(0);
     }
+    // The backend's wait strategy gives its account: how it waited, and (on Linux) its thread's CPU time.
+    const wait = (await r.conn.stats()).wait;
+    expect(wait.hits + wait.misses + wait.sleeps).toBeGreaterThan(0);
+    if (process.platform === "linux") expect(wait.cpuNs).toBeGreaterThan(0);
   });
 
   it("stalls an endpoint on request, reports -EPIPE, and recovers after CLEAR_FEATURE(HALT)", async () => {

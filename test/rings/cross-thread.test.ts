@@ -6,6 +6,7 @@
  * And a doorbell waking a thread parked in Atomics.wait.
  */
 import { once } from "node:events";
+import { Worker } from "node:worker_threads";
 import { describe, expect, it } from "vitest";
 import { Doorbell } from "../../src/rings/doorbell.js";
 import { FrontRing } from "../../src/rings/front-ring.js";
@@ -76,6 +77,24 @@ describe("ring across threads", () => {
 });
 
 describe("doorbell across threads", () => {
+  it("after a same-thread wake, a ring from another thread still wakes the next park", async () => {
+    const sab = Doorbell.create();
+    const bell = new Doorbell(sab);
+    const w = { hasPending: () => false, armAndCheck: () => false };
+    const first = bell.waitAsync(w)!;
+    bell.ring(); // woken here: its Atomics.waitAsync stays registered and the next park reuses it
+    expect(await first).toBe("woken");
+    const second = bell.waitAsync(w);
+    expect(second).not.toBeNull();
+    // Another thread rings as any peer does: bump, then notify.
+    const peer = new Worker(
+      "const { workerData } = require('node:worker_threads'); const b = new Int32Array(workerData); Atomics.add(b, 0, 1); Atomics.notify(b, 0);",
+      { eval: true, workerData: sab },
+    );
+    expect(await second).toBe("woken");
+    await once(peer, "exit");
+  });
+
   it("wakes a thread parked in Atomics.wait after its final check", async () => {
     const bell = Doorbell.create();
     const flag = new SharedArrayBuffer(8);

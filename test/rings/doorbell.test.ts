@@ -1,5 +1,5 @@
 /** Doorbells, adaptive spinning and the spinner cap, on one thread (the cross-thread wake-up: cross-thread.test.ts). */
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { anyOf, Doorbell } from "../../src/rings/doorbell.js";
 import { AdaptiveSpin, SpinLimiter } from "../../src/rings/spin.js";
 import { InvalidOptionError } from "../../src/util/errors.js";
@@ -51,6 +51,28 @@ describe("doorbell", () => {
     expect(await pending).toBe("woken");
     expect(ticked).toBe(true);
     expect(w.arms).toBe(1);
+  });
+
+  it("wakes a waiter parked on the ringing thread itself without Atomics.notify, and needs none while it runs", async () => {
+    // Frontend and backend on one thread: notify reaches an async waiter only through V8's task queue.
+    const sab = Doorbell.create();
+    const waiter = new Doorbell(sab);
+    const ringer = new Doorbell(sab); // the other ring end's own Doorbell on the same word, same thread
+    const w = flagWaitable();
+    const notify = vi.spyOn(Atomics, "notify");
+    try {
+      const pending = waiter.waitAsync(w);
+      expect(pending).not.toBeNull();
+      w.set();
+      ringer.ring();
+      expect(await pending).toBe("woken");
+      // The waiting thread is running now: a ring only bumps the word, its next park looks first.
+      ringer.ring();
+      expect(waiter.waitAsync(w)).toBeNull();
+      expect(notify).not.toHaveBeenCalled();
+    } finally {
+      notify.mockRestore();
+    }
   });
 
   it("returns null from waitAsync when work is already there (no promise on the hot path)", () => {
@@ -118,7 +140,7 @@ describe("adaptive spin", () => {
     const limiter = new SpinLimiter(SpinLimiter.create(), 1);
     expect(limiter.tryEnter()).toBe(true);
     // Another spinner is active: this one goes straight to sleep instead of burning a core.
-    const spin = new AdaptiveSpin({ maxSpinMicros: 200, limiter });
+    const spin = new AdaptiveSpin({ maxSpinMicros: 200, limiter, probe: null });
     const w = flagWaitable();
     expect(spin.spin(w)).toBe(false);
     expect(w.polls).toBe(1); // the one cheap look before spinning, no spin loop
