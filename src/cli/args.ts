@@ -126,3 +126,28 @@ export function parseSize(text: string): number | null {
   const n = Number(m[1]) * unit;
   return Number.isSafeInteger(n) ? n : null;
 }
+
+/** Options `serve` and `redirect` share, spelled once. */
+export const STORAGE_SIZE_OPTION: OptionSpec = {
+  name: "storage-size",
+  kind: "string",
+  value: "SIZE",
+  help: "size of the emulated storage device (default 64M)",
+};
+export const STORAGE_FILE_OPTION: OptionSpec = {
+  name: "storage-file",
+  kind: "string",
+  value: "PATH",
+  help: "back the emulated storage device by this file",
+};
+export const QUIET_OPTION: OptionSpec = {
+  name: "quiet",
+  kind: "boolean",
+  help: "log only warnings and errors",
+};
+export const METRICS_OPTION: OptionSpec = {
+  name: "metrics",
+  kind: "string",
+  value: "[HOST:]PORT",
+  help: "serve Prometheus metrics at http://HOST:PORT/metrics and a status page at / (host 127.0.0.1 unless given)",
+};

@@ -9,7 +9,14 @@ import { describeSpec } from "../devices/spec.js";
 import { parseHostPort } from "../usbip/attach.js";
 import { LOG_FORMATS, type LogFormat, streamLogger, type UsbipLogger } from "../usbip/log.js";
 import { UsbredirServer } from "../usbredir/server.js";
-import { type CommandSpec, parseSize } from "./args.js";
+import {
+  type CommandSpec,
+  METRICS_OPTION,
+  parseSize,
+  QUIET_OPTION,
+  STORAGE_FILE_OPTION,
+  STORAGE_SIZE_OPTION,
+} from "./args.js";
 import { EngineWatch, packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
 import { UsageError } from "./errors.js";
 import type { ExportEvent, ExportingServer, ExportListener } from "./exporting-server.js";
@@ -46,25 +53,10 @@ export const REDIRECT: CommandSpec = {
       value: "ADDR[/BITS]",
       help: "with --listen: accept connections only from these addresses or subnets",
     },
-    {
-      name: "storage-size",
-      kind: "string",
-      value: "SIZE",
-      help: "size of the emulated storage device (default 64M)",
-    },
-    {
-      name: "storage-file",
-      kind: "string",
-      value: "PATH",
-      help: "back the emulated storage device by this file",
-    },
-    { name: "quiet", kind: "boolean", help: "log only warnings and errors" },
-    {
-      name: "metrics",
-      kind: "string",
-      value: "[HOST:]PORT",
-      help: "serve Prometheus metrics at http://HOST:PORT/metrics and a status page at / (host 127.0.0.1 unless given)",
-    },
+    STORAGE_SIZE_OPTION,
+    STORAGE_FILE_OPTION,
+    QUIET_OPTION,
+    METRICS_OPTION,
     {
       name: "log-format",
       kind: "string",

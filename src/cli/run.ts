@@ -17,7 +17,16 @@ import { USBIP_PORT } from "../usbip/protocol.js";
 import { UsbipServer } from "../usbip/server.js";
 import type { UsbredirServer } from "../usbredir/server.js";
 import { isLoopbackHost, parseIpPrefix } from "../util/ip-prefix.js";
-import { type CommandSpec, commandHelp, parseArgs, parseSize } from "./args.js";
+import {
+  type CommandSpec,
+  commandHelp,
+  METRICS_OPTION,
+  parseArgs,
+  parseSize,
+  QUIET_OPTION,
+  STORAGE_FILE_OPTION,
+  STORAGE_SIZE_OPTION,
+} from "./args.js";
 import { readServeConfig, serveConfigFromFlags } from "./config.js";
 import { EngineWatch, packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
 import { UsageError } from "./errors.js";
@@ -147,37 +156,22 @@ const SERVE: CommandSpec = {
       value: "ADDR[/BITS]",
       help: "accept USB/IP clients only from these addresses or subnets",
     },
-    {
-      name: "storage-size",
-      kind: "string",
-      value: "SIZE",
-      help: "size of the emulated storage device (default 64M)",
-    },
-    {
-      name: "storage-file",
-      kind: "string",
-      value: "PATH",
-      help: "back the emulated storage device by this file",
-    },
+    STORAGE_SIZE_OPTION,
+    STORAGE_FILE_OPTION,
     {
       name: "config",
       kind: "string",
       value: "FILE",
       help: "read these settings from a JSON file (flags win)",
     },
-    { name: "quiet", kind: "boolean", help: "log only warnings and errors" },
+    QUIET_OPTION,
     {
       name: "log-format",
       kind: "string",
       value: "text|json",
       help: "log lines as text (default) or one JSON object per line (time, level, message, client, busid)",
     },
-    {
-      name: "metrics",
-      kind: "string",
-      value: "[HOST:]PORT",
-      help: "serve Prometheus metrics at http://HOST:PORT/metrics and a status page at / (host 127.0.0.1 unless given)",
-    },
+    METRICS_OPTION,
   ],
   details: `With no device selected, serve exports the emulated loopback, keyboard and a 64 MiB storage device.
 Host devices pass the filter first: --filter rules in order, then --deny, then --allow; the first rule that
