@@ -162,8 +162,10 @@ describe("a USB/IP link that is lost", () => {
         `the USB/IP server 127\\.0\\.0\\.1:${port} (closed the connection|failed: (read|write) (ECONNRESET|EPIPE)|failed: This socket has been ended by the other party)$`,
       ),
     );
-    // The guest saw the port go empty, and the URB in flight ended with -ESHUTDOWN.
-    expect(att.conn.frontend!.portStatus(att.port).connected).toBe(false);
+    // The guest sees the port go empty (the disconnect reaches the frontend on the conn ring, the event on
+    // the control plane: either may come first), and the URB in flight ended with -ESHUTDOWN.
+    await eventually(() => !att.conn.frontend!.portStatus(att.port).connected, 5000, "the port to go empty");
+    await eventually(() => inFlight.completions.length > 0, 5000, "the URB in flight to complete");
     expect(inFlight.completions.map((c) => c.status)).toEqual([ESHUTDOWN]);
     // Attempts fail while nothing listens; then the server comes back on the same port.
     await once(att.events, "reconnecting");
