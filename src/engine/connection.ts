@@ -294,8 +294,14 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   /** Take the device off a port; resolves once it is closed and the frontend shows the port empty. */
   async detach(port: number): Promise<void> {
     this.wanted.delete(port);
-    // Detaching a port whose device is being reconnected just stops that.
-    if (this.reconnector.cancel(port) && this.frontend?.portStatus(port).connected !== true) return;
+    // Detaching a port whose device is being reconnected just stops that: the device already left the
+    // backend's port (an attempt that completes after this takes itself off). The frontend may not have
+    // taken the disconnect from the conn ring yet; wait for it rather than ask the backend to detach an
+    // empty port.
+    if (this.reconnector.cancel(port)) {
+      await this.frontendSees(port, false);
+      return;
+    }
     await this.requireBackend().api.detach(port);
     await this.frontendSees(port, false);
   }
