@@ -144,7 +144,9 @@ describe("loopback over USB/IP", () => {
     // Leave an IN pending and vanish (vhci detach: close, no unlinks).
     first.submit({ ep: 1, directionIn: true, length: 4096 });
     first.submit({ ep: 2, directionIn: true, length: 8, interval: 4 });
-    await eventually(() => urbsOf("1-1") === 2, 5000, "both INs in the engine");
+    // The bulk IN stays pending (nothing to read back); the interrupt IN completes every 4 ms, so only the
+    // bulk one is sure to be seen in the engine.
+    await eventually(() => urbsOf("1-1") >= 1, 5000, "the bulk IN in the engine");
     first.close();
     const third = await t.imported("1-1");
     const d = await enumerate(third);
