@@ -261,99 +261,99 @@ export function emptyPacket(): RedirPacket {
 }
 
 /**
- * Decode a type header (`h`, exactly typeHeaderSize bytes) into `p`. Device info headers (interface_info,
+ * Decode a type header (typeHeaderSize bytes of `h` from `at`) into `p`. Device info headers (interface_info,
  * ep_info, device_connect, hello) are read by their own functions below: the host never receives them.
  */
-export function decodeTypeHeader(p: RedirPacket, h: DataView, caps: Caps): void {
+export function decodeTypeHeader(p: RedirPacket, h: DataView, at: number, caps: Caps): void {
   switch (p.type) {
     case RedirType.CONTROL_PACKET:
-      p.endpoint = h.getUint8(0);
-      p.request = h.getUint8(1);
-      p.requestType = h.getUint8(2);
-      p.status = h.getUint8(3);
-      p.value = h.getUint16(4, true);
-      p.index = h.getUint16(6, true);
-      p.length = h.getUint16(8, true);
+      p.endpoint = h.getUint8(at + 0);
+      p.request = h.getUint8(at + 1);
+      p.requestType = h.getUint8(at + 2);
+      p.status = h.getUint8(at + 3);
+      p.value = h.getUint16(at + 4, true);
+      p.index = h.getUint16(at + 6, true);
+      p.length = h.getUint16(at + 8, true);
       break;
     case RedirType.BULK_PACKET:
-      p.endpoint = h.getUint8(0);
-      p.status = h.getUint8(1);
-      p.length = h.getUint16(2, true);
-      p.streamId = h.getUint32(4, true);
-      if (hasCap(caps, RedirCap.BULK_LENGTH_32BIT)) p.length += h.getUint16(8, true) * 0x10000;
+      p.endpoint = h.getUint8(at + 0);
+      p.status = h.getUint8(at + 1);
+      p.length = h.getUint16(at + 2, true);
+      p.streamId = h.getUint32(at + 4, true);
+      if (hasCap(caps, RedirCap.BULK_LENGTH_32BIT)) p.length += h.getUint16(at + 8, true) * 0x10000;
       break;
     case RedirType.ISO_PACKET:
     case RedirType.INTERRUPT_PACKET:
-      p.endpoint = h.getUint8(0);
-      p.status = h.getUint8(1);
-      p.length = h.getUint16(2, true);
+      p.endpoint = h.getUint8(at + 0);
+      p.status = h.getUint8(at + 1);
+      p.length = h.getUint16(at + 2, true);
       break;
     case RedirType.BUFFERED_BULK_PACKET:
-      p.streamId = h.getUint32(0, true);
-      p.length = h.getUint32(4, true);
-      p.endpoint = h.getUint8(8);
-      p.status = h.getUint8(9);
+      p.streamId = h.getUint32(at + 0, true);
+      p.length = h.getUint32(at + 4, true);
+      p.endpoint = h.getUint8(at + 8);
+      p.status = h.getUint8(at + 9);
       break;
     case RedirType.SET_CONFIGURATION:
-      p.configuration = h.getUint8(0);
+      p.configuration = h.getUint8(at + 0);
       break;
     case RedirType.CONFIGURATION_STATUS:
-      p.status = h.getUint8(0);
-      p.configuration = h.getUint8(1);
+      p.status = h.getUint8(at + 0);
+      p.configuration = h.getUint8(at + 1);
       break;
     case RedirType.SET_ALT_SETTING:
-      p.interface = h.getUint8(0);
-      p.alt = h.getUint8(1);
+      p.interface = h.getUint8(at + 0);
+      p.alt = h.getUint8(at + 1);
       break;
     case RedirType.GET_ALT_SETTING:
-      p.interface = h.getUint8(0);
+      p.interface = h.getUint8(at + 0);
       break;
     case RedirType.ALT_SETTING_STATUS:
-      p.status = h.getUint8(0);
-      p.interface = h.getUint8(1);
-      p.alt = h.getUint8(2);
+      p.status = h.getUint8(at + 0);
+      p.interface = h.getUint8(at + 1);
+      p.alt = h.getUint8(at + 2);
       break;
     case RedirType.START_ISO_STREAM:
-      p.endpoint = h.getUint8(0);
-      p.pktsPerUrb = h.getUint8(1);
-      p.noUrbs = h.getUint8(2);
+      p.endpoint = h.getUint8(at + 0);
+      p.pktsPerUrb = h.getUint8(at + 1);
+      p.noUrbs = h.getUint8(at + 2);
       break;
     case RedirType.STOP_ISO_STREAM:
     case RedirType.START_INTERRUPT_RECEIVING:
     case RedirType.STOP_INTERRUPT_RECEIVING:
-      p.endpoint = h.getUint8(0);
+      p.endpoint = h.getUint8(at + 0);
       break;
     case RedirType.ISO_STREAM_STATUS:
     case RedirType.INTERRUPT_RECEIVING_STATUS:
-      p.status = h.getUint8(0);
-      p.endpoint = h.getUint8(1);
+      p.status = h.getUint8(at + 0);
+      p.endpoint = h.getUint8(at + 1);
       break;
     case RedirType.ALLOC_BULK_STREAMS:
-      p.endpoints = h.getUint32(0, true);
-      p.noStreams = h.getUint32(4, true);
+      p.endpoints = h.getUint32(at + 0, true);
+      p.noStreams = h.getUint32(at + 4, true);
       break;
     case RedirType.FREE_BULK_STREAMS:
-      p.endpoints = h.getUint32(0, true);
+      p.endpoints = h.getUint32(at + 0, true);
       break;
     case RedirType.BULK_STREAMS_STATUS:
-      p.endpoints = h.getUint32(0, true);
-      p.noStreams = h.getUint32(4, true);
-      p.status = h.getUint8(8);
+      p.endpoints = h.getUint32(at + 0, true);
+      p.noStreams = h.getUint32(at + 4, true);
+      p.status = h.getUint8(at + 8);
       break;
     case RedirType.START_BULK_RECEIVING:
-      p.streamId = h.getUint32(0, true);
-      p.bytesPerTransfer = h.getUint32(4, true);
-      p.endpoint = h.getUint8(8);
-      p.noTransfers = h.getUint8(9);
+      p.streamId = h.getUint32(at + 0, true);
+      p.bytesPerTransfer = h.getUint32(at + 4, true);
+      p.endpoint = h.getUint8(at + 8);
+      p.noTransfers = h.getUint8(at + 9);
       break;
     case RedirType.STOP_BULK_RECEIVING:
-      p.streamId = h.getUint32(0, true);
-      p.endpoint = h.getUint8(4);
+      p.streamId = h.getUint32(at + 0, true);
+      p.endpoint = h.getUint8(at + 4);
       break;
     case RedirType.BULK_RECEIVING_STATUS:
-      p.streamId = h.getUint32(0, true);
-      p.endpoint = h.getUint8(4);
-      p.status = h.getUint8(5);
+      p.streamId = h.getUint32(at + 0, true);
+      p.endpoint = h.getUint8(at + 4);
+      p.status = h.getUint8(at + 5);
       break;
     default:
       break;

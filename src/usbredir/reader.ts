@@ -179,7 +179,7 @@ export class RedirReader {
     if (this.queue.length < hs + th) return false;
     this.queue.peekInto(head.subarray(0, hs + th));
     this.typeHeaderLength = th;
-    decodeTypeHeader(p, new DataView(head.buffer, hs, th), this.negotiated.caps);
+    decodeTypeHeader(p, this.headView, hs, this.negotiated.caps);
     const problem = framingProblem(p, this.peer);
     if (problem !== null) return this.fail(problem);
     const typeHeader = head.subarray(hs, hs + th);
