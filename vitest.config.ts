@@ -30,6 +30,7 @@ const UNIT = [
   "test/index.test.ts",
   "test/port/**/*.test.ts",
   "test/rings/conn-ring.test.ts",
+  "test/rings/contention.test.ts",
   "test/rings/doorbell.test.ts",
   "test/rings/model-constants.test.ts",
   "test/rings/ring-edges.test.ts",

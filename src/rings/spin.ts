@@ -23,7 +23,7 @@
  */
 import { performance } from "node:perf_hooks";
 import { InvalidOptionError } from "../util/errors.js";
-import { ContentionProbe, PREEMPT_GAP_MICROS } from "./contention.js";
+import { ContentionProbe, EngineThreads, PREEMPT_GAP_MICROS } from "./contention.js";
 import type { Waitable } from "./doorbell.js";
 
 export interface SpinOptions {
@@ -56,8 +56,10 @@ export interface WaitStats {
   readonly contendedSpins: number;
   /** Preemptions seen inside spins. */
   readonly preemptions: number;
-  /** 10 ms windows in which the thread waited for a CPU (the kernel's account). */
+  /** 10 ms windows in which the thread waited for a CPU while foreign work ran (the kernel's account). */
   readonly contendedWindows: number;
+  /** Work that is not the engine's in the last measured window, in cores (0 where it is not measured). */
+  readonly foreignCores: number;
   /** The thread's CPU time in ns (the kernel's account; null where there is none). */
   readonly cpuNs: number | null;
 }
@@ -101,7 +103,11 @@ export class AdaptiveSpin {
     }
     this.contendedMicros = Math.min(contended, this.maxMicros);
     // Reads nothing until asked (a spin longer than the cap is about to start, or statistics).
-    this.probe = options.probe !== undefined ? options.probe : new ContentionProbe();
+    // The connection's engine threads sit beside the spinner count, so the probe tells their work from the host's.
+    this.probe =
+      options.probe !== undefined
+        ? options.probe
+        : new ContentionProbe(true, options.limiter?.threads ?? null);
   }
 
   /**
@@ -211,6 +217,7 @@ export class AdaptiveSpin {
       contendedSpins: this.contendedSpins,
       preemptions: this.probe?.preemptions ?? 0,
       contendedWindows: this.probe?.contendedWindows ?? 0,
+      foreignCores: this.probe?.foreignCores ?? 0,
       cpuNs: this.probe?.cpuNs() ?? null,
     };
   }
@@ -236,11 +243,19 @@ export class AdaptiveSpin {
   }
 }
 
-export const SPIN_LIMITER_BYTES = 64;
+/** The engine threads' registry (contention.ts) follows the spinner count in the same shared memory. */
+const ENGINE_THREADS_OFFSET = 8;
+const ENGINE_THREAD_SLOTS = 30;
+export const SPIN_LIMITER_BYTES = ENGINE_THREADS_OFFSET + EngineThreads.bytes(ENGINE_THREAD_SLOTS);
 
-/** A counter of spinning threads in shared memory, capped at `maxSpinners`. */
+/**
+ * A counter of spinning threads in shared memory, capped at `maxSpinners`; beside it, the registry of the
+ * threads that wait on the connection's rings.
+ */
 export class SpinLimiter {
   private readonly word: Int32Array;
+  /** The connection's engine threads (null in a buffer too small to hold them). */
+  readonly threads: EngineThreads | null;
 
   static create(): SharedArrayBuffer {
     return new SharedArrayBuffer(SPIN_LIMITER_BYTES);
@@ -254,6 +269,10 @@ export class SpinLimiter {
       throw new InvalidOptionError(`maxSpinners must be a non-negative integer, got ${String(maxSpinners)}`);
     }
     this.word = new Int32Array(sab, 0, 1);
+    this.threads =
+      sab.byteLength >= SPIN_LIMITER_BYTES
+        ? new EngineThreads(sab, ENGINE_THREADS_OFFSET, ENGINE_THREAD_SLOTS)
+        : null;
   }
 
   tryEnter(): boolean {
