@@ -1,6 +1,10 @@
 /**
- * The port worker's engine: consumes the port ring, turns each request into
- * a transfer on its one UsbDevice, and answers when the device completes.
+ * The port service: consumes one port ring (on the port's worker, or on the
+ * backend's thread for an inline device), turns each request into a transfer
+ * on its one UsbDevice, and answers when the device completes. What arrives
+ * was resolved by the backend's gate (src/backend/resolve.ts): the service
+ * trusts it and reads no guest memory the guest may still rewrite (iso
+ * packets come from the port's iso table, a private copy).
  *
  * Transfer state machine (crosvm xhci_transfer.rs): Submitted → Completed,
  * or Submitted → Cancelling → Completed. The device's `done` is the only
@@ -21,7 +25,7 @@ import {
 import { BackRing } from "../rings/back-ring.js";
 import { Doorbell } from "../rings/doorbell.js";
 import { AdaptiveSpin, type SpinLimiter } from "../rings/spin.js";
-import { readU32, writeU32 } from "../urb/bytes.js";
+import { writeIsoPacketResult } from "../urb/iso.js";
 import { ISO_FRAME_DESCRIPTOR_SIZE } from "../urb/layout.js";
 import { ECONNRESET, EINVAL, ENOENT, OK, type UrbStatus } from "../urb/status.js";
 import { transferKindOfPipeType } from "../urb/types.js";
@@ -32,6 +36,9 @@ import {
   PORT_RING_GEOMETRY,
   PortOp,
   PortRequest,
+  portIsoPacketLength,
+  portIsoPacketOffset,
+  writePortResponse,
 } from "./port-wire.js";
 
 export interface PortServiceOptions {
@@ -42,6 +49,8 @@ export interface PortServiceOptions {
   /** The backend's doorbell, rung when answers are published. */
   readonly backendBell: SharedArrayBuffer;
   readonly memory: readonly SharedArrayBuffer[];
+  /** The port's iso table (PortLink.isoTable). Without it, iso submits are refused with -EINVAL. */
+  readonly isoTable?: SharedArrayBuffer;
   /** The connection's spinner cap, shared with the frontend and the backend. */
   readonly spinLimiter?: SpinLimiter;
   /** Longest spin while the host is contended (ControllerHandles.contendedSpinMicros). */
@@ -87,6 +96,7 @@ export class PortService {
   private transferCount = 0;
   private readonly device: UsbDevice;
   private readonly memory: readonly SharedArrayBuffer[];
+  private readonly isoTable: Uint32Array | null;
   private running = false;
   private stopped: Promise<void> | null = null;
   /** A publish is queued as a microtask: completions of one turn go out in one push. */
@@ -109,6 +119,7 @@ export class PortService {
   constructor(options: PortServiceOptions) {
     this.device = options.device;
     this.memory = options.memory;
+    this.isoTable = options.isoTable === undefined ? null : new Uint32Array(options.isoTable);
     this.ring = new BackRing(options.portRing, PORT_RING_GEOMETRY);
     this.myBell = new Doorbell(options.portBell);
     this.backendBell = new Doorbell(options.backendBell);
@@ -183,12 +194,7 @@ export class PortService {
     startFrame: number,
     errorCount: number,
   ): void {
-    const slot = this.ring.responseSlot();
-    writeU32(slot, 0, id);
-    writeU32(slot, 4, status);
-    writeU32(slot, 8, actualLength);
-    writeU32(slot, 12, startFrame);
-    writeU32(slot, 16, errorCount);
+    writePortResponse(this.ring.responseSlot(), id, status, actualLength, startFrame, errorCount);
     this.ring.commitResponse();
   }
 
@@ -262,19 +268,20 @@ export class PortService {
     let isoPackets: IsoPacketRequest[] | null = null;
     let isoDescriptors: Uint8Array | null = null;
     if (r.kind === 0) {
+      const table = this.isoTable;
+      if (table === null) {
+        this.answer(id, EINVAL, 0, 0, 0);
+        this.stats.errors++;
+        return;
+      }
+      // Where results go (written, never read back); the packets themselves come from the iso table.
       isoDescriptors = this.view(r.isoRegion, r.isoOffset, r.isoPackets * ISO_FRAME_DESCRIPTOR_SIZE);
       isoPackets = [];
       for (let i = 0; i < r.isoPackets; i++) {
-        const at = i * ISO_FRAME_DESCRIPTOR_SIZE;
-        const offset = readU32(isoDescriptors, at);
-        const length = readU32(isoDescriptors, at + 4);
-        // The backend checked a copy; the guest may have changed the array since. Re-check, never trust.
-        if (offset + length > buffer.length) {
-          this.answer(id, EINVAL, 0, 0, 0);
-          this.stats.errors++;
-          return;
-        }
-        isoPackets.push({ offset, length });
+        isoPackets.push({
+          offset: portIsoPacketOffset(table, id, i),
+          length: portIsoPacketLength(table, id, i),
+        });
       }
     }
     // Same property order as runIntercepted's: one hidden class for every Transfer.
@@ -324,8 +331,7 @@ export class PortService {
       const n = Math.min(result.isoPackets.length, t.isoDescriptors.length / ISO_FRAME_DESCRIPTOR_SIZE);
       for (let i = 0; i < n; i++) {
         const p = result.isoPackets[i]!;
-        writeU32(t.isoDescriptors, i * ISO_FRAME_DESCRIPTOR_SIZE + 8, p.status);
-        writeU32(t.isoDescriptors, i * ISO_FRAME_DESCRIPTOR_SIZE + 12, p.actualLength);
+        writeIsoPacketResult(t.isoDescriptors, i, p.status, p.actualLength);
       }
     }
     this.stats.completed++;
