@@ -40,6 +40,7 @@ import {
   portIsoPacketOffset,
   writePortResponse,
 } from "./port-wire.js";
+import { TransferBuffers } from "./transfer-buffer.js";
 
 export interface PortServiceOptions {
   readonly device: UsbDevice;
@@ -95,7 +96,7 @@ export class PortService {
   private readonly transfers = new Array<Transfer | null>(PORT_RING_GEOMETRY.slots).fill(null);
   private transferCount = 0;
   private readonly device: UsbDevice;
-  private readonly memory: readonly SharedArrayBuffer[];
+  private readonly buffers: TransferBuffers;
   private readonly isoTable: Uint32Array | null;
   private running = false;
   private stopped: Promise<void> | null = null;
@@ -118,7 +119,7 @@ export class PortService {
 
   constructor(options: PortServiceOptions) {
     this.device = options.device;
-    this.memory = options.memory;
+    this.buffers = new TransferBuffers(options.memory, this.stats);
     this.isoTable = options.isoTable === undefined ? null : new Uint32Array(options.isoTable);
     this.ring = new BackRing(options.portRing, PORT_RING_GEOMETRY);
     this.myBell = new Doorbell(options.portBell);
@@ -210,10 +211,6 @@ export class PortService {
     this.answer(id, OK, 0, 0, 0);
   }
 
-  private view(region: number, offset: number, length: number): Uint8Array {
-    return new Uint8Array(this.memory[region]!, offset, length);
-  }
-
   private track(t: Transfer): void {
     // A second submit with an id in flight replaces it, as Map.set did; the first still answers once.
     if (this.transfers[t.id] === null) this.transferCount++;
@@ -242,29 +239,11 @@ export class PortService {
         return;
       }
     }
-    // Build the buffer: one view when the segments are one piece of guest memory.
-    let buffer: Uint8Array;
-    let bounce: Uint8Array | null = null;
-    let segments: Uint32Array | null = null;
-    const s = r.segs;
-    if (r.nSegs === 0) buffer = NO_DATA;
-    else if (r.nSegs === 1) buffer = this.view(s[0]!, s[1]!, s[2]!);
-    else {
-      let contiguous = true;
-      for (let i = 1; i < r.nSegs && contiguous; i++) {
-        const p = (i - 1) * 3;
-        contiguous = s[i * 3] === s[p] && s[i * 3 + 1] === s[p + 1]! + s[p + 2]!;
-      }
-      if (contiguous) buffer = this.view(s[0]!, s[1]!, r.length);
-      else {
-        bounce = new Uint8Array(r.length);
-        segments = s.slice(0, r.nSegs * 3);
-        if (!r.directionIn) this.copySegments(segments, bounce, true, r.length);
-        buffer = bounce;
-        this.stats.bounceCopies++;
-        this.stats.bounceBytes += r.length;
-      }
-    }
+    // One view when the segments are one piece of guest memory, else a bounce buffer (transfer-buffer.ts).
+    const buffer = this.buffers.build(r.segs, r.nSegs, r.length, r.directionIn);
+    const bounce = this.buffers.bounced ? buffer : null;
+    // r.segs is overwritten by the next decode: a bounced transfer keeps its own copy for copyBack.
+    const segments = bounce === null ? null : r.segs.slice(0, r.nSegs * 3);
     let isoPackets: IsoPacketRequest[] | null = null;
     let isoDescriptors: Uint8Array | null = null;
     if (r.kind === 0) {
@@ -275,7 +254,7 @@ export class PortService {
         return;
       }
       // Where results go (written, never read back); the packets themselves come from the iso table.
-      isoDescriptors = this.view(r.isoRegion, r.isoOffset, r.isoPackets * ISO_FRAME_DESCRIPTOR_SIZE);
+      isoDescriptors = this.buffers.view(r.isoRegion, r.isoOffset, r.isoPackets * ISO_FRAME_DESCRIPTOR_SIZE);
       isoPackets = [];
       for (let i = 0; i < r.isoPackets; i++) {
         isoPackets.push({
@@ -308,24 +287,13 @@ export class PortService {
     t.handle = this.device.submit(t, (result) => this.complete(t, result));
   }
 
-  private copySegments(segs: Uint32Array, bounce: Uint8Array, intoBounce: boolean, limit: number): void {
-    let at = 0;
-    for (let i = 0; i < segs.length && at < limit; i += 3) {
-      const len = Math.min(segs[i + 2]!, limit - at);
-      const v = this.view(segs[i]!, segs[i + 1]!, len);
-      if (intoBounce) bounce.set(v, at);
-      else v.set(bounce.subarray(at, at + len));
-      at += len;
-    }
-  }
-
   private complete(t: Transfer, result: TransferResult): void {
     if (t.state === "completed") return; // a device calling done twice: the first answer stands
     t.state = "completed";
     this.untrack(t);
     const actual = Math.max(0, Math.min(result.actualLength, t.bounce?.length ?? Number.MAX_SAFE_INTEGER));
     if (t.bounce !== null && t.segments !== null && t.directionIn && actual > 0) {
-      this.copySegments(t.segments, t.bounce, false, actual);
+      this.buffers.copyBack(t.segments, t.bounce, actual);
     }
     if (t.isoDescriptors !== null && result.isoPackets !== undefined) {
       const n = Math.min(result.isoPackets.length, t.isoDescriptors.length / ISO_FRAME_DESCRIPTOR_SIZE);
