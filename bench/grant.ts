@@ -152,6 +152,10 @@ export const grantSuite = {
     console.log(
       `grant: ${stats.maps} pins, ${urbs} URBs (${bounceStats.bounceCopies} bounced), ${(bounceStats.bounceBytes / 2 ** 20).toFixed(0)} MiB bounced`,
     );
-    return results.map((r) => ({ ...r, name: GRANT_RESULT_KEYS[r.name] ?? r.name, unit: "maps/s" }));
+    return results.map((r) => ({
+      ...r,
+      name: GRANT_RESULT_KEYS[r.name] ?? r.name,
+      unit: r.name.startsWith("map") ? "maps/s" : "URB/s",
+    }));
   },
 };
