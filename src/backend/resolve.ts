@@ -157,6 +157,8 @@ export class RequestGate {
   private readonly transfer = new ResolvedTransfer();
   private readonly pageCopy = new Uint8Array(4096);
   private readonly isoCopy = new Uint8Array(MAX_ISO_PACKETS * ISO_FRAME_DESCRIPTOR_SIZE);
+  /** Why the last segmentsOf returned null. */
+  private pageRejection: GateRejection | null = null;
 
   constructor(
     private readonly mapper: GrantMapper,
@@ -216,7 +218,7 @@ export class RequestGate {
     if (pins.length !== 0) pins.length = 0;
 
     const segments = this.segmentsOf(req);
-    if ("ok" in segments) return this.fail(t, segments);
+    if (segments === null) return this.fail(t, this.pageRejection!);
     const access = t.directionIn ? "write" : "read";
     for (let i = 0; i < segments.length; i++) {
       const seg = segments[i]!;
@@ -238,23 +240,27 @@ export class RequestGate {
     return t;
   }
 
-  /** The request's data segments, or a rejection when the indirect page is bad. */
-  private segmentsOf(req: DataUrb): readonly Segment[] | GateRejection {
+  /** The request's data segments, or null (and `pageRejection` says why) when the indirect page is bad. */
+  private segmentsOf(req: DataUrb): readonly Segment[] | null {
     const b = req.buffer;
     if (b.kind === "none") return NO_SEGMENTS;
     if (b.kind === "inline") return b.segments;
+    this.pageRejection = null;
     // Indirect: pin the page, copy it (the guest may rewrite it), unpin, then parse the copy.
     const length = b.count * SEGMENT_SIZE;
     const view = this.mapper.map(b.page.ref, this.domid, "read", b.page.offset, length);
     if (typeof view === "number") {
       this.counters.grantFaults++;
-      return rejection(req.id, EINVAL, "grant-fault");
+      this.pageRejection = rejection(req.id, EINVAL, "grant-fault");
+      return null;
     }
     const copy = this.pageCopy.subarray(0, length);
     copy.set(view);
     this.mapper.unmap(b.page.ref);
     const parsed = parseIndirectSegments(copy, b.count, req.bufferLength);
-    return parsed.ok ? parsed.segments : rejection(req.id, parsed.status, parsed.reason);
+    if (parsed.ok) return parsed.segments;
+    this.pageRejection = rejection(req.id, parsed.status, parsed.reason);
+    return null;
   }
 
   /** Pin the descriptor array, copy it privately and check the copy; null when resolved. */
