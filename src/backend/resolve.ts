@@ -44,6 +44,7 @@ import type { ParseReason } from "../urb/reasons.js";
 import { EINVAL, ENODEV, type UrbStatus } from "../urb/status.js";
 import {
   type DataUrb,
+  DEFAULT_DEV_ADDR,
   type DevAddr,
   Direction,
   type EndpointNum,
@@ -100,7 +101,7 @@ export class ResolvedTransfer implements PortSubmit {
   readonly kind = "transfer";
   id = 0 as UrbId;
   port = MIN_PORT as PortNum;
-  device = 0 as DevAddr;
+  device = DEFAULT_DEV_ADDR;
   /** The port's link (attached, not closing, when resolved). */
   link!: PortLink;
   /** A port reset (CLEAR/SET_FEATURE(PORT_RESET) to the device): the address goes back to 0 when it succeeds. */
