@@ -14,40 +14,27 @@
  */
 import { GrantMapper } from "../dma-map/grant-mapper.js";
 import { GuestMemory } from "../dma-map/guest-memory.js";
-import type { DomId, GrantRef } from "../dma-map/types.js";
+import { type DomId, domId, type GrantRef } from "../dma-map/types.js";
 import type { ControllerHandles } from "../engine/handles.js";
 import { URB_RING_GEOMETRY } from "../engine/handles.js";
 import {
-  PORT_FLAG_ISO_ASAP,
-  PORT_FLAG_SHORT_NOT_OK,
-  PORT_FLAG_ZERO_PACKET,
   PORT_RESPONSE_SIZE,
-  portResponseId,
+  PortResponse,
+  readPortResponse,
   writePortCancel,
-  writePortIso,
-  writePortSegment,
+  writePortIsoPackets,
   writePortSubmit,
 } from "../port/port-wire.js";
 import { BackRing } from "../rings/back-ring.js";
 import { ConnBack, type ConnEvent } from "../rings/conn-ring.js";
 import { Doorbell, type Waitable } from "../rings/doorbell.js";
 import { RingFault, ringFaultMessage } from "../rings/faults.js";
-import { readS32, readU32 } from "../urb/bytes.js";
 import { encodeResponse } from "../urb/codec.js";
-import { parseIsoPacketDescriptors } from "../urb/iso.js";
-import { ISO_FRAME_DESCRIPTOR_SIZE, SEGMENT_SIZE } from "../urb/layout.js";
-import { parseIndirectSegments, parseRequest } from "../urb/parse.js";
-import { ECONNRESET, EINVAL, ENODEV, ENOENT, ENOMEM, ESHUTDOWN, OK, type UrbStatus } from "../urb/status.js";
-import {
-  type DataUrb,
-  Direction,
-  pipeTypeOf,
-  type Segment,
-  type UnlinkUrb,
-  type UrbId,
-} from "../urb/types.js";
-import { isPortReset, isSetAddress, UsbSpeed } from "../usb/index.js";
+import { ECONNRESET, ENODEV, ENOENT, ENOMEM, ESHUTDOWN, OK, type UrbStatus } from "../urb/status.js";
+import { DEFAULT_DEV_ADDR, type DevAddr, type PortNum, type UnlinkUrb, type UrbId } from "../urb/types.js";
+import { UsbSpeed } from "../usb/index.js";
 import type { InFlightUrb, PortLink } from "./port-link.js";
+import { type GateState, RequestGate, type ResolvedTransfer } from "./resolve.js";
 
 /**
  * Requests taken per poll. The answers collected from the ports go out before
@@ -59,8 +46,6 @@ const REQUESTS_PER_POLL = 16;
 
 /** In-flight records kept for reuse: what the URB ring can hold, plus its unlinks. */
 const MAX_SPARE_RECORDS = 2 * URB_RING_GEOMETRY.slots;
-
-const NO_SEGMENTS: readonly Segment[] = Object.freeze([]);
 
 export interface PortStatsSnapshot {
   urbs: number;
@@ -92,7 +77,7 @@ export type BackendEvent =
 interface PortState {
   link: PortLink | null;
   /** The device's address as the guest set it (SET_ADDRESS is virtualised here). */
-  address: number;
+  address: DevAddr;
   stats: PortStatsSnapshot;
 }
 
@@ -104,13 +89,16 @@ export class UsbBackend implements Waitable {
   private readonly mapper: GrantMapper;
   private readonly memory: GuestMemory;
   private readonly domid: DomId;
+  private readonly gate: RequestGate;
+  /** What the gate reads: the ports and the ids in flight. */
+  private readonly gateState: GateState;
   private readonly ports: PortState[];
-  private readonly inFlight = new Map<number, InFlightUrb>();
+  private readonly inFlight = new Map<UrbId, InFlightUrb>();
   private readonly spare: InFlightUrb[] = [];
   private readonly connQueue: ConnEvent[] = [];
   private readonly copy = new Uint8Array(URB_RING_GEOMETRY.slotSize);
   private readonly portCopy = new Uint8Array(PORT_RESPONSE_SIZE);
-  private readonly pageCopy = new Uint8Array(4096);
+  private readonly portResponse = new PortResponse();
   private faultReported = false;
   private readonly listeners: ((e: BackendEvent) => void)[] = [];
   readonly stats: BackendStats = {
@@ -132,11 +120,13 @@ export class UsbBackend implements Waitable {
     this.bell = new Doorbell(handles.backendBell);
     this.memory = new GuestMemory({ regions: handles.memory });
     this.mapper = new GrantMapper({ table: handles.grantTable, memory: this.memory });
-    this.domid = handles.backendDomid as DomId;
+    this.domid = domId(handles.backendDomid);
+    this.gate = new RequestGate(this.mapper, this.domid, this.stats);
     this.ports = [];
     for (let p = 0; p <= handles.ports; p++) {
-      this.ports.push({ link: null, address: 0, stats: { urbs: 0, bytes: 0, errors: 0 } });
+      this.ports.push({ link: null, address: DEFAULT_DEV_ADDR, stats: { urbs: 0, bytes: 0, errors: 0 } });
     }
+    this.gateState = { ports: this.ports, inFlight: this.inFlight };
   }
 
   onEvent(listener: (e: BackendEvent) => void): void {
@@ -215,171 +205,59 @@ export class UsbBackend implements Waitable {
     return work;
   }
 
-  private respond(id: number, status: number, actualLength = 0, startFrame = 0, errorCount = 0): void {
-    encodeResponse(
-      { id: id as UrbId, status: status as UrbStatus, actualLength, startFrame, errorCount },
-      this.urbRing.responseSlot(),
-    );
+  private respond(id: UrbId, status: UrbStatus, actualLength = 0, startFrame = 0, errorCount = 0): void {
+    encodeResponse({ id, status, actualLength, startFrame, errorCount }, this.urbRing.responseSlot());
     this.urbRing.commitResponse();
     this.stats.responses++;
   }
 
-  private reject(id: number, status: UrbStatus): void {
+  private reject(id: UrbId, status: UrbStatus): void {
     this.stats.rejected++;
     this.respond(id, status);
   }
 
   private handleRequest(): void {
-    const parsed = parseRequest(this.copy);
-    if (!parsed.ok) {
+    const r = this.gate.resolveRequest(this.copy, this.gateState);
+    if (!r.ok) {
       // Only a slot shorter than an id has no id to answer; the URB ring's slots never are.
-      this.reject(parsed.id ?? 0, parsed.status);
+      this.reject(r.id ?? (0 as UrbId), r.status);
       return;
     }
-    const req = parsed.req;
-    if (this.inFlight.has(req.id)) {
-      this.reject(req.id, EINVAL); // ids must be unique in flight, or unlink would be ambiguous
-      return;
-    }
-    if (req.kind === "unlink") {
-      this.handleUnlink(req);
-      return;
-    }
-    const port = req.port <= this.handles.ports ? this.ports[req.port]! : null;
-    if (port === null || port.link === null || port.link.closing) {
-      this.reject(req.id, ENODEV);
-      return;
-    }
-    if (req.kind === "control" && isSetAddress(req.setup)) {
-      this.setAddress(port, req.id, req.device, req.setup.wValue);
-      return;
-    }
-    const reset = req.kind === "control" && isPortReset(req.setup);
-    if (!reset && req.device !== port.address) {
-      this.reject(req.id, ENODEV);
-      return;
-    }
-    this.forward(port.link, req, reset);
-  }
-
-  private setAddress(port: PortState, id: number, device: number, value: number): void {
-    this.stats.setAddress++;
-    if (device !== port.address) this.reject(id, ENODEV);
-    else if (value < 1 || value > 127) this.reject(id, EINVAL);
+    if (r.kind === "transfer") this.forward(r);
+    else if (r.kind === "unlink") this.handleUnlink(r.req);
     else {
-      port.address = value;
-      this.respond(id, OK);
+      this.ports[r.port]!.address = r.address;
+      this.respond(r.id, OK);
     }
   }
 
-  private unpin(pins: readonly number[]): void {
-    for (const ref of pins) this.mapper.unmap(ref as GrantRef);
+  private unpin(pins: readonly GrantRef[]): void {
+    for (const ref of pins) this.mapper.unmap(ref);
   }
 
-  /** Pin one guest segment; on success append it to the port slot. */
-  private pinSegment(slot: Uint8Array, index: number, seg: Segment, write: boolean, pins: number[]): boolean {
-    const fault = this.mapper.pin(seg.ref, this.domid, write ? "write" : "read", seg.offset, seg.length);
-    if (fault !== 0) {
-      this.stats.grantFaults++;
-      return false;
-    }
-    pins.push(seg.ref);
-    writePortSegment(slot, index, this.mapper.pinnedRegion, this.mapper.pinnedRegionOffset, seg.length);
-    return true;
-  }
-
-  private forward(link: PortLink, req: DataUrb, reset: boolean): void {
+  /** Hand a resolved transfer to its port: one port-ring slot, and its iso packets in the iso table. */
+  private forward(t: ResolvedTransfer): void {
+    const link = t.link;
     const slot = link.front.requestSlot();
     const portId = slot === null ? -1 : link.ids.allocate();
     if (slot === null || portId < 0) {
       // Cannot happen while the URB ring bounds what is in flight (see port-wire.ts); answer, never drop.
-      this.reject(req.id, ENOMEM);
+      this.unpin(t.pins);
+      t.pins.length = 0;
+      this.reject(t.id, ENOMEM);
       return;
     }
-    const urb = this.takeRecord(req.id, link.port, portId, req.bufferLength, reset);
+    writePortSubmit(slot, portId, t);
+    if (t.isoPacketCount > 0) writePortIsoPackets(link.isoPackets, portId, t.isoPackets);
+    const urb = this.takeRecord(t.id, t.port, portId, t.bufferLength, t.isPortReset);
+    // The record takes the transfer's pins; the gate gets the record's (empty) array for the next one.
     const pins = urb.pins;
-    const write = req.direction === Direction.In;
-    let flags = req.shortNotOk ? PORT_FLAG_SHORT_NOT_OK : 0;
-    if ((req.kind === "bulk" || req.kind === "interrupt") && req.zeroPacket) flags |= PORT_FLAG_ZERO_PACKET;
-    if (req.kind === "isochronous" && req.isoAsap) flags |= PORT_FLAG_ISO_ASAP;
-    writePortSubmit(
-      slot,
-      portId,
-      pipeTypeOf(req.kind),
-      req.endpoint,
-      write,
-      flags,
-      req.bufferLength,
-      req.kind === "control" ? req.setup : null,
-      req.kind === "interrupt" || req.kind === "isochronous" ? req.interval : 0,
-    );
-    let status: UrbStatus = OK;
-    const segments = this.segmentsOf(req);
-    if (segments === null) status = EINVAL;
-    else if (typeof segments === "number") status = segments as UrbStatus;
-    else {
-      for (let i = 0; i < segments.length; i++) {
-        if (!this.pinSegment(slot, i, segments[i]!, write, pins)) {
-          status = EINVAL;
-          break;
-        }
-      }
-    }
-    if (status === OK && req.kind === "isochronous") status = this.pinIsoDescriptors(slot, req, pins);
-    if (status !== OK) {
-      link.ids.complete(portId);
-      this.unpin(pins);
-      this.giveBack(urb);
-      this.reject(req.id, status);
-      return;
-    }
+    urb.pins = t.pins;
+    t.pins = pins;
     link.front.commitRequest();
     link.byPortId[portId] = urb;
-    this.inFlight.set(req.id, urb);
+    this.inFlight.set(t.id, urb);
     // Published by poll() once per drain of the URB ring (one push and at most one ring per batch).
-  }
-
-  /** The request's data segments, or a status when the indirect page is bad. */
-  private segmentsOf(req: DataUrb): readonly Segment[] | number | null {
-    const b = req.buffer;
-    if (b.kind === "none") return NO_SEGMENTS;
-    if (b.kind === "inline") return b.segments;
-    // Indirect: pin the page, copy it (the guest may rewrite it), unpin, then parse the copy.
-    const length = b.count * SEGMENT_SIZE;
-    const view = this.mapper.map(b.page.ref, this.domid, "read", b.page.offset, length);
-    if (typeof view === "number") {
-      this.stats.grantFaults++;
-      return EINVAL;
-    }
-    const copy = this.pageCopy.subarray(0, length);
-    copy.set(view);
-    this.mapper.unmap(b.page.ref);
-    const parsed = parseIndirectSegments(copy, b.count, req.bufferLength);
-    return parsed.ok ? parsed.segments : parsed.status;
-  }
-
-  private pinIsoDescriptors(
-    slot: Uint8Array,
-    req: Extract<DataUrb, { kind: "isochronous" }>,
-    pins: number[],
-  ): UrbStatus {
-    const d = req.frameDescriptors;
-    const length = req.numberOfPackets * ISO_FRAME_DESCRIPTOR_SIZE;
-    const fault = this.mapper.pin(d.ref, this.domid, "write", d.offset, length);
-    if (fault !== 0) {
-      this.stats.grantFaults++;
-      return EINVAL;
-    }
-    pins.push(d.ref);
-    const region = this.mapper.pinnedRegion;
-    const offset = this.mapper.pinnedRegionOffset;
-    // Check a copy; the port worker re-checks each packet against the buffer when it reads the live array.
-    const copy = new Uint8Array(length);
-    copy.set(new Uint8Array(this.memory.regions[region]!, offset, length));
-    const parsed = parseIsoPacketDescriptors(copy, req.numberOfPackets, req.bufferLength);
-    if (!parsed.ok) return parsed.status;
-    writePortIso(slot, req.numberOfPackets, region, offset, req.startFrame);
-    return OK;
   }
 
   private handleUnlink(req: UnlinkUrb): void {
@@ -416,19 +294,14 @@ export class UsbBackend implements Waitable {
   private drainPort(link: PortLink): number {
     link.host.collect();
     let n = 0;
+    const rsp = this.portResponse;
     while (link.front.takeResponse(this.portCopy)) {
       n++;
-      const portId = portResponseId(this.portCopy);
-      const urb = link.byPortId[portId];
-      link.byPortId[portId] = null;
+      readPortResponse(this.portCopy, rsp);
+      const urb = link.byPortId[rsp.id];
+      link.byPortId[rsp.id] = null;
       if (urb === null || urb === undefined) continue; // a cancel's own answer
-      this.completeUrb(
-        urb,
-        readS32(this.portCopy, 4),
-        readU32(this.portCopy, 8),
-        readU32(this.portCopy, 12),
-        readU32(this.portCopy, 16),
-      );
+      this.completeUrb(urb, rsp.status, rsp.actualLength, rsp.startFrame, rsp.errorCount);
     }
     if (link.front.fault !== RingFault.NONE)
       this.failPort(link.port, `port ring fault: ${ringFaultMessage(link.front.fault)}`);
@@ -437,7 +310,7 @@ export class UsbBackend implements Waitable {
 
   private completeUrb(
     urb: InFlightUrb,
-    status: number,
+    status: UrbStatus,
     actual: number,
     startFrame: number,
     errorCount: number,
@@ -451,7 +324,7 @@ export class UsbBackend implements Waitable {
     if (status !== OK && status !== ECONNRESET) port.stats.errors++;
     this.respond(urb.frontId, status, clamped, startFrame, errorCount);
     if (urb.isPortReset && status === OK && port.link !== null) {
-      port.address = 0;
+      port.address = DEFAULT_DEV_ADDR;
       this.connQueue.push({ port: urb.port, speed: port.link.summary.speed });
     }
     if (urb.unlinkWaiters !== null) {
@@ -471,8 +344,8 @@ export class UsbBackend implements Waitable {
    * nothing refers to it any more (answered, out of inFlight and byPortId).
    */
   private takeRecord(
-    frontId: number,
-    port: number,
+    frontId: UrbId,
+    port: PortNum,
     portId: number,
     bufferLength: number,
     isPortReset: boolean,
@@ -519,7 +392,7 @@ export class UsbBackend implements Waitable {
     const port = this.ports[link.port]!;
     if (port.link !== null) throw new Error(`port ${link.port} already has a device`);
     port.link = link;
-    port.address = 0;
+    port.address = DEFAULT_DEV_ADDR;
     this.connQueue.push({ port: link.port, speed: link.summary.speed });
     this.flushConn();
     this.bell.ring();
@@ -535,7 +408,7 @@ export class UsbBackend implements Waitable {
     const link = port?.link ?? null;
     if (port === undefined || link === null) return null;
     port.link = null;
-    port.address = 0;
+    port.address = DEFAULT_DEV_ADDR;
     for (const urb of [...this.inFlight.values()]) {
       if (urb.port !== portNumber || urb.portId < 0) continue;
       this.completeUrb(urb, status, 0, 0, 0);

@@ -15,7 +15,7 @@ import type { UsbDevice } from "../devices/device.js";
 import type { EmulatedDeviceSpec } from "../devices/spec.js";
 import { runDeviceCommand } from "../port/device-commands.js";
 import { PortService, type PortStats } from "../port/port-service.js";
-import { PORT_RING_GEOMETRY } from "../port/port-wire.js";
+import { createPortIsoTable, PORT_RING_GEOMETRY } from "../port/port-wire.js";
 import { Doorbell } from "../rings/doorbell.js";
 import { createRingBuffer } from "../rings/layout.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
@@ -127,9 +127,11 @@ export async function openInlinePort(options: OpenInlineOptions): Promise<PortLi
     throw PortStartError.deviceOpen(options.port, err);
   }
   const ring = createRingBuffer(PORT_RING_GEOMETRY);
+  const isoTable = createPortIsoTable();
   const service = new PortService({
     device,
     portRing: ring,
+    isoTable,
     portBell: Doorbell.create(), // nobody waits on it: kick() runs the service directly
     backendBell: options.backendBell,
     memory: options.memory,
@@ -140,5 +142,5 @@ export async function openInlinePort(options: OpenInlineOptions): Promise<PortLi
     deviceDescriptor: device.info.deviceDescriptor,
     placement: "backend" as const,
   };
-  return new PortLink(options.port, summary, ring, new InlinePort(options.port, device, service));
+  return new PortLink(options.port, summary, ring, new InlinePort(options.port, device, service), isoTable);
 }

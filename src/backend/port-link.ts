@@ -5,24 +5,27 @@
  * (worker-port.ts) or the backend's thread (inline-port.ts). The backend
  * speaks the same ring protocol to both.
  */
+
+import type { GrantRef } from "../dma-map/types.js";
 import type { PortStats } from "../port/port-service.js";
-import { PORT_RESPONSE_SIZE, PORT_RING_GEOMETRY } from "../port/port-wire.js";
+import { createPortIsoTable, PORT_RESPONSE_SIZE, PORT_RING_GEOMETRY } from "../port/port-wire.js";
 import { FrontRing } from "../rings/front-ring.js";
 import { IdPool } from "../rings/id-pool.js";
+import type { PortNum, UrbId } from "../urb/types.js";
 import type { UsbSpeed } from "../usb/index.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 
 /** One guest URB while it is on a port: what to answer and what to unpin when it completes (reused by the backend). */
 export interface InFlightUrb {
-  frontId: number;
-  port: number;
+  frontId: UrbId;
+  port: PortNum;
   /** Port-ring id, or -1 for an unlink (it never reaches the port). */
   portId: number;
   bufferLength: number;
-  /** Grant refs pinned for this URB (data segments and the iso descriptor array). */
-  readonly pins: number[];
+  /** Grant refs pinned for this URB (data segments and the iso descriptor array); swapped with the gate's. */
+  pins: GrantRef[];
   /** Guest ids of unlink requests waiting for this URB to complete. */
-  unlinkWaiters: number[] | null;
+  unlinkWaiters: UrbId[] | null;
   cancelSent: boolean;
   isPortReset: boolean;
 }
@@ -86,13 +89,18 @@ export class PortLink {
   readonly byPortId: (InFlightUrb | null)[] = new Array(PORT_RING_GEOMETRY.slots).fill(null);
   /** Set by detach: new URBs to this port get -ENODEV from then on. */
   closing = false;
+  /** The port's iso table (port-wire.ts), over `isoTable`: the backend writes each iso URB's copied packets. */
+  readonly isoPackets: Uint32Array;
 
   constructor(
     readonly port: number,
     readonly summary: DeviceSummary,
     ring: SharedArrayBuffer,
     readonly host: PortHost,
+    /** Shared with the port service (PortServiceOptions.isoTable). */
+    readonly isoTable: SharedArrayBuffer = createPortIsoTable(),
   ) {
+    this.isoPackets = new Uint32Array(isoTable);
     this.front = new FrontRing(ring, PORT_RING_GEOMETRY, {
       ids: this.ids,
       responseBytes: PORT_RESPONSE_SIZE,

@@ -8,7 +8,7 @@ import { once } from "node:events";
 import { MessageChannel, type MessagePort, type Worker } from "node:worker_threads";
 import type { DeviceSpec } from "../devices/spec.js";
 import type { PortStats } from "../port/port-service.js";
-import { PORT_RING_GEOMETRY } from "../port/port-wire.js";
+import { createPortIsoTable, PORT_RING_GEOMETRY } from "../port/port-wire.js";
 import { Doorbell } from "../rings/doorbell.js";
 import { createRingBuffer } from "../rings/layout.js";
 import { deserializeError } from "../util/error-wire.js";
@@ -117,6 +117,7 @@ export interface SpawnPortOptions {
 /** Start a port worker for `spec` and wait for it to open its device. */
 export async function spawnPortWorker(options: SpawnPortOptions): Promise<PortLink> {
   const ring = createRingBuffer(PORT_RING_GEOMETRY);
+  const isoTable = createPortIsoTable();
   const bell = Doorbell.create();
   const heartbeat = new SharedArrayBuffer(8);
   const { port1, port2 } = new MessageChannel();
@@ -124,6 +125,7 @@ export async function spawnPortWorker(options: SpawnPortOptions): Promise<PortLi
     port: options.port,
     spec: options.spec,
     portRing: ring,
+    isoTable,
     portBell: bell,
     backendBell: options.backendBell,
     memory: options.memory,
@@ -166,5 +168,5 @@ export async function spawnPortWorker(options: SpawnPortOptions): Promise<PortLi
     throw PortStartError.deviceOpen(options.port, deserializeError(hello.error));
   }
   const host = new WorkerPort(worker, bell, heartbeat, port1);
-  return new PortLink(options.port, { ...hello.summary, placement: "worker" }, ring, host);
+  return new PortLink(options.port, { ...hello.summary, placement: "worker" }, ring, host, isoTable);
 }

@@ -1,6 +1,6 @@
 /**
- * Why a grant operation was refused. The backend's hot path (GrantMapper.map,
- * unmap, mapSegments) returns these numeric codes instead of throwing, so a
+ * Why a grant operation was refused. The backend's hot path (GrantMapper.pin,
+ * map, unmap) returns these numeric codes instead of throwing, so a
  * hostile frontend costs a comparison, not an exception; the URB layer turns a
  * fault into an error response (-ESHUTDOWN in QEMU's xen-usb, -EINVAL here or
  * there: that mapping belongs to src/urb). Callers that prefer exceptions wrap
@@ -31,9 +31,9 @@ export const GrantFault = {
   BUSY: 9,
   /** Unmap of a grant (or release of a buffer) that is not mapped: a double unmap. */
   NOT_MAPPED: 10,
-  /** More segments than MAX_SEGMENTS. */
+  /** More segments than MAX_SEGMENTS (kept for its stable code; the URB parse gate refuses these first). */
   TOO_MANY_SEGMENTS: 11,
-  /** Segment lengths add up to more than MAX_TRANSFER_BYTES. */
+  /** Segment lengths add up to more than MAX_TRANSFER_BYTES (kept likewise; refused by the parse gate). */
   TRANSFER_TOO_LONG: 12,
 } as const;
 

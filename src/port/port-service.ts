@@ -1,6 +1,10 @@
 /**
- * The port worker's engine: consumes the port ring, turns each request into
- * a transfer on its one UsbDevice, and answers when the device completes.
+ * The port service: consumes one port ring (on the port's worker, or on the
+ * backend's thread for an inline device), turns each request into a transfer
+ * on its one UsbDevice, and answers when the device completes. What arrives
+ * was resolved by the backend's gate (src/backend/resolve.ts): the service
+ * trusts it and reads no guest memory the guest may still rewrite (iso
+ * packets come from the port's iso table, a private copy).
  *
  * Transfer state machine (crosvm xhci_transfer.rs): Submitted → Completed,
  * or Submitted → Cancelling → Completed. The device's `done` is the only
@@ -21,7 +25,7 @@ import {
 import { BackRing } from "../rings/back-ring.js";
 import { Doorbell } from "../rings/doorbell.js";
 import { AdaptiveSpin, type SpinLimiter } from "../rings/spin.js";
-import { readU32, writeU32 } from "../urb/bytes.js";
+import { writeIsoPacketResult } from "../urb/iso.js";
 import { ISO_FRAME_DESCRIPTOR_SIZE } from "../urb/layout.js";
 import { ECONNRESET, EINVAL, ENOENT, OK, type UrbStatus } from "../urb/status.js";
 import { transferKindOfPipeType } from "../urb/types.js";
@@ -32,7 +36,11 @@ import {
   PORT_RING_GEOMETRY,
   PortOp,
   PortRequest,
+  portIsoPacketLength,
+  portIsoPacketOffset,
+  writePortResponse,
 } from "./port-wire.js";
+import { TransferBuffers } from "./transfer-buffer.js";
 
 export interface PortServiceOptions {
   readonly device: UsbDevice;
@@ -42,6 +50,8 @@ export interface PortServiceOptions {
   /** The backend's doorbell, rung when answers are published. */
   readonly backendBell: SharedArrayBuffer;
   readonly memory: readonly SharedArrayBuffer[];
+  /** The port's iso table (PortLink.isoTable). Without it, iso submits are refused with -EINVAL. */
+  readonly isoTable?: SharedArrayBuffer;
   /** The connection's spinner cap, shared with the frontend and the backend. */
   readonly spinLimiter?: SpinLimiter;
   /** Longest spin while the host is contended (ControllerHandles.contendedSpinMicros). */
@@ -86,7 +96,8 @@ export class PortService {
   private readonly transfers = new Array<Transfer | null>(PORT_RING_GEOMETRY.slots).fill(null);
   private transferCount = 0;
   private readonly device: UsbDevice;
-  private readonly memory: readonly SharedArrayBuffer[];
+  private readonly buffers: TransferBuffers;
+  private readonly isoTable: Uint32Array | null;
   private running = false;
   private stopped: Promise<void> | null = null;
   /** A publish is queued as a microtask: completions of one turn go out in one push. */
@@ -108,7 +119,8 @@ export class PortService {
 
   constructor(options: PortServiceOptions) {
     this.device = options.device;
-    this.memory = options.memory;
+    this.buffers = new TransferBuffers(options.memory, this.stats);
+    this.isoTable = options.isoTable === undefined ? null : new Uint32Array(options.isoTable);
     this.ring = new BackRing(options.portRing, PORT_RING_GEOMETRY);
     this.myBell = new Doorbell(options.portBell);
     this.backendBell = new Doorbell(options.backendBell);
@@ -183,12 +195,7 @@ export class PortService {
     startFrame: number,
     errorCount: number,
   ): void {
-    const slot = this.ring.responseSlot();
-    writeU32(slot, 0, id);
-    writeU32(slot, 4, status);
-    writeU32(slot, 8, actualLength);
-    writeU32(slot, 12, startFrame);
-    writeU32(slot, 16, errorCount);
+    writePortResponse(this.ring.responseSlot(), id, status, actualLength, startFrame, errorCount);
     this.ring.commitResponse();
   }
 
@@ -202,10 +209,6 @@ export class PortService {
     this.stats.cancelled++;
     this.device.cancel(t.handle);
     this.answer(id, OK, 0, 0, 0);
-  }
-
-  private view(region: number, offset: number, length: number): Uint8Array {
-    return new Uint8Array(this.memory[region]!, offset, length);
   }
 
   private track(t: Transfer): void {
@@ -236,45 +239,28 @@ export class PortService {
         return;
       }
     }
-    // Build the buffer: one view when the segments are one piece of guest memory.
-    let buffer: Uint8Array;
-    let bounce: Uint8Array | null = null;
-    let segments: Uint32Array | null = null;
-    const s = r.segs;
-    if (r.nSegs === 0) buffer = NO_DATA;
-    else if (r.nSegs === 1) buffer = this.view(s[0]!, s[1]!, s[2]!);
-    else {
-      let contiguous = true;
-      for (let i = 1; i < r.nSegs && contiguous; i++) {
-        const p = (i - 1) * 3;
-        contiguous = s[i * 3] === s[p] && s[i * 3 + 1] === s[p + 1]! + s[p + 2]!;
-      }
-      if (contiguous) buffer = this.view(s[0]!, s[1]!, r.length);
-      else {
-        bounce = new Uint8Array(r.length);
-        segments = s.slice(0, r.nSegs * 3);
-        if (!r.directionIn) this.copySegments(segments, bounce, true, r.length);
-        buffer = bounce;
-        this.stats.bounceCopies++;
-        this.stats.bounceBytes += r.length;
-      }
-    }
+    // One view when the segments are one piece of guest memory, else a bounce buffer (transfer-buffer.ts).
+    const buffer = this.buffers.build(r.segs, r.nSegs, r.length, r.directionIn);
+    const bounce = this.buffers.bounced ? buffer : null;
+    // r.segs is overwritten by the next decode: a bounced transfer keeps its own copy for copyBack.
+    const segments = bounce === null ? null : r.segs.slice(0, r.nSegs * 3);
     let isoPackets: IsoPacketRequest[] | null = null;
     let isoDescriptors: Uint8Array | null = null;
     if (r.kind === 0) {
-      isoDescriptors = this.view(r.isoRegion, r.isoOffset, r.isoPackets * ISO_FRAME_DESCRIPTOR_SIZE);
+      const table = this.isoTable;
+      if (table === null) {
+        this.answer(id, EINVAL, 0, 0, 0);
+        this.stats.errors++;
+        return;
+      }
+      // Where results go (written, never read back); the packets themselves come from the iso table.
+      isoDescriptors = this.buffers.view(r.isoRegion, r.isoOffset, r.isoPackets * ISO_FRAME_DESCRIPTOR_SIZE);
       isoPackets = [];
       for (let i = 0; i < r.isoPackets; i++) {
-        const at = i * ISO_FRAME_DESCRIPTOR_SIZE;
-        const offset = readU32(isoDescriptors, at);
-        const length = readU32(isoDescriptors, at + 4);
-        // The backend checked a copy; the guest may have changed the array since. Re-check, never trust.
-        if (offset + length > buffer.length) {
-          this.answer(id, EINVAL, 0, 0, 0);
-          this.stats.errors++;
-          return;
-        }
-        isoPackets.push({ offset, length });
+        isoPackets.push({
+          offset: portIsoPacketOffset(table, id, i),
+          length: portIsoPacketLength(table, id, i),
+        });
       }
     }
     // Same property order as runIntercepted's: one hidden class for every Transfer.
@@ -301,31 +287,19 @@ export class PortService {
     t.handle = this.device.submit(t, (result) => this.complete(t, result));
   }
 
-  private copySegments(segs: Uint32Array, bounce: Uint8Array, intoBounce: boolean, limit: number): void {
-    let at = 0;
-    for (let i = 0; i < segs.length && at < limit; i += 3) {
-      const len = Math.min(segs[i + 2]!, limit - at);
-      const v = this.view(segs[i]!, segs[i + 1]!, len);
-      if (intoBounce) bounce.set(v, at);
-      else v.set(bounce.subarray(at, at + len));
-      at += len;
-    }
-  }
-
   private complete(t: Transfer, result: TransferResult): void {
     if (t.state === "completed") return; // a device calling done twice: the first answer stands
     t.state = "completed";
     this.untrack(t);
     const actual = Math.max(0, Math.min(result.actualLength, t.bounce?.length ?? Number.MAX_SAFE_INTEGER));
     if (t.bounce !== null && t.segments !== null && t.directionIn && actual > 0) {
-      this.copySegments(t.segments, t.bounce, false, actual);
+      this.buffers.copyBack(t.segments, t.bounce, actual);
     }
     if (t.isoDescriptors !== null && result.isoPackets !== undefined) {
       const n = Math.min(result.isoPackets.length, t.isoDescriptors.length / ISO_FRAME_DESCRIPTOR_SIZE);
       for (let i = 0; i < n; i++) {
         const p = result.isoPackets[i]!;
-        writeU32(t.isoDescriptors, i * ISO_FRAME_DESCRIPTOR_SIZE + 8, p.status);
-        writeU32(t.isoDescriptors, i * ISO_FRAME_DESCRIPTOR_SIZE + 12, p.actualLength);
+        writeIsoPacketResult(t.isoDescriptors, i, p.status, p.actualLength);
       }
     }
     this.stats.completed++;

@@ -20,19 +20,28 @@
  *  24  interval u32
  *  28  target u32        cancel: the port-ring id to cancel
  *  32  isoPackets u32    iso: packet count
- *  36  isoRegion u32     iso: guest-memory region of the pinned descriptor array
+ *  36  isoRegion u32     iso: guest-memory region of the pinned descriptor array (results are written there)
  *  40  isoOffset u32     iso: byte offset of it in that region
  *  44  startFrame u32
  *  48  reserved to 64
  *  64  seg[nSegs] × 12   { region u32, offset u32, length u32 }
  *
- * Response: the URB response layout (src/urb/layout.ts): id, status,
- * actual_length, start_frame, error_count.
+ * Iso packets (offset, length), as the backend's gate copied and checked them, do not fit a slot (up to
+ * MAX_ISO_PACKETS × 8 bytes): they travel in the port's iso table, a SharedArrayBuffer beside the ring
+ * with one MAX_ISO_PACKETS × { offset u32, length u32 } entry per port-ring id. It is host memory: the
+ * port service never reads the guest's descriptor array, it only writes each packet's result into it.
+ * (Untouched pages of a SharedArrayBuffer cost no memory: a port that never sees iso costs nothing.)
+ *
+ * Response (20 bytes; the URB response's fields, src/urb/layout.ts), read and written only through
+ * readPortResponse / writePortResponse:
+ *   0  id u32   4  status s32   8  actualLength u32   12  startFrame u32   16  errorCount u32
  */
 
 import type { RingGeometry } from "../rings/layout.js";
 import { readS32, readU16, readU32, writeU16, writeU32 } from "../urb/bytes.js";
-import { MAX_INDIRECT_SEGMENTS } from "../urb/limits.js";
+import { MAX_INDIRECT_SEGMENTS, MAX_ISO_PACKETS } from "../urb/limits.js";
+import type { UrbStatus } from "../urb/status.js";
+import type { TransferType } from "../urb/types.js";
 import {
   decodeSetupInto,
   emptySetup,
@@ -61,6 +70,14 @@ export const PORT_FLAG_SHORT_NOT_OK = 1 << 0;
 export const PORT_FLAG_ZERO_PACKET = 1 << 1;
 export const PORT_FLAG_ISO_ASAP = 1 << 2;
 
+/** u32 words per port-ring id in the iso table: offset and length of up to MAX_ISO_PACKETS packets. */
+const ISO_TABLE_ENTRY_WORDS = MAX_ISO_PACKETS * 2;
+
+/** The port's iso table (see the header): shared by the backend (writes) and the port service (reads). */
+export function createPortIsoTable(): SharedArrayBuffer {
+  return new SharedArrayBuffer(PORT_RING_GEOMETRY.slots * ISO_TABLE_ENTRY_WORDS * 4);
+}
+
 const kId = 0;
 const kOp = 4;
 const kKind = 5;
@@ -76,6 +93,12 @@ const kIsoPackets = 32;
 const kIsoRegion = 36;
 const kIsoOffset = 40;
 const kStartFrame = 44;
+
+const kRspId = 0;
+const kRspStatus = 4;
+const kRspActualLength = 8;
+const kRspStartFrame = 12;
+const kRspErrorCount = 16;
 
 /** A decoded port request; one object reused by the port worker for every slot. */
 export class PortRequest {
@@ -113,7 +136,7 @@ export class PortRequest {
     decodeSetupInto(b, kSetup, this.setup);
     this.interval = readU32(b, kInterval);
     this.target = readU32(b, kTarget);
-    this.isoPackets = readU32(b, kIsoPackets);
+    this.isoPackets = Math.min(readU32(b, kIsoPackets), MAX_ISO_PACKETS);
     this.isoRegion = readU32(b, kIsoRegion);
     this.isoOffset = readU32(b, kIsoOffset);
     this.startFrame = readU32(b, kStartFrame);
@@ -121,65 +144,95 @@ export class PortRequest {
   }
 }
 
-/** Backend side: write a submit request's fixed part; segments follow with writePortSegment. */
-export function writePortSubmit(
-  b: Uint8Array,
-  id: number,
-  kind: number,
-  endpoint: number,
-  directionIn: boolean,
-  flags: number,
-  length: number,
-  setup: SetupPacket | null,
-  interval: number,
-): void {
+/**
+ * What a submit carries: the backend's resolved request has these fields (src/backend/resolve.ts), and
+ * tests build one by hand. `segments` holds `segmentCount` (region, offset, length) triples of pinned
+ * guest memory.
+ */
+export interface PortSubmit {
+  readonly type: TransferType;
+  readonly endpoint: number;
+  readonly directionIn: boolean;
+  /** PORT_FLAG_* bits. */
+  readonly flags: number;
+  readonly bufferLength: number;
+  readonly setup: SetupPacket | null;
+  readonly interval: number;
+  readonly segments: Uint32Array;
+  readonly segmentCount: number;
+  /** Iso only (0 otherwise): the packet count and where the guest's descriptor array is pinned. */
+  readonly isoPacketCount: number;
+  readonly isoRegion: number;
+  readonly isoOffset: number;
+  readonly startFrame: number;
+}
+
+const NO_PORT_SEGMENTS = new Uint32Array(0);
+
+/** A submit with no segments, no setup and no iso fields, `over` set: for tests and tools that build one by hand. */
+export function portSubmit(
+  over: Partial<PortSubmit> & Pick<PortSubmit, "type" | "endpoint" | "directionIn">,
+): PortSubmit {
+  return {
+    flags: 0,
+    bufferLength: 0,
+    setup: null,
+    interval: 0,
+    segments: NO_PORT_SEGMENTS,
+    segmentCount: 0,
+    isoPacketCount: 0,
+    isoRegion: 0,
+    isoOffset: 0,
+    startFrame: 0,
+    ...over,
+  };
+}
+
+/** Backend side: write a whole submit request (fixed part and segments) into a port-ring slot. */
+export function writePortSubmit(b: Uint8Array, id: number, s: PortSubmit): void {
   writeU32(b, kId, id);
   b[kOp] = PortOp.SUBMIT;
-  b[kKind] = kind;
-  b[kEndpoint] = endpoint;
-  b[kDirIn] = directionIn ? 1 : 0;
-  writeU16(b, kFlags, flags);
-  writeU16(b, kNSegs, 0);
-  writeU32(b, kLength, length);
-  if (setup !== null) {
-    encodeSetupInto(setup, b, kSetup);
+  b[kKind] = s.type;
+  b[kEndpoint] = s.endpoint;
+  b[kDirIn] = s.directionIn ? 1 : 0;
+  writeU16(b, kFlags, s.flags);
+  writeU32(b, kLength, s.bufferLength);
+  if (s.setup !== null) {
+    encodeSetupInto(s.setup, b, kSetup);
   } else {
     b.fill(0, kSetup, kSetup + SETUP_PACKET_SIZE);
   }
-  writeU32(b, kInterval, interval);
+  writeU32(b, kInterval, s.interval);
   writeU32(b, kTarget, 0);
-  writeU32(b, kIsoPackets, 0);
-  writeU32(b, kIsoRegion, 0);
-  writeU32(b, kIsoOffset, 0);
-  writeU32(b, kStartFrame, 0);
+  writeU32(b, kIsoPackets, s.isoPacketCount);
+  writeU32(b, kIsoRegion, s.isoRegion);
+  writeU32(b, kIsoOffset, s.isoOffset);
+  writeU32(b, kStartFrame, s.startFrame);
+  const count = Math.min(s.segmentCount, MAX_PORT_SEGMENTS);
+  writeU16(b, kNSegs, count);
+  for (let i = 0; i < count * 3; i++) writeU32(b, PORT_HEADER_SIZE + i * 4, s.segments[i]!);
 }
 
-export function writePortIso(
-  b: Uint8Array,
-  packets: number,
-  region: number,
-  offset: number,
-  startFrame: number,
+/** Backend side: the iso packets of port-ring id `id`, as (offset, length) pairs, into the iso table. */
+export function writePortIsoPackets(
+  table: Uint32Array,
+  id: number,
+  packets: readonly { readonly offset: number; readonly length: number }[],
 ): void {
-  writeU32(b, kIsoPackets, packets);
-  writeU32(b, kIsoRegion, region);
-  writeU32(b, kIsoOffset, offset);
-  writeU32(b, kStartFrame, startFrame);
+  const base = id * ISO_TABLE_ENTRY_WORDS;
+  const n = Math.min(packets.length, MAX_ISO_PACKETS);
+  for (let i = 0; i < n; i++) {
+    table[base + i * 2] = packets[i]!.offset;
+    table[base + i * 2 + 1] = packets[i]!.length;
+  }
 }
 
-/** Append segment `index` (the caller keeps the count and bounds it by MAX_PORT_SEGMENTS). */
-export function writePortSegment(
-  b: Uint8Array,
-  index: number,
-  region: number,
-  offset: number,
-  length: number,
-): void {
-  const at = PORT_HEADER_SIZE + index * PORT_SEGMENT_SIZE;
-  writeU32(b, at, region);
-  writeU32(b, at + 4, offset);
-  writeU32(b, at + 8, length);
-  writeU16(b, kNSegs, index + 1);
+/** Port side: packet `index` of port-ring id `id` in the iso table. */
+export function portIsoPacketOffset(table: Uint32Array, id: number, index: number): number {
+  return table[id * ISO_TABLE_ENTRY_WORDS + index * 2]!;
+}
+export function portIsoPacketLength(table: Uint32Array, id: number, index: number): number {
+  return table[id * ISO_TABLE_ENTRY_WORDS + index * 2 + 1]!;
 }
 
 export function writePortCancel(b: Uint8Array, id: number, target: number): void {
@@ -189,10 +242,40 @@ export function writePortCancel(b: Uint8Array, id: number, target: number): void
   writeU16(b, kNSegs, 0);
 }
 
-/** Read the id and status of a port response without allocating. */
-export function portResponseId(b: Uint8Array): number {
-  return readU32(b, 0);
+/** A decoded port response; the backend reuses one for every answer. */
+export class PortResponse {
+  id = 0;
+  status = 0 as UrbStatus;
+  actualLength = 0;
+  startFrame = 0;
+  errorCount = 0;
 }
-export function portResponseStatus(b: Uint8Array): number {
-  return readS32(b, 4);
+
+/** Port side: write an answer into a response slot. */
+export function writePortResponse(
+  b: Uint8Array,
+  id: number,
+  status: number,
+  actualLength: number,
+  startFrame: number,
+  errorCount: number,
+): void {
+  writeU32(b, kRspId, id);
+  writeU32(b, kRspStatus, status);
+  writeU32(b, kRspActualLength, actualLength);
+  writeU32(b, kRspStartFrame, startFrame);
+  writeU32(b, kRspErrorCount, errorCount);
+}
+
+/**
+ * Backend side: decode an answer (copied out of the ring) into `into`. The status is passed on as the
+ * port service wrote it: the port service is host-side and trusted (the frontend checks it again).
+ */
+export function readPortResponse(b: Uint8Array, into: PortResponse): PortResponse {
+  into.id = readU32(b, kRspId);
+  into.status = readS32(b, kRspStatus) as UrbStatus;
+  into.actualLength = readU32(b, kRspActualLength);
+  into.startFrame = readU32(b, kRspStartFrame);
+  into.errorCount = readU32(b, kRspErrorCount);
+  return into;
 }

@@ -26,6 +26,8 @@ export const MIN_PORT = 1;
 export const MAX_PORT = 31;
 export const MAX_DEV_ADDR = 127;
 export const MAX_ENDPOINT = 15;
+/** The address every device answers on until SET_ADDRESS (and again after a port reset). */
+export const DEFAULT_DEV_ADDR = 0 as DevAddr;
 
 /** usbif pipe type numbering (bits 30..31). */
 export enum TransferType {

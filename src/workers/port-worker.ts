@@ -20,6 +20,8 @@ export interface PortWorkerData {
   readonly port: number;
   readonly spec: DeviceSpec;
   readonly portRing: SharedArrayBuffer;
+  /** The port's iso table (src/port/port-wire.ts), beside the ring. */
+  readonly isoTable: SharedArrayBuffer;
   readonly portBell: SharedArrayBuffer;
   readonly backendBell: SharedArrayBuffer;
   readonly memory: readonly SharedArrayBuffer[];
@@ -82,6 +84,7 @@ async function main(data: PortWorkerData): Promise<void> {
   const service = new PortService({
     device,
     portRing: data.portRing,
+    isoTable: data.isoTable,
     portBell: data.portBell,
     backendBell: data.backendBell,
     memory: data.memory,

@@ -6,7 +6,7 @@ import { describe, expect, it } from "vitest";
 import { InlinePort } from "../../src/backend/inline-port.js";
 import type { TransferDone, TransferRequest, UsbDevice } from "../../src/devices/device.js";
 import { PortService } from "../../src/port/port-service.js";
-import { PORT_RING_GEOMETRY, writePortSubmit } from "../../src/port/port-wire.js";
+import { PORT_RING_GEOMETRY, portSubmit, writePortSubmit } from "../../src/port/port-wire.js";
 import { Doorbell } from "../../src/rings/doorbell.js";
 import { FrontRing } from "../../src/rings/front-ring.js";
 import { IdPool } from "../../src/rings/id-pool.js";
@@ -49,7 +49,11 @@ describe("InlinePort", () => {
     const ids = new IdPool(PORT_RING_GEOMETRY.slots);
     const front = new FrontRing(ring, PORT_RING_GEOMETRY, { ids });
     const submitOne = () => {
-      writePortSubmit(front.requestSlot()!, ids.allocate(), 3, 1, true, 0, 0, null, 0);
+      writePortSubmit(
+        front.requestSlot()!,
+        ids.allocate(),
+        portSubmit({ type: 3, endpoint: 1, directionIn: true }),
+      );
       front.commitRequest();
       host.kick(front.pushRequests());
     };

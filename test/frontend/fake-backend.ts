@@ -16,11 +16,12 @@
  * (publishes a response producer index far ahead of the requests).
  */
 import { GrantFault, type GrantFaultCode } from "../../src/dma-map/grant-fault.js";
-import { accessForDirection, GrantMapper, type MappedBuffer } from "../../src/dma-map/grant-mapper.js";
+import { accessForDirection, type GrantAccess, GrantMapper } from "../../src/dma-map/grant-mapper.js";
 import { GuestMemory } from "../../src/dma-map/guest-memory.js";
-import { type DomId, domId } from "../../src/dma-map/types.js";
+import { type DomId, domId, type GrantRef } from "../../src/dma-map/types.js";
 import type { ControllerHandles } from "../../src/engine/handles.js";
 import { URB_RING_GEOMETRY } from "../../src/engine/handles.js";
+import { TransferBuffers } from "../../src/port/transfer-buffer.js";
 import { BackRing } from "../../src/rings/back-ring.js";
 import { ConnBack, type ConnEvent } from "../../src/rings/conn-ring.js";
 import { Doorbell } from "../../src/rings/doorbell.js";
@@ -50,6 +51,62 @@ interface FakeDevice {
   vendorData: Uint8Array;
 }
 
+/**
+ * A URB's buffer made the way the engine makes it: each segment pinned (GrantMapper.pin, as the backend's
+ * gate does), then one view or a bounce buffer (TransferBuffers, as the port service does).
+ */
+class MappedBuffer {
+  #live = true;
+  constructor(
+    readonly view: Uint8Array,
+    private readonly refs: readonly GrantRef[],
+    /** The pinned segments when `view` is a bounce buffer (an IN's bytes go back at completion). */
+    private readonly bounced: Uint32Array | null,
+    private readonly access: GrantAccess,
+    private readonly mapper: GrantMapper,
+    private readonly buffers: TransferBuffers,
+  ) {}
+
+  /** Copy a bounced IN's `actual` bytes back, then unpin. */
+  complete(actual: number): void {
+    if (!this.#live) return;
+    if (this.bounced !== null && this.access === "write" && actual > 0)
+      this.buffers.copyBack(this.bounced, this.view, Math.min(actual, this.view.length));
+    this.release();
+  }
+
+  release(): void {
+    if (!this.#live) return;
+    this.#live = false;
+    for (let i = this.refs.length - 1; i >= 0; i--) this.mapper.unmap(this.refs[i]!);
+  }
+}
+
+/** Pin every segment for `access` (none left pinned on a fault) and build the buffer. */
+function mapSegments(
+  mapper: GrantMapper,
+  buffers: TransferBuffers,
+  domid: DomId,
+  access: GrantAccess,
+  segments: readonly Segment[],
+): MappedBuffer | GrantFaultCode {
+  const located = new Uint32Array(segments.length * 3);
+  const refs: GrantRef[] = [];
+  let total = 0;
+  for (const [i, seg] of segments.entries()) {
+    const fault = mapper.pin(seg.ref, domid, access, seg.offset, seg.length);
+    if (fault !== GrantFault.OK) {
+      for (let j = refs.length - 1; j >= 0; j--) mapper.unmap(refs[j]!);
+      return fault;
+    }
+    refs.push(seg.ref);
+    located.set([mapper.pinnedRegion, mapper.pinnedRegionOffset, seg.length], i * 3);
+    total += seg.length;
+  }
+  const view = buffers.build(located, segments.length, total, access === "write");
+  return new MappedBuffer(view, refs, buffers.bounced ? located : null, access, mapper, buffers);
+}
+
 interface HeldUrb {
   readonly req: DataUrb;
   readonly mapped: MappedBuffer | null;
@@ -64,6 +121,9 @@ export class FakeBackend {
   readonly ring: BackRing;
   readonly conn: ConnBack;
   readonly mapper: GrantMapper;
+  /** The port service's buffer maker (counts its bounces in `bounceStats`). */
+  readonly bounceStats = { bounceCopies: 0, bounceBytes: 0 };
+  private readonly buffers: TransferBuffers;
   readonly memory: GuestMemory;
   readonly frontendBell: Doorbell;
   readonly backendBell: Doorbell;
@@ -95,6 +155,7 @@ export class FakeBackend {
     this.conn = new ConnBack(handles.connRing);
     this.memory = new GuestMemory({ regions: handles.memory });
     this.mapper = new GrantMapper({ table: handles.grantTable, memory: this.memory });
+    this.buffers = new TransferBuffers(this.memory.regions, this.bounceStats);
     this.frontendBell = new Doorbell(handles.frontendBell);
     this.backendBell = new Doorbell(handles.backendBell);
     this.domid = domId(handles.backendDomid);
@@ -240,14 +301,15 @@ export class FakeBackend {
     if (segments.length === 0) return null;
     if (req.direction === Direction.Out) {
       // Try to write an OUT buffer: the frontend must have granted it read-only.
-      const probe = this.mapper.mapSegments(this.domid, "write", segments);
+      const probe = mapSegments(this.mapper, this.buffers, this.domid, "write", segments);
       if (typeof probe === "number") this.outWriteProbes.push(probe);
       else {
         this.outWriteProbes.push(GrantFault.OK);
         probe.release();
       }
     }
-    return this.mapper.mapSegments(this.domid, accessForDirection(req.direction === Direction.In), segments);
+    const access = accessForDirection(req.direction === Direction.In);
+    return mapSegments(this.mapper, this.buffers, this.domid, access, segments);
   }
 
   /** Unmap (unless misbehaving), then answer. */

@@ -15,8 +15,8 @@ import {
   PORT_RESPONSE_SIZE,
   PORT_RING_GEOMETRY,
   PortOp,
+  portSubmit,
   writePortCancel,
-  writePortSegment,
   writePortSubmit,
 } from "../../src/port/port-wire.js";
 import { Doorbell } from "../../src/rings/doorbell.js";
@@ -101,9 +101,19 @@ function harness() {
     submit(id: number, directionIn: boolean, segs: readonly Seg[] = [[0, 0, 64]]) {
       const length = segs.reduce((n, s) => n + s[2], 0);
       send((slot) => {
-        writePortSubmit(slot, id, BULK, 1, directionIn, 0, length, null, 0);
-        for (const [i, [region, offset, len]] of segs.entries())
-          writePortSegment(slot, i, region, offset, len);
+        const segments = Uint32Array.from(segs.flat());
+        writePortSubmit(
+          slot,
+          id,
+          portSubmit({
+            type: BULK,
+            endpoint: 1,
+            directionIn,
+            bufferLength: length,
+            segments,
+            segmentCount: segs.length,
+          }),
+        );
       });
     },
     cancel(id: number, target: number) {
