@@ -13,6 +13,7 @@ import { Doorbell } from "../rings/doorbell.js";
 import { createRingBuffer } from "../rings/layout.js";
 import { deserializeError } from "../util/error-wire.js";
 import { connect, disconnect, type Remote } from "../util/rpc.js";
+import { siblingModule, startWorker } from "../util/start-worker.js";
 import type {
   PortWorkerApi,
   PortWorkerData,
@@ -20,7 +21,6 @@ import type {
   PortWorkerHello,
   PortWorkerLog,
 } from "../workers/port-worker.js";
-import { siblingModule, startWorker } from "../workers/spawn.js";
 import { type PortHost, type PortHostEvents, PortLink, PortStartError } from "./port-link.js";
 
 export class WorkerPort implements PortHost {

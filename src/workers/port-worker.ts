@@ -7,9 +7,9 @@
  */
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import type { DeviceSummary } from "../backend/port-link.js";
-import { createDevice } from "../devices/create-device.js";
 import type { UsbDevice } from "../devices/device.js";
 import type { DeviceSpec } from "../devices/spec.js";
+import { createDevice } from "../port/create-device.js";
 import { runDeviceCommand } from "../port/device-commands.js";
 import { PortService, type PortStats } from "../port/port-service.js";
 import { SpinLimiter } from "../rings/spin.js";

@@ -1,10 +1,11 @@
 /** Turn a DeviceSpec into the UsbDevice a port worker drives. */
+
+import type { UsbDevice } from "../devices/device.js";
+import { createEmulatedDevice } from "../devices/emulated/index.js";
+import { createHostDevice } from "../devices/host/index.js";
+import { UsbipRemoteDevice } from "../devices/remote/usbip-remote.js";
+import type { DeviceSpec } from "../devices/spec.js";
 import { NotImplementedError } from "../util/errors.js";
-import type { UsbDevice } from "./device.js";
-import { createEmulatedDevice } from "./emulated/index.js";
-import { createHostDevice } from "./host/index.js";
-import type { DeviceSpec } from "./spec.js";
-import { UsbipRemoteDevice } from "./usbip-remote.js";
 
 export function createDevice(spec: DeviceSpec): UsbDevice {
   if (spec.kind === "emulated") return createEmulatedDevice(spec.name, spec.options ?? {});
