@@ -1,4 +1,7 @@
-/** Turn a DeviceSpec into the UsbDevice a port worker drives. */
+/**
+ * Turn a DeviceSpec into the UsbDevice a port service drives (on a port worker or the backend's thread):
+ * the one module that knows every device implementation, so it sits above them, in the port layer.
+ */
 
 import type { UsbDevice } from "../devices/device.js";
 import { createEmulatedDevice } from "../devices/emulated/index.js";

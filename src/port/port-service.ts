@@ -1,6 +1,8 @@
 /**
- * The port worker's engine: consumes the port ring, turns each request into
- * a transfer on its one UsbDevice, and answers when the device completes.
+ * The port service: the device's end of one port, on a port worker of its
+ * own (src/backend/port-worker-host.ts) or on the backend's thread
+ * (src/backend/inline-port.ts). Consumes the port ring, turns each request
+ * into a transfer on its one UsbDevice, and answers when the device completes.
  *
  * Transfer state machine (crosvm xhci_transfer.rs): Submitted → Completed,
  * or Submitted → Cancelling → Completed. The device's `done` is the only
