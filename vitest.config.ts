@@ -28,6 +28,7 @@ const UNIT = [
   "test/host/select-and-status.test.ts",
   "test/host/usb-optional.test.ts",
   "test/index.test.ts",
+  "test/layers.test.ts",
   "test/port/**/*.test.ts",
   "test/rings/conn-ring.test.ts",
   "test/rings/contention.test.ts",

@@ -14,7 +14,7 @@
 import { Session } from "node:inspector";
 import { UsbBackend } from "../src/backend/backend.js";
 import { openInlinePort } from "../src/backend/inline-port.js";
-import { createControllerHandles } from "../src/engine/handles.js";
+import { createControllerHandles } from "../src/connection/handles.js";
 import { VirtualHostController } from "../src/frontend/index.js";
 import type { Urb } from "../src/frontend/types.js";
 import { GuestUsbDriver } from "../src/guest/guest-driver.js";

@@ -17,7 +17,7 @@ import type { Worker } from "node:worker_threads";
 import { Bench, type Task } from "tinybench";
 import type { Connection } from "../src/engine/connection.js";
 import type { WaitStats } from "../src/rings/spin.js";
-import { siblingModule, startWorker } from "../src/workers/spawn.js";
+import { siblingModule, startWorker } from "../src/util/start-worker.js";
 import {
   BATCH,
   BATCH1,

@@ -13,7 +13,7 @@ import { FrontRing } from "../src/rings/front-ring.js";
 import { IdPool } from "../src/rings/id-pool.js";
 import { createRingBuffer, type RingGeometry } from "../src/rings/layout.js";
 import { AdaptiveSpin } from "../src/rings/spin.js";
-import { siblingModule, startWorker } from "../src/workers/spawn.js";
+import { siblingModule, startWorker } from "../src/util/start-worker.js";
 import { benchTiming, latencyOf, printBench, type Result, type SuiteOptions } from "./harness.js";
 
 /** The URB ring's geometry: 256 slots of 128 bytes. */

@@ -16,7 +16,7 @@ import net from "node:net";
 import { fileURLToPath } from "node:url";
 import type { ConnectionOptions } from "../src/engine/connection.js";
 import { silentLogger } from "../src/usbip/log.js";
-import { UsbipServer } from "../src/usbip/server.js";
+import { UsbipServer } from "../src/usbip-server/server.js";
 import type { Result, SuiteOptions } from "./harness.js";
 import { ClientProcess, runStreams, type StreamTask } from "./stream-bench.js";
 import type { ClientReply, ClientRequest, Workload } from "./usbip-client.js";

@@ -22,6 +22,7 @@
 export { BackendPortError } from "./backend/backend-host.js";
 export { InlinePortError } from "./backend/inline-port.js";
 export { PortStartError } from "./backend/port-link.js";
+export type { ControllerHandles, HandlesOptions } from "./connection/handles.js";
 export { DeviceClosedError } from "./devices/emulated/emulated-device.js";
 export { EMULATED_DEVICES, type EmulatedDeviceEntry } from "./devices/emulated/index.js";
 export { StorageLockError } from "./devices/emulated/mass-storage/file-lock.js";
@@ -42,6 +43,7 @@ export {
 } from "./devices/host/filter.js";
 export { HostDeviceError } from "./devices/host/host-device.js";
 export type { HostFilter, HostSelector } from "./devices/host/select.js";
+export { UsbipRemoteError } from "./devices/remote/usbip-remote.js";
 export type {
   DeviceSpec,
   EmulatedDeviceName,
@@ -50,7 +52,6 @@ export type {
   UsbipDeviceSpec,
 } from "./devices/spec.js";
 export { describeSpec } from "./devices/spec.js";
-export { UsbipRemoteError } from "./devices/usbip-remote.js";
 export { GrantError } from "./dma-map/grant-fault.js";
 export { FRAME_SIZE, type GuestOffset } from "./dma-map/types.js";
 export {
@@ -61,7 +62,6 @@ export {
   ConnectionState,
   connectionStateName,
 } from "./engine/connection.js";
-export type { ControllerHandles, HandlesOptions } from "./engine/handles.js";
 export { HostHotplug, type HostHotplugOptions } from "./engine/host-hotplug.js";
 export { ControllerStateError, PortResetError, VirtualHostController } from "./frontend/controller.js";
 export type * from "./frontend/types.js";
@@ -114,7 +114,6 @@ export {
   type UrbId,
 } from "./urb/types.js";
 export type { SetupPacket } from "./usb/index.js";
-export { AttachError, attachRemote } from "./usbip/attach.js";
 export {
   type ClientOptions as UsbipClientOptions,
   listRemote,
@@ -126,10 +125,11 @@ export {
   UsbipTimeoutError,
 } from "./usbip/client.js";
 export { type DeviceRecord as UsbipDeviceRecord, USBIP_PORT } from "./usbip/protocol.js";
+export { AttachError, attachRemote } from "./usbip-attach/attach.js";
 export {
   type ExportedDeviceInfo,
   UsbipServer,
   UsbipServerError,
   type UsbipServerOptions,
-} from "./usbip/server.js";
+} from "./usbip-server/server.js";
 export { InvalidOptionError, NotImplementedError, UsbvirtError } from "./util/errors.js";

@@ -6,6 +6,8 @@
  * wire format and its parse gate, the postable controller handles, and the
  * device interface. Not covered by the public API's stability promise.
  */
+
+export * from "./connection/handles.js";
 export type {
   DeviceInfo,
   TransferDone,
@@ -15,7 +17,6 @@ export type {
   UsbDevice,
 } from "./devices/device.js";
 export * from "./dma-map/index.js";
-export * from "./engine/handles.js";
 export * from "./rings/index.js";
 export * from "./urb/index.js";
 export * from "./usb/index.js";

@@ -11,7 +11,7 @@
 import { MessageChannel, type Worker } from "node:worker_threads";
 import { Piscina } from "piscina";
 import { connect, disconnect } from "../../src/util/rpc.js";
-import { siblingModule, startWorker } from "../../src/workers/spawn.js";
+import { siblingModule, startWorker } from "../../src/util/start-worker.js";
 import type { PeerApi } from "./comlink-backend.js";
 import type { PeerResult, PeerUrb } from "./wire.js";
 

@@ -18,8 +18,8 @@ import { type BackendEvent, type BackendStats, UsbBackend } from "../backend/bac
 import { openInlinePort } from "../backend/inline-port.js";
 import type { DeviceSummary, PortLink } from "../backend/port-link.js";
 import { spawnPortWorker, type WorkerPort } from "../backend/worker-port.js";
+import { type ControllerHandles, spinLimiterOf } from "../connection/handles.js";
 import type { DeviceSpec } from "../devices/spec.js";
-import { type ControllerHandles, spinLimiterOf } from "../engine/handles.js";
 import type { PortStats } from "../port/port-service.js";
 import { AdaptiveSpin, type WaitStats } from "../rings/spin.js";
 import { ENODEV } from "../urb/status.js";

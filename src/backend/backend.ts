@@ -12,11 +12,12 @@
  * status otherwise) is answered first, then the unlink with 0; an unlink
  * whose target is not in flight is answered -ENOENT.
  */
+
+import type { ControllerHandles } from "../connection/handles.js";
+import { URB_RING_GEOMETRY } from "../connection/handles.js";
 import { GrantMapper } from "../dma-map/grant-mapper.js";
 import { GuestMemory } from "../dma-map/guest-memory.js";
 import { type DomId, domId, type GrantRef } from "../dma-map/types.js";
-import type { ControllerHandles } from "../engine/handles.js";
-import { URB_RING_GEOMETRY } from "../engine/handles.js";
 import {
   PORT_RESPONSE_SIZE,
   PortResponse,

@@ -10,9 +10,10 @@
  * A device that throws fails its port alone; the error is reported after
  * the backend's poll has returned, never inside it.
  */
-import { createDevice } from "../devices/create-device.js";
+
 import type { UsbDevice } from "../devices/device.js";
 import type { EmulatedDeviceSpec } from "../devices/spec.js";
+import { createDevice } from "../port/create-device.js";
 import { runDeviceCommand } from "../port/device-commands.js";
 import { PortService, type PortStats } from "../port/port-service.js";
 import { createPortIsoTable, PORT_RING_GEOMETRY } from "../port/port-wire.js";

@@ -13,15 +13,15 @@ import { Doorbell } from "../rings/doorbell.js";
 import { createRingBuffer } from "../rings/layout.js";
 import { deserializeError } from "../util/error-wire.js";
 import { connect, disconnect, type Remote } from "../util/rpc.js";
+import { siblingModule, startWorker } from "../util/start-worker.js";
+import { type PortHost, type PortHostEvents, PortLink, PortStartError } from "./port-link.js";
 import type {
   PortWorkerApi,
   PortWorkerData,
   PortWorkerGone,
   PortWorkerHello,
   PortWorkerLog,
-} from "../workers/port-worker.js";
-import { siblingModule, startWorker } from "../workers/spawn.js";
-import { type PortHost, type PortHostEvents, PortLink, PortStartError } from "./port-link.js";
+} from "./port-worker-host.js";
 
 export class WorkerPort implements PortHost {
   readonly placement = "worker";

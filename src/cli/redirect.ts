@@ -6,8 +6,8 @@
  */
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
-import { parseHostPort } from "../usbip/attach.js";
 import { LOG_FORMATS, type LogFormat, streamLogger, type UsbipLogger } from "../usbip/log.js";
+import { parseHostPort } from "../usbip-attach/attach.js";
 import { UsbredirServer } from "../usbredir/server.js";
 import {
   type CommandSpec,

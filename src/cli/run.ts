@@ -9,12 +9,18 @@ import { filterFromLists, needsSerial } from "../devices/host/filter.js";
 import { parseSelector, specFromSelector } from "../devices/host/select.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
-import { attachRemote, describeEnumerated, hex4, loopbackCheck, parseHostPort } from "../usbip/attach.js";
 import { listRemote } from "../usbip/client.js";
-import { HostExports, type HotplugSource, libusbHotplugSource } from "../usbip/host-exports.js";
 import { type LogFormat, streamLogger, type UsbipLogger } from "../usbip/log.js";
 import { USBIP_PORT } from "../usbip/protocol.js";
-import { UsbipServer } from "../usbip/server.js";
+import {
+  attachRemote,
+  describeEnumerated,
+  hex4,
+  loopbackCheck,
+  parseHostPort,
+} from "../usbip-attach/attach.js";
+import { HostExports, type HotplugSource, libusbHotplugSource } from "../usbip-server/host-exports.js";
+import { UsbipServer } from "../usbip-server/server.js";
 import type { UsbredirServer } from "../usbredir/server.js";
 import { isLoopbackHost, parseIpPrefix } from "../util/ip-prefix.js";
 import {

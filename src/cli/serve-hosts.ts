@@ -4,7 +4,7 @@
  * which rule refused it), and each `--allow SEL` also exports every plugged-in host device it matches that
  * the whole filter allows (root hubs never; hubs only if a rule allows class 9). Pure over the listing, so
  * the CLI tests can hand it a fake one. planPorts gives every device its port (its bus id), keeping the
- * ports of devices not plugged in yet, and --match-new's spare ones, free (src/usbip/host-exports.ts
+ * ports of devices not plugged in yet, and --match-new's spare ones, free (src/usbip-server/host-exports.ts
  * fills them as devices come and go).
  */
 import {

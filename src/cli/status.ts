@@ -8,7 +8,6 @@ import { get } from "node:http";
 import type { CommandSpec } from "./args.js";
 import { UsageError } from "./errors.js";
 import { DEFAULT_METRICS_PORT, parseMetricsAddress } from "./metrics.js";
-import type { CliIo } from "./run.js";
 import type { ServerStatus } from "./status-page.js";
 
 const FETCH_TIMEOUT_MS = 5000;
@@ -61,7 +60,15 @@ function table(rows: readonly (readonly string[])[]): string {
   return rows.map((r) => `  ${r.map((c, i) => c.padEnd(widths[i]!)).join("  ")}`.trimEnd()).join("\n");
 }
 
-export async function statusCommand(options: Readonly<Record<string, unknown>>, io: CliIo): Promise<number> {
+/** What `status` writes to (run.ts's CliIo is one). */
+export interface StatusIo {
+  out(text: string): void;
+}
+
+export async function statusCommand(
+  options: Readonly<Record<string, unknown>>,
+  io: StatusIo,
+): Promise<number> {
   const text = typeof options.metrics === "string" ? options.metrics : String(DEFAULT_METRICS_PORT);
   let where: { host: string; port: number };
   try {

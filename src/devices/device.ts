@@ -1,8 +1,10 @@
 /**
- * The one interface every device backend implements: the built-in emulated
- * devices (src/devices/emulated) and, later, real devices through libusb.
- * A port worker owns exactly one UsbDevice and drives it; nothing else
- * touches it. Modelled on crosvm's devices/src/usb/backend/device.rs and the
+ * The one interface every device backend implements: the emulated devices
+ * (src/devices/emulated), host devices through libusb (src/devices/host) and
+ * devices imported over USB/IP (src/devices/remote). The device contract sits
+ * below the port service: one port service (src/port/port-service.ts, on a
+ * port worker or on the backend's thread) owns exactly one UsbDevice and
+ * drives it; nothing else touches it. Modelled on crosvm's devices/src/usb/backend/device.rs and the
  * libusb calls it maps onto.
  *
  * Contract
@@ -19,7 +21,7 @@
  *   exceptions: stall -EPIPE, babble -EOVERFLOW, short with SHORT_NOT_OK
  *   -EREMOTEIO, device gone -ENODEV / -ESHUTDOWN.
  * - Standard requests that change device state reach the device through the
- *   dedicated methods, never as control transfers: the port worker intercepts
+ *   dedicated methods, never as control transfers: the port service intercepts
  *   SET_CONFIGURATION, SET_INTERFACE, CLEAR_FEATURE(ENDPOINT_HALT) and the port
  *   reset; the backend virtualises SET_ADDRESS (the device never sees it).
  *   Everything else on endpoint 0 (GET_DESCRIPTOR, GET_STATUS, class and

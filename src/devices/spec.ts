@@ -26,7 +26,7 @@ export interface HostDeviceSpec {
   readonly serial?: string;
 }
 
-/** A device imported from a USB/IP server (Linux usbipd or `usbvirt serve`), see src/devices/usbip-remote.ts. */
+/** A device imported from a USB/IP server (Linux usbipd or `usbvirt serve`), see src/devices/remote/usbip-remote.ts. */
 export interface UsbipDeviceSpec {
   readonly kind: "usbip";
   readonly host: string;

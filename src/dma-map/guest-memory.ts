@@ -9,7 +9,8 @@
  *   |<------- region 0 ------->|<----------- region 1 ----------->|
  *
  * A view never straddles two regions: they are separate buffers.
- * Address arithmetic happens in the named helpers here and in ./types.ts only.
+ * Region arithmetic (which region holds a frame, where a view starts) stays
+ * inside this class.
  */
 import { InvalidOptionError } from "../util/errors.js";
 import { FRAME_SIZE, framesToBytes, type GuestFrame, type GuestOffset } from "./types.js";

@@ -1,8 +1,11 @@
 /**
  * Address spaces of guest memory and grants, one brand each (rust-vmm
  * vm-memory style): a frame number is not a byte offset is not a grant ref.
- * Every conversion between them is a named helper in this file, so no other
- * module multiplies by FRAME_SIZE by hand.
+ * The conversions between them are named helpers in this file (frameToOffset,
+ * offsetToFrame, framesToBytes) beside the checked constructors (guestFrame,
+ * grantRef, domId). Not every module uses them yet: frontend/validate.ts,
+ * frontend/controller.ts, guest/guest-driver.ts and the two servers still
+ * divide or multiply by FRAME_SIZE themselves.
  */
 import type { Brand } from "../util/brand.js";
 

@@ -16,14 +16,18 @@ import { MessageChannel, type Worker } from "node:worker_threads";
 import type { BackendEvent } from "../backend/backend.js";
 import { type BackendApi, type BackendHostData, startBackendHost } from "../backend/backend-host.js";
 import type { DeviceSummary } from "../backend/port-link.js";
+import {
+  type ControllerHandles,
+  createControllerHandles,
+  type HandlesOptions,
+} from "../connection/handles.js";
 import { type DeviceSpec, describeSpec } from "../devices/spec.js";
 import { checkDeviceSpec } from "../devices/spec-schema.js";
 import { VirtualHostController } from "../frontend/index.js";
 import type { ControllerOptions as FrontendOptions, PortStatus } from "../frontend/types.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { connect, disconnect, type Remote } from "../util/rpc.js";
-import { siblingModule, startWorker } from "../workers/spawn.js";
-import { type ControllerHandles, createControllerHandles, type HandlesOptions } from "./handles.js";
+import { siblingModule, startWorker } from "../util/start-worker.js";
 import { PortReconnector, reconnects } from "./reconnect.js";
 
 /** xenbus states (xen/include/public/io/xenbus.h). */

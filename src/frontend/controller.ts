@@ -22,10 +22,11 @@
  * fault the controller found itself (the faulty backend may still run), only
  * once backendLost() or backendReady() is called.
  */
+
+import { type ControllerHandles, spinLimiterOf, URB_RING_GEOMETRY } from "../connection/handles.js";
 import { GrantTableOwner } from "../dma-map/grant-table.js";
 import { GuestMemory } from "../dma-map/guest-memory.js";
 import { type DomId, domId, FRAME_SIZE, type GrantRef, type GuestFrame } from "../dma-map/types.js";
-import { type ControllerHandles, spinLimiterOf, URB_RING_GEOMETRY } from "../engine/handles.js";
 import { CONN_RING_SLOTS, ConnFront } from "../rings/conn-ring.js";
 import { Doorbell, type Waitable } from "../rings/doorbell.js";
 import { RingFault, ringFaultMessage } from "../rings/faults.js";

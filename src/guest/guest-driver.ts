@@ -6,9 +6,10 @@
  * example, the end-to-end tests and the benches drive the engine through it,
  * exactly as a VMM's guest would (STYLE: one guest-side mock for all of them).
  */
+
+import type { ControllerHandles } from "../connection/handles.js";
 import { GuestMemory } from "../dma-map/guest-memory.js";
 import { FRAME_SIZE, type GuestFrame } from "../dma-map/types.js";
-import type { ControllerHandles } from "../engine/handles.js";
 import type { VirtualHostController } from "../frontend/index.js";
 import type { UrbCompletion } from "../frontend/types.js";
 import { OK, statusText, type UrbStatus } from "../urb/status.js";

@@ -1,10 +1,11 @@
 /**
- * The port service: consumes one port ring (on the port's worker, or on the
- * backend's thread for an inline device), turns each request into a transfer
- * on its one UsbDevice, and answers when the device completes. What arrives
- * was resolved by the backend's gate (src/backend/resolve.ts): the service
- * trusts it and reads no guest memory the guest may still rewrite (iso
- * packets come from the port's iso table, a private copy).
+ * The port service: the device's end of one port, on a port worker of its
+ * own (src/backend/port-worker-host.ts) or on the backend's thread
+ * (src/backend/inline-port.ts). Consumes the port ring, turns each request
+ * into a transfer on its one UsbDevice, and answers when the device completes.
+ * What arrives was resolved by the backend's gate (src/backend/resolve.ts):
+ * the service trusts it and reads no guest memory the guest may still
+ * rewrite (iso packets come from the port's iso table, a private copy).
  *
  * Transfer state machine (crosvm xhci_transfer.rs): Submitted → Completed,
  * or Submitted → Cancelling → Completed. The device's `done` is the only

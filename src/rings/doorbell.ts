@@ -27,27 +27,9 @@
 import { performance } from "node:perf_hooks";
 import { InvalidOptionError } from "../util/errors.js";
 import type { AdaptiveSpin } from "./spin.js";
+import type { Waitable } from "./waitable.js";
 
-/** What a doorbell waiter watches: a ring end, or several at once. */
-export interface Waitable {
-  /** Cheap look, no side effects on the peer: is there work (or a fault) now? */
-  hasPending(): boolean;
-  /** Arm notification (event index) and look once more: true means do not sleep. */
-  armAndCheck(): boolean;
-}
-
-/** Several waitables behind one doorbell. */
-export function anyOf(items: readonly Waitable[]): Waitable {
-  return {
-    hasPending: () => items.some((w) => w.hasPending()),
-    armAndCheck: () => {
-      // Arm them all before deciding, so none can be missed between checks.
-      let pending = false;
-      for (const w of items) pending = w.armAndCheck() || pending;
-      return pending;
-    },
-  };
-}
+export { anyOf, type Waitable } from "./waitable.js";
 
 export const DOORBELL_BYTES = 64;
 

@@ -24,7 +24,7 @@
 import { performance } from "node:perf_hooks";
 import { InvalidOptionError } from "../util/errors.js";
 import { ContentionProbe, EngineThreads, PREEMPT_GAP_MICROS } from "./contention.js";
-import type { Waitable } from "./doorbell.js";
+import type { Waitable } from "./waitable.js";
 
 export interface SpinOptions {
   /** Longest spin in µs before parking (default 100: one to two wake-ups here). */

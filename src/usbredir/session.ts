@@ -21,7 +21,34 @@ import type { LogFields } from "../usbip/log.js";
 import { type Frame, type FrameCodec, type FrameHolder, FrameWriter } from "../util/frame-writer.js";
 import { hasCap, type Negotiated, RedirCap, type RedirPacket, RedirType } from "./protocol.js";
 import { type Admission, RedirReader, type RedirReaderSink } from "./reader.js";
-import type { InterruptStream, IsoStream } from "./streams.js";
+
+/** An interrupt IN endpoint receiving on its own (streams.ts runs it). */
+export interface InterruptStream {
+  readonly endpoint: number;
+  readonly maxPacketSize: number;
+  readonly interval: number;
+  running: boolean;
+  /** Its URBs in the engine (unlinked when it stops). */
+  readonly urbs: Urb[];
+  /** Ids of the unsolicited interrupt_packets, counting up (QEMU ignores them). */
+  nextId: number;
+}
+
+/** An iso endpoint streaming on its own (streams.ts runs it). */
+export interface IsoStream {
+  readonly endpoint: number;
+  readonly directionIn: boolean;
+  readonly pktsPerUrb: number;
+  readonly noUrbs: number;
+  readonly maxPacketSize: number;
+  readonly interval: number;
+  running: boolean;
+  readonly urbs: Urb[];
+  nextId: number;
+  /** OUT: packets gathered for the next URBs. */
+  out: Uint8Array[];
+  dropped: number;
+}
 
 /** What a session needs of its server. */
 export interface SessionOwner {

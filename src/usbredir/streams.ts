@@ -16,7 +16,7 @@ import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
 import { endpointIsIn, endpointNumberOf } from "../usb/index.js";
 import type { FrameHolder } from "../util/frame-writer.js";
 import { encodeStatusPair, ID_ZERO, type RedirStatus, RedirType, RedirStatus as Status } from "./protocol.js";
-import type { Session } from "./session.js";
+import type { InterruptStream, IsoStream, Session } from "./session.js";
 
 /** What the streams need of their server. */
 export interface StreamContext {
@@ -37,32 +37,6 @@ export interface StreamContext {
   deviceLost(s: Session, c: UrbCompletion): void;
   /** A URB of `s` came back (resume its reader, finish its drain). */
   settled(s: Session): void;
-}
-
-export interface InterruptStream {
-  readonly endpoint: number;
-  readonly maxPacketSize: number;
-  readonly interval: number;
-  running: boolean;
-  /** Its URBs in the engine (unlinked when it stops). */
-  readonly urbs: Urb[];
-  /** Ids of the unsolicited interrupt_packets, counting up (QEMU ignores them). */
-  nextId: number;
-}
-
-export interface IsoStream {
-  readonly endpoint: number;
-  readonly directionIn: boolean;
-  readonly pktsPerUrb: number;
-  readonly noUrbs: number;
-  readonly maxPacketSize: number;
-  readonly interval: number;
-  running: boolean;
-  readonly urbs: Urb[];
-  nextId: number;
-  /** OUT: packets gathered for the next URBs. */
-  out: Uint8Array[];
-  dropped: number;
 }
 
 /** Interrupt IN URBs kept in flight per receiving endpoint: one, so reports leave in order. */

@@ -5,10 +5,10 @@
  */
 import { describe, expect, it } from "vitest";
 import { UsbBackend } from "../../src/backend/backend.js";
+import { createControllerHandles, URB_RING_GEOMETRY } from "../../src/connection/handles.js";
 import { GrantTableOwner } from "../../src/dma-map/grant-table.js";
 import { GuestMemory } from "../../src/dma-map/guest-memory.js";
 import type { DomId, GrantRef, GuestFrame } from "../../src/dma-map/types.js";
-import { createControllerHandles, URB_RING_GEOMETRY } from "../../src/engine/handles.js";
 import { RingFault } from "../../src/rings/faults.js";
 import { FrontRing } from "../../src/rings/front-ring.js";
 import { IdPool } from "../../src/rings/id-pool.js";

@@ -9,9 +9,9 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { socketActivationFd } from "../../src/cli/daemon.js";
 import { run } from "../../src/cli/run.js";
-import { attachRemote } from "../../src/usbip/attach.js";
 import { listRemote } from "../../src/usbip/client.js";
 import { jsonLine, streamLogger } from "../../src/usbip/log.js";
+import { attachRemote } from "../../src/usbip-attach/attach.js";
 import { capture, ROOT, serveInProcess, spawnChild } from "./helpers.js";
 
 const VERSION = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;

@@ -6,7 +6,7 @@
 import { describe, expect, it } from "vitest";
 import { type CliIo, run } from "../../src/cli/run.js";
 import { CollectingLogger } from "../../src/usbip/log.js";
-import type { UsbipServer } from "../../src/usbip/server.js";
+import type { UsbipServer } from "../../src/usbip-server/server.js";
 
 describe("usbvirt serve beyond loopback", () => {
   it("still warns with an allowlist, and says what the list does not do", async () => {

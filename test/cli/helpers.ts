@@ -6,7 +6,7 @@ import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { join } from "node:path";
 import { type CliIo, run } from "../../src/cli/run.js";
 import { CollectingLogger } from "../../src/usbip/log.js";
-import type { UsbipServer } from "../../src/usbip/server.js";
+import type { UsbipServer } from "../../src/usbip-server/server.js";
 
 export const ROOT = join(import.meta.dirname, "../..");
 

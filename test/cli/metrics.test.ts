@@ -6,7 +6,7 @@
 import { describe, expect, it } from "vitest";
 import { type MetricSample, parseMetricsAddress, parseMetricsText } from "../../src/cli/metrics.js";
 import { run } from "../../src/cli/run.js";
-import { attachRemote, loopbackCheck } from "../../src/usbip/attach.js";
+import { attachRemote, loopbackCheck } from "../../src/usbip-attach/attach.js";
 import { capture, serveInProcess } from "./helpers.js";
 
 async function scrape(url: string): Promise<{ text: string; samples: MetricSample[] }> {

@@ -8,8 +8,8 @@
 import { describe, expect, it } from "vitest";
 import { run } from "../../src/cli/run.js";
 import { listRemote } from "../../src/usbip/client.js";
-import type { HotplugSource, PluggedDevice } from "../../src/usbip/host-exports.js";
-import type { UsbipServer } from "../../src/usbip/server.js";
+import type { HotplugSource, PluggedDevice } from "../../src/usbip-server/host-exports.js";
+import type { UsbipServer } from "../../src/usbip-server/server.js";
 import { capture } from "./helpers.js";
 
 function fakeSource(

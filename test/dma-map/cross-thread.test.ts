@@ -2,7 +2,7 @@
 import { once } from "node:events";
 import { expect, it } from "vitest";
 import type { GuestFrame } from "../../src/dma-map/index.js";
-import { siblingModule, startWorker } from "../../src/workers/spawn.js";
+import { siblingModule, startWorker } from "../../src/util/start-worker.js";
 import { BACKEND, mockGuest } from "./support.js";
 
 it("a worker maps a main-thread grant, writes through it; revoke waits for its unmap", async () => {

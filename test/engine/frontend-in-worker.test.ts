@@ -2,7 +2,7 @@
 import { once } from "node:events";
 import { expect, it } from "vitest";
 import { Connection } from "../../src/engine/connection.js";
-import { siblingModule, startWorker } from "../../src/workers/spawn.js";
+import { siblingModule, startWorker } from "../../src/util/start-worker.js";
 
 it("serves a frontend that lives on another thread, built from the posted handles", async () => {
   const conn = await Connection.create({ ports: 2, frontend: false });

@@ -4,7 +4,7 @@
  * data through it, then reports what it saw.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import type { ControllerHandles } from "../../src/engine/handles.js";
+import type { ControllerHandles } from "../../src/connection/handles.js";
 import { VirtualHostController } from "../../src/frontend/index.js";
 import { GuestUsbDriver } from "../../src/guest/guest-driver.js";
 import type { DevAddr, PortNum } from "../../src/urb/types.js";

@@ -4,7 +4,7 @@
  * requests at once so the backend can report ports.
  */
 import { describe, expect, it } from "vitest";
-import { createControllerHandles } from "../../src/engine/handles.js";
+import { createControllerHandles } from "../../src/connection/handles.js";
 import { VirtualHostController } from "../../src/frontend/controller.js";
 import { UsbSpeed } from "../../src/usb/index.js";
 import { FakeBackend } from "./fake-backend.js";

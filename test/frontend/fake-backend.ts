@@ -15,12 +15,13 @@
  * an id never sent), "keep-grants" (never unmaps), "impossible-rsp-prod"
  * (publishes a response producer index far ahead of the requests).
  */
+
+import type { ControllerHandles } from "../../src/connection/handles.js";
+import { URB_RING_GEOMETRY } from "../../src/connection/handles.js";
 import { GrantFault, type GrantFaultCode } from "../../src/dma-map/grant-fault.js";
 import { accessForDirection, type GrantAccess, GrantMapper } from "../../src/dma-map/grant-mapper.js";
 import { GuestMemory } from "../../src/dma-map/guest-memory.js";
 import { type DomId, domId, type GrantRef } from "../../src/dma-map/types.js";
-import type { ControllerHandles } from "../../src/engine/handles.js";
-import { URB_RING_GEOMETRY } from "../../src/engine/handles.js";
 import { TransferBuffers } from "../../src/port/transfer-buffer.js";
 import { BackRing } from "../../src/rings/back-ring.js";
 import { ConnBack, type ConnEvent } from "../../src/rings/conn-ring.js";

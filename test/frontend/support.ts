@@ -3,9 +3,10 @@
  * connection's handles, a pump that alternates them until both are idle, and
  * URB builders over guest memory.
  */
+
+import { type ControllerHandles, createControllerHandles } from "../../src/connection/handles.js";
 import { GuestMemory } from "../../src/dma-map/guest-memory.js";
 import type { GuestOffset } from "../../src/dma-map/types.js";
-import { type ControllerHandles, createControllerHandles } from "../../src/engine/handles.js";
 import { VirtualHostController } from "../../src/frontend/controller.js";
 import type { BufferSegment, ControllerOptions, Urb } from "../../src/frontend/types.js";
 import type { EndpointNum } from "../../src/urb/types.js";

@@ -28,6 +28,11 @@ import { openInlinePort } from "../../src/backend/inline-port.js";
 import type { PortLink } from "../../src/backend/port-link.js";
 import { spawnPortWorker, type WorkerPort } from "../../src/backend/worker-port.js";
 import {
+  type ControllerHandles,
+  createControllerHandles,
+  URB_RING_GEOMETRY,
+} from "../../src/connection/handles.js";
+import {
   GRANT_ENTRY_WORDS,
   GTF_PERMIT_ACCESS,
   GTF_READONLY,
@@ -41,11 +46,6 @@ import {
 import { GuestMemory } from "../../src/dma-map/guest-memory.js";
 import type { DomId, GrantRef } from "../../src/dma-map/types.js";
 import { FRAME_SIZE } from "../../src/dma-map/types.js";
-import {
-  type ControllerHandles,
-  createControllerHandles,
-  URB_RING_GEOMETRY,
-} from "../../src/engine/handles.js";
 import { RingFault } from "../../src/rings/faults.js";
 import { FrontRing } from "../../src/rings/front-ring.js";
 import { kReqProd } from "../../src/rings/layout.js";

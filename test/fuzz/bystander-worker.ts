@@ -5,7 +5,7 @@
  * set when something went wrong (the message says what), word 2 asks it to stop.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import type { ControllerHandles } from "../../src/engine/handles.js";
+import type { ControllerHandles } from "../../src/connection/handles.js";
 import { VirtualHostController } from "../../src/frontend/index.js";
 import { GuestUsbDriver } from "../../src/guest/guest-driver.js";
 import type { DevAddr, PortNum } from "../../src/urb/types.js";

@@ -2,7 +2,7 @@
 import { once } from "node:events";
 import type { Worker } from "node:worker_threads";
 import { Connection } from "../../src/engine/connection.js";
-import { siblingModule, startWorker } from "../../src/workers/spawn.js";
+import { siblingModule, startWorker } from "../../src/util/start-worker.js";
 
 export interface Bystander {
   readonly conn: Connection;

@@ -4,7 +4,7 @@
  * is contended, full budget while it is quiet, and its account of what spinning paid.
  */
 import { describe, expect, it } from "vitest";
-import { createControllerHandles } from "../../src/engine/handles.js";
+import { createControllerHandles } from "../../src/connection/handles.js";
 import {
   ContentionProbe,
   EngineThreads,

@@ -13,7 +13,7 @@ import { FrontRing } from "../../src/rings/front-ring.js";
 import { IdPool } from "../../src/rings/id-pool.js";
 import { createRingBuffer, type RingGeometry } from "../../src/rings/layout.js";
 import { AdaptiveSpin } from "../../src/rings/spin.js";
-import { siblingModule, startWorker } from "../../src/workers/spawn.js";
+import { siblingModule, startWorker } from "../../src/util/start-worker.js";
 import { eventually } from "../support/eventually.js";
 
 describe("ring across threads", () => {

@@ -6,7 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { URB_RING_GEOMETRY } from "../../src/engine/handles.js";
+import { URB_RING_GEOMETRY } from "../../src/connection/handles.js";
 import { UNLINK_RESERVED_SLOTS } from "../../src/frontend/controller.js";
 import { MAX_SLOTS, MIN_SLOTS } from "../../src/rings/layout.js";
 

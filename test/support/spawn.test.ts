@@ -1,6 +1,6 @@
 import { once } from "node:events";
 import { expect, it } from "vitest";
-import { siblingModule, startWorker } from "../../src/workers/spawn.js";
+import { siblingModule, startWorker } from "../../src/util/start-worker.js";
 
 it("starts a TypeScript worker", async () => {
   const w = startWorker(siblingModule(import.meta.url, "./echo-worker"));

@@ -3,7 +3,7 @@
  * widened the list to every client (/0) or to a /8 are refused before any worker starts.
  */
 import { describe, expect, it } from "vitest";
-import { UsbipServer } from "../../src/usbip/server.js";
+import { UsbipServer } from "../../src/usbip-server/server.js";
 
 describe("UsbipServer's allow option uses the same parser", () => {
   it.each(["127.0.0.2/", "127.0.0.2/ ", "127.0.0.2/8/32"])(

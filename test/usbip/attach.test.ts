@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BulkOnlyClient } from "../../src/guest/bulk-only-client.js";
-import { attachRemote, loopbackCheck, parseHostPort } from "../../src/usbip/attach.js";
+import { attachRemote, loopbackCheck, parseHostPort } from "../../src/usbip-attach/attach.js";
 import { pattern } from "../support/data.js";
 import { eventually } from "../support/eventually.js";
 import { startServer, type TestServer } from "./helpers.js";

@@ -4,7 +4,7 @@ import { parseConfiguration } from "../../src/guest/guest-driver.js";
 import { encodeSetup, type SetupPacket } from "../../src/usb/index.js";
 import { type SubmitResult, UsbipClient } from "../../src/usbip/client.js";
 import { CollectingLogger } from "../../src/usbip/log.js";
-import { UsbipServer, type UsbipServerOptions } from "../../src/usbip/server.js";
+import { UsbipServer, type UsbipServerOptions } from "../../src/usbip-server/server.js";
 
 export const DEFAULT_DEVICES: DeviceSpec[] = [
   { kind: "emulated", name: "loopback" },

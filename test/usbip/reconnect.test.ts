@@ -13,7 +13,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { backoffDelay } from "../../src/engine/reconnect.js";
 import type { UrbCompletion } from "../../src/frontend/types.js";
 import { ESHUTDOWN } from "../../src/urb/status.js";
-import { type AttachedDevice, attachRemote, loopbackCheck } from "../../src/usbip/attach.js";
+import { type AttachedDevice, attachRemote, loopbackCheck } from "../../src/usbip-attach/attach.js";
 import { eventually } from "../support/eventually.js";
 import { startServer, type TestServer } from "./helpers.js";
 

@@ -1,5 +1,5 @@
 /**
- * The reply writer (src/usbip/reply-writer.ts) over a real TCP socket pair on 127.0.0.1: one turn's replies
+ * The reply writer (src/usbip-server/reply-writer.ts) over a real TCP socket pair on 127.0.0.1: one turn's replies
  * leave in one corked flush, in order and byte-exact; zero-copy IN data keeps its holder until the write
  * callback, copied data lets go at once; close() releases every held buffer exactly once.
  */
@@ -14,7 +14,7 @@ import {
   URB_HEADER_SIZE,
   UsbipCommand,
 } from "../../src/usbip/protocol.js";
-import { type ReplyHolder, ReplyWriter, ZERO_COPY_MIN } from "../../src/usbip/reply-writer.js";
+import { type ReplyHolder, ReplyWriter, ZERO_COPY_MIN } from "../../src/usbip-server/reply-writer.js";
 import { pattern } from "../support/data.js";
 
 // ---------------------------------------------------------------- a socket pair and a recording peer

@@ -1,5 +1,5 @@
 /**
- * The URB-phase stream reader (src/usbip/urb-reader.ts): the sink sees the same admit/submit/unlink calls
+ * The URB-phase stream reader (src/usbip-server/urb-reader.ts): the sink sees the same admit/submit/unlink calls
  * however TCP cuts the stream, OUT data lands byte-exact where the sink pointed it, a refused header stops
  * the reader until resume(), framing errors end the stream, and the work is linear in the bytes.
  */
@@ -14,7 +14,7 @@ import {
   type IsoDescriptor,
   URB_HEADER_SIZE,
 } from "../../src/usbip/protocol.js";
-import { type SubmitHeader, UrbReader, type UrbReaderSink } from "../../src/usbip/urb-reader.js";
+import { type SubmitHeader, UrbReader, type UrbReaderSink } from "../../src/usbip-server/urb-reader.js";
 import { pattern } from "../support/data.js";
 
 // ---------------------------------------------------------------- PDUs with their expected calls

@@ -1,5 +1,5 @@
 /**
- * Host (libusb) devices: what create-device.ts and the manager use.
+ * Host (libusb) devices: what port/create-device.ts and the manager use.
  *
  * In a port worker, a device that was unplugged says so through
  * UsbDevice.onGone once its transfers have completed; the port worker tells

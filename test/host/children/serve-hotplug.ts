@@ -18,10 +18,10 @@
 import { once } from "node:events";
 import { type CliIo, run } from "../../../src/cli/run.js";
 import { HostHotplugWatcher } from "../../../src/devices/host/hotplug.js";
-import { type AttachedDevice, attachRemote } from "../../../src/usbip/attach.js";
 import { listRemote } from "../../../src/usbip/client.js";
 import { CollectingLogger } from "../../../src/usbip/log.js";
-import type { UsbipServer } from "../../../src/usbip/server.js";
+import { type AttachedDevice, attachRemote } from "../../../src/usbip-attach/attach.js";
+import type { UsbipServer } from "../../../src/usbip-server/server.js";
 import { eventually } from "../../support/eventually.js";
 import { PID, VID } from "../fixture.js";
 

@@ -23,7 +23,7 @@ import {
   URB_HEADER_SIZE,
   USBIP_VERSION,
   UsbipCommand,
-} from "./protocol.js";
+} from "../usbip/protocol.js";
 
 /** One CMD_SUBMIT header, decoded into numbers. The reader reuses one object: copy what you keep. */
 export interface SubmitHeader {

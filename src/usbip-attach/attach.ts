@@ -1,7 +1,7 @@
 /**
  * The client side of `usbvirt attach HOST[:PORT] BUSID`: a local engine
  * connection whose port 1 holds a device imported from a USB/IP server
- * (src/devices/usbip-remote.ts), enumerated by the guest driver the way a
+ * (src/devices/remote/usbip-remote.ts), enumerated by the guest driver the way a
  * VMM's guest would. `loopbackCheck` moves data through it when the remote
  * device is usbvirt's loopback (the `--check` round trip).
  *
@@ -23,8 +23,8 @@ import { Connection } from "../engine/connection.js";
 import { type EnumeratedDevice, GuestUsbDriver } from "../guest/guest-driver.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { RequestTypeByte } from "../usb/index.js";
+import { USBIP_PORT } from "../usbip/protocol.js";
 import { InvalidOptionError, registerErrorClass, UsbvirtError } from "../util/errors.js";
-import { USBIP_PORT } from "./protocol.js";
 
 export interface AttachOptions {
   readonly host: string;

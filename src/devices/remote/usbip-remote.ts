@@ -23,7 +23,7 @@
  * (src/usbip/client.ts startKeepalive, `keepaliveMs`) notices a silent server.
  */
 
-import { ECONNRESET, EPIPE, ESHUTDOWN, OK, type UrbStatus } from "../urb/status.js";
+import { ECONNRESET, EPIPE, ESHUTDOWN, OK, type UrbStatus } from "../../urb/status.js";
 import {
   CONFIGURATION_DESCRIPTOR_LENGTH,
   clearHaltSetup,
@@ -38,15 +38,15 @@ import {
   setConfigurationSetup,
   setInterfaceSetup,
   UsbSpeed,
-} from "../usb/index.js";
+} from "../../usb/index.js";
 import {
   DEFAULT_CLIENT_TIMEOUT_MS,
   type SubmitResult,
   UsbipClient,
   UsbipTimeoutError,
-} from "../usbip/client.js";
-import { statusFromUsbip, TransferFlag, usbifSpeedOf } from "../usbip/protocol.js";
-import { registerErrorClass, UsbvirtError } from "../util/errors.js";
+} from "../../usbip/client.js";
+import { statusFromUsbip, TransferFlag, usbifSpeedOf } from "../../usbip/protocol.js";
+import { registerErrorClass, UsbvirtError } from "../../util/errors.js";
 import type {
   DeviceInfo,
   IsoPacketResult,
@@ -55,8 +55,8 @@ import type {
   TransferRequest,
   TransferResult,
   UsbDevice,
-} from "./device.js";
-import type { UsbipDeviceSpec } from "./spec.js";
+} from "../device.js";
+import type { UsbipDeviceSpec } from "../spec.js";
 
 /** A device imported over USB/IP that cannot be used. */
 export type UsbipRemoteCode =

@@ -43,11 +43,11 @@
 import { EventEmitter } from "node:events";
 import { type BlockList, createServer, type Server, type Socket } from "node:net";
 import { PortStartError } from "../backend/port-link.js";
+import { URB_RING_GEOMETRY } from "../connection/handles.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
 import { FRAME_SIZE, type GuestOffset } from "../dma-map/types.js";
 import { Connection, type ConnectionOptions } from "../engine/connection.js";
-import { URB_RING_GEOMETRY } from "../engine/handles.js";
 import { UNLINK_RESERVED_SLOTS } from "../frontend/controller.js";
 import type {
   BufferSegment,
@@ -82,10 +82,7 @@ import {
   StandardRequest,
   setAddressSetup,
 } from "../usb/index.js";
-import { registerErrorClass, UsbvirtError } from "../util/errors.js";
-import { allowedBy, buildAllowList } from "../util/ip-prefix.js";
-import { adoptWithReadBuffer } from "../util/read-into.js";
-import { type LogFields, stderrLogger, type UsbipLogger } from "./log.js";
+import { type LogFields, stderrLogger, type UsbipLogger } from "../usbip/log.js";
 import {
   ByteQueue,
   type DeviceRecord,
@@ -100,7 +97,10 @@ import {
   URB_HEADER_SIZE,
   USBIP_PORT,
   usbipSpeedOf,
-} from "./protocol.js";
+} from "../usbip/protocol.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
+import { allowedBy, buildAllowList } from "../util/ip-prefix.js";
+import { adoptWithReadBuffer } from "../util/read-into.js";
 import { type ReplyHolder, ReplyWriter } from "./reply-writer.js";
 import { type SubmitHeader, UrbReader, type UrbReaderSink } from "./urb-reader.js";
 

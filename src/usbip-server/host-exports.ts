@@ -24,7 +24,7 @@ import { HostHotplugWatcher } from "../devices/host/hotplug.js";
 import { formatSelector, type HostSelector, matchesSelector } from "../devices/host/select.js";
 import type { HostDeviceSpec } from "../devices/spec.js";
 import { backoffDelay } from "../engine/reconnect.js";
-import type { UsbipLogger } from "./log.js";
+import type { UsbipLogger } from "../usbip/log.js";
 import type { UsbipServer } from "./server.js";
 
 /** A host device as the hotplug source describes it (HostDeviceInfo). */

@@ -5,8 +5,8 @@
  * until the kernel has taken it. This file is only the 48-byte header (big-endian, as stub_tx sends it).
  */
 import type { Socket } from "node:net";
+import { URB_HEADER_SIZE, UsbipCommand } from "../usbip/protocol.js";
 import { type Frame, type FrameCodec, type FrameHolder, FrameWriter } from "../util/frame-writer.js";
-import { URB_HEADER_SIZE, UsbipCommand } from "./protocol.js";
 
 export { ZERO_COPY_MIN } from "../util/frame-writer.js";
 export type ReplyHolder = FrameHolder;
