@@ -6,11 +6,11 @@
 import { describe, expect, it } from "vitest";
 import { UsbBackend } from "../../src/backend/backend.js";
 import { type PortHost, PortLink } from "../../src/backend/port-link.js";
+import { createControllerHandles, URB_RING_GEOMETRY } from "../../src/connection/handles.js";
 import type { TransferDone, TransferRequest, UsbDevice } from "../../src/devices/device.js";
 import { GrantTableOwner } from "../../src/dma-map/grant-table.js";
 import { GuestMemory } from "../../src/dma-map/guest-memory.js";
 import type { DomId, GuestFrame } from "../../src/dma-map/types.js";
-import { createControllerHandles, URB_RING_GEOMETRY } from "../../src/engine/handles.js";
 import { PortService } from "../../src/port/port-service.js";
 import { createPortIsoTable, PORT_RING_GEOMETRY } from "../../src/port/port-wire.js";
 import { Doorbell } from "../../src/rings/doorbell.js";
