@@ -27,10 +27,11 @@ import { GuestMemory } from "../dma-map/guest-memory.js";
 import { type DomId, domId, FRAME_SIZE, type GrantRef, type GuestFrame } from "../dma-map/types.js";
 import { type ControllerHandles, spinLimiterOf, URB_RING_GEOMETRY } from "../engine/handles.js";
 import { CONN_RING_SLOTS, ConnFront } from "../rings/conn-ring.js";
-import { Doorbell, type Waitable } from "../rings/doorbell.js";
+import { Doorbell } from "../rings/doorbell.js";
 import { RingFault, ringFaultMessage } from "../rings/faults.js";
 import { FrontRing } from "../rings/front-ring.js";
 import { IdPool } from "../rings/id-pool.js";
+import { ServiceLoop, type ServiceTarget } from "../rings/service-loop.js";
 import { AdaptiveSpin } from "../rings/spin.js";
 import { readS32, readU32 } from "../urb/bytes.js";
 import { encodeIndirectSegments, encodeRequest } from "../urb/codec.js";
@@ -137,13 +138,6 @@ function failure(status: UrbStatus, detail?: string): UrbCompletion {
     : { status, actualLength: 0, startFrame: 0, errorCount: 0, detail };
 }
 
-/** Awaited to let microtasks run: awaiting a settled native promise allocates less than `await null`. */
-const RESOLVED: Promise<void> = Promise.resolve();
-
-function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
-
 /** A listener registered with `once`, remembering the caller's function so `off` can find it. */
 type OnceWrapper = ((...args: never[]) => void) & { readonly listener: (...args: never[]) => void };
 
@@ -186,12 +180,10 @@ export class VirtualHostController {
   private publishDeferred = false;
   private readonly listeners = new Map<ControllerEventName, Set<(...args: never[]) => void>>();
 
-  // Service loop.
-  private readonly spin: AdaptiveSpin;
-  private readonly pollsPerYield: number;
-  private running = false;
+  // Service loop (src/rings/service-loop.ts) and what it serves: this controller's two rings.
+  private readonly serviceLoop: ServiceLoop;
   private loop: Promise<void> | null = null;
-  private readonly waitable: Waitable;
+  private keepAlive: NodeJS.Timeout | undefined;
 
   // Statistics.
   private submitted = 0;
@@ -237,19 +229,19 @@ export class VirtualHostController {
         `options.pollsPerYield must be a positive integer, got ${String(pollsPerYield)}`,
       );
     }
-    this.pollsPerYield = pollsPerYield;
     const limiter = options.spinLimiter ?? spinLimiterOf(handles);
-    this.spin = new AdaptiveSpin({
+    const spin = new AdaptiveSpin({
       maxSpinMicros: options.maxSpinMicros ?? 50,
       ...(limiter === undefined ? {} : { limiter }),
       ...(handles.contendedSpinMicros === undefined
         ? {}
         : { contendedSpinMicros: handles.contendedSpinMicros }),
     });
-    this.waitable = {
-      hasPending: () => !this.running || (this.connected && this.ringsHaveWork()),
+    const target: ServiceTarget = {
+      // Looked up on each call: a VMM (or a test) may wrap poll.
+      poll: () => this.poll(),
+      hasPending: () => this.connected && this.ringsHaveWork(),
       armAndCheck: () => {
-        if (!this.running) return true;
         if (!this.connected) return false;
         // Arm both rings before deciding, so an answer on either wakes us.
         let work = this.ring.armAndCheck();
@@ -257,6 +249,15 @@ export class VirtualHostController {
         return work || this.ring.sharedFault() !== 0 || this.conn.ring.sharedFault() !== 0;
       },
     };
+    // Spin between turns of the event loop, never in a tight loop: this thread is the VMM's, and the work
+    // that ends the wait may come from its own microtasks and timers as well as from the backend.
+    this.serviceLoop = new ServiceLoop({
+      target,
+      bell: this.frontendBell,
+      spin,
+      pollsPerYield,
+      turning: () => true,
+    });
 
     // The rings were initialised by whoever created the handles; post the conn ring's requests.
     if (this.conn.postAll()) this.backendBell.ring();
@@ -964,61 +965,35 @@ export class VirtualHostController {
   }
 
   /**
-   * Run the service loop on this thread: poll, spin briefly, then park in
-   * Atomics.waitAsync on the frontend doorbell. The event loop keeps running
-   * (it yields every `pollsPerYield` busy polls). Idempotent.
+   * Run the service loop on this thread (src/rings/service-loop.ts: poll, spin
+   * between turns of the event loop, then park in Atomics.waitAsync on the
+   * frontend doorbell). The event loop keeps running (it yields every
+   * `pollsPerYield` busy polls). Idempotent.
    */
   start(): void {
     if (this.loop !== null) return;
-    this.running = true;
     // A thread parked in Atomics.waitAsync is not kept alive by it: hold the
     // thread (a VMM's device-model worker, say) open until stop(), as a
     // listening socket would, so pending URBs can complete.
     this.keepAlive = setInterval(() => {}, KEEP_ALIVE_INTERVAL_MS);
-    this.loop = this.runLoop().finally(() => {
+    this.loop = this.serviceLoop.start().finally(() => {
       this.loop = null;
       clearInterval(this.keepAlive);
       this.keepAlive = undefined;
     });
   }
 
-  private keepAlive: NodeJS.Timeout | undefined;
-
   /** True between start() and stop(): the service loop takes responses and port events. */
   get isRunning(): boolean {
-    return this.loop !== null && this.running;
+    return this.loop !== null && this.serviceLoop.isRunning;
   }
 
   /** End the service loop; resolves once it has returned. */
   stop(): Promise<void> {
     const loop = this.loop;
     if (loop === null) return Promise.resolve();
-    this.running = false;
-    // Wake the loop if it is parked.
-    this.frontendBell.ring();
+    void this.serviceLoop.stop();
     return loop;
-  }
-
-  private async runLoop(): Promise<void> {
-    let busy = 0;
-    while (this.running) {
-      if (this.poll() > 0) {
-        // Let the owners' continuations run (an awaited submit resolves in a microtask and may submit again),
-        // then look at once; yield to the event loop now and then under load.
-        if (++busy >= this.pollsPerYield) {
-          busy = 0;
-          await yieldToEventLoop();
-        } else await RESOLVED;
-        continue;
-      }
-      busy = 0;
-      // Spin between turns of the event loop, never in a tight loop: this thread is the VMM's, and the work
-      // that ends the wait may come from its own microtasks and timers as well as from the backend.
-      if (await this.spin.spinTurning(this.waitable)) continue;
-      const wait = this.frontendBell.waitAsync(this.waitable, this.spin, true);
-      if (wait !== null) await wait;
-    }
-    this.spin.close();
   }
 
   // ---------------------------------------------------------------- completion
