@@ -254,7 +254,8 @@ export function startBackendHost(hostData: BackendHostData): void {
   // event loop so their completions can land; a frontend that broke the protocol stalls it (the manager
   // decides: reset or close).
   const loop = new ServiceLoop({
-    target: backend,
+    poll: () => backend.poll(),
+    waitable: backend,
     bell: backend.bell,
     spin,
     turning: () => backend.hasInlinePorts,

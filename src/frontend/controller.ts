@@ -34,10 +34,10 @@ import { GuestMemory } from "../dma-map/guest-memory.js";
 import { type DomId, domId } from "../dma-map/types.js";
 import { type ControllerHandles, spinLimiterOf, URB_RING_GEOMETRY } from "../engine/handles.js";
 import { CONN_RING_SLOTS, ConnFront } from "../rings/conn-ring.js";
-import { Doorbell } from "../rings/doorbell.js";
+import { Doorbell, type Waitable } from "../rings/doorbell.js";
 import { FrontRing } from "../rings/front-ring.js";
 import { IdPool } from "../rings/id-pool.js";
-import { ServiceLoop, type ServiceTarget } from "../rings/service-loop.js";
+import { ServiceLoop } from "../rings/service-loop.js";
 import { AdaptiveSpin } from "../rings/spin.js";
 import { URB_RESPONSE_SIZE } from "../urb/layout.js";
 import {
@@ -186,9 +186,7 @@ export class VirtualHostController {
         ? {}
         : { contendedSpinMicros: handles.contendedSpinMicros }),
     });
-    const target: ServiceTarget = {
-      // Looked up on each call: a VMM (or a test) may wrap poll.
-      poll: () => this.poll(),
+    const waitable: Waitable = {
       hasPending: () => this.connected && this.ringsHaveWork(),
       armAndCheck: () => {
         if (!this.connected) return false;
@@ -201,7 +199,9 @@ export class VirtualHostController {
     // Spin between turns of the event loop, never in a tight loop: this thread is the VMM's, and the work
     // that ends the wait may come from its own microtasks and timers as well as from the backend.
     this.serviceLoop = new ServiceLoop({
-      target,
+      // Looked up on each call: a VMM (or a test) may wrap poll.
+      poll: () => this.poll(),
+      waitable,
       bell: this.frontendBell,
       spin,
       pollsPerYield,

@@ -121,15 +121,12 @@ export class PortService {
     const ring = this.ring;
     // The shared service loop (src/rings/service-loop.ts), spinning tight before it parks.
     this.serviceLoop = new ServiceLoop({
-      target: {
-        poll: () => {
-          const taken = this.drain();
-          if (ring.fault !== 0) throw new Error(`port ring fault ${ring.fault}`);
-          return taken;
-        },
-        hasPending: () => ring.hasPending(),
-        armAndCheck: () => ring.armAndCheck(),
+      poll: () => {
+        const taken = this.drain();
+        if (ring.fault !== 0) throw new Error(`port ring fault ${ring.fault}`);
+        return taken;
       },
+      waitable: ring,
       bell: this.myBell,
       spin,
     });

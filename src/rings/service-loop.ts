@@ -5,7 +5,7 @@
  * alike and a change to the rule is made once.
  *
  * The rule, per turn:
- * 1. poll() the target once (it handles a bounded batch and says how many
+ * 1. poll() once (the owner handles a bounded batch and says how many
  *    items it handled). A poll that throws ends the loop with that error.
  *    If `stalled()` then says the peer broke the protocol, consume nothing
  *    more for STALLED_BACKOFF_MS and look again (the control plane decides).
@@ -22,27 +22,25 @@
  *    VMM's own microtasks), the spin looks between turns of the event loop
  *    (spinTurning) instead of in a tight loop that would keep that work from
  *    running.
- * stop() ends the loop: a parked or spinning loop is woken (the loop's
- * waitable reports work once stopped) and the returned promise settles when
- * the loop has returned and closed its spin (its contention probe).
+ * stop() ends the loop: a parked loop is woken through its doorbell, a
+ * spinning one stops at its next look at `running` (a spin between turns
+ * runs out its budget first); the returned promise settles when the loop has
+ * returned and closed its spin (its contention probe).
  */
 import type { Doorbell, Waitable } from "./doorbell.js";
 import type { AdaptiveSpin } from "./spin.js";
 
-/** What a service loop serves: a ring end (or several behind one doorbell) with a bounded poll. */
-export interface ServiceTarget extends Waitable {
-  /** Handle a bounded batch of work; the number of items handled (0: nothing to do). */
-  poll(): number;
-}
-
 export interface ServiceLoopOptions {
-  readonly target: ServiceTarget;
-  /** The doorbell the target's peers ring. */
+  /** Handle a bounded batch of work; the number of items handled (0: nothing to do). */
+  readonly poll: () => number;
+  /** What the spin and the park watch: the ring end(s) `poll` consumes, behind `bell`. */
+  readonly waitable: Waitable;
+  /** The doorbell the peers ring. */
   readonly bell: Doorbell;
   readonly spin: AdaptiveSpin;
   /** Busy polls in a row between two yields to the event loop (default DEFAULT_POLLS_PER_YIELD). */
   readonly pollsPerYield?: number;
-  /** True while this thread's event loop produces work for the target: spin between its turns. */
+  /** True while this thread's event loop produces work for poll: spin between its turns. */
   readonly turning?: () => boolean;
   /** True when the peer broke the protocol: stop consuming, look again after STALLED_BACKOFF_MS. */
   readonly stalled?: () => boolean;
@@ -51,7 +49,7 @@ export interface ServiceLoopOptions {
 /** Busy polls in a row between two yields to the event loop, unless the owner says otherwise. */
 export const DEFAULT_POLLS_PER_YIELD = 16;
 
-/** How long a stalled target is left alone before the loop looks again. */
+/** How long a stalled owner is left alone before the loop looks again. */
 export const STALLED_BACKOFF_MS = 50;
 
 /** Awaited to let microtasks run: awaiting a settled native promise allocates less than `await null`. */
@@ -65,8 +63,9 @@ function backOff(): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, STALLED_BACKOFF_MS));
 }
 
-export class ServiceLoop implements Waitable {
-  private readonly target: ServiceTarget;
+export class ServiceLoop {
+  private readonly poll: () => number;
+  private readonly waitable: Waitable;
   private readonly bell: Doorbell;
   private readonly spin: AdaptiveSpin;
   private readonly pollsPerYield: number;
@@ -76,7 +75,8 @@ export class ServiceLoop implements Waitable {
   private loop: Promise<void> | null = null;
 
   constructor(options: ServiceLoopOptions) {
-    this.target = options.target;
+    this.poll = options.poll;
+    this.waitable = options.waitable;
     this.bell = options.bell;
     this.spin = options.spin;
     this.pollsPerYield = options.pollsPerYield ?? DEFAULT_POLLS_PER_YIELD;
@@ -107,25 +107,16 @@ export class ServiceLoop implements Waitable {
     this.running = false;
     const loop = this.loop;
     if (loop === null) return Promise.resolve();
-    // Wake the loop if it is parked (a spinning one sees `running` through this loop's waitable).
+    // Wake the loop if it is parked (a spinning one looks at `running` before it parks).
     this.bell.ring();
     return loop;
   }
 
-  // The Waitable the spin and the park watch: the target's, plus "stopped" (work: the loop must look).
-  hasPending(): boolean {
-    return !this.running || this.target.hasPending();
-  }
-
-  armAndCheck(): boolean {
-    return !this.running || this.target.armAndCheck();
-  }
-
   private async run(): Promise<void> {
-    const target = this.target;
+    const waitable = this.waitable;
     let busy = 0;
     while (this.running) {
-      const handled = target.poll();
+      const handled = this.poll();
       if (this.stalled?.() === true) {
         busy = 0;
         await backOff();
@@ -139,10 +130,12 @@ export class ServiceLoop implements Waitable {
         continue;
       }
       busy = 0;
-      if (!this.running) break;
       const turning = this.turning?.() === true;
-      if (turning && (await this.spin.spinTurning(this))) continue;
-      const wait = this.bell.waitAsync(this, this.spin, turning);
+      if (turning && (await this.spin.spinTurning(waitable))) continue;
+      // stop() may have run during a spin between turns; from here to the park nothing else runs, and a
+      // stop() after the park rings the bell.
+      if (!this.running) break;
+      const wait = this.bell.waitAsync(waitable, this.spin, turning);
       if (wait !== null) await wait;
     }
   }

@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { Doorbell } from "../../src/rings/doorbell.js";
-import { ServiceLoop, type ServiceTarget, STALLED_BACKOFF_MS } from "../../src/rings/service-loop.js";
+import { ServiceLoop, STALLED_BACKOFF_MS } from "../../src/rings/service-loop.js";
 import { AdaptiveSpin } from "../../src/rings/spin.js";
 import { eventually, tick } from "../support/eventually.js";
 
@@ -27,11 +27,17 @@ function queueTarget(batch = 1) {
   return target;
 }
 
-function loopOf(target: ServiceTarget, extra: { pollsPerYield?: number; stalled?: () => boolean } = {}) {
+function loopOf(
+  target: ReturnType<typeof queueTarget>,
+  extra: { pollsPerYield?: number; stalled?: () => boolean } = {},
+) {
   const bell = new Doorbell(Doorbell.create());
   // No spinning and no contention probe: the loop parks as soon as it is idle.
   const spin = new AdaptiveSpin({ maxSpinMicros: 0, probe: null });
-  return { bell, loop: new ServiceLoop({ target, bell, spin, ...extra }) };
+  return {
+    bell,
+    loop: new ServiceLoop({ poll: () => target.poll(), waitable: target, bell, spin, ...extra }),
+  };
 }
 
 const started: ServiceLoop[] = [];
