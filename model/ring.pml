@@ -1,7 +1,7 @@
 /*
  * ring.pml: a SPIN model of the usbvirt URB ring (src/rings) and the wake-up
  * protocol around it (doorbell + event indices + adaptive spin), with the
- * frontend's unlink reserve and pending queue (src/frontend/controller.ts)
+ * frontend's unlink reserve and pending queue (src/frontend/urb-sender.ts, pending-queue.ts)
  * and the backend's consume loop (src/backend/backend.ts, backend-host.ts).
  * See model/README.md for the map from every step to the code.
  *

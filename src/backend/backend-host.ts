@@ -12,7 +12,6 @@
  * thread removes the two thread hand-offs per batch, which is what a network
  * server on a busy two-core host pays most for.
  */
-import { setImmediate as yieldToLoop } from "node:timers/promises";
 import type { MessagePort } from "node:worker_threads";
 import { type BackendEvent, type BackendStats, UsbBackend } from "../backend/backend.js";
 import { openInlinePort } from "../backend/inline-port.js";
@@ -21,6 +20,7 @@ import { spawnPortWorker, type WorkerPort } from "../backend/worker-port.js";
 import { type ControllerHandles, spinLimiterOf } from "../connection/handles.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import type { PortStats } from "../port/port-service.js";
+import { ServiceLoop } from "../rings/service-loop.js";
 import { AdaptiveSpin, type WaitStats } from "../rings/spin.js";
 import { ENODEV } from "../urb/status.js";
 import { DEFAULT_CLIENT_TIMEOUT_MS } from "../usbip/client.js";
@@ -93,7 +93,6 @@ export function startBackendHost(hostData: BackendHostData): void {
   const hungMs = data.hungPortMs ?? 5000;
   /** The watchdog looks, and port workers beat, four times per hung-port limit. */
   const watchdogMs = Math.max(50, Math.floor(hungMs / 4));
-  let running = true;
   const attaching = new Set<number>();
   /** Port worker threads started and not yet exited. */
   let liveWorkers = 0;
@@ -231,9 +230,9 @@ export function startBackendHost(hostData: BackendHostData): void {
     },
 
     async close() {
-      running = false;
+      const stopped = loop.stop();
       for (const link of backend.links) await api.detach(link.port).catch(() => undefined);
-      backend.bell.ring();
+      await stopped.catch(() => undefined); // a failed loop has said so as host-failed
     },
   };
 
@@ -251,39 +250,24 @@ export function startBackendHost(hostData: BackendHostData): void {
   }, watchdogMs);
   watchdog.unref();
 
-  async function serviceLoop(): Promise<void> {
-    let hot = 0;
-    while (running) {
-      const work = backend.poll();
-      if (backend.ringFault !== 0) {
-        // The frontend broke the protocol: stop consuming; the manager decides (reset or close).
-        await new Promise((resolve) => setTimeout(resolve, 50));
-        continue;
-      }
-      if (work > 0) {
-        // Look again after the microtasks this poll queued: devices on this thread complete in them.
-        if (++hot % 16 === 0)
-          await yieldToLoop(); // keep comlink calls and worker events flowing under load
-        else await null;
-        continue;
-      }
-      hot = 0;
-      // With devices on this thread, spin between turns of the event loop so their completions can land.
-      const turning = backend.hasInlinePorts;
-      if (turning && (await spin.spinTurning(backend))) continue;
-      const wait = backend.bell.waitAsync(backend, spin, turning);
-      if (wait !== null) await wait;
-    }
-    // The ports stay open: close() is still answering over `control`; the manager terminates this worker.
-    clearInterval(watchdog);
-    spin.close();
-  }
-
-  serviceLoop().catch((err: unknown) => {
-    // On a worker this would end the worker; on the frontend's thread it must not end the process.
-    running = false;
-    clearInterval(watchdog);
-    spin.close();
-    data.events.postMessage({ type: "host-failed", message: String(err) } satisfies BackendEvent);
+  // The service loop (src/rings/service-loop.ts). With devices on this thread it spins between turns of the
+  // event loop so their completions can land; a frontend that broke the protocol stalls it (the manager
+  // decides: reset or close).
+  const loop = new ServiceLoop({
+    poll: () => backend.poll(),
+    waitable: backend,
+    bell: backend.bell,
+    spin,
+    turning: () => backend.hasInlinePorts,
+    stalled: () => backend.ringFault !== 0,
   });
+  loop.start().then(
+    // The ports stay open: close() is still answering over `control`; the manager terminates this worker.
+    () => clearInterval(watchdog),
+    (err: unknown) => {
+      // On a worker this would end the worker; on the frontend's thread it must not end the process.
+      clearInterval(watchdog);
+      data.events.postMessage({ type: "host-failed", message: String(err) } satisfies BackendEvent);
+    },
+  );
 }

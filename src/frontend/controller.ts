@@ -21,31 +21,26 @@
  * plane's word), so a new backend can attach at once; or, when the loss was a
  * fault the controller found itself (the faulty backend may still run), only
  * once backendLost() or backendReady() is called.
+ *
+ * This file is the controller's public face and its orchestration; the parts
+ * live beside it, one seam each: urb-sender.ts (the submit path's ring
+ * writer), pending-queue.ts (the FIFO behind it), response-reader.ts (the
+ * completion path's ring reader), backend-loss.ts (what loss takes back),
+ * root-hub.ts, listeners.ts (events), controller-errors.ts; the service loop
+ * is the shared one in src/rings/service-loop.ts.
  */
 
 import { type ControllerHandles, spinLimiterOf, URB_RING_GEOMETRY } from "../connection/handles.js";
 import { GrantTableOwner } from "../dma-map/grant-table.js";
 import { GuestMemory } from "../dma-map/guest-memory.js";
-import { type DomId, domId, FRAME_SIZE, type GrantRef, type GuestFrame } from "../dma-map/types.js";
+import { type DomId, domId } from "../dma-map/types.js";
 import { CONN_RING_SLOTS, ConnFront } from "../rings/conn-ring.js";
 import { Doorbell, type Waitable } from "../rings/doorbell.js";
-import { RingFault, ringFaultMessage } from "../rings/faults.js";
 import { FrontRing } from "../rings/front-ring.js";
 import { IdPool } from "../rings/id-pool.js";
+import { ServiceLoop } from "../rings/service-loop.js";
 import { AdaptiveSpin } from "../rings/spin.js";
-import { readS32, readU32 } from "../urb/bytes.js";
-import { encodeIndirectSegments, encodeRequest } from "../urb/codec.js";
-import { readIsoPacketResult, writeIsoPacket } from "../urb/iso.js";
-import {
-  kRspActualLength,
-  kRspErrorCount,
-  kRspId,
-  kRspStartFrame,
-  kRspStatus,
-  SEGMENT_SIZE,
-  URB_RESPONSE_SIZE,
-} from "../urb/layout.js";
-import { MAX_INLINE_SEGMENTS } from "../urb/limits.js";
+import { URB_RESPONSE_SIZE } from "../urb/layout.js";
 import {
   describeStatus,
   ECONNRESET,
@@ -54,31 +49,24 @@ import {
   ENOENT,
   ESHUTDOWN,
   OK,
-  statusFromPeer,
-  statusText,
   type UrbStatus,
 } from "../urb/status.js";
-import {
-  type DevAddr,
-  Direction,
-  type PortNum,
-  pipeTypeOf,
-  type UrbBuffer,
-  type UrbId,
-} from "../urb/types.js";
+import type { DevAddr, PortNum, UrbId } from "../urb/types.js";
 import { isSetAddress, portResetSetup } from "../usb/index.js";
-import { InvalidOptionError, registerErrorClass, UsbvirtError } from "../util/errors.js";
-import { RequestScratch, type ScratchDataRequest } from "./request-scratch.js";
+import { InvalidOptionError } from "../util/errors.js";
+import { forceRevokeAll, ringFaultReason, takeAllInFlight } from "./backend-loss.js";
+import { ControllerStateError, PortResetError } from "./controller-errors.js";
+import { ControllerListeners } from "./listeners.js";
+import { PendingQueue } from "./pending-queue.js";
+import { failure, ResponseReader, Taken } from "./response-reader.js";
 import { RootHub } from "./root-hub.js";
 import { ScratchFrames } from "./scratch.js";
 import type {
   BackendLossReason,
-  BufferSegment,
   ControllerEventName,
   ControllerEvents,
   ControllerOptions,
   ControllerStats,
-  IsoPacketResult,
   PortChange,
   PortStatus,
   UnlinkTarget,
@@ -87,66 +75,14 @@ import type {
   UrbCompletion,
 } from "./types.js";
 import { Phase, UrbRecord } from "./urb-record.js";
-import {
-  bufferLengthOf,
-  checkUrb,
-  framesSpanned,
-  grantsNeeded,
-  isoDescriptorFrames,
-  type UrbLimits,
-} from "./validate.js";
+import { UrbSender } from "./urb-sender.js";
+import { bufferLengthOf, checkUrb, type UrbLimits } from "./validate.js";
 
-/**
- * URB ring slots data URBs may not take: kept for unlinks. Without them a ring full of URBs the device
- * never completes (interrupt INs on an idle keyboard) could never be cancelled: the unlink needs a slot.
- */
-export const UNLINK_RESERVED_SLOTS = 8;
-
-/** Entries above this in the pending array trigger a compaction (amortised O(1) dequeue). */
-const PENDING_COMPACT_AT = 1024;
-
-/** A port reset that did not complete with status 0. */
+export { ControllerStateError, PortResetError } from "./controller-errors.js";
+export { UNLINK_RESERVED_SLOTS } from "./urb-sender.js";
 
 /** The keep-alive timer of a started controller fires this rarely (it only holds the thread open). */
 const KEEP_ALIVE_INTERVAL_MS = 1 << 30;
-export class PortResetError extends UsbvirtError {
-  declare readonly code: "ERR_USBVIRT_PORT_RESET";
-  constructor(
-    readonly port: PortNum,
-    readonly status: UrbStatus,
-  ) {
-    super("ERR_USBVIRT_PORT_RESET", `reset of port ${port} failed: ${statusText(status)}`);
-  }
-}
-registerErrorClass(PortResetError);
-
-/** A lifecycle call made in the wrong state (backendReady while connected, …). */
-export class ControllerStateError extends UsbvirtError {
-  declare readonly code: "ERR_USBVIRT_CONTROLLER_STATE";
-  constructor(message: string) {
-    super("ERR_USBVIRT_CONTROLLER_STATE", message);
-  }
-}
-registerErrorClass(ControllerStateError);
-
-/** A URB without a buffer reads as this (shared: no empty array per URB). */
-const NO_SEGMENTS: readonly BufferSegment[] = Object.freeze([]);
-
-function failure(status: UrbStatus, detail?: string): UrbCompletion {
-  return detail === undefined
-    ? { status, actualLength: 0, startFrame: 0, errorCount: 0 }
-    : { status, actualLength: 0, startFrame: 0, errorCount: 0, detail };
-}
-
-/** Awaited to let microtasks run: awaiting a settled native promise allocates less than `await null`. */
-const RESOLVED: Promise<void> = Promise.resolve();
-
-function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
-
-/** A listener registered with `once`, remembering the caller's function so `off` can find it. */
-type OnceWrapper = ((...args: never[]) => void) & { readonly listener: (...args: never[]) => void };
 
 export class VirtualHostController {
   readonly memory: GuestMemory;
@@ -161,22 +97,20 @@ export class VirtualHostController {
   private readonly hub: RootHub;
   private readonly scratch: ScratchFrames;
   private readonly limits: UrbLimits;
-  /** Private copy of each response slot (RING_COPY_RESPONSE). */
-  private readonly copy: Uint8Array;
-  /** Ring id → the record holding it. */
+  /** Ring id → the record holding it: the sender fills it, the reader and backend loss empty it. */
   private readonly inFlight: (UrbRecord | undefined)[];
+  /** The submit path's ring writer. */
+  private readonly sender: UrbSender;
+  /** The completion path's ring reader. */
+  private readonly reader: ResponseReader;
   /**
    * URB object → its latest record, for unlink by handle and the double-submit check. Never deleted: the
    * record's `delivered` says whether the URB is outstanding, and a resubmit of the same object reuses the
    * record (no record and no map insert per URB on the hot path; a dropped URB takes its entry with it).
    */
   private readonly records = new WeakMap<Urb, UrbRecord>();
-  /** The request objects trySend fills and encodes (none allocated per URB). */
-  private readonly scratchRequest = new RequestScratch();
-  /** FIFO pending queue; entries before `pendingHead` are done, entries not PENDING are skipped. */
-  private pending: UrbRecord[] = [];
-  private pendingHead = 0;
-  private pendingLive = 0;
+  /** URBs and unlinks waiting for the ring, ids, grants or scratch frames (FIFO). */
+  private readonly pending = new PendingQueue();
   private connected = true;
   /** Set at backend loss: the shared rings hold the dead backend's state until re-initialised. */
   private ringsNeedReset = false;
@@ -185,20 +119,17 @@ export class VirtualHostController {
   private batching = 0;
   /** Requests committed during a poll or batch, published once at its end (one push and at most one ring). */
   private publishDeferred = false;
-  private readonly listeners = new Map<ControllerEventName, Set<(...args: never[]) => void>>();
+  private readonly listeners = new ControllerListeners();
 
-  // Service loop.
-  private readonly spin: AdaptiveSpin;
-  private readonly pollsPerYield: number;
-  private running = false;
+  // Service loop (src/rings/service-loop.ts) and what it serves: this controller's two rings.
+  private readonly serviceLoop: ServiceLoop;
   private loop: Promise<void> | null = null;
-  private readonly waitable: Waitable;
+  private keepAlive: NodeJS.Timeout | undefined;
 
   // Statistics.
   private submitted = 0;
   private completed = 0;
   private bytes = 0;
-  private unlinksSent = 0;
   private backendLosses = 0;
   private readonly errorCounts = new Map<number, number>();
 
@@ -223,8 +154,18 @@ export class VirtualHostController {
       responseBytes: URB_RESPONSE_SIZE,
     });
     this.conn = new ConnFront(handles.connRing, handles.ports);
-    this.copy = new Uint8Array(URB_RESPONSE_SIZE);
     this.inFlight = new Array<UrbRecord | undefined>(slots).fill(undefined);
+    const parts = {
+      ring: this.ring,
+      ids: this.ids,
+      grants: this.grants,
+      memory: this.memory,
+      scratch: this.scratch,
+      backendDomid: this.backendDomid,
+      inFlight: this.inFlight,
+    };
+    this.sender = new UrbSender(parts);
+    this.reader = new ResponseReader(parts);
     this.limits = {
       ports: handles.ports,
       memory: this.memory,
@@ -238,19 +179,17 @@ export class VirtualHostController {
         `options.pollsPerYield must be a positive integer, got ${String(pollsPerYield)}`,
       );
     }
-    this.pollsPerYield = pollsPerYield;
     const limiter = options.spinLimiter ?? spinLimiterOf(handles);
-    this.spin = new AdaptiveSpin({
+    const spin = new AdaptiveSpin({
       maxSpinMicros: options.maxSpinMicros ?? 50,
       ...(limiter === undefined ? {} : { limiter }),
       ...(handles.contendedSpinMicros === undefined
         ? {}
         : { contendedSpinMicros: handles.contendedSpinMicros }),
     });
-    this.waitable = {
-      hasPending: () => !this.running || (this.connected && this.ringsHaveWork()),
+    const waitable: Waitable = {
+      hasPending: () => this.connected && this.ringsHaveWork(),
       armAndCheck: () => {
-        if (!this.running) return true;
         if (!this.connected) return false;
         // Arm both rings before deciding, so an answer on either wakes us.
         let work = this.ring.armAndCheck();
@@ -258,6 +197,17 @@ export class VirtualHostController {
         return work || this.ring.sharedFault() !== 0 || this.conn.ring.sharedFault() !== 0;
       },
     };
+    // Spin between turns of the event loop, never in a tight loop: this thread is the VMM's, and the work
+    // that ends the wait may come from its own microtasks and timers as well as from the backend.
+    this.serviceLoop = new ServiceLoop({
+      // Looked up on each call: a VMM (or a test) may wrap poll.
+      poll: () => this.poll(),
+      waitable,
+      bell: this.frontendBell,
+      spin,
+      pollsPerYield,
+      turning: () => true,
+    });
 
     // The rings were initialised by whoever created the handles; post the conn ring's requests.
     if (this.conn.postAll()) this.backendBell.ring();
@@ -266,62 +216,19 @@ export class VirtualHostController {
   // ---------------------------------------------------------------- events
 
   on<E extends ControllerEventName>(event: E, listener: ControllerEvents[E]): this {
-    let set = this.listeners.get(event);
-    if (set === undefined) {
-      set = new Set();
-      this.listeners.set(event, set);
-    }
-    set.add(listener as (...args: never[]) => void);
+    this.listeners.on(event, listener);
     return this;
   }
 
   /** Like `on`, for the next event only: the listener is removed before it runs (`off` removes it too). */
   once<E extends ControllerEventName>(event: E, listener: ControllerEvents[E]): this {
-    const wrapper: OnceWrapper = Object.assign(
-      (...args: unknown[]) => {
-        this.listeners.get(event)?.delete(wrapper);
-        (listener as (...a: unknown[]) => void)(...args);
-      },
-      { listener: listener as (...args: never[]) => void },
-    );
-    return this.on(event, wrapper as unknown as ControllerEvents[E]);
-  }
-
-  off<E extends ControllerEventName>(event: E, listener: ControllerEvents[E]): this {
-    const set = this.listeners.get(event);
-    if (set === undefined || set.delete(listener as (...args: never[]) => void)) return this;
-    for (const l of set) {
-      if ((l as Partial<OnceWrapper>).listener === listener) {
-        set.delete(l);
-        break;
-      }
-    }
+    this.listeners.once(event, listener);
     return this;
   }
 
-  private emit<E extends ControllerEventName>(event: E, ...args: Parameters<ControllerEvents[E]>): void {
-    const set = this.listeners.get(event);
-    if (set === undefined) return;
-    for (const listener of [...set]) {
-      try {
-        (listener as (...a: Parameters<ControllerEvents[E]>) => void)(...args);
-      } catch (error) {
-        this.reportCallbackError(error, event === "callbackError");
-      }
-    }
-  }
-
-  /** A user callback threw: tell callbackError listeners, or surface it as an uncaught error. */
-  private reportCallbackError(error: unknown, fromErrorListener = false): void {
-    const set = this.listeners.get("callbackError");
-    if (fromErrorListener || set === undefined || set.size === 0) {
-      // Like an EventEmitter without an 'error' listener: do not swallow it, but keep our state intact.
-      queueMicrotask(() => {
-        throw error;
-      });
-      return;
-    }
-    this.emit("callbackError", error);
+  off<E extends ControllerEventName>(event: E, listener: ControllerEvents[E]): this {
+    this.listeners.off(event, listener);
+    return this;
   }
 
   // ---------------------------------------------------------------- root hub
@@ -373,7 +280,7 @@ export class VirtualHostController {
   }
 
   private emitPort(port: PortNum): void {
-    if (this.listeners.get("portChange")?.size) this.emit("portChange", this.hub.status(port));
+    if (this.listeners.has("portChange")) this.listeners.emit("portChange", this.hub.status(port));
   }
 
   // ---------------------------------------------------------------- submit
@@ -435,8 +342,7 @@ export class VirtualHostController {
       return Promise.resolve(ENOENT);
     }
     if (record.phase === Phase.PENDING) {
-      record.phase = Phase.OFF;
-      this.pendingLive--;
+      this.pending.withdraw(record);
       this.deliverLater(record, failure(ECONNRESET, "unlinked while waiting in the pending queue"));
       return Promise.resolve(OK);
     }
@@ -454,13 +360,11 @@ export class VirtualHostController {
   private enqueueOrSend(record: UrbRecord): void {
     // FIFO: no data URB overtakes one already waiting. An unlink may (its target is already on the ring),
     // into the slots kept for unlinks.
-    if ((this.pendingLive === 0 || record.urb === null) && this.trySend(record)) {
+    if ((this.pending.live === 0 || record.urb === null) && this.sender.trySend(record)) {
       this.publish();
       return;
     }
-    record.phase = Phase.PENDING;
     this.pending.push(record);
-    this.pendingLive++;
   }
 
   /**
@@ -490,199 +394,6 @@ export class VirtualHostController {
     if (this.ring.pushRequests()) this.backendBell.ring();
   }
 
-  /** Send pending records in order until one cannot go. Bounded by the queue length. */
-  private flushPending(): void {
-    let sent = false;
-    const queue = this.pending;
-    let blocked = false;
-    while (this.pendingHead < queue.length && this.connected) {
-      const record = queue[this.pendingHead]!;
-      if (record.phase === Phase.PENDING) {
-        if (!this.trySend(record)) {
-          blocked = true;
-          break;
-        }
-        this.pendingLive--;
-        sent = true;
-      }
-      queue[this.pendingHead++] = undefined as unknown as UrbRecord;
-    }
-    // Unlinks behind a data URB that cannot go yet overtake it (bounded by the queue length).
-    for (let i = this.pendingHead; blocked && i < queue.length && this.connected; i++) {
-      const record = queue[i]!;
-      if (record.phase !== Phase.PENDING || record.urb !== null) continue;
-      if (!this.trySendUnlink(record)) break;
-      this.pendingLive--;
-      sent = true;
-    }
-    if (this.pendingHead === queue.length) {
-      queue.length = 0;
-      this.pendingHead = 0;
-    } else if (this.pendingHead >= PENDING_COMPACT_AT) {
-      this.pending = queue.slice(this.pendingHead);
-      this.pendingHead = 0;
-    }
-    if (sent) this.publish();
-  }
-
-  /**
-   * Put one record on the ring, or return false (nothing taken) when a slot,
-   * an id, grants or scratch frames are missing. Unlinks whose target is no
-   * longer on the ring are answered -ENOENT here and count as sent.
-   */
-  private trySend(record: UrbRecord): boolean {
-    const urb = record.urb;
-    if (urb === null) return this.trySendUnlink(record);
-    if (this.ring.freeRequests <= UNLINK_RESERVED_SLOTS) return false;
-    const slot = this.ring.requestSlot();
-    if (slot === null) return false;
-    const segments = urb.buffer ?? NO_SEGMENTS;
-    const count = segments.length;
-    if (this.grants.freeCount < grantsNeeded(urb)) return false;
-    let indirectFrame: GuestFrame | -1 = -1;
-    if (count > MAX_INLINE_SEGMENTS) {
-      indirectFrame = this.scratch.allocate(1);
-      if (indirectFrame === -1) return false;
-    }
-    let isoFrame: GuestFrame | -1 = -1;
-    let isoFrames = 0;
-    if (urb.type === "isochronous") {
-      isoFrames = isoDescriptorFrames(urb.iso.packets.length);
-      isoFrame = this.scratch.allocate(isoFrames);
-      if (isoFrame === -1) {
-        if (indirectFrame !== -1) this.scratch.release(indirectFrame, 1);
-        return false;
-      }
-    }
-    const id = this.ids.allocate();
-    if (id < 0) {
-      // Cannot happen while every ring request holds an id; stay correct anyway.
-      if (indirectFrame !== -1) this.scratch.release(indirectFrame, 1);
-      if (isoFrame !== -1) this.scratch.release(isoFrame, isoFrames);
-      return false;
-    }
-
-    // Grant each segment: one extent over the frames it spans; the wire offset is within the first frame.
-    const readonly = !urb.directionIn;
-    const scratch = this.scratchRequest;
-    const wire = scratch.segments;
-    for (let i = 0; i < count; i++) {
-      const { offset, length } = segments[i]!;
-      const ref = this.grants.grant(
-        this.backendDomid,
-        Math.floor(offset / FRAME_SIZE) as GuestFrame,
-        framesSpanned(offset, length),
-        readonly,
-      );
-      record.grants.push(ref);
-      const w = wire[i]!;
-      w.ref = ref;
-      w.offset = offset % FRAME_SIZE;
-      w.length = length;
-    }
-    let buffer: UrbBuffer;
-    if (indirectFrame === -1) {
-      buffer = scratch.inlineBuffer(count); // NO_BUFFER when count is 0
-    } else {
-      encodeIndirectSegments(wire, this.memory.frameView(indirectFrame), 0, count);
-      // The backend only reads the segment list.
-      const pageRef = this.grants.grant(this.backendDomid, indirectFrame, 1, true);
-      record.grants.push(pageRef);
-      buffer = scratch.indirectBuffer(pageRef, count, count * SEGMENT_SIZE);
-    }
-    record.indirectFrame = indirectFrame;
-
-    let request: ScratchDataRequest;
-    switch (urb.type) {
-      case "control":
-        request = scratch.control;
-        request.setup = urb.setup;
-        break;
-      case "bulk":
-        request = scratch.bulk;
-        request.zeroPacket = urb.zeroPacket === true;
-        break;
-      case "interrupt":
-        request = scratch.interrupt;
-        request.zeroPacket = urb.zeroPacket === true;
-        request.interval = urb.interval;
-        break;
-      case "isochronous": {
-        const descriptors = this.memory.frameView(isoFrame as GuestFrame, isoFrames);
-        const packets = urb.iso.packets;
-        for (let i = 0; i < packets.length; i++) writeIsoPacket(descriptors, i, packets[i]!);
-        // Writable: the backend writes each packet's status and actual length back.
-        const descRef = this.grants.grant(this.backendDomid, isoFrame as GuestFrame, isoFrames, false);
-        record.grants.push(descRef);
-        record.isoFrame = isoFrame;
-        record.isoFrames = isoFrames;
-        const iso = scratch.iso;
-        iso.isoAsap = urb.iso.asap;
-        iso.interval = urb.interval;
-        iso.numberOfPackets = packets.length;
-        iso.startFrame = urb.iso.startFrame ?? 0;
-        iso.frameDescriptors.ref = descRef;
-        iso.frameDescriptors.offset = 0;
-        request = iso;
-        break;
-      }
-    }
-    request.id = id as UrbId;
-    request.port = urb.port;
-    request.device = urb.device;
-    request.endpoint = urb.endpoint;
-    request.direction = urb.directionIn ? Direction.In : Direction.Out;
-    request.bufferLength = record.bufferLength;
-    request.buffer = buffer;
-    request.shortNotOk = urb.shortNotOk === true;
-    encodeRequest(request, slot);
-    this.ring.commitRequest();
-    record.id = id;
-    record.phase = Phase.IN_FLIGHT;
-    this.inFlight[id] = record;
-    return true;
-  }
-
-  private trySendUnlink(record: UrbRecord): boolean {
-    const target = record.target!;
-    // A target record reused by a later submit of its URB means this unlink's submission is over.
-    if (
-      target.generation !== record.targetGeneration ||
-      target.phase !== Phase.IN_FLIGHT ||
-      target.delivered
-    ) {
-      // Finished (or failed locally) before the unlink could go: nothing to cancel.
-      record.phase = Phase.OFF;
-      const done = record.unlinkDone!;
-      queueMicrotask(() => done(ENOENT));
-      return true;
-    }
-    const slot = this.ring.requestSlot();
-    if (slot === null) return false;
-    const id = this.ids.allocate();
-    if (id < 0) return false;
-    const t = target.urb!;
-    encodeRequest(
-      {
-        kind: "unlink",
-        id: id as UrbId,
-        port: t.port,
-        device: t.device,
-        endpoint: t.endpoint,
-        direction: t.directionIn ? Direction.In : Direction.Out,
-        targetType: pipeTypeOf(t.type),
-        unlinkId: target.id as UrbId,
-      },
-      slot,
-    );
-    this.ring.commitRequest();
-    record.id = id;
-    record.phase = Phase.IN_FLIGHT;
-    this.inFlight[id] = record;
-    this.unlinksSent++;
-    return true;
-  }
-
   // ---------------------------------------------------------------- service
 
   /**
@@ -708,10 +419,12 @@ export class VirtualHostController {
     let handled = 0;
     const slots = this.inFlight.length;
     // Bounded: at most one ring's worth per poll (rspProd is checked against what we published).
+    const reader = this.reader;
     for (let n = 0; n < slots && this.connected; n++) {
-      if (!this.ring.takeResponse(this.copy)) break;
+      const taken = reader.take();
+      if (taken === Taken.NONE) break;
       handled++;
-      this.onResponse();
+      if (taken === Taken.COMPLETED) this.onCompleted(reader.record!, reader.completion!);
     }
     if (!this.connected || this.checkFaults()) return handled;
 
@@ -725,7 +438,7 @@ export class VirtualHostController {
     if (!this.connected || this.checkFaults()) return handled;
     // Give the backend its conn-ring requests back (xen-hcd re-posts each consumed one).
     if (events > 0 && this.conn.postAll()) this.backendBell.ring();
-    this.flushPending();
+    if (this.pending.flush(this.sender)) this.publish();
     return handled;
   }
 
@@ -740,77 +453,17 @@ export class VirtualHostController {
 
   /** A latched fault on either ring (ours or the backend's) ends the connection. */
   private checkFaults(): boolean {
-    const urbFault = this.ring.fault !== RingFault.NONE ? this.ring.fault : this.ring.sharedFault();
-    const connFault =
-      this.conn.ring.fault !== RingFault.NONE ? this.conn.ring.fault : this.conn.ring.sharedFault();
-    if (urbFault === 0 && connFault === 0) return false;
-    const ring = urbFault !== 0 ? "urb" : "conn";
-    const fault = urbFault !== 0 ? urbFault : connFault;
-    const reason: BackendLossReason = {
-      cause: "ring-fault",
-      message: `${ring} ring fault: ${ringFaultMessage(fault)}`,
-      ring,
-      fault,
-    };
-    this.emit("fault", reason);
+    const reason = ringFaultReason(this.ring, this.conn.ring);
+    if (reason === null) return false;
+    this.listeners.emit("fault", reason);
     this.loseBackend(reason);
     return true;
   }
 
-  /** Handle the response in `this.copy`; its id was checked in flight by FrontRing. */
-  private onResponse(): void {
-    const copy = this.copy;
-    const id = readU32(copy, kRspId);
-    const record = this.inFlight[id];
-    if (record === undefined) {
-      // The id pool said in flight but we hold no record: never trust this ring again.
-      this.ring.latch(RingFault.PEER_PROTOCOL_VIOLATION);
-      return;
-    }
-    const status = statusFromPeer(readS32(copy, kRspStatus));
-    if (record.urb === null) {
-      this.inFlight[id] = undefined;
-      record.phase = Phase.OFF;
-      record.id = -1;
-      record.unlinkDone!(status);
-      return;
-    }
-    // The backend must have unmapped everything before answering (xen-hcd: a grant still in use is a protocol error).
-    if (!this.revokeGrants(record)) {
-      this.ring.latch(RingFault.PEER_PROTOCOL_VIOLATION);
-      return;
-    }
-    this.inFlight[id] = undefined;
-    record.phase = Phase.OFF;
-    record.id = -1;
-    let isoPackets: IsoPacketResult[] | undefined;
-    if (record.isoFrame !== -1) {
-      if (!record.delivered) isoPackets = this.readIsoResults(record);
-      this.scratch.release(record.isoFrame, record.isoFrames);
-      record.isoFrame = -1;
-    }
-    if (record.indirectFrame !== -1) {
-      this.scratch.release(record.indirectFrame, 1);
-      record.indirectFrame = -1;
-    }
-    if (record.delivered) {
-      // Completed early (port disconnect); the answer only freed its resources. Nothing holds it now.
-      record.reusable = true;
-      return;
-    }
-
-    const urb = record.urb;
-    const actual = Math.min(readU32(copy, kRspActualLength), record.bufferLength);
-    const startFrame = readU32(copy, kRspStartFrame);
-    const errorCount =
-      isoPackets === undefined
-        ? readU32(copy, kRspErrorCount)
-        : Math.min(readU32(copy, kRspErrorCount), isoPackets.length);
-    if (status === OK && urb.type === "control") this.noteControlSuccess(urb);
-    const completion: UrbCompletion =
-      isoPackets === undefined
-        ? { status, actualLength: actual, startFrame, errorCount }
-        : { status, actualLength: actual, startFrame, errorCount, isoPackets };
+  /** A URB completed on the ring (ResponseReader freed what it held): update the root hub, tell the owner. */
+  private onCompleted(record: UrbRecord, completion: UrbCompletion): void {
+    const urb = record.urb!;
+    if (completion.status === OK && urb.type === "control") this.noteControlSuccess(urb);
     // Off the ring with nothing held: the callback may resubmit its URB on this same record.
     record.reusable = true;
     this.deliver(record, completion);
@@ -823,28 +476,6 @@ export class VirtualHostController {
       this.hub.setAddress(urb.port, (setup.wValue & 0x7f) as DevAddr);
       this.emitPort(urb.port);
     }
-  }
-
-  private readIsoResults(record: UrbRecord): IsoPacketResult[] {
-    const urb = record.urb as Extract<Urb, { type: "isochronous" }>;
-    const packets = urb.iso.packets;
-    const view = this.memory.frameView(record.isoFrame as GuestFrame, record.isoFrames);
-    const results: IsoPacketResult[] = [];
-    for (let i = 0; i < packets.length; i++) {
-      const r = readIsoPacketResult(view, i);
-      results.push({ status: r.status, actualLength: Math.min(r.actualLength, packets[i]!.length) });
-    }
-    return results;
-  }
-
-  /** Revoke a record's grants; false (the rest kept for force-revoke) when the backend still maps one. */
-  private revokeGrants(record: UrbRecord): boolean {
-    const grants = record.grants;
-    while (grants.length > 0) {
-      if (!this.grants.tryRevoke(grants[grants.length - 1]!)) return false;
-      grants.pop();
-    }
-    return true;
   }
 
   private onConnEvent(port: PortNum, speed: number): void {
@@ -860,15 +491,7 @@ export class VirtualHostController {
   private failPort(port: PortNum, status: UrbStatus, detail: string): void {
     // Collect first: callbacks may submit, and what they submit now is not part of this disconnect.
     const victims: UrbRecord[] = [];
-    const queue = this.pending;
-    for (let i = this.pendingHead; i < queue.length; i++) {
-      const record = queue[i]!;
-      if (record.phase === Phase.PENDING && record.urb !== null && record.urb.port === port) {
-        record.phase = Phase.OFF;
-        this.pendingLive--;
-        victims.push(record);
-      }
-    }
+    this.pending.withdrawPort(port, victims);
     for (let id = 0; id < this.inFlight.length; id++) {
       const record = this.inFlight[id];
       if (record?.urb != null && record.urb.port === port && !record.delivered) victims.push(record);
@@ -904,30 +527,9 @@ export class VirtualHostController {
     this.backendLosses++;
     const victims: UrbRecord[] = [];
     const unlinks: ((status: UrbStatus) => void)[] = [];
-    for (let id = 0; id < this.inFlight.length; id++) {
-      const record = this.inFlight[id];
-      if (record === undefined) continue;
-      this.inFlight[id] = undefined;
-      record.phase = Phase.OFF;
-      record.id = -1;
-      record.grants.length = 0;
-      if (record.urb === null) unlinks.push(record.unlinkDone!);
-      else if (!record.delivered) victims.push(record);
-    }
-    for (let i = this.pendingHead; i < this.pending.length; i++) {
-      const record = this.pending[i]!;
-      if (record.phase !== Phase.PENDING) continue;
-      record.phase = Phase.OFF;
-      if (record.urb === null) unlinks.push(record.unlinkDone!);
-      else if (!record.delivered) victims.push(record);
-    }
-    this.pending = [];
-    this.pendingHead = 0;
-    this.pendingLive = 0;
-    // The dead backend's map counts never drop: take every grant back, not only the ones we track.
-    for (let ref = 0; ref < this.grants.entries; ref++) {
-      if (this.grants.isGranted(ref as GrantRef)) this.grants.forceRevoke(ref as GrantRef);
-    }
+    takeAllInFlight(this.inFlight, victims, unlinks);
+    this.pending.withdrawAll(victims, unlinks);
+    forceRevokeAll(this.grants);
     this.scratch.releaseAll();
     const ports = this.hub.disconnectAll();
 
@@ -935,7 +537,7 @@ export class VirtualHostController {
     for (const port of ports) this.emitPort(port);
     for (const record of victims) this.deliver(record, failure(ESHUTDOWN, reason.message));
     for (const done of unlinks) done(ESHUTDOWN);
-    this.emit("backendLost", reason);
+    this.listeners.emit("backendLost", reason);
   }
 
   /**
@@ -954,7 +556,7 @@ export class VirtualHostController {
     if (this.conn.postAll()) this.backendBell.ring();
     // Wake our own loop so it re-arms on the fresh rings.
     this.frontendBell.ring();
-    this.emit("backendReady");
+    this.listeners.emit("backendReady");
   }
 
   /** Re-initialise both shared rings (only the frontend does this) and forget their in-flight ids. */
@@ -965,61 +567,35 @@ export class VirtualHostController {
   }
 
   /**
-   * Run the service loop on this thread: poll, spin briefly, then park in
-   * Atomics.waitAsync on the frontend doorbell. The event loop keeps running
-   * (it yields every `pollsPerYield` busy polls). Idempotent.
+   * Run the service loop on this thread (src/rings/service-loop.ts: poll, spin
+   * between turns of the event loop, then park in Atomics.waitAsync on the
+   * frontend doorbell). The event loop keeps running (it yields every
+   * `pollsPerYield` busy polls). Idempotent.
    */
   start(): void {
     if (this.loop !== null) return;
-    this.running = true;
     // A thread parked in Atomics.waitAsync is not kept alive by it: hold the
     // thread (a VMM's device-model worker, say) open until stop(), as a
     // listening socket would, so pending URBs can complete.
     this.keepAlive = setInterval(() => {}, KEEP_ALIVE_INTERVAL_MS);
-    this.loop = this.runLoop().finally(() => {
+    this.loop = this.serviceLoop.start().finally(() => {
       this.loop = null;
       clearInterval(this.keepAlive);
       this.keepAlive = undefined;
     });
   }
 
-  private keepAlive: NodeJS.Timeout | undefined;
-
   /** True between start() and stop(): the service loop takes responses and port events. */
   get isRunning(): boolean {
-    return this.loop !== null && this.running;
+    return this.loop !== null && this.serviceLoop.isRunning;
   }
 
   /** End the service loop; resolves once it has returned. */
   stop(): Promise<void> {
     const loop = this.loop;
     if (loop === null) return Promise.resolve();
-    this.running = false;
-    // Wake the loop if it is parked.
-    this.frontendBell.ring();
+    void this.serviceLoop.stop();
     return loop;
-  }
-
-  private async runLoop(): Promise<void> {
-    let busy = 0;
-    while (this.running) {
-      if (this.poll() > 0) {
-        // Let the owners' continuations run (an awaited submit resolves in a microtask and may submit again),
-        // then look at once; yield to the event loop now and then under load.
-        if (++busy >= this.pollsPerYield) {
-          busy = 0;
-          await yieldToEventLoop();
-        } else await RESOLVED;
-        continue;
-      }
-      busy = 0;
-      // Spin between turns of the event loop, never in a tight loop: this thread is the VMM's, and the work
-      // that ends the wait may come from its own microtasks and timers as well as from the backend.
-      if (await this.spin.spinTurning(this.waitable)) continue;
-      const wait = this.frontendBell.waitAsync(this.waitable, this.spin, true);
-      if (wait !== null) await wait;
-    }
-    this.spin.close();
   }
 
   // ---------------------------------------------------------------- completion
@@ -1060,7 +636,7 @@ export class VirtualHostController {
     try {
       callback(completion);
     } catch (error) {
-      this.reportCallbackError(error);
+      this.listeners.reportCallbackError(error);
     }
   }
 
@@ -1073,10 +649,10 @@ export class VirtualHostController {
       submitted: this.submitted,
       completed: this.completed,
       errors,
-      pending: this.pendingLive,
+      pending: this.pending.live,
       inFlight: this.connected ? this.ring.inFlight : 0,
       bytes: this.bytes,
-      unlinksSent: this.unlinksSent,
+      unlinksSent: this.sender.unlinksSent,
       backendLosses: this.backendLosses,
     };
   }

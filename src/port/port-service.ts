@@ -12,10 +12,10 @@
  * way to Completed and answers the ring exactly once; a cancel only asks
  * the device to finish early (with -ECONNRESET). The thread never blocks:
  * device completions (timers, libusb through uv_async) arrive through its
- * event loop, so waiting is Atomics.waitAsync and a hot loop yields.
+ * event loop, so it runs on the shared service loop (src/rings/service-loop.ts:
+ * waiting is Atomics.waitAsync and a hot loop yields).
  */
 
-import { setImmediate as yieldToLoop } from "node:timers/promises";
 import {
   type IsoPacketRequest,
   NO_DATA,
@@ -25,6 +25,7 @@ import {
 } from "../devices/device.js";
 import { BackRing } from "../rings/back-ring.js";
 import { Doorbell } from "../rings/doorbell.js";
+import { ServiceLoop } from "../rings/service-loop.js";
 import { AdaptiveSpin, type SpinLimiter } from "../rings/spin.js";
 import { writeIsoPacketResult } from "../urb/iso.js";
 import { ISO_FRAME_DESCRIPTOR_SIZE } from "../urb/layout.js";
@@ -88,7 +89,7 @@ export class PortService {
   private readonly ring: BackRing;
   private readonly myBell: Doorbell;
   private readonly backendBell: Doorbell;
-  private readonly spin: AdaptiveSpin;
+  private readonly serviceLoop: ServiceLoop;
   private readonly req = new PortRequest();
   /**
    * In-flight transfers by port-ring id. The backend allocates ids from a pool of PORT_RING_GEOMETRY.slots,
@@ -99,8 +100,6 @@ export class PortService {
   private readonly device: UsbDevice;
   private readonly buffers: TransferBuffers;
   private readonly isoTable: Uint32Array | null;
-  private running = false;
-  private stopped: Promise<void> | null = null;
   /** A publish is queued as a microtask: completions of one turn go out in one push. */
   private publishQueued = false;
   private readonly publishNow = (): void => {
@@ -125,12 +124,24 @@ export class PortService {
     this.ring = new BackRing(options.portRing, PORT_RING_GEOMETRY);
     this.myBell = new Doorbell(options.portBell);
     this.backendBell = new Doorbell(options.backendBell);
-    this.spin = new AdaptiveSpin({
+    const spin = new AdaptiveSpin({
       maxSpinMicros: 20,
       ...(options.spinLimiter === undefined ? {} : { limiter: options.spinLimiter }),
       ...(options.contendedSpinMicros === undefined
         ? {}
         : { contendedSpinMicros: options.contendedSpinMicros }),
+    });
+    const ring = this.ring;
+    // The shared service loop (src/rings/service-loop.ts), spinning tight before it parks.
+    this.serviceLoop = new ServiceLoop({
+      poll: () => {
+        const taken = this.drain();
+        if (ring.fault !== 0) throw new Error(`port ring fault ${ring.fault}`);
+        return taken;
+      },
+      waitable: ring,
+      bell: this.myBell,
+      spin,
     });
   }
 
@@ -139,49 +150,30 @@ export class PortService {
   }
 
   start(): void {
-    if (this.running) return;
-    this.running = true;
-    this.stopped = this.loop();
+    // A port ring fault rejects the loop's promise, unhandled: it ends the port worker, which the backend sees.
+    if (!this.serviceLoop.isRunning) void this.serviceLoop.start();
   }
 
   /** Stop consuming; in-flight transfers still answer when the device completes them. */
   async stop(): Promise<void> {
-    this.running = false;
-    this.myBell.ring();
-    await this.stopped;
+    await this.serviceLoop.stop();
   }
 
-  private async loop(): Promise<void> {
-    let hot = 0;
-    while (this.running) {
-      this.drain();
-      if (this.ring.fault !== 0) throw new Error(`port ring fault ${this.ring.fault}`);
-      const wait = this.myBell.waitAsync(this.ring, this.spin);
-      if (wait !== null) {
-        hot = 0;
-        await wait;
-      } else if (++hot % 16 === 0) {
-        // Work keeps coming without a sleep: let timers and I/O completions run.
-        await yieldToLoop();
-      } else {
-        await null;
-      }
-    }
-    this.spin.close();
-  }
-
-  /** Take every queued request. */
-  drain(): void {
+  /** Take every queued request; how many were taken. */
+  drain(): number {
+    let taken = 0;
     // In place: the backend is this ring's producer and trusted here; decode copies every field out
     // before anything is answered into the shared slot (copying whole 4 KiB slots was a tenth of the
     // backend's time).
     for (let slot = this.ring.takeRequestInPlace(); slot !== null; slot = this.ring.takeRequestInPlace()) {
+      taken++;
       this.req.decode(slot);
       if (this.req.op === PortOp.CANCEL) this.cancel(this.req.id, this.req.target);
       else if (this.req.op === PortOp.SUBMIT) this.submit(this.req);
       else this.answer(this.req.id, EINVAL, 0, 0, 0);
     }
     this.publish();
+    return taken;
   }
 
   /** Publish the answers made so far and wake the backend if it asked to be. */

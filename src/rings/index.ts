@@ -10,4 +10,5 @@ export * from "./front-ring.js";
 export * from "./id-pool.js";
 export * from "./layout.js";
 export * from "./ring-index.js";
+export * from "./service-loop.js";
 export * from "./spin.js";

@@ -58,8 +58,8 @@ describe("model constants", () => {
   it("the model's data-URB check is the controller's (free <= reserve refuses)", () => {
     expect(model).toMatch(/f_commit\(REQ_DATA, DATA_RESERVE, ok\)/);
     expect(model).toMatch(/SLOTS - dist\(reqProdPvt, rspCons\) > need/);
-    const controller = readFileSync(new URL("../../src/frontend/controller.ts", import.meta.url), "utf8");
-    expect(controller).toContain("if (this.ring.freeRequests <= UNLINK_RESERVED_SLOTS) return false;");
+    const sender = readFileSync(new URL("../../src/frontend/urb-sender.ts", import.meta.url), "utf8");
+    expect(sender).toContain("if (this.ring.freeRequests <= UNLINK_RESERVED_SLOTS) return false;");
   });
 
   it("the model's index checks are the code's", () => {
