@@ -30,12 +30,11 @@
  * alternate settings, reset, the device leaving and coming back, the VMM's filter), and the dispatch of every
  * packet that is not a data packet. The rest, one seam each: data-packets.ts (data packets, flow control,
  * the streams' context), streams.ts (interrupt and iso streams), session.ts (a connection's state),
- * options.ts (options and their checks).
+ * vmm-filter.ts (the VMM's filter, judged), options.ts (options and their checks).
  */
 import { EventEmitter } from "node:events";
 import { type BlockList, createServer, connect as netConnect, type Server, type Socket } from "node:net";
 import { PortStartError } from "../backend/port-link.js";
-import { type FilterRule, judge, parseRules } from "../devices/host/filter.js";
 import { describeSpec } from "../devices/spec.js";
 import { FRAME_SIZE } from "../dma-map/types.js";
 import { Connection } from "../engine/connection.js";
@@ -83,6 +82,7 @@ import {
   RedirType,
   redirTypeName,
 } from "./protocol.js";
+import { judgeVmmFilter } from "./vmm-filter.js";
 
 export { redirStatusOf } from "./data-packets.js";
 export {
@@ -659,54 +659,33 @@ export class UsbredirServer extends EventEmitter {
     if (alternates && !s.closed) s.send(encodeEpInfo(s.negotiated!, this.model.endpoints));
   }
 
+  /** The VMM's device filter: a device it refuses is disconnected from the guest (vmm-filter.ts). */
   private filter(s: Session, data: Uint8Array): void {
-    const nul = data.indexOf(0);
-    if (nul !== data.length - 1) {
-      this.drop(s, "filter_filter string is not NUL-terminated where its length says");
-      return;
+    const v = judgeVmmFilter(data, this.model);
+    switch (v.kind) {
+      case "malformed":
+        this.drop(s, v.reason);
+        return;
+      case "unreadable":
+        this.log.warn(
+          `${s.peer}: the VMM's device filter "${v.text}" cannot be read (${v.error}); ignored`,
+          s.fields(),
+        );
+        return;
+      case "allowed":
+        this.log.info(
+          `${s.peer}: the VMM's device filter "${v.text}" allows ${this.name} (${v.why})`,
+          s.fields(),
+        );
+        return;
+      case "refused":
+        s.refusedBy = v.why;
+        this.log.error(
+          `${s.peer}: the VMM's device filter "${v.text}" refuses ${this.name}: ${v.why}`,
+          s.fields(),
+        );
+        this.disconnectGuest(s);
     }
-    const text = Buffer.from(data.subarray(0, nul)).toString("latin1");
-    let rules: FilterRule[];
-    try {
-      rules = parseRules(text);
-    } catch (err) {
-      this.log.warn(
-        `${s.peer}: the VMM's device filter "${text}" cannot be read (${(err as Error).message}); ignored`,
-        s.fields(),
-      );
-      return;
-    }
-    // As QEMU judges it (usbredirfilter_check without DEFAULT_ALLOW): a device no rule allows is refused.
-    const d = this.model.description;
-    const verdict = judge(
-      { rules: [...rules, { action: "deny" }] },
-      {
-        vendorId: d.vendorId,
-        productId: d.productId,
-        deviceClass: d.deviceClass,
-        bcdDevice: d.bcdDevice,
-        portPath: "",
-        // The interfaces QEMU is (or will be) told of: the active configuration's, else the first's.
-        interfaceClasses: (
-          d.configurations.find((c) => c.value === this.model.configuration) ?? d.configurations[0]
-        )?.interfaces
-          .filter((i) => i.alternate === 0)
-          .map((i) => i.cls),
-      },
-    );
-    if (verdict.allowed) {
-      this.log.info(
-        `${s.peer}: the VMM's device filter "${text}" allows ${this.name} (${verdict.why})`,
-        s.fields(),
-      );
-      return;
-    }
-    s.refusedBy = verdict.why;
-    this.log.error(
-      `${s.peer}: the VMM's device filter "${text}" refuses ${this.name}: ${verdict.why}`,
-      s.fields(),
-    );
-    this.disconnectGuest(s);
   }
 
   /** The guest loses the device (it sees a USB disconnect); the connection stays for its return. */
