@@ -46,7 +46,7 @@
  * exported-device.ts (the device slots and describing a device), options.ts (options and their checks).
  */
 import { EventEmitter } from "node:events";
-import { type BlockList, createServer, type Server, type Socket } from "node:net";
+import type { BlockList, Server, Socket } from "node:net";
 import type { DeviceSpec } from "../devices/spec.js";
 import { FRAME_SIZE } from "../dma-map/types.js";
 import { Connection } from "../engine/connection.js";
@@ -55,6 +55,7 @@ import { GuestUsbDriver } from "../guest/guest-driver.js";
 import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { setAddressSetup } from "../usb/index.js";
+import { admitPeer, createPausedServer, listenAt, peerName } from "../usbip/listener.js";
 import { stderrLogger, type UsbipLogger } from "../usbip/log.js";
 import {
   encodeDevlistReply,
@@ -64,7 +65,7 @@ import {
   readOpRequest,
   USBIP_PORT,
 } from "../usbip/protocol.js";
-import { allowedBy, buildAllowList } from "../util/ip-prefix.js";
+import { buildAllowList } from "../util/ip-prefix.js";
 import { adoptWithReadBuffer } from "../util/read-into.js";
 import { describeDevice, type ExportedDeviceInfo } from "./exported-device.js";
 import { checkOptions, UsbipServerError, type UsbipServerOptions } from "./options.js";
@@ -180,12 +181,7 @@ export class UsbipServer extends EventEmitter {
         );
       }
       // Paused: accept() hands each connection to a socket that reads where the server says (onread).
-      const server = createServer({
-        noDelay: true,
-        keepAlive: true,
-        keepAliveInitialDelay: 30_000,
-        pauseOnConnect: true,
-      });
+      const server = createPausedServer();
       const self = new UsbipServer(
         connection,
         guest,
@@ -195,16 +191,13 @@ export class UsbipServer extends EventEmitter {
         { urbs: urbShare, scratchFrames: Math.floor(scratchFrames / devices) },
         regions,
       );
-      await new Promise<void>((resolve, reject) => {
-        server.once("error", reject);
-        const listening = () => {
-          server.off("error", reject);
-          resolve();
-        };
-        if (options.listenFd !== undefined) server.listen({ fd: options.listenFd }, listening);
-        else server.listen(options.port ?? USBIP_PORT, options.host ?? "127.0.0.1", listening);
-      });
-      server.on("error", (err) => self.log.error(`listener: ${String(err)}`));
+      await listenAt(
+        server,
+        options.listenFd !== undefined
+          ? { fd: options.listenFd }
+          : { port: options.port ?? USBIP_PORT, host: options.host ?? "127.0.0.1" },
+        self.log,
+      );
       return self;
     } catch (err) {
       await connection.close().catch(() => undefined);
@@ -335,16 +328,12 @@ export class UsbipServer extends EventEmitter {
   // ---------------------------------------------------------------- connections
 
   private accept(raw: Socket): void {
-    const peer = `${raw.remoteAddress ?? "?"}:${raw.remotePort ?? "?"}`;
+    const peer = peerName(raw);
     if (this.closing !== null) {
       raw.destroy();
       return;
     }
-    if (this.allow !== null && !allowedBy(this.allow, raw.remoteAddress)) {
-      this.log.warn(`${peer}: refused, not in the allowlist`, { client: peer });
-      raw.destroy();
-      return;
-    }
+    if (!admitPeer(raw, peer, this.allow, this.log)) return;
     const s = new Session(this.urbPhase, peer);
     const adopted = adoptWithReadBuffer(raw, {
       buffer: () => s.nextReadBuffer(this.memoryBuffer),

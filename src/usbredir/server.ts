@@ -33,7 +33,7 @@
  * vmm-filter.ts (the VMM's filter, judged), options.ts (options and their checks).
  */
 import { EventEmitter } from "node:events";
-import { type BlockList, createServer, connect as netConnect, type Server, type Socket } from "node:net";
+import { type BlockList, connect as netConnect, type Server, type Socket } from "node:net";
 import { PortStartError } from "../backend/port-link.js";
 import { describeSpec } from "../devices/spec.js";
 import { FRAME_SIZE } from "../dma-map/types.js";
@@ -53,8 +53,9 @@ import {
   setConfigurationSetup,
   setInterfaceSetup,
 } from "../usb/index.js";
+import { admitPeer, createPausedServer, listenAt, peerName } from "../usbip/listener.js";
 import { stderrLogger, type UsbipLogger } from "../usbip/log.js";
-import { allowedBy, buildAllowList } from "../util/ip-prefix.js";
+import { buildAllowList } from "../util/ip-prefix.js";
 import { adoptWithReadBuffer } from "../util/read-into.js";
 import { DataPackets, hex, idKey, ReadTarget, redirStatusOf } from "./data-packets.js";
 import { RedirDeviceModel, redirSpeedOf } from "./device-model.js";
@@ -299,24 +300,15 @@ export class UsbredirServer extends EventEmitter {
 
   private async listen(): Promise<void> {
     // Paused: open() hands each connection to a socket that reads where the session says (onread).
-    const server = createServer({
-      noDelay: true,
-      keepAlive: true,
-      keepAliveInitialDelay: 30_000,
-      pauseOnConnect: true,
-    });
+    const server = createPausedServer();
     this.listener = server;
     server.on("connection", (socket) => {
-      const peer = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
+      const peer = peerName(socket);
       if (this.closing !== null) {
         socket.destroy();
         return;
       }
-      if (this.allow !== null && !allowedBy(this.allow, socket.remoteAddress)) {
-        this.log.warn(`${peer}: refused, not in the allowlist`, { client: peer });
-        socket.destroy();
-        return;
-      }
+      if (!admitPeer(socket, peer, this.allow, this.log)) return;
       if (this.session !== null) {
         this.log.warn(`${peer}: refused, ${this.name} is redirected to ${this.session.peer}`, {
           client: peer,
@@ -329,16 +321,13 @@ export class UsbredirServer extends EventEmitter {
       this.open(adopted ?? socket, peer, adopted === null ? null : reads);
     });
     const o = this.options;
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      const done = () => {
-        server.off("error", reject);
-        resolve();
-      };
-      if (o.listenFd !== undefined) server.listen({ fd: o.listenFd }, done);
-      else server.listen(o.listen!.port, o.listen!.host ?? "127.0.0.1", done);
-    });
-    server.on("error", (err) => this.log.error(`listener: ${String(err)}`));
+    await listenAt(
+      server,
+      o.listenFd !== undefined
+        ? { fd: o.listenFd }
+        : { port: o.listen!.port, host: o.listen!.host ?? "127.0.0.1" },
+      this.log,
+    );
   }
 
   /** Connect mode: one attempt now; on failure or when the link drops, again after a backoff. */
