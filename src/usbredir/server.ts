@@ -26,11 +26,11 @@
  * its share of the engine (`blockedRequestMs`, then the packet is answered `inval`).
  *
  * This file: listening or dialling (allowlist, one holder at a time, reconnect backoff), each connection's
- * lifecycle (hello and its timer, the end and the drain), the device's state (announce, configuration and
- * alternate settings, reset, the device leaving and coming back, the VMM's filter), and the dispatch of every
- * packet that is not a data packet. The rest, one seam each: data-packets.ts (data packets, flow control,
- * the streams' context), streams.ts (interrupt and iso streams), session.ts (a connection's state),
- * vmm-filter.ts (the VMM's filter, judged), options.ts (options and their checks).
+ * lifecycle (hello and its timer, the end and the drain), announcing the device, the device leaving and
+ * coming back, the VMM's filter, and the dispatch of every packet that is not a data packet. The rest,
+ * one seam each: data-packets.ts (data packets, flow control, the streams' context), device-requests.ts
+ * (configuration, alternate settings, reset), streams.ts (interrupt and iso streams), session.ts (a
+ * connection's state), vmm-filter.ts (the VMM's filter, judged), options.ts (options and their checks).
  */
 import { EventEmitter } from "node:events";
 import { type BlockList, connect as netConnect, type Server, type Socket } from "node:net";
@@ -40,31 +40,22 @@ import { FRAME_SIZE } from "../dma-map/types.js";
 import { Connection } from "../engine/connection.js";
 import type { VirtualHostController } from "../frontend/index.js";
 import { type DeviceDescription, readDeviceDescription } from "../guest/device-description.js";
-import { GuestTransferError, GuestUsbDriver } from "../guest/guest-driver.js";
+import { GuestUsbDriver } from "../guest/guest-driver.js";
 import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
-import { EPROTO, OK, type UrbStatus } from "../urb/status.js";
-import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
-import {
-  endpointIsIn,
-  getConfigurationSetup,
-  getInterfaceSetup,
-  type SetupPacket,
-  setAddressSetup,
-  setConfigurationSetup,
-  setInterfaceSetup,
-} from "../usb/index.js";
+import type { DevAddr, PortNum } from "../urb/types.js";
+import { endpointIsIn, setConfigurationSetup } from "../usb/index.js";
 import { admitPeer, createPausedServer, listenAt, peerName } from "../usbip/listener.js";
 import { stderrLogger, type UsbipLogger } from "../usbip/log.js";
 import { buildAllowList } from "../util/ip-prefix.js";
 import { adoptWithReadBuffer } from "../util/read-into.js";
-import { DataPackets, hex, idKey, ReadTarget, redirStatusOf } from "./data-packets.js";
+import { DataPackets, hex, idKey, ReadTarget } from "./data-packets.js";
 import { RedirDeviceModel, redirSpeedOf } from "./device-model.js";
+import { DeviceRequests } from "./device-requests.js";
 import { checkOptions, UsbredirServerError, type UsbredirServerOptions } from "./options.js";
 import {
   type Caps,
   capsOf,
   decodeHello,
-  encodeAltSettingStatus,
   encodeBulkReceivingStatus,
   encodeBulkStreamsStatus,
   encodeDeviceConnect,
@@ -123,6 +114,8 @@ export class UsbredirServer extends EventEmitter {
   private readonly hcd: VirtualHostController;
   /** The data path: data packets, the streams, flow control (data-packets.ts). */
   private readonly packets: DataPackets;
+  /** The device-state requests (device-requests.ts). */
+  private readonly requests: DeviceRequests;
   private readonly shared: SharedArrayBuffer;
   private readonly allow: BlockList | null;
   private readonly helloMs: number;
@@ -185,11 +178,15 @@ export class UsbredirServer extends EventEmitter {
       {
         deliver: (s, p, typeHeader, data) => this.deliver(s, p, typeHeader, data),
         drop: (s, reason) => this.drop(s, reason),
-        applyConfiguration: (s, value) => this.applyConfiguration(s, value),
-        applyAlternate: (s, itf, alt) => this.applyAlternate(s, itf, alt),
+        applyConfiguration: (s, value) => this.requests.applyConfiguration(s, value),
+        applyAlternate: (s, itf, alt) => this.requests.applyAlternate(s, itf, alt),
         disconnectGuest: (s) => this.disconnectGuest(s),
       },
     );
+    this.requests = new DeviceRequests(this.hcd, guest, PORT, ADDRESS, name, this.log, this.packets, {
+      stopStreams: (s) => this.stopStreams(s),
+      disconnectGuest: (s) => this.disconnectGuest(s),
+    });
     connection.on("port-failed", (_port: number, reason: string, gone: boolean) => {
       this.failed = reason;
       this.gone = gone;
@@ -410,38 +407,24 @@ export class UsbredirServer extends EventEmitter {
     switch (p.type) {
       case RedirType.SET_CONFIGURATION: {
         const value = p.configuration;
-        this.serialize(s, () => this.setConfiguration(s, id, value));
+        this.serialize(s, () => this.requests.setConfiguration(s, id, value));
         return;
       }
       case RedirType.GET_CONFIGURATION:
-        this.serialize(s, async () => {
-          // Asked of the device itself (GET_CONFIGURATION through the engine), as the VMM asked.
-          const got = s.announced ? await this.readByte(getConfigurationSetup()) : null;
-          if (s.closed) return;
-          const status = got === null ? RedirStatus.INVAL : redirStatusOf(got.status);
-          const value = got?.value ?? this.model.configuration;
-          s.send(encodeStatusPair(n, RedirType.CONFIGURATION_STATUS, id, status, value));
-        });
+        this.serialize(s, () => this.requests.getConfiguration(s, id));
         return;
       case RedirType.SET_ALT_SETTING: {
         const { interface: itf, alt } = p;
-        this.serialize(s, () => this.setAlternate(s, id, itf, alt));
+        this.serialize(s, () => this.requests.setAlternate(s, id, itf, alt));
         return;
       }
       case RedirType.GET_ALT_SETTING: {
         const itf = p.interface;
-        this.serialize(s, async () => {
-          const known = this.model.alternates.has(itf);
-          // GET_INTERFACE through the engine, for an interface of the active configuration.
-          const got = s.announced && known ? await this.readByte(getInterfaceSetup(itf)) : null;
-          if (s.closed) return;
-          const status = got === null ? RedirStatus.INVAL : redirStatusOf(got.status);
-          s.send(encodeAltSettingStatus(n, id, status, itf, got?.value ?? 0xff));
-        });
+        this.serialize(s, () => this.requests.getAlternate(s, id, itf));
         return;
       }
       case RedirType.RESET:
-        this.serialize(s, () => this.reset(s));
+        this.serialize(s, () => this.requests.reset(s));
         return;
       case RedirType.CANCEL_DATA_PACKET:
         this.packets.cancel(s, idKey(p.idLow, p.idHigh));
@@ -544,8 +527,8 @@ export class UsbredirServer extends EventEmitter {
       return;
     }
     const first = this.model.description.configurations[0]?.value ?? 0;
-    await this.resetAndAddress();
-    if (first !== 0) await this.standardRequest(setConfigurationSetup(first));
+    await this.requests.resetAndAddress();
+    if (first !== 0) await this.requests.standardRequest(setConfigurationSetup(first));
     this.model.configure(first);
     const n = s.negotiated!;
     s.send(encodeEpInfo(n, this.model.endpoints));
@@ -554,98 +537,6 @@ export class UsbredirServer extends EventEmitter {
     s.announced = true;
     this.log.info(`${s.peer}: redirected ${this.name}`, s.fields());
     this.emit("connect", s.peer);
-  }
-
-  private async resetAndAddress(): Promise<void> {
-    if (!this.hcd.portStatus(PORT).connected) throw new Error(`${this.name} is not connected`);
-    await this.hcd.resetPort(PORT);
-    await this.guest.control(PORT, 0 as DevAddr, setAddressSetup(ADDRESS), undefined, "SET_ADDRESS");
-  }
-
-  /** A no-data standard request through the engine; resolves with its status. */
-  /** A one-byte standard IN request (GET_CONFIGURATION, GET_INTERFACE) through the engine. */
-  private async readByte(setup: SetupPacket): Promise<{ status: UrbStatus; value: number }> {
-    try {
-      const data = await this.guest.control(PORT, ADDRESS, setup);
-      return data.length === 1 ? { status: OK, value: data[0]! } : { status: EPROTO, value: 0xff };
-    } catch (err) {
-      if (err instanceof GuestTransferError) return { status: err.status, value: 0xff };
-      throw err;
-    }
-  }
-
-  private async standardRequest(setup: SetupPacket): Promise<UrbStatus> {
-    const c = await this.hcd.submit({
-      type: "control",
-      port: PORT,
-      device: ADDRESS,
-      endpoint: 0 as EndpointNum,
-      directionIn: false,
-      setup,
-      buffer: [],
-    });
-    return c.status;
-  }
-
-  private async setConfiguration(s: Session, id: Id, value: number): Promise<void> {
-    const n = s.negotiated!;
-    let status: RedirStatus = RedirStatus.INVAL;
-    if (s.announced && this.model.hasConfiguration(value)) {
-      this.stopStreams(s);
-      status = redirStatusOf(await this.standardRequest(setConfigurationSetup(value)));
-      if (s.closed) return;
-      if (status === RedirStatus.SUCCESS) this.applyConfiguration(s, value);
-    }
-    s.send(encodeStatusPair(n, RedirType.CONFIGURATION_STATUS, id, status, this.model.configuration));
-  }
-
-  /** The configuration changed (or was set again): the guest hears the new endpoints before the status. */
-  private applyConfiguration(s: Session, value: number): void {
-    const changed = value !== this.model.configuration;
-    this.model.configure(value);
-    if (changed) {
-      s.send(encodeEpInfo(s.negotiated!, this.model.endpoints));
-      s.send(encodeInterfaceInfo(s.negotiated!, this.model.interfaces));
-    }
-  }
-
-  private async setAlternate(s: Session, id: Id, itf: number, alt: number): Promise<void> {
-    const n = s.negotiated!;
-    let status: RedirStatus = RedirStatus.INVAL;
-    if (s.announced && this.model.findInterface(itf, alt) !== undefined) {
-      this.stopStreams(s);
-      status = redirStatusOf(await this.standardRequest(setInterfaceSetup(itf, alt)));
-      if (s.closed) return;
-      if (status === RedirStatus.SUCCESS) this.applyAlternate(s, itf, alt);
-    }
-    s.send(encodeAltSettingStatus(n, id, status, itf, this.model.alternates.get(itf) ?? alt));
-  }
-
-  private applyAlternate(s: Session, itf: number, alt: number): void {
-    this.model.selectAlternate(itf, alt);
-    s.send(encodeEpInfo(s.negotiated!, this.model.endpoints));
-  }
-
-  /** The guest reset the port: cancel what is in flight, reset in the engine, keep the configuration. */
-  private async reset(s: Session): Promise<void> {
-    if (!s.announced) return;
-    this.stopStreams(s);
-    for (const r of s.inflight.values()) if (r.urb !== null) void this.hcd.unlink(r.urb);
-    const configuration = this.model.configuration;
-    const alternates = [...this.model.alternates].some(([, alt]) => alt !== 0);
-    try {
-      await this.resetAndAddress();
-      if (configuration !== 0) {
-        const status = await this.standardRequest(setConfigurationSetup(configuration));
-        if (status !== OK) throw new Error(`SET_CONFIGURATION(${configuration}) after reset: ${status}`);
-      }
-    } catch (err) {
-      this.log.error(`${s.peer}: reset of ${this.name} failed: ${(err as Error).message}`, s.fields());
-      this.disconnectGuest(s);
-      return;
-    }
-    this.model.configure(configuration);
-    if (alternates && !s.closed) s.send(encodeEpInfo(s.negotiated!, this.model.endpoints));
   }
 
   /** The VMM's device filter: a device it refuses is disconnected from the guest (vmm-filter.ts). */
