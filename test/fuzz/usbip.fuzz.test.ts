@@ -33,8 +33,9 @@ import {
 } from "../../src/usbip/protocol.js";
 import { pattern } from "../support/data.js";
 import { eventually } from "../support/eventually.js";
+import { HonestLoop } from "../support/honest-loop.js";
 import { bulkIn, bulkOut, enumerate, startServer, type TestServer } from "../usbip/helpers.js";
-import { fuzzBeside, HonestLoop } from "./honest-client.js";
+import { fuzzBeside } from "./time-box.js";
 
 const DEVID = 0x10001;
 
@@ -397,7 +398,14 @@ async function oneRun(run: Run): Promise<void> {
 
 describe("fuzz: arbitrary byte streams against the USB/IP server", () => {
   it("closes bad connections alone, answers framed URBs at most (or exactly) once, and keeps serving others", async () => {
-    const { baselineRate, rate } = await fuzzBeside(honestLoop, 500, "usbip", runArb, oneRun, stats);
+    const { baselineRate, rate } = await fuzzBeside(
+      { name: "honest client", rounds: () => honestLoop.rounds },
+      500,
+      "usbip",
+      runArb,
+      oneRun,
+      stats,
+    );
     expect(honestLoop.error).toBeNull();
     expect(stats.runs).toBeGreaterThan(20);
     expect(stats.closedAsExpected).toBeGreaterThan(0);

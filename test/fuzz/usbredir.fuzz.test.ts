@@ -31,10 +31,11 @@ import { RedirReader } from "../../src/usbredir/reader.js";
 import { HOST_CAPS } from "../../src/usbredir/server.js";
 import { pattern } from "../support/data.js";
 import { eventually } from "../support/eventually.js";
+import { HonestLoop } from "../support/honest-loop.js";
 import { encodeGuestOps, GUEST_HELLO, guestOpArb, NEGOTIATED } from "../usbredir/gen.js";
-import { LOOPBACK, startRedirServer, type TestRedirServer } from "../usbredir/helpers.js";
+import { echoRound, LOOPBACK, startRedirServer, type TestRedirServer } from "../usbredir/helpers.js";
 import { RawPeer, type SeenPacket } from "../usbredir/raw-peer.js";
-import { fuzzBeside, HonestLoop } from "./honest-client.js";
+import { fuzzBeside } from "./time-box.js";
 
 let t: TestRedirServer;
 let bystander: TestRedirServer;
@@ -46,17 +47,7 @@ beforeAll(async () => {
   t = await startRedirServer(LOOPBACK, { blockedRequestMs: 200 });
   bystander = await startRedirServer(LOOPBACK);
   honest = await bystander.connect();
-  honestLoop = new HonestLoop(async (i) => {
-    const data = pattern(4096, i);
-    const w = await honest.bulk(0x01, data).reply;
-    const r = await honest.bulk(0x81, data.length).reply;
-    if (
-      w.status !== RedirStatus.SUCCESS ||
-      r.status !== RedirStatus.SUCCESS ||
-      Buffer.compare(r.data, data) !== 0
-    )
-      throw new Error(`honest round ${i} failed`);
-  });
+  honestLoop = new HonestLoop(echoRound(honest));
 }, 30_000);
 
 afterAll(async () => {
@@ -274,7 +265,14 @@ async function oneRun(run: Run): Promise<void> {
 
 describe("fuzz: arbitrary byte streams against the usbredir server", () => {
   it("closes bad connections alone, answers framed packets at most (or exactly) once in frames QEMU accepts, and releases the device", async () => {
-    const { baselineRate, rate } = await fuzzBeside(honestLoop, 300, "usbredir", runArb, oneRun, stats);
+    const { baselineRate, rate } = await fuzzBeside(
+      { name: "honest client", rounds: () => honestLoop.rounds },
+      300,
+      "usbredir",
+      runArb,
+      oneRun,
+      stats,
+    );
     expect(honestLoop.error).toBeNull();
     expect(stats.runs).toBeGreaterThan(20);
     expect(stats.closedAsExpected).toBeGreaterThan(0);
