@@ -41,6 +41,7 @@ const UNIT = [
   "test/usbip/protocol.test.ts",
   "test/usbip/urb-reader.test.ts",
   "test/usbredir/reader.test.ts",
+  "test/usbredir/vmm-filter.test.ts",
   "test/util/**/*.test.ts",
 ];
 

@@ -7,9 +7,9 @@
  * PDUs are encoded once per slot and only their seqnum is patched; replies are parsed in place (see
  * the RET_SUBMIT layout in src/usbip/protocol.ts) and IN data is skipped, not copied. Anything
  * unexpected throws, and the process exits non-zero with the message. It exits when the parent goes.
+ * The stream machinery it shares with bench/usbredir-client.ts is in stream-client.ts.
  */
 import net from "node:net";
-import { performance } from "node:perf_hooks";
 import { encodeSetup } from "../src/usb/index.js";
 import {
   BUSID_SIZE,
@@ -27,6 +27,7 @@ import {
   UsbipCommand,
 } from "../src/usbip/protocol.js";
 import type { StreamReply, StreamRequest } from "./stream-bench.js";
+import { SlotStream, type StreamSlot, StreamState, serveParent } from "./stream-client.js";
 
 export type Workload =
   | { readonly kind: "null"; readonly depth: number }
@@ -110,7 +111,7 @@ function connect(port: number): Promise<net.Socket> {
       socket.setNoDelay(true);
       socket.on("error", (err) => fail(`socket to port ${port}: ${err.message}`));
       socket.on("close", () => {
-        if (!closing) fail(`port ${port} closed the connection`);
+        if (!state.closing) fail(`port ${port} closed the connection`);
       });
       resolve(socket);
     });
@@ -168,145 +169,39 @@ async function importDevice(socket: net.Socket, busid: string): Promise<number> 
   return id;
 }
 
-// ---------------------------------------------------------------- stream state (the hot path)
+// ---------------------------------------------------------------- streams (the hot path)
 
 let usbip: net.Socket | null = null;
 let echo: net.Socket | null = null;
 let devid = 0;
-let closing = false;
 
-/** The running stream: null when idle. Items count completions; a wait is due at `target`. */
-let active: Workload["kind"] | null = null;
-let streaming = false;
-let inflight = 0;
-let items = 0;
-let target = -1;
-let waitItems = 0;
-let waitStart = 0;
+const state = new StreamState<Workload["kind"]>(fail, send);
+/** USB/IP slots (stream-client.ts): the tag is the seqnum. */
+const stream = new SlotStream<StreamSlot>(
+  state,
+  { at: RET_SEQNUM, littleEndian: false },
+  URB_HEADER_SIZE,
+  onHeader,
+);
 
-function itemDone(): void {
-  if (++items === target) {
-    target = -1;
-    send({ ev: "waited", items: waitItems, ms: performance.now() - waitStart });
-  }
-}
-
-function maybeStopped(): void {
-  if (!streaming && inflight === 0 && active !== null) {
-    active = null;
-    send({ ev: "stopped", items });
-  }
-}
-
-/**
- * USB/IP slots: slot i owns its pre-encoded PDU, which is rewritten (seqnum) only after its reply came
- * back, so a PDU Node still holds for writing is never modified. seqnum = serial << bits | slot.
- */
-interface Slot {
-  readonly pdu: Buffer;
-  readonly directionIn: boolean;
-  /** actual_length the reply must carry. */
-  readonly expect: number;
-  /** seqnum in flight, 0 when idle. */
-  seqnum: number;
-}
-
-let slots: Slot[] = [];
-let slotBits = 0;
-let slotMask = 0;
-let serial = 1;
-let serialLimit = 1;
-/** Bulk: OUT slots are [0, 8), IN slots [8, 16); submitted counts keep the drain balanced. */
-let outsSubmitted = 0;
-let insSubmitted = 0;
-
-function submit(slot: number): void {
-  const s = slots[slot]!;
-  s.seqnum = ((serial << slotBits) | slot) >>> 0;
-  serial = serial + 1 < serialLimit ? serial + 1 : 1;
-  s.pdu.writeUInt32BE(s.seqnum, RET_SEQNUM);
-  inflight++;
-  usbip!.write(s.pdu);
-}
-
-function completeUrb(slot: number): void {
-  inflight--;
-  if (active === "null") {
-    itemDone();
-    if (streaming) submit(slot);
-  } else if (slot < BULK_PAIRS) {
-    if (streaming) {
-      outsSubmitted++;
-      submit(slot);
-    }
-  } else {
-    itemDone();
-    // Draining: INs go on until every OUT's data has been read back, so the FIFO ends empty.
-    if (streaming || insSubmitted < outsSubmitted) {
-      insSubmitted++;
-      submit(slot);
-    }
-  }
-  maybeStopped();
-}
-
-/** Reply parser: a header split across reads is gathered in `partial`; IN data is skipped in place. */
-const partial = Buffer.alloc(URB_HEADER_SIZE);
-let partialFill = 0;
-let skip = 0;
-let skipSlot = 0;
-
+/** A RET_SUBMIT header: checked against the slot its seqnum names; IN data is skipped in place. */
 function onHeader(b: Buffer, at: number): void {
   const command = b.readUInt32BE(at);
   const seqnum = b.readUInt32BE(at + RET_SEQNUM);
   if (command !== UsbipCommand.RET_SUBMIT) fail(`command ${command} for seqnum ${seqnum} (want RET_SUBMIT)`);
-  const slot = seqnum & slotMask;
-  const s = slots[slot];
-  if (s === undefined || s.seqnum !== seqnum || seqnum === 0)
-    fail(`RET_SUBMIT for seqnum ${seqnum}, not sent`);
-  s.seqnum = 0;
+  const slot = stream.slotOf(seqnum);
+  if (slot < 0) fail(`RET_SUBMIT for seqnum ${seqnum}, not sent`);
+  const s = stream.slots[slot]!;
+  s.tag = 0;
   const status = b.readInt32BE(at + RET_STATUS);
   const actual = b.readInt32BE(at + RET_ACTUAL_LENGTH);
   const packets = b.readUInt32BE(at + RET_NUMBER_OF_PACKETS);
-  if (status !== 0) fail(`${active} URB (seqnum ${seqnum}) ended with status ${status}`);
+  if (status !== 0) fail(`${state.active} URB (seqnum ${seqnum}) ended with status ${status}`);
   if (actual !== s.expect)
-    fail(`${active} URB (seqnum ${seqnum}): actual_length ${actual}, want ${s.expect}`);
+    fail(`${state.active} URB (seqnum ${seqnum}): actual_length ${actual}, want ${s.expect}`);
   if (packets !== 0 && packets !== NON_ISO_PACKETS) fail(`number_of_packets ${packets} on a non-iso URB`);
-  if (s.directionIn && actual > 0) {
-    skip = actual;
-    skipSlot = slot;
-  } else {
-    completeUrb(slot);
-  }
-}
-
-function onUsbipData(chunk: Buffer): void {
-  if (active === null || active === "tcp-echo64k")
-    fail(`${chunk.length} bytes from the server with no URB sent`);
-  const end = chunk.length;
-  let at = 0;
-  usbip!.cork(); // resubmissions of this read leave in one writev
-  while (at < end) {
-    if (skip > 0) {
-      const n = Math.min(skip, end - at);
-      skip -= n;
-      at += n;
-      if (skip === 0) completeUrb(skipSlot);
-    } else if (partialFill === 0 && end - at >= URB_HEADER_SIZE) {
-      onHeader(chunk, at);
-      at += URB_HEADER_SIZE;
-    } else {
-      const n = Math.min(URB_HEADER_SIZE - partialFill, end - at);
-      chunk.copy(partial, partialFill, at, at + n);
-      partialFill += n;
-      at += n;
-      if (partialFill === URB_HEADER_SIZE) {
-        partialFill = 0;
-        onHeader(partial, 0);
-      }
-    }
-  }
-  usbip!.uncork();
+  if (s.directionIn && actual > 0) stream.skipThen(actual, slot);
+  else stream.complete(slot);
 }
 
 /** TCP echo: bytes written and read back; one item per 64 KiB echoed, answered by another write. */
@@ -316,36 +211,33 @@ let echoRead = 0;
 let echoPartial = 0;
 
 function onEchoData(chunk: Buffer): void {
-  if (active !== "tcp-echo64k") fail(`${chunk.length} bytes from the echo server with nothing written`);
+  if (state.active !== "tcp-echo64k") fail(`${chunk.length} bytes from the echo server with nothing written`);
   echoRead += chunk.length;
   echoPartial += chunk.length;
   if (echoRead > echoWritten) fail(`echo returned ${echoRead} bytes of ${echoWritten} written`);
   echo!.cork();
   while (echoPartial >= KIB64) {
     echoPartial -= KIB64;
-    inflight--;
-    itemDone();
-    if (streaming) {
-      inflight++;
+    state.inflight--;
+    state.itemDone();
+    if (state.streaming) {
+      state.inflight++;
       echoWritten += KIB64;
       echo!.write(echoMessage);
     }
   }
   echo!.uncork();
-  maybeStopped();
+  state.maybeStopped();
 }
 
 // ---------------------------------------------------------------- control (IPC)
 
 function start(w: Workload): void {
-  if (active !== null) fail(`start ${w.kind} while ${active} runs`);
-  active = w.kind;
-  streaming = true;
-  items = 0;
-  target = -1;
+  state.begin(w.kind);
   if (w.kind === "tcp-echo64k") {
+    stream.slots = [];
     echoRead = echoPartial = 0;
-    inflight = ECHO_OUTSTANDING;
+    state.inflight = ECHO_OUTSTANDING;
     echoWritten = ECHO_OUTSTANDING * KIB64;
     echo!.cork();
     for (let i = 0; i < ECHO_OUTSTANDING; i++) echo!.write(echoMessage);
@@ -357,38 +249,29 @@ function start(w: Workload): void {
       fail(`null depth ${w.depth} must be a power of two`);
     const resetStats = encodeSetup({ bmRequestType: 0x40, bRequest: 0x05, wValue: 0, wIndex: 0, wLength: 0 });
     const none = new Uint8Array(0);
-    slots = Array.from({ length: w.depth }, () => ({
+    const slots = Array.from({ length: w.depth }, () => ({
       pdu: submitPdu(devid, 0, false, 0, resetStats, none),
       directionIn: false,
       expect: 0,
-      seqnum: 0,
+      tag: 0,
     }));
+    stream.load(slots, 0);
   } else {
     const noSetup = new Uint8Array(8);
     const outs = Array.from({ length: BULK_PAIRS }, (_, i) => ({
       pdu: submitPdu(devid, EP_BULK, false, KIB64, noSetup, new Uint8Array(KIB64).fill(i + 1)),
       directionIn: false,
       expect: KIB64,
-      seqnum: 0,
+      tag: 0,
     }));
     const ins = Array.from({ length: BULK_PAIRS }, () => ({
       pdu: submitPdu(devid, EP_BULK, true, KIB64, noSetup, new Uint8Array(0)),
       directionIn: true,
       expect: KIB64,
-      seqnum: 0,
+      tag: 0,
     }));
-    slots = [...outs, ...ins];
-    outsSubmitted = insSubmitted = BULK_PAIRS;
+    stream.load([...outs, ...ins], BULK_PAIRS);
   }
-  slotBits = Math.log2(slots.length);
-  slotMask = slots.length - 1;
-  serial = 1;
-  serialLimit = 2 ** (32 - slotBits);
-  partialFill = skip = 0;
-  inflight = 0;
-  usbip!.cork();
-  for (let i = 0; i < slots.length; i++) submit(i);
-  usbip!.uncork();
 }
 
 async function handle(m: ClientRequest): Promise<void> {
@@ -397,7 +280,7 @@ async function handle(m: ClientRequest): Promise<void> {
       if (usbip !== null) fail("connect twice");
       usbip = await connect(m.usbipPort);
       devid = await importDevice(usbip, m.busid);
-      usbip.on("data", onUsbipData);
+      stream.attach(usbip);
       echo = await connect(m.echoPort);
       echo.on("data", onEchoData);
       send({ ev: "connected", devid });
@@ -408,33 +291,9 @@ async function handle(m: ClientRequest): Promise<void> {
       start(m.workload);
       send({ ev: "started" });
       return;
-    case "wait":
-      if (active === null || !streaming || target !== -1) fail("wait with no stream running, or twice");
-      if (!Number.isInteger(m.items) || m.items < 1) fail(`wait for ${m.items} items`);
-      waitItems = m.items;
-      waitStart = performance.now();
-      target = items + m.items;
-      return;
-    case "stop":
-      if (active === null || !streaming) fail("stop with no stream running");
-      streaming = false;
-      target = -1;
-      maybeStopped();
-      return;
     default:
       fail(`unknown request ${JSON.stringify(m)}`);
   }
 }
 
-if (process.send === undefined) fail("run me with child_process.fork (bench/usbip.ts does)");
-process.on("message", (m: unknown) => {
-  handle(m as ClientRequest).catch((err: unknown) => {
-    console.error(err);
-    process.exit(1);
-  });
-});
-process.on("disconnect", () => {
-  closing = true;
-  process.exit(0);
-});
-send({ ev: "ready" });
+serveParent<ClientRequest>("bench/usbip.ts", state, send, handle);

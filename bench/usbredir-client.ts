@@ -9,10 +9,10 @@
  * Lean on purpose, so it never is the bottleneck: packets are encoded once per slot and only their id
  * is patched; replies are parsed in place (the layouts below, from src/usbredir/protocol.ts with 64-bit
  * ids and 32-bit bulk lengths) and IN data is skipped, not copied. Anything unexpected throws, and the
- * process exits non-zero with the message. It exits when the parent goes.
+ * process exits non-zero with the message. It exits when the parent goes. The stream machinery it
+ * shares with bench/usbip-client.ts is in stream-client.ts.
  */
 import type net from "node:net";
-import { performance } from "node:perf_hooks";
 import { UsbredirClient } from "../src/usbredir/client.js";
 import {
   dataOf,
@@ -27,6 +27,7 @@ import {
   redirTypeName,
 } from "../src/usbredir/protocol.js";
 import type { StreamReply, StreamRequest } from "./stream-bench.js";
+import { SlotStream, type StreamSlot, StreamState, serveParent } from "./stream-client.js";
 
 export type Workload = { readonly kind: "null"; readonly depth: number } | { readonly kind: "bulk64k" };
 
@@ -70,7 +71,6 @@ function send(reply: ClientReply): void {
 
 let socket: net.Socket | null = null;
 let negotiated: Negotiated | null = null;
-let closing = false;
 
 /** Connect as QEMU would, wait for device_connect, check the loopback's bulk pair, take the socket over. */
 async function connectGuest(port: number): Promise<number> {
@@ -87,106 +87,34 @@ async function connectGuest(port: number): Promise<number> {
   if (guest.reader.pending !== 0) fail(`${guest.reader.pending} unexpected bytes after device_connect`);
   s.on("error", (err) => fail(`socket: ${err.message}`));
   s.on("close", () => {
-    if (!closing) fail("the host closed the connection");
+    if (!state.closing) fail("the host closed the connection");
   });
   socket = s;
   negotiated = n;
   return guest.device!.vendorId;
 }
 
-// ---------------------------------------------------------------- stream state (the hot path)
+// ---------------------------------------------------------------- stream (the hot path)
 
-/** The running stream: null when idle. Items count completions; a wait is due at `target`. */
-let active: Workload["kind"] | null = null;
-let streaming = false;
-let inflight = 0;
-let items = 0;
-let target = -1;
-let waitItems = 0;
-let waitStart = 0;
+const state = new StreamState<Workload["kind"]>(fail, send);
 
-function itemDone(): void {
-  if (++items === target) {
-    target = -1;
-    send({ ev: "waited", items: waitItems, ms: performance.now() - waitStart });
-  }
-}
-
-function maybeStopped(): void {
-  if (!streaming && inflight === 0 && active !== null) {
-    active = null;
-    send({ ev: "stopped", items });
-  }
-}
-
-/**
- * Slots: slot i owns its pre-encoded packet, whose id is rewritten only after its reply came back, so
- * a packet Node still holds for writing is never modified. id = serial << bits | slot (high word 0).
- */
-interface Slot {
-  readonly pkt: Buffer;
+/** usbredir slots (stream-client.ts): the tag is the id's low word (the high word is 0). */
+interface Slot extends StreamSlot {
   readonly type: number;
-  readonly directionIn: boolean;
-  /** The length the reply must carry. */
-  readonly expect: number;
-  /** id in flight, 0 when idle. */
-  id: number;
 }
 
-let slots: Slot[] = [];
-let slotBits = 0;
-let slotMask = 0;
-let serial = 1;
-let serialLimit = 1;
-/** Bulk: OUT slots are [0, 8), IN slots [8, 16); submitted counts keep the drain balanced. */
-let outsSubmitted = 0;
-let insSubmitted = 0;
+const stream = new SlotStream<Slot>(state, { at: AT_ID_LOW, littleEndian: true }, REPLY_SIZE, onReply);
 
-function submit(slot: number): void {
-  const s = slots[slot]!;
-  s.id = ((serial << slotBits) | slot) >>> 0;
-  serial = serial + 1 < serialLimit ? serial + 1 : 1;
-  s.pkt.writeUInt32LE(s.id, AT_ID_LOW);
-  inflight++;
-  socket!.write(s.pkt);
-}
-
-function completeUrb(slot: number): void {
-  inflight--;
-  if (active === "null") {
-    itemDone();
-    if (streaming) submit(slot);
-  } else if (slot < BULK_PAIRS) {
-    if (streaming) {
-      outsSubmitted++;
-      submit(slot);
-    }
-  } else {
-    itemDone();
-    // Draining: INs go on until every OUT's data has been read back, so the FIFO ends empty.
-    if (streaming || insSubmitted < outsSubmitted) {
-      insSubmitted++;
-      submit(slot);
-    }
-  }
-  maybeStopped();
-}
-
-/** Reply parser: a header split across reads is gathered in `partial`; IN data is skipped in place. */
-const partial = Buffer.alloc(REPLY_SIZE);
-let partialFill = 0;
-let skip = 0;
-let skipSlot = 0;
-
+/** A data packet's reply header: checked against the slot its id names; IN data is skipped in place. */
 function onReply(b: Buffer, at: number): void {
   const type = b.readUInt32LE(at);
   const id = b.readUInt32LE(at + AT_ID_LOW);
-  const slot = id & slotMask;
-  const s = slots[slot];
-  if (s === undefined || s.id !== id || id === 0 || b.readUInt32LE(at + AT_ID_HIGH) !== 0)
+  const slot = stream.slotOf(id);
+  if (slot < 0 || b.readUInt32LE(at + AT_ID_HIGH) !== 0)
     fail(`${redirTypeName(type)} for id ${b.readUInt32LE(at + AT_ID_HIGH)}:${id}, not sent`);
+  const s = stream.slots[slot]!;
   if (type !== s.type) fail(`${redirTypeName(type)} for id ${id}, want ${redirTypeName(s.type)}`);
-  s.id = 0;
+  s.tag = 0;
   let status: number;
   let length: number;
   if (type === RedirType.CONTROL_PACKET) {
@@ -197,43 +125,12 @@ function onReply(b: Buffer, at: number): void {
     length = b.readUInt16LE(at + AT_BULK_LENGTH) + b.readUInt16LE(at + AT_BULK_LENGTH_HIGH) * 0x10000;
   }
   const data = b.readUInt32LE(at + AT_LENGTH) - TYPE_HEADER_SIZE;
-  if (status !== 0) fail(`${active} packet (id ${id}) ended with status ${status}`);
-  if (length !== s.expect) fail(`${active} packet (id ${id}): length ${length}, want ${s.expect}`);
-  if (data !== (s.directionIn ? length : 0)) fail(`${active} reply (id ${id}) carries ${data} data bytes`);
-  if (data > 0) {
-    skip = data;
-    skipSlot = slot;
-  } else {
-    completeUrb(slot);
-  }
-}
-
-function onData(chunk: Buffer): void {
-  if (active === null) fail(`${chunk.length} bytes from the host with no packet sent`);
-  const end = chunk.length;
-  let at = 0;
-  socket!.cork(); // resubmissions of this read leave in one writev
-  while (at < end) {
-    if (skip > 0) {
-      const n = Math.min(skip, end - at);
-      skip -= n;
-      at += n;
-      if (skip === 0) completeUrb(skipSlot);
-    } else if (partialFill === 0 && end - at >= REPLY_SIZE) {
-      onReply(chunk, at);
-      at += REPLY_SIZE;
-    } else {
-      const n = Math.min(REPLY_SIZE - partialFill, end - at);
-      chunk.copy(partial, partialFill, at, at + n);
-      partialFill += n;
-      at += n;
-      if (partialFill === REPLY_SIZE) {
-        partialFill = 0;
-        onReply(partial, 0);
-      }
-    }
-  }
-  socket!.uncork();
+  if (status !== 0) fail(`${state.active} packet (id ${id}) ended with status ${status}`);
+  if (length !== s.expect) fail(`${state.active} packet (id ${id}): length ${length}, want ${s.expect}`);
+  if (data !== (s.directionIn ? length : 0))
+    fail(`${state.active} reply (id ${id}) carries ${data} data bytes`);
+  if (data > 0) stream.skipThen(data, slot);
+  else stream.complete(slot);
 }
 
 // ---------------------------------------------------------------- control (IPC)
@@ -243,15 +140,11 @@ function bulkSlot(endpoint: number, fill: number): Slot {
   const directionIn = (endpoint & 0x80) !== 0;
   const pkt = encodeBulkPacket(n, ID_ZERO, endpoint, 0, KIB64, directionIn ? 0 : KIB64);
   if (!directionIn) dataOf(n, pkt, TYPE_HEADER_SIZE).fill(fill);
-  return { pkt, type: RedirType.BULK_PACKET, directionIn, expect: KIB64, id: 0 };
+  return { pdu: pkt, type: RedirType.BULK_PACKET, directionIn, expect: KIB64, tag: 0 };
 }
 
 function start(w: Workload): void {
-  if (active !== null) fail(`start ${w.kind} while ${active} runs`);
-  active = w.kind;
-  streaming = true;
-  items = 0;
-  target = -1;
+  state.begin(w.kind);
   if (w.kind === "null") {
     if (!Number.isInteger(w.depth) || w.depth < 1 || (w.depth & (w.depth - 1)) !== 0)
       fail(`null depth ${w.depth} must be a power of two`);
@@ -264,28 +157,19 @@ function start(w: Workload): void {
       index: 0,
       length: 0,
     };
-    slots = Array.from({ length: w.depth }, () => ({
-      pkt: encodeControlPacket(negotiated!, ID_ZERO, resetStats, 0),
+    const slots = Array.from({ length: w.depth }, () => ({
+      pdu: encodeControlPacket(negotiated!, ID_ZERO, resetStats, 0),
       type: RedirType.CONTROL_PACKET,
       directionIn: false,
       expect: 0,
-      id: 0,
+      tag: 0,
     }));
+    stream.load(slots, 0);
   } else {
     const outs = Array.from({ length: BULK_PAIRS }, (_, i) => bulkSlot(EP_BULK_OUT, i + 1));
     const ins = Array.from({ length: BULK_PAIRS }, () => bulkSlot(EP_BULK_IN, 0));
-    slots = [...outs, ...ins];
-    outsSubmitted = insSubmitted = BULK_PAIRS;
+    stream.load([...outs, ...ins], BULK_PAIRS);
   }
-  slotBits = Math.log2(slots.length);
-  slotMask = slots.length - 1;
-  serial = 1;
-  serialLimit = 2 ** (32 - slotBits);
-  partialFill = skip = 0;
-  inflight = 0;
-  socket!.cork();
-  for (let i = 0; i < slots.length; i++) submit(i);
-  socket!.uncork();
 }
 
 async function handle(m: ClientRequest): Promise<void> {
@@ -293,7 +177,7 @@ async function handle(m: ClientRequest): Promise<void> {
     case "connect": {
       if (socket !== null) fail("connect twice");
       const vendorId = await connectGuest(m.port);
-      socket!.on("data", onData);
+      stream.attach(socket!);
       send({ ev: "connected", vendorId });
       return;
     }
@@ -302,33 +186,9 @@ async function handle(m: ClientRequest): Promise<void> {
       start(m.workload);
       send({ ev: "started" });
       return;
-    case "wait":
-      if (active === null || !streaming || target !== -1) fail("wait with no stream running, or twice");
-      if (!Number.isInteger(m.items) || m.items < 1) fail(`wait for ${m.items} items`);
-      waitItems = m.items;
-      waitStart = performance.now();
-      target = items + m.items;
-      return;
-    case "stop":
-      if (active === null || !streaming) fail("stop with no stream running");
-      streaming = false;
-      target = -1;
-      maybeStopped();
-      return;
     default:
       fail(`unknown request ${JSON.stringify(m)}`);
   }
 }
 
-if (process.send === undefined) fail("run me with child_process.fork (bench/usbredir.ts does)");
-process.on("message", (m: unknown) => {
-  handle(m as ClientRequest).catch((err: unknown) => {
-    console.error(err);
-    process.exit(1);
-  });
-});
-process.on("disconnect", () => {
-  closing = true;
-  process.exit(0);
-});
-send({ ev: "ready" });
+serveParent<ClientRequest>("bench/usbredir.ts", state, send, handle);

@@ -24,63 +24,38 @@
  * resource is bounded: URBs in the engine (`maxUrbsInFlight`), guest memory (its region), unsent reply
  * bytes (`maxSendQueueBytes`, then `stalledPeerMs`), the wait for a hello (`helloTimeoutMs`) and for
  * its share of the engine (`blockedRequestMs`, then the packet is answered `inval`).
+ *
+ * This file: listening or dialling (allowlist, one holder at a time, reconnect backoff), each connection's
+ * lifecycle (hello and its timer, the end and the drain), announcing the device, the device leaving and
+ * coming back, the VMM's filter, and the dispatch of every packet that is not a data packet. The rest,
+ * one seam each: data-packets.ts (data packets, flow control, the streams' context), device-requests.ts
+ * (configuration, alternate settings, reset), streams.ts (interrupt and iso streams), session.ts (a
+ * connection's state), vmm-filter.ts (the VMM's filter, judged), options.ts (options and their checks).
  */
 import { EventEmitter } from "node:events";
-import {
-  type BlockList,
-  createServer,
-  connect as netConnect,
-  type OnReadOpts,
-  type Server,
-  type Socket,
-} from "node:net";
+import { type BlockList, connect as netConnect, type Server, type Socket } from "node:net";
 import { PortStartError } from "../backend/port-link.js";
-import { type FilterRule, judge, parseRules } from "../devices/host/filter.js";
-import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
-import { FRAME_SIZE, type GuestOffset } from "../dma-map/types.js";
-import { Connection, type ConnectionOptions } from "../engine/connection.js";
-import type { UrbCompletion, VirtualHostController } from "../frontend/index.js";
+import { FRAME_SIZE } from "../dma-map/types.js";
+import { Connection } from "../engine/connection.js";
+import type { VirtualHostController } from "../frontend/index.js";
 import { type DeviceDescription, readDeviceDescription } from "../guest/device-description.js";
-import { GuestTransferError, GuestUsbDriver } from "../guest/guest-driver.js";
+import { GuestUsbDriver } from "../guest/guest-driver.js";
 import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
-import {
-  ECONNRESET,
-  EINVAL,
-  ENODEV,
-  ENOENT,
-  EOVERFLOW,
-  EPIPE,
-  EPROTO,
-  ESHUTDOWN,
-  ETIME,
-  ETIMEDOUT,
-  OK,
-  type UrbStatus,
-} from "../urb/status.js";
-import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
-import {
-  endpointIsIn,
-  getConfigurationSetup,
-  getInterfaceSetup,
-  RequestTypeByte,
-  requestIsIn,
-  type SetupPacket,
-  StandardRequest,
-  setAddressSetup,
-  setConfigurationSetup,
-  setInterfaceSetup,
-} from "../usb/index.js";
+import type { DevAddr, PortNum } from "../urb/types.js";
+import { endpointIsIn, setConfigurationSetup } from "../usb/index.js";
+import { admitPeer, createPausedServer, listenAt, peerName } from "../usbip/listener.js";
 import { stderrLogger, type UsbipLogger } from "../usbip/log.js";
-import { registerErrorClass, UsbvirtError } from "../util/errors.js";
-import { allowedBy, buildAllowList } from "../util/ip-prefix.js";
+import { buildAllowList } from "../util/ip-prefix.js";
 import { adoptWithReadBuffer } from "../util/read-into.js";
+import { DataPackets, hex, idKey, ReadTarget } from "./data-packets.js";
 import { RedirDeviceModel, redirSpeedOf } from "./device-model.js";
+import { DeviceRequests } from "./device-requests.js";
+import { checkOptions, UsbredirServerError, type UsbredirServerOptions } from "./options.js";
 import {
   type Caps,
   capsOf,
   decodeHello,
-  encodeAltSettingStatus,
   encodeBulkReceivingStatus,
   encodeBulkStreamsStatus,
   encodeDeviceConnect,
@@ -99,64 +74,25 @@ import {
   RedirType,
   redirTypeName,
 } from "./protocol.js";
-import { type Admission, BLOCK } from "./reader.js";
-import { type RedirUrb, Session, type SessionOwner } from "./session.js";
+import { judgeVmmFilter } from "./vmm-filter.js";
+
+export { redirStatusOf } from "./data-packets.js";
+export {
+  type UsbredirEndpoint,
+  UsbredirServerError,
+  type UsbredirServerOptions,
+} from "./options.js";
+
+import { Session } from "./session.js";
 import {
   isoOut,
   MAX_ISO_PKTS_PER_URB,
   MAX_ISO_URBS,
-  type StreamContext,
   startInterrupt,
   startIso,
   stopInterrupt,
   stopIso,
 } from "./streams.js";
-
-export class UsbredirServerError extends UsbvirtError {
-  declare readonly code: "ERR_USBVIRT_USBREDIR_OPTIONS" | "ERR_USBVIRT_USBREDIR_DEVICE";
-  constructor(code: UsbredirServerError["code"], message: string, options?: { cause?: unknown }) {
-    super(code, message, options);
-  }
-}
-registerErrorClass(UsbredirServerError);
-
-export interface UsbredirEndpoint {
-  readonly host: string;
-  readonly port: number;
-}
-
-export interface UsbredirServerOptions {
-  /** The device to redirect (what `serve --device` takes). */
-  readonly device: DeviceSpec;
-  /** Listen here for the VMM (host default 127.0.0.1). Exactly one of listen, listenFd and connect. */
-  readonly listen?: { readonly host?: string; readonly port: number };
-  /** Listen on this already-listening socket (systemd socket activation). */
-  readonly listenFd?: number;
-  /** Connect to a VMM that listens (QEMU `-chardev socket,server=on`); reconnects with backoff. */
-  readonly connect?: UsbredirEndpoint;
-  /** First and longest wait between connection attempts in connect mode (default 250 ms, 10 s). */
-  readonly reconnectMinMs?: number;
-  readonly reconnectMaxMs?: number;
-  readonly logger?: UsbipLogger;
-  /** Listen mode: peer addresses or CIDR subnets allowed (absent or empty: any). */
-  readonly allow?: readonly string[];
-  /** URBs one connection may have in the engine at once (default 128). */
-  readonly maxUrbsInFlight?: number;
-  /** Unsent reply bytes above which no new packet is started (default 16 MiB). */
-  readonly maxSendQueueBytes?: number;
-  /** ... and the peer is dropped if it does not read for this long (default 30 s). */
-  readonly stalledPeerMs?: number;
-  /** A peer that has not sent its hello this long after connecting is dropped (default 30 s; 0: never). */
-  readonly helloTimeoutMs?: number;
-  /** A packet that waits this long for its share of the engine while nothing completes is answered inval (default 2 s). */
-  readonly blockedRequestMs?: number;
-  /** Guest memory for URB buffers, MiB (default 16, at least 8). */
-  readonly guestMemoryMiB?: number;
-  /** Our hello's version string (default "usbvirt"). */
-  readonly version?: string;
-  /** Extra engine options (tests). */
-  readonly connection?: Omit<ConnectionOptions, "ports" | "memory">;
-}
 
 /** What we advertise: what QEMU's xHCI needs (64-bit ids, 32-bit bulk lengths, ep_info packet sizes) and the rest we implement. */
 export const HOST_CAPS: Caps = capsOf(
@@ -172,56 +108,18 @@ const PORT = 1 as PortNum;
 const ADDRESS = 1 as DevAddr;
 const DRIVER_FRAMES = 16;
 const SCRATCH_FRAMES = 64;
-/** Engine status → usbredir status (QEMU maps everything but success, stall and babble to an I/O error). */
-export function redirStatusOf(status: number): RedirStatus {
-  switch (status) {
-    case OK:
-      return RedirStatus.SUCCESS;
-    case ECONNRESET:
-    case ENOENT:
-      return RedirStatus.CANCELLED;
-    case EPIPE:
-      return RedirStatus.STALL;
-    case ETIMEDOUT:
-    case ETIME:
-      return RedirStatus.TIMEOUT;
-    case EOVERFLOW:
-      return RedirStatus.BABBLE;
-    case EINVAL:
-      return RedirStatus.INVAL;
-    default:
-      return RedirStatus.IOERROR;
-  }
-}
 
-/** A data packet's id as a map key: exact for ids below 2^53, a string above. */
-function idKey(low: number, high: number): number | string {
-  return high < 0x200000 ? high * 0x1_0000_0000 + low : `${high}:${low}`;
-}
-
-function hex(n: number, width = 2): string {
-  return `0x${n.toString(16).padStart(width, "0")}`;
-}
-
-export class UsbredirServer extends EventEmitter implements SessionOwner, StreamContext {
+export class UsbredirServer extends EventEmitter {
   private readonly log: UsbipLogger;
-  readonly hcd: VirtualHostController;
-  readonly memory: GuestBufferAllocator;
-  readonly memoryBytes: Uint8Array;
-  readonly port = PORT;
-  readonly deviceAddress = ADDRESS;
-  readonly isoScratchFrames = SCRATCH_FRAMES / 2;
-  readonly redirStatusOf = redirStatusOf;
+  private readonly hcd: VirtualHostController;
+  /** The data path: data packets, the streams, flow control (data-packets.ts). */
+  private readonly packets: DataPackets;
+  /** The device-state requests (device-requests.ts). */
+  private readonly requests: DeviceRequests;
   private readonly shared: SharedArrayBuffer;
-  private readonly regionBytes: number;
   private readonly allow: BlockList | null;
-  readonly maxUrbs: number;
-  readonly maxSendQueue: number;
-  private readonly stalledMs: number;
   private readonly helloMs: number;
-  private readonly blockedMs: number;
   private readonly version: string;
-  private model: RedirDeviceModel;
   private listener: Server | null = null;
   private session: Session | null = null;
   private readonly sessions = new Set<Session>();
@@ -235,7 +133,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
   private closing: Promise<void> | null = null;
   private reconnectTimer: NodeJS.Timeout | null = null;
   private reconnectDelay: number;
-  private readonly counters = { connections: 0, urbs: 0, bytes: 0 };
+  private readonly counters = { connections: 0 };
 
   private constructor(
     readonly connection: Connection,
@@ -248,24 +146,47 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     this.hcd = connection.frontend!;
     const shared = connection.handles.memory[0]!;
     this.shared = shared;
-    this.memoryBytes = new Uint8Array(shared);
     const first = (1 + DRIVER_FRAMES) * FRAME_SIZE;
     const end = connection.handles.scratchFirstFrame * FRAME_SIZE;
-    this.memory = new GuestBufferAllocator(first, end);
-    this.regionBytes = end - first;
     this.log = options.logger ?? stderrLogger;
     this.allow = buildAllowList(
       options.allow,
       (reason) => new UsbredirServerError("ERR_USBVIRT_USBREDIR_OPTIONS", reason),
     );
-    this.maxUrbs = options.maxUrbsInFlight ?? 128;
-    this.maxSendQueue = options.maxSendQueueBytes ?? 16 * 1024 * 1024;
-    this.stalledMs = options.stalledPeerMs ?? 30_000;
     this.helloMs = options.helloTimeoutMs ?? 30_000;
-    this.blockedMs = options.blockedRequestMs ?? 2000;
     this.version = options.version ?? "usbvirt";
     this.reconnectDelay = options.reconnectMinMs ?? 250;
-    this.model = new RedirDeviceModel(description, redirSpeedOf(this.hcd.portStatus(PORT).speed));
+    this.packets = new DataPackets(
+      {
+        hcd: this.hcd,
+        port: PORT,
+        deviceAddress: ADDRESS,
+        memory: new GuestBufferAllocator(first, end),
+        memoryBytes: new Uint8Array(shared),
+        regionBytes: end - first,
+        isoScratchFrames: SCRATCH_FRAMES / 2,
+      },
+      {
+        maxUrbs: options.maxUrbsInFlight ?? 128,
+        maxSendQueue: options.maxSendQueueBytes ?? 16 * 1024 * 1024,
+        stalledMs: options.stalledPeerMs ?? 30_000,
+        blockedMs: options.blockedRequestMs ?? 2000,
+      },
+      new RedirDeviceModel(description, redirSpeedOf(this.hcd.portStatus(PORT).speed)),
+      name,
+      this.log,
+      {
+        deliver: (s, p, typeHeader, data) => this.deliver(s, p, typeHeader, data),
+        drop: (s, reason) => this.drop(s, reason),
+        applyConfiguration: (s, value) => this.requests.applyConfiguration(s, value),
+        applyAlternate: (s, itf, alt) => this.requests.applyAlternate(s, itf, alt),
+        disconnectGuest: (s) => this.disconnectGuest(s),
+      },
+    );
+    this.requests = new DeviceRequests(this.hcd, guest, PORT, ADDRESS, name, this.log, this.packets, {
+      stopStreams: (s) => this.stopStreams(s),
+      disconnectGuest: (s) => this.disconnectGuest(s),
+    });
     connection.on("port-failed", (_port: number, reason: string, gone: boolean) => {
       this.failed = reason;
       this.gone = gone;
@@ -290,49 +211,17 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     });
   }
 
+  /** The device as the guest was told of it (the data path checks packets against it). */
+  private get model(): RedirDeviceModel {
+    return this.packets.model;
+  }
+  private set model(model: RedirDeviceModel) {
+    this.packets.model = model;
+  }
+
   /** Bring up the engine, attach and describe the device, then listen or connect. */
   static async start(options: UsbredirServerOptions): Promise<UsbredirServer> {
-    const modes = [options.listen, options.listenFd, options.connect].filter((m) => m !== undefined).length;
-    if (modes !== 1) {
-      throw new UsbredirServerError(
-        "ERR_USBVIRT_USBREDIR_OPTIONS",
-        "give exactly one of listen, listenFd and connect",
-      );
-    }
-    buildAllowList(
-      options.allow,
-      (reason) => new UsbredirServerError("ERR_USBVIRT_USBREDIR_OPTIONS", reason),
-    );
-    const mib = options.guestMemoryMiB ?? 16;
-    if (!Number.isInteger(mib) || mib < 8 || mib > 1024) {
-      throw new UsbredirServerError(
-        "ERR_USBVIRT_USBREDIR_OPTIONS",
-        `options.guestMemoryMiB must be an integer in [8, 1024], got ${mib}`,
-      );
-    }
-    for (const key of [
-      "maxUrbsInFlight",
-      "maxSendQueueBytes",
-      "stalledPeerMs",
-      "blockedRequestMs",
-      "reconnectMinMs",
-      "reconnectMaxMs",
-    ] as const) {
-      const v = options[key];
-      if (v !== undefined && (!Number.isInteger(v) || v < 1)) {
-        throw new UsbredirServerError(
-          "ERR_USBVIRT_USBREDIR_OPTIONS",
-          `options.${key} must be a positive integer, got ${v}`,
-        );
-      }
-    }
-    const hello = options.helloTimeoutMs;
-    if (hello !== undefined && (!Number.isInteger(hello) || hello < 0)) {
-      throw new UsbredirServerError(
-        "ERR_USBVIRT_USBREDIR_OPTIONS",
-        `options.helloTimeoutMs must be a non-negative integer, got ${hello}`,
-      );
-    }
+    const { guestMemoryMiB: mib } = checkOptions(options);
     const connection = await Connection.create({
       backendThread: "shared",
       ...options.connection,
@@ -395,7 +284,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       peer: s?.peer ?? null,
       announced: s?.announced ?? false,
       urbs: s?.urbs ?? 0,
-      memoryBytes: this.regionBytes - this.memory.freeBytes,
+      memoryBytes: this.packets.memoryInUse,
       unsentBytes: s?.unsent ?? 0,
       connections: this.counters.connections,
       packets: s?.packets ?? 0,
@@ -408,24 +297,15 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
 
   private async listen(): Promise<void> {
     // Paused: open() hands each connection to a socket that reads where the session says (onread).
-    const server = createServer({
-      noDelay: true,
-      keepAlive: true,
-      keepAliveInitialDelay: 30_000,
-      pauseOnConnect: true,
-    });
+    const server = createPausedServer();
     this.listener = server;
     server.on("connection", (socket) => {
-      const peer = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
+      const peer = peerName(socket);
       if (this.closing !== null) {
         socket.destroy();
         return;
       }
-      if (this.allow !== null && !allowedBy(this.allow, socket.remoteAddress)) {
-        this.log.warn(`${peer}: refused, not in the allowlist`, { client: peer });
-        socket.destroy();
-        return;
-      }
+      if (!admitPeer(socket, peer, this.allow, this.log)) return;
       if (this.session !== null) {
         this.log.warn(`${peer}: refused, ${this.name} is redirected to ${this.session.peer}`, {
           client: peer,
@@ -433,21 +313,18 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
         socket.destroy();
         return;
       }
-      const reads = new ReadTarget(this);
+      const reads = new ReadTarget(this.packets);
       const adopted = adoptWithReadBuffer(socket, reads.options);
       this.open(adopted ?? socket, peer, adopted === null ? null : reads);
     });
     const o = this.options;
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      const done = () => {
-        server.off("error", reject);
-        resolve();
-      };
-      if (o.listenFd !== undefined) server.listen({ fd: o.listenFd }, done);
-      else server.listen(o.listen!.port, o.listen!.host ?? "127.0.0.1", done);
-    });
-    server.on("error", (err) => this.log.error(`listener: ${String(err)}`));
+    await listenAt(
+      server,
+      o.listenFd !== undefined
+        ? { fd: o.listenFd }
+        : { port: o.listen!.port, host: o.listen!.host ?? "127.0.0.1" },
+      this.log,
+    );
   }
 
   /** Connect mode: one attempt now; on failure or when the link drops, again after a backoff. */
@@ -455,7 +332,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     if (this.closing !== null) return;
     const { host, port } = this.options.connect!;
     const peer = `${host}:${port}`;
-    const reads = new ReadTarget(this);
+    const reads = new ReadTarget(this.packets);
     const socket = netConnect({
       host,
       port,
@@ -492,13 +369,13 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
 
   /** A new connection; `reads` when its socket reads through onread (else 'data' events). */
   private open(socket: Socket, peer: string, reads: ReadTarget | null): void {
-    const s = new Session(this, socket, peer, this.shared);
+    const s = new Session(this.packets, socket, peer, this.shared);
     this.session = s;
     this.sessions.add(s);
     this.counters.connections++;
     socket.setNoDelay(true);
     if (reads !== null) reads.session = s;
-    else socket.on("data", (chunk: Buffer) => this.received(s, chunk, false));
+    else socket.on("data", (chunk: Buffer) => this.packets.received(s, chunk, false));
     socket.on("error", (err) => {
       if (!s.closed) this.log.warn(`${peer}: socket error: ${err.message}`, s.fields());
     });
@@ -517,128 +394,8 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     }
   }
 
-  // ---------------------------------------------------------------- packets in
-
-  /** Bytes from the socket; `reused` when `chunk` is the staging buffer, read into again next time. */
-  received(s: Session, chunk: Uint8Array, reused: boolean): void {
-    if (s.closed) return;
-    this.hcd.batch(() => {
-      s.reader.push(chunk);
-      if (reused) s.reader.ownBuffered();
-    });
-    this.updateFlow(s);
-  }
-
-  /** Bytes read straight into the guest buffer of the OUT data that was due. */
-  receivedDirect(s: Session, n: number): void {
-    if (s.closed) return;
-    this.hcd.batch(() => s.reader.receivedDirect(n));
-    this.updateFlow(s);
-  }
-
-  /** The reader has a sound packet header: decide where its data goes, or stop reading here. */
-  admit(s: Session, p: RedirPacket): Admission {
-    s.current = null;
-    switch (p.type) {
-      case RedirType.CONTROL_PACKET:
-      case RedirType.BULK_PACKET:
-      case RedirType.INTERRUPT_PACKET:
-        return this.admitTransfer(s, p);
-      default:
-        return null;
-    }
-  }
-
-  private admitTransfer(s: Session, p: RedirPacket): Admission {
-    const key = idKey(p.idLow, p.idHigh);
-    const interruptOut = p.type === RedirType.INTERRUPT_PACKET;
-    // QEMU completes an interrupt OUT at once and may reuse its id: those are not tracked by id.
-    if (!interruptOut && s.inflight.has(key)) {
-      this.drop(s, `${redirTypeName(p.type)} id ${p.idHigh}:${p.idLow} is already in flight`);
-      return null;
-    }
-    const directionIn = endpointIsIn(p.endpoint);
-    const r = s.record();
-    r.type = p.type;
-    r.idLow = p.idLow;
-    r.idHigh = p.idHigh;
-    r.key = key;
-    r.endpoint = p.endpoint;
-    r.directionIn = directionIn;
-    r.request = p.request;
-    r.requestType = p.requestType;
-    r.value = p.value;
-    r.index = p.index;
-    s.current = r;
-    if (s.forced) {
-      s.forced = false;
-      r.verdict = RedirStatus.INVAL;
-      return null;
-    }
-    const problem = this.transferProblem(s, p, directionIn);
-    if (problem !== null) {
-      this.log.warn(`${s.peer}: ${redirTypeName(p.type)} refused: ${problem}`, s.fields());
-      r.verdict = RedirStatus.INVAL;
-      return null;
-    }
-    if (s.unsent > this.maxSendQueue) return this.block(s);
-    if (s.urbs >= this.maxUrbs) return this.block(s);
-    const length = p.length;
-    if (length > 0) {
-      const range = this.memory.tryAllocate(length, length >= FRAME_SIZE ? FRAME_SIZE : 64);
-      if (range === null) return this.block(s);
-      r.offset = range.offset;
-      r.length = length;
-    }
-    s.urbs++;
-    if (!interruptOut) s.inflight.set(key, r);
-    return directionIn || length === 0 ? null : this.memoryBytes.subarray(r.offset, r.offset + length);
-  }
-
-  /** Why a well-framed transfer cannot go to the device as it stands, or null. */
-  private transferProblem(s: Session, p: RedirPacket, directionIn: boolean): string | null {
-    if (!s.announced) return "no device is connected";
-    if (p.length > this.regionBytes)
-      return `${p.length} bytes exceed the ${this.regionBytes}-byte buffer region`;
-    if (p.type === RedirType.CONTROL_PACKET) {
-      if ((p.endpoint & 0x7f) !== 0) return `control packet for endpoint ${hex(p.endpoint)}`;
-      if (requestIsIn(p.requestType) !== directionIn) return "endpoint direction differs from bmRequestType";
-      return null;
-    }
-    const ep = this.model.endpoint(p.endpoint);
-    const want = p.type === RedirType.BULK_PACKET ? RedirEpType.BULK : RedirEpType.INTERRUPT;
-    if (ep === undefined || ep.type !== want) {
-      return `endpoint ${hex(p.endpoint)} is not a ${want === RedirEpType.BULK ? "bulk" : "interrupt"} endpoint of the active settings`;
-    }
-    if (p.type === RedirType.BULK_PACKET && p.streamId !== 0) return "bulk streams are not supported";
-    if (p.type === RedirType.INTERRUPT_PACKET && directionIn) {
-      return "interrupt IN is received with start_interrupt_receiving, not requested";
-    }
-    return null;
-  }
-
-  /** Stop reading at this packet until something of the connection's share comes back. */
-  private block(s: Session): Admission {
-    if (s.current !== null) s.recycle(s.current);
-    s.current = null;
-    if (s.blockTimer === null) {
-      s.blockTimer = setTimeout(() => {
-        s.blockTimer = null;
-        if (s.closed || !s.reader.isBlocked) return;
-        this.log.warn(
-          `${s.peer}: a packet waited ${this.blockedMs} ms for its share of the engine (${s.urbs} URBs, ` +
-            `${this.regionBytes - this.memory.freeBytes} bytes of guest memory in use): answered inval`,
-          s.fields(),
-        );
-        s.forced = true;
-        this.progress(s);
-      }, this.blockedMs);
-    }
-    return BLOCK;
-  }
-
-  /** A whole packet from the guest. */
-  deliver(s: Session, p: RedirPacket, typeHeader: Uint8Array, data: Uint8Array): void {
+  /** A whole packet from the guest that is not a data packet (those start in data-packets.ts). */
+  private deliver(s: Session, p: RedirPacket, typeHeader: Uint8Array, data: Uint8Array): void {
     if (s.closed) return;
     s.packets++;
     if (p.type === RedirType.HELLO) {
@@ -648,57 +405,35 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     const n = s.negotiated!;
     const id: Id = { low: p.idLow, high: p.idHigh };
     switch (p.type) {
-      case RedirType.CONTROL_PACKET:
-      case RedirType.BULK_PACKET:
-      case RedirType.INTERRUPT_PACKET: {
-        const r = s.current!;
-        s.current = null;
-        this.startTransfer(s, r);
-        return;
-      }
       case RedirType.SET_CONFIGURATION: {
         const value = p.configuration;
-        this.serialize(s, () => this.setConfiguration(s, id, value));
+        this.serialize(s, () => this.requests.setConfiguration(s, id, value));
         return;
       }
       case RedirType.GET_CONFIGURATION:
-        this.serialize(s, async () => {
-          // Asked of the device itself (GET_CONFIGURATION through the engine), as the VMM asked.
-          const got = s.announced ? await this.readByte(getConfigurationSetup()) : null;
-          if (s.closed) return;
-          const status = got === null ? RedirStatus.INVAL : redirStatusOf(got.status);
-          const value = got?.value ?? this.model.configuration;
-          s.send(encodeStatusPair(n, RedirType.CONFIGURATION_STATUS, id, status, value));
-        });
+        this.serialize(s, () => this.requests.getConfiguration(s, id));
         return;
       case RedirType.SET_ALT_SETTING: {
         const { interface: itf, alt } = p;
-        this.serialize(s, () => this.setAlternate(s, id, itf, alt));
+        this.serialize(s, () => this.requests.setAlternate(s, id, itf, alt));
         return;
       }
       case RedirType.GET_ALT_SETTING: {
         const itf = p.interface;
-        this.serialize(s, async () => {
-          const known = this.model.alternates.has(itf);
-          // GET_INTERFACE through the engine, for an interface of the active configuration.
-          const got = s.announced && known ? await this.readByte(getInterfaceSetup(itf)) : null;
-          if (s.closed) return;
-          const status = got === null ? RedirStatus.INVAL : redirStatusOf(got.status);
-          s.send(encodeAltSettingStatus(n, id, status, itf, got?.value ?? 0xff));
-        });
+        this.serialize(s, () => this.requests.getAlternate(s, id, itf));
         return;
       }
       case RedirType.RESET:
-        this.serialize(s, () => this.reset(s));
+        this.serialize(s, () => this.requests.reset(s));
         return;
       case RedirType.CANCEL_DATA_PACKET:
-        this.cancel(s, idKey(p.idLow, p.idHigh));
+        this.packets.cancel(s, idKey(p.idLow, p.idHigh));
         return;
       case RedirType.START_INTERRUPT_RECEIVING:
         this.startInterrupt(s, id, p.endpoint);
         return;
       case RedirType.STOP_INTERRUPT_RECEIVING:
-        stopInterrupt(this, s, p.endpoint);
+        stopInterrupt(this.packets, s, p.endpoint);
         // As for start: QEMU's parser refuses an interrupt_receiving_status for an OUT endpoint.
         if (endpointIsIn(p.endpoint)) {
           s.send(
@@ -714,7 +449,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
         s.send(encodeStatusPair(n, RedirType.ISO_STREAM_STATUS, id, RedirStatus.SUCCESS, p.endpoint));
         return;
       case RedirType.ISO_PACKET:
-        isoOut(this, s, p.endpoint, data);
+        isoOut(this.packets, s, p.endpoint, data);
         return;
       case RedirType.ALLOC_BULK_STREAMS:
       case RedirType.FREE_BULK_STREAMS:
@@ -792,8 +527,8 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       return;
     }
     const first = this.model.description.configurations[0]?.value ?? 0;
-    await this.resetAndAddress();
-    if (first !== 0) await this.standardRequest(setConfigurationSetup(first));
+    await this.requests.resetAndAddress();
+    if (first !== 0) await this.requests.standardRequest(setConfigurationSetup(first));
     this.model.configure(first);
     const n = s.negotiated!;
     s.send(encodeEpInfo(n, this.model.endpoints));
@@ -804,235 +539,33 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     this.emit("connect", s.peer);
   }
 
-  private async resetAndAddress(): Promise<void> {
-    if (!this.hcd.portStatus(PORT).connected) throw new Error(`${this.name} is not connected`);
-    await this.hcd.resetPort(PORT);
-    await this.guest.control(PORT, 0 as DevAddr, setAddressSetup(ADDRESS), undefined, "SET_ADDRESS");
-  }
-
-  /** A no-data standard request through the engine; resolves with its status. */
-  /** A one-byte standard IN request (GET_CONFIGURATION, GET_INTERFACE) through the engine. */
-  private async readByte(setup: SetupPacket): Promise<{ status: UrbStatus; value: number }> {
-    try {
-      const data = await this.guest.control(PORT, ADDRESS, setup);
-      return data.length === 1 ? { status: OK, value: data[0]! } : { status: EPROTO, value: 0xff };
-    } catch (err) {
-      if (err instanceof GuestTransferError) return { status: err.status, value: 0xff };
-      throw err;
-    }
-  }
-
-  private async standardRequest(setup: SetupPacket): Promise<UrbStatus> {
-    const c = await this.hcd.submit({
-      type: "control",
-      port: PORT,
-      device: ADDRESS,
-      endpoint: 0 as EndpointNum,
-      directionIn: false,
-      setup,
-      buffer: [],
-    });
-    return c.status;
-  }
-
-  private async setConfiguration(s: Session, id: Id, value: number): Promise<void> {
-    const n = s.negotiated!;
-    let status: RedirStatus = RedirStatus.INVAL;
-    if (s.announced && this.model.hasConfiguration(value)) {
-      this.stopStreams(s);
-      status = redirStatusOf(await this.standardRequest(setConfigurationSetup(value)));
-      if (s.closed) return;
-      if (status === RedirStatus.SUCCESS) this.applyConfiguration(s, value);
-    }
-    s.send(encodeStatusPair(n, RedirType.CONFIGURATION_STATUS, id, status, this.model.configuration));
-  }
-
-  /** The configuration changed (or was set again): the guest hears the new endpoints before the status. */
-  private applyConfiguration(s: Session, value: number): void {
-    const changed = value !== this.model.configuration;
-    this.model.configure(value);
-    if (changed) {
-      s.send(encodeEpInfo(s.negotiated!, this.model.endpoints));
-      s.send(encodeInterfaceInfo(s.negotiated!, this.model.interfaces));
-    }
-  }
-
-  private async setAlternate(s: Session, id: Id, itf: number, alt: number): Promise<void> {
-    const n = s.negotiated!;
-    let status: RedirStatus = RedirStatus.INVAL;
-    if (s.announced && this.model.findInterface(itf, alt) !== undefined) {
-      this.stopStreams(s);
-      status = redirStatusOf(await this.standardRequest(setInterfaceSetup(itf, alt)));
-      if (s.closed) return;
-      if (status === RedirStatus.SUCCESS) this.applyAlternate(s, itf, alt);
-    }
-    s.send(encodeAltSettingStatus(n, id, status, itf, this.model.alternates.get(itf) ?? alt));
-  }
-
-  private applyAlternate(s: Session, itf: number, alt: number): void {
-    this.model.selectAlternate(itf, alt);
-    s.send(encodeEpInfo(s.negotiated!, this.model.endpoints));
-  }
-
-  /** The guest reset the port: cancel what is in flight, reset in the engine, keep the configuration. */
-  private async reset(s: Session): Promise<void> {
-    if (!s.announced) return;
-    this.stopStreams(s);
-    for (const r of s.inflight.values()) if (r.urb !== null) void this.hcd.unlink(r.urb);
-    const configuration = this.model.configuration;
-    const alternates = [...this.model.alternates].some(([, alt]) => alt !== 0);
-    try {
-      await this.resetAndAddress();
-      if (configuration !== 0) {
-        const status = await this.standardRequest(setConfigurationSetup(configuration));
-        if (status !== OK) throw new Error(`SET_CONFIGURATION(${configuration}) after reset: ${status}`);
-      }
-    } catch (err) {
-      this.log.error(`${s.peer}: reset of ${this.name} failed: ${(err as Error).message}`, s.fields());
-      this.disconnectGuest(s);
-      return;
-    }
-    this.model.configure(configuration);
-    if (alternates && !s.closed) s.send(encodeEpInfo(s.negotiated!, this.model.endpoints));
-  }
-
+  /** The VMM's device filter: a device it refuses is disconnected from the guest (vmm-filter.ts). */
   private filter(s: Session, data: Uint8Array): void {
-    const nul = data.indexOf(0);
-    if (nul !== data.length - 1) {
-      this.drop(s, "filter_filter string is not NUL-terminated where its length says");
-      return;
+    const v = judgeVmmFilter(data, this.model);
+    switch (v.kind) {
+      case "malformed":
+        this.drop(s, v.reason);
+        return;
+      case "unreadable":
+        this.log.warn(
+          `${s.peer}: the VMM's device filter "${v.text}" cannot be read (${v.error}); ignored`,
+          s.fields(),
+        );
+        return;
+      case "allowed":
+        this.log.info(
+          `${s.peer}: the VMM's device filter "${v.text}" allows ${this.name} (${v.why})`,
+          s.fields(),
+        );
+        return;
+      case "refused":
+        s.refusedBy = v.why;
+        this.log.error(
+          `${s.peer}: the VMM's device filter "${v.text}" refuses ${this.name}: ${v.why}`,
+          s.fields(),
+        );
+        this.disconnectGuest(s);
     }
-    const text = Buffer.from(data.subarray(0, nul)).toString("latin1");
-    let rules: FilterRule[];
-    try {
-      rules = parseRules(text);
-    } catch (err) {
-      this.log.warn(
-        `${s.peer}: the VMM's device filter "${text}" cannot be read (${(err as Error).message}); ignored`,
-        s.fields(),
-      );
-      return;
-    }
-    // As QEMU judges it (usbredirfilter_check without DEFAULT_ALLOW): a device no rule allows is refused.
-    const d = this.model.description;
-    const verdict = judge(
-      { rules: [...rules, { action: "deny" }] },
-      {
-        vendorId: d.vendorId,
-        productId: d.productId,
-        deviceClass: d.deviceClass,
-        bcdDevice: d.bcdDevice,
-        portPath: "",
-        // The interfaces QEMU is (or will be) told of: the active configuration's, else the first's.
-        interfaceClasses: (
-          d.configurations.find((c) => c.value === this.model.configuration) ?? d.configurations[0]
-        )?.interfaces
-          .filter((i) => i.alternate === 0)
-          .map((i) => i.cls),
-      },
-    );
-    if (verdict.allowed) {
-      this.log.info(
-        `${s.peer}: the VMM's device filter "${text}" allows ${this.name} (${verdict.why})`,
-        s.fields(),
-      );
-      return;
-    }
-    s.refusedBy = verdict.why;
-    this.log.error(
-      `${s.peer}: the VMM's device filter "${text}" refuses ${this.name}: ${verdict.why}`,
-      s.fields(),
-    );
-    this.disconnectGuest(s);
-  }
-
-  // ---------------------------------------------------------------- transfers
-
-  private startTransfer(s: Session, r: RedirUrb): void {
-    if (r.verdict !== null) {
-      this.reply(s, r, r.verdict, 0);
-      return;
-    }
-    if (
-      r.type === RedirType.CONTROL_PACKET &&
-      r.requestType === RequestTypeByte.DEVICE_OUT &&
-      r.request === StandardRequest.SET_ADDRESS
-    ) {
-      // SET_ADDRESS: the VMM's own business (QEMU never forwards it); the device keeps ours.
-      this.complete(s, r, { status: OK, actualLength: 0, startFrame: 0, errorCount: 0 });
-      return;
-    }
-    const interval =
-      r.type === RedirType.INTERRUPT_PACKET ? Math.max(1, this.model.endpoint(r.endpoint)?.interval ?? 1) : 1;
-    const urb = r.engineUrb(PORT, ADDRESS, interval);
-    r.urb = urb;
-    this.counters.urbs++;
-    this.hcd.submitWithCallback(urb, r.done);
-  }
-
-  /** An engine URB of a data packet completed: exactly one reply (cancelled if its cancel won). */
-  complete(s: Session, r: RedirUrb, c: UrbCompletion): void {
-    s.urbs--;
-    r.urb = null;
-    if (s.inflight.get(r.key) === r) s.inflight.delete(r.key);
-    if (s.closed) this.release(s, r);
-    else {
-      if (c.status === OK && r.type === RedirType.CONTROL_PACKET) this.noteStandardRequest(s, r);
-      const cancelled = r.cancelled && (c.status === ECONNRESET || c.status === ENOENT);
-      const status = cancelled ? RedirStatus.CANCELLED : redirStatusOf(c.status);
-      this.reply(s, r, status, cancelled ? 0 : Math.min(c.actualLength, r.length));
-      if (c.status === ENODEV || c.status === ESHUTDOWN) this.deviceLost(s, c);
-    }
-    this.settled(s);
-  }
-
-  /** A raw SET_CONFIGURATION or SET_INTERFACE in a control packet changed what ep_info says. */
-  private noteStandardRequest(s: Session, r: RedirUrb): void {
-    if (r.requestType === RequestTypeByte.DEVICE_OUT && r.request === StandardRequest.SET_CONFIGURATION)
-      this.applyConfiguration(s, r.value & 0xff);
-    else if (r.requestType === RequestTypeByte.INTERFACE_OUT && r.request === StandardRequest.SET_INTERFACE)
-      this.applyAlternate(s, r.index & 0xff, r.value & 0xff);
-  }
-
-  /** The data packet's reply: same type, id and endpoint; IN data straight from guest memory. */
-  private reply(s: Session, r: RedirUrb, status: number, actual: number): void {
-    const data = r.directionIn ? actual : 0;
-    this.counters.bytes += actual;
-    // The record (and its guest buffer) goes back once the writer is done with the data.
-    s.sendData(
-      r.type,
-      r.idLow,
-      r.idHigh,
-      r.endpoint,
-      status,
-      actual,
-      r.offset,
-      data,
-      r,
-      r.type === RedirType.CONTROL_PACKET ? r : null,
-    );
-  }
-
-  /** The writer is done with a record's IN data (or it had none): its memory and the record go back. */
-  release(s: Session, r: RedirUrb): void {
-    if (r.length > 0) this.memory.release({ offset: r.offset as GuestOffset, length: r.length });
-    r.length = 0;
-    s.recycle(r);
-    if (!s.closed) this.progress(s);
-  }
-
-  private cancel(s: Session, key: number | string): void {
-    const r = s.inflight.get(key);
-    if (r === undefined || r.cancelled) return; // already answered (its reply is ahead of the cancel)
-    r.cancelled = true;
-    if (r.urb !== null) void this.hcd.unlink(r.urb);
-  }
-
-  /** The device went away under a URB: tell the guest once; the engine reports the port as failed. */
-  deviceLost(s: Session, c: UrbCompletion): void {
-    if (!s.announced || this.hcd.portStatus(PORT).connected) return;
-    this.log.error(`${s.peer}: ${this.name} is gone (${c.detail ?? c.status})`, s.fields());
-    this.disconnectGuest(s);
   }
 
   /** The guest loses the device (it sees a USB disconnect); the connection stays for its return. */
@@ -1078,7 +611,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
       }
       return;
     }
-    startInterrupt(this, s, endpoint, ep.maxPacketSize, ep.interval);
+    startInterrupt(this.packets, s, endpoint, ep.maxPacketSize, ep.interval);
     s.send(encodeStatusPair(n, RedirType.INTERRUPT_RECEIVING_STATUS, id, RedirStatus.SUCCESS, endpoint));
   }
 
@@ -1098,81 +631,25 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
         s.fields(),
       );
     } else {
-      startIso(this, s, endpoint, pktsPerUrb, noUrbs, ep.maxPacketSize, ep.interval);
+      startIso(this.packets, s, endpoint, pktsPerUrb, noUrbs, ep.maxPacketSize, ep.interval);
     }
     const status = ok ? RedirStatus.SUCCESS : RedirStatus.INVAL;
     s.send(encodeStatusPair(s.negotiated!, RedirType.ISO_STREAM_STATUS, id, status, endpoint));
   }
 
   private stopIso(s: Session, endpoint: number): void {
-    const dropped = stopIso(this, s, endpoint);
+    const dropped = stopIso(this.packets, s, endpoint);
     if (dropped > 0)
       this.log.warn(`${s.peer}: iso stream ${hex(endpoint)} dropped ${dropped} packets`, s.fields());
   }
 
   private stopStreams(s: Session): void {
-    for (const ep of [...s.interrupt.keys()]) stopInterrupt(this, s, ep);
+    for (const ep of [...s.interrupt.keys()]) stopInterrupt(this.packets, s, ep);
     for (const ep of [...s.iso.keys()]) this.stopIso(s, ep);
   }
 
-  // ---------------------------------------------------------------- flow control and ends
-
-  /** A URB of `s` came back: resume a blocked reader, or finish draining a closed connection. */
-  settled(s: Session): void {
-    if (s.closed) {
-      if (s.urbs === 0) s.onDrained?.();
-      return;
-    }
-    this.progress(s);
-    // Interrupt and iso IN data is sent from here too: a peer that stops reading it must start the stall timer.
-    this.updateFlow(s);
-  }
-
-  private progress(s: Session): void {
-    if (!s.reader.isBlocked) return;
-    if (s.blockTimer !== null && !s.forced) {
-      clearTimeout(s.blockTimer);
-      s.blockTimer = null;
-    }
-    this.hcd.batch(() => s.reader.resume());
-    this.updateFlow(s);
-  }
-
-  /** A flush of `s`'s frames reached the kernel. */
-  written(s: Session): void {
-    if (s.closed) return;
-    if (s.unsent <= this.maxSendQueue) {
-      if (s.stallTimer !== null) clearTimeout(s.stallTimer);
-      s.stallTimer = null;
-      // Streams that stopped for the peer to read go on (each parks again if the bound is passed again).
-      const parked = s.parked;
-      s.parked = [];
-      for (const resubmit of parked) resubmit();
-    }
-    this.progress(s);
-  }
-
-  /** Reads paused while the reader waits; the stall timer runs while replies pile up unread. */
-  private updateFlow(s: Session): void {
-    if (s.closed) return;
-    const pause = s.reader.isBlocked;
-    if (pause !== s.paused) {
-      s.paused = pause;
-      if (pause) s.socket.pause();
-      else s.socket.resume();
-    }
-    if (s.stallTimer === null && s.unsent > this.maxSendQueue) {
-      s.stallTimer = setTimeout(() => {
-        s.stallTimer = null;
-        if (!s.closed && s.unsent > this.maxSendQueue) {
-          this.drop(s, `peer stopped reading: ${s.unsent} bytes unsent for ${this.stalledMs} ms`);
-        }
-      }, this.stalledMs);
-    }
-  }
-
   /** Malformed or hostile input: log, close this connection only. */
-  drop(s: Session, reason: string): void {
+  private drop(s: Session, reason: string): void {
     this.end(s, `protocol error: ${reason}; closing the connection`, "error");
   }
 
@@ -1185,7 +662,7 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     // A transfer admitted whose data never all arrived holds a URB slot and guest memory, but no URB.
     const cut = s.current;
     s.current = null;
-    if (cut !== null && cut.urb === null && cut.verdict === null) this.abandon(s, cut);
+    if (cut !== null && cut.urb === null && cut.verdict === null) this.packets.abandon(s, cut);
     const inFlight = s.urbs;
     this.log[level](
       `${s.peer}: ${reason}${s.announced ? `; ${this.name} released, ${inFlight} URBs in flight cancelled` : ""}`,
@@ -1207,13 +684,6 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
     if (this.options.connect !== undefined) this.redial();
   }
 
-  /** Give back what admitTransfer took for a packet that never started. */
-  private abandon(s: Session, r: RedirUrb): void {
-    s.urbs--;
-    if (s.inflight.get(r.key) === r) s.inflight.delete(r.key);
-    this.release(s, r);
-  }
-
   /** Stop listening or dialling, cancel the peer's URBs, release the device, stop the engine. */
   close(): Promise<void> {
     this.closing ??= (async () => {
@@ -1231,32 +701,5 @@ export class UsbredirServer extends EventEmitter implements SessionOwner, Stream
   /** The engine's device commands (e.g. the keyboard's pressKeys), for tests and embedders. */
   deviceCommand(method: string, ...args: unknown[]): Promise<unknown> {
     return this.connection.deviceCommand(PORT, method, ...args);
-  }
-}
-
-/** Each connection's staging buffer; OUT data of at least DIRECT_READ_MIN bytes is read into guest memory instead. */
-const READ_BUFFER_BYTES = 128 * 1024;
-const DIRECT_READ_MIN = 16 * 1024;
-
-/** Where a connection's next read lands: the rest of the OUT data that is due, in guest memory, or staging. */
-class ReadTarget {
-  session: Session | null = null;
-  private readonly staging = Buffer.allocUnsafe(READ_BUFFER_BYTES);
-  readonly options: OnReadOpts;
-
-  constructor(server: UsbredirServer) {
-    this.options = {
-      buffer: () => {
-        const direct = this.session?.reader.directTarget ?? null;
-        return direct !== null && direct.length >= DIRECT_READ_MIN ? direct : this.staging;
-      },
-      callback: (n, buf) => {
-        const s = this.session;
-        if (s === null || s.closed) return false;
-        if (buf === this.staging) server.received(s, this.staging.subarray(0, n), true);
-        else server.receivedDirect(s, n);
-        return true;
-      },
-    };
   }
 }

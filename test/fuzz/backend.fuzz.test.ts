@@ -65,7 +65,7 @@ import {
 } from "../../src/urb/types.js";
 import { isPortReset, isSetAddress } from "../../src/usb/index.js";
 import { type Bystander, startBystander } from "./bystander.js";
-import { fuzzFor } from "./time-box.js";
+import { fuzzBeside } from "./time-box.js";
 
 const MEMORY_FRAMES = 512;
 const GRANT_ENTRIES = 256;
@@ -637,16 +637,13 @@ describe.each(["worker", "backend"] as const)(
 
     it("answers every request exactly once, writes only granted-writable memory, and contains index faults", async () => {
       // Baseline of the bystander, then the fuzz.
-      const base0 = bystander.rounds();
-      await new Promise((r) => setTimeout(r, 500));
-      const baselineRate = (bystander.rounds() - base0) / 0.5;
-      const start0 = bystander.rounds();
-      const t0 = Date.now();
-      await fuzzFor("backend", runArb, oneRun);
-      const seconds = (Date.now() - t0) / 1000;
-      const fuzzRate = (bystander.rounds() - start0) / seconds;
-      console.log(
-        `[fuzz backend] ${JSON.stringify(stats)}; bystander ${baselineRate.toFixed(0)} rounds/s before, ${fuzzRate.toFixed(0)} during`,
+      const { baselineRate, rate: fuzzRate } = await fuzzBeside(
+        { name: "bystander", rounds: () => bystander.rounds() },
+        500,
+        "backend",
+        runArb,
+        oneRun,
+        stats,
       );
       expect(stats.runs).toBeGreaterThan(20);
       expect(stats.forwarded).toBeGreaterThan(0); // fuzzed URBs did reach the device

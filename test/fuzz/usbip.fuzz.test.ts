@@ -33,17 +33,15 @@ import {
 } from "../../src/usbip/protocol.js";
 import { pattern } from "../support/data.js";
 import { eventually } from "../support/eventually.js";
+import { HonestLoop } from "../support/honest-loop.js";
 import { bulkIn, bulkOut, enumerate, startServer, type TestServer } from "../usbip/helpers.js";
-import { fuzzFor } from "./time-box.js";
+import { fuzzBeside } from "./time-box.js";
 
 const DEVID = 0x10001;
 
 let t: TestServer;
 let honest: UsbipClient;
-let honestRounds = 0;
-let honestRunning = true;
-let honestError: unknown = null;
-let honestLoop: Promise<void>;
+let honestLoop: HonestLoop;
 
 beforeAll(async () => {
   t = await startServer({
@@ -54,24 +52,17 @@ beforeAll(async () => {
   });
   honest = await t.imported("1-2");
   await enumerate(honest);
-  honestLoop = (async () => {
-    let i = 0;
-    while (honestRunning) {
-      const data = pattern(4096, ++i);
-      expect((await bulkOut(honest, 1, data)).status).toBe(0);
-      const back = await bulkIn(honest, 1, 4096);
-      if (back.status !== 0 || Buffer.compare(back.data, data) !== 0)
-        throw new Error(`honest round ${i} failed`);
-      honestRounds++;
-    }
-  })().catch((err: unknown) => {
-    honestError = err;
+  honestLoop = new HonestLoop(async (i) => {
+    const data = pattern(4096, i);
+    expect((await bulkOut(honest, 1, data)).status).toBe(0);
+    const back = await bulkIn(honest, 1, 4096);
+    if (back.status !== 0 || Buffer.compare(back.data, data) !== 0)
+      throw new Error(`honest round ${i} failed`);
   });
 }, 30_000);
 
 afterAll(async () => {
-  honestRunning = false;
-  await honestLoop;
+  await honestLoop?.stop();
   await t?.close();
 });
 
@@ -407,17 +398,15 @@ async function oneRun(run: Run): Promise<void> {
 
 describe("fuzz: arbitrary byte streams against the USB/IP server", () => {
   it("closes bad connections alone, answers framed URBs at most (or exactly) once, and keeps serving others", async () => {
-    const base0 = honestRounds;
-    await new Promise((r) => setTimeout(r, 500));
-    const baselineRate = (honestRounds - base0) / 0.5;
-    const start0 = honestRounds;
-    const t0 = Date.now();
-    await fuzzFor("usbip", runArb, oneRun);
-    const rate = (honestRounds - start0) / ((Date.now() - t0) / 1000);
-    console.log(
-      `[fuzz usbip] ${JSON.stringify(stats)}; honest client ${baselineRate.toFixed(0)} rounds/s before, ${rate.toFixed(0)} during`,
+    const { baselineRate, rate } = await fuzzBeside(
+      { name: "honest client", rounds: () => honestLoop.rounds },
+      500,
+      "usbip",
+      runArb,
+      oneRun,
+      stats,
     );
-    expect(honestError).toBeNull();
+    expect(honestLoop.error).toBeNull();
     expect(stats.runs).toBeGreaterThan(20);
     expect(stats.closedAsExpected).toBeGreaterThan(0);
     expect(stats.exact).toBeGreaterThan(0);

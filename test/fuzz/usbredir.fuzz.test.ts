@@ -31,46 +31,27 @@ import { RedirReader } from "../../src/usbredir/reader.js";
 import { HOST_CAPS } from "../../src/usbredir/server.js";
 import { pattern } from "../support/data.js";
 import { eventually } from "../support/eventually.js";
+import { HonestLoop } from "../support/honest-loop.js";
 import { encodeGuestOps, GUEST_HELLO, guestOpArb, NEGOTIATED } from "../usbredir/gen.js";
-import { LOOPBACK, startRedirServer, type TestRedirServer } from "../usbredir/helpers.js";
+import { echoRound, LOOPBACK, startRedirServer, type TestRedirServer } from "../usbredir/helpers.js";
 import { RawPeer, type SeenPacket } from "../usbredir/raw-peer.js";
-import { fuzzFor } from "./time-box.js";
+import { fuzzBeside } from "./time-box.js";
 
 let t: TestRedirServer;
 let bystander: TestRedirServer;
 let honest: UsbredirClient;
-let honestRounds = 0;
-let honestRunning = true;
-let honestError: unknown = null;
-let honestLoop: Promise<void>;
+let honestLoop: HonestLoop;
 
 beforeAll(async () => {
   // A packet that waits for its share of the engine is answered inval after 200 ms (default 2 s).
   t = await startRedirServer(LOOPBACK, { blockedRequestMs: 200 });
   bystander = await startRedirServer(LOOPBACK);
   honest = await bystander.connect();
-  honestLoop = (async () => {
-    let i = 0;
-    while (honestRunning) {
-      const data = pattern(4096, ++i);
-      const w = await honest.bulk(0x01, data).reply;
-      const r = await honest.bulk(0x81, data.length).reply;
-      if (
-        w.status !== RedirStatus.SUCCESS ||
-        r.status !== RedirStatus.SUCCESS ||
-        Buffer.compare(r.data, data) !== 0
-      )
-        throw new Error(`honest round ${i} failed`);
-      honestRounds++;
-    }
-  })().catch((err: unknown) => {
-    honestError = err;
-  });
+  honestLoop = new HonestLoop(echoRound(honest));
 }, 30_000);
 
 afterAll(async () => {
-  honestRunning = false;
-  await honestLoop;
+  await honestLoop?.stop();
   await bystander?.close();
   await t?.close();
 });
@@ -284,17 +265,15 @@ async function oneRun(run: Run): Promise<void> {
 
 describe("fuzz: arbitrary byte streams against the usbredir server", () => {
   it("closes bad connections alone, answers framed packets at most (or exactly) once in frames QEMU accepts, and releases the device", async () => {
-    const base0 = honestRounds;
-    await new Promise((r) => setTimeout(r, 300));
-    const baselineRate = (honestRounds - base0) / 0.3;
-    const start0 = honestRounds;
-    const t0 = Date.now();
-    await fuzzFor("usbredir", runArb, oneRun);
-    const rate = (honestRounds - start0) / ((Date.now() - t0) / 1000);
-    console.log(
-      `[fuzz usbredir] ${JSON.stringify(stats)}; honest client ${baselineRate.toFixed(0)} rounds/s before, ${rate.toFixed(0)} during`,
+    const { baselineRate, rate } = await fuzzBeside(
+      { name: "honest client", rounds: () => honestLoop.rounds },
+      300,
+      "usbredir",
+      runArb,
+      oneRun,
+      stats,
     );
-    expect(honestError).toBeNull();
+    expect(honestLoop.error).toBeNull();
     expect(stats.runs).toBeGreaterThan(20);
     expect(stats.closedAsExpected).toBeGreaterThan(0);
     expect(stats.exact).toBeGreaterThan(0);

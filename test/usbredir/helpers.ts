@@ -2,7 +2,9 @@
 import type { DeviceSpec } from "../../src/devices/spec.js";
 import { CollectingLogger } from "../../src/usbip/log.js";
 import { UsbredirClient } from "../../src/usbredir/client.js";
+import { RedirStatus } from "../../src/usbredir/protocol.js";
 import { UsbredirServer, type UsbredirServerOptions } from "../../src/usbredir/server.js";
+import { pattern } from "../support/data.js";
 
 export const LOOPBACK: DeviceSpec = { kind: "emulated", name: "loopback" };
 export const KEYBOARD: DeviceSpec = { kind: "emulated", name: "keyboard" };
@@ -41,5 +43,20 @@ export async function startRedirServer(
       for (const c of clients) c.close();
       await server.close();
     },
+  };
+}
+
+/** One round of a loopback echo through `client` (bulk OUT on 0x01, back IN on 0x81), checked; for HonestLoop. */
+export function echoRound(client: UsbredirClient): (i: number) => Promise<void> {
+  return async (i) => {
+    const data = pattern(4096, i);
+    const w = await client.bulk(0x01, data).reply;
+    const r = await client.bulk(0x81, data.length).reply;
+    if (
+      w.status !== RedirStatus.SUCCESS ||
+      r.status !== RedirStatus.SUCCESS ||
+      Buffer.compare(r.data, data) !== 0
+    )
+      throw new Error(`echo round ${i}: the data came back different (statuses ${w.status}, ${r.status})`);
   };
 }

@@ -25,50 +25,35 @@ import {
 import type { UsbredirServerOptions } from "../../src/usbredir/server.js";
 import { pattern } from "../support/data.js";
 import { eventually } from "../support/eventually.js";
-import { LOOPBACK, startRedirServer, type TestRedirServer } from "./helpers.js";
+import { HonestLoop } from "../support/honest-loop.js";
+import { echoRound, LOOPBACK, startRedirServer, type TestRedirServer } from "./helpers.js";
 import { RawPeer } from "./raw-peer.js";
 
 // ------------------------------------------------------------------ the bystander
 
 let bystander: TestRedirServer;
 let honest: UsbredirClient;
-let rounds = 0;
-let honestRunning = true;
-let honestError: unknown = null;
-let honestLoop: Promise<void>;
+let honestLoop: HonestLoop;
 
 beforeAll(async () => {
   bystander = await startRedirServer(LOOPBACK);
   honest = await bystander.connect();
-  honestLoop = (async () => {
-    let i = 0;
-    while (honestRunning) {
-      const data = pattern(4096, ++i);
-      const w = await honest.bulk(0x01, data).reply;
-      const r = await honest.bulk(0x81, data.length).reply;
-      if (
-        w.status !== RedirStatus.SUCCESS ||
-        r.status !== RedirStatus.SUCCESS ||
-        Buffer.compare(r.data, data) !== 0
-      )
-        throw new Error(`bystander round ${i}: the echo came back different`);
-      rounds++;
-    }
-  })().catch((err: unknown) => {
-    honestError = err;
-  });
+  honestLoop = new HonestLoop(echoRound(honest));
 });
 
 afterAll(async () => {
-  honestRunning = false;
-  await honestLoop;
+  await honestLoop?.stop();
   await bystander?.close();
 });
 
 /** The bystander has kept (or keeps) moving verified data since `since` rounds. */
 async function bystanderMoved(since: number): Promise<void> {
-  await eventually(() => rounds > since + 2 || honestError !== null, 5000, "bystander rounds");
-  expect(honestError).toBeNull();
+  await eventually(
+    () => honestLoop.rounds > since + 2 || honestLoop.error !== null,
+    5000,
+    "bystander rounds",
+  );
+  expect(honestLoop.error).toBeNull();
 }
 
 // ------------------------------------------------------------------ the server under attack
@@ -137,7 +122,7 @@ function header(type: number, length: number, idLow = 1, idHigh = 0): Uint8Array
 describe("usbredir hostile peers: framing", () => {
   it("garbage instead of a hello", async () => {
     const s = await target();
-    const r0 = rounds;
+    const r0 = honestLoop.rounds;
     const p = await RawPeer.open(s.port);
     p.write(Buffer.from("GET / HTTP/1.1\r\nHost: usbvirt\r\n\r\n"));
     await expectDropped(s, p, "not hello");
@@ -195,7 +180,7 @@ describe("usbredir hostile peers: framing", () => {
 
   it("lengths over the limits: packet data, hello capabilities, a bulk length", async () => {
     const s = await target();
-    const r0 = rounds;
+    const r0 = honestLoop.rounds;
     const big = await announced(s);
     big.write(header(RedirType.BULK_PACKET, 10 + MAX_REDIR_DATA + 1));
     await expectDropped(
@@ -281,7 +266,7 @@ describe("usbredir hostile peers: transfers and budgets", () => {
 
   it("a disconnect in the middle of a bulk OUT's data", async () => {
     const s = await target();
-    const r0 = rounds;
+    const r0 = honestLoop.rounds;
     const c = await s.connect();
     const n = c.negotiated!;
     const pkt = encodeBulkPacket(n, { low: 3, high: 1 }, 0x01, 0, 65536, 65536);
@@ -299,7 +284,7 @@ describe("usbredir hostile peers: transfers and budgets", () => {
 
   it("a peer that never sends its hello is dropped after helloTimeoutMs", async () => {
     const s = await target({ helloTimeoutMs: 200 });
-    const r0 = rounds;
+    const r0 = honestLoop.rounds;
     const p = await RawPeer.open(s.port);
     await expectDropped(s, p, "no hello within 200 ms");
     await bystanderMoved(r0);
@@ -308,7 +293,7 @@ describe("usbredir hostile peers: transfers and budgets", () => {
 
   it("a peer that stops reading while bulk IN replies pile up is paused, then dropped", async () => {
     const s = await target({ maxSendQueueBytes: 64 * 1024, stalledPeerMs: 300 });
-    const r0 = rounds;
+    const r0 = honestLoop.rounds;
     const c = await s.connect();
     c.socket.pause(); // never read again
     const chunk = pattern(256 * 1024, 5);
@@ -347,7 +332,7 @@ describe("usbredir hostile peers: transfers and budgets", () => {
 
   it("a peer that stops reading while interrupt and iso IN data piles up is dropped", async () => {
     const s = await target({ maxSendQueueBytes: 16 * 1024, stalledPeerMs: 300 });
-    const r0 = rounds;
+    const r0 = honestLoop.rounds;
     const c = await s.connect();
     const alt = await c.request(RedirType.SET_ALT_SETTING, [0, 1], RedirType.ALT_SETTING_STATUS);
     expect(alt.status).toBe(RedirStatus.SUCCESS);
@@ -391,7 +376,7 @@ describe("usbredir hostile peers: transfers and budgets", () => {
     // 8 MiB of guest memory: the loopback's 4 MiB FIFO takes 4 OUTs of 1 MiB, 7 more wait in guest
     // memory for room, the 12th finds none and is answered inval once nothing has moved for 400 ms.
     const s = await target({ guestMemoryMiB: 8, blockedRequestMs: 400 });
-    const r0 = rounds;
+    const r0 = honestLoop.rounds;
     const c = await s.connect();
     const MiB = 1024 * 1024;
     const outs = Array.from({ length: 12 }, (_, i) => {

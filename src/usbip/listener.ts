@@ -1,0 +1,50 @@
+/**
+ * What both network servers (USB/IP's `serve`, usbredir's `redirect`) do with their listening socket:
+ * create it paused (each accepted connection is handed to a socket that reads where its server says,
+ * util/read-into.ts), listen on a port or on an inherited descriptor (systemd socket activation), log
+ * the listener's later errors, and refuse a peer outside the allowlist before anything is read from it.
+ * Here beside the servers' logger, below both servers.
+ */
+import { type BlockList, createServer, type Server, type Socket } from "node:net";
+import { allowedBy } from "../util/ip-prefix.js";
+import type { UsbipLogger } from "./log.js";
+
+/** Where to listen: an already-listening descriptor, or a port on an address. */
+export type ListenAt = { readonly fd: number } | { readonly port: number; readonly host: string };
+
+/** A TCP server whose accepted sockets start paused, with no Nagle delay and keep-alive on. */
+export function createPausedServer(): Server {
+  return createServer({
+    noDelay: true,
+    keepAlive: true,
+    keepAliveInitialDelay: 30_000,
+    pauseOnConnect: true,
+  });
+}
+
+/** Listen at `at`; rejects when that fails, and logs the listener's errors after that. */
+export async function listenAt(server: Server, at: ListenAt, log: UsbipLogger): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    const listening = () => {
+      server.off("error", reject);
+      resolve();
+    };
+    if ("fd" in at) server.listen({ fd: at.fd }, listening);
+    else server.listen(at.port, at.host, listening);
+  });
+  server.on("error", (err) => log.error(`listener: ${String(err)}`));
+}
+
+/** A peer's "address:port", as the log lines name it. */
+export function peerName(socket: Socket): string {
+  return `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
+}
+
+/** Whether `socket`'s peer may connect (no allowlist: any); a refused peer is logged and its socket destroyed. */
+export function admitPeer(socket: Socket, peer: string, allow: BlockList | null, log: UsbipLogger): boolean {
+  if (allow === null || allowedBy(allow, socket.remoteAddress)) return true;
+  log.warn(`${peer}: refused, not in the allowlist`, { client: peer });
+  socket.destroy();
+  return false;
+}
