@@ -5,27 +5,26 @@
  * null control URBs (RESET_STATS) at a given depth, 64 KiB bulk loopback (8 OUT + 8 IN), or 64 KiB
  * writes to a plain TCP echo server (8 outstanding). Lean on purpose, so it never is the bottleneck:
  * PDUs are encoded once per slot and only their seqnum is patched; replies are parsed in place (see
- * the RET_SUBMIT layout in src/usbip/protocol.ts) and IN data is skipped, not copied. Anything
+ * the RET_SUBMIT layout in src/usbip/urb-pdus.ts) and IN data is skipped, not copied. Anything
  * unexpected throws, and the process exits non-zero with the message. It exits when the parent goes.
  * The stream machinery it shares with bench/usbredir-client.ts is in stream-client.ts.
  */
 import net from "node:net";
 import { encodeSetup } from "../src/usb/index.js";
+import { devidOf, readDeviceRecord } from "../src/usbip/device-record.js";
+import { encodeImportRequest } from "../src/usbip/management-pdus.js";
 import {
   BUSID_SIZE,
   DEVICE_RECORD_SIZE,
-  devidOf,
-  encodeCmdSubmit,
-  encodeImportRequest,
   NON_ISO_PACKETS,
   OP_HEADER_SIZE,
   OpCode,
   OpStatus,
   opStatusName,
-  readDeviceRecord,
   URB_HEADER_SIZE,
   UsbipCommand,
 } from "../src/usbip/protocol.js";
+import { encodeCmdSubmit } from "../src/usbip/urb-pdus.js";
 import type { StreamReply, StreamRequest } from "./stream-bench.js";
 import { SlotStream, type StreamSlot, StreamState, serveParent } from "./stream-client.js";
 
@@ -46,7 +45,7 @@ const KIB64 = 64 * 1024;
 const BULK_PAIRS = 8;
 const ECHO_OUTSTANDING = 8;
 const EP_BULK = 1;
-/** RET_SUBMIT header fields the parser reads (octets from src/usbip/protocol.ts). */
+/** RET_SUBMIT header fields the parser reads (octets from src/usbip/urb-pdus.ts). */
 const RET_SEQNUM = 4;
 const RET_STATUS = 20;
 const RET_ACTUAL_LENGTH = 24;

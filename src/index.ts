@@ -124,7 +124,8 @@ export {
   UsbipImportError,
   UsbipTimeoutError,
 } from "./usbip/client.js";
-export { type DeviceRecord as UsbipDeviceRecord, USBIP_PORT } from "./usbip/protocol.js";
+export type { DeviceRecord as UsbipDeviceRecord } from "./usbip/device-record.js";
+export { USBIP_PORT } from "./usbip/protocol.js";
 export { AttachError, attachRemote } from "./usbip-attach/attach.js";
 export {
   type ExportedDeviceInfo,

@@ -17,7 +17,8 @@ import type { GuestUsbDriver } from "../guest/guest-driver.js";
 import type { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { ENDPOINT_TYPE_MASK, EndpointType } from "../usb/index.js";
-import { type DeviceRecord, devidOf, usbipSpeedOf } from "../usbip/protocol.js";
+import { type DeviceRecord, devidOf } from "../usbip/device-record.js";
+import { usbipSpeedOf } from "../usbip/status-and-speed.js";
 import { UsbipServerError } from "./options.js";
 
 /** One exported device as `usbvirt serve` prints it. */

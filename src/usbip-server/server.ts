@@ -57,14 +57,8 @@ import type { DevAddr, PortNum } from "../urb/types.js";
 import { setAddressSetup } from "../usb/index.js";
 import { admitPeer, createPausedServer, listenAt, peerName } from "../usbip/listener.js";
 import { stderrLogger, type UsbipLogger } from "../usbip/log.js";
-import {
-  encodeDevlistReply,
-  encodeImportReply,
-  OpStatus,
-  opStatusName,
-  readOpRequest,
-  USBIP_PORT,
-} from "../usbip/protocol.js";
+import { encodeDevlistReply, encodeImportReply, readOpRequest } from "../usbip/management-pdus.js";
+import { OpStatus, opStatusName, USBIP_PORT } from "../usbip/protocol.js";
 import { buildAllowList } from "../util/ip-prefix.js";
 import { adoptWithReadBuffer } from "../util/read-into.js";
 import { describeDevice, type ExportedDeviceInfo } from "./exported-device.js";

@@ -10,7 +10,7 @@
  *
  * Work is linear in the bytes received: each byte is looked at once (copied
  * at most once), consumed chunks are dropped by index. Framing checks are the
- * frame readers' (protocol.ts, the same limits): a header that cannot be
+ * frame readers' (usbip/urb-pdus.ts, the same limits): a header that cannot be
  * framed ends the connection; everything else is the sink's to answer per URB.
  *
  *   HEADER --admit--> DATA (OUT bytes → target, or skipped) --> ISO (n × 16 bytes) --> sink.submit()

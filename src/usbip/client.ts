@@ -2,7 +2,7 @@
  * The client side of USB/IP (what Linux's `usbip` tool and vhci-hcd do over
  * the socket): list a server's devices, import one, then submit URBs and
  * unlink them. Used by the usbip-remote device backend (`usbvirt attach`) and
- * by the tests. Replies are framed with the frame readers of protocol.ts, so
+ * by the tests. Replies are framed with the frame readers of management-pdus.ts and urb-pdus.ts, so
  * a server that breaks framing (a RET_SUBMIT for a seqnum not in flight, IN
  * data longer than asked) ends the connection, as vhci does.
  *
@@ -26,25 +26,19 @@
 import { EventEmitter } from "node:events";
 import { type Socket, connect as tcpConnect } from "node:net";
 import { encodeSetup, getDeviceStatusSetup } from "../usb/index.js";
+import { ByteQueue } from "../util/byte-queue.js";
 import { InvalidOptionError, registerErrorClass, UsbvirtError } from "../util/errors.js";
+import { type DeviceRecord, devidOf } from "./device-record.js";
+import { encodeDevlistRequest, encodeImportRequest, readOpReply } from "./management-pdus.js";
+import { NON_ISO_PACKETS, OpStatus, opStatusName, USBIP_PORT } from "./protocol.js";
 import {
-  ByteQueue,
-  type DeviceRecord,
-  devidOf,
   encodeCmdSubmit,
   encodeCmdUnlink,
-  encodeDevlistRequest,
-  encodeImportRequest,
   type IsoDescriptor,
-  NON_ISO_PACKETS,
-  OpStatus,
-  opStatusName,
   type RetSubmit,
-  readOpReply,
   readServerPdu,
   type SentSubmit,
-  USBIP_PORT,
-} from "./protocol.js";
+} from "./urb-pdus.js";
 
 /** A USB/IP client failure. */
 export type UsbipClientCode =

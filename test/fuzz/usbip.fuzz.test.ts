@@ -19,18 +19,17 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ECONNRESET } from "../../src/urb/status.js";
 import { encodeSetup } from "../../src/usb/index.js";
 import type { UsbipClient } from "../../src/usbip/client.js";
+import { encodeImportRequest, readOpReply } from "../../src/usbip/management-pdus.js";
 import {
-  ByteQueue,
   type ClientPdu,
   encodeCmdSubmit,
   encodeCmdUnlink,
-  encodeImportRequest,
   readClientPdu,
-  readOpReply,
   readServerPdu,
   type SentSubmit,
   type ServerPdu,
-} from "../../src/usbip/protocol.js";
+} from "../../src/usbip/urb-pdus.js";
+import { ByteQueue } from "../../src/util/byte-queue.js";
 import { pattern } from "../support/data.js";
 import { eventually } from "../support/eventually.js";
 import { HonestLoop } from "../support/honest-loop.js";

@@ -15,7 +15,8 @@ import { monitorEventLoopDelay } from "node:perf_hooks";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { FRAME_SIZE } from "../../src/dma-map/types.js";
 import type { SubmitRequest, SubmitResult, UsbipClient } from "../../src/usbip/client.js";
-import { encodeCmdSubmit, NON_ISO_PACKETS, TransferFlag, URB_HEADER_SIZE } from "../../src/usbip/protocol.js";
+import { NON_ISO_PACKETS, TransferFlag, URB_HEADER_SIZE } from "../../src/usbip/protocol.js";
+import { encodeCmdSubmit } from "../../src/usbip/urb-pdus.js";
 import { pattern } from "../support/data.js";
 import { eventually } from "../support/eventually.js";
 import {

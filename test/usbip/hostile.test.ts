@@ -4,12 +4,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { UsbipClient } from "../../src/usbip/client.js";
-import {
-  encodeCmdSubmit,
-  encodeDevlistRequest,
-  encodeImportRequest,
-  MAX_TRANSFER_LENGTH,
-} from "../../src/usbip/protocol.js";
+import { encodeDevlistRequest, encodeImportRequest } from "../../src/usbip/management-pdus.js";
+import { MAX_TRANSFER_LENGTH } from "../../src/usbip/protocol.js";
+import { encodeCmdSubmit } from "../../src/usbip/urb-pdus.js";
 import { pattern } from "../support/data.js";
 import { eventually } from "../support/eventually.js";
 import { bulkIn, bulkOut, checkedControl, enumerate, startServer, type TestServer } from "./helpers.js";

@@ -2,28 +2,32 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { ECONNRESET, EPIPE, ESHUTDOWN } from "../../src/urb/status.js";
+import type { DeviceRecord } from "../../src/usbip/device-record.js";
 import {
-  ByteQueue,
-  type CmdSubmit,
-  DEVICE_RECORD_SIZE,
-  type DeviceRecord,
-  encodeCmdSubmit,
-  encodeCmdUnlink,
   encodeDevlistReply,
   encodeDevlistRequest,
   encodeImportReply,
   encodeImportRequest,
-  encodeRetSubmit,
-  encodeRetUnlink,
-  MAX_TRANSFER_LENGTH,
-  OpStatus,
-  readClientPdu,
   readOpReply,
   readOpRequest,
-  readServerPdu,
-  statusFromUsbip,
+} from "../../src/usbip/management-pdus.js";
+import {
+  DEVICE_RECORD_SIZE,
+  MAX_TRANSFER_LENGTH,
+  OpStatus,
   URB_HEADER_SIZE,
 } from "../../src/usbip/protocol.js";
+import { statusFromUsbip } from "../../src/usbip/status-and-speed.js";
+import {
+  type CmdSubmit,
+  encodeCmdSubmit,
+  encodeCmdUnlink,
+  encodeRetSubmit,
+  encodeRetUnlink,
+  readClientPdu,
+  readServerPdu,
+} from "../../src/usbip/urb-pdus.js";
+import { ByteQueue } from "../../src/util/byte-queue.js";
 
 const record: DeviceRecord = {
   path: "/sys/devices/usbvirt/usb1/1-1",

@@ -6,15 +6,10 @@
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ECONNRESET, EPIPE } from "../../src/urb/status.js";
-import {
-  ByteQueue,
-  ISO_DESCRIPTOR_SIZE,
-  readServerPdu,
-  type ServerPdu,
-  URB_HEADER_SIZE,
-  UsbipCommand,
-} from "../../src/usbip/protocol.js";
+import { ISO_DESCRIPTOR_SIZE, URB_HEADER_SIZE, UsbipCommand } from "../../src/usbip/protocol.js";
+import { readServerPdu, type ServerPdu } from "../../src/usbip/urb-pdus.js";
 import { type ReplyHolder, ReplyWriter, ZERO_COPY_MIN } from "../../src/usbip-server/reply-writer.js";
+import { ByteQueue } from "../../src/util/byte-queue.js";
 import { pattern } from "../support/data.js";
 
 // ---------------------------------------------------------------- a socket pair and a recording peer

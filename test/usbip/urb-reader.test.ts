@@ -7,13 +7,9 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { MAX_BUFFER_LENGTH, MAX_ISO_PACKETS } from "../../src/urb/limits.js";
 import { decodeSetup } from "../../src/usb/index.js";
-import {
-  encodeCmdSubmit,
-  encodeCmdUnlink,
-  encodeDevlistRequest,
-  type IsoDescriptor,
-  URB_HEADER_SIZE,
-} from "../../src/usbip/protocol.js";
+import { encodeDevlistRequest } from "../../src/usbip/management-pdus.js";
+import { URB_HEADER_SIZE } from "../../src/usbip/protocol.js";
+import { encodeCmdSubmit, encodeCmdUnlink, type IsoDescriptor } from "../../src/usbip/urb-pdus.js";
 import { type SubmitHeader, UrbReader, type UrbReaderSink } from "../../src/usbip-server/urb-reader.js";
 import { pattern } from "../support/data.js";
 

@@ -57,7 +57,8 @@ export function createEmulatedDevice<N extends EmulatedDeviceName>(
 }
 
 export { buildDescriptors, type DescriptorSpec, walkDescriptors } from "./descriptors.js";
-export { EmulatedDevice, PendingTransfer } from "./emulated-device.js";
+export { EmulatedDevice } from "./emulated-device.js";
 export { KeyboardDevice, type KeyboardOptions, type LedState, Modifier } from "./keyboard.js";
 export { LoopbackDevice, type LoopbackOptions, type LoopbackStats } from "./loopback.js";
 export * from "./mass-storage/index.js";
+export { PendingTransfer } from "./pending-transfer.js";

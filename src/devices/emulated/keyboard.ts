@@ -30,13 +30,16 @@ import {
 } from "../../usb/index.js";
 import { InvalidOptionError } from "../../util/errors.js";
 import { type DescriptorSpec, type EndpointLayout, hidDescriptor } from "./descriptors.js";
-import { type ControlReply, EmulatedDevice, type PendingTransfer, TransferQueue } from "./emulated-device.js";
+import { EmulatedDevice } from "./emulated-device.js";
 import {
   EMULATED_BCD_DEVICE,
   EMULATED_MANUFACTURER,
   KEYBOARD_PRODUCT_ID,
   PID_CODES_VENDOR_ID,
 } from "./ids.js";
+import type { PendingTransfer } from "./pending-transfer.js";
+import type { ControlReply } from "./standard-requests.js";
+import { TransferQueue } from "./transfer-queue.js";
 
 const HID_CLASS = 0x03;
 const BOOT_SUBCLASS = 0x01;

@@ -47,13 +47,16 @@ import {
 import { InvalidOptionError } from "../../util/errors.js";
 import { type IsoPacketResult, NO_DATA } from "../device.js";
 import type { AlternateSettingSpec, DescriptorSpec, EndpointLayout, EndpointSpec } from "./descriptors.js";
-import { type ControlReply, EmulatedDevice, type PendingTransfer, TransferQueue } from "./emulated-device.js";
+import { EmulatedDevice } from "./emulated-device.js";
 import {
   EMULATED_BCD_DEVICE,
   EMULATED_MANUFACTURER,
   LOOPBACK_PRODUCT_ID,
   PID_CODES_VENDOR_ID,
 } from "./ids.js";
+import type { PendingTransfer } from "./pending-transfer.js";
+import type { ControlReply } from "./standard-requests.js";
+import { TransferQueue } from "./transfer-queue.js";
 
 export const LoopbackEndpoint = {
   BULK_OUT: 0x01,

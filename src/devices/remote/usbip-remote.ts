@@ -14,7 +14,7 @@
  * are, which the server's stub intercepts in turn.
  *
  * Statuses from the server go through the USB/IP boundary's translation
- * (src/usbip/protocol.ts statusFromUsbip). A lost connection completes every
+ * (src/usbip/status-and-speed.ts statusFromUsbip). A lost connection completes every
  * transfer in flight with -ESHUTDOWN, then `onGone` says why in plain words
  * (the port worker reports the port empty: the guest sees a disconnect; the
  * connection then reconnects and re-imports, src/engine/reconnect.ts). Nothing
@@ -45,7 +45,8 @@ import {
   UsbipClient,
   UsbipTimeoutError,
 } from "../../usbip/client.js";
-import { statusFromUsbip, TransferFlag, usbifSpeedOf } from "../../usbip/protocol.js";
+import { TransferFlag } from "../../usbip/protocol.js";
+import { statusFromUsbip, usbifSpeedOf } from "../../usbip/status-and-speed.js";
 import { registerErrorClass, UsbvirtError } from "../../util/errors.js";
 import type {
   DeviceInfo,

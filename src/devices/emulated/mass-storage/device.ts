@@ -35,18 +35,16 @@ import {
 } from "../../../usb/index.js";
 import { InvalidOptionError } from "../../../util/errors.js";
 import { type DescriptorSpec, type EndpointLayout, MAX_STRING_CODE_UNITS } from "../descriptors.js";
-import {
-  type ControlReply,
-  EmulatedDevice,
-  type PendingTransfer,
-  TransferQueue,
-} from "../emulated-device.js";
+import { EmulatedDevice } from "../emulated-device.js";
 import {
   EMULATED_BCD_DEVICE,
   EMULATED_MANUFACTURER,
   PID_CODES_VENDOR_ID,
   STORAGE_PRODUCT_ID,
 } from "../ids.js";
+import type { PendingTransfer } from "../pending-transfer.js";
+import type { ControlReply } from "../standard-requests.js";
+import { TransferQueue } from "../transfer-queue.js";
 import { BotRequest, type Cbw, CSW_SIZE, CswStatus, encodeCsw, parseCbw } from "./bot.js";
 import {
   type LogicalUnit,
