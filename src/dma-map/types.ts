@@ -1,11 +1,11 @@
 /**
  * Address spaces of guest memory and grants, one brand each (rust-vmm
  * vm-memory style): a frame number is not a byte offset is not a grant ref.
- * The conversions between them are named helpers in this file (frameToOffset,
- * offsetToFrame, framesToBytes) beside the checked constructors (guestFrame,
- * grantRef, domId). Not every module uses them yet: frontend/validate.ts,
- * frontend/controller.ts, guest/guest-driver.ts and the two servers still
- * divide or multiply by FRAME_SIZE themselves.
+ * Every conversion between frames and bytes is a named helper in this file
+ * (frameToOffset, offsetToFrame, offsetInFrame, framesToBytes, bytesToFrames,
+ * framesSpanned), beside the checked constructors (guestFrame, grantRef,
+ * domId); no module outside src/dma-map multiplies, divides or shifts by the
+ * frame size itself (test/dma-map/frame-arithmetic.test.ts keeps it so).
  */
 import type { Brand } from "../util/brand.js";
 
