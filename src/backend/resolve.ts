@@ -28,7 +28,7 @@
  * next `resolveRequest`.
  */
 import type { GrantMapper } from "../dma-map/grant-mapper.js";
-import type { DomId, GrantRef } from "../dma-map/types.js";
+import { type DomId, FRAME_SIZE, type GrantRef } from "../dma-map/types.js";
 import {
   MAX_PORT_SEGMENTS,
   PORT_FLAG_ISO_ASAP,
@@ -156,7 +156,7 @@ function rejection(id: UrbId | null, status: UrbStatus, reason: GateReason): Gat
 
 export class RequestGate {
   private readonly transfer = new ResolvedTransfer();
-  private readonly pageCopy = new Uint8Array(4096);
+  private readonly pageCopy = new Uint8Array(FRAME_SIZE); // the indirect page: one frame
   private readonly isoCopy = new Uint8Array(MAX_ISO_PACKETS * ISO_FRAME_DESCRIPTOR_SIZE);
   /** Why the last segmentsOf returned null. */
   private pageRejection: GateRejection | null = null;

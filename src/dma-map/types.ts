@@ -1,11 +1,11 @@
 /**
  * Address spaces of guest memory and grants, one brand each (rust-vmm
  * vm-memory style): a frame number is not a byte offset is not a grant ref.
- * The conversions between them are named helpers in this file (frameToOffset,
- * offsetToFrame, framesToBytes) beside the checked constructors (guestFrame,
- * grantRef, domId). Not every module uses them yet: frontend/validate.ts,
- * frontend/controller.ts, guest/guest-driver.ts and the two servers still
- * divide or multiply by FRAME_SIZE themselves.
+ * Every conversion between frames and bytes is a named helper in this file
+ * (frameToOffset, offsetToFrame, offsetInFrame, framesToBytes, bytesToFrames,
+ * framesSpanned), beside the checked constructors (guestFrame, grantRef,
+ * domId); no module outside src/dma-map multiplies, divides or shifts by the
+ * frame size itself (test/dma-map/frame-arithmetic.test.ts keeps it so).
  */
 import type { Brand } from "../util/brand.js";
 
@@ -34,9 +34,22 @@ export function isU32(value: unknown): value is number {
   return typeof value === "number" && value >>> 0 === value;
 }
 
+/**
+ * True when `value` can be a guest byte offset: an integer in [0, 2^53).
+ * Whether it lies inside guest memory is the memory's to say.
+ */
+export function isGuestOffset(value: unknown): value is GuestOffset {
+  return typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
+}
+
 /** Byte length of `frames` whole frames. */
 export function framesToBytes(frames: number): number {
   return frames * FRAME_SIZE;
+}
+
+/** Whole frames needed to hold `bytes` bytes (rounded up). */
+export function bytesToFrames(bytes: number): number {
+  return Math.ceil(bytes / FRAME_SIZE);
 }
 
 /** Byte offset in guest memory of the first byte of `frame`. */
@@ -47,6 +60,16 @@ export function frameToOffset(frame: GuestFrame): GuestOffset {
 /** The frame holding guest byte `offset`. */
 export function offsetToFrame(offset: GuestOffset): GuestFrame {
   return Math.floor(offset / FRAME_SIZE) as GuestFrame;
+}
+
+/** Where guest byte `offset` lies within its frame: 0 ≤ result < FRAME_SIZE. */
+export function offsetInFrame(offset: GuestOffset): number {
+  return offset % FRAME_SIZE;
+}
+
+/** Frames spanned by `length` ≥ 1 bytes starting at guest byte `offset`. */
+export function framesSpanned(offset: GuestOffset, length: number): number {
+  return Math.floor((offset + length - 1) / FRAME_SIZE) - Math.floor(offset / FRAME_SIZE) + 1;
 }
 
 /** Brand a frame number; throws RangeError unless it is a u32. */

@@ -10,7 +10,13 @@
  */
 import type { GrantTableOwner } from "../dma-map/grant-table.js";
 import type { GuestMemory } from "../dma-map/guest-memory.js";
-import { type DomId, FRAME_SIZE, type GuestFrame } from "../dma-map/types.js";
+import {
+  type DomId,
+  framesSpanned,
+  type GuestFrame,
+  offsetInFrame,
+  offsetToFrame,
+} from "../dma-map/types.js";
 import type { FrontRing } from "../rings/front-ring.js";
 import type { IdPool } from "../rings/id-pool.js";
 import { encodeIndirectSegments, encodeRequest } from "../urb/codec.js";
@@ -23,7 +29,7 @@ import { RequestScratch, type ScratchDataRequest } from "./request-scratch.js";
 import type { ScratchFrames } from "./scratch.js";
 import type { BufferSegment } from "./types.js";
 import { Phase, type UrbRecord } from "./urb-record.js";
-import { framesSpanned, grantsNeeded, isoDescriptorFrames } from "./validate.js";
+import { grantsNeeded, isoDescriptorFrames } from "./validate.js";
 
 /**
  * URB ring slots data URBs may not take: kept for unlinks. Without them a ring full of URBs the device
@@ -113,14 +119,14 @@ export class UrbSender {
       const { offset, length } = segments[i]!;
       const ref = this.grants.grant(
         this.backendDomid,
-        Math.floor(offset / FRAME_SIZE) as GuestFrame,
+        offsetToFrame(offset),
         framesSpanned(offset, length),
         readonly,
       );
       record.grants.push(ref);
       const w = wire[i]!;
       w.ref = ref;
-      w.offset = offset % FRAME_SIZE;
+      w.offset = offsetInFrame(offset);
       w.length = length;
     }
     let buffer: UrbBuffer;

@@ -7,7 +7,7 @@
  */
 import { MAX_GRANT_FRAMES } from "../dma-map/grant-table.js";
 import type { GuestMemory } from "../dma-map/guest-memory.js";
-import { FRAME_SIZE } from "../dma-map/types.js";
+import { bytesToFrames, framesSpanned, isGuestOffset, offsetToFrame } from "../dma-map/types.js";
 import { MAX_ISO_PACKET_LENGTH } from "../urb/iso.js";
 import { ISO_FRAME_DESCRIPTOR_SIZE } from "../urb/layout.js";
 import {
@@ -46,14 +46,9 @@ function isUint(value: unknown, max: number): value is number {
   return typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= max;
 }
 
-/** Frames spanned by `length` bytes at guest byte `offset`. */
-export function framesSpanned(offset: number, length: number): number {
-  return Math.floor((offset + length - 1) / FRAME_SIZE) - Math.floor(offset / FRAME_SIZE) + 1;
-}
-
 /** Frames an iso descriptor array of `packets` packets needs. */
 export function isoDescriptorFrames(packets: number): number {
-  return Math.ceil((packets * ISO_FRAME_DESCRIPTOR_SIZE) / FRAME_SIZE);
+  return bytesToFrames(packets * ISO_FRAME_DESCRIPTOR_SIZE);
 }
 
 /** Sum of the buffer's segment lengths (0 when there is none). Call after checkUrb. */
@@ -125,7 +120,7 @@ function checkBuffer(urb: Urb, limits: UrbLimits): UrbRefusal | null {
   let total = 0;
   for (let i = 0; i < segments.length; i++) {
     const { offset, length } = segments[i] ?? ({} as { offset?: unknown; length?: unknown });
-    if (!isUint(offset, Number.MAX_SAFE_INTEGER) || !isUint(length, MAX_BUFFER_LENGTH) || length < 1) {
+    if (!isGuestOffset(offset) || !isUint(length, MAX_BUFFER_LENGTH) || length < 1) {
       return invalid(
         `urb.buffer[${i}] must have an integer offset ≥ 0 and length in [1, ${MAX_BUFFER_LENGTH}]`,
       );
@@ -134,7 +129,7 @@ function checkBuffer(urb: Urb, limits: UrbLimits): UrbRefusal | null {
     if (total > MAX_BUFFER_LENGTH) {
       return { status: EMSGSIZE, detail: `urb.buffer is longer than ${MAX_BUFFER_LENGTH} bytes` };
     }
-    const firstFrame = Math.floor(offset / FRAME_SIZE);
+    const firstFrame = offsetToFrame(offset);
     const frames = framesSpanned(offset, length);
     if (frames > MAX_GRANT_FRAMES) {
       return {

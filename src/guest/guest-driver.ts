@@ -9,7 +9,7 @@
 
 import type { ControllerHandles } from "../connection/handles.js";
 import { GuestMemory } from "../dma-map/guest-memory.js";
-import { FRAME_SIZE, type GuestFrame } from "../dma-map/types.js";
+import { frameToOffset, guestFrame, offsetInFrame, offsetToFrame } from "../dma-map/types.js";
 import type { VirtualHostController } from "../frontend/index.js";
 import type { UrbCompletion } from "../frontend/types.js";
 import { OK, statusText, type UrbStatus } from "../urb/status.js";
@@ -110,13 +110,19 @@ export class GuestUsbDriver {
   ) {
     this.memory = new GuestMemory({ regions: handles.memory });
     // Everything below the frontend's scratch frames is the guest's to use.
-    this.buffers = new GuestBufferAllocator(FRAME_SIZE, handles.scratchFirstFrame * FRAME_SIZE);
+    this.buffers = new GuestBufferAllocator(
+      frameToOffset(guestFrame(1)),
+      frameToOffset(guestFrame(handles.scratchFirstFrame)),
+    );
   }
 
   /** The bytes of a guest range, to fill or read. */
   bytes(range: GuestRange): Uint8Array {
-    const frame = Math.floor(range.offset / FRAME_SIZE) as GuestFrame;
-    const view = this.memory.tryFrameView(frame, range.offset % FRAME_SIZE, range.length);
+    const view = this.memory.tryFrameView(
+      offsetToFrame(range.offset),
+      offsetInFrame(range.offset),
+      range.length,
+    );
     if (view === undefined) throw new Error(`guest range at ${range.offset} is outside guest memory`);
     return view;
   }

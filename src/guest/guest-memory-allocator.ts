@@ -3,8 +3,7 @@
  * a guest kernel's DMA allocator would, so examples, tests and benches can
  * put URB buffers somewhere real. First-fit over a free list, bounded.
  */
-import type { GuestOffset } from "../dma-map/types.js";
-import { FRAME_SIZE } from "../dma-map/types.js";
+import { FRAME_SIZE, type GuestOffset } from "../dma-map/types.js";
 import { InvalidOptionError } from "../util/errors.js";
 
 export interface GuestRange {
@@ -53,6 +52,14 @@ export class GuestBufferAllocator {
       return { offset: at as GuestOffset, length };
     }
     return null;
+  }
+
+  /**
+   * As tryAllocate(), aligned as the servers align a transfer buffer: to a frame when it is a frame or
+   * longer (it then spans the fewest frames), else to 64 bytes.
+   */
+  tryAllocateTransfer(length: number): GuestRange | null {
+    return this.tryAllocate(length, length >= FRAME_SIZE ? FRAME_SIZE : 64);
   }
 
   /** A page-aligned allocation (DMA buffers usually are). */

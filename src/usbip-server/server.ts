@@ -48,7 +48,7 @@
 import { EventEmitter } from "node:events";
 import type { BlockList, Server, Socket } from "node:net";
 import type { DeviceSpec } from "../devices/spec.js";
-import { FRAME_SIZE } from "../dma-map/types.js";
+import { bytesToFrames, framesToBytes, frameToOffset, guestFrame } from "../dma-map/types.js";
 import { Connection } from "../engine/connection.js";
 import type { VirtualHostController } from "../frontend/index.js";
 import { GuestUsbDriver } from "../guest/guest-driver.js";
@@ -144,7 +144,7 @@ export class UsbipServer extends EventEmitter {
     const { devices, guestMemoryMiB: mib, urbShare } = checkOptions(options); // before any worker starts
     const specs = options.devices;
     const scratchFrames = Math.max(64, SCRATCH_FRAMES_PER_DEVICE * devices);
-    const frames = (mib * 1024 * 1024) / FRAME_SIZE;
+    const frames = bytesToFrames(mib * 1024 * 1024);
     const connection = await Connection.create({
       // The backend on the socket's thread: measured faster than a backend worker for a socket-driven
       // frontend on two cores (README, Benchmarks); host and imported devices keep their port workers.
@@ -165,14 +165,13 @@ export class UsbipServer extends EventEmitter {
       const slots: Slot[] = [];
       const regions: { memory: GuestBufferAllocator; bytes: number }[] = [];
       for (let i = 0; i < devices; i++) {
-        const start = (first + i * perDevice) * FRAME_SIZE;
-        const region = new GuestBufferAllocator(start, start + perDevice * FRAME_SIZE);
-        regions.push({ memory: region, bytes: perDevice * FRAME_SIZE });
+        const start = frameToOffset(guestFrame(first + i * perDevice));
+        const bytes = framesToBytes(perDevice);
+        const region = new GuestBufferAllocator(start, start + bytes);
+        regions.push({ memory: region, bytes });
         const spec = specs[i];
         if (spec === null || spec === undefined) continue;
-        slots.push(
-          await describeDevice(connection, guest, (i + 1) as PortNum, spec, region, perDevice * FRAME_SIZE),
-        );
+        slots.push(await describeDevice(connection, guest, (i + 1) as PortNum, spec, region, bytes));
       }
       // Paused: accept() hands each connection to a socket that reads where the server says (onread).
       const server = createPausedServer();

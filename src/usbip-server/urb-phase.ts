@@ -7,7 +7,6 @@
  * in steady state. The server (server.ts) owns the connections and what ends them.
  */
 
-import { FRAME_SIZE } from "../dma-map/types.js";
 import type { IsoPacketSpec, UrbCompletion, VirtualHostController } from "../frontend/index.js";
 import { isoDescriptorFrames } from "../frontend/validate.js";
 import { ECONNRESET, EINVAL, ENOMEM, EPIPE, OK, type UrbStatus } from "../urb/status.js";
@@ -132,7 +131,7 @@ export class UrbPhase implements SessionOwner {
     if (isoFrames > this.scratchShare) return this.answerLocally(s, r, ENOMEM);
     if (s.isoFrames + isoFrames > this.scratchShare) return this.block(s, r, Blocked.SHARE);
     if (length > 0) {
-      const range = slot.memory.tryAllocate(length, length >= FRAME_SIZE ? FRAME_SIZE : 64);
+      const range = slot.memory.tryAllocateTransfer(length);
       if (range === null) return this.block(s, r, Blocked.SHARE);
       r.offset = range.offset;
       r.length = length;

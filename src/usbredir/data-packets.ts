@@ -8,7 +8,7 @@
  * device-state requests, streams' start and stop, filters) goes to the server (server.ts).
  */
 import type { OnReadOpts } from "node:net";
-import { FRAME_SIZE, type GuestOffset } from "../dma-map/types.js";
+import type { GuestOffset } from "../dma-map/types.js";
 import type { UrbCompletion, VirtualHostController } from "../frontend/index.js";
 import type { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
 import {
@@ -213,7 +213,7 @@ export class DataPackets implements SessionOwner, StreamContext {
     if (s.urbs >= this.maxUrbs) return this.block(s);
     const length = p.length;
     if (length > 0) {
-      const range = this.memory.tryAllocate(length, length >= FRAME_SIZE ? FRAME_SIZE : 64);
+      const range = this.memory.tryAllocateTransfer(length);
       if (range === null) return this.block(s);
       r.offset = range.offset;
       r.length = length;

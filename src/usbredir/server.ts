@@ -36,7 +36,7 @@ import { EventEmitter } from "node:events";
 import { type BlockList, connect as netConnect, type Server, type Socket } from "node:net";
 import { PortStartError } from "../backend/port-link.js";
 import { describeSpec } from "../devices/spec.js";
-import { FRAME_SIZE } from "../dma-map/types.js";
+import { bytesToFrames, frameToOffset, guestFrame } from "../dma-map/types.js";
 import { Connection } from "../engine/connection.js";
 import type { VirtualHostController } from "../frontend/index.js";
 import { type DeviceDescription, readDeviceDescription } from "../guest/device-description.js";
@@ -146,8 +146,8 @@ export class UsbredirServer extends EventEmitter {
     this.hcd = connection.frontend!;
     const shared = connection.handles.memory[0]!;
     this.shared = shared;
-    const first = (1 + DRIVER_FRAMES) * FRAME_SIZE;
-    const end = connection.handles.scratchFirstFrame * FRAME_SIZE;
+    const first = frameToOffset(guestFrame(1 + DRIVER_FRAMES));
+    const end = frameToOffset(guestFrame(connection.handles.scratchFirstFrame));
     this.log = options.logger ?? stderrLogger;
     this.allow = buildAllowList(
       options.allow,
@@ -226,7 +226,7 @@ export class UsbredirServer extends EventEmitter {
       backendThread: "shared",
       ...options.connection,
       ports: 1,
-      memory: (mib * 1024 * 1024) / FRAME_SIZE,
+      memory: bytesToFrames(mib * 1024 * 1024),
       grantEntries: 4096,
       scratchFrames: SCRATCH_FRAMES,
     });
