@@ -530,6 +530,8 @@ export class UsbredirServer extends EventEmitter {
     await this.requests.resetAndAddress();
     if (first !== 0) await this.requests.standardRequest(setConfigurationSetup(first));
     this.model.configure(first);
+    // The VMM's filter may have arrived while the device was being reset and configured.
+    if (s.closed || s.refusedBy !== null) return;
     const n = s.negotiated!;
     s.send(encodeEpInfo(n, this.model.endpoints));
     s.send(encodeInterfaceInfo(n, this.model.interfaces));
