@@ -5,10 +5,11 @@
  * each other (directly or round a longer cycle). Every import counts: static `import` and `export … from`,
  * type-only ones, and `import("…")` with a literal. The README's Layout table describes the same order.
  */
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { join, posix, relative, sep } from "node:path";
 import ts from "typescript";
 import { describe, expect, it } from "vitest";
+import { SRC, tsFiles } from "./support/source-files.js";
 
 /** Folder (relative to src/, "" is src/ itself) -> rank, bottom first. */
 const LAYERS: Readonly<Record<string, number>> = {
@@ -100,18 +101,6 @@ function cyclesOf(graph: ReadonlyMap<string, readonly string[]>): string[][] {
   };
   for (const file of [...graph.keys()].sort()) if (!state.has(file)) visit(file);
   return cycles;
-}
-
-const SRC = join(import.meta.dirname, "../src");
-
-function tsFiles(dir: string): string[] {
-  const out: string[] = [];
-  for (const entry of readdirSync(dir)) {
-    const path = join(dir, entry);
-    if (statSync(path).isDirectory()) out.push(...tsFiles(path));
-    else if (entry.endsWith(".ts")) out.push(path);
-  }
-  return out;
 }
 
 function srcGraph(): Map<string, string[]> {

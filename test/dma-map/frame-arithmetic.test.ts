@@ -5,8 +5,8 @@
  * FRAME_SIZE, uses FRAME_SHIFT, or shifts by 12 fails here, naming the line. FRAME_SIZE as a bound, an
  * alignment or a buffer's size is not arithmetic and stays allowed.
  */
-import { readdirSync, readFileSync, statSync } from "node:fs";
-import { join, relative } from "node:path";
+import { readFileSync } from "node:fs";
+import { relative } from "node:path";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
@@ -21,18 +21,7 @@ import {
   offsetInFrame,
   offsetToFrame,
 } from "../../src/dma-map/types.js";
-
-const SRC = join(import.meta.dirname, "../../src");
-
-function tsFiles(dir: string): string[] {
-  const out: string[] = [];
-  for (const name of readdirSync(dir)) {
-    const path = join(dir, name);
-    if (statSync(path).isDirectory()) out.push(...tsFiles(path));
-    else if (name.endsWith(".ts")) out.push(path);
-  }
-  return out;
-}
+import { SRC, tsFiles } from "../support/source-files.js";
 
 /** `*`, `/` or `%` next to FRAME_SIZE; any FRAME_SHIFT; a shift by 12. */
 const HAND_ARITHMETIC = /[*/%]\s*FRAME_SIZE\b|\bFRAME_SIZE\s*[*/%]|\bFRAME_SHIFT\b|(?:<<|>>>?)\s*12\b/;

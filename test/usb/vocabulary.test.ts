@@ -3,22 +3,11 @@
  * chapter-9 number (standard request, request type byte, descriptor type) is defined. These tests read the
  * sources, so a new file that defines `bRequest: 9` or its own `USB_REQ_SET_CONFIGURATION` fails here.
  */
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import { describe, expect, it } from "vitest";
+import { SRC, tsFiles } from "../support/source-files.js";
 import { chapter9Definitions, usbImportsOutside } from "./vocabulary-scan.js";
-
-const SRC = join(import.meta.dirname, "../../src");
-
-function tsFiles(dir: string): string[] {
-  const out: string[] = [];
-  for (const name of readdirSync(dir)) {
-    const path = join(dir, name);
-    if (statSync(path).isDirectory()) out.push(...tsFiles(path));
-    else if (name.endsWith(".ts")) out.push(path);
-  }
-  return out;
-}
 
 describe("src/usb", () => {
   it("is a leaf: its files import only each other", () => {
