@@ -155,8 +155,8 @@ export class ProcAccount implements KernelAccount {
   }
 
   hostBusyMs(): number | null {
-    // "cpu  user nice system idle iowait irq softirq steal guest guest_nice\n": the first line only.
-    const n = this.readNumbers("/proc/stat", 5, this.fields.length);
+    // "cpu  user nice system idle iowait irq softirq steal guest guest_nice\n": the first line only, after "cpu".
+    const n = this.readNumbers("/proc/stat", 3, this.fields.length);
     if (n < 8) return null;
     const f = this.fields;
     return (f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!) * MS_PER_TICK;
