@@ -15,7 +15,7 @@
 import net from "node:net";
 import { fileURLToPath } from "node:url";
 import type { ConnectionOptions } from "../src/engine/connection.js";
-import { silentLogger } from "../src/usbip/log.js";
+import { silentLogger } from "../src/network-face/log.js";
 import { UsbipServer } from "../src/usbip-server/server.js";
 import type { Result, SuiteOptions } from "./harness.js";
 import { ClientProcess, runStreams, type StreamTask } from "./stream-bench.js";

@@ -9,7 +9,7 @@
  * - 64 KiB bulk loopback, 8 OUT + 8 IN in flight: MB/s of payload (each byte crosses the socket twice).
  */
 import { fileURLToPath } from "node:url";
-import { silentLogger } from "../src/usbip/log.js";
+import { silentLogger } from "../src/network-face/log.js";
 import { UsbredirServer } from "../src/usbredir/server.js";
 import type { Result, SuiteOptions } from "./harness.js";
 import { ClientProcess, runStreams, type StreamTask } from "./stream-bench.js";

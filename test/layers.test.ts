@@ -20,7 +20,7 @@ const LAYERS: Readonly<Record<string, number>> = {
   urb: 4, // URB wire format and parse gate
   connection: 5, // what one frontend <-> backend connection shares (handles)
   devices: 6, // the device contract (UsbDevice) and device specs
-  usbip: 7, // the USB/IP wire format, its client, the servers' logger
+  usbip: 7, // the USB/IP wire format and its client
   "devices/emulated": 8,
   "devices/host": 8,
   "devices/remote": 8,
@@ -30,6 +30,7 @@ const LAYERS: Readonly<Record<string, number>> = {
   workers: 12, // thin worker entry files
   guest: 12,
   engine: 13, // the control plane
+  "network-face": 13, // what both network servers share: gate, per-peer share, listener, logger, bounds
   "usbip-server": 14,
   "usbip-attach": 14,
   usbredir: 14,
@@ -119,6 +120,20 @@ describe("layers", () => {
     // The parser sees the imports (static, export-from, type-only, dynamic): a broken parse finds none.
     expect([...graph.values()].reduce((n, imports) => n + imports.length, 0)).toBeGreaterThan(500);
     expect(layerViolations(graph)).toEqual([]);
+  });
+
+  it("the usbredir server imports nothing of USB/IP's (they share src/network-face, not each other)", () => {
+    const found: string[] = [];
+    for (const path of tsFiles(join(SRC, "usbredir"))) {
+      const file = relative(SRC, path).split(sep).join("/");
+      const source = readFileSync(path, "utf8");
+      for (const target of importsOf(file, source)) {
+        if (target.startsWith("usbip/") || target.startsWith("usbip-server/"))
+          found.push(`${file} -> ${target}`);
+      }
+      for (const m of source.matchAll(/\bUsbip\w*/g)) found.push(`${file} names ${m[0]}`);
+    }
+    expect(found).toEqual([]);
   });
 
   it("every folder of the table exists", () => {

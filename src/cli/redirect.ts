@@ -6,7 +6,7 @@
  */
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
-import { LOG_FORMATS, type LogFormat, streamLogger, type UsbipLogger } from "../usbip/log.js";
+import { type FaceLogger, LOG_FORMATS, type LogFormat, streamLogger } from "../network-face/log.js";
 import { parseHostPort } from "../usbip-attach/attach.js";
 import { UsbredirServer } from "../usbredir/server.js";
 import {
@@ -79,7 +79,7 @@ QEMU listening (usbvirt redirect --device storage --connect 127.0.0.1:4000):
 export interface RedirectIo {
   out(text: string): void;
   stopSignal(): Promise<string>;
-  logger?: UsbipLogger;
+  logger?: FaceLogger;
   /** Called once the server is up (tests learn the port here). */
   onRedirecting?: (server: UsbredirServer) => void;
 }
@@ -142,7 +142,7 @@ export async function redirectCommand(
     throw new UsageError("redirect", `--log-format must be text or json, not "${String(format)}"`);
   }
   const base = io.logger ?? streamLogger(format as LogFormat);
-  const quietable: UsbipLogger = options.quiet === true ? { ...base, info: () => {} } : base;
+  const quietable: FaceLogger = options.quiet === true ? { ...base, info: () => {} } : base;
   const metricsText = typeof options.metrics === "string" ? options.metrics : undefined;
   let metricsAt: { host: string; port: number } | null = null;
   try {
@@ -153,7 +153,7 @@ export async function redirectCommand(
   // The status page keeps the device's last log lines: every line the server logs is about its one device.
   const tracker = metricsAt !== null ? new StatusTracker() : null;
   const tracked = tracker?.wrap(quietable) ?? quietable;
-  const logger: UsbipLogger = {
+  const logger: FaceLogger = {
     info: (m, f) => tracked.info(m, { ...f, busid: REDIRECT_BUSID }),
     warn: (m, f) => tracked.warn(m, { ...f, busid: REDIRECT_BUSID }),
     error: (m, f) => tracked.error(m, { ...f, busid: REDIRECT_BUSID }),

@@ -9,8 +9,8 @@ import { filterFromLists, needsSerial } from "../devices/host/filter.js";
 import { parseSelector, specFromSelector } from "../devices/host/select.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
+import { type FaceLogger, type LogFormat, streamLogger } from "../network-face/log.js";
 import { listRemote } from "../usbip/client.js";
-import { type LogFormat, streamLogger, type UsbipLogger } from "../usbip/log.js";
 import { USBIP_PORT } from "../usbip/protocol.js";
 import {
   attachRemote,
@@ -51,7 +51,7 @@ export interface CliIo {
   onListening?: (server: UsbipServer) => void;
   /** Called once redirect listens or dials (tests learn the port here). */
   onRedirecting?: (server: UsbredirServer) => void;
-  logger?: UsbipLogger;
+  logger?: FaceLogger;
   /** Replaces the libusb listing (tests). */
   listHostDevices?: () => Promise<readonly HostDeviceRow[]>;
   /** Replaces libusb's hotplug events for serve (tests). */
@@ -511,7 +511,7 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
 
   const logFormat: LogFormat = config.logFormat ?? "text";
   const base = io.logger ?? streamLogger(logFormat);
-  const quietable: UsbipLogger = config.quiet === true ? { ...base, info: () => {} } : base;
+  const quietable: FaceLogger = config.quiet === true ? { ...base, info: () => {} } : base;
   const metricsAt = config.metrics !== undefined ? parseMetricsAddress(config.metrics) : null;
   // The status page keeps each device's last log lines: it sees every line the log writes.
   const tracker = metricsAt !== null ? new StatusTracker() : null;

@@ -11,7 +11,7 @@
  * and redraws the table and an inline-SVG sparkline of each device's rates.
  */
 
-import type { LogFields, UsbipLogger } from "../usbip/log.js";
+import type { FaceLogger, LogFields } from "../network-face/log.js";
 import type { ExportingServer } from "./exporting-server.js";
 
 /** Log lines kept per device. */
@@ -115,7 +115,7 @@ export class StatusTracker {
   }
 
   /** `logger`, also keeping each line that names a device (its `busid` field) in that device's ring. */
-  wrap(logger: UsbipLogger): UsbipLogger {
+  wrap(logger: FaceLogger): FaceLogger {
     const keep =
       (level: "info" | "warn" | "error") =>
       (message: string, fields?: LogFields): void => {

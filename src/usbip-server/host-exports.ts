@@ -24,7 +24,7 @@ import { HostHotplugWatcher } from "../devices/host/hotplug.js";
 import { formatSelector, type HostSelector, matchesSelector } from "../devices/host/select.js";
 import type { HostDeviceSpec } from "../devices/spec.js";
 import { backoffDelay } from "../engine/reconnect.js";
-import type { UsbipLogger } from "../usbip/log.js";
+import type { FaceLogger } from "../network-face/log.js";
 import type { UsbipServer } from "./server.js";
 
 /** A host device as the hotplug source describes it (HostDeviceInfo). */
@@ -61,7 +61,7 @@ export interface HostExportsOptions {
   readonly matchNew: boolean;
   /** Ports matchNew may use (those no want owns). */
   readonly freePorts: readonly number[];
-  readonly log: UsbipLogger;
+  readonly log: FaceLogger;
   readonly source: HotplugSource;
   /** First retry delay of a failed (not gone) device (default 1000 ms). */
   readonly retryMs?: number;

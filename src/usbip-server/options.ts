@@ -6,7 +6,7 @@ import { URB_RING_GEOMETRY } from "../connection/handles.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import type { ConnectionOptions } from "../engine/connection.js";
 import { UNLINK_RESERVED_SLOTS } from "../frontend/controller.js";
-import type { UsbipLogger } from "../usbip/log.js";
+import type { FaceLogger } from "../network-face/log.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { buildAllowList } from "../util/ip-prefix.js";
 
@@ -33,7 +33,7 @@ export interface UsbipServerOptions {
    * activation) instead of binding `host`:`port`.
    */
   readonly listenFd?: number;
-  readonly logger?: UsbipLogger;
+  readonly logger?: FaceLogger;
   /** Client addresses or CIDR subnets allowed to connect; absent or empty allows every client. */
   readonly allow?: readonly string[];
   /** A client whose unsent replies exceed this many bytes has no request started until it reads (default 16 MiB). */

@@ -17,10 +17,10 @@ import type {
   UrbCallback,
   UrbCompletion,
 } from "../frontend/index.js";
+import type { LogFields } from "../network-face/log.js";
 import type { UrbStatus } from "../urb/status.js";
 import type { EndpointNum } from "../urb/types.js";
 import type { SetupPacket } from "../usb/index.js";
-import type { LogFields } from "../usbip/log.js";
 import { TransferFlag } from "../usbip/protocol.js";
 import { ByteQueue } from "../util/byte-queue.js";
 import type { DeviceSlot, EndpointEntry } from "./exported-device.js";

@@ -9,6 +9,7 @@
 
 import type { IsoPacketSpec, UrbCompletion, VirtualHostController } from "../frontend/index.js";
 import { isoDescriptorFrames } from "../frontend/validate.js";
+import type { FaceLogger } from "../network-face/log.js";
 import { ECONNRESET, EINVAL, ENOMEM, EPIPE, OK, type UrbStatus } from "../urb/status.js";
 import {
   EndpointType,
@@ -19,7 +20,6 @@ import {
   RequestTypeByte,
   StandardRequest,
 } from "../usb/index.js";
-import type { UsbipLogger } from "../usbip/log.js";
 import { ISO_DESCRIPTOR_SIZE, URB_HEADER_SIZE } from "../usbip/protocol.js";
 import { CONTROL_ENTRY } from "./exported-device.js";
 import { Blocked, Kind, type ServerUrb, type Session, type SessionOwner, type Slot } from "./session.js";
@@ -60,7 +60,7 @@ export class UrbPhase implements SessionOwner {
     private readonly hcd: VirtualHostController,
     /** The guest memory URB buffers live in. */
     private readonly memoryBytes: Uint8Array,
-    private readonly log: UsbipLogger,
+    private readonly log: FaceLogger,
     bounds: ClientBounds,
     private readonly host: UrbPhaseHost,
   ) {

@@ -11,6 +11,7 @@ import type { OnReadOpts } from "node:net";
 import type { GuestOffset } from "../dma-map/types.js";
 import type { UrbCompletion, VirtualHostController } from "../frontend/index.js";
 import type { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
+import type { FaceLogger } from "../network-face/log.js";
 import {
   ECONNRESET,
   EINVAL,
@@ -25,7 +26,6 @@ import {
 } from "../urb/status.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { endpointIsIn, RequestTypeByte, requestIsIn, StandardRequest } from "../usb/index.js";
-import type { UsbipLogger } from "../usbip/log.js";
 import type { RedirDeviceModel } from "./device-model.js";
 import { RedirEpType, type RedirPacket, RedirStatus, RedirType, redirTypeName } from "./protocol.js";
 import { type Admission, BLOCK } from "./reader.js";
@@ -125,7 +125,7 @@ export class DataPackets implements SessionOwner, StreamContext {
     model: RedirDeviceModel,
     /** The device's name (log lines). */
     private readonly name: string,
-    private readonly log: UsbipLogger,
+    private readonly log: FaceLogger,
     private readonly host: DataPacketsHost,
   ) {
     this.hcd = plane.hcd;

@@ -8,6 +8,7 @@
  */
 import type { VirtualHostController } from "../frontend/index.js";
 import { GuestTransferError, type GuestUsbDriver } from "../guest/guest-driver.js";
+import type { FaceLogger } from "../network-face/log.js";
 import { EPROTO, OK, type UrbStatus } from "../urb/status.js";
 import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
 import {
@@ -18,7 +19,6 @@ import {
   setConfigurationSetup,
   setInterfaceSetup,
 } from "../usb/index.js";
-import type { UsbipLogger } from "../usbip/log.js";
 import { type DataPackets, redirStatusOf } from "./data-packets.js";
 import {
   encodeAltSettingStatus,
@@ -47,7 +47,7 @@ export class DeviceRequests {
     private readonly address: DevAddr,
     /** The device's name (log lines). */
     private readonly name: string,
-    private readonly log: UsbipLogger,
+    private readonly log: FaceLogger,
     /** The data path, which holds the device model. */
     private readonly packets: DataPackets,
     private readonly host: DeviceRequestsHost,

@@ -4,7 +4,7 @@
  */
 import type { DeviceSpec } from "../devices/spec.js";
 import type { ConnectionOptions } from "../engine/connection.js";
-import type { UsbipLogger } from "../usbip/log.js";
+import type { FaceLogger } from "../network-face/log.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { buildAllowList } from "../util/ip-prefix.js";
 
@@ -33,7 +33,7 @@ export interface UsbredirServerOptions {
   /** First and longest wait between connection attempts in connect mode (default 250 ms, 10 s). */
   readonly reconnectMinMs?: number;
   readonly reconnectMaxMs?: number;
-  readonly logger?: UsbipLogger;
+  readonly logger?: FaceLogger;
   /** Listen mode: peer addresses or CIDR subnets allowed (absent or empty: any). */
   readonly allow?: readonly string[];
   /** URBs one connection may have in the engine at once (default 128). */

@@ -42,10 +42,10 @@ import type { VirtualHostController } from "../frontend/index.js";
 import { type DeviceDescription, readDeviceDescription } from "../guest/device-description.js";
 import { GuestUsbDriver } from "../guest/guest-driver.js";
 import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
+import { admitPeer, createPausedServer, listenAt, peerName } from "../network-face/listener.js";
+import { type FaceLogger, stderrLogger } from "../network-face/log.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { endpointIsIn, setConfigurationSetup } from "../usb/index.js";
-import { admitPeer, createPausedServer, listenAt, peerName } from "../usbip/listener.js";
-import { stderrLogger, type UsbipLogger } from "../usbip/log.js";
 import { buildAllowList } from "../util/ip-prefix.js";
 import { adoptWithReadBuffer } from "../util/read-into.js";
 import { DataPackets, hex, idKey, ReadTarget } from "./data-packets.js";
@@ -110,7 +110,7 @@ const DRIVER_FRAMES = 16;
 const SCRATCH_FRAMES = 64;
 
 export class UsbredirServer extends EventEmitter {
-  private readonly log: UsbipLogger;
+  private readonly log: FaceLogger;
   private readonly hcd: VirtualHostController;
   /** The data path: data packets, the streams, flow control (data-packets.ts). */
   private readonly packets: DataPackets;

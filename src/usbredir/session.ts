@@ -15,9 +15,9 @@ import type {
   UrbCallback,
   UrbCompletion,
 } from "../frontend/index.js";
+import type { LogFields } from "../network-face/log.js";
 import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
 import { endpointNumberOf, type SetupPacket } from "../usb/index.js";
-import type { LogFields } from "../usbip/log.js";
 import { type Frame, type FrameCodec, type FrameHolder, FrameWriter } from "../util/frame-writer.js";
 import { hasCap, type Negotiated, RedirCap, type RedirPacket, RedirType } from "./protocol.js";
 import { type Admission, RedirReader, type RedirReaderSink } from "./reader.js";

@@ -9,8 +9,8 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { socketActivationFd } from "../../src/cli/daemon.js";
 import { run } from "../../src/cli/run.js";
+import { jsonLine, streamLogger } from "../../src/network-face/log.js";
 import { listRemote } from "../../src/usbip/client.js";
-import { jsonLine, streamLogger } from "../../src/usbip/log.js";
 import { attachRemote } from "../../src/usbip-attach/attach.js";
 import { capture, ROOT, serveInProcess, spawnChild } from "./helpers.js";
 

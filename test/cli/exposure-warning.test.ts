@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { type CliIo, run } from "../../src/cli/run.js";
-import { CollectingLogger } from "../../src/usbip/log.js";
+import { CollectingLogger } from "../../src/network-face/log.js";
 import type { UsbipServer } from "../../src/usbip-server/server.js";
 
 describe("usbvirt serve beyond loopback", () => {

@@ -5,7 +5,7 @@
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { join } from "node:path";
 import { type CliIo, run } from "../../src/cli/run.js";
-import { CollectingLogger } from "../../src/usbip/log.js";
+import { CollectingLogger } from "../../src/network-face/log.js";
 import type { UsbipServer } from "../../src/usbip-server/server.js";
 
 export const ROOT = join(import.meta.dirname, "../..");

@@ -9,8 +9,8 @@ import { createServer, type Server, type Socket, connect as tcpConnect } from "n
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { type CliIo, run } from "../../src/cli/run.js";
+import { CollectingLogger } from "../../src/network-face/log.js";
 import { listRemote, UsbipTimeoutError } from "../../src/usbip/client.js";
-import { CollectingLogger } from "../../src/usbip/log.js";
 import { AttachError, attachRemote } from "../../src/usbip-attach/attach.js";
 import { eventually } from "../support/eventually.js";
 import { startServer, type TestServer } from "./helpers.js";

@@ -1,9 +1,9 @@
 /** Shared set-up of the USB/IP tests: a server on 127.0.0.1 with an ephemeral port, clients, a minimal USB core. */
 import type { DeviceSpec } from "../../src/devices/spec.js";
 import { parseConfiguration } from "../../src/guest/guest-driver.js";
+import { CollectingLogger } from "../../src/network-face/log.js";
 import { encodeSetup, type SetupPacket } from "../../src/usb/index.js";
 import { type SubmitResult, UsbipClient } from "../../src/usbip/client.js";
-import { CollectingLogger } from "../../src/usbip/log.js";
 import { UsbipServer, type UsbipServerOptions } from "../../src/usbip-server/server.js";
 
 export const DEFAULT_DEVICES: DeviceSpec[] = [

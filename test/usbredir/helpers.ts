@@ -1,6 +1,6 @@
 /** Shared set-up of the usbredir tests: a UsbredirServer on 127.0.0.1 (ephemeral port) and guest-side clients. */
 import type { DeviceSpec } from "../../src/devices/spec.js";
-import { CollectingLogger } from "../../src/usbip/log.js";
+import { CollectingLogger } from "../../src/network-face/log.js";
 import { UsbredirClient } from "../../src/usbredir/client.js";
 import { RedirStatus } from "../../src/usbredir/protocol.js";
 import { UsbredirServer, type UsbredirServerOptions } from "../../src/usbredir/server.js";

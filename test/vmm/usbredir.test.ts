@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import type { DeviceSpec } from "../../src/devices/spec.js";
-import { CollectingLogger } from "../../src/usbip/log.js";
+import { CollectingLogger } from "../../src/network-face/log.js";
 import { UsbredirServer } from "../../src/usbredir/server.js";
 import { holdFor } from "../support/eventually.js";
 import { bootGuest, describeRun, requireGuest, skipVmm, vmmGuest } from "./qemu-guest.js";

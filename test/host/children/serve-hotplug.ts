@@ -18,8 +18,8 @@
 import { once } from "node:events";
 import { type CliIo, run } from "../../../src/cli/run.js";
 import { HostHotplugWatcher } from "../../../src/devices/host/hotplug.js";
+import { CollectingLogger } from "../../../src/network-face/log.js";
 import { listRemote } from "../../../src/usbip/client.js";
-import { CollectingLogger } from "../../../src/usbip/log.js";
 import { type AttachedDevice, attachRemote } from "../../../src/usbip-attach/attach.js";
 import type { UsbipServer } from "../../../src/usbip-server/server.js";
 import { eventually } from "../../support/eventually.js";

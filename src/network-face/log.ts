@@ -15,7 +15,7 @@ export interface LogFields {
   readonly [key: string]: string | number | boolean | undefined;
 }
 
-export interface UsbipLogger {
+export interface FaceLogger {
   info(message: string, fields?: LogFields): void;
   warn(message: string, fields?: LogFields): void;
   error(message: string, fields?: LogFields): void;
@@ -43,7 +43,7 @@ export function jsonLine(level: string, message: string, fields?: LogFields, tim
 export function streamLogger(
   format: LogFormat,
   write: (line: string) => void = (l) => process.stderr.write(l),
-): UsbipLogger {
+): FaceLogger {
   const line =
     format === "json"
       ? (level: string) => (m: string, f?: LogFields) => write(jsonLine(level, m, f))
@@ -51,12 +51,12 @@ export function streamLogger(
   return { info: line("info"), warn: line("warn"), error: line("error") };
 }
 
-export const stderrLogger: UsbipLogger = streamLogger("text");
+export const stderrLogger: FaceLogger = streamLogger("text");
 
-export const silentLogger: UsbipLogger = { info: () => {}, warn: () => {}, error: () => {} };
+export const silentLogger: FaceLogger = { info: () => {}, warn: () => {}, error: () => {} };
 
 /** A logger that keeps every line (for tests): `lines` holds "level: message", `records` the fields too. */
-export class CollectingLogger implements UsbipLogger {
+export class CollectingLogger implements FaceLogger {
   readonly lines: string[] = [];
   readonly records: { level: string; message: string; fields: LogFields | undefined }[] = [];
   private keep(level: string, m: string, fields: LogFields | undefined): void {

@@ -7,7 +7,7 @@
  */
 import { type BlockList, createServer, type Server, type Socket } from "node:net";
 import { allowedBy } from "../util/ip-prefix.js";
-import type { UsbipLogger } from "./log.js";
+import type { FaceLogger } from "./log.js";
 
 /** Where to listen: an already-listening descriptor, or a port on an address. */
 export type ListenAt = { readonly fd: number } | { readonly port: number; readonly host: string };
@@ -23,7 +23,7 @@ export function createPausedServer(): Server {
 }
 
 /** Listen at `at`; rejects when that fails, and logs the listener's errors after that. */
-export async function listenAt(server: Server, at: ListenAt, log: UsbipLogger): Promise<void> {
+export async function listenAt(server: Server, at: ListenAt, log: FaceLogger): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     const listening = () => {
@@ -42,7 +42,7 @@ export function peerName(socket: Socket): string {
 }
 
 /** Whether `socket`'s peer may connect (no allowlist: any); a refused peer is logged and its socket destroyed. */
-export function admitPeer(socket: Socket, peer: string, allow: BlockList | null, log: UsbipLogger): boolean {
+export function admitPeer(socket: Socket, peer: string, allow: BlockList | null, log: FaceLogger): boolean {
   if (allow === null || allowedBy(allow, socket.remoteAddress)) return true;
   log.warn(`${peer}: refused, not in the allowlist`, { client: peer });
   socket.destroy();
