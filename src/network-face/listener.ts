@@ -2,8 +2,8 @@
  * What both network servers (USB/IP's `serve`, usbredir's `redirect`) do with their listening socket:
  * create it paused (each accepted connection is handed to a socket that reads where its server says,
  * util/read-into.ts), listen on a port or on an inherited descriptor (systemd socket activation), log
- * the listener's later errors, and refuse a peer outside the allowlist before anything is read from it.
- * Here beside the servers' logger, below both servers.
+ * the listener's later errors, refuse a peer outside the allowlist before anything is read from it, and
+ * cap the connections held at once.
  */
 import { type BlockList, createServer, type Server, type Socket } from "node:net";
 import { allowedBy } from "../util/ip-prefix.js";
@@ -47,4 +47,53 @@ export function admitPeer(socket: Socket, peer: string, allow: BlockList | null,
   log.warn(`${peer}: refused, not in the allowlist`, { client: peer });
   socket.destroy();
   return false;
+}
+
+/** How often a server says it refused connections over its cap (one line per interval, with the count). */
+export const REFUSAL_LOG_INTERVAL_MS = 10_000;
+
+/**
+ * The cap on connections a server holds at once (`maxConnections`): past it a new connection is destroyed
+ * before anything is read from it, and the refusals are logged once per interval, never per connection.
+ */
+export class ConnectionCap {
+  private held = 0;
+  private refused = 0;
+  private lastLog = Number.NEGATIVE_INFINITY;
+
+  constructor(
+    private readonly max: number,
+    private readonly log: FaceLogger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Connections held now. */
+  get count(): number {
+    return this.held;
+  }
+
+  /** Hold `socket` (release() when it ends), or refuse it: destroyed, counted, logged once per interval. */
+  admit(socket: Socket, peer: string): boolean {
+    if (this.held < this.max) {
+      this.held++;
+      return true;
+    }
+    socket.destroy();
+    this.refused++;
+    const t = this.now();
+    if (t - this.lastLog >= REFUSAL_LOG_INTERVAL_MS) {
+      this.lastLog = t;
+      this.log.warn(
+        `${peer}: refused, ${this.held} connections held (maxConnections ${this.max}); ` +
+          `${this.refused} refused since the last such line`,
+        { client: peer },
+      );
+      this.refused = 0;
+    }
+    return false;
+  }
+
+  release(): void {
+    if (this.held > 0) this.held--;
+  }
 }

@@ -1,11 +1,16 @@
 /**
- * The USB/IP transport's log: one line per event (import, detach, client
- * error), each naming the client's address. Two formats: text (a timestamped
- * line, the default) and JSON (one object per line: time, level, message and
- * the event's structured fields — `client`, `busid` — for log collectors).
- * Callers pass the fields as an optional second argument; the text format
- * already has them in the message and ignores them. Tests pass a collecting
- * logger, the CLI may silence info lines.
+ * The network servers' log: one line per event (import, detach, a peer's error), each naming the peer's
+ * address. Two formats: text (a timestamped line, the default) and JSON (one object per line: time,
+ * level, message and the event's structured fields — `client`, `busid` — for log collectors). Callers
+ * pass the fields as an optional second argument; the text format already has them in the message and
+ * ignores them. Tests pass a collecting logger, the CLI may silence info lines.
+ *
+ * Peer- and device-supplied strings (a usbredir version string, a VMM's filter text, a busid, a serial)
+ * must never forge a line or reach a terminal as escape sequences: `peerText` quotes one for a message,
+ * and `escapingLogger` (which both servers put in front of whatever logger they are given) escapes
+ * every control character of every message and string field — C0, DEL, C1, the Unicode line and paragraph
+ * separators and the bidirectional overrides — so whatever a caller forgot cannot split or recolour a
+ * line. `PeerWarnings` rate-limits the per-packet warnings of one connection.
  */
 
 /** Structured fields of one log line: the client's "address:port" and the device's busid where known. */
@@ -24,8 +29,65 @@ export interface FaceLogger {
 export type LogFormat = "text" | "json";
 export const LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
 
+/**
+ * Characters that must not reach a log line or a terminal as they are: C0 controls (newline, ESC, …),
+ * DEL, C1 controls (0x9b is a one-byte CSI), the line and paragraph separators, bidirectional overrides.
+ */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+function escapeChar(c: string): string {
+  const code = c.charCodeAt(0);
+  return code <= 0xff
+    ? `\\x${code.toString(16).padStart(2, "0")}`
+    : `\\u${code.toString(16).padStart(4, "0")}`;
+}
+
+/** `text` with every unsafe character written as \xNN or \uNNNN (a no-op for ordinary text). */
+export function escapeControls(text: string): string {
+  UNSAFE.lastIndex = 0;
+  return UNSAFE.test(text) ? text.replace(UNSAFE, escapeChar) : text;
+}
+
+/** Longest peer string quoted whole into a message; the rest is cut, with its length said. */
+export const PEER_TEXT_MAX = 200;
+
+/**
+ * A peer- or device-supplied string, ready for a message: in double quotes, its quotes and backslashes
+ * escaped, every unsafe character escaped, at most PEER_TEXT_MAX characters of it.
+ */
+export function peerText(text: string, max = PEER_TEXT_MAX): string {
+  const cut = text.length > max ? text.slice(0, max) : text;
+  const body = escapeControls(cut.replace(/\\/g, "\\\\").replace(/"/g, '\\"'));
+  return cut.length < text.length ? `"${body}"… (${text.length} characters)` : `"${body}"`;
+}
+
+function escapeFields(fields: LogFields | undefined): LogFields | undefined {
+  if (fields === undefined) return undefined;
+  let out: Record<string, string | number | boolean | undefined> | null = null;
+  for (const [k, v] of Object.entries(fields)) {
+    if (typeof v !== "string") continue;
+    const safe = escapeControls(v);
+    if (safe !== v) {
+      out ??= { ...fields };
+      out[k] = safe;
+    }
+  }
+  return out ?? fields;
+}
+
+/** `base` with every message and string field escaped (escapeControls) before it sees them. */
+export function escapingLogger(base: FaceLogger): FaceLogger {
+  if ((base as { readonly escaping?: boolean }).escaping === true) return base;
+  const wrap =
+    (level: "info" | "warn" | "error") =>
+    (m: string, f?: LogFields): void =>
+      base[level](escapeControls(m), escapeFields(f));
+  return { info: wrap("info"), warn: wrap("warn"), error: wrap("error"), escaping: true } as FaceLogger;
+}
+
 function stamp(level: string, message: string): string {
-  return `${new Date().toISOString()} usbvirt ${level}: ${message}\n`;
+  return `${new Date().toISOString()} usbvirt ${level}: ${escapeControls(message)}\n`;
 }
 
 /** One JSON object per line; the fixed keys come first and cannot be overridden by fields. */
@@ -36,7 +98,8 @@ export function jsonLine(level: string, message: string, fields?: LogFields, tim
       if (v !== undefined && k !== "time" && k !== "level" && k !== "message") extra[k] = v;
     }
   }
-  return `${JSON.stringify({ time: time.toISOString(), level, message, ...extra })}\n`;
+  // JSON.stringify escapes C0 controls; the separators and C1 are escaped too so no reader splits the line.
+  return `${escapeControls(JSON.stringify({ time: time.toISOString(), level, message, ...extra }))}\n`;
 }
 
 /** A logger writing `format` lines to `write` (stderr by default). */
@@ -54,6 +117,55 @@ export function streamLogger(
 export const stderrLogger: FaceLogger = streamLogger("text");
 
 export const silentLogger: FaceLogger = { info: () => {}, warn: () => {}, error: () => {} };
+
+/** How many warnings one connection may log per interval before the rest are only counted. */
+export interface WarningRate {
+  readonly burst: number;
+  readonly intervalMs: number;
+}
+export const DEFAULT_WARNING_RATE: WarningRate = { burst: 10, intervalMs: 10_000 };
+
+/**
+ * One connection's per-packet warnings (a refused packet, an unsupported request): at most `burst` per
+ * interval are logged; the others are counted and said in one line when the next interval starts or the
+ * connection ends (`flush`). No timer: the clock is read when a warning comes.
+ */
+export class PeerWarnings {
+  private windowStart = 0;
+  private inWindow = 0;
+  private suppressed = 0;
+
+  constructor(
+    private readonly log: FaceLogger,
+    private readonly fields: () => LogFields,
+    private readonly rate: WarningRate = DEFAULT_WARNING_RATE,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  warn(message: string): void {
+    const t = this.now();
+    if (t - this.windowStart >= this.rate.intervalMs) {
+      this.flush();
+      this.windowStart = t;
+      this.inWindow = 0;
+    }
+    if (this.inWindow < this.rate.burst) {
+      this.inWindow++;
+      this.log.warn(message, this.fields());
+    } else this.suppressed++;
+  }
+
+  /** Say how many warnings were not logged, if any. */
+  flush(): void {
+    if (this.suppressed === 0) return;
+    const n = this.suppressed;
+    this.suppressed = 0;
+    this.log.warn(
+      `${this.fields().client ?? "peer"}: ${n} more warnings not logged (at most ${this.rate.burst} per ${this.rate.intervalMs} ms)`,
+      this.fields(),
+    );
+  }
+}
 
 /** A logger that keeps every line (for tests): `lines` holds "level: message", `records` the fields too. */
 export class CollectingLogger implements FaceLogger {

@@ -1,11 +1,12 @@
 /**
  * What a UsbipServer is built from: its options, checked eagerly (before any worker starts) with messages
- * that name the option, and its error class. Split from server.ts so the server reads as what it does.
+ * that name the option, and its error class.
  */
 import { URB_RING_GEOMETRY } from "../connection/handles.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import type { ConnectionOptions } from "../engine/connection.js";
 import { UNLINK_RESERVED_SLOTS } from "../frontend/controller.js";
+import { checkPeerBounds, type PeerBounds, type PeerBoundsOptions } from "../network-face/bounds.js";
 import type { FaceLogger } from "../network-face/log.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { buildAllowList } from "../util/ip-prefix.js";
@@ -18,7 +19,13 @@ export class UsbipServerError extends UsbvirtError {
 }
 registerErrorClass(UsbipServerError);
 
-export interface UsbipServerOptions {
+/**
+ * The server's options. The per-client bounds are the ones both network servers share
+ * (network-face/bounds.ts): `maxUrbsPerPeer` (default and most: its device's share of the engine's 248
+ * ring slots, 248 / devices), `maxUnsentBytes`, `stalledPeerMs`, `blockedRequestMs` (answered -ENOMEM),
+ * `handshakeTimeoutMs` (the management phase, up to a completed import), `requestTimeoutMs`, `maxConnections`.
+ */
+export interface UsbipServerOptions extends PeerBoundsOptions {
   /**
    * What to export, in port order (at most 31). A null entry keeps its port free for a device exported
    * later (exportDevice: a device that is not plugged in yet, or one `serve --match-new` finds).
@@ -36,17 +43,6 @@ export interface UsbipServerOptions {
   readonly logger?: FaceLogger;
   /** Client addresses or CIDR subnets allowed to connect; absent or empty allows every client. */
   readonly allow?: readonly string[];
-  /** A client whose unsent replies exceed this many bytes has no request started until it reads (default 16 MiB). */
-  readonly maxSendQueueBytes?: number;
-  /** ... and is dropped if it does not read for this long (default 30 s). */
-  readonly stalledClientMs?: number;
-  /**
-   * URBs one client may have in the engine at once (default and most: its device's share of the
-   * engine's 248 ring slots, 248 / devices); more wait, reads paused.
-   */
-  readonly maxUrbsPerClient?: number;
-  /** A request that waits this long for its client's share while none of its URBs completes gets -ENOMEM (default 2000 ms). */
-  readonly blockedRequestMs?: number;
   /**
    * Guest memory that holds URB buffers, MiB (default 64, at least 8 MiB per device); each device gets
    * an equal region of it, which bounds what its client's requests and unsent replies hold.
@@ -69,8 +65,8 @@ export interface CheckedOptions {
   /** Ports the server serves (exported devices and ports kept free). */
   readonly devices: number;
   readonly guestMemoryMiB: number;
-  /** Each client's share of the URB ring's slots. */
-  readonly urbShare: number;
+  /** Each client's bounds; maxUrbs is at most its share of the URB ring's slots. */
+  readonly bounds: PeerBounds;
 }
 
 /** Check `options` (throws UsbipServerError naming the option) and derive the sizes start() needs. */
@@ -95,25 +91,14 @@ export function checkOptions(options: UsbipServerOptions): CheckedOptions {
     );
   }
   const ringShare = Math.floor(SHARED_RING_SLOTS / devices);
-  const maxUrbs = options.maxUrbsPerClient ?? ringShare;
-  if (!Number.isInteger(maxUrbs) || maxUrbs < 1) {
-    throw new UsbipServerError(
-      "ERR_USBVIRT_USBIP_OPTIONS",
-      `options.maxUrbsPerClient must be a positive integer, got ${maxUrbs}`,
-    );
-  }
-  for (const [key, min] of [
-    ["maxSendQueueBytes", 1],
-    ["stalledClientMs", 1],
-    ["blockedRequestMs", 1],
-  ] as const) {
-    const v = options[key];
-    if (v !== undefined && (!Number.isInteger(v) || v < min)) {
-      throw new UsbipServerError(
-        "ERR_USBVIRT_USBIP_OPTIONS",
-        `options.${key} must be a positive integer, got ${v}`,
-      );
-    }
-  }
-  return { devices, guestMemoryMiB: mib, urbShare: Math.min(maxUrbs, ringShare) };
+  const bounds = checkPeerBounds(
+    options,
+    ringShare,
+    (message) => new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", message),
+  );
+  return {
+    devices,
+    guestMemoryMiB: mib,
+    bounds: { ...bounds, maxUrbs: Math.min(bounds.maxUrbs, ringShare) },
+  };
 }

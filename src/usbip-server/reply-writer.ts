@@ -37,6 +37,7 @@ const USBIP_REPLY: FrameCodec<Reply> = {
     holder: null,
   }),
   headerSize: () => URB_HEADER_SIZE,
+  maxHeaderSize: URB_HEADER_SIZE,
   writeHeader(out, at, r) {
     out.writeUInt32BE(r.command, at);
     out.writeUInt32BE(r.seqnum >>> 0, at + 4);
@@ -65,6 +66,11 @@ export class ReplyWriter {
   /** Bytes handed to the socket and not yet written to the kernel. */
   get unsent(): number {
     return this.frames.unsent;
+  }
+
+  /** Reply bytes queued or handed to the socket and not yet written to the kernel. */
+  get owed(): number {
+    return this.frames.owed;
   }
 
   /** Replies queued for the next flush. */

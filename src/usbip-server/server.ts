@@ -53,8 +53,16 @@ import { Connection } from "../engine/connection.js";
 import type { VirtualHostController } from "../frontend/index.js";
 import { GuestUsbDriver } from "../guest/guest-driver.js";
 import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
-import { admitPeer, createPausedServer, listenAt, peerName } from "../network-face/listener.js";
-import { type FaceLogger, stderrLogger } from "../network-face/log.js";
+import type { PeerBounds } from "../network-face/bounds.js";
+import {
+  admitPeer,
+  ConnectionCap,
+  createPausedServer,
+  listenAt,
+  peerName,
+} from "../network-face/listener.js";
+import { escapingLogger, type FaceLogger, peerText, stderrLogger } from "../network-face/log.js";
+import { PeerShare, ReadTarget } from "../network-face/share.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { setAddressSetup } from "../usb/index.js";
 import { encodeDevlistReply, encodeImportReply, readOpRequest } from "../usbip/management-pdus.js";
@@ -86,8 +94,11 @@ export class UsbipServer extends EventEmitter {
   private readonly memory: SharedArrayBuffer;
   /** The same guest memory as a Buffer, for views that reads land in. */
   private readonly memoryBuffer: Buffer;
-  /** Every client's URBs: admission against its share, the engine, replies, unlinks, flow control. */
+  /** Every client's URBs: admission against its share, the engine, replies, unlinks. */
   private readonly urbPhase: UrbPhase;
+  /** Each client's bounds (network-face/bounds.ts), and the cap on connections held at once. */
+  private readonly bounds: PeerBounds;
+  private readonly cap: ConnectionCap;
   private closing: Promise<void> | null = null;
   /** Each port's region of guest memory (index: port - 1), kept for devices exported later. */
   private readonly regions: readonly { readonly memory: GuestBufferAllocator; readonly bytes: number }[];
@@ -98,7 +109,7 @@ export class UsbipServer extends EventEmitter {
     slots: Slot[],
     server: Server,
     options: UsbipServerOptions,
-    shares: { urbs: number; scratchFrames: number },
+    shares: { bounds: PeerBounds; scratchFrames: number },
     regions: readonly { readonly memory: GuestBufferAllocator; readonly bytes: number }[],
   ) {
     super();
@@ -108,23 +119,18 @@ export class UsbipServer extends EventEmitter {
     this.hcd = connection.frontend!;
     this.memory = connection.handles.memory[0]!;
     this.memoryBuffer = Buffer.from(this.memory);
-    this.log = options.logger ?? stderrLogger;
+    this.log = escapingLogger(options.logger ?? stderrLogger);
     this.allow = buildAllowList(
       options.allow,
       (reason) => new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", reason),
     );
+    this.bounds = shares.bounds;
+    this.cap = new ConnectionCap(this.bounds.maxConnections, this.log);
     this.urbPhase = new UrbPhase(
       this.hcd,
       new Uint8Array(this.memory),
       this.log,
-      {
-        maxSendQueue: options.maxSendQueueBytes ?? 16 * 1024 * 1024,
-        stalledMs: options.stalledClientMs ?? 30_000,
-        blockedMs: options.blockedRequestMs ?? 2000,
-        urbShare: shares.urbs,
-        scratchShare: shares.scratchFrames,
-        stallPortReset: options.portReset === "stall",
-      },
+      { scratchShare: shares.scratchFrames, stallPortReset: options.portReset === "stall" },
       { drop: (s, reason) => this.drop(s, reason), resetAndAddress: (slot) => this.resetAndAddress(slot) },
     );
     server.on("connection", (socket) => this.accept(socket));
@@ -141,7 +147,7 @@ export class UsbipServer extends EventEmitter {
 
   /** Bring up the engine, attach and describe every device, then listen. */
   static async start(options: UsbipServerOptions): Promise<UsbipServer> {
-    const { devices, guestMemoryMiB: mib, urbShare } = checkOptions(options); // before any worker starts
+    const { devices, guestMemoryMiB: mib, bounds } = checkOptions(options); // before any worker starts
     const specs = options.devices;
     const scratchFrames = Math.max(64, SCRATCH_FRAMES_PER_DEVICE * devices);
     const frames = bytesToFrames(mib * 1024 * 1024);
@@ -181,7 +187,7 @@ export class UsbipServer extends EventEmitter {
         slots,
         server,
         options,
-        { urbs: urbShare, scratchFrames: Math.floor(scratchFrames / devices) },
+        { bounds, scratchFrames: Math.floor(scratchFrames / devices) },
         regions,
       );
       await listenAt(
@@ -306,7 +312,7 @@ export class UsbipServer extends EventEmitter {
         .map((s) => ({
           busid: s.busid,
           client: s.owner!.peer,
-          urbs: s.owner!.urbs,
+          urbs: s.owner!.share.urbs,
           memoryBytes: s.memoryBytes - s.memory.freeBytes,
           unsentBytes: s.owner!.writer?.unsent ?? 0,
           receivedBytes: s.owner!.reader?.pending ?? s.owner!.queue.length,
@@ -327,14 +333,41 @@ export class UsbipServer extends EventEmitter {
       return;
     }
     if (!admitPeer(raw, peer, this.allow, this.log)) return;
-    const s = new Session(this.urbPhase, peer);
-    const adopted = adoptWithReadBuffer(raw, {
-      buffer: () => s.nextReadBuffer(this.memoryBuffer),
-      callback: (n, buf) => this.onRead(s, n, buf),
-    });
+    if (!this.cap.admit(raw, peer)) return;
+    const reads = new ReadTarget();
+    const adopted = adoptWithReadBuffer(raw, reads.options);
     const socket = adopted ?? raw;
-    s.socket = socket;
-    if (adopted === null) socket.on("data", (chunk: Buffer) => this.onChunk(s, chunk));
+    const s = new Session(
+      this.urbPhase,
+      peer,
+      socket,
+      (session) =>
+        new PeerShare(socket, this.bounds, {
+          batch: (fn) => this.hcd.batch(fn),
+          drop: (reason) => this.drop(session, reason),
+          owed: () => session.writer?.owed ?? socket.writableLength,
+          memoryInUse: () =>
+            session.slot === null ? 0 : session.slot.memoryBytes - session.slot.memory.freeBytes,
+          forcing: (ms) =>
+            this.log.warn(
+              `${peer}: a request on ${session.slot?.busid} waited ${ms} ms for its share of the engine ` +
+                `(${session.share.urbs} URBs, ${session.slot === null ? 0 : session.slot.memoryBytes - session.slot.memory.freeBytes} bytes of guest memory in use): -ENOMEM`,
+              session.fields(),
+            ),
+        }),
+      this.log,
+    );
+    reads.sink = {
+      get readsDone() {
+        return s.phase === "closed";
+      },
+      directTarget: () => s.directTarget(),
+      received: (chunk) => this.onChunk(s, chunk, true),
+      receivedDirect: (n) => {
+        if (s.phase === "urb") this.urbPhase.receivedDirect(s, n);
+      },
+    };
+    if (adopted === null) socket.on("data", (chunk: Buffer) => this.onChunk(s, chunk, false));
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
     this.sessions.add(s);
@@ -347,23 +380,13 @@ export class UsbipServer extends EventEmitter {
       const partial = held > 0 ? ` with ${held} bytes of an incomplete PDU` : "";
       this.end(s, `client closed the connection${partial}`, partial === "" ? "info" : "warn");
     });
+    // The whole management phase (one request, and the import it asks for) within handshakeTimeoutMs.
+    s.share.startHandshake((ms) => this.drop(s, `management phase not done within ${ms} ms`));
     socket.resume();
   }
 
-  /** A read into the session's own buffer or, for OUT data that was due, straight into guest memory. */
-  private onRead(s: Session, n: number, buf: Uint8Array): boolean {
-    if (s.phase === "closed") return false;
-    if (buf === s.staging) {
-      // The staging buffer is read into again next time: what the reader keeps of it must be copied.
-      this.onChunk(s, s.phase === "urb" ? s.staging.subarray(0, n) : Buffer.from(s.staging.subarray(0, n)));
-      if (s.phase === "urb") s.reader!.ownBuffered();
-    } else {
-      this.urbPhase.receivedDirect(s, n);
-    }
-    return true;
-  }
-
-  private onChunk(s: Session, chunk: Buffer): void {
+  /** Bytes from the socket; `reused` when `chunk` is the read buffer, read into again next time. */
+  private onChunk(s: Session, chunk: Buffer, reused: boolean): void {
     if (s.phase === "closed") return;
     if (s.phase === "urb") {
       this.urbPhase.received(s, chunk);
@@ -374,36 +397,37 @@ export class UsbipServer extends EventEmitter {
       this.drop(s, `more than ${MAX_OP_BYTES} bytes before an import completed`);
       return;
     }
-    s.queue.push(chunk);
+    s.queue.push(reused ? Buffer.from(chunk) : chunk);
     this.pumpOp(s);
+    s.share.watchRequest();
   }
 
-  /** Management phase: parse and answer whole requests. Bounded by the bytes received. */
+  /**
+   * Management phase: one request per connection, as Linux's usbipd answers — a device list is answered
+   * and the connection closed; an import is answered and the URB phase follows on the same connection.
+   */
   private pumpOp(s: Session): void {
-    while (s.phase === "op") {
-      const r = readOpRequest(s.queue);
-      if (r.kind === "need") return;
-      if (r.kind === "malformed") {
-        this.drop(s, r.reason);
-        return;
-      }
-      if (r.frame.op === "devlist") {
-        s.socket.write(encodeDevlistReply(this.slots.map((slot) => slot.record)));
-        this.log.info(`${s.peer}: device list (${this.slots.length} devices)`, s.fields());
-      } else {
-        void this.importDevice(s, r.frame.busid, r.frame.busidValid);
-        return;
-      }
+    if (s.phase !== "op") return;
+    const r = readOpRequest(s.queue);
+    if (r.kind === "need") return;
+    if (r.kind === "malformed") {
+      this.drop(s, r.reason);
+      return;
     }
+    if (r.frame.op === "devlist") {
+      this.log.info(`${s.peer}: device list (${this.slots.length} devices)`, s.fields());
+      s.socket.end(encodeDevlistReply(this.slots.map((slot) => slot.record)));
+      this.end(s, null, "info");
+    } else void this.importDevice(s, r.frame.busid, r.frame.busidValid);
   }
 
   private async importDevice(s: Session, busid: string, busidValid: boolean): Promise<void> {
     const slot = busidValid ? this.slots.find((x) => x.busid === busid) : undefined;
     const refuse = (status: OpStatus, why: string) => {
-      this.log.warn(
-        `${s.peer}: import of ${JSON.stringify(busid)} refused (${opStatusName(status)}): ${why}`,
-        { client: s.peer, busid },
-      );
+      this.log.warn(`${s.peer}: import of ${peerText(busid)} refused (${opStatusName(status)}): ${why}`, {
+        client: s.peer,
+        busid,
+      });
       s.socket.end(encodeImportReply(status));
       this.end(s, null, "info");
     };
@@ -470,10 +494,9 @@ export class UsbipServer extends EventEmitter {
   private end(s: Session, reason: string | null, level: "info" | "warn" | "error"): void {
     if (s.phase === "closed") return;
     s.phase = "closed";
-    if (s.stallTimer !== null) clearTimeout(s.stallTimer);
-    if (s.blockTimer !== null) clearTimeout(s.blockTimer);
-    s.stallTimer = null;
-    s.blockTimer = null;
+    s.share.close();
+    s.warnings.flush();
+    this.cap.release();
     s.queue.clear();
     s.reader?.stop();
     s.abandonCurrent();

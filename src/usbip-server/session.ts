@@ -17,7 +17,8 @@ import type {
   UrbCallback,
   UrbCompletion,
 } from "../frontend/index.js";
-import type { LogFields } from "../network-face/log.js";
+import { type FaceLogger, type LogFields, PeerWarnings } from "../network-face/log.js";
+import type { PeerShare } from "../network-face/share.js";
 import type { UrbStatus } from "../urb/status.js";
 import type { EndpointNum } from "../urb/types.js";
 import type { SetupPacket } from "../usb/index.js";
@@ -32,20 +33,17 @@ export type Slot = DeviceSlot<Session>;
 
 /** What a session's reader, writer and engine completions report to (the server's URB phase). */
 export interface SessionOwner {
-  /** The reader has a whole CMD_SUBMIT header; `forced` answers a request that waited too long. */
-  admit(s: Session, h: SubmitHeader, forced: UrbStatus | null): boolean;
+  /** The reader has a whole CMD_SUBMIT header: go on (true) or stop at it. */
+  admit(s: Session, h: SubmitHeader): boolean;
   /** The admitted submit is whole. */
   submit(s: Session, r: ServerUrb, h: SubmitHeader, iso: Uint8Array): void;
-  unlink(s: Session, seqnum: number, devid: number, target: number): void;
+  /** A CMD_UNLINK: false stops the reader at it (its reply would pass the unsent bound). */
+  unlink(s: Session, seqnum: number, devid: number, target: number): boolean;
   malformed(s: Session, reason: string): void;
-  /** Bytes of the URB phase. */
+  /** Bytes of the URB phase (the session keeps no reference to `chunk`). */
   received(s: Session, chunk: Buffer): void;
   /** An engine URB (or a local port reset) of `r.session` completed. */
   completed(r: ServerUrb, c: UrbCompletion): void;
-  /** Something of `s`'s share came back. */
-  progress(s: Session): void;
-  /** A flush of `s`'s replies reached the kernel. */
-  written(s: Session): void;
 }
 
 /** What a CMD_SUBMIT became: the engine transfer types, or handled here (SET_ADDRESS, port reset). */
@@ -95,7 +93,7 @@ export class ServerUrb implements ReplyHolder {
   /** The writer is done with this record's IN data. */
   released(): void {
     this.session.release(this);
-    this.session.owner.progress(this.session);
+    this.session.share.progress();
   }
 
   /** The engine URB for this submit, reusing this record's objects where the type allows. */
@@ -181,20 +179,8 @@ const NO_SEGMENTS: readonly BufferSegment[] = Object.freeze([]);
 
 export type Phase = "op" | "importing" | "urb" | "closed";
 
-/** Why a session's reader is stopped at a header. */
-export enum Blocked {
-  NO,
-  /** Its unsent replies are over the bound: wait for the client to read. */
-  SEND,
-  /** Its share of engine slots, guest memory or scratch frames is in use: wait for its URBs. */
-  SHARE,
-}
-
-/** Each connection's read buffer; OUT data of at least DIRECT_READ_MIN bytes is read into guest memory instead. */
-const READ_BUFFER_BYTES = 128 * 1024;
-const DIRECT_READ_MIN = 16 * 1024;
-
 export class Session implements UrbReaderSink {
+  /** Management-phase bytes (and what followed the import request, until the URB phase starts). */
   readonly queue = new ByteQueue();
   phase: Phase = "op";
   slot: Slot | null = null;
@@ -204,50 +190,56 @@ export class Session implements UrbReaderSink {
   private readonly free: ServerUrb[] = [];
   /** The admitted submit whose data and iso descriptors are still arriving. */
   private current: ServerUrb | null = null;
-  blocked = Blocked.NO;
-  /** Set when a blocked request has waited too long: admit it with this status. */
-  private forced: UrbStatus | null = null;
-  paused = false;
-  stallTimer: NodeJS.Timeout | null = null;
-  blockTimer: NodeJS.Timeout | null = null;
-  /** Engine slots and scratch frames this client's URBs hold now. */
-  urbs = 0;
-  isoFrames = 0;
+  /** What the client's requests hold against its bounds, and its flow control (network-face/share.ts). */
+  readonly share: PeerShare;
+  /** Per-packet warnings, rate-limited. */
+  readonly warnings: PeerWarnings;
   /** Called once the last in-flight URB of a closed session came back. */
   onDrained: (() => void) | null = null;
-
-  /** Set by accept() right after construction. */
-  socket!: Socket;
   /** OUT bytes the socket read straight into guest memory (no copy on the way). */
   directBytes = 0;
-  /** What reads land in, except OUT data read straight into guest memory (urb-reader.ts). */
-  readonly staging = Buffer.allocUnsafe(READ_BUFFER_BYTES);
 
   constructor(
     readonly owner: SessionOwner,
     readonly peer: string,
-  ) {}
+    readonly socket: Socket,
+    share: (s: Session) => PeerShare,
+    log: FaceLogger,
+  ) {
+    this.share = share(this);
+    this.warnings = new PeerWarnings(log, () => this.fields());
+    // The management phase's gate, for the request clock: a request half received is in the queue.
+    const queue = this.queue;
+    const session = this;
+    this.share.gate = {
+      get isBlocked() {
+        return session.phase !== "op";
+      },
+      resume() {},
+      get partialBytes() {
+        return queue.length;
+      },
+      completed: 0,
+    };
+  }
 
   /** The structured fields of this client's log lines (JSON log format). */
   fields(): LogFields {
     return this.slot !== null ? { client: this.peer, busid: this.slot.busid } : { client: this.peer };
   }
 
-  /** Where the next read lands: the rest of the OUT data that is due, in its guest buffer, or staging. */
-  nextReadBuffer(memory: Buffer): Uint8Array {
-    const reader = this.reader;
-    if (this.phase !== "urb" || reader === null) return this.staging;
-    const length = reader.directLength;
-    if (length < DIRECT_READ_MIN) return this.staging;
-    const at = reader.directOffset;
-    return memory.subarray(at, at + length);
+  /** The OUT data due that the socket may read straight into guest memory, or null. */
+  directTarget(): Uint8Array | null {
+    return this.phase === "urb" ? (this.reader?.directTarget ?? null) : null;
   }
 
   /** Into the URB phase: the reader and writer, fed first with whatever followed the import request. */
   startUrbPhase(memory: SharedArrayBuffer): void {
     this.phase = "urb";
-    this.writer = new ReplyWriter(this.socket, memory, () => this.owner.written(this));
+    this.writer = new ReplyWriter(this.socket, memory, () => this.share.written());
     this.reader = new UrbReader(this);
+    this.share.gate = this.reader;
+    this.share.handshakeDone();
     const rest = this.queue.length > 0 ? Buffer.from(this.queue.take(this.queue.length)) : null;
     this.queue.clear();
     if (rest !== null) this.owner.received(this, rest);
@@ -275,15 +267,15 @@ export class Session implements UrbReaderSink {
 
   // UrbReaderSink: the reader calls these as the stream arrives.
   admit(h: SubmitHeader): boolean {
-    return this.owner.admit(this, h, this.takeForced());
+    return this.owner.admit(this, h);
   }
   submit(h: SubmitHeader, iso: Uint8Array): void {
     const r = this.current!;
     this.current = null;
     this.owner.submit(this, r, h, iso);
   }
-  unlink(seqnum: number, devid: number, unlinkSeqnum: number): void {
-    this.owner.unlink(this, seqnum, devid, unlinkSeqnum);
+  unlink(seqnum: number, devid: number, unlinkSeqnum: number): boolean {
+    return this.owner.unlink(this, seqnum, devid, unlinkSeqnum);
   }
   malformed(reason: string): void {
     this.owner.malformed(this, reason);
@@ -292,14 +284,6 @@ export class Session implements UrbReaderSink {
   admitted(r: ServerUrb): void {
     this.current = r;
   }
-  force(status: UrbStatus): void {
-    this.forced = status;
-  }
-  private takeForced(): UrbStatus | null {
-    const f = this.forced;
-    this.forced = null;
-    return f;
-  }
   /** The submit being received when the connection ended: it never reached the engine. */
   abandonCurrent(): void {
     const r = this.current;
@@ -307,8 +291,8 @@ export class Session implements UrbReaderSink {
     if (r === null) return;
     if (this.inflight.get(r.seqnum) === r) {
       this.inflight.delete(r.seqnum);
-      this.urbs--;
-      this.isoFrames -= r.isoFrames;
+      this.share.urbs--;
+      this.share.isoFrames -= r.isoFrames;
     }
     this.release(r);
   }

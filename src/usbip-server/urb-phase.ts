@@ -10,6 +10,7 @@
 import type { IsoPacketSpec, UrbCompletion, VirtualHostController } from "../frontend/index.js";
 import { isoDescriptorFrames } from "../frontend/validate.js";
 import type { FaceLogger } from "../network-face/log.js";
+import { Blocked } from "../network-face/share.js";
 import { ECONNRESET, EINVAL, ENOMEM, EPIPE, OK, type UrbStatus } from "../urb/status.js";
 import {
   EndpointType,
@@ -22,19 +23,12 @@ import {
 } from "../usb/index.js";
 import { ISO_DESCRIPTOR_SIZE, URB_HEADER_SIZE } from "../usbip/protocol.js";
 import { CONTROL_ENTRY } from "./exported-device.js";
-import { Blocked, Kind, type ServerUrb, type Session, type SessionOwner, type Slot } from "./session.js";
+import { Kind, type ServerUrb, type Session, type SessionOwner, type Slot } from "./session.js";
 import type { SubmitHeader } from "./urb-reader.js";
 
-/** Each client's bounds (UsbipServerOptions, with their defaults applied). */
-export interface ClientBounds {
-  /** Unsent reply bytes above which no request of the client is started. */
-  readonly maxSendQueue: number;
-  /** ... and how long it may stay there before the client is dropped. */
-  readonly stalledMs: number;
-  /** How long a request may wait for its client's share while none of its URBs completes. */
-  readonly blockedMs: number;
-  /** Engine slots and scratch frames one client may hold. */
-  readonly urbShare: number;
+/** What the URB phase takes of the server's options (the bounds themselves are each session's share). */
+export interface UrbPhaseLimits {
+  /** Scratch frames one client may hold (iso descriptors). */
   readonly scratchShare: number;
   /** Stall a forwarded SET_FEATURE(PORT_RESET) instead of resetting the device. */
   readonly stallPortReset: boolean;
@@ -49,10 +43,6 @@ export interface UrbPhaseHost {
 }
 
 export class UrbPhase implements SessionOwner {
-  private readonly maxSendQueue: number;
-  private readonly stalledMs: number;
-  private readonly blockedMs: number;
-  private readonly urbShare: number;
   private readonly scratchShare: number;
   private readonly stallPortReset: boolean;
 
@@ -61,36 +51,38 @@ export class UrbPhase implements SessionOwner {
     /** The guest memory URB buffers live in. */
     private readonly memoryBytes: Uint8Array,
     private readonly log: FaceLogger,
-    bounds: ClientBounds,
+    limits: UrbPhaseLimits,
     private readonly host: UrbPhaseHost,
   ) {
-    this.maxSendQueue = bounds.maxSendQueue;
-    this.stalledMs = bounds.stalledMs;
-    this.blockedMs = bounds.blockedMs;
-    this.urbShare = bounds.urbShare;
-    this.scratchShare = bounds.scratchShare;
-    this.stallPortReset = bounds.stallPortReset;
+    this.scratchShare = limits.scratchShare;
+    this.stallPortReset = limits.stallPortReset;
   }
 
   /** OUT data the socket read straight into its guest buffer. */
   receivedDirect(s: Session, n: number): void {
     s.directBytes += n;
     this.hcd.batch(() => s.reader!.receivedDirect(n));
-    this.updateFlow(s);
+    s.share.updateFlow();
   }
 
   /** Bytes of the URB phase: the reader walks them; every submit they complete goes to the engine in one batch. */
   received(s: Session, chunk: Buffer): void {
-    this.hcd.batch(() => s.reader!.push(chunk));
-    this.updateFlow(s);
+    this.hcd.batch(() => {
+      s.reader!.push(chunk);
+      s.reader!.ownBuffered();
+    });
+    s.share.updateFlow();
   }
 
   /**
    * The reader has a whole CMD_SUBMIT header: check what the stream's framing allows, then start it
-   * if the client's share allows (else stop the reader here). `forced` answers a request that waited
-   * too long.
+   * if the client's share allows (else stop the reader here). Every answer counts against the unsent
+   * bound, local ones too: past it nothing is admitted. A request that waited blockedRequestMs for its
+   * share is answered -ENOMEM.
    */
-  admit(s: Session, h: SubmitHeader, forced: UrbStatus | null): boolean {
+  admit(s: Session, h: SubmitHeader): boolean {
+    const share = s.share;
+    if (share.overUnsent) return this.block(s, Blocked.SEND);
     const slot = s.slot!;
     if (h.devid !== slot.devid) {
       this.drop(s, `CMD_SUBMIT for devid 0x${h.devid.toString(16)}, imported 0x${slot.devid.toString(16)}`);
@@ -106,7 +98,7 @@ export class UrbPhase implements SessionOwner {
     r.bmRequestType = h.bmRequestType;
     r.bRequest = h.bRequest;
     r.wValue = h.wValue;
-    if (forced !== null) return this.answerLocally(s, r, forced);
+    if (share.takeForced()) return this.answerLocally(s, r, ENOMEM);
     let type: number;
     if (h.ep > 15) return this.answerLocally(s, r, EINVAL);
     if (h.ep === 0) {
@@ -124,15 +116,14 @@ export class UrbPhase implements SessionOwner {
     if ((type === EndpointType.ISOCHRONOUS) !== h.packets > 0) return this.answerLocally(s, r, EINVAL);
     const length = h.transferBufferLength;
     if (length > slot.memoryBytes) return this.answerLocally(s, r, ENOMEM);
-    // The client's share: replies it has not read, engine slots, scratch frames, guest memory.
-    if ((s.writer?.unsent ?? 0) > this.maxSendQueue) return this.block(s, r, Blocked.SEND);
-    if (s.urbs >= this.urbShare) return this.block(s, r, Blocked.SHARE);
+    // The client's share: engine slots, scratch frames, guest memory.
+    if (share.urbsFull) return this.block(s, Blocked.SHARE, r);
     const isoFrames = h.packets > 0 ? isoDescriptorFrames(h.packets) : 0;
     if (isoFrames > this.scratchShare) return this.answerLocally(s, r, ENOMEM);
-    if (s.isoFrames + isoFrames > this.scratchShare) return this.block(s, r, Blocked.SHARE);
+    if (share.isoFrames + isoFrames > this.scratchShare) return this.block(s, Blocked.SHARE, r);
     if (length > 0) {
       const range = slot.memory.tryAllocateTransfer(length);
-      if (range === null) return this.block(s, r, Blocked.SHARE);
+      if (range === null) return this.block(s, Blocked.SHARE, r);
       r.offset = range.offset;
       r.length = length;
       if (!h.directionIn) s.reader!.receiveInto(this.memoryBytes, range.offset);
@@ -146,8 +137,8 @@ export class UrbPhase implements SessionOwner {
             ? Kind.INTERRUPT
             : Kind.ISO;
     r.isoFrames = isoFrames;
-    s.isoFrames += isoFrames;
-    s.urbs++;
+    share.isoFrames += isoFrames;
+    share.urbs++;
     s.inflight.set(r.seqnum, r);
     s.admitted(r);
     return true;
@@ -162,22 +153,9 @@ export class UrbPhase implements SessionOwner {
   }
 
   /** Stop the reader at this request until the client's share frees up (or it reads its replies). */
-  private block(s: Session, r: ServerUrb, why: Blocked): boolean {
-    s.release(r);
-    s.blocked = why;
-    if (why === Blocked.SHARE && s.blockTimer === null) {
-      s.blockTimer = setTimeout(() => {
-        s.blockTimer = null;
-        if (s.blocked !== Blocked.SHARE || s.phase !== "urb") return;
-        this.log.warn(
-          `${s.peer}: a request on ${s.slot!.busid} waited ${this.blockedMs} ms for its share of the engine ` +
-            `(${s.urbs} URBs, ${s.slot!.memoryBytes - s.slot!.memory.freeBytes} bytes of guest memory in use): -ENOMEM`,
-          s.fields(),
-        );
-        s.force(ENOMEM);
-        this.progress(s);
-      }, this.blockedMs);
-    }
+  private block(s: Session, why: Blocked.SEND | Blocked.SHARE, r: ServerUrb | null = null): boolean {
+    if (r !== null) s.release(r);
+    s.share.block(why);
     return false;
   }
 
@@ -192,10 +170,10 @@ export class UrbPhase implements SessionOwner {
       const problem = this.isoLayout(r, h.packets, iso);
       if (problem !== null) {
         s.inflight.delete(r.seqnum);
-        s.urbs--;
-        s.isoFrames -= r.isoFrames;
+        s.share.urbs--;
+        s.share.isoFrames -= r.isoFrames;
         s.writer!.retSubmit(r.seqnum, EINVAL, 0, 0, 0, 0, 0, 0, null, null);
-        this.log.warn(`${s.peer}: iso CMD_SUBMIT seqnum ${r.seqnum} refused: ${problem}`, s.fields());
+        s.warnings.warn(`${s.peer}: iso CMD_SUBMIT seqnum ${r.seqnum} refused: ${problem}`);
         s.release(r);
         return;
       }
@@ -269,8 +247,8 @@ export class UrbPhase implements SessionOwner {
   completed(r: ServerUrb, c: UrbCompletion): void {
     const s = r.session;
     s.inflight.delete(r.seqnum);
-    s.urbs--;
-    s.isoFrames -= r.isoFrames;
+    s.share.urbs--;
+    s.share.isoFrames -= r.isoFrames;
     r.isoFrames = 0;
     r.urb = null;
     if (s.phase !== "urb") {
@@ -302,7 +280,7 @@ export class UrbPhase implements SessionOwner {
       for (const u of r.unlinks) writer.retUnlink(u, OK);
       if (!held) s.release(r);
     }
-    this.progress(s);
+    s.share.progress();
   }
 
   /** RET_SUBMIT of an iso URB: each packet's actual bytes compacted (IN), then the descriptors. */
@@ -336,68 +314,33 @@ export class UrbPhase implements SessionOwner {
     s.writer!.retSubmit(r.seqnum, c.status, actual, c.startFrame, packets.length, errors, 0, 0, tail, null);
   }
 
-  unlink(s: Session, seqnum: number, devid: number, target: number): void {
+  /** CMD_UNLINK: its RET_UNLINK counts against the unsent bound like any reply (false: stop the reader). */
+  unlink(s: Session, seqnum: number, devid: number, target: number): boolean {
     const slot = s.slot!;
     if (devid !== slot.devid) {
       this.drop(s, `CMD_UNLINK for devid 0x${devid.toString(16)}, imported 0x${slot.devid.toString(16)}`);
-      return;
+      return false;
     }
+    if (s.share.overUnsent) return this.block(s, Blocked.SEND);
     const r = s.inflight.get(target);
     if (r === undefined) {
       // Already completed: its RET_SUBMIT is ahead of this in the stream.
       s.writer!.retUnlink(seqnum, OK);
-      return;
+      return true;
+    }
+    // At most one RET_UNLINK per URB in flight waits with it: a repeated unlink of the same URB is answered
+    // now as one that came too late (0), so a peer cannot pile up replies on a URB that never completes.
+    if (r.unlinks.length > 0) {
+      s.writer!.retUnlink(seqnum, OK);
+      return true;
     }
     r.unlinks.push(seqnum);
-    if (r.urb !== null && r.unlinks.length === 1) void this.hcd.unlink(r.urb);
+    if (r.urb !== null) void this.hcd.unlink(r.urb);
+    return true;
   }
 
   malformed(s: Session, reason: string): void {
     this.drop(s, reason);
-  }
-
-  // ---------------------------------------------------------------- flow control
-
-  /** Something of `s`'s share came back: try the request its reader stopped at. */
-  progress(s: Session): void {
-    if (s.phase !== "urb" || s.blocked === Blocked.NO) return;
-    if (s.blockTimer !== null) {
-      clearTimeout(s.blockTimer);
-      s.blockTimer = null;
-    }
-    s.blocked = Blocked.NO;
-    this.hcd.batch(() => s.reader!.resume());
-    this.updateFlow(s);
-  }
-
-  /** A flush of `s`'s replies reached the kernel. */
-  written(s: Session): void {
-    if (s.phase !== "urb") return;
-    if (s.writer!.unsent <= this.maxSendQueue) {
-      if (s.stallTimer !== null) clearTimeout(s.stallTimer);
-      s.stallTimer = null;
-      if (s.blocked === Blocked.SEND) this.progress(s);
-    }
-  }
-
-  /** Reads paused while the reader is stopped at a request; the stall timer runs while replies pile up. */
-  updateFlow(s: Session): void {
-    if (s.phase !== "urb") return;
-    const pause = s.reader!.isBlocked;
-    if (pause && !s.paused) {
-      s.paused = true;
-      s.socket.pause();
-    } else if (!pause && s.paused) {
-      s.paused = false;
-      s.socket.resume();
-    }
-    if (s.stallTimer === null && s.writer!.unsent + s.writer!.pending * URB_HEADER_SIZE > this.maxSendQueue) {
-      s.stallTimer = setTimeout(() => {
-        s.stallTimer = null;
-        if (s.phase !== "urb" || s.writer!.unsent <= this.maxSendQueue) return;
-        this.drop(s, `client stopped reading: ${s.writer!.unsent} bytes unsent for ${this.stalledMs} ms`);
-      }, this.stalledMs);
-    }
   }
 
   private drop(s: Session, reason: string): void {

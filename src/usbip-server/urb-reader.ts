@@ -57,7 +57,8 @@ export interface UrbReaderSink {
    * form). `iso` is a view of the reader's own reused buffer: copy what you keep.
    */
   submit(h: SubmitHeader, iso: Uint8Array): void;
-  unlink(seqnum: number, devid: number, unlinkSeqnum: number): void;
+  /** A CMD_UNLINK; false stops the reader at it, as a refused admit does. */
+  unlink(seqnum: number, devid: number, unlinkSeqnum: number): boolean;
   /** Framing is lost: nothing more is read; end the connection. */
   malformed(reason: string): void;
 }
@@ -125,6 +126,14 @@ export class UrbReader {
     return current + this.buffered;
   }
 
+  /** Bytes of a PDU begun and not yet whole (the request clock, network-face/share.ts). */
+  get partialBytes(): number {
+    return this.incomplete;
+  }
+
+  /** PDUs read whole so far. */
+  completed = 0;
+
   /** True while the sink has refused a header and resume() has not been called. */
   get isBlocked(): boolean {
     return this.blocked;
@@ -143,18 +152,17 @@ export class UrbReader {
 
   /**
    * OUT data the socket may read straight into its target now (nothing else buffered): its length,
-   * 0 when none; the bytes go to `directBytes[directOffset ..]`, then receivedDirect(n).
+   * 0 when none; the bytes go to `directTarget`, then receivedDirect(n).
    */
   get directLength(): number {
     return this.state === State.DATA && this.target !== null && this.buffered === 0 && !this.blocked
       ? this.dataLeft
       : 0;
   }
-  get directBytes(): Uint8Array | null {
-    return this.target;
-  }
-  get directOffset(): number {
-    return this.targetAt;
+  /** The OUT data the socket may read straight into now (directLength bytes of the target), or null. */
+  get directTarget(): Uint8Array | null {
+    const n = this.directLength;
+    return n === 0 ? null : this.target!.subarray(this.targetAt, this.targetAt + n);
   }
 
   /** `n` (≤ directLength) bytes of OUT data were read straight into the target. */
@@ -252,6 +260,7 @@ export class UrbReader {
         }
         this.state = State.HEADER;
         this.headerFill = 0;
+        this.completed++;
         this.sink.submit(this.h, this.iso.subarray(0, this.isoBytes));
         return true;
       }
@@ -267,8 +276,13 @@ export class UrbReader {
     if (command === UsbipCommand.CMD_UNLINK) {
       const direction = b.readUInt32BE(12);
       if (direction > 1) return this.fail(`direction ${direction} is neither 0 nor 1`);
+      if (!this.sink.unlink(b.readUInt32BE(4), b.readUInt32BE(8), b.readUInt32BE(20))) {
+        // Stay on this header (headerFill stays full): resume() offers it again.
+        this.blocked = this.state !== State.STOPPED;
+        return false;
+      }
       this.headerFill = 0;
-      this.sink.unlink(b.readUInt32BE(4), b.readUInt32BE(8), b.readUInt32BE(20));
+      this.completed++;
       return true;
     }
     const h = this.h;

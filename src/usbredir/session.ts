@@ -105,6 +105,7 @@ function redirCodec(n: Negotiated): FrameCodec<RedirFrame> {
       holder: null,
     }),
     headerSize: (f) => (f.raw ? 0 : hs + typeHeader(f.type)),
+    maxHeaderSize: hs + 10,
     writeHeader(out, at, f) {
       if (f.raw) return;
       const th = typeHeader(f.type);
@@ -302,7 +303,7 @@ export class Session implements RedirReaderSink {
     const f = this.writer.frame();
     if (f === null) return;
     f.raw = true;
-    f.tail = pkt;
+    this.writer.setData(f, 0, 0, pkt, null);
   }
 
   /**

@@ -34,6 +34,8 @@ export interface Frame {
 export interface FrameCodec<F extends Frame> {
   create(): F;
   headerSize(f: F): number;
+  /** The largest headerSize: what a queued frame is counted as before its header is written. */
+  readonly maxHeaderSize: number;
   /** Write `f`'s header at `out[at ..]` (headerSize bytes). */
   writeHeader(out: Buffer, at: number, f: F): void;
 }
@@ -54,6 +56,8 @@ export class FrameWriter<F extends Frame> {
   private readonly memory: Buffer;
   /** Bytes handed to the socket and not yet written to the kernel. */
   unsent = 0;
+  /** Bytes of the frames queued for the next flush: their data and tails, and at most maxHeaderSize each. */
+  private queuedBytes = 0;
 
   constructor(
     private readonly socket: Socket,
@@ -68,6 +72,11 @@ export class FrameWriter<F extends Frame> {
   /** Frames queued for the next flush. */
   get pending(): number {
     return this.queued;
+  }
+
+  /** What the peer is owed and has not taken: `unsent` and the frames queued for this turn's flush. */
+  get owed(): number {
+    return this.unsent + this.queuedBytes;
   }
 
   get isClosed(): boolean {
@@ -90,6 +99,7 @@ export class FrameWriter<F extends Frame> {
       this.queue.push(f);
     }
     this.queued++;
+    this.queuedBytes += this.codec.maxHeaderSize;
     f.dataOffset = 0;
     f.dataLength = 0;
     f.tail = null;
@@ -111,6 +121,7 @@ export class FrameWriter<F extends Frame> {
     f.dataOffset = dataOffset;
     f.dataLength = dataLength;
     f.tail = tail;
+    this.queuedBytes += dataLength + (tail === null ? 0 : tail.length);
     f.holder = holder;
   }
 
@@ -124,6 +135,7 @@ export class FrameWriter<F extends Frame> {
     this.socket.destroy();
     for (let i = 0; i < this.queued; i++) this.recycle(this.queue[i]!)?.released();
     this.queued = 0;
+    this.queuedBytes = 0;
     for (const f of this.inProgress) for (const h of f.holders) h.released();
     this.inProgress.clear();
     this.unsent = 0;
@@ -180,6 +192,7 @@ export class FrameWriter<F extends Frame> {
       if (holder !== null) (f.dataLength >= ZERO_COPY_MIN ? holders : copied).push(holder);
     }
     this.queued = 0;
+    this.queuedBytes = 0;
     this.unsent += total;
     this.inProgress.add(flush);
     socket.write(out.subarray(from, at), () => this.written(flush));

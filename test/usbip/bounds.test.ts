@@ -2,7 +2,7 @@
  * Bounds the USB/IP server keeps against one greedy or hostile client, each checked while a bystander
  * client on another device is being served:
  *   1. unsent replies: a client that never reads cannot make the server hold (much) more than
- *      maxSendQueueBytes of replies, however many large INs it queued;
+ *      maxUnsentBytes of replies, however many large INs it queued;
  *   2. fairness: one client's parked URBs (engine ring slots, guest memory) do not hold up other clients;
  *   3. receive queue: a PDU that arrives in 131072 tiny TCP segments costs linear time (it used to block
  *      the event loop for seconds);

@@ -15,7 +15,7 @@ let t: TestServer;
 let bystander: UsbipClient;
 
 beforeAll(async () => {
-  t = await startServer({ maxSendQueueBytes: 64 * 1024, stalledClientMs: 400 });
+  t = await startServer({ maxUnsentBytes: 64 * 1024, stalledPeerMs: 400 });
   bystander = await t.imported("1-3");
   await enumerate(bystander);
 });
@@ -164,8 +164,8 @@ describe("hostile clients", () => {
       c.submit({ ep: 1, directionIn: false, data: chunk });
       c.submit({ ep: 1, directionIn: true, length: chunk.length });
     }
-    await eventually(() => t.log.matching("client stopped reading").length > 0, 10_000, "stall log");
-    expect(t.log.matching("client stopped reading")[0]).toMatch(/^error: 127\.0\.0\.1:\d+: detached 1-1/);
+    await eventually(() => t.log.matching("peer stopped reading").length > 0, 10_000, "stall log");
+    expect(t.log.matching("peer stopped reading")[0]).toMatch(/^error: 127\.0\.0\.1:\d+: detached 1-1/);
     c.close();
     await othersUnaffected();
   });

@@ -140,9 +140,10 @@ class ScriptedSink implements UrbReaderSink {
     this.refusals = 0;
   }
 
-  unlink(seqnum: number, devid: number, unlinkSeqnum: number): void {
+  unlink(seqnum: number, devid: number, unlinkSeqnum: number): boolean {
     this.calls.push({ call: "unlink", seqnum, devid, unlinkSeqnum });
     this.pdu++;
+    return true;
   }
 
   malformed(reason: string): void {

@@ -282,8 +282,8 @@ describe("usbredir hostile peers: transfers and budgets", () => {
     await bystanderMoved(r0);
   });
 
-  it("a peer that never sends its hello is dropped after helloTimeoutMs", async () => {
-    const s = await target({ helloTimeoutMs: 200 });
+  it("a peer that never sends its hello is dropped after handshakeTimeoutMs", async () => {
+    const s = await target({ handshakeTimeoutMs: 200 });
     const r0 = honestLoop.rounds;
     const p = await RawPeer.open(s.port);
     await expectDropped(s, p, "no hello within 200 ms");
@@ -292,7 +292,7 @@ describe("usbredir hostile peers: transfers and budgets", () => {
   });
 
   it("a peer that stops reading while bulk IN replies pile up is paused, then dropped", async () => {
-    const s = await target({ maxSendQueueBytes: 64 * 1024, stalledPeerMs: 300 });
+    const s = await target({ maxUnsentBytes: 64 * 1024, stalledPeerMs: 300 });
     const r0 = honestLoop.rounds;
     const c = await s.connect();
     c.socket.pause(); // never read again
@@ -309,7 +309,7 @@ describe("usbredir hostile peers: transfers and budgets", () => {
   });
 
   it("a peer that does not read IN stream data holds at most its bound plus the URBs in flight", async () => {
-    const s = await target({ maxSendQueueBytes: 16 * 1024, stalledPeerMs: 20_000 });
+    const s = await target({ maxUnsentBytes: 16 * 1024, stalledPeerMs: 20_000 });
     const c = await s.connect();
     const alt = await c.request(RedirType.SET_ALT_SETTING, [0, 1], RedirType.ALT_SETTING_STATUS);
     expect(alt.status).toBe(RedirStatus.SUCCESS);
@@ -331,7 +331,7 @@ describe("usbredir hostile peers: transfers and budgets", () => {
   });
 
   it("a peer that stops reading while interrupt and iso IN data piles up is dropped", async () => {
-    const s = await target({ maxSendQueueBytes: 16 * 1024, stalledPeerMs: 300 });
+    const s = await target({ maxUnsentBytes: 16 * 1024, stalledPeerMs: 300 });
     const r0 = honestLoop.rounds;
     const c = await s.connect();
     const alt = await c.request(RedirType.SET_ALT_SETTING, [0, 1], RedirType.ALT_SETTING_STATUS);
@@ -356,8 +356,8 @@ describe("usbredir hostile peers: transfers and budgets", () => {
     await nextConnectionMovesData(s);
   }, 40_000);
 
-  it("more bulk INs than maxUrbsInFlight: the excess waits, then is answered inval; the connection lives", async () => {
-    const s = await target({ maxUrbsInFlight: 2, blockedRequestMs: 200 });
+  it("more bulk INs than maxUrbsPerPeer: the excess waits, then is answered inval; the connection lives", async () => {
+    const s = await target({ maxUrbsPerPeer: 2, blockedRequestMs: 200 });
     const c = await s.connect();
     const held = [c.bulk(0x81, 512), c.bulk(0x81, 512)];
     const excess = await c.bulk(0x81, 512).reply;
