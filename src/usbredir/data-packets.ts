@@ -7,11 +7,11 @@
  * blocked-packet timers). It allocates nothing per packet in steady state. Every other packet (hello,
  * device-state requests, streams' start and stop, filters) goes to the server (server.ts).
  */
-import type { OnReadOpts } from "node:net";
 import type { GuestOffset } from "../dma-map/types.js";
 import type { UrbCompletion, VirtualHostController } from "../frontend/index.js";
 import type { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
 import type { FaceLogger } from "../network-face/log.js";
+import { Blocked } from "../network-face/share.js";
 import {
   ECONNRESET,
   EINVAL,
@@ -64,18 +64,6 @@ export function hex(n: number, width = 2): string {
   return `0x${n.toString(16).padStart(width, "0")}`;
 }
 
-/** The connection's bounds (UsbredirServerOptions, with their defaults applied). */
-export interface ConnectionBounds {
-  /** URBs one connection may have in the engine at once. */
-  readonly maxUrbs: number;
-  /** Unsent reply bytes above which no new packet is started ... */
-  readonly maxSendQueue: number;
-  /** ... and how long the peer may leave them unread before it is dropped. */
-  readonly stalledMs: number;
-  /** How long a packet may wait for its share while nothing completes before it is answered inval. */
-  readonly blockedMs: number;
-}
-
 /** Where the engine's device is and the guest memory its URB buffers live in. */
 export interface DataPlane {
   readonly hcd: VirtualHostController;
@@ -88,6 +76,9 @@ export interface DataPlane {
   /** Scratch frames one connection's iso descriptors may hold. */
   readonly isoScratchFrames: number;
 }
+
+/** Device-state requests (configuration, alternate setting, reset) one connection may have admitted and not done. */
+export const MAX_QUEUED_REQUESTS = 4;
 
 /** What the data path needs of the server. */
 export interface DataPacketsHost {
@@ -110,18 +101,13 @@ export class DataPackets implements SessionOwner, StreamContext {
   readonly memoryBytes: Uint8Array;
   readonly isoScratchFrames: number;
   readonly redirStatusOf = redirStatusOf;
-  readonly maxUrbs: number;
-  readonly maxSendQueue: number;
   private readonly regionBytes: number;
-  private readonly stalledMs: number;
-  private readonly blockedMs: number;
   /** The device as the guest was told of it: the packets' endpoints are checked against it. */
   model: RedirDeviceModel;
   private readonly counters = { urbs: 0, bytes: 0 };
 
   constructor(
     plane: DataPlane,
-    bounds: ConnectionBounds,
     model: RedirDeviceModel,
     /** The device's name (log lines). */
     private readonly name: string,
@@ -135,10 +121,6 @@ export class DataPackets implements SessionOwner, StreamContext {
     this.memoryBytes = plane.memoryBytes;
     this.regionBytes = plane.regionBytes;
     this.isoScratchFrames = plane.isoScratchFrames;
-    this.maxUrbs = bounds.maxUrbs;
-    this.maxSendQueue = bounds.maxSendQueue;
-    this.stalledMs = bounds.stalledMs;
-    this.blockedMs = bounds.blockedMs;
     this.model = model;
   }
 
@@ -154,27 +136,55 @@ export class DataPackets implements SessionOwner, StreamContext {
       s.reader.push(chunk);
       if (reused) s.reader.ownBuffered();
     });
-    this.updateFlow(s);
+    s.share.updateFlow();
   }
 
   /** Bytes read straight into the guest buffer of the OUT data that was due. */
   receivedDirect(s: Session, n: number): void {
     if (s.closed) return;
     this.hcd.batch(() => s.reader.receivedDirect(n));
-    this.updateFlow(s);
+    s.share.updateFlow();
   }
 
-  /** The reader has a sound packet header: decide where its data goes, or stop reading here. */
+  /**
+   * The reader has a sound packet header: decide where its data goes, or stop reading here. Every packet
+   * but the hello may make a reply, so none is admitted while the peer's unsent replies are over the
+   * bound; device-state requests wait while MAX_QUEUED_REQUESTS of them are not done.
+   */
   admit(s: Session, p: RedirPacket): Admission {
     s.current = null;
+    if (p.type === RedirType.HELLO) return null;
+    const share = s.share;
+    if (share.overUnsent) {
+      share.block(Blocked.SEND);
+      return BLOCK;
+    }
     switch (p.type) {
       case RedirType.CONTROL_PACKET:
       case RedirType.BULK_PACKET:
       case RedirType.INTERRUPT_PACKET:
         return this.admitTransfer(s, p);
+      case RedirType.SET_CONFIGURATION:
+      case RedirType.GET_CONFIGURATION:
+      case RedirType.SET_ALT_SETTING:
+      case RedirType.GET_ALT_SETTING:
+      case RedirType.RESET:
+        if (s.requests >= MAX_QUEUED_REQUESTS) {
+          share.block(Blocked.SHARE);
+          return BLOCK;
+        }
+        s.requests++;
+        s.forcedRequest = share.takeForced();
+        return null;
       default:
         return null;
     }
+  }
+
+  /** A device-state request of `s` is done: the next may be admitted. */
+  requestDone(s: Session): void {
+    if (s.requests > 0) s.requests--;
+    s.share.progress();
   }
 
   private admitTransfer(s: Session, p: RedirPacket): Admission {
@@ -198,19 +208,17 @@ export class DataPackets implements SessionOwner, StreamContext {
     r.value = p.value;
     r.index = p.index;
     s.current = r;
-    if (s.forced) {
-      s.forced = false;
+    if (s.share.takeForced()) {
       r.verdict = RedirStatus.INVAL;
       return null;
     }
     const problem = this.transferProblem(s, p, directionIn);
     if (problem !== null) {
-      this.log.warn(`${s.peer}: ${redirTypeName(p.type)} refused: ${problem}`, s.fields());
+      s.warnings.warn(`${s.peer}: ${redirTypeName(p.type)} refused: ${problem}`);
       r.verdict = RedirStatus.INVAL;
       return null;
     }
-    if (s.unsent > this.maxSendQueue) return this.block(s);
-    if (s.urbs >= this.maxUrbs) return this.block(s);
+    if (s.share.urbsFull) return this.block(s);
     const length = p.length;
     if (length > 0) {
       const range = this.memory.tryAllocateTransfer(length);
@@ -218,7 +226,7 @@ export class DataPackets implements SessionOwner, StreamContext {
       r.offset = range.offset;
       r.length = length;
     }
-    s.urbs++;
+    s.share.urbs++;
     if (!interruptOut) s.inflight.set(key, r);
     return directionIn || length === 0 ? null : this.memoryBytes.subarray(r.offset, r.offset + length);
   }
@@ -249,20 +257,17 @@ export class DataPackets implements SessionOwner, StreamContext {
   private block(s: Session): Admission {
     if (s.current !== null) s.recycle(s.current);
     s.current = null;
-    if (s.blockTimer === null) {
-      s.blockTimer = setTimeout(() => {
-        s.blockTimer = null;
-        if (s.closed || !s.reader.isBlocked) return;
-        this.log.warn(
-          `${s.peer}: a packet waited ${this.blockedMs} ms for its share of the engine (${s.urbs} URBs, ` +
-            `${this.regionBytes - this.memory.freeBytes} bytes of guest memory in use): answered inval`,
-          s.fields(),
-        );
-        s.forced = true;
-        this.progress(s);
-      }, this.blockedMs);
-    }
+    s.share.block(Blocked.SHARE);
     return BLOCK;
+  }
+
+  /** A packet waited blockedRequestMs for its share while nothing came back: say so; it is answered inval. */
+  forcing(s: Session, ms: number): void {
+    this.log.warn(
+      `${s.peer}: a packet waited ${ms} ms for its share of the engine (${s.share.urbs} URBs, ` +
+        `${this.regionBytes - this.memory.freeBytes} bytes of guest memory in use): answered inval`,
+      s.fields(),
+    );
   }
 
   /** A whole packet from the guest: a data packet starts here, every other goes to the server. */
@@ -307,7 +312,7 @@ export class DataPackets implements SessionOwner, StreamContext {
 
   /** An engine URB of a data packet completed: exactly one reply (cancelled if its cancel won). */
   complete(s: Session, r: RedirUrb, c: UrbCompletion): void {
-    s.urbs--;
+    s.share.urbs--;
     r.urb = null;
     if (s.inflight.get(r.key) === r) s.inflight.delete(r.key);
     if (s.closed) this.release(s, r);
@@ -353,7 +358,7 @@ export class DataPackets implements SessionOwner, StreamContext {
     if (r.length > 0) this.memory.release({ offset: r.offset as GuestOffset, length: r.length });
     r.length = 0;
     s.recycle(r);
-    if (!s.closed) this.progress(s);
+    if (!s.closed) s.share.progress();
   }
 
   cancel(s: Session, key: number | string): void {
@@ -370,97 +375,35 @@ export class DataPackets implements SessionOwner, StreamContext {
     this.host.disconnectGuest(s);
   }
 
-  // ---------------------------------------------------------------- flow control
+  // ---------------------------------------------------------------- flow control (network-face/share.ts)
 
   /** A URB of `s` came back: resume a blocked reader, or finish draining a closed connection. */
   settled(s: Session): void {
     if (s.closed) {
-      if (s.urbs === 0) s.onDrained?.();
+      if (s.share.urbs === 0) s.onDrained?.();
       return;
     }
-    this.progress(s);
+    s.share.progress();
     // Interrupt and iso IN data is sent from here too: a peer that stops reading it must start the stall timer.
-    this.updateFlow(s);
+    s.share.updateFlow();
   }
 
-  progress(s: Session): void {
-    if (!s.reader.isBlocked) return;
-    if (s.blockTimer !== null && !s.forced) {
-      clearTimeout(s.blockTimer);
-      s.blockTimer = null;
-    }
-    this.hcd.batch(() => s.reader.resume());
-    this.updateFlow(s);
-  }
-
-  /** A flush of `s`'s frames reached the kernel. */
-  written(s: Session): void {
+  /** The peer read its replies below the bound: streams that stopped for it go on. */
+  drained(s: Session): void {
     if (s.closed) return;
-    if (s.unsent <= this.maxSendQueue) {
-      if (s.stallTimer !== null) clearTimeout(s.stallTimer);
-      s.stallTimer = null;
-      // Streams that stopped for the peer to read go on (each parks again if the bound is passed again).
-      const parked = s.parked;
-      s.parked = [];
-      for (const resubmit of parked) resubmit();
-    }
-    this.progress(s);
-  }
-
-  /** Reads paused while the reader waits; the stall timer runs while replies pile up unread. */
-  private updateFlow(s: Session): void {
-    if (s.closed) return;
-    const pause = s.reader.isBlocked;
-    if (pause !== s.paused) {
-      s.paused = pause;
-      if (pause) s.socket.pause();
-      else s.socket.resume();
-    }
-    if (s.stallTimer === null && s.unsent > this.maxSendQueue) {
-      s.stallTimer = setTimeout(() => {
-        s.stallTimer = null;
-        if (!s.closed && s.unsent > this.maxSendQueue) {
-          this.host.drop(s, `peer stopped reading: ${s.unsent} bytes unsent for ${this.stalledMs} ms`);
-        }
-      }, this.stalledMs);
-    }
+    const parked = s.parked;
+    s.parked = [];
+    for (const resubmit of parked) resubmit();
   }
 
   /** Give back what admitTransfer took for a packet that never started. */
   abandon(s: Session, r: RedirUrb): void {
-    s.urbs--;
+    s.share.urbs--;
     if (s.inflight.get(r.key) === r) s.inflight.delete(r.key);
     this.release(s, r);
   }
 
   drop(s: Session, reason: string): void {
     this.host.drop(s, reason);
-  }
-}
-
-/** Each connection's staging buffer; OUT data of at least DIRECT_READ_MIN bytes is read into guest memory instead. */
-const READ_BUFFER_BYTES = 128 * 1024;
-const DIRECT_READ_MIN = 16 * 1024;
-
-/** Where a connection's next read lands: the rest of the OUT data that is due, in guest memory, or staging. */
-export class ReadTarget {
-  session: Session | null = null;
-  private readonly staging = Buffer.allocUnsafe(READ_BUFFER_BYTES);
-  readonly options: OnReadOpts;
-
-  constructor(server: DataPackets) {
-    this.options = {
-      buffer: () => {
-        const direct = this.session?.reader.directTarget ?? null;
-        return direct !== null && direct.length >= DIRECT_READ_MIN ? direct : this.staging;
-      },
-      callback: (n, buf) => {
-        const s = this.session;
-        if (s === null || s.closed) return false;
-        if (buf === this.staging) server.received(s, this.staging.subarray(0, n), true);
-        else server.receivedDirect(s, n);
-        return true;
-      },
-    };
   }
 }

@@ -1,9 +1,10 @@
 /**
  * What a UsbredirServer is built from: its options, checked eagerly (before the engine starts) with
- * messages that name the option, and its error class. Split from server.ts so the server reads as what it does.
+ * messages that name the option, and its error class.
  */
 import type { DeviceSpec } from "../devices/spec.js";
 import type { ConnectionOptions } from "../engine/connection.js";
+import { checkPeerBounds, type PeerBounds, type PeerBoundsOptions } from "../network-face/bounds.js";
 import type { FaceLogger } from "../network-face/log.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { buildAllowList } from "../util/ip-prefix.js";
@@ -21,7 +22,13 @@ export interface UsbredirEndpoint {
   readonly port: number;
 }
 
-export interface UsbredirServerOptions {
+/**
+ * The server's options. The per-connection bounds are the ones both network servers share
+ * (network-face/bounds.ts): `maxUrbsPerPeer` (default 128), `maxUnsentBytes`, `stalledPeerMs`,
+ * `blockedRequestMs` (answered inval), `handshakeTimeoutMs` (the wait for the peer's hello),
+ * `requestTimeoutMs`, `maxConnections`.
+ */
+export interface UsbredirServerOptions extends PeerBoundsOptions {
   /** The device to redirect (what `serve --device` takes). */
   readonly device: DeviceSpec;
   /** Listen here for the VMM (host default 127.0.0.1). Exactly one of listen, listenFd and connect. */
@@ -36,16 +43,6 @@ export interface UsbredirServerOptions {
   readonly logger?: FaceLogger;
   /** Listen mode: peer addresses or CIDR subnets allowed (absent or empty: any). */
   readonly allow?: readonly string[];
-  /** URBs one connection may have in the engine at once (default 128). */
-  readonly maxUrbsInFlight?: number;
-  /** Unsent reply bytes above which no new packet is started (default 16 MiB). */
-  readonly maxSendQueueBytes?: number;
-  /** ... and the peer is dropped if it does not read for this long (default 30 s). */
-  readonly stalledPeerMs?: number;
-  /** A peer that has not sent its hello this long after connecting is dropped (default 30 s; 0: never). */
-  readonly helloTimeoutMs?: number;
-  /** A packet that waits this long for its share of the engine while nothing completes is answered inval (default 2 s). */
-  readonly blockedRequestMs?: number;
   /** Guest memory for URB buffers, MiB (default 16, at least 8). */
   readonly guestMemoryMiB?: number;
   /** Our hello's version string (default "usbvirt"). */
@@ -54,8 +51,14 @@ export interface UsbredirServerOptions {
   readonly connection?: Omit<ConnectionOptions, "ports" | "memory">;
 }
 
-/** Check `options` (throws UsbredirServerError naming the option); returns the guest memory's size in MiB. */
-export function checkOptions(options: UsbredirServerOptions): { readonly guestMemoryMiB: number } {
+/** URBs one connection may have in the engine by default. */
+export const DEFAULT_MAX_URBS = 128;
+
+/** Check `options` (throws UsbredirServerError naming the option); returns the guest memory's size in MiB and the bounds. */
+export function checkOptions(options: UsbredirServerOptions): {
+  readonly guestMemoryMiB: number;
+  readonly bounds: PeerBounds;
+} {
   const modes = [options.listen, options.listenFd, options.connect].filter((m) => m !== undefined).length;
   if (modes !== 1) {
     throw new UsbredirServerError(
@@ -71,14 +74,12 @@ export function checkOptions(options: UsbredirServerOptions): { readonly guestMe
       `options.guestMemoryMiB must be an integer in [8, 1024], got ${mib}`,
     );
   }
-  for (const key of [
-    "maxUrbsInFlight",
-    "maxSendQueueBytes",
-    "stalledPeerMs",
-    "blockedRequestMs",
-    "reconnectMinMs",
-    "reconnectMaxMs",
-  ] as const) {
+  const bounds = checkPeerBounds(
+    options,
+    DEFAULT_MAX_URBS,
+    (message) => new UsbredirServerError("ERR_USBVIRT_USBREDIR_OPTIONS", message),
+  );
+  for (const key of ["reconnectMinMs", "reconnectMaxMs"] as const) {
     const v = options[key];
     if (v !== undefined && (!Number.isInteger(v) || v < 1)) {
       throw new UsbredirServerError(
@@ -87,12 +88,5 @@ export function checkOptions(options: UsbredirServerOptions): { readonly guestMe
       );
     }
   }
-  const hello = options.helloTimeoutMs;
-  if (hello !== undefined && (!Number.isInteger(hello) || hello < 0)) {
-    throw new UsbredirServerError(
-      "ERR_USBVIRT_USBREDIR_OPTIONS",
-      `options.helloTimeoutMs must be a non-negative integer, got ${hello}`,
-    );
-  }
-  return { guestMemoryMiB: mib };
+  return { guestMemoryMiB: mib, bounds };
 }

@@ -89,6 +89,9 @@ export class RedirReader {
     return this.negotiated.headerSize + this.typeHeaderLength + this.filled + this.queue.length;
   }
 
+  /** Packets delivered so far. */
+  completed = 0;
+
   get isBlocked(): boolean {
     return this.blocked;
   }
@@ -214,6 +217,7 @@ export class RedirReader {
     const data = this.target;
     this.target = EMPTY;
     const hs = this.negotiated.headerSize;
+    this.completed++;
     this.sink.deliver(this.p, this.head.subarray(hs, hs + this.typeHeaderLength), data);
     return true;
   }

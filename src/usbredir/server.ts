@@ -21,9 +21,11 @@
  *
  * Hostile input: the reader (reader.ts) is the parse gate; anything it cannot frame ends this
  * connection with a log line, as does a data packet id reused while in flight. Per connection, every
- * resource is bounded: URBs in the engine (`maxUrbsInFlight`), guest memory (its region), unsent reply
- * bytes (`maxSendQueueBytes`, then `stalledPeerMs`), the wait for a hello (`helloTimeoutMs`) and for
- * its share of the engine (`blockedRequestMs`, then the packet is answered `inval`).
+ * resource is bounded, by the bounds both servers share (network-face/bounds.ts): URBs in the engine
+ * (`maxUrbsPerPeer`), guest memory (its region), unsent replies of every kind (`maxUnsentBytes`, then
+ * `stalledPeerMs`), device-state requests queued (MAX_QUEUED_REQUESTS), the wait for a hello
+ * (`handshakeTimeoutMs`), a half-received packet (`requestTimeoutMs`), connections (`maxConnections`) and
+ * the wait for its share of the engine (`blockedRequestMs`, then the packet is answered `inval`).
  *
  * This file: listening or dialling (allowlist, one holder at a time, reconnect backoff), each connection's
  * lifecycle (hello and its timer, the end and the drain), announcing the device, the device leaving and
@@ -42,13 +44,27 @@ import type { VirtualHostController } from "../frontend/index.js";
 import { type DeviceDescription, readDeviceDescription } from "../guest/device-description.js";
 import { GuestUsbDriver } from "../guest/guest-driver.js";
 import { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
-import { admitPeer, createPausedServer, listenAt, peerName } from "../network-face/listener.js";
-import { type FaceLogger, stderrLogger } from "../network-face/log.js";
+import type { PeerBounds } from "../network-face/bounds.js";
+import {
+  admitPeer,
+  ConnectionCap,
+  createPausedServer,
+  listenAt,
+  peerName,
+} from "../network-face/listener.js";
+import {
+  escapingLogger,
+  type FaceLogger,
+  PeerWarnings,
+  peerText,
+  stderrLogger,
+} from "../network-face/log.js";
+import { PeerShare, ReadTarget } from "../network-face/share.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { endpointIsIn, setConfigurationSetup } from "../usb/index.js";
 import { buildAllowList } from "../util/ip-prefix.js";
 import { adoptWithReadBuffer } from "../util/read-into.js";
-import { DataPackets, hex, idKey, ReadTarget } from "./data-packets.js";
+import { DataPackets, hex, idKey } from "./data-packets.js";
 import { RedirDeviceModel, redirSpeedOf } from "./device-model.js";
 import { DeviceRequests } from "./device-requests.js";
 import { checkOptions, UsbredirServerError, type UsbredirServerOptions } from "./options.js";
@@ -56,6 +72,7 @@ import {
   type Caps,
   capsOf,
   decodeHello,
+  encodeAltSettingStatus,
   encodeBulkReceivingStatus,
   encodeBulkStreamsStatus,
   encodeDeviceConnect,
@@ -118,7 +135,11 @@ export class UsbredirServer extends EventEmitter {
   private readonly requests: DeviceRequests;
   private readonly shared: SharedArrayBuffer;
   private readonly allow: BlockList | null;
-  private readonly helloMs: number;
+  /** Each connection's bounds (network-face/bounds.ts), and the cap on connections held at once. */
+  private readonly bounds: PeerBounds;
+  private readonly cap: ConnectionCap;
+  /** Connections refused because the device is redirected to another peer: logged at a bounded rate. */
+  private readonly busyRefusals: PeerWarnings;
   private readonly version: string;
   private listener: Server | null = null;
   private session: Session | null = null;
@@ -141,6 +162,7 @@ export class UsbredirServer extends EventEmitter {
     readonly name: string,
     description: DeviceDescription,
     private readonly options: UsbredirServerOptions,
+    bounds: PeerBounds,
   ) {
     super();
     this.hcd = connection.frontend!;
@@ -148,12 +170,14 @@ export class UsbredirServer extends EventEmitter {
     this.shared = shared;
     const first = frameToOffset(guestFrame(1 + DRIVER_FRAMES));
     const end = frameToOffset(guestFrame(connection.handles.scratchFirstFrame));
-    this.log = options.logger ?? stderrLogger;
+    this.log = escapingLogger(options.logger ?? stderrLogger);
+    this.bounds = bounds;
+    this.cap = new ConnectionCap(bounds.maxConnections, this.log);
+    this.busyRefusals = new PeerWarnings(this.log, () => ({}));
     this.allow = buildAllowList(
       options.allow,
       (reason) => new UsbredirServerError("ERR_USBVIRT_USBREDIR_OPTIONS", reason),
     );
-    this.helloMs = options.helloTimeoutMs ?? 30_000;
     this.version = options.version ?? "usbvirt";
     this.reconnectDelay = options.reconnectMinMs ?? 250;
     this.packets = new DataPackets(
@@ -165,12 +189,6 @@ export class UsbredirServer extends EventEmitter {
         memoryBytes: new Uint8Array(shared),
         regionBytes: end - first,
         isoScratchFrames: SCRATCH_FRAMES / 2,
-      },
-      {
-        maxUrbs: options.maxUrbsInFlight ?? 128,
-        maxSendQueue: options.maxSendQueueBytes ?? 16 * 1024 * 1024,
-        stalledMs: options.stalledPeerMs ?? 30_000,
-        blockedMs: options.blockedRequestMs ?? 2000,
       },
       new RedirDeviceModel(description, redirSpeedOf(this.hcd.portStatus(PORT).speed)),
       name,
@@ -221,7 +239,7 @@ export class UsbredirServer extends EventEmitter {
 
   /** Bring up the engine, attach and describe the device, then listen or connect. */
   static async start(options: UsbredirServerOptions): Promise<UsbredirServer> {
-    const { guestMemoryMiB: mib } = checkOptions(options);
+    const { guestMemoryMiB: mib, bounds } = checkOptions(options);
     const connection = await Connection.create({
       backendThread: "shared",
       ...options.connection,
@@ -245,7 +263,7 @@ export class UsbredirServer extends EventEmitter {
       const guest = new GuestUsbDriver(connection.frontend!, connection.handles);
       const description = await readDeviceDescription(guest, PORT);
       const name = `${summary.name} ${hex(description.vendorId, 4).slice(2)}:${hex(description.productId, 4).slice(2)}`;
-      const self = new UsbredirServer(connection, guest, name, description, options);
+      const self = new UsbredirServer(connection, guest, name, description, options, bounds);
       if (options.connect !== undefined) self.dial();
       else await self.listen();
       return self;
@@ -283,7 +301,7 @@ export class UsbredirServer extends EventEmitter {
     return {
       peer: s?.peer ?? null,
       announced: s?.announced ?? false,
-      urbs: s?.urbs ?? 0,
+      urbs: s?.share.urbs ?? 0,
       memoryBytes: this.packets.memoryInUse,
       unsentBytes: s?.unsent ?? 0,
       connections: this.counters.connections,
@@ -307,13 +325,12 @@ export class UsbredirServer extends EventEmitter {
       }
       if (!admitPeer(socket, peer, this.allow, this.log)) return;
       if (this.session !== null) {
-        this.log.warn(`${peer}: refused, ${this.name} is redirected to ${this.session.peer}`, {
-          client: peer,
-        });
+        this.busyRefusals.warn(`${peer}: refused, ${this.name} is redirected to ${this.session.peer}`);
         socket.destroy();
         return;
       }
-      const reads = new ReadTarget(this.packets);
+      if (!this.cap.admit(socket, peer)) return;
+      const reads = new ReadTarget();
       const adopted = adoptWithReadBuffer(socket, reads.options);
       this.open(adopted ?? socket, peer, adopted === null ? null : reads);
     });
@@ -332,7 +349,7 @@ export class UsbredirServer extends EventEmitter {
     if (this.closing !== null) return;
     const { host, port } = this.options.connect!;
     const peer = `${host}:${port}`;
-    const reads = new ReadTarget(this.packets);
+    const reads = new ReadTarget();
     const socket = netConnect({
       host,
       port,
@@ -345,7 +362,8 @@ export class UsbredirServer extends EventEmitter {
     socket.once("connect", () => {
       opened = true;
       this.log.info(`connected to ${peer}`, { client: peer });
-      this.open(socket, peer, reads);
+      if (this.cap.admit(socket, peer)) this.open(socket, peer, reads);
+      else this.redial();
     });
     socket.once("error", (err) => {
       if (opened) return;
@@ -369,13 +387,37 @@ export class UsbredirServer extends EventEmitter {
 
   /** A new connection; `reads` when its socket reads through onread (else 'data' events). */
   private open(socket: Socket, peer: string, reads: ReadTarget | null): void {
-    const s = new Session(this.packets, socket, peer, this.shared);
+    const s = new Session(
+      this.packets,
+      socket,
+      peer,
+      this.shared,
+      (session) =>
+        new PeerShare(socket, this.bounds, {
+          batch: (fn) => this.hcd.batch(fn),
+          drop: (reason) => this.drop(session, reason),
+          owed: () => session.unsent,
+          memoryInUse: () => this.packets.memoryInUse,
+          forcing: (ms) => this.packets.forcing(session, ms),
+          drained: () => this.packets.drained(session),
+        }),
+      this.log,
+    );
     this.session = s;
     this.sessions.add(s);
     this.counters.connections++;
     socket.setNoDelay(true);
-    if (reads !== null) reads.session = s;
-    else socket.on("data", (chunk: Buffer) => this.packets.received(s, chunk, false));
+    if (reads !== null) {
+      const packets = this.packets;
+      reads.sink = {
+        get readsDone() {
+          return s.closed;
+        },
+        directTarget: () => s.reader.directTarget,
+        received: (chunk) => packets.received(s, chunk, true),
+        receivedDirect: (n) => packets.receivedDirect(s, n),
+      };
+    } else socket.on("data", (chunk: Buffer) => this.packets.received(s, chunk, false));
     socket.on("error", (err) => {
       if (!s.closed) this.log.warn(`${peer}: socket error: ${err.message}`, s.fields());
     });
@@ -386,12 +428,9 @@ export class UsbredirServer extends EventEmitter {
     });
     s.send(encodeHello(this.version, HOST_CAPS));
     socket.resume();
-    if (this.helloMs > 0) {
-      s.helloTimer = setTimeout(() => {
-        s.helloTimer = null;
-        if (s.negotiated === null) this.drop(s, `no hello within ${this.helloMs} ms`);
-      }, this.helloMs);
-    }
+    s.share.startHandshake((ms) => {
+      if (s.negotiated === null) this.drop(s, `no hello within ${ms} ms`);
+    });
   }
 
   /** A whole packet from the guest that is not a data packet (those start in data-packets.ts). */
@@ -404,27 +443,28 @@ export class UsbredirServer extends EventEmitter {
     }
     const n = s.negotiated!;
     const id: Id = { low: p.idLow, high: p.idHigh };
+    if (s.forcedRequest && this.refuseForced(s, p, id)) return;
     switch (p.type) {
       case RedirType.SET_CONFIGURATION: {
         const value = p.configuration;
-        this.serialize(s, () => this.requests.setConfiguration(s, id, value));
+        this.serialize(s, true, () => this.requests.setConfiguration(s, id, value));
         return;
       }
       case RedirType.GET_CONFIGURATION:
-        this.serialize(s, () => this.requests.getConfiguration(s, id));
+        this.serialize(s, true, () => this.requests.getConfiguration(s, id));
         return;
       case RedirType.SET_ALT_SETTING: {
         const { interface: itf, alt } = p;
-        this.serialize(s, () => this.requests.setAlternate(s, id, itf, alt));
+        this.serialize(s, true, () => this.requests.setAlternate(s, id, itf, alt));
         return;
       }
       case RedirType.GET_ALT_SETTING: {
         const itf = p.interface;
-        this.serialize(s, () => this.requests.getAlternate(s, id, itf));
+        this.serialize(s, true, () => this.requests.getAlternate(s, id, itf));
         return;
       }
       case RedirType.RESET:
-        this.serialize(s, () => this.requests.reset(s));
+        this.serialize(s, true, () => this.requests.reset(s));
         return;
       case RedirType.CANCEL_DATA_PACKET:
         this.packets.cancel(s, idKey(p.idLow, p.idHigh));
@@ -453,15 +493,12 @@ export class UsbredirServer extends EventEmitter {
         return;
       case RedirType.ALLOC_BULK_STREAMS:
       case RedirType.FREE_BULK_STREAMS:
-        this.log.warn(`${s.peer}: ${redirTypeName(p.type)}: bulk streams are not supported`, s.fields());
+        s.warnings.warn(`${s.peer}: ${redirTypeName(p.type)}: bulk streams are not supported`);
         s.send(encodeBulkStreamsStatus(n, id, p.endpoints, 0, RedirStatus.INVAL));
         return;
       case RedirType.START_BULK_RECEIVING:
       case RedirType.STOP_BULK_RECEIVING:
-        this.log.warn(
-          `${s.peer}: ${redirTypeName(p.type)}: buffered bulk input is not supported`,
-          s.fields(),
-        );
+        s.warnings.warn(`${s.peer}: ${redirTypeName(p.type)}: buffered bulk input is not supported`);
         // QEMU's parser refuses a bulk_receiving_status for an OUT endpoint: answer IN ones only.
         if (endpointIsIn(p.endpoint)) {
           s.send(encodeBulkReceivingStatus(n, id, p.streamId, p.endpoint, RedirStatus.INVAL));
@@ -481,7 +518,7 @@ export class UsbredirServer extends EventEmitter {
       case RedirType.DEVICE_DISCONNECT_ACK:
         if (s.awaitingAck) {
           s.awaitingAck = false;
-          if (this.failed === null) this.serialize(s, () => this.announce(s));
+          if (this.failed === null) this.serialize(s, false, () => this.announce(s));
         }
         return;
       default:
@@ -494,25 +531,64 @@ export class UsbredirServer extends EventEmitter {
     const n = negotiate(HOST_CAPS, caps);
     s.negotiate(n);
     s.peerVersion = version;
-    if (s.helloTimer !== null) clearTimeout(s.helloTimer);
-    s.helloTimer = null;
+    s.share.handshakeDone();
     this.reconnectDelay = this.options.reconnectMinMs ?? 250;
     this.log.info(
-      `${s.peer}: usbredir peer "${version}" (caps ${hex(caps)}, ${n.headerSize === 16 ? "64" : "32"}-bit ids)`,
+      `${s.peer}: usbredir peer ${peerText(version)} (caps ${hex(caps)}, ${n.headerSize === 16 ? "64" : "32"}-bit ids)`,
       s.fields(),
     );
-    this.serialize(s, () => this.announce(s));
+    this.serialize(s, false, () => this.announce(s));
   }
 
-  /** Device-state requests run in order, after the previous holder's URBs drained. */
-  private serialize(s: Session, step: () => Promise<void>): void {
+  /**
+   * Device-state requests run in order, after the previous holder's URBs drained. `peer`: one of the
+   * peer's requests, counted against MAX_QUEUED_REQUESTS until it is done (data-packets.ts admit).
+   */
+  private serialize(s: Session, peer: boolean, step: () => Promise<void>): void {
     s.chain = s.chain
       .then(async () => {
         if (!s.closed) await step();
       })
       .catch((err: unknown) => {
         if (!s.closed) this.drop(s, `device request failed: ${(err as Error).message}`);
+      })
+      .finally(() => {
+        if (peer) this.packets.requestDone(s);
       });
+  }
+
+  /**
+   * A device-state request that waited blockedRequestMs behind the others: answered inval without being
+   * performed (a reset, which has no status, is not performed); true when it was such a request.
+   */
+  private refuseForced(s: Session, p: RedirPacket, id: Id): boolean {
+    s.forcedRequest = false;
+    const n = s.negotiated!;
+    switch (p.type) {
+      case RedirType.SET_CONFIGURATION:
+      case RedirType.GET_CONFIGURATION:
+        s.send(
+          encodeStatusPair(
+            n,
+            RedirType.CONFIGURATION_STATUS,
+            id,
+            RedirStatus.INVAL,
+            this.model.configuration,
+          ),
+        );
+        break;
+      case RedirType.SET_ALT_SETTING:
+      case RedirType.GET_ALT_SETTING:
+        s.send(encodeAltSettingStatus(n, id, RedirStatus.INVAL, p.interface, 0xff));
+        break;
+      case RedirType.RESET:
+        s.warnings.warn(`${s.peer}: reset waited behind the device's other requests too long: not performed`);
+        break;
+      default:
+        return false;
+    }
+    this.packets.requestDone(s);
+    return true;
   }
 
   /** Reset, address and configure the device through the engine, then tell the guest about it. */
@@ -550,20 +626,20 @@ export class UsbredirServer extends EventEmitter {
         return;
       case "unreadable":
         this.log.warn(
-          `${s.peer}: the VMM's device filter "${v.text}" cannot be read (${v.error}); ignored`,
+          `${s.peer}: the VMM's device filter ${peerText(v.text)} cannot be read (${v.error}); ignored`,
           s.fields(),
         );
         return;
       case "allowed":
         this.log.info(
-          `${s.peer}: the VMM's device filter "${v.text}" allows ${this.name} (${v.why})`,
+          `${s.peer}: the VMM's device filter ${peerText(v.text)} allows ${this.name} (${v.why})`,
           s.fields(),
         );
         return;
       case "refused":
         s.refusedBy = v.why;
         this.log.error(
-          `${s.peer}: the VMM's device filter "${v.text}" refuses ${this.name}: ${v.why}`,
+          `${s.peer}: the VMM's device filter ${peerText(v.text)} refuses ${this.name}: ${v.why}`,
           s.fields(),
         );
         this.disconnectGuest(s);
@@ -593,7 +669,7 @@ export class UsbredirServer extends EventEmitter {
     this.log.info(`${this.name} is back`);
     const s = this.session;
     if (s !== null && !s.closed && s.negotiated !== null && !s.announced && !s.awaitingAck) {
-      this.serialize(s, () => this.announce(s));
+      this.serialize(s, false, () => this.announce(s));
     }
   }
 
@@ -603,9 +679,8 @@ export class UsbredirServer extends EventEmitter {
     const n = s.negotiated!;
     const ep = this.model.endpoint(endpoint);
     if (!s.announced || ep === undefined || ep.type !== RedirEpType.INTERRUPT || !endpointIsIn(endpoint)) {
-      this.log.warn(
+      s.warnings.warn(
         `${s.peer}: start_interrupt_receiving on ${hex(endpoint)}: not an interrupt IN endpoint`,
-        s.fields(),
       );
       // The status needs an IN endpoint (QEMU's parser): an OUT one gets no answer, as it asked for nothing valid.
       if (endpointIsIn(endpoint)) {
@@ -628,9 +703,8 @@ export class UsbredirServer extends EventEmitter {
       noUrbs >= 1 &&
       noUrbs <= MAX_ISO_URBS;
     if (!ok) {
-      this.log.warn(
+      s.warnings.warn(
         `${s.peer}: start_iso_stream on ${hex(endpoint)} (${pktsPerUrb} packets × ${noUrbs} URBs) refused`,
-        s.fields(),
       );
     } else {
       startIso(this.packets, s, endpoint, pktsPerUrb, noUrbs, ep.maxPacketSize, ep.interval);
@@ -658,14 +732,16 @@ export class UsbredirServer extends EventEmitter {
   /** The connection is over: cancel its URBs; the device is free for the next one once they are back. */
   private end(s: Session, reason: string, level: "info" | "warn" | "error"): void {
     if (s.closed) return;
-    for (const t of [s.helloTimer, s.stallTimer, s.blockTimer]) if (t !== null) clearTimeout(t);
+    s.share.close();
+    s.warnings.flush();
+    this.cap.release();
     this.stopStreams(s);
     s.close();
     // A transfer admitted whose data never all arrived holds a URB slot and guest memory, but no URB.
     const cut = s.current;
     s.current = null;
     if (cut !== null && cut.urb === null && cut.verdict === null) this.packets.abandon(s, cut);
-    const inFlight = s.urbs;
+    const inFlight = s.share.urbs;
     this.log[level](
       `${s.peer}: ${reason}${s.announced ? `; ${this.name} released, ${inFlight} URBs in flight cancelled` : ""}`,
       s.fields(),

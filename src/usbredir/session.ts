@@ -15,7 +15,8 @@ import type {
   UrbCallback,
   UrbCompletion,
 } from "../frontend/index.js";
-import type { LogFields } from "../network-face/log.js";
+import { type FaceLogger, type LogFields, PeerWarnings } from "../network-face/log.js";
+import type { PeerShare } from "../network-face/share.js";
 import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
 import { endpointNumberOf, type SetupPacket } from "../usb/index.js";
 import { type Frame, type FrameCodec, type FrameHolder, FrameWriter } from "../util/frame-writer.js";
@@ -59,8 +60,6 @@ export interface SessionOwner {
   complete(s: Session, r: RedirUrb, c: UrbCompletion): void;
   /** The writer is done with a record's IN data (or never needed it): its memory can go. */
   release(s: Session, r: RedirUrb): void;
-  /** A flush of the session's frames reached the kernel. */
-  written(s: Session): void;
 }
 
 /** A packet on its way out: a header written by the codec (data packets), or a whole pre-encoded packet. */
@@ -235,6 +234,10 @@ export class Session implements RedirReaderSink {
   refusedBy: string | null = null;
   /** Device-state requests (set/get configuration and alt, reset) run one after another. */
   chain: Promise<void> = Promise.resolve();
+  /** The peer's device-state requests admitted and not yet done (at most MAX_QUEUED_REQUESTS). */
+  requests = 0;
+  /** The device-state request being delivered was admitted with the forced verdict: answer it inval. */
+  forcedRequest = false;
   /** Data packets with a reply due, by id. */
   readonly inflight = new Map<number | string, RedirUrb>();
   readonly interrupt = new Map<number, InterruptStream>();
@@ -243,15 +246,10 @@ export class Session implements RedirReaderSink {
   parked: (() => void)[] = [];
   /** The transfer admit() accepted whose data is arriving; deliver() starts it. */
   current: RedirUrb | null = null;
-  /** URBs of this connection in the engine, and scratch frames their iso descriptors hold. */
-  urbs = 0;
-  isoFrames = 0;
-  helloTimer: NodeJS.Timeout | null = null;
-  stallTimer: NodeJS.Timeout | null = null;
-  blockTimer: NodeJS.Timeout | null = null;
-  /** Set when a blocked packet waited too long: admit it with an inval answer. */
-  forced = false;
-  paused = false;
+  /** What the connection holds against its bounds, and its flow control (network-face/share.ts). */
+  readonly share: PeerShare;
+  /** Per-packet warnings, rate-limited. */
+  readonly warnings: PeerWarnings;
   onDrained: (() => void) | null = null;
   /** Packets received (stats). */
   packets = 0;
@@ -262,8 +260,13 @@ export class Session implements RedirReaderSink {
     readonly socket: Socket,
     readonly peer: string,
     private readonly memory: SharedArrayBuffer,
+    share: (s: Session) => PeerShare,
+    log: FaceLogger,
   ) {
     this.reader = new RedirReader("guest", this);
+    this.share = share(this);
+    this.share.gate = this.reader;
+    this.warnings = new PeerWarnings(log, () => this.fields());
   }
 
   fields(): LogFields {
@@ -274,13 +277,13 @@ export class Session implements RedirReaderSink {
   negotiate(n: Negotiated): void {
     this.negotiated = n;
     this.reader.setNegotiated(n);
-    this.writer = new FrameWriter(this.socket, this.memory, redirCodec(n), () => this.owner.written(this));
+    this.writer = new FrameWriter(this.socket, this.memory, redirCodec(n), () => this.share.written());
   }
 
   /** Bytes queued for the peer and not yet taken by the kernel. */
   get unsent(): number {
-    // The writer counts what it handed to the socket until the kernel took it; before it exists, the socket.
-    return this.writer?.unsent ?? this.socket.writableLength;
+    // The writer counts what it queued and handed to the socket until the kernel took it; before it exists, the socket.
+    return this.writer?.owed ?? this.socket.writableLength;
   }
 
   admit(p: RedirPacket, _typeHeader: Uint8Array): Admission {

@@ -26,12 +26,8 @@ export interface StreamContext {
   readonly memoryBytes: Uint8Array;
   readonly port: PortNum;
   readonly deviceAddress: DevAddr;
-  /** URBs one connection may have in the engine. */
-  readonly maxUrbs: number;
   /** Scratch frames one connection's iso descriptors may hold. */
   readonly isoScratchFrames: number;
-  /** Unsent bytes above which a stream stops resubmitting until the peer reads (s.parked). */
-  readonly maxSendQueue: number;
   redirStatusOf(status: number): RedirStatus;
   /** A URB completed with a lost-device status. */
   deviceLost(s: Session, c: UrbCompletion): void;
@@ -78,7 +74,7 @@ export function startInterrupt(
 function pollInterrupt(ctx: StreamContext, s: Session, stream: InterruptStream): void {
   const length = stream.maxPacketSize;
   const range = ctx.memory.tryAllocate(length, 64);
-  if (range === null || s.urbs >= ctx.maxUrbs) {
+  if (range === null || s.share.urbsFull) {
     // The connection's share is in use: poll again shortly (an interrupt endpoint tolerates the delay).
     if (range !== null) ctx.memory.release(range);
     setTimeout(() => {
@@ -86,7 +82,7 @@ function pollInterrupt(ctx: StreamContext, s: Session, stream: InterruptStream):
     }, 10).unref();
     return;
   }
-  s.urbs++;
+  s.share.urbs++;
   const urb: Urb = {
     type: "interrupt",
     port: ctx.port,
@@ -98,7 +94,7 @@ function pollInterrupt(ctx: StreamContext, s: Session, stream: InterruptStream):
   };
   stream.urbs.push(urb);
   ctx.hcd.submitWithCallback(urb, (c) => {
-    s.urbs--;
+    s.share.urbs--;
     stream.urbs.splice(stream.urbs.indexOf(urb), 1);
     const holder = rangeHolder(ctx.memory, range);
     if (!stream.running || s.closed) holder.released();
@@ -169,7 +165,11 @@ function submitIso(ctx: StreamContext, s: Session, stream: IsoStream, packets: U
   const total = sizes.reduce((a, b) => a + b, 0);
   const frames = isoDescriptorFrames(sizes.length);
   const range = total > 0 ? ctx.memory.tryAllocate(total, 64) : null;
-  if ((total > 0 && range === null) || s.urbs >= ctx.maxUrbs || s.isoFrames + frames > ctx.isoScratchFrames) {
+  if (
+    (total > 0 && range === null) ||
+    s.share.urbsFull ||
+    s.share.isoFrames + frames > ctx.isoScratchFrames
+  ) {
     if (range !== null) ctx.memory.release(range);
     stream.dropped += sizes.length;
     return;
@@ -188,8 +188,8 @@ function submitIso(ctx: StreamContext, s: Session, stream: IsoStream, packets: U
       o += p.length;
     }
   }
-  s.urbs++;
-  s.isoFrames += frames;
+  s.share.urbs++;
+  s.share.isoFrames += frames;
   const urb: Urb = {
     type: "isochronous",
     port: ctx.port,
@@ -202,8 +202,8 @@ function submitIso(ctx: StreamContext, s: Session, stream: IsoStream, packets: U
   };
   stream.urbs.push(urb);
   ctx.hcd.submitWithCallback(urb, (c) => {
-    s.urbs--;
-    s.isoFrames -= frames;
+    s.share.urbs--;
+    s.share.isoFrames -= frames;
     stream.urbs.splice(stream.urbs.indexOf(urb), 1);
     const holder = range === null ? null : rangeHolder(ctx.memory, range);
     let held = false;
@@ -281,7 +281,7 @@ export function stopIso(ctx: StreamContext, s: Session, endpoint: number): numbe
  * read it: data a peer does not read must not pile up without limit (the stall timer ends such a peer).
  */
 function whenReading(ctx: StreamContext, s: Session, resubmit: () => void): void {
-  if (s.unsent <= ctx.maxSendQueue) resubmit();
+  if (!s.share.overUnsent) resubmit();
   else s.parked.push(resubmit);
 }
 
