@@ -1,0 +1,182 @@
+/**
+ * usbredir peers that send their hello, then flood requests the server performs or answers without ever
+ * reading a byte back: device resets and get_configuration (each a request to the device), the stream
+ * start/stop requests and bulk-stream allocations (each answered at once), get_alt_setting. Whatever the
+ * flood is made of, what the server holds for the peer stays within the documented bound (the unsent
+ * bytes it allows, maxUnsentBytes, plus the peer's guest memory and one read buffer); it writes no log
+ * line per packet; it drops the peer once it has not read for stalledPeerMs; and the next connection
+ * gets the device at once.
+ *
+ * The server runs in a process of its own (measured-server.ts) and its resident memory is what is
+ * measured, so whatever holds the bytes counts: unsent replies, queued requests, a promise per packet.
+ * The attacker (slow-reader.py) keeps the kernel's buffers small, so the server's bounds are what holds.
+ */
+import { afterEach, describe, expect, it } from "vitest";
+import { UsbredirClient } from "../../src/usbredir/client.js";
+import {
+  capsOf,
+  encodeBytes,
+  encodeEmpty,
+  encodeHello,
+  type Negotiated,
+  negotiate,
+  RedirCap,
+  RedirStatus,
+  RedirType,
+} from "../../src/usbredir/protocol.js";
+import { HOST_CAPS } from "../../src/usbredir/server.js";
+import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
+import { repeated, SlowReader } from "./flood.js";
+import { type MeasuredServer, startMeasuredServer } from "./measured-server.js";
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+/** What the test allows the server: small, so that a flood shows long before the kernel could hide it. */
+const BOUNDS = { maxUnsentBytes: 64 * KiB, stalledPeerMs: 1500, guestMemoryMiB: 8 };
+/** One read buffer per connection (the servers read into 128 KiB). */
+const READ_BUFFER = 128 * KiB;
+/** V8's own growth while the server works (code, old-space pages, its 1 MiB nursery): not the peer's doing. */
+const SLACK = 24 * MiB;
+const BOUND = BOUNDS.maxUnsentBytes + BOUNDS.guestMemoryMiB * MiB + READ_BUFFER + SLACK;
+
+/** A QEMU-like guest without 64-bit ids: every header is 12 bytes, as in the report. */
+const CAPS_32BIT_IDS = capsOf(
+  RedirCap.CONNECT_DEVICE_VERSION,
+  RedirCap.FILTER,
+  RedirCap.EP_INFO_MAX_PACKET_SIZE,
+  RedirCap.BULK_LENGTH_32BIT,
+);
+const N: Negotiated = negotiate(HOST_CAPS, CAPS_32BIT_IDS);
+
+let server: MeasuredServer | null = null;
+afterEach(async () => {
+  await server?.close();
+  server = null;
+});
+
+interface FloodResult {
+  /** The most the server's RSS grew over its level before the flood, bytes. */
+  readonly growth: number;
+  readonly dropped: boolean;
+  /** Log lines the server wrote from the peer's hello on. */
+  readonly lines: string[];
+}
+
+/**
+ * Hello, the device announced, then `unit` over and over without reading; until the server drops the
+ * peer, or (the defect) its memory passes the bound.
+ */
+async function floodAfterHello(s: MeasuredServer, unit: Uint8Array): Promise<FloodResult> {
+  const linesBefore = s.lines().length;
+  const before = s.rss();
+  const peer = new SlowReader(
+    s.port,
+    encodeHello("usbvirt hostile test guest", CAPS_32BIT_IDS),
+    "usbredir-connect",
+    repeated(unit, Math.ceil((16 * KiB) / unit.length)),
+  );
+  let growth = 0;
+  let dropped = false;
+  try {
+    await peer.ready;
+    await eventually(
+      () => {
+        growth = Math.max(growth, s.rss() - before);
+        dropped = peer.closed;
+        return dropped || growth > BOUND;
+      },
+      BOUNDS.stalledPeerMs + 30_000,
+      "the server to drop the flooding peer",
+    );
+  } finally {
+    await peer.stop();
+  }
+  return { growth, dropped, lines: s.lines().slice(linesBefore) };
+}
+
+function verdict(r: FloodResult): string {
+  return (
+    `the server grew by ${(r.growth / MiB).toFixed(1)} MiB (bound ${(BOUND / MiB).toFixed(1)} MiB); ` +
+    `dropped: ${r.dropped}; ${r.lines.length} log lines, the first:\n${r.lines.slice(0, 4).join("\n")}`
+  );
+}
+
+/** Within the bound, a handful of log lines (hello, redirected, dropped: none per packet), dropped. */
+function expectBounded(r: FloodResult): void {
+  expect(r.growth, verdict(r)).toBeLessThanOrEqual(BOUND);
+  expect(r.lines.length, verdict(r)).toBeLessThan(12);
+  expect(r.dropped, verdict(r)).toBe(true);
+  expect(
+    r.lines.some((l) => /error: 127\.0\.0\.1:\d+: .*closing the connection/.test(l)),
+    verdict(r),
+  ).toBe(true);
+}
+
+/** The device is free again: a QEMU-like client gets it announced and echoes verified data. */
+async function nextClientServed(s: MeasuredServer): Promise<void> {
+  const c = await UsbredirClient.connect(s.port, { timeoutMs: 10_000 });
+  try {
+    const data = pattern(5000, 3);
+    expect((await c.bulk(0x01, data).reply).status).toBe(RedirStatus.SUCCESS);
+    const back = await c.bulk(0x81, data.length).reply;
+    expect(back.status).toBe(RedirStatus.SUCCESS);
+    expect(Buffer.compare(back.data, data)).toBe(0);
+  } finally {
+    c.close();
+  }
+}
+
+const u32 = (v: number) => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, v >>> 24];
+
+describe("usbredir: a peer that floods requests and never reads", () => {
+  it("12-byte reset and get_configuration packets: within the bound, no line per packet, dropped, the next client served", async () => {
+    server = await startMeasuredServer("usbredir", BOUNDS);
+    const r = await floodAfterHello(
+      server,
+      Buffer.concat([encodeEmpty(N, RedirType.RESET), encodeEmpty(N, RedirType.GET_CONFIGURATION, 7)]),
+    );
+    expectBounded(r);
+    await nextClientServed(server);
+  }, 60_000);
+
+  it.each([
+    [
+      "stop_interrupt_receiving (IN: a status each)",
+      encodeBytes(N, RedirType.STOP_INTERRUPT_RECEIVING, { low: 1, high: 0 }, [0x82]),
+    ],
+    [
+      "start_interrupt_receiving on an OUT endpoint (refused)",
+      encodeBytes(N, RedirType.START_INTERRUPT_RECEIVING, { low: 2, high: 0 }, [0x02]),
+    ],
+    [
+      "start_interrupt_receiving on a bulk IN endpoint (refused, a status each)",
+      encodeBytes(N, RedirType.START_INTERRUPT_RECEIVING, { low: 3, high: 0 }, [0x81]),
+    ],
+    [
+      "stop_iso_stream (a status each)",
+      encodeBytes(N, RedirType.STOP_ISO_STREAM, { low: 4, high: 0 }, [0x83]),
+    ],
+    [
+      "start_iso_stream out of range (refused, a status each)",
+      encodeBytes(N, RedirType.START_ISO_STREAM, { low: 5, high: 0 }, [0x83, 0, 0]),
+    ],
+    [
+      "alloc_bulk_streams (refused, a status each)",
+      encodeBytes(N, RedirType.ALLOC_BULK_STREAMS, { low: 6, high: 0 }, [...u32(0x81), ...u32(4)]),
+    ],
+    [
+      "get_alt_setting (asked of the device)",
+      encodeBytes(N, RedirType.GET_ALT_SETTING, { low: 7, high: 0 }, [0]),
+    ],
+    ["get_configuration (asked of the device)", encodeEmpty(N, RedirType.GET_CONFIGURATION, 8)],
+  ])(
+    "%s: within the bound, no line per packet, dropped, the next client served",
+    async (_what, packet) => {
+      server = await startMeasuredServer("usbredir", BOUNDS);
+      expectBounded(await floodAfterHello(server, packet));
+      await nextClientServed(server);
+    },
+    60_000,
+  );
+});
