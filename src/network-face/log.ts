@@ -123,7 +123,7 @@ export interface WarningRate {
   readonly burst: number;
   readonly intervalMs: number;
 }
-export const DEFAULT_WARNING_RATE: WarningRate = { burst: 10, intervalMs: 10_000 };
+export const DEFAULT_WARNING_RATE: WarningRate = { burst: 5, intervalMs: 10_000 };
 
 /**
  * One connection's per-packet warnings (a refused packet, an unsupported request): at most `burst` per

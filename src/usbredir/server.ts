@@ -545,16 +545,25 @@ export class UsbredirServer extends EventEmitter {
    * peer's requests, counted against MAX_QUEUED_REQUESTS until it is done (data-packets.ts admit).
    */
   private serialize(s: Session, peer: boolean, step: () => Promise<void>): void {
-    s.chain = s.chain
-      .then(async () => {
-        if (!s.closed) await step();
-      })
-      .catch((err: unknown) => {
-        if (!s.closed) this.drop(s, `device request failed: ${(err as Error).message}`);
-      })
-      .finally(() => {
-        if (peer) this.packets.requestDone(s);
-      });
+    s.steps.push({ peer, step });
+    if (!s.stepping) void this.runSteps(s);
+  }
+
+  /** Run `s`'s queued device-state requests one after another (one loop per connection, not a promise per request). */
+  private async runSteps(s: Session): Promise<void> {
+    s.stepping = true;
+    try {
+      for (let next = s.steps.shift(); next !== undefined; next = s.steps.shift()) {
+        try {
+          if (!s.closed) await next.step();
+        } catch (err) {
+          if (!s.closed) this.drop(s, `device request failed: ${(err as Error).message}`);
+        }
+        if (next.peer) this.packets.requestDone(s);
+      }
+    } finally {
+      s.stepping = false;
+    }
   }
 
   /**

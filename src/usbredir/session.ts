@@ -232,8 +232,12 @@ export class Session implements RedirReaderSink {
   awaitingAck = false;
   /** Why the peer's own device filter (filter_filter) refuses the device: it is not announced then. */
   refusedBy: string | null = null;
-  /** Device-state requests (set/get configuration and alt, reset) run one after another. */
-  chain: Promise<void> = Promise.resolve();
+  /**
+   * Device-state requests (set/get configuration and alt, reset; announcing) queued to run one after
+   * another; `peer` ones count against MAX_QUEUED_REQUESTS (data-packets.ts) until done.
+   */
+  readonly steps: { readonly peer: boolean; readonly step: () => Promise<void> }[] = [];
+  stepping = false;
   /** The peer's device-state requests admitted and not yet done (at most MAX_QUEUED_REQUESTS). */
   requests = 0;
   /** The device-state request being delivered was admitted with the forced verdict: answer it inval. */

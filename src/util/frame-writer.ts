@@ -63,7 +63,10 @@ export class FrameWriter<F extends Frame> {
     private readonly socket: Socket,
     memory: SharedArrayBuffer,
     private readonly codec: FrameCodec<F>,
-    /** After a flush reached the kernel (unsent went down). */
+    /**
+     * After what the peer is owed may have gone down: a flush handed to the socket (the frames' estimate
+     * replaced by their bytes), or a flush reached the kernel (unsent went down).
+     */
     private readonly onWritten: () => void,
   ) {
     this.memory = Buffer.from(memory);
@@ -121,8 +124,10 @@ export class FrameWriter<F extends Frame> {
     f.dataOffset = dataOffset;
     f.dataLength = dataLength;
     f.tail = tail;
-    this.queuedBytes += dataLength + (tail === null ? 0 : tail.length);
     f.holder = holder;
+    // frame() counted the largest header; its fields are set now, so its own size is known.
+    this.queuedBytes +=
+      this.codec.headerSize(f) - this.codec.maxHeaderSize + dataLength + (tail === null ? 0 : tail.length);
   }
 
   /**
@@ -198,6 +203,7 @@ export class FrameWriter<F extends Frame> {
     socket.write(out.subarray(from, at), () => this.written(flush));
     socket.uncork();
     for (const h of copied) h.released();
+    this.onWritten();
   };
 
   private written(flush: Flush): void {

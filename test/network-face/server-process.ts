@@ -6,7 +6,7 @@
  * logger is the real text logger on stderr). Prints `{"port": N}` on stdout once listening; answers each
  * IPC message `"stats"` with the server's stats(); a "close" message closes the server and exits.
  */
-import { streamLogger } from "../../src/usbip/log.js";
+import { streamLogger } from "../../src/network-face/log.js";
 import { UsbipServer } from "../../src/usbip-server/server.js";
 import { UsbredirServer } from "../../src/usbredir/server.js";
 
