@@ -50,7 +50,7 @@ export async function startMeasuredServer(
     out += d.toString();
   });
   child.stderr!.on("data", (d: Buffer) => {
-    err += d.toString("latin1");
+    err += d.toString("utf8");
   });
   const gone = new Promise<void>((r) =>
     child.once("exit", () => {
