@@ -2,25 +2,18 @@
  * The replies of one USB/IP connection (RET_SUBMIT, RET_UNLINK), coalesced by the shared FrameWriter
  * (src/util/frame-writer.ts): every reply queued during one turn leaves in one writev, in the order
  * queued; IN data of ZERO_COPY_MIN bytes or more is written straight from guest memory, its buffer held
- * until the kernel has taken it. This file is only the 48-byte header (big-endian, as stub_tx sends it).
+ * until the kernel has taken it. The 48-byte header is written by usbip/urb-header.ts (as stub_tx sends it).
  */
 import type { Socket } from "node:net";
 import { URB_HEADER_SIZE, UsbipCommand } from "../usbip/protocol.js";
+import { type ReplyHeader, writeReplyHeader } from "../usbip/urb-header.js";
 import { type Frame, type FrameCodec, type FrameHolder, FrameWriter } from "../util/frame-writer.js";
 
 export { ZERO_COPY_MIN } from "../util/frame-writer.js";
 export type ReplyHolder = FrameHolder;
 
 /** One queued reply; pooled by the writer, so a steady stream allocates none. */
-interface Reply extends Frame {
-  command: number;
-  seqnum: number;
-  status: number;
-  actualLength: number;
-  startFrame: number;
-  numberOfPackets: number;
-  errorCount: number;
-}
+interface Reply extends Frame, ReplyHeader {}
 
 const USBIP_REPLY: FrameCodec<Reply> = {
   create: () => ({
@@ -38,22 +31,7 @@ const USBIP_REPLY: FrameCodec<Reply> = {
   }),
   headerSize: () => URB_HEADER_SIZE,
   maxHeaderSize: URB_HEADER_SIZE,
-  writeHeader(out, at, r) {
-    out.writeUInt32BE(r.command, at);
-    out.writeUInt32BE(r.seqnum >>> 0, at + 4);
-    // devid, direction, ep: 0, as Linux's stub_tx sends them.
-    out.fill(0, at + 8, at + 20);
-    out.writeInt32BE(r.status | 0, at + 20);
-    if (r.command === UsbipCommand.RET_SUBMIT) {
-      out.writeInt32BE(r.actualLength | 0, at + 24);
-      out.writeInt32BE(r.startFrame | 0, at + 28);
-      out.writeInt32BE(r.numberOfPackets | 0, at + 32);
-      out.writeInt32BE(r.errorCount | 0, at + 36);
-      out.fill(0, at + 40, at + 48);
-    } else {
-      out.fill(0, at + 24, at + 48);
-    }
-  },
+  writeHeader: writeReplyHeader,
 };
 
 export class ReplyWriter {

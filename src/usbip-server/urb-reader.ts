@@ -9,41 +9,25 @@
  * descriptors that follow the data are gathered into one reused array.
  *
  * Work is linear in the bytes received: each byte is looked at once (copied
- * at most once), consumed chunks are dropped by index. Framing checks are the
- * frame readers' (usbip/urb-pdus.ts, the same limits): a header that cannot be
+ * at most once), consumed chunks are dropped by index. The header is decoded and
+ * framed by usbip/urb-header.ts (the one codec of it): a header that cannot be
  * framed ends the connection; everything else is the sink's to answer per URB.
  *
  *   HEADER --admit--> DATA (OUT bytes → target, or skipped) --> ISO (n × 16 bytes) --> sink.submit()
  *      \--block--> (stopped until resume())       CMD_UNLINK --> sink.unlink()
  */
-import { MAX_BUFFER_LENGTH, MAX_ISO_PACKETS } from "../urb/limits.js";
+import { MAX_ISO_PACKETS } from "../urb/limits.js";
+import { ISO_DESCRIPTOR_SIZE, URB_HEADER_SIZE, UsbipCommand } from "../usbip/protocol.js";
 import {
-  ISO_DESCRIPTOR_SIZE,
-  NON_ISO_PACKETS,
-  URB_HEADER_SIZE,
-  USBIP_VERSION,
-  UsbipCommand,
-} from "../usbip/protocol.js";
+  clientHeaderProblem,
+  decodeSubmitHeader,
+  decodeUnlinkHeader,
+  emptySubmitHeader,
+  headerCommand,
+  type SubmitHeader,
+} from "../usbip/urb-header.js";
 
-/** One CMD_SUBMIT header, decoded into numbers. The reader reuses one object: copy what you keep. */
-export interface SubmitHeader {
-  seqnum: number;
-  devid: number;
-  directionIn: boolean;
-  ep: number;
-  transferFlags: number;
-  transferBufferLength: number;
-  startFrame: number;
-  /** 0 for a non-iso URB (the wire's 0 or 0xffffffff), else 1..MAX_ISO_PACKETS. */
-  packets: number;
-  interval: number;
-  /** The setup packet's fields (USB byte order already undone). */
-  bmRequestType: number;
-  bRequest: number;
-  wValue: number;
-  wIndex: number;
-  wLength: number;
-}
+export type { SubmitHeader } from "../usbip/urb-header.js";
 
 export interface UrbReaderSink {
   /**
@@ -84,22 +68,7 @@ export class UrbReader {
   private running = false;
   private readonly header = Buffer.alloc(URB_HEADER_SIZE);
   private headerFill = 0;
-  private readonly h: SubmitHeader = {
-    seqnum: 0,
-    devid: 0,
-    directionIn: false,
-    ep: 0,
-    transferFlags: 0,
-    transferBufferLength: 0,
-    startFrame: 0,
-    packets: 0,
-    interval: 0,
-    bmRequestType: 0,
-    bRequest: 0,
-    wValue: 0,
-    wIndex: 0,
-    wLength: 0,
-  };
+  private readonly h: SubmitHeader = emptySubmitHeader();
   /** OUT data still to come for the current submit, and where it goes (null: dropped). */
   private dataLeft = 0;
   private target: Uint8Array | null = null;
@@ -269,14 +238,14 @@ export class UrbReader {
     }
   }
 
-  /** A whole header is in `this.header`: frame it, then unlink, or admit the submit. */
+  /** A whole header is in `this.header`: frame it (urb-header.ts), then unlink, or admit the submit. */
   private onHeader(): boolean {
     const b = this.header;
-    const command = b.readUInt32BE(0);
-    if (command === UsbipCommand.CMD_UNLINK) {
-      const direction = b.readUInt32BE(12);
-      if (direction > 1) return this.fail(`direction ${direction} is neither 0 nor 1`);
-      if (!this.sink.unlink(b.readUInt32BE(4), b.readUInt32BE(8), b.readUInt32BE(20))) {
+    const problem = clientHeaderProblem(b);
+    if (problem !== null) return this.fail(problem);
+    if (headerCommand(b) === UsbipCommand.CMD_UNLINK) {
+      const u = decodeUnlinkHeader(b);
+      if (!this.sink.unlink(u.seqnum, u.devid, u.unlinkSeqnum)) {
         // Stay on this header (headerFill stays full): resume() offers it again.
         this.blocked = this.state !== State.STOPPED;
         return false;
@@ -286,34 +255,7 @@ export class UrbReader {
       return true;
     }
     const h = this.h;
-    if (command !== UsbipCommand.CMD_SUBMIT) {
-      if (command >>> 16 === USBIP_VERSION) return this.fail("management request after import");
-      return this.fail(`unknown command 0x${command.toString(16)}`);
-    }
-    const direction = b.readUInt32BE(12);
-    if (direction > 1) return this.fail(`direction ${direction} is neither 0 nor 1`);
-    const length = b.readInt32BE(24);
-    if (length < 0 || length > MAX_BUFFER_LENGTH) {
-      return this.fail(`transfer_buffer_length ${length} is outside [0, ${MAX_BUFFER_LENGTH}]`);
-    }
-    const rawPackets = b.readUInt32BE(32);
-    const packets = rawPackets === NON_ISO_PACKETS ? 0 : rawPackets;
-    if (packets > MAX_ISO_PACKETS)
-      return this.fail(`number_of_packets ${rawPackets} is above ${MAX_ISO_PACKETS}`);
-    h.seqnum = b.readUInt32BE(4);
-    h.devid = b.readUInt32BE(8);
-    h.directionIn = direction === 1;
-    h.ep = b.readUInt32BE(16);
-    h.transferFlags = b.readUInt32BE(20);
-    h.transferBufferLength = length;
-    h.startFrame = b.readInt32BE(28);
-    h.packets = packets;
-    h.interval = b.readInt32BE(36);
-    h.bmRequestType = b[40]!;
-    h.bRequest = b[41]!;
-    h.wValue = b[42]! | (b[43]! << 8);
-    h.wIndex = b[44]! | (b[45]! << 8);
-    h.wLength = b[46]! | (b[47]! << 8);
+    decodeSubmitHeader(b, h);
     this.target = null;
     if (!this.sink.admit(h)) {
       // Stay on this header (headerFill stays full): resume() admits it again.
@@ -321,9 +263,9 @@ export class UrbReader {
       return false;
     }
     if (this.state === State.STOPPED) return false;
-    this.dataLeft = h.directionIn ? 0 : length;
+    this.dataLeft = h.directionIn ? 0 : h.transferBufferLength;
     this.targetAt = this.target === null ? 0 : this.targetAt;
-    this.isoBytes = packets * ISO_DESCRIPTOR_SIZE;
+    this.isoBytes = h.packets * ISO_DESCRIPTOR_SIZE;
     this.isoFill = 0;
     this.state = State.DATA;
     return true;

@@ -1,7 +1,8 @@
 /**
  * The USB/IP URB phase (after a successful import, on the same connection): the 48-byte header and the
- * four PDUs, their encoders, and a frame reader for each side. The server's per-URB path reads
- * CMD_SUBMIT in place (src/usbip-server/urb-reader.ts); these readers serve the client, tests and fuzzers.
+ * four PDUs, their encoders, and a frame reader for each side. The header itself is decoded and written by
+ * urb-header.ts, which the server's gate (src/usbip-server/urb-reader.ts) uses too; these readers serve
+ * the client, tests and fuzzers.
  *
  *    0 command u32  4 seqnum u32  8 devid u32  12 direction u32 (0 out, 1 in)  16 ep u32
  *   CMD_SUBMIT 1   20 transfer_flags u32  24 transfer_buffer_length s32  28 start_frame s32
@@ -26,6 +27,14 @@ import {
   UsbipCommand,
 } from "./protocol.js";
 import { malformed, NEED, type ReadResult } from "./read-result.js";
+import {
+  clientHeaderProblem,
+  decodeSubmitHeader,
+  decodeUnlinkHeader,
+  emptySubmitHeader,
+  headerCommand,
+  UrbField,
+} from "./urb-header.js";
 import { view } from "./wire-fields.js";
 
 export interface IsoDescriptor {
@@ -173,50 +182,47 @@ export function encodeRetUnlink(r: Omit<RetUnlink, "command">): Uint8Array {
 export function readClientPdu(q: ByteQueue): ReadResult<ClientPdu> {
   if (q.length < URB_HEADER_SIZE) return NEED;
   const head = q.peek(URB_HEADER_SIZE);
-  const h = view(head);
-  const command = h.getUint32(0);
-  const direction = h.getUint32(12);
-  if (command !== UsbipCommand.CMD_SUBMIT && command !== UsbipCommand.CMD_UNLINK) {
-    if (command >>> 16 === USBIP_VERSION) {
-      return malformed("management request after import");
-    }
-    return malformed(`unknown command 0x${command.toString(16)}`);
-  }
-  if (direction !== 0 && direction !== 1) return malformed(`direction ${direction} is neither 0 nor 1`);
-  const base = {
-    seqnum: h.getUint32(4),
-    devid: h.getUint32(8),
-    directionIn: direction === 1,
-    ep: h.getUint32(16),
-  };
-  if (command === UsbipCommand.CMD_UNLINK) {
+  const problem = clientHeaderProblem(head);
+  if (problem !== null) return malformed(problem);
+  if (headerCommand(head) === UsbipCommand.CMD_UNLINK) {
+    const u = decodeUnlinkHeader(head);
+    const directionIn = view(head).getUint32(UrbField.DIRECTION) === 1;
+    const ep = view(head).getUint32(UrbField.EP);
     q.take(URB_HEADER_SIZE);
-    return { kind: "frame", frame: { command: "unlink", ...base, unlinkSeqnum: h.getUint32(20) } };
+    return {
+      kind: "frame",
+      frame: {
+        command: "unlink",
+        seqnum: u.seqnum,
+        devid: u.devid,
+        directionIn,
+        ep,
+        unlinkSeqnum: u.unlinkSeqnum,
+      },
+    };
   }
-  const length = h.getInt32(24);
-  const rawPackets = h.getUint32(32);
-  if (length < 0 || length > MAX_TRANSFER_LENGTH) {
-    return malformed(`transfer_buffer_length ${length} is outside [0, ${MAX_TRANSFER_LENGTH}]`);
-  }
-  const packets = isoPacketCount(rawPackets);
-  if (packets > MAX_PACKETS) return malformed(`number_of_packets ${rawPackets} is above ${MAX_PACKETS}`);
-  const dataLength = base.directionIn ? 0 : length;
-  const total = URB_HEADER_SIZE + dataLength + packets * ISO_DESCRIPTOR_SIZE;
+  const h = emptySubmitHeader();
+  decodeSubmitHeader(head, h);
+  const dataLength = h.directionIn ? 0 : h.transferBufferLength;
+  const total = URB_HEADER_SIZE + dataLength + h.packets * ISO_DESCRIPTOR_SIZE;
   if (q.length < total) return NEED;
   const bytes = q.take(total);
   return {
     kind: "frame",
     frame: {
       command: "submit",
-      ...base,
-      transferFlags: h.getUint32(20),
-      transferBufferLength: length,
-      startFrame: h.getInt32(28),
-      numberOfPackets: packets === 0 ? h.getInt32(32) : packets,
-      interval: h.getInt32(36),
-      setup: bytes.slice(40, 48),
+      seqnum: h.seqnum,
+      devid: h.devid,
+      directionIn: h.directionIn,
+      ep: h.ep,
+      transferFlags: h.transferFlags,
+      transferBufferLength: h.transferBufferLength,
+      startFrame: h.startFrame,
+      numberOfPackets: h.packets === 0 ? h.rawPackets : h.packets,
+      interval: h.interval,
+      setup: bytes.slice(UrbField.SETUP, URB_HEADER_SIZE),
       data: bytes.subarray(URB_HEADER_SIZE, URB_HEADER_SIZE + dataLength),
-      iso: readIso(bytes, URB_HEADER_SIZE + dataLength, packets),
+      iso: readIso(bytes, URB_HEADER_SIZE + dataLength, h.packets),
     },
   };
 }

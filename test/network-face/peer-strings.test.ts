@@ -11,7 +11,7 @@ import { createServer as createHttpServer, type Server as HttpServer } from "nod
 import { createServer, type Server } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { run } from "../../src/cli/run.js";
-import { streamLogger } from "../../src/usbip/log.js";
+import { streamLogger } from "../../src/network-face/log.js";
 import { encodeDevlistReply } from "../../src/usbip/management-pdus.js";
 import type { HotplugSource } from "../../src/usbip-server/host-exports.js";
 import type { UsbipServer } from "../../src/usbip-server/server.js";
