@@ -9,7 +9,13 @@ import { filterFromLists, needsSerial } from "../devices/host/filter.js";
 import { parseSelector, specFromSelector } from "../devices/host/select.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
-import { type FaceLogger, type LogFormat, streamLogger } from "../network-face/log.js";
+import {
+  escapeControls,
+  escapeForTerminal,
+  type FaceLogger,
+  type LogFormat,
+  streamLogger,
+} from "../network-face/log.js";
 import { listRemote } from "../usbip/client.js";
 import { USBIP_PORT } from "../usbip/protocol.js";
 import {
@@ -248,7 +254,13 @@ Run 'usbvirt <command> --help' for a command's options.
 
 // ---------------------------------------------------------------- entry
 
-export async function run(argv: readonly string[], io: CliIo = defaultIo): Promise<number> {
+export async function run(argv: readonly string[], given: CliIo = defaultIo): Promise<number> {
+  // What a command prints may hold a peer's or a device's strings: no control character reaches the terminal.
+  const io: CliIo = {
+    ...given,
+    out: (t) => given.out(escapeForTerminal(t)),
+    err: (t) => given.err(escapeForTerminal(t)),
+  };
   const [command, ...rest] = argv;
   if (command === "--version" || command === "-V") {
     io.out(`usbvirt ${packageVersion()}\n`);
@@ -361,7 +373,7 @@ async function listCommand(options: Options, io: CliIo): Promise<number> {
         .map((i) => `${hex2(i.cls)}/${hex2(i.subclass)}/${hex2(i.protocol)}`)
         .join(" ");
       io.out(
-        `  ${d.busid.padEnd(8)} ${hex4(d.idVendor)}:${hex4(d.idProduct)}  speed ${d.speed}  interfaces ${itfs}\n`,
+        `  ${escapeControls(d.busid).padEnd(8)} ${hex4(d.idVendor)}:${hex4(d.idProduct)}  speed ${d.speed}  interfaces ${itfs}\n`,
       );
     }
     return 0;
@@ -391,8 +403,11 @@ async function listCommand(options: Options, io: CliIo): Promise<number> {
   }
   if (host.rows.length === 0) io.out("  (none found)\n");
   for (const d of host.rows) {
-    const name = [d.manufacturer, d.product].filter((x) => x !== undefined && x !== "").join(" ");
-    const serial = d.serial !== undefined ? `  serial=${d.serial}` : "";
+    // The device's own strings: no line break or escape of theirs reaches the terminal.
+    const name = escapeControls(
+      [d.manufacturer, d.product].filter((x) => x !== undefined && x !== "").join(" "),
+    );
+    const serial = d.serial !== undefined ? `  serial=${escapeControls(d.serial)}` : "";
     io.out(
       `  ${d.portPath.padEnd(10)} ${hex4(d.vendorId)}:${hex4(d.productId)}  ${(d.speed ?? "").padEnd(6)} ${name}${serial}\n`,
     );

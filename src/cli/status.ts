@@ -4,7 +4,9 @@
  * losses, grant faults, and per exported device its state, client, URBs, bytes, errors, URBs in flight
  * and rates. --json prints /status.json as the server wrote it.
  */
+
 import { get } from "node:http";
+import { escapeControls } from "../network-face/log.js";
 import type { CommandSpec } from "./args.js";
 import { UsageError } from "./errors.js";
 import { DEFAULT_METRICS_PORT, parseMetricsAddress } from "./metrics.js";
@@ -93,9 +95,11 @@ export async function statusCommand(
     return report.up ? 0 : 1;
   }
   const n = (v: number | null) => (v === null ? "-" : String(v));
+  // The endpoint's strings are the remote server's: no line break or escape of theirs reaches the terminal.
+  const t = (v: unknown) => escapeControls(String(v));
   io.out(
-    `usbvirt ${report.version} at ${endpoint}: engine ${report.up ? "up" : "DOWN"}, ` +
-      `${report.clients} client connection(s), ${report.backendLosses} backend loss(es), ` +
+    `usbvirt ${t(report.version)} at ${endpoint}: engine ${report.up ? "up" : "DOWN"}, ` +
+      `${t(report.clients)} client connection(s), ${t(report.backendLosses)} backend loss(es), ` +
       `${n(report.grantFaults)} grant fault(s)\n`,
   );
   if (report.devices.length > 0) {
@@ -103,20 +107,21 @@ export async function statusCommand(
       `${table([
         ["BUSID", "DEVICE", "STATE", "CLIENT", "URBS", "BYTES", "ERRORS", "IN-FLIGHT", "URBS/S", "BYTES/S"],
         ...report.devices.map((d) => [
-          d.busid,
-          `${d.name} ${d.identity}`,
-          d.state,
-          d.holder ?? "-",
+          t(d.busid),
+          t(`${d.name} ${d.identity}`),
+          t(d.state),
+          t(d.holder ?? "-"),
           n(d.urbs),
           n(d.bytes),
           n(d.errors),
-          String(d.inFlight),
-          String(d.urbsPerSec),
-          String(d.bytesPerSec),
+          t(d.inFlight),
+          t(d.urbsPerSec),
+          t(d.bytesPerSec),
         ]),
       ])}\n`,
     );
-    for (const d of report.devices) if (d.failure !== null) io.out(`${d.busid}: ${d.state}: ${d.failure}\n`);
+    for (const d of report.devices)
+      if (d.failure !== null) io.out(`${t(d.busid)}: ${t(d.state)}: ${t(d.failure)}\n`);
   }
   return report.up ? 0 : 1;
 }

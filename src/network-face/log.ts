@@ -49,6 +49,19 @@ export function escapeControls(text: string): string {
   return UNSAFE.test(text) ? text.replace(UNSAFE, escapeChar) : text;
 }
 
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
+const UNSAFE_BUT_LINES = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * Text for a terminal (a command's output, which may be JSON): every unsafe character but the line feed
+ * and tab written as \uNNNN, which is also a valid escape inside a JSON string.
+ */
+export function escapeForTerminal(text: string): string {
+  UNSAFE_BUT_LINES.lastIndex = 0;
+  if (!UNSAFE_BUT_LINES.test(text)) return text;
+  return text.replace(UNSAFE_BUT_LINES, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
 /** Longest peer string quoted whole into a message; the rest is cut, with its length said. */
 export const PEER_TEXT_MAX = 200;
 
