@@ -30,6 +30,8 @@ const UNIT = [
   "test/host/usb-optional.test.ts",
   "test/index.test.ts",
   "test/layers.test.ts",
+  "test/network-face/log.test.ts",
+  "test/network-face/share.test.ts",
   "test/port/**/*.test.ts",
   "test/rings/conn-ring.test.ts",
   "test/rings/contention.test.ts",

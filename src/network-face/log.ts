@@ -112,7 +112,7 @@ export function jsonLine(level: string, message: string, fields?: LogFields, tim
     }
   }
   // JSON.stringify escapes C0 controls; the separators and C1 are escaped too so no reader splits the line.
-  return `${escapeControls(JSON.stringify({ time: time.toISOString(), level, message, ...extra }))}\n`;
+  return `${escapeForTerminal(JSON.stringify({ time: time.toISOString(), level, message, ...extra }))}\n`;
 }
 
 /** A logger writing `format` lines to `write` (stderr by default). */

@@ -25,7 +25,9 @@ import { type MeasuredServer, startMeasuredServer } from "./measured-server.js";
 /** A line of the server's own, as the attacker would forge it. */
 const FORGED = "2030-01-01T00:00:00.000Z usbvirt error: forged";
 /** Control characters a terminal acts on: C0 but tab and line feed, DEL, C1 (CSI is 0x9b). */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
 const CONTROL = /[\x00-\x08\x0a-\x1f\x7f-\x9f]/;
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
 const CONTROL_BUT_LF = /[\x00-\x08\x0b-\x1f\x7f-\x9f]/;
 /** How the text logger starts every line. */
 const LOG_LINE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z usbvirt (info|warn|error): /;
