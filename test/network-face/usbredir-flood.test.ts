@@ -116,17 +116,6 @@ async function nextClientServed(s: MeasuredServer): Promise<void> {
 const u32 = (v: number) => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, v >>> 24];
 
 describe("usbredir: a peer that floods requests and never reads", () => {
-  it("12-byte reset and get_configuration packets: within the bound, no line per packet, dropped, the next client served", async () => {
-    server = await startMeasuredServer("usbredir", BOUNDS);
-    const r = await floodAfterHello(
-      server,
-      Buffer.concat([encodeEmpty(N, RedirType.RESET), encodeEmpty(N, RedirType.GET_CONFIGURATION, 7)]),
-      ENGINE_LIMITS,
-    );
-    await expectBounded(server, r);
-    await nextClientServed(server);
-  }, 60_000);
-
   it.each([
     [
       "stop_interrupt_receiving (IN: a status each)",
@@ -174,39 +163,56 @@ describe("usbredir: a peer that floods requests and never reads", () => {
     60_000,
   );
 
-  // QEMU's parser refuses an interrupt_receiving_status for an OUT endpoint, so this request gets no answer:
-  // the peer is owed nothing and holds nothing, and is not dropped for not reading (there is nothing to
-  // read). What must hold: the server takes the flood without growing or logging per packet.
-  it("start_interrupt_receiving on an OUT endpoint (refused, no answer): read and dropped within the bound, no line per packet, the next client served", async () => {
-    server = await startMeasuredServer("usbredir", BOUNDS);
-    const s = server;
-    const packet = encodeBytes(N, RedirType.START_INTERRUPT_RECEIVING, { low: 2, high: 0 }, [0x02]);
-    const linesBefore = s.lines().length;
-    const before = s.rss();
-    const peer = new SlowReader(
-      s.port,
-      encodeHello("usbvirt hostile test guest", CAPS_32BIT_IDS),
-      "usbredir-connect",
-      repeated(packet, Math.ceil((16 * KiB) / packet.length)),
-    );
-    let growth = 0;
-    try {
-      await peer.ready;
-      await eventually(
-        async () => {
-          growth = Math.max(growth, s.rss() - before);
-          const packets = Number((await s.stats()).packets ?? 0);
-          return packets >= 100_000 || growth > LIMITS.rss || peer.closed;
-        },
-        30_000,
-        "the server to take 100,000 refused requests",
+  // Requests that get no answer: a reset (performed on the device, one at a time, at most four queued) and,
+  // as QEMU's parser refuses an interrupt_receiving_status for an OUT endpoint, start_interrupt_receiving
+  // on one. The peer is owed nothing and holds nothing, so it is not dropped for not reading (there is
+  // nothing to read). What must hold: the server takes the flood without growing or logging per packet.
+  // (A flood of resets mixed with get_configuration is the get_configuration case above with resets in
+  // between: it is dropped once the kernel's send buffer and maxUnsentBytes are full of answers, which at
+  // a reset's pace takes longer than this test waits.)
+  it.each([
+    ["12-byte resets", encodeEmpty(N, RedirType.RESET), 3000, ENGINE_LIMITS],
+    [
+      "start_interrupt_receiving on an OUT endpoint (refused, no answer)",
+      encodeBytes(N, RedirType.START_INTERRUPT_RECEIVING, { low: 2, high: 0 }, [0x02]),
+      100_000,
+      LIMITS,
+    ],
+  ] as const)(
+    "%s: taken within the bound, no line per packet, the next client served",
+    async (_what, packet, count, limits) => {
+      server = await startMeasuredServer("usbredir", BOUNDS);
+      const s = server;
+      const linesBefore = s.lines().length;
+      const before = s.rss();
+      const peer = new SlowReader(
+        s.port,
+        encodeHello("usbvirt hostile test guest", CAPS_32BIT_IDS),
+        "usbredir-connect",
+        repeated(packet, Math.ceil((16 * KiB) / packet.length)),
       );
-    } finally {
-      await peer.stop();
-    }
-    expect(growth).toBeLessThanOrEqual(LIMITS.rss);
-    const lines = s.lines().slice(linesBefore);
-    expect(lines.length, lines.slice(0, 8).join("\n")).toBeLessThan(12);
-    await nextClientServed(s);
-  }, 60_000);
+      let growth = 0;
+      try {
+        await peer.ready;
+        await eventually(
+          async () => {
+            growth = Math.max(growth, s.rss() - before);
+            const packets = Number((await s.stats()).packets ?? 0);
+            return packets >= count || growth > limits.rss || peer.closed;
+          },
+          30_000,
+          `the server to take ${count} of them`,
+        );
+      } finally {
+        await peer.stop();
+      }
+      expect(growth).toBeLessThanOrEqual(limits.rss);
+      const lines = s.lines().slice(linesBefore);
+      expect(lines.length, lines.slice(0, 8).join("\n")).toBeLessThan(12);
+      // The peer went away by itself: once the server saw it go, the device is free.
+      await eventually(async () => (await s.stats()).peer === null, 10_000, "the server to see the peer go");
+      await nextClientServed(s);
+    },
+    60_000,
+  );
 });
