@@ -169,6 +169,11 @@ export class DataPackets implements SessionOwner, StreamContext {
       case RedirType.SET_ALT_SETTING:
       case RedirType.GET_ALT_SETTING:
       case RedirType.RESET:
+        // A reset queued behind one that has not started yet is the same reset: merged, nothing queued.
+        if (p.type === RedirType.RESET && s.resetQueued) {
+          s.resetMerged = true;
+          return null;
+        }
         if (s.requests >= MAX_QUEUED_REQUESTS) {
           share.block(Blocked.SHARE);
           return BLOCK;

@@ -443,6 +443,10 @@ export class UsbredirServer extends EventEmitter {
     }
     const n = s.negotiated!;
     const id: Id = { low: p.idLow, high: p.idHigh };
+    if (p.type === RedirType.RESET && s.resetMerged) {
+      s.resetMerged = false;
+      return;
+    }
     if (s.forcedRequest && this.refuseForced(s, p, id)) return;
     switch (p.type) {
       case RedirType.SET_CONFIGURATION: {
@@ -464,7 +468,11 @@ export class UsbredirServer extends EventEmitter {
         return;
       }
       case RedirType.RESET:
-        this.serialize(s, true, () => this.requests.reset(s));
+        s.resetQueued = true;
+        this.serialize(s, true, () => {
+          s.resetQueued = false;
+          return this.requests.reset(s);
+        });
         return;
       case RedirType.CANCEL_DATA_PACKET:
         this.packets.cancel(s, idKey(p.idLow, p.idHigh));

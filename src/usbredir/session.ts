@@ -242,6 +242,9 @@ export class Session implements RedirReaderSink {
   requests = 0;
   /** The device-state request being delivered was admitted with the forced verdict: answer it inval. */
   forcedRequest = false;
+  /** A reset is queued and has not started: another one is merged into it (resetMerged: the one being delivered). */
+  resetQueued = false;
+  resetMerged = false;
   /** Data packets with a reply due, by id. */
   readonly inflight = new Map<number | string, RedirUrb>();
   readonly interrupt = new Map<number, InterruptStream>();
