@@ -8,14 +8,16 @@
  * unread chunks, and starts again at the same header on resume(). The iso
  * descriptors that follow the data are gathered into one reused array.
  *
- * Work is linear in the bytes received: each byte is looked at once (copied
- * at most once), consumed chunks are dropped by index. The header is decoded and
- * framed by usbip/urb-header.ts (the one codec of it): a header that cannot be
- * framed ends the connection; everything else is the sink's to answer per URB.
+ * The chunks, the loop, stopping and resuming are the network face's streaming
+ * gate (network-face/stream-gate.ts); this file is USB/IP's steps. The header
+ * is decoded and framed by usbip/urb-header.ts (the one codec of it): a header
+ * that cannot be framed ends the connection; everything else is the sink's to
+ * answer per URB.
  *
  *   HEADER --admit--> DATA (OUT bytes → target, or skipped) --> ISO (n × 16 bytes) --> sink.submit()
  *      \--block--> (stopped until resume())       CMD_UNLINK --> sink.unlink()
  */
+import { StreamGate } from "../network-face/stream-gate.js";
 import { MAX_ISO_PACKETS } from "../urb/limits.js";
 import { ISO_DESCRIPTOR_SIZE, URB_HEADER_SIZE, UsbipCommand } from "../usbip/protocol.js";
 import {
@@ -51,21 +53,10 @@ enum State {
   HEADER,
   DATA,
   ISO,
-  STOPPED,
 }
 
-/** Consumed chunks are dropped in one splice once this many (and half the list) piled up: amortised O(1). */
-const COMPACT_AT = 64;
-
-export class UrbReader {
-  private chunks: Buffer[] = [];
-  private first = 0;
-  /** Read offset in chunks[first]. */
-  private at = 0;
-  private buffered = 0;
+export class UrbReader extends StreamGate {
   private state = State.HEADER;
-  private blocked = false;
-  private running = false;
   private readonly header = Buffer.alloc(URB_HEADER_SIZE);
   private headerFill = 0;
   private readonly h: SubmitHeader = emptySubmitHeader();
@@ -77,11 +68,8 @@ export class UrbReader {
   private isoFill = 0;
   private isoBytes = 0;
 
-  constructor(private readonly sink: UrbReaderSink) {}
-
-  /** Bytes received and not yet consumed (held while blocked). */
-  get pending(): number {
-    return this.buffered;
+  constructor(private readonly sink: UrbReaderSink) {
+    super();
   }
 
   /** Bytes of PDUs not yet whole: what was read of the current one, and what is buffered. */
@@ -90,22 +78,13 @@ export class UrbReader {
     if (this.state === State.HEADER) current = this.headerFill;
     else if (this.state === State.DATA)
       current = URB_HEADER_SIZE + (this.h.directionIn ? 0 : this.h.transferBufferLength) - this.dataLeft;
-    else if (this.state === State.ISO)
-      current = URB_HEADER_SIZE + (this.h.directionIn ? 0 : this.h.transferBufferLength) + this.isoFill;
-    return current + this.buffered;
+    else current = URB_HEADER_SIZE + (this.h.directionIn ? 0 : this.h.transferBufferLength) + this.isoFill;
+    return this.isStopped ? 0 : current + this.pending;
   }
 
   /** Bytes of a PDU begun and not yet whole (the request clock, network-face/share.ts). */
   get partialBytes(): number {
     return this.incomplete;
-  }
-
-  /** PDUs read whole so far. */
-  completed = 0;
-
-  /** True while the sink has refused a header and resume() has not been called. */
-  get isBlocked(): boolean {
-    return this.blocked;
   }
 
   /** During admit(): the admitted submit's OUT data (all transfer_buffer_length bytes) goes to `bytes[offset ..]`. */
@@ -124,10 +103,11 @@ export class UrbReader {
    * 0 when none; the bytes go to `directTarget`, then receivedDirect(n).
    */
   get directLength(): number {
-    return this.state === State.DATA && this.target !== null && this.buffered === 0 && !this.blocked
+    return this.state === State.DATA && this.target !== null && this.pending === 0 && !this.isBlocked
       ? this.dataLeft
       : 0;
   }
+
   /** The OUT data the socket may read straight into now (directLength bytes of the target), or null. */
   get directTarget(): Uint8Array | null {
     const n = this.directLength;
@@ -143,76 +123,31 @@ export class UrbReader {
     this.run();
   }
 
-  /**
-   * Copy the buffered bytes into memory of the reader's own: the caller is about to reuse the buffer
-   * its chunks were read into (a socket's read buffer). Rare: only while blocked with bytes left over.
-   */
-  ownBuffered(): void {
-    if (this.buffered === 0) return;
-    const own = Buffer.allocUnsafe(this.buffered);
-    this.copyOut(own, 0, this.buffered);
-    this.chunks = [own];
-    this.first = 0;
-    this.at = 0;
-    this.buffered = own.length;
-  }
-
-  push(chunk: Buffer): void {
-    if (this.state === State.STOPPED || chunk.length === 0) return;
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
-    this.run();
-  }
-
-  /** Try the refused header again, then carry on with what is buffered. */
-  resume(): void {
-    if (!this.blocked || this.state === State.STOPPED) return;
-    this.blocked = false;
-    this.run();
-  }
-
-  /** Stop for good and let go of every buffered chunk. */
-  stop(): void {
-    this.state = State.STOPPED;
-    this.chunks = [];
-    this.first = 0;
-    this.at = 0;
-    this.buffered = 0;
+  protected override stopped_(): void {
     this.target = null;
   }
 
-  private run(): void {
-    if (this.running) return; // re-entered from a sink callback: the outer loop carries on
-    this.running = true;
-    try {
-      while (!this.blocked && this.state !== State.STOPPED && this.step()) {}
-    } finally {
-      this.running = false;
-    }
-    if (this.first >= COMPACT_AT && this.first * 2 >= this.chunks.length) {
-      this.chunks.splice(0, this.first);
-      this.first = 0;
-    }
+  protected malformed(reason: string): void {
+    this.sink.malformed(reason);
   }
 
   /** One move of the state machine; false when it needs more bytes (or stopped). Bounded by the bytes. */
-  private step(): boolean {
+  protected step(): boolean {
+    const bytes = this.bytes;
     switch (this.state) {
       case State.HEADER: {
         if (this.headerFill < URB_HEADER_SIZE) {
-          if (this.buffered === 0) return false;
-          this.headerFill += this.copyOut(this.header, this.headerFill, URB_HEADER_SIZE - this.headerFill);
+          this.headerFill += bytes.copyOut(this.header, this.headerFill, URB_HEADER_SIZE - this.headerFill);
           if (this.headerFill < URB_HEADER_SIZE) return false;
         }
         return this.onHeader();
       }
       case State.DATA: {
         if (this.dataLeft > 0) {
-          if (this.buffered === 0) return false;
           const n =
             this.target === null
-              ? this.skip(this.dataLeft)
-              : this.copyOut(this.target, this.targetAt, this.dataLeft);
+              ? bytes.dropUpTo(this.dataLeft)
+              : bytes.copyOut(this.target, this.targetAt, this.dataLeft);
           this.targetAt += n;
           this.dataLeft -= n;
           if (this.dataLeft > 0) return false;
@@ -221,10 +156,9 @@ export class UrbReader {
         this.state = State.ISO;
         return true;
       }
-      case State.ISO: {
+      default: {
         if (this.isoFill < this.isoBytes) {
-          if (this.buffered === 0) return false;
-          this.isoFill += this.copyOut(this.iso, this.isoFill, this.isoBytes - this.isoFill);
+          this.isoFill += bytes.copyOut(this.iso, this.isoFill, this.isoBytes - this.isoFill);
           if (this.isoFill < this.isoBytes) return false;
         }
         this.state = State.HEADER;
@@ -233,8 +167,6 @@ export class UrbReader {
         this.sink.submit(this.h, this.iso.subarray(0, this.isoBytes));
         return true;
       }
-      default:
-        return false;
     }
   }
 
@@ -245,11 +177,8 @@ export class UrbReader {
     if (problem !== null) return this.fail(problem);
     if (headerCommand(b) === UsbipCommand.CMD_UNLINK) {
       const u = decodeUnlinkHeader(b);
-      if (!this.sink.unlink(u.seqnum, u.devid, u.unlinkSeqnum)) {
-        // Stay on this header (headerFill stays full): resume() offers it again.
-        this.blocked = this.state !== State.STOPPED;
-        return false;
-      }
+      // Refused: stay on this header (headerFill stays full): resume() offers it again.
+      if (!this.sink.unlink(u.seqnum, u.devid, u.unlinkSeqnum)) return this.stopHere();
       this.headerFill = 0;
       this.completed++;
       return true;
@@ -257,12 +186,9 @@ export class UrbReader {
     const h = this.h;
     decodeSubmitHeader(b, h);
     this.target = null;
-    if (!this.sink.admit(h)) {
-      // Stay on this header (headerFill stays full): resume() admits it again.
-      this.blocked = this.state !== State.STOPPED;
-      return false;
-    }
-    if (this.state === State.STOPPED) return false;
+    // Refused: stay on this header (headerFill stays full): resume() admits it again.
+    if (!this.sink.admit(h)) return this.stopHere();
+    if (this.isStopped) return false;
     this.dataLeft = h.directionIn ? 0 : h.transferBufferLength;
     this.targetAt = this.target === null ? 0 : this.targetAt;
     this.isoBytes = h.packets * ISO_DESCRIPTOR_SIZE;
@@ -270,51 +196,4 @@ export class UrbReader {
     this.state = State.DATA;
     return true;
   }
-
-  private fail(reason: string): boolean {
-    this.stop();
-    this.sink.malformed(reason);
-    return false;
-  }
-
-  /** Copy up to `n` buffered bytes to `out[at ..]`; returns how many. */
-  private copyOut(out: Uint8Array, at: number, n: number): number {
-    let done = 0;
-    while (done < n && this.first < this.chunks.length) {
-      const c = this.chunks[this.first]!;
-      const take = Math.min(c.length - this.at, n - done);
-      c.copy(out, at + done, this.at, this.at + take);
-      done += take;
-      this.advance(c, take);
-    }
-    return done;
-  }
-
-  /** Drop up to `n` buffered bytes; returns how many. */
-  private skip(n: number): number {
-    let done = 0;
-    while (done < n && this.first < this.chunks.length) {
-      const c = this.chunks[this.first]!;
-      const take = Math.min(c.length - this.at, n - done);
-      done += take;
-      this.advance(c, take);
-    }
-    return done;
-  }
-
-  private advance(chunk: Buffer, n: number): void {
-    this.buffered -= n;
-    this.at += n;
-    if (this.at === chunk.length) {
-      this.chunks[this.first] = EMPTY;
-      this.first++;
-      this.at = 0;
-      if (this.first === this.chunks.length) {
-        this.chunks.length = 0;
-        this.first = 0;
-      }
-    }
-  }
 }
-
-const EMPTY = Buffer.alloc(0);

@@ -11,9 +11,11 @@
  * capabilities call for, and the data must be what that header implies (transfer data only in its data
  * direction, at most MAX_REDIR_DATA bytes; bounded hello and filter data). Whatever is well framed but
  * wrong for the device (bad endpoint, unknown interface, …) is the sink's to answer, not the reader's.
- * Work is linear in the bytes received; data is copied once, from the socket's chunks to its target.
+ * Work is linear in the bytes received; data is copied once, from the socket's chunks to its target. The
+ * chunks, the loop, stopping and resuming are the network face's streaming gate (network-face/stream-gate.ts);
+ * this file is usbredir's steps.
  */
-import { ByteQueue } from "../util/byte-queue.js";
+import { StreamGate } from "../network-face/stream-gate.js";
 import {
   decodeTypeHeader,
   emptyPacket,
@@ -49,14 +51,12 @@ export interface RedirReaderSink {
 enum State {
   HEADER,
   DATA,
-  STOPPED,
 }
 
 const EMPTY = new Uint8Array(0);
 const MAX_TYPE_HEADER = 288;
 
-export class RedirReader {
-  private readonly queue = new ByteQueue();
+export class RedirReader extends StreamGate {
   private readonly p = emptyPacket();
   /** The packet's header and type header, copied out of the stream (one buffer, one view, reused). */
   private readonly head = new Uint8Array(16 + MAX_TYPE_HEADER);
@@ -69,31 +69,18 @@ export class RedirReader {
   /** The target is the sink's (guest memory), not the reader's own buffer. */
   private targetAdmitted = false;
   private filled = 0;
-  private blocked = false;
-  /** Re-entrancy guard: deliver() may call resume() or push() (through the sink). */
-  private pumping = false;
 
   constructor(
     private readonly peer: RedirRole,
     private readonly sink: RedirReaderSink,
-  ) {}
-
-  /** Bytes received and not yet consumed (held while blocked, or a partial header). */
-  get pending(): number {
-    return this.queue.length;
+  ) {
+    super();
   }
 
   /** Bytes received of a packet not yet delivered: a partial header, or the headers and part of the data. */
   get partialBytes(): number {
-    if (this.state !== State.DATA) return this.queue.length;
-    return this.negotiated.headerSize + this.typeHeaderLength + this.filled + this.queue.length;
-  }
-
-  /** Packets delivered so far. */
-  completed = 0;
-
-  get isBlocked(): boolean {
-    return this.blocked;
+    if (this.state !== State.DATA) return this.pending;
+    return this.negotiated.headerSize + this.typeHeaderLength + this.filled + this.pending;
   }
 
   /** Headers are 16 bytes from now on if both sides have 64-bit ids; call from deliver(hello). */
@@ -101,66 +88,37 @@ export class RedirReader {
     this.negotiated = n;
   }
 
-  push(chunk: Uint8Array): void {
-    if (this.state === State.STOPPED) return;
-    this.queue.push(chunk);
-    this.pump();
-  }
-
-  /** Admit the packet the reader stopped at again. */
-  resume(): void {
-    if (!this.blocked || this.state === State.STOPPED) return;
-    this.blocked = false;
-    this.pump();
-  }
-
   /**
    * The rest of the current packet's data when it goes to the sink's view and nothing is buffered ahead
    * of it: the socket may read straight into it (then `receivedDirect`). Null otherwise.
    */
   get directTarget(): Uint8Array | null {
-    if (this.state !== State.DATA || !this.targetAdmitted || this.queue.length > 0) return null;
+    if (this.state !== State.DATA || !this.targetAdmitted || this.pending > 0 || this.isStopped) return null;
     return this.target.subarray(this.filled);
   }
 
   /** `n` bytes were read straight into `directTarget`. */
   receivedDirect(n: number): void {
     this.filled += n;
-    this.pump();
+    this.run();
   }
 
-  /** The chunks pushed last alias a buffer that will be read into again: keep a copy of what is unread. */
-  ownBuffered(): void {
-    this.queue.detach();
+  protected malformed(reason: string): void {
+    this.sink.malformed(reason);
   }
 
-  /** Stop for good (connection over); buffered bytes are dropped. */
-  stop(): void {
-    this.state = State.STOPPED;
-    this.queue.clear();
-  }
-
-  private pump(): void {
-    if (this.pumping) return;
-    this.pumping = true;
-    try {
-      while (this.state !== State.STOPPED && !this.blocked) {
-        if (this.state === State.HEADER) {
-          if (!this.readHeaders()) return;
-        } else if (!this.readData()) return;
-      }
-    } finally {
-      this.pumping = false;
-    }
+  protected step(): boolean {
+    return this.state === State.HEADER ? this.readHeaders() : this.readData();
   }
 
   /** Frame and check the next packet's headers, then admit it. False when more bytes are needed or it stopped. */
   private readHeaders(): boolean {
     const hs = this.negotiated.headerSize;
-    if (this.queue.length < hs) return false;
+    const bytes = this.bytes;
+    if (bytes.length < hs) return false;
     const head = this.head;
     const v = this.headView;
-    this.queue.peekInto(head.subarray(0, hs));
+    bytes.peekInto(head.subarray(0, hs));
     const p = this.p;
     p.type = v.getUint32(0, true);
     const length = v.getUint32(4, true);
@@ -179,23 +137,21 @@ export class RedirReader {
     if (p.dataLength > MAX_REDIR_DATA) {
       return this.fail(`${redirTypeName(p.type)} of ${length} bytes (at most ${MAX_REDIR_DATA} of data)`);
     }
-    if (this.queue.length < hs + th) return false;
-    this.queue.peekInto(head.subarray(0, hs + th));
+    if (bytes.length < hs + th) return false;
+    bytes.peekInto(head.subarray(0, hs + th));
     this.typeHeaderLength = th;
     decodeTypeHeader(p, this.headView, hs, this.negotiated.caps);
     const problem = framingProblem(p, this.peer);
     if (problem !== null) return this.fail(problem);
     const typeHeader = head.subarray(hs, hs + th);
     const admitted = this.sink.admit(p, typeHeader);
-    if ((this.state as State) === State.STOPPED) return false;
-    if (admitted === BLOCK) {
-      this.blocked = true;
-      return false;
-    }
+    if (this.isStopped) return false;
+    // Refused: the headers stay in the stream; resume() admits the same packet again.
+    if (admitted === BLOCK) return this.stopHere();
     if (admitted !== null && admitted.length !== p.dataLength) {
       throw new Error(`usbredir reader: admitted a ${admitted.length}-byte target for ${p.dataLength} bytes`);
     }
-    this.queue.skip(hs + th);
+    bytes.skip(hs + th);
     if (p.type === RedirType.HELLO) this.helloSeen = true;
     this.target = admitted ?? (p.dataLength > 0 ? new Uint8Array(p.dataLength) : EMPTY);
     this.targetAdmitted = admitted !== null;
@@ -206,12 +162,7 @@ export class RedirReader {
 
   /** Copy what has arrived of the data into its target; deliver once whole. */
   private readData(): boolean {
-    const want = this.target.length - this.filled;
-    const take = Math.min(want, this.queue.length);
-    if (take > 0) {
-      this.queue.takeInto(this.target.subarray(this.filled, this.filled + take));
-      this.filled += take;
-    }
+    this.filled += this.bytes.copyOut(this.target, this.filled, this.target.length - this.filled);
     if (this.filled < this.target.length) return false;
     this.state = State.HEADER;
     const data = this.target;
@@ -220,11 +171,5 @@ export class RedirReader {
     this.completed++;
     this.sink.deliver(this.p, this.head.subarray(hs, hs + this.typeHeaderLength), data);
     return true;
-  }
-
-  private fail(reason: string): boolean {
-    this.stop();
-    this.sink.malformed(reason);
-    return false;
   }
 }

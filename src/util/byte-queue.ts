@@ -84,6 +84,34 @@ export class ByteQueue {
     this.compact();
   }
 
+  /** Remove up to `n` bytes by copying them to `out[at ..]`; returns how many (no temporary views of Buffers). */
+  copyOut(out: Uint8Array, at: number, n: number): number {
+    const want = Math.min(n, this.total);
+    let done = 0;
+    while (done < want) {
+      const c = this.chunks[this.first]!;
+      const take = Math.min(c.length - this.head, want - done);
+      if (Buffer.isBuffer(c)) c.copy(out, at + done, this.head, this.head + take);
+      else out.set(c.subarray(this.head, this.head + take), at + done);
+      done += take;
+      this.head += take;
+      if (this.head === c.length) {
+        this.first++;
+        this.head = 0;
+      }
+    }
+    this.total -= done;
+    this.compact();
+    return done;
+  }
+
+  /** Drop up to `n` bytes; returns how many. */
+  dropUpTo(n: number): number {
+    const take = Math.min(n, this.total);
+    if (take > 0) this.skip(take);
+    return take;
+  }
+
   /** Drop the first `n` bytes (n ≤ length). */
   skip(n: number): void {
     let left = n;

@@ -71,6 +71,7 @@ function headerOf(p: SubmitPdu): SubmitHeader {
     transferBufferLength: p.transferBufferLength,
     startFrame: p.startFrame,
     packets: p.iso.length,
+    rawPackets: p.iso.length > 0 ? p.iso.length : p.nonIsoPackets | 0,
     interval: p.interval,
     ...decodeSetup(p.setup),
   };
