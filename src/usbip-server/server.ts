@@ -92,8 +92,6 @@ export class UsbipServer extends EventEmitter {
   private readonly hcd: VirtualHostController;
   private readonly allow: BlockList | null;
   private readonly memory: SharedArrayBuffer;
-  /** The same guest memory as a Buffer, for views that reads land in. */
-  private readonly memoryBuffer: Buffer;
   /** Every client's URBs: admission against its share, the engine, replies, unlinks. */
   private readonly urbPhase: UrbPhase;
   /** Each client's bounds (network-face/bounds.ts), and the cap on connections held at once. */
@@ -118,7 +116,6 @@ export class UsbipServer extends EventEmitter {
     this.server = server;
     this.hcd = connection.frontend!;
     this.memory = connection.handles.memory[0]!;
-    this.memoryBuffer = Buffer.from(this.memory);
     this.log = escapingLogger(options.logger ?? stderrLogger);
     this.allow = buildAllowList(
       options.allow,

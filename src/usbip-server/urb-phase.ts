@@ -21,7 +21,7 @@ import {
   RequestTypeByte,
   StandardRequest,
 } from "../usb/index.js";
-import { ISO_DESCRIPTOR_SIZE, URB_HEADER_SIZE } from "../usbip/protocol.js";
+import { ISO_DESCRIPTOR_SIZE } from "../usbip/protocol.js";
 import { CONTROL_ENTRY } from "./exported-device.js";
 import { Kind, type ServerUrb, type Session, type SessionOwner, type Slot } from "./session.js";
 import type { SubmitHeader } from "./urb-reader.js";

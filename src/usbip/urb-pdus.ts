@@ -20,10 +20,8 @@ import type { ByteQueue } from "../util/byte-queue.js";
 import {
   ISO_DESCRIPTOR_SIZE,
   MAX_PACKETS,
-  MAX_TRANSFER_LENGTH,
   NON_ISO_PACKETS,
   URB_HEADER_SIZE,
-  USBIP_VERSION,
   UsbipCommand,
 } from "./protocol.js";
 import { malformed, NEED, type ReadResult } from "./read-result.js";

@@ -12,47 +12,17 @@ import type { UrbCompletion, VirtualHostController } from "../frontend/index.js"
 import type { GuestBufferAllocator } from "../guest/guest-memory-allocator.js";
 import type { FaceLogger } from "../network-face/log.js";
 import { Blocked } from "../network-face/share.js";
-import {
-  ECONNRESET,
-  EINVAL,
-  ENODEV,
-  ENOENT,
-  EOVERFLOW,
-  EPIPE,
-  ESHUTDOWN,
-  ETIME,
-  ETIMEDOUT,
-  OK,
-} from "../urb/status.js";
+import { ECONNRESET, ENODEV, ENOENT, ESHUTDOWN, OK } from "../urb/status.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { endpointIsIn, RequestTypeByte, requestIsIn, StandardRequest } from "../usb/index.js";
 import type { RedirDeviceModel } from "./device-model.js";
 import { RedirEpType, type RedirPacket, RedirStatus, RedirType, redirTypeName } from "./protocol.js";
 import { type Admission, BLOCK } from "./reader.js";
 import type { RedirUrb, Session, SessionOwner } from "./session.js";
+import { redirStatusOf } from "./status.js";
 import type { StreamContext } from "./streams.js";
 
-/** Engine status → usbredir status (QEMU maps everything but success, stall and babble to an I/O error). */
-export function redirStatusOf(status: number): RedirStatus {
-  switch (status) {
-    case OK:
-      return RedirStatus.SUCCESS;
-    case ECONNRESET:
-    case ENOENT:
-      return RedirStatus.CANCELLED;
-    case EPIPE:
-      return RedirStatus.STALL;
-    case ETIMEDOUT:
-    case ETIME:
-      return RedirStatus.TIMEOUT;
-    case EOVERFLOW:
-      return RedirStatus.BABBLE;
-    case EINVAL:
-      return RedirStatus.INVAL;
-    default:
-      return RedirStatus.IOERROR;
-  }
-}
+export { redirStatusOf } from "./status.js";
 
 /** A data packet's id as a map key: exact for ids below 2^53, a string above. */
 export function idKey(low: number, high: number): number | string {

@@ -112,7 +112,7 @@ function pollInterrupt(ctx: StreamContext, s: Session, stream: InterruptStream):
         actual,
         holder,
       );
-      whenReading(ctx, s, () => pollInterrupt(ctx, s, stream));
+      whenReading(s, () => pollInterrupt(ctx, s, stream));
     } else {
       // A stall or a lost device stops receiving; the guest's next poll gets the error.
       holder.released();
@@ -236,7 +236,7 @@ function submitIso(ctx: StreamContext, s: Session, stream: IsoStream, packets: U
     }
     if (!held) holder?.released();
     if (stream.running && !s.closed) {
-      if (stream.directionIn) whenReading(ctx, s, () => submitIso(ctx, s, stream, null));
+      if (stream.directionIn) whenReading(s, () => submitIso(ctx, s, stream, null));
       else flushIsoOut(ctx, s, stream);
     }
     ctx.settled(s);
@@ -280,7 +280,7 @@ export function stopIso(ctx: StreamContext, s: Session, endpoint: number): numbe
  * Resubmit an IN stream's URB now, or — while the peer has more unsent data than the bound — once it has
  * read it: data a peer does not read must not pile up without limit (the stall timer ends such a peer).
  */
-function whenReading(ctx: StreamContext, s: Session, resubmit: () => void): void {
+function whenReading(s: Session, resubmit: () => void): void {
   if (!s.share.overUnsent) resubmit();
   else s.parked.push(resubmit);
 }
