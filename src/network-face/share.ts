@@ -93,7 +93,14 @@ export class PeerShare {
    */
   block(why: Blocked.SEND | Blocked.SHARE): void {
     this.blocked = why;
-    if (why !== Blocked.SHARE || this.blockTimer !== null) return;
+    if (why === Blocked.SEND) {
+      // What the peer is owed counts this turn's replies at their largest; the writer's flush (a microtask
+      // queued with the first of them, so before this one) replaces that by their bytes. If that brings it
+      // under the bound, no write callback will say so (the kernel may never take the rest): look again.
+      queueMicrotask(this.recheckSend);
+      return;
+    }
+    if (this.blockTimer !== null) return;
     this.blockTimer = setTimeout(() => {
       this.blockTimer = null;
       if (this.closed || this.blocked !== Blocked.SHARE) return;
@@ -102,6 +109,10 @@ export class PeerShare {
       this.progress();
     }, this.bounds.blockedMs);
   }
+
+  private readonly recheckSend = (): void => {
+    if (!this.closed && this.blocked === Blocked.SEND && !this.overUnsent) this.progress();
+  };
 
   /** Whether the request now admitted must get the forced verdict (once). */
   takeForced(): boolean {

@@ -7,21 +7,12 @@
  */
 import type { Socket } from "node:net";
 import type { GuestOffset } from "../dma-map/types.js";
-import type {
-  BufferSegment,
-  BulkTransfer,
-  ControlTransfer,
-  InterruptTransfer,
-  IsoPacketSpec,
-  Urb,
-  UrbCallback,
-  UrbCompletion,
-} from "../frontend/index.js";
+import type { IsoPacketSpec, Urb, UrbCallback, UrbCompletion } from "../frontend/index.js";
 import { type FaceLogger, type LogFields, PeerWarnings } from "../network-face/log.js";
+import { PooledUrb } from "../network-face/pooled-urb.js";
 import type { PeerShare } from "../network-face/share.js";
 import type { UrbStatus } from "../urb/status.js";
 import type { EndpointNum } from "../urb/types.js";
-import type { SetupPacket } from "../usb/index.js";
 import { TransferFlag } from "../usbip/protocol.js";
 import { ByteQueue } from "../util/byte-queue.js";
 import type { DeviceSlot, EndpointEntry } from "./exported-device.js";
@@ -60,7 +51,7 @@ export enum Kind {
  * its engine URB objects are reused (the controller recycles their records), so a steady stream
  * allocates no record per URB.
  */
-export class ServerUrb implements ReplyHolder {
+export class ServerUrb extends PooledUrb implements ReplyHolder {
   seqnum = 0;
   kind = Kind.CONTROL;
   directionIn = false;
@@ -69,24 +60,15 @@ export class ServerUrb implements ReplyHolder {
   bmRequestType = 0;
   bRequest = 0;
   wValue = 0;
-  /** Its buffer in the device's region of guest memory (length 0: none). */
-  offset = 0;
-  length = 0;
   isoFrames = 0;
   /** Iso packets (offset, length) as the client laid them out. */
   iso: IsoPacketSpec[] = [];
-  /** The engine URB now submitted, or null. */
-  urb: Urb | null = null;
   /** Seqnums of CMD_UNLINKs waiting for this URB. */
   readonly unlinks: number[] = [];
-  private readonly segment = { offset: 0 as GuestOffset, length: 0 };
-  private readonly segments = [this.segment];
-  private control: Mutable<ControlTransfer> | null = null;
-  private bulk: Mutable<BulkTransfer> | null = null;
-  private interrupt: Mutable<InterruptTransfer> | null = null;
   readonly done: UrbCallback;
 
   constructor(readonly session: Session) {
+    super();
     this.done = (c) => session.owner.completed(this, c);
   }
 
@@ -98,84 +80,42 @@ export class ServerUrb implements ReplyHolder {
 
   /** The engine URB for this submit, reusing this record's objects where the type allows. */
   engineUrb(slot: Slot, h: SubmitHeader, entry: EndpointEntry): Urb {
-    const segment = this.segment;
-    segment.offset = this.offset as GuestOffset;
-    segment.length = this.length;
-    const buffer = this.length > 0 ? this.segments : NO_SEGMENTS;
     const endpoint = h.ep as EndpointNum;
-    const shortNotOk = h.directionIn && (h.transferFlags & TransferFlag.SHORT_NOT_OK) !== 0;
-    const zeroPacket = !h.directionIn && (h.transferFlags & TransferFlag.ZERO_PACKET) !== 0;
     const interval = h.interval >= 1 ? h.interval : Math.max(1, entry.interval);
-    // Control, bulk and interrupt reuse one object each: set the fields they share, then their own.
-    let u: Mutable<ControlTransfer | BulkTransfer | InterruptTransfer>;
-    switch (this.kind) {
-      case Kind.CONTROL: {
-        if (this.control === null) {
-          const setup = { bmRequestType: 0, bRequest: 0, wValue: 0, wIndex: 0, wLength: 0 };
-          this.control = { type: "control", ...this.base(slot), setup };
-        }
-        const setup = this.control.setup as Mutable<SetupPacket>;
-        setup.bmRequestType = h.bmRequestType;
-        setup.bRequest = h.bRequest;
-        setup.wValue = h.wValue;
-        setup.wIndex = h.wIndex;
-        setup.wLength = h.wLength;
-        u = this.control;
-        break;
-      }
-      case Kind.BULK: {
-        if (this.bulk === null) this.bulk = { type: "bulk", ...this.base(slot), zeroPacket: false };
-        this.bulk.zeroPacket = zeroPacket;
-        u = this.bulk;
-        break;
-      }
-      case Kind.INTERRUPT: {
-        if (this.interrupt === null) {
-          this.interrupt = { type: "interrupt", ...this.base(slot), zeroPacket: false, interval };
-        }
-        this.interrupt.zeroPacket = zeroPacket;
-        this.interrupt.interval = interval;
-        u = this.interrupt;
-        break;
-      }
-      default:
-        return {
-          type: "isochronous",
-          port: slot.port,
-          device: slot.address,
-          endpoint,
-          directionIn: h.directionIn,
-          buffer: this.length > 0 ? [{ offset: this.offset as GuestOffset, length: this.length }] : [],
-          interval: Math.min(interval, 0xffff),
-          iso: {
-            asap: (h.transferFlags & TransferFlag.ISO_ASAP) !== 0,
-            startFrame: h.startFrame >>> 0,
-            packets: this.iso,
-          },
-        };
+    if (this.kind === Kind.ISO) {
+      return {
+        type: "isochronous",
+        port: slot.port,
+        device: slot.address,
+        endpoint,
+        directionIn: h.directionIn,
+        buffer: this.length > 0 ? [{ offset: this.offset as GuestOffset, length: this.length }] : [],
+        interval: Math.min(interval, 0xffff),
+        iso: {
+          asap: (h.transferFlags & TransferFlag.ISO_ASAP) !== 0,
+          startFrame: h.startFrame >>> 0,
+          packets: this.iso,
+        },
+      };
     }
-    u.endpoint = endpoint;
-    u.directionIn = h.directionIn;
-    u.buffer = buffer;
-    u.shortNotOk = shortNotOk;
-    return u;
-  }
-
-  /** The fields every transfer type shares, for a new reusable URB object on this device. */
-  private base(slot: Slot) {
-    return {
-      port: slot.port,
-      device: slot.address,
-      endpoint: 0 as EndpointNum,
-      directionIn: false,
-      buffer: NO_SEGMENTS,
-      shortNotOk: false,
-    };
+    const spec = this.spec;
+    spec.kind = this.kind === Kind.CONTROL ? "control" : this.kind === Kind.BULK ? "bulk" : "interrupt";
+    spec.port = slot.port;
+    spec.device = slot.address;
+    spec.endpoint = endpoint;
+    spec.directionIn = h.directionIn;
+    spec.shortNotOk = h.directionIn && (h.transferFlags & TransferFlag.SHORT_NOT_OK) !== 0;
+    spec.zeroPacket = !h.directionIn && (h.transferFlags & TransferFlag.ZERO_PACKET) !== 0;
+    spec.interval = interval;
+    const setup = spec.setup;
+    setup.bmRequestType = h.bmRequestType;
+    setup.bRequest = h.bRequest;
+    setup.wValue = h.wValue;
+    setup.wIndex = h.wIndex;
+    setup.wLength = h.wLength;
+    return this.transfer();
   }
 }
-
-type Mutable<T> = { -readonly [K in keyof T]: T[K] };
-const NO_SEGMENTS: readonly BufferSegment[] = Object.freeze([]);
 
 export type Phase = "op" | "importing" | "urb" | "closed";
 

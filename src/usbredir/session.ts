@@ -5,20 +5,12 @@
  * of transfers allocates no record and no URB per packet.
  */
 import type { Socket } from "node:net";
-import type { GuestOffset } from "../dma-map/types.js";
-import type {
-  BufferSegment,
-  BulkTransfer,
-  ControlTransfer,
-  InterruptTransfer,
-  Urb,
-  UrbCallback,
-  UrbCompletion,
-} from "../frontend/index.js";
+import type { Urb, UrbCallback, UrbCompletion } from "../frontend/index.js";
 import { type FaceLogger, type LogFields, PeerWarnings } from "../network-face/log.js";
+import { PooledUrb } from "../network-face/pooled-urb.js";
 import type { PeerShare } from "../network-face/share.js";
 import type { DevAddr, EndpointNum, PortNum } from "../urb/types.js";
-import { endpointNumberOf, type SetupPacket } from "../usb/index.js";
+import { endpointNumberOf } from "../usb/index.js";
 import { type Frame, type FrameCodec, type FrameHolder, FrameWriter } from "../util/frame-writer.js";
 import { hasCap, type Negotiated, RedirCap, type RedirPacket, RedirType } from "./protocol.js";
 import { type Admission, RedirReader, type RedirReaderSink } from "./reader.js";
@@ -133,23 +125,17 @@ function redirCodec(n: Negotiated): FrameCodec<RedirFrame> {
   };
 }
 
-type Mutable<T> = { -readonly [K in keyof T]: T[K] };
-const NO_SEGMENTS: readonly BufferSegment[] = Object.freeze([]);
-
 /**
  * A data packet from the guest (control, bulk, interrupt OUT), from admission until its reply is
- * written. Pooled per session; its engine URB objects are reused.
+ * written. Pooled per session; its engine URB objects are reused (network-face/pooled-urb.ts).
  */
-export class RedirUrb implements FrameHolder {
+export class RedirUrb extends PooledUrb {
   type = 0;
   idLow = 0;
   idHigh = 0;
   key: number | string = 0;
   endpoint = 0;
   directionIn = false;
-  /** Its buffer in guest memory (length 0: none). */
-  offset = 0;
-  length = 0;
   /** Control fields, echoed in the reply. */
   request = 0;
   requestType = 0;
@@ -157,17 +143,11 @@ export class RedirUrb implements FrameHolder {
   index = 0;
   /** Answered here without the engine (a usbredir status), or null. */
   verdict: number | null = null;
-  /** In the engine now. */
-  urb: Urb | null = null;
   cancelled = false;
   readonly done: UrbCallback;
-  private readonly segment = { offset: 0 as GuestOffset, length: 0 };
-  private readonly segments: readonly BufferSegment[] = [this.segment];
-  private control: Mutable<ControlTransfer> | null = null;
-  private bulk: Mutable<BulkTransfer> | null = null;
-  private interrupt: Mutable<InterruptTransfer> | null = null;
 
   constructor(readonly session: Session) {
+    super();
     this.done = (c) => session.owner.complete(session, this, c);
   }
 
@@ -177,46 +157,26 @@ export class RedirUrb implements FrameHolder {
 
   /** The engine URB for this packet, reusing this record's object of its type. */
   engineUrb(port: PortNum, device: DevAddr, interval: number): Urb {
-    this.segment.offset = this.offset as GuestOffset;
-    this.segment.length = this.length;
-    let u: Mutable<ControlTransfer | BulkTransfer | InterruptTransfer>;
-    if (this.type === RedirType.CONTROL_PACKET) {
-      this.control ??= { type: "control", ...base(port, device), setup: emptySetup() };
-      const setup = this.control.setup as Mutable<SetupPacket>;
-      setup.bmRequestType = this.requestType;
-      setup.bRequest = this.request;
-      setup.wValue = this.value;
-      setup.wIndex = this.index;
-      setup.wLength = this.length;
-      u = this.control;
-    } else if (this.type === RedirType.BULK_PACKET) {
-      this.bulk ??= { type: "bulk", ...base(port, device) };
-      u = this.bulk;
-    } else {
-      this.interrupt ??= { type: "interrupt", ...base(port, device), interval: 1 };
-      this.interrupt.interval = interval;
-      u = this.interrupt;
-    }
-    u.device = device;
-    u.endpoint = endpointNumberOf(this.endpoint) as EndpointNum;
-    u.directionIn = this.directionIn;
-    u.buffer = this.length > 0 ? this.segments : NO_SEGMENTS;
-    return u;
+    const spec = this.spec;
+    spec.kind =
+      this.type === RedirType.CONTROL_PACKET
+        ? "control"
+        : this.type === RedirType.BULK_PACKET
+          ? "bulk"
+          : "interrupt";
+    spec.port = port;
+    spec.device = device;
+    spec.endpoint = endpointNumberOf(this.endpoint) as EndpointNum;
+    spec.directionIn = this.directionIn;
+    spec.interval = interval;
+    const setup = spec.setup;
+    setup.bmRequestType = this.requestType;
+    setup.bRequest = this.request;
+    setup.wValue = this.value;
+    setup.wIndex = this.index;
+    setup.wLength = this.length;
+    return this.transfer();
   }
-}
-
-function base(port: PortNum, device: DevAddr) {
-  return {
-    port,
-    device,
-    endpoint: 0 as EndpointNum,
-    directionIn: false,
-    buffer: NO_SEGMENTS,
-  };
-}
-
-function emptySetup(): SetupPacket {
-  return { bmRequestType: 0, bRequest: 0, wValue: 0, wIndex: 0, wLength: 0 };
 }
 
 export class Session implements RedirReaderSink {

@@ -63,10 +63,7 @@ export class FrameWriter<F extends Frame> {
     private readonly socket: Socket,
     memory: SharedArrayBuffer,
     private readonly codec: FrameCodec<F>,
-    /**
-     * After what the peer is owed may have gone down: a flush handed to the socket (the frames' estimate
-     * replaced by their bytes), or a flush reached the kernel (unsent went down).
-     */
+    /** After a flush reached the kernel (unsent went down). */
     private readonly onWritten: () => void,
   ) {
     this.memory = Buffer.from(memory);
@@ -203,7 +200,6 @@ export class FrameWriter<F extends Frame> {
     socket.write(out.subarray(from, at), () => this.written(flush));
     socket.uncork();
     for (const h of copied) h.released();
-    this.onWritten();
   };
 
   private written(flush: Flush): void {
