@@ -1,18 +1,16 @@
 /**
  * Strings a peer or a device chooses, on their way into the text log and the terminal: a usbredir
  * peer's version string and its VMM filter, a host device's serial and product strings, a remote USB/IP
- * server's bus ids, a remote status page's fields. Each may hold a line break (a forged log line that
+ * server's bus ids and its device's product string (attach), a remote status page's fields. Each may hold a line break (a forged log line that
  * looks like the server's own), ANSI/OSC escapes (a terminal's title, colours, a cleared screen) or C1
  * controls. What reaches the log or the terminal holds them escaped: no control character but the line
  * ends the program writes, every line of a log starts as the logger starts it, and the peer's printable
  * text is still there to read.
  */
 import { createServer as createHttpServer, type Server as HttpServer } from "node:http";
-import { createServer, type Server } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { run } from "../../src/cli/run.js";
 import { streamLogger } from "../../src/usbip/log.js";
-import { encodeDevlistReply } from "../../src/usbip/management-pdus.js";
 import type { HotplugSource } from "../../src/usbip-server/host-exports.js";
 import type { UsbipServer } from "../../src/usbip-server/server.js";
 import { QEMU_GUEST_CAPS } from "../../src/usbredir/client.js";
@@ -20,6 +18,7 @@ import { encodeFilter, encodeHello } from "../../src/usbredir/protocol.js";
 import { capture } from "../cli/helpers.js";
 import { eventually } from "../support/eventually.js";
 import { RawPeer } from "../usbredir/raw-peer.js";
+import { HostileUsbipServer } from "./hostile-usbip-server.js";
 import { type MeasuredServer, startMeasuredServer } from "./measured-server.js";
 
 /** A line of the server's own, as the attacker would forge it. */
@@ -140,33 +139,15 @@ describe("device strings in serve's log", () => {
 
 describe("peer and device strings printed by the CLI", () => {
   it("usbvirt list --remote: a hostile server's bus ids", async () => {
-    const evil = encodeDevlistReply([
-      {
-        path: "/sys/devices/evil",
-        busid: `1-1\x1b]0;owned\x07\n${FORGED.slice(0, 12)}`.slice(0, 31),
-        busnum: 1,
-        devnum: 1,
-        speed: 2,
-        idVendor: 0x1209,
-        idProduct: 1,
-        bcdDevice: 0x100,
-        bDeviceClass: 0,
-        bDeviceSubClass: 0,
-        bDeviceProtocol: 0,
-        bConfigurationValue: 1,
-        bNumConfigurations: 1,
-        interfaces: [{ cls: 0xff, subclass: 0, protocol: 0 }],
-      },
-    ]);
-    const fake: Server = createServer((socket) => {
-      socket.once("data", () => socket.end(evil));
-      socket.on("error", () => undefined);
+    const hostile = await HostileUsbipServer.start({
+      busid: `1-1\x1b]0;owned\x07\n${FORGED.slice(0, 12)}`,
+      manufacturer: "",
+      product: "",
+      serial: "",
     });
-    await new Promise<void>((r) => fake.listen(0, "127.0.0.1", r));
-    closers.push(() => new Promise((r) => fake.close(() => r())));
-    const port = (fake.address() as { port: number }).port;
+    closers.push(() => hostile.close());
     const c = capture();
-    expect(await run(["list", "--remote", `127.0.0.1:${port}`], c.io), c.err).toBe(0);
+    expect(await run(["list", "--remote", `127.0.0.1:${hostile.port}`], c.io), c.err).toBe(0);
     expect(c.out).toContain("owned");
     expectNoRawControls(c.out, "list --remote's output");
   });
@@ -233,5 +214,36 @@ describe("peer and device strings printed by the CLI", () => {
     expect(await run(["list"], c.io), c.err).toBe(0);
     expect(c.out).toContain("owned");
     expectNoRawControls(c.out, "list's output");
+  });
+});
+
+describe("a remote device's strings printed by attach", () => {
+  it("usbvirt attach: the product string of a device a hostile server exports", async () => {
+    const evil = (s: string) => `${s}\x1b]0;owned\x07\n${FORGED}\x1b[2J\x9b1m`;
+    const hostile = await HostileUsbipServer.start({
+      busid: "1-1",
+      manufacturer: evil("ACME"),
+      product: evil("Gadget"),
+      serial: evil("SN"),
+    });
+    closers.push(() => hostile.close());
+    let stop!: (s: string) => void;
+    const stopped = new Promise<string>((r) => {
+      stop = r;
+    });
+    const c = capture({ stopSignal: () => stopped });
+    const exit = run(["attach", `127.0.0.1:${hostile.port}`, "1-1", "--no-reconnect"], c.io);
+    try {
+      await Promise.race([
+        eventually(() => c.out.includes("attached 1-1"), 10_000, "the device attached"),
+        exit.then((code) => Promise.reject(new Error(`attach exited ${code}: ${c.err}`))),
+      ]);
+    } finally {
+      stop("SIGINT");
+      await exit;
+    }
+    expect(c.out).toContain("owned");
+    expectNoRawControls(c.out, "attach's output");
+    expectNoRawControls(c.err, "attach's messages");
   });
 });
