@@ -8,7 +8,10 @@ import { eventually } from "../support/eventually.js";
 export class RawConnection {
   received = Buffer.alloc(0);
   closed = false;
+  /** "127.0.0.1:PORT" as the server's log names this connection (taken at connect: a closed socket has no port). */
+  readonly name: string;
   private constructor(readonly socket: Socket) {
+    this.name = `127.0.0.1:${socket.localPort}`;
     socket.on("data", (d: Buffer) => {
       this.received = Buffer.concat([this.received, d]);
     });
@@ -25,11 +28,6 @@ export class RawConnection {
       socket.once("error", reject);
     });
     return new RawConnection(socket);
-  }
-
-  /** "127.0.0.1:PORT" as the server's log names this connection. */
-  get name(): string {
-    return `127.0.0.1:${this.socket.localPort}`;
   }
 
   write(bytes: Uint8Array): void {
