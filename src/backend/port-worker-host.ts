@@ -113,10 +113,12 @@ export async function startPortWorkerHost(data: PortWorkerData): Promise<void> {
     },
   };
   serve(api, data.control);
-  device.onLog?.((line) => {
+  const postLog = (line: string): void => {
     const log: PortWorkerLog = { type: "log", line };
     parentPort!.postMessage(log);
-  });
+  };
+  device.onLog?.(postLog);
+  service.onLog(postLog);
   device.onGone?.((reason) => {
     service.drain(); // publish whatever is still queued before the backend looks
     const gone: PortWorkerGone = { type: "gone", reason };
