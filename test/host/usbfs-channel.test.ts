@@ -19,6 +19,8 @@ type Libc = Parameters<typeof UsbfsChannel.open>[0];
 const SUBMITURB = 0x8038550a;
 const DISCARDURB = 0x0000550b;
 const REAPURBNDELAY = 0x4008550d;
+const CLAIMINTERFACE = 0x8004550f;
+const RELEASEINTERFACE = 0x80045510;
 const EAGAIN = 11;
 const ENOMEM_ERRNO = 12;
 const ENOENT_ERRNO = 2;
@@ -38,6 +40,8 @@ class FakeKernel {
   failAt = -1;
   failErrno = ENOMEM_ERRNO;
   errnoValue = 0;
+  readonly closedFds: number[] = [];
+  readonly claims = new Set<number>();
   pollTimeouts: number[] = [];
   private pendingPoll: ((err: unknown, ready: number) => void) | null = null;
   private readonly addresses = new WeakMap<ArrayBufferLike, bigint>();
@@ -94,7 +98,10 @@ class FakeKernel {
     return {
       koffi: null as never,
       open: () => 40,
-      close: () => 0,
+      close: (fd) => {
+        this.closedFds.push(fd);
+        return 0;
+      },
       ioctl: (_fd, request, arg) => {
         if (request === SUBMITURB) {
           if (this.submitted.length === this.failAt) {
@@ -105,6 +112,8 @@ class FakeKernel {
           this.submitted.push({ urb, address: this.address(urb) });
           return 0;
         }
+        if (request === CLAIMINTERFACE) this.claims.add(Buffer.from(arg!).readUInt32LE(0));
+        if (request === RELEASEINTERFACE) this.claims.delete(Buffer.from(arg!).readUInt32LE(0));
         if (request === REAPURBNDELAY) {
           const address = this.reapable.shift();
           if (address === undefined) return fail(EAGAIN);
@@ -263,6 +272,18 @@ describe("usbfs channel against a fake kernel", () => {
     expect(results.map((r) => r.status)).toEqual([OK]);
     expect(kernel.pollArmed).toBe(false); // nothing in flight: no poll holds a pool thread
     await channel.close();
+  });
+
+  it("abandon (a port worker ending without close) releases the claims and closes the fd and the wake pipe at once", () => {
+    const kernel = new FakeKernel();
+    const channel = openChannel(kernel);
+    expect(channel.claim(1)).toBe(0);
+    channel.submit(1, isoIn(4, 8, 8), () => {});
+    expect(kernel.claims).toEqual(new Set([1]));
+    channel.abandon();
+    expect(kernel.claims).toEqual(new Set());
+    expect(kernel.closedFds.sort()).toEqual([40, 41, 42]);
+    expect(kernel.pollArmed).toBe(false); // the poll on the pool was woken through the pipe
   });
 });
 

@@ -542,6 +542,33 @@ export class HostUsbDevice implements UsbDevice {
     this.state = "closed";
   }
 
+  /**
+   * The port worker is ending without close(): the usbfs fd releases its interfaces and is closed, and
+   * libusb's handle is closed when nothing is in flight on it (the kernel then drops its claims; libusb's
+   * own releases would need the event loop). Kernel drivers are not re-attached here (libusb refuses while
+   * an interface is claimed, and its release is asynchronous): said in one log line.
+   */
+  abandon(): void {
+    if (this.state === "new" || this.state === "closed") return;
+    this.state = "closed";
+    const left: string[] = [];
+    try {
+      this.usbfs?.abandon();
+    } catch (err) {
+      left.push(`the usbfs fd (${err instanceof Error ? err.message : String(err)})`);
+    }
+    if (this.inFlight.size === 0 && this.dev !== null) {
+      const rc = this.dev.close();
+      if (rc !== 0) left.push(`libusb's handle (libusb error ${rc})`);
+    } else if (this.dev !== null) {
+      left.push(`libusb's handle (${this.inFlight.size} transfer(s) in flight)`);
+    }
+    if (this.detachedDrivers.size > 0)
+      left.push(`kernel driver(s) of interface(s) ${[...this.detachedDrivers].join(", ")} (not re-attached)`);
+    if (left.length > 0)
+      this.log(`${this.infoValue?.name ?? "host device"}: abandoned; still held: ${left.join("; ")}`);
+  }
+
   private warnOnce(key: string, message: string): void {
     if (this.warned.has(key)) return;
     this.warned.add(key);

@@ -699,6 +699,23 @@ export class UsbfsChannel {
     }
   }
 
+  /**
+   * The thread is ending without close() (HostUsbDevice.abandon): release the interfaces and close the fd
+   * and the wake pipe now, synchronously. A poll still on the pool is woken first (it then finds its fds
+   * closed and its callback never runs); nothing in flight is answered.
+   */
+  abandon(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.backoff !== null) clearTimeout(this.backoff);
+    if (this.polling) this.libc.write(this.wake[1]!, this.oneByte, 1);
+    if (!this.gone) this.releaseAll();
+    this.claimedInterfaces.clear();
+    this.libc.close(this.fd); // the kernel kills what is in flight and drops every claim of this fd
+    this.libc.close(this.wake[0]!);
+    this.libc.close(this.wake[1]!);
+  }
+
   /** Release the interfaces and close the fd (after the pool's poll returned). Call after drain(). */
   async close(): Promise<void> {
     if (this.closed) return;
