@@ -30,11 +30,13 @@ if readelf -l "$busybox" 2>/dev/null | grep "program interpreter" >/dev/null; th
   die "$busybox is dynamically linked (apt-get install busybox-static)"
 fi
 
-# The modules the checks need, in two sets: `boot` is loaded by /init at start; `gadget` (dummy_hcd and
+# The modules the checks need, in three sets: `boot` is loaded by /init at start; `gadget` (dummy_hcd and
 # the configfs loopback function) only by the gadget-loopback check, which tests guest-tool's loopback
-# code against Linux's own f_loopback. Which of them are built into this kernel is found below.
+# code against Linux's own f_loopback; `vhci` (Linux's USB/IP client and the virtio-serial ports its
+# connections travel through) only by the vhci check. Which of them are built into this kernel is found below.
 boot_modules=(xhci-pci xhci-hcd usb-storage sd_mod usbhid hid hid-generic evdev)
 gadget_modules=(configfs dummy_hcd usb_f_ss_lb)
+vhci_modules=(virtio_pci virtio_console usbip-core vhci-hcd)
 
 # 1. The kernel package: what linux-image-amd64 depends on today, and its candidate version.
 pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }')"
@@ -43,13 +45,13 @@ version="$(apt-cache policy "$pkg" | awk '$1 == "Candidate:" { print $2; exit }'
 [[ -n "$version" && "$version" != "(none)" ]] || die "no candidate version for $pkg"
 kernel_id="$pkg=$version"
 # What OUTDIR/kernel records: the package and the module sets taken from it.
-kernel_key="$kernel_id boot: ${boot_modules[*]} gadget: ${gadget_modules[*]}"
+kernel_key="$kernel_id boot: ${boot_modules[*]} gadget: ${gadget_modules[*]} vhci: ${vhci_modules[*]}"
 mkdir -p "$out"
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 
-if [[ -f "$out/kernel" && "$(cat "$out/kernel")" == "$kernel_key" && -f "$out/vmlinuz" && -f "$out/modules/gadget.order" ]]; then
+if [[ -f "$out/kernel" && "$(cat "$out/kernel")" == "$kernel_key" && -f "$out/vmlinuz" && -f "$out/modules/gadget.order" && -f "$out/modules/vhci.order" ]]; then
   say "kernel $kernel_id already in $out (no download)"
 else
   say "downloading $kernel_id"
@@ -96,6 +98,7 @@ else
   }
   resolve boot "${boot_modules[@]}"
   resolve gadget "${gadget_modules[@]}"
+  resolve vhci "${vhci_modules[@]}"
   cp "$scratch/x/boot/vmlinuz-$kver" "$out/vmlinuz"
   echo "$kernel_key" >"$out/kernel"
   rm -rf "$scratch/x" "$deb"

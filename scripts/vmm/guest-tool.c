@@ -15,6 +15,16 @@
  *     Opens the evdev node DEV, then prints `STEP keyboard-ready ok DEV` (so the host types only once the
  *     node is open: evdev delivers events to open readers only), and prints the code of the first EV_KEY
  *     press (value 1) within TIMEOUT_S seconds.
+ *   guest-tool vhci-attach WAIT_S BUSID
+ *     Imports the USB/IP device BUSID into Linux's vhci-hcd through the virtio-serial port named
+ *     `usbip.BUSID` (waited for up to WAIT_S seconds), whose host side reaches a USB/IP server: sends
+ *     OP_REQ_IMPORT on the port and checks the OP_REP_IMPORT (Linux Documentation/usb/usbip_protocol.rst),
+ *     picks a free vhci port of the device's speed from /sys/devices/platform/vhci_hcd.0/status, makes an
+ *     AF_UNIX stream socketpair, leaves two relay processes copying bytes between the port and one end (one
+ *     per direction: a plain blocking loop each, so neither can stall the other), and writes
+ *     "PORT SOCKFD DEVID SPEED" with the other end to vhci's `attach` file (vhci takes any connected
+ *     stream socket; a virtio port is a character device, not a socket, hence the relay). Prints
+ *     `STEP vhci-BUSID ok|fail` with the device's ids, the speed the server announced and the vhci port.
  *
  * Output: one `STEP <name> ok|fail <detail>` line per result on stdout (the serial console), unbuffered.
  * Exit status 0 when every step passed.
@@ -31,6 +41,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -257,6 +269,226 @@ static int cmd_key(const char *devpath, int timeout_s) {
   return 1;
 }
 
+/* USB/IP management phase (Linux Documentation/usb/usbip_protocol.rst); every field is big-endian. */
+#define USBIP_VERSION 0x0111
+#define OP_REQ_IMPORT 0x8003
+#define OP_REP_IMPORT 0x0003
+#define OP_HEADER_BYTES 8
+#define BUSID_BYTES 32
+/* struct usbip_usb_device: path[256], busid[32], busnum, devnum, speed (u32 each), idVendor, idProduct,
+ * bcdDevice (u16 each), six u8 fields. */
+#define USB_DEVICE_BYTES 312
+#define DEV_BUSID_AT 256
+#define DEV_BUSNUM_AT 288
+#define DEV_DEVNUM_AT 292
+#define DEV_SPEED_AT 296
+#define DEV_VENDOR_AT 300
+#define DEV_PRODUCT_AT 302
+/* enum usb_device_speed */
+#define SPEED_SUPER 5
+#define VHCI_DIR "/sys/devices/platform/vhci_hcd.0"
+#define RELAY_CHUNK 65536
+
+static unsigned int be16_at(const unsigned char *p) { return (unsigned int)p[0] << 8 | p[1]; }
+static unsigned long be32_at(const unsigned char *p) {
+  return (unsigned long)p[0] << 24 | (unsigned long)p[1] << 16 | (unsigned long)p[2] << 8 | p[3];
+}
+
+static const char *speed_name(unsigned long speed) {
+  static const char *const names[] = {"unknown", "low", "full", "high", "wireless", "super", "super-plus"};
+  return speed < sizeof names / sizeof names[0] ? names[speed] : "invalid";
+}
+
+/* Writes all of buf; 0 on success, -1 with errno set. */
+static int write_all(int fd, const unsigned char *buf, size_t len) {
+  while (len > 0) {
+    ssize_t n = write(fd, buf, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return -1;
+    buf += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+/* Reads exactly len bytes before the deadline; 0 on success, -1 with `why` filled. */
+static int read_exact(int fd, unsigned char *buf, size_t len, double deadline, char *why, size_t why_len) {
+  size_t got = 0;
+  while (got < len) {
+    double left = deadline - now_s();
+    if (left <= 0) {
+      snprintf(why, why_len, "timed out after %zu of %zu bytes", got, len);
+      return -1;
+    }
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int r = poll(&p, 1, (int)(left * 1000) + 1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      snprintf(why, why_len, "poll: %s", strerror(errno));
+      return -1;
+    }
+    if (r == 0) continue;
+    ssize_t n = read(fd, buf + got, len - got);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) {
+      snprintf(why, why_len, "%s after %zu of %zu bytes", n == 0 ? "end of stream" : strerror(errno), got, len);
+      return -1;
+    }
+    got += (size_t)n;
+  }
+  return 0;
+}
+
+/* The /dev node of the virtio-serial port named `want` (/sys/class/virtio-ports/vportNpM/name). */
+static int find_virtio_port(const char *want, char *node, size_t node_len) {
+  DIR *d = opendir("/sys/class/virtio-ports");
+  if (d == NULL) return 0;
+  struct dirent *e;
+  int found = 0;
+  while (!found && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    char path[600], name[128];
+    snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) continue;
+    char *got = fgets(name, sizeof name, f);
+    fclose(f);
+    if (got == NULL) continue;
+    name[strcspn(name, "\n")] = '\0';
+    if (strcmp(name, want) != 0) continue;
+    snprintf(node, node_len, "/dev/%s", e->d_name);
+    found = 1;
+  }
+  closedir(d);
+  return found;
+}
+
+/*
+ * A free vhci port for a device of `speed`: vhci's status file lists every port as
+ * `hub port sta spd dev sockfd local_busid` (hub hs or ss; sta 4 is VDEV_ST_NULL, free). SuperSpeed
+ * devices need an ss port, all others an hs one. -1 when none is free.
+ */
+static long free_vhci_port(unsigned long speed) {
+  FILE *f = fopen(VHCI_DIR "/status", "r");
+  if (f == NULL) return -1;
+  const char *hub = speed >= SPEED_SUPER ? "ss" : "hs";
+  char line[256];
+  long port = -1;
+  while (port < 0 && fgets(line, sizeof line, f) != NULL) {
+    char h[8];
+    unsigned int p, sta;
+    if (sscanf(line, "%7s %u %u", h, &p, &sta) != 3) continue; /* the header line */
+    if (strcmp(h, hub) == 0 && sta == 4) port = (long)p;
+  }
+  fclose(f);
+  return port;
+}
+
+/* Copies bytes from `from` to `to` until either ends, then shuts `to`'s write side (when a socket). */
+static void relay(int from, int to) {
+  static unsigned char buf[RELAY_CHUNK];
+  for (;;) {
+    ssize_t n = read(from, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0 || write_all(to, buf, (size_t)n) < 0) break;
+  }
+  shutdown(to, SHUT_WR);
+}
+
+static int cmd_vhci_attach(int wait_s, const char *busid) {
+  char check[64], want[64], node[300];
+  snprintf(check, sizeof check, "vhci-%s", busid);
+  snprintf(want, sizeof want, "usbip.%s", busid);
+  double deadline = now_s() + wait_s;
+  int fd = -1;
+  while (fd < 0) {
+    if (find_virtio_port(want, node, sizeof node)) fd = open(node, O_RDWR);
+    if (fd >= 0) break;
+    if (now_s() > deadline) {
+      step(check, 0, "no virtio-serial port named %s after %d s", want, wait_s);
+      return 1;
+    }
+    usleep(200 * 1000);
+  }
+  unsigned char req[OP_HEADER_BYTES + BUSID_BYTES] = {0};
+  req[0] = USBIP_VERSION >> 8;
+  req[1] = USBIP_VERSION & 0xff;
+  req[2] = OP_REQ_IMPORT >> 8;
+  req[3] = OP_REQ_IMPORT & 0xff;
+  snprintf((char *)req + OP_HEADER_BYTES, BUSID_BYTES, "%s", busid);
+  if (write_all(fd, req, sizeof req) < 0) {
+    step(check, 0, "%s: write OP_REQ_IMPORT: %s", node, strerror(errno));
+    return 1;
+  }
+  unsigned char rep[OP_HEADER_BYTES + USB_DEVICE_BYTES];
+  char why[128];
+  if (read_exact(fd, rep, OP_HEADER_BYTES, deadline, why, sizeof why) < 0) {
+    step(check, 0, "%s: OP_REP_IMPORT header: %s", node, why);
+    return 1;
+  }
+  unsigned int version = be16_at(rep), code = be16_at(rep + 2);
+  unsigned long status = be32_at(rep + 4);
+  if (version != USBIP_VERSION || code != OP_REP_IMPORT || status != 0) {
+    step(check, 0, "%s: reply version 0x%04x code 0x%04x status %lu (want 0x%04x 0x%04x 0)", node, version,
+         code, status, USBIP_VERSION, OP_REP_IMPORT);
+    return 1;
+  }
+  if (read_exact(fd, rep + OP_HEADER_BYTES, USB_DEVICE_BYTES, deadline, why, sizeof why) < 0) {
+    step(check, 0, "%s: OP_REP_IMPORT device record: %s", node, why);
+    return 1;
+  }
+  const unsigned char *dev = rep + OP_HEADER_BYTES;
+  char got_busid[BUSID_BYTES + 1];
+  memcpy(got_busid, dev + DEV_BUSID_AT, BUSID_BYTES);
+  got_busid[BUSID_BYTES] = '\0';
+  unsigned long busnum = be32_at(dev + DEV_BUSNUM_AT), devnum = be32_at(dev + DEV_DEVNUM_AT);
+  unsigned long speed = be32_at(dev + DEV_SPEED_AT);
+  unsigned int vid = be16_at(dev + DEV_VENDOR_AT), pid = be16_at(dev + DEV_PRODUCT_AT);
+  if (strcmp(got_busid, busid) != 0 || busnum > 0xffff || devnum > 0xffff || speed < 1 || speed > 6) {
+    step(check, 0, "%s: bad device record: busid \"%.32s\" busnum %lu devnum %lu speed %lu", node, got_busid,
+         busnum, devnum, speed);
+    return 1;
+  }
+  long port = free_vhci_port(speed);
+  if (port < 0) {
+    step(check, 0, "no free vhci port for a %s-speed device (%s/status)", speed_name(speed), VHCI_DIR);
+    return 1;
+  }
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) {
+    step(check, 0, "socketpair: %s", strerror(errno));
+    return 1;
+  }
+  for (int dir = 0; dir < 2; dir++) {
+    pid_t child = fork();
+    if (child < 0) {
+      step(check, 0, "fork: %s", strerror(errno));
+      return 1;
+    }
+    if (child == 0) {
+      close(sv[0]);
+      if (dir == 0) relay(fd, sv[1]);
+      else relay(sv[1], fd);
+      _exit(0);
+    }
+  }
+  close(sv[1]);
+  close(fd);
+  unsigned long devid = busnum << 16 | devnum;
+  char attach[128];
+  int len = snprintf(attach, sizeof attach, "%ld %d %lu %lu", port, sv[0], devid, speed);
+  int afd = open(VHCI_DIR "/attach", O_WRONLY);
+  if (afd < 0 || write(afd, attach, (size_t)len) != len) {
+    step(check, 0, "write \"%s\" to %s/attach: %s", attach, VHCI_DIR, strerror(errno));
+    return 1;
+  }
+  close(afd);
+  close(sv[0]); /* vhci holds its own reference to the socket */
+  step(check, 1, "%04x:%04x imported through %s, %s speed (%lu), devid 0x%05lx, vhci port %ld", vid, pid, node,
+       speed_name(speed), speed, devid, port);
+  return 0;
+}
+
 /* Parses a small positive number of seconds; exits with a usage line on anything else. */
 static int seconds(const char *s) {
   char *end;
@@ -282,6 +514,14 @@ int main(int argc, char **argv) {
     return cmd_loopback(check, seconds(argv[2]), vid, pid);
   }
   if (argc == 4 && strcmp(argv[1], "key") == 0) return cmd_key(argv[2], seconds(argv[3]));
-  fprintf(stderr, "usage: guest-tool loopback WAIT_S [VID:PID] | guest-tool key /dev/input/eventN TIMEOUT_S\n");
+  if (argc == 4 && strcmp(argv[1], "vhci-attach") == 0) {
+    if (strlen(argv[3]) >= BUSID_BYTES || strspn(argv[3], "0123456789-.") != strlen(argv[3])) {
+      fprintf(stderr, "guest-tool: bad bus id: %s\n", argv[3]);
+      return 2;
+    }
+    return cmd_vhci_attach(seconds(argv[2]), argv[3]);
+  }
+  fprintf(stderr, "usage: guest-tool loopback WAIT_S [VID:PID] | guest-tool key /dev/input/eventN TIMEOUT_S"
+                  " | guest-tool vhci-attach WAIT_S BUSID\n");
   return 2;
 }

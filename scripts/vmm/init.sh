@@ -1,8 +1,9 @@
 #!/bin/sh
 # /init of the VMM test guest (built into the initramfs by scripts/vmm/build-guest.sh; busybox ash).
 # Loads the USB, storage and input modules, runs the checks named on the kernel command line
-# (usbvirt.checks=storage,keyboard,loopback,gadget-loopback; usbvirt.wait=S, 1..3600, bounds each wait for
-# a device, default 30) and prints one marker line per step on the serial console, which test/vmm/qemu-guest.ts parses:
+# (usbvirt.checks=storage,keyboard,loopback,gadget-loopback,vhci; usbvirt.wait=S, 1..3600, bounds each wait
+# for a device, default 30; usbvirt.usbip=BUSID,... names the USB/IP devices the vhci check imports) and
+# prints one marker line per step on the serial console, which test/vmm/qemu-guest.ts parses:
 #   STEP <name> ok|fail <detail>      then     DONE      then the guest powers off.
 # Kernel messages are kept off the console while the checks run (so they cannot split a marker line);
 # after a failed step the kernel log follows as `LOG` lines.
@@ -29,6 +30,7 @@ for arg in $(cat /proc/cmdline); do
   case "$arg" in
     usbvirt.checks=*) checks=$(echo "${arg#usbvirt.checks=}" | tr ',' ' ') ;;
     usbvirt.wait=*) wait_s=${arg#usbvirt.wait=} ;;
+    usbvirt.usbip=*) usbip_busids=$(echo "${arg#usbvirt.usbip=}" | tr ',' ' ') ;;
   esac
 done
 case "$wait_s" in '' | *[!0-9]*) wait_s=30 ;; esac
@@ -170,11 +172,25 @@ check_gadget_loopback() {
   /bin/guest-tool loopback "$wait_s" 0525:a4a0 || failed=1
 }
 
+# Linux's own USB/IP client: vhci-hcd imports each device of usbvirt.usbip through the virtio-serial port
+# named usbip.BUSID (its host side reaches the USB/IP server); guest-tool does the import and the attach.
+# The storage, keyboard and loopback checks that follow then find the devices on vhci's bus.
+check_vhci() {
+  load_modules vhci
+  if [ -z "$usbip_busids" ]; then
+    step vhci fail "no usbvirt.usbip=BUSID,... on the kernel command line"
+    return
+  fi
+  for busid in $usbip_busids; do
+    /bin/guest-tool vhci-attach "$wait_s" "$busid" || failed=1
+  done
+}
+
 usb_ids() {
   ids=""
   for d in /sys/bus/usb/devices/*; do
     [ -e "$d/idVendor" ] || continue
-    ids="$ids $(cat "$d/idVendor"):$(cat "$d/idProduct")@${d##*/}"
+    ids="$ids $(cat "$d/idVendor"):$(cat "$d/idProduct")@${d##*/}/$(cat "$d/speed")"
   done
   step usb-ids ok "${ids# }"
 }
@@ -185,7 +201,8 @@ for c in $checks; do
     keyboard) check_keyboard ;;
     loopback) check_loopback ;;
     gadget-loopback) check_gadget_loopback ;;
-    *) step "$c" fail "unknown check (known: storage keyboard loopback gadget-loopback)" ;;
+    vhci) check_vhci ;;
+    *) step "$c" fail "unknown check (known: storage keyboard loopback gadget-loopback vhci)" ;;
   esac
 done
 usb_ids

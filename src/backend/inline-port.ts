@@ -7,8 +7,10 @@
  * (microtasks, timers on this event loop) are published by collect() or by
  * the service's own microtask, which rings the backend's doorbell.
  *
- * A device that throws fails its port alone; the error is reported after
- * the backend's poll has returned, never inside it.
+ * A device call that throws completes that transfer with -EPROTO (the
+ * PortService catches it and logs it once); the port stays up. Anything else
+ * that throws out of the service fails this port alone, reported after the
+ * backend's poll has returned, never inside it.
  */
 
 import type { UsbDevice } from "../devices/device.js";
@@ -52,7 +54,7 @@ export class InlinePort implements PortHost {
     try {
       this.service.drain();
     } catch (err) {
-      this.fail(`device threw: ${err instanceof Error ? err.message : String(err)}`);
+      this.fail(`port service threw: ${err instanceof Error ? err.message : String(err)}`);
     }
   }
 
@@ -69,6 +71,7 @@ export class InlinePort implements PortHost {
   watch(events: PortHostEvents): void {
     this.events = events;
     this.device.onLog?.((line) => events.log?.(line));
+    this.service.onLog((line) => events.log?.(line));
     this.device.onGone?.((reason) => {
       this.service.publish();
       events.gone(reason);

@@ -82,6 +82,9 @@ export async function startPortWorkerHost(data: PortWorkerData): Promise<void> {
     data.control.close();
     return;
   }
+  // A worker that ends without close() (an uncaught exception, process.exit) still gives back what its
+  // device holds outside this thread: fds and interface claims are the process's, not the thread's.
+  process.on("exit", () => device.abandon?.());
   const heartbeat = new Int32Array(data.heartbeat);
   // An idle port costs one timer wake-up per beat: beat as rarely as the watchdog allows.
   const beat = setInterval(() => Atomics.add(heartbeat, 0, 1), data.heartbeatMs ?? HEARTBEAT_MS);
@@ -113,10 +116,12 @@ export async function startPortWorkerHost(data: PortWorkerData): Promise<void> {
     },
   };
   serve(api, data.control);
-  device.onLog?.((line) => {
+  const postLog = (line: string): void => {
     const log: PortWorkerLog = { type: "log", line };
     parentPort!.postMessage(log);
-  });
+  };
+  device.onLog?.(postLog);
+  service.onLog(postLog);
   device.onGone?.((reason) => {
     service.drain(); // publish whatever is still queued before the backend looks
     const gone: PortWorkerGone = { type: "gone", reason };

@@ -11,13 +11,18 @@
  * With a StatusTracker (serve passes one) the same endpoint serves the status page: GET /status.json and
  * GET / or /status (src/cli/status-page.ts).
  *
+ * It has no authentication, so it answers only requests that name it (http-guard.ts: a Host of its own,
+ * else 421, so a DNS-rebinding page reads nothing), refuses a request with a body (413), and holds each
+ * client to small limits: header bytes, header and request timeouts, connections open at once.
+ *
  * Also the reading side for `usbvirt status`: a parser for the lines this module writes.
  */
 
-import { createServer, type Server } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { isIP } from "node:net";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import type { ExportingServer } from "./exporting-server.js";
+import { type BoundAddress, hostAllowed, METRICS_LIMITS } from "./http-guard.js";
 import { renderStatusPage, type StatusTracker } from "./status-page.js";
 
 /** The default metrics port (serve has no default: --metrics is opt-in; `status` looks here). */
@@ -185,8 +190,31 @@ export async function collectMetrics(server: ExportingServer, version: string): 
 }
 
 /**
+ * Refuse a request the endpoint does not serve at all: one that names another host (421), or carries a
+ * body (413). Answers and returns true when it refused; the connection is closed after the answer.
+ */
+function refused(req: IncomingMessage, res: ServerResponse, bound: BoundAddress): boolean {
+  const hosts = req.headersDistinct.host;
+  if (hosts === undefined || hosts.length !== 1 || !hostAllowed(hosts[0], bound)) {
+    res
+      .writeHead(421, { "content-type": "text/plain", connection: "close" })
+      .end("usbvirt: misdirected request: this endpoint answers only to the names it listens on\n");
+    return true;
+  }
+  const length = req.headers["content-length"];
+  if (req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0")) {
+    res
+      .writeHead(413, { "content-type": "text/plain", connection: "close" })
+      .end("usbvirt: this endpoint takes no request body\n");
+    return true;
+  }
+  return false;
+}
+
+/**
  * The HTTP endpoint: GET /metrics; with a tracker also /status.json and the page at / and /status (without
- * one, / answers a pointer with 404); everything else 404, other methods 405.
+ * one, / answers a pointer with 404); everything else 404, other methods 405. Requests that name another
+ * host or carry a body are refused first (refused()).
  */
 export class MetricsEndpoint {
   private constructor(private readonly http: Server) {}
@@ -197,51 +225,69 @@ export class MetricsEndpoint {
     version: string,
     tracker: StatusTracker | null = null,
   ): Promise<MetricsEndpoint> {
-    const http = createServer((req, res) => {
-      const path = (req.url ?? "/").split("?")[0];
-      if (req.method !== "GET" && req.method !== "HEAD") {
-        res.writeHead(405, { allow: "GET, HEAD" }).end();
-        return;
-      }
-      const page = path === "/" || path === "/status";
-      if (tracker !== null && (page || path === "/status.json")) {
-        tracker.status().then(
-          (status) => {
-            const body = page ? renderStatusPage(status) : `${JSON.stringify(status, null, 2)}\n`;
-            res.writeHead(200, {
-              "content-type": page ? "text/html; charset=utf-8" : "application/json",
-              "cache-control": "no-store",
-              // The page needs nothing from elsewhere: say so to the browser too.
-              ...(page
-                ? {
-                    "content-security-policy":
-                      "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'",
-                  }
-                : {}),
-            });
-            res.end(req.method === "HEAD" ? undefined : body);
+    const limits = METRICS_LIMITS;
+    const http = createServer(
+      {
+        maxHeaderSize: limits.maxHeaderBytes,
+        headersTimeout: limits.headersTimeoutMs,
+        requestTimeout: limits.requestTimeoutMs,
+        keepAliveTimeout: limits.keepAliveTimeoutMs,
+        connectionsCheckingInterval: limits.checkIntervalMs,
+        requireHostHeader: true,
+      },
+      (req, res) => {
+        const bound = http.address();
+        if (bound === null || typeof bound === "string" || refused(req, res, bound)) {
+          if (!res.headersSent) res.writeHead(503, { connection: "close" }).end();
+          return;
+        }
+        const path = (req.url ?? "/").split("?")[0];
+        if (req.method !== "GET" && req.method !== "HEAD") {
+          res.writeHead(405, { allow: "GET, HEAD" }).end();
+          return;
+        }
+        const page = path === "/" || path === "/status";
+        if (tracker !== null && (page || path === "/status.json")) {
+          tracker.status().then(
+            (status) => {
+              const body = page ? renderStatusPage(status) : `${JSON.stringify(status, null, 2)}\n`;
+              res.writeHead(200, {
+                "content-type": page ? "text/html; charset=utf-8" : "application/json",
+                "cache-control": "no-store",
+                // The page needs nothing from elsewhere: say so to the browser too.
+                ...(page
+                  ? {
+                      "content-security-policy":
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'",
+                    }
+                  : {}),
+              });
+              res.end(req.method === "HEAD" ? undefined : body);
+            },
+            (err: unknown) => {
+              res.writeHead(500, { "content-type": "text/plain" }).end(`usbvirt: ${String(err)}\n`);
+            },
+          );
+          return;
+        }
+        if (path !== "/metrics") {
+          res.writeHead(404, { "content-type": "text/plain" }).end("usbvirt: metrics are at /metrics\n");
+          return;
+        }
+        collectMetrics(server, version).then(
+          (text) => {
+            res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
+            res.end(req.method === "HEAD" ? undefined : text);
           },
           (err: unknown) => {
             res.writeHead(500, { "content-type": "text/plain" }).end(`usbvirt: ${String(err)}\n`);
           },
         );
-        return;
-      }
-      if (path !== "/metrics") {
-        res.writeHead(404, { "content-type": "text/plain" }).end("usbvirt: metrics are at /metrics\n");
-        return;
-      }
-      collectMetrics(server, version).then(
-        (text) => {
-          res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
-          res.end(req.method === "HEAD" ? undefined : text);
-        },
-        (err: unknown) => {
-          res.writeHead(500, { "content-type": "text/plain" }).end(`usbvirt: ${String(err)}\n`);
-        },
-      );
-    });
-    http.keepAliveTimeout = 5000;
+      },
+    );
+    http.maxHeadersCount = limits.maxHeadersCount;
+    // Node closes a connection over this as it arrives.
+    http.maxConnections = limits.maxConnections;
     await new Promise<void>((resolve, reject) => {
       http.once("error", reject);
       http.listen(where.port, where.host, () => {

@@ -121,6 +121,14 @@ export interface UsbDevice {
   close(): Promise<void>;
 
   /**
+   * The thread is ending without close() (an uncaught exception, process.exit
+   * on a port worker): give back, synchronously and without waiting for any
+   * completion, what the device holds outside this thread (file descriptors,
+   * claimed interfaces). Nothing is answered; a no-op after close().
+   */
+  abandon?(): void;
+
+  /**
    * Devices that can disappear (unplug) call `listener` once, after every
    * transfer in flight has completed (-ENODEV). The port worker then tells
    * the backend, which reports a disconnect on the port.

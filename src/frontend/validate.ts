@@ -12,6 +12,7 @@ import { MAX_ISO_PACKET_LENGTH } from "../urb/iso.js";
 import { ISO_FRAME_DESCRIPTOR_SIZE } from "../urb/layout.js";
 import {
   MAX_BUFFER_LENGTH,
+  MAX_CONTROL_BUFFER_LENGTH,
   MAX_INDIRECT_SEGMENTS,
   MAX_INLINE_SEGMENTS,
   MAX_ISO_PACKETS,
@@ -171,6 +172,11 @@ function checkControl(setup: SetupPacket, directionIn: boolean, length: number):
   }
   if (!isUint(setup.wValue, 0xffff) || !isUint(setup.wIndex, 0xffff) || !isUint(setup.wLength, 0xffff)) {
     return invalid("urb.setup.wValue, wIndex and wLength must be u16");
+  }
+  if (length > MAX_CONTROL_BUFFER_LENGTH) {
+    return invalid(
+      `a control URB's buffer is at most ${MAX_CONTROL_BUFFER_LENGTH} bytes (wLength is a u16), got ${length}`,
+    );
   }
   const setupIn = requestIsIn(setup.bmRequestType);
   if (setup.wLength > 0 && setupIn !== directionIn) {

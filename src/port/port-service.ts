@@ -10,7 +10,11 @@
  * Transfer state machine (crosvm xhci_transfer.rs): Submitted → Completed,
  * or Submitted → Cancelling → Completed. The device's `done` is the only
  * way to Completed and answers the ring exactly once; a cancel only asks
- * the device to finish early (with -ECONNRESET). The thread never blocks:
+ * the device to finish early (with -ECONNRESET). A device call that throws
+ * (a bug in a device model, a native binding that refuses an argument) ends
+ * that transfer alone: it completes with -EPROTO, the first such throw is
+ * logged (the rest are counted in stats.deviceThrows) and the port stays up,
+ * whichever thread it runs on. The thread never blocks:
  * device completions (timers, libusb through uv_async) arrive through its
  * event loop, so it runs on the shared service loop (src/rings/service-loop.ts:
  * waiting is Atomics.waitAsync and a hot loop yields).
@@ -29,7 +33,7 @@ import { ServiceLoop } from "../rings/service-loop.js";
 import { AdaptiveSpin, type SpinLimiter } from "../rings/spin.js";
 import { writeIsoPacketResult } from "../urb/iso.js";
 import { ISO_FRAME_DESCRIPTOR_SIZE } from "../urb/layout.js";
-import { ECONNRESET, EINVAL, ENOENT, OK, type UrbStatus } from "../urb/status.js";
+import { ECONNRESET, EINVAL, ENOENT, EPROTO, OK, type UrbStatus } from "../urb/status.js";
 import { transferKindOfPipeType } from "../urb/types.js";
 import { interceptedRequest } from "./intercept.js";
 import {
@@ -69,6 +73,8 @@ export interface PortStats {
   bounceCopies: number;
   bounceBytes: number;
   errors: number;
+  /** Device calls that threw; each one's transfer was answered -EPROTO. */
+  deviceThrows: number;
 }
 
 /**
@@ -115,7 +121,9 @@ export class PortService {
     bounceCopies: 0,
     bounceBytes: 0,
     errors: 0,
+    deviceThrows: 0,
   };
+  private readonly logListeners: ((line: string) => void)[] = [];
 
   constructor(options: PortServiceOptions) {
     this.device = options.device;
@@ -143,6 +151,21 @@ export class PortService {
       bell: this.myBell,
       spin,
     });
+  }
+
+  /** A line for the operator (a device that threw). */
+  onLog(listener: (line: string) => void): void {
+    this.logListeners.push(listener);
+  }
+
+  /** A device call threw: count it, and say so once for the port's lifetime (a broken device throws often). */
+  private deviceThrew(what: string, err: unknown): void {
+    this.stats.deviceThrows++;
+    if (this.stats.deviceThrows > 1) return;
+    const why = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+    const line = `${this.device.info.name}: ${what} threw (${why}); answered -EPROTO, the port stays up (further throws are counted in stats.deviceThrows)`;
+    if (this.logListeners.length === 0) process.stderr.write(`usbvirt port: ${line}\n`);
+    for (const listener of this.logListeners) listener(line);
   }
 
   get inFlight(): number {
@@ -277,7 +300,12 @@ export class PortService {
     };
     this.track(t);
     // A done per transfer (not per id): a device calling a stale done twice cannot answer a later URB.
-    t.handle = this.device.submit(t, (result) => this.complete(t, result));
+    try {
+      t.handle = this.device.submit(t, (result) => this.complete(t, result));
+    } catch (err) {
+      this.deviceThrew("submit", err);
+      this.complete(t, { status: EPROTO, actualLength: 0 });
+    }
   }
 
   private complete(t: Transfer, result: TransferResult): void {
@@ -309,19 +337,10 @@ export class PortService {
 
   private runIntercepted(id: number, op: NonNullable<ReturnType<typeof interceptedRequest>>): void {
     let pending: Promise<UrbStatus>;
-    switch (op.op) {
-      case "set-configuration":
-        pending = this.device.setConfiguration(op.value);
-        break;
-      case "set-interface":
-        pending = this.device.setInterface(op.interfaceNumber, op.alternateSetting);
-        break;
-      case "clear-halt":
-        pending = this.device.clearHalt(op.endpointAddress);
-        break;
-      case "port-reset":
-        pending = this.device.reset();
-        break;
+    try {
+      pending = this.runDeviceRequest(op);
+    } catch (err) {
+      pending = Promise.reject(err);
     }
     // Tracked like a transfer so close() and crash accounting see it; not cancellable.
     const t: Transfer = {
@@ -344,7 +363,23 @@ export class PortService {
     this.track(t);
     pending.then(
       (status) => this.complete(t, { status, actualLength: 0 }),
-      () => this.complete(t, { status: EINVAL, actualLength: 0 }),
+      (err: unknown) => {
+        this.deviceThrew(op.op, err);
+        this.complete(t, { status: EPROTO, actualLength: 0 });
+      },
     );
+  }
+
+  private runDeviceRequest(op: NonNullable<ReturnType<typeof interceptedRequest>>): Promise<UrbStatus> {
+    switch (op.op) {
+      case "set-configuration":
+        return this.device.setConfiguration(op.value);
+      case "set-interface":
+        return this.device.setInterface(op.interfaceNumber, op.alternateSetting);
+      case "clear-halt":
+        return this.device.clearHalt(op.endpointAddress);
+      case "port-reset":
+        return this.device.reset();
+    }
   }
 }

@@ -15,6 +15,12 @@ import { SEGMENT_SIZE } from "./layout.js";
  */
 export const MAX_BUFFER_LENGTH: number = MAX_TRANSFER_BYTES;
 
+/**
+ * Largest buffer a control URB may have: wLength is a u16 (USB 2.0 §9.3.5), so no data stage is longer.
+ * An IN buffer may be padded beyond wLength, not beyond this; a longer one is malformed (-EINVAL).
+ */
+export const MAX_CONTROL_BUFFER_LENGTH = 0xffff;
+
 /** Segments carried in the request slot itself. */
 export const MAX_INLINE_SEGMENTS = 8;
 

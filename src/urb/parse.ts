@@ -18,14 +18,15 @@
  *   8 buffer_length 0 ⇔ no segments                               segments-without-buffer, buffer-without-segments
  *   9 inline: each segment non-empty and in u32 range, sum = buffer_length
  *     indirect: page descriptor length = count × 12, within one frame
- *  10 per type: endpoint, flags, control setup, interval, iso packets
+ *  10 per type: endpoint, flags, control buffer ≤ 0xffff and setup, interval, iso packets
  *  11 unused octets zero                                          reserved-bytes-nonzero
  *
  * Control rules (decided here, after Linux usb_submit_urb and USB 2.0 §9.3): when wLength > 0 the pipe
  * direction must equal bmRequestType bit 7; when wLength is 0 there is no data stage and either pipe
  * direction is accepted. Control IN needs buffer_length ≥ wLength (Linux drivers such as usbhid pad IN
  * buffers to the packet size, and the device never sends more than wLength); control OUT needs
- * buffer_length = wLength exactly, because libusb rebuilds wLength from the OUT data length. Control is
+ * buffer_length = wLength exactly, because libusb rebuilds wLength from the OUT data length. No control
+ * buffer may exceed MAX_CONTROL_BUFFER_LENGTH (a u16 wLength bounds every data stage). Control is
  * allowed on any endpoint 0..15 (legal USB, if rare); bulk, interrupt and iso are not allowed on 0.
  */
 
@@ -65,7 +66,13 @@ import {
   TRANSFER_FLAGS_RESERVED_MASK,
   URB_SLOT_SIZE,
 } from "./layout.js";
-import { MAX_BUFFER_LENGTH, MAX_INDIRECT_SEGMENTS, MAX_INLINE_SEGMENTS, MAX_ISO_PACKETS } from "./limits.js";
+import {
+  MAX_BUFFER_LENGTH,
+  MAX_CONTROL_BUFFER_LENGTH,
+  MAX_INDIRECT_SEGMENTS,
+  MAX_INLINE_SEGMENTS,
+  MAX_ISO_PACKETS,
+} from "./limits.js";
 import {
   pipeDevice,
   pipeDirection,
@@ -215,6 +222,7 @@ export function parseRequest(copied: Uint8Array): ParseResult {
   switch (type) {
     case TransferType.Control: {
       if (zeroPacket || isoAsap) return reject(id, "flag-not-valid-for-transfer");
+      if (bufferLength > MAX_CONTROL_BUFFER_LENGTH) return reject(id, "control-buffer-too-long");
       const bmRequestType = copied[kCtrlRequestType]!;
       const wLength = readU16(copied, kCtrlLength);
       const setupIn = requestIsIn(bmRequestType);

@@ -40,6 +40,10 @@ export const PARSE_REJECTIONS = Object.freeze({
   },
   "truncated-indirect-page": { status: EINVAL, meaning: "copied indirect page shorter than count × 12" },
   "endpoint-zero-not-control": { status: EINVAL, meaning: "bulk, interrupt or iso URB on endpoint 0" },
+  "control-buffer-too-long": {
+    status: EINVAL,
+    meaning: "control URB with buffer_length above MAX_CONTROL_BUFFER_LENGTH (wLength is a u16)",
+  },
   "control-direction-mismatch": {
     status: EINVAL,
     meaning: "wLength > 0 and bmRequestType bit 7 disagrees with the pipe direction",

@@ -202,6 +202,19 @@ describe("VirtualHostController transfers", () => {
       EMSGSIZE,
     ],
     ["more than 4 MiB", bulk(1, 0, 1, false, [seg(0, 4 * 1024 * 1024), seg(5 * 1024 * 1024, 1)]), EMSGSIZE],
+    [
+      "a control IN buffer longer than 0xffff bytes (no data stage is)",
+      {
+        type: "control",
+        port: port(1),
+        device: addr(0),
+        endpoint: ep(0),
+        directionIn: true,
+        buffer: [seg(0, 0x10000)],
+        setup: { bmRequestType: 0x80, bRequest: 6, wValue: 0x0100, wIndex: 0, wLength: 18 },
+      },
+      EINVAL,
+    ],
   ])("refuses %s before it reaches the ring", async (_what, urb, status) => {
     const r = rig();
     let completions: UrbCompletion[] = [];

@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ECONNRESET, ENODEV, EPIPE, ESHUTDOWN } from "../../src/urb/status.js";
 import {
   BUS_PORT,
+  DEVICE_DESCRIPTOR,
   fakeDevice,
   MANUFACTURER,
   PID,
@@ -155,6 +156,17 @@ describe
       expect(v.many).toEqual(
         [0, 1, 2, 3].map((i) => ({ status: 0, length: 512 - i, hex: hex(payload(512 - i, 10 + i)) })),
       );
+    });
+
+    it("builds the setup packet from the guest's wLength, not its buffer: 18 of a 4096-byte buffer, no data stage for wLength 0", async () => {
+      const v = await scenario("padded-control");
+      expect(v.descriptor).toEqual({
+        status: 0,
+        actualLength: 18,
+        hex: hex(DEVICE_DESCRIPTOR),
+        untouchedAfter: true,
+      });
+      expect(v.noData).toEqual({ status: 0, actualLength: 0, hex: "", untouchedAfter: true });
     });
 
     it("reports a stall as -EPIPE and recovers after CLEAR_FEATURE(HALT) through libusb_clear_halt", async () => {

@@ -9,6 +9,7 @@ import { Connection } from "../../src/engine/connection.js";
 import { GuestUsbDriver } from "../../src/guest/guest-driver.js";
 import type { UrbStatus } from "../../src/urb/status.js";
 import type { DevAddr, EndpointNum, PortNum } from "../../src/urb/types.js";
+import type { SetupPacket } from "../../src/usb/index.js";
 import { eventually } from "../support/eventually.js";
 import { CONFIGURATION, DEVICE_DESCRIPTOR, PID, PRODUCT, stringDescriptor, VID } from "./fixture.js";
 import { type Recording, XFER_BULK, XFER_INTERRUPT } from "./umockdev.js";
@@ -145,6 +146,56 @@ export const SCENARIOS: Record<string, Scenario> = {
         interruptIn: Buffer.from(interruptIn).toString("hex"),
         many,
       };
+    },
+  },
+
+  /**
+   * The device sees the guest's wLength, never the buffer's length: GET_DESCRIPTOR(device, 18) with a
+   * 4096-byte buffer reaches it as wLength 18, and a vendor IN with wLength 0 and a 64-byte buffer has no
+   * data stage (a replayed submit whose length differs never completes).
+   */
+  "padded-control": {
+    record(r) {
+      recordEnumeration(r);
+      r.control(
+        { bmRequestType: 0x80, bRequest: 6, wValue: 0x0100, wIndex: 0, wLength: 18 },
+        DEVICE_DESCRIPTOR,
+      );
+      r.control({ bmRequestType: 0xc0, bRequest: 0x07, wValue: 0x55, wIndex: 0, wLength: 0 });
+    },
+    async run({ guest }) {
+      await guest.enumerate(P, A);
+      const padded = async (setup: SetupPacket, length: number) => {
+        const range = guest.buffers.allocate(length);
+        guest.bytes(range).fill(0xee);
+        const c = await guest.hcd.submit({
+          type: "control",
+          port: P,
+          device: A,
+          endpoint: 0 as EndpointNum,
+          directionIn: true,
+          setup,
+          buffer: [range],
+        });
+        const bytes = guest.bytes(range);
+        const out = {
+          status: c.status,
+          actualLength: c.actualLength,
+          hex: Buffer.from(bytes.subarray(0, c.actualLength)).toString("hex"),
+          untouchedAfter: bytes.subarray(c.actualLength).every((b) => b === 0xee),
+        };
+        guest.buffers.release(range);
+        return out;
+      };
+      const descriptor = await padded(
+        { bmRequestType: 0x80, bRequest: 6, wValue: 0x0100, wIndex: 0, wLength: 18 },
+        4096,
+      );
+      const noData = await padded(
+        { bmRequestType: 0xc0, bRequest: 0x07, wValue: 0x55, wIndex: 0, wLength: 0 },
+        64,
+      );
+      return { descriptor, noData };
     },
   },
 

@@ -110,7 +110,7 @@ export interface FloodBounds {
   readonly rss: number;
   /** The server's own unsent counter: its maxUnsentBytes, plus the replies to one read buffer of requests. */
   readonly unsent: number;
-  /** Only turns a hang into a failure. */
+  /** Only turns a hang into a failure (a server held to its bounds may answer a slow flood slowly). */
   readonly limitMs: number;
 }
 

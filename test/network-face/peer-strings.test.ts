@@ -1,9 +1,9 @@
 /**
  * Strings a peer or a device chooses, on their way into the text log and the terminal: a usbredir
  * peer's version string and its VMM filter, a host device's serial and product strings, a remote USB/IP
- * server's bus ids, a remote status page's fields. Each may hold a line break (a forged log line that
- * looks like the server's own), ANSI/OSC escapes (a terminal's title, colours, a cleared screen) or C1
- * controls. What reaches the log or the terminal holds them escaped: no control character but the line
+ * server's bus ids, a remote status page's fields, a remote device's product string (attach). Each may
+ * hold a line break (a forged log line that looks like the server's own), ANSI/OSC escapes (a terminal's
+ * title, colours, a cleared screen) or C1 controls. What reaches the log or the terminal holds them escaped: no control character but the line
  * ends the program writes, every line of a log starts as the logger starts it, and the peer's printable
  * text is still there to read.
  */
@@ -20,6 +20,7 @@ import { encodeFilter, encodeHello } from "../../src/usbredir/protocol.js";
 import { capture } from "../cli/helpers.js";
 import { eventually } from "../support/eventually.js";
 import { RawPeer } from "../usbredir/raw-peer.js";
+import { HostileUsbipServer } from "./hostile-usbip-server.js";
 import { type MeasuredServer, startMeasuredServer } from "./measured-server.js";
 
 /** A line of the server's own, as the attacker would forge it. */
@@ -235,5 +236,36 @@ describe("peer and device strings printed by the CLI", () => {
     expect(await run(["list"], c.io), c.err).toBe(0);
     expect(c.out).toContain("owned");
     expectNoRawControls(c.out, "list's output");
+  });
+});
+
+describe("a remote device's strings printed by attach", () => {
+  it("usbvirt attach: the product string of a device a hostile server exports", async () => {
+    const evil = (s: string) => `${s}\x1b]0;owned\x07\n${FORGED}\x1b[2J\x9b1m`;
+    const hostile = await HostileUsbipServer.start({
+      busid: "1-1",
+      manufacturer: evil("ACME"),
+      product: evil("Gadget"),
+      serial: evil("SN"),
+    });
+    closers.push(() => hostile.close());
+    let stop!: (s: string) => void;
+    const stopped = new Promise<string>((r) => {
+      stop = r;
+    });
+    const c = capture({ stopSignal: () => stopped });
+    const exit = run(["attach", `127.0.0.1:${hostile.port}`, "1-1", "--no-reconnect"], c.io);
+    try {
+      await Promise.race([
+        eventually(() => c.out.includes("attached 1-1"), 10_000, "the device attached"),
+        exit.then((code) => Promise.reject(new Error(`attach exited ${code}: ${c.err}`))),
+      ]);
+    } finally {
+      stop("SIGINT");
+      await exit;
+    }
+    expect(c.out).toContain("owned");
+    expectNoRawControls(c.out, "attach's output");
+    expectNoRawControls(c.err, "attach's messages");
   });
 });

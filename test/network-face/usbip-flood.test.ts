@@ -38,7 +38,7 @@ const SLACK = 24 * MiB;
 const LIMITS: FloodBounds = {
   rss: BOUNDS.maxUnsentBytes + (BOUNDS.guestMemoryMiB / 2) * MiB + READ_BUFFER + SLACK,
   unsent: BOUNDS.maxUnsentBytes + 2 * READ_BUFFER,
-  limitMs: BOUNDS.stalledPeerMs + 30_000,
+  limitMs: BOUNDS.stalledPeerMs + 60_000,
 };
 
 const DEVID = 0x10001;

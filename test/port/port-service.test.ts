@@ -23,9 +23,10 @@ import { Doorbell } from "../../src/rings/doorbell.js";
 import { FrontRing } from "../../src/rings/front-ring.js";
 import { createRingBuffer } from "../../src/rings/layout.js";
 import { readS32, readU32 } from "../../src/urb/bytes.js";
-import { ECONNRESET, EINVAL, ENOENT, OK } from "../../src/urb/status.js";
+import { ECONNRESET, EINVAL, ENOENT, EPROTO, OK } from "../../src/urb/status.js";
 import { UsbSpeed } from "../../src/usb/index.js";
 import { pattern } from "../support/data.js";
+import { eventually } from "../support/eventually.js";
 
 const BULK = 3;
 const REGION_BYTES = 16 * 1024;
@@ -47,8 +48,11 @@ class HoldingDevice implements UsbDevice {
   readonly held: Held[] = [];
   readonly cancels: number[] = [];
   private nextHandle = 100;
+  /** Set: submit throws it (a device model with a bug, a native binding refusing an argument). */
+  throwOnSubmit: unknown = null;
   async open(): Promise<void> {}
   submit(request: TransferRequest, done: TransferDone): number {
+    if (this.throwOnSubmit !== null) throw this.throwOnSubmit;
     const handle = this.nextHandle++;
     this.held.push({ request, done, handle });
     return handle;
@@ -248,6 +252,58 @@ describe("port service: done twice", () => {
     done(h.device.held[0]!, { status: OK, actualLength: 4096 });
     expect(h.answers().map((a) => a.actualLength)).toEqual([32]);
     expect(h.bytes(1)[16]).toBe(0xee);
+  });
+});
+
+describe("port service: a device call that throws", () => {
+  it("answers that transfer -EPROTO, logs the first throw once, and the port goes on serving", () => {
+    const h = harness();
+    const lines: string[] = [];
+    h.service.onLog((line) => lines.push(line));
+    // What Buffer.writeUInt16LE throws for a value above 0xffff (a control buffer longer than wLength can be).
+    h.device.throwOnSubmit = new RangeError('The value of "value" is out of range.');
+    h.submit(1, true);
+    h.submit(2, false);
+    expect(h.answers()).toEqual([
+      { id: 1, status: EPROTO, actualLength: 0 },
+      { id: 2, status: EPROTO, actualLength: 0 },
+    ]);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(
+      /holding: submit threw \(RangeError: The value of "value" is out of range\.\); answered -EPROTO/,
+    );
+    h.device.throwOnSubmit = null;
+    h.submit(3, true);
+    done(h.device.held[0]!, { status: OK, actualLength: 64 });
+    expect(h.answers()).toEqual([{ id: 3, status: OK, actualLength: 64 }]);
+    expect(h.service.inFlight).toBe(0);
+    expect(h.service.stats).toMatchObject({ submitted: 3, completed: 3, deviceThrows: 2, errors: 2 });
+  });
+
+  it("an intercepted request (SET_CONFIGURATION) whose device call throws synchronously is answered -EPROTO", async () => {
+    const h = harness();
+    const lines: string[] = [];
+    h.service.onLog((line) => lines.push(line));
+    h.device.setConfiguration = () => {
+      throw new TypeError("not a configuration");
+    };
+    h.raw((slot) =>
+      writePortSubmit(
+        slot,
+        5,
+        portSubmit({
+          type: 2,
+          endpoint: 0,
+          directionIn: false,
+          setup: { bmRequestType: 0, bRequest: 9, wValue: 1, wIndex: 0, wLength: 0 },
+        }),
+      ),
+    );
+    await eventually(() => h.service.inFlight === 0, 2000, "the intercepted request answered");
+    expect(h.answers()).toEqual([{ id: 5, status: EPROTO, actualLength: 0 }]);
+    expect(lines).toEqual([
+      expect.stringMatching(/set-configuration threw \(TypeError: not a configuration\)/),
+    ]);
   });
 });
 

@@ -33,6 +33,7 @@ import {
 } from "../../src/urb/layout.js";
 import {
   MAX_BUFFER_LENGTH,
+  MAX_CONTROL_BUFFER_LENGTH,
   MAX_INDIRECT_SEGMENTS,
   MAX_INLINE_SEGMENTS,
   MAX_ISO_PACKETS,
@@ -198,31 +199,30 @@ export function arbControlUrb(
       zeroLengthDirIn: fc.boolean(),
     })
     .chain((base) =>
-      // OUT: wLength = buffer_length, so the buffer must fit a u16; IN buffers may be padded beyond wLength.
-      arbBuffer(choice, base.direction === Direction.Out ? Math.min(0xffff, maxTotal) : maxTotal).chain(
-        (spec) =>
-          (base.direction === Direction.Out
-            ? fc.constant(spec.bufferLength)
-            : fc.integer({ min: 0, max: Math.min(spec.bufferLength, 0xffff) })
-          ).map((wLength): ControlUrb => {
-            // With a data stage bit 7 must match the pipe; without one (wLength 0) it may be anything.
-            const dirIn = wLength > 0 ? base.direction === Direction.In : base.zeroLengthDirIn;
-            return {
-              kind: "control",
-              ...base.target,
-              endpoint: base.endpoint,
-              direction: base.direction,
-              shortNotOk: base.shortNotOk,
-              ...spec,
-              setup: {
-                bmRequestType: base.requestTypeLow | (dirIn ? 0x80 : 0),
-                bRequest: base.bRequest,
-                wValue: base.wValue,
-                wIndex: base.wIndex,
-                wLength,
-              },
-            };
-          }),
+      // No control buffer exceeds a u16 (MAX_CONTROL_BUFFER_LENGTH); IN buffers may be padded beyond wLength.
+      arbBuffer(choice, Math.min(MAX_CONTROL_BUFFER_LENGTH, maxTotal)).chain((spec) =>
+        (base.direction === Direction.Out
+          ? fc.constant(spec.bufferLength)
+          : fc.integer({ min: 0, max: Math.min(spec.bufferLength, 0xffff) })
+        ).map((wLength): ControlUrb => {
+          // With a data stage bit 7 must match the pipe; without one (wLength 0) it may be anything.
+          const dirIn = wLength > 0 ? base.direction === Direction.In : base.zeroLengthDirIn;
+          return {
+            kind: "control",
+            ...base.target,
+            endpoint: base.endpoint,
+            direction: base.direction,
+            shortNotOk: base.shortNotOk,
+            ...spec,
+            setup: {
+              bmRequestType: base.requestTypeLow | (dirIn ? 0x80 : 0),
+              bRequest: base.bRequest,
+              wValue: base.wValue,
+              wIndex: base.wIndex,
+              wLength,
+            },
+          };
+        }),
       ),
     );
 }
@@ -592,6 +592,15 @@ export const CORRUPTIONS: readonly fc.Arbitrary<GenCase>[] = [
     EINVAL,
   ),
   corruption(
+    // Only an indirect buffer's length is free of its segments here (the page is read later).
+    "control-buffer-above-u16",
+    arbControlUrb("indirect", Direction.In),
+    () => fc.integer({ min: MAX_CONTROL_BUFFER_LENGTH + 1, max: MAX_BUFFER_LENGTH }),
+    (b, _r, n) => putU32(b, kReqBufferLength, n),
+    "control-buffer-too-long",
+    EINVAL,
+  ),
+  corruption(
     "control-in-wlength-above-buffer",
     arbControlUrb("any", Direction.In, 0xfffe),
     (r) => fc.integer({ min: r.bufferLength + 1, max: 0xffff }),
@@ -754,6 +763,7 @@ export const CASE_LABELS: readonly string[] = [
   "indirect-list-crosses-frame",
   "data-on-endpoint-0",
   "control-setup-direction-flipped",
+  "control-buffer-above-u16",
   "control-in-wlength-above-buffer",
   "control-out-wlength-differs",
   "interrupt-interval-0",

@@ -154,6 +154,27 @@ describe("parseRequest rules", () => {
     );
   });
 
+  it("rejects a control IN whose buffer is longer than 0xffff bytes, whatever its wLength (no data stage is longer)", () => {
+    const big = 0x10000;
+    const bytes = encoded({
+      ...getDeviceDescriptor,
+      bufferLength: big,
+      buffer: { kind: "inline", segments: [{ ref: ref(5), offset: 0, length: big }] },
+    });
+    expect(parseRequest(bytes)).toEqual({
+      ok: false,
+      id: getDeviceDescriptor.id,
+      status: EINVAL,
+      reason: "control-buffer-too-long",
+    });
+    const padded = encoded({
+      ...getDeviceDescriptor,
+      bufferLength: 0xffff,
+      buffer: { kind: "inline", segments: [{ ref: ref(5), offset: 0, length: 0xffff }] },
+    });
+    expect(reasonOf(padded)).toBe("ok");
+  });
+
   it("rejects a control OUT whose buffer_length differs from wLength", () => {
     const setReport: ControlUrb = {
       ...getDeviceDescriptor,

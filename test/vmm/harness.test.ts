@@ -37,6 +37,25 @@ describe("the QEMU command line and the guest's marker lines", () => {
     expect(args[args.indexOf("-append") + 1]).toContain("usbvirt.checks=storage,keyboard usbvirt.wait=30");
   });
 
+  it("gives each USB/IP device a virtio-serial port named for its bus id, and the guest the bus ids", () => {
+    const usbip = [
+      { busid: "1-1", port: 5000 },
+      { busid: "1-2", port: 5001 },
+    ];
+    const args = qemuArgs(guest, { checks: ["vhci"], usbip });
+    expect(args.join(" ")).toContain(
+      "-device virtio-serial-pci,id=vser " +
+        "-chardev socket,id=u0,host=127.0.0.1,port=5000 -device virtserialport,bus=vser.0,chardev=u0,name=usbip.1-1 " +
+        "-chardev socket,id=u1,host=127.0.0.1,port=5001 -device virtserialport,bus=vser.0,chardev=u1,name=usbip.1-2",
+    );
+    expect(args[args.indexOf("-append") + 1]).toContain("usbvirt.usbip=1-1,1-2");
+    expect(qemuArgs(guest, { checks: [] }).join(" ")).not.toContain("virtio-serial");
+    expect(() => qemuArgs(guest, { checks: [], usbip: [{ busid: "1-1 x", port: 5000 }] })).toThrow(
+      /bad bus id/,
+    );
+    expect(() => qemuArgs(guest, { checks: [], usbip: [{ busid: "1-1", port: 0 }] })).toThrow(/bad port 0/);
+  });
+
   it("refuses a port or check name that would corrupt the command line", () => {
     expect(() => qemuArgs(guest, { checks: [], redirPorts: [70000] })).toThrow(/bad port 70000/);
     expect(() => qemuArgs(guest, { checks: ["storage loopback"] })).toThrow(/bad check name/);

@@ -3,7 +3,10 @@
  * builds — a Debian kernel and an initramfs whose /init (scripts/vmm/init.sh) runs the checks named on the
  * kernel command line and prints `STEP <name> ok|fail <detail>` lines, then `DONE`, on the serial console.
  * usbredir devices reach the guest through QEMU's xHCI: one `usb-redir` device per port, its chardev a TCP
- * client of a server on 127.0.0.1. The console is kept whole and written to test-output/vmm/<name>.log.
+ * client of a server on 127.0.0.1. USB/IP devices reach the guest's vhci-hcd through virtio-serial: one
+ * `virtserialport` named `usbip.BUSID` per device, its chardev a TCP client of 127.0.0.1 (the guest's
+ * guest-tool imports BUSID over it and relays it to vhci). The console is kept whole and written to
+ * test-output/vmm/<name>.log.
  *
  * Availability: `vmmGuest()` says why a guest cannot boot here (no qemu-system-x86_64, image not built).
  * Tests skip then, with that reason, unless USBVIRT_REQUIRE_VMM=1 (CI sets it): then a missing guest fails.
@@ -90,6 +93,11 @@ export interface BootOptions {
   readonly checks: readonly string[];
   /** Ports on 127.0.0.1 of usbredir servers: one usb-redir device on the xHCI each (QEMU connects). */
   readonly redirPorts?: readonly number[];
+  /**
+   * USB/IP devices for the guest's `vhci` check: one virtio-serial port each, named `usbip.BUSID`, whose
+   * chardev connects to 127.0.0.1:PORT (a USB/IP server, or a relay to one) when QEMU starts.
+   */
+  readonly usbip?: readonly { readonly busid: string; readonly port: number }[];
   /** The guest is killed after this long. */
   readonly timeoutMs: number;
   /** How long the guest's /init waits for each device to appear, in seconds (default 30). */
@@ -129,12 +137,17 @@ export function parseStep(line: string): { name: string; result: StepResult } | 
 /** The QEMU arguments of a boot (exported so the README and the log show the same command line). */
 export function qemuArgs(
   guest: VmmGuest,
-  options: Pick<BootOptions, "checks" | "redirPorts" | "waitS" | "extraArgs">,
+  options: Pick<BootOptions, "checks" | "redirPorts" | "usbip" | "waitS" | "extraArgs">,
   monitorPath?: string,
 ): string[] {
-  for (const port of options.redirPorts ?? []) {
+  const usbip = options.usbip ?? [];
+  for (const { busid } of usbip) {
+    if (!/^\d{1,3}-\d{1,3}(\.\d{1,3}){0,4}$/.test(busid))
+      throw new RangeError(`usbip: bad bus id ${JSON.stringify(busid)}`);
+  }
+  for (const port of [...(options.redirPorts ?? []), ...usbip.map((u) => u.port)]) {
     if (!Number.isInteger(port) || port < 1 || port > 65535)
-      throw new RangeError(`redirPorts: bad port ${port}`);
+      throw new RangeError(`redirPorts, usbip: bad port ${port}`);
   }
   for (const check of options.checks) {
     if (!/^[a-z-]+$/.test(check)) throw new RangeError(`checks: bad check name ${JSON.stringify(check)}`);
@@ -146,6 +159,7 @@ export function qemuArgs(
     `usbvirt.checks=${options.checks.join(",")}`,
     `usbvirt.wait=${options.waitS ?? 30}`,
   ];
+  if (usbip.length > 0) append.push(`usbvirt.usbip=${usbip.map((u) => u.busid).join(",")}`);
   const args = [
     ...["-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1"],
     ...["-nodefaults", "-nic", "none", "-display", "none", "-serial", "stdio", "-no-reboot"],
@@ -155,6 +169,11 @@ export function qemuArgs(
   (options.redirPorts ?? []).forEach((port, i) => {
     args.push("-chardev", `socket,id=r${i},host=127.0.0.1,port=${port}`);
     args.push("-device", `usb-redir,chardev=r${i},bus=xhci.0`);
+  });
+  if (usbip.length > 0) args.push("-device", "virtio-serial-pci,id=vser");
+  usbip.forEach(({ busid, port }, i) => {
+    args.push("-chardev", `socket,id=u${i},host=127.0.0.1,port=${port}`);
+    args.push("-device", `virtserialport,bus=vser.0,chardev=u${i},name=usbip.${busid}`);
   });
   if (monitorPath !== undefined) args.push("-monitor", `unix:${monitorPath},server=on,wait=off`);
   args.push(...(options.extraArgs ?? []));

@@ -49,7 +49,7 @@
  * releases the interfaces, reattaches kernel drivers and closes the handle.
  */
 
-import { ECONNRESET, ENODEV, EREMOTEIO, ESHUTDOWN, OK, type UrbStatus } from "../../urb/status.js";
+import { ECONNRESET, EINVAL, ENODEV, EREMOTEIO, ESHUTDOWN, OK, type UrbStatus } from "../../urb/status.js";
 import { endpointAddress } from "../../usb/index.js";
 import { registerErrorClass, UsbvirtError } from "../../util/errors.js";
 import type {
@@ -325,16 +325,24 @@ export class HostUsbDevice implements UsbDevice {
     let buffer: Buffer;
     let bounce: Buffer | null = null;
     if (request.kind === "control") {
+      // The setup packet is the guest's: its wLength, never the buffer's length (an IN buffer may be
+      // padded beyond wLength; wLength 0 has no data stage, whatever the buffer).
       const s = request.setup!;
-      bounce = Buffer.allocUnsafe(8 + view.length);
+      const dataLength = s.wLength;
+      if (dataLength > view.length) {
+        // The gate refuses this (parse.ts); a device is never asked to write past the guest's buffer.
+        setImmediate(() => done({ status: EINVAL, actualLength: 0 }));
+        return handle;
+      }
+      bounce = Buffer.allocUnsafe(8 + dataLength);
       bounce.writeUInt8(s.bmRequestType, 0);
       bounce.writeUInt8(s.bRequest, 1);
       bounce.writeUInt16LE(s.wValue, 2);
       bounce.writeUInt16LE(s.wIndex, 4);
-      bounce.writeUInt16LE(view.length, 6);
-      if (!request.directionIn) bounce.set(view, 8);
+      bounce.writeUInt16LE(dataLength, 6);
+      if (!request.directionIn) bounce.set(view.subarray(0, dataLength), 8);
       this.stats.controlCopies++;
-      this.stats.controlCopyBytes += view.length;
+      this.stats.controlCopyBytes += dataLength;
       buffer = bounce;
     } else {
       buffer = Buffer.from(view.buffer, view.byteOffset, view.length);
@@ -364,14 +372,15 @@ export class HostUsbDevice implements UsbDevice {
     this.inFlight.delete(handle);
     const r = entry.request;
     let status: UrbStatus = libusbStatus(code);
-    const actualLength = Math.max(0, Math.min(actual, r.buffer.length));
+    const limit = entry.bounce === null ? r.buffer.length : entry.bounce.length - 8;
+    const actualLength = Math.max(0, Math.min(actual, limit));
     if (code === LibusbTransferStatus.CANCELLED) {
       status = entry.cancelledBy === "close" ? ESHUTDOWN : entry.cancelledBy === "gone" ? ENODEV : ECONNRESET;
     }
     if (entry.bounce !== null && r.directionIn && actualLength > 0) {
       r.buffer.set(entry.bounce.subarray(8, 8 + actualLength));
     }
-    if (status === OK && r.directionIn && r.shortNotOk && actualLength < r.buffer.length) status = EREMOTEIO;
+    if (status === OK && r.directionIn && r.shortNotOk && actualLength < limit) status = EREMOTEIO;
     if (isNoDevice(code)) this.markGone("a transfer found the device gone");
     const result: TransferResult = { status, actualLength };
     entry.done(result);
@@ -531,6 +540,33 @@ export class HostUsbDevice implements UsbDevice {
     this.detachedDrivers.clear();
     if (this.inFlight.size === 0) dev.close();
     this.state = "closed";
+  }
+
+  /**
+   * The port worker is ending without close(): the usbfs fd releases its interfaces and is closed, and
+   * libusb's handle is closed when nothing is in flight on it (the kernel then drops its claims; libusb's
+   * own releases would need the event loop). Kernel drivers are not re-attached here (libusb refuses while
+   * an interface is claimed, and its release is asynchronous): said in one log line.
+   */
+  abandon(): void {
+    if (this.state === "new" || this.state === "closed") return;
+    this.state = "closed";
+    const left: string[] = [];
+    try {
+      this.usbfs?.abandon();
+    } catch (err) {
+      left.push(`the usbfs fd (${err instanceof Error ? err.message : String(err)})`);
+    }
+    if (this.inFlight.size === 0 && this.dev !== null) {
+      const rc = this.dev.close();
+      if (rc !== 0) left.push(`libusb's handle (libusb error ${rc})`);
+    } else if (this.dev !== null) {
+      left.push(`libusb's handle (${this.inFlight.size} transfer(s) in flight)`);
+    }
+    if (this.detachedDrivers.size > 0)
+      left.push(`kernel driver(s) of interface(s) ${[...this.detachedDrivers].join(", ")} (not re-attached)`);
+    if (left.length > 0)
+      this.log(`${this.infoValue?.name ?? "host device"}: abandoned; still held: ${left.join("; ")}`);
   }
 
   private warnOnce(key: string, message: string): void {

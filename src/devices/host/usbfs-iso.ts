@@ -29,7 +29,14 @@
  * descriptor). usbfs wants the packets back to back in one buffer; when the
  * guest's packet offsets are back to back (the usual case) the URB points
  * straight at guest memory (a SharedArrayBuffer never moves), otherwise at a
- * bounce buffer (counted). Per-packet status and actual length come back in
+ * bounce buffer (counted) no larger than the guest's buffer: packets that
+ * overlap so much that they would need more are refused with -EINVAL. A
+ * bounce buffer and its URBs stay referenced until the kernel gave them back
+ * (reaped) or the fd is closed, even when their request was answered early
+ * (a drain timeout). When a later 128-packet URB of a request cannot be
+ * submitted, the submitted ones are discarded and the request answers once
+ * they are back: every packet gets a result, those never submitted carry the
+ * submit's status. Per-packet status and actual length come back in
  * the URB's iso_frame_desc[]; kernel errnos become URB statuses through
  * USBFS_STATUS_TABLE (./status.ts). An unlink is USBDEVFS_DISCARDURB; the
  * discarded URB is still reaped, and completes with -ECONNRESET.
@@ -37,11 +44,15 @@
  * Reaping never spins the event loop: while URBs are in flight, one poll()
  * on {device fd POLLOUT, wake pipe POLLIN} runs on the libuv pool (koffi
  * async); usbfs signals POLLOUT when a completed URB waits, POLLHUP/POLLERR
- * when the device is gone. On return the event loop thread reaps with
- * REAPURBNDELAY until EAGAIN. A poll that says "ready" but yields nothing
- * (umockdev's emulated node is a socket, always writable) re-arms after 1 ms.
- * close() wakes the poll through the pipe and closes the fds only after it
- * returned.
+ * when the device is gone. The poll is finite (POLL_SLICE_MS) and re-armed
+ * while URBs are in flight, so a pool thread (libuv has 4 for the whole
+ * process: file I/O, DNS, libusb's blocking calls) is never held for longer
+ * than one slice: other pool work queued meanwhile runs between two slices,
+ * and a worker that terminates waits one slice at most. On return the event
+ * loop thread reaps with REAPURBNDELAY until EAGAIN. A poll that says "ready"
+ * but yields nothing (umockdev's emulated node is a socket, always writable)
+ * re-arms after 1 ms. close() wakes the poll through the pipe and closes the
+ * fds only after it returned.
  *
  * struct usbdevfs_urb (LP64: x86-64, arm64), then number_of_packets ×
  * struct usbdevfs_iso_packet_desc:
@@ -55,7 +66,16 @@
  */
 import { createRequire } from "node:module";
 import type * as KoffiModule from "koffi";
-import { ECONNRESET, ENODEV, EREMOTEIO, ESHUTDOWN, OK, type UrbStatus } from "../../urb/status.js";
+import {
+  ECONNRESET,
+  EINVAL,
+  ENODEV,
+  EPROTO,
+  EREMOTEIO,
+  ESHUTDOWN,
+  OK,
+  type UrbStatus,
+} from "../../urb/status.js";
 import type {
   IsoPacketResult,
   TransferDone,
@@ -96,6 +116,9 @@ const ISO_DESC_SIZE = 12;
 /** usbfs refuses more packets per URB (devio.c: number_of_packets > 128 → -EINVAL). */
 export const USBFS_MAX_PACKETS_PER_URB = 128;
 if (kNumberOfPackets + 4 + 4 + 4 + 8 !== URB_SIZE) throw new Error("usbdevfs_urb layout is inconsistent");
+
+/** Longest a poll holds a libuv pool thread before it is re-armed (see the header). */
+export const POLL_SLICE_MS = 50;
 
 // poll.h and fcntl.h (Linux generic).
 const POLLIN = 0x001;
@@ -198,6 +221,10 @@ export interface UsbfsStats {
   bounces: number;
   bounceBytes: number;
   discards: number;
+  /** Refused because their packets overlap so much that a bounce buffer would outgrow the guest's buffer. */
+  oversizedBounces: number;
+  /** Bytes (URBs and bounce buffers) of answered requests the kernel has not given back: kept until close. */
+  heldForKernelBytes: number;
 }
 
 /** The host device's view of one usbfs-owned interface set. */
@@ -233,7 +260,15 @@ interface Flight {
  * usbfs path loads; every call is made from the port worker's event loop.
  */
 export class UsbfsChannel {
-  readonly stats: UsbfsStats = { requests: 0, urbs: 0, bounces: 0, bounceBytes: 0, discards: 0 };
+  readonly stats: UsbfsStats = {
+    requests: 0,
+    urbs: 0,
+    bounces: 0,
+    bounceBytes: 0,
+    discards: 0,
+    oversizedBounces: 0,
+    heldForKernelBytes: 0,
+  };
   private readonly flights = new Map<TransferHandle, Flight>();
   private readonly byAddress = new Map<bigint, Flight>();
   private readonly claimedInterfaces = new Set<number>();
@@ -247,8 +282,8 @@ export class UsbfsChannel {
   private drained: (() => void) | null = null;
   private readonly scratch = Buffer.alloc(8);
   private readonly oneByte = new Uint8Array(8);
-  /** URBs answered without being reaped: the kernel may still own them until the fd is closed. */
-  private limbo: Buffer[] = [];
+  /** URBs and bounce buffers of requests answered without being reaped: the kernel may still write them until close. */
+  private limbo: Uint8Array[] = [];
 
   private constructor(
     private readonly libc: Libc,
@@ -365,6 +400,13 @@ export class UsbfsChannel {
     if (iso && !backToBack(packets)) {
       let total = 0;
       for (const p of packets) total += p.length;
+      if (total > view.length) {
+        // Overlapping packets: the guest's buffer is the bound on what this request may cost.
+        this.stats.oversizedBounces++;
+        const result = everyPacket(packets.length, EINVAL);
+        setImmediate(() => done(result));
+        return;
+      }
       bounce = new Uint8Array(total);
       if (!request.directionIn) {
         let at = 0;
@@ -423,7 +465,8 @@ export class UsbfsChannel {
         if (e === ENODEV_ERRNO) this.markGone("submit found the device gone");
         const status = usbfsStatus(-e);
         if (flight.pending === 0) {
-          setImmediate(() => done({ status, actualLength: 0 }));
+          const result = iso ? everyPacket(packets.length, status) : { status, actualLength: 0 };
+          setImmediate(() => done(result));
           return;
         }
         // Earlier URBs of this request are in flight: take them back, answer when they are reaped.
@@ -469,7 +512,7 @@ export class UsbfsChannel {
     this.polling = true;
     this.pollfds.writeInt16LE(0, 6);
     this.pollfds.writeInt16LE(0, 14);
-    this.libc.poll.async(this.pollfds, 2, -1, (err: unknown) => {
+    this.libc.poll.async(this.pollfds, 2, POLL_SLICE_MS, (err: unknown, ready: unknown) => {
       this.polling = false;
       const settled = this.pollSettled;
       this.pollSettled = null;
@@ -479,8 +522,17 @@ export class UsbfsChannel {
       }
       if (err !== null && err !== undefined) {
         this.options.log(`usbfs poll failed: ${String(err)}`);
+      } else if (ready === 0) {
+        this.arm(); // the slice ended with nothing ready: give the pool thread back, then wait again
+        return;
       }
-      this.afterPoll();
+      try {
+        this.afterPoll();
+      } catch (thrown) {
+        // A bug here must not end the port worker (this runs from koffi's callback, outside any caller).
+        this.options.log(`usbfs reaping threw: ${thrown instanceof Error ? thrown.message : String(thrown)}`);
+        this.arm();
+      }
     });
   }
 
@@ -542,6 +594,7 @@ export class UsbfsChannel {
     let startFrame = 0;
     let errorCount = 0;
     const results: IsoPacketResult[] = [];
+    const packets = iso ? r.isoPackets! : [];
     for (const [u, urb] of flight.urbs.entries()) {
       const raw = urb.readInt32LE(kStatus);
       if (raw !== 0 && status === OK) status = usbfsStatus(raw);
@@ -553,7 +606,7 @@ export class UsbfsChannel {
       const count = urb.readInt32LE(kNumberOfPackets);
       for (let i = 0; i < count; i++) {
         const at = URB_SIZE + ISO_DESC_SIZE * i;
-        const packet = r.isoPackets![flight.firstPacket[u]! + i]!;
+        const packet = packets[flight.firstPacket[u]! + i]!;
         const actual = Math.min(urb.readUInt32LE(at + 4), packet.length);
         const packetStatus = usbfsStatus(urb.readInt32LE(at + 8));
         if (packetStatus !== OK) errorCount++;
@@ -561,9 +614,12 @@ export class UsbfsChannel {
         actualLength += actual;
       }
     }
+    // Packets of URBs that were never submitted (a later SUBMITURB failed): answered with that failure.
+    for (let i = results.length; i < packets.length; i++)
+      results.push({ status: flight.failed ?? EPROTO, actualLength: 0 });
     if (iso && flight.bounce !== null && r.directionIn) {
       let at = 0;
-      for (const [i, p] of r.isoPackets!.entries()) {
+      for (const [i, p] of packets.entries()) {
         r.buffer.set(flight.bounce.subarray(at, at + results[i]!.actualLength), p.offset);
         at += p.length;
       }
@@ -585,9 +641,17 @@ export class UsbfsChannel {
   private fail(flight: Flight, status: UrbStatus): void {
     if (!this.flights.delete(flight.handle)) return;
     for (const address of flight.addresses) this.byAddress.delete(address);
-    this.limbo.push(...flight.urbs); // kept alive (the kernel may write into them) until close(fd)
-    flight.done({ status, actualLength: 0 });
+    // Kept alive (the kernel may still write into them, and into the bounce they point at) until close(fd).
+    for (const urb of flight.urbs) this.hold(urb);
+    if (flight.bounce !== null) this.hold(flight.bounce);
+    const packets = flight.request.kind === "isochronous" ? (flight.request.isoPackets ?? []) : null;
+    flight.done(packets === null ? { status, actualLength: 0 } : everyPacket(packets.length, status));
     this.checkDrained();
+  }
+
+  private hold(bytes: Uint8Array): void {
+    this.limbo.push(bytes);
+    this.stats.heldForKernelBytes += bytes.byteLength;
   }
 
   private checkDrained(): void {
@@ -635,6 +699,23 @@ export class UsbfsChannel {
     }
   }
 
+  /**
+   * The thread is ending without close() (HostUsbDevice.abandon): release the interfaces and close the fd
+   * and the wake pipe now, synchronously. A poll still on the pool is woken first (it then finds its fds
+   * closed and its callback never runs); nothing in flight is answered.
+   */
+  abandon(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.backoff !== null) clearTimeout(this.backoff);
+    if (this.polling) this.libc.write(this.wake[1]!, this.oneByte, 1);
+    if (!this.gone) this.releaseAll();
+    this.claimedInterfaces.clear();
+    this.libc.close(this.fd); // the kernel kills what is in flight and drops every claim of this fd
+    this.libc.close(this.wake[0]!);
+    this.libc.close(this.wake[1]!);
+  }
+
   /** Release the interfaces and close the fd (after the pool's poll returned). Call after drain(). */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -655,9 +736,17 @@ export class UsbfsChannel {
     this.claimedInterfaces.clear();
     this.libc.close(this.fd); // the kernel kills and frees whatever it still held
     this.limbo = [];
+    this.stats.heldForKernelBytes = 0;
     this.libc.close(this.wake[0]!);
     this.libc.close(this.wake[1]!);
   }
+}
+
+/** An iso answer in which every one of `count` packets carries `status` and no data. */
+function everyPacket(count: number, status: UrbStatus): TransferResult {
+  const isoPackets: IsoPacketResult[] = [];
+  for (let i = 0; i < count; i++) isoPackets.push({ status, actualLength: 0 });
+  return { status, actualLength: 0, isoPackets, startFrame: 0, errorCount: status === OK ? 0 : count };
 }
 
 function cancelStatus(why: CancelReason): UrbStatus {
