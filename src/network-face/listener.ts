@@ -53,19 +53,46 @@ export function admitPeer(socket: Socket, peer: string, allow: BlockList | null,
 export const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
 /**
+ * Refusals said once per interval: the first is logged with how many were refused since the last line,
+ * the rest of the interval only counted. No timer: the clock is read when a refusal comes.
+ */
+export class RefusalLog {
+  private refused = 0;
+  private lastLog = Number.NEGATIVE_INFINITY;
+
+  constructor(
+    private readonly log: FaceLogger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** One refusal of `peer`; `why` is the line, said with the count when this interval's line is due. */
+  refuse(peer: string, why: string): void {
+    this.refused++;
+    const t = this.now();
+    if (t - this.lastLog < REFUSAL_LOG_INTERVAL_MS) return;
+    this.lastLog = t;
+    this.log.warn(`${peer}: refused, ${why}; ${this.refused} refused since the last such line`, {
+      client: peer,
+    });
+    this.refused = 0;
+  }
+}
+
+/**
  * The cap on connections a server holds at once (`maxConnections`): past it a new connection is destroyed
  * before anything is read from it, and the refusals are logged once per interval, never per connection.
  */
 export class ConnectionCap {
   private held = 0;
-  private refused = 0;
-  private lastLog = Number.NEGATIVE_INFINITY;
+  private readonly refusals: RefusalLog;
 
   constructor(
     private readonly max: number,
-    private readonly log: FaceLogger,
-    private readonly now: () => number = Date.now,
-  ) {}
+    log: FaceLogger,
+    now: () => number = Date.now,
+  ) {
+    this.refusals = new RefusalLog(log, now);
+  }
 
   /** Connections held now. */
   get count(): number {
@@ -79,17 +106,7 @@ export class ConnectionCap {
       return true;
     }
     socket.destroy();
-    this.refused++;
-    const t = this.now();
-    if (t - this.lastLog >= REFUSAL_LOG_INTERVAL_MS) {
-      this.lastLog = t;
-      this.log.warn(
-        `${peer}: refused, ${this.held} connections held (maxConnections ${this.max}); ` +
-          `${this.refused} refused since the last such line`,
-        { client: peer },
-      );
-      this.refused = 0;
-    }
+    this.refusals.refuse(peer, `${this.held} connections held (maxConnections ${this.max})`);
     return false;
   }
 

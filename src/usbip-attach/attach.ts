@@ -21,6 +21,7 @@ import { EventEmitter } from "node:events";
 import { LoopbackRequest } from "../devices/emulated/loopback.js";
 import { Connection } from "../engine/connection.js";
 import { type EnumeratedDevice, GuestUsbDriver } from "../guest/guest-driver.js";
+import { peerText } from "../network-face/log.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { RequestTypeByte } from "../usb/index.js";
 import { USBIP_PORT } from "../usbip/protocol.js";
@@ -250,5 +251,6 @@ export function describeEnumerated(d: EnumeratedDevice): string {
     .filter((i) => i.alternate === 0)
     .map((i) => `${i.cls}/${i.subclass}/${i.protocol}`)
     .join(", ");
-  return `${hex4(d.vendorId)}:${hex4(d.productId)} "${d.product}" address ${d.address}, configuration ${d.configurationValue}, interfaces ${classes}, endpoints ${eps}`;
+  // The product string is the remote device's: quoted and escaped (network-face/log.ts).
+  return `${hex4(d.vendorId)}:${hex4(d.productId)} ${peerText(d.product)} address ${d.address}, configuration ${d.configurationValue}, interfaces ${classes}, endpoints ${eps}`;
 }

@@ -51,14 +51,9 @@ import {
   createPausedServer,
   listenAt,
   peerName,
+  RefusalLog,
 } from "../network-face/listener.js";
-import {
-  escapingLogger,
-  type FaceLogger,
-  PeerWarnings,
-  peerText,
-  stderrLogger,
-} from "../network-face/log.js";
+import { escapingLogger, type FaceLogger, peerText, stderrLogger } from "../network-face/log.js";
 import { PeerShare, ReadTarget } from "../network-face/share.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { endpointIsIn, setConfigurationSetup } from "../usb/index.js";
@@ -138,8 +133,8 @@ export class UsbredirServer extends EventEmitter {
   /** Each connection's bounds (network-face/bounds.ts), and the cap on connections held at once. */
   private readonly bounds: PeerBounds;
   private readonly cap: ConnectionCap;
-  /** Connections refused because the device is redirected to another peer: logged at a bounded rate. */
-  private readonly busyRefusals: PeerWarnings;
+  /** Connections refused because the device is redirected to another peer: logged once per interval. */
+  private readonly busyRefusals: RefusalLog;
   private readonly version: string;
   private listener: Server | null = null;
   private session: Session | null = null;
@@ -173,7 +168,7 @@ export class UsbredirServer extends EventEmitter {
     this.log = escapingLogger(options.logger ?? stderrLogger);
     this.bounds = bounds;
     this.cap = new ConnectionCap(bounds.maxConnections, this.log);
-    this.busyRefusals = new PeerWarnings(this.log, () => ({}));
+    this.busyRefusals = new RefusalLog(this.log);
     this.allow = buildAllowList(
       options.allow,
       (reason) => new UsbredirServerError("ERR_USBVIRT_USBREDIR_OPTIONS", reason),
@@ -325,7 +320,7 @@ export class UsbredirServer extends EventEmitter {
       }
       if (!admitPeer(socket, peer, this.allow, this.log)) return;
       if (this.session !== null) {
-        this.busyRefusals.warn(`${peer}: refused, ${this.name} is redirected to ${this.session.peer}`);
+        this.busyRefusals.refuse(peer, `${this.name} is redirected to ${this.session.peer}`);
         socket.destroy();
         return;
       }
