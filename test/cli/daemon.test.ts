@@ -172,7 +172,8 @@ describe("systemd socket activation", () => {
     try {
       await p.waitFor(/Listening on 127\.0\.0\.1:\d+ as 3/, "err");
       // The first connection starts usbvirt (exec'd with LISTEN_FDS=1): it must answer on that socket.
-      const devices = await listRemote({ host: "127.0.0.1", port });
+      // Generous: usbvirt starts (tsx, the engine) only now, on a machine that may be busy.
+      const devices = await listRemote({ host: "127.0.0.1", port, timeoutMs: 20_000 });
       expect(devices.map((d) => d.busid)).toEqual(["1-1"]);
       await p.waitFor(/device list/, "err");
       expect(p.out()).toContain(`on 127.0.0.1:${port}`);
@@ -202,7 +203,7 @@ describe("systemd socket activation", () => {
     try {
       await p.waitFor(/Listening on 127\.0\.0\.1:\d+ as 3/, "err");
       // The first connection starts usbvirt (exec'd with LISTEN_FDS=1): it must get the device on that socket.
-      const g = await UsbredirClient.connect(port);
+      const g = await UsbredirClient.connect(port, { timeoutMs: 20_000 });
       expect(g.device?.vendorId).toBe(0x1209);
       expect(p.out()).toContain(`listening on 127.0.0.1:${port}`);
       const json = jsonLines(p.err());
