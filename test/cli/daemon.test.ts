@@ -147,6 +147,18 @@ describe("systemd socket activation", () => {
     expect(() => socketActivationFd({ LISTEN_PID: "42", LISTEN_FDS: "x" }, 42)).toThrow(/LISTEN_FDS/);
   });
 
+  it("redirect --connect refuses a socket systemd passed (it would never be used), with exit 2", async () => {
+    process.env.LISTEN_PID = String(process.pid);
+    process.env.LISTEN_FDS = "1";
+    const c = capture();
+    expect(await run(["redirect", "--device", "keyboard", "--connect", "127.0.0.1:1"], c.io)).toBe(2);
+    expect(c.err).toContain(
+      "usbvirt redirect: systemd passed a listening socket (LISTEN_FDS), which --connect does not use",
+    );
+    // Read once, like sd_listen_fds(3): the variables are gone.
+    expect([process.env.LISTEN_PID, process.env.LISTEN_FDS]).toEqual([undefined, undefined]);
+  });
+
   const tool = socketActivateTool();
   if (tool === "") {
     it.skip("serve under systemd-socket-activate (skipped: systemd-socket-activate is not installed; apt-get install systemd)", () => {});
