@@ -14,7 +14,7 @@ import { createRingBuffer } from "../rings/layout.js";
 import { deserializeError } from "../util/error-wire.js";
 import { connect, disconnect, type Remote } from "../util/rpc.js";
 import { siblingModule, startWorker } from "../util/start-worker.js";
-import { type PortHost, type PortHostEvents, PortLink, PortStartError } from "./port-link.js";
+import { type PortCrash, type PortHost, type PortHostEvents, PortLink, PortStartError } from "./port-link.js";
 import type {
   PortWorkerApi,
   PortWorkerData,
@@ -96,6 +96,10 @@ export class WorkerPort implements PortHost {
 
   async freeze(ms: number): Promise<void> {
     await this.api.freeze(ms);
+  }
+
+  async crash(how: PortCrash): Promise<void> {
+    await this.api.crash(how);
   }
 }
 

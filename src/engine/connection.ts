@@ -14,8 +14,13 @@
 import { EventEmitter } from "node:events";
 import { MessageChannel, type Worker } from "node:worker_threads";
 import type { BackendEvent } from "../backend/backend.js";
-import { type BackendApi, type BackendHostData, startBackendHost } from "../backend/backend-host.js";
-import type { DeviceSummary } from "../backend/port-link.js";
+import {
+  type BackendApi,
+  type BackendCrash,
+  type BackendHostData,
+  startBackendHost,
+} from "../backend/backend-host.js";
+import type { DeviceSummary, PortCrash } from "../backend/port-link.js";
 import {
   type ControllerHandles,
   createControllerHandles,
@@ -175,7 +180,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       control: control.port2,
       events: events.port2,
       ...(this.options.hungPortMs !== undefined ? { hungPortMs: this.options.hungPortMs } : {}),
-      ...(shared ? { maxSpinMicros: 0 } : {}),
+      ...(shared ? { maxSpinMicros: 0, onFrontendThread: true } : {}),
     };
     let worker: Worker | null = null;
     if (shared) startBackendHost(data);
@@ -347,6 +352,24 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   /** Fault injection: stall the port's worker for `ms`; past `hungPortMs` the port is cut off. */
   async freezePort(port: number, ms: number): Promise<void> {
     await this.requireBackend().api.freezePort(port, ms);
+  }
+
+  /**
+   * Fault injection: crash the port for real ("throw": an uncaught exception in its worker, or in the port
+   * service on the backend's thread; "exit": process.exit on its worker). Its URBs fail, the port reports
+   * a disconnect, and the port takes a new device.
+   */
+  async crashPort(port: number, how: PortCrash = "throw"): Promise<void> {
+    await this.requireBackend().api.crashPort(port, how);
+  }
+
+  /**
+   * Fault injection: crash the backend for real ("throw": its service loop throws; "exit": process.exit on
+   * the backend worker). The connection recovers on its own: URBs in flight end -ESHUTDOWN, a new backend
+   * starts and the devices are re-attached.
+   */
+  async crashBackend(how: BackendCrash = "throw"): Promise<void> {
+    await this.requireBackend().api.crash(how);
   }
 
   async stats(): Promise<Awaited<ReturnType<BackendApi["stats"]>> & { frontend: unknown }> {
