@@ -6,7 +6,10 @@
  * once with an error, nothing leaks, the engine recovers on its own and the next URBs succeed.
  */
 import { afterEach, describe, expect, it } from "vitest";
+import { URB_RING_GEOMETRY } from "../../src/connection/handles.js";
 import type { Urb } from "../../src/frontend/types.js";
+import { Doorbell } from "../../src/rings/doorbell.js";
+import { kReqProd } from "../../src/rings/layout.js";
 import { ENODEV, ESHUTDOWN, OK } from "../../src/urb/status.js";
 import type { EndpointNum } from "../../src/urb/types.js";
 import { type Rig, rig } from "../engine/helpers.js";
@@ -164,5 +167,39 @@ describe.each(["worker", "shared"] as const)("crashes for real, backend thread %
     if (backendThread === "shared") {
       await expect(r.conn.crashBackend("exit")).rejects.toThrow(/would end the process/);
     }
+  });
+});
+
+describe.each(["worker", "shared"] as const)("an impossible ring index, backend thread %s", (backendThread) => {
+  it("latches the fault, and the control plane recovers on its own: new backend, devices back, data moves", async () => {
+    r = await rig({ backendThread });
+    const { conn, hcd, guest } = r;
+    await conn.attach(1, { kind: "emulated", name: "loopback" });
+    await guest.enumerate(port(1), addr(2));
+    await echo(1, 2, 1024, 1);
+    const held = new Tracked(hcd, {
+      type: "bulk",
+      port: port(1),
+      device: addr(2),
+      endpoint: ep(1),
+      directionIn: true,
+      buffer: [guest.buffers.allocate(512)],
+    });
+    await eventually(() => hcd.stats().inFlight === 1, 5000, "one URB in flight");
+    const lost = new Promise<string>((res) => conn.once("backend-lost", res));
+    const ready = new Promise<void>((res) => conn.once("backend-ready", res));
+    // A frontend gone wrong: a producer index a whole ring ahead of what it ever pushed.
+    const words = new Int32Array(conn.handles.urbRing);
+    Atomics.add(words, kReqProd, URB_RING_GEOMETRY.slots + 7);
+    new Doorbell(conn.handles.backendBell).ring();
+    expect(await lost).toMatch(/ring fault/);
+    await ready;
+    expect((await held.done).status).toBe(ESHUTDOWN);
+    expect(held.completions).toHaveLength(1);
+    release([held]);
+    await eventually(() => hcd.portStatus(port(1)).connected, 10_000, "the device back");
+    await guest.enumerate(port(1), addr(3));
+    await echo(1, 3, 4096, 2);
+    await expectNoLeaks(conn, hcd, 0);
   });
 });
