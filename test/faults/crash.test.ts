@@ -170,36 +170,39 @@ describe.each(["worker", "shared"] as const)("crashes for real, backend thread %
   });
 });
 
-describe.each(["worker", "shared"] as const)("an impossible ring index, backend thread %s", (backendThread) => {
-  it("latches the fault, and the control plane recovers on its own: new backend, devices back, data moves", async () => {
-    r = await rig({ backendThread });
-    const { conn, hcd, guest } = r;
-    await conn.attach(1, { kind: "emulated", name: "loopback" });
-    await guest.enumerate(port(1), addr(2));
-    await echo(1, 2, 1024, 1);
-    const held = new Tracked(hcd, {
-      type: "bulk",
-      port: port(1),
-      device: addr(2),
-      endpoint: ep(1),
-      directionIn: true,
-      buffer: [guest.buffers.allocate(512)],
+describe.each(["worker", "shared"] as const)(
+  "an impossible ring index, backend thread %s",
+  (backendThread) => {
+    it("latches the fault, and the control plane recovers on its own: new backend, devices back, data moves", async () => {
+      r = await rig({ backendThread });
+      const { conn, hcd, guest } = r;
+      await conn.attach(1, { kind: "emulated", name: "loopback" });
+      await guest.enumerate(port(1), addr(2));
+      await echo(1, 2, 1024, 1);
+      const held = new Tracked(hcd, {
+        type: "bulk",
+        port: port(1),
+        device: addr(2),
+        endpoint: ep(1),
+        directionIn: true,
+        buffer: [guest.buffers.allocate(512)],
+      });
+      await eventually(() => hcd.stats().inFlight === 1, 5000, "one URB in flight");
+      const lost = new Promise<string>((res) => conn.once("backend-lost", res));
+      const ready = new Promise<void>((res) => conn.once("backend-ready", res));
+      // A frontend gone wrong: a producer index a whole ring ahead of what it ever pushed.
+      const words = new Int32Array(conn.handles.urbRing);
+      Atomics.add(words, kReqProd, URB_RING_GEOMETRY.slots + 7);
+      new Doorbell(conn.handles.backendBell).ring();
+      expect(await lost).toMatch(/ring fault/);
+      await ready;
+      expect((await held.done).status).toBe(ESHUTDOWN);
+      expect(held.completions).toHaveLength(1);
+      release([held]);
+      await eventually(() => hcd.portStatus(port(1)).connected, 10_000, "the device back");
+      await guest.enumerate(port(1), addr(3));
+      await echo(1, 3, 4096, 2);
+      await expectNoLeaks(conn, hcd, 0);
     });
-    await eventually(() => hcd.stats().inFlight === 1, 5000, "one URB in flight");
-    const lost = new Promise<string>((res) => conn.once("backend-lost", res));
-    const ready = new Promise<void>((res) => conn.once("backend-ready", res));
-    // A frontend gone wrong: a producer index a whole ring ahead of what it ever pushed.
-    const words = new Int32Array(conn.handles.urbRing);
-    Atomics.add(words, kReqProd, URB_RING_GEOMETRY.slots + 7);
-    new Doorbell(conn.handles.backendBell).ring();
-    expect(await lost).toMatch(/ring fault/);
-    await ready;
-    expect((await held.done).status).toBe(ESHUTDOWN);
-    expect(held.completions).toHaveLength(1);
-    release([held]);
-    await eventually(() => hcd.portStatus(port(1)).connected, 10_000, "the device back");
-    await guest.enumerate(port(1), addr(3));
-    await echo(1, 3, 4096, 2);
-    await expectNoLeaks(conn, hcd, 0);
-  });
-});
+  },
+);

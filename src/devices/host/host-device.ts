@@ -61,6 +61,7 @@ import type {
   UsbDevice,
 } from "../device.js";
 import { configurationBytes, deviceDescriptorBytes, interfaceNumbers } from "./descriptors.js";
+import { claimHostDevice, type DeviceClaim } from "./device-claim.js";
 import { describeDevice, describeWithStrings, type HostDeviceInfo, usbSpeedOf } from "./enumerate.js";
 import {
   type LibusbDevice,
@@ -81,7 +82,8 @@ export type HostDeviceCode =
   | "ERR_USBVIRT_HOST_OPEN"
   | "ERR_USBVIRT_HOST_NOT_OPEN"
   | "ERR_USBVIRT_HOST_REOPEN"
-  | "ERR_USBVIRT_HOST_CLAIM";
+  | "ERR_USBVIRT_HOST_CLAIM"
+  | "ERR_USBVIRT_HOST_IN_USE";
 
 /** A host device that cannot be opened or used. The class owns its codes: HostDeviceCode lists every one. */
 export class HostDeviceError extends UsbvirtError {
@@ -179,6 +181,8 @@ export class HostUsbDevice implements UsbDevice {
   /** The unplug path's release, which close() waits for (no native call may be pending when it resolves). */
   private goneDone: Promise<void> | null = null;
   private readonly goneListeners: ((reason: string) => void)[] = [];
+  /** This thread's hold on the device against every other opener (./device-claim.ts). */
+  private claim: DeviceClaim | null = null;
 
   onGone(listener: (reason: string) => void): void {
     this.goneListeners.push(listener);
@@ -214,8 +218,17 @@ export class HostUsbDevice implements UsbDevice {
     const dev = "identity" in this.target ? this.target : await findHostDevice(this.target);
     const identity = describeDevice(dev);
     const where = `${hex(identity.vendorId)}:${hex(identity.productId)} at ${identity.portPath}`;
+    // Before anything reaches the device (a driver detached, an interface claimed): is it someone else's?
+    const taken = claimHostDevice(identity);
+    if (!taken.ok) {
+      throw "holder" in taken
+        ? new HostDeviceError("ERR_USBVIRT_HOST_IN_USE", `host device ${where} is in use by ${taken.holder}`)
+        : new HostDeviceError("ERR_USBVIRT_HOST_OPEN", `cannot open host device ${where}: ${taken.error}`);
+    }
+    this.claim = taken.claim;
     const rc = dev.open();
     if (rc !== 0) {
+      this.releaseClaim();
       throw new HostDeviceError(
         "ERR_USBVIRT_HOST_OPEN",
         `cannot open host device ${where}: libusb error ${rc}`,
@@ -228,6 +241,7 @@ export class HostUsbDevice implements UsbDevice {
       await this.releaseAll();
       await this.usbfs?.close();
       dev.close();
+      this.releaseClaim();
       throw new HostDeviceError("ERR_USBVIRT_HOST_CLAIM", `cannot claim host device ${where}: ${claimError}`);
     }
     this.identity = identity;
@@ -447,6 +461,7 @@ export class HostUsbDevice implements UsbDevice {
     await this.releaseAll();
     await this.usbfs?.close();
     if (this.inFlight.size === 0) this.dev?.close();
+    this.releaseClaim();
     const closing = this.state === "closing"; // close() is waiting: the port is being detached anyway
     this.state = "closed";
     if (!closing) {
@@ -539,7 +554,13 @@ export class HostUsbDevice implements UsbDevice {
     }
     this.detachedDrivers.clear();
     if (this.inFlight.size === 0) dev.close();
+    this.releaseClaim();
     this.state = "closed";
+  }
+
+  private releaseClaim(): void {
+    this.claim?.release();
+    this.claim = null;
   }
 
   /**
@@ -565,6 +586,7 @@ export class HostUsbDevice implements UsbDevice {
     }
     if (this.detachedDrivers.size > 0)
       left.push(`kernel driver(s) of interface(s) ${[...this.detachedDrivers].join(", ")} (not re-attached)`);
+    this.releaseClaim(); // what is still held is said below; the device is no longer this thread's
     if (left.length > 0)
       this.log(`${this.infoValue?.name ?? "host device"}: abandoned; still held: ${left.join("; ")}`);
   }

@@ -1,0 +1,78 @@
+/**
+ * Child process under test/host/children/testbed.py (interactive umockdev): who may hold one host device.
+ *   1. connection A attaches the device;
+ *   2. connection B (this process) asks for it: refused, naming this process;
+ *   3. another process asks for it: refused, naming this process;
+ *   4. A detaches it: B attaches it.
+ * With `crash` as argument, step 4 is instead: A's port worker is crashed (process.exit on it, no close),
+ * and B attaches the device once the port reported the failure.
+ * Prints `VERDICT <json>`.
+ */
+import { spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { Connection } from "../../../src/engine/connection.js";
+import { PID, VID } from "../fixture.js";
+
+const spec = { kind: "host", vendorId: VID, productId: PID } as const;
+
+async function refusal(conn: Connection): Promise<{ code: unknown; message: string } | null> {
+  try {
+    await conn.attach(1, spec);
+    return null;
+  } catch (err) {
+    return { code: (err as { code?: unknown }).code, message: String((err as Error).message) };
+  }
+}
+
+async function main(): Promise<Record<string, unknown>> {
+  const a = await Connection.create({ ports: 2, memory: 1024 });
+  const b = await Connection.create({ ports: 2, memory: 1024 });
+  try {
+    await a.attach(1, spec);
+    const inProcess = await refusal(b);
+    const engine = fileURLToPath(new URL("../../../src/engine/connection.ts", import.meta.url));
+    const script = `
+      const { Connection } = await import(${JSON.stringify(engine)});
+      const c = await Connection.create({ ports: 1, memory: 256 });
+      try { await c.attach(1, ${JSON.stringify(spec)}); console.log("RESULT " + JSON.stringify(null)); }
+      catch (err) { console.log("RESULT " + JSON.stringify({ code: err.code, message: err.message })); }
+      await c.close();
+    `;
+    const other = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+      encoding: "utf8",
+      timeout: 20_000,
+    });
+    const line = other.stdout.split("\n").find((l) => l.startsWith("RESULT "));
+    const otherProcess: unknown =
+      line === undefined ? `no result: ${other.stderr.slice(-500)}` : JSON.parse(line.slice(7));
+    if (process.argv.includes("crash")) {
+      const failed = new Promise<string>((res) => a.once("port-failed", (_p, why) => res(why)));
+      await a.crashPort(1, "exit");
+      await failed;
+    } else {
+      await a.detach(1);
+    }
+    const after = await refusal(b);
+    return { pid: process.pid, inProcess, otherProcess, after };
+  } finally {
+    await a.close();
+    await b.close();
+  }
+}
+
+const watchdog = setTimeout(() => {
+  process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: "timed out in the child" })}\n`);
+  process.exit(2);
+}, 25_000);
+main().then(
+  (v) => {
+    clearTimeout(watchdog);
+    process.stdout.write(`VERDICT ${JSON.stringify({ ok: true, ...v })}\n`);
+    process.exit(0);
+  },
+  (err: unknown) => {
+    clearTimeout(watchdog);
+    process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: String(err) })}\n`);
+    process.exit(1);
+  },
+);

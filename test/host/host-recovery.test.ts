@@ -1,0 +1,77 @@
+/**
+ * Who holds a host device, and what is given back when its holder dies, under the interactive umockdev
+ * testbed (test/host/children/testbed.py): a second connection or a second process asking for a device
+ * another holds is refused with "in use by …" before anything reaches the device; once the holder lets
+ * go — by detaching, or by its port worker crashing — the device can be taken again.
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { fakeDevice } from "./fixture.js";
+import { runChild } from "./run-child.js";
+import { findTestbedPython, findUmockdevRun, umockdevDescription } from "./umockdev.js";
+
+const testbedPython = findUmockdevRun() === null ? null : findTestbedPython();
+if (testbedPython === null) {
+  console.warn(
+    "test/host/host-recovery: SKIPPED — umockdev-run or python3 with gir1.2-umockdev-1.0 is not installed",
+  );
+}
+
+/** Run `child` under the testbed with the fixture's echo device plugged in; its verdict and the ioctl log. */
+async function underTestbed(
+  child: string,
+  childArgs: readonly string[],
+  testbedArgs: readonly string[] = [],
+): Promise<{ verdict: Record<string, unknown>; ioctls: string[] }> {
+  const dir = mkdtempSync(join(tmpdir(), "usbvirt-testbed-"));
+  try {
+    const description = join(dir, "device.umockdev");
+    const log = join(dir, "ioctls.log");
+    writeFileSync(description, umockdevDescription(fakeDevice));
+    writeFileSync(log, "");
+    const out = await runChild(
+      testbedPython!,
+      [
+        "test/host/children/testbed.py",
+        ...testbedArgs,
+        description,
+        `/sys${fakeDevice.sysfsPath}`,
+        "--",
+        process.execPath,
+        "--import",
+        "tsx",
+        child,
+        ...childArgs,
+      ],
+      40_000,
+      { USBVIRT_TESTBED_LOG: log },
+    );
+    const v = out.verdict;
+    if (v === null || v.ok !== true) {
+      throw new Error(
+        `${child} failed (exit ${out.code}, ${out.ms} ms): ${JSON.stringify(v)}\n${out.stderr.slice(-2000)}`,
+      );
+    }
+    return { verdict: v, ioctls: readFileSync(log, "utf8").split("\n").filter(Boolean) };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe.skipIf(testbedPython === null)("host device arbitration under the umockdev testbed", () => {
+  it("refuses a device held by another connection or another process with 'in use by …', and hands it over on detach", async () => {
+    const { verdict: v } = await underTestbed("test/host/children/arbitration.ts", []);
+    const pid = v.pid as number;
+    for (const refused of [v.inProcess, v.otherProcess]) {
+      expect(refused).toMatchObject({ code: "ERR_USBVIRT_HOST_IN_USE" });
+      expect((refused as { message: string }).message).toMatch(
+        new RegExp(
+          `host device 1209:7301 at 1-1 is in use by arbitration\\.ts \\(pid ${pid}, thread \\d+\\)$`,
+        ),
+      );
+    }
+    expect(v.after).toBeNull(); // attached once A let go
+  });
+});
