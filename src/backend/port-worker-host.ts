@@ -32,6 +32,8 @@ export interface PortWorkerData {
   readonly heartbeat: SharedArrayBuffer;
   /** How often the heartbeat word is bumped (default HEARTBEAT_MS). */
   readonly heartbeatMs?: number;
+  /** What the device holds outside this thread (src/devices/host/held-record.ts), for the backend. */
+  readonly held: SharedArrayBuffer;
   /** comlink control channel (device commands, stats, close). */
   readonly control: MessagePort;
   /** The connection's spinner cap, shared with the frontend and the backend. */
@@ -77,6 +79,7 @@ export async function startPortWorkerHost(data: PortWorkerData): Promise<void> {
   let device: UsbDevice;
   try {
     device = createDevice(data.spec);
+    device.trackHoldings?.(data.held);
     await device.open();
   } catch (err) {
     const hello: PortWorkerHello = { type: "error", error: serializeError(err) };

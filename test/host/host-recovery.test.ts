@@ -75,3 +75,36 @@ describe.skipIf(testbedPython === null)("host device arbitration under the umock
     expect(v.after).toBeNull(); // attached once A let go
   });
 });
+
+describe.skipIf(testbedPython === null)("a port worker that dies holding a host device", () => {
+  it.each([
+    ["killed (terminate(): no exit hook runs)", "kill"],
+    ["crashed (process.exit on it: its exit hook runs)", "crash"],
+  ])(
+    "%s: the backend asks for the kernel driver back, lets go of the lock, and the device can be taken again",
+    async (_what, how) => {
+      const { verdict: v, ioctls } = await underTestbed(
+        "test/host/children/arbitration.ts",
+        [how],
+        ["--driver", "usbhid"],
+      );
+      expect(v.inProcess).toMatchObject({ code: "ERR_USBVIRT_HOST_IN_USE" });
+      // The first holder detached usbhid and claimed the interface ...
+      expect(ioctls.slice(0, 4)).toEqual([
+        "getdriver 0 usbhid",
+        "getdriver 0 usbhid",
+        "disconnect 0",
+        "claim 0",
+      ]);
+      // ... and once its worker was gone, the backend asked for usbhid to be bound again (USBDEVFS_CONNECT
+      // through a new fd on the device node) before the second holder took the device. What this cannot show:
+      // that the bind succeeds. The testbed does not see an fd close (umockdev reports no vanished client), so
+      // it still counts the dead worker's claim and answers EBUSY, where Linux dropped that fd's claims when
+      // node-usb closed it on the worker's teardown (or the exit hook did).
+      expect(ioctls[4]).toMatch(/^connect 0( -> 16)?$/);
+      expect(v.after).toBeNull();
+      expect((v.fdsHeld as string[]).some((f) => f.includes("bus/usb/001/002"))).toBe(true);
+      expect((v.fdsLeft as string[]).filter((f) => f.includes("bus/usb/"))).toEqual([]);
+    },
+  );
+});

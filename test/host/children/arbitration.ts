@@ -9,9 +9,24 @@
  * Prints `VERDICT <json>`.
  */
 import { spawnSync } from "node:child_process";
+import { readdirSync, readlinkSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { Connection } from "../../../src/engine/connection.js";
 import { PID, VID } from "../fixture.js";
+
+/** This process's fds open on a USB device node (as /proc/self/fd names them). */
+function deviceFds(): string[] {
+  const found: string[] = [];
+  for (const fd of readdirSync("/proc/self/fd")) {
+    try {
+      const target = readlinkSync(`/proc/self/fd/${fd}`);
+      if (target.includes("bus/usb") || target.startsWith("socket:")) found.push(`${fd} ${target}`);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return found;
+}
 
 const spec = { kind: "host", vendorId: VID, productId: PID } as const;
 
@@ -45,15 +60,20 @@ async function main(): Promise<Record<string, unknown>> {
     const line = other.stdout.split("\n").find((l) => l.startsWith("RESULT "));
     const otherProcess: unknown =
       line === undefined ? `no result: ${other.stderr.slice(-500)}` : JSON.parse(line.slice(7));
-    if (process.argv.includes("crash")) {
+    const fdsHeld = deviceFds();
+    const end = process.argv.find((x) => x === "crash" || x === "kill");
+    if (end !== undefined) {
+      // Crashed (process.exit on the port worker: its exit hook runs) or killed (terminate(): none runs).
       const failed = new Promise<string>((res) => a.once("port-failed", (_p, why) => res(why)));
-      await a.crashPort(1, "exit");
+      if (end === "crash") await a.crashPort(1, "exit");
+      else await a.killPort(1);
       await failed;
     } else {
       await a.detach(1);
     }
+    const fdsLeft = deviceFds();
     const after = await refusal(b);
-    return { pid: process.pid, inProcess, otherProcess, after };
+    return { pid: process.pid, inProcess, otherProcess, after, fdsHeld, fdsLeft };
   } finally {
     await a.close();
     await b.close();
