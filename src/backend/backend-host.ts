@@ -40,6 +40,11 @@ export interface BackendHostData {
    * frontend: a spin there only keeps the peer from running.
    */
   readonly maxSpinMicros?: number;
+  /**
+   * One held record per port (index = port; src/devices/host/held-record.ts), owned by the control plane:
+   * if this backend dies with its port workers, the control plane gives back what their devices held.
+   */
+  readonly heldRecords?: readonly SharedArrayBuffer[];
   /** The backend runs on the frontend's thread (Connection `backendThread: "shared"`). */
   readonly onFrontendThread?: boolean;
 }
@@ -152,9 +157,11 @@ export function startBackendHost(hostData: BackendHostData): void {
         backendBell: data.handles.backendBell,
       });
     }
+    const held = data.heldRecords?.[port];
     const link = await spawnPortWorker({
       port,
       spec,
+      ...(held === undefined ? {} : { held }),
       memory: data.handles.memory,
       backendBell: data.handles.backendBell,
       heartbeatMs: watchdogMs,

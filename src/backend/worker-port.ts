@@ -132,6 +132,8 @@ export interface SpawnPortOptions {
   readonly readyTimeoutMs?: number;
   /** The port worker's heartbeat period (a quarter of the hung-port limit is plenty). */
   readonly heartbeatMs?: number;
+  /** Where the device publishes what it holds (src/devices/host/held-record.ts); a fresh one if absent. */
+  readonly held?: SharedArrayBuffer;
 }
 
 /** Start a port worker for `spec` and wait for it to open its device. */
@@ -140,7 +142,7 @@ export async function spawnPortWorker(options: SpawnPortOptions): Promise<PortLi
   const isoTable = createPortIsoTable();
   const bell = Doorbell.create();
   const heartbeat = new SharedArrayBuffer(8);
-  const held = createHeldRecord();
+  const held = options.held ?? createHeldRecord();
   const { port1, port2 } = new MessageChannel();
   const data: PortWorkerData = {
     port: options.port,

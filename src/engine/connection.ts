@@ -26,6 +26,7 @@ import {
   createControllerHandles,
   type HandlesOptions,
 } from "../connection/handles.js";
+import { createHeldRecord, releaseHeld } from "../devices/host/held-record.js";
 import { type DeviceSpec, describeSpec } from "../devices/spec.js";
 import { checkDeviceSpec } from "../devices/spec-schema.js";
 import { VirtualHostController } from "../frontend/index.js";
@@ -126,6 +127,11 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   /** What each port should have: re-attached after a backend restart. */
   private readonly wanted = new Map<number, DeviceSpec>();
   private restarts = 0;
+  /**
+   * Per port, what its host device holds outside its port worker (src/devices/host/held-record.ts): a
+   * backend worker that dies takes its port workers with it, and nobody else is left to give it back.
+   */
+  private readonly heldRecords: readonly SharedArrayBuffer[];
   private restarting: Promise<void> | null = null;
   private readonly reconnector = new PortReconnector({
     attach: (port, spec) => this.attachSpec(port, spec),
@@ -143,6 +149,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   ) {
     super();
     this.handles = handles;
+    this.heldRecords = Array.from({ length: handles.ports + 1 }, () => createHeldRecord());
     // Beside a backend on this thread a spin only keeps the peer from running.
     const frontendOptions =
       options.backendThread === "shared"
@@ -180,6 +187,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       control: control.port2,
       events: events.port2,
       ...(this.options.hungPortMs !== undefined ? { hungPortMs: this.options.hungPortMs } : {}),
+      heldRecords: this.heldRecords,
       ...(shared ? { maxSpinMicros: 0, onFrontendThread: true } : {}),
     };
     let worker: Worker | null = null;
@@ -394,6 +402,22 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     disconnect(b.api);
     b.events.close();
     if (b.worker !== null && !b.exited) await b.worker.terminate();
+    if (b.worker !== null) this.giveBackHeld();
+  }
+
+  /** After a backend worker ended: what its port workers' host devices still held is given back here. */
+  private giveBackHeld(): void {
+    this.heldRecords.forEach((record, port) => {
+      const given = releaseHeld(record);
+      if (given === null) return;
+      const drivers =
+        given.reattached.length > 0 ? `; kernel driver(s) re-attached to ${given.reattached.join(", ")}` : "";
+      const failed = given.failed.length > 0 ? `; not re-attached: ${given.failed.join(", ")}` : "";
+      this.emit(
+        "log",
+        `port ${port}: host device given back by the control plane (usbfs fd ${given.usbfsFd}, lock released${drivers}${failed})`,
+      );
+    });
   }
 
   /** Detach every device, stop the backend and the frontend. */

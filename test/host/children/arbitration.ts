@@ -4,14 +4,17 @@
  *   2. connection B (this process) asks for it: refused, naming this process;
  *   3. another process asks for it: refused, naming this process;
  *   4. A detaches it: B attaches it.
- * With `crash` as argument, step 4 is instead: A's port worker is crashed (process.exit on it, no close),
- * and B attaches the device once the port reported the failure.
+ * With `crash` or `kill` as argument, step 4 is instead: A's port worker is crashed (process.exit on it) or
+ * terminated (no exit hook runs), and B attaches the device once the port reported the failure. With
+ * `backend`, A's backend worker ends (process.exit) instead; A's control plane attaches the device again.
  * Prints `VERDICT <json>`.
  */
 import { spawnSync } from "node:child_process";
 import { readdirSync, readlinkSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { Connection } from "../../../src/engine/connection.js";
+import type { PortNum } from "../../../src/urb/types.js";
+import { eventually } from "../../support/eventually.js";
 import { PID, VID } from "../fixture.js";
 
 /** This process's fds open on a USB device node (as /proc/self/fd names them). */
@@ -61,7 +64,19 @@ async function main(): Promise<Record<string, unknown>> {
     const otherProcess: unknown =
       line === undefined ? `no result: ${other.stderr.slice(-500)}` : JSON.parse(line.slice(7));
     const fdsHeld = deviceFds();
-    const end = process.argv.find((x) => x === "crash" || x === "kill");
+    const end = process.argv.find((x) => x === "crash" || x === "kill" || x === "backend");
+    if (end === "backend") {
+      // The backend worker ends (process.exit on it) and takes A's port worker with it; the control plane
+      // starts a new backend and attaches the device again, which it can only do once it was given back.
+      const ready = new Promise<void>((res) => a.once("backend-ready", () => res()));
+      const logs: string[] = [];
+      a.on("log", (line) => logs.push(line));
+      await a.crashBackend("exit");
+      await ready;
+      await eventually(() => a.frontend!.portStatus(1 as PortNum).connected, 20_000, "A's device back");
+      const fdsLeft = deviceFds();
+      return { pid: process.pid, inProcess, otherProcess, after: await refusal(b), fdsHeld, fdsLeft, logs };
+    }
     if (end !== undefined) {
       // Crashed (process.exit on the port worker: its exit hook runs) or killed (terminate(): none runs).
       const failed = new Promise<string>((res) => a.once("port-failed", (_p, why) => res(why)));
