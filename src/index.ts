@@ -11,6 +11,8 @@
  *   VMM's device model submits URBs to; typed events with on / once / off.
  * - GuestUsbDriver, BulkOnlyClient (src/guest): a small guest USB core.
  * - UsbipServer, UsbipClient (src/usbip): the USB/IP faces.
+ * - UsbredirServer (src/usbredir): the usbredir face, one device to a VMM
+ *   such as QEMU's usb-redir (`usbvirt redirect` is this class).
  * - HostHotplug, listHostDevices: real devices through libusb (loaded lazily).
  * - Device specs, the emulated device list, the USB vocabulary a caller
  *   needs (branded numbers with checked constructors, URB statuses) and
@@ -133,4 +135,10 @@ export {
   UsbipServerError,
   type UsbipServerOptions,
 } from "./usbip-server/server.js";
+export {
+  type UsbredirEndpoint,
+  UsbredirServer,
+  UsbredirServerError,
+  type UsbredirServerOptions,
+} from "./usbredir/server.js";
 export { InvalidOptionError, NotImplementedError, UsbvirtError } from "./util/errors.js";

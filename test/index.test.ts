@@ -22,6 +22,7 @@ const classes = [
   "BulkOnlyClient",
   "UsbipServer",
   "UsbipClient",
+  "UsbredirServer",
   "HostHotplug",
 ] as const;
 
@@ -45,6 +46,7 @@ const errorClasses = [
   "PortResetError",
   "GuestTransferError",
   "UsbipServerError",
+  "UsbredirServerError",
   "UsbipClientError",
   "UsbipImportError",
   "UsbipRemoteError",
@@ -82,6 +84,18 @@ describe("public API (src/index.ts)", () => {
     expect([api.OK, api.ENODEV, api.EPIPE, api.ESHUTDOWN]).toEqual([0, -19, -32, -108]);
     expect(api.portNum(1)).toBe(1);
     expect(() => api.portNum(32)).toThrow();
+  });
+
+  it("exports UsbredirServer as it does UsbipServer: options checked before anything starts", async () => {
+    const options: apiModule.UsbredirServerOptions = {
+      device: { kind: "emulated", name: "loopback" },
+      listen: { port: 0 },
+      connect: { host: "127.0.0.1", port: 1 },
+    };
+    await expect(api.UsbredirServer.start(options)).rejects.toThrow(api.UsbredirServerError);
+    await expect(api.UsbredirServer.start(options)).rejects.toMatchObject({
+      code: "ERR_USBVIRT_USBREDIR_OPTIONS",
+    });
   });
 
   it("keeps the data plane's parts out of it and under usbvirt/internals", () => {

@@ -12,10 +12,10 @@
  * thread removes the two thread hand-offs per batch, which is what a network
  * server on a busy two-core host pays most for.
  */
-import type { MessagePort } from "node:worker_threads";
+import { isMainThread, type MessagePort } from "node:worker_threads";
 import { type BackendEvent, type BackendStats, UsbBackend } from "../backend/backend.js";
 import { openInlinePort } from "../backend/inline-port.js";
-import type { DeviceSummary, PortLink } from "../backend/port-link.js";
+import type { DeviceSummary, PortCrash, PortLink } from "../backend/port-link.js";
 import { spawnPortWorker, type WorkerPort } from "../backend/worker-port.js";
 import { type ControllerHandles, spinLimiterOf } from "../connection/handles.js";
 import type { DeviceSpec } from "../devices/spec.js";
@@ -40,6 +40,13 @@ export interface BackendHostData {
    * frontend: a spin there only keeps the peer from running.
    */
   readonly maxSpinMicros?: number;
+  /**
+   * One held record per port (index = port; src/devices/host/held-record.ts), owned by the control plane:
+   * if this backend dies with its port workers, the control plane gives back what their devices held.
+   */
+  readonly heldRecords?: readonly SharedArrayBuffer[];
+  /** The backend runs on the frontend's thread (Connection `backendThread: "shared"`). */
+  readonly onFrontendThread?: boolean;
 }
 
 export interface BackendApi {
@@ -59,15 +66,27 @@ export interface BackendApi {
   killPort(port: number): Promise<void>;
   /** Fault injection: stall a port worker's event loop for `ms` (the watchdog should cut it off). */
   freezePort(port: number, ms: number): Promise<void>;
+  /** Fault injection: crash a port for real (see PortCrash). */
+  crashPort(port: number, how: PortCrash): Promise<void>;
+  /** Fault injection: crash this backend for real (see BackendCrash). */
+  crash(how: BackendCrash): Promise<void>;
   close(): Promise<void>;
 }
+
+/**
+ * How a backend crashes (fault injection): "throw", the service loop's next turn throws (either thread);
+ * "exit", process.exit on the backend worker (a backend on the frontend's thread refuses: it would end
+ * the process).
+ */
+export type BackendCrash = "throw" | "exit";
 
 /** A port request the backend refused. */
 export type BackendPortCode =
   | "ERR_USBVIRT_PORT_RANGE"
   | "ERR_USBVIRT_PORT_EMPTY"
   | "ERR_USBVIRT_PORT_BUSY"
-  | "ERR_USBVIRT_PORT_PLACEMENT";
+  | "ERR_USBVIRT_PORT_PLACEMENT"
+  | "ERR_USBVIRT_BACKEND_CRASH";
 
 /** A port request the backend refused. The class owns its codes: BackendPortCode lists every one. */
 export class BackendPortError extends UsbvirtError {
@@ -96,6 +115,8 @@ export function startBackendHost(hostData: BackendHostData): void {
   const attaching = new Set<number>();
   /** Port worker threads started and not yet exited. */
   let liveWorkers = 0;
+  /** Fault injection: the service loop's next turn throws. */
+  let crashNext = false;
 
   backend.onEvent((e: BackendEvent) => data.events.postMessage(e));
 
@@ -136,9 +157,11 @@ export function startBackendHost(hostData: BackendHostData): void {
         backendBell: data.handles.backendBell,
       });
     }
+    const held = data.heldRecords?.[port];
     const link = await spawnPortWorker({
       port,
       spec,
+      ...(held === undefined ? {} : { held }),
       memory: data.handles.memory,
       backendBell: data.handles.backendBell,
       heartbeatMs: watchdogMs,
@@ -229,6 +252,26 @@ export function startBackendHost(hostData: BackendHostData): void {
       await requireLink(port).host.freeze(ms);
     },
 
+    async crashPort(port, how) {
+      await requireLink(port).host.crash(how);
+    },
+
+    async crash(how) {
+      if (how === "exit") {
+        if (isMainThread || data.onFrontendThread === true) {
+          throw new BackendPortError(
+            "ERR_USBVIRT_BACKEND_CRASH",
+            "the backend shares the frontend's thread: process.exit would end the process (crash it with 'throw')",
+          );
+        }
+        // Answer first, then end the thread the way a fatal error would: no close(), no detach.
+        setImmediate(() => process.exit(70));
+        return;
+      }
+      crashNext = true;
+      backend.bell.ring(); // a parked loop turns now
+    },
+
     async close() {
       const stopped = loop.stop();
       for (const link of backend.links) await api.detach(link.port).catch(() => undefined);
@@ -254,7 +297,13 @@ export function startBackendHost(hostData: BackendHostData): void {
   // event loop so their completions can land; a frontend that broke the protocol stalls it (the manager
   // decides: reset or close).
   const loop = new ServiceLoop({
-    poll: () => backend.poll(),
+    poll: () => {
+      if (crashNext) {
+        crashNext = false;
+        throw new Error("backend crashed (fault injection)");
+      }
+      return backend.poll();
+    },
     waitable: backend,
     bell: backend.bell,
     spin,

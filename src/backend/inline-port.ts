@@ -22,7 +22,7 @@ import { createPortIsoTable, PORT_RING_GEOMETRY } from "../port/port-wire.js";
 import { Doorbell } from "../rings/doorbell.js";
 import { createRingBuffer } from "../rings/layout.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
-import { type PortHost, type PortHostEvents, PortLink, PortStartError } from "./port-link.js";
+import { type PortCrash, type PortHost, type PortHostEvents, PortLink, PortStartError } from "./port-link.js";
 
 /** An operation an inline (backend-thread) port cannot do. */
 export type InlinePortCode = "ERR_USBVIRT_PORT_PLACEMENT";
@@ -41,6 +41,8 @@ export class InlinePort implements PortHost {
   private events: PortHostEvents | null = null;
   private broken = false;
   private retired = false;
+  /** Fault injection: the port service's next run throws. */
+  private crashNext = false;
 
   constructor(
     private readonly port: number,
@@ -52,6 +54,10 @@ export class InlinePort implements PortHost {
     // Run whatever the ring says: nobody waits on its doorbell, the service runs right here.
     if (this.broken || this.retired) return;
     try {
+      if (this.crashNext) {
+        this.crashNext = false;
+        throw new Error("port service crashed (fault injection)");
+      }
       this.service.drain();
     } catch (err) {
       this.fail(`port service threw: ${err instanceof Error ? err.message : String(err)}`);
@@ -104,6 +110,16 @@ export class InlinePort implements PortHost {
 
   async kill(): Promise<void> {
     this.fail("port ended by the control plane");
+  }
+
+  async crash(how: PortCrash): Promise<void> {
+    if (how === "exit") {
+      throw new InlinePortError(
+        "ERR_USBVIRT_PORT_PLACEMENT",
+        `port ${this.port} runs on the backend thread; process.exit would end the backend (crash the backend, or attach with placement 'worker')`,
+      );
+    }
+    this.crashNext = true; // thrown inside the next kick, which the backend's next publish makes
   }
 
   async freeze(): Promise<void> {

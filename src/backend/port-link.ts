@@ -46,6 +46,13 @@ export interface DeviceSummary {
  */
 export type PortPlacement = "backend" | "worker";
 
+/**
+ * How a port crashes (fault injection): "throw", an exception nothing catches — in the port worker's
+ * event loop, or in the port service while the backend runs it (an inline port); "exit", process.exit on
+ * the port worker (an inline port refuses: it would end the backend's thread).
+ */
+export type PortCrash = "throw" | "exit";
+
 /** What a port host reports to the backend worker (each at most once). */
 export interface PortHostEvents {
   /** The device disappeared; every completion it produced is already on the port ring. */
@@ -80,6 +87,8 @@ export interface PortHost {
   kill(): Promise<void>;
   /** Fault injection: stall the host's event loop for `ms`. */
   freeze(ms: number): Promise<void>;
+  /** Fault injection: crash the host for real (no close, no exit hook of ours is skipped or added). */
+  crash(how: PortCrash): Promise<void>;
 }
 
 export class PortLink {

@@ -17,7 +17,7 @@ import { PortService, type PortStats } from "../port/port-service.js";
 import { SpinLimiter } from "../rings/spin.js";
 import { type SerializedValue, serializeError } from "../util/error-wire.js";
 import { serve } from "../util/rpc.js";
-import type { DeviceSummary } from "./port-link.js";
+import type { DeviceSummary, PortCrash } from "./port-link.js";
 
 export interface PortWorkerData {
   readonly port: number;
@@ -32,6 +32,8 @@ export interface PortWorkerData {
   readonly heartbeat: SharedArrayBuffer;
   /** How often the heartbeat word is bumped (default HEARTBEAT_MS). */
   readonly heartbeatMs?: number;
+  /** What the device holds outside this thread (src/devices/host/held-record.ts), for the backend. */
+  readonly held: SharedArrayBuffer;
   /** comlink control channel (device commands, stats, close). */
   readonly control: MessagePort;
   /** The connection's spinner cap, shared with the frontend and the backend. */
@@ -66,6 +68,8 @@ export interface PortWorkerApi {
   close(): Promise<void>;
   /** Fault injection: block this worker's event loop for `ms` (a device driver stuck in a syscall). */
   freeze(ms: number): void;
+  /** Fault injection: end this worker as a bug would (PortCrash): an uncaught throw, or process.exit. */
+  crash(how: PortCrash): void;
 }
 
 export const HEARTBEAT_MS = 100;
@@ -75,6 +79,7 @@ export async function startPortWorkerHost(data: PortWorkerData): Promise<void> {
   let device: UsbDevice;
   try {
     device = createDevice(data.spec);
+    device.trackHoldings?.(data.held);
     await device.open();
   } catch (err) {
     const hello: PortWorkerHello = { type: "error", error: serializeError(err) };
@@ -106,6 +111,13 @@ export async function startPortWorkerHost(data: PortWorkerData): Promise<void> {
     freeze(ms) {
       // Answer first, then stall: the caller should not hang on its own fault injection.
       setImmediate(() => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms));
+    },
+    crash(how) {
+      // Answer first, then crash from the event loop, where nothing of ours catches it.
+      setImmediate(() => {
+        if (how === "exit") process.exit(70);
+        throw new Error("port worker crashed (fault injection)");
+      });
     },
     async close() {
       await device.close();

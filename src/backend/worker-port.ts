@@ -6,6 +6,7 @@
  */
 import { once } from "node:events";
 import { MessageChannel, type MessagePort, type Worker } from "node:worker_threads";
+import { createHeldRecord, type HeldRelease, releaseHeld } from "../devices/host/held-record.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import type { PortStats } from "../port/port-service.js";
 import { createPortIsoTable, PORT_RING_GEOMETRY } from "../port/port-wire.js";
@@ -14,7 +15,7 @@ import { createRingBuffer } from "../rings/layout.js";
 import { deserializeError } from "../util/error-wire.js";
 import { connect, disconnect, type Remote } from "../util/rpc.js";
 import { siblingModule, startWorker } from "../util/start-worker.js";
-import { type PortHost, type PortHostEvents, PortLink, PortStartError } from "./port-link.js";
+import { type PortCrash, type PortHost, type PortHostEvents, PortLink, PortStartError } from "./port-link.js";
 import type {
   PortWorkerApi,
   PortWorkerData,
@@ -38,6 +39,7 @@ export class WorkerPort implements PortHost {
     bell: SharedArrayBuffer,
     heartbeat: SharedArrayBuffer,
     control: MessagePort,
+    private readonly held: SharedArrayBuffer,
   ) {
     this.bell = new Doorbell(bell);
     this.heartbeat = new Int32Array(heartbeat);
@@ -58,7 +60,12 @@ export class WorkerPort implements PortHost {
       if (m.type === "gone") events.gone(m.reason);
       else if (m.type === "log") events.log?.(m.line);
     });
-    this.worker.on("exit", (code) => events.failed(`port worker exited (code ${code})`));
+    this.worker.on("exit", (code) => {
+      // Killed (terminate(), OOM) or crashed: what its device still holds is given back from here.
+      const given = releaseHeld(this.held);
+      if (given !== null) events.log?.(describeRelease(given));
+      events.failed(`port worker exited (code ${code})`);
+    });
   }
 
   stats(): Promise<PortStats & { inFlight: number }> {
@@ -97,6 +104,19 @@ export class WorkerPort implements PortHost {
   async freeze(ms: number): Promise<void> {
     await this.api.freeze(ms);
   }
+
+  async crash(how: PortCrash): Promise<void> {
+    await this.api.crash(how);
+  }
+}
+
+/** One line saying what the backend gave back for a port worker that could not. */
+function describeRelease(r: HeldRelease): string {
+  const parts = [`usbfs fd ${r.usbfsFd}`, "device lock released"];
+  if (r.reattached.length > 0)
+    parts.push(`kernel driver(s) re-attached to interface(s) ${r.reattached.join(", ")}`);
+  if (r.failed.length > 0) parts.push(`not re-attached: interface(s) ${r.failed.join(", ")}`);
+  return `the port worker ended holding its host device; given back by the backend: ${parts.join("; ")}`;
 }
 
 export interface SpawnPortOptions {
@@ -112,6 +132,8 @@ export interface SpawnPortOptions {
   readonly readyTimeoutMs?: number;
   /** The port worker's heartbeat period (a quarter of the hung-port limit is plenty). */
   readonly heartbeatMs?: number;
+  /** Where the device publishes what it holds (src/devices/host/held-record.ts); a fresh one if absent. */
+  readonly held?: SharedArrayBuffer;
 }
 
 /** Start a port worker for `spec` and wait for it to open its device. */
@@ -120,6 +142,7 @@ export async function spawnPortWorker(options: SpawnPortOptions): Promise<PortLi
   const isoTable = createPortIsoTable();
   const bell = Doorbell.create();
   const heartbeat = new SharedArrayBuffer(8);
+  const held = options.held ?? createHeldRecord();
   const { port1, port2 } = new MessageChannel();
   const data: PortWorkerData = {
     port: options.port,
@@ -130,6 +153,7 @@ export async function spawnPortWorker(options: SpawnPortOptions): Promise<PortLi
     backendBell: options.backendBell,
     memory: options.memory,
     heartbeat,
+    held,
     control: port2,
     ...(options.heartbeatMs === undefined ? {} : { heartbeatMs: options.heartbeatMs }),
     ...(options.spinLimiter === undefined
@@ -159,14 +183,16 @@ export async function spawnPortWorker(options: SpawnPortOptions): Promise<PortLi
     });
   }).catch(async (err: unknown) => {
     await worker.terminate();
+    releaseHeld(held); // a device opened after the READY timeout
     port1.close();
     throw err;
   });
   if (hello.type !== "ready") {
     await once(worker, "exit").catch(() => undefined);
+    releaseHeld(held);
     port1.close();
     throw PortStartError.deviceOpen(options.port, deserializeError(hello.error));
   }
-  const host = new WorkerPort(worker, bell, heartbeat, port1);
+  const host = new WorkerPort(worker, bell, heartbeat, port1, held);
   return new PortLink(options.port, { ...hello.summary, placement: "worker" }, ring, host, isoTable);
 }

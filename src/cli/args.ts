@@ -151,3 +151,15 @@ export const METRICS_OPTION: OptionSpec = {
   value: "[HOST:]PORT",
   help: "serve Prometheus metrics at http://HOST:PORT/metrics and a status page at / (host 127.0.0.1 unless given)",
 };
+export const LOG_FORMAT_OPTION: OptionSpec = {
+  name: "log-format",
+  kind: "string",
+  value: "text|json",
+  help: "log lines as text (default) or one JSON object per line (time, level, message, client, busid)",
+};
+export const CONFIG_OPTION: OptionSpec = {
+  name: "config",
+  kind: "string",
+  value: "FILE",
+  help: "read these settings from a JSON file (flags win)",
+};

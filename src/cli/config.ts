@@ -1,10 +1,12 @@
 /**
- * The settings of `usbvirt serve`, one schema for both of their sources: the command-line flags and the
- * JSON config file (`--config FILE`). Each source is checked whole against it, so every wrong key, type or
- * value is an error naming the key (and the file, or the flag); the CLI turns it into exit status 2. Flags
- * win over the file, key by key. The schema is published as JSON Schema (schema/usbvirt.schema.json,
- * written by scripts/gen-config-schema.ts; a test fails when the checked-in file is stale), so an editor
- * can check a config file that says `"$schema": ".../usbvirt.schema.json"`.
+ * The settings of the daemon commands (`usbvirt serve` here, `usbvirt redirect` in redirect-config.ts), one
+ * schema per command for both of their sources: the command-line flags and the JSON config file (`--config
+ * FILE`). Each source is checked whole against it, so every wrong key, type or value is an error naming the
+ * key (and the file, or the flag); the CLI turns it into exit status 2. Flags win over the file, key by key.
+ * Each schema is published as JSON Schema (schema/usbvirt.schema.json for serve,
+ * schema/usbvirt-redirect.schema.json for redirect, written by scripts/gen-config-schema.ts; a test fails
+ * when a checked-in file is stale), so an editor can check a config file that says `"$schema": "…"`.
+ * This file: the machinery (CommandSettings), the fields both commands share, and serve's schema.
  *
  * Why valibot: it is small and tree-shaken (the CLI and the device-spec gate pull in a few KB of it, no
  * code generation, no dependencies), its issues carry the path of the offending value (`devices[0].name`),
@@ -29,6 +31,11 @@ const HOST_NAME =
 /** The shape of an address or subnet, for editors; parseIpPrefix decides. */
 const IP_PREFIX_SHAPE = /^[0-9A-Fa-f:.]+(\/[0-9]{1,3})?$/;
 
+/** An IP address (no prefix) or a host name. */
+export function isHostText(text: string): boolean {
+  return HOST_NAME.test(text) || (parseIpPrefix(text).ok && !text.includes("/"));
+}
+
 /** A --device selector: an emulated device name, "emulated:NAME", or a host selector (VID:PID, BUS-PORT, serial=S). */
 export const DeviceSelectorSchema = v.pipe(
   v.string(),
@@ -38,20 +45,31 @@ export const DeviceSelectorSchema = v.pipe(
   ),
 );
 
-/** A `devices` entry: a selector string, or a device spec object (checked field by field). */
-export const DeviceEntrySchema = v.lazy((input) =>
-  typeof input === "string"
-    ? DeviceSelectorSchema
-    : typeof input === "object" && input !== null && !Array.isArray(input)
-      ? DeviceSpecSchema
-      : v.never(
-          `must be a selector string ("loopback", "1209:0001", "1-1.2", "serial=S") or a device spec object, not ${
-            Array.isArray(input) ? "an array" : (JSON.stringify(input) ?? typeof input)
-          }`,
-        ),
-);
-/** What DeviceEntrySchema accepts, as one JSON Schema can say it (the generator uses this for it). */
-export const DeviceEntryJsonShape = v.union([DeviceSelectorSchema, DeviceSpecSchema]);
+/**
+ * What each lazy schema below says as JSON Schema: a device entry is chosen by its JSON type at run time
+ * (for errors that name the field), but one JSON Schema says it as a union. scripts/gen-config-schema.ts reads it.
+ */
+export const JSON_SHAPES = new Map<v.GenericSchema, v.GenericSchema>();
+
+/** A device entry: a selector string (checked by `selector`), or a device spec object (checked field by field). */
+export function deviceEntrySchema(selector: v.GenericSchema<string, string>) {
+  const entry = v.lazy((input) =>
+    typeof input === "string"
+      ? selector
+      : typeof input === "object" && input !== null && !Array.isArray(input)
+        ? DeviceSpecSchema
+        : v.never(
+            `must be a selector string ("loopback", "1209:0001", "1-1.2", "serial=S") or a device spec object, not ${
+              Array.isArray(input) ? "an array" : (JSON.stringify(input) ?? typeof input)
+            }`,
+          ),
+  );
+  JSON_SHAPES.set(entry, v.union([selector, DeviceSpecSchema]));
+  return entry;
+}
+
+/** A `devices` entry of serve: a selector string, or a device spec object. */
+export const DeviceEntrySchema = deviceEntrySchema(DeviceSelectorSchema);
 
 const HostSelectorText = v.pipe(
   v.string(),
@@ -98,16 +116,109 @@ function parseReason(input: unknown): string {
 const portMessage = (i: v.BaseIssue<unknown>) =>
   `must be an integer 0..65535, not ${JSON.stringify(i.input)}`;
 
+/** A string that `parse` accepts; the message names the shape (`[HOST:]PORT (e.g. …)`). */
+export function parsedBy(parse: (text: string) => unknown, shape: string) {
+  return v.pipe(
+    v.string((i) => `must be a string, not ${JSON.stringify(i.input)}`),
+    v.check(
+      (text) => {
+        try {
+          parse(text);
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      (i) => `must be ${shape}, not ${JSON.stringify(i.input)}`,
+    ),
+  );
+}
+
+/** The key a config file names its JSON Schema with (for editors; the CLI ignores it). */
+export const SchemaKey = v.optional(
+  v.pipe(v.string(), v.description("the JSON Schema this file follows (for editors)")),
+);
+
+/**
+ * The settings both daemon commands have, under the same keys and flags: who may connect (`peers` names
+ * them in the description), the emulated storage device, logging and the metrics endpoint.
+ */
+export function daemonFields(peers: string) {
+  return {
+    allowClients: v.optional(
+      v.pipe(
+        v.array(ClientAddress, "must be a list of addresses or subnets"),
+        v.description(`accept ${peers} only from these addresses or subnets ("10.0.0.7", "192.168.1.0/24")`),
+      ),
+    ),
+    storageSize: v.optional(
+      v.pipe(
+        v.union(
+          [
+            v.pipe(
+              v.string(),
+              v.regex(SIZE_PATTERN, (i) => `must be a size like "64M", not ${JSON.stringify(i.input)}`),
+            ),
+            v.pipe(v.number(), v.safeInteger("must be a whole number of bytes"), v.minValue(32 * 1024)),
+          ],
+          (i) => `must be a size like "64M" or a number of bytes, not ${JSON.stringify(i.input)}`,
+        ),
+        v.check(
+          (s) => {
+            const n = typeof s === "number" ? s : parseSize(s);
+            return n !== null && n >= 32 * 1024 && n % 512 === 0;
+          },
+          (i) => `must be a multiple of 512 bytes, at least 32K (e.g. "64M"), not ${JSON.stringify(i.input)}`,
+        ),
+        v.description('size of the emulated storage device (default "64M")'),
+      ),
+    ),
+    storageFile: v.optional(
+      v.pipe(
+        v.string((i) => `must be a file path, not ${JSON.stringify(i.input)}`),
+        v.minLength(1, "must not be empty"),
+        v.description("back the emulated storage device by this file"),
+      ),
+    ),
+    quiet: v.optional(v.pipe(v.boolean(), v.description("log only warnings and errors"))),
+    logFormat: v.optional(
+      v.pipe(
+        v.picklist(["text", "json"], (i) => `must be "text" or "json", not ${JSON.stringify(i.input)}`),
+        v.description("log lines as text or as one JSON object per line"),
+      ),
+    ),
+    metrics: v.optional(
+      v.pipe(
+        parsedBy(parseMetricsAddress, '[HOST:]PORT (e.g. "9240", "127.0.0.1:9240")'),
+        v.description("serve Prometheus metrics over HTTP at [HOST:]PORT (host 127.0.0.1 by default)"),
+      ),
+    ),
+  };
+}
+
+/** The flags of the settings daemonFields gives (one name per setting; the flag wins). */
+export const DAEMON_FLAGS = {
+  allowClients: "allow-client",
+  storageSize: "storage-size",
+  storageFile: "storage-file",
+  quiet: "quiet",
+  logFormat: "log-format",
+  metrics: "metrics",
+} as const;
+
+/** Storage size in bytes from a checked `storageSize` setting (default 64 MiB). */
+export function storageBytes(size: string | number | undefined): number {
+  if (size === undefined) return 64 * 1024 * 1024;
+  return typeof size === "number" ? size : parseSize(size)!;
+}
+
 export const ServeConfigSchema = v.pipe(
   v.strictObject({
-    $schema: v.optional(v.pipe(v.string(), v.description("the JSON Schema this file follows (for editors)"))),
+    $schema: SchemaKey,
     bind: v.optional(
       v.pipe(
         v.string(portlessMessage),
-        v.check(
-          (s) => HOST_NAME.test(s) || (parseIpPrefix(s).ok && !s.includes("/")),
-          (i) => `must be an IP address or host name, not ${JSON.stringify(i.input)}`,
-        ),
+        v.check(isHostText, (i) => `must be an IP address or host name, not ${JSON.stringify(i.input)}`),
         v.description("address to listen on (default 127.0.0.1)"),
       ),
     ),
@@ -158,67 +269,7 @@ export const ServeConfigSchema = v.pipe(
         v.description("also export every host device plugged in later that passes the filter"),
       ),
     ),
-    allowClients: v.optional(
-      v.pipe(
-        v.array(ClientAddress, "must be a list of addresses or subnets"),
-        v.description(
-          'accept USB/IP clients only from these addresses or subnets ("10.0.0.7", "192.168.1.0/24")',
-        ),
-      ),
-    ),
-    storageSize: v.optional(
-      v.pipe(
-        v.union(
-          [
-            v.pipe(
-              v.string(),
-              v.regex(SIZE_PATTERN, (i) => `must be a size like "64M", not ${JSON.stringify(i.input)}`),
-            ),
-            v.pipe(v.number(), v.safeInteger("must be a whole number of bytes"), v.minValue(32 * 1024)),
-          ],
-          (i) => `must be a size like "64M" or a number of bytes, not ${JSON.stringify(i.input)}`,
-        ),
-        v.check(
-          (s) => {
-            const n = typeof s === "number" ? s : parseSize(s);
-            return n !== null && n >= 32 * 1024 && n % 512 === 0;
-          },
-          (i) => `must be a multiple of 512 bytes, at least 32K (e.g. "64M"), not ${JSON.stringify(i.input)}`,
-        ),
-        v.description('size of the emulated storage device (default "64M")'),
-      ),
-    ),
-    storageFile: v.optional(
-      v.pipe(
-        v.string((i) => `must be a file path, not ${JSON.stringify(i.input)}`),
-        v.minLength(1, "must not be empty"),
-        v.description("back the emulated storage device by this file"),
-      ),
-    ),
-    quiet: v.optional(v.pipe(v.boolean(), v.description("log only warnings and errors"))),
-    logFormat: v.optional(
-      v.pipe(
-        v.picklist(["text", "json"], (i) => `must be "text" or "json", not ${JSON.stringify(i.input)}`),
-        v.description("log lines as text or as one JSON object per line"),
-      ),
-    ),
-    metrics: v.optional(
-      v.pipe(
-        v.string((i) => `must be a string, not ${JSON.stringify(i.input)}`),
-        v.check(
-          (text) => {
-            try {
-              parseMetricsAddress(text);
-              return true;
-            } catch {
-              return false;
-            }
-          },
-          (i) => `must be [HOST:]PORT (e.g. "9240", "127.0.0.1:9240"), not ${JSON.stringify(i.input)}`,
-        ),
-        v.description("serve Prometheus metrics over HTTP at [HOST:]PORT (host 127.0.0.1 by default)"),
-      ),
-    ),
+    ...daemonFields("USB/IP clients"),
   }),
   v.title("usbvirt serve configuration"),
   v.description("Settings of `usbvirt serve --config FILE`; command-line flags win over them."),
@@ -228,68 +279,87 @@ function portlessMessage(i: v.BaseIssue<unknown>): string {
 }
 
 export type ServeConfig = v.InferOutput<typeof ServeConfigSchema>;
-type ConfigKey = keyof ServeConfig;
 
-/** Each serve flag and the config key it sets (one name per setting; the flag wins). */
-export const FLAG_OF_KEY: Readonly<Record<Exclude<ConfigKey, "$schema">, string>> = {
-  bind: "bind",
-  port: "port",
-  devices: "device",
-  filter: "filter",
-  allow: "allow",
-  deny: "deny",
-  matchNew: "match-new",
-  allowClients: "allow-client",
-  storageSize: "storage-size",
-  storageFile: "storage-file",
-  quiet: "quiet",
-  logFormat: "log-format",
-  metrics: "metrics",
+// ---------------------------------------------------------------- the machinery
+
+/** A command's settings: its schema, each key's flag, and the flags whose digits become a number. */
+export interface CommandSettings<T> {
+  readonly command: string;
+  readonly schema: v.GenericSchema<unknown, T>;
+  readonly flagOfKey: Readonly<Record<Exclude<keyof T, "$schema">, string>>;
+  readonly numericFlags?: readonly string[];
+  /** Keys that say one thing between them (redirect's listen / connect): a flag for one drops the file's others. */
+  readonly oneOf?: readonly (keyof T)[];
+}
+
+export const SERVE_SETTINGS: CommandSettings<ServeConfig> = {
+  command: "serve",
+  schema: ServeConfigSchema,
+  flagOfKey: {
+    bind: "bind",
+    port: "port",
+    devices: "device",
+    filter: "filter",
+    allow: "allow",
+    deny: "deny",
+    matchNew: "match-new",
+    ...DAEMON_FLAGS,
+  },
+  numericFlags: ["port"],
 };
 
+/** Each serve flag and the config key it sets (one name per setting; the flag wins). */
+export const FLAG_OF_KEY = SERVE_SETTINGS.flagOfKey;
+
 /** Read and check a config file; a UsageError names the file and the key. */
-export async function readServeConfig(path: string): Promise<ServeConfig> {
+export async function readConfig<T>(settings: CommandSettings<T>, path: string): Promise<T> {
   let text: string;
   try {
     text = await readFile(path, "utf8");
   } catch (err) {
-    throw new UsageError("serve", `cannot read config file ${path}: ${(err as Error).message}`);
+    throw new UsageError(settings.command, `cannot read config file ${path}: ${(err as Error).message}`);
   }
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (err) {
-    throw new UsageError("serve", `config file ${path} is not JSON: ${(err as Error).message}`);
+    throw new UsageError(settings.command, `config file ${path} is not JSON: ${(err as Error).message}`);
   }
-  return checkServeConfig(value, `config file ${path}`);
+  return checkConfig(settings, value, `config file ${path}`);
 }
 
-export function checkServeConfig(value: unknown, source: string): ServeConfig {
+export function checkConfig<T>(settings: CommandSettings<T>, value: unknown, source: string): T {
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new UsageError("serve", `${source} must hold a JSON object`);
+    throw new UsageError(settings.command, `${source} must hold a JSON object`);
   }
-  const result = v.safeParse(ServeConfigSchema, value, { abortPipeEarly: true });
-  if (!result.success) throw new UsageError("serve", `${source}: ${describeIssues(result.issues, "")}`);
+  const result = v.safeParse(settings.schema, value, { abortPipeEarly: true });
+  if (!result.success) {
+    throw new UsageError(settings.command, `${source}: ${describeIssues(result.issues, "")}`);
+  }
   return result.output;
 }
 
 /**
- * The serve flags, as the config file's keys, checked by the same schema; an error names the flag
- * (`--port: must be an integer 0..65535, not "3253x"`). A port written in digits becomes a number.
+ * A command's flags, as the config file's keys, checked by the same schema; an error names the flag
+ * (`--port: must be an integer 0..65535, not "3253x"`). A numeric flag written in digits becomes a number.
  */
-export function serveConfigFromFlags(options: Readonly<Record<string, unknown>>): ServeConfig {
+export function configFromFlags<T>(
+  settings: CommandSettings<T>,
+  options: Readonly<Record<string, unknown>>,
+): T {
+  const flagOf = settings.flagOfKey as Readonly<Record<string, string>>;
   const input: Record<string, unknown> = {};
-  for (const [key, flag] of Object.entries(FLAG_OF_KEY)) {
+  for (const [key, flag] of Object.entries(flagOf)) {
     const value = options[flag];
     if (value === undefined) continue;
-    input[key] =
-      key === "port" && typeof value === "string" && /^\d{1,5}$/.test(value) ? Number(value) : value;
+    const numeric = settings.numericFlags?.includes(flag) === true;
+    input[key] = numeric && typeof value === "string" && /^\d{1,5}$/.test(value) ? Number(value) : value;
   }
-  const result = v.safeParse(ServeConfigSchema, input, { abortPipeEarly: true });
+  const result = v.safeParse(settings.schema, input, { abortPipeEarly: true });
   if (result.success) return result.output;
   const messages = result.issues.map((issue) => {
     const [head, ...rest] = issue.path ?? [];
-    const flag = `--${FLAG_OF_KEY[head?.key as keyof typeof FLAG_OF_KEY] ?? String(head?.key)}`;
+    const flag = `--${flagOf[String(head?.key)] ?? String(head?.key)}`;
     // Repeatable flags: name the flag, not its index; the message quotes the value.
     const inner = describeIssue(
       issue,
@@ -298,5 +368,18 @@ export function serveConfigFromFlags(options: Readonly<Record<string, unknown>>)
     );
     return `${flag}: ${inner}`;
   });
-  throw new UsageError("serve", messages.join("; "));
+  throw new UsageError(settings.command, messages.join("; "));
+}
+
+/** The file (`--config`), then the flags over it key by key: both checked whole first. */
+export async function commandConfig<T extends object>(
+  settings: CommandSettings<T>,
+  options: Readonly<Record<string, unknown>>,
+): Promise<T> {
+  const file: Partial<T> =
+    typeof options.config === "string" ? await readConfig(settings, options.config) : {};
+  const flags = configFromFlags(settings, options);
+  const group = settings.oneOf ?? [];
+  if (group.some((key) => flags[key] !== undefined)) for (const key of group) delete file[key];
+  return { ...file, ...flags };
 }

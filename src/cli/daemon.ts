@@ -1,5 +1,5 @@
 /**
- * What `usbvirt serve` needs to run as a daemon, kept out of run.ts:
+ * The pieces `usbvirt serve` and `usbvirt redirect` need to run as daemons (daemon-run.ts puts them together):
  * - the package version (`usbvirt --version`);
  * - systemd socket activation (sd_listen_fds(3)): when LISTEN_PID names this process and LISTEN_FDS
  *   says one socket was passed, the server listens on fd 3 instead of binding;
@@ -72,7 +72,7 @@ export function socketActivationFd(env: NodeJS.ProcessEnv = process.env, pid = p
   if (n === 0) return null;
   if (n !== 1) {
     throw new SocketActivationError(
-      `systemd passed ${n} sockets (LISTEN_FDS=${n}); usbvirt serve listens on exactly one (one ListenStream= in the .socket unit)`,
+      `systemd passed ${n} sockets (LISTEN_FDS=${n}); usbvirt listens on exactly one (one ListenStream= in the .socket unit)`,
     );
   }
   return SD_LISTEN_FDS_START;

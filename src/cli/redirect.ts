@@ -6,26 +6,43 @@
  */
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
-import { type FaceLogger, LOG_FORMATS, type LogFormat, streamLogger } from "../network-face/log.js";
-import { parseHostPort } from "../usbip-attach/attach.js";
+import type { FaceLogger } from "../network-face/log.js";
 import { UsbredirServer } from "../usbredir/server.js";
 import {
+  CONFIG_OPTION,
   type CommandSpec,
+  LOG_FORMAT_OPTION,
   METRICS_OPTION,
-  parseSize,
   QUIET_OPTION,
   STORAGE_FILE_OPTION,
   STORAGE_SIZE_OPTION,
 } from "./args.js";
-import { EngineWatch, packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
+import { commandConfig, storageBytes } from "./config.js";
+import { packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
+import {
+  Daemon,
+  daemonLog,
+  dialWarning,
+  hostForPeers,
+  logListenerNotes,
+  USBREDIR_EXPOSURE,
+} from "./daemon-run.js";
 import { UsageError } from "./errors.js";
 import type { ExportEvent, ExportingServer, ExportListener } from "./exporting-server.js";
-import { MetricsEndpoint, parseMetricsAddress } from "./metrics.js";
-import { StatusTracker } from "./status-page.js";
+import {
+  parseConnectAddress,
+  parseListenAddress,
+  REDIRECT_SETTINGS,
+  usbipSpecFromUrl,
+} from "./redirect-config.js";
+
+export { usbipSpecFromUrl } from "./redirect-config.js";
 
 export const REDIRECT: CommandSpec = {
   name: "redirect",
-  summary: "Redirect one device to a QEMU virtual machine over usbredir (QEMU's usb-redir device).",
+  summary:
+    "Redirect one device to a QEMU virtual machine over usbredir (QEMU's usb-redir device).\n" +
+    "Give the device (--device) and where QEMU is (--listen or --connect), as flags or in a --config file.",
   positionals: [],
   options: [
     {
@@ -38,7 +55,7 @@ export const REDIRECT: CommandSpec = {
       name: "listen",
       kind: "string",
       value: "[HOST:]PORT",
-      help: "listen for QEMU's chardev to connect (host 127.0.0.1 unless given)",
+      help: "listen for QEMU's chardev to connect (host 127.0.0.1 unless given; port 0 picks a free one)",
     },
     {
       name: "connect",
@@ -55,25 +72,28 @@ export const REDIRECT: CommandSpec = {
     },
     STORAGE_SIZE_OPTION,
     STORAGE_FILE_OPTION,
+    CONFIG_OPTION,
     QUIET_OPTION,
+    LOG_FORMAT_OPTION,
     METRICS_OPTION,
-    {
-      name: "log-format",
-      kind: "string",
-      value: "text|json",
-      help: "log lines as text (default) or one JSON object per line",
-    },
   ],
   details: `One device per connection, as usbredir defines. In listen mode the device goes to one VM at a
 time; when the VM disconnects its transfers are cancelled, the device is released and the next
-connection gets it. SIGINT/SIGTERM: transfers cancelled, device released, exit 0.
+connection gets it. SIGINT/SIGTERM: transfers cancelled, device released, exit 0. If the engine dies
+for good, redirect logs it and exits 1 (for a supervisor to restart it). Listening beyond loopback logs
+a warning: usbredir has no authentication or encryption. Under systemd socket activation
+(LISTEN_FDS/LISTEN_PID) redirect listens on the passed socket, not --listen.
 
 QEMU, usbvirt listening (usbvirt redirect --device storage --listen 4000):
   qemu-system-x86_64 ... -device qemu-xhci,id=xhci \\
     -chardev socket,id=usbredir0,host=127.0.0.1,port=4000,reconnect=2 \\
     -device usb-redir,chardev=usbredir0,bus=xhci.0
 QEMU listening (usbvirt redirect --device storage --connect 127.0.0.1:4000):
-  ... -chardev socket,id=usbredir0,host=127.0.0.1,port=4000,server=on,wait=off ...`,
+  ... -chardev socket,id=usbredir0,host=127.0.0.1,port=4000,server=on,wait=off ...
+
+Config file (JSON; schema/usbvirt-redirect.schema.json): {"device": "storage", "listen": "127.0.0.1:4000",
+  "storageFile": "disk.img", "storageSize": "64M", "allowClients": ["127.0.0.1"], "metrics": "9241"}
+A --listen or --connect flag replaces the file's listen or connect.`,
 };
 
 export interface RedirectIo {
@@ -84,87 +104,54 @@ export interface RedirectIo {
   onRedirecting?: (server: UsbredirServer) => void;
 }
 
-/** `usbip://HOST[:PORT]/BUSID` → a USB/IP device spec; null when `text` is not such a URL. */
-export function usbipSpecFromUrl(text: string): DeviceSpec | null {
-  if (!text.startsWith("usbip://")) return null;
-  const rest = text.slice("usbip://".length);
-  const slash = rest.lastIndexOf("/");
-  const busid = slash < 0 ? "" : rest.slice(slash + 1);
-  if (slash < 0 || !/^[0-9]+-[0-9.]+$/.test(busid)) {
-    throw new UsageError("redirect", `"${text}" is not usbip://HOST[:PORT]/BUSID (bus id like 1-1)`);
-  }
-  try {
-    const { host, port } = parseHostPort(rest.slice(0, slash));
-    return { kind: "usbip", host, port, busid };
-  } catch (err) {
-    throw new UsageError("redirect", `"${text}": ${(err as Error).message}`);
-  }
-}
-
-/** `[HOST:]PORT` for --listen (port 0 picks a free one). */
-function listenAddress(text: string): { host: string; port: number } {
-  const m = /^(?:(\[[^\]]+\]|[^:]+):)?(\d{1,5})$/.exec(text);
-  const port = m === null ? -1 : Number(m[2]);
-  if (m === null || port > 65535) {
-    throw new UsageError("redirect", `--listen "${text}" is not [HOST:]PORT with a port in 0..65535`);
-  }
-  const host = m[1] === undefined ? "127.0.0.1" : m[1].replace(/^\[(.*)\]$/, "$1");
-  return { host, port };
-}
-
 export async function redirectCommand(
   options: Readonly<Record<string, string | boolean | string[] | undefined>>,
   io: RedirectIo,
   deviceFromSelector: (text: string, storage: Record<string, unknown>) => DeviceSpec,
 ): Promise<number> {
-  const device = options.device;
-  if (typeof device !== "string") throw new UsageError("redirect", "--device SPEC is required");
-  const listen = typeof options.listen === "string" ? options.listen : undefined;
-  const connect = typeof options.connect === "string" ? options.connect : undefined;
+  // One schema for both sources (redirect-config.ts); a mode given by a flag replaces the file's.
+  const config = await commandConfig(REDIRECT_SETTINGS, options);
+  const fromFile = typeof options.config === "string";
+  const named = (flag: string, key: string) => (fromFile ? `--${flag} (${key})` : `--${flag}`);
+  if (config.device === undefined) {
+    throw new UsageError("redirect", `${named("device", "device")} SPEC is required`);
+  }
+  const { listen, connect } = config;
   const activated = socketActivationFd();
   if (listen !== undefined && connect !== undefined) {
-    throw new UsageError("redirect", "--listen and --connect exclude each other");
+    throw new UsageError("redirect", `${named("listen", "listen")} and --connect exclude each other`);
+  }
+  if (connect !== undefined && activated !== null) {
+    throw new UsageError(
+      "redirect",
+      "systemd passed a listening socket (LISTEN_FDS), which --connect does not use: drop the socket unit or --connect",
+    );
   }
   if (listen === undefined && connect === undefined && activated === null) {
     throw new UsageError("redirect", "give one of --listen [HOST:]PORT and --connect HOST:PORT");
   }
-  const sizeText = typeof options["storage-size"] === "string" ? options["storage-size"] : undefined;
-  const size = sizeText === undefined ? 64 * 1024 * 1024 : parseSize(sizeText);
-  if (size === null || size === undefined) {
-    throw new UsageError("redirect", `--storage-size "${sizeText}" is not a size like 64M`);
-  }
-  const file = typeof options["storage-file"] === "string" ? options["storage-file"] : undefined;
-  const storage: Record<string, unknown> = { sizeBytes: size, ...(file !== undefined ? { file } : {}) };
-  const spec = usbipSpecFromUrl(device) ?? deviceFromSelector(device, storage);
-
-  const format = options["log-format"] ?? "text";
-  if (typeof format !== "string" || !LOG_FORMATS.includes(format as LogFormat)) {
-    throw new UsageError("redirect", `--log-format must be text or json, not "${String(format)}"`);
-  }
-  const base = io.logger ?? streamLogger(format as LogFormat);
-  const quietable: FaceLogger = options.quiet === true ? { ...base, info: () => {} } : base;
-  const metricsText = typeof options.metrics === "string" ? options.metrics : undefined;
-  let metricsAt: { host: string; port: number } | null = null;
-  try {
-    metricsAt = metricsText !== undefined ? parseMetricsAddress(metricsText) : null;
-  } catch (err) {
-    throw new UsageError("redirect", `--metrics ${(err as Error).message}`);
-  }
-  // The status page keeps the device's last log lines: every line the server logs is about its one device.
-  const tracker = metricsAt !== null ? new StatusTracker() : null;
-  const tracked = tracker?.wrap(quietable) ?? quietable;
-  const logger: FaceLogger = {
-    info: (m, f) => tracked.info(m, { ...f, busid: REDIRECT_BUSID }),
-    warn: (m, f) => tracked.warn(m, { ...f, busid: REDIRECT_BUSID }),
-    error: (m, f) => tracked.error(m, { ...f, busid: REDIRECT_BUSID }),
-  };
-  for (const w of storageFileWarnings([spec], sizeText !== undefined)) logger.warn(w);
-  const allow = Array.isArray(options["allow-client"]) ? options["allow-client"] : [];
+  const allow = config.allowClients ?? [];
   if (connect !== undefined && allow.length > 0) {
-    throw new UsageError("redirect", "--allow-client applies to --listen only");
+    throw new UsageError(
+      "redirect",
+      `${named("allow-client", "allowClients")} applies to --listen only: with --connect usbvirt chooses the peer`,
+    );
   }
+  const storage: Record<string, unknown> = {
+    sizeBytes: storageBytes(config.storageSize),
+    ...(config.storageFile !== undefined ? { file: config.storageFile } : {}),
+  };
+  const spec =
+    typeof config.device === "string"
+      ? (usbipSpecFromUrl(config.device) ?? deviceFromSelector(config.device, storage))
+      : config.device;
 
-  const where = connect !== undefined ? parseConnect(connect) : null;
+  // Every line the server logs is about its one device: the status page keeps them under its bus id.
+  const log = daemonLog(config, io.logger, { busid: REDIRECT_BUSID });
+  const { logger } = log;
+  for (const w of storageFileWarnings([spec], config.storageSize !== undefined)) logger.warn(w);
+
+  const where = connect !== undefined ? parseConnectAddress(connect) : null;
   const server = await UsbredirServer.start({
     device: spec,
     logger,
@@ -172,61 +159,40 @@ export async function redirectCommand(
     version: `usbvirt ${packageVersion()}`,
     ...(where !== null
       ? { connect: where }
-      : activated !== null && listen === undefined
+      : activated !== null
         ? { listenFd: activated }
-        : { listen: listenAddress(listen!) }),
+        : { listen: parseListenAddress(listen!) }),
   });
-  const watch = new EngineWatch(server.connection);
-  let metrics: MetricsEndpoint | null = null;
-  if (metricsAt !== null && tracker !== null) {
-    const view = redirectStatusView(server);
-    try {
-      tracker.attach(view, packageVersion());
-      metrics = await MetricsEndpoint.start(view, metricsAt, packageVersion(), tracker);
-    } catch (err) {
-      tracker.close();
-      watch.dispose();
-      await server.close();
-      throw new Error(`cannot serve metrics on ${metricsText}: ${(err as Error).message}`);
-    }
-  }
+  const daemon = await Daemon.start({
+    view: redirectStatusView(server),
+    log,
+    settings: config,
+    close: () => server.close(),
+  });
   const bound = server.address;
   io.out(`usbvirt: redirecting ${server.name} (${describeSpec(spec)}) over usbredir\n`);
   if (bound !== null) {
     const host = bound.host.includes(":") ? `[${bound.host}]` : bound.host;
     io.out(
       `listening on ${host}:${bound.port}; in QEMU:  -device qemu-xhci,id=xhci ` +
-        `-chardev socket,id=usbredir0,host=${bound.host},port=${bound.port},reconnect=2 ` +
+        `-chardev socket,id=usbredir0,host=${hostForPeers(bound.host)},port=${bound.port},reconnect=2 ` +
         "-device usb-redir,chardev=usbredir0,bus=xhci.0\n",
     );
+    logListenerNotes(logger, {
+      bound: bound.host,
+      allowClients: allow,
+      face: USBREDIR_EXPOSURE,
+      activated,
+      replaces: "--listen",
+    });
   } else {
     io.out(`connecting to ${where!.host}:${where!.port} (QEMU: -chardev socket,...,server=on,wait=off)\n`);
+    const exposure = dialWarning(where!.host, USBREDIR_EXPOSURE);
+    if (exposure !== null) logger.warn(exposure);
   }
-  if (metrics !== null) {
-    const m = metrics.address;
-    const at = `http://${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}`;
-    io.out(`metrics: ${at}/metrics\nstatus page: ${at}/\n`);
-  }
+  io.out(daemon.addresses());
   io.onRedirecting?.(server);
-  const stop = await Promise.race([
-    io.stopSignal().then((signal) => ({ signal })),
-    watch.died.then((died) => ({ died })),
-  ]);
-  watch.dispose();
-  if ("died" in stop) logger.error(`${stop.died}: exiting with status 1 so a supervisor can restart usbvirt`);
-  else logger.info(`${stop.signal}: shutting down`);
-  tracker?.close();
-  await metrics?.close();
-  await server.close();
-  return "died" in stop ? 1 : 0;
-}
-
-function parseConnect(text: string): { host: string; port: number } {
-  try {
-    return parseHostPort(text, -1);
-  } catch (err) {
-    throw new UsageError("redirect", `--connect ${(err as Error).message}`);
-  }
+  return await daemon.run(io.stopSignal);
 }
 
 /** The one device's label on the status page and in the metrics (its root port on the engine). */

@@ -9,13 +9,7 @@ import { filterFromLists, needsSerial } from "../devices/host/filter.js";
 import { parseSelector, specFromSelector } from "../devices/host/select.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
-import {
-  escapeControls,
-  escapeForTerminal,
-  type FaceLogger,
-  type LogFormat,
-  streamLogger,
-} from "../network-face/log.js";
+import { escapeControls, escapeForTerminal, type FaceLogger } from "../network-face/log.js";
 import { listRemote } from "../usbip/client.js";
 import { USBIP_PORT } from "../usbip/protocol.js";
 import {
@@ -28,25 +22,31 @@ import {
 import { HostExports, type HotplugSource, libusbHotplugSource } from "../usbip-server/host-exports.js";
 import { UsbipServer } from "../usbip-server/server.js";
 import type { UsbredirServer } from "../usbredir/server.js";
-import { isLoopbackHost, parseIpPrefix } from "../util/ip-prefix.js";
 import {
+  CONFIG_OPTION,
   type CommandSpec,
   commandHelp,
+  LOG_FORMAT_OPTION,
   METRICS_OPTION,
   parseArgs,
-  parseSize,
   QUIET_OPTION,
   STORAGE_FILE_OPTION,
   STORAGE_SIZE_OPTION,
 } from "./args.js";
-import { readServeConfig, serveConfigFromFlags } from "./config.js";
-import { EngineWatch, packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
+import { commandConfig, SERVE_SETTINGS, storageBytes } from "./config.js";
+import { packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
+import {
+  Daemon,
+  daemonLog,
+  hostForPeers,
+  listenErrorText,
+  logListenerNotes,
+  USBIP_EXPOSURE,
+} from "./daemon-run.js";
 import { UsageError } from "./errors.js";
-import { MetricsEndpoint, parseMetricsAddress } from "./metrics.js";
 import { REDIRECT, redirectCommand } from "./redirect.js";
 import { allowedExports, checkExplicitDevices, planPorts } from "./serve-hosts.js";
 import { STATUS, statusCommand } from "./status.js";
-import { StatusTracker } from "./status-page.js";
 
 export interface CliIo {
   out(text: string): void;
@@ -83,8 +83,6 @@ export const defaultIo: CliIo = {
   out: (t) => process.stdout.write(t),
   err: (t) => process.stderr.write(t),
 };
-
-const DEFAULT_STORAGE_BYTES = 64 * 1024 * 1024;
 
 // ---------------------------------------------------------------- command specs
 
@@ -170,19 +168,9 @@ const SERVE: CommandSpec = {
     },
     STORAGE_SIZE_OPTION,
     STORAGE_FILE_OPTION,
-    {
-      name: "config",
-      kind: "string",
-      value: "FILE",
-      help: "read these settings from a JSON file (flags win)",
-    },
+    CONFIG_OPTION,
     QUIET_OPTION,
-    {
-      name: "log-format",
-      kind: "string",
-      value: "text|json",
-      help: "log lines as text (default) or one JSON object per line (time, level, message, client, busid)",
-    },
+    LOG_FORMAT_OPTION,
     METRICS_OPTION,
   ],
   details: `With no device selected, serve exports the emulated loopback, keyboard and a 64 MiB storage device.
@@ -313,7 +301,7 @@ export async function run(argv: readonly string[], given: CliIo = defaultIo): Pr
       io.err(`usbvirt ${err.command}: ${err.message}\nRun 'usbvirt ${err.command} --help' for usage.\n`);
       return 2;
     }
-    io.err(`usbvirt ${spec.name}: ${(err as Error).message ?? String(err)}\n`);
+    io.err(`usbvirt ${spec.name}: ${listenErrorText(err) ?? (err as Error).message ?? String(err)}\n`);
     return 1;
   }
 }
@@ -471,19 +459,12 @@ export function deviceFromSelector(
 
 export async function serveCommand(options: Options, io: CliIo): Promise<number> {
   // One schema for both sources (src/cli/config.ts): each is checked whole, then flags win key by key.
-  const file = typeof options.config === "string" ? await readServeConfig(options.config) : {};
-  const config = { ...file, ...serveConfigFromFlags(options) };
+  const config = await commandConfig(SERVE_SETTINGS, options);
   const bind = config.bind ?? "127.0.0.1";
   const port = config.port ?? USBIP_PORT;
-  const storageSize =
-    config.storageSize === undefined
-      ? DEFAULT_STORAGE_BYTES
-      : typeof config.storageSize === "number"
-        ? config.storageSize
-        : parseSize(config.storageSize)!;
   const storageFile = config.storageFile;
   const storage: Record<string, unknown> = {
-    sizeBytes: storageSize,
+    sizeBytes: storageBytes(config.storageSize),
     ...(storageFile !== undefined ? { file: storageFile } : {}),
   };
 
@@ -524,13 +505,9 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     throw new UsageError("serve", `at most 31 devices can be exported, ${specs.length} selected`);
   const allowClients = config.allowClients ?? [];
 
-  const logFormat: LogFormat = config.logFormat ?? "text";
-  const base = io.logger ?? streamLogger(logFormat);
-  const quietable: FaceLogger = config.quiet === true ? { ...base, info: () => {} } : base;
-  const metricsAt = config.metrics !== undefined ? parseMetricsAddress(config.metrics) : null;
   // The status page keeps each device's last log lines: it sees every line the log writes.
-  const tracker = metricsAt !== null ? new StatusTracker() : null;
-  const logger = tracker?.wrap(quietable) ?? quietable;
+  const log = daemonLog(config, io.logger);
+  const { logger } = log;
   for (const w of storageFileWarnings(specs, config.storageSize !== undefined)) logger.warn(w);
   const listenFd = socketActivationFd();
   const plan = planPorts(specs, rows, matchNew);
@@ -562,74 +539,35 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
       throw new Error(`cannot watch for host devices: ${(err as Error).message}`);
     }
   }
-  const watch = new EngineWatch(server.connection);
-  let metrics: MetricsEndpoint | null = null;
-  try {
-    if (metricsAt !== null && tracker !== null) {
-      tracker.attach(server, packageVersion());
-      metrics = await MetricsEndpoint.start(server, metricsAt, packageVersion(), tracker);
-    }
-  } catch (err) {
-    tracker?.close();
-    watch.dispose();
-    await hotplug?.stop();
-    await server.close();
-    throw new Error(`cannot serve metrics on ${config.metrics}: ${(err as Error).message}`);
-  }
+  const daemon = await Daemon.start({
+    view: server,
+    log,
+    settings: config,
+    close: async () => {
+      await hotplug?.stop();
+      await server.close();
+    },
+  });
   const { host: boundHost, port: boundPort } = server.address;
   io.out(`usbvirt: serving ${server.devices.length} device(s) over USB/IP on ${boundHost}:${boundPort}\n`);
   for (const d of server.devices) {
     io.out(`  ${d.busid.padEnd(6)} ${d.name}  (${describeSpec(d.spec)})\n`);
   }
-  const shown = boundHost === "0.0.0.0" || boundHost === "::" ? "THIS_HOST" : boundHost;
+  const shown = hostForPeers(boundHost);
   io.out(
     `on a Linux client:  usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}list -r ${shown}` +
       `   then   usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}attach -r ${shown} -b ${server.devices[0]?.busid ?? "1-1"}\n`,
   );
-  const exposure = exposureWarning(bind, allowClients);
-  if (exposure !== null) logger.warn(exposure);
-  if (listenFd !== null)
-    logger.info(`listening on the socket systemd passed (fd ${listenFd}), not --bind/--port`);
-  if (metrics !== null) {
-    const m = metrics.address;
-    const at = `http://${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}`;
-    io.out(`metrics: ${at}/metrics\nstatus page: ${at}/\n`);
-  }
-  io.onListening?.(server);
-  const stop = await Promise.race([
-    (io.stopSignal ?? signals)().then((signal) => ({ signal })),
-    watch.died.then((died) => ({ died })),
-  ]);
-  watch.dispose();
-  if ("died" in stop) logger.error(`${stop.died}: exiting with status 1 so a supervisor can restart usbvirt`);
-  else logger.info(`${stop.signal}: shutting down`);
-  tracker?.close();
-  await metrics?.close();
-  await hotplug?.stop();
-  await server.close();
-  return "died" in stop ? 1 : 0;
-}
-
-/**
- * What to warn about a server bound beyond loopback. USB/IP has no authentication or encryption, so an
- * allowlist narrows who can connect but is no lock: the warning stays, and says so.
- */
-export function exposureWarning(bind: string, allowClients: readonly string[]): string | null {
-  if (isLoopbackHost(bind)) return null;
-  if (allowClients.length === 0) {
-    return `listening on ${bind} with no --allow-client list: any host that reaches this port can import devices`;
-  }
-  const everyone = allowClients.filter((c) => {
-    const p = parseIpPrefix(c);
-    return p.ok && p.prefix.bits === 0;
+  logListenerNotes(logger, {
+    bound: boundHost,
+    allowClients,
+    face: USBIP_EXPOSURE,
+    activated: listenFd,
+    replaces: "--bind/--port",
   });
-  const wide =
-    everyone.length > 0 ? `; ${everyone.join(", ")} lets in every client of its address family` : "";
-  return (
-    `listening on ${bind}: USB/IP has no authentication or encryption; only the --allow-client list` +
-    ` (${allowClients.join(", ")}) decides who can import devices, and any host that has or spoofs an` +
-    ` allowed address can import them and read their traffic${wide}`
-  );
+  io.out(daemon.addresses());
+  io.onListening?.(server);
+  return await daemon.run(io.stopSignal ?? signals);
 }
 
 // ---------------------------------------------------------------- attach

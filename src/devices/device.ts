@@ -129,6 +129,13 @@ export interface UsbDevice {
   abandon?(): void;
 
   /**
+   * Publish what the device holds outside this thread into `record` (a
+   * src/devices/host/held-record.ts buffer) from now on, so the thread that
+   * spawned this one can give it back if this thread is killed. Call before open().
+   */
+  trackHoldings?(record: SharedArrayBuffer): void;
+
+  /**
    * Devices that can disappear (unplug) call `listener` once, after every
    * transfer in flight has completed (-ENODEV). The port worker then tells
    * the backend, which reports a disconnect on the port.

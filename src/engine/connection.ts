@@ -14,13 +14,19 @@
 import { EventEmitter } from "node:events";
 import { MessageChannel, type Worker } from "node:worker_threads";
 import type { BackendEvent } from "../backend/backend.js";
-import { type BackendApi, type BackendHostData, startBackendHost } from "../backend/backend-host.js";
-import type { DeviceSummary } from "../backend/port-link.js";
+import {
+  type BackendApi,
+  type BackendCrash,
+  type BackendHostData,
+  startBackendHost,
+} from "../backend/backend-host.js";
+import type { DeviceSummary, PortCrash } from "../backend/port-link.js";
 import {
   type ControllerHandles,
   createControllerHandles,
   type HandlesOptions,
 } from "../connection/handles.js";
+import { createHeldRecord, releaseHeld } from "../devices/host/held-record.js";
 import { type DeviceSpec, describeSpec } from "../devices/spec.js";
 import { checkDeviceSpec } from "../devices/spec-schema.js";
 import { VirtualHostController } from "../frontend/index.js";
@@ -121,6 +127,11 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   /** What each port should have: re-attached after a backend restart. */
   private readonly wanted = new Map<number, DeviceSpec>();
   private restarts = 0;
+  /**
+   * Per port, what its host device holds outside its port worker (src/devices/host/held-record.ts): a
+   * backend worker that dies takes its port workers with it, and nobody else is left to give it back.
+   */
+  private readonly heldRecords: readonly SharedArrayBuffer[];
   private restarting: Promise<void> | null = null;
   private readonly reconnector = new PortReconnector({
     attach: (port, spec) => this.attachSpec(port, spec),
@@ -138,6 +149,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   ) {
     super();
     this.handles = handles;
+    this.heldRecords = Array.from({ length: handles.ports + 1 }, () => createHeldRecord());
     // Beside a backend on this thread a spin only keeps the peer from running.
     const frontendOptions =
       options.backendThread === "shared"
@@ -175,7 +187,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       control: control.port2,
       events: events.port2,
       ...(this.options.hungPortMs !== undefined ? { hungPortMs: this.options.hungPortMs } : {}),
-      ...(shared ? { maxSpinMicros: 0 } : {}),
+      heldRecords: this.heldRecords,
+      ...(shared ? { maxSpinMicros: 0, onFrontendThread: true } : {}),
     };
     let worker: Worker | null = null;
     if (shared) startBackendHost(data);
@@ -349,6 +362,24 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     await this.requireBackend().api.freezePort(port, ms);
   }
 
+  /**
+   * Fault injection: crash the port for real ("throw": an uncaught exception in its worker, or in the port
+   * service on the backend's thread; "exit": process.exit on its worker). Its URBs fail, the port reports
+   * a disconnect, and the port takes a new device.
+   */
+  async crashPort(port: number, how: PortCrash = "throw"): Promise<void> {
+    await this.requireBackend().api.crashPort(port, how);
+  }
+
+  /**
+   * Fault injection: crash the backend for real ("throw": its service loop throws; "exit": process.exit on
+   * the backend worker). The connection recovers on its own: URBs in flight end -ESHUTDOWN, a new backend
+   * starts and the devices are re-attached.
+   */
+  async crashBackend(how: BackendCrash = "throw"): Promise<void> {
+    await this.requireBackend().api.crash(how);
+  }
+
   async stats(): Promise<Awaited<ReturnType<BackendApi["stats"]>> & { frontend: unknown }> {
     const backend = await this.requireBackend().api.stats();
     return { ...backend, frontend: this.frontend?.stats() ?? null };
@@ -371,6 +402,22 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     disconnect(b.api);
     b.events.close();
     if (b.worker !== null && !b.exited) await b.worker.terminate();
+    if (b.worker !== null) this.giveBackHeld();
+  }
+
+  /** After a backend worker ended: what its port workers' host devices still held is given back here. */
+  private giveBackHeld(): void {
+    this.heldRecords.forEach((record, port) => {
+      const given = releaseHeld(record);
+      if (given === null) return;
+      const drivers =
+        given.reattached.length > 0 ? `; kernel driver(s) re-attached to ${given.reattached.join(", ")}` : "";
+      const failed = given.failed.length > 0 ? `; not re-attached: ${given.failed.join(", ")}` : "";
+      this.emit(
+        "log",
+        `port ${port}: host device given back by the control plane (usbfs fd ${given.usbfsFd}, lock released${drivers}${failed})`,
+      );
+    });
   }
 
   /** Detach every device, stop the backend and the frontend. */

@@ -21,11 +21,12 @@
  *   the others never notice. A request that cannot start for
  *   `blockedRequestMs` while none of its client's URBs completes gets -ENOMEM,
  *   as usbfs answers past its memory limit. A client whose unsent replies pass
- *   `maxSendQueueBytes` has no request started until it reads, and is dropped
- *   when it does not read for `stalledClientMs`.
+ *   `maxUnsentBytes` (every reply counts, local answers and RET_UNLINKs too) has
+ *   no request started until it reads, and is dropped when it does not read for
+ *   `stalledPeerMs` — the per-peer share of src/network-face, as usbredir's.
  *
- * Per client connection: management phase (OP_REQ_DEVLIST, OP_REQ_IMPORT),
- * then the URB phase on the same socket. On import the server resets the
+ * Per client connection: management phase (one request, as usbipd: OP_REQ_DEVLIST
+ * answered then closed, or OP_REQ_IMPORT), then the URB phase on the same socket. On import the server resets the
  * port and sets the address through the engine itself (vhci never forwards
  * SET_ADDRESS); a forwarded SET_FEATURE(PORT_RESET) resets the device in the
  * engine and the address is set again. Unlink contract (as stub_rx/stub_tx):

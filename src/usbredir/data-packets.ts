@@ -1,7 +1,7 @@
 /**
  * The data path of a usbredir connection: bytes in (the reader, straight into guest memory where OUT data
  * is due), each data packet (control / bulk / interrupt OUT) admitted against the connection's share
- * (`maxUrbsInFlight`, guest memory, unsent bytes) or refused, started as an engine URB, and answered
+ * (`maxUrbsPerPeer`, guest memory, unsent bytes) or refused, started as an engine URB, and answered
  * exactly once when it completes or its cancel won; the interrupt and iso streams run on it (it is their
  * StreamContext, streams.ts); and the flow control (reads paused while the reader waits, the stall and
  * blocked-packet timers). It allocates nothing per packet in steady state. Every other packet (hello,

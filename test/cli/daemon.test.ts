@@ -1,10 +1,12 @@
 /**
- * usbvirt as a daemon: --version, JSON log lines with the client and busid, the engine dying for good
- * (logged, exit 1), and systemd socket activation through the real `systemd-socket-activate`.
+ * usbvirt as a daemon, serve and redirect alike: --version, JSON log lines with the client and busid, the
+ * engine dying for good (logged, exit 1), a port already in use, and systemd socket activation through the
+ * real `systemd-socket-activate` (redirect with contrib's example config file).
  */
-import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { socketActivationFd } from "../../src/cli/daemon.js";
@@ -12,7 +14,16 @@ import { run } from "../../src/cli/run.js";
 import { jsonLine, streamLogger } from "../../src/network-face/log.js";
 import { listRemote } from "../../src/usbip/client.js";
 import { attachRemote } from "../../src/usbip-attach/attach.js";
-import { capture, ROOT, serveInProcess, spawnChild } from "./helpers.js";
+import { UsbredirClient } from "../../src/usbredir/client.js";
+import {
+  capture,
+  freePort,
+  ROOT,
+  redirectInProcess,
+  serveInProcess,
+  socketActivateTool,
+  spawnChild,
+} from "./helpers.js";
 
 const VERSION = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
 
@@ -84,10 +95,44 @@ describe("the engine dying for good", () => {
     expect(s.c.logger.matching("server stopped")).toHaveLength(1);
   });
 
+  it("redirect logs it and exits 1 the same way", async () => {
+    const r = redirectInProcess(["--device", "loopback", "--listen", "0"]);
+    const conn = (await r.ready).connection;
+    for (let i = 0; i < 6; i++) await conn.restartBackend();
+    expect(await r.exit).toBe(1);
+    expect(r.c.logger.matching("stopped for good")).toEqual([
+      expect.stringMatching(
+        /^error: the engine stopped for good after 6 backend loss\(es\).+exiting with status 1/,
+      ),
+    ]);
+  });
+
   it("a closed server (SIGINT) is not reported as a death", async () => {
     const s = await serveInProcess(["--device", "loopback"]);
     expect(await s.stop()).toBe(0);
     expect(s.c.logger.matching("stopped for good")).toEqual([]);
+  });
+});
+
+describe("a port already in use", () => {
+  it("serve and redirect say which address and what to do, and exit 1", async () => {
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, "127.0.0.1", () => r()));
+    const port = (taken.address() as { port: number }).port;
+    try {
+      for (const args of [
+        ["serve", "--device", "loopback", "--port", String(port)],
+        ["redirect", "--device", "loopback", "--listen", String(port)],
+      ]) {
+        const c = capture();
+        expect(await run(args, c.io)).toBe(1);
+        expect(c.err).toBe(
+          `usbvirt ${args[0]}: cannot listen on 127.0.0.1:${port}: the port is in use (by another program, or another usbvirt): choose another port\n`,
+        );
+      }
+    } finally {
+      taken.close();
+    }
   });
 });
 
@@ -102,54 +147,49 @@ describe("systemd socket activation", () => {
     expect(() => socketActivationFd({ LISTEN_PID: "42", LISTEN_FDS: "x" }, 42)).toThrow(/LISTEN_FDS/);
   });
 
-  const tool = (() => {
-    try {
-      return execFileSync("sh", ["-c", "command -v systemd-socket-activate"], { encoding: "utf8" }).trim();
-    } catch {
-      return "";
-    }
-  })();
+  it("redirect --connect refuses a socket systemd passed (it would never be used), with exit 2", async () => {
+    process.env.LISTEN_PID = String(process.pid);
+    process.env.LISTEN_FDS = "1";
+    const c = capture();
+    expect(await run(["redirect", "--device", "keyboard", "--connect", "127.0.0.1:1"], c.io)).toBe(2);
+    expect(c.err).toContain(
+      "usbvirt redirect: systemd passed a listening socket (LISTEN_FDS), which --connect does not use",
+    );
+    // Read once, like sd_listen_fds(3): the variables are gone.
+    expect([process.env.LISTEN_PID, process.env.LISTEN_FDS]).toEqual([undefined, undefined]);
+  });
+
+  const tool = socketActivateTool();
   if (tool === "") {
     it.skip("serve under systemd-socket-activate (skipped: systemd-socket-activate is not installed; apt-get install systemd)", () => {});
     return;
   }
 
-  it("serve under systemd-socket-activate listens on the passed socket, logs JSON, exits 0 on SIGTERM", async () => {
-    // A free port: systemd-socket-activate binds it itself.
-    const probe = createServer();
-    await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
-    const port = (probe.address() as { port: number }).port;
-    await new Promise<void>((r) => probe.close(() => r()));
-    const p = spawnChild(
-      [
-        "-l",
-        `127.0.0.1:${port}`,
-        process.execPath,
-        "--import",
-        "tsx",
-        "src/cli/main.ts",
-        "serve",
-        "--port",
-        "1",
-        "--device",
-        "loopback",
-        "--log-format",
-        "json",
-      ],
+  /** `usbvirt ARGS` (from src, through tsx) started by systemd-socket-activate on its first connection to `port`. */
+  const activated = (port: number, args: readonly string[]) =>
+    spawnChild(
+      ["-l", `127.0.0.1:${port}`, process.execPath, "--import", "tsx", "src/cli/main.ts", ...args],
       tool,
     );
+  const jsonLines = (text: string) =>
+    text
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+  it("serve under systemd-socket-activate listens on the passed socket, logs JSON, exits 0 on SIGTERM", async () => {
+    // A free port: systemd-socket-activate binds it itself.
+    const port = await freePort();
+    const p = activated(port, ["serve", "--port", "1", "--device", "loopback", "--log-format", "json"]);
     try {
       await p.waitFor(/Listening on 127\.0\.0\.1:\d+ as 3/, "err");
       // The first connection starts usbvirt (exec'd with LISTEN_FDS=1): it must answer on that socket.
-      const devices = await listRemote({ host: "127.0.0.1", port });
+      // Generous: usbvirt starts (tsx, the engine) only now, on a machine that may be busy.
+      const devices = await listRemote({ host: "127.0.0.1", port, timeoutMs: 20_000 });
       expect(devices.map((d) => d.busid)).toEqual(["1-1"]);
       await p.waitFor(/device list/, "err");
       expect(p.out()).toContain(`on 127.0.0.1:${port}`);
-      const json = p
-        .err()
-        .split("\n")
-        .filter((l) => l.startsWith("{"))
-        .map((l) => JSON.parse(l) as Record<string, unknown>);
+      const json = jsonLines(p.err());
       expect(json.find((l) => String(l.message).includes("socket systemd passed"))).toBeDefined();
       expect(json.find((l) => String(l.message).includes("device list"))).toMatchObject({
         level: "info",
@@ -159,5 +199,35 @@ describe("systemd socket activation", () => {
       p.child.kill("SIGTERM");
     }
     expect(await p.exited).toBe(0);
+  }, 30_000);
+
+  it("redirect under systemd-socket-activate, configured by contrib's example file, listens on the passed socket", async () => {
+    const port = await freePort();
+    // contrib's example as an instance would have it, its disk in a scratch directory; its "listen" is not used.
+    const example = JSON.parse(
+      await readFile(join(ROOT, "contrib", "usbvirt-redirect.example.json"), "utf8"),
+    ) as Record<string, unknown>;
+    const dir = await mkdtemp(join(tmpdir(), "usbvirt-redirect-"));
+    const config = join(dir, `${port}.json`);
+    const { metrics: _none, ...settings } = example;
+    await writeFile(config, JSON.stringify({ ...settings, storageFile: join(dir, "disk.img") }));
+    const p = activated(port, ["redirect", "--config", config, "--log-format", "json"]);
+    try {
+      await p.waitFor(/Listening on 127\.0\.0\.1:\d+ as 3/, "err");
+      // The first connection starts usbvirt (exec'd with LISTEN_FDS=1): it must get the device on that socket.
+      const g = await UsbredirClient.connect(port, { timeoutMs: 20_000 });
+      expect(g.device?.vendorId).toBe(0x1209);
+      expect(p.out()).toContain(`listening on 127.0.0.1:${port}`);
+      const json = jsonLines(p.err());
+      expect(json.find((l) => String(l.message).includes("socket systemd passed"))).toMatchObject({
+        level: "info",
+        message: "listening on the socket systemd passed (fd 3), not --listen",
+      });
+      g.close();
+    } finally {
+      p.child.kill("SIGTERM");
+    }
+    expect(await p.exited).toBe(0);
+    expect(p.err()).toMatch(/SIGTERM: shutting down/);
   }, 30_000);
 });

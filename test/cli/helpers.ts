@@ -1,12 +1,14 @@
 /**
- * Helpers for the daemon tests: run `serve` in-process through run() with a collecting logger, and
- * spawn the real `usbvirt` process (through tsx, from src) with its output collected.
+ * Helpers for the daemon tests: run `serve` or `redirect` in-process through run() with a collecting
+ * logger, and spawn the real `usbvirt` process (through tsx, from src) with its output collected.
  */
-import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from "node:child_process";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { type CliIo, run } from "../../src/cli/run.js";
 import { CollectingLogger } from "../../src/network-face/log.js";
 import type { UsbipServer } from "../../src/usbip-server/server.js";
+import type { UsbredirServer } from "../../src/usbredir/server.js";
 
 export const ROOT = join(import.meta.dirname, "../..");
 
@@ -36,33 +38,59 @@ export function capture(extra: Partial<CliIo> = {}) {
   };
 }
 
-/** `serve --port 0 ARGS` in-process: resolves once it listens; `stop()` is the SIGINT stand-in; `exit` its status. */
-export async function serveInProcess(args: readonly string[]) {
+/**
+ * `usbvirt ARGV` in-process with a collecting logger: `ready` resolves with the server once it is up (the
+ * io hook `hook` is called; rejects if the command exits first); `stop()` is the SIGINT stand-in; `exit` its status.
+ */
+function daemonInProcess<S>(argv: readonly string[], hook: (up: (server: S) => void) => Partial<CliIo>) {
   let stop!: (s: string) => void;
   const stopped = new Promise<string>((r) => {
     stop = r;
   });
-  let listening!: (s: UsbipServer) => void;
-  const up = new Promise<UsbipServer>((r) => {
-    listening = r;
+  let up!: (s: S) => void;
+  const ready = new Promise<S>((r) => {
+    up = r;
   });
-  const c = capture({ stopSignal: () => stopped, onListening: (s) => listening(s) });
-  const exit = run(["serve", "--port", "0", ...args], c.io);
-  const server = await Promise.race([
-    up,
-    exit.then((code) => {
-      throw new Error(`serve exited ${code}: ${c.err}`);
-    }),
-  ]);
+  const c = capture({ stopSignal: () => stopped, ...hook(up) });
+  const exit = run(argv, c.io);
   return {
-    server,
     c,
     exit,
+    ready: Promise.race([ready, exit.then((code) => Promise.reject(new Error(`exited ${code}: ${c.err}`)))]),
     stop: async () => {
       stop("SIGINT");
       return await exit;
     },
   };
+}
+
+/** `serve --port 0 ARGS` in-process: resolves once it listens; `stop()` is the SIGINT stand-in; `exit` its status. */
+export async function serveInProcess(args: readonly string[]) {
+  const d = daemonInProcess<UsbipServer>(["serve", "--port", "0", ...args], (up) => ({ onListening: up }));
+  return { ...d, server: await d.ready };
+}
+
+/** `redirect ARGS` in-process: `ready` resolves once it listens or dials (rejects if it exits first). */
+export function redirectInProcess(args: readonly string[]) {
+  return daemonInProcess<UsbredirServer>(["redirect", ...args], (up) => ({ onRedirecting: up }));
+}
+
+/** A free loopback TCP port (bound and released: for a tool that binds it itself). */
+export async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
+  const port = (probe.address() as { port: number }).port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  return port;
+}
+
+/** The path of systemd-socket-activate, or "" when it is not installed. */
+export function socketActivateTool(): string {
+  try {
+    return execFileSync("sh", ["-c", "command -v systemd-socket-activate"], { encoding: "utf8" }).trim();
+  } catch {
+    return "";
+  }
 }
 
 export interface Child {

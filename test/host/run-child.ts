@@ -1,5 +1,8 @@
 /** Start one child process under umockdev-run, kill it at a timeout, and read its `VERDICT <json>` line. */
 import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -19,11 +22,13 @@ export function runChild(
   env: Readonly<Record<string, string>> = {},
 ): Promise<ChildOutcome> {
   const started = Date.now();
+  // Each umockdev testbed has its own fake bus: its devices' host locks must not meet another child's.
+  const lockDir = env.USBVIRT_HOST_LOCK_DIR ?? mkdtempSync(join(tmpdir(), "usbvirt-locks-"));
   return new Promise((resolve) => {
     const child = spawn(command, args, {
       cwd: ROOT,
       stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, ...env },
+      env: { ...process.env, USBVIRT_HOST_LOCK_DIR: lockDir, ...env },
     });
     let stdout = "";
     let stderr = "";
@@ -36,6 +41,7 @@ export function runChild(
     const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
     child.on("close", (code) => {
       clearTimeout(timer);
+      if (env.USBVIRT_HOST_LOCK_DIR === undefined) rmSync(lockDir, { recursive: true, force: true });
       const line = stdout.split("\n").find((l) => l.startsWith("VERDICT "));
       resolve({
         verdict:

@@ -9,31 +9,8 @@ import { usbipSpecFromUrl } from "../../src/cli/redirect.js";
 import { run } from "../../src/cli/run.js";
 import { UsbredirClient } from "../../src/usbredir/client.js";
 import { RedirStatus } from "../../src/usbredir/protocol.js";
-import type { UsbredirServer } from "../../src/usbredir/server.js";
-import { capture, spawnChild } from "../cli/helpers.js";
+import { capture, redirectInProcess, spawnChild } from "../cli/helpers.js";
 import { eventually } from "../support/eventually.js";
-
-function redirectInProcess(args: readonly string[]) {
-  let stop!: (s: string) => void;
-  const stopped = new Promise<string>((r) => {
-    stop = r;
-  });
-  let up!: (s: UsbredirServer) => void;
-  const ready = new Promise<UsbredirServer>((r) => {
-    up = r;
-  });
-  const c = capture({ stopSignal: () => stopped, onRedirecting: (s) => up(s) });
-  const exit = run(["redirect", ...args], c.io);
-  return {
-    c,
-    exit,
-    ready: Promise.race([ready, exit.then((code) => Promise.reject(new Error(`exited ${code}: ${c.err}`)))]),
-    stop: async () => {
-      stop("SIGINT");
-      return await exit;
-    },
-  };
-}
 
 describe("usbvirt redirect: usage", () => {
   it("refuses a missing device, a missing or doubled mode, and a malformed usbip URL, with exit 2", async () => {

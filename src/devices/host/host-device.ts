@@ -61,7 +61,9 @@ import type {
   UsbDevice,
 } from "../device.js";
 import { configurationBytes, deviceDescriptorBytes, interfaceNumbers } from "./descriptors.js";
+import { claimHostDevice, type DeviceClaim } from "./device-claim.js";
 import { describeDevice, describeWithStrings, type HostDeviceInfo, usbSpeedOf } from "./enumerate.js";
+import { HeldRecord } from "./held-record.js";
 import {
   type LibusbDevice,
   LibusbError,
@@ -81,7 +83,8 @@ export type HostDeviceCode =
   | "ERR_USBVIRT_HOST_OPEN"
   | "ERR_USBVIRT_HOST_NOT_OPEN"
   | "ERR_USBVIRT_HOST_REOPEN"
-  | "ERR_USBVIRT_HOST_CLAIM";
+  | "ERR_USBVIRT_HOST_CLAIM"
+  | "ERR_USBVIRT_HOST_IN_USE";
 
 /** A host device that cannot be opened or used. The class owns its codes: HostDeviceCode lists every one. */
 export class HostDeviceError extends UsbvirtError {
@@ -179,6 +182,10 @@ export class HostUsbDevice implements UsbDevice {
   /** The unplug path's release, which close() waits for (no native call may be pending when it resolves). */
   private goneDone: Promise<void> | null = null;
   private readonly goneListeners: ((reason: string) => void)[] = [];
+  /** This thread's hold on the device against every other opener (./device-claim.ts). */
+  private claim: DeviceClaim | null = null;
+  /** Where what this device holds is published for the spawning thread (trackHoldings). */
+  private held: HeldRecord | null = null;
 
   onGone(listener: (reason: string) => void): void {
     this.goneListeners.push(listener);
@@ -191,6 +198,31 @@ export class HostUsbDevice implements UsbDevice {
     private readonly options: HostUsbDeviceOptions = {},
   ) {
     this.log = options.log ?? ((m) => process.stderr.write(`usbvirt host: ${m}\n`));
+  }
+
+  trackHoldings(record: SharedArrayBuffer): void {
+    this.held = new HeldRecord(record);
+  }
+
+  /** Publish what is held now (open: the lock, the usbfs fd and its claims, the detached drivers). */
+  private publishHeld(): void {
+    const held = this.held;
+    if (held === null) return;
+    const claim = this.claim;
+    const identity = this.identity;
+    if (claim === null || identity === null) {
+      held.clear();
+      return;
+    }
+    const usbfs = this.usbfs?.holdings() ?? { fd: -1, interfaces: [] };
+    held.publish({
+      busNumber: identity.busNumber,
+      deviceAddress: identity.deviceAddress,
+      token: claim.token,
+      usbfsFd: usbfs.fd,
+      usbfsInterfaces: usbfs.interfaces,
+      detachedDrivers: [...this.detachedDrivers],
+    });
   }
 
   get info(): DeviceInfo {
@@ -214,8 +246,17 @@ export class HostUsbDevice implements UsbDevice {
     const dev = "identity" in this.target ? this.target : await findHostDevice(this.target);
     const identity = describeDevice(dev);
     const where = `${hex(identity.vendorId)}:${hex(identity.productId)} at ${identity.portPath}`;
+    // Before anything reaches the device (a driver detached, an interface claimed): is it someone else's?
+    const taken = claimHostDevice(identity);
+    if (!taken.ok) {
+      throw "holder" in taken
+        ? new HostDeviceError("ERR_USBVIRT_HOST_IN_USE", `host device ${where} is in use by ${taken.holder}`)
+        : new HostDeviceError("ERR_USBVIRT_HOST_OPEN", `cannot open host device ${where}: ${taken.error}`);
+    }
+    this.claim = taken.claim;
     const rc = dev.open();
     if (rc !== 0) {
+      this.releaseClaim();
       throw new HostDeviceError(
         "ERR_USBVIRT_HOST_OPEN",
         `cannot open host device ${where}: libusb error ${rc}`,
@@ -228,6 +269,7 @@ export class HostUsbDevice implements UsbDevice {
       await this.releaseAll();
       await this.usbfs?.close();
       dev.close();
+      this.releaseClaim();
       throw new HostDeviceError("ERR_USBVIRT_HOST_CLAIM", `cannot claim host device ${where}: ${claimError}`);
     }
     this.identity = identity;
@@ -238,6 +280,7 @@ export class HostUsbDevice implements UsbDevice {
       name: `host ${where}`,
     };
     this.state = "open";
+    this.publishHeld();
   }
 
   /** Open the usbfs path when the device has isochronous endpoints (see the header); a log line when it cannot. */
@@ -447,6 +490,7 @@ export class HostUsbDevice implements UsbDevice {
     await this.releaseAll();
     await this.usbfs?.close();
     if (this.inFlight.size === 0) this.dev?.close();
+    this.releaseClaim();
     const closing = this.state === "closing"; // close() is waiting: the port is being detached anyway
     this.state = "closed";
     if (!closing) {
@@ -476,6 +520,7 @@ export class HostUsbDevice implements UsbDevice {
       // the drivers detached from the old ones are not theirs to re-attach on close.
       if (rc === 0) this.detachedDrivers.clear();
       const claimError = this.claimAll();
+      this.publishHeld();
       if (claimError !== null) this.log(`after SET_CONFIGURATION(${value}): ${claimError}`);
       return rc;
     });
@@ -509,6 +554,7 @@ export class HostUsbDevice implements UsbDevice {
     });
     this.touched = false;
     const lost = status === OK ? (this.usbfs?.reclaim() ?? []) : [];
+    this.publishHeld();
     if (lost.length > 0)
       this.log(`after a port reset: usbfs could not claim interface(s) ${lost.join(", ")} again`);
     return status;
@@ -539,7 +585,14 @@ export class HostUsbDevice implements UsbDevice {
     }
     this.detachedDrivers.clear();
     if (this.inFlight.size === 0) dev.close();
+    this.releaseClaim();
     this.state = "closed";
+  }
+
+  private releaseClaim(): void {
+    this.held?.clear(); // first: nothing is left for the spawning thread to give back
+    this.claim?.release();
+    this.claim = null;
   }
 
   /**
@@ -565,6 +618,15 @@ export class HostUsbDevice implements UsbDevice {
     }
     if (this.detachedDrivers.size > 0)
       left.push(`kernel driver(s) of interface(s) ${[...this.detachedDrivers].join(", ")} (not re-attached)`);
+    if (this.held !== null && this.detachedDrivers.size > 0) {
+      // The spawning thread re-attaches the drivers once this thread is gone (./held-record.ts), then
+      // lets go of the lock: the record keeps the drivers and the lock, without the fd closed above.
+      this.publishHeld();
+      left.pop();
+      left.push(
+        `kernel driver(s) of interface(s) ${[...this.detachedDrivers].join(", ")} (left to the backend)`,
+      );
+    } else this.releaseClaim(); // what is still held is said below; the device is no longer this thread's
     if (left.length > 0)
       this.log(`${this.infoValue?.name ?? "host device"}: abandoned; still held: ${left.join("; ")}`);
   }

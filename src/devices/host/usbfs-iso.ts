@@ -699,6 +699,13 @@ export class UsbfsChannel {
     }
   }
 
+  /** The fd and the interfaces it has claimed (for ./held-record.ts); fd -1 once closed. */
+  holdings(): { readonly fd: number; readonly interfaces: readonly number[] } {
+    return this.closed
+      ? { fd: -1, interfaces: [] }
+      : { fd: this.fd, interfaces: [...this.claimedInterfaces] };
+  }
+
   /**
    * The thread is ending without close() (HostUsbDevice.abandon): release the interfaces and close the fd
    * and the wake pipe now, synchronously. A poll still on the pool is woken first (it then finds its fds

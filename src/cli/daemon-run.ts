@@ -1,0 +1,210 @@
+/**
+ * The daemon face `serve` and `redirect` share around their server: the log (text or JSON lines, quiet,
+ * each device's last lines kept for the status page), the metrics endpoint and status page, the warnings
+ * at start (a listener beyond loopback, the socket systemd passed), then the wait for SIGINT/SIGTERM or
+ * for the engine's death, and the shutdown in order: exit 0, or 1 so a supervisor restarts the daemon.
+ */
+import { type FaceLogger, type LogFields, type LogFormat, streamLogger } from "../network-face/log.js";
+import { isLoopbackHost, parseIpPrefix } from "../util/ip-prefix.js";
+import { EngineWatch, packageVersion } from "./daemon.js";
+import type { ExportingServer } from "./exporting-server.js";
+import { MetricsEndpoint, parseMetricsAddress } from "./metrics.js";
+import { StatusTracker } from "./status-page.js";
+
+/** The settings every daemon command has (config keys, checked by config.ts). */
+export interface DaemonSettings {
+  readonly quiet?: boolean | undefined;
+  readonly logFormat?: LogFormat | undefined;
+  readonly metrics?: string | undefined;
+}
+
+export interface DaemonLog {
+  readonly logger: FaceLogger;
+  /** Keeps each device's last lines and rates for the status page (with --metrics only). */
+  readonly tracker: StatusTracker | null;
+}
+
+/**
+ * The command's logger: `given` (tests) or stderr in the settings' format; `quiet` drops info lines; with
+ * metrics the tracker sees every line; `fields` are added to every line (redirect's one bus id).
+ */
+export function daemonLog(settings: DaemonSettings, given?: FaceLogger, fields?: LogFields): DaemonLog {
+  const base = given ?? streamLogger(settings.logFormat ?? "text");
+  const quietable: FaceLogger = settings.quiet === true ? { ...base, info: () => {} } : base;
+  const tracker = settings.metrics !== undefined ? new StatusTracker() : null;
+  const tracked = tracker?.wrap(quietable) ?? quietable;
+  if (fields === undefined) return { logger: tracked, tracker };
+  return {
+    logger: {
+      info: (m, f) => tracked.info(m, { ...f, ...fields }),
+      warn: (m, f) => tracked.warn(m, { ...f, ...fields }),
+      error: (m, f) => tracked.error(m, { ...f, ...fields }),
+    },
+    tracker,
+  };
+}
+
+export interface DaemonParts {
+  /** What the metrics endpoint and the status page read. */
+  readonly view: ExportingServer;
+  readonly log: DaemonLog;
+  readonly settings: DaemonSettings;
+  /** Closes what the command started (its server, hotplug), after the endpoint. */
+  readonly close: () => Promise<void>;
+}
+
+/** The server's daemon life once it is up: its engine watched, its metrics served, its end awaited. */
+export class Daemon {
+  private constructor(
+    private readonly parts: DaemonParts,
+    private readonly watch: EngineWatch,
+    private readonly metrics: MetricsEndpoint | null,
+  ) {}
+
+  /** Watch the engine and start the metrics endpoint; when that fails, close everything and throw. */
+  static async start(parts: DaemonParts): Promise<Daemon> {
+    const watch = new EngineWatch(parts.view.connection);
+    const { tracker } = parts.log;
+    const text = parts.settings.metrics;
+    if (text === undefined || tracker === null) return new Daemon(parts, watch, null);
+    try {
+      tracker.attach(parts.view, packageVersion());
+      const endpoint = await MetricsEndpoint.start(
+        parts.view,
+        parseMetricsAddress(text),
+        packageVersion(),
+        tracker,
+      );
+      return new Daemon(parts, watch, endpoint);
+    } catch (err) {
+      tracker.close();
+      watch.dispose();
+      await parts.close();
+      throw new Error(`cannot serve metrics on ${text}: ${(err as Error).message}`);
+    }
+  }
+
+  /** Where the metrics and the status page are, as lines for stdout ("" without metrics). */
+  addresses(): string {
+    if (this.metrics === null) return "";
+    const m = this.metrics.address;
+    const at = `http://${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}`;
+    return `metrics: ${at}/metrics\nstatus page: ${at}/\n`;
+  }
+
+  /** Wait for `stopSignal` or the engine's death, close everything, and return the exit status. */
+  async run(stopSignal: () => Promise<string>): Promise<number> {
+    const { logger, tracker } = this.parts.log;
+    const stop = await Promise.race([
+      stopSignal().then((signal) => ({ signal })),
+      this.watch.died.then((died) => ({ died })),
+    ]);
+    this.watch.dispose();
+    if ("died" in stop)
+      logger.error(`${stop.died}: exiting with status 1 so a supervisor can restart usbvirt`);
+    else logger.info(`${stop.signal}: shutting down`);
+    tracker?.close();
+    await this.metrics?.close();
+    await this.parts.close();
+    return "died" in stop ? 1 : 0;
+  }
+}
+
+// ---------------------------------------------------------------- warnings at start
+
+/** How a network face's exposure is worded. */
+export interface Exposure {
+  /** The protocol, as the warning names it. */
+  readonly protocol: string;
+  /** What a peer that connects can do ("import devices"). */
+  readonly gains: string;
+  /** The same, of an allowed address that is spoofed ("import them and read their traffic"). */
+  readonly spoofed: string;
+}
+
+export const USBIP_EXPOSURE: Exposure = {
+  protocol: "USB/IP",
+  gains: "import devices",
+  spoofed: "import them and read their traffic",
+};
+
+export const USBREDIR_EXPOSURE: Exposure = {
+  protocol: "usbredir",
+  gains: "take the device",
+  spoofed: "take it and read its traffic",
+};
+
+/**
+ * What to warn about a server listening beyond loopback. Neither protocol has authentication or
+ * encryption, so an allowlist narrows who can connect but is no lock: the warning stays, and says so.
+ */
+export function exposureWarning(
+  bound: string,
+  allowClients: readonly string[],
+  face: Exposure = USBIP_EXPOSURE,
+): string | null {
+  if (isLoopbackHost(bound)) return null;
+  const at = bound.includes(":") ? `[${bound}]` : bound;
+  if (allowClients.length === 0) {
+    return `listening on ${at} with no --allow-client list: any host that reaches this port can ${face.gains}`;
+  }
+  const everyone = allowClients.filter((c) => {
+    const p = parseIpPrefix(c);
+    return p.ok && p.prefix.bits === 0;
+  });
+  const wide =
+    everyone.length > 0 ? `; ${everyone.join(", ")} lets in every client of its address family` : "";
+  return (
+    `listening on ${at}: ${face.protocol} has no authentication or encryption; only the --allow-client list` +
+    ` (${allowClients.join(", ")}) decides who can ${face.gains}, and any host that has or spoofs an` +
+    ` allowed address can ${face.spoofed}${wide}`
+  );
+}
+
+/** The host a peer elsewhere should dial: THIS_HOST for a wildcard address, else the address itself. */
+export function hostForPeers(bound: string): string {
+  return bound === "0.0.0.0" || bound === "::" ? "THIS_HOST" : bound;
+}
+
+/** What to warn about dialling a peer beyond loopback (redirect --connect): its traffic is in clear. */
+export function dialWarning(host: string, face: Exposure): string | null {
+  if (isLoopbackHost(host)) return null;
+  return `connecting to ${host}: ${face.protocol} has no authentication or encryption; the device's traffic crosses the network in clear`;
+}
+
+/** What a listening daemon logs at start: its exposure, and the socket systemd passed if it listens there. */
+export interface ListenerNotes {
+  /** The address it listens on (as bound: the passed socket's own under socket activation). */
+  readonly bound: string;
+  readonly allowClients: readonly string[];
+  readonly face: Exposure;
+  /** The descriptor systemd passed, or null. */
+  readonly activated: number | null;
+  /** The settings the passed socket replaces ("--bind/--port"). */
+  readonly replaces: string;
+}
+
+export function logListenerNotes(logger: FaceLogger, notes: ListenerNotes): void {
+  const exposure = exposureWarning(notes.bound, notes.allowClients, notes.face);
+  if (exposure !== null) logger.warn(exposure);
+  if (notes.activated !== null) {
+    logger.info(`listening on the socket systemd passed (fd ${notes.activated}), not ${notes.replaces}`);
+  }
+}
+
+/** A failed listen(2) said for a user (which address, and what to do), or null for any other error. */
+export function listenErrorText(err: unknown): string | null {
+  const e = err as NodeJS.ErrnoException & { address?: unknown; port?: unknown };
+  if (e?.syscall !== "listen" && e?.syscall !== "bind") return null;
+  const where =
+    typeof e.address === "string"
+      ? `${e.address.includes(":") ? `[${e.address}]` : e.address}${typeof e.port === "number" ? `:${e.port}` : ""}`
+      : "the address asked for";
+  const why: Readonly<Record<string, string>> = {
+    EADDRINUSE: "the port is in use (by another program, or another usbvirt): choose another port",
+    EADDRNOTAVAIL: "no network interface of this host has that address",
+    EACCES: "permission denied (ports below 1024 need privilege)",
+  };
+  const reason = e.code !== undefined ? why[e.code] : undefined;
+  return reason === undefined ? null : `cannot listen on ${where}: ${reason}`;
+}
