@@ -340,7 +340,7 @@ describe("UrbReader: streaming the URB phase", () => {
         return true;
       },
       submit: (h) => calls.push(`submit ${h.seqnum}`),
-      unlink: (seqnum) => calls.push(`unlink ${seqnum}`),
+      unlink: (seqnum) => calls.push(`unlink ${seqnum}`) > 0,
       malformed: (reason) => calls.push(`malformed ${reason}`),
     });
     reader.push(bytes(inSubmit, unlinkPdu(2, 1)));
@@ -462,7 +462,7 @@ describe("UrbReader: a refused header blocks the reader", () => {
         return true; // admitted without a target: the data is dropped
       },
       submit: (h) => calls.push(`submit ${h.seqnum}`),
-      unlink: (seqnum) => calls.push(`unlink ${seqnum}`),
+      unlink: (seqnum) => calls.push(`unlink ${seqnum}`) > 0,
       malformed: (reason) => calls.push(`malformed ${reason}`),
     });
     reader.push(bytes(outSubmit(1, data), unlinkPdu(2, 1)));
@@ -491,7 +491,7 @@ describe("UrbReader: a refused header blocks the reader", () => {
         return false;
       },
       submit: (h) => calls.push(`submit ${h.seqnum}`),
-      unlink: (seqnum) => calls.push(`unlink ${seqnum}`),
+      unlink: (seqnum) => calls.push(`unlink ${seqnum}`) > 0,
       malformed: (reason) => calls.push(`malformed ${reason}`),
     });
     reader.push(bytes(outSubmit(1, pattern(8, 7)), unlinkPdu(2, 1)));
