@@ -79,7 +79,8 @@ function rig(wants: { selector: HostSelector; port: number; exportedPath?: strin
   };
 }
 
-const wanted = () => rig([{ selector: { vendorId: 0x1209, productId: 0x7301 }, port: 1, exportedPath: "1-1" }]);
+const wanted = () =>
+  rig([{ selector: { vendorId: 0x1209, productId: 0x7301 }, port: 1, exportedPath: "1-1" }]);
 
 describe("serve's retries of a host device that failed while plugged in", () => {
   beforeEach(() => {
