@@ -13,6 +13,7 @@ const UNIT = [
   "test/backend/**/*.test.ts",
   "test/cli/config.test.ts",
   "test/cli/config-schema-file.test.ts",
+  "test/cli/serve-retries.test.ts",
   "test/devices/descriptors.test.ts",
   "test/devices/enumeration.test.ts",
   "test/devices/host-filter.test.ts",

@@ -11,7 +11,11 @@
  *   `usbvirt attach` reconnects), and the port waits. A device that matches again (by vid:pid anywhere,
  *   by path whatever is plugged there — so a device that re-enumerates with a new id is followed — by
  *   serial that device anywhere) is exported again on the same port, under the same bus id.
- * - A device that failed without going away is withdrawn and exported again after a backoff (three tries).
+ * - A device that failed without going away is withdrawn and tried again while it stays plugged in: 1, 2
+ *   and 4 s after the failure (three tries, each logged). A device that fails again within a minute of a
+ *   try bringing it back counts on (a port worker that dies whenever the device is used is tried three
+ *   times in all, not forever); after the third failed try serve gives up, logged, until it is plugged in
+ *   again. Unplugged meanwhile, its retries end (logged): a plug-in starts afresh.
  * - `matchNew`: every newly plugged device that passes the filter and that no selector wants is exported
  *   on a free port; unplugged, its port is free again.
  * Every decision is logged. Events are applied one at a time, in the order they came.
@@ -23,7 +27,6 @@ import { judge } from "../devices/host/filter.js";
 import { HostHotplugWatcher } from "../devices/host/hotplug.js";
 import { formatSelector, type HostSelector, matchesSelector } from "../devices/host/select.js";
 import type { HostDeviceSpec } from "../devices/spec.js";
-import { backoffDelay } from "../engine/reconnect.js";
 import type { FaceLogger } from "../network-face/log.js";
 import type { UsbipServer } from "./server.js";
 
@@ -63,11 +66,27 @@ export interface HostExportsOptions {
   readonly freePorts: readonly number[];
   readonly log: FaceLogger;
   readonly source: HotplugSource;
-  /** First retry delay of a failed (not gone) device (default 1000 ms). */
+  /** First retry delay of a failed (not gone) device (default 1000 ms); each next try waits twice as long. */
   readonly retryMs?: number;
 }
 
 const RETRIES = 3;
+/** A device that fails again within this long of a try bringing it back counts on from that try. */
+const STABLE_MS = 60_000;
+
+/** The retries of a device that failed while plugged in, kept by its port path. */
+interface Retries {
+  /** The try due next, or the last one made once it brought the device back (1..RETRIES). */
+  attempt: number;
+  /** The want to export it on (a --match-new device: null, it takes a free port). */
+  readonly want: Want | null;
+  /** The device as it was when it failed (for the log). */
+  readonly device: string;
+  /** The pending try (null once it fired). */
+  timer: NodeJS.Timeout | null;
+  /** When the last try brought it back (Date.now()); null while a try is due. */
+  backAt: number | null;
+}
 
 function hex4(n: number): string {
   return n.toString(16).padStart(4, "0");
@@ -83,7 +102,7 @@ export class HostExports {
   private queue: Promise<void> = Promise.resolve();
   private stopWatching: (() => void) | null = null;
   private stopped = false;
-  private readonly timers = new Set<NodeJS.Timeout>();
+  private readonly retries = new Map<string, Retries>();
   /** Per port path, the number of the last hotplug event for it: an attach that is not the last is stale. */
   private readonly latest = new Map<string, number>();
   private events = 0;
@@ -141,8 +160,8 @@ export class HostExports {
     this.stopWatching?.();
     this.stopWatching = null;
     this.options.server.off("device-failed", this.onFailed);
-    for (const t of this.timers) clearTimeout(t);
-    this.timers.clear();
+    for (const r of this.retries.values()) if (r.timer !== null) clearTimeout(r.timer);
+    this.retries.clear();
     await this.queue;
   }
 
@@ -215,6 +234,16 @@ export class HostExports {
   }
 
   private async unplugged(d: PluggedDevice): Promise<void> {
+    const pending = this.retries.get(d.portPath);
+    if (pending !== undefined) {
+      this.retries.delete(d.portPath);
+      if (pending.timer !== null) clearTimeout(pending.timer);
+      if (pending.backAt === null) {
+        this.options.log.info(
+          `host device ${describe(d)} unplugged: retry ${pending.attempt} of ${RETRIES} after a failure cancelled`,
+        );
+      }
+    }
     const want = this.wants.find((w) => w.current !== null && w.current.path === d.portPath);
     if (want === undefined) return;
     await this.withdraw(want, `host device ${describe(d)} unplugged`);
@@ -247,42 +276,75 @@ export class HostExports {
     const want = this.wants.find((w) => w.current?.busid === busid);
     if (want === undefined) return;
     const path = want.current!.path;
+    const device = this.deviceAt(want, path);
     await this.withdraw(want, gone ? `the device went away (${reason})` : `the device failed (${reason})`);
-    if (gone || path === null) return; // it comes back through the attach event
-    // Failed without going away: try again, with a backoff, while it is still plugged in.
-    if (want.transient) this.retryTransient(path, 1);
-    else this.retry(want, path, 1);
-  }
-
-  private retry(want: Want, path: string, attempt: number): void {
-    this.later(attempt, async () => {
-      if (want.current !== null) return;
-      const d = (await this.options.source.list()).find(
-        (x) => x.portPath === path && matchesSelector(x, want.selector),
+    if (path === null) return;
+    const before = this.retries.get(path);
+    this.retries.delete(path);
+    if (gone) return; // it comes back through the attach event
+    // Failed without going away: try again while it is still plugged in. Soon after a try brought it
+    // back, this failure continues that try's count.
+    const recent = before?.backAt != null && Date.now() - before.backAt < STABLE_MS;
+    const attempt = recent ? before!.attempt + 1 : 1;
+    if (attempt > RETRIES) {
+      this.options.log.warn(
+        `host device ${device} failed again within ${STABLE_MS / 1000} s of retry ${before!.attempt} bringing it back; no more tries until it is plugged in again`,
+        { busid },
       );
-      if (d === undefined) return;
-      await this.export(want, d, `retry ${attempt} after a failure`);
-      if (want.current === null && attempt < RETRIES) this.retry(want, path, attempt + 1);
-    });
+      return;
+    }
+    this.schedule(path, { attempt, want: want.transient ? null : want, device, timer: null, backAt: null });
   }
 
-  private retryTransient(path: string, attempt: number): void {
-    this.later(attempt, async () => {
-      const d = (await this.options.source.list()).find((x) => x.portPath === path);
-      if (d === undefined) return;
-      await this.plugged(d, `retry ${attempt} after a failure`);
-      const back = this.wants.some((w) => w.current?.path === path);
-      if (!back && attempt < RETRIES) this.retryTransient(path, attempt + 1);
-    });
+  /** How the log names the device a want exports: from the last listing, else by its selector and path. */
+  private deviceAt(want: Want, path: string | null): string {
+    const s = want.selector;
+    if (s.vendorId !== undefined && s.productId !== undefined && path !== null) {
+      return describe({ vendorId: s.vendorId, productId: s.productId, deviceClass: 0, portPath: path });
+    }
+    return path === null ? formatSelector(s) : `${formatSelector(s)} at ${path}`;
   }
 
-  private later(attempt: number, step: () => Promise<void>): void {
-    const delay = backoffDelay(attempt, this.options.retryMs ?? 1000, 30_000);
-    const timer = setTimeout(() => {
-      this.timers.delete(timer);
-      this.enqueue(step);
+  private schedule(path: string, r: Retries): void {
+    const delay = (this.options.retryMs ?? 1000) * 2 ** (r.attempt - 1);
+    r.backAt = null;
+    r.timer = setTimeout(() => {
+      r.timer = null;
+      this.enqueue(() => this.retry(path, r));
     }, delay);
-    this.timers.add(timer);
+    this.retries.set(path, r);
+  }
+
+  private async retry(path: string, r: Retries): Promise<void> {
+    if (this.retries.get(path) !== r) return; // unplugged meanwhile
+    if (r.want !== null && r.want.current !== null) {
+      this.retries.delete(path); // exported again another way (plugged in anew)
+      return;
+    }
+    const how = `retry ${r.attempt} of ${RETRIES} after a failure`;
+    const d = (await this.options.source.list()).find(
+      (x) => x.portPath === path && (r.want === null || matchesSelector(x, r.want.selector)),
+    );
+    if (d === undefined) {
+      this.retries.delete(path);
+      this.options.log.info(`host device ${r.device} ${how}: not plugged in any more; no more tries`);
+      return;
+    }
+    if (r.want !== null) await this.export(r.want, d, how);
+    else await this.plugged(d, how);
+    if (this.wants.some((w) => w.current?.path === path)) {
+      r.backAt = Date.now();
+      return;
+    }
+    if (r.attempt < RETRIES) {
+      r.attempt++;
+      this.schedule(path, r);
+      return;
+    }
+    this.retries.delete(path);
+    this.options.log.warn(
+      `host device ${describe(d)}: ${RETRIES} tries after a failure failed; no more tries until it is plugged in again`,
+    );
   }
 }
 

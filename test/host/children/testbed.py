@@ -14,6 +14,9 @@ follows the child's `STAGE <name>` lines:
   STAGE unplugged, STAGE plug    -> plug it (back): add the device, uevent 'add'
   STAGE plug alt                 -> plug ALT.umockdev's device at the same path (a device that
                                     re-enumerated with another id: its sysfs attributes and descriptors)
+  STAGE refuse claims            -> from now on CLAIMINTERFACE fails with EBUSY (as when another program
+                                    holds the interface), until
+  STAGE accept claims            -> claims are answered again (both logged: `refuse claims`, `accept claims`)
 Kernel drivers (as Linux's usbfs has them): without --driver no interface has one (GETDRIVER says
 ENODATA). With --driver NAME, every interface of the active configuration is bound to NAME when
 plugged and after a SET_CONFIGURATION (the kernel probes the new interfaces); GETDRIVER says NAME,
@@ -104,6 +107,7 @@ class Device(UMockdev.IoctlBase):
         self.gone = False
         self.echo = []  # bytes of bulk OUTs not read back yet
         self.waiting_in = []  # (urb IoctlData, buffer IoctlData, length) of bulk INs waiting for data
+        self.refuse_claims = False  # STAGE refuse claims: every CLAIMINTERFACE fails with EBUSY
 
     def control(self, urb, length):
         """A control URB: answer GET_DESCRIPTOR from the description, stall the rest."""
@@ -225,6 +229,8 @@ class Device(UMockdev.IoctlBase):
             interfaces = self.by_value.get(self.config, (b"", set()))[1]
             if not errno:
                 errno = ENOENT if n not in interfaces else EBUSY if n in self.bound and req == CLAIMINTERFACE else 0
+            if not errno and self.refuse_claims:
+                errno = EBUSY
             if not errno:
                 self.bound.discard(n)
                 self.claimed.add(n)
@@ -403,6 +409,10 @@ def main():
             if state["device"] is None:
                 plug()
                 testbed.uevent(sysfs, "add")
+        elif line.startswith("STAGE refuse claims\n") or line.startswith("STAGE accept claims\n"):
+            if state["handler"] is not None:
+                state["handler"].refuse_claims = line.startswith("STAGE refuse")
+                state["handler"].log(line[len("STAGE ") :].strip())
         elif line.startswith("STAGE plug alt\n") and alt_text is not None:
             if state["device"] is None:
                 plug(alt_text)
