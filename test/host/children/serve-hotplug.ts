@@ -164,7 +164,13 @@ async function storm(n: number): Promise<Record<string, unknown>> {
       exports: log.matching("exported as").length,
       coalesced: log.matching("plugged in and out again before it could be exported").length,
       failedExports: log.matching("could not export it").length,
-      warnings: log.lines.filter((l) => l.startsWith("warn") && !l.includes("could not export it")),
+      matchNewWarnings: log.matching("--match-new with no allow rule").length,
+      warnings: log.lines.filter(
+        (l) =>
+          l.startsWith("warn") &&
+          !l.includes("could not export it") &&
+          !l.includes("--match-new with no allow rule"),
+      ),
     };
   } finally {
     await stop();
