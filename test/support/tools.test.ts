@@ -24,7 +24,9 @@ describe("tools", () => {
       writeFileSync(join(dir, "tool"), "#!/bin/sh\n");
       chmodSync(join(dir, "tool"), 0o755);
       const env = { PATH: `/nonexistent:${dir}` };
-      expect(command(["missing-tool", "tool"], "apt-get install tool", env)).toEqual(found(join(dir, "tool")));
+      expect(command(["missing-tool", "tool"], "apt-get install tool", env)).toEqual(
+        found(join(dir, "tool")),
+      );
       expect(command(["plain"], "apt-get install plain", env)).toEqual(
         missing("plain is not installed (apt-get install plain)"),
       );
