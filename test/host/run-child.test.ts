@@ -40,6 +40,9 @@ it.skipIf(skipWithout("the Python bytecode test", python))(
   "a Python child imports a module without writing __pycache__ beside it",
   async () => {
     const dir = mkdtempSync(join(tmpdir(), "usbvirt-pyc-"));
+    // Not inherited from this environment: runChild itself must see to it.
+    const inherited = process.env.PYTHONDONTWRITEBYTECODE;
+    delete process.env.PYTHONDONTWRITEBYTECODE;
     try {
       writeFileSync(join(dir, "helper.py"), "VALUE = 42\n");
       const script = `import sys; sys.path.insert(0, ${JSON.stringify(dir)}); import helper; print("VERDICT", '{"ok": true}')`;
@@ -47,6 +50,7 @@ it.skipIf(skipWithout("the Python bytecode test", python))(
       expect(out.verdict).toEqual({ ok: true });
       expect(existsSync(join(dir, "__pycache__"))).toBe(false);
     } finally {
+      if (inherited !== undefined) process.env.PYTHONDONTWRITEBYTECODE = inherited;
       rmSync(dir, { recursive: true, force: true });
     }
   },
