@@ -1,5 +1,5 @@
 /**
- * Child process for test/support/verdict.test.ts: a `VERDICT <json>` line with argv[2] bytes of padding,
+ * Child process for test/host/run-child.test.ts: a `VERDICT <json>` line with argv[2] bytes of padding,
  * written and followed by the exit as every test child does it (exitWithVerdict).
  */
 import { exitWithVerdict } from "./verdict.js";
