@@ -72,7 +72,10 @@ describe("every conditional skip in test/", () => {
     for (const file of tsFiles(TEST)) {
       if (file === import.meta.filename) continue;
       const text = readFileSync(file, "utf8");
-      for (const m of text.matchAll(/\.(skipIf|runIf|skip)\(/g)) {
+      // describe / it / test, maybe through .concurrent or .sequential, then .skipIf( .runIf( or .skip(
+      const calls =
+        /\b(?:describe|it|test)(?:\s*\.\s*(?:concurrent|sequential))*\s*\.\s*(skipIf|runIf|skip)\(/g;
+      for (const m of text.matchAll(calls)) {
         const arg = argumentOf(text, m.index + m[0].length - 1);
         const line = text.slice(0, m.index).split("\n").length;
         const where = `${relative(TEST, file)}:${line}`;
