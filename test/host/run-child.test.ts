@@ -5,11 +5,12 @@
  * 64 KiB would be cut, and the parent would see a child that exited 0 without a verdict); a line cut
  * short is reported as such; a Python child writes no bytecode into the tree.
  */
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { expect, it } from "vitest";
+import { tsFiles } from "../support/source-files.js";
 import { command, need, skipWithout } from "../support/tools.js";
 import { childFailure, runChild, verdictIn } from "./run-child.js";
 
@@ -55,3 +56,11 @@ it.skipIf(skipWithout("the Python bytecode test", python))(
     }
   },
 );
+
+it("every test child prints its verdict through exitWithVerdict, none with its own write and exit", () => {
+  const test = fileURLToPath(new URL("..", import.meta.url));
+  const own = tsFiles(test).filter(
+    (f) => !f.endsWith("support/verdict.ts") && /\.write\(\s*`VERDICT /.test(readFileSync(f, "utf8")),
+  );
+  expect(own.map((f) => f.slice(test.length))).toEqual([]);
+});
