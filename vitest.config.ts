@@ -40,6 +40,7 @@ const UNIT = [
   "test/rings/model-constants.test.ts",
   "test/rings/ring-edges.test.ts",
   "test/rings/service-loop.test.ts",
+  "test/support/tools.test.ts",
   "test/urb/**/*.test.ts",
   "test/usbip/allowlist.test.ts",
   "test/usbip/protocol.test.ts",

@@ -509,6 +509,13 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   const log = daemonLog(config, io.logger);
   const { logger } = log;
   for (const w of storageFileWarnings(specs, config.storageSize !== undefined)) logger.warn(w);
+  // With no allow rule the filter is a deny list: everything it does not deny passes.
+  if (matchNew && !filter.rules.some((r) => r.action === "allow")) {
+    logger.warn(
+      "--match-new with no allow rule: every host device plugged in from now on will be exported, " +
+        "except hubs and what a deny rule refuses (narrow it with --allow SEL, or an allow rule in --filter)",
+    );
+  }
   const listenFd = socketActivationFd();
   const plan = planPorts(specs, rows, matchNew);
   const server = await UsbipServer.start({

@@ -10,7 +10,10 @@
  *
  * The receiving side treats the data as untrusted: every field is checked,
  * the cause chain is cut at MAX_CAUSE_DEPTH (a cycle ends there too), and
- * only primitive own fields up to MAX_FIELDS are copied.
+ * only primitive own fields up to MAX_FIELDS are copied, none that the
+ * rebuilt error already has (a method, an accessor). Names are looked up in
+ * Maps only, never on a plain object: a peer's error named "toString" or
+ * "__proto__" becomes a plain Error with that name.
  */
 import { errorClassNamed, UsbvirtError } from "./errors.js";
 
@@ -92,15 +95,10 @@ export function serializeError(value: unknown, depth = 0): SerializedValue {
   };
 }
 
-const BUILTIN: Readonly<Record<string, abstract new (...args: never[]) => Error>> = {
-  Error,
-  TypeError,
-  RangeError,
-  SyntaxError,
-  ReferenceError,
-  EvalError,
-  URIError,
-};
+/** The builtin error classes by name (a Map: a peer's name such as "toString" finds nothing). */
+const BUILTIN: ReadonlyMap<string, abstract new (...args: never[]) => Error> = new Map(
+  [Error, TypeError, RangeError, SyntaxError, ReferenceError, EvalError, URIError].map((c) => [c.name, c]),
+);
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null;
@@ -126,7 +124,7 @@ export function deserializeError(wire: unknown, depth = 0): unknown {
   const name = e.name.slice(0, MAX_NAME_LENGTH);
   const code = typeof e.code === "string" ? e.code.slice(0, MAX_NAME_LENGTH) : undefined;
   // A Node system error (code ENOENT, …) stays an Error with its code; only usbvirt's become UsbvirtError.
-  const cls = errorClassNamed(name) ?? (e.usbvirt === true ? UsbvirtError : (BUILTIN[name] ?? Error));
+  const cls = errorClassNamed(name) ?? (e.usbvirt === true ? UsbvirtError : (BUILTIN.get(name) ?? Error));
   const error = Object.create(cls.prototype) as Error;
   define(error, "message", e.message);
   if (typeof e.stack === "string") define(error, "stack", e.stack);
@@ -137,7 +135,9 @@ export function deserializeError(wire: unknown, depth = 0): unknown {
     let count = 0;
     for (const [key, v] of Object.entries(e.fields)) {
       if (count >= MAX_FIELDS) break;
-      if (RESERVED.has(key) || key === "__proto__" || !isPrimitive(v)) continue;
+      // A name the rebuilt error already answers (toString, constructor, a class's accessor, __proto__)
+      // is left out: a field must not shadow a method or run a setter.
+      if (RESERVED.has(key) || key in error || !isPrimitive(v)) continue;
       (error as unknown as Record<string, unknown>)[key] = v;
       count++;
     }

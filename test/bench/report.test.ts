@@ -11,6 +11,7 @@ import { describe, expect, it } from "vitest";
 import type { BenchRecord } from "../../bench/report.js";
 import { renderCharts, writeReport } from "../../bench/report.js";
 import { chromium, dumpDom, outputDir, screenshot } from "../support/chromium.js";
+import { need, skipWithout } from "../support/tools.js";
 
 const TAGS = ["", ".portworker", ".postmessage", ".comlink", ".piscina"];
 
@@ -123,16 +124,23 @@ describe("bench --report", () => {
   });
 
   const browser = chromium();
-  it.skipIf(browser === null)("headless Chromium renders every chart with its bars", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "usbvirt-report-"));
-    const file = join(dir, "report.html");
-    writeReport(file, record());
-    const dom = await dumpDom(browser!, `file://${file}`, 500);
-    const found = charts(dom);
-    expect([...found.keys()]).toEqual(["depth", "latency", "bulk", "ratios"]);
-    for (const [id, bars] of found) expect(bars.length > 0 && bars.every((w) => w > 0), id).toBe(true);
-    await screenshot(browser!, `file://${file}`, join(outputDir(), "bench-report.png"), 500, "800,2400");
-  });
-  if (browser === null)
-    it.skip("headless Chromium tests: no chromium on PATH (apt-get install chromium)", () => {});
+  it.skipIf(skipWithout("the headless Chromium test of the bench report", browser))(
+    "headless Chromium renders every chart with its bars",
+    async () => {
+      const dir = mkdtempSync(join(tmpdir(), "usbvirt-report-"));
+      const file = join(dir, "report.html");
+      writeReport(file, record());
+      const dom = await dumpDom(need(browser), `file://${file}`, 500);
+      const found = charts(dom);
+      expect([...found.keys()]).toEqual(["depth", "latency", "bulk", "ratios"]);
+      for (const [id, bars] of found) expect(bars.length > 0 && bars.every((w) => w > 0), id).toBe(true);
+      await screenshot(
+        need(browser),
+        `file://${file}`,
+        join(outputDir(), "bench-report.png"),
+        500,
+        "800,2400",
+      );
+    },
+  );
 });

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 import { run } from "../../src/cli/run.js";
+import { command, need, skipWithout } from "../support/tools.js";
 import { capture, ROOT } from "./helpers.js";
 
 const CONTRIB = join(ROOT, "contrib");
@@ -41,48 +42,43 @@ describe("contrib's systemd units", () => {
     expect(args.slice(1, 3)).toEqual(["--config", "/etc/usbvirt/redirect/%i.json"]);
   });
 
-  const verify = (async () => {
-    try {
-      await promisify(execFile)("systemd-analyze", ["--version"]);
-      return true;
-    } catch {
-      return false;
-    }
-  })();
+  const analyze = command(["systemd-analyze"], "apt-get install systemd");
 
-  it("systemd-analyze verify finds nothing wrong but the binary's path", async (ctx) => {
-    if (!(await verify)) ctx.skip("systemd-analyze is not installed (apt-get install systemd)");
-    const dir = await mkdtemp(join(tmpdir(), "usbvirt-units-"));
-    for (const f of [
-      "usbvirt.service",
-      "usbvirt.socket",
-      "usbvirt-redirect@.service",
-      "usbvirt-redirect@.socket",
-    ]) {
-      await copyFile(join(CONTRIB, f), join(dir, f));
-    }
-    const units = [
-      "usbvirt.socket",
-      "usbvirt.service",
-      "usbvirt-redirect@4000.socket",
-      "usbvirt-redirect@4000.service",
-    ];
-    const result = await promisify(execFile)(
-      "systemd-analyze",
-      ["verify", "--man=no", ...units.map((u) => join(dir, u))],
-      {
-        cwd: dir,
-      },
-    ).then(
-      (r) => ({ code: 0, text: `${r.stdout}${r.stderr}` }),
-      (e: { code?: number; stdout?: string; stderr?: string }) => ({
-        code: e.code ?? -1,
-        text: `${e.stdout ?? ""}${e.stderr ?? ""}`,
-      }),
-    );
-    const problems = result.text
-      .split("\n")
-      .filter((l) => l.trim() !== "" && !/Command \/usr\/bin\/usbvirt is not executable/.test(l));
-    expect(problems).toEqual([]);
-  });
+  it.skipIf(skipWithout("systemd-analyze verify of contrib's units", analyze))(
+    "systemd-analyze verify finds nothing wrong but the binary's path",
+    async () => {
+      const dir = await mkdtemp(join(tmpdir(), "usbvirt-units-"));
+      for (const f of [
+        "usbvirt.service",
+        "usbvirt.socket",
+        "usbvirt-redirect@.service",
+        "usbvirt-redirect@.socket",
+      ]) {
+        await copyFile(join(CONTRIB, f), join(dir, f));
+      }
+      const units = [
+        "usbvirt.socket",
+        "usbvirt.service",
+        "usbvirt-redirect@4000.socket",
+        "usbvirt-redirect@4000.service",
+      ];
+      const result = await promisify(execFile)(
+        need(analyze),
+        ["verify", "--man=no", ...units.map((u) => join(dir, u))],
+        {
+          cwd: dir,
+        },
+      ).then(
+        (r) => ({ code: 0, text: `${r.stdout}${r.stderr}` }),
+        (e: { code?: number; stdout?: string; stderr?: string }) => ({
+          code: e.code ?? -1,
+          text: `${e.stdout ?? ""}${e.stderr ?? ""}`,
+        }),
+      );
+      const problems = result.text
+        .split("\n")
+        .filter((l) => l.trim() !== "" && !/Command \/usr\/bin\/usbvirt is not executable/.test(l));
+      expect(problems).toEqual([]);
+    },
+  );
 });

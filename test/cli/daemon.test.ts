@@ -15,6 +15,7 @@ import { jsonLine, streamLogger } from "../../src/network-face/log.js";
 import { listRemote } from "../../src/usbip/client.js";
 import { attachRemote } from "../../src/usbip-attach/attach.js";
 import { UsbredirClient } from "../../src/usbredir/client.js";
+import { need, skipWithout } from "../support/tools.js";
 import {
   capture,
   freePort,
@@ -159,17 +160,13 @@ describe("systemd socket activation", () => {
     expect([process.env.LISTEN_PID, process.env.LISTEN_FDS]).toEqual([undefined, undefined]);
   });
 
-  const tool = socketActivateTool();
-  if (tool === "") {
-    it.skip("serve under systemd-socket-activate (skipped: systemd-socket-activate is not installed; apt-get install systemd)", () => {});
-    return;
-  }
+  const socketActivate = socketActivateTool();
 
   /** `usbvirt ARGS` (from src, through tsx) started by systemd-socket-activate on its first connection to `port`. */
   const activated = (port: number, args: readonly string[]) =>
     spawnChild(
       ["-l", `127.0.0.1:${port}`, process.execPath, "--import", "tsx", "src/cli/main.ts", ...args],
-      tool,
+      need(socketActivate),
     );
   const jsonLines = (text: string) =>
     text
@@ -177,57 +174,65 @@ describe("systemd socket activation", () => {
       .filter((l) => l.startsWith("{"))
       .map((l) => JSON.parse(l) as Record<string, unknown>);
 
-  it("serve under systemd-socket-activate listens on the passed socket, logs JSON, exits 0 on SIGTERM", async () => {
-    // A free port: systemd-socket-activate binds it itself.
-    const port = await freePort();
-    const p = activated(port, ["serve", "--port", "1", "--device", "loopback", "--log-format", "json"]);
-    try {
-      await p.waitFor(/Listening on 127\.0\.0\.1:\d+ as 3/, "err");
-      // The first connection starts usbvirt (exec'd with LISTEN_FDS=1): it must answer on that socket.
-      // Generous: usbvirt starts (tsx, the engine) only now, on a machine that may be busy.
-      const devices = await listRemote({ host: "127.0.0.1", port, timeoutMs: 20_000 });
-      expect(devices.map((d) => d.busid)).toEqual(["1-1"]);
-      await p.waitFor(/device list/, "err");
-      expect(p.out()).toContain(`on 127.0.0.1:${port}`);
-      const json = jsonLines(p.err());
-      expect(json.find((l) => String(l.message).includes("socket systemd passed"))).toBeDefined();
-      expect(json.find((l) => String(l.message).includes("device list"))).toMatchObject({
-        level: "info",
-        client: expect.stringMatching(/^127\.0\.0\.1:\d+$/),
-      });
-    } finally {
-      p.child.kill("SIGTERM");
-    }
-    expect(await p.exited).toBe(0);
-  }, 30_000);
+  it.skipIf(skipWithout("serve under systemd-socket-activate", socketActivate))(
+    "serve under systemd-socket-activate listens on the passed socket, logs JSON, exits 0 on SIGTERM",
+    async () => {
+      // A free port: systemd-socket-activate binds it itself.
+      const port = await freePort();
+      const p = activated(port, ["serve", "--port", "1", "--device", "loopback", "--log-format", "json"]);
+      try {
+        await p.waitFor(/Listening on 127\.0\.0\.1:\d+ as 3/, "err");
+        // The first connection starts usbvirt (exec'd with LISTEN_FDS=1): it must answer on that socket.
+        // Generous: usbvirt starts (tsx, the engine) only now, on a machine that may be busy.
+        const devices = await listRemote({ host: "127.0.0.1", port, timeoutMs: 20_000 });
+        expect(devices.map((d) => d.busid)).toEqual(["1-1"]);
+        await p.waitFor(/device list/, "err");
+        expect(p.out()).toContain(`on 127.0.0.1:${port}`);
+        const json = jsonLines(p.err());
+        expect(json.find((l) => String(l.message).includes("socket systemd passed"))).toBeDefined();
+        expect(json.find((l) => String(l.message).includes("device list"))).toMatchObject({
+          level: "info",
+          client: expect.stringMatching(/^127\.0\.0\.1:\d+$/),
+        });
+      } finally {
+        p.child.kill("SIGTERM");
+      }
+      expect(await p.exited).toBe(0);
+    },
+    30_000,
+  );
 
-  it("redirect under systemd-socket-activate, configured by contrib's example file, listens on the passed socket", async () => {
-    const port = await freePort();
-    // contrib's example as an instance would have it, its disk in a scratch directory; its "listen" is not used.
-    const example = JSON.parse(
-      await readFile(join(ROOT, "contrib", "usbvirt-redirect.example.json"), "utf8"),
-    ) as Record<string, unknown>;
-    const dir = await mkdtemp(join(tmpdir(), "usbvirt-redirect-"));
-    const config = join(dir, `${port}.json`);
-    const { metrics: _none, ...settings } = example;
-    await writeFile(config, JSON.stringify({ ...settings, storageFile: join(dir, "disk.img") }));
-    const p = activated(port, ["redirect", "--config", config, "--log-format", "json"]);
-    try {
-      await p.waitFor(/Listening on 127\.0\.0\.1:\d+ as 3/, "err");
-      // The first connection starts usbvirt (exec'd with LISTEN_FDS=1): it must get the device on that socket.
-      const g = await UsbredirClient.connect(port, { timeoutMs: 20_000 });
-      expect(g.device?.vendorId).toBe(0x1209);
-      expect(p.out()).toContain(`listening on 127.0.0.1:${port}`);
-      const json = jsonLines(p.err());
-      expect(json.find((l) => String(l.message).includes("socket systemd passed"))).toMatchObject({
-        level: "info",
-        message: "listening on the socket systemd passed (fd 3), not --listen",
-      });
-      g.close();
-    } finally {
-      p.child.kill("SIGTERM");
-    }
-    expect(await p.exited).toBe(0);
-    expect(p.err()).toMatch(/SIGTERM: shutting down/);
-  }, 30_000);
+  it.skipIf(skipWithout("redirect under systemd-socket-activate", socketActivate))(
+    "redirect under systemd-socket-activate, configured by contrib's example file, listens on the passed socket",
+    async () => {
+      const port = await freePort();
+      // contrib's example as an instance would have it, its disk in a scratch directory; its "listen" is not used.
+      const example = JSON.parse(
+        await readFile(join(ROOT, "contrib", "usbvirt-redirect.example.json"), "utf8"),
+      ) as Record<string, unknown>;
+      const dir = await mkdtemp(join(tmpdir(), "usbvirt-redirect-"));
+      const config = join(dir, `${port}.json`);
+      const { metrics: _none, ...settings } = example;
+      await writeFile(config, JSON.stringify({ ...settings, storageFile: join(dir, "disk.img") }));
+      const p = activated(port, ["redirect", "--config", config, "--log-format", "json"]);
+      try {
+        await p.waitFor(/Listening on 127\.0\.0\.1:\d+ as 3/, "err");
+        // The first connection starts usbvirt (exec'd with LISTEN_FDS=1): it must get the device on that socket.
+        const g = await UsbredirClient.connect(port, { timeoutMs: 20_000 });
+        expect(g.device?.vendorId).toBe(0x1209);
+        expect(p.out()).toContain(`listening on 127.0.0.1:${port}`);
+        const json = jsonLines(p.err());
+        expect(json.find((l) => String(l.message).includes("socket systemd passed"))).toMatchObject({
+          level: "info",
+          message: "listening on the socket systemd passed (fd 3), not --listen",
+        });
+        g.close();
+      } finally {
+        p.child.kill("SIGTERM");
+      }
+      expect(await p.exited).toBe(0);
+      expect(p.err()).toMatch(/SIGTERM: shutting down/);
+    },
+    30_000,
+  );
 });

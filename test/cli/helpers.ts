@@ -2,13 +2,14 @@
  * Helpers for the daemon tests: run `serve` or `redirect` in-process through run() with a collecting
  * logger, and spawn the real `usbvirt` process (through tsx, from src) with its output collected.
  */
-import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from "node:child_process";
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { type CliIo, run } from "../../src/cli/run.js";
 import { CollectingLogger } from "../../src/network-face/log.js";
 import type { UsbipServer } from "../../src/usbip-server/server.js";
 import type { UsbredirServer } from "../../src/usbredir/server.js";
+import { command, type Tool } from "../support/tools.js";
 
 export const ROOT = join(import.meta.dirname, "../..");
 
@@ -84,13 +85,9 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-/** The path of systemd-socket-activate, or "" when it is not installed. */
-export function socketActivateTool(): string {
-  try {
-    return execFileSync("sh", ["-c", "command -v systemd-socket-activate"], { encoding: "utf8" }).trim();
-  } catch {
-    return "";
-  }
+/** systemd-socket-activate, or why it is missing (test/support/tools.ts). */
+export function socketActivateTool(): Tool<string> {
+  return command(["systemd-socket-activate"], "apt-get install systemd");
 }
 
 export interface Child {

@@ -117,6 +117,25 @@ describe("serve: host devices that are not plugged in yet", () => {
     }
   });
 
+  it("--match-new without an allow rule says at start that every device plugged in later will be exported", async () => {
+    const warning =
+      "warn: --match-new with no allow rule: every host device plugged in from now on will be exported, " +
+      "except hubs and what a deny rule refuses (narrow it with --allow SEL, or an allow rule in --filter)";
+    for (const args of [["--match-new"], ["--match-new", "--deny", "class=hid"]]) {
+      const { c, stop } = await serve(args, fakeSource());
+      expect(await stop()).toBe(0);
+      expect(c.logger.matching("--match-new"), args.join(" ")).toEqual([warning]);
+    }
+    for (const args of [
+      ["--match-new", "--filter", "deny class=hid|allow 1209:*"],
+      ["--match-new", "--filter", "0x03,-1,-1,-1,0|-1,0x1209,-1,-1,1"],
+    ]) {
+      const { c, stop } = await serve(args, fakeSource());
+      expect(await stop()).toBe(0);
+      expect(c.logger.matching("--match-new"), args.join(" ")).toEqual([]);
+    }
+  });
+
   it("--match-new without a host listing (no libusb) says so and exits 1, instead of serving nothing", async () => {
     const c = capture({
       listHostDevices: async () => {

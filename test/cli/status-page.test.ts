@@ -11,6 +11,7 @@ import { UsbipClient } from "../../src/usbip/client.js";
 import { chromium, dumpDom, outputDir, screenshot } from "../support/chromium.js";
 import { pattern } from "../support/data.js";
 import { eventually } from "../support/eventually.js";
+import { need, skipWithout } from "../support/tools.js";
 import { bulkIn, bulkOut, enumerate } from "../usbip/helpers.js";
 import { serveInProcess } from "./helpers.js";
 
@@ -106,7 +107,7 @@ describe("serve --metrics: the status page", () => {
   });
 
   const browser = chromium();
-  it.skipIf(browser === null)(
+  it.skipIf(skipWithout("the headless Chromium test of the status page", browser))(
     "in headless Chromium the page polls /status.json and shows the device row, holder and a non-zero rate",
     async () => {
       const b = await busyServer();
@@ -118,7 +119,7 @@ describe("serve --metrics: the status page", () => {
           10_000,
           "a non-zero rate",
         );
-        const dom = await dumpDom(browser!, b.base, 3000);
+        const dom = await dumpDom(need(browser), b.base, 3000);
         // The script ran: it counts its polls on <body>.
         expect(dom).toMatch(/<body data-polled="[1-9]\d*"/);
         const row = /<tr data-busid="1-1">(.*?)<\/tr>/s.exec(dom)?.[1];
@@ -130,13 +131,11 @@ describe("serve --metrics: the status page", () => {
         expect(Number(rate![1])).toBeGreaterThan(0);
         expect(row).toMatch(/<svg class="spark bytes"[^>]*><title>[^<]*<\/title><polyline points="[\d., ]+"/);
         const file = join(outputDir(), "status-page.png");
-        await screenshot(browser!, b.base, file, 3000);
+        await screenshot(need(browser), b.base, file, 3000);
         expect(existsSync(file) && statSync(file).size > 1000).toBe(true);
       } finally {
         await b.stop();
       }
     },
   );
-  if (browser === null)
-    it.skip("headless Chromium tests: no chromium on PATH (apt-get install chromium)", () => {});
 });

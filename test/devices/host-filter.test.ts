@@ -18,6 +18,7 @@ import {
   parseRule,
   parseRules,
 } from "../../src/devices/host/filter.js";
+import { InvalidOptionError } from "../../src/util/errors.js";
 
 const keyboard: FilterableDevice = {
   vendorId: 0x046d,
@@ -96,6 +97,28 @@ describe("filter rules: parsing", () => {
     expect(() => parseRule("deny")).toThrow(/expected "allow SEL"/);
     expect(() => parseRule("deny colour=red")).toThrow(/unknown key "colour"/);
     expect(() => parseRule("allow 12345:1")).toThrow(/vendor id must be 1-4 hex digits/);
+  });
+
+  it("a class name is looked up among the class names only, never on an object's prototype", () => {
+    for (const name of ["constructor", "toString", "__proto__", "hasOwnProperty", "valueOf", "CONSTRUCTOR"]) {
+      for (const action of ["deny", "allow"]) {
+        const text = `${action} class=${name}`;
+        let thrown: unknown;
+        try {
+          parseRule(text);
+        } catch (err) {
+          thrown = err;
+        }
+        expect(thrown, text).toBeInstanceOf(InvalidOptionError);
+        expect((thrown as Error).message).toMatch(
+          `filter rule "${text}": class must be 0..0xff or one of audio, `,
+        );
+        expect((thrown as Error).message.endsWith(`, not "${name}"`)).toBe(true);
+      }
+    }
+    // The same through serve's lists, and a real name still reads.
+    expect(() => filterFromLists({ deny: ["class=constructor"] })).toThrow(/class must be/);
+    expect(parseRule("deny class=HID")).toEqual({ action: "deny", class: 3 });
   });
 });
 

@@ -1,18 +1,23 @@
 /**
- * A storage file belongs to one process: a second `usbvirt serve` on the same file (a real second
- * process) fails with a clear error naming the holder; a stale lock (its process gone) is taken over;
- * the lock goes away with its server. An existing file of another size than --storage-size is
+ * A storage file belongs to one process and, inside it, to one device: a second `usbvirt serve` on the
+ * same file (a real second process), or a second device of the same process, fails with a clear error
+ * naming the holder; a stale lock (its process gone, or the thread that held it terminated) is taken over;
+ * the lock goes away with its server. Neither the image nor its lock file is opened through a symbolic
+ * link planted at its name; a new image is created 0600. An existing file of another size than --storage-size is
  * warned about; a file that is not whole 512-byte blocks is refused, not grown.
  */
 import { spawnSync } from "node:child_process";
+import { once } from "node:events";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, stat, symlink, unlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { run } from "../../src/cli/run.js";
 import { lockStorageFile, StorageLockError } from "../../src/devices/emulated/mass-storage/file-lock.js";
 import { FileStore } from "../../src/devices/emulated/mass-storage/store.js";
+import { InvalidOptionError } from "../../src/util/errors.js";
+import { siblingModule, startWorker } from "../../src/util/start-worker.js";
 import { capture, serveInProcess, spawnChild } from "../cli/helpers.js";
 
 async function tempFile(name: string): Promise<string> {
@@ -87,6 +92,130 @@ describe("storage file lock", () => {
     expect(existsSync(`${file}.lock`)).toBe(true);
     await rw.close();
     expect(existsSync(`${file}.lock`)).toBe(false);
+  });
+});
+
+describe("storage file lock within one process", () => {
+  const inUse = (file: string, pid: number) =>
+    `${file} is in use by process ${pid} (lock file ${file}.lock): another usbvirt serves this disk image; ` +
+    "stop it first, or pick another --storage-file";
+
+  it("a second read-write store on the same image is refused with the message a second process gets", async () => {
+    const file = await tempFile("disk.img");
+    const first = await FileStore.open(file, { sizeBytes: 4096 });
+    const err = await FileStore.open(file, { sizeBytes: 4096 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StorageLockError);
+    expect((err as Error).message).toBe(inUse(file, process.pid));
+    // The refusal left the first store's lock alone; once it is closed the image is free again.
+    expect((await readFile(`${file}.lock`, "utf8")).trim()).toBe(String(process.pid));
+    await first.close();
+    const again = await FileStore.open(file, { sizeBytes: 4096 });
+    await again.close();
+    expect(existsSync(`${file}.lock`)).toBe(false);
+  });
+
+  it("serve with two storage devices on one --storage-file fails, naming the image", async () => {
+    const file = await tempFile("disk.img");
+    // Should it start, it is stopped at once: the test then fails on the exit status, not on a timeout.
+    let stop!: (signal: string) => void;
+    const stopped = new Promise<string>((r) => {
+      stop = r;
+    });
+    const c = capture({ stopSignal: () => stopped, onListening: () => stop("SIGINT") });
+    const code = await run(
+      [
+        "serve",
+        "--port",
+        "0",
+        "--device",
+        "storage",
+        "--device",
+        "storage",
+        "--storage-file",
+        file,
+        "--storage-size",
+        "1M",
+      ],
+      c.io,
+    );
+    expect(code).toBe(1);
+    expect(c.err).toContain(inUse(file, process.pid));
+    expect(existsSync(`${file}.lock`)).toBe(false);
+  });
+
+  it("a store held on another thread is refused; once that thread is terminated (it cannot release), the lock is taken over", async () => {
+    const file = await tempFile("disk.img");
+    const worker = startWorker(siblingModule(import.meta.url, "./storage-holder-worker"), {
+      workerData: file,
+    });
+    const [said] = await once(worker, "message");
+    expect(said).toBe("open");
+    const err = await FileStore.open(file, { sizeBytes: 4096 }).catch((e: unknown) => e);
+    expect((err as Error).message).toBe(inUse(file, process.pid));
+    await worker.terminate();
+    const store = await FileStore.open(file, { sizeBytes: 4096 });
+    await store.close();
+    expect(existsSync(`${file}.lock`)).toBe(false);
+  });
+});
+
+describe("storage file: symbolic links and modes", () => {
+  it("a symbolic link planted where the image is named is refused, read-write or read-only; the file it points to is untouched", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "usbvirt-storage-"));
+    const victim = join(dir, "victim");
+    await writeFile(victim, "secret, 20 bytes ok\n");
+    const image = join(dir, "disk.img");
+    await symlink(victim, image);
+    for (const readOnly of [false, true]) {
+      const err = await FileStore.open(image, { readOnly, sizeBytes: 4096 }).catch((e: unknown) => e);
+      expect(err, `readOnly ${readOnly}`).toBeInstanceOf(InvalidOptionError);
+      expect((err as Error).message).toBe(
+        `${image} is a symbolic link, not a disk image: give the file itself (refusing to follow it)`,
+      );
+    }
+    expect(await readFile(victim, "utf8")).toBe("secret, 20 bytes ok\n");
+    expect(existsSync(`${image}.lock`)).toBe(false);
+    const folder = join(dir, "folder.img");
+    await mkdir(folder);
+    await expect(FileStore.open(folder, { readOnly: true })).rejects.toThrow(
+      `${folder} is not a regular file (a directory, device or FIFO), so not a disk image`,
+    );
+  });
+
+  it("a new image is created readable and writable by its owner only (0600)", async () => {
+    const file = await tempFile("new.img");
+    const store = await FileStore.open(file, { sizeBytes: 4096 });
+    await store.close();
+    expect((await stat(file)).mode & 0o777).toBe(0o600);
+  });
+
+  it("a lock file that is a symbolic link, or longer than a pid, is refused without being followed or read whole", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "usbvirt-storage-"));
+    const file = join(dir, "disk.img");
+    const victim = join(dir, "victim");
+    await writeFile(victim, `${process.pid}\n`);
+    await symlink(victim, `${file}.lock`);
+    const linked = await FileStore.open(file, { sizeBytes: 4096 }).catch((e: unknown) => e);
+    expect(linked).toBeInstanceOf(StorageLockError);
+    expect((linked as Error).message).toBe(
+      `${file} is locked by ${file}.lock, which is a symbolic link, not a lock file usbvirt wrote; ` +
+        `remove it if no usbvirt uses ${file}`,
+    );
+    expect(existsSync(victim)).toBe(true);
+    await unlink(`${file}.lock`);
+    await writeFile(`${file}.lock`, "1".repeat(1 << 20));
+    const long = await FileStore.open(file, { sizeBytes: 4096 }).catch((e: unknown) => e);
+    expect(long).toBeInstanceOf(StorageLockError);
+    expect((long as Error).message).toBe(
+      `${file} is locked by ${file}.lock, which is 1048576 bytes, not a lock file usbvirt wrote; ` +
+        `remove it if no usbvirt uses ${file}`,
+    );
+    await unlink(`${file}.lock`);
+    await mkdir(`${file}.lock`);
+    await expect(FileStore.open(file, { sizeBytes: 4096 })).rejects.toThrow(
+      `${file} is locked by ${file}.lock, which is not a regular file (a directory, device or FIFO), not a lock file usbvirt wrote`,
+    );
+    expect(existsSync(file)).toBe(false); // refused before the image was opened
   });
 });
 

@@ -8,16 +8,12 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { need, skipWithout } from "../support/tools.js";
 import { fakeDevice } from "./fixture.js";
-import { runChild } from "./run-child.js";
-import { findTestbedPython, findUmockdevRun, umockdevDescription } from "./umockdev.js";
+import { childFailure, runChild } from "./run-child.js";
+import { testbedPython, umockdevDescription } from "./umockdev.js";
 
-const testbedPython = findUmockdevRun() === null ? null : findTestbedPython();
-if (testbedPython === null) {
-  console.warn(
-    "test/host/host-recovery: SKIPPED — umockdev-run or python3 with gir1.2-umockdev-1.0 is not installed",
-  );
-}
+const testbed = testbedPython();
 
 /** Run `child` under the testbed with the fixture's echo device plugged in; its verdict and the ioctl log. */
 async function underTestbed(
@@ -32,7 +28,7 @@ async function underTestbed(
     writeFileSync(description, umockdevDescription(fakeDevice));
     writeFileSync(log, "");
     const out = await runChild(
-      testbedPython!,
+      need(testbed),
       [
         "test/host/children/testbed.py",
         ...testbedArgs,
@@ -50,9 +46,7 @@ async function underTestbed(
     );
     const v = out.verdict;
     if (v === null || v.ok !== true) {
-      throw new Error(
-        `${child} failed (exit ${out.code}, ${out.ms} ms): ${JSON.stringify(v)}\n${out.stderr.slice(-2000)}`,
-      );
+      throw new Error(childFailure(child, out));
     }
     return { verdict: v, ioctls: readFileSync(log, "utf8").split("\n").filter(Boolean) };
   } finally {
@@ -60,74 +54,83 @@ async function underTestbed(
   }
 }
 
-describe.skipIf(testbedPython === null)("host device arbitration under the umockdev testbed", () => {
-  it("refuses a device held by another connection or another process with 'in use by …', and hands it over on detach", async () => {
-    const { verdict: v } = await underTestbed("test/host/children/arbitration.ts", []);
-    const pid = v.pid as number;
-    for (const refused of [v.inProcess, v.otherProcess]) {
-      expect(refused).toMatchObject({ code: "ERR_USBVIRT_HOST_IN_USE" });
-      expect((refused as { message: string }).message).toMatch(
-        new RegExp(
-          `host device 1209:7301 at 1-1 is in use by arbitration\\.ts \\(pid ${pid}, thread \\d+\\)$`,
-        ),
-      );
-    }
-    expect(v.after).toBeNull(); // attached once A let go
-  });
-});
+describe.skipIf(skipWithout("the tests of host device arbitration under the umockdev testbed", testbed))(
+  "host device arbitration under the umockdev testbed",
+  () => {
+    it("refuses a device held by another connection or another process with 'in use by …', and hands it over on detach", async () => {
+      const { verdict: v } = await underTestbed("test/host/children/arbitration.ts", []);
+      const pid = v.pid as number;
+      for (const refused of [v.inProcess, v.otherProcess]) {
+        expect(refused).toMatchObject({ code: "ERR_USBVIRT_HOST_IN_USE" });
+        expect((refused as { message: string }).message).toMatch(
+          new RegExp(
+            `host device 1209:7301 at 1-1 is in use by arbitration\\.ts \\(pid ${pid}, thread \\d+\\)$`,
+          ),
+        );
+      }
+      expect(v.after).toBeNull(); // attached once A let go
+    });
+  },
+);
 
-describe.skipIf(testbedPython === null)("a port worker that dies holding a host device", () => {
-  it.each([
-    ["killed (terminate(): no exit hook runs)", "kill"],
-    ["crashed (process.exit on it: its exit hook runs)", "crash"],
-  ])(
-    "%s: the backend asks for the kernel driver back, lets go of the lock, and the device can be taken again",
-    async (_what, how) => {
+describe.skipIf(skipWithout("the tests of a port worker that dies holding a host device", testbed))(
+  "a port worker that dies holding a host device",
+  () => {
+    it.each([
+      ["killed (terminate(): no exit hook runs)", "kill"],
+      ["crashed (process.exit on it: its exit hook runs)", "crash"],
+    ])(
+      "%s: the backend asks for the kernel driver back, lets go of the lock, and the device can be taken again",
+      async (_what, how) => {
+        const { verdict: v, ioctls } = await underTestbed(
+          "test/host/children/arbitration.ts",
+          [how],
+          ["--driver", "usbhid"],
+        );
+        expect(v.inProcess).toMatchObject({ code: "ERR_USBVIRT_HOST_IN_USE" });
+        // The first holder detached usbhid and claimed the interface ...
+        expect(ioctls.slice(0, 4)).toEqual([
+          "getdriver 0 usbhid",
+          "getdriver 0 usbhid",
+          "disconnect 0",
+          "claim 0",
+        ]);
+        // ... and once its worker was gone, the backend asked for usbhid to be bound again (USBDEVFS_CONNECT
+        // through a new fd on the device node) before the second holder took the device. What this cannot show:
+        // that the bind succeeds. The testbed does not see an fd close (umockdev reports no vanished client), so
+        // it still counts the dead worker's claim and answers EBUSY, where Linux dropped that fd's claims when
+        // node-usb closed it on the worker's teardown (or the exit hook did).
+        expect(ioctls[4]).toMatch(/^connect 0( -> 16)?$/);
+        expect(v.after).toBeNull();
+        expect((v.fdsHeld as string[]).some((f) => f.includes("bus/usb/001/002"))).toBe(true);
+        expect((v.fdsLeft as string[]).filter((f) => f.includes("bus/usb/"))).toEqual([]);
+      },
+    );
+  },
+);
+
+describe.skipIf(skipWithout("the tests of a backend worker that dies with its port workers", testbed))(
+  "a backend worker that dies with its port workers",
+  () => {
+    it("has the control plane give the host device back, so the new backend can attach it again", async () => {
       const { verdict: v, ioctls } = await underTestbed(
         "test/host/children/arbitration.ts",
-        [how],
+        ["backend"],
         ["--driver", "usbhid"],
       );
-      expect(v.inProcess).toMatchObject({ code: "ERR_USBVIRT_HOST_IN_USE" });
-      // The first holder detached usbhid and claimed the interface ...
       expect(ioctls.slice(0, 4)).toEqual([
         "getdriver 0 usbhid",
         "getdriver 0 usbhid",
         "disconnect 0",
         "claim 0",
       ]);
-      // ... and once its worker was gone, the backend asked for usbhid to be bound again (USBDEVFS_CONNECT
-      // through a new fd on the device node) before the second holder took the device. What this cannot show:
-      // that the bind succeeds. The testbed does not see an fd close (umockdev reports no vanished client), so
-      // it still counts the dead worker's claim and answers EBUSY, where Linux dropped that fd's claims when
-      // node-usb closed it on the worker's teardown (or the exit hook did).
-      expect(ioctls[4]).toMatch(/^connect 0( -> 16)?$/);
-      expect(v.after).toBeNull();
-      expect((v.fdsHeld as string[]).some((f) => f.includes("bus/usb/001/002"))).toBe(true);
-      expect((v.fdsLeft as string[]).filter((f) => f.includes("bus/usb/"))).toEqual([]);
-    },
-  );
-});
-
-describe.skipIf(testbedPython === null)("a backend worker that dies with its port workers", () => {
-  it("has the control plane give the host device back, so the new backend can attach it again", async () => {
-    const { verdict: v, ioctls } = await underTestbed(
-      "test/host/children/arbitration.ts",
-      ["backend"],
-      ["--driver", "usbhid"],
-    );
-    expect(ioctls.slice(0, 4)).toEqual([
-      "getdriver 0 usbhid",
-      "getdriver 0 usbhid",
-      "disconnect 0",
-      "claim 0",
-    ]);
-    expect(ioctls[4]).toMatch(/^connect 0( -> 16)?$/); // see above for the EBUSY
-    expect(v.logs as string[]).toContainEqual(
-      expect.stringMatching(/^port 1: host device given back by the control plane/),
-    );
-    // The new backend holds it again (B is refused), and no fd of the dead backend's port worker is left.
-    expect(v.after).toMatchObject({ code: "ERR_USBVIRT_HOST_IN_USE" });
-    expect((v.fdsLeft as string[]).filter((f) => f.includes("bus/usb/"))).toHaveLength(1);
-  });
-});
+      expect(ioctls[4]).toMatch(/^connect 0( -> 16)?$/); // see above for the EBUSY
+      expect(v.logs as string[]).toContainEqual(
+        expect.stringMatching(/^port 1: host device given back by the control plane/),
+      );
+      // The new backend holds it again (B is refused), and no fd of the dead backend's port worker is left.
+      expect(v.after).toMatchObject({ code: "ERR_USBVIRT_HOST_IN_USE" });
+      expect((v.fdsLeft as string[]).filter((f) => f.includes("bus/usb/"))).toHaveLength(1);
+    });
+  },
+);

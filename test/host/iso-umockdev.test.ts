@@ -9,7 +9,7 @@
  * (EBUSY), as the kernel does.
  *
  * Skips where python3 with gir1.2-umockdev-1.0 or the optional koffi is
- * missing (CI installs both).
+ * missing (CI installs both, and sets USBVIRT_REQUIRE_TOOLS=1: there a missing one fails).
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -28,19 +28,16 @@ import {
   isKnownStatus,
   OK,
 } from "../../src/urb/status.js";
+import { allOf, found, missing, need, skipWithout } from "../support/tools.js";
 import { ISO_IN_BATCH, ISO_PACKET, isoFakeDevice, isoInByte, isoInPacket } from "./iso-fixture.js";
-import { runChild } from "./run-child.js";
-import { findTestbedPython, umockdevDescription } from "./umockdev.js";
+import { childFailure, runChild } from "./run-child.js";
+import { testbedPython, umockdevDescription } from "./umockdev.js";
 
-const python = findTestbedPython();
 const usbfs = probeUsbfs();
-if (python === null) {
-  console.warn(
-    "test/host/iso: SKIPPED — python3 with gir1.2-umockdev-1.0 (python3-gi) and umockdev are not installed",
-  );
-} else if (!usbfs.ok) {
-  console.warn(`test/host/iso: SKIPPED — the usbfs path cannot load here: ${usbfs.reason}`);
-}
+const tools = allOf(
+  testbedPython(),
+  usbfs.ok ? found(usbfs) : missing(`the usbfs path cannot load here: ${usbfs.reason}`),
+);
 
 interface Outcome {
   verdict: Record<string, unknown>;
@@ -48,7 +45,7 @@ interface Outcome {
 }
 
 describe
-  .skipIf(python === null || !usbfs.ok)
+  .skipIf(skipWithout("the usbfs isochronous tests under the umockdev testbed", tools))
   .sequential("isochronous URBs to a host device through usbfs", () => {
     let dir = "";
     let description = "";
@@ -63,7 +60,7 @@ describe
 
     async function run(scenario: string): Promise<Outcome> {
       const out = await runChild(
-        python!,
+        need(tools)[0],
         [
           "test/host/children/iso-testbed.py",
           description,
@@ -81,8 +78,7 @@ describe
         line === undefined ? null : (JSON.parse(line.slice("TESTBED ".length)) as Record<string, unknown>);
       if (out.verdict === null || out.verdict.ok !== true || testbed === null) {
         throw new Error(
-          `iso child '${scenario}' failed (exit ${out.code}, ${out.ms} ms): ${JSON.stringify(out.verdict)}\n` +
-            `testbed: ${JSON.stringify(testbed)}\n${out.stderr.slice(-2000)}`,
+          `${childFailure(`iso child '${scenario}'`, out)}\ntestbed: ${JSON.stringify(testbed)}`,
         );
       }
       return { verdict: out.verdict, testbed };

@@ -1,4 +1,7 @@
-/** Start one child process under umockdev-run, kill it at a timeout, and read its `VERDICT <json>` line. */
+/**
+ * Start one child process (under umockdev-run, or the interactive testbed), kill it at a timeout, and read
+ * its `VERDICT <json>` line (test/support/verdict.ts writes it). Python children never write bytecode.
+ */
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -28,7 +31,7 @@ export function runChild(
     const child = spawn(command, args, {
       cwd: ROOT,
       stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, USBVIRT_HOST_LOCK_DIR: lockDir, ...env },
+      env: { ...process.env, PYTHONDONTWRITEBYTECODE: "1", USBVIRT_HOST_LOCK_DIR: lockDir, ...env },
     });
     let stdout = "";
     let stderr = "";
@@ -42,10 +45,8 @@ export function runChild(
     child.on("close", (code) => {
       clearTimeout(timer);
       if (env.USBVIRT_HOST_LOCK_DIR === undefined) rmSync(lockDir, { recursive: true, force: true });
-      const line = stdout.split("\n").find((l) => l.startsWith("VERDICT "));
       resolve({
-        verdict:
-          line === undefined ? null : (JSON.parse(line.slice("VERDICT ".length)) as Record<string, unknown>),
+        verdict: verdictIn(stdout),
         code,
         stdout,
         stderr,
@@ -53,6 +54,32 @@ export function runChild(
       });
     });
   });
+}
+
+/** The first whole `VERDICT <json>` line of `stdout`; null when there is none, or it was cut short. */
+export function verdictIn(stdout: string): Record<string, unknown> | null {
+  const lines = stdout.split("\n");
+  // The last part has no newline after it: a line still being written when the child ended.
+  const line = lines.slice(0, -1).find((l) => l.startsWith("VERDICT "));
+  if (line === undefined) return null;
+  try {
+    const v: unknown = JSON.parse(line.slice("VERDICT ".length));
+    return typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A failure message for a child without a good verdict: its exit, its verdict (or why it has none), its stderr's end. */
+export function childFailure(what: string, out: ChildOutcome): string {
+  const at = out.stdout.lastIndexOf("VERDICT ");
+  const verdict =
+    out.verdict !== null
+      ? JSON.stringify(out.verdict)
+      : at < 0
+        ? "no VERDICT line"
+        : `its VERDICT line was cut short or is not JSON (${out.stdout.length - at} bytes)`;
+  return `${what} failed (exit ${out.code}, ${out.ms} ms): ${verdict}\n${out.stderr.slice(-2000)}`;
 }
 
 /** `umockdev-run --device D --pcap SYSFS=R -- node --import tsx <child> <args>` */

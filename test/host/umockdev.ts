@@ -9,38 +9,40 @@
  * the recorded one. See /work/shared/USB-TESTING.md for what was checked.
  */
 import { execFileSync } from "node:child_process";
+import { command, found, missing, type Tool } from "../support/tools.js";
 
 export const XFER_ISO = 0;
 export const XFER_INTERRUPT = 1;
 export const XFER_CONTROL = 2;
 export const XFER_BULK = 3;
 
-/** Where umockdev-run lives, or null when it is not installed (the tests then skip). */
-export function findUmockdevRun(): string | null {
-  try {
-    return execFileSync("sh", ["-c", "command -v umockdev-run"], { encoding: "utf8" }).trim() || null;
-  } catch {
-    return null;
-  }
+/** umockdev-run, which replays a usbmon capture against a described device. */
+export function umockdevRun(): Tool<string> {
+  return command(["umockdev-run"], "apt-get install umockdev");
 }
 
-/** A Python 3 that has umockdev's GObject introspection (interactive mode), or null. */
-export function findTestbedPython(): string | null {
+const TESTBED_INSTALL = "apt-get install umockdev gir1.2-umockdev-1.0 python3-gi";
+
+/**
+ * A Python 3 that has umockdev's GObject introspection, for the interactive testbeds (test/host/children/*.py,
+ * which run themselves under umockdev-wrapper).
+ */
+export function testbedPython(): Tool<string> {
+  const wrapper = command(["umockdev-wrapper"], TESTBED_INSTALL);
+  if (!wrapper.ok) return wrapper;
   for (const python of ["/usr/bin/python3", "python3"]) {
     try {
       execFileSync(
         python,
-        ["-c", "import gi; gi.require_version('UMockdev', '1.0'); from gi.repository import UMockdev"],
-        {
-          stdio: "ignore",
-        },
+        ["-B", "-c", "import gi; gi.require_version('UMockdev', '1.0'); from gi.repository import UMockdev"],
+        { stdio: "ignore" },
       );
-      return python;
+      return found(python);
     } catch {
       // try the next one
     }
   }
-  return null;
+  return missing(`python3 with umockdev's introspection data is not installed (${TESTBED_INSTALL})`);
 }
 
 export interface FakeUsbDevice {

@@ -12,6 +12,7 @@ import type { TransferRequest, TransferResult } from "../../src/devices/device.j
 import { probeUsbfs, USBFS_MAX_PACKETS_PER_URB, UsbfsChannel } from "../../src/devices/host/usbfs-iso.js";
 import { ECONNRESET, EINVAL, ENOMEM, ESHUTDOWN, OK } from "../../src/urb/status.js";
 import { eventually } from "../support/eventually.js";
+import { found, missing, need, skipWithout } from "../support/tools.js";
 
 type Libc = Parameters<typeof UsbfsChannel.open>[0];
 
@@ -287,45 +288,48 @@ describe("usbfs channel against a fake kernel", () => {
   });
 });
 
-const realLibc = probeUsbfs();
+const probed = probeUsbfs();
+const realLibc = probed.ok ? found(probed) : missing(`the usbfs path cannot load here: ${probed.reason}`);
 
-describe.skipIf(!realLibc.ok)("usbfs channel on the real libuv pool", () => {
-  it("four channels with URBs pending leave the pool free: a file read completes while they wait", async () => {
-    if (!realLibc.ok) return;
-    const real = realLibc.libc;
-    // Each channel's "device" is the read end of a real pipe nobody writes: poll() never reports it ready.
-    // The URBs themselves never reach a kernel (SUBMITURB is answered here); poll, pipe2, read, write and
-    // close are libc's own, so the waits occupy real pool threads.
-    const pipes: number[] = [];
-    const libc: Libc = {
-      ...real,
-      open: () => {
-        const fds = new Int32Array(2);
-        if (real.pipe2(fds, 0o2000000) !== 0) throw new Error("pipe2 failed");
-        pipes.push(fds[1]!);
-        return fds[0]!;
-      },
-      ioctl: (fd, request, arg) => (request === SUBMITURB ? 0 : real.ioctl(fd, request, arg)),
-      ioctlValue: () => 0,
-    };
-    const channels: UsbfsChannel[] = [];
-    try {
-      for (let i = 0; i < 4; i++) {
-        const c = UsbfsChannel.open(libc, 1, 2 + i, { log: () => {}, onGone: () => {} });
-        if (typeof c === "string") throw new Error(c);
-        channels.push(c);
-        c.submit(1, isoIn(2, 8, 8), () => {});
+describe.skipIf(skipWithout("the usbfs channel test on the real libuv pool", realLibc))(
+  "usbfs channel on the real libuv pool",
+  () => {
+    it("four channels with URBs pending leave the pool free: a file read completes while they wait", async () => {
+      const real = need(realLibc).libc;
+      // Each channel's "device" is the read end of a real pipe nobody writes: poll() never reports it ready.
+      // The URBs themselves never reach a kernel (SUBMITURB is answered here); poll, pipe2, read, write and
+      // close are libc's own, so the waits occupy real pool threads.
+      const pipes: number[] = [];
+      const libc: Libc = {
+        ...real,
+        open: () => {
+          const fds = new Int32Array(2);
+          if (real.pipe2(fds, 0o2000000) !== 0) throw new Error("pipe2 failed");
+          pipes.push(fds[1]!);
+          return fds[0]!;
+        },
+        ioctl: (fd, request, arg) => (request === SUBMITURB ? 0 : real.ioctl(fd, request, arg)),
+        ioctlValue: () => 0,
+      };
+      const channels: UsbfsChannel[] = [];
+      try {
+        for (let i = 0; i < 4; i++) {
+          const c = UsbfsChannel.open(libc, 1, 2 + i, { log: () => {}, onGone: () => {} });
+          if (typeof c === "string") throw new Error(c);
+          channels.push(c);
+          c.submit(1, isoIn(2, 8, 8), () => {});
+        }
+        // The pool has 4 threads (UV_THREADPOOL_SIZE unset): with a poll(-1) each, this read would never run.
+        const read = readFile(new URL(import.meta.url)).then(() => "read");
+        const verdict = await Promise.race([
+          read,
+          new Promise<string>((resolve) => setTimeout(() => resolve("pool still held after 5 s"), 5000)),
+        ]);
+        expect(verdict).toBe("read");
+      } finally {
+        for (const c of channels) await c.close();
+        for (const fd of pipes) real.close(fd);
       }
-      // The pool has 4 threads (UV_THREADPOOL_SIZE unset): with a poll(-1) each, this read would never run.
-      const read = readFile(new URL(import.meta.url)).then(() => "read");
-      const verdict = await Promise.race([
-        read,
-        new Promise<string>((resolve) => setTimeout(() => resolve("pool still held after 5 s"), 5000)),
-      ]);
-      expect(verdict).toBe("read");
-    } finally {
-      for (const c of channels) await c.close();
-      for (const fd of pipes) real.close(fd);
-    }
-  });
-});
+    });
+  },
+);

@@ -1,25 +1,19 @@
 /**
  * Headless Chromium for the page tests (Debian's `chromium`; CI installs it): dump the DOM after the
- * page's scripts ran for a virtual-time budget, and write a screenshot. `chromium()` is null when the
- * binary is absent, so the tests can skip with a message.
+ * page's scripts ran for a virtual-time budget, and write a screenshot. `chromium()` says why when the
+ * binary is absent (test/support/tools.ts: the tests skip with that reason, or fail where tools are required).
  */
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { command, type Tool } from "./tools.js";
 
 const CANDIDATES = ["chromium", "chromium-browser", "google-chrome"];
 
-/** The browser's path, or null. */
-export function chromium(): string | null {
-  for (const name of [process.env.CHROMIUM, ...CANDIDATES]) {
-    if (name === undefined || name === "") continue;
-    try {
-      return execFileSync("sh", ["-c", `command -v ${name}`], { encoding: "utf8" }).trim() || null;
-    } catch {
-      // not this one
-    }
-  }
-  return null;
+/** The browser ($CHROMIUM, else the first of CANDIDATES on the PATH), or why there is none. */
+export function chromium(): Tool<string> {
+  const chosen = process.env.CHROMIUM;
+  return command(chosen ? [chosen, ...CANDIDATES] : CANDIDATES, "apt-get install chromium");
 }
 
 /** Where screenshots go: $USBVIRT_TEST_OUTPUT (e.g. the CI log folder) or test-output/ (git-ignored). */

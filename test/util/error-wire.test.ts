@@ -10,7 +10,7 @@ import { GrantError } from "../../src/dma-map/grant-fault.js";
 import { GuestTransferError } from "../../src/guest/guest-driver.js";
 import { EPIPE } from "../../src/urb/status.js";
 import { deserializeError, MAX_CAUSE_DEPTH, serializeError } from "../../src/util/error-wire.js";
-import { InvalidOptionError, UsbvirtError } from "../../src/util/errors.js";
+import { InvalidOptionError, registerErrorClass, UsbvirtError } from "../../src/util/errors.js";
 import { connect, disconnect, serve } from "../../src/util/rpc.js";
 
 /** One real structured clone, as between two threads. */
@@ -106,6 +106,63 @@ describe("error wire format", () => {
     const e = deserializeError(wire) as Error & { port?: number };
     expect(Object.getPrototypeOf(e)).toBe(Error.prototype);
     expect(e.port).toBe(3);
+  });
+
+  it("an error named after an Object.prototype member arrives as a plain Error with that name, never a throw", async () => {
+    for (const name of [
+      "toString",
+      "__proto__",
+      "constructor",
+      "hasOwnProperty",
+      "valueOf",
+      "isPrototypeOf",
+    ]) {
+      const sent = new Error(`named ${name}`);
+      sent.name = name;
+      let back: unknown;
+      expect(() => {
+        back = deserializeError({
+          kind: "error",
+          error: { name, message: `named ${name}`, code: "E_X", fields: {} },
+        });
+      }, name).not.toThrow();
+      for (const e of [back, deserializeError(await overChannel(serializeError(sent)))]) {
+        expect(e, name).toBeInstanceOf(Error);
+        expect(Object.getPrototypeOf(e), name).toBe(Error.prototype);
+        expect((e as Error).name).toBe(name);
+        expect((e as Error).message).toBe(`named ${name}`);
+      }
+      // Marked as usbvirt's on the sending side: a UsbvirtError, still not a lookup on a prototype.
+      const usbvirt = deserializeError({
+        kind: "error",
+        error: { name, message: "m", usbvirt: true, fields: {} },
+      });
+      expect(Object.getPrototypeOf(usbvirt), name).toBe(UsbvirtError.prototype);
+    }
+  });
+
+  it("a field cannot shadow a method or an accessor of the rebuilt error: it is left out", () => {
+    class WithAccessor extends UsbvirtError {
+      get status(): number {
+        return 7;
+      }
+    }
+    registerErrorClass(WithAccessor);
+    const fields = JSON.parse(
+      '{"toString": 1, "valueOf": "x", "constructor": 2, "status": 9, "hasOwnProperty": 3, "port": 4}',
+    );
+    let e: unknown;
+    expect(() => {
+      e = deserializeError({
+        kind: "error",
+        error: { name: "WithAccessor", message: "m", code: "C", fields },
+      });
+    }).not.toThrow();
+    expect(e).toBeInstanceOf(WithAccessor);
+    expect(String(e)).toBe("WithAccessor: m");
+    expect((e as WithAccessor).status).toBe(7);
+    expect((e as { port?: number }).port).toBe(4);
+    expect(Object.keys(e as object).sort()).toEqual(["code", "name", "port"]);
   });
 
   it("non-error throws and non-cloneable causes still travel", async () => {

@@ -4,21 +4,14 @@
  * typed through QEMU's monitor once the guest has its keyboard's event node open, and the guest's loopback
  * code (guest-tool) run against Linux's own f_loopback gadget on dummy_hcd inside the guest. The usbredir
  * tests use the same guest with usbvirt's devices instead. Skips where QEMU or the guest image is missing, unless
- * USBVIRT_REQUIRE_VMM=1 (CI).
+ * USBVIRT_REQUIRE_TOOLS=1 (CI).
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  bootGuest,
-  describeRun,
-  parseStep,
-  qemuArgs,
-  requireGuest,
-  skipVmm,
-  vmmGuest,
-} from "./qemu-guest.js";
+import { skipWithout } from "../support/tools.js";
+import { bootGuest, describeRun, parseStep, qemuArgs, requireGuest, vmmGuest } from "./qemu-guest.js";
 
 const KEY_A = 30; // linux/input-event-codes.h
 
@@ -78,7 +71,7 @@ describe("the QEMU command line and the guest's marker lines", () => {
 
 const availability = vmmGuest();
 
-describe.skipIf(skipVmm("the QEMU guest harness test", availability))(
+describe.skipIf(skipWithout("the QEMU guest harness test", availability))(
   "a QEMU guest with QEMU's own USB devices",
   () => {
     const dir = mkdtempSync(join(tmpdir(), "usbvirt-vmm-harness-"));

@@ -9,14 +9,16 @@
  * test-output/vmm/<name>.log.
  *
  * Availability: `vmmGuest()` says why a guest cannot boot here (no qemu-system-x86_64, image not built).
- * Tests skip then, with that reason, unless USBVIRT_REQUIRE_VMM=1 (CI sets it): then a missing guest fails.
+ * Tests skip then, with that reason (test/support/tools.ts), unless USBVIRT_REQUIRE_TOOLS=1 (CI sets it):
+ * then a missing guest fails.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
-import { delimiter, join } from "node:path";
+import { join } from "node:path";
 import { outputDir } from "../support/chromium.js";
+import { command, found, missing, need, type Tool } from "../support/tools.js";
 
 const REPO = join(import.meta.dirname, "../..");
 
@@ -27,50 +29,27 @@ export interface VmmGuest {
   readonly initrd: string;
 }
 
-export type VmmAvailability =
-  | { readonly ok: true; readonly guest: VmmGuest }
-  | { readonly ok: false; readonly reason: string };
-
-/** True when CI asked for the real-VMM tests: a guest that cannot boot is then a failure, not a skip. */
-export const REQUIRE_VMM = process.env.USBVIRT_REQUIRE_VMM === "1";
-
-function onPath(name: string): string | null {
-  for (const dir of (process.env.PATH ?? "").split(delimiter)) {
-    if (dir !== "" && existsSync(join(dir, name))) return join(dir, name);
-  }
-  return null;
-}
+/** The guest, or why it cannot boot here. */
+export type VmmAvailability = Tool<VmmGuest>;
 
 /**
  * The guest, or why there is none. $USBVIRT_QEMU names the QEMU binary (default qemu-system-x86_64 on the
  * PATH), $USBVIRT_VMM_GUEST the image folder (default <repo>/.cache/vmm-guest).
  */
 export function vmmGuest(): VmmAvailability {
-  const qemu = process.env.USBVIRT_QEMU || onPath("qemu-system-x86_64");
-  if (qemu === null || !existsSync(qemu))
-    return { ok: false, reason: "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)" };
+  const qemu = command([process.env.USBVIRT_QEMU || "qemu-system-x86_64"], "apt-get install qemu-system-x86");
+  if (!qemu.ok) return qemu;
   const dir = process.env.USBVIRT_VMM_GUEST || join(REPO, ".cache/vmm-guest");
   const kernel = join(dir, "vmlinuz");
   const initrd = join(dir, "initrd.img");
   if (!existsSync(kernel) || !existsSync(initrd))
-    return { ok: false, reason: `the guest image is not built in ${dir} (run scripts/vmm/build-guest.sh)` };
-  return { ok: true, guest: { qemu, kernel, initrd } };
-}
-
-/**
- * For `describe.skipIf`: true (with a warning naming the reason) when the guest is unavailable and not
- * required; false when it is available or required (then `requireGuest` fails the test with the reason).
- */
-export function skipVmm(what: string, availability: VmmAvailability = vmmGuest()): boolean {
-  if (availability.ok || REQUIRE_VMM) return false;
-  console.warn(`skipping ${what}: ${availability.reason} (USBVIRT_REQUIRE_VMM=1 makes this a failure)`);
-  return true;
+    return missing(`the guest image is not built in ${dir} (run scripts/vmm/build-guest.sh)`);
+  return found({ qemu: qemu.value, kernel, initrd });
 }
 
 /** The guest, or an error carrying the reason it is unavailable. */
 export function requireGuest(availability: VmmAvailability = vmmGuest()): VmmGuest {
-  if (availability.ok) return availability.guest;
-  throw new Error(`the real-VMM test cannot run: ${availability.reason}`);
+  return need(availability);
 }
 
 export interface StepResult {

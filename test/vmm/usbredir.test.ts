@@ -6,7 +6,7 @@
  * restored: the file is unchanged afterwards), a key pressed through the keyboard's deviceCommand arrives
  * as an input event, and the loopback echoes bulk transfers of 1 to 16384 bytes (usbfs, guest-tool).
  * Every transfer crossed the engine: the servers' URB counters say how many. Skips where QEMU or the
- * guest image is missing, unless USBVIRT_REQUIRE_VMM=1 (CI).
+ * guest image is missing, unless USBVIRT_REQUIRE_TOOLS=1 (CI).
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -16,68 +16,73 @@ import type { DeviceSpec } from "../../src/devices/spec.js";
 import { CollectingLogger } from "../../src/network-face/log.js";
 import { UsbredirServer } from "../../src/usbredir/server.js";
 import { holdFor } from "../support/eventually.js";
-import { bootGuest, describeRun, requireGuest, skipVmm, vmmGuest } from "./qemu-guest.js";
+import { skipWithout } from "../support/tools.js";
+import { bootGuest, describeRun, requireGuest, vmmGuest } from "./qemu-guest.js";
 
 const KEY_A = 30; // linux/input-event-codes.h; HID usage 0x04
 const availability = vmmGuest();
 
-describe.skipIf(skipVmm("the usbredir QEMU test", availability))("usbvirt redirect to a QEMU guest", () => {
-  const dir = mkdtempSync(join(tmpdir(), "usbvirt-vmm-redir-"));
-  const servers: UsbredirServer[] = [];
-  afterAll(async () => {
-    for (const s of servers) await s.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-
-  it("the guest kernel uses usbvirt's storage, keyboard and loopback through QEMU's xHCI", async () => {
-    const guest = requireGuest(availability);
-    const disk = join(dir, "disk.img");
-    const content = Buffer.alloc(8 << 20);
-    for (let i = 0; i < content.length; i++) content[i] = (i * 29 + 3) & 0xff;
-    writeFileSync(disk, content);
-    const log = new CollectingLogger();
-    const start = (device: DeviceSpec) => UsbredirServer.start({ device, listen: { port: 0 }, logger: log });
-    const storage = await start({ kind: "emulated", name: "storage", options: { file: disk } });
-    servers.push(storage);
-    const keyboard = await start({ kind: "emulated", name: "keyboard" });
-    servers.push(keyboard);
-    const loopback = await start({ kind: "emulated", name: "loopback" });
-    servers.push(loopback);
-    const typed: string[] = [];
-    const run = await bootGuest({
-      guest,
-      name: "usbredir-devices",
-      redirPorts: [storage, keyboard, loopback].map((s) => s.address!.port),
-      checks: ["storage", "keyboard", "loopback"],
-      timeoutMs: 150_000,
-      onLine: (line) => {
-        if (!line.startsWith("STEP keyboard-ready ok")) return;
-        void (async () => {
-          await keyboard.deviceCommand("pressKeys", 0, [0x04]);
-          await holdFor(50); // the key is held down for 50 ms: a premise, not a wait for anything
-          await keyboard.deviceCommand("releaseAll");
-          typed.push("a");
-        })().catch((e: Error) => typed.push(`error: ${e.message}`));
-      },
+describe.skipIf(skipWithout("the usbredir QEMU test", availability))(
+  "usbvirt redirect to a QEMU guest",
+  () => {
+    const dir = mkdtempSync(join(tmpdir(), "usbvirt-vmm-redir-"));
+    const servers: UsbredirServer[] = [];
+    afterAll(async () => {
+      for (const s of servers) await s.close();
+      rmSync(dir, { recursive: true, force: true });
     });
-    const why = `${describeRun(run)}\nusbvirt log:\n${log.lines.join("\n")}`;
-    expect(run.done, why).toBe(true);
-    expect(run.steps.get("storage"), why).toMatchObject({ ok: true });
-    expect(run.steps.get("keyboard-ready")?.detail, why).toMatch(/^\/dev\/input\/event\d+$/);
-    expect(typed, why).toEqual(["a"]);
-    expect(run.steps.get("key"), why).toEqual({ ok: true, detail: `code=${KEY_A}` });
-    expect(run.steps.get("loopback"), why).toMatchObject({ ok: true });
-    for (const id of ["1209:0001@", "1209:0002@", "1209:0003@"]) {
-      expect(run.steps.get("usb-ids")?.detail, why).toContain(id);
-    }
-    expect(
-      [...run.steps.values()].filter((s) => !s.ok),
-      why,
-    ).toEqual([]);
-    // Each device was announced to QEMU and released when it went away.
-    expect(log.lines.filter((l) => /redirected usbvirt/.test(l)).length, why).toBeGreaterThanOrEqual(3);
-    expect(log.lines.filter((l) => /usbredir peer "qemu usb-redir guest/.test(l)).length, why).toBe(3);
-    for (const s of servers) await s.close();
-    expect(readFileSync(disk).equals(content), "the guest restored the block it wrote").toBe(true);
-  }, 180_000);
-});
+
+    it("the guest kernel uses usbvirt's storage, keyboard and loopback through QEMU's xHCI", async () => {
+      const guest = requireGuest(availability);
+      const disk = join(dir, "disk.img");
+      const content = Buffer.alloc(8 << 20);
+      for (let i = 0; i < content.length; i++) content[i] = (i * 29 + 3) & 0xff;
+      writeFileSync(disk, content);
+      const log = new CollectingLogger();
+      const start = (device: DeviceSpec) =>
+        UsbredirServer.start({ device, listen: { port: 0 }, logger: log });
+      const storage = await start({ kind: "emulated", name: "storage", options: { file: disk } });
+      servers.push(storage);
+      const keyboard = await start({ kind: "emulated", name: "keyboard" });
+      servers.push(keyboard);
+      const loopback = await start({ kind: "emulated", name: "loopback" });
+      servers.push(loopback);
+      const typed: string[] = [];
+      const run = await bootGuest({
+        guest,
+        name: "usbredir-devices",
+        redirPorts: [storage, keyboard, loopback].map((s) => s.address!.port),
+        checks: ["storage", "keyboard", "loopback"],
+        timeoutMs: 150_000,
+        onLine: (line) => {
+          if (!line.startsWith("STEP keyboard-ready ok")) return;
+          void (async () => {
+            await keyboard.deviceCommand("pressKeys", 0, [0x04]);
+            await holdFor(50); // the key is held down for 50 ms: a premise, not a wait for anything
+            await keyboard.deviceCommand("releaseAll");
+            typed.push("a");
+          })().catch((e: Error) => typed.push(`error: ${e.message}`));
+        },
+      });
+      const why = `${describeRun(run)}\nusbvirt log:\n${log.lines.join("\n")}`;
+      expect(run.done, why).toBe(true);
+      expect(run.steps.get("storage"), why).toMatchObject({ ok: true });
+      expect(run.steps.get("keyboard-ready")?.detail, why).toMatch(/^\/dev\/input\/event\d+$/);
+      expect(typed, why).toEqual(["a"]);
+      expect(run.steps.get("key"), why).toEqual({ ok: true, detail: `code=${KEY_A}` });
+      expect(run.steps.get("loopback"), why).toMatchObject({ ok: true });
+      for (const id of ["1209:0001@", "1209:0002@", "1209:0003@"]) {
+        expect(run.steps.get("usb-ids")?.detail, why).toContain(id);
+      }
+      expect(
+        [...run.steps.values()].filter((s) => !s.ok),
+        why,
+      ).toEqual([]);
+      // Each device was announced to QEMU and released when it went away.
+      expect(log.lines.filter((l) => /redirected usbvirt/.test(l)).length, why).toBeGreaterThanOrEqual(3);
+      expect(log.lines.filter((l) => /usbredir peer "qemu usb-redir guest/.test(l)).length, why).toBe(3);
+      for (const s of servers) await s.close();
+      expect(readFileSync(disk).equals(content), "the guest restored the block it wrote").toBe(true);
+    }, 180_000);
+  },
+);

@@ -8,7 +8,7 @@
  * write (and is restored: the file is unchanged afterwards), a key pressed through the keyboard's device
  * command arrives as an input event, and the loopback echoes bulk transfers of 1 to 16384 bytes (usbfs).
  * The server is the CLI's `serve`, run in-process so the test can press the key. Skips where QEMU or the
- * guest image is missing, unless USBVIRT_REQUIRE_VMM=1 (CI).
+ * guest image is missing, unless USBVIRT_REQUIRE_TOOLS=1 (CI).
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -16,13 +16,14 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { serveInProcess } from "../cli/helpers.js";
 import { holdFor } from "../support/eventually.js";
+import { skipWithout } from "../support/tools.js";
 import { type LazyRelay, startLazyRelay } from "./lazy-relay.js";
-import { bootGuest, describeRun, requireGuest, skipVmm, vmmGuest } from "./qemu-guest.js";
+import { bootGuest, describeRun, requireGuest, vmmGuest } from "./qemu-guest.js";
 
 const KEY_A = 30; // linux/input-event-codes.h; HID usage 0x04
 const availability = vmmGuest();
 
-describe.skipIf(skipVmm("the vhci-hcd QEMU test", availability))(
+describe.skipIf(skipWithout("the vhci-hcd QEMU test", availability))(
   "Linux's vhci-hcd imports from usbvirt serve",
   () => {
     const dir = mkdtempSync(join(tmpdir(), "usbvirt-vmm-vhci-"));

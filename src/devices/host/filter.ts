@@ -91,6 +91,15 @@ export const CLASS_NAMES: Readonly<Record<string, number>> = {
   vendor: 0xff,
 };
 
+/**
+ * The class a name stands for, or undefined. Only CLASS_NAMES's own keys count: a name such as
+ * "constructor" or "__proto__" is no class, not something found on Object.prototype.
+ */
+function classNamed(name: string): number | undefined {
+  const key = name.toLowerCase();
+  return Object.hasOwn(CLASS_NAMES, key) ? CLASS_NAMES[key] : undefined;
+}
+
 const BUS_PORT = /^\d+-\d+(\.\d+)*$/;
 
 function fail(text: string, why: string): never {
@@ -163,7 +172,7 @@ export function parseSelectorRule(action: FilterAction, selector: string): Filte
         if (value === "" || value.length > 126) fail(text, "serial must be 1..126 characters");
         r.serial = value;
       } else if (key === "class") {
-        const n = CLASS_NAMES[value.toLowerCase()] ?? cNumber(value);
+        const n = classNamed(value) ?? cNumber(value);
         if (n === null || n === undefined || n < 0 || n > 0xff) {
           fail(
             text,

@@ -15,6 +15,7 @@ import { fileURLToPath } from "node:url";
 import { Connection } from "../../../src/engine/connection.js";
 import type { PortNum } from "../../../src/urb/types.js";
 import { eventually } from "../../support/eventually.js";
+import { exitWithVerdict } from "../../support/verdict.js";
 import { PID, VID } from "../fixture.js";
 
 /** This process's fds open on a USB device node (as /proc/self/fd names them). */
@@ -96,18 +97,15 @@ async function main(): Promise<Record<string, unknown>> {
 }
 
 const watchdog = setTimeout(() => {
-  process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: "timed out in the child" })}\n`);
-  process.exit(2);
+  exitWithVerdict({ ok: false, error: "timed out in the child" }, 2);
 }, 25_000);
 main().then(
   (v) => {
     clearTimeout(watchdog);
-    process.stdout.write(`VERDICT ${JSON.stringify({ ok: true, ...v })}\n`);
-    process.exit(0);
+    exitWithVerdict({ ok: true, ...v }, 0);
   },
   (err: unknown) => {
     clearTimeout(watchdog);
-    process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: String(err) })}\n`);
-    process.exit(1);
+    exitWithVerdict({ ok: false, error: String(err) }, 1);
   },
 );

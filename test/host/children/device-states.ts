@@ -17,6 +17,7 @@ import { readFileSync } from "node:fs";
 import { Connection } from "../../../src/engine/connection.js";
 import { GuestUsbDriver } from "../../../src/guest/guest-driver.js";
 import type { DevAddr, PortNum } from "../../../src/urb/types.js";
+import { exitWithVerdict } from "../../support/verdict.js";
 import { VID } from "../fixture.js";
 import { STATES_PID } from "../states-fixture.js";
 
@@ -83,20 +84,15 @@ async function main(): Promise<Record<string, unknown>> {
 }
 
 const watchdog = setTimeout(() => {
-  process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: "timed out in the child" })}\n`);
-  process.exit(2);
+  exitWithVerdict({ ok: false, error: "timed out in the child" }, 2);
 }, 25_000);
 main().then(
   (v) => {
     clearTimeout(watchdog);
-    process.stdout.write(`VERDICT ${JSON.stringify({ ok: true, ...v })}\n`);
-    process.exit(0);
+    exitWithVerdict({ ok: true, ...v }, 0);
   },
   (err: unknown) => {
     clearTimeout(watchdog);
-    process.stdout.write(
-      `VERDICT ${JSON.stringify({ ok: false, error: String(err), log: logFile ? readFileSync(logFile, "utf8") : "" })}\n`,
-    );
-    process.exit(1);
+    exitWithVerdict({ ok: false, error: String(err), log: logFile ? readFileSync(logFile, "utf8") : "" }, 1);
   },
 );

@@ -10,6 +10,7 @@ import {
   parseSelector,
   passesFilter,
 } from "../../../src/devices/host/index.js";
+import { exitWithVerdict } from "../../support/verdict.js";
 
 async function main(): Promise<Record<string, unknown>> {
   const list = await listHostDevices();
@@ -74,18 +75,15 @@ async function main(): Promise<Record<string, unknown>> {
 }
 
 const watchdog = setTimeout(() => {
-  process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: "timed out in the child" })}\n`);
-  process.exit(2);
+  exitWithVerdict({ ok: false, error: "timed out in the child" }, 2);
 }, 20_000);
 main().then(
   (v) => {
     clearTimeout(watchdog);
-    process.stdout.write(`VERDICT ${JSON.stringify({ ok: true, ...v })}\n`);
-    process.exit(0);
+    exitWithVerdict({ ok: true, ...v }, 0);
   },
   (err: unknown) => {
     clearTimeout(watchdog);
-    process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: String(err) })}\n`);
-    process.exit(1);
+    exitWithVerdict({ ok: false, error: String(err) }, 1);
   },
 );

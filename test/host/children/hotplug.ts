@@ -11,6 +11,7 @@ import { HostHotplug } from "../../../src/engine/host-hotplug.js";
 import { GuestUsbDriver } from "../../../src/guest/guest-driver.js";
 import type { DevAddr, EndpointNum, PortNum } from "../../../src/urb/types.js";
 import { eventually } from "../../support/eventually.js";
+import { exitWithVerdict } from "../../support/verdict.js";
 import { PID, VID } from "../fixture.js";
 import { inDevice } from "../scenarios.js";
 
@@ -68,18 +69,15 @@ async function main(): Promise<Record<string, unknown>> {
 }
 
 const watchdog = setTimeout(() => {
-  process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: "timed out in the child" })}\n`);
-  process.exit(2);
+  exitWithVerdict({ ok: false, error: "timed out in the child" }, 2);
 }, 25_000);
 main().then(
   (v) => {
     clearTimeout(watchdog);
-    process.stdout.write(`VERDICT ${JSON.stringify({ ok: true, ...v })}\n`);
-    process.exit(0);
+    exitWithVerdict({ ok: true, ...v }, 0);
   },
   (err: unknown) => {
     clearTimeout(watchdog);
-    process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: String(err), events })}\n`);
-    process.exit(1);
+    exitWithVerdict({ ok: false, error: String(err), events }, 1);
   },
 );

@@ -13,6 +13,7 @@ import { Connection } from "../../../src/engine/connection.js";
 import type { IsoPacketSpec, UrbCompletion } from "../../../src/frontend/types.js";
 import { GuestUsbDriver } from "../../../src/guest/guest-driver.js";
 import type { DevAddr, EndpointNum, PortNum } from "../../../src/urb/types.js";
+import { exitWithVerdict } from "../../support/verdict.js";
 import { ISO_PACKET, ISO_PID, ISO_VID, isoOutByte } from "../iso-fixture.js";
 
 const P = 1 as PortNum;
@@ -193,18 +194,15 @@ async function main(name: string): Promise<Record<string, unknown>> {
 }
 
 const watchdog = setTimeout(() => {
-  process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: "timed out in the child", events })}\n`);
-  process.exit(2);
+  exitWithVerdict({ ok: false, error: "timed out in the child", events }, 2);
 }, 30_000);
 main(process.argv[2] ?? "").then(
   (v) => {
     clearTimeout(watchdog);
-    process.stdout.write(`VERDICT ${JSON.stringify({ ok: true, ...v, events })}\n`);
-    process.exit(0);
+    exitWithVerdict({ ok: true, ...v, events }, 0);
   },
   (err: unknown) => {
     clearTimeout(watchdog);
-    process.stdout.write(`VERDICT ${JSON.stringify({ ok: false, error: String(err), events })}\n`);
-    process.exit(1);
+    exitWithVerdict({ ok: false, error: String(err), events }, 1);
   },
 );

@@ -23,6 +23,7 @@ import { listRemote } from "../../../src/usbip/client.js";
 import { type AttachedDevice, attachRemote } from "../../../src/usbip-attach/attach.js";
 import type { UsbipServer } from "../../../src/usbip-server/server.js";
 import { eventually } from "../../support/eventually.js";
+import { exitWithVerdict } from "../../support/verdict.js";
 import { PID, VID } from "../fixture.js";
 
 const events: string[] = [];
@@ -163,7 +164,13 @@ async function storm(n: number): Promise<Record<string, unknown>> {
       exports: log.matching("exported as").length,
       coalesced: log.matching("plugged in and out again before it could be exported").length,
       failedExports: log.matching("could not export it").length,
-      warnings: log.lines.filter((l) => l.startsWith("warn") && !l.includes("could not export it")),
+      matchNewWarnings: log.matching("--match-new with no allow rule").length,
+      warnings: log.lines.filter(
+        (l) =>
+          l.startsWith("warn") &&
+          !l.includes("could not export it") &&
+          !l.includes("--match-new with no allow rule"),
+      ),
     };
   } finally {
     await stop();
@@ -241,24 +248,17 @@ const args = process.argv.slice(2);
 const stormCount = args[0] === "storm" ? Number(args[1]) : 0;
 const watchdog = setTimeout(
   () => {
-    process.stdout.write(
-      `VERDICT ${JSON.stringify({ ok: false, error: "timed out in the child", events })}\n`,
-    );
-    process.exit(2);
+    exitWithVerdict({ ok: false, error: "timed out in the child", events }, 2);
   },
   stormCount > 0 ? 170_000 : 40_000,
 );
 (stormCount > 0 ? storm(stormCount) : args[0] === "reenumerate" ? reenumerate(args[1]!) : lifecycle()).then(
   (v) => {
     clearTimeout(watchdog);
-    process.stdout.write(`VERDICT ${JSON.stringify({ ok: true, ...v, events })}\n`);
-    process.exit(0);
+    exitWithVerdict({ ok: true, ...v, events }, 0);
   },
   (err: unknown) => {
     clearTimeout(watchdog);
-    process.stdout.write(
-      `VERDICT ${JSON.stringify({ ok: false, error: String(err), events, log: log.lines })}\n`,
-    );
-    process.exit(1);
+    exitWithVerdict({ ok: false, error: String(err), events, log: log.lines }, 1);
   },
 );

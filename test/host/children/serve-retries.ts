@@ -17,6 +17,7 @@ import { listRemote } from "../../../src/usbip/client.js";
 import { attachRemote } from "../../../src/usbip-attach/attach.js";
 import type { UsbipServer } from "../../../src/usbip-server/server.js";
 import { eventually } from "../../support/eventually.js";
+import { exitWithVerdict } from "../../support/verdict.js";
 import { PID, VID } from "../fixture.js";
 
 const log = new CollectingLogger();
@@ -135,22 +136,15 @@ async function main(): Promise<Record<string, unknown>> {
 }
 
 const watchdog = setTimeout(() => {
-  process.stdout.write(
-    `VERDICT ${JSON.stringify({ ok: false, error: "timed out in the child", events, log: log.lines })}\n`,
-  );
-  process.exit(2);
+  exitWithVerdict({ ok: false, error: "timed out in the child", events, log: log.lines }, 2);
 }, 40_000);
 main().then(
   (v) => {
     clearTimeout(watchdog);
-    process.stdout.write(`VERDICT ${JSON.stringify({ ok: true, ...v, events })}\n`);
-    process.exit(0);
+    exitWithVerdict({ ok: true, ...v, events }, 0);
   },
   (err: unknown) => {
     clearTimeout(watchdog);
-    process.stdout.write(
-      `VERDICT ${JSON.stringify({ ok: false, error: String(err), events, log: log.lines })}\n`,
-    );
-    process.exit(1);
+    exitWithVerdict({ ok: false, error: String(err), events, log: log.lines }, 1);
   },
 );

@@ -41,7 +41,8 @@ import sys
 if os.environ.get("USBVIRT_TESTBED_WRAPPED") != "1":
     # The controller itself must run under the umockdev preload.
     os.environ["USBVIRT_TESTBED_WRAPPED"] = "1"
-    os.execvp("umockdev-wrapper", ["umockdev-wrapper", sys.executable] + sys.argv)
+    # -B: no __pycache__ beside the script (nothing in the tree is written by a test run).
+    os.execvp("umockdev-wrapper", ["umockdev-wrapper", sys.executable, "-B"] + sys.argv)
 
 import gi  # noqa: E402
 
@@ -439,6 +440,10 @@ def main():
                 line, buf["data"] = buf["data"].split(b"\n", 1)
                 on_line(line.decode() + "\n")
             return True
+        if buf["data"]:
+            # The child ended inside a line: pass it on as it is (the parent says it was cut short).
+            sys.stdout.write(buf["data"].decode(errors="replace"))
+            buf["data"] = b""
         state["code"] = child.wait()
         loop.quit()
         return False

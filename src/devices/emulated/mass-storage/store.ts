@@ -5,9 +5,10 @@
  * `write` takes bytes from the view it is given. Offsets are in bytes and always inside the store (the
  * SCSI layer range-checks LBAs before calling).
  */
-import { type FileHandle, open } from "node:fs/promises";
+import type { FileHandle } from "node:fs/promises";
 import { InvalidOptionError } from "../../../util/errors.js";
 import { lockStorageFile } from "./file-lock.js";
+import { openRegular } from "./open-regular.js";
 
 export const BLOCK_SIZE = 512;
 export const DEFAULT_STORE_SIZE = 64 * 1024 * 1024;
@@ -83,10 +84,12 @@ export class FileStore implements BlockStore {
   ) {}
 
   /**
-   * Open `path`. Read-write opens take the file's lock first (file-lock.ts: a second process gets a
-   * StorageLockError), create the file when missing and grow it to `sizeBytes` when it is smaller —
-   * except a file whose size is not a whole number of blocks, which is no disk image this device wrote
-   * and is refused rather than grown. The block count is the file size rounded down to whole blocks.
+   * Open `path`. Read-write opens take the file's lock first (file-lock.ts: a second device on the same
+   * image, in this process or another, gets a StorageLockError), create the file (0600) when missing and
+   * grow it to `sizeBytes` when it is smaller — except a file whose size is not a whole number of blocks,
+   * which is no disk image this device wrote and is refused rather than grown. A symbolic link at `path`
+   * is refused, not followed (open-regular.ts), as is anything but a regular file. The block count is the
+   * file size rounded down to whole blocks.
    */
   static async open(
     path: string,
@@ -98,14 +101,16 @@ export class FileStore implements BlockStore {
     const unlock = readOnly ? null : await lockStorageFile(path);
     let handle: FileHandle | null = null;
     try {
-      const opened = await open(path, readOnly ? "r" : "a+").then(async (h) => {
-        if (readOnly) return h;
-        // "a+" creates without truncating; reopen "r+" so positioned writes are not forced to the end.
-        await h.close();
-        return open(path, "r+");
-      });
-      handle = opened;
-      let size = (await opened.stat()).size;
+      const opened = await openRegular(path, readOnly ? "read" : "read-write-create");
+      if (!opened.ok) {
+        throw new InvalidOptionError(
+          opened.refusal === "a symbolic link"
+            ? `${path} is a symbolic link, not a disk image: give the file itself (refusing to follow it)`
+            : `${path} is ${opened.refusal}, so not a disk image`,
+        );
+      }
+      handle = opened.handle;
+      let size = opened.stats.size;
       if (!readOnly && options.sizeBytes !== undefined && size < options.sizeBytes) {
         if (size % BLOCK_SIZE !== 0) {
           throw new InvalidOptionError(
@@ -113,12 +118,12 @@ export class FileStore implements BlockStore {
               `refusing to grow it to ${options.sizeBytes} bytes (remove it or pick another file)`,
           );
         }
-        await opened.truncate(options.sizeBytes);
+        await handle.truncate(options.sizeBytes);
         size = options.sizeBytes;
       }
       const blocks = Math.floor(size / BLOCK_SIZE);
       if (blocks === 0) throw new InvalidOptionError(`${path}: smaller than one ${BLOCK_SIZE}-byte block`);
-      return new FileStore(opened, blocks, readOnly, unlock);
+      return new FileStore(handle, blocks, readOnly, unlock);
     } catch (err) {
       await handle?.close();
       await unlock?.();
