@@ -43,8 +43,11 @@ export interface ReadFigure {
   readonly round: number;
   readonly mibps: number;
   readonly ns: number;
-  /** CPU time each server process used between the previous STEP line and this one (ms). */
+  /** CPU time each server process used between the previous STEP line and this one (ms)... */
   readonly cpuMs: Readonly<Record<Label, number>>;
+  /** ... and the part of it in the kernel. */
+  readonly systemCpuMs: Readonly<Record<Label, number>>;
+  /** QEMU's CPU time over the same span (ms). */
   readonly qemuCpuMs: number;
 }
 
@@ -91,16 +94,18 @@ function startServer(what: string, argv: readonly string[], portLine: RegExp): P
   });
 }
 
-/** utime + stime of a process in ms (0 when it is gone). */
-export function cpuMsOf(pid: number | undefined): number {
-  if (pid === undefined) return 0;
+/** CPU time of a process in ms, all of it and the part in the kernel (0 when it is gone). */
+export function cpuOf(pid: number | undefined): { all: number; system: number } {
+  if (pid === undefined) return { all: 0, system: 0 };
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    // Fields 14 and 15 of stat(5), counted from the state (field 3) here; clock ticks of 10 ms.
-    return (Number(fields[11]) + Number(fields[12])) * 10;
+    // utime and stime, fields 14 and 15 of stat(5) (counted from the state, field 3, here); ticks of 10 ms.
+    const user = Number(fields[11]) * 10;
+    const system = Number(fields[12]) * 10;
+    return { all: user + system, system };
   } catch {
-    return 0;
+    return { all: 0, system: 0 };
   }
 }
 
@@ -131,7 +136,7 @@ export async function runStorageRead(options: StorageReadOptions): Promise<Stora
     peer = await startServer("the Python usbredir peer", ["python3", "-B", PEER, "--serial", PEER_SERIAL], /LISTENING (\d+)\n/);
     const pids: Record<Label, number | undefined> = { usbvirt: ours.child.pid, pypeer: peer.child.pid };
     const reads: Record<Label, ReadFigure[]> = { usbvirt: [], pypeer: [] };
-    let last = { usbvirt: cpuMsOf(pids.usbvirt), pypeer: cpuMsOf(pids.pypeer), qemu: 0 };
+    let last = { usbvirt: cpuOf(pids.usbvirt), pypeer: cpuOf(pids.pypeer), qemu: cpuOf(undefined) };
     const run = await bootGuest({
       name: options.name,
       guest: options.guest,
@@ -145,7 +150,7 @@ export async function runStorageRead(options: StorageReadOptions): Promise<Stora
       timeoutMs: options.timeoutMs,
       onLine: (line, control) => {
         if (!line.startsWith("STEP ")) return;
-        const now = { usbvirt: cpuMsOf(pids.usbvirt), pypeer: cpuMsOf(pids.pypeer), qemu: cpuMsOf(control.pid) };
+        const now = { usbvirt: cpuOf(pids.usbvirt), pypeer: cpuOf(pids.pypeer), qemu: cpuOf(control.pid) };
         const since = last;
         last = now;
         const [, name, verdict, ...rest] = line.split(" ");
@@ -159,8 +164,12 @@ export async function runStorageRead(options: StorageReadOptions): Promise<Stora
           round: Number(m[2]),
           mibps: bytes / 1048576 / (ns / 1e9),
           ns,
-          cpuMs: { usbvirt: now.usbvirt - since.usbvirt, pypeer: now.pypeer - since.pypeer },
-          qemuCpuMs: now.qemu - since.qemu,
+          cpuMs: { usbvirt: now.usbvirt.all - since.usbvirt.all, pypeer: now.pypeer.all - since.pypeer.all },
+          systemCpuMs: {
+            usbvirt: now.usbvirt.system - since.usbvirt.system,
+            pypeer: now.pypeer.system - since.pypeer.system,
+          },
+          qemuCpuMs: now.qemu.all - since.qemu.all,
         });
       },
     });
