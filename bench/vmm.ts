@@ -66,7 +66,10 @@ export const vmmSuite = {
   name: "vmm",
   async run(opts: SuiteOptions): Promise<Result[]> {
     if (opts.quick) {
-      const file = join(process.env.USBVIRT_TEST_OUTPUT ?? join(REPO, "test-output"), "vmm/storage-read.json");
+      const file = join(
+        process.env.USBVIRT_TEST_OUTPUT ?? join(REPO, "test-output"),
+        "vmm/storage-read.json",
+      );
       if (!existsSync(file)) {
         console.log(`\n## QEMU guest storage read\nno record at ${file}: run npx vitest run ${TEST} first`);
         return [];

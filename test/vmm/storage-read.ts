@@ -133,7 +133,11 @@ export async function runStorageRead(options: StorageReadOptions): Promise<Stora
       [process.execPath, ...nodeArgs, CLI, "redirect", "--device", "storage", "--listen", "127.0.0.1:0"],
       /listening on 127\.0\.0\.1:(\d+);/,
     );
-    peer = await startServer("the Python usbredir peer", ["python3", "-B", PEER, "--serial", PEER_SERIAL], /LISTENING (\d+)\n/);
+    peer = await startServer(
+      "the Python usbredir peer",
+      ["python3", "-B", PEER, "--serial", PEER_SERIAL],
+      /LISTENING (\d+)\n/,
+    );
     const pids: Record<Label, number | undefined> = { usbvirt: ours.child.pid, pypeer: peer.child.pid };
     const reads: Record<Label, ReadFigure[]> = { usbvirt: [], pypeer: [] };
     let last = { usbvirt: cpuOf(pids.usbvirt), pypeer: cpuOf(pids.pypeer), qemu: cpuOf(undefined) };
@@ -212,8 +216,16 @@ export function recordOf(r: StorageReadRun, mib: number): { name: string; value:
     figures.reduce((sum, f) => sum + f.cpuMs[label], 0) / (figures.length * mib);
   return [
     { name: "vmm.usbredir.storage.read.mbps", value: median(ours.map((f) => f.mibps)), unit: "MiB/s" },
-    { name: "vmm.usbredir.storage.read.min.mbps", value: Math.min(...ours.map((f) => f.mibps)), unit: "MiB/s" },
-    { name: "vmm.usbredir.storage.read.pypeer.mbps", value: median(theirs.map((f) => f.mibps)), unit: "MiB/s" },
+    {
+      name: "vmm.usbredir.storage.read.min.mbps",
+      value: Math.min(...ours.map((f) => f.mibps)),
+      unit: "MiB/s",
+    },
+    {
+      name: "vmm.usbredir.storage.read.pypeer.mbps",
+      value: median(theirs.map((f) => f.mibps)),
+      unit: "MiB/s",
+    },
     { name: "vmm.usbredir.storage.read.cpu_ms_per_mib", value: cpuPerMib(ours, "usbvirt"), unit: "ms/MiB" },
     {
       name: "vmm.usbredir.storage.read.pypeer.cpu_ms_per_mib",
