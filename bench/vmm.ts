@@ -2,8 +2,8 @@
  * The `vmm` suite: the QEMU guest's sequential O_DIRECT read of `usbvirt redirect --device storage`,
  * against a naive Python usbredir server in the same boot (test/vmm/storage-read.ts). The measurement is
  * the vmm test itself: this suite runs test/vmm/storage-read.test.ts under vitest in a child process (the
- * harness is test code, run from its sources; USBVIRT_REQUIRE_VMM=1, so a guest that cannot boot fails the
- * suite rather than skipping), with its output in a scratch folder, and takes the figures the test wrote
+ * harness is test code, run from its sources; USBVIRT_REQUIRE_TOOLS=1, so a guest that cannot boot or a
+ * missing python3 fails the suite rather than skipping), with its output in a scratch folder, and takes the figures the test wrote
  * there (<output>/vmm/storage-read.json). It needs QEMU and the built guest (scripts/vmm/build-guest.sh).
  *
  * Under --quick it boots nothing: it merges the record the last test run left in the test output folder
@@ -40,7 +40,7 @@ function runTest(output: string): Promise<void> {
     const child = spawn(process.execPath, [vitest, "run", TEST], {
       cwd: REPO,
       stdio: ["ignore", "inherit", "inherit"],
-      env: { ...process.env, USBVIRT_REQUIRE_VMM: "1", USBVIRT_TEST_OUTPUT: output },
+      env: { ...process.env, USBVIRT_REQUIRE_TOOLS: "1", USBVIRT_TEST_OUTPUT: output },
     });
     child.once("error", reject);
     child.once("exit", (code) =>

@@ -4,18 +4,19 @@
  * return the pattern intact. Speed is not asserted here: the figures go to
  * <test output>/vmm/storage-read.json, which the bench's `vmm` suite reads into the record
  * (bench/vmm.ts; `npm run bench -- --only vmm` runs this file for it). $USBVIRT_VMM_READ_ROUNDS (1..50,
- * default 5) and $USBVIRT_VMM_READ_MIB (1..64, default 32) size the run. Skips where QEMU or the guest
- * image is missing, unless USBVIRT_REQUIRE_VMM=1 (CI).
+ * default 5) and $USBVIRT_VMM_READ_MIB (1..64, default 32) size the run. Skips where QEMU, the guest image
+ * or python3 is missing, unless USBVIRT_REQUIRE_TOOLS=1 (CI).
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { outputDir } from "../support/chromium.js";
-import { describeRun, requireGuest, skipVmm, vmmGuest } from "./qemu-guest.js";
+import { allOf, command, need, skipWithout } from "../support/tools.js";
+import { describeRun, vmmGuest } from "./qemu-guest.js";
 import { LABELS, median, recordOf, runStorageRead } from "./storage-read.js";
 
-const availability = vmmGuest();
+const tools = allOf(vmmGuest(), command(["python3"], "apt-get install python3"));
 
 function sizeFromEnv(name: string, fallback: number, max: number): number {
   const text = process.env[name];
@@ -25,13 +26,13 @@ function sizeFromEnv(name: string, fallback: number, max: number): number {
   return n;
 }
 
-describe.skipIf(skipVmm("the QEMU storage read test", availability))("the QEMU guest's storage read", () => {
+describe.skipIf(skipWithout("the QEMU storage read test", tools))("the QEMU guest's storage read", () => {
   it("reads usbvirt's disk and a naive Python usbredir server's, alternately, and gets its data back", async () => {
     const rounds = sizeFromEnv("USBVIRT_VMM_READ_ROUNDS", 5, 50);
     const mib = sizeFromEnv("USBVIRT_VMM_READ_MIB", 32, 64);
     const r = await runStorageRead({
       name: "storage-read",
-      guest: requireGuest(availability),
+      guest: need(tools)[0],
       rounds,
       mib,
       timeoutMs: 400_000,
