@@ -18,6 +18,7 @@ import { type BenchRecord, writeReport } from "./report.js";
 import { ringSuite } from "./ring.js";
 import { usbipSuite } from "./usbip.js";
 import { usbredirSuite } from "./usbredir.js";
+import { vmmSuite } from "./vmm.js";
 
 interface Suite {
   readonly name: string;
@@ -33,6 +34,7 @@ const suites: Suite[] = [
   usbipSuite,
   usbredirSuite,
   idleSuite,
+  vmmSuite,
 ];
 
 function argValue(flag: string): string | undefined {
@@ -104,6 +106,20 @@ function ratios(results: readonly Result[]): Ratio[] {
   );
   add("ratio.usbredir.bulk64k.vs_usbip", "usbredir.bulk64k.mbps", "usbip.bulk64k.mbps", true);
   add("ratio.usbredir.bulk64k.vs_tcp_echo", "usbredir.bulk64k.mbps", "tcp.echo64k.mbps", true);
+  // The QEMU guest's storage read (bench/vmm.ts): medians of the same boot, and our slowest read against
+  // the naive Python usbredir server's median.
+  add(
+    "ratio.vmm.usbredir.storage.read.vs_pypeer",
+    "vmm.usbredir.storage.read.mbps",
+    "vmm.usbredir.storage.read.pypeer.mbps",
+    true,
+  );
+  add(
+    "ratio.vmm.usbredir.storage.read.min.vs_pypeer",
+    "vmm.usbredir.storage.read.min.mbps",
+    "vmm.usbredir.storage.read.pypeer.mbps",
+    true,
+  );
   return out;
 }
 

@@ -1,9 +1,10 @@
 #!/bin/sh
 # /init of the VMM test guest (built into the initramfs by scripts/vmm/build-guest.sh; busybox ash).
 # Loads the USB, storage and input modules, runs the checks named on the kernel command line
-# (usbvirt.checks=storage,keyboard,loopback,gadget-loopback,vhci; usbvirt.wait=S, 1..3600, bounds each wait
-# for a device, default 30; usbvirt.usbip=BUSID,... names the USB/IP devices the vhci check imports) and
-# prints one marker line per step on the serial console, which test/vmm/qemu-guest.ts parses:
+# (usbvirt.checks=storage,keyboard,loopback,gadget-loopback,vhci,storage-read; usbvirt.wait=S, 1..3600,
+# bounds each wait for a device, default 30; usbvirt.usbip=BUSID,... names the USB/IP devices the vhci check
+# imports; storage-read's own parameters are described at check_storage_read) and prints one marker line per
+# step on the serial console, which test/vmm/qemu-guest.ts parses:
 #   STEP <name> ok|fail <detail>      then     DONE      then the guest powers off.
 # Kernel messages are kept off the console while the checks run (so they cannot split a marker line);
 # after a failed step the kernel log follows as `LOG` lines.
@@ -26,11 +27,17 @@ step() { # step NAME ok|fail DETAIL...
 # Kernel command line: usbvirt.checks=a,b,c and usbvirt.wait=S.
 checks=""
 wait_s=30
+read_disks=""
+read_rounds=5
+read_mib=32
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     usbvirt.checks=*) checks=$(echo "${arg#usbvirt.checks=}" | tr ',' ' ') ;;
     usbvirt.wait=*) wait_s=${arg#usbvirt.wait=} ;;
     usbvirt.usbip=*) usbip_busids=$(echo "${arg#usbvirt.usbip=}" | tr ',' ' ') ;;
+    usbvirt.read-disks=*) read_disks=$(echo "${arg#usbvirt.read-disks=}" | tr ',' ' ') ;;
+    usbvirt.read-rounds=*) read_rounds=${arg#usbvirt.read-rounds=} ;;
+    usbvirt.read-mib=*) read_mib=${arg#usbvirt.read-mib=} ;;
   esac
 done
 case "$wait_s" in '' | *[!0-9]*) wait_s=30 ;; esac
@@ -186,6 +193,106 @@ check_vhci() {
   done
 }
 
+# The whole disk (sdX) of the USB device whose serial number is $1.
+find_disk_by_serial() {
+  for s in /sys/bus/usb/devices/*/serial; do
+    [ -e "$s" ] && [ "$(cat "$s")" = "$1" ] || continue
+    for b in "${s%/serial}"/*:*/host*/target*/*/block/sd*; do
+      [ -e "$b" ] || continue
+      disk=${b##*/}
+      return 0
+    done
+  done
+  return 1
+}
+
+# The guest's monotonic clock in nanoseconds (busybox date has no %N).
+now_ns() {
+  awk '/^now at/ { print $3; exit }' /proc/timer_list
+}
+
+# storage-read: sequential O_DIRECT reads of $read_mib MiB in 64 KiB reads from each disk in $read_disks
+# (usbvirt.read-disks=LABEL:SERIAL,...; the USB serial number names the disk), $read_rounds rounds
+# (usbvirt.read-rounds=N, 1..50), the disks taken in the given order in odd rounds and in reverse order in
+# even ones. First the same random pattern is written to each disk (O_DIRECT); after the rounds each disk
+# is read once more and compared with it. One line per read, timed by the guest's clock:
+#   STEP read-LABEL-ROUND ok bytes=B ns=T mibps=M
+# (after `STEP read-written ok`, once the pattern is on every disk), then read-verify-LABEL ok|fail, and
+# storage-read ok|fail.
+check_storage_read() {
+  case "$read_rounds" in '' | *[!0-9]*) read_rounds=5 ;; esac
+  case "$read_mib" in '' | *[!0-9]*) read_mib=32 ;; esac
+  [ "$read_rounds" -ge 1 ] && [ "$read_rounds" -le 50 ] || read_rounds=5
+  [ "$read_mib" -ge 1 ] && [ "$read_mib" -le 256 ] || read_mib=32
+  if [ -z "$read_disks" ]; then
+    step storage-read fail "no disks named (usbvirt.read-disks=LABEL:SERIAL,...)"
+    return
+  fi
+  if [ -z "$(now_ns)" ]; then
+    step storage-read fail "no clock: /proc/timer_list has no 'now at' line"
+    return
+  fi
+  count=$((read_mib * 16))
+  bytes=$((read_mib * 1048576))
+  labels=""
+  for d in $read_disks; do
+    label=${d%%:*} serial=${d#*:}
+    if ! wait_for "USB disk with serial $serial" find_disk_by_serial "$serial"; then
+      step storage-read fail "$label: $why"
+      return
+    fi
+    if ! wait_for "/dev/$disk node" test -b "/dev/$disk"; then
+      step storage-read fail "$label: $why"
+      return
+    fi
+    eval "dev_$label=/dev/$disk"
+    labels="$labels $label"
+  done
+  if ! dd if=/dev/urandom of=/tmp/pattern bs=65536 count=$count 2>/tmp/dd.err; then
+    step storage-read fail "pattern: $(cat /tmp/dd.err)"
+    return
+  fi
+  for label in $labels; do
+    eval "dev=\$dev_$label"
+    if ! dd if=/tmp/pattern of="$dev" bs=65536 count=$count oflag=direct 2>/tmp/dd.err; then
+      step storage-read fail "$label: write the pattern to $dev: $(cat /tmp/dd.err)"
+      return
+    fi
+  done
+  step read-written ok "$read_mib MiB of random bytes written to$labels (O_DIRECT)"
+  reversed=""
+  for label in $labels; do reversed="$label $reversed"; done
+  round=1
+  while [ "$round" -le "$read_rounds" ]; do
+    order=$labels
+    [ $((round % 2)) -eq 0 ] && order=$reversed
+    for label in $order; do
+      eval "dev=\$dev_$label"
+      t0=$(now_ns)
+      if ! dd if="$dev" of=/dev/null bs=65536 count=$count iflag=direct 2>/tmp/dd.err; then
+        step "read-$label-$round" fail "$dev: $(cat /tmp/dd.err)"
+        return
+      fi
+      t1=$(now_ns)
+      ns=$((t1 - t0))
+      centi=$((bytes * 1000000000 / ns * 100 / 1048576))
+      step "read-$label-$round" ok "bytes=$bytes ns=$ns mibps=$((centi / 100)).$((centi / 10 % 10))$((centi % 10)) dev=$dev"
+    done
+    round=$((round + 1))
+  done
+  all=ok
+  for label in $labels; do
+    eval "dev=\$dev_$label"
+    if dd if="$dev" bs=65536 count=$count iflag=direct 2>/tmp/dd.err | cmp -s - /tmp/pattern; then
+      step "read-verify-$label" ok "$dev returned the $read_mib MiB pattern written to it"
+    else
+      step "read-verify-$label" fail "$dev did not return the pattern written to it $(cat /tmp/dd.err)"
+      all=fail
+    fi
+  done
+  step storage-read "$all" "$read_rounds rounds of $read_mib MiB over$labels"
+}
+
 usb_ids() {
   ids=""
   for d in /sys/bus/usb/devices/*; do
@@ -202,7 +309,8 @@ for c in $checks; do
     loopback) check_loopback ;;
     gadget-loopback) check_gadget_loopback ;;
     vhci) check_vhci ;;
-    *) step "$c" fail "unknown check (known: storage keyboard loopback gadget-loopback vhci)" ;;
+    storage-read) check_storage_read ;;
+    *) step "$c" fail "unknown check (known: storage keyboard loopback gadget-loopback vhci storage-read)" ;;
   esac
 done
 usb_ids

@@ -15,10 +15,13 @@
  *
  * A doorbell has one waiting thread. When it rings on that same thread (the
  * frontend and backend on one thread: Connection option backendThread
- * "shared"), the parked waitAsync waiter is woken at the next turn of the
- * event loop without Atomics.notify: notify reaches an async waiter through
- * V8's task queue and the loop's async handle, and on that path notify alone
- * was a sixth of the thread's time (node --cpu-prof, one thread, 1 in flight).
+ * "shared"), the parked waitAsync waiter is woken without Atomics.notify, in
+ * this turn's microtasks (up to SAME_TURN_WAKES a turn, then at the next
+ * turn): notify reaches an async waiter through V8's task queue and the
+ * loop's async handle, and on that path notify alone was a sixth of the
+ * thread's time (node --cpu-prof, one thread, 1 in flight); a wake at the
+ * next turn cost each hop between the loops an epoll round and a pass through
+ * the loop's phases, two or three per packet on a network server.
  * The waiter's Atomics.waitAsync stays registered and is reused by its next
  * park, so a ring from another thread still wakes it and none piles up; a
  * ring on the waiting thread while it runs needs no wake at all (its next
@@ -61,6 +64,32 @@ function parkOf(sab: SharedArrayBuffer, index: number): Park {
   return park;
 }
 
+/**
+ * Same-thread wakes run as microtasks, at most SAME_TURN_WAKES per turn of the event loop: a hand-off
+ * between the loops of one thread (frontend, backend) then costs no turn of its own, which on a network
+ * server is an epoll round and a pass through every phase of the loop per hop. Past the budget the wake
+ * waits for the next turn, so I/O and timers keep their place however busy the loops are.
+ */
+export const SAME_TURN_WAKES = 64;
+let sameTurnWakes = 0;
+let budgetResetScheduled = false;
+
+function resetSameTurnBudget(): void {
+  sameTurnWakes = 0;
+  budgetResetScheduled = false;
+}
+
+function wakeOnThisThread(wake: () => void): void {
+  if (sameTurnWakes < SAME_TURN_WAKES) {
+    sameTurnWakes++;
+    if (!budgetResetScheduled) {
+      budgetResetScheduled = true;
+      setImmediate(resetSameTurnBudget);
+    }
+    queueMicrotask(wake);
+  } else setImmediate(wake);
+}
+
 export class Doorbell {
   private readonly word: Int32Array;
   private readonly index: number;
@@ -93,10 +122,11 @@ export class Doorbell {
     const park = this.park;
     const wake = park.wake;
     if (wake !== null) {
-      // The waiter is parked on this very thread (and a doorbell has one waiting thread): wake it at the
-      // next turn. Not in a microtask: two loops waking each other that way would starve the event loop.
+      // The waiter is parked on this very thread (and a doorbell has one waiting thread): wake it in this
+      // turn's microtasks while the turn's budget lasts, else at the next turn (two loops waking each other
+      // in microtasks without a bound would starve the event loop).
       park.wake = null;
-      setImmediate(wake);
+      wakeOnThisThread(wake);
     } else if (!park.registered) {
       Atomics.notify(this.word, this.index);
     }

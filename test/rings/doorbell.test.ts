@@ -1,6 +1,6 @@
 /** Doorbells, adaptive spinning and the spinner cap, on one thread (the cross-thread wake-up: cross-thread.test.ts). */
 import { describe, expect, it, vi } from "vitest";
-import { anyOf, Doorbell } from "../../src/rings/doorbell.js";
+import { anyOf, Doorbell, SAME_TURN_WAKES } from "../../src/rings/doorbell.js";
 import { AdaptiveSpin, SpinLimiter } from "../../src/rings/spin.js";
 import { InvalidOptionError } from "../../src/util/errors.js";
 
@@ -73,6 +73,47 @@ describe("doorbell", () => {
     } finally {
       notify.mockRestore();
     }
+  });
+
+  it("wakes a waiter parked on the ringing thread in this turn's microtasks, not a turn later", async () => {
+    await new Promise((resolve) => setImmediate(resolve)); // a fresh turn: its whole wake budget
+    const sab = Doorbell.create();
+    const waiter = new Doorbell(sab);
+    const ringer = new Doorbell(sab);
+    const w = flagWaitable();
+    let turned = false;
+    setImmediate(() => {
+      turned = true;
+    });
+    const pending = waiter.waitAsync(w);
+    expect(pending).not.toBeNull();
+    ringer.ring();
+    expect(await pending).toBe("woken");
+    expect(turned).toBe(false); // the hop between two loops of one thread cost no turn of the event loop
+  });
+
+  it("wakes at most SAME_TURN_WAKES times a turn in microtasks, then at the next turn, so I/O keeps its place", async () => {
+    await new Promise((resolve) => setImmediate(resolve));
+    const sab = Doorbell.create();
+    const waiter = new Doorbell(sab);
+    const ringer = new Doorbell(sab);
+    const w = flagWaitable();
+    let turns = 0;
+    const count = (): void => {
+      turns++;
+    };
+    setImmediate(count);
+    // Two loops waking each other for ever: each wake parks again and is rung at once.
+    for (let i = 0; i < SAME_TURN_WAKES; i++) {
+      const pending = waiter.waitAsync(w);
+      ringer.ring();
+      await pending;
+    }
+    expect(turns).toBe(0);
+    const pending = waiter.waitAsync(w);
+    ringer.ring();
+    await pending;
+    expect(turns).toBe(1); // the wake past the budget waited for the next turn
   });
 
   it("returns null from waitAsync when work is already there (no promise on the hot path)", () => {

@@ -54,6 +54,20 @@ describe("the QEMU command line and the guest's marker lines", () => {
     expect(() => qemuArgs(guest, { checks: ["storage loopback"] })).toThrow(/bad check name/);
   });
 
+  it("puts the checks' parameters on the kernel command line, and refuses ones that would corrupt it", () => {
+    const args = qemuArgs(guest, {
+      checks: ["storage-read"],
+      params: { "read-disks": "usbvirt:5553425649520001,pypeer:5059504545520001", "read-rounds": 5 },
+    });
+    expect(args[args.indexOf("-append") + 1]).toContain(
+      "usbvirt.checks=storage-read usbvirt.wait=30 " +
+        "usbvirt.read-disks=usbvirt:5553425649520001,pypeer:5059504545520001 usbvirt.read-rounds=5",
+    );
+    expect(() => qemuArgs(guest, { checks: [], params: { "read-mib": "1 quiet" } })).toThrow(/bad value/);
+    expect(() => qemuArgs(guest, { checks: [], params: { "Read mib": 1 } })).toThrow(/bad key/);
+    expect(() => qemuArgs(guest, { checks: [], params: { checks: "storage" } })).toThrow(/bad key/);
+  });
+
   it("parses STEP lines and nothing else", () => {
     expect(parseStep("STEP key ok code=30")).toEqual({
       name: "key",

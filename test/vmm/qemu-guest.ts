@@ -63,6 +63,8 @@ export interface GuestControl {
   hmp(command: string): Promise<string>;
   /** Ends the guest now (SIGKILL). */
   kill(): void;
+  /** QEMU's process id (e.g. to read its CPU time), if it started. */
+  readonly pid: number | undefined;
 }
 
 export interface BootOptions {
@@ -81,6 +83,8 @@ export interface BootOptions {
   readonly timeoutMs: number;
   /** How long the guest's /init waits for each device to appear, in seconds (default 30). */
   readonly waitS?: number;
+  /** More parameters for the checks, on the kernel command line as `usbvirt.<key>=<value>` (e.g. storage-read's `read-disks`). */
+  readonly params?: Readonly<Record<string, string | number>>;
   /** More QEMU arguments (e.g. QEMU's own `-device usb-storage,bus=xhci.0,…`). */
   readonly extraArgs?: readonly string[];
   /** Opens an HMP monitor on a unix socket, for `GuestControl.hmp`. */
@@ -116,7 +120,7 @@ export function parseStep(line: string): { name: string; result: StepResult } | 
 /** The QEMU arguments of a boot (exported so the README and the log show the same command line). */
 export function qemuArgs(
   guest: VmmGuest,
-  options: Pick<BootOptions, "checks" | "redirPorts" | "usbip" | "waitS" | "extraArgs">,
+  options: Pick<BootOptions, "checks" | "redirPorts" | "usbip" | "waitS" | "extraArgs" | "params">,
   monitorPath?: string,
 ): string[] {
   const usbip = options.usbip ?? [];
@@ -131,12 +135,20 @@ export function qemuArgs(
   for (const check of options.checks) {
     if (!/^[a-z-]+$/.test(check)) throw new RangeError(`checks: bad check name ${JSON.stringify(check)}`);
   }
+  const params = Object.entries(options.params ?? {}).map(([key, value]) => {
+    if (!/^[a-z][a-z-]*$/.test(key) || ["checks", "wait", "usbip"].includes(key))
+      throw new RangeError(`params: bad key ${JSON.stringify(key)}`);
+    if (!/^[\w.,:-]+$/.test(String(value)))
+      throw new RangeError(`params: bad value ${JSON.stringify(value)} for ${key}`);
+    return `usbvirt.${key}=${value}`;
+  });
   const append = [
     "console=ttyS0",
     "panic=-1",
     "quiet",
     `usbvirt.checks=${options.checks.join(",")}`,
     `usbvirt.wait=${options.waitS ?? 30}`,
+    ...params,
   ];
   if (usbip.length > 0) append.push(`usbvirt.usbip=${usbip.map((u) => u.busid).join(",")}`);
   const args = [
@@ -248,6 +260,7 @@ export async function bootGuest(options: BootOptions): Promise<GuestRun> {
     hmp: (command) =>
       hmp === null ? Promise.reject(new Error("hmp: boot with monitor: true")) : hmp.command(command),
     kill: () => child.kill("SIGKILL"),
+    pid: child.pid,
   };
 
   let partial = "";
