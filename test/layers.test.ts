@@ -25,6 +25,7 @@ const LAYERS: Readonly<Record<string, number>> = {
   "devices/host": 8,
   "devices/remote": 8,
   port: 9, // port ring wire format, port service, device factory
+  discovery: 9, // DNS-SD over multicast DNS: announcing a server, discovering servers, finding a device
   backend: 10,
   frontend: 11,
   workers: 12, // thin worker entry files

@@ -163,3 +163,14 @@ export const CONFIG_OPTION: OptionSpec = {
   value: "FILE",
   help: "read these settings from a JSON file (flags win)",
 };
+export const ANNOUNCE_OPTION: OptionSpec = {
+  name: "announce",
+  kind: "boolean",
+  help: "announce this server and its devices on the local network (multicast DNS, DNS-SD); off by default",
+};
+export const NAME_OPTION: OptionSpec = {
+  name: "name",
+  kind: "string",
+  value: "NAME",
+  help: "with --announce: added to the host's name in the announcement",
+};

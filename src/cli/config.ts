@@ -196,6 +196,32 @@ export function daemonFields(peers: string) {
   };
 }
 
+/** Announcing the server on multicast DNS (DNS-SD), off unless asked: both daemon commands have it. */
+export function announceFields(service: string) {
+  return {
+    announce: v.optional(
+      v.pipe(
+        v.boolean(),
+        v.description(
+          `announce this server and its devices on the local network over multicast DNS (DNS-SD ${service}); off by default`,
+        ),
+      ),
+    ),
+    name: v.optional(
+      v.pipe(
+        v.string(),
+        v.minLength(1, "must not be empty"),
+        v.maxLength(40, "must be at most 40 characters"),
+        v.regex(/^[A-Za-z0-9 _+@()-]+$/, "may hold only letters, digits, spaces and _+@()-"),
+        v.description("added to the host's name in the announcement (to tell two servers of one host apart)"),
+      ),
+    ),
+  };
+}
+
+/** The flags of announceFields' settings. */
+export const ANNOUNCE_FLAGS = { announce: "announce", name: "name" } as const;
+
 /** The flags of the settings daemonFields gives (one name per setting; the flag wins). */
 export const DAEMON_FLAGS = {
   allowClients: "allow-client",
@@ -270,6 +296,7 @@ export const ServeConfigSchema = v.pipe(
       ),
     ),
     ...daemonFields("USB/IP clients"),
+    ...announceFields("_usbip._tcp"),
   }),
   v.title("usbvirt serve configuration"),
   v.description("Settings of `usbvirt serve --config FILE`; command-line flags win over them."),
@@ -304,6 +331,7 @@ export const SERVE_SETTINGS: CommandSettings<ServeConfig> = {
     deny: "deny",
     matchNew: "match-new",
     ...DAEMON_FLAGS,
+    ...ANNOUNCE_FLAGS,
   },
   numericFlags: ["port"],
 };

@@ -92,6 +92,21 @@ export class Daemon {
     return `metrics: ${at}/metrics\nstatus page: ${at}/\n`;
   }
 
+  /** The metrics endpoint's HOST:PORT (what an announcement names), or null without one. */
+  statusAddress(): string | null {
+    if (this.metrics === null) return null;
+    const m = this.metrics.address;
+    return `${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}`;
+  }
+
+  /** Close everything now, without waiting for a signal (a start that failed after the daemon was up). */
+  async stopNow(): Promise<void> {
+    this.watch.dispose();
+    this.parts.log.tracker?.close();
+    await this.metrics?.close();
+    await this.parts.close();
+  }
+
   /** Wait for `stopSignal` or the engine's death, close everything, and return the exit status. */
   async run(stopSignal: () => Promise<string>): Promise<number> {
     const { logger, tracker } = this.parts.log;

@@ -10,6 +10,8 @@ import { parseSelector, specFromSelector } from "../devices/host/select.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
 import { escapeControls, escapeForTerminal, type FaceLogger } from "../network-face/log.js";
+import { discover } from "../discovery/browser.js";
+import { parseDeviceSelector } from "../discovery/select.js";
 import { listRemote } from "../usbip/client.js";
 import { USBIP_PORT } from "../usbip/protocol.js";
 import {
@@ -22,12 +24,15 @@ import {
 import { HostExports, type HotplugSource, libusbHotplugSource } from "../usbip-server/host-exports.js";
 import { UsbipServer } from "../usbip-server/server.js";
 import type { UsbredirServer } from "../usbredir/server.js";
+import { ServerAnnouncement } from "./announce.js";
 import {
+  ANNOUNCE_OPTION,
   CONFIG_OPTION,
   type CommandSpec,
   commandHelp,
   LOG_FORMAT_OPTION,
   METRICS_OPTION,
+  NAME_OPTION,
   parseArgs,
   QUIET_OPTION,
   STORAGE_FILE_OPTION,
@@ -43,6 +48,7 @@ import {
   logListenerNotes,
   USBIP_EXPOSURE,
 } from "./daemon-run.js";
+import { DeviceFollower, discoveryTable } from "./discover.js";
 import { UsageError } from "./errors.js";
 import { REDIRECT, redirectCommand } from "./redirect.js";
 import { allowedExports, checkExplicitDevices, planPorts } from "./serve-hosts.js";
@@ -88,6 +94,7 @@ export const defaultIo: CliIo = {
 
 const DEFAULT_TIMEOUT_S = 5;
 const DEFAULT_KEEPALIVE_S = 5;
+const DEFAULT_DISCOVER_S = 2;
 
 const TIMEOUT_OPTION = {
   name: "timeout",
@@ -110,8 +117,14 @@ const LIST: CommandSpec = {
       help: "list the devices a USB/IP server exports instead",
     },
     { name: "no-strings", kind: "boolean", help: "do not open host devices to read their strings" },
+    {
+      name: "discover",
+      kind: "boolean",
+      help: "list the usbvirt servers announcing on the local network (multicast DNS) and their devices",
+    },
     TIMEOUT_OPTION,
   ],
+  details: `With --discover, --timeout is how long to listen for answers (default ${DEFAULT_DISCOVER_S} s).`,
 };
 
 const SERVE: CommandSpec = {
@@ -172,6 +185,8 @@ const SERVE: CommandSpec = {
     QUIET_OPTION,
     LOG_FORMAT_OPTION,
     METRICS_OPTION,
+    ANNOUNCE_OPTION,
+    NAME_OPTION,
   ],
   details: `With no device selected, serve exports the emulated loopback, keyboard and a 64 MiB storage device.
 Host devices pass the filter first: --filter rules in order, then --deny, then --allow; the first rule that
@@ -194,8 +209,20 @@ const ATTACH: CommandSpec = {
   name: "attach",
   summary:
     "Import a device from a USB/IP server (usbvirt serve or Linux usbipd) onto port 1 of a local virtual host controller.",
-  positionals: ["HOST[:PORT]", "BUSID"],
+  positionals: ["HOST[:PORT]?", "BUSID?"],
   options: [
+    {
+      name: "device",
+      kind: "string",
+      value: "SEL",
+      help: "instead of HOST BUSID: the one free device SEL names (VID:PID, serial=S, class=C) among the servers announcing on the network, followed to whichever server announces it next",
+    },
+    {
+      name: "discover-timeout",
+      kind: "string",
+      value: "SECONDS",
+      help: `with --device: how long each look at the network listens (default ${DEFAULT_DISCOVER_S})`,
+    },
     {
       name: "check",
       kind: "boolean",
@@ -218,7 +245,10 @@ const ATTACH: CommandSpec = {
 connection, or stays silent for --keepalive and then does not answer a status request within --timeout,
 the device is disconnected (URBs in flight end with -ESHUTDOWN), then attach reconnects with exponential
 backoff (0.5 s doubling up to 30 s, with jitter) and imports the same bus id again; each step is logged.
-With --no-reconnect it says so and exits 1 instead.`,
+With --no-reconnect it says so and exits 1 instead.
+With --device SEL (no HOST BUSID) the servers announcing on the network (serve --announce) are asked which
+has a free device SEL matches: one is imported; several are an error listing them (exit 1); none is waited
+for. When it is lost, attach asks again on the same schedule and imports it from whichever server has it.`,
 };
 
 const COMMANDS: readonly CommandSpec[] = [LIST, SERVE, ATTACH, REDIRECT, STATUS];
@@ -346,6 +376,14 @@ async function loadHostListing(
 
 async function listCommand(options: Options, io: CliIo): Promise<number> {
   const json = options.json === true;
+  if (options.discover === true) {
+    if (options.remote !== undefined)
+      throw new UsageError("list", "--discover and --remote exclude each other");
+    const timeoutMs = secondsOption(options, "timeout", DEFAULT_DISCOVER_S, "list");
+    const result = await discover({ timeoutMs });
+    io.out(json ? `${JSON.stringify(result, null, 2)}\n` : discoveryTable(result));
+    return 0;
+  }
   if (typeof options.remote === "string") {
     const { host, port } = hostPort(options.remote, "list");
     const timeoutMs = secondsOption(options, "timeout", DEFAULT_TIMEOUT_S, "list");
@@ -460,6 +498,8 @@ export function deviceFromSelector(
 export async function serveCommand(options: Options, io: CliIo): Promise<number> {
   // One schema for both sources (src/cli/config.ts): each is checked whole, then flags win key by key.
   const config = await commandConfig(SERVE_SETTINGS, options);
+  if (config.name !== undefined && config.announce !== true)
+    throw new UsageError("serve", "--name names the announcement: it needs --announce");
   const bind = config.bind ?? "127.0.0.1";
   const port = config.port ?? USBIP_PORT;
   const storageFile = config.storageFile;
@@ -546,15 +586,34 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
       throw new Error(`cannot watch for host devices: ${(err as Error).message}`);
     }
   }
+  let announcement: ServerAnnouncement | null = null;
   const daemon = await Daemon.start({
     view: server,
     log,
     settings: config,
     close: async () => {
+      await announcement?.stop();
       await hotplug?.stop();
       await server.close();
     },
   });
+  if (config.announce === true) {
+    try {
+      announcement = await ServerAnnouncement.start({
+        service: "_usbip._tcp",
+        server,
+        port: server.address.port,
+        name: config.name,
+        status: daemon.statusAddress() ?? undefined,
+      });
+    } catch (err) {
+      await daemon.stopNow();
+      throw new Error(`cannot announce on multicast DNS: ${(err as Error).message}`);
+    }
+    const ann = announcement;
+    log.tracker?.setAnnouncement(() => ann.describe());
+    logger.info(ann.describe());
+  }
   const { host: boundHost, port: boundPort } = server.address;
   io.out(`usbvirt: serving ${server.devices.length} device(s) over USB/IP on ${boundHost}:${boundPort}\n`);
   for (const d of server.devices) {
@@ -580,6 +639,12 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
 // ---------------------------------------------------------------- attach
 
 async function attachCommand(positionals: readonly string[], options: Options, io: CliIo): Promise<number> {
+  if (typeof options.device === "string") {
+    if (positionals.length > 0)
+      throw new UsageError("attach", "--device replaces HOST BUSID: give one or the other");
+    return await attachBySelector(options.device, options, io);
+  }
+  if (positionals.length < 2) throw new UsageError("attach", "missing HOST[:PORT] BUSID (or --device SEL)");
   const { host, port } = hostPort(positionals[0]!, "attach");
   const busid = positionals[1]!;
   if (busid.length === 0 || busid.length > 31)
@@ -620,4 +685,39 @@ async function attachCommand(positionals: readonly string[], options: Options, i
   } finally {
     await att.close();
   }
+}
+
+async function attachBySelector(selector: string, options: Options, io: CliIo): Promise<number> {
+  let rule: ReturnType<typeof parseDeviceSelector>;
+  try {
+    rule = parseDeviceSelector(selector);
+  } catch (err) {
+    throw new UsageError("attach", `cannot read --device "${selector}": ${(err as Error).message}`);
+  }
+  if (options.check === true) throw new UsageError("attach", "--check needs HOST BUSID, not --device");
+  const follower = new DeviceFollower({
+    selector,
+    rule,
+    discoverMs: secondsOption(options, "discover-timeout", DEFAULT_DISCOVER_S, "attach"),
+    timeoutMs: secondsOption(options, "timeout", DEFAULT_TIMEOUT_S, "attach"),
+    keepaliveMs: secondsOption(options, "keepalive", DEFAULT_KEEPALIVE_S, "attach"),
+    follow: options["no-reconnect"] !== true,
+    log: (line) => io.err(`usbvirt attach: ${line}\n`),
+  });
+  follower.events.on("attached", (att, c) =>
+    io.out(
+      `attached ${selector} from ${c.server.name} (${c.server.host}:${c.server.port} ${c.device.busid}): ${describeEnumerated(att.device)}\n`,
+    ),
+  );
+  const end = await Promise.race([
+    (io.stopSignal ?? signals)().then((signal) => ({ signal })),
+    follower.ended.then((e) => ({ end: e })),
+  ]);
+  if ("signal" in end) {
+    io.out(`${end.signal}: detaching\n`);
+    await follower.close();
+    return 0;
+  }
+  io.err(`usbvirt attach: ${end.end.reason}\n`);
+  return 1;
 }

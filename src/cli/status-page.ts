@@ -63,6 +63,8 @@ export interface ServerStatus {
   readonly backendLosses: number;
   readonly grantFaults: number | null;
   readonly rejected: number | null;
+  /** How the server announces itself on multicast DNS, or null when it does not. */
+  readonly announce: string | null;
   readonly devices: readonly DeviceStatus[];
 }
 
@@ -90,6 +92,7 @@ export class StatusTracker {
   private readonly perDevice = new Map<string, PerDevice>();
   private server: ExportingServer | null = null;
   private version = "?";
+  private announcement: () => string | null = () => null;
   private timer: NodeJS.Timeout | null = null;
   private sampling = false;
   private readonly onImport = (busid: string, peer: string) => {
@@ -126,6 +129,11 @@ export class StatusTracker {
         }
       };
     return { info: keep("info"), warn: keep("warn"), error: keep("error") };
+  }
+
+  /** Where the status says whether (and how) the server announces itself. */
+  setAnnouncement(describe: () => string | null): void {
+    this.announcement = describe;
   }
 
   /** Follow `server`: its imports and detaches, and its counters once a second until close(). */
@@ -224,6 +232,7 @@ export class StatusTracker {
       backendLosses: conn.frontend?.stats().backendLosses ?? 0,
       grantFaults: backend?.grantFaults ?? null,
       rejected: backend?.rejected ?? null,
+      announce: this.announcement(),
       devices,
     };
   }
@@ -299,7 +308,7 @@ function summary(s: ServerStatus): string {
   return (
     `usbvirt ${s.version}: engine ${s.up ? "up" : "DOWN"}, ${s.clients} client connection(s), ` +
     `${s.backendLosses} backend loss(es), ${n(s.grantFaults)} grant fault(s), ${n(s.rejected)} rejected request(s); ` +
-    `as of ${s.time}`
+    `${s.announce ?? "not announced on the network"}; as of ${s.time}`
   );
 }
 

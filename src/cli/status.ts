@@ -102,6 +102,7 @@ export async function statusCommand(
       `${t(report.clients)} client connection(s), ${t(report.backendLosses)} backend loss(es), ` +
       `${n(report.grantFaults)} grant fault(s)\n`,
   );
+  io.out(`${report.announce ?? "not announced on the network (serve --announce)"}\n`);
   if (report.devices.length > 0) {
     io.out(
       `${table([

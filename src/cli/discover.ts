@@ -1,0 +1,183 @@
+/**
+ * The client side of discovery: `usbvirt list --discover` (every announcing server and its devices) and
+ * `usbvirt attach --device SEL` (the one free device SEL names among them, followed from host to host).
+ *
+ * Following: the device is imported without attach's own same-host reconnect; when it is lost (unplugged,
+ * server down, link lost) the follower asks the network again and imports it from whichever server
+ * announces it free next, on attach's reconnect schedule (0.5 s doubling up to 30 s, with jitter). A
+ * selector that matches several free devices is an error that lists them: it never picks one by chance.
+ */
+import { EventEmitter } from "node:events";
+import type { FilterRule } from "../devices/host/filter.js";
+import { type DiscoveryResult, discover } from "../discovery/browser.js";
+import { type Candidate, describeCandidate, resolve } from "../discovery/select.js";
+import { type AttachedDevice, attachRemote } from "../usbip-attach/attach.js";
+
+export function discoveryTable(result: DiscoveryResult): string {
+  const lines: string[] = [];
+  if (result.servers.length === 0) lines.push("no usbvirt server answered (is one running with --announce?)");
+  const h = (n: number, w: number) => n.toString(16).padStart(w, "0");
+  for (const s of result.servers) {
+    const kind = s.service === "_usbip._tcp" ? "USB/IP" : "usbredir";
+    const extras = [
+      `usbvirt ${s.txt.version}`,
+      s.txt.tls
+        ? `TLS required${s.txt.fingerprint !== undefined ? ` (sha256 ${s.txt.fingerprint})` : ""}`
+        : "no TLS",
+      ...(s.txt.status !== undefined ? [`status http://${s.txt.status}/`] : []),
+    ];
+    lines.push(`${s.name}  ${kind} ${s.host}:${s.port}  ${extras.join(", ")}`);
+    if (s.txt.devices.length === 0) lines.push("  (no devices)");
+    for (const d of s.txt.devices) {
+      lines.push(
+        `  ${d.busid.padEnd(8)} ${h(d.vendorId, 4)}:${h(d.productId, 4)}  class ${h(d.deviceClass, 2)}  ${(d.held ? "held" : "free").padEnd(4)}${d.serial !== undefined ? `  serial=${d.serial}` : ""}`,
+      );
+    }
+    if (s.txt.more > 0)
+      lines.push(
+        `  … ${s.txt.more} more (not in the announcement): usbvirt list --remote ${s.host}:${s.port}`,
+      );
+  }
+  const ig = result.ignored;
+  const bad = ig.malformed + ig.badTxt + ig.badSrv + ig.overLimit;
+  if (bad > 0)
+    lines.push(
+      `ignored: ${ig.malformed} malformed packet(s), ${ig.badTxt} bad TXT record(s), ${ig.badSrv} bad SRV record(s), ${ig.overLimit} record(s) over the limits`,
+    );
+  return `${lines.join("\n")}\n`;
+}
+
+/** The selector matched several free devices: the user must say which. */
+export class AmbiguousDeviceError extends Error {
+  readonly code = "ERR_USBVIRT_AMBIGUOUS_DEVICE";
+  constructor(
+    selector: string,
+    readonly candidates: readonly Candidate[],
+  ) {
+    super(
+      `"${selector}" matches ${candidates.length} free devices; name one (add serial=, or a bus id with the host):\n${candidates
+        .map((c) => `  ${describeCandidate(c)}`)
+        .join("\n")}`,
+    );
+    this.name = "AmbiguousDeviceError";
+  }
+}
+
+export interface FollowOptions {
+  readonly selector: string;
+  readonly rule: FilterRule;
+  /** How long each discovery listens. */
+  readonly discoverMs: number;
+  readonly timeoutMs: number;
+  readonly keepaliveMs: number;
+  /** false: give up at the first loss (or when nothing matches at the start). */
+  readonly follow: boolean;
+  readonly retryMinMs?: number;
+  readonly retryMaxMs?: number;
+  readonly log: (line: string) => void;
+  /** Replaces multicast discovery (tests). */
+  readonly discover?: () => Promise<DiscoveryResult>;
+}
+
+export interface FollowEvents {
+  attached: [att: AttachedDevice, from: Candidate];
+  lost: [reason: string];
+}
+
+/** A device attached by what it is, wherever it is announced. `ended` resolves with why it stopped. */
+export class DeviceFollower {
+  readonly events = new EventEmitter<FollowEvents>();
+  current: AttachedDevice | null = null;
+  readonly ended: Promise<{ reason: string; error?: Error }>;
+  private closed = false;
+  private wake: (() => void) | null = null;
+
+  constructor(private readonly o: FollowOptions) {
+    this.ended = this.loop();
+  }
+
+  private async pause(ms: number): Promise<void> {
+    await new Promise<void>((r) => {
+      const t = setTimeout(r, ms);
+      this.wake = () => {
+        clearTimeout(t);
+        r();
+      };
+    });
+    this.wake = null;
+  }
+
+  private async loop(): Promise<{ reason: string; error?: Error }> {
+    const min = this.o.retryMinMs ?? 500;
+    const max = this.o.retryMaxMs ?? 30_000;
+    let delay = min;
+    let said = "";
+    const say = (line: string) => {
+      if (line !== said) this.o.log(line);
+      said = line;
+    };
+    while (!this.closed) {
+      const found = await (
+        this.o.discover ?? (() => discover({ timeoutMs: this.o.discoverMs, services: ["_usbip._tcp"] }))
+      )();
+      if (this.closed) break;
+      const r = resolve(found.servers, this.o.rule);
+      if (r.kind === "ambiguous") {
+        const error = new AmbiguousDeviceError(this.o.selector, r.candidates);
+        return { reason: error.message, error };
+      }
+      if (r.kind === "one") {
+        const c = r.candidate;
+        let att: AttachedDevice | null = null;
+        try {
+          att = await attachRemote({
+            host: c.server.host,
+            port: c.server.port,
+            busid: c.device.busid,
+            timeoutMs: this.o.timeoutMs,
+            keepaliveMs: this.o.keepaliveMs,
+            reconnect: false,
+            log: (l) => this.o.log(l),
+          });
+        } catch (err) {
+          say(`${describeCandidate(c)}: ${(err as Error).message}`);
+        }
+        if (att !== null) {
+          said = "";
+          delay = min;
+          this.current = att;
+          this.o.log(`attached ${describeCandidate(c)}`);
+          this.events.emit("attached", att, c);
+          const stop = new Promise<null>((r) => {
+            this.wake = () => r(null);
+          });
+          const reason = await Promise.race([att.lost, stop]);
+          this.wake = null;
+          this.current = null;
+          await att.close();
+          if (reason === null) break;
+          this.o.log(`lost ${describeCandidate(c)}: ${reason}`);
+          this.events.emit("lost", reason);
+          if (!this.o.follow) return { reason };
+        }
+      } else if (r.kind === "held") {
+        say(
+          `"${this.o.selector}" is announced but held by another client: ${r.candidates.map(describeCandidate).join("; ")}; waiting`,
+        );
+      } else {
+        say(`no announced device matches "${this.o.selector}" yet; waiting for one`);
+      }
+      if (!this.o.follow && this.current === null && said !== "") return { reason: said };
+      if (this.closed) break;
+      await this.pause(Math.round(delay * (0.5 + Math.random() / 2)));
+      delay = Math.min(delay * 2, max);
+    }
+    return { reason: "closed" };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.wake?.();
+    await this.ended;
+  }
+}
