@@ -15,6 +15,7 @@ const UNIT = [
   "test/cli/config-schema-file.test.ts",
   "test/cli/serve-retries.test.ts",
   "test/devices/descriptors.test.ts",
+  "test/discovery/txt-record.test.ts",
   "test/devices/enumeration.test.ts",
   "test/devices/host-filter.test.ts",
   "test/devices/keyboard.test.ts",
