@@ -11,6 +11,7 @@ import { EventEmitter } from "node:events";
 import type { FilterRule } from "../devices/host/filter.js";
 import { type DiscoveryResult, discover } from "../discovery/browser.js";
 import { type Candidate, describeCandidate, resolve } from "../discovery/select.js";
+import { escapeControls } from "../network-face/log.js";
 import { type AttachedDevice, attachRemote } from "../usbip-attach/attach.js";
 
 export function discoveryTable(result: DiscoveryResult): string {
@@ -26,11 +27,12 @@ export function discoveryTable(result: DiscoveryResult): string {
         : "no TLS",
       ...(s.txt.status !== undefined ? [`status http://${s.txt.status}/`] : []),
     ];
-    lines.push(`${s.name}  ${kind} ${s.host}:${s.port}  ${extras.join(", ")}`);
+    // Names and serials come from anyone on the link: their control characters are shown escaped.
+    lines.push(`${escapeControls(s.name)}  ${kind} ${s.host}:${s.port}  ${extras.join(", ")}`);
     if (s.txt.devices.length === 0) lines.push("  (no devices)");
     for (const d of s.txt.devices) {
       lines.push(
-        `  ${d.busid.padEnd(8)} ${h(d.vendorId, 4)}:${h(d.productId, 4)}  class ${h(d.deviceClass, 2)}  ${(d.held ? "held" : "free").padEnd(4)}${d.serial !== undefined ? `  serial=${d.serial}` : ""}`,
+        `  ${d.busid.padEnd(8)} ${h(d.vendorId, 4)}:${h(d.productId, 4)}  class ${h(d.deviceClass, 2)}  ${(d.held ? "held" : "free").padEnd(4)}${d.serial !== undefined ? `  serial=${escapeControls(d.serial)}` : ""}`,
       );
     }
     if (s.txt.more > 0)

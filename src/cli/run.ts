@@ -9,9 +9,9 @@ import { filterFromLists, needsSerial } from "../devices/host/filter.js";
 import { parseSelector, specFromSelector } from "../devices/host/select.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
-import { escapeControls, escapeForTerminal, type FaceLogger } from "../network-face/log.js";
 import { discover } from "../discovery/browser.js";
 import { parseDeviceSelector } from "../discovery/select.js";
+import { escapeControls, escapeForTerminal, type FaceLogger } from "../network-face/log.js";
 import { listRemote } from "../usbip/client.js";
 import { USBIP_PORT } from "../usbip/protocol.js";
 import {

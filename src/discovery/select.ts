@@ -56,6 +56,9 @@ export function resolve(servers: readonly DiscoveredServer[], rule: FilterRule):
 
 export function describeCandidate(c: Candidate): string {
   const h = (n: number) => n.toString(16).padStart(4, "0");
-  const serial = c.device.serial !== undefined ? ` serial=${c.device.serial}` : "";
-  return `${c.device.busid} ${h(c.device.vendorId)}:${h(c.device.productId)}${serial} on ${c.server.name} (${c.server.host}:${c.server.port})${c.device.held ? ", held" : ""}`;
+  const s = c.device.serial;
+  const serial = s === undefined ? "" : ` serial=${/^[\x20-\x7e]*$/.test(s) ? s : JSON.stringify(s)}`;
+  // JSON-quoted where a peer's text could hold control characters (the name and the serial).
+  const name = /^[\x20-\x7e]*$/.test(c.server.name) ? c.server.name : JSON.stringify(c.server.name);
+  return `${c.device.busid} ${h(c.device.vendorId)}:${h(c.device.productId)}${serial} on ${name} (${c.server.host}:${c.server.port})${c.device.held ? ", held" : ""}`;
 }

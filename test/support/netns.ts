@@ -8,18 +8,14 @@
  */
 import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from "node:child_process";
 import { readlinkSync, statSync } from "node:fs";
+import { command, missing, type Tool } from "./tools.js";
 
 const ENV = "USBVIRT_TEST_NETNS";
 
-/** Why namespaces cannot be made here, or null when they can (root and iproute2). */
-export function netnsUnavailable(): string | null {
-  if (process.getuid?.() !== 0) return "network namespaces need root";
-  try {
-    execFileSync("ip", ["-V"], { stdio: "ignore" });
-  } catch {
-    return "iproute2 (ip) is not installed";
-  }
-  return null;
+/** What making namespaces needs: root and iproute2's `ip`. */
+export function netnsTool(): Tool<string> {
+  if (process.getuid?.() !== 0) return missing("network namespaces need root");
+  return command(["ip"], "apt-get install iproute2");
 }
 
 export class TestNamespace {

@@ -6,7 +6,7 @@
  */
 import { createInterface } from "node:readline";
 import { run } from "../../../src/cli/run.js";
-import { CollectingLogger } from "../../../src/usbip/log.js";
+import { CollectingLogger } from "../../../src/network-face/log.js";
 import { assertInTestNamespace } from "../../support/netns.js";
 
 assertInTestNamespace();
