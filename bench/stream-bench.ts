@@ -1,12 +1,14 @@
 /**
- * What the network benches (usbip.ts, usbredir.ts) share: a client forked into a process of its own
- * and driven over IPC, one request at a time, and the tinybench run of "streams" on it. A stream keeps
- * its items (URBs, echoed buffers) in flight from the task's beforeAll to its afterAll (drained there);
- * a measured iteration is "N more items completed", timed on the client's clock so IPC latency stays
- * out. The client scripts speak the protocol below (`StreamRequest` / `StreamReply`) plus a `connect`
- * of their own.
+ * What the network benches (usbip.ts, usbredir.ts) share: a client in a process of its own, driven one
+ * request at a time — a Node script forked and driven over IPC, or any program (the Python client,
+ * bench/python/) driven with the same messages as JSON lines on its stdin and stdout — and the
+ * tinybench run of "streams" on such clients. A stream keeps its items (URBs, echoed buffers) in flight
+ * from the task's beforeAll to its afterAll (drained there); a measured iteration is "N more items
+ * completed", timed on the client's clock so IPC latency stays out. The clients speak the protocol
+ * below (`StreamRequest` / `StreamReply`) plus a `connect` of their own.
  */
-import { type ChildProcess, fork } from "node:child_process";
+import { type ChildProcess, fork, spawn } from "node:child_process";
+import { createInterface } from "node:readline";
 import { Bench } from "tinybench";
 import { benchTiming, latencyOf, printBench, type Result, type SuiteOptions } from "./harness.js";
 
@@ -29,7 +31,7 @@ export type StreamReply =
   | { readonly ev: "waited"; readonly items: number; readonly ms: number }
   | { readonly ev: "stopped"; readonly items: number };
 
-/** A forked client: one request at a time, each answered by the reply `ev` it names. */
+/** A client process: one request at a time, each answered by the reply `ev` it names. */
 export class ClientProcess<Req, Reply extends { readonly ev: string }> {
   private pending: {
     readonly ev: Reply["ev"];
@@ -43,8 +45,10 @@ export class ClientProcess<Req, Reply extends { readonly ev: string }> {
   private constructor(
     private readonly child: ChildProcess,
     private readonly label: string,
+    /** Over IPC (a forked Node script) or as JSON lines on stdin / stdout. */
+    private readonly lines: boolean,
   ) {
-    child.on("message", (m: unknown) => {
+    const onMessage = (m: unknown) => {
       const reply = m as Reply;
       const p = this.pending;
       if (p === null) return this.die(new Error(`${label} sent ${JSON.stringify(m)} unasked`));
@@ -52,7 +56,19 @@ export class ClientProcess<Req, Reply extends { readonly ev: string }> {
       clearTimeout(p.timer);
       if (reply.ev === p.ev) p.resolve(reply);
       else p.reject(new Error(`${label} answered ${JSON.stringify(m)}, want ${p.ev}`));
-    });
+    };
+    if (lines) {
+      createInterface({ input: child.stdout! }).on("line", (line) => {
+        let m: unknown;
+        try {
+          m = JSON.parse(line);
+        } catch {
+          return this.die(new Error(`${label} wrote ${JSON.stringify(line)}, not a JSON line`));
+        }
+        onMessage(m);
+      });
+      child.stdin!.on("error", (err) => this.die(err));
+    } else child.on("message", onMessage);
     child.on("error", (err) => this.die(err));
     this.exited = new Promise((resolve) => {
       child.on("exit", (code, signal) => {
@@ -62,26 +78,51 @@ export class ClientProcess<Req, Reply extends { readonly ev: string }> {
     });
   }
 
-  /** Fork `script` (a path; it inherits this Node's flags, --cpu-prof included) and wait for its `ready`. */
+  /**
+   * Fork `script` (a path; it inherits this Node's flags, --cpu-prof included, unless `execArgv` says
+   * otherwise: tests run the TypeScript source with `--import tsx`) and wait for its `ready`.
+   */
   static async start<Req, Reply extends { readonly ev: string }>(
     script: string,
     label: string,
+    execArgv?: readonly string[],
   ): Promise<ClientProcess<Req, Reply>> {
-    const child = fork(script, [], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
-    const c = new ClientProcess<Req, Reply>(child, label);
+    const child = fork(script, [], {
+      stdio: ["ignore", "inherit", "inherit", "ipc"],
+      ...(execArgv === undefined ? {} : { execArgv: [...execArgv] }),
+    });
+    const c = new ClientProcess<Req, Reply>(child, label, false);
+    await c.expect("ready" as Reply["ev"], READY_TIMEOUT_MS);
+    return c;
+  }
+
+  /**
+   * Run `command` with `args` (its stderr inherited), speaking the same messages as JSON lines: one
+   * request per line on its stdin, one reply per line on its stdout. It exits when its stdin closes.
+   */
+  static async spawnLines<Req, Reply extends { readonly ev: string }>(
+    command: string,
+    args: readonly string[],
+    label: string,
+    env: NodeJS.ProcessEnv = process.env,
+  ): Promise<ClientProcess<Req, Reply>> {
+    const child = spawn(command, args, { stdio: ["pipe", "pipe", "inherit"], env });
+    const c = new ClientProcess<Req, Reply>(child, label, true);
     await c.expect("ready" as Reply["ev"], READY_TIMEOUT_MS);
     return c;
   }
 
   async request<E extends Reply["ev"]>(m: Req, ev: E): Promise<Extract<Reply, { ev: E }>> {
     const reply = this.expect(ev, REQUEST_TIMEOUT_MS);
-    this.child.send(m as object);
+    if (this.lines) this.child.stdin!.write(`${JSON.stringify(m)}\n`);
+    else this.child.send(m as object);
     return (await reply) as Extract<Reply, { ev: E }>;
   }
 
-  /** Disconnect (the client exits on that) and wait for it to be gone; kill it if it lingers. */
+  /** Disconnect or close its stdin (the client exits on that) and wait for it to be gone; kill it if it lingers. */
   async close(): Promise<void> {
-    if (this.child.connected) this.child.disconnect();
+    if (this.lines) this.child.stdin!.end();
+    else if (this.child.connected) this.child.disconnect();
     const timer = setTimeout(() => this.child.kill("SIGKILL"), 5000);
     await this.exited;
     clearTimeout(timer);
@@ -113,6 +154,8 @@ export class ClientProcess<Req, Reply extends { readonly ev: string }> {
 
 export interface StreamTask<W> {
   readonly name: string;
+  /** The client that runs it, when not the one runStreams was given. */
+  readonly client?: StreamClient<W>;
   readonly workload: W;
   /** Items per measured iteration (some ms of streaming). */
   readonly items: number;
@@ -128,16 +171,21 @@ export type StreamClient<W> = Pick<
   "request"
 >;
 
-/** Run `tasks` on a connected client as one Bench, print the table, check the work was done. */
+/**
+ * Run `tasks` on connected clients (each task's own, else `client`) as one Bench, print the table,
+ * check the work was done.
+ */
 export async function runStreams<W>(
   opts: SuiteOptions,
   title: string,
   tasks: readonly StreamTask<W>[],
-  client: StreamClient<W>,
+  defaultClient?: StreamClient<W>,
 ): Promise<Result[]> {
   const bench = new Bench(benchTiming(opts));
   const done = new Map<string, { waited: number; completed: number }>();
   for (const t of tasks) {
+    const client = t.client ?? defaultClient;
+    if (client === undefined) throw new Error(`${title}: task ${t.name} has no client`);
     const count = { waited: 0, completed: 0 };
     done.set(t.name, count);
     bench.add(
