@@ -111,6 +111,11 @@ export class PythonUsbipPeer {
     }
   }
 
+  /** Its process id (for its CPU time). */
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
   /** Close its stdin (it exits on that) and wait for it; kill it if it lingers. */
   async close(): Promise<void> {
     this.child.stdin!.end();

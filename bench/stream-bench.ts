@@ -8,6 +8,7 @@
  * below (`StreamRequest` / `StreamReply`) plus a `connect` of their own.
  */
 import { type ChildProcess, fork, spawn } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { Bench } from "tinybench";
 import { benchTiming, latencyOf, printBench, type Result, type SuiteOptions } from "./harness.js";
@@ -112,6 +113,11 @@ export class ClientProcess<Req, Reply extends { readonly ev: string }> {
     return c;
   }
 
+  /** The client's process id (for its CPU time). */
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
   async request<E extends Reply["ev"]>(m: Req, ev: E): Promise<Extract<Reply, { ev: E }>> {
     const reply = this.expect(ev, REQUEST_TIMEOUT_MS);
     if (this.lines) this.child.stdin!.write(`${JSON.stringify(m)}\n`);
@@ -163,6 +169,29 @@ export interface StreamTask<W> {
   readonly units: number;
   readonly result: string;
   readonly unit: "URB/s" | "MB/s";
+  /**
+   * Also record the CPU time per item of these processes (all their threads) over the measured waits:
+   * `<result>.server_cpu_us` and `<result>.client_cpu_us`. At 1 in flight the client and the server take
+   * turns, so the rate is bounded by the sum; on a busy host, CPU per item is what the rate follows.
+   */
+  readonly cpu?: { readonly server: number; readonly client: number };
+}
+
+/** CPU time of every thread of `pid` so far, ns (the kernel's schedstat); null where it cannot be read. */
+export function processCpuNs(pid: number): number | null {
+  try {
+    let ns = 0;
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+    return ns;
+  } catch {
+    return null;
+  }
 }
 
 /** The stream requests of a client process whose own protocol adds to them (a `connect`). */
@@ -183,15 +212,32 @@ export async function runStreams<W>(
 ): Promise<Result[]> {
   const bench = new Bench(benchTiming(opts));
   const done = new Map<string, { waited: number; completed: number }>();
+  const cpuUsed = new Map<string, { server: number; client: number; items: number; readable: boolean }>();
   for (const t of tasks) {
     const client = t.client ?? defaultClient;
     if (client === undefined) throw new Error(`${title}: task ${t.name} has no client`);
     const count = { waited: 0, completed: 0 };
     done.set(t.name, count);
+    const cpu = t.cpu;
+    const used = { server: 0, client: 0, items: 0, readable: cpu !== undefined };
+    cpuUsed.set(t.name, used);
     bench.add(
       t.name,
       async () => {
+        const server0 = cpu === undefined ? null : processCpuNs(cpu.server);
+        const client0 = cpu === undefined ? null : processCpuNs(cpu.client);
         const r = await client.request({ cmd: "wait", items: t.items }, "waited");
+        if (cpu !== undefined) {
+          const server1 = processCpuNs(cpu.server);
+          const client1 = processCpuNs(cpu.client);
+          if (server0 === null || client0 === null || server1 === null || client1 === null)
+            used.readable = false;
+          else {
+            used.server += server1 - server0;
+            used.client += client1 - client0;
+            used.items += r.items;
+          }
+        }
         count.waited += r.items;
         // The client's own clock, from the wait's arrival to its Nth item: IPC latency stays out.
         return { overriddenDuration: r.ms };
@@ -215,8 +261,16 @@ export async function runStreams<W>(
     if (n.waited === 0 || n.completed < n.waited)
       throw new Error(`${title}: ${name} completed ${n.completed} items, waited for ${n.waited}`);
   }
-  return tasks.map((t) => {
+  return tasks.flatMap((t) => {
     const perSecond = latencyOf(bench, t.name).opsPerSec * t.items * t.units;
-    return { name: t.result, value: t.unit === "MB/s" ? perSecond / 1e6 : perSecond, unit: t.unit };
+    const rate = { name: t.result, value: t.unit === "MB/s" ? perSecond / 1e6 : perSecond, unit: t.unit };
+    const used = cpuUsed.get(t.name)!;
+    if (!used.readable || used.items === 0) return [rate];
+    const base = t.result.replace(/\.(urbs_per_s|mbps)$/, "");
+    return [
+      rate,
+      { name: `${base}.server_cpu_us`, value: used.server / 1000 / used.items, unit: "µs/item" },
+      { name: `${base}.client_cpu_us`, value: used.client / 1000 / used.items, unit: "µs/item" },
+    ];
   });
 }

@@ -12,7 +12,9 @@
  * a pair's requests and OUT data in one send(), recv(1 MiB)), against this server and against a naive
  * pure-Python USB/IP server (bench/python/usbip-server.py, the peer to beat), side by side in one table:
  * null URBs at 64 and 1 in flight, 64 KiB bulk pairs at 8 and 1 in flight (`usbip.pyclient.*`,
- * `usbip.pypeer.*`); then the Node client at 1 pair in flight against both servers
+ * `usbip.pypeer.*`), each with the CPU time per item of its server and of its client
+ * (`*.server_cpu_us`, `*.client_cpu_us`: at 1 in flight they take turns, and on a busy host the rates
+ * follow CPU per item); then the Node client at 1 pair in flight against both servers
  * (`usbip.bulk64k.pairs1`, `usbip.pypeer.nodeclient.bulk64k.pairs1`), and at 8 against the Python one.
  * The server runs its engine's backend on its own thread (its default); a second server with the
  * backend on a worker runs the Node client's URB streams after it (names `usbip.*.backendworker.*`),
@@ -199,9 +201,22 @@ async function againstPythonPeer(opts: SuiteOptions, server: UsbipServer): Promi
       { cmd: "connect", protocol: "usbip", port: peer.port, busid: PY_PEER_BUSID },
       "connected",
     );
+    // usbvirt's server is this process; each server's CPU per item is recorded beside its rate.
     const pyTasks: StreamTask<PyWorkload>[] = PY_WORKLOADS.flatMap((w) => [
-      { ...w, name: `usbvirt: ${w.name}`, client: ours, result: `usbip.pyclient.${w.result}` },
-      { ...w, name: `python server: ${w.name}`, client: theirs, result: `usbip.pypeer.${w.result}` },
+      {
+        ...w,
+        name: `usbvirt: ${w.name}`,
+        client: ours,
+        result: `usbip.pyclient.${w.result}`,
+        cpu: { server: process.pid, client: ours.pid },
+      },
+      {
+        ...w,
+        name: `python server: ${w.name}`,
+        client: theirs,
+        result: `usbip.pypeer.${w.result}`,
+        cpu: { server: peer.pid, client: theirs.pid },
+      },
     ]);
     const py = await runStreams(
       opts,
@@ -221,6 +236,7 @@ async function againstPythonPeer(opts: SuiteOptions, server: UsbipServer): Promi
     const bulk = (pairs: number, client: UsbipClient, on: string, result: string): StreamTask<Workload> => ({
       name: `${on}: bulk 64 KiB, ${pairs} pair${pairs > 1 ? "s" : ""}`,
       client,
+      cpu: { server: client === toOurs ? process.pid : peer.pid, client: client.pid },
       workload: { kind: "bulk64k", pairs },
       items: 64,
       units: KIB64,

@@ -119,7 +119,13 @@ export const usbredirSuite = {
       client = null;
       py = await startPythonClient("python usbredir client");
       await py.request({ cmd: "connect", protocol: "usbredir", port: server.address!.port }, "connected");
-      const pyResults = await runStreams(opts, "usbredir, the Python client", PY_TASKS, py);
+      const pyClient = py;
+      const pyResults = await runStreams(
+        opts,
+        "usbredir, the Python client",
+        PY_TASKS.map((t) => ({ ...t, cpu: { server: process.pid, client: pyClient.pid } })),
+        py,
+      );
       return [...node, ...pyResults];
     } finally {
       await client?.close();

@@ -17,7 +17,7 @@ import {
   type PyWorkload,
   startPythonClient,
 } from "../../bench/python-peer.js";
-import { ClientProcess } from "../../bench/stream-bench.js";
+import { ClientProcess, processCpuNs } from "../../bench/stream-bench.js";
 import type { ClientReply, ClientRequest } from "../../bench/usbip-client.js";
 import { silentLogger } from "../../src/usbip/log.js";
 import { UsbipServer } from "../../src/usbip-server/server.js";
@@ -127,6 +127,16 @@ describe.skipIf(!python)("the benches' Python client and server", () => {
     await node.request({ cmd: "start", workload: { kind: "bulk64k", pairs: 1 } }, "started");
     expect((await node.request({ cmd: "wait", items: 20 }, "waited")).items).toBe(20);
     expect((await node.request({ cmd: "stop" }, "stopped")).items).toBeGreaterThanOrEqual(20);
+  });
+
+  it("reads a process's CPU time from the kernel's account, null for a process that is not there", () => {
+    const before = processCpuNs(process.pid)!;
+    let x = 0;
+    for (let i = 0; i < 2e6; i++) x += i % 7;
+    expect(x).toBeGreaterThan(0);
+    expect(before).toBeGreaterThan(0);
+    expect(processCpuNs(process.pid)!).toBeGreaterThan(before);
+    expect(processCpuNs(-1)).toBeNull();
   });
 
   it("ends with a clear error when its device cannot be imported", async () => {
