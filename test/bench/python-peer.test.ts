@@ -3,10 +3,9 @@
  * moves a few URBs through usbvirt's USB/IP and usbredir servers and through the naive Python USB/IP
  * server, each stream drained with its byte counts and the IN data checked against the OUT data it
  * echoes; usbvirt's Node bench client (with a pair count) drives the Python server too; and a client
- * that cannot import its device ends with a clear error, not a hang. Skipped (with a message) where
- * python3 cannot run; CI installs it (.ci/run).
+ * that cannot import its device ends with a clear error, not a hang. Skipped (with the reason) where
+ * python3 is not installed, unless USBVIRT_REQUIRE_TOOLS=1 (CI installs it: .ci/run).
  */
-import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -22,11 +21,10 @@ import type { ClientReply, ClientRequest } from "../../bench/usbip-client.js";
 import { silentLogger } from "../../src/usbip/log.js";
 import { UsbipServer } from "../../src/usbip-server/server.js";
 import { UsbredirServer } from "../../src/usbredir/server.js";
+import { command, need, skipWithout } from "../support/tools.js";
 
 const KIB64 = 64 * 1024;
-const python = spawnSync(PYTHON, ["--version"]).status === 0;
-if (!python)
-  console.warn(`test/bench/python-peer.test.ts skipped: ${PYTHON} not installed (apt-get install python3)`);
+const python = command([PYTHON], "apt-get install python3");
 
 /** One stream of `items` items on `client`, drained: what `stopped` said. */
 async function stream(client: PyClient, workload: PyWorkload & { verify?: boolean }, items: number) {
@@ -54,95 +52,99 @@ async function exercise(client: PyClient): Promise<void> {
   }
 }
 
-describe.skipIf(!python)("the benches' Python client and server", () => {
-  let usbip: UsbipServer;
-  let peer: PythonUsbipPeer;
-  const clients: { close(): Promise<void> }[] = [];
+describe.skipIf(skipWithout("the benches' Python client and server", python))(
+  "the benches' Python client and server",
+  () => {
+    let usbip: UsbipServer;
+    let peer: PythonUsbipPeer;
+    const clients: { close(): Promise<void> }[] = [];
 
-  beforeAll(async () => {
-    usbip = await UsbipServer.start({
-      devices: [{ kind: "emulated", name: "loopback" }],
-      port: 0,
-      logger: silentLogger,
-      guestMemoryMiB: 16,
+    beforeAll(async () => {
+      need(python);
+      usbip = await UsbipServer.start({
+        devices: [{ kind: "emulated", name: "loopback" }],
+        port: 0,
+        logger: silentLogger,
+        guestMemoryMiB: 16,
+      });
+      peer = await PythonUsbipPeer.start();
     });
-    peer = await PythonUsbipPeer.start();
-  });
 
-  afterAll(async () => {
-    for (const c of clients) await c.close();
-    await peer?.close();
-    await usbip?.close();
-  });
-
-  async function pyClient(label: string): Promise<PyClient> {
-    const c = await startPythonClient(label);
-    clients.push(c);
-    return c;
-  }
-
-  it("moves null URBs and verified 64 KiB pairs through usbvirt's USB/IP server", async () => {
-    const c = await pyClient("python client (usbip)");
-    await c.request(
-      { cmd: "connect", protocol: "usbip", port: usbip.address.port, busid: usbip.devices[0]!.busid },
-      "connected",
-    );
-    await exercise(c);
-    await c.close();
-  });
-
-  it("moves the same through the naive Python USB/IP server", async () => {
-    const c = await pyClient("python client (python server)");
-    await c.request(
-      { cmd: "connect", protocol: "usbip", port: peer.port, busid: PY_PEER_BUSID },
-      "connected",
-    );
-    await exercise(c);
-  });
-
-  it("moves the same through usbvirt's usbredir server", async () => {
-    const server = await UsbredirServer.start({
-      device: { kind: "emulated", name: "loopback" },
-      listen: { port: 0 },
-      logger: silentLogger,
+    afterAll(async () => {
+      for (const c of clients) await c.close();
+      await peer?.close();
+      await usbip?.close();
     });
-    try {
-      const c = await pyClient("python client (usbredir)");
-      await c.request({ cmd: "connect", protocol: "usbredir", port: server.address!.port }, "connected");
+
+    async function pyClient(label: string): Promise<PyClient> {
+      const c = await startPythonClient(label);
+      clients.push(c);
+      return c;
+    }
+
+    it("moves null URBs and verified 64 KiB pairs through usbvirt's USB/IP server", async () => {
+      const c = await pyClient("python client (usbip)");
+      await c.request(
+        { cmd: "connect", protocol: "usbip", port: usbip.address.port, busid: usbip.devices[0]!.busid },
+        "connected",
+      );
       await exercise(c);
       await c.close();
-    } finally {
-      await server.close();
-    }
-  });
+    });
 
-  it("drives the Python server with usbvirt's Node bench client, one pair in flight", async () => {
-    const node = await ClientProcess.start<ClientRequest, ClientReply>(
-      fileURLToPath(new URL("../../bench/usbip-client.ts", import.meta.url)),
-      "node bench client",
-      ["--import", "tsx"],
-    );
-    clients.push(node);
-    await node.request({ cmd: "connect", usbipPort: peer.port, busid: PY_PEER_BUSID }, "connected");
-    await node.request({ cmd: "start", workload: { kind: "bulk64k", pairs: 1 } }, "started");
-    expect((await node.request({ cmd: "wait", items: 20 }, "waited")).items).toBe(20);
-    expect((await node.request({ cmd: "stop" }, "stopped")).items).toBeGreaterThanOrEqual(20);
-  });
+    it("moves the same through the naive Python USB/IP server", async () => {
+      const c = await pyClient("python client (python server)");
+      await c.request(
+        { cmd: "connect", protocol: "usbip", port: peer.port, busid: PY_PEER_BUSID },
+        "connected",
+      );
+      await exercise(c);
+    });
 
-  it("reads a process's CPU time from the kernel's account, null for a process that is not there", () => {
-    const before = processCpuNs(process.pid)!;
-    let x = 0;
-    for (let i = 0; i < 2e6; i++) x += i % 7;
-    expect(x).toBeGreaterThan(0);
-    expect(before).toBeGreaterThan(0);
-    expect(processCpuNs(process.pid)!).toBeGreaterThan(before);
-    expect(processCpuNs(-1)).toBeNull();
-  });
+    it("moves the same through usbvirt's usbredir server", async () => {
+      const server = await UsbredirServer.start({
+        device: { kind: "emulated", name: "loopback" },
+        listen: { port: 0 },
+        logger: silentLogger,
+      });
+      try {
+        const c = await pyClient("python client (usbredir)");
+        await c.request({ cmd: "connect", protocol: "usbredir", port: server.address!.port }, "connected");
+        await exercise(c);
+        await c.close();
+      } finally {
+        await server.close();
+      }
+    });
 
-  it("ends with a clear error when its device cannot be imported", async () => {
-    const c = await pyClient("python client (no such device)");
-    await expect(
-      c.request({ cmd: "connect", protocol: "usbip", port: peer.port, busid: "9-9" }, "connected"),
-    ).rejects.toThrow(/python client \(no such device\) exited \(code 1/);
-  });
-});
+    it("drives the Python server with usbvirt's Node bench client, one pair in flight", async () => {
+      const node = await ClientProcess.start<ClientRequest, ClientReply>(
+        fileURLToPath(new URL("../../bench/usbip-client.ts", import.meta.url)),
+        "node bench client",
+        ["--import", "tsx"],
+      );
+      clients.push(node);
+      await node.request({ cmd: "connect", usbipPort: peer.port, busid: PY_PEER_BUSID }, "connected");
+      await node.request({ cmd: "start", workload: { kind: "bulk64k", pairs: 1 } }, "started");
+      expect((await node.request({ cmd: "wait", items: 20 }, "waited")).items).toBe(20);
+      expect((await node.request({ cmd: "stop" }, "stopped")).items).toBeGreaterThanOrEqual(20);
+    });
+
+    it("reads a process's CPU time from the kernel's account, null for a process that is not there", () => {
+      const before = processCpuNs(process.pid)!;
+      let x = 0;
+      for (let i = 0; i < 2e6; i++) x += i % 7;
+      expect(x).toBeGreaterThan(0);
+      expect(before).toBeGreaterThan(0);
+      expect(processCpuNs(process.pid)!).toBeGreaterThan(before);
+      expect(processCpuNs(-1)).toBeNull();
+    });
+
+    it("ends with a clear error when its device cannot be imported", async () => {
+      const c = await pyClient("python client (no such device)");
+      await expect(
+        c.request({ cmd: "connect", protocol: "usbip", port: peer.port, busid: "9-9" }, "connected"),
+      ).rejects.toThrow(/python client \(no such device\) exited \(code 1/);
+    });
+  },
+);
