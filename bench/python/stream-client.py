@@ -207,8 +207,8 @@ class Stream:
         self.serial = 1
         self.slots = []
 
-    # A slot is [pdu, tag offsets, expected length, is an item, tag in flight]; a bulk pair's pdu is
-    # OUT header + data + IN header, its two tags at its two headers; only an IN reply completes it.
+    # A slot is [pdu, tag offsets, expected length]: a null request, or a bulk pair whose pdu is OUT header
+    # + data + IN header with a tag in each header; a slot is an item once all its replies are in.
 
     def start(self, workload):
         if self.kind is not None:
@@ -222,7 +222,7 @@ class Stream:
         self.skip = 0
         self.verify = bool(workload.get("verify", False))
         self.replies_left = {}
-        self.serials = {}
+        self.outstanding = {}  # tag -> slot, for every request in flight
         proto = self.proto
         if kind == "null":
             depth = int(workload["depth"])
@@ -249,8 +249,9 @@ class Stream:
         serial = self.serial
         self.serial = serial + 1 if serial < 0xFFFFFF else 1
         for k, at in enumerate(s[1]):
-            self.proto.set_tag(pdu, at, (serial << 8) | (slot << 1) | k)
-        self.serials[slot] = serial
+            tag = (serial << 8) | (slot << 1) | k
+            self.proto.set_tag(pdu, at, tag)
+            self.outstanding[tag] = slot
         self.replies_left[slot] = len(s[1])
         self.inflight += len(s[1])
         if len(s[1]) == 2:
@@ -276,10 +277,10 @@ class Stream:
 
     def on_reply(self, b, at, resend):
         tag, status, actual, data = self.proto.parse(b, at)
-        slot = (tag >> 1) & 0x7F
-        s = self.slots[slot] if slot < len(self.slots) else None
-        if s is None or self.replies_left.get(slot, 0) == 0 or self.serials[slot] != tag >> 8:
-            fail(f"reply for tag {tag}, not in flight")
+        slot = self.outstanding.pop(tag, None)
+        if slot is None:
+            fail(f"reply for tag {tag}, not in flight (or answered twice)")
+        s = self.slots[slot]
         is_in = len(s[1]) == 2 and (tag & 1) == 1
         if status != 0:
             fail(f"{self.kind} request (tag {tag}) ended with status {status}")
