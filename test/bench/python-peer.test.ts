@@ -18,7 +18,7 @@ import {
 } from "../../bench/python-peer.js";
 import { ClientProcess, processCpuNs } from "../../bench/stream-bench.js";
 import type { ClientReply, ClientRequest } from "../../bench/usbip-client.js";
-import { silentLogger } from "../../src/usbip/log.js";
+import { silentLogger } from "../../src/network-face/log.js";
 import { UsbipServer } from "../../src/usbip-server/server.js";
 import { UsbredirServer } from "../../src/usbredir/server.js";
 import { command, need, skipWithout } from "../support/tools.js";
