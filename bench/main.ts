@@ -105,6 +105,12 @@ function ratios(results: readonly Result[]): Ratio[] {
     true,
   );
   add("ratio.usbredir.bulk64k.vs_usbip", "usbredir.bulk64k.mbps", "usbip.bulk64k.mbps", true);
+  add(
+    "ratio.usbredir.bulk64k.pairs1.vs_usbip",
+    "usbredir.bulk64k.pairs1.mbps",
+    "usbip.bulk64k.pairs1.mbps",
+    true,
+  );
   add("ratio.usbredir.bulk64k.vs_tcp_echo", "usbredir.bulk64k.mbps", "tcp.echo64k.mbps", true);
   // The QEMU guest's storage read (bench/vmm.ts): medians of the same boot, and our slowest read against
   // the naive Python usbredir server's median.
@@ -120,8 +126,30 @@ function ratios(results: readonly Result[]): Ratio[] {
     "vmm.usbredir.storage.read.pypeer.mbps",
     true,
   );
+  // A client written in Python against usbvirt and against a naive pure-Python USB/IP server (the same
+  // client, same run); usbvirt's Node client against both at 1 pair in flight (and at 8).
+  for (const w of PY_WORKLOAD_NAMES) {
+    const figure = w.replace(/\.(urbs_per_s|mbps)$/, "");
+    add(`ratio.usbip.pyclient.${figure}.vs_pypeer`, `usbip.pyclient.${w}`, `usbip.pypeer.${w}`, true);
+    add(`ratio.usbredir.pyclient.${figure}.vs_usbip`, `usbredir.pyclient.${w}`, `usbip.pyclient.${w}`, true);
+  }
+  add(
+    "ratio.usbip.bulk64k.pairs1.vs_pypeer",
+    "usbip.bulk64k.pairs1.mbps",
+    "usbip.pypeer.nodeclient.bulk64k.pairs1.mbps",
+    true,
+  );
+  add("ratio.usbip.bulk64k.vs_pypeer", "usbip.bulk64k.mbps", "usbip.pypeer.nodeclient.bulk64k.mbps", true);
   return out;
 }
+
+/** The Python client's figures (after `usbip.pyclient.` / `usbip.pypeer.` / `usbredir.pyclient.`). */
+const PY_WORKLOAD_NAMES = [
+  "bulk64k.mbps",
+  "bulk64k.pairs1.mbps",
+  "null.inflight1.urbs_per_s",
+  "null.inflight64.urbs_per_s",
+] as const;
 
 function fmt(v: number): string {
   if (v >= 1e6) return `${(v / 1e6).toFixed(2)} M`;

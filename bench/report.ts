@@ -4,9 +4,11 @@
  * FILE-<chart>.svg beside it, for the README to embed.
  *
  * Charts (each left out when the run has none of its figures, e.g. under --only):
- *   depth    URBs/s with 1 and 64 in flight, per design (e2e engine variants and peers, USB/IP server)
+ *   depth    URBs/s with 1 and 64 in flight, per design (e2e engine variants and peers, the network
+ *            servers with the Node and the Python client, the naive Python USB/IP server)
  *   latency  round-trip p50 and p99, per design (e2e.rtt.*)
- *   bulk     bulk throughput: e2e 64 KiB and 1 MiB per design, USB/IP 64 KiB, the plain TCP echo
+ *   bulk     bulk throughput: e2e 64 KiB and 1 MiB per design, the network servers' 64 KiB pairs (8 and 1
+ *            in flight, both clients, the Python server), the plain TCP echo
  *   ratios   usbvirt / peer (> 1 favours usbvirt), with the 1.0 line
  *   contended usbvirt / postMessage quiet and on a busy host (1 and 2 busy threads per core, bench/contended.ts),
  *            per figure, with the 1.0 line
@@ -146,6 +148,16 @@ const E2E_DESIGNS: readonly { label: string; tag: string }[] = [
   { label: "piscina", tag: ".piscina" },
 ];
 
+/** The network servers driven by the Python client (bench/python/): the record's prefix for each. */
+const PY_DESIGNS: readonly { label: string; prefix: string }[] = [
+  { label: "USB/IP server, Python client", prefix: "usbip.pyclient" },
+  { label: "Python USB/IP server, Python client", prefix: "usbip.pypeer" },
+  { label: "usbredir server, Python client", prefix: "usbredir.pyclient" },
+];
+
+/** The bulk series of 64 KiB pairs with one OUT + IN in flight. */
+const ONE_PAIR = "64 KiB, 1 pair";
+
 function chartsOf(record: BenchRecord): BarChart[] {
   const value = (name: string) => record.results.find((r) => r.name === name)?.value;
   const group = (label: string, bars: readonly (readonly [string, number | undefined])[]): Group | null => {
@@ -172,6 +184,12 @@ function chartsOf(record: BenchRecord): BarChart[] {
       ["1 in flight", value("usbredir.null.inflight1.urbs_per_s")],
       ["64 in flight", value("usbredir.null.inflight64.urbs_per_s")],
     ]),
+    ...PY_DESIGNS.map((d) =>
+      group(d.label, [
+        ["1 in flight", value(`${d.prefix}.null.inflight1.urbs_per_s`)],
+        ["64 in flight", value(`${d.prefix}.null.inflight64.urbs_per_s`)],
+      ]),
+    ),
   ]);
   const latency = groups(
     E2E_DESIGNS.map((d) =>
@@ -189,9 +207,25 @@ function chartsOf(record: BenchRecord): BarChart[] {
         ["1 MiB", value(`e2e.bulk1m${d.tag}.gbps`)],
       ]),
     ),
-    group("USB/IP server", [["64 KiB", mb(value("usbip.bulk64k.mbps"))]]),
+    group("USB/IP server", [
+      ["64 KiB", mb(value("usbip.bulk64k.mbps"))],
+      [ONE_PAIR, mb(value("usbip.bulk64k.pairs1.mbps"))],
+    ]),
     group("USB/IP, backend worker", [["64 KiB", mb(value("usbip.bulk64k.backendworker.mbps"))]]),
-    group("usbredir server", [["64 KiB", mb(value("usbredir.bulk64k.mbps"))]]),
+    group("usbredir server", [
+      ["64 KiB", mb(value("usbredir.bulk64k.mbps"))],
+      [ONE_PAIR, mb(value("usbredir.bulk64k.pairs1.mbps"))],
+    ]),
+    group("Python USB/IP server", [
+      ["64 KiB", mb(value("usbip.pypeer.nodeclient.bulk64k.mbps"))],
+      [ONE_PAIR, mb(value("usbip.pypeer.nodeclient.bulk64k.pairs1.mbps"))],
+    ]),
+    ...PY_DESIGNS.map((d) =>
+      group(d.label, [
+        ["64 KiB", mb(value(`${d.prefix}.bulk64k.mbps`))],
+        [ONE_PAIR, mb(value(`${d.prefix}.bulk64k.pairs1.mbps`))],
+      ]),
+    ),
     group("plain TCP echo", [["64 KiB", mb(value("tcp.echo64k.mbps"))]]),
   ]);
   const ratios = record.ratios.map((r) => ({
@@ -242,7 +276,7 @@ function chartsOf(record: BenchRecord): BarChart[] {
       id: "bulk",
       title: "Bulk throughput (OUT + IN echoed)",
       unit: "GB/s",
-      series: ["64 KiB", "1 MiB"],
+      series: ["64 KiB", "1 MiB", ONE_PAIR],
       groups: bulk,
     },
     {

@@ -1,12 +1,15 @@
 /**
- * What the network benches (usbip.ts, usbredir.ts) share: a client forked into a process of its own
- * and driven over IPC, one request at a time, and the tinybench run of "streams" on it. A stream keeps
- * its items (URBs, echoed buffers) in flight from the task's beforeAll to its afterAll (drained there);
- * a measured iteration is "N more items completed", timed on the client's clock so IPC latency stays
- * out. The client scripts speak the protocol below (`StreamRequest` / `StreamReply`) plus a `connect`
- * of their own.
+ * What the network benches (usbip.ts, usbredir.ts) share: a client in a process of its own, driven one
+ * request at a time — a Node script forked and driven over IPC, or any program (the Python client,
+ * bench/python/) driven with the same messages as JSON lines on its stdin and stdout — and the
+ * tinybench run of "streams" on such clients. A stream keeps its items (URBs, echoed buffers) in flight
+ * from the task's beforeAll to its afterAll (drained there); a measured iteration is "N more items
+ * completed", timed on the client's clock so IPC latency stays out. The clients speak the protocol
+ * below (`StreamRequest` / `StreamReply`) plus a `connect` of their own.
  */
-import { type ChildProcess, fork } from "node:child_process";
+import { type ChildProcess, fork, spawn } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
+import { createInterface } from "node:readline";
 import { Bench } from "tinybench";
 import { benchTiming, latencyOf, printBench, type Result, type SuiteOptions } from "./harness.js";
 
@@ -29,7 +32,7 @@ export type StreamReply =
   | { readonly ev: "waited"; readonly items: number; readonly ms: number }
   | { readonly ev: "stopped"; readonly items: number };
 
-/** A forked client: one request at a time, each answered by the reply `ev` it names. */
+/** A client process: one request at a time, each answered by the reply `ev` it names. */
 export class ClientProcess<Req, Reply extends { readonly ev: string }> {
   private pending: {
     readonly ev: Reply["ev"];
@@ -43,8 +46,10 @@ export class ClientProcess<Req, Reply extends { readonly ev: string }> {
   private constructor(
     private readonly child: ChildProcess,
     private readonly label: string,
+    /** Over IPC (a forked Node script) or as JSON lines on stdin / stdout. */
+    private readonly lines: boolean,
   ) {
-    child.on("message", (m: unknown) => {
+    const onMessage = (m: unknown) => {
       const reply = m as Reply;
       const p = this.pending;
       if (p === null) return this.die(new Error(`${label} sent ${JSON.stringify(m)} unasked`));
@@ -52,7 +57,19 @@ export class ClientProcess<Req, Reply extends { readonly ev: string }> {
       clearTimeout(p.timer);
       if (reply.ev === p.ev) p.resolve(reply);
       else p.reject(new Error(`${label} answered ${JSON.stringify(m)}, want ${p.ev}`));
-    });
+    };
+    if (lines) {
+      createInterface({ input: child.stdout! }).on("line", (line) => {
+        let m: unknown;
+        try {
+          m = JSON.parse(line);
+        } catch {
+          return this.die(new Error(`${label} wrote ${JSON.stringify(line)}, not a JSON line`));
+        }
+        onMessage(m);
+      });
+      child.stdin!.on("error", (err) => this.die(err));
+    } else child.on("message", onMessage);
     child.on("error", (err) => this.die(err));
     this.exited = new Promise((resolve) => {
       child.on("exit", (code, signal) => {
@@ -62,26 +79,56 @@ export class ClientProcess<Req, Reply extends { readonly ev: string }> {
     });
   }
 
-  /** Fork `script` (a path; it inherits this Node's flags, --cpu-prof included) and wait for its `ready`. */
+  /**
+   * Fork `script` (a path; it inherits this Node's flags, --cpu-prof included, unless `execArgv` says
+   * otherwise: tests run the TypeScript source with `--import tsx`) and wait for its `ready`.
+   */
   static async start<Req, Reply extends { readonly ev: string }>(
     script: string,
     label: string,
+    execArgv?: readonly string[],
   ): Promise<ClientProcess<Req, Reply>> {
-    const child = fork(script, [], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
-    const c = new ClientProcess<Req, Reply>(child, label);
+    const child = fork(script, [], {
+      stdio: ["ignore", "inherit", "inherit", "ipc"],
+      ...(execArgv === undefined ? {} : { execArgv: [...execArgv] }),
+    });
+    const c = new ClientProcess<Req, Reply>(child, label, false);
     await c.expect("ready" as Reply["ev"], READY_TIMEOUT_MS);
     return c;
   }
 
+  /**
+   * Run `command` with `args` (its stderr inherited), speaking the same messages as JSON lines: one
+   * request per line on its stdin, one reply per line on its stdout. It exits when its stdin closes.
+   */
+  static async spawnLines<Req, Reply extends { readonly ev: string }>(
+    command: string,
+    args: readonly string[],
+    label: string,
+    env: NodeJS.ProcessEnv = process.env,
+  ): Promise<ClientProcess<Req, Reply>> {
+    const child = spawn(command, args, { stdio: ["pipe", "pipe", "inherit"], env });
+    const c = new ClientProcess<Req, Reply>(child, label, true);
+    await c.expect("ready" as Reply["ev"], READY_TIMEOUT_MS);
+    return c;
+  }
+
+  /** The client's process id (for its CPU time). */
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
   async request<E extends Reply["ev"]>(m: Req, ev: E): Promise<Extract<Reply, { ev: E }>> {
     const reply = this.expect(ev, REQUEST_TIMEOUT_MS);
-    this.child.send(m as object);
+    if (this.lines) this.child.stdin!.write(`${JSON.stringify(m)}\n`);
+    else this.child.send(m as object);
     return (await reply) as Extract<Reply, { ev: E }>;
   }
 
-  /** Disconnect (the client exits on that) and wait for it to be gone; kill it if it lingers. */
+  /** Disconnect or close its stdin (the client exits on that) and wait for it to be gone; kill it if it lingers. */
   async close(): Promise<void> {
-    if (this.child.connected) this.child.disconnect();
+    if (this.lines) this.child.stdin!.end();
+    else if (this.child.connected) this.child.disconnect();
     const timer = setTimeout(() => this.child.kill("SIGKILL"), 5000);
     await this.exited;
     clearTimeout(timer);
@@ -113,6 +160,8 @@ export class ClientProcess<Req, Reply extends { readonly ev: string }> {
 
 export interface StreamTask<W> {
   readonly name: string;
+  /** The client that runs it, when not the one runStreams was given. */
+  readonly client?: StreamClient<W>;
   readonly workload: W;
   /** Items per measured iteration (some ms of streaming). */
   readonly items: number;
@@ -120,6 +169,29 @@ export interface StreamTask<W> {
   readonly units: number;
   readonly result: string;
   readonly unit: "URB/s" | "MB/s";
+  /**
+   * Also record the CPU time per item of these processes (all their threads) over the measured waits:
+   * `<result>.server_cpu_us` and `<result>.client_cpu_us`. At 1 in flight the client and the server take
+   * turns, so the rate is bounded by the sum; on a busy host, CPU per item is what the rate follows.
+   */
+  readonly cpu?: { readonly server: number; readonly client: number };
+}
+
+/** CPU time of every thread of `pid` so far, ns (the kernel's schedstat); null where it cannot be read. */
+export function processCpuNs(pid: number): number | null {
+  try {
+    let ns = 0;
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+    return ns;
+  } catch {
+    return null;
+  }
 }
 
 /** The stream requests of a client process whose own protocol adds to them (a `connect`). */
@@ -128,22 +200,44 @@ export type StreamClient<W> = Pick<
   "request"
 >;
 
-/** Run `tasks` on a connected client as one Bench, print the table, check the work was done. */
+/**
+ * Run `tasks` on connected clients (each task's own, else `client`) as one Bench, print the table,
+ * check the work was done.
+ */
 export async function runStreams<W>(
   opts: SuiteOptions,
   title: string,
   tasks: readonly StreamTask<W>[],
-  client: StreamClient<W>,
+  defaultClient?: StreamClient<W>,
 ): Promise<Result[]> {
   const bench = new Bench(benchTiming(opts));
   const done = new Map<string, { waited: number; completed: number }>();
+  const cpuUsed = new Map<string, { server: number; client: number; items: number; readable: boolean }>();
   for (const t of tasks) {
+    const client = t.client ?? defaultClient;
+    if (client === undefined) throw new Error(`${title}: task ${t.name} has no client`);
     const count = { waited: 0, completed: 0 };
     done.set(t.name, count);
+    const cpu = t.cpu;
+    const used = { server: 0, client: 0, items: 0, readable: cpu !== undefined };
+    cpuUsed.set(t.name, used);
     bench.add(
       t.name,
       async () => {
+        const server0 = cpu === undefined ? null : processCpuNs(cpu.server);
+        const client0 = cpu === undefined ? null : processCpuNs(cpu.client);
         const r = await client.request({ cmd: "wait", items: t.items }, "waited");
+        if (cpu !== undefined) {
+          const server1 = processCpuNs(cpu.server);
+          const client1 = processCpuNs(cpu.client);
+          if (server0 === null || client0 === null || server1 === null || client1 === null)
+            used.readable = false;
+          else {
+            used.server += server1 - server0;
+            used.client += client1 - client0;
+            used.items += r.items;
+          }
+        }
         count.waited += r.items;
         // The client's own clock, from the wait's arrival to its Nth item: IPC latency stays out.
         return { overriddenDuration: r.ms };
@@ -167,8 +261,16 @@ export async function runStreams<W>(
     if (n.waited === 0 || n.completed < n.waited)
       throw new Error(`${title}: ${name} completed ${n.completed} items, waited for ${n.waited}`);
   }
-  return tasks.map((t) => {
+  return tasks.flatMap((t) => {
     const perSecond = latencyOf(bench, t.name).opsPerSec * t.items * t.units;
-    return { name: t.result, value: t.unit === "MB/s" ? perSecond / 1e6 : perSecond, unit: t.unit };
+    const rate = { name: t.result, value: t.unit === "MB/s" ? perSecond / 1e6 : perSecond, unit: t.unit };
+    const used = cpuUsed.get(t.name)!;
+    if (!used.readable || used.items === 0) return [rate];
+    const base = t.result.replace(/\.(urbs_per_s|mbps)$/, "");
+    return [
+      rate,
+      { name: `${base}.server_cpu_us`, value: used.server / 1000 / used.items, unit: "µs/item" },
+      { name: `${base}.client_cpu_us`, value: used.client / 1000 / used.items, unit: "µs/item" },
+    ];
   });
 }

@@ -2,7 +2,8 @@
  * The usbip bench's client, a process of its own (bench/usbip.ts forks it and drives it over IPC), so
  * the server's process is measured alone. It imports busid 1-1 and configures it (as vhci's USB core
  * would), then runs one stream at a time, each PDU resubmitted as soon as its reply is in:
- * null control URBs (RESET_STATS) at a given depth, 64 KiB bulk loopback (8 OUT + 8 IN), or 64 KiB
+ * null control URBs (RESET_STATS) at a given depth, 64 KiB bulk loopback (8 OUT + 8 IN, or the pairs
+ * the workload asks for), or 64 KiB
  * writes to a plain TCP echo server (8 outstanding). Lean on purpose, so it never is the bottleneck:
  * PDUs are encoded once per slot and only their seqnum is patched; replies are parsed in place (see
  * the RET_SUBMIT layout in src/usbip/urb-pdus.ts) and IN data is skipped, not copied. Anything
@@ -30,18 +31,25 @@ import { SlotStream, type StreamSlot, StreamState, serveParent } from "./stream-
 
 export type Workload =
   | { readonly kind: "null"; readonly depth: number }
-  | { readonly kind: "bulk64k" }
+  | { readonly kind: "bulk64k"; readonly pairs?: number }
   | { readonly kind: "tcp-echo64k" };
 
 /** Parent → client, one at a time; each is answered by the reply named in `ClientReply`. */
 export type ClientRequest =
-  | { readonly cmd: "connect"; readonly usbipPort: number; readonly echoPort: number; readonly busid: string }
+  | {
+      readonly cmd: "connect";
+      readonly usbipPort: number;
+      /** The plain TCP echo server, if the tcp-echo64k stream is wanted. */
+      readonly echoPort?: number;
+      readonly busid: string;
+    }
   | StreamRequest<Workload>;
 
 /** Client → parent: the stream replies (stream-bench.ts), and `connected` after import + SET_CONFIGURATION. */
 export type ClientReply = StreamReply | { readonly ev: "connected"; readonly devid: number };
 
 const KIB64 = 64 * 1024;
+/** Bulk pairs in flight unless the workload says (a power of two). */
 const BULK_PAIRS = 8;
 const ECHO_OUTSTANDING = 8;
 const EP_BULK = 1;
@@ -234,6 +242,7 @@ function onEchoData(chunk: Buffer): void {
 function start(w: Workload): void {
   state.begin(w.kind);
   if (w.kind === "tcp-echo64k") {
+    if (echo === null) fail("tcp-echo64k without an echo server (connect gave no echoPort)");
     stream.slots = [];
     echoRead = echoPartial = 0;
     state.inflight = ECHO_OUTSTANDING;
@@ -256,20 +265,23 @@ function start(w: Workload): void {
     }));
     stream.load(slots, 0);
   } else {
+    const pairs = w.pairs ?? BULK_PAIRS;
+    if (!Number.isInteger(pairs) || pairs < 1 || (pairs & (pairs - 1)) !== 0)
+      fail(`bulk pairs ${pairs} must be a power of two`);
     const noSetup = new Uint8Array(8);
-    const outs = Array.from({ length: BULK_PAIRS }, (_, i) => ({
+    const outs = Array.from({ length: pairs }, (_, i) => ({
       pdu: submitPdu(devid, EP_BULK, false, KIB64, noSetup, new Uint8Array(KIB64).fill(i + 1)),
       directionIn: false,
       expect: KIB64,
       tag: 0,
     }));
-    const ins = Array.from({ length: BULK_PAIRS }, () => ({
+    const ins = Array.from({ length: pairs }, () => ({
       pdu: submitPdu(devid, EP_BULK, true, KIB64, noSetup, new Uint8Array(0)),
       directionIn: true,
       expect: KIB64,
       tag: 0,
     }));
-    stream.load([...outs, ...ins], BULK_PAIRS);
+    stream.load([...outs, ...ins], pairs);
   }
 }
 
@@ -280,13 +292,15 @@ async function handle(m: ClientRequest): Promise<void> {
       usbip = await connect(m.usbipPort);
       devid = await importDevice(usbip, m.busid);
       stream.attach(usbip);
-      echo = await connect(m.echoPort);
-      echo.on("data", onEchoData);
+      if (m.echoPort !== undefined) {
+        echo = await connect(m.echoPort);
+        echo.on("data", onEchoData);
+      }
       send({ ev: "connected", devid });
       return;
     }
     case "start":
-      if (usbip === null || echo === null) fail("start before connect");
+      if (usbip === null) fail("start before connect");
       start(m.workload);
       send({ ev: "started" });
       return;

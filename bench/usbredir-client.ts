@@ -5,7 +5,7 @@
  * ep_info, interface_info, device_connect; the server configures the device itself), then takes the
  * socket over and runs one stream at a time, each packet resubmitted as soon as its reply is in:
  * null control packets (loopback RESET_STATS, bmRequestType 0x40, bRequest 0x05, no data) at a given
- * depth, or 64 KiB bulk loopback (8 OUT on 0x01 + 8 IN on 0x81).
+ * depth, or 64 KiB bulk loopback (8 OUT on 0x01 + 8 IN on 0x81, or the pairs the workload asks for).
  * Lean on purpose, so it never is the bottleneck: packets are encoded once per slot and only their id
  * is patched; replies are parsed in place (the layouts below, from src/usbredir/protocol.ts with 64-bit
  * ids and 32-bit bulk lengths) and IN data is skipped, not copied. Anything unexpected throws, and the
@@ -29,7 +29,9 @@ import {
 import type { StreamReply, StreamRequest } from "./stream-bench.js";
 import { SlotStream, type StreamSlot, StreamState, serveParent } from "./stream-client.js";
 
-export type Workload = { readonly kind: "null"; readonly depth: number } | { readonly kind: "bulk64k" };
+export type Workload =
+  | { readonly kind: "null"; readonly depth: number }
+  | { readonly kind: "bulk64k"; readonly pairs?: number };
 
 /** Parent → client, one at a time; each is answered by the reply named in `ClientReply`. */
 export type ClientRequest = { readonly cmd: "connect"; readonly port: number } | StreamRequest<Workload>;
@@ -38,6 +40,7 @@ export type ClientRequest = { readonly cmd: "connect"; readonly port: number } |
 export type ClientReply = StreamReply | { readonly ev: "connected"; readonly vendorId: number };
 
 const KIB64 = 64 * 1024;
+/** Bulk pairs in flight unless the workload says (a power of two). */
 const BULK_PAIRS = 8;
 const EP_BULK_OUT = 0x01;
 const EP_BULK_IN = 0x81;
@@ -166,9 +169,12 @@ function start(w: Workload): void {
     }));
     stream.load(slots, 0);
   } else {
-    const outs = Array.from({ length: BULK_PAIRS }, (_, i) => bulkSlot(EP_BULK_OUT, i + 1));
-    const ins = Array.from({ length: BULK_PAIRS }, () => bulkSlot(EP_BULK_IN, 0));
-    stream.load([...outs, ...ins], BULK_PAIRS);
+    const pairs = w.pairs ?? BULK_PAIRS;
+    if (!Number.isInteger(pairs) || pairs < 1 || (pairs & (pairs - 1)) !== 0)
+      fail(`bulk pairs ${pairs} must be a power of two`);
+    const outs = Array.from({ length: pairs }, (_, i) => bulkSlot(EP_BULK_OUT, i + 1));
+    const ins = Array.from({ length: pairs }, () => bulkSlot(EP_BULK_IN, 0));
+    stream.load([...outs, ...ins], pairs);
   }
 }
 

@@ -1,17 +1,20 @@
 /**
  * usbredir over TCP on 127.0.0.1 (src/usbredir): a UsbredirServer in this process redirects the
  * emulated loopback, listening as `usbvirt redirect --listen` does (its default options, the backend on
- * its own thread); the usb-guest is another process (bench/usbredir-client.ts, forked, driven over IPC
- * as bench/usbip.ts drives its client), so this process runs the server alone. The workloads are the
- * USB/IP bench's, so the two faces compare in the same run (main.ts: ratio.usbredir.*.vs_usbip, and
- * the bulk against the plain TCP echo of the usbip suite):
- * - null control packets (loopback RESET_STATS), 64 and 1 in flight;
- * - 64 KiB bulk loopback, 8 OUT + 8 IN in flight: MB/s of payload (each byte crosses the socket twice).
+ * its own thread); each usb-guest is another process, so this process runs the server alone. The
+ * workloads are the USB/IP bench's, so the two faces compare in the same run (main.ts:
+ * ratio.usbredir.*.vs_usbip, and the bulk against the plain TCP echo of the usbip suite):
+ * - usbvirt's Node client (bench/usbredir-client.ts, forked, driven over IPC as bench/usbip.ts drives
+ *   its client): null control packets (loopback RESET_STATS), 64 and 1 in flight; 64 KiB bulk loopback,
+ *   8 OUT + 8 IN in flight and 1 + 1: MB/s of payload (each byte crosses the socket twice);
+ * - then, once it has gone (one peer holds the device at a time), the Python client of the usbip suite
+ *   (bench/python/stream-client.py) on the same workloads (`usbredir.pyclient.*`).
  */
 import { fileURLToPath } from "node:url";
 import { silentLogger } from "../src/network-face/log.js";
 import { UsbredirServer } from "../src/usbredir/server.js";
 import type { Result, SuiteOptions } from "./harness.js";
+import { type PyClient, type PyWorkload, requirePython, startPythonClient } from "./python-peer.js";
 import { ClientProcess, runStreams, type StreamTask } from "./stream-bench.js";
 import type { ClientReply, ClientRequest, Workload } from "./usbredir-client.js";
 
@@ -42,6 +45,50 @@ const TASKS: readonly StreamTask<Workload>[] = [
     result: "usbredir.bulk64k.mbps",
     unit: "MB/s",
   },
+  {
+    name: "usbredir bulk 64 KiB, 1 OUT + 1 IN",
+    workload: { kind: "bulk64k", pairs: 1 },
+    items: 64,
+    units: KIB64,
+    result: "usbredir.bulk64k.pairs1.mbps",
+    unit: "MB/s",
+  },
+];
+
+/** The Python client on the same workloads (as the usbip suite runs it). */
+const PY_TASKS: readonly StreamTask<PyWorkload>[] = [
+  {
+    name: "python client: null, 64 in flight",
+    workload: { kind: "null", depth: 64 },
+    items: 2048,
+    units: 1,
+    result: "usbredir.pyclient.null.inflight64.urbs_per_s",
+    unit: "URB/s",
+  },
+  {
+    name: "python client: null, 1 in flight",
+    workload: { kind: "null", depth: 1 },
+    items: 256,
+    units: 1,
+    result: "usbredir.pyclient.null.inflight1.urbs_per_s",
+    unit: "URB/s",
+  },
+  {
+    name: "python client: bulk 64 KiB, 8 pairs",
+    workload: { kind: "bulk64k", pairs: 8 },
+    items: 64,
+    units: KIB64,
+    result: "usbredir.pyclient.bulk64k.mbps",
+    unit: "MB/s",
+  },
+  {
+    name: "python client: bulk 64 KiB, 1 pair",
+    workload: { kind: "bulk64k", pairs: 1 },
+    items: 64,
+    units: KIB64,
+    result: "usbredir.pyclient.bulk64k.pairs1.mbps",
+    unit: "MB/s",
+  },
 ];
 
 export const usbredirSuite = {
@@ -53,20 +100,36 @@ export const usbredirSuite = {
       logger: silentLogger,
     });
     let client: ClientProcess<ClientRequest, ClientReply> | null = null;
+    let py: PyClient | null = null;
     try {
+      requirePython();
       client = await ClientProcess.start<ClientRequest, ClientReply>(
         fileURLToPath(new URL("./usbredir-client.js", import.meta.url)),
         "usbredir bench client",
       );
       await client.request({ cmd: "connect", port: server.address!.port }, "connected");
-      return await runStreams(
+      const node = await runStreams(
         opts,
         "usbredir over TCP on 127.0.0.1 (usb-host in this process, usb-guest in another)",
         TASKS,
         client,
       );
+      // One peer holds the device at a time: the next gets it once this one has gone.
+      await client.close();
+      client = null;
+      py = await startPythonClient("python usbredir client");
+      await py.request({ cmd: "connect", protocol: "usbredir", port: server.address!.port }, "connected");
+      const pyClient = py;
+      const pyResults = await runStreams(
+        opts,
+        "usbredir, the Python client",
+        PY_TASKS.map((t) => ({ ...t, cpu: { server: process.pid, client: pyClient.pid } })),
+        py,
+      );
+      return [...node, ...pyResults];
     } finally {
       await client?.close();
+      await py?.close();
       await server.close();
     }
   },

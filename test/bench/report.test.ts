@@ -32,6 +32,13 @@ function record(): BenchRecord {
     { name: "usbredir.null.inflight1.urbs_per_s", value: 12_000, unit: "URB/s" },
     { name: "usbredir.null.inflight64.urbs_per_s", value: 120_000, unit: "URB/s" },
     { name: "usbredir.bulk64k.mbps", value: 500, unit: "MB/s" },
+    { name: "usbip.bulk64k.pairs1.mbps", value: 400, unit: "MB/s" },
+    ...["pyclient", "pypeer"].flatMap((who, i) => [
+      { name: `usbip.${who}.null.inflight1.urbs_per_s`, value: 11_000 + i, unit: "URB/s" },
+      { name: `usbip.${who}.null.inflight64.urbs_per_s`, value: 120_000 + i, unit: "URB/s" },
+      { name: `usbip.${who}.bulk64k.mbps`, value: 900 + i, unit: "MB/s" },
+      { name: `usbip.${who}.bulk64k.pairs1.mbps`, value: 300 + i, unit: "MB/s" },
+    ]),
   ];
   return {
     node: "v20.0.0",
@@ -71,12 +78,13 @@ describe("bench --report", () => {
     const html = readFileSync(file, "utf8");
     expect(html).not.toMatch(/(src|href)=|<script|@import|url\(/);
     const found = charts(html);
-    // 7 designs x 2 depths (usbip has no backend-worker figures here), 5 x 2 percentiles,
-    // 5 x 2 + usbip + usbredir + tcp bulk bars, 2 ratios.
+    // 9 designs x 2 depths (usbip has no backend-worker figures here; the Python client against usbvirt
+    // and against the Python server), 5 x 2 percentiles, 5 x 2 + usbip (8 pairs and 1) + usbredir + tcp +
+    // the Python client's 2 x 2 bulk bars, 2 ratios.
     expect(Object.fromEntries([...found].map(([k, v]) => [k, v.length]))).toEqual({
-      depth: 14,
+      depth: 18,
       latency: 10,
-      bulk: 13,
+      bulk: 18,
       ratios: 2,
     });
     for (const [id, bars] of found)
