@@ -55,6 +55,8 @@ import {
 } from "../network-face/listener.js";
 import { escapingLogger, type FaceLogger, peerText, stderrLogger } from "../network-face/log.js";
 import { PeerShare, ReadTarget } from "../network-face/share.js";
+import { TlsFace } from "../network-face/tls.js";
+import { connectTls, type TlsClientSettings } from "../tls/tls-settings.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { endpointIsIn, setConfigurationSetup } from "../usb/index.js";
 import { buildAllowList } from "../util/ip-prefix.js";
@@ -133,6 +135,10 @@ export class UsbredirServer extends EventEmitter {
   /** Each connection's bounds (network-face/bounds.ts), and the cap on connections held at once. */
   private readonly bounds: PeerBounds;
   private readonly cap: ConnectionCap;
+  /** Listen modes: mutual TLS on every connection (null: plain TCP). */
+  private readonly tls: TlsFace | null;
+  /** Connect mode: TLS to the VMM (null: plain TCP). */
+  private readonly connectTls: TlsClientSettings | null;
   /** Connections refused because the device is redirected to another peer: logged once per interval. */
   private readonly busyRefusals: RefusalLog;
   private readonly version: string;
@@ -157,7 +163,7 @@ export class UsbredirServer extends EventEmitter {
     readonly name: string,
     description: DeviceDescription,
     private readonly options: UsbredirServerOptions,
-    bounds: PeerBounds,
+    checked: ReturnType<typeof checkOptions>,
   ) {
     super();
     this.hcd = connection.frontend!;
@@ -166,8 +172,11 @@ export class UsbredirServer extends EventEmitter {
     const first = frameToOffset(guestFrame(1 + DRIVER_FRAMES));
     const end = frameToOffset(guestFrame(connection.handles.scratchFirstFrame));
     this.log = escapingLogger(options.logger ?? stderrLogger);
+    const bounds = checked.bounds;
     this.bounds = bounds;
     this.cap = new ConnectionCap(bounds.maxConnections, this.log);
+    this.tls = checked.tls === null ? null : new TlsFace(checked.tls, bounds.handshakeMs, this.log);
+    this.connectTls = checked.connectTls;
     this.busyRefusals = new RefusalLog(this.log);
     this.allow = buildAllowList(
       options.allow,
@@ -234,7 +243,8 @@ export class UsbredirServer extends EventEmitter {
 
   /** Bring up the engine, attach and describe the device, then listen or connect. */
   static async start(options: UsbredirServerOptions): Promise<UsbredirServer> {
-    const { guestMemoryMiB: mib, bounds } = checkOptions(options);
+    const checked = checkOptions(options);
+    const { guestMemoryMiB: mib } = checked;
     const connection = await Connection.create({
       backendThread: "shared",
       ...options.connection,
@@ -258,7 +268,7 @@ export class UsbredirServer extends EventEmitter {
       const guest = new GuestUsbDriver(connection.frontend!, connection.handles);
       const description = await readDeviceDescription(guest, PORT);
       const name = `${summary.name} ${hex(description.vendorId, 4).slice(2)}:${hex(description.productId, 4).slice(2)}`;
-      const self = new UsbredirServer(connection, guest, name, description, options, bounds);
+      const self = new UsbredirServer(connection, guest, name, description, options, checked);
       if (options.connect !== undefined) self.dial();
       else await self.listen();
       return self;
@@ -325,9 +335,25 @@ export class UsbredirServer extends EventEmitter {
         return;
       }
       if (!this.cap.admit(socket, peer)) return;
-      const reads = new ReadTarget();
-      const adopted = adoptWithReadBuffer(socket, reads.options);
-      this.open(adopted ?? socket, peer, adopted === null ? null : reads);
+      if (this.tls === null) {
+        const reads = new ReadTarget();
+        const adopted = adoptWithReadBuffer(socket, reads.options);
+        this.open(adopted ?? socket, peer, adopted === null ? null : reads);
+        return;
+      }
+      // TLS: the plaintext comes as the TLS socket's chunks, copied where it goes.
+      this.tls.handshake(socket, peer, {
+        secure: (tlsSocket, name) => {
+          if (this.closing !== null || this.session !== null) {
+            if (this.session !== null) {
+              this.busyRefusals.refuse(name, `${this.name} is redirected to ${this.session.peer}`);
+            }
+            tlsSocket.destroy();
+            this.cap.release();
+          } else this.open(tlsSocket, name, null);
+        },
+        refused: () => this.cap.release(),
+      });
     });
     const o = this.options;
     await listenAt(
@@ -345,16 +371,22 @@ export class UsbredirServer extends EventEmitter {
     const { host, port } = this.options.connect!;
     const peer = `${host}:${port}`;
     const reads = new ReadTarget();
-    const socket = netConnect({
-      host,
-      port,
-      noDelay: true,
-      keepAlive: true,
-      keepAliveInitialDelay: 30_000,
-      onread: reads.options,
-    });
+    const tls = this.connectTls;
+    const socket =
+      tls === null
+        ? netConnect({
+            host,
+            port,
+            noDelay: true,
+            keepAlive: true,
+            keepAliveInitialDelay: 30_000,
+            onread: reads.options,
+          })
+        : connectTls({ host, port, onread: reads.options }, tls);
+    if (tls !== null) socket.setKeepAlive(true, 30_000);
     let opened = false;
-    socket.once("connect", () => {
+    // With TLS the connection is opened once the VMM's certificate passed (and TLS reads go through onread too).
+    socket.once(tls === null ? "connect" : "verified", () => {
       opened = true;
       this.log.info(`connected to ${peer}`, { client: peer });
       if (this.cap.admit(socket, peer)) this.open(socket, peer, reads);
@@ -780,6 +812,7 @@ export class UsbredirServer extends EventEmitter {
       if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
       this.reconnectTimer = null;
       this.listener?.close();
+      this.tls?.close();
       for (const s of [...this.sessions]) this.end(s, "server shutting down", "info");
       await Promise.race([this.draining, new Promise((r) => setTimeout(r, 3000).unref())]);
       await this.connection.close();

@@ -4,20 +4,26 @@
  * pinned self-signed client does too. Each refusal is one log line saying which check failed, and the
  * refused connection gets no USB/IP byte: no client certificate, an expired one, one another CA signed,
  * one not pinned, TLS 1.2 when 1.3 is required, a plain-TCP client, a handshake never begun; the
- * allowlist refuses before any handshake. The server keeps serving honest clients throughout.
+ * allowlist refuses before any handshake. The server keeps serving honest clients throughout. usbredir:
+ * listen mode the same (our hello only after the handshake), connect mode against a TLS VMM that checks
+ * our certificate, and a VMM whose certificate is not pinned refused.
  * Certificates are made by `openssl` for the run (test/support/tls-certs.ts).
  */
 import { readFileSync } from "node:fs";
-import { type ConnectionOptions, connect as tlsConnect } from "node:tls";
+import { type ConnectionOptions, createServer as createTlsServer, connect as tlsConnect } from "node:tls";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { CollectingLogger } from "../../src/network-face/log.js";
 import type { TlsServerOptions } from "../../src/network-face/tls.js";
 import { parseFingerprint } from "../../src/tls/tls-settings.js";
 import { UsbipClient } from "../../src/usbip/client.js";
 import { encodeDevlistRequest } from "../../src/usbip/management-pdus.js";
+import { UsbredirClient } from "../../src/usbredir/client.js";
+import { UsbredirServer } from "../../src/usbredir/server.js";
 import { pattern } from "../support/data.js";
 import { eventually } from "../support/eventually.js";
 import { makeTestPki, type TestPki } from "../support/tls-certs.js";
 import { bulkIn, bulkOut, enumerate, startServer, type TestServer } from "../usbip/helpers.js";
+import { echoRound, LOOPBACK, startRedirServer, type TestRedirServer } from "../usbredir/helpers.js";
 import { RawConnection } from "./raw-connection.js";
 
 let pki: TestPki;
@@ -241,5 +247,125 @@ describe("fingerprints as users write them", () => {
     expect(parseFingerprint(`sha256:${fp.slice(7).replace(/:/g, "").toLowerCase()}`)).toBe(fp);
     expect(() => parseFingerprint(fp.slice(0, -3))).toThrow(/not a certificate fingerprint/);
     expect(() => parseFingerprint(`SHA1:${fp.slice(7)}`)).toThrow(/not a certificate fingerprint/);
+  });
+});
+
+describe("usbredir over mutual TLS", () => {
+  let r: TestRedirServer | null = null;
+  afterEach(async () => {
+    await r?.close();
+    r = null;
+  });
+
+  /** A usb-guest over TLS with `who`'s certificate. */
+  async function guestOver(port: number, who = pki.client, waitForDevice = true): Promise<UsbredirClient> {
+    const socket = tlsConnect({
+      host: "127.0.0.1",
+      port,
+      ca: pem(pki.ca.cert),
+      cert: pem(who.cert),
+      key: pem(who.key),
+    });
+    await new Promise<void>((resolve, reject) => {
+      socket.once("secureConnect", resolve);
+      socket.once("error", reject);
+    });
+    return UsbredirClient.over(socket, { waitForDevice, timeoutMs: 5000 });
+  }
+
+  it("listen mode: a guest with a signed certificate gets the device; its identity is in the log and stats", async () => {
+    r = await startRedirServer(LOOPBACK, { tls: serverTls() });
+    const g = await guestOver(r.port);
+    for (let i = 0; i < 5; i++) await echoRound(g)(i);
+    expect(r.server.stats().peer).toMatch(/^127\.0\.0\.1:\d+ \(CN=alice\)$/);
+    g.socket.destroy();
+    await eventually(() => r!.log.matching("peer closed the connection").length === 1, 5000, "close line");
+    for (const line of r.log.lines.filter((l) => l.includes("127.0.0.1:")))
+      expect(line).toContain("(CN=alice)");
+  });
+
+  it("listen mode: a certificate another CA signed gets no hello and leaves the slot free", async () => {
+    r = await startRedirServer(LOOPBACK, { tls: serverTls() });
+    const refused = await guestOver(r.port, pki.otherCa, false);
+    await eventually(() => refused.closed !== null, 5000, "the refused guest dropped");
+    expect(refused.hostVersion).toBe("");
+    const lines = r.log.lines.filter((l) => l.includes("TLS refused"));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain("CN=mallory");
+    expect(lines[0]).toContain("it is not signed by the client CA");
+    const g = await guestOver(r.port);
+    await echoRound(g)(0);
+  });
+
+  it("listen mode: a plain usbredir guest is dropped before our hello", async () => {
+    r = await startRedirServer(LOOPBACK, { tls: serverTls() });
+    const raw = await RawConnection.open(r.port);
+    raw.write(Buffer.alloc(16)); // a hello's header: not a TLS record
+    await raw.closedBy(5000, "the plain guest dropped");
+    expect(raw.received.length).toBe(0);
+    await eventually(() => r!.log.matching("TLS refused: not a TLS client").length === 1, 5000, "line");
+  });
+
+  it("connect mode: dials a TLS VMM that verifies our certificate, and refuses a VMM whose certificate is not pinned", async () => {
+    const guests: UsbredirClient[] = [];
+    const vmm = createTlsServer({
+      cert: pem(pki.server.cert),
+      key: pem(pki.server.key),
+      ca: pem(pki.ca.cert),
+      requestCert: true,
+      rejectUnauthorized: true,
+      minVersion: "TLSv1.3",
+    });
+    vmm.on("secureConnection", (socket) => {
+      void UsbredirClient.over(socket, { timeoutMs: 5000 }).then((g) => guests.push(g));
+    });
+    await new Promise<void>((resolve) => vmm.listen(0, "127.0.0.1", resolve));
+    const port = (vmm.address() as { port: number }).port;
+    try {
+      const log = new CollectingLogger();
+      const server = await UsbredirServer.start({
+        device: LOOPBACK,
+        logger: log,
+        connect: {
+          host: "127.0.0.1",
+          port,
+          tls: { ca: { file: pki.ca.cert }, cert: { file: pki.client.cert }, key: { file: pki.client.key } },
+        },
+      });
+      try {
+        await eventually(() => guests.length === 1, 10_000, "the VMM's guest got the device");
+        await echoRound(guests[0]!)(1);
+        await echoRound(guests[0]!)(2);
+      } finally {
+        for (const g of guests) g.socket.destroy();
+        await server.close();
+      }
+      const log2 = new CollectingLogger();
+      const pinned = await UsbredirServer.start({
+        device: LOOPBACK,
+        logger: log2,
+        reconnectMinMs: 10_000,
+        connect: {
+          host: "127.0.0.1",
+          port,
+          tls: {
+            serverFingerprints: [pki.selfSigned.fingerprint],
+            cert: { file: pki.client.cert },
+            key: { file: pki.client.key },
+          },
+        },
+      });
+      try {
+        await eventually(() => log2.matching("is not pinned").length === 1, 5000, "the refusal line");
+        expect(log2.matching("cannot connect to 127.0.0.1")[0]).toMatch(
+          /server's certificate SHA256:[0-9A-F:]+ is not pinned/,
+        );
+        expect(guests).toHaveLength(1);
+      } finally {
+        await pinned.close();
+      }
+    } finally {
+      vmm.close();
+    }
   });
 });
