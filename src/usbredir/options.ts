@@ -35,8 +35,11 @@ export interface UsbredirEndpoint {
 export interface UsbredirServerOptions extends PeerBoundsOptions {
   /** The device to redirect (what `serve --device` takes). */
   readonly device: DeviceSpec;
-  /** Listen here for the VMM (host default 127.0.0.1). Exactly one of listen, listenFd and connect. */
-  readonly listen?: { readonly host?: string; readonly port: number };
+  /**
+   * Listen here for the VMM: a TCP port (host default 127.0.0.1), or a Unix-domain socket at `path`
+   * (mode 0660, the process's group; QEMU `-chardev socket,path=…`). Exactly one of listen, listenFd and connect.
+   */
+  readonly listen?: { readonly host?: string; readonly port: number } | { readonly path: string };
   /** Listen on this already-listening socket (systemd socket activation). */
   readonly listenFd?: number;
   /** Connect to a VMM that listens (QEMU `-chardev socket,server=on`); reconnects with backoff. */
@@ -79,6 +82,20 @@ export function checkOptions(options: UsbredirServerOptions): {
     );
   }
   buildAllowList(options.allow, (reason) => new UsbredirServerError("ERR_USBVIRT_USBREDIR_OPTIONS", reason));
+  if (options.listen !== undefined && "path" in options.listen) {
+    if (typeof options.listen.path !== "string" || options.listen.path.length === 0) {
+      throw new UsbredirServerError(
+        "ERR_USBVIRT_USBREDIR_OPTIONS",
+        "options.listen.path must be a file path",
+      );
+    }
+    if ((options.allow?.length ?? 0) > 0) {
+      throw new UsbredirServerError(
+        "ERR_USBVIRT_USBREDIR_OPTIONS",
+        "options.allow lists addresses: a Unix-domain socket has none (its file permissions decide)",
+      );
+    }
+  }
   const mib = options.guestMemoryMiB ?? 16;
   if (!Number.isInteger(mib) || mib < 8 || mib > 1024) {
     throw new UsbredirServerError(

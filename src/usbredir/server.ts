@@ -36,6 +36,7 @@
  */
 import { EventEmitter } from "node:events";
 import { type BlockList, connect as netConnect, type Server, type Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
 import { PortStartError } from "../backend/port-link.js";
 import { describeSpec } from "../devices/spec.js";
 import { bytesToFrames, frameToOffset, guestFrame } from "../dma-map/types.js";
@@ -122,6 +123,14 @@ const PORT = 1 as PortNum;
 const ADDRESS = 1 as DevAddr;
 const DRIVER_FRAMES = 16;
 const SCRATCH_FRAMES = 64;
+
+/**
+ * Plaintext per TLS record we send. QEMU's socket chardev reads at most 4096 bytes per wakeup and (7.2 at
+ * least) waits for the socket to be readable again for the rest: plaintext that gnutls decrypted and
+ * still holds is never read, so a 4106-byte data packet in one record stalls the link. Records of at most
+ * 4096 bytes are read whole each time.
+ */
+const QEMU_TLS_RECORD_BYTES = 4096;
 
 export class UsbredirServer extends EventEmitter {
   private readonly log: FaceLogger;
@@ -283,7 +292,13 @@ export class UsbredirServer extends EventEmitter {
     return { vendorId: this.model.description.vendorId, productId: this.model.description.productId };
   }
 
-  /** Where the server listens (listen mode). */
+  /** The Unix-domain socket the server listens on (listen mode on a path), or null. */
+  get socketPath(): string | null {
+    const a = this.listener?.address();
+    return typeof a === "string" ? a : null;
+  }
+
+  /** Where the server listens (listen mode on a TCP port). */
   get address(): { host: string; port: number } | null {
     const a = this.listener?.address();
     if (a === null || a === undefined || typeof a === "string") return null;
@@ -350,7 +365,10 @@ export class UsbredirServer extends EventEmitter {
             }
             tlsSocket.destroy();
             this.cap.release();
-          } else this.open(tlsSocket, name, null);
+          } else {
+            tlsSocket.setMaxSendFragment(QEMU_TLS_RECORD_BYTES);
+            this.open(tlsSocket, name, null);
+          }
         },
         refused: () => this.cap.release(),
       });
@@ -360,7 +378,9 @@ export class UsbredirServer extends EventEmitter {
       server,
       o.listenFd !== undefined
         ? { fd: o.listenFd }
-        : { port: o.listen!.port, host: o.listen!.host ?? "127.0.0.1" },
+        : "path" in o.listen!
+          ? { path: o.listen.path }
+          : { port: o.listen!.port, host: o.listen!.host ?? "127.0.0.1" },
       this.log,
     );
   }
@@ -383,7 +403,10 @@ export class UsbredirServer extends EventEmitter {
             onread: reads.options,
           })
         : connectTls({ host, port, onread: reads.options }, tls);
-    if (tls !== null) socket.setKeepAlive(true, 30_000);
+    if (tls !== null) {
+      socket.setKeepAlive(true, 30_000);
+      (socket as TLSSocket).setMaxSendFragment(QEMU_TLS_RECORD_BYTES);
+    }
     let opened = false;
     // With TLS the connection is opened once the VMM's certificate passed (and TLS reads go through onread too).
     socket.once(tls === null ? "connect" : "verified", () => {

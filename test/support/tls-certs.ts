@@ -29,7 +29,11 @@ export interface TestPki {
   readonly otherCa: CertFiles;
   /** Self-signed, CN=pinned (for fingerprint pinning). */
   readonly selfSigned: CertFiles;
-  /** QEMU's tls-creds-x509 layout for a client (ca-cert.pem, client-cert.pem, client-key.pem) with `who`'s certificate. */
+  /**
+   * QEMU's tls-creds-x509 layout for a client (ca-cert.pem, client-cert.pem, client-key.pem) with `who`'s
+   * certificate; ca-cert.pem holds both CAs (QEMU checks its own certificate against it at start, and
+   * the server's).
+   */
   qemuClientDir(who: CertFiles, name: string): string;
   remove(): void;
 }
@@ -131,7 +135,10 @@ export function makeTestPki(): TestPki {
     qemuClientDir(who, name) {
       const d = join(dir, name);
       mkdirSync(d, { recursive: true });
-      writeFileSync(join(d, "ca-cert.pem"), readFileSync(join(dir, "ca.pem")));
+      writeFileSync(
+        join(d, "ca-cert.pem"),
+        Buffer.concat([readFileSync(join(dir, "ca.pem")), readFileSync(join(dir, "other-ca.pem"))]),
+      );
       writeFileSync(join(d, "client-cert.pem"), readFileSync(who.cert));
       writeFileSync(join(d, "client-key.pem"), readFileSync(who.key));
       return d;
