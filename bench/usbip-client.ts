@@ -10,6 +10,7 @@
  * The stream machinery it shares with bench/usbredir-client.ts is in stream-client.ts.
  */
 import net from "node:net";
+import tls from "node:tls";
 import { encodeSetup } from "../src/usb/index.js";
 import { devidOf, readDeviceRecord } from "../src/usbip/device-record.js";
 import { encodeImportRequest } from "../src/usbip/management-pdus.js";
@@ -27,6 +28,7 @@ import {
 import { encodeCmdSubmit } from "../src/usbip/urb-pdus.js";
 import type { StreamReply, StreamRequest } from "./stream-bench.js";
 import { SlotStream, type StreamSlot, StreamState, serveParent } from "./stream-client.js";
+import type { ClientTls } from "./tls-certs.js";
 
 export type Workload =
   | { readonly kind: "null"; readonly depth: number }
@@ -35,7 +37,14 @@ export type Workload =
 
 /** Parent → client, one at a time; each is answered by the reply named in `ClientReply`. */
 export type ClientRequest =
-  | { readonly cmd: "connect"; readonly usbipPort: number; readonly echoPort: number; readonly busid: string }
+  | {
+      readonly cmd: "connect";
+      readonly usbipPort: number;
+      readonly echoPort: number;
+      readonly busid: string;
+      /** Connect to the server with mutual TLS (the echo server stays plain). */
+      readonly tls?: ClientTls;
+    }
   | StreamRequest<Workload>;
 
 /** Client → parent: the stream replies (stream-bench.ts), and `connected` after import + SET_CONFIGURATION. */
@@ -101,11 +110,14 @@ class SetupReader {
   }
 }
 
-function connect(port: number): Promise<net.Socket> {
+function connect(port: number, secure?: ClientTls): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: "127.0.0.1", port });
+    const socket =
+      secure === undefined
+        ? net.connect({ host: "127.0.0.1", port })
+        : tls.connect({ host: "127.0.0.1", port, ...secure, minVersion: "TLSv1.3" });
     socket.once("error", reject);
-    socket.once("connect", () => {
+    socket.once(secure === undefined ? "connect" : "secureConnect", () => {
       socket.off("error", reject);
       socket.setNoDelay(true);
       socket.on("error", (err) => fail(`socket to port ${port}: ${err.message}`));
@@ -277,7 +289,7 @@ async function handle(m: ClientRequest): Promise<void> {
   switch (m.cmd) {
     case "connect": {
       if (usbip !== null) fail("connect twice");
-      usbip = await connect(m.usbipPort);
+      usbip = await connect(m.usbipPort, m.tls);
       devid = await importDevice(usbip, m.busid);
       stream.attach(usbip);
       echo = await connect(m.echoPort);
