@@ -5,17 +5,18 @@
  * does over plain TCP, the server's log naming QEMU by its certificate. The same boot with a certificate
  * another CA signed is refused: the server logs which check failed (gnutls withholds a certificate
  * whose issuer the server's request does not name: no client certificate), the guest sees no device. Certificates
- * by `openssl` for the run. Skips where QEMU or the guest image is missing, unless USBVIRT_REQUIRE_VMM=1 (CI).
+ * by `openssl` for the run. Skips where QEMU or the guest image is missing, unless USBVIRT_REQUIRE_TOOLS=1 (CI).
  */
 import { afterAll, describe, expect, it } from "vitest";
 import { CollectingLogger } from "../../src/network-face/log.js";
 import { UsbredirServer } from "../../src/usbredir/server.js";
 import { makeTestPki } from "../support/tls-certs.js";
-import { bootGuest, describeRun, requireGuest, skipVmm, vmmGuest } from "./qemu-guest.js";
+import { skipWithout } from "../support/tools.js";
+import { bootGuest, describeRun, requireGuest, vmmGuest } from "./qemu-guest.js";
 
 const availability = vmmGuest();
 
-describe.skipIf(skipVmm("the usbredir TLS QEMU test", availability))(
+describe.skipIf(skipWithout("the usbredir TLS QEMU test", availability))(
   "usbvirt redirect to QEMU's TLS chardev",
   () => {
     const pki = makeTestPki();
