@@ -233,7 +233,8 @@ export interface ListenerNotes {
 export function logListenerNotes(logger: FaceLogger, notes: ListenerNotes): void {
   const tls = notes.tls ?? null;
   const exposure = exposureWarning(notes.bound, notes.allowClients, notes.face, tls);
-  if (exposure !== null) (tls !== null ? logger.info : logger.warn)(exposure);
+  if (exposure !== null && tls !== null) logger.info(exposure);
+  else if (exposure !== null) logger.warn(exposure);
   if (notes.activated !== null) {
     logger.info(`listening on the socket systemd passed (fd ${notes.activated}), not ${notes.replaces}`);
   }
