@@ -97,10 +97,11 @@ export class Daemon {
     return `metrics: ${at}/metrics\nstatus page: ${at}/\n`;
   }
 
-  /** The metrics endpoint's HOST:PORT (what an announcement names), or null without one. */
+  /** The metrics endpoint's HOST:PORT (what an announcement names), or null without one or on a socket file. */
   statusAddress(): string | null {
     if (this.metrics === null) return null;
     const m = this.metrics.address;
+    if ("path" in m) return null; // not reachable from the network: nothing to announce
     return `${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}`;
   }
 
