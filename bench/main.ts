@@ -91,6 +91,16 @@ function ratios(results: readonly Result[]): Ratio[] {
   // The peer here is the socket itself: a naive TCP echo, same client, same run.
   add("ratio.usbip.bulk64k.vs_tcp_echo", "usbip.bulk64k.mbps", "tcp.echo64k.mbps", true);
   add("ratio.usbip.bulk64k.vs_backendworker", "usbip.bulk64k.mbps", "usbip.bulk64k.backendworker.mbps", true);
+  // Mutual TLS against plain TCP: same server, client and workloads, same run (TLS / plain: < 1 is its cost).
+  for (const face of ["usbip", "usbredir"]) {
+    add(`ratio.${face}.tls.bulk64k.vs_plain`, `${face}.tls.bulk64k.mbps`, `${face}.bulk64k.mbps`, true);
+    add(
+      `ratio.${face}.tls.null.inflight1.vs_plain`,
+      `${face}.tls.null.inflight1.urbs_per_s`,
+      `${face}.null.inflight1.urbs_per_s`,
+      true,
+    );
+  }
   // usbredir against USB/IP (the other face on the same engine) and the socket, same workloads, same run.
   add(
     "ratio.usbredir.null.vs_usbip",

@@ -11,6 +11,7 @@
  * The stream machinery it shares with bench/usbredir-client.ts is in stream-client.ts.
  */
 import net from "node:net";
+import tls from "node:tls";
 import { encodeSetup } from "../src/usb/index.js";
 import { devidOf, readDeviceRecord } from "../src/usbip/device-record.js";
 import { encodeImportRequest } from "../src/usbip/management-pdus.js";
@@ -28,6 +29,7 @@ import {
 import { encodeCmdSubmit } from "../src/usbip/urb-pdus.js";
 import type { StreamReply, StreamRequest } from "./stream-bench.js";
 import { SlotStream, type StreamSlot, StreamState, serveParent } from "./stream-client.js";
+import type { ClientTls } from "./tls-certs.js";
 
 export type Workload =
   | { readonly kind: "null"; readonly depth: number }
@@ -42,6 +44,8 @@ export type ClientRequest =
       /** The plain TCP echo server, if the tcp-echo64k stream is wanted. */
       readonly echoPort?: number;
       readonly busid: string;
+      /** Connect to the server with mutual TLS (the echo server stays plain). */
+      readonly tls?: ClientTls;
     }
   | StreamRequest<Workload>;
 
@@ -109,11 +113,14 @@ class SetupReader {
   }
 }
 
-function connect(port: number): Promise<net.Socket> {
+function connect(port: number, secure?: ClientTls): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: "127.0.0.1", port });
+    const socket =
+      secure === undefined
+        ? net.connect({ host: "127.0.0.1", port })
+        : tls.connect({ host: "127.0.0.1", port, ...secure, minVersion: "TLSv1.3" });
     socket.once("error", reject);
-    socket.once("connect", () => {
+    socket.once(secure === undefined ? "connect" : "secureConnect", () => {
       socket.off("error", reject);
       socket.setNoDelay(true);
       socket.on("error", (err) => fail(`socket to port ${port}: ${err.message}`));
@@ -289,7 +296,7 @@ async function handle(m: ClientRequest): Promise<void> {
   switch (m.cmd) {
     case "connect": {
       if (usbip !== null) fail("connect twice");
-      usbip = await connect(m.usbipPort);
+      usbip = await connect(m.usbipPort, m.tls);
       devid = await importDevice(usbip, m.busid);
       stream.attach(usbip);
       if (m.echoPort !== undefined) {

@@ -35,6 +35,7 @@ import {
   startPythonClient,
 } from "./python-peer.js";
 import { ClientProcess, runStreams, type StreamTask } from "./stream-bench.js";
+import { clientTlsOf, makeBenchPki } from "./tls-certs.js";
 import type { ClientReply, ClientRequest, Workload } from "./usbip-client.js";
 
 const KIB64 = 64 * 1024;
@@ -265,6 +266,55 @@ const WORKER_TASKS: readonly StreamTask<Workload>[] = TASKS.filter(
   result: t.result.replace(/\.(urbs_per_s|mbps)$/, ".backendworker.$1"),
 }));
 
+/** The null (1 in flight) and bulk streams over mutual TLS (names `usbip.tls.*`), beside the plain ones. */
+const TLS_TASKS: readonly StreamTask<Workload>[] = TASKS.filter(
+  (t) => t.result === "usbip.null.inflight1.urbs_per_s" || t.result === "usbip.bulk64k.mbps",
+).map((t) => ({ ...t, name: `${t.name}, mutual TLS`, result: t.result.replace(/^usbip\./, "usbip.tls.") }));
+
+/**
+ * A server with mutual TLS (TLS 1.3, EC P-256 certificates made for the run, its default settings) and
+ * a client that connects with its certificate: the TLS streams. The echo server stays plain (unused).
+ */
+async function runTlsTasks(opts: SuiteOptions): Promise<Result[]> {
+  const pki = makeBenchPki();
+  const server = await UsbipServer.start({
+    devices: [{ kind: "emulated", name: "loopback" }],
+    port: 0,
+    logger: silentLogger,
+    guestMemoryMiB: 64,
+    tls: { cert: pki.serverCert, key: pki.serverKey, clientCa: pki.ca },
+  });
+  const echo = net.createServer((s) => s.on("error", () => s.destroy()));
+  await new Promise<void>((resolve) => echo.listen(0, "127.0.0.1", resolve));
+  let client: UsbipClient | null = null;
+  try {
+    client = await ClientProcess.start<ClientRequest, ClientReply>(
+      fileURLToPath(new URL("./usbip-client.js", import.meta.url)),
+      "usbip bench client (TLS)",
+    );
+    await client.request(
+      {
+        cmd: "connect",
+        usbipPort: server.address.port,
+        echoPort: (echo.address() as net.AddressInfo).port,
+        busid: server.devices[0]!.busid,
+        tls: clientTlsOf(pki),
+      },
+      "connected",
+    );
+    return await runStreams(
+      opts,
+      "USB/IP over mutual TLS 1.3 on 127.0.0.1 (same client, TLS socket)",
+      TLS_TASKS,
+      client,
+    );
+  } finally {
+    await client?.close();
+    await new Promise((resolve) => echo.close(resolve));
+    await server.close();
+  }
+}
+
 export const usbipSuite = {
   name: "usbip",
   async run(opts: SuiteOptions): Promise<Result[]> {
@@ -282,6 +332,7 @@ export const usbipSuite = {
         WORKER_TASKS,
         { backendThread: "worker" },
       )),
+      ...(await runTlsTasks(opts)),
     ];
   },
 };

@@ -12,7 +12,9 @@
  * process exits non-zero with the message. It exits when the parent goes. The stream machinery it
  * shares with bench/usbip-client.ts is in stream-client.ts.
  */
+
 import type net from "node:net";
+import tls from "node:tls";
 import { UsbredirClient } from "../src/usbredir/client.js";
 import {
   dataOf,
@@ -28,13 +30,16 @@ import {
 } from "../src/usbredir/protocol.js";
 import type { StreamReply, StreamRequest } from "./stream-bench.js";
 import { SlotStream, type StreamSlot, StreamState, serveParent } from "./stream-client.js";
+import type { ClientTls } from "./tls-certs.js";
 
 export type Workload =
   | { readonly kind: "null"; readonly depth: number }
   | { readonly kind: "bulk64k"; readonly pairs?: number };
 
 /** Parent → client, one at a time; each is answered by the reply named in `ClientReply`. */
-export type ClientRequest = { readonly cmd: "connect"; readonly port: number } | StreamRequest<Workload>;
+export type ClientRequest =
+  /** `tls`: connect with mutual TLS. */
+  { readonly cmd: "connect"; readonly port: number; readonly tls?: ClientTls } | StreamRequest<Workload>;
 
 /** Client → parent: the stream replies (stream-bench.ts), and `connected` once the device is announced. */
 export type ClientReply = StreamReply | { readonly ev: "connected"; readonly vendorId: number };
@@ -76,8 +81,19 @@ let socket: net.Socket | null = null;
 let negotiated: Negotiated | null = null;
 
 /** Connect as QEMU would, wait for device_connect, check the loopback's bulk pair, take the socket over. */
-async function connectGuest(port: number): Promise<number> {
-  const guest = await UsbredirClient.connect(port, { version: "usbvirt bench guest" });
+async function connectGuest(port: number, secure?: ClientTls): Promise<number> {
+  const options = { version: "usbvirt bench guest" };
+  let guest: UsbredirClient;
+  if (secure === undefined) guest = await UsbredirClient.connect(port, options);
+  else {
+    const s = tls.connect({ host: "127.0.0.1", port, ...secure, minVersion: "TLSv1.3" });
+    await new Promise<void>((resolve, reject) => {
+      s.once("secureConnect", resolve);
+      s.once("error", reject);
+    });
+    s.setNoDelay(true);
+    guest = await UsbredirClient.over(s, options);
+  }
   const n = guest.negotiated!;
   if (!hasCap(n.caps, RedirCap.IDS_64BIT) || !hasCap(n.caps, RedirCap.BULK_LENGTH_32BIT))
     fail(`the host did not negotiate 64-bit ids and 32-bit bulk lengths (caps 0x${n.caps.toString(16)})`);
@@ -182,7 +198,7 @@ async function handle(m: ClientRequest): Promise<void> {
   switch (m.cmd) {
     case "connect": {
       if (socket !== null) fail("connect twice");
-      const vendorId = await connectGuest(m.port);
+      const vendorId = await connectGuest(m.port, m.tls);
       stream.attach(socket!);
       send({ ev: "connected", vendorId });
       return;

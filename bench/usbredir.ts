@@ -16,6 +16,7 @@ import { UsbredirServer } from "../src/usbredir/server.js";
 import type { Result, SuiteOptions } from "./harness.js";
 import { type PyClient, type PyWorkload, requirePython, startPythonClient } from "./python-peer.js";
 import { ClientProcess, runStreams, type StreamTask } from "./stream-bench.js";
+import { clientTlsOf, makeBenchPki } from "./tls-certs.js";
 import type { ClientReply, ClientRequest, Workload } from "./usbredir-client.js";
 
 const KIB64 = 64 * 1024;
@@ -91,6 +92,43 @@ const PY_TASKS: readonly StreamTask<PyWorkload>[] = [
   },
 ];
 
+/** The null (1 in flight) and bulk streams over mutual TLS (names `usbredir.tls.*`), beside the plain ones. */
+const TLS_TASKS: readonly StreamTask<Workload>[] = TASKS.filter(
+  (t) => t.result === "usbredir.null.inflight1.urbs_per_s" || t.result === "usbredir.bulk64k.mbps",
+).map((t) => ({
+  ...t,
+  name: `${t.name}, mutual TLS`,
+  result: t.result.replace(/^usbredir\./, "usbredir.tls."),
+}));
+
+/** A usb-host with mutual TLS (TLS 1.3, certificates made for the run) and a usb-guest with its certificate. */
+async function runTlsTasks(opts: SuiteOptions): Promise<Result[]> {
+  const pki = makeBenchPki();
+  const server = await UsbredirServer.start({
+    device: { kind: "emulated", name: "loopback" },
+    listen: { port: 0 },
+    logger: silentLogger,
+    tls: { cert: pki.serverCert, key: pki.serverKey, clientCa: pki.ca },
+  });
+  let client: ClientProcess<ClientRequest, ClientReply> | null = null;
+  try {
+    client = await ClientProcess.start<ClientRequest, ClientReply>(
+      fileURLToPath(new URL("./usbredir-client.js", import.meta.url)),
+      "usbredir bench client (TLS)",
+    );
+    await client.request({ cmd: "connect", port: server.address!.port, tls: clientTlsOf(pki) }, "connected");
+    return await runStreams(
+      opts,
+      "usbredir over mutual TLS 1.3 on 127.0.0.1 (same guest, TLS socket)",
+      TLS_TASKS,
+      client,
+    );
+  } finally {
+    await client?.close();
+    await server.close();
+  }
+}
+
 export const usbredirSuite = {
   name: "usbredir",
   async run(opts: SuiteOptions): Promise<Result[]> {
@@ -101,6 +139,7 @@ export const usbredirSuite = {
     });
     let client: ClientProcess<ClientRequest, ClientReply> | null = null;
     let py: PyClient | null = null;
+    let plain: Result[];
     try {
       requirePython();
       client = await ClientProcess.start<ClientRequest, ClientReply>(
@@ -126,11 +165,12 @@ export const usbredirSuite = {
         PY_TASKS.map((t) => ({ ...t, cpu: { server: process.pid, client: pyClient.pid } })),
         py,
       );
-      return [...node, ...pyResults];
+      plain = [...node, ...pyResults];
     } finally {
       await client?.close();
       await py?.close();
       await server.close();
     }
+    return [...plain, ...(await runTlsTasks(opts))];
   },
 };

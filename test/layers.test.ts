@@ -14,6 +14,7 @@ import { SRC, tsFiles } from "./support/source-files.js";
 /** Folder (relative to src/, "" is src/ itself) -> rank, bottom first. */
 const LAYERS: Readonly<Record<string, number>> = {
   util: 0, // errors, error wire format, comlink, byte queue, starting workers
+  tls: 1, // TLS settings, fingerprints, the client connect (the server side is network-face's)
   usb: 1, // USB's own vocabulary (a leaf; test/usb/vocabulary.test.ts)
   "dma-map": 2, // guest memory, grant table, grant mapper
   rings: 3, // SPSC rings, doorbells, spin, conn ring

@@ -148,8 +148,8 @@ export const QUIET_OPTION: OptionSpec = {
 export const METRICS_OPTION: OptionSpec = {
   name: "metrics",
   kind: "string",
-  value: "[HOST:]PORT",
-  help: "serve Prometheus metrics at http://HOST:PORT/metrics and a status page at / (host 127.0.0.1 unless given)",
+  value: "[HOST:]PORT|unix:PATH",
+  help: "serve Prometheus metrics at http://HOST:PORT/metrics and a status page at / (host 127.0.0.1 unless given; unix:PATH: a socket file, mode 0660)",
 };
 export const LOG_FORMAT_OPTION: OptionSpec = {
   name: "log-format",

@@ -189,8 +189,39 @@ export function daemonFields(peers: string) {
     ),
     metrics: v.optional(
       v.pipe(
-        parsedBy(parseMetricsAddress, '[HOST:]PORT (e.g. "9240", "127.0.0.1:9240")'),
-        v.description("serve Prometheus metrics over HTTP at [HOST:]PORT (host 127.0.0.1 by default)"),
+        parsedBy(parseMetricsAddress, '[HOST:]PORT (e.g. "9240", "127.0.0.1:9240") or unix:PATH'),
+        v.description(
+          "serve Prometheus metrics over HTTP at [HOST:]PORT (host 127.0.0.1 by default) or on a Unix-domain socket, unix:PATH (mode 0660)",
+        ),
+      ),
+    ),
+    tlsCert: v.optional(
+      v.pipe(
+        FilePath,
+        v.description(
+          "mutual TLS: this side's certificate (PEM; a listener needs tlsKey and tlsClientCa or tlsClientFingerprints)",
+        ),
+      ),
+    ),
+    tlsKey: v.optional(v.pipe(FilePath, v.description("mutual TLS: this side's private key (PEM)"))),
+    tlsClientCa: v.optional(
+      v.pipe(
+        FilePath,
+        v.description(`mutual TLS: accept ${peers} whose certificate this CA (PEM) signed and is in date`),
+      ),
+    ),
+    tlsClientFingerprints: v.optional(
+      v.pipe(
+        v.array(Fingerprint, "must be a list of fingerprints"),
+        v.description(
+          `mutual TLS: accept ${peers} only with a certificate of these SHA-256 fingerprints ("SHA256:AB:CD:…")`,
+        ),
+      ),
+    ),
+    tlsMinVersion: v.optional(
+      v.pipe(
+        v.picklist(["1.2", "1.3"], (i) => `must be "1.2" or "1.3", not ${JSON.stringify(i.input)}`),
+        v.description('lowest TLS version accepted (default "1.3")'),
       ),
     ),
   };
@@ -222,6 +253,20 @@ export function announceFields(service: string) {
 /** The flags of announceFields' settings. */
 export const ANNOUNCE_FLAGS = { announce: "announce", name: "name" } as const;
 
+const FilePath = v.pipe(
+  v.string((i) => `must be a file path, not ${JSON.stringify(i.input)}`),
+  v.minLength(1, "must not be empty"),
+);
+
+/** A certificate's SHA-256 fingerprint, as `openssl x509 -noout -fingerprint -sha256` prints it after "SHA256:". */
+const Fingerprint = v.pipe(
+  v.string(),
+  v.regex(
+    /^[Ss][Hh][Aa]256:([0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$/,
+    (i) => `${JSON.stringify(i.input)} is not "SHA256:" and 32 bytes in hex`,
+  ),
+);
+
 /** The flags of the settings daemonFields gives (one name per setting; the flag wins). */
 export const DAEMON_FLAGS = {
   allowClients: "allow-client",
@@ -230,6 +275,11 @@ export const DAEMON_FLAGS = {
   quiet: "quiet",
   logFormat: "log-format",
   metrics: "metrics",
+  tlsCert: "tls-cert",
+  tlsKey: "tls-key",
+  tlsClientCa: "tls-client-ca",
+  tlsClientFingerprints: "tls-client-fingerprint",
+  tlsMinVersion: "tls-min-version",
 } as const;
 
 /** Storage size in bytes from a checked `storageSize` setting (default 64 MiB). */

@@ -4,7 +4,9 @@
  * at start (a listener beyond loopback, the socket systemd passed), then the wait for SIGINT/SIGTERM or
  * for the engine's death, and the shutdown in order: exit 0, or 1 so a supervisor restarts the daemon.
  */
+
 import { type FaceLogger, type LogFields, type LogFormat, streamLogger } from "../network-face/log.js";
+import type { TlsServerOptions } from "../network-face/tls.js";
 import { isLoopbackHost, parseIpPrefix } from "../util/ip-prefix.js";
 import { EngineWatch, packageVersion } from "./daemon.js";
 import type { ExportingServer } from "./exporting-server.js";
@@ -87,15 +89,19 @@ export class Daemon {
   /** Where the metrics and the status page are, as lines for stdout ("" without metrics). */
   addresses(): string {
     if (this.metrics === null) return "";
-    const m = this.metrics.address;
-    const at = `http://${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}`;
+    const at = this.metrics.url;
+    if (at.startsWith("unix:")) {
+      const path = at.slice(5);
+      return `metrics: ${at} (mode 0660; curl --unix-socket ${path} http://usbvirt/metrics; usbvirt status --metrics ${at})\n`;
+    }
     return `metrics: ${at}/metrics\nstatus page: ${at}/\n`;
   }
 
-  /** The metrics endpoint's HOST:PORT (what an announcement names), or null without one. */
+  /** The metrics endpoint's HOST:PORT (what an announcement names), or null without one or on a socket file. */
   statusAddress(): string | null {
     if (this.metrics === null) return null;
     const m = this.metrics.address;
+    if ("path" in m) return null; // not reachable from the network: nothing to announce
     return `${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}`;
   }
 
@@ -157,9 +163,11 @@ export function exposureWarning(
   bound: string,
   allowClients: readonly string[],
   face: Exposure = USBIP_EXPOSURE,
+  tls: TlsServerOptions | null = null,
 ): string | null {
   if (isLoopbackHost(bound)) return null;
   const at = bound.includes(":") ? `[${bound}]` : bound;
+  if (tls !== null) return tlsExposure(at, allowClients, face, tls);
   if (allowClients.length === 0) {
     return `listening on ${at} with no --allow-client list: any host that reaches this port can ${face.gains}`;
   }
@@ -173,6 +181,28 @@ export function exposureWarning(
     `listening on ${at}: ${face.protocol} has no authentication or encryption; only the --allow-client list` +
     ` (${allowClients.join(", ")}) decides who can ${face.gains}, and any host that has or spoofs an` +
     ` allowed address can ${face.spoofed}${wide}`
+  );
+}
+
+/** Under mutual TLS: what protects the port (said as an info line, not a warning). */
+function tlsExposure(
+  at: string,
+  allowClients: readonly string[],
+  face: Exposure,
+  tls: TlsServerOptions,
+): string {
+  const pins = tls.clientFingerprints?.length ?? 0;
+  const who = [
+    tls.clientCa !== undefined ? "a client certificate the --tls-client-ca signed" : "",
+    pins > 0 ? `a client certificate pinned by --tls-client-fingerprint (${pins})` : "",
+  ]
+    .filter((w) => w !== "")
+    .join(" and ");
+  const list =
+    allowClients.length > 0 ? ` from an address in --allow-client (${allowClients.join(", ")})` : "";
+  return (
+    `listening on ${at} with mutual TLS: a client must present ${who}${list}; whoever holds such a ` +
+    `certificate's key can ${face.gains}`
   );
 }
 
@@ -193,6 +223,8 @@ export interface ListenerNotes {
   readonly bound: string;
   readonly allowClients: readonly string[];
   readonly face: Exposure;
+  /** Mutual TLS on the listener (the note then says what protects it, at info level), or null. */
+  readonly tls?: TlsServerOptions | null;
   /** The descriptor systemd passed, or null. */
   readonly activated: number | null;
   /** The settings the passed socket replaces ("--bind/--port"). */
@@ -200,8 +232,10 @@ export interface ListenerNotes {
 }
 
 export function logListenerNotes(logger: FaceLogger, notes: ListenerNotes): void {
-  const exposure = exposureWarning(notes.bound, notes.allowClients, notes.face);
-  if (exposure !== null) logger.warn(exposure);
+  const tls = notes.tls ?? null;
+  const exposure = exposureWarning(notes.bound, notes.allowClients, notes.face, tls);
+  if (exposure !== null && tls !== null) logger.info(exposure);
+  else if (exposure !== null) logger.warn(exposure);
   if (notes.activated !== null) {
     logger.info(`listening on the socket systemd passed (fd ${notes.activated}), not ${notes.replaces}`);
   }

@@ -20,6 +20,7 @@
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { isIP } from "node:net";
+import { listenUnix, removeStaleSocket } from "../network-face/listener.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import type { ExportingServer } from "./exporting-server.js";
 import { type BoundAddress, hostAllowed, METRICS_LIMITS } from "./http-guard.js";
@@ -36,12 +37,24 @@ export class MetricsAddressError extends UsbvirtError {
 }
 registerErrorClass(MetricsAddressError);
 
-/** "[HOST:]PORT": a port 0..65535 (digits only) and an optional IPv4, [IPv6] or "localhost"; host 127.0.0.1. */
-export function parseMetricsAddress(text: string, allowZero = true): { host: string; port: number } {
+/** Where the metrics endpoint listens: a TCP port on an address, or a Unix-domain socket (mode 0660). */
+export type MetricsAt = { readonly host: string; readonly port: number } | { readonly path: string };
+
+/**
+ * "[HOST:]PORT": a port 0..65535 (digits only) and an optional IPv4, [IPv6] or "localhost"; host 127.0.0.1.
+ * "unix:PATH": a Unix-domain socket.
+ */
+export function parseMetricsAddress(text: string, allowZero = true): MetricsAt {
+  if (text.startsWith("unix:")) {
+    const path = text.slice(5);
+    if (path.length === 0 || path.includes("\0"))
+      throw new MetricsAddressError(`"${text}": unix: needs a file path`);
+    return { path };
+  }
   const m = /^(?:(\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):)?(\d{1,5})$/.exec(text);
   const bad = () =>
     new MetricsAddressError(
-      `"${text}" is not [HOST:]PORT (e.g. 9240, 127.0.0.1:9240, [::1]:9240) with a port in ${allowZero ? 0 : 1}..65535`,
+      `"${text}" is not [HOST:]PORT (e.g. 9240, 127.0.0.1:9240, [::1]:9240) with a port in ${allowZero ? 0 : 1}..65535, or unix:PATH`,
     );
   if (m === null) throw bad();
   const port = Number(m[2]);
@@ -193,9 +206,10 @@ export async function collectMetrics(server: ExportingServer, version: string): 
  * Refuse a request the endpoint does not serve at all: one that names another host (421), or carries a
  * body (413). Answers and returns true when it refused; the connection is closed after the answer.
  */
-function refused(req: IncomingMessage, res: ServerResponse, bound: BoundAddress): boolean {
+function refused(req: IncomingMessage, res: ServerResponse, bound: BoundAddress | null): boolean {
   const hosts = req.headersDistinct.host;
-  if (hosts === undefined || hosts.length !== 1 || !hostAllowed(hosts[0], bound)) {
+  // On a Unix-domain socket (bound null) no browser can be led to it by a name: any one Host does.
+  if (hosts === undefined || hosts.length !== 1 || (bound !== null && !hostAllowed(hosts[0], bound))) {
     res
       .writeHead(421, { "content-type": "text/plain", connection: "close" })
       .end("usbvirt: misdirected request: this endpoint answers only to the names it listens on\n");
@@ -221,7 +235,7 @@ export class MetricsEndpoint {
 
   static async start(
     server: ExportingServer,
-    where: { host: string; port: number },
+    where: MetricsAt,
     version: string,
     tracker: StatusTracker | null = null,
   ): Promise<MetricsEndpoint> {
@@ -237,7 +251,7 @@ export class MetricsEndpoint {
       },
       (req, res) => {
         const bound = http.address();
-        if (bound === null || typeof bound === "string" || refused(req, res, bound)) {
+        if (bound === null || refused(req, res, typeof bound === "string" ? null : bound)) {
           if (!res.headersSent) res.writeHead(503, { connection: "close" }).end();
           return;
         }
@@ -288,20 +302,31 @@ export class MetricsEndpoint {
     http.maxHeadersCount = limits.maxHeadersCount;
     // Node closes a connection over this as it arrives.
     http.maxConnections = limits.maxConnections;
+    if ("path" in where) await removeStaleSocket(where.path);
     await new Promise<void>((resolve, reject) => {
       http.once("error", reject);
-      http.listen(where.port, where.host, () => {
+      const listening = () => {
         http.off("error", reject);
         resolve();
-      });
+      };
+      if ("path" in where) listenUnix(http, where.path, listening);
+      else http.listen(where.port, where.host, listening);
     });
     return new MetricsEndpoint(http);
   }
 
-  get address(): { host: string; port: number } {
+  get address(): MetricsAt {
     const a = this.http.address();
-    if (a === null || typeof a === "string") return { host: String(a), port: 0 };
+    if (typeof a === "string") return { path: a };
+    if (a === null) return { host: "null", port: 0 };
     return { host: a.address, port: a.port };
+  }
+
+  /** How to reach it, for a message: http://HOST:PORT, or unix:PATH. */
+  get url(): string {
+    const m = this.address;
+    if ("path" in m) return `unix:${m.path}`;
+    return `http://${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}`;
   }
 
   close(): Promise<void> {

@@ -38,7 +38,14 @@ export function usbipSpecFromUrl(text: string): DeviceSpec | null {
 }
 
 /** `[HOST:]PORT` to listen at (host 127.0.0.1 unless given; port 0 picks a free one). */
-export function parseListenAddress(text: string): { host: string; port: number } {
+export function parseListenAddress(text: string): { host: string; port: number } | { path: string } {
+  if (text.startsWith("unix:")) {
+    const path = text.slice(5);
+    if (path.length === 0 || path.includes("\0")) {
+      throw new UsageError("redirect", `"${text}": unix: needs a file path`);
+    }
+    return { path };
+  }
   const m = /^(?:(\[[0-9A-Fa-f:.]+\]|[^:[\]]+):)?(\d{1,5})$/.exec(text);
   const host = m?.[1] === undefined ? "127.0.0.1" : m[1].replace(/^\[(.*)\]$/, "$1");
   const port = m === null ? -1 : Number(m[2]);
@@ -78,9 +85,12 @@ export const RedirectConfigSchema = v.pipe(
     ),
     listen: v.optional(
       v.pipe(
-        parsedBy(parseListenAddress, '[HOST:]PORT with a port in 0..65535 (e.g. "4000", "0.0.0.0:4000")'),
+        parsedBy(
+          parseListenAddress,
+          '[HOST:]PORT with a port in 0..65535 (e.g. "4000", "0.0.0.0:4000"), or unix:PATH',
+        ),
         v.description(
-          "listen for the VMM's chardev at [HOST:]PORT (host 127.0.0.1 unless given); excludes connect",
+          "listen for the VMM's chardev at [HOST:]PORT (host 127.0.0.1 unless given), or on a Unix-domain socket unix:PATH (mode 0660); excludes connect",
         ),
       ),
     ),

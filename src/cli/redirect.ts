@@ -4,6 +4,7 @@
  * `reconnect=N`) or connects to a chardev that listens (`server=on`), again with backoff whenever the
  * link drops. The device is any that `serve --device` takes, or one imported from a USB/IP server.
  */
+
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
 import type { FaceLogger } from "../network-face/log.js";
@@ -35,6 +36,7 @@ import {
   REDIRECT_SETTINGS,
   usbipSpecFromUrl,
 } from "./redirect-config.js";
+import { TLS_CLIENT_OPTIONS, TLS_SERVER_OPTIONS, tlsClientOptions, tlsServerOptions } from "./tls-flags.js";
 
 export { usbipSpecFromUrl } from "./redirect-config.js";
 
@@ -54,8 +56,8 @@ export const REDIRECT: CommandSpec = {
     {
       name: "listen",
       kind: "string",
-      value: "[HOST:]PORT",
-      help: "listen for QEMU's chardev to connect (host 127.0.0.1 unless given; port 0 picks a free one)",
+      value: "[HOST:]PORT|unix:PATH",
+      help: "listen for QEMU's chardev to connect (host 127.0.0.1 unless given; port 0 picks a free one; unix:PATH: a socket file, mode 0660)",
     },
     {
       name: "connect",
@@ -76,6 +78,9 @@ export const REDIRECT: CommandSpec = {
     QUIET_OPTION,
     LOG_FORMAT_OPTION,
     METRICS_OPTION,
+    // --tls-cert/--tls-key: our certificate, in both modes.
+    ...TLS_SERVER_OPTIONS,
+    ...TLS_CLIENT_OPTIONS,
   ],
   details: `One device per connection, as usbredir defines. In listen mode the device goes to one VM at a
 time; when the VM disconnects its transfers are cancelled, the device is released and the next
@@ -137,6 +142,38 @@ export async function redirectCommand(
       `${named("allow-client", "allowClients")} applies to --listen only: with --connect usbvirt chooses the peer`,
     );
   }
+  const listenAt = listen !== undefined ? parseListenAddress(listen) : null;
+  if (listenAt !== null && "path" in listenAt && allow.length > 0) {
+    throw new UsageError(
+      "redirect",
+      `${named("allow-client", "allowClients")} lists addresses: a unix: socket has none (its file mode 0660 and group decide)`,
+    );
+  }
+  // Listen: mutual TLS as serve has it; connect: the VMM verified, our certificate presented.
+  const serverTls = connect === undefined ? tlsServerOptions("redirect", config) : null;
+  const clientTls =
+    connect !== undefined
+      ? tlsClientOptions("redirect", { ...options, "tls-cert": config.tlsCert, "tls-key": config.tlsKey })
+      : null;
+  const wrongMode =
+    connect === undefined
+      ? (["tls-ca", "tls-server-fingerprint"] as const)
+      : (["tls-client-ca", "tls-client-fingerprint", "tls-min-version"] as const);
+  for (const flag of wrongMode) {
+    const v = options[flag];
+    if (v !== undefined && !(Array.isArray(v) && v.length === 0)) {
+      throw new UsageError(
+        "redirect",
+        `--${flag} applies to ${connect === undefined ? "--connect" : "--listen"} only`,
+      );
+    }
+  }
+  if (
+    connect !== undefined &&
+    (config.tlsClientCa !== undefined || config.tlsClientFingerprints !== undefined)
+  ) {
+    throw new UsageError("redirect", "tlsClientCa and tlsClientFingerprints apply to --listen only");
+  }
   const storage: Record<string, unknown> = {
     sizeBytes: storageBytes(config.storageSize),
     ...(config.storageFile !== undefined ? { file: config.storageFile } : {}),
@@ -157,11 +194,12 @@ export async function redirectCommand(
     logger,
     allow,
     version: `usbvirt ${packageVersion()}`,
+    ...(serverTls !== null ? { tls: serverTls } : {}),
     ...(where !== null
-      ? { connect: where }
+      ? { connect: clientTls !== null ? { ...where, tls: clientTls } : where }
       : activated !== null
         ? { listenFd: activated }
-        : { listen: parseListenAddress(listen!) }),
+        : { listen: listenAt! }),
   });
   const daemon = await Daemon.start({
     view: redirectStatusView(server),
@@ -171,7 +209,13 @@ export async function redirectCommand(
   });
   const bound = server.address;
   io.out(`usbvirt: redirecting ${server.name} (${describeSpec(spec)}) over usbredir\n`);
-  if (bound !== null) {
+  const socketPath = server.socketPath;
+  if (socketPath !== null) {
+    io.out(
+      `listening on ${socketPath} (mode 0660, group ${process.getgid?.() ?? "?"}); in QEMU:  -device qemu-xhci,id=xhci ` +
+        `-chardev socket,id=usbredir0,path=${socketPath},reconnect=2 -device usb-redir,chardev=usbredir0,bus=xhci.0\n`,
+    );
+  } else if (bound !== null) {
     const host = bound.host.includes(":") ? `[${bound.host}]` : bound.host;
     io.out(
       `listening on ${host}:${bound.port}; in QEMU:  -device qemu-xhci,id=xhci ` +
@@ -182,12 +226,13 @@ export async function redirectCommand(
       bound: bound.host,
       allowClients: allow,
       face: USBREDIR_EXPOSURE,
+      tls: serverTls,
       activated,
       replaces: "--listen",
     });
   } else {
     io.out(`connecting to ${where!.host}:${where!.port} (QEMU: -chardev socket,...,server=on,wait=off)\n`);
-    const exposure = dialWarning(where!.host, USBREDIR_EXPOSURE);
+    const exposure = clientTls === null ? dialWarning(where!.host, USBREDIR_EXPOSURE) : null;
     if (exposure !== null) logger.warn(exposure);
   }
   io.out(daemon.addresses());

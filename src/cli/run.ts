@@ -4,6 +4,7 @@
  * status: 0 success, 1 failure, 2 usage error. Everything a test needs to
  * replace (output, stop signal, logger, host listing) comes in through CliIo.
  */
+
 import { EMULATED_DEVICES, isEmulatedDeviceName } from "../devices/emulated/index.js";
 import { filterFromLists, needsSerial } from "../devices/host/filter.js";
 import { parseSelector, specFromSelector } from "../devices/host/select.js";
@@ -53,6 +54,14 @@ import { UsageError } from "./errors.js";
 import { REDIRECT, redirectCommand } from "./redirect.js";
 import { allowedExports, checkExplicitDevices, planPorts } from "./serve-hosts.js";
 import { STATUS, statusCommand } from "./status.js";
+import {
+  TLS_CERT_OPTION,
+  TLS_CLIENT_OPTIONS,
+  TLS_KEY_OPTION,
+  TLS_SERVER_OPTIONS,
+  tlsClientOptions,
+  tlsServerOptions,
+} from "./tls-flags.js";
 
 export interface CliIo {
   out(text: string): void;
@@ -187,6 +196,7 @@ const SERVE: CommandSpec = {
     METRICS_OPTION,
     ANNOUNCE_OPTION,
     NAME_OPTION,
+    ...TLS_SERVER_OPTIONS,
   ],
   details: `With no device selected, serve exports the emulated loopback, keyboard and a 64 MiB storage device.
 Host devices pass the filter first: --filter rules in order, then --deny, then --allow; the first rule that
@@ -240,6 +250,9 @@ const ATTACH: CommandSpec = {
       kind: "boolean",
       help: "exit 1 when the link is lost instead of reconnecting",
     },
+    ...TLS_CLIENT_OPTIONS,
+    TLS_CERT_OPTION,
+    TLS_KEY_OPTION,
   ],
   details: `Without --check the device stays attached until SIGINT/SIGTERM (exit 0). If the server closes the
 connection, or stays silent for --keepalive and then does not answer a status request within --timeout,
@@ -544,6 +557,7 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   if (specs.length > 31)
     throw new UsageError("serve", `at most 31 devices can be exported, ${specs.length} selected`);
   const allowClients = config.allowClients ?? [];
+  const tls = tlsServerOptions("serve", config);
 
   // The status page keeps each device's last log lines: it sees every line the log writes.
   const log = daemonLog(config, io.logger);
@@ -565,6 +579,7 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     logger,
     allow: allowClients,
     ...(listenFd !== null ? { listenFd } : {}),
+    ...(tls !== null ? { tls } : {}),
   });
   let hotplug: HostExports | null = null;
   if (rows !== null && (plan.wants.length > 0 || matchNew)) {
@@ -628,6 +643,7 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     bound: boundHost,
     allowClients,
     face: USBIP_EXPOSURE,
+    tls,
     activated: listenFd,
     replaces: "--bind/--port",
   });
@@ -651,11 +667,13 @@ async function attachCommand(positionals: readonly string[], options: Options, i
     throw new UsageError("attach", `"${busid}" is not a bus id like 1-1`);
   const timeoutMs = secondsOption(options, "timeout", DEFAULT_TIMEOUT_S, "attach");
   const keepaliveMs = secondsOption(options, "keepalive", DEFAULT_KEEPALIVE_S, "attach");
-  io.out(`usbvirt: importing ${busid} from ${host}:${port}\n`);
+  const tls = tlsClientOptions("attach", options);
+  io.out(`usbvirt: importing ${busid} from ${host}:${port}${tls !== null ? " over TLS" : ""}\n`);
   const att = await attachRemote({
     host,
     port,
     busid,
+    ...(tls !== null ? { tls } : {}),
     timeoutMs,
     keepaliveMs,
     reconnect: options["no-reconnect"] !== true,

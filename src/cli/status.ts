@@ -9,17 +9,18 @@ import { get } from "node:http";
 import { escapeControls } from "../network-face/log.js";
 import type { CommandSpec } from "./args.js";
 import { UsageError } from "./errors.js";
-import { DEFAULT_METRICS_PORT, parseMetricsAddress } from "./metrics.js";
+import { DEFAULT_METRICS_PORT, type MetricsAt, parseMetricsAddress } from "./metrics.js";
 import type { ServerStatus } from "./status-page.js";
 
 const FETCH_TIMEOUT_MS = 5000;
 /** A metrics page is a few KiB; anything past this is not ours. */
 const MAX_BODY_BYTES = 4 * 1024 * 1024;
 
-/** GET http://host:port/path with node:http (fetch refuses some ports) within FETCH_TIMEOUT_MS. */
-function httpGet(host: string, port: number, path: string): Promise<string> {
+/** GET http://host:port/path (or over a Unix-domain socket) with node:http (fetch refuses some ports) within FETCH_TIMEOUT_MS. */
+function httpGet(where: MetricsAt, path: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const req = get({ host, port, path, timeout: FETCH_TIMEOUT_MS }, (res) => {
+    const at = "path" in where ? { socketPath: where.path } : { host: where.host, port: where.port };
+    const req = get({ ...at, path, timeout: FETCH_TIMEOUT_MS }, (res) => {
       const chunks: Buffer[] = [];
       let size = 0;
       res.on("data", (c: Buffer) => {
@@ -48,8 +49,8 @@ export const STATUS: CommandSpec = {
     {
       name: "metrics",
       kind: "string",
-      value: "[HOST:]PORT",
-      help: `the server's metrics endpoint (default 127.0.0.1:${DEFAULT_METRICS_PORT})`,
+      value: "[HOST:]PORT|unix:PATH",
+      help: `the server's metrics endpoint, [HOST:]PORT or unix:PATH (default 127.0.0.1:${DEFAULT_METRICS_PORT})`,
     },
     { name: "json", kind: "boolean", help: "print the server's /status.json instead of a table" },
   ],
@@ -72,22 +73,24 @@ export async function statusCommand(
   io: StatusIo,
 ): Promise<number> {
   const text = typeof options.metrics === "string" ? options.metrics : String(DEFAULT_METRICS_PORT);
-  let where: { host: string; port: number };
+  let where: MetricsAt;
   try {
     where = parseMetricsAddress(text, false);
   } catch (err) {
     throw new UsageError("status", (err as Error).message);
   }
-  const host = where.host.includes(":") ? `[${where.host}]` : where.host;
-  const endpoint = `${host}:${where.port}`;
+  const endpoint =
+    "path" in where
+      ? `unix:${where.path}`
+      : `http://${where.host.includes(":") ? `[${where.host}]` : where.host}:${where.port}`;
   let body: string;
   try {
-    body = await httpGet(where.host, where.port, "/status.json");
+    body = await httpGet(where, "/status.json");
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     const why =
       e.code === "ECONNREFUSED" ? "nothing listens there (is 'usbvirt serve --metrics' running?)" : e.message;
-    throw new Error(`cannot read the status at http://${endpoint}/status.json: ${why}`);
+    throw new Error(`cannot read the status at ${endpoint}${"path" in where ? " " : ""}/status.json: ${why}`);
   }
   const report = JSON.parse(body) as ServerStatus;
   if (options.json === true) {

@@ -132,6 +132,14 @@ const milliseconds = v.pipe(
   v.maxValue(2 ** 31 - 1, "must be at most 2147483647 ms"),
 );
 
+/** A PEM file (a certificate, a key, CA certificates). */
+const PemFile = v.strictObject({ file: v.pipe(v.string(), v.minLength(1, "must not be empty")) });
+/** A certificate's SHA-256 fingerprint: "SHA256:" and 32 bytes in hex (colons optional). */
+const FingerprintText = v.pipe(
+  v.string(),
+  v.regex(/^[Ss][Hh][Aa]256:([0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$/, 'must be "SHA256:" and 32 bytes in hex'),
+);
+
 const UsbipSpec = v.pipe(
   v.strictObject({
     kind: v.literal("usbip"),
@@ -159,6 +167,15 @@ const UsbipSpec = v.pipe(
       ),
     ),
     placement: v.optional(workerOnly("usbip")),
+    tls: v.optional(
+      v.strictObject({
+        ca: v.optional(PemFile),
+        serverFingerprints: v.optional(v.array(FingerprintText)),
+        cert: v.optional(PemFile),
+        key: v.optional(PemFile),
+        servername: v.optional(v.pipe(v.string(), v.minLength(1, "must not be empty"))),
+      }),
+    ),
   }),
   v.check(
     (s) => (s.retryMinMs ?? 500) <= (s.retryMaxMs ?? 30_000),

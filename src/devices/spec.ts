@@ -2,6 +2,7 @@
  * What to put on a port, as plain data (it crosses threads by structured
  * clone): a built-in emulated device by name, or a host device (libusb).
  */
+import type { TlsClientOptions } from "../tls/tls-settings.js";
 export type EmulatedDeviceName = "loopback" | "keyboard" | "storage";
 
 export interface EmulatedDeviceSpec {
@@ -49,6 +50,8 @@ export interface UsbipDeviceSpec {
   readonly retryMaxMs?: number;
   /** Attempts before giving up (default: no limit). */
   readonly retryAttempts?: number;
+  /** Connect with TLS (src/tls/tls-settings.ts): the server verified by a CA or a pinned fingerprint, our certificate presented. */
+  readonly tls?: TlsClientOptions;
 }
 
 /** Which device to put on a port (not `DescriptorSpec`, what an emulated device describes itself as). */

@@ -1,16 +1,26 @@
 /**
  * What both network servers (USB/IP's `serve`, usbredir's `redirect`) do with their listening socket:
  * create it paused (each accepted connection is handed to a socket that reads where its server says,
- * util/read-into.ts), listen on a port or on an inherited descriptor (systemd socket activation), log
+ * util/read-into.ts), listen on a port, a Unix-domain socket or an inherited descriptor (systemd socket activation), log
  * the listener's later errors, refuse a peer outside the allowlist before anything is read from it, and
  * cap the connections held at once.
  */
-import { type BlockList, createServer, type Server, type Socket } from "node:net";
+import { chmodSync, chownSync, lstatSync, type Stats, unlinkSync } from "node:fs";
+import { type BlockList, connect, createServer, type Server, type Socket } from "node:net";
 import { allowedBy } from "../util/ip-prefix.js";
 import type { FaceLogger } from "./log.js";
 
-/** Where to listen: an already-listening descriptor, or a port on an address. */
-export type ListenAt = { readonly fd: number } | { readonly port: number; readonly host: string };
+/**
+ * Where to listen: an already-listening descriptor, a port on an address, or a Unix-domain socket at a
+ * path (created with mode 0660 and the process's group, so file permissions decide who may connect).
+ */
+export type ListenAt =
+  | { readonly fd: number }
+  | { readonly port: number; readonly host: string }
+  | { readonly path: string };
+
+/** Mode of a Unix-domain socket a server creates: owner and group may connect. */
+export const UNIX_SOCKET_MODE = 0o660;
 
 /** A TCP server whose accepted sockets start paused, with no Nagle delay and keep-alive on. */
 export function createPausedServer(): Server {
@@ -31,13 +41,72 @@ export async function listenAt(server: Server, at: ListenAt, log: FaceLogger): P
       resolve();
     };
     if ("fd" in at) server.listen({ fd: at.fd }, listening);
-    else server.listen(at.port, at.host, listening);
+    else if ("path" in at) {
+      removeStaleSocket(at.path)
+        .then(() => listenUnix(server, at.path, listening))
+        .catch(reject);
+    } else server.listen(at.port, at.host, listening);
   });
   server.on("error", (err) => log.error(`listener: ${String(err)}`));
 }
 
-/** A peer's "address:port", as the log lines name it. */
+/**
+ * Bind `path` with no permission for others from the first moment (the umask is narrowed around the
+ * bind, which listen() does synchronously), then set mode 0660 and the process's group explicitly.
+ */
+export function listenUnix(server: Server, path: string, listening: () => void): void {
+  const old = process.umask(0o117);
+  try {
+    server.listen(path, () => {
+      try {
+        chmodSync(path, UNIX_SOCKET_MODE);
+        chownSync(path, -1, process.getgid?.() ?? -1);
+      } catch (err) {
+        server.emit("error", err);
+        return;
+      }
+      listening();
+    });
+  } finally {
+    process.umask(old);
+  }
+}
+
+/**
+ * A socket file left by a process that is gone (nothing accepts on it) is removed; a live one, or a
+ * path that is not a socket, is an error naming it.
+ */
+export async function removeStaleSocket(path: string): Promise<void> {
+  let stat: Stats;
+  try {
+    stat = lstatSync(path);
+  } catch {
+    return; // nothing there
+  }
+  if (!stat.isSocket()) throw new Error(`${path} exists and is not a socket`);
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = connect(path);
+    probe.once("connect", () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once("error", () => resolve(false));
+  });
+  if (live) throw new Error(`${path}: another process listens on it`);
+  unlinkSync(path);
+}
+
+let localPeers = 0;
+
+/** A peer's "address:port", as the log lines name it (a Unix-domain peer: "local#N", N counting connections). */
 export function peerName(socket: Socket): string {
+  if (
+    socket.remoteAddress === undefined &&
+    socket.remotePort === undefined &&
+    socket.localPort === undefined
+  ) {
+    return `local#${++localPeers}`;
+  }
   return `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
 }
 

@@ -22,6 +22,7 @@ import { LoopbackRequest } from "../devices/emulated/loopback.js";
 import { Connection } from "../engine/connection.js";
 import { type EnumeratedDevice, GuestUsbDriver } from "../guest/guest-driver.js";
 import { peerText } from "../network-face/log.js";
+import type { TlsClientOptions } from "../tls/tls-settings.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { RequestTypeByte } from "../usb/index.js";
 import { USBIP_PORT } from "../usbip/protocol.js";
@@ -41,6 +42,8 @@ export interface AttachOptions {
   readonly retryMinMs?: number;
   readonly retryMaxMs?: number;
   readonly retryAttempts?: number;
+  /** Connect with TLS (verify the server, present a client certificate). */
+  readonly tls?: TlsClientOptions;
   /** Every transition, one line each (lost, each attempt, reconnected, a stalled reset). */
   readonly log?: (line: string) => void;
 }
@@ -131,6 +134,7 @@ export async function attachRemote(options: AttachOptions): Promise<AttachedDevi
       ...(options.retryMinMs !== undefined ? { retryMinMs: options.retryMinMs } : {}),
       ...(options.retryMaxMs !== undefined ? { retryMaxMs: options.retryMaxMs } : {}),
       ...(options.retryAttempts !== undefined ? { retryAttempts: options.retryAttempts } : {}),
+      ...(options.tls !== undefined ? { tls: options.tls } : {}),
     });
     const guest = new GuestUsbDriver(conn.frontend!, conn.handles);
     let device = await guest.enumerate(port, address);

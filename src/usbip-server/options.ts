@@ -8,6 +8,7 @@ import type { ConnectionOptions } from "../engine/connection.js";
 import { UNLINK_RESERVED_SLOTS } from "../frontend/controller.js";
 import { checkPeerBounds, type PeerBounds, type PeerBoundsOptions } from "../network-face/bounds.js";
 import type { FaceLogger } from "../network-face/log.js";
+import { checkTlsServerOptions, type TlsServerOptions, type TlsServerSettings } from "../network-face/tls.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { buildAllowList } from "../util/ip-prefix.js";
 
@@ -55,6 +56,12 @@ export interface UsbipServerOptions extends PeerBoundsOptions {
    * stall it, as a server that hands the request to the device does (tests of clients that must cope).
    */
   readonly portReset?: "reset" | "stall";
+  /**
+   * Mutual TLS (network-face/tls.ts): every connection must complete a TLS handshake (within
+   * handshakeTimeoutMs) and present a client certificate the client CA signed and/or one pinned by its
+   * fingerprint before any USB/IP byte is read or answered.
+   */
+  readonly tls?: TlsServerOptions;
 }
 
 /** URB ring slots the exported devices share (the controller keeps the rest for unlinks). */
@@ -67,6 +74,8 @@ export interface CheckedOptions {
   readonly guestMemoryMiB: number;
   /** Each client's bounds; maxUrbs is at most its share of the URB ring's slots. */
   readonly bounds: PeerBounds;
+  /** TLS settings, files read (null: plain TCP). */
+  readonly tls: TlsServerSettings | null;
 }
 
 /** Check `options` (throws UsbipServerError naming the option) and derive the sizes start() needs. */
@@ -96,7 +105,16 @@ export function checkOptions(options: UsbipServerOptions): CheckedOptions {
     ringShare,
     (message) => new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", message),
   );
+  let tls: TlsServerSettings | null = null;
+  try {
+    if (options.tls !== undefined) tls = checkTlsServerOptions(options.tls);
+  } catch (err) {
+    throw new UsbipServerError("ERR_USBVIRT_USBIP_OPTIONS", `options.tls: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
   return {
+    tls,
     devices,
     guestMemoryMiB: mib,
     bounds: { ...bounds, maxUrbs: Math.min(bounds.maxUrbs, ringShare) },

@@ -64,6 +64,7 @@ import {
 } from "../network-face/listener.js";
 import { escapingLogger, type FaceLogger, peerText, stderrLogger } from "../network-face/log.js";
 import { PeerShare, ReadTarget } from "../network-face/share.js";
+import { TlsFace } from "../network-face/tls.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { setAddressSetup } from "../usb/index.js";
 import { encodeDevlistReply, encodeImportReply, readOpRequest } from "../usbip/management-pdus.js";
@@ -98,6 +99,8 @@ export class UsbipServer extends EventEmitter {
   /** Each client's bounds (network-face/bounds.ts), and the cap on connections held at once. */
   private readonly bounds: PeerBounds;
   private readonly cap: ConnectionCap;
+  /** Mutual TLS on every connection (null: plain TCP). */
+  private readonly tls: TlsFace | null;
   private closing: Promise<void> | null = null;
   /** Each port's region of guest memory (index: port - 1), kept for devices exported later. */
   private readonly regions: readonly { readonly memory: GuestBufferAllocator; readonly bytes: number }[];
@@ -108,7 +111,7 @@ export class UsbipServer extends EventEmitter {
     slots: Slot[],
     server: Server,
     options: UsbipServerOptions,
-    shares: { bounds: PeerBounds; scratchFrames: number },
+    shares: { bounds: PeerBounds; scratchFrames: number; tls: TlsFace | null },
     regions: readonly { readonly memory: GuestBufferAllocator; readonly bytes: number }[],
   ) {
     super();
@@ -124,6 +127,7 @@ export class UsbipServer extends EventEmitter {
     );
     this.bounds = shares.bounds;
     this.cap = new ConnectionCap(this.bounds.maxConnections, this.log);
+    this.tls = shares.tls;
     this.urbPhase = new UrbPhase(
       this.hcd,
       new Uint8Array(this.memory),
@@ -145,7 +149,9 @@ export class UsbipServer extends EventEmitter {
 
   /** Bring up the engine, attach and describe every device, then listen. */
   static async start(options: UsbipServerOptions): Promise<UsbipServer> {
-    const { devices, guestMemoryMiB: mib, bounds } = checkOptions(options); // before any worker starts
+    const { devices, guestMemoryMiB: mib, bounds, tls } = checkOptions(options); // before any worker starts
+    const log = escapingLogger(options.logger ?? stderrLogger);
+    const tlsFace = tls === null ? null : new TlsFace(tls, bounds.handshakeMs, log);
     const specs = options.devices;
     const scratchFrames = Math.max(64, SCRATCH_FRAMES_PER_DEVICE * devices);
     const frames = bytesToFrames(mib * 1024 * 1024);
@@ -185,7 +191,7 @@ export class UsbipServer extends EventEmitter {
         slots,
         server,
         options,
-        { bounds, scratchFrames: Math.floor(scratchFrames / devices) },
+        { bounds, scratchFrames: Math.floor(scratchFrames / devices), tls: tlsFace },
         regions,
       );
       await listenAt(
@@ -264,6 +270,11 @@ export class UsbipServer extends EventEmitter {
     return true;
   }
 
+  /** Whether connections need mutual TLS. */
+  get tlsRequired(): boolean {
+    return this.tls !== null;
+  }
+
   /** Where the server listens. */
   get address(): { host: string; port: number } {
     const a = this.server.address();
@@ -332,9 +343,26 @@ export class UsbipServer extends EventEmitter {
     }
     if (!admitPeer(raw, peer, this.allow, this.log)) return;
     if (!this.cap.admit(raw, peer)) return;
-    const reads = new ReadTarget();
-    const adopted = adoptWithReadBuffer(raw, reads.options);
-    const socket = adopted ?? raw;
+    if (this.tls === null) {
+      const reads = new ReadTarget();
+      const adopted = adoptWithReadBuffer(raw, reads.options);
+      this.open(adopted ?? raw, peer, adopted === null ? null : reads);
+      return;
+    }
+    // TLS: the plaintext comes as the TLS socket's chunks, copied where it goes (no read into guest memory).
+    this.tls.handshake(raw, peer, {
+      secure: (socket, name) => {
+        if (this.closing !== null) {
+          socket.destroy();
+          this.cap.release();
+        } else this.open(socket, name, null);
+      },
+      refused: () => this.cap.release(),
+    });
+  }
+
+  /** An admitted connection (through its TLS handshake, if any); `reads` when it reads through onread. */
+  private open(socket: Socket, peer: string, reads: ReadTarget | null): void {
     const s = new Session(
       this.urbPhase,
       peer,
@@ -355,17 +383,18 @@ export class UsbipServer extends EventEmitter {
         }),
       this.log,
     );
-    reads.sink = {
-      get readsDone() {
-        return s.phase === "closed";
-      },
-      directTarget: () => s.directTarget(),
-      received: (chunk) => this.onChunk(s, chunk, true),
-      receivedDirect: (n) => {
-        if (s.phase === "urb") this.urbPhase.receivedDirect(s, n);
-      },
-    };
-    if (adopted === null) socket.on("data", (chunk: Buffer) => this.onChunk(s, chunk, false));
+    if (reads !== null) {
+      reads.sink = {
+        get readsDone() {
+          return s.phase === "closed";
+        },
+        directTarget: () => s.directTarget(),
+        received: (chunk) => this.onChunk(s, chunk, true),
+        receivedDirect: (n) => {
+          if (s.phase === "urb") this.urbPhase.receivedDirect(s, n);
+        },
+      };
+    } else socket.on("data", (chunk: Buffer) => this.onChunk(s, chunk, false));
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
     this.sessions.add(s);
@@ -535,6 +564,7 @@ export class UsbipServer extends EventEmitter {
       // Stop listening. Its callback would wait for the accepted sockets the server counts, which
       // adopted connections never close: the sessions are ended below instead.
       this.server.close();
+      this.tls?.close();
       const drains: Promise<void>[] = [];
       for (const s of [...this.sessions]) {
         this.end(s, "server shutting down", "info");

@@ -25,6 +25,7 @@
  */
 import { EventEmitter } from "node:events";
 import { type Socket, connect as tcpConnect } from "node:net";
+import { checkTlsClientOptions, connectTls, type TlsClientOptions } from "../tls/tls-settings.js";
 import { encodeSetup, getDeviceStatusSetup } from "../usb/index.js";
 import { ByteQueue } from "../util/byte-queue.js";
 import { InvalidOptionError, registerErrorClass, UsbvirtError } from "../util/errors.js";
@@ -106,8 +107,10 @@ interface Pending {
 export interface ClientOptions {
   readonly host: string;
   readonly port?: number;
-  /** Bound on connecting and on each OP request's reply (default 5000 ms). */
+  /** Bound on connecting (with TLS: and its handshake) and on each OP request's reply (default 5000 ms). */
   readonly timeoutMs?: number;
+  /** Connect with TLS: verify the server (CA and host name, or a pinned fingerprint), present a client certificate. */
+  readonly tls?: TlsClientOptions;
 }
 
 export const DEFAULT_CLIENT_TIMEOUT_MS = 5000;
@@ -191,8 +194,11 @@ export class UsbipClient extends EventEmitter {
     const timeoutMs = options.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS;
     checkTimeout(timeoutMs, "timeoutMs");
     const where = `${options.host}:${options.port ?? USBIP_PORT}`;
+    // Checked (files read) before connecting: a wrong setting is the caller's error, not the server's.
+    const tls = options.tls === undefined ? null : checkTlsClientOptions(options.tls);
     return new Promise((resolve, reject) => {
-      const socket = tcpConnect({ host: options.host, port: options.port ?? USBIP_PORT });
+      const at = { host: options.host, port: options.port ?? USBIP_PORT };
+      const socket = tls === null ? tcpConnect(at) : connectTls(at, tls);
       const timer = setTimeout(() => {
         socket.destroy();
         reject(
@@ -201,17 +207,18 @@ export class UsbipClient extends EventEmitter {
           ),
         );
       }, timeoutMs);
-      socket.once("connect", () => {
+      socket.once(tls === null ? "connect" : "verified", () => {
         clearTimeout(timer);
         socket.removeAllListeners("error");
         resolve(new UsbipClient(socket, options));
       });
       socket.once("error", (err) => {
         clearTimeout(timer);
+        socket.destroy();
         reject(
           new UsbipClientError(
             "ERR_USBVIRT_USBIP_CONNECT",
-            `cannot connect to the USB/IP server ${where}: ${err.message}`,
+            `cannot connect to the USB/IP server ${where}${tls === null ? "" : " with TLS"}: ${err.message}`,
             { cause: err },
           ),
         );

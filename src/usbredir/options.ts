@@ -6,6 +6,8 @@ import type { DeviceSpec } from "../devices/spec.js";
 import type { ConnectionOptions } from "../engine/connection.js";
 import { checkPeerBounds, type PeerBounds, type PeerBoundsOptions } from "../network-face/bounds.js";
 import type { FaceLogger } from "../network-face/log.js";
+import { checkTlsServerOptions, type TlsServerOptions, type TlsServerSettings } from "../network-face/tls.js";
+import { checkTlsClientOptions, type TlsClientOptions, type TlsClientSettings } from "../tls/tls-settings.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { buildAllowList } from "../util/ip-prefix.js";
 
@@ -20,6 +22,8 @@ registerErrorClass(UsbredirServerError);
 export interface UsbredirEndpoint {
   readonly host: string;
   readonly port: number;
+  /** Connect with TLS (verify the VMM's certificate, present ours). */
+  readonly tls?: TlsClientOptions;
 }
 
 /**
@@ -31,8 +35,11 @@ export interface UsbredirEndpoint {
 export interface UsbredirServerOptions extends PeerBoundsOptions {
   /** The device to redirect (what `serve --device` takes). */
   readonly device: DeviceSpec;
-  /** Listen here for the VMM (host default 127.0.0.1). Exactly one of listen, listenFd and connect. */
-  readonly listen?: { readonly host?: string; readonly port: number };
+  /**
+   * Listen here for the VMM: a TCP port (host default 127.0.0.1), or a Unix-domain socket at `path`
+   * (mode 0660, the process's group; QEMU `-chardev socket,path=…`). Exactly one of listen, listenFd and connect.
+   */
+  readonly listen?: { readonly host?: string; readonly port: number } | { readonly path: string };
   /** Listen on this already-listening socket (systemd socket activation). */
   readonly listenFd?: number;
   /** Connect to a VMM that listens (QEMU `-chardev socket,server=on`); reconnects with backoff. */
@@ -49,6 +56,12 @@ export interface UsbredirServerOptions extends PeerBoundsOptions {
   readonly version?: string;
   /** Extra engine options (tests). */
   readonly connection?: Omit<ConnectionOptions, "ports" | "memory">;
+  /**
+   * Listen modes: mutual TLS (network-face/tls.ts) — the peer must complete a TLS handshake (within
+   * handshakeTimeoutMs) with a client certificate the client CA signed and/or one pinned by its
+   * fingerprint before our hello is sent or anything of its is read. Connect mode: `connect.tls`.
+   */
+  readonly tls?: TlsServerOptions;
 }
 
 /** URBs one connection may have in the engine by default. */
@@ -58,6 +71,8 @@ export const DEFAULT_MAX_URBS = 128;
 export function checkOptions(options: UsbredirServerOptions): {
   readonly guestMemoryMiB: number;
   readonly bounds: PeerBounds;
+  readonly tls: TlsServerSettings | null;
+  readonly connectTls: TlsClientSettings | null;
 } {
   const modes = [options.listen, options.listenFd, options.connect].filter((m) => m !== undefined).length;
   if (modes !== 1) {
@@ -67,6 +82,20 @@ export function checkOptions(options: UsbredirServerOptions): {
     );
   }
   buildAllowList(options.allow, (reason) => new UsbredirServerError("ERR_USBVIRT_USBREDIR_OPTIONS", reason));
+  if (options.listen !== undefined && "path" in options.listen) {
+    if (typeof options.listen.path !== "string" || options.listen.path.length === 0) {
+      throw new UsbredirServerError(
+        "ERR_USBVIRT_USBREDIR_OPTIONS",
+        "options.listen.path must be a file path",
+      );
+    }
+    if ((options.allow?.length ?? 0) > 0) {
+      throw new UsbredirServerError(
+        "ERR_USBVIRT_USBREDIR_OPTIONS",
+        "options.allow lists addresses: a Unix-domain socket has none (its file permissions decide)",
+      );
+    }
+  }
   const mib = options.guestMemoryMiB ?? 16;
   if (!Number.isInteger(mib) || mib < 8 || mib > 1024) {
     throw new UsbredirServerError(
@@ -88,5 +117,27 @@ export function checkOptions(options: UsbredirServerOptions): {
       );
     }
   }
-  return { guestMemoryMiB: mib, bounds };
+  if (options.tls !== undefined && options.connect !== undefined) {
+    throw new UsbredirServerError(
+      "ERR_USBVIRT_USBREDIR_OPTIONS",
+      "options.tls applies to the listen modes; connect mode takes connect.tls",
+    );
+  }
+  const fail = (key: string, err: unknown) =>
+    new UsbredirServerError("ERR_USBVIRT_USBREDIR_OPTIONS", `options.${key}: ${(err as Error).message}`, {
+      cause: err,
+    });
+  let tls: TlsServerSettings | null = null;
+  let connectTls: TlsClientSettings | null = null;
+  try {
+    if (options.tls !== undefined) tls = checkTlsServerOptions(options.tls);
+  } catch (err) {
+    throw fail("tls", err);
+  }
+  try {
+    if (options.connect?.tls !== undefined) connectTls = checkTlsClientOptions(options.connect.tls);
+  } catch (err) {
+    throw fail("connect.tls", err);
+  }
+  return { guestMemoryMiB: mib, bounds, tls, connectTls };
 }

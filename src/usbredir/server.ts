@@ -36,6 +36,7 @@
  */
 import { EventEmitter } from "node:events";
 import { type BlockList, connect as netConnect, type Server, type Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
 import { PortStartError } from "../backend/port-link.js";
 import { describeSpec } from "../devices/spec.js";
 import { bytesToFrames, frameToOffset, guestFrame } from "../dma-map/types.js";
@@ -55,6 +56,8 @@ import {
 } from "../network-face/listener.js";
 import { escapingLogger, type FaceLogger, peerText, stderrLogger } from "../network-face/log.js";
 import { PeerShare, ReadTarget } from "../network-face/share.js";
+import { TlsFace } from "../network-face/tls.js";
+import { connectTls, type TlsClientSettings } from "../tls/tls-settings.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { endpointIsIn, setConfigurationSetup } from "../usb/index.js";
 import { buildAllowList } from "../util/ip-prefix.js";
@@ -121,6 +124,14 @@ const ADDRESS = 1 as DevAddr;
 const DRIVER_FRAMES = 16;
 const SCRATCH_FRAMES = 64;
 
+/**
+ * Plaintext per TLS record we send. QEMU's socket chardev reads at most 4096 bytes per wakeup and (7.2 at
+ * least) waits for the socket to be readable again for the rest: plaintext that gnutls decrypted and
+ * still holds is never read, so a 4106-byte data packet in one record stalls the link. Records of at most
+ * 4096 bytes are read whole each time.
+ */
+const QEMU_TLS_RECORD_BYTES = 4096;
+
 export class UsbredirServer extends EventEmitter {
   private readonly log: FaceLogger;
   private readonly hcd: VirtualHostController;
@@ -133,6 +144,10 @@ export class UsbredirServer extends EventEmitter {
   /** Each connection's bounds (network-face/bounds.ts), and the cap on connections held at once. */
   private readonly bounds: PeerBounds;
   private readonly cap: ConnectionCap;
+  /** Listen modes: mutual TLS on every connection (null: plain TCP). */
+  private readonly tls: TlsFace | null;
+  /** Connect mode: TLS to the VMM (null: plain TCP). */
+  private readonly connectTls: TlsClientSettings | null;
   /** Connections refused because the device is redirected to another peer: logged once per interval. */
   private readonly busyRefusals: RefusalLog;
   private readonly version: string;
@@ -157,7 +172,7 @@ export class UsbredirServer extends EventEmitter {
     readonly name: string,
     description: DeviceDescription,
     private readonly options: UsbredirServerOptions,
-    bounds: PeerBounds,
+    checked: ReturnType<typeof checkOptions>,
   ) {
     super();
     this.hcd = connection.frontend!;
@@ -166,8 +181,11 @@ export class UsbredirServer extends EventEmitter {
     const first = frameToOffset(guestFrame(1 + DRIVER_FRAMES));
     const end = frameToOffset(guestFrame(connection.handles.scratchFirstFrame));
     this.log = escapingLogger(options.logger ?? stderrLogger);
+    const bounds = checked.bounds;
     this.bounds = bounds;
     this.cap = new ConnectionCap(bounds.maxConnections, this.log);
+    this.tls = checked.tls === null ? null : new TlsFace(checked.tls, bounds.handshakeMs, this.log);
+    this.connectTls = checked.connectTls;
     this.busyRefusals = new RefusalLog(this.log);
     this.allow = buildAllowList(
       options.allow,
@@ -234,7 +252,8 @@ export class UsbredirServer extends EventEmitter {
 
   /** Bring up the engine, attach and describe the device, then listen or connect. */
   static async start(options: UsbredirServerOptions): Promise<UsbredirServer> {
-    const { guestMemoryMiB: mib, bounds } = checkOptions(options);
+    const checked = checkOptions(options);
+    const { guestMemoryMiB: mib } = checked;
     const connection = await Connection.create({
       backendThread: "shared",
       ...options.connection,
@@ -258,7 +277,7 @@ export class UsbredirServer extends EventEmitter {
       const guest = new GuestUsbDriver(connection.frontend!, connection.handles);
       const description = await readDeviceDescription(guest, PORT);
       const name = `${summary.name} ${hex(description.vendorId, 4).slice(2)}:${hex(description.productId, 4).slice(2)}`;
-      const self = new UsbredirServer(connection, guest, name, description, options, bounds);
+      const self = new UsbredirServer(connection, guest, name, description, options, checked);
       if (options.connect !== undefined) self.dial();
       else await self.listen();
       return self;
@@ -273,7 +292,13 @@ export class UsbredirServer extends EventEmitter {
     return { vendorId: this.model.description.vendorId, productId: this.model.description.productId };
   }
 
-  /** Where the server listens (listen mode). */
+  /** The Unix-domain socket the server listens on (listen mode on a path), or null. */
+  get socketPath(): string | null {
+    const a = this.listener?.address();
+    return typeof a === "string" ? a : null;
+  }
+
+  /** Where the server listens (listen mode on a TCP port). */
   get address(): { host: string; port: number } | null {
     const a = this.listener?.address();
     if (a === null || a === undefined || typeof a === "string") return null;
@@ -325,16 +350,37 @@ export class UsbredirServer extends EventEmitter {
         return;
       }
       if (!this.cap.admit(socket, peer)) return;
-      const reads = new ReadTarget();
-      const adopted = adoptWithReadBuffer(socket, reads.options);
-      this.open(adopted ?? socket, peer, adopted === null ? null : reads);
+      if (this.tls === null) {
+        const reads = new ReadTarget();
+        const adopted = adoptWithReadBuffer(socket, reads.options);
+        this.open(adopted ?? socket, peer, adopted === null ? null : reads);
+        return;
+      }
+      // TLS: the plaintext comes as the TLS socket's chunks, copied where it goes.
+      this.tls.handshake(socket, peer, {
+        secure: (tlsSocket, name) => {
+          if (this.closing !== null || this.session !== null) {
+            if (this.session !== null) {
+              this.busyRefusals.refuse(name, `${this.name} is redirected to ${this.session.peer}`);
+            }
+            tlsSocket.destroy();
+            this.cap.release();
+          } else {
+            tlsSocket.setMaxSendFragment(QEMU_TLS_RECORD_BYTES);
+            this.open(tlsSocket, name, null);
+          }
+        },
+        refused: () => this.cap.release(),
+      });
     });
     const o = this.options;
     await listenAt(
       server,
       o.listenFd !== undefined
         ? { fd: o.listenFd }
-        : { port: o.listen!.port, host: o.listen!.host ?? "127.0.0.1" },
+        : "path" in o.listen!
+          ? { path: o.listen.path }
+          : { port: o.listen!.port, host: o.listen!.host ?? "127.0.0.1" },
       this.log,
     );
   }
@@ -345,16 +391,25 @@ export class UsbredirServer extends EventEmitter {
     const { host, port } = this.options.connect!;
     const peer = `${host}:${port}`;
     const reads = new ReadTarget();
-    const socket = netConnect({
-      host,
-      port,
-      noDelay: true,
-      keepAlive: true,
-      keepAliveInitialDelay: 30_000,
-      onread: reads.options,
-    });
+    const tls = this.connectTls;
+    const socket =
+      tls === null
+        ? netConnect({
+            host,
+            port,
+            noDelay: true,
+            keepAlive: true,
+            keepAliveInitialDelay: 30_000,
+            onread: reads.options,
+          })
+        : connectTls({ host, port, onread: reads.options }, tls);
+    if (tls !== null) {
+      socket.setKeepAlive(true, 30_000);
+      (socket as TLSSocket).setMaxSendFragment(QEMU_TLS_RECORD_BYTES);
+    }
     let opened = false;
-    socket.once("connect", () => {
+    // With TLS the connection is opened once the VMM's certificate passed (and TLS reads go through onread too).
+    socket.once(tls === null ? "connect" : "verified", () => {
       opened = true;
       this.log.info(`connected to ${peer}`, { client: peer });
       if (this.cap.admit(socket, peer)) this.open(socket, peer, reads);
@@ -780,6 +835,7 @@ export class UsbredirServer extends EventEmitter {
       if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
       this.reconnectTimer = null;
       this.listener?.close();
+      this.tls?.close();
       for (const s of [...this.sessions]) this.end(s, "server shutting down", "info");
       await Promise.race([this.draining, new Promise((r) => setTimeout(r, 3000).unref())]);
       await this.connection.close();

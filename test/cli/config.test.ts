@@ -74,6 +74,19 @@ describe("redirect's settings schema", () => {
 });
 
 describe("the warning about listening beyond loopback", () => {
+  it("under mutual TLS says what protects the port", () => {
+    const tls = { cert: "c", key: "k", clientCa: { file: "ca.pem" }, clientFingerprints: ["SHA256:00"] };
+    expect(exposureWarning("0.0.0.0", [], USBREDIR_EXPOSURE, tls)).toBe(
+      "listening on 0.0.0.0 with mutual TLS: a client must present a client certificate the --tls-client-ca " +
+        "signed and a client certificate pinned by --tls-client-fingerprint (1); whoever holds such a " +
+        "certificate's key can take the device",
+    );
+    expect(
+      exposureWarning("0.0.0.0", ["10.0.0.0/8"], undefined, { cert: "c", key: "k", clientCa: "x" }),
+    ).toMatch(/signed from an address in --allow-client \(10\.0\.0\.0\/8\);/);
+    expect(exposureWarning("127.0.0.1", [], undefined, tls)).toBeNull();
+  });
+
   it("says what an allowlist does not do", () => {
     expect(exposureWarning("127.0.0.1", [])).toBeNull();
     expect(exposureWarning("::1", ["::1"])).toBeNull();

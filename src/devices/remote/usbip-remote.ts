@@ -115,6 +115,7 @@ export class UsbipRemoteDevice implements UsbDevice {
       host: this.spec.host,
       port: this.spec.port ?? 3240,
       timeoutMs: this.timeoutMs,
+      ...(this.spec.tls !== undefined ? { tls: this.spec.tls } : {}),
     });
     this.client = client;
     let deadline: NodeJS.Timeout | undefined;
