@@ -37,8 +37,9 @@ const LAYERS: Readonly<Record<string, number>> = {
   "usbip-attach": 14,
   usbredir: 14,
   soak: 14,
-  cli: 15,
-  "": 16, // the package's entry points: index.ts, internals.ts
+  toolstack: 15, // the control socket, its protocol, runtime bind/assign and the state they keep
+  cli: 16,
+  "": 17, // the package's entry points: index.ts, internals.ts
 };
 
 /** One file's relative imports, as paths relative to src/ (posix, `.ts`). */

@@ -157,6 +157,18 @@ export const LOG_FORMAT_OPTION: OptionSpec = {
   value: "text|json",
   help: "log lines as text (default) or one JSON object per line (time, level, message, client, busid)",
 };
+export const CONTROL_OPTION: OptionSpec = {
+  name: "control",
+  kind: "string",
+  value: "PATH",
+  help: 'open a control socket for usbvirt ctl (mode 0660; "default": $RUNTIME_DIRECTORY/control.sock or $XDG_RUNTIME_DIR/usbvirt/control.sock)',
+};
+export const STATE_DIR_OPTION: OptionSpec = {
+  name: "state-dir",
+  kind: "string",
+  value: "DIR",
+  help: "with --control: keep runtime bindings and assignments here (default $STATE_DIRECTORY or $XDG_STATE_HOME/usbvirt)",
+};
 export const CONFIG_OPTION: OptionSpec = {
   name: "config",
   kind: "string",

@@ -250,6 +250,41 @@ export function announceFields(service: string) {
   };
 }
 
+/** The control socket and the state it keeps (src/toolstack): both daemon commands take them. */
+export function steeringFields() {
+  return {
+    control: v.optional(
+      v.pipe(
+        v.union(
+          [
+            v.boolean(),
+            v.pipe(
+              v.string(),
+              v.minLength(1, "must not be empty"),
+              v.maxLength(107, "is longer than a Unix socket path may be (107 bytes)"),
+            ),
+          ],
+          (i) => `must be a socket path or true, not ${JSON.stringify(i.input)}`,
+        ),
+        v.description(
+          "open a control socket (usbvirt ctl) at this path (true: $RUNTIME_DIRECTORY/control.sock or $XDG_RUNTIME_DIR/usbvirt/control.sock)",
+        ),
+      ),
+    ),
+    stateDir: v.optional(
+      v.pipe(
+        v.string((i) => `must be a folder path, not ${JSON.stringify(i.input)}`),
+        v.minLength(1, "must not be empty"),
+        v.description(
+          "keep the bindings and assignments made through the control socket here (default $STATE_DIRECTORY or $XDG_STATE_HOME/usbvirt)",
+        ),
+      ),
+    ),
+  };
+}
+
+export const STEERING_FLAGS = { control: "control", stateDir: "state-dir" } as const;
+
 /** The flags of announceFields' settings. */
 export const ANNOUNCE_FLAGS = { announce: "announce", name: "name" } as const;
 
@@ -347,6 +382,7 @@ export const ServeConfigSchema = v.pipe(
     ),
     ...daemonFields("USB/IP clients"),
     ...announceFields("_usbip._tcp"),
+    ...steeringFields(),
   }),
   v.title("usbvirt serve configuration"),
   v.description("Settings of `usbvirt serve --config FILE`; command-line flags win over them."),
@@ -382,6 +418,7 @@ export const SERVE_SETTINGS: CommandSettings<ServeConfig> = {
     matchNew: "match-new",
     ...DAEMON_FLAGS,
     ...ANNOUNCE_FLAGS,
+    ...STEERING_FLAGS,
   },
   numericFlags: ["port"],
 };

@@ -13,6 +13,7 @@ import { describeSpec } from "../devices/spec.js";
 import { discover } from "../discovery/browser.js";
 import { parseDeviceSelector } from "../discovery/select.js";
 import { escapeControls, escapeForTerminal, type FaceLogger } from "../network-face/log.js";
+import type { HostRow } from "../toolstack/toolstack.js";
 import { listRemote } from "../usbip/client.js";
 import { USBIP_PORT } from "../usbip/protocol.js";
 import {
@@ -29,6 +30,7 @@ import { ServerAnnouncement } from "./announce.js";
 import {
   ANNOUNCE_OPTION,
   CONFIG_OPTION,
+  CONTROL_OPTION,
   type CommandSpec,
   commandHelp,
   LOG_FORMAT_OPTION,
@@ -36,10 +38,12 @@ import {
   NAME_OPTION,
   parseArgs,
   QUIET_OPTION,
+  STATE_DIR_OPTION,
   STORAGE_FILE_OPTION,
   STORAGE_SIZE_OPTION,
 } from "./args.js";
 import { commandConfig, SERVE_SETTINGS, storageBytes } from "./config.js";
+import { CTL, ctlCommand } from "./ctl.js";
 import { packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
 import {
   Daemon,
@@ -62,6 +66,7 @@ import {
   tlsClientOptions,
   tlsServerOptions,
 } from "./tls-flags.js";
+import { CONTROL_SPARE_PORTS, type Steering, startSteering } from "./steering.js";
 
 export interface CliIo {
   out(text: string): void;
@@ -197,6 +202,8 @@ const SERVE: CommandSpec = {
     ANNOUNCE_OPTION,
     NAME_OPTION,
     ...TLS_SERVER_OPTIONS,
+    CONTROL_OPTION,
+    STATE_DIR_OPTION,
   ],
   details: `With no device selected, serve exports the emulated loopback, keyboard and a 64 MiB storage device.
 Host devices pass the filter first: --filter rules in order, then --deny, then --allow; the first rule that
@@ -207,6 +214,8 @@ client's address. SIGINT/SIGTERM: in-flight URBs are completed or cancelled, dev
 If the engine dies for good (its backend lost more often than it may be restarted) serve logs it and exits 1.
 Under systemd socket activation (LISTEN_FDS/LISTEN_PID) serve listens on the passed socket, not --bind/--port.
 A --storage-file is locked (FILE.lock holds the pid): a second serve on the same file fails.
+With --control, 'usbvirt ctl' binds, unbinds, detaches, assigns and releases devices while serve runs
+(${CONTROL_SPARE_PORTS} ports are kept free for runtime binds); what it changed is kept in --state-dir and restored.
 
 Config file (JSON): {"bind": "0.0.0.0", "port": 3240, "devices": ["loopback", "1209:0001",
   {"kind": "emulated", "name": "storage", "options": {"sizeBytes": 16777216}}],
@@ -264,7 +273,7 @@ has a free device SEL matches: one is imported; several are an error listing the
 for. When it is lost, attach asks again on the same schedule and imports it from whichever server has it.`,
 };
 
-const COMMANDS: readonly CommandSpec[] = [LIST, SERVE, ATTACH, REDIRECT, STATUS];
+const COMMANDS: readonly CommandSpec[] = [LIST, SERVE, ATTACH, REDIRECT, STATUS, CTL];
 
 const USAGE = `usbvirt — USB passthrough engine for virtual machine monitors
 
@@ -277,6 +286,7 @@ commands:
   attach HOST[:PORT] BUSID   import a device from a USB/IP server onto a local virtual controller
   redirect                   redirect one device to a QEMU virtual machine over usbredir
   status                     show a running server's devices and counters (serve --metrics)
+  ctl VERB [ARG]             steer a running serve: list, bind, unbind, detach, assign, release (serve --control)
 
 usbvirt --version (-V) prints the version.
 
@@ -325,6 +335,8 @@ export async function run(argv: readonly string[], given: CliIo = defaultIo): Pr
         return await serveCommand(parsed.options, io);
       case "status":
         return await statusCommand(parsed.options, io);
+      case "ctl":
+        return await ctlCommand(parsed.positionals, parsed.options, io);
       case "redirect":
         return await redirectCommand(
           parsed.options,
@@ -530,7 +542,8 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   const filter = filterFromLists({ filter: filterLists, deny: config.deny ?? [], allow });
   // Host devices are judged even with no rule given: the built-in rule denies hubs.
   let rows: readonly HostDeviceRow[] | null = null;
-  if (allow.length > 0 || matchNew || specs.some((s) => s.kind === "host")) {
+  const control = config.control !== undefined && config.control !== false ? config.control : null;
+  if (allow.length > 0 || matchNew || control !== null || specs.some((s) => s.kind === "host")) {
     const listing = await loadHostListing(io, true);
     if ("rows" in listing) rows = listing.rows;
     if ("error" in listing) {
@@ -544,10 +557,10 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
       checkExplicitDevices(specs, filter, listing.rows);
       specs.push(...allowedExports(allow, filter, listing.rows, specs));
     }
-    if (allow.length > 0 && specs.length === 0)
+    if (allow.length > 0 && specs.length === 0 && control === null)
       throw new Error("no host device matches --allow (and none was selected otherwise)");
   }
-  if (specs.length === 0 && !matchNew) {
+  if (specs.length === 0 && !matchNew && control === null) {
     specs.push(
       { kind: "emulated", name: "loopback" },
       { kind: "emulated", name: "keyboard" },
@@ -572,8 +585,17 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   }
   const listenFd = socketActivationFd();
   const plan = planPorts(specs, rows, matchNew);
+  // Ports kept free for runtime binds (usbvirt ctl bind), after the config's and --match-new's.
+  const sparePorts: number[] = [];
+  const devices = [...plan.devices];
+  if (control !== null) {
+    for (let p = devices.length + 1; p <= Math.min(31, plan.devices.length + CONTROL_SPARE_PORTS); p++) {
+      devices.push(null);
+      sparePorts.push(p);
+    }
+  }
   const server = await UsbipServer.start({
-    devices: plan.devices,
+    devices,
     host: bind,
     port,
     logger,
@@ -582,7 +604,7 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     ...(tls !== null ? { tls } : {}),
   });
   let hotplug: HostExports | null = null;
-  if (rows !== null && (plan.wants.length > 0 || matchNew)) {
+  if (rows !== null && (plan.wants.length > 0 || matchNew || control !== null)) {
     hotplug = new HostExports({
       server,
       wants: plan.wants,
@@ -602,12 +624,36 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     }
   }
   let announcement: ServerAnnouncement | null = null;
+  let steering: Steering | null = null;
+  try {
+    steering = await startSteering(
+      config,
+      {
+        usbip: server,
+        hotplug,
+        sparePorts,
+        filter,
+        specOf: (text) => deviceFromSelector(text, storage),
+        listHost: async () => {
+          const listing = await loadHostListing(io, needsSerial(filter));
+          if ("error" in listing) throw new Error(listing.error);
+          return listing.rows.map(pluggedOf);
+        },
+      },
+      logger,
+    );
+  } catch (err) {
+    await hotplug?.stop();
+    await server.close();
+    throw err;
+  }
   const daemon = await Daemon.start({
     view: server,
     log,
     settings: config,
     close: async () => {
       await announcement?.stop();
+      await steering?.close();
       await hotplug?.stop();
       await server.close();
     },
@@ -650,6 +696,11 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   io.out(daemon.addresses());
   io.onListening?.(server);
   return await daemon.run(io.stopSignal ?? signals);
+}
+
+/** A listed host device as the toolstack reads it. */
+function pluggedOf(r: HostDeviceRow): HostRow {
+  return { ...r, deviceClass: r.deviceClass ?? 0 };
 }
 
 // ---------------------------------------------------------------- attach

@@ -125,6 +125,42 @@ export class HostExports {
     return this.wants;
   }
 
+  /**
+   * Want `selector` on `port` from now on (a runtime bind): exported at once when a device that matches
+   * and passes the filter is plugged in, else when one appears. Resolves when that was decided.
+   */
+  async addWant(selector: HostSelector, port: number): Promise<Readonly<Want>> {
+    if (this.wants.some((w) => w.port === port)) throw new Error(`port ${port} is already wanted`);
+    const want: Want = { selector, port, current: null, transient: false };
+    this.wants.push(want);
+    this.enqueue(async () => {
+      const now = await this.options.source.list();
+      const d = now.find((x) => !x.portPath.startsWith("usb") && matchesSelector(x, selector));
+      if (d !== undefined && !this.wants.some((w) => w.current?.path === d.portPath)) {
+        await this.plugged(d, "bound");
+      } else {
+        this.options.log.info(`waiting for host device ${formatSelector(selector)} (bus id 1-${port})`);
+      }
+    });
+    await this.queue; // this step's turn, done (or skipped: stopped)
+    return want;
+  }
+
+  /** Want nothing on `port` any more (a runtime unbind): its device, if exported, is withdrawn. */
+  async removeWant(port: number, reason: string): Promise<boolean> {
+    const want = this.wants.find((w) => w.port === port);
+    if (want === undefined) return false;
+    this.enqueue(async () => {
+      const i = this.wants.indexOf(want);
+      if (i >= 0) this.wants.splice(i, 1);
+      const current = want.current;
+      want.current = null;
+      if (current !== null) await this.options.server.withdraw(current.busid, reason);
+    });
+    await this.queue;
+    return true;
+  }
+
   /** Start watching; then export whatever wanted device is plugged in already but not exported. */
   async start(): Promise<void> {
     this.options.server.on("device-failed", this.onFailed);

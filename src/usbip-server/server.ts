@@ -270,6 +270,18 @@ export class UsbipServer extends EventEmitter {
     return true;
   }
 
+  /**
+   * Cut `busid`'s importer off (its connection is closed: vhci reports the device gone) and keep the
+   * device exported for the next import. Resolves false when `busid` is not exported or not imported.
+   */
+  async detachClient(busid: string, reason: string): Promise<boolean> {
+    const slot = this.slots.find((s) => s.busid === busid);
+    if (slot === undefined || slot.owner === null) return false;
+    this.end(slot.owner, reason, "info");
+    if (slot.draining !== null) await slot.draining;
+    return true;
+  }
+
   /** Whether connections need mutual TLS. */
   get tlsRequired(): boolean {
     return this.tls !== null;

@@ -19,12 +19,16 @@ export class UsbredirServerError extends UsbvirtError {
 }
 registerErrorClass(UsbredirServerError);
 
-export interface UsbredirEndpoint {
-  readonly host: string;
-  readonly port: number;
-  /** Connect with TLS (verify the VMM's certificate, present ours). */
-  readonly tls?: TlsClientOptions;
-}
+/** Where a VMM's chardev listens: a TCP host and port (maybe with TLS), or a Unix socket path. */
+export type UsbredirEndpoint =
+  | {
+      readonly host: string;
+      readonly port: number;
+      /** Connect with TLS (verify the VMM's certificate, present ours). */
+      readonly tls?: TlsClientOptions;
+      readonly path?: undefined;
+    }
+  | { readonly path: string; readonly host?: undefined; readonly port?: undefined; readonly tls?: undefined };
 
 /**
  * The server's options. The per-connection bounds are the ones both network servers share

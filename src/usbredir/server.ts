@@ -388,21 +388,24 @@ export class UsbredirServer extends EventEmitter {
   /** Connect mode: one attempt now; on failure or when the link drops, again after a backoff. */
   private dial(): void {
     if (this.closing !== null) return;
-    const { host, port } = this.options.connect!;
-    const peer = `${host}:${port}`;
+    const target = this.options.connect!;
+    const { host, port } = target;
+    const peer = target.path !== undefined ? `unix:${target.path}` : `${host}:${port}`;
     const reads = new ReadTarget();
     const tls = this.connectTls;
     const socket =
-      tls === null
-        ? netConnect({
-            host,
-            port,
-            noDelay: true,
-            keepAlive: true,
-            keepAliveInitialDelay: 30_000,
-            onread: reads.options,
-          })
-        : connectTls({ host, port, onread: reads.options }, tls);
+      target.path !== undefined
+        ? netConnect({ path: target.path, onread: reads.options })
+        : tls === null
+          ? netConnect({
+              host: host!,
+              port: port!,
+              noDelay: true,
+              keepAlive: true,
+              keepAliveInitialDelay: 30_000,
+              onread: reads.options,
+            })
+          : connectTls({ host: host!, port: port!, onread: reads.options }, tls);
     if (tls !== null) {
       socket.setKeepAlive(true, 30_000);
       (socket as TLSSocket).setMaxSendFragment(QEMU_TLS_RECORD_BYTES);
