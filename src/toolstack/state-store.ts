@@ -19,7 +19,12 @@ const MAX_STATE_BYTES = 1024 * 1024;
 const Sel = v.pipe(v.string(), v.minLength(1), v.maxLength(256));
 export const StateSchema = v.strictObject({
   version: v.literal(STATE_VERSION),
-  bound: v.pipe(v.array(Sel), v.maxLength(64)),
+  /** Runtime binds, with the bus id each had (restored on the same port when it is free). */
+  bound: v.pipe(
+    v.array(v.strictObject({ device: Sel, busid: v.pipe(v.string(), v.regex(/^1-\d{1,2}$/)) })),
+    v.maxLength(64),
+  ),
+  /** The config's devices unbound, by bus id (the same at every start). */
   unbound: v.pipe(v.array(Sel), v.maxLength(64)),
   assigned: v.pipe(
     v.array(v.strictObject({ device: Sel, to: v.pipe(v.string(), v.maxLength(1024)) })),

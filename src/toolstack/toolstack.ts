@@ -157,7 +157,10 @@ export class Toolstack {
         `unbind ${s}`,
         () => this.unbind(s, false),
       ]),
-      ...saved.bound.map((s): [string, () => Promise<unknown>] => [`bind ${s}`, () => this.bind(s, false)]),
+      ...saved.bound.map((b): [string, () => Promise<unknown>] => [
+        `bind ${b.device} as ${b.busid}`,
+        () => this.bind(b.device, false, Number(b.busid.slice(2))),
+      ]),
       ...saved.assigned.map((a): [string, () => Promise<unknown>] => [
         `assign ${a.device} --to ${a.to}`,
         () => this.assign(a.device, a.to, false),
@@ -231,7 +234,8 @@ export class Toolstack {
     return out;
   }
 
-  private async bind(selector: string, persist: boolean): Promise<unknown> {
+  /** Bind `selector` on a spare port (`port` when it is spare: a restored bus id). */
+  private async bind(selector: string, persist: boolean, wanted?: number): Promise<unknown> {
     const usbip = this.usbip("bind");
     const spec = this.spec(selector);
     if (spec.kind === "usbip")
@@ -254,7 +258,8 @@ export class Toolstack {
           throw new ControlError("denied", `${selector} is denied by the filter: ${verdict.why}`);
       }
     }
-    const port = this.spare.shift();
+    const at = wanted !== undefined && this.spare.includes(wanted) ? this.spare.indexOf(wanted) : 0;
+    const port = this.spare.splice(at, 1)[0];
     if (port === undefined)
       throw new ControlError("no-port", "no port is free for a runtime bind (unbind one first)");
     let busid = `1-${port}`;
@@ -286,9 +291,8 @@ export class Toolstack {
       { busid },
     );
     if (persist) {
-      const undone = this.state.unbound.indexOf(selector);
-      if (undone >= 0) this.state.unbound.splice(undone, 1);
-      else this.state.bound.push(selector);
+      // Replayed after the config's unbinds, so a config device bound again is a runtime bind too.
+      this.state.bound.push({ device: selector, busid });
       this.save();
     }
     return { device: selector, busid, state };
@@ -328,7 +332,7 @@ export class Toolstack {
     this.counters.unbinds++;
     this.options.log.info(`control: unbound ${busid}`, { busid });
     if (persist) {
-      const i = runtime !== undefined ? this.state.bound.indexOf(runtime) : -1;
+      const i = runtime !== undefined ? this.state.bound.findIndex((b) => b.busid === busid) : -1;
       if (i >= 0) this.state.bound.splice(i, 1);
       else this.state.unbound.push(busid); // a device of the config: its bus id is the same at every start
       this.save();
