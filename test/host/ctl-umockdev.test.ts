@@ -1,0 +1,88 @@
+/**
+ * `usbvirt ctl` steering a running serve with a real (umockdev) host device, real libusb and Linux's own
+ * `usbip` tool: bind at run time (usbip list -r sees it, a client imports it and moves data), unbind (the
+ * importer sees the disconnect, usbip list -r no longer lists it), and the binding restored when serve
+ * starts again on the same --state-dir. The child is test/host/children/ctl-steer.ts.
+ */
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { fakeDevice } from "./fixture.js";
+import { runChild } from "./run-child.js";
+import { findTestbedPython, findUmockdevRun, umockdevDescription } from "./umockdev.js";
+
+const testbedPython = findUmockdevRun() === null ? null : findTestbedPython();
+function hasUsbipTool(): boolean {
+  try {
+    execFileSync("sh", ["-c", "command -v usbip"], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+const usbipTool = hasUsbipTool();
+if (testbedPython === null || !usbipTool) {
+  console.warn(
+    "test/host/ctl-umockdev: SKIPPED — needs umockdev's interactive testbed (gir1.2-umockdev-1.0, python3-gi) and Linux's usbip tool (usbip)",
+  );
+}
+
+describe.skipIf(testbedPython === null || !usbipTool)(
+  "usbvirt ctl steers serve with a real host device",
+  () => {
+    it("bind: usbip list -r sees it and a client moves data; unbind: the importer sees it go; restart: the binding is back", async () => {
+      const dir = mkdtempSync(join(tmpdir(), "usbvirt-ctl-testbed-"));
+      try {
+        const description = join(dir, "device.umockdev");
+        writeFileSync(description, umockdevDescription(fakeDevice));
+        const out = await runChild(
+          testbedPython!,
+          [
+            "test/host/children/testbed.py",
+            description,
+            `/sys${fakeDevice.sysfsPath}`,
+            "--",
+            process.execPath,
+            "--import",
+            "tsx",
+            "test/host/children/ctl-steer.ts",
+          ],
+          60_000,
+          { USBVIRT_TESTBED_SECONDS: "55" },
+        );
+        const v = out.verdict;
+        if (v === null || v.ok !== true) {
+          throw new Error(
+            `ctl-steer child failed (exit ${out.code}): ${JSON.stringify(v)}\n${out.stderr.slice(-2000)}`,
+          );
+        }
+        expect(v.listBefore).toMatch(/host\s+1-1\s+1209:7301\s+available/);
+        expect(v.usbipBefore).not.toContain("1209:7301");
+        expect(v.bind).toEqual({ code: 0, out: "1209:7301: bound as 1-1\n", err: "" });
+        expect(v.usbipBound).toMatch(/1-1: .*\(1209:7301\)/);
+        expect(v.echoed).toBe(true);
+        expect(v.listImported).toMatchObject({
+          device: "1-1",
+          state: "imported",
+          busid: "1-1",
+          client: expect.stringMatching(/^127\.0\.0\.1:\d+$/),
+        });
+        expect(v.unbind).toEqual({ code: 0, out: "1-1: unbound\n", err: "" });
+        expect(v.gone).toMatch(/closed the connection/);
+        expect(v.usbipUnbound).not.toContain("1209:7301");
+        expect(v.bindAgain).toEqual({ code: 0, out: "1-1: bound as 1-1\n", err: "" });
+        expect(v.firstExit).toBe(0);
+        expect(v.usbipRestored).toMatch(/1-1: .*\(1209:7301\)/);
+        expect(v.echoedRestored).toBe(true);
+        expect(v.listRestored).toMatch(/host\s+1-1\s+1209:7301\s+imported as 1-1 by 127\.0\.0\.1:\d+ since /);
+        expect(v.secondExit).toBe(0);
+        const log = v.log as string[];
+        expect(log.filter((l) => l.includes("control: restored bind 1-1 as 1-1"))).toHaveLength(1);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }, 120_000);
+  },
+);
