@@ -49,8 +49,8 @@ describe.skipIf(testbedPython === null || !usbipTool)(
             "tsx",
             "test/host/children/ctl-steer.ts",
           ],
-          60_000,
-          { USBVIRT_TESTBED_SECONDS: "55" },
+          110_000,
+          { USBVIRT_TESTBED_SECONDS: "105" },
         );
         const v = out.verdict;
         if (v === null || v.ok !== true) {
