@@ -11,7 +11,7 @@ import { isLoopbackHost, parseIpPrefix } from "../util/ip-prefix.js";
 import { EngineWatch, packageVersion } from "./daemon.js";
 import type { ExportingServer } from "./exporting-server.js";
 import { MetricsEndpoint, parseMetricsAddress } from "./metrics.js";
-import { StatusTracker } from "./status-page.js";
+import { type ControlSource, StatusTracker } from "./status-page.js";
 
 /** The settings every daemon command has (config keys, checked by config.ts). */
 export interface DaemonSettings {
@@ -51,6 +51,8 @@ export interface DaemonParts {
   readonly view: ExportingServer;
   readonly log: DaemonLog;
   readonly settings: DaemonSettings;
+  /** The control socket's toolstack (--control), for the status page and the metrics. */
+  readonly control?: ControlSource | null;
   /** Closes what the command started (its server, hotplug), after the endpoint. */
   readonly close: () => Promise<void>;
 }
@@ -71,6 +73,7 @@ export class Daemon {
     if (text === undefined || tracker === null) return new Daemon(parts, watch, null);
     try {
       tracker.attach(parts.view, packageVersion());
+      tracker.control = parts.control ?? null;
       const endpoint = await MetricsEndpoint.start(
         parts.view,
         parseMetricsAddress(text),

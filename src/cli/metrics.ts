@@ -24,7 +24,7 @@ import { listenUnix, removeStaleSocket } from "../network-face/listener.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import type { ExportingServer } from "./exporting-server.js";
 import { type BoundAddress, hostAllowed, METRICS_LIMITS } from "./http-guard.js";
-import { renderStatusPage, type StatusTracker } from "./status-page.js";
+import { type ControlSource, renderStatusPage, type StatusTracker } from "./status-page.js";
 
 /** The default metrics port (serve has no default: --metrics is opt-in; `status` looks here). */
 export const DEFAULT_METRICS_PORT = 9240;
@@ -96,6 +96,28 @@ export function renderFamilies(families: readonly Family[]): string {
     }
   }
   return out;
+}
+
+/** The toolstack's counters (serve --control): actions done and requests refused. */
+export function controlMetrics(control: ControlSource): string {
+  const c = control.counters();
+  return renderFamilies([
+    {
+      name: "usbvirt_control_actions_total",
+      type: "counter",
+      help: "Actions done through the control socket (usbvirt ctl), by kind.",
+      samples: ["bind", "unbind", "detach", "assign", "release"].map((action) => ({
+        labels: { action },
+        value: c[`${action}${action === "detach" ? "es" : "s"}`] ?? 0,
+      })),
+    },
+    {
+      name: "usbvirt_control_refusals_total",
+      type: "counter",
+      help: "Control requests refused: malformed, oversized, over a bound, or refused by the toolstack (in use, denied, unknown).",
+      samples: [{ value: c.refusals ?? 0 }],
+    },
+  ]);
 }
 
 /** Collect every metric from the server and its engine now. */
@@ -289,7 +311,8 @@ export class MetricsEndpoint {
           return;
         }
         collectMetrics(server, version).then(
-          (text) => {
+          (served) => {
+            const text = served + (tracker?.control != null ? controlMetrics(tracker.control) : "");
             res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
             res.end(req.method === "HEAD" ? undefined : text);
           },

@@ -651,6 +651,7 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     view: server,
     log,
     settings: config,
+    control: steering?.source ?? null,
     close: async () => {
       await announcement?.stop();
       await steering?.close();

@@ -12,6 +12,7 @@
  */
 
 import type { FaceLogger, LogFields } from "../network-face/log.js";
+import type { DeviceRow, ListResult } from "../toolstack/protocol.js";
 import type { ExportingServer } from "./exporting-server.js";
 
 /** Log lines kept per device. */
@@ -55,7 +56,24 @@ export interface DeviceStatus {
   readonly log: readonly DeviceLogLine[];
 }
 
+/** What the control socket's toolstack tells the status page and the metrics (serve --control). */
+export interface ControlSource {
+  readonly path: string;
+  /** Binds, unbinds, detaches, assigns, releases and refusals so far. */
+  counters(): Readonly<Record<string, number>>;
+  /** Every device's state, as `usbvirt ctl list` says it. */
+  list(): Promise<ListResult>;
+}
+
+export interface ControlStatus {
+  readonly socket: string;
+  readonly counters: Readonly<Record<string, number>>;
+  readonly devices: readonly DeviceRow[];
+}
+
 export interface ServerStatus {
+  /** With --control: every device's state (as `usbvirt ctl list`) and the toolstack's counters. */
+  readonly control?: ControlStatus;
   readonly version: string;
   readonly time: string;
   readonly up: boolean;
@@ -91,6 +109,8 @@ function pushBounded<T>(list: T[], item: T, max: number): void {
 export class StatusTracker {
   private readonly perDevice = new Map<string, PerDevice>();
   private server: ExportingServer | null = null;
+  /** The toolstack behind the control socket (serve --control), or null. */
+  control: ControlSource | null = null;
   private version = "?";
   private announcement: () => string | null = () => null;
   private timer: NodeJS.Timeout | null = null;
@@ -224,7 +244,16 @@ export class StatusTracker {
         log: [...d.log],
       };
     });
+    let control: ControlStatus | undefined;
+    if (this.control !== null) {
+      control = {
+        socket: this.control.path,
+        counters: this.control.counters(),
+        devices: (await this.control.list()).devices,
+      };
+    }
     return {
+      ...(control !== undefined ? { control } : {}),
       version: this.version,
       time: new Date().toISOString(),
       up: backend !== null,
@@ -303,6 +332,32 @@ function row(d: DeviceStatus): string {
   );
 }
 
+function controlRow(d: DeviceRow): string {
+  const what =
+    d.state === "imported"
+      ? `imported as ${d.busid} by ${d.client} since ${(d.since ?? "?").replace("T", " ").slice(0, 19)}`
+      : d.state === "bound" || d.state === "waiting"
+        ? `${d.state} as ${d.busid}`
+        : d.state === "assigned"
+          ? `assigned to ${d.vm}`
+          : d.state === "failed" || d.state === "denied"
+            ? `${d.state}: ${d.why}`
+            : d.state;
+  return (
+    `<tr data-device="${escapeHtml(d.device)}"><td>${escapeHtml(d.kind)}</td><td>${escapeHtml(d.device)}</td>` +
+    `<td>${escapeHtml(d.description)}</td><td class="state ${escapeHtml(d.state)}">${escapeHtml(what)}</td></tr>`
+  );
+}
+
+function controlSummary(s: ServerStatus): string {
+  if (s.control === undefined) return "";
+  const c = s.control.counters;
+  return (
+    `control socket ${s.control.socket}: ${c.binds} bind(s), ${c.unbinds} unbind(s), ${c.detaches} detach(es), ` +
+    `${c.assigns} assign(s), ${c.releases} release(s), ${c.refusals} refusal(s)`
+  );
+}
+
 function summary(s: ServerStatus): string {
   const n = (v: number | null) => (v === null ? "-" : String(v));
   return (
@@ -314,13 +369,17 @@ function summary(s: ServerStatus): string {
 
 /** The client side: poll /status.json once a second and redraw with the same functions as the server. */
 const SCRIPT = `
-${[escapeHtml, si, sparkline, row, summary].map((f) => f.toString()).join("\n")}
+${[escapeHtml, si, sparkline, row, summary, controlRow, controlSummary].map((f) => f.toString()).join("\n")}
 async function poll() {
   try {
     const res = await fetch("status.json", { cache: "no-store" });
     const s = await res.json();
     document.getElementById("summary").textContent = summary(s);
     document.getElementById("devices").innerHTML = s.devices.map(row).join("");
+    if (s.control !== undefined) {
+      document.getElementById("control-summary").textContent = controlSummary(s);
+      document.getElementById("control").innerHTML = s.control.devices.map(controlRow).join("");
+    }
     document.body.dataset.polled = String(Number(document.body.dataset.polled || 0) + 1);
   } catch (e) {
     document.getElementById("summary").textContent = "usbvirt: the server does not answer (" + e + ")";
@@ -341,7 +400,9 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 small { color: #777; }
 .state.imported { color: #06652e; font-weight: 600; }
 .state.free { color: #555; }
-.state.failed, .state.gone { color: #b00020; font-weight: 600; }
+.state.failed, .state.gone, .state.denied { color: #b00020; font-weight: 600; }
+.state.bound, .state.assigned { color: #1f6feb; }
+h2 { font-size: 1.1em; margin: 1.2em 0 .3em; }
 pre { margin: 0; font-size: 11px; max-width: 48em; white-space: pre-wrap; }
 svg.spark polyline { fill: none; stroke-width: 1.5; }
 svg.spark.urbs polyline { stroke: #1f6feb; }
@@ -360,6 +421,14 @@ export function renderStatusPage(s: ServerStatus): string {
 <div id="summary">${escapeHtml(summary(s))}</div>
 <table><thead><tr><th>bus id</th><th>device</th><th>state</th><th>client</th><th>URBs/s</th><th>bytes/s</th><th>URBs</th><th>errors</th><th>in flight</th><th>last log lines</th></tr></thead>
 <tbody id="devices">${s.devices.map(row).join("")}</tbody></table>
+${
+  s.control !== undefined
+    ? `<h2>All devices (usbvirt ctl list)</h2>
+<div id="control-summary">${escapeHtml(controlSummary(s))}</div>
+<table><thead><tr><th>kind</th><th>device</th><th>description</th><th>state</th></tr></thead>
+<tbody id="control">${s.control.devices.map(controlRow).join("")}</tbody></table>`
+    : ""
+}
 <p><small>Also: <a href="status.json">status.json</a>, <a href="metrics">metrics</a> (Prometheus). Rates over ${RATE_WINDOW_S} s; this page polls once a second.</small></p>
 <script>${script}</script>
 </body></html>

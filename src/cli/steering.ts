@@ -7,6 +7,7 @@ import { ControlServer, defaultControlPath } from "../toolstack/control-server.j
 import { defaultStateDir, StateStore } from "../toolstack/state-store.js";
 import { Toolstack, type ToolstackOptions } from "../toolstack/toolstack.js";
 import type { UsbipLogger } from "../usbip/log.js";
+import type { ControlSource } from "./status-page.js";
 
 /** Ports `serve --control` keeps free for runtime binds (each holds 8 MiB of guest memory). */
 export const CONTROL_SPARE_PORTS = 8;
@@ -20,6 +21,8 @@ export interface SteeringSettings {
 export interface Steering {
   readonly toolstack: Toolstack;
   readonly control: ControlServer;
+  /** What the status page and the metrics read. */
+  readonly source: ControlSource;
   close(): Promise<void>;
 }
 
@@ -51,6 +54,14 @@ export async function startSteering(
   return {
     toolstack,
     control,
+    source: {
+      path,
+      counters: () => ({
+        ...toolstack.counters,
+        refusals: toolstack.counters.refusals + control.refusals,
+      }),
+      list: () => toolstack.list(),
+    },
     async close() {
       await control.close();
       await toolstack.close();

@@ -282,6 +282,41 @@ describe("usbvirt ctl steers a running serve", () => {
     }
   });
 
+  it("the status page, /status.json and the metrics show the same states as list, and count actions and refusals", async () => {
+    const { control, c, stop } = await serve(["--metrics", "127.0.0.1:0"]);
+    try {
+      const at = /metrics: (http:\/\/127\.0\.0\.1:\d+)\/metrics/.exec(c.out)![1]!;
+      expect((await ctl(control, "bind", "keyboard")).code).toBe(0);
+      expect((await ctl(control, "bind", "keyboard")).code).toBe(1); // in use: a refusal
+      expect((await ctl(control, "bind", "1-4")).code).toBe(1); // the hub: denied
+      const status = (await (await fetch(`${at}/status.json`)).json()) as {
+        control: { socket: string; counters: Record<string, number>; devices: unknown[] };
+      };
+      expect(status.control.socket).toBe(control);
+      expect(status.control.counters).toMatchObject({
+        binds: 1,
+        unbinds: 0,
+        assigns: 0,
+        releases: 0,
+        refusals: 2,
+      });
+      expect(status.control.devices).toEqual((await listJson(control)).devices);
+      const page = await (await fetch(`${at}/`)).text();
+      expect(page).toContain(
+        '<tr data-device="keyboard"><td>emulated</td><td>keyboard</td><td>emulated keyboard</td><td class="state bound">bound as 1-1</td></tr>',
+      );
+      expect(page).toContain("denied: the built-in rule: deny hubs");
+      expect((await ctl(control, "unbind", "keyboard")).code).toBe(0);
+      const metrics = await (await fetch(`${at}/metrics`)).text();
+      expect(metrics).toContain('usbvirt_control_actions_total{action="bind"} 1\n');
+      expect(metrics).toContain('usbvirt_control_actions_total{action="unbind"} 1\n');
+      expect(metrics).toContain('usbvirt_control_actions_total{action="assign"} 0\n');
+      expect(metrics).toContain("usbvirt_control_refusals_total 2\n");
+    } finally {
+      expect(await stop()).toBe(0);
+    }
+  });
+
   it("says why it cannot reach the daemon, and refuses a verb it does not know", async () => {
     const missing = await ctl(join(dir, "none.sock"), "list");
     expect(missing).toEqual({
