@@ -189,6 +189,8 @@ function stateText(d: DeviceRow): string {
       return `failed${d.busid !== undefined ? ` (${d.busid})` : ""}: ${d.why}`;
     case "denied":
       return `denied by the filter: ${d.why}`;
+    case "in-use":
+      return `in use: ${d.why}`;
     default:
       return "available";
   }

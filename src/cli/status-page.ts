@@ -340,7 +340,7 @@ function controlRow(d: DeviceRow): string {
         ? `${d.state} as ${d.busid}`
         : d.state === "assigned"
           ? `assigned to ${d.vm}`
-          : d.state === "failed" || d.state === "denied"
+          : d.state === "failed" || d.state === "denied" || d.state === "in-use"
             ? `${d.state}: ${d.why}`
             : d.state;
   return (

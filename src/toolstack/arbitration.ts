@@ -1,10 +1,12 @@
 /**
  * One holder per device across everything the process serves: a bind or an assignment asks `holderOf`
  * who holds the device it names, and is refused with an "in use by …" error naming the holder. The
- * holders are what the process itself serves (USB/IP exports and their importers, usbredir VMs); another
- * process holding a host device is refused when the device is opened (the host device's own claim).
+ * holders are what the process itself serves (USB/IP exports and their importers, usbredir VMs), then
+ * whoever holds a plugged-in host device's claim (src/devices/host/device-claim.ts: another connection or
+ * another usbvirt process); the same claim refuses the open itself, so this only says it sooner and better.
  */
 
+import { claimHolder } from "../devices/host/device-claim.js";
 import { matchesSelector, selectorFromSpec } from "../devices/host/select.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { ControlError } from "./protocol.js";
@@ -15,6 +17,15 @@ export interface ListedHost {
   readonly productId: number;
   readonly portPath: string;
   readonly serial?: string;
+  /** The kernel's name for this enumeration (device-claim's key); absent in a fake listing. */
+  readonly busNumber?: number;
+  readonly deviceAddress?: number;
+}
+
+/** Who holds this plugged-in host device's claim (another connection or process), or null. */
+export function claimedBy(row: ListedHost): string | null {
+  if (row.busNumber === undefined || row.deviceAddress === undefined) return null;
+  return claimHolder({ busNumber: row.busNumber, deviceAddress: row.deviceAddress });
 }
 
 /** Something that holds a device, and how it is named in a refusal. */
@@ -47,7 +58,12 @@ export function holderOf(
   holdings: readonly Holding[],
   rows: readonly ListedHost[],
 ): string | null {
-  return holdings.find((h) => sameDevice(spec, h.spec, rows))?.holder ?? null;
+  const own = holdings.find((h) => sameDevice(spec, h.spec, rows))?.holder;
+  if (own !== undefined) return own;
+  if (spec.kind !== "host") return null;
+  const selector = selectorFromSpec(spec);
+  const plugged = rows.find((r) => !r.portPath.startsWith("usb") && matchesSelector(r, selector));
+  return plugged !== undefined ? claimedBy(plugged) : null;
 }
 
 /** Refuse a second claim on a held device. */

@@ -196,6 +196,7 @@ export type DeviceState =
   | "waiting" // bound by selector, not plugged in
   | "assigned" // given to a VM over usbredir
   | "failed" // its export or assignment failed (why)
+  | "in-use" // a host device another connection or process holds (why: the holder)
   | "denied"; // the filter refuses it (rule)
 
 export interface DeviceRow {

@@ -22,7 +22,7 @@ import type { UsbipLogger } from "../usbip/log.js";
 import type { HostExports, PluggedDevice } from "../usbip-server/host-exports.js";
 import type { UsbipServer } from "../usbip-server/server.js";
 import { UsbredirServer } from "../usbredir/server.js";
-import { claimDevice, type Holding, sameDevice } from "./arbitration.js";
+import { claimDevice, claimedBy, type Holding, sameDevice } from "./arbitration.js";
 import {
   type AssignTarget,
   ControlError,
@@ -472,11 +472,20 @@ export class Toolstack {
       const ex = exported.find((d) => sameDevice(spec, d.spec, rows));
       const a = this.assignments.find((x) => sameDevice(spec, x.spec, rows));
       const fixed = this.options.fixed?.find((h) => sameDevice(spec, h.spec, rows));
+      const held = claimedBy(r);
       if (ex !== undefined) out.push(exportRow("host", r.portPath, description, ex.busid));
       else if (a !== undefined) out.push(assignRow("host", r.portPath, description, a));
       else if (fixed !== undefined)
         out.push({ kind: "host", device: r.portPath, description, state: "assigned", vm: fixed.holder });
-      else {
+      else if (held !== null) {
+        out.push({
+          kind: "host",
+          device: r.portPath,
+          description,
+          state: "in-use",
+          why: `held by ${held}`,
+        });
+      } else {
         const verdict = judge(this.options.filter, r);
         out.push(
           verdict.allowed

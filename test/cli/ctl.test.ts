@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { type CliIo, run } from "../../src/cli/run.js";
+import { claimHostDevice } from "../../src/devices/host/device-claim.js";
 import type { ListResult } from "../../src/toolstack/protocol.js";
 import { listRemote } from "../../src/usbip/client.js";
 import { type AttachedDevice, attachRemote } from "../../src/usbip-attach/attach.js";
@@ -23,7 +24,15 @@ import { eventually } from "../support/eventually.js";
 import { capture } from "./helpers.js";
 
 const HUB = { vendorId: 0x05e3, productId: 0x0608, deviceClass: 9, portPath: "1-4", product: "USB2.0 Hub" };
-const STICK = { vendorId: 0x0781, productId: 0x5567, deviceClass: 0, interfaceClasses: [8], portPath: "1-3" };
+const STICK = {
+  vendorId: 0x0781,
+  productId: 0x5567,
+  deviceClass: 0,
+  interfaceClasses: [8],
+  portPath: "1-3",
+  busNumber: 1,
+  deviceAddress: 3,
+};
 
 const quietSource: HotplugSource = { watch: () => () => undefined, list: async () => [HUB, STICK] };
 
@@ -313,6 +322,32 @@ describe("usbvirt ctl steers a running serve", () => {
       expect(metrics).toContain('usbvirt_control_actions_total{action="assign"} 0\n');
       expect(metrics).toContain("usbvirt_control_refusals_total 2\n");
     } finally {
+      expect(await stop()).toBe(0);
+    }
+  });
+
+  it("a host device another holder claimed (device-claim: another connection or process) is listed in use and refused, naming it", async () => {
+    const before = process.env.USBVIRT_HOST_LOCK_DIR;
+    process.env.USBVIRT_HOST_LOCK_DIR = join(dir, "locks");
+    const claim = claimHostDevice({ busNumber: 1, deviceAddress: 3 }, "usbvirt redirect (pid 4242)");
+    const { control, stop } = await serve([]);
+    try {
+      if (!claim.ok) throw new Error(`the test could not claim the device: ${JSON.stringify(claim)}`);
+      expect((await ctl(control, "list")).out).toMatch(
+        /host\s+1-3\s+0781:5567\s+in use: held by usbvirt redirect \(pid 4242\)/,
+      );
+      expect((await ctl(control, "bind", "0781:5567")).err).toBe(
+        "usbvirt ctl: bind refused (in-use): 0781:5567 is in use by usbvirt redirect (pid 4242)\n",
+      );
+      expect((await ctl(control, "assign", "1-3", "--to", "qemu:127.0.0.1:9")).err).toBe(
+        "usbvirt ctl: assign refused (in-use): 1-3 is in use by usbvirt redirect (pid 4242)\n",
+      );
+      claim.claim.release();
+      expect((await ctl(control, "list")).out).toMatch(/host\s+1-3\s+0781:5567\s+available/);
+    } finally {
+      if (claim.ok) claim.claim.release();
+      if (before === undefined) delete process.env.USBVIRT_HOST_LOCK_DIR;
+      else process.env.USBVIRT_HOST_LOCK_DIR = before;
       expect(await stop()).toBe(0);
     }
   });

@@ -170,6 +170,16 @@ function ensureDirectory(dir: string): string | null {
   }
 }
 
+/**
+ * Who holds the device now (a live holder's description), or null when no one does: a read-only look at
+ * the lock, for a toolstack that says a device is in use before it tries to open it.
+ */
+export function claimHolder(key: DeviceClaimKey): string | null {
+  const held = readLock(claimPath(key));
+  if (held === null || held === "gone" || typeof held === "string") return null;
+  return isAlive(held.pid) ? held.holder : null;
+}
+
 /** The lock at `path`: its record, null when it is not one (garbage), "gone", or an error message. */
 function readLock(path: string): LockRecord | null | "gone" | string {
   let fd: number;
