@@ -17,6 +17,8 @@ import {
   isHostText,
   parsedBy,
   SchemaKey,
+  STEERING_FLAGS,
+  steeringFields,
 } from "./config.js";
 import { UsageError } from "./errors.js";
 
@@ -101,6 +103,7 @@ export const RedirectConfigSchema = v.pipe(
       ),
     ),
     ...daemonFields("VMM connections (listen mode)"),
+    ...steeringFields(),
   }),
   v.title("usbvirt redirect configuration"),
   v.description("Settings of `usbvirt redirect --config FILE`; command-line flags win over them."),
@@ -111,6 +114,12 @@ export type RedirectConfig = v.InferOutput<typeof RedirectConfigSchema>;
 export const REDIRECT_SETTINGS: CommandSettings<RedirectConfig> = {
   command: "redirect",
   schema: RedirectConfigSchema,
-  flagOfKey: { device: "device", listen: "listen", connect: "connect", ...DAEMON_FLAGS },
+  flagOfKey: {
+    device: "device",
+    listen: "listen",
+    connect: "connect",
+    ...DAEMON_FLAGS,
+    ...STEERING_FLAGS,
+  },
   oneOf: ["listen", "connect"],
 };

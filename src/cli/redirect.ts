@@ -5,16 +5,20 @@
  * link drops. The device is any that `serve --device` takes, or one imported from a USB/IP server.
  */
 
+import { filterFromLists } from "../devices/host/filter.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
 import type { FaceLogger } from "../network-face/log.js";
+import type { HostRow } from "../toolstack/toolstack.js";
 import { UsbredirServer } from "../usbredir/server.js";
 import {
   CONFIG_OPTION,
+  CONTROL_OPTION,
   type CommandSpec,
   LOG_FORMAT_OPTION,
   METRICS_OPTION,
   QUIET_OPTION,
+  STATE_DIR_OPTION,
   STORAGE_FILE_OPTION,
   STORAGE_SIZE_OPTION,
 } from "./args.js";
@@ -37,6 +41,7 @@ import {
   usbipSpecFromUrl,
 } from "./redirect-config.js";
 import { TLS_CLIENT_OPTIONS, TLS_SERVER_OPTIONS, tlsClientOptions, tlsServerOptions } from "./tls-flags.js";
+import { type Steering, startSteering } from "./steering.js";
 
 export { usbipSpecFromUrl } from "./redirect-config.js";
 
@@ -81,6 +86,8 @@ export const REDIRECT: CommandSpec = {
     // --tls-cert/--tls-key: our certificate, in both modes.
     ...TLS_SERVER_OPTIONS,
     ...TLS_CLIENT_OPTIONS,
+    CONTROL_OPTION,
+    STATE_DIR_OPTION,
   ],
   details: `One device per connection, as usbredir defines. In listen mode the device goes to one VM at a
 time; when the VM disconnects its transfers are cancelled, the device is released and the next
@@ -88,6 +95,8 @@ connection gets it. SIGINT/SIGTERM: transfers cancelled, device released, exit 0
 for good, redirect logs it and exits 1 (for a supervisor to restart it). Listening beyond loopback logs
 a warning: usbredir has no authentication or encryption. Under systemd socket activation
 (LISTEN_FDS/LISTEN_PID) redirect listens on the passed socket, not --listen.
+With --control, 'usbvirt ctl' lists the devices and assigns others to VMs (assign / release) while redirect
+runs; bind, unbind and detach need serve. Assignments are kept in --state-dir and restored.
 
 QEMU, usbvirt listening (usbvirt redirect --device storage --listen 4000):
   qemu-system-x86_64 ... -device qemu-xhci,id=xhci \\
@@ -107,6 +116,8 @@ export interface RedirectIo {
   logger?: FaceLogger;
   /** Called once the server is up (tests learn the port here). */
   onRedirecting?: (server: UsbredirServer) => void;
+  /** The host's devices (libusb), for the control socket's list. */
+  listHostDevices?: () => Promise<readonly HostRow[]>;
 }
 
 export async function redirectCommand(
@@ -201,11 +212,34 @@ export async function redirectCommand(
         ? { listenFd: activated }
         : { listen: listenAt! }),
   });
+  let steering: Steering | null = null;
+  try {
+    steering = await startSteering(
+      config,
+      {
+        usbip: null,
+        hotplug: null,
+        sparePorts: [],
+        filter: filterFromLists({ filter: [], deny: [], allow: [] }),
+        specOf: (text) => usbipSpecFromUrl(text) ?? deviceFromSelector(text, storage),
+        listHost: io.listHostDevices ?? (async () => []),
+        fixed: [{ spec, holder: "this usbvirt redirect's VM" }],
+      },
+      logger,
+    );
+  } catch (err) {
+    await server.close();
+    throw err;
+  }
   const daemon = await Daemon.start({
     view: redirectStatusView(server),
     log,
     settings: config,
-    close: () => server.close(),
+    control: steering?.source ?? null,
+    close: async () => {
+      await steering?.close();
+      await server.close();
+    },
   });
   const bound = server.address;
   io.out(`usbvirt: redirecting ${server.name} (${describeSpec(spec)}) over usbredir\n`);

@@ -345,6 +345,11 @@ export async function run(argv: readonly string[], given: CliIo = defaultIo): Pr
             stopSignal: io.stopSignal ?? signals,
             ...(io.logger !== undefined ? { logger: io.logger } : {}),
             ...(io.onRedirecting !== undefined ? { onRedirecting: io.onRedirecting } : {}),
+            listHostDevices: async () => {
+              const listing = await loadHostListing(io, false);
+              if ("error" in listing) throw new Error(listing.error);
+              return listing.rows.map(pluggedOf);
+            },
           },
           (text, storage) => deviceFromSelector(text, storage, "redirect"),
         );

@@ -21,7 +21,7 @@ import type { UsbipServer } from "../../src/usbip-server/server.js";
 import { UsbredirClient } from "../../src/usbredir/client.js";
 import { RedirStatus } from "../../src/usbredir/protocol.js";
 import { eventually } from "../support/eventually.js";
-import { capture } from "./helpers.js";
+import { capture, redirectInProcess } from "./helpers.js";
 
 const HUB = { vendorId: 0x05e3, productId: 0x0608, deviceClass: 9, portPath: "1-4", product: "USB2.0 Hub" };
 const STICK = {
@@ -349,6 +349,41 @@ describe("usbvirt ctl steers a running serve", () => {
       if (before === undefined) delete process.env.USBVIRT_HOST_LOCK_DIR;
       else process.env.USBVIRT_HOST_LOCK_DIR = before;
       expect(await stop()).toBe(0);
+    }
+  });
+
+  it("redirect --control: list shows its device with its VM; assign and release work, bind does not apply", async () => {
+    const control = join(dir, "redirect.sock");
+    const r = redirectInProcess([
+      "--device",
+      "keyboard",
+      "--listen",
+      "127.0.0.1:0",
+      "--control",
+      control,
+      "--state-dir",
+      join(dir, "state"),
+    ]);
+    await r.ready;
+    const vm = await fakeVm({ port: 0 });
+    try {
+      expect((await ctl(control, "list")).out).toMatch(
+        /emulated\s+keyboard\s+emulated keyboard\s+assigned to this usbvirt redirect's VM/,
+      );
+      expect((await ctl(control, "bind", "loopback")).err).toBe(
+        "usbvirt ctl: bind refused (not-supported): bind needs a USB/IP server (usbvirt serve); this daemon has none\n",
+      );
+      expect((await ctl(control, "assign", "keyboard", "--to", vm.to)).err).toBe(
+        "usbvirt ctl: assign refused (in-use): keyboard is in use by this usbvirt redirect's VM\n",
+      );
+      expect((await ctl(control, "assign", "loopback", "--to", vm.to)).code).toBe(0);
+      await eventually(() => vm.guests.length === 1, 10_000, "the VM got the device");
+      expect(await echoes(vm.guests[0]!, [7])).toBe(true);
+      expect((await ctl(control, "release", "loopback")).code).toBe(0);
+      await vm.guests[0]!.closedPromise();
+    } finally {
+      expect(await r.stop()).toBe(0);
+      await vm.close();
     }
   });
 
