@@ -48,6 +48,7 @@ const UNIT = [
   "test/usbip/urb-reader.test.ts",
   "test/usbredir/reader.test.ts",
   "test/usbredir/vmm-filter.test.ts",
+  "test/toolstack/state-store.test.ts",
   "test/util/**/*.test.ts",
 ];
 

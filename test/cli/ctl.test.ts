@@ -387,6 +387,39 @@ describe("usbvirt ctl steers a running serve", () => {
     }
   });
 
+  it("a host device bound while not plugged in waits, is listed waiting, and still waits after a restart", async () => {
+    const first = await serve([]);
+    try {
+      expect(await ctl(first.control, "bind", "1209:7301")).toEqual({
+        code: 0,
+        out: "1209:7301: bound as 1-1, waiting for it to be plugged in\n",
+        err: "",
+      });
+      expect((await ctl(first.control, "list")).out).toMatch(
+        /host\s+1209:7301\s+not plugged in\s+bound as 1-1, not plugged in/,
+      );
+      expect((await ctl(first.control, "bind", "1209:7301")).err).toBe(
+        "usbvirt ctl: bind refused (in-use): 1209:7301 is in use by USB/IP bus id 1-1 (waiting for it)\n",
+      );
+    } finally {
+      expect(await first.stop()).toBe(0);
+    }
+    const second = await serve([]);
+    try {
+      expect((await ctl(second.control, "list")).out).toMatch(
+        /host\s+1209:7301\s+not plugged in\s+bound as 1-1, not plugged in/,
+      );
+      expect(await ctl(second.control, "unbind", "1209:7301")).toEqual({
+        code: 0,
+        out: "1-1: unbound\n",
+        err: "",
+      });
+      expect((await ctl(second.control, "list")).out).not.toContain("1209:7301");
+    } finally {
+      expect(await second.stop()).toBe(0);
+    }
+  });
+
   it("says why it cannot reach the daemon, and refuses a verb it does not know", async () => {
     const missing = await ctl(join(dir, "none.sock"), "list");
     expect(missing).toEqual({
