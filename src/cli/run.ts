@@ -215,7 +215,8 @@ If the engine dies for good (its backend lost more often than it may be restarte
 Under systemd socket activation (LISTEN_FDS/LISTEN_PID) serve listens on the passed socket, not --bind/--port.
 A --storage-file is locked (FILE.lock holds the pid): a second serve on the same file fails.
 With --control, 'usbvirt ctl' binds, unbinds, detaches, assigns and releases devices while serve runs
-(${CONTROL_SPARE_PORTS} ports are kept free for runtime binds); what it changed is kept in --state-dir and restored.
+(${CONTROL_SPARE_PORTS} ports are kept free for runtime binds; with no device selected it starts with none);
+what it changed is kept in --state-dir and restored.
 
 Config file (JSON): {"bind": "0.0.0.0", "port": 3240, "devices": ["loopback", "1209:0001",
   {"kind": "emulated", "name": "storage", "options": {"sizeBytes": 16777216}}],
