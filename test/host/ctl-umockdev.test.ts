@@ -4,32 +4,18 @@
  * importer sees the disconnect, usbip list -r no longer lists it), and the binding restored when serve
  * starts again on the same --state-dir. The child is test/host/children/ctl-steer.ts.
  */
-import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { allOf, command, need, skipWithout } from "../support/tools.js";
 import { fakeDevice } from "./fixture.js";
-import { runChild } from "./run-child.js";
-import { findTestbedPython, findUmockdevRun, umockdevDescription } from "./umockdev.js";
+import { childFailure, runChild } from "./run-child.js";
+import { testbedPython, umockdevDescription } from "./umockdev.js";
 
-const testbedPython = findUmockdevRun() === null ? null : findTestbedPython();
-function hasUsbipTool(): boolean {
-  try {
-    execFileSync("sh", ["-c", "command -v usbip"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
-const usbipTool = hasUsbipTool();
-if (testbedPython === null || !usbipTool) {
-  console.warn(
-    "test/host/ctl-umockdev: SKIPPED — needs umockdev's interactive testbed (gir1.2-umockdev-1.0, python3-gi) and Linux's usbip tool (usbip)",
-  );
-}
+const tools = allOf(testbedPython(), command(["usbip"], "apt-get install usbip"));
 
-describe.skipIf(testbedPython === null || !usbipTool)(
+describe.skipIf(skipWithout("usbvirt ctl under the umockdev testbed with Linux's usbip", tools))(
   "usbvirt ctl steers serve with a real host device",
   () => {
     it("bind: usbip list -r sees it and a client moves data; unbind: the importer sees it go; restart: the binding is back", async () => {
@@ -38,7 +24,7 @@ describe.skipIf(testbedPython === null || !usbipTool)(
         const description = join(dir, "device.umockdev");
         writeFileSync(description, umockdevDescription(fakeDevice));
         const out = await runChild(
-          testbedPython!,
+          need(tools)[0],
           [
             "test/host/children/testbed.py",
             description,
@@ -54,9 +40,7 @@ describe.skipIf(testbedPython === null || !usbipTool)(
         );
         const v = out.verdict;
         if (v === null || v.ok !== true) {
-          throw new Error(
-            `ctl-steer child failed (exit ${out.code}): ${JSON.stringify(v)}\n${out.stderr.slice(-2000)}`,
-          );
+          throw new Error(childFailure("ctl-steer child", out));
         }
         expect(v.listBefore).toMatch(/host\s+1-1\s+1209:7301\s+available/);
         expect(v.usbipBefore).not.toContain("1209:7301");

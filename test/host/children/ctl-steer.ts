@@ -18,6 +18,7 @@ import type { ListResult } from "../../../src/toolstack/protocol.js";
 import { CollectingLogger } from "../../../src/usbip/log.js";
 import { type AttachedDevice, attachRemote } from "../../../src/usbip-attach/attach.js";
 import type { UsbipServer } from "../../../src/usbip-server/server.js";
+import { exitWithVerdict } from "../../support/verdict.js";
 
 const events: string[] = [];
 const log = new CollectingLogger();
@@ -134,22 +135,15 @@ async function steer(): Promise<Record<string, unknown>> {
 }
 
 const watchdog = setTimeout(() => {
-  process.stdout.write(
-    `VERDICT ${JSON.stringify({ ok: false, error: "timed out in the child", events, log: log.lines })}\n`,
-  );
-  process.exit(2);
+  exitWithVerdict({ ok: false, error: "timed out in the child", events, log: log.lines }, 2);
 }, 100_000);
 steer().then(
   (v) => {
     clearTimeout(watchdog);
-    process.stdout.write(`VERDICT ${JSON.stringify({ ok: true, ...v, events, log: log.lines })}\n`);
-    process.exit(0);
+    exitWithVerdict({ ok: true, ...v, events, log: log.lines }, 0);
   },
   (err: unknown) => {
     clearTimeout(watchdog);
-    process.stdout.write(
-      `VERDICT ${JSON.stringify({ ok: false, error: String(err), events, log: log.lines })}\n`,
-    );
-    process.exit(1);
+    exitWithVerdict({ ok: false, error: String(err), events, log: log.lines }, 1);
   },
 );
