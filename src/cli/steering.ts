@@ -3,10 +3,10 @@
  * start them: the saved state restored first, then the socket opened; closed before the server.
  */
 
+import type { FaceLogger } from "../network-face/log.js";
 import { ControlServer, defaultControlPath } from "../toolstack/control-server.js";
 import { defaultStateDir, StateStore } from "../toolstack/state-store.js";
 import { Toolstack, type ToolstackOptions } from "../toolstack/toolstack.js";
-import type { UsbipLogger } from "../usbip/log.js";
 import type { ControlSource } from "./status-page.js";
 
 /** Ports `serve --control` keeps free for runtime binds (each holds 8 MiB of guest memory). */
@@ -36,7 +36,7 @@ export function controlPathOf(settings: SteeringSettings): string | null {
 export async function startSteering(
   settings: SteeringSettings,
   parts: Omit<ToolstackOptions, "store" | "log">,
-  log: UsbipLogger,
+  log: FaceLogger,
 ): Promise<Steering | null> {
   const path = controlPathOf(settings);
   if (path === null) return null;

@@ -11,7 +11,7 @@
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { dirname } from "node:path";
-import type { UsbipLogger } from "../usbip/log.js";
+import type { FaceLogger } from "../network-face/log.js";
 import {
   busyReply,
   CONTROL_LIMITS,
@@ -28,7 +28,7 @@ export type ControlHandler = (request: ControlRequest) => Promise<unknown>;
 export interface ControlServerOptions {
   readonly path: string;
   readonly handler: ControlHandler;
-  readonly log: UsbipLogger;
+  readonly log: FaceLogger;
   /** Override the bounds (tests). */
   readonly limits?: Partial<typeof CONTROL_LIMITS>;
 }

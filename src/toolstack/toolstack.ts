@@ -18,7 +18,7 @@ import { type DeviceFilter, judge } from "../devices/host/filter.js";
 import { formatSelector, matchesSelector, selectorFromSpec } from "../devices/host/select.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
-import type { UsbipLogger } from "../usbip/log.js";
+import type { FaceLogger } from "../network-face/log.js";
 import type { HostExports, PluggedDevice } from "../usbip-server/host-exports.js";
 import type { UsbipServer } from "../usbip-server/server.js";
 import { UsbredirServer } from "../usbredir/server.js";
@@ -71,14 +71,14 @@ export interface ToolstackOptions {
   /** libusb's listing (throws when libusb cannot be used). */
   readonly listHost: () => Promise<readonly HostRow[]>;
   readonly store: StateStore | null;
-  readonly log: UsbipLogger;
+  readonly log: FaceLogger;
   /** What this daemon holds outside the USB/IP server (redirect's own device). */
   readonly fixed?: readonly Holding[];
   /** Start a usbredir server dialling the VM (default: UsbredirServer.start; tests may wrap it). */
   readonly startAssignment?: (
     spec: DeviceSpec,
     target: AssignTarget,
-    log: UsbipLogger,
+    log: FaceLogger,
   ) => Promise<Assignment["server"]>;
 }
 
@@ -539,7 +539,7 @@ function hex4(n: number): string {
 async function startRedirect(
   spec: DeviceSpec,
   target: AssignTarget,
-  log: UsbipLogger,
+  log: FaceLogger,
 ): Promise<Assignment["server"]> {
   return await UsbredirServer.start({
     device: spec,

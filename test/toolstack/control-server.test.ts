@@ -11,9 +11,9 @@ import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { CollectingLogger } from "../../src/network-face/log.js";
 import { ControlServer } from "../../src/toolstack/control-server.js";
 import { CONTROL_LIMITS, type ControlReply, type ControlRequest } from "../../src/toolstack/protocol.js";
-import { CollectingLogger } from "../../src/usbip/log.js";
 import { eventually } from "../support/eventually.js";
 import { found, missing, skipWithout } from "../support/tools.js";
 

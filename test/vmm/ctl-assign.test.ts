@@ -83,9 +83,9 @@ describe.skipIf(skipWithout("the ctl assign QEMU test", availability))(
       expect(swaps, why).toEqual(["0 loopback: released", `0 storage: assigned to ${to}`]);
       expect(run.steps.get("storage"), why).toMatchObject({ ok: true });
       // At the end the guest's USB bus has the storage and no longer the loopback: release took it away.
-    expect(run.steps.get("usb-ids")?.detail, why).toContain("1209:0003@");
-    expect(run.steps.get("usb-ids")?.detail, why).not.toContain("1209:0001@");
-    expect(run.done, why).toBe(true);
+      expect(run.steps.get("usb-ids")?.detail, why).toContain("1209:0003@");
+      expect(run.steps.get("usb-ids")?.detail, why).not.toContain("1209:0001@");
+      expect(run.done, why).toBe(true);
       expect(log.filter((l) => /redirected usbvirt loopback/.test(l)).length, why).toBeGreaterThanOrEqual(1);
       expect(log.filter((l) => /redirected usbvirt mass storage/.test(l)).length, why).toBeGreaterThanOrEqual(
         1,
