@@ -6,6 +6,7 @@
  * message on stderr), 2 on a usage error.
  */
 import { connect } from "node:net";
+import { escapeForTerminal } from "../network-face/log.js";
 import { defaultControlPath } from "../toolstack/control-server.js";
 import {
   CONTROL_VERSION,
@@ -145,16 +146,26 @@ export async function ctlCommand(
   const request = ctlRequest(positionals, options);
   const path = typeof options.control === "string" ? options.control : defaultControlPath();
   const reply = await controlRequest(path, request);
+  // What the daemon says may quote a device's strings or another client's request: escaped for the terminal.
   if (options.json === true) {
-    io.out(`${JSON.stringify(reply.ok ? reply.result : { error: reply.error }, null, 2)}\n`);
+    io.out(
+      escapeForTerminal(`${JSON.stringify(reply.ok ? reply.result : { error: reply.error }, null, 2)}\n`),
+    );
     return reply.ok ? 0 : 1;
   }
   if (!reply.ok) {
-    io.err(`usbvirt ctl: ${request.verb} refused (${reply.error.code}): ${reply.error.message}\n`);
+    io.err(
+      escapeForTerminal(
+        `usbvirt ctl: ${request.verb} refused (${reply.error.code}): ${reply.error.message}\n`,
+      ),
+    );
     return 1;
   }
-  if (request.verb === "list") io.out(listTable(reply.result as ListResult));
-  else io.out(`${oneLine(request.verb as string, reply.result as Record<string, unknown>)}\n`);
+  if (request.verb === "list") io.out(escapeForTerminal(listTable(reply.result as ListResult)));
+  else
+    io.out(
+      escapeForTerminal(`${oneLine(request.verb as string, reply.result as Record<string, unknown>)}\n`),
+    );
   return 0;
 }
 

@@ -18,7 +18,7 @@ import { type DeviceFilter, judge } from "../devices/host/filter.js";
 import { formatSelector, matchesSelector, selectorFromSpec } from "../devices/host/select.js";
 import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
-import type { FaceLogger } from "../network-face/log.js";
+import { escapingLogger, type FaceLogger } from "../network-face/log.js";
 import type { HostExports, PluggedDevice } from "../usbip-server/host-exports.js";
 import type { UsbipServer } from "../usbip-server/server.js";
 import { UsbredirServer } from "../usbredir/server.js";
@@ -108,7 +108,11 @@ export class Toolstack {
     this.imports.delete(busid);
   };
 
+  /** The daemon's log, every unsafe character of what a control client or a device said escaped. */
+  private readonly log: FaceLogger;
+
   constructor(private readonly options: ToolstackOptions) {
+    this.log = escapingLogger(options.log);
     this.spare = [...options.sparePorts].sort((a, b) => a - b);
     options.usbip?.on("import", this.onImport);
     options.usbip?.on("detach", this.onDetach);
@@ -121,7 +125,7 @@ export class Toolstack {
     this.queue = step.catch(() => undefined);
     return step.catch((err: unknown) => {
       this.counters.refusals++;
-      this.options.log.warn(`control: ${request.verb} refused: ${(err as Error).message}`);
+      this.log.warn(`control: ${request.verb} refused: ${(err as Error).message}`);
       throw err;
     });
   }
@@ -149,7 +153,7 @@ export class Toolstack {
     try {
       saved = store.load();
     } catch (err) {
-      this.options.log.error(`control: saved state ignored: ${(err as Error).message}`);
+      this.log.error(`control: saved state ignored: ${(err as Error).message}`);
       return;
     }
     const steps: [string, () => Promise<unknown>][] = [
@@ -169,9 +173,9 @@ export class Toolstack {
     for (const [what, step] of steps) {
       try {
         await step();
-        this.options.log.info(`control: restored ${what}`);
+        this.log.info(`control: restored ${what}`);
       } catch (err) {
-        this.options.log.error(`control: cannot restore ${what}: ${(err as Error).message}`);
+        this.log.error(`control: cannot restore ${what}: ${(err as Error).message}`);
       }
     }
     this.state = saved;
@@ -286,10 +290,9 @@ export class Toolstack {
     }
     this.runtimeBinds.set(port, selector);
     this.counters.binds++;
-    this.options.log.info(
-      `control: bound ${selector} as ${busid}${state === "waiting" ? " (waiting for it)" : ""}`,
-      { busid },
-    );
+    this.log.info(`control: bound ${selector} as ${busid}${state === "waiting" ? " (waiting for it)" : ""}`, {
+      busid,
+    });
     if (persist) {
       // Replayed after the config's unbinds, so a config device bound again is a runtime bind too.
       this.state.bound.push({ device: selector, busid });
@@ -330,7 +333,7 @@ export class Toolstack {
     const runtime = this.runtimeBinds.get(port);
     this.runtimeBinds.delete(port);
     this.counters.unbinds++;
-    this.options.log.info(`control: unbound ${busid}`, { busid });
+    this.log.info(`control: unbound ${busid}`, { busid });
     if (persist) {
       const i = runtime !== undefined ? this.state.bound.findIndex((b) => b.busid === busid) : -1;
       if (i >= 0) this.state.bound.splice(i, 1);
@@ -373,7 +376,7 @@ export class Toolstack {
     const start = this.options.startAssignment ?? startRedirect;
     let server: Assignment["server"];
     try {
-      server = await start(spec, target, this.options.log);
+      server = await start(spec, target, this.log);
     } catch (err) {
       throw new ControlError("failed", `cannot assign ${selector}: ${(err as Error).message}`, {
         cause: err,
@@ -381,7 +384,7 @@ export class Toolstack {
     }
     this.assignments.push({ selector, spec, target, since: new Date(), server });
     this.counters.assigns++;
-    this.options.log.info(`control: assigned ${selector} to ${formatTarget(target)}`);
+    this.log.info(`control: assigned ${selector} to ${formatTarget(target)}`);
     if (persist) {
       this.state.assigned.push({ device: selector, to: formatTarget(target) });
       this.save();
@@ -396,7 +399,7 @@ export class Toolstack {
     this.assignments.splice(this.assignments.indexOf(a), 1);
     await a.server.close();
     this.counters.releases++;
-    this.options.log.info(`control: released ${a.selector} from ${formatTarget(a.target)}`);
+    this.log.info(`control: released ${a.selector} from ${formatTarget(a.target)}`);
     if (persist) {
       const i = this.state.assigned.findIndex((x) => x.device === a.selector);
       if (i >= 0) this.state.assigned.splice(i, 1);
@@ -409,7 +412,7 @@ export class Toolstack {
     try {
       this.options.store?.save(this.state);
     } catch (err) {
-      this.options.log.error(
+      this.log.error(
         `control: cannot save the state to ${this.options.store?.file}: ${(err as Error).message}`,
       );
     }

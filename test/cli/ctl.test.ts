@@ -195,6 +195,14 @@ describe("usbvirt ctl steers a running serve", () => {
         "usbvirt ctl: unbind refused (unknown-device): bus id 1-1 is not bound\n",
       );
       expect(c.logger.matching("control: bound keyboard as 1-1")).toHaveLength(1);
+      // A selector with terminal escapes reaches neither the terminal nor the log raw.
+      const hostile = await ctl(control, "bind", "\u001b[2Jevil");
+      expect(hostile.code).toBe(1);
+      expect(hostile.err).not.toContain("\u001b");
+      expect(hostile.err).toContain("\\u001b[2Jevil");
+      const logged = c.logger.matching("[2Jevil");
+      expect(logged.length).toBeGreaterThan(0);
+      expect(logged.every((l) => !l.includes("\u001b"))).toBe(true);
     } finally {
       await att?.close();
       expect(await stop()).toBe(0);
