@@ -40,8 +40,8 @@ import {
   REDIRECT_SETTINGS,
   usbipSpecFromUrl,
 } from "./redirect-config.js";
-import { TLS_CLIENT_OPTIONS, TLS_SERVER_OPTIONS, tlsClientOptions, tlsServerOptions } from "./tls-flags.js";
 import { type Steering, startSteering } from "./steering.js";
+import { TLS_CLIENT_OPTIONS, TLS_SERVER_OPTIONS, tlsClientOptions, tlsServerOptions } from "./tls-flags.js";
 
 export { usbipSpecFromUrl } from "./redirect-config.js";
 

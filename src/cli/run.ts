@@ -58,6 +58,7 @@ import { UsageError } from "./errors.js";
 import { REDIRECT, redirectCommand } from "./redirect.js";
 import { allowedExports, checkExplicitDevices, planPorts } from "./serve-hosts.js";
 import { STATUS, statusCommand } from "./status.js";
+import { CONTROL_SPARE_PORTS, type Steering, startSteering } from "./steering.js";
 import {
   TLS_CERT_OPTION,
   TLS_CLIENT_OPTIONS,
@@ -66,7 +67,6 @@ import {
   tlsClientOptions,
   tlsServerOptions,
 } from "./tls-flags.js";
-import { CONTROL_SPARE_PORTS, type Steering, startSteering } from "./steering.js";
 
 export interface CliIo {
   out(text: string): void;
