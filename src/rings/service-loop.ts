@@ -129,7 +129,9 @@ export class ServiceLoop {
         } else await RESOLVED;
         continue;
       }
-      busy = 0;
+      // `busy` is not reset by a park: a same-thread ring wakes the park in this turn's microtasks
+      // (doorbell.ts), so busy polls separated by parks still run without a turn of the event loop
+      // between them; only the yield above gives I/O and timers their turn.
       const turning = this.turning?.() === true;
       if (turning && (await this.spin.spinTurning(waitable))) continue;
       // stop() may have run during a spin between turns; from here to the park nothing else runs, and a
