@@ -13,6 +13,7 @@ import { type DiscoveryResult, discover } from "../discovery/browser.js";
 import { type Candidate, describeCandidate, resolve } from "../discovery/select.js";
 import { escapeControls } from "../network-face/log.js";
 import { type AttachedDevice, attachRemote } from "../usbip-attach/attach.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 
 export function discoveryTable(result: DiscoveryResult): string {
   const lines: string[] = [];
@@ -50,20 +51,21 @@ export function discoveryTable(result: DiscoveryResult): string {
 }
 
 /** The selector matched several free devices: the user must say which. */
-export class AmbiguousDeviceError extends Error {
-  readonly code = "ERR_USBVIRT_AMBIGUOUS_DEVICE";
+export class AmbiguousDeviceError extends UsbvirtError {
+  declare readonly code: "ERR_USBVIRT_AMBIGUOUS_DEVICE";
   constructor(
     selector: string,
     readonly candidates: readonly Candidate[],
   ) {
     super(
+      "ERR_USBVIRT_AMBIGUOUS_DEVICE",
       `"${selector}" matches ${candidates.length} free devices; name one (add serial=, or a bus id with the host):\n${candidates
         .map((c) => `  ${describeCandidate(c)}`)
         .join("\n")}`,
     );
-    this.name = "AmbiguousDeviceError";
   }
 }
+registerErrorClass(AmbiguousDeviceError);
 
 export interface FollowOptions {
   readonly selector: string;

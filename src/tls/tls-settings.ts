@@ -12,7 +12,7 @@ import {
   type TLSSocket,
   connect as tlsConnect,
 } from "node:tls";
-import { UsbvirtError } from "../util/errors.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 
 export type TlsVersion = "TLSv1.2" | "TLSv1.3";
 export const DEFAULT_TLS_MIN_VERSION: TlsVersion = "TLSv1.3";
@@ -42,6 +42,7 @@ export class TlsError extends UsbvirtError {
     super(code, message, options);
   }
 }
+registerErrorClass(TlsError);
 
 const FINGERPRINT = /^SHA256:((?:[0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2})$/i;
 

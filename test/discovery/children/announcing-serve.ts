@@ -8,6 +8,7 @@ import { createInterface } from "node:readline";
 import { run } from "../../../src/cli/run.js";
 import { CollectingLogger } from "../../../src/network-face/log.js";
 import { assertInTestNamespace } from "../../support/netns.js";
+import { exitWithVerdict } from "../../support/verdict.js";
 
 assertInTestNamespace();
 let stop!: (s: string) => void;
@@ -27,5 +28,4 @@ createInterface({ input: process.stdin }).on("line", (line) => {
   if (line === "stop") stop("SIGTERM");
 });
 const code = await exit;
-process.stdout.write(`VERDICT ${JSON.stringify({ ok: code === 0, code, log: log.lines })}\n`);
-process.exit(0);
+exitWithVerdict({ ok: code === 0, code, log: log.lines }, 0);

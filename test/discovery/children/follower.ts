@@ -8,6 +8,7 @@ import { DeviceFollower } from "../../../src/cli/discover.js";
 import { parseDeviceSelector } from "../../../src/discovery/select.js";
 import type { AttachedDevice } from "../../../src/usbip-attach/attach.js";
 import { assertInTestNamespace } from "../../support/netns.js";
+import { exitWithVerdict } from "../../support/verdict.js";
 
 assertInTestNamespace();
 const selector = process.argv[2]!;
@@ -42,7 +43,6 @@ follower.events.on("lost", (reason) => process.stdout.write(`LOST ${reason}\n`))
 createInterface({ input: process.stdin }).on("line", (line) => {
   if (line !== "stop") return;
   follower.close().then(() => {
-    process.stdout.write(`VERDICT ${JSON.stringify({ ok: true, log })}\n`);
-    process.exit(0);
+    exitWithVerdict({ ok: true, log }, 0);
   });
 });

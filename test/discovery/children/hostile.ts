@@ -9,6 +9,7 @@ import dnsPacket from "dns-packet";
 import { discover } from "../../../src/discovery/browser.js";
 import { encodeTxt } from "../../../src/discovery/txt-record.js";
 import { assertInTestNamespace } from "../../support/netns.js";
+import { exitWithVerdict } from "../../support/verdict.js";
 
 assertInTestNamespace();
 const FLOOD = Number(process.argv[2] ?? "3000");
@@ -67,12 +68,12 @@ for (let i = 0; i < FLOOD; i++) {
 const result = await listening;
 sock.close();
 globalThis.gc?.();
-process.stdout.write(
-  `VERDICT ${JSON.stringify({
+exitWithVerdict(
+  {
     ok: true,
     servers: result.servers.map((s) => s.name),
     ignored: result.ignored,
     heapGrowth: process.memoryUsage().heapUsed - heapBefore,
-  })}\n`,
+  },
+  0,
 );
-process.exit(0);
