@@ -24,6 +24,9 @@ class FixedProbe extends ContentionProbe {
   override contended(): boolean {
     return this.busy;
   }
+  // A loaded CI machine really deschedules a spinning test; these tests are about the counts the code keeps,
+  // so a real preemption is not recorded here (the gap detection has its own tests with a scripted clock).
+  override preempted(): void {}
 }
 
 function idle() {
@@ -249,7 +252,6 @@ describe("adaptive spin on a contended host", () => {
       misses: 1,
       sleeps: 1,
       contendedSpins: 0,
-      preemptions: 0,
     });
   });
 
