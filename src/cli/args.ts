@@ -23,6 +23,8 @@ export interface CommandSpec {
   readonly options: readonly OptionSpec[];
   /** Extra help text after the option list. */
   readonly details?: string;
+  /** Flags that were renamed (old name → new name, without "--"): refused with a message naming the new one. */
+  readonly renamed?: Readonly<Record<string, string>>;
 }
 
 export interface Parsed {
@@ -54,7 +56,13 @@ export function parseArgs(spec: CommandSpec, argv: readonly string[]): Parsed {
     const eq = arg.indexOf("=");
     const name = arg.slice(2, eq < 0 ? undefined : eq);
     const option = spec.options.find((o) => o.name === name);
-    if (option === undefined) throw new UsageError(spec.name, `unknown option '--${name}'`);
+    if (option === undefined) {
+      const now = spec.renamed?.[name];
+      throw new UsageError(
+        spec.name,
+        now !== undefined ? `--${name} was renamed --${now}` : `unknown option '--${name}'`,
+      );
+    }
     if (option.kind === "boolean") {
       if (eq >= 0) throw new UsageError(spec.name, `--${name} takes no value`);
       options[name] = true;

@@ -20,8 +20,10 @@ import { readFile } from "node:fs/promises";
 import * as v from "valibot";
 import { parseRules, parseSelectorRule } from "../devices/host/filter.js";
 import { DeviceSpecSchema, describeIssue, describeIssues } from "../devices/spec-schema.js";
+import { RENAMED_OPTIONS } from "../network-face/bounds.js";
 import { parseIpPrefix } from "../util/ip-prefix.js";
 import { parseSize } from "./args.js";
+import { PEER_BOUND_FLAGS, peerBoundFields } from "./bound-settings.js";
 import { UsageError } from "./errors.js";
 import { parseMetricsAddress } from "./metrics.js";
 
@@ -323,6 +325,9 @@ export function storageBytes(size: string | number | undefined): number {
   return typeof size === "number" ? size : parseSize(size)!;
 }
 
+/** serve's default for maxUrbsPerPeer (src/usbip-server/options.ts), as --help and the schema say it. */
+export const SERVE_MAX_URBS_DEFAULT = "its device's share of the engine's ring slots, also the most";
+
 export const ServeConfigSchema = v.pipe(
   v.strictObject({
     $schema: SchemaKey,
@@ -381,6 +386,7 @@ export const ServeConfigSchema = v.pipe(
       ),
     ),
     ...daemonFields("USB/IP clients"),
+    ...peerBoundFields(SERVE_MAX_URBS_DEFAULT),
     ...announceFields("_usbip._tcp"),
     ...steeringFields(),
   }),
@@ -395,12 +401,16 @@ export type ServeConfig = v.InferOutput<typeof ServeConfigSchema>;
 
 // ---------------------------------------------------------------- the machinery
 
-/** A command's settings: its schema, each key's flag, and the flags whose digits become a number. */
+/**
+ * A command's settings: its schema, each key's flag, the flags whose number text becomes a number, and
+ * keys the file may no longer use (old name → new name, refused with a message naming the new one).
+ */
 export interface CommandSettings<T> {
   readonly command: string;
   readonly schema: v.GenericSchema<unknown, T>;
   readonly flagOfKey: Readonly<Record<Exclude<keyof T, "$schema">, string>>;
   readonly numericFlags?: readonly string[];
+  readonly renamedKeys?: Readonly<Record<string, string>>;
   /** Keys that say one thing between them (redirect's listen / connect): a flag for one drops the file's others. */
   readonly oneOf?: readonly (keyof T)[];
 }
@@ -417,10 +427,12 @@ export const SERVE_SETTINGS: CommandSettings<ServeConfig> = {
     deny: "deny",
     matchNew: "match-new",
     ...DAEMON_FLAGS,
+    ...PEER_BOUND_FLAGS,
     ...ANNOUNCE_FLAGS,
     ...STEERING_FLAGS,
   },
-  numericFlags: ["port"],
+  numericFlags: ["port", ...Object.values(PEER_BOUND_FLAGS)],
+  renamedKeys: RENAMED_OPTIONS,
 };
 
 /** Each serve flag and the config key it sets (one name per setting; the flag wins). */
@@ -447,16 +459,27 @@ export function checkConfig<T>(settings: CommandSettings<T>, value: unknown, sou
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new UsageError(settings.command, `${source} must hold a JSON object`);
   }
-  const result = v.safeParse(settings.schema, value, { abortPipeEarly: true });
-  if (!result.success) {
-    throw new UsageError(settings.command, `${source}: ${describeIssues(result.issues, "")}`);
+  // An old key is said with its new name, beside whatever else is wrong.
+  const renamed = Object.entries(settings.renamedKeys ?? {}).filter(([old]) => Object.hasOwn(value, old));
+  const rest: Record<string, unknown> = { ...value };
+  for (const [old] of renamed) delete rest[old];
+  const result = v.safeParse(settings.schema, rest, { abortPipeEarly: true });
+  const problems = [
+    ...renamed.map(([old, now]) => `${old}: was renamed ${now}`),
+    ...(result.success ? [] : [describeIssues(result.issues, "")]),
+  ];
+  if (!result.success || renamed.length > 0) {
+    throw new UsageError(settings.command, `${source}: ${problems.join("; ")}`);
   }
   return result.output;
 }
 
+const NUMBER_TEXT = /^-?\d{1,20}(\.\d{1,20})?$/;
+
 /**
  * A command's flags, as the config file's keys, checked by the same schema; an error names the flag
- * (`--port: must be an integer 0..65535, not "3253x"`). A numeric flag written in digits becomes a number.
+ * (`--port: must be an integer 0..65535, not "3253x"`). A numeric flag written as a decimal number becomes a
+ * number (so "-1" and "1.5" are refused as numbers, by the schema's own rule).
  */
 export function configFromFlags<T>(
   settings: CommandSettings<T>,
@@ -468,7 +491,7 @@ export function configFromFlags<T>(
     const value = options[flag];
     if (value === undefined) continue;
     const numeric = settings.numericFlags?.includes(flag) === true;
-    input[key] = numeric && typeof value === "string" && /^\d{1,5}$/.test(value) ? Number(value) : value;
+    input[key] = numeric && typeof value === "string" && NUMBER_TEXT.test(value) ? Number(value) : value;
   }
   const result = v.safeParse(settings.schema, input, { abortPipeEarly: true });
   if (result.success) return result.output;

@@ -8,7 +8,10 @@
  */
 import * as v from "valibot";
 import type { DeviceSpec } from "../devices/spec.js";
+import { RENAMED_OPTIONS } from "../network-face/bounds.js";
 import { parseHostPort } from "../usbip-attach/attach.js";
+import { DEFAULT_MAX_URBS } from "../usbredir/options.js";
+import { PEER_BOUND_FLAGS, peerBoundFields } from "./bound-settings.js";
 import {
   type CommandSettings,
   DAEMON_FLAGS,
@@ -103,6 +106,7 @@ export const RedirectConfigSchema = v.pipe(
       ),
     ),
     ...daemonFields("VMM connections (listen mode)"),
+    ...peerBoundFields(String(DEFAULT_MAX_URBS)),
     ...steeringFields(),
   }),
   v.title("usbvirt redirect configuration"),
@@ -119,7 +123,10 @@ export const REDIRECT_SETTINGS: CommandSettings<RedirectConfig> = {
     listen: "listen",
     connect: "connect",
     ...DAEMON_FLAGS,
+    ...PEER_BOUND_FLAGS,
     ...STEERING_FLAGS,
   },
+  numericFlags: Object.values(PEER_BOUND_FLAGS),
+  renamedKeys: RENAMED_OPTIONS,
   oneOf: ["listen", "connect"],
 };

@@ -10,6 +10,7 @@ import type { DeviceSpec } from "../devices/spec.js";
 import { describeSpec } from "../devices/spec.js";
 import type { FaceLogger } from "../network-face/log.js";
 import type { HostRow } from "../toolstack/toolstack.js";
+import { DEFAULT_MAX_URBS } from "../usbredir/options.js";
 import { UsbredirServer } from "../usbredir/server.js";
 import {
   CONFIG_OPTION,
@@ -22,6 +23,7 @@ import {
   STORAGE_FILE_OPTION,
   STORAGE_SIZE_OPTION,
 } from "./args.js";
+import { peerBoundOptions, peerBoundsOf, RENAMED_BOUND_FLAGS } from "./bound-settings.js";
 import { commandConfig, storageBytes } from "./config.js";
 import { packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
 import {
@@ -88,7 +90,9 @@ export const REDIRECT: CommandSpec = {
     ...TLS_CLIENT_OPTIONS,
     CONTROL_OPTION,
     STATE_DIR_OPTION,
+    ...peerBoundOptions(String(DEFAULT_MAX_URBS)),
   ],
+  renamed: RENAMED_BOUND_FLAGS,
   details: `One device per connection, as usbredir defines. In listen mode the device goes to one VM at a
 time; when the VM disconnects its transfers are cancelled, the device is released and the next
 connection gets it. SIGINT/SIGTERM: transfers cancelled, device released, exit 0. If the engine dies
@@ -107,7 +111,8 @@ QEMU listening (usbvirt redirect --device storage --connect 127.0.0.1:4000):
 
 Config file (JSON; schema/usbvirt-redirect.schema.json): {"device": "storage", "listen": "127.0.0.1:4000",
   "storageFile": "disk.img", "storageSize": "64M", "allowClients": ["127.0.0.1"], "metrics": "9241"}
-A --listen or --connect flag replaces the file's listen or connect.`,
+A --listen or --connect flag replaces the file's listen or connect. Each per-connection bound's key is its
+flag in camelCase ("handshakeTimeoutMs": 5000 for --handshake-timeout-ms 5000), as serve's are.`,
 };
 
 export interface RedirectIo {
@@ -205,6 +210,7 @@ export async function redirectCommand(
     logger,
     allow,
     version: `usbvirt ${packageVersion()}`,
+    ...peerBoundsOf(config),
     ...(serverTls !== null ? { tls: serverTls } : {}),
     ...(where !== null
       ? { connect: clientTls !== null ? { ...where, tls: clientTls } : where }

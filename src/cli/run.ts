@@ -42,7 +42,8 @@ import {
   STORAGE_FILE_OPTION,
   STORAGE_SIZE_OPTION,
 } from "./args.js";
-import { commandConfig, SERVE_SETTINGS, storageBytes } from "./config.js";
+import { peerBoundOptions, peerBoundsOf, RENAMED_BOUND_FLAGS } from "./bound-settings.js";
+import { commandConfig, SERVE_MAX_URBS_DEFAULT, SERVE_SETTINGS, storageBytes } from "./config.js";
 import { CTL, ctlCommand } from "./ctl.js";
 import { packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
 import {
@@ -204,7 +205,9 @@ const SERVE: CommandSpec = {
     ...TLS_SERVER_OPTIONS,
     CONTROL_OPTION,
     STATE_DIR_OPTION,
+    ...peerBoundOptions(SERVE_MAX_URBS_DEFAULT),
   ],
+  renamed: RENAMED_BOUND_FLAGS,
   details: `With no device selected, serve exports the emulated loopback, keyboard and a 64 MiB storage device.
 Host devices pass the filter first: --filter rules in order, then --deny, then --allow; the first rule that
 matches decides; then hubs (class 9) are denied; with no match a device is allowed unless an allow rule was
@@ -221,6 +224,8 @@ what it changed is kept in --state-dir and restored.
 Config file (JSON): {"bind": "0.0.0.0", "port": 3240, "devices": ["loopback", "1209:0001",
   {"kind": "emulated", "name": "storage", "options": {"sizeBytes": 16777216}}],
   "allow": ["1d6b:*"], "deny": [], "allowClients": ["192.168.1.0/24"], "storageSize": "64M", "storageFile": "disk.img"}
+Each per-client bound's key is its flag in camelCase ("maxConnections": 16 for --max-connections 16); redirect
+takes the same ones.
 
 On a Linux client (modprobe vhci-hcd):  usbip list -r HOST   then   usbip attach -r HOST -b 1-1`,
 };
@@ -606,6 +611,7 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     port,
     logger,
     allow: allowClients,
+    ...peerBoundsOf(config),
     ...(listenFd !== null ? { listenFd } : {}),
     ...(tls !== null ? { tls } : {}),
   });

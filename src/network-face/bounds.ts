@@ -59,6 +59,44 @@ export const RENAMED_OPTIONS: Readonly<Record<string, keyof PeerBoundsOptions>> 
   helloTimeoutMs: "handshakeTimeoutMs",
 };
 
+/** The longest delay a Node timer keeps (2^31 - 1 ms); a longer one fires after 1 ms instead. */
+export const MAX_TIMER_MS = 2_147_483_647;
+
+/**
+ * What each bound may be: an integer from `least` (0 for the timeouts, where 0 means no limit) to `most`,
+ * and its default (null: the server's own, maxUrbsPerPeer). checkPeerBounds and the CLI's flags and
+ * config keys (src/cli/bound-settings.ts) all read it.
+ */
+export const PEER_BOUND_RULES: {
+  readonly [K in keyof PeerBoundsOptions]-?: {
+    readonly least: 0 | 1;
+    readonly most: number;
+    readonly fallback: number | null;
+  };
+} = {
+  maxUrbsPerPeer: { least: 1, most: Number.MAX_SAFE_INTEGER, fallback: null },
+  maxUnsentBytes: { least: 1, most: Number.MAX_SAFE_INTEGER, fallback: DEFAULT_MAX_UNSENT_BYTES },
+  stalledPeerMs: { least: 1, most: MAX_TIMER_MS, fallback: DEFAULT_STALLED_PEER_MS },
+  blockedRequestMs: { least: 1, most: MAX_TIMER_MS, fallback: DEFAULT_BLOCKED_REQUEST_MS },
+  handshakeTimeoutMs: { least: 0, most: MAX_TIMER_MS, fallback: DEFAULT_HANDSHAKE_TIMEOUT_MS },
+  requestTimeoutMs: { least: 0, most: MAX_TIMER_MS, fallback: DEFAULT_REQUEST_TIMEOUT_MS },
+  maxConnections: { least: 1, most: Number.MAX_SAFE_INTEGER, fallback: DEFAULT_MAX_CONNECTIONS },
+};
+
+/** Why `value` cannot be bound `key` ("must be a positive integer"), or null when it can. */
+export function peerBoundProblem(key: keyof PeerBoundsOptions, value: unknown): string | null {
+  const { least, most } = PEER_BOUND_RULES[key];
+  if (typeof value !== "number" || !Number.isInteger(value) || value < least) {
+    return least === 1 ? "must be a positive integer" : "must be a non-negative integer (0: no limit)";
+  }
+  if (value > most) {
+    return most === MAX_TIMER_MS
+      ? `must be at most ${MAX_TIMER_MS} (the longest timer Node keeps)`
+      : `must be at most ${most}`;
+  }
+  return null;
+}
+
 /**
  * Check `options`' bounds (calls `fail` with a message naming the option, which must throw) and apply
  * the defaults; `maxUrbsDefault` is the server's own (its share of the engine's ring slots).
@@ -71,25 +109,20 @@ export function checkPeerBounds(
   for (const [old, now] of Object.entries(RENAMED_OPTIONS)) {
     if (Object.hasOwn(options, old)) throw fail(`options.${old} was renamed ${now}`);
   }
-  const positive = (key: keyof PeerBoundsOptions, fallback: number): number => {
+  const bound = (key: keyof PeerBoundsOptions): number => {
     const v = options[key];
-    if (v === undefined) return fallback;
-    if (!Number.isInteger(v) || v < 1) throw fail(`options.${key} must be a positive integer, got ${v}`);
-    return v;
-  };
-  const orNever = (key: keyof PeerBoundsOptions, fallback: number): number => {
-    const v = options[key];
-    if (v === undefined) return fallback;
-    if (!Number.isInteger(v) || v < 0) throw fail(`options.${key} must be a non-negative integer, got ${v}`);
+    if (v === undefined) return PEER_BOUND_RULES[key].fallback ?? maxUrbsDefault;
+    const problem = peerBoundProblem(key, v);
+    if (problem !== null) throw fail(`options.${key} ${problem}, got ${v}`);
     return v;
   };
   return {
-    maxUrbs: positive("maxUrbsPerPeer", maxUrbsDefault),
-    maxUnsent: positive("maxUnsentBytes", DEFAULT_MAX_UNSENT_BYTES),
-    stalledMs: positive("stalledPeerMs", DEFAULT_STALLED_PEER_MS),
-    blockedMs: positive("blockedRequestMs", DEFAULT_BLOCKED_REQUEST_MS),
-    handshakeMs: orNever("handshakeTimeoutMs", DEFAULT_HANDSHAKE_TIMEOUT_MS),
-    requestMs: orNever("requestTimeoutMs", DEFAULT_REQUEST_TIMEOUT_MS),
-    maxConnections: positive("maxConnections", DEFAULT_MAX_CONNECTIONS),
+    maxUrbs: bound("maxUrbsPerPeer"),
+    maxUnsent: bound("maxUnsentBytes"),
+    stalledMs: bound("stalledPeerMs"),
+    blockedMs: bound("blockedRequestMs"),
+    handshakeMs: bound("handshakeTimeoutMs"),
+    requestMs: bound("requestTimeoutMs"),
+    maxConnections: bound("maxConnections"),
   };
 }
