@@ -1,12 +1,29 @@
 /**
  * The daemon commands' settings, checked by one schema per command (src/cli/config.ts, redirect-config.ts)
  * for flags and config file alike (the real process meets each typo in serve-settings.test.ts and
- * redirect-daemon.test.ts), and the warning about listening beyond loopback, which an allowlist does not hide.
+ * redirect-daemon.test.ts), the per-peer bounds both commands take (bound-settings.ts; the running servers
+ * held to them in peer-bounds.test.ts), and the warning about listening beyond loopback, which an allowlist
+ * does not hide.
  */
 import { describe, expect, it } from "vitest";
-import { checkConfig, configFromFlags, SERVE_SETTINGS } from "../../src/cli/config.js";
+import {
+  PEER_BOUND_FLAGS,
+  PEER_BOUND_KEYS,
+  peerBoundsOf,
+  RENAMED_BOUND_FLAGS,
+} from "../../src/cli/bound-settings.js";
+import { type CommandSettings, checkConfig, configFromFlags, SERVE_SETTINGS } from "../../src/cli/config.js";
 import { dialWarning, exposureWarning, USBREDIR_EXPOSURE } from "../../src/cli/daemon-run.js";
 import { parseListenAddress, REDIRECT_SETTINGS } from "../../src/cli/redirect-config.js";
+import { run } from "../../src/cli/run.js";
+import {
+  checkPeerBounds,
+  MAX_TIMER_MS,
+  PEER_BOUND_RULES,
+  type PeerBoundsOptions,
+  RENAMED_OPTIONS,
+} from "../../src/network-face/bounds.js";
+import { capture } from "./helpers.js";
 
 describe("the settings schema", () => {
   it("flags and file go through the same schema; a digit port becomes a number", () => {
@@ -69,6 +86,145 @@ describe("redirect's settings schema", () => {
     expect(parseListenAddress("localhost:4000")).toEqual({ host: "localhost", port: 4000 });
     for (const bad of ["", "65536", ":4000", "a b:4000", "::1:4000", "[::1]", "host:"]) {
       expect(() => parseListenAddress(bad), bad).toThrow(/is not \[HOST:\]PORT/);
+    }
+  });
+});
+
+/** Every bound set, in flags and in a config file; none at its default. */
+const FLAGS = {
+  "max-urbs-per-peer": "7",
+  "max-unsent-bytes": "1048576",
+  "stalled-peer-ms": "4000",
+  "blocked-request-ms": "500",
+  "handshake-timeout-ms": "0",
+  "request-timeout-ms": "2500",
+  "max-connections": "1",
+};
+const BOUNDS: Required<PeerBoundsOptions> = {
+  maxUrbsPerPeer: 7,
+  maxUnsentBytes: 1048576,
+  stalledPeerMs: 4000,
+  blockedRequestMs: 500,
+  handshakeTimeoutMs: 0,
+  requestTimeoutMs: 2500,
+  maxConnections: 1,
+};
+const COMMANDS: readonly [string, CommandSettings<object>][] = [
+  ["serve", SERVE_SETTINGS],
+  ["redirect", REDIRECT_SETTINGS],
+];
+
+describe.each(COMMANDS)("%s: the per-peer bounds as flags and config keys", (command, settings) => {
+  it("one flag per bound (its name in kebab-case) and one key (its name), for every bound bounds.ts has", () => {
+    expect(Object.keys(FLAGS).sort()).toEqual(Object.values(PEER_BOUND_FLAGS).sort());
+    expect(Object.keys(BOUNDS).sort()).toEqual([...PEER_BOUND_KEYS].sort());
+    for (const key of PEER_BOUND_KEYS) {
+      expect((settings.flagOfKey as Record<string, string>)[key]).toBe(PEER_BOUND_FLAGS[key]);
+    }
+  });
+
+  it("flags and keys read the same bounds, and the server's options get exactly those", () => {
+    const fromFlags = configFromFlags(settings, FLAGS);
+    expect(fromFlags).toEqual(BOUNDS);
+    expect(checkConfig(settings, { ...BOUNDS }, "f")).toEqual(BOUNDS);
+    // What serve and redirect spread into UsbipServer / UsbredirServer's options.
+    expect(peerBoundsOf({ ...fromFlags, quiet: true } as PeerBoundsOptions)).toEqual(BOUNDS);
+    expect(peerBoundsOf({})).toEqual({});
+    expect(checkPeerBounds(peerBoundsOf(BOUNDS), 62, (m) => new Error(m))).toEqual({
+      maxUrbs: 7,
+      maxUnsent: 1048576,
+      stalledMs: 4000,
+      blockedMs: 500,
+      handshakeMs: 0,
+      requestMs: 2500,
+      maxConnections: 1,
+    });
+  });
+
+  it("a bad value is refused naming the flag or the key, in the words checkPeerBounds uses", () => {
+    expect(() => configFromFlags(settings, { "max-connections": "0" })).toThrow(
+      /^--max-connections: must be a positive integer, not 0$/,
+    );
+    expect(() => configFromFlags(settings, { "max-unsent-bytes": "1.5" })).toThrow(
+      /^--max-unsent-bytes: must be a positive integer, not 1\.5$/,
+    );
+    expect(() => configFromFlags(settings, { "request-timeout-ms": "-1" })).toThrow(
+      /^--request-timeout-ms: must be a non-negative integer \(0: no limit\), not -1$/,
+    );
+    expect(() => configFromFlags(settings, { "stalled-peer-ms": "30s" })).toThrow(
+      /^--stalled-peer-ms: must be a positive integer, not "30s"$/,
+    );
+    expect(() => configFromFlags(settings, { "handshake-timeout-ms": String(MAX_TIMER_MS + 1) })).toThrow(
+      /^--handshake-timeout-ms: must be at most 2147483647 \(the longest timer Node keeps\), not 2147483648$/,
+    );
+    expect(() =>
+      checkConfig(
+        settings,
+        { maxConnections: "4", blockedRequestMs: 0, maxUrbsPerPeer: 2.5 },
+        "config file f",
+      ),
+    ).toThrow(
+      /^config file f: maxUrbsPerPeer: must be a positive integer, not 2\.5; blockedRequestMs: must be a positive integer, not 0; maxConnections: must be a positive integer, not "4"$/,
+    );
+  });
+
+  it("accepts and refuses what checkPeerBounds accepts and refuses, for every bound", () => {
+    const values = [-1, 0, 1, 2.5, 1000, MAX_TIMER_MS, MAX_TIMER_MS + 1, Number.MAX_SAFE_INTEGER + 2];
+    for (const key of PEER_BOUND_KEYS) {
+      for (const value of values) {
+        const server = (() => {
+          try {
+            checkPeerBounds({ [key]: value }, 1, (m) => new Error(m));
+            return "ok";
+          } catch (err) {
+            return (err as Error).message.replace(`options.${key} `, "").replace(/, got .*$/, "");
+          }
+        })();
+        const cli = (() => {
+          try {
+            checkConfig(settings, { [key]: value }, "f");
+            return "ok";
+          } catch (err) {
+            return (err as Error).message.replace(`f: ${key}: `, "").replace(/, not .*$/, "");
+          }
+        })();
+        expect(cli, `${command} ${key} = ${value}`).toBe(server);
+      }
+    }
+  });
+
+  it("an old name is refused naming the new one: as a config key, and as a flag", async () => {
+    expect(() => checkConfig(settings, { stalledClientMs: 5, maxConnections: 0 }, "config file f")).toThrow(
+      /^config file f: stalledClientMs: was renamed stalledPeerMs; maxConnections: must be a positive integer, not 0$/,
+    );
+    for (const [old, now] of Object.entries(RENAMED_OPTIONS)) {
+      expect(() => checkConfig(settings, { [old]: 5 }, "f")).toThrow(`f: ${old}: was renamed ${now}`);
+    }
+    expect(RENAMED_BOUND_FLAGS).toMatchObject({
+      "max-urbs-per-client": "max-urbs-per-peer",
+      "stalled-client-ms": "stalled-peer-ms",
+    });
+    for (const [old, now] of Object.entries(RENAMED_BOUND_FLAGS)) {
+      const c = capture();
+      expect(await run([command, `--${old}`, "5"], c.io)).toBe(2);
+      expect(c.err).toContain(`usbvirt ${command}: --${old} was renamed --${now}`);
+    }
+  });
+
+  it("--help lists every bound's flag with its default", async () => {
+    const c = capture();
+    expect(await run([command, "--help"], c.io)).toBe(0);
+    for (const key of PEER_BOUND_KEYS) {
+      const fallback = PEER_BOUND_RULES[key].fallback;
+      const line = c.out.split("\n").find((l) => l.trimStart().startsWith(`--${PEER_BOUND_FLAGS[key]} `));
+      expect(line, `--${PEER_BOUND_FLAGS[key]} in ${command} --help`).toBeDefined();
+      expect(line).toMatch(
+        fallback !== null
+          ? new RegExp(`\\(default ${fallback}\\b`)
+          : command === "serve"
+            ? /\(default its device's share of the engine's ring slots/
+            : /\(default 128\)/,
+      );
     }
   });
 });

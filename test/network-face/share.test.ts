@@ -9,6 +9,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import {
   checkPeerBounds,
   DEFAULT_MAX_UNSENT_BYTES,
+  MAX_TIMER_MS,
   type PeerBounds,
   RENAMED_OPTIONS,
 } from "../../src/network-face/bounds.js";
@@ -52,6 +53,20 @@ describe("checkPeerBounds", () => {
     expect(() => checkPeerBounds({ requestTimeoutMs: -1 }, 1, fail)).toThrow(
       "options.requestTimeoutMs must be a non-negative",
     );
+  });
+
+  it("refuses a time longer than a Node timer keeps (it would fire after 1 ms)", () => {
+    expect(checkPeerBounds({ stalledPeerMs: MAX_TIMER_MS }, 1, fail).stalledMs).toBe(MAX_TIMER_MS);
+    for (const key of [
+      "stalledPeerMs",
+      "blockedRequestMs",
+      "handshakeTimeoutMs",
+      "requestTimeoutMs",
+    ] as const) {
+      expect(() => checkPeerBounds({ [key]: MAX_TIMER_MS + 1 }, 1, fail)).toThrow(
+        `options.${key} must be at most ${MAX_TIMER_MS}`,
+      );
+    }
   });
 });
 
