@@ -6,7 +6,7 @@
  * message on stderr), 2 on a usage error.
  */
 import { connect } from "node:net";
-import { escapeForTerminal } from "../network-face/log.js";
+import { escapeControls, escapeForTerminal } from "../network-face/log.js";
 import { defaultControlPath } from "../toolstack/control-server.js";
 import {
   CONTROL_VERSION,
@@ -161,11 +161,9 @@ export async function ctlCommand(
     );
     return 1;
   }
-  if (request.verb === "list") io.out(escapeForTerminal(listTable(reply.result as ListResult)));
+  if (request.verb === "list") io.out(listTable(reply.result as ListResult));
   else
-    io.out(
-      escapeForTerminal(`${oneLine(request.verb as string, reply.result as Record<string, unknown>)}\n`),
-    );
+    io.out(`${escapeControls(oneLine(request.verb as string, reply.result as Record<string, unknown>))}\n`);
   return 0;
 }
 
@@ -207,8 +205,11 @@ function stateText(d: DeviceRow): string {
   }
 }
 
+/** The list as a table; every cell escaped whole (a line break in a device's product string would forge a row). */
 export function listTable(result: ListResult): string {
-  const rows = result.devices.map((d) => [d.kind, d.device, d.description, stateText(d)]);
+  const rows = result.devices.map((d) =>
+    [d.kind, d.device, d.description, stateText(d)].map((cell) => escapeControls(cell)),
+  );
   const head = ["KIND", "DEVICE", "DESCRIPTION", "STATE"];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (r: readonly string[]) =>
@@ -217,6 +218,7 @@ export function listTable(result: ListResult): string {
       .join("  ")
       .trimEnd();
   const out = [line(head), ...rows.map(line)];
-  if (result.hostListError !== undefined) out.push(`(host devices not listed: ${result.hostListError})`);
+  if (result.hostListError !== undefined)
+    out.push(`(host devices not listed: ${escapeControls(result.hostListError)})`);
   return `${out.join("\n")}\n`;
 }

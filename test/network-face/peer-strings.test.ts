@@ -1,14 +1,18 @@
 /**
  * Strings a peer or a device chooses, on their way into the text log and the terminal: a usbredir
  * peer's version string and its VMM filter, a host device's serial and product strings, a remote USB/IP
- * server's bus ids, a remote status page's fields, a remote device's product string (attach). Each may
+ * server's bus ids, a remote status page's fields, a remote device's product string (attach), a host
+ * device's product string in `usbvirt ctl list`'s table. Each may
  * hold a line break (a forged log line that looks like the server's own), ANSI/OSC escapes (a terminal's
  * title, colours, a cleared screen) or C1 controls. What reaches the log or the terminal holds them escaped: no control character but the line
  * ends the program writes, every line of a log starts as the logger starts it, and the peer's printable
  * text is still there to read.
  */
+import { mkdtemp, rm } from "node:fs/promises";
 import { createServer as createHttpServer, type Server as HttpServer } from "node:http";
 import { createServer, type Server } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { run } from "../../src/cli/run.js";
 import { streamLogger } from "../../src/network-face/log.js";
@@ -236,6 +240,53 @@ describe("peer and device strings printed by the CLI", () => {
     expect(await run(["list"], c.io), c.err).toBe(0);
     expect(c.out).toContain("owned");
     expectNoRawControls(c.out, "list's output");
+  });
+});
+
+describe("a host device's strings printed by ctl", () => {
+  it("usbvirt ctl list: a host device whose product string holds a line break and escapes", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "usbvirt-peer-strings-"));
+    closers.push(() => rm(dir, { recursive: true, force: true }));
+    const evil = {
+      vendorId: 0x1209,
+      productId: 1,
+      deviceClass: 0,
+      interfaceClasses: [0xff],
+      portPath: "1-4",
+      product: `Stick\x1b]0;owned\x07\n${FORGED}\x1b[2J\x9b1m`,
+    };
+    let stop!: (s: string) => void;
+    const stopped = new Promise<string>((r) => {
+      stop = r;
+    });
+    let up!: () => void;
+    const listening = new Promise<void>((r) => {
+      up = r;
+    });
+    const control = join(dir, "control.sock");
+    const c = capture({
+      listHostDevices: async () => [evil],
+      hotplugSource: { watch: () => () => undefined, list: async () => [evil] },
+      stopSignal: () => stopped,
+      onListening: () => up(),
+    });
+    const exit = run(["serve", "--port", "0", "--control", control, "--state-dir", join(dir, "state")], c.io);
+    await Promise.race([
+      listening,
+      exit.then((code) => Promise.reject(new Error(`serve exited ${code}: ${c.err}`))),
+    ]);
+    try {
+      const ctl = capture();
+      expect(await run(["ctl", "--control", control, "list"], ctl.io), ctl.err).toBe(0);
+      expect(ctl.out).toContain("owned");
+      expectNoRawControls(ctl.out, "ctl list's output");
+      const row = ctl.out.split("\n").filter((l) => l.includes("Stick"));
+      expect(row.length, ctl.out).toBe(1);
+      expect(row[0], "the device's row holds all of its product string").toContain("forged");
+    } finally {
+      stop("SIGINT");
+      expect(await exit).toBe(0);
+    }
   });
 });
 
