@@ -143,9 +143,19 @@ export const SchemaKey = v.optional(
 
 /**
  * The settings both daemon commands have, under the same keys and flags: who may connect (`peers` names
- * them in the description), the emulated storage device, logging and the metrics endpoint.
+ * them in the description), the emulated storage device, logging and the metrics endpoint, and mutual TLS
+ * for the network face (tls…) and for the metrics endpoint (metricsTls…).
  */
 export function daemonFields(peers: string) {
+  const face = tlsServerFields(peers, "tls");
+  const faceTls = {
+    tlsCert: face.cert,
+    tlsKey: face.key,
+    tlsClientCa: face.clientCa,
+    tlsClientFingerprints: face.clientFingerprints,
+    tlsMinVersion: face.minVersion,
+  };
+  const metricsTls = tlsServerFields("scrapers of the metrics endpoint", "metricsTls");
   return {
     allowClients: v.optional(
       v.pipe(
@@ -197,30 +207,46 @@ export function daemonFields(peers: string) {
         ),
       ),
     ),
-    tlsCert: v.optional(
+    ...faceTls,
+    metricsTlsCert: metricsTls.cert,
+    metricsTlsKey: metricsTls.key,
+    metricsTlsClientCa: metricsTls.clientCa,
+    metricsTlsClientFingerprints: metricsTls.clientFingerprints,
+    metricsTlsMinVersion: metricsTls.minVersion,
+  };
+}
+
+/**
+ * A listening face's mutual TLS settings, under keys that start with `key` ("tls" for the USB/IP or usbredir
+ * face, "metricsTls" for the metrics endpoint; the descriptions name them), checking `peers`' certificates.
+ */
+function tlsServerFields(peers: string, key: "tls" | "metricsTls") {
+  const what = key === "tls" ? "mutual TLS" : "the metrics endpoint over HTTPS with mutual TLS";
+  return {
+    cert: v.optional(
       v.pipe(
         FilePath,
         v.description(
-          "mutual TLS: this side's certificate (PEM; a listener needs tlsKey and tlsClientCa or tlsClientFingerprints)",
+          `${what}: this side's certificate (PEM; a listener needs ${key}Key and ${key}ClientCa or ${key}ClientFingerprints)`,
         ),
       ),
     ),
-    tlsKey: v.optional(v.pipe(FilePath, v.description("mutual TLS: this side's private key (PEM)"))),
-    tlsClientCa: v.optional(
+    key: v.optional(v.pipe(FilePath, v.description(`${what}: this side's private key (PEM)`))),
+    clientCa: v.optional(
       v.pipe(
         FilePath,
-        v.description(`mutual TLS: accept ${peers} whose certificate this CA (PEM) signed and is in date`),
+        v.description(`${what}: accept ${peers} whose certificate this CA (PEM) signed and is in date`),
       ),
     ),
-    tlsClientFingerprints: v.optional(
+    clientFingerprints: v.optional(
       v.pipe(
         v.array(Fingerprint, "must be a list of fingerprints"),
         v.description(
-          `mutual TLS: accept ${peers} only with a certificate of these SHA-256 fingerprints ("SHA256:AB:CD:…")`,
+          `${what}: accept ${peers} only with a certificate of these SHA-256 fingerprints ("SHA256:AB:CD:…")`,
         ),
       ),
     ),
-    tlsMinVersion: v.optional(
+    minVersion: v.optional(
       v.pipe(
         v.picklist(["1.2", "1.3"], (i) => `must be "1.2" or "1.3", not ${JSON.stringify(i.input)}`),
         v.description('lowest TLS version accepted (default "1.3")'),
@@ -317,6 +343,11 @@ export const DAEMON_FLAGS = {
   tlsClientCa: "tls-client-ca",
   tlsClientFingerprints: "tls-client-fingerprint",
   tlsMinVersion: "tls-min-version",
+  metricsTlsCert: "metrics-tls-cert",
+  metricsTlsKey: "metrics-tls-key",
+  metricsTlsClientCa: "metrics-tls-client-ca",
+  metricsTlsClientFingerprints: "metrics-tls-client-fingerprint",
+  metricsTlsMinVersion: "metrics-tls-min-version",
 } as const;
 
 /** Storage size in bytes from a checked `storageSize` setting (default 64 MiB). */

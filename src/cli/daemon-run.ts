@@ -5,7 +5,13 @@
  * for the engine's death, and the shutdown in order: exit 0, or 1 so a supervisor restarts the daemon.
  */
 
-import { type FaceLogger, type LogFields, type LogFormat, streamLogger } from "../network-face/log.js";
+import {
+  contextLogger,
+  type FaceLogger,
+  type LogFields,
+  type LogFormat,
+  streamLogger,
+} from "../network-face/log.js";
 import type { TlsServerOptions } from "../network-face/tls.js";
 import { isLoopbackHost, parseIpPrefix } from "../util/ip-prefix.js";
 import { EngineWatch, packageVersion } from "./daemon.js";
@@ -36,14 +42,7 @@ export function daemonLog(settings: DaemonSettings, given?: FaceLogger, fields?:
   const tracker = settings.metrics !== undefined ? new StatusTracker() : null;
   const tracked = tracker?.wrap(quietable) ?? quietable;
   if (fields === undefined) return { logger: tracked, tracker };
-  return {
-    logger: {
-      info: (m, f) => tracked.info(m, { ...f, ...fields }),
-      warn: (m, f) => tracked.warn(m, { ...f, ...fields }),
-      error: (m, f) => tracked.error(m, { ...f, ...fields }),
-    },
-    tracker,
-  };
+  return { logger: contextLogger(tracked, { fields }), tracker };
 }
 
 export interface DaemonParts {
@@ -53,6 +52,8 @@ export interface DaemonParts {
   readonly settings: DaemonSettings;
   /** The control socket's toolstack (--control), for the status page and the metrics. */
   readonly control?: ControlSource | null;
+  /** Mutual TLS for the metrics endpoint (metricsTlsOptions, checked before the server started), or null. */
+  readonly metricsTls?: TlsServerOptions | null;
   /** Closes what the command started (its server, hotplug), after the endpoint. */
   readonly close: () => Promise<void>;
 }
@@ -74,12 +75,14 @@ export class Daemon {
     try {
       tracker.attach(parts.view, packageVersion());
       tracker.control = parts.control ?? null;
-      const endpoint = await MetricsEndpoint.start(
-        parts.view,
-        parseMetricsAddress(text),
-        packageVersion(),
+      const endpoint = await MetricsEndpoint.start({
+        view: parts.view,
+        at: parseMetricsAddress(text),
+        version: packageVersion(),
         tracker,
-      );
+        tls: parts.metricsTls ?? null,
+        log: parts.log.logger,
+      });
       return new Daemon(parts, watch, endpoint);
     } catch (err) {
       tracker.close();

@@ -1,6 +1,6 @@
 /**
  * What the metrics and status endpoint (metrics.ts) accepts from an HTTP client before it answers: its
- * limits (header bytes, a header and a request timeout, concurrent connections), and the Host check that
+ * limits (header bytes, a TLS handshake, a header and a request timeout, concurrent connections), and the Host check that
  * keeps a DNS-rebinding page out. Such a page names a host of its own that resolves to this machine, so
  * its requests carry that name: only the names and addresses the endpoint listens on are answered (the
  * bound address; localhost too when that is a loopback address; for a wildcard bind, the machine's
@@ -23,6 +23,8 @@ export const METRICS_LIMITS = {
   keepAliveTimeoutMs: 5000,
   /** Connections open at once; more are closed as they arrive. */
   maxConnections: 16,
+  /** With TLS: the handshake and the client certificate's checks must be done this long after connecting. */
+  handshakeTimeoutMs: 5000,
   /** How often Node checks the header and request timeouts. */
   checkIntervalMs: 1000,
 } as const;

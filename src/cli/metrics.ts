@@ -11,16 +11,20 @@
  * With a StatusTracker (serve passes one) the same endpoint serves the status page: GET /status.json and
  * GET / or /status (src/cli/status-page.ts).
  *
- * It has no authentication, so it answers only requests that name it (http-guard.ts: a Host of its own,
- * else 421, so a DNS-rebinding page reads nothing), refuses a request with a body (413), and holds each
- * client to small limits: header bytes, header and request timeouts, connections open at once.
+ * It answers only requests that name it (http-guard.ts: a Host of its own, else 421, so a DNS-rebinding page
+ * reads nothing), refuses a request with a body (413), and holds each client to small limits: header bytes,
+ * header and request timeouts, connections open at once. Plain HTTP has no authentication; with TLS options
+ * (--metrics-tls-…) it speaks HTTPS with mutual TLS through the network faces' TlsFace: a connection's
+ * handshake and client certificate are checked (a refusal is one log line) before HTTP reads a byte of it.
  *
  * Also the reading side for `usbvirt status`: a parser for the lines this module writes.
  */
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { isIP } from "node:net";
-import { listenUnix, removeStaleSocket } from "../network-face/listener.js";
+import { isIP, type Socket } from "node:net";
+import { listenUnix, peerName, removeStaleSocket } from "../network-face/listener.js";
+import { contextLogger, type FaceLogger } from "../network-face/log.js";
+import { checkTlsServerOptions, TlsFace, type TlsServerOptions } from "../network-face/tls.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import type { ExportingServer } from "./exporting-server.js";
 import { type BoundAddress, hostAllowed, METRICS_LIMITS } from "./http-guard.js";
@@ -247,21 +251,37 @@ function refused(req: IncomingMessage, res: ServerResponse, bound: BoundAddress 
   return false;
 }
 
+/** What the endpoint serves, where, and how. */
+export interface MetricsEndpointOptions {
+  /** The server whose metrics and status it serves. */
+  readonly view: ExportingServer;
+  readonly at: MetricsAt;
+  readonly version: string;
+  /** The status page's source (serve and redirect pass one); without it only /metrics is served. */
+  readonly tracker?: StatusTracker | null;
+  /** HTTPS with mutual TLS (metricsTlsOptions), or plain HTTP (null). */
+  readonly tls?: TlsServerOptions | null;
+  /** Where refused TLS clients are logged (prefixed "metrics endpoint: "). */
+  readonly log: FaceLogger;
+}
+
 /**
  * The HTTP endpoint: GET /metrics; with a tracker also /status.json and the page at / and /status (without
  * one, / answers a pointer with 404); everything else 404, other methods 405. Requests that name another
  * host or carry a body are refused first (refused()).
  */
 export class MetricsEndpoint {
-  private constructor(private readonly http: Server) {}
+  private constructor(
+    private readonly http: Server,
+    private readonly tls: TlsFace | null,
+  ) {}
 
-  static async start(
-    server: ExportingServer,
-    where: MetricsAt,
-    version: string,
-    tracker: StatusTracker | null = null,
-  ): Promise<MetricsEndpoint> {
+  static async start(o: MetricsEndpointOptions): Promise<MetricsEndpoint> {
+    const { view: server, at: where, version } = o;
+    const tracker = o.tracker ?? null;
     const limits = METRICS_LIMITS;
+    // Files read and settings checked before anything listens.
+    const tlsSettings = o.tls != null ? checkTlsServerOptions(o.tls) : null;
     const http = createServer(
       {
         maxHeaderSize: limits.maxHeaderBytes,
@@ -325,6 +345,15 @@ export class MetricsEndpoint {
     http.maxHeadersCount = limits.maxHeadersCount;
     // Node closes a connection over this as it arrives.
     http.maxConnections = limits.maxConnections;
+    const tls =
+      tlsSettings !== null
+        ? new TlsFace(
+            tlsSettings,
+            limits.handshakeTimeoutMs,
+            contextLogger(o.log, { prefix: "metrics endpoint: " }),
+          )
+        : null;
+    if (tls !== null) secureConnections(http, tls);
     if ("path" in where) await removeStaleSocket(where.path);
     await new Promise<void>((resolve, reject) => {
       http.once("error", reject);
@@ -335,7 +364,7 @@ export class MetricsEndpoint {
       if ("path" in where) listenUnix(http, where.path, listening);
       else http.listen(where.port, where.host, listening);
     });
-    return new MetricsEndpoint(http);
+    return new MetricsEndpoint(http, tls);
   }
 
   get address(): MetricsAt {
@@ -345,17 +374,41 @@ export class MetricsEndpoint {
     return { host: a.address, port: a.port };
   }
 
-  /** How to reach it, for a message: http://HOST:PORT, or unix:PATH. */
+  /** How to reach it, for a message: http://HOST:PORT (https:// with TLS), or unix:PATH. */
   get url(): string {
     const m = this.address;
     if ("path" in m) return `unix:${m.path}`;
-    return `http://${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}`;
+    return `http${this.tls !== null ? "s" : ""}://${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}`;
   }
 
   close(): Promise<void> {
+    this.tls?.close();
     this.http.closeAllConnections();
     return new Promise((resolve) => this.http.close(() => resolve()));
   }
+}
+
+/**
+ * Put `tls` between `http`'s listener and its HTTP parsing: each accepted connection (already under the
+ * connection cap) goes through the handshake and the client-certificate checks, and only a connection that
+ * passed reaches http's own connection handler, as the TLS socket. http keeps listening itself, so its
+ * cap, its header and request timeouts and address() hold as for plain HTTP.
+ */
+function secureConnections(http: Server, tls: TlsFace): void {
+  const handlers = http.listeners("connection");
+  // http.Server registers exactly one: the handler that parses requests on the socket it is given.
+  if (handlers.length !== 1) throw new Error(`node:http has ${handlers.length} connection handlers, not 1`);
+  const serveHttp = handlers[0] as (socket: Socket) => void;
+  http.removeAllListeners("connection");
+  http.on("connection", (raw: Socket) => {
+    tls.handshake(raw, peerName(raw), {
+      secure: (socket) => {
+        serveHttp.call(http, socket);
+        socket.resume();
+      },
+      refused: () => {},
+    });
+  });
 }
 
 // ---------------------------------------------------------------- reading

@@ -43,7 +43,14 @@ import {
   usbipSpecFromUrl,
 } from "./redirect-config.js";
 import { type Steering, startSteering } from "./steering.js";
-import { TLS_CLIENT_OPTIONS, TLS_SERVER_OPTIONS, tlsClientOptions, tlsServerOptions } from "./tls-flags.js";
+import {
+  METRICS_TLS_OPTIONS,
+  metricsTlsOptions,
+  TLS_CLIENT_OPTIONS,
+  TLS_SERVER_OPTIONS,
+  tlsClientOptions,
+  tlsServerOptions,
+} from "./tls-flags.js";
 
 export { usbipSpecFromUrl } from "./redirect-config.js";
 
@@ -85,6 +92,7 @@ export const REDIRECT: CommandSpec = {
     QUIET_OPTION,
     LOG_FORMAT_OPTION,
     METRICS_OPTION,
+    ...METRICS_TLS_OPTIONS,
     // --tls-cert/--tls-key: our certificate, in both modes.
     ...TLS_SERVER_OPTIONS,
     ...TLS_CLIENT_OPTIONS,
@@ -190,6 +198,7 @@ export async function redirectCommand(
   ) {
     throw new UsageError("redirect", "tlsClientCa and tlsClientFingerprints apply to --listen only");
   }
+  const metricsTls = metricsTlsOptions("redirect", config);
   const storage: Record<string, unknown> = {
     sizeBytes: storageBytes(config.storageSize),
     ...(config.storageFile !== undefined ? { file: config.storageFile } : {}),
@@ -242,6 +251,7 @@ export async function redirectCommand(
     log,
     settings: config,
     control: steering?.source ?? null,
+    metricsTls,
     close: async () => {
       await steering?.close();
       await server.close();

@@ -61,6 +61,8 @@ import { allowedExports, checkExplicitDevices, planPorts } from "./serve-hosts.j
 import { STATUS, statusCommand } from "./status.js";
 import { CONTROL_SPARE_PORTS, type Steering, startSteering } from "./steering.js";
 import {
+  METRICS_TLS_OPTIONS,
+  metricsTlsOptions,
   TLS_CERT_OPTION,
   TLS_CLIENT_OPTIONS,
   TLS_KEY_OPTION,
@@ -200,6 +202,7 @@ const SERVE: CommandSpec = {
     QUIET_OPTION,
     LOG_FORMAT_OPTION,
     METRICS_OPTION,
+    ...METRICS_TLS_OPTIONS,
     ANNOUNCE_OPTION,
     NAME_OPTION,
     ...TLS_SERVER_OPTIONS,
@@ -582,6 +585,7 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     throw new UsageError("serve", `at most 31 devices can be exported, ${specs.length} selected`);
   const allowClients = config.allowClients ?? [];
   const tls = tlsServerOptions("serve", config);
+  const metricsTls = metricsTlsOptions("serve", config);
 
   // The status page keeps each device's last log lines: it sees every line the log writes.
   const log = daemonLog(config, io.logger);
@@ -664,6 +668,7 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     log,
     settings: config,
     control: steering?.source ?? null,
+    metricsTls,
     close: async () => {
       await announcement?.stop();
       await steering?.close();

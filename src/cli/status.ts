@@ -2,25 +2,37 @@
  * `usbvirt status [--metrics HOST:PORT] [--json]`: reads a running server's /status.json on its metrics
  * endpoint (status-page.ts; `serve --metrics`) and prints a short table — engine up, clients, backend
  * losses, grant faults, and per exported device its state, client, URBs, bytes, errors, URBs in flight
- * and rates. --json prints /status.json as the server wrote it.
+ * and rates. --json prints /status.json as the server wrote it. With the dialling TLS flags (--tls-ca or
+ * --tls-server-fingerprint, --tls-cert/--tls-key) it reads an endpoint that speaks HTTPS with mutual TLS
+ * (`serve --metrics-tls-…`), through the same TLS client as attach.
  */
 
 import { get } from "node:http";
 import { escapeControls } from "../network-face/log.js";
+import { checkTlsClientOptions, connectTls, type TlsClientSettings } from "../tls/tls-settings.js";
 import type { CommandSpec } from "./args.js";
 import { UsageError } from "./errors.js";
 import { DEFAULT_METRICS_PORT, type MetricsAt, parseMetricsAddress } from "./metrics.js";
 import type { ServerStatus } from "./status-page.js";
+import { TLS_CERT_OPTION, TLS_CLIENT_OPTIONS, TLS_KEY_OPTION, tlsClientOptions } from "./tls-flags.js";
 
 const FETCH_TIMEOUT_MS = 5000;
 /** A metrics page is a few KiB; anything past this is not ours. */
 const MAX_BODY_BYTES = 4 * 1024 * 1024;
 
-/** GET http://host:port/path (or over a Unix-domain socket) with node:http (fetch refuses some ports) within FETCH_TIMEOUT_MS. */
-function httpGet(where: MetricsAt, path: string): Promise<string> {
+/**
+ * GET http://host:port/path (or over a Unix-domain socket; https:// with `tls`) with node:http (fetch refuses
+ * some ports) within FETCH_TIMEOUT_MS. Over TLS the server's certificate is checked (CA and name, or a pin)
+ * before the answer is read.
+ */
+function httpGet(where: MetricsAt, path: string, tls: TlsClientSettings | null): Promise<string> {
   return new Promise((resolve, reject) => {
     const at = "path" in where ? { socketPath: where.path } : { host: where.host, port: where.port };
-    const req = get({ ...at, path, timeout: FETCH_TIMEOUT_MS }, (res) => {
+    const secure =
+      tls !== null && !("path" in where)
+        ? { createConnection: () => connectTls({ host: where.host, port: where.port }, tls) }
+        : {};
+    const req = get({ ...at, ...secure, path, timeout: FETCH_TIMEOUT_MS }, (res) => {
       const chunks: Buffer[] = [];
       let size = 0;
       res.on("data", (c: Buffer) => {
@@ -53,8 +65,13 @@ export const STATUS: CommandSpec = {
       help: `the server's metrics endpoint, [HOST:]PORT or unix:PATH (default 127.0.0.1:${DEFAULT_METRICS_PORT})`,
     },
     { name: "json", kind: "boolean", help: "print the server's /status.json instead of a table" },
+    ...TLS_CLIENT_OPTIONS,
+    TLS_CERT_OPTION,
+    TLS_KEY_OPTION,
   ],
   details: `The server must run with --metrics (e.g. usbvirt serve --metrics ${DEFAULT_METRICS_PORT}).
+An endpoint with mutual TLS (serve --metrics-tls-cert … --metrics-tls-client-ca CA) is read over HTTPS with
+--tls-ca CA (or --tls-server-fingerprint) and this side's --tls-cert/--tls-key.
 Exit status 1 when the endpoint cannot be reached or the engine is not up.`,
 };
 
@@ -79,17 +96,26 @@ export async function statusCommand(
   } catch (err) {
     throw new UsageError("status", (err as Error).message);
   }
+  const tlsOptions = tlsClientOptions("status", options);
+  if (tlsOptions !== null && "path" in where) {
+    throw new UsageError("status", "TLS is for a TCP endpoint: a unix: socket is read without it");
+  }
+  const tls = tlsOptions !== null ? checkTlsClientOptions(tlsOptions) : null;
   const endpoint =
     "path" in where
       ? `unix:${where.path}`
-      : `http://${where.host.includes(":") ? `[${where.host}]` : where.host}:${where.port}`;
+      : `http${tls !== null ? "s" : ""}://${where.host.includes(":") ? `[${where.host}]` : where.host}:${where.port}`;
   let body: string;
   try {
-    body = await httpGet(where, "/status.json");
+    body = await httpGet(where, "/status.json", tls);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     const why =
-      e.code === "ECONNREFUSED" ? "nothing listens there (is 'usbvirt serve --metrics' running?)" : e.message;
+      e.code === "ECONNREFUSED"
+        ? "nothing listens there (is 'usbvirt serve --metrics' running?)"
+        : e.code === "ECONNRESET" && tls !== null
+          ? `${e.message}: the server closed the TLS connection (it refused this side's certificate, or wants one: its log says which check failed)`
+          : e.message;
     throw new Error(`cannot read the status at ${endpoint}${"path" in where ? " " : ""}/status.json: ${why}`);
   }
   const report = JSON.parse(body) as ServerStatus;

@@ -1,8 +1,9 @@
 /**
  * The TLS flags the commands share: a listening face's (`serve`, `redirect --listen`: --tls-cert, --tls-key,
  * --tls-client-ca, --tls-client-fingerprint, --tls-min-version) and a dialling side's (`attach`,
- * `redirect --connect`: --tls-ca, --tls-server-fingerprint, --tls-cert, --tls-key), turned into the
- * servers' and clients' TLS options; a flag given without the ones it needs is a usage error.
+ * `redirect --connect`, `status`: --tls-ca, --tls-server-fingerprint, --tls-cert, --tls-key), and the
+ * listening face's again under "metrics-" for the metrics endpoint, turned into the servers' and clients'
+ * TLS options; a flag given without the ones it needs is a usage error.
  */
 import type { TlsServerOptions } from "../network-face/tls.js";
 import type { TlsClientOptions } from "../tls/tls-settings.js";
@@ -22,29 +23,54 @@ export const TLS_KEY_OPTION: OptionSpec = {
   help: "TLS: this side's private key (PEM)",
 };
 
+/** How clients are checked, under `prefix` ("" for the USB/IP and usbredir faces, "metrics-"). */
+function clientCheckOptions(prefix: string): OptionSpec[] {
+  return [
+    {
+      name: `${prefix}tls-client-ca`,
+      kind: "string",
+      value: "FILE",
+      help: "mutual TLS: accept clients whose certificate this CA signed (and is in date)",
+    },
+    {
+      name: `${prefix}tls-client-fingerprint`,
+      kind: "string",
+      multiple: true,
+      value: "SHA256:..",
+      help: "mutual TLS: accept the client certificate with this SHA-256 fingerprint (repeatable)",
+    },
+    {
+      name: `${prefix}tls-min-version`,
+      kind: "string",
+      value: "1.2|1.3",
+      help: "lowest TLS version accepted (default 1.3)",
+    },
+  ];
+}
+
 /** A listening face's flags (with --tls-cert/--tls-key). */
 export const TLS_SERVER_OPTIONS: readonly OptionSpec[] = [
   TLS_CERT_OPTION,
   TLS_KEY_OPTION,
+  ...clientCheckOptions(""),
+];
+
+/** The metrics endpoint's flags: the listening face's, each under "metrics-" (HTTPS with mutual TLS). */
+export const METRICS_TLS_PREFIX = "metrics-";
+export const METRICS_TLS_OPTIONS: readonly OptionSpec[] = [
   {
-    name: "tls-client-ca",
+    name: `${METRICS_TLS_PREFIX}tls-cert`,
     kind: "string",
     value: "FILE",
-    help: "mutual TLS: accept clients whose certificate this CA signed (and is in date)",
+    help: "the metrics endpoint over HTTPS: its certificate (PEM); with --metrics-tls-key and a client check",
   },
   {
-    name: "tls-client-fingerprint",
+    name: `${METRICS_TLS_PREFIX}tls-key`,
     kind: "string",
-    multiple: true,
-    value: "SHA256:..",
-    help: "mutual TLS: accept the client certificate with this SHA-256 fingerprint (repeatable)",
+    value: "FILE",
+    help: "the metrics endpoint's private key (PEM)",
   },
-  {
-    name: "tls-min-version",
-    kind: "string",
-    value: "1.2|1.3",
-    help: "lowest TLS version accepted (default 1.3)",
-  },
+  ...clientCheckOptions(METRICS_TLS_PREFIX).map((o) => ({ ...o, help: `metrics endpoint: ${o.help}` })),
 ];
 
 /** A dialling side's flags (with --tls-cert/--tls-key for its client certificate). */
@@ -73,22 +99,12 @@ export interface TlsServerFlags {
   readonly tlsMinVersion?: "1.2" | "1.3";
 }
 
-/** The server flags as parsed by parseArgs. */
-export function tlsServerFlagsOf(options: Readonly<Record<string, unknown>>): TlsServerFlags {
-  const str = (k: string) => (typeof options[k] === "string" ? (options[k] as string) : undefined);
-  const pins = options["tls-client-fingerprint"];
-  const min = str("tls-min-version");
-  return {
-    ...(str("tls-cert") !== undefined ? { tlsCert: str("tls-cert") } : {}),
-    ...(str("tls-key") !== undefined ? { tlsKey: str("tls-key") } : {}),
-    ...(str("tls-client-ca") !== undefined ? { tlsClientCa: str("tls-client-ca") } : {}),
-    ...(Array.isArray(pins) && pins.length > 0 ? { tlsClientFingerprints: pins as string[] } : {}),
-    ...(min !== undefined ? { tlsMinVersion: min as "1.2" | "1.3" } : {}),
-  };
-}
-
-/** The server's TLS options, or null when no TLS flag is given; a partial set is a UsageError. */
-export function tlsServerOptions(command: string, f: TlsServerFlags): TlsServerOptions | null {
+/**
+ * The server's TLS options, or null when no TLS flag is given; a partial set is a UsageError naming the
+ * flags under `prefix` (METRICS_TLS_PREFIX for the metrics endpoint's).
+ */
+export function tlsServerOptions(command: string, f: TlsServerFlags, prefix = ""): TlsServerOptions | null {
+  const flag = (name: string) => `--${prefix}tls-${name}`;
   const pins = f.tlsClientFingerprints ?? [];
   const any =
     f.tlsCert !== undefined ||
@@ -98,18 +114,18 @@ export function tlsServerOptions(command: string, f: TlsServerFlags): TlsServerO
     f.tlsMinVersion !== undefined;
   if (!any) return null;
   if (f.tlsCert === undefined || f.tlsKey === undefined) {
-    throw new UsageError(command, "TLS needs both --tls-cert and --tls-key");
+    throw new UsageError(command, `TLS needs both ${flag("cert")} and ${flag("key")}`);
   }
   if (f.tlsClientCa === undefined && pins.length === 0) {
     throw new UsageError(
       command,
-      "TLS here is mutual: give --tls-client-ca and/or --tls-client-fingerprint (which clients may connect)",
+      `TLS here is mutual: give ${flag("client-ca")} and/or ${flag("client-fingerprint")} (which clients may connect)`,
     );
   }
   if (f.tlsMinVersion !== undefined && f.tlsMinVersion !== "1.2" && f.tlsMinVersion !== "1.3") {
     throw new UsageError(
       command,
-      `--tls-min-version must be 1.2 or 1.3, not ${JSON.stringify(f.tlsMinVersion)}`,
+      `${flag("min-version")} must be 1.2 or 1.3, not ${JSON.stringify(f.tlsMinVersion)}`,
     );
   }
   return {
@@ -119,6 +135,48 @@ export function tlsServerOptions(command: string, f: TlsServerFlags): TlsServerO
     ...(pins.length > 0 ? { clientFingerprints: pins } : {}),
     minVersion: f.tlsMinVersion === "1.2" ? "TLSv1.2" : "TLSv1.3",
   };
+}
+
+/** The metrics endpoint's TLS settings (config keys metricsTls…, flags --metrics-tls-…). */
+export interface MetricsTlsFlags {
+  readonly metrics?: string;
+  readonly metricsTlsCert?: string;
+  readonly metricsTlsKey?: string;
+  readonly metricsTlsClientCa?: string;
+  readonly metricsTlsClientFingerprints?: readonly string[];
+  readonly metricsTlsMinVersion?: "1.2" | "1.3";
+}
+
+/**
+ * The metrics endpoint's TLS options, or null for plain HTTP. A UsageError when they are partial, given
+ * without --metrics, or with a unix: endpoint (its file mode decides who connects; status reads it without TLS).
+ */
+export function metricsTlsOptions(command: string, f: MetricsTlsFlags): TlsServerOptions | null {
+  const tls = tlsServerOptions(
+    command,
+    {
+      tlsCert: f.metricsTlsCert,
+      tlsKey: f.metricsTlsKey,
+      tlsClientCa: f.metricsTlsClientCa,
+      tlsClientFingerprints: f.metricsTlsClientFingerprints,
+      tlsMinVersion: f.metricsTlsMinVersion,
+    },
+    METRICS_TLS_PREFIX,
+  );
+  if (tls === null) return null;
+  if (f.metrics === undefined) {
+    throw new UsageError(
+      command,
+      "--metrics-tls-* secures the metrics endpoint: it needs --metrics [HOST:]PORT",
+    );
+  }
+  if (f.metrics.startsWith("unix:")) {
+    throw new UsageError(
+      command,
+      "--metrics-tls-* is for a TCP endpoint: a unix: socket's file mode and group decide who may connect",
+    );
+  }
+  return tls;
 }
 
 /** A dialling side's TLS options from its flags, or null when none is given. */

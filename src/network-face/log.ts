@@ -99,6 +99,19 @@ export function escapingLogger(base: FaceLogger): FaceLogger {
   return { info: wrap("info"), warn: wrap("warn"), error: wrap("error"), escaping: true } as FaceLogger;
 }
 
+/** `base` with `prefix` before every message and `fields` added to every line's (a part's own log). */
+export function contextLogger(
+  base: FaceLogger,
+  context: { prefix?: string; fields?: LogFields },
+): FaceLogger {
+  const prefix = context.prefix ?? "";
+  const wrap =
+    (level: "info" | "warn" | "error") =>
+    (m: string, f?: LogFields): void =>
+      base[level](`${prefix}${m}`, context.fields === undefined ? f : { ...f, ...context.fields });
+  return { info: wrap("info"), warn: wrap("warn"), error: wrap("error") };
+}
+
 function stamp(level: string, message: string): string {
   return `${new Date().toISOString()} usbvirt ${level}: ${escapeControls(message)}\n`;
 }

@@ -8,6 +8,7 @@ import { X509Certificate } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { command, need, type Tool } from "./tools.js";
 
 /** A certificate and its key (file paths), and its fingerprint as parseFingerprint writes it. */
 export interface CertFiles {
@@ -38,8 +39,13 @@ export interface TestPki {
   remove(): void;
 }
 
+/** openssl, which makes the certificates: a test that calls makeTestPki skips through skipWithout without it. */
+export function opensslTool(): Tool<string> {
+  return command(["openssl"], "apt-get install openssl");
+}
+
 function openssl(dir: string, args: string[]): void {
-  execFileSync("openssl", args, { cwd: dir, stdio: ["ignore", "ignore", "pipe"] });
+  execFileSync(need(opensslTool()), args, { cwd: dir, stdio: ["ignore", "ignore", "pipe"] });
 }
 
 function fingerprint(file: string): string {
