@@ -7,12 +7,17 @@
  */
 import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { run } from "../../src/cli/run.js";
-import { makeTestPki, type TestPki } from "../support/tls-certs.js";
-import { capture, serveInProcess, spawnChild } from "./helpers.js";
+import { makeTestPki, opensslTool, type TestPki } from "../support/tls-certs.js";
+import { allOf, command, need, skipWithout } from "../support/tools.js";
+import { capture, freePort, serveInProcess, spawnChild } from "./helpers.js";
+
+// Each test needs openssl's certificates (the hooks run only when a test does); stunnel and usbip where named.
+const openssl = opensslTool();
+const stunnelTool = allOf(openssl, command(["stunnel4", "stunnel"], "apt-get install stunnel4"));
+const usbipTool = command(["usbip", "/usr/sbin/usbip"], "apt-get install usbip");
 
 let pki: TestPki;
 beforeAll(() => {
@@ -32,17 +37,9 @@ function clientFlags(): string[] {
   return ["--tls-ca", pki.ca.cert, "--tls-cert", pki.client.cert, "--tls-key", pki.client.key];
 }
 
-/** A free loopback port (for stunnel's accept, which cannot report a port it picked). */
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
 /** stunnel in the foreground with `service` lines; resolves once it accepts connections. */
 async function stunnel(name: string, service: string[]): Promise<number> {
+  // A free port: stunnel's accept cannot report a port it picked.
   const port = await freePort();
   const conf = join(pki.dir, `${name}.conf`);
   writeFileSync(
@@ -57,7 +54,7 @@ async function stunnel(name: string, service: string[]): Promise<number> {
       "",
     ].join("\n"),
   );
-  const child = spawnChild([conf], "stunnel");
+  const child = spawnChild([conf], need(stunnelTool)[1]);
   stops.push(async () => {
     child.child.kill("SIGTERM");
     await child.exited;
@@ -74,66 +71,75 @@ async function attachCheck(port: number, flags: string[]) {
 }
 
 describe("usbvirt with mutual TLS, and third-party TLS endpoints", () => {
-  it("serve with mutual TLS: attach --check with a client certificate passes; the import line names it", async () => {
-    const s = await serveInProcess(["--device", "loopback", ...serverFlags()]);
-    stops.push(s.stop);
-    const r = await attachCheck(s.server.address.port, clientFlags());
-    expect(r.out).toContain("check passed");
-    expect(r.code).toBe(0);
-    expect(s.c.logger.lines.some((l) => /imported 1-1 .*/.test(l) && l.includes("(CN=alice)"))).toBe(true);
-  });
+  it.skipIf(skipWithout("serve with mutual TLS and attach", openssl))(
+    "serve with mutual TLS: attach --check with a client certificate passes; the import line names it",
+    async () => {
+      const s = await serveInProcess(["--device", "loopback", ...serverFlags()]);
+      stops.push(s.stop);
+      const r = await attachCheck(s.server.address.port, clientFlags());
+      expect(r.out).toContain("check passed");
+      expect(r.code).toBe(0);
+      expect(s.c.logger.lines.some((l) => /imported 1-1 .*/.test(l) && l.includes("(CN=alice)"))).toBe(true);
+    },
+  );
 
-  it("attach with mutual TLS against a plain serve behind stunnel (server mode, client certificate required)", async () => {
-    const s = await serveInProcess(["--device", "loopback"]);
-    stops.push(s.stop);
-    const port = await stunnel("usbip-server", [
-      `connect = 127.0.0.1:${s.server.address.port}`,
-      `cert = ${pki.server.cert}`,
-      `key = ${pki.server.key}`,
-      `CAfile = ${pki.ca.cert}`,
-      "verifyChain = yes",
-      "requireCert = yes",
-      "sslVersionMin = TLSv1.3",
-    ]);
-    const r = await attachCheck(port, clientFlags());
-    expect(r.out).toContain("check passed");
-    expect(r.code).toBe(0);
-  });
+  it.skipIf(skipWithout("attach against stunnel in server mode", stunnelTool))(
+    "attach with mutual TLS against a plain serve behind stunnel (server mode, client certificate required)",
+    async () => {
+      const s = await serveInProcess(["--device", "loopback"]);
+      stops.push(s.stop);
+      const port = await stunnel("usbip-server", [
+        `connect = 127.0.0.1:${s.server.address.port}`,
+        `cert = ${pki.server.cert}`,
+        `key = ${pki.server.key}`,
+        `CAfile = ${pki.ca.cert}`,
+        "verifyChain = yes",
+        "requireCert = yes",
+        "sslVersionMin = TLSv1.3",
+      ]);
+      const r = await attachCheck(port, clientFlags());
+      expect(r.out).toContain("check passed");
+      expect(r.code).toBe(0);
+    },
+  );
 
-  it("Linux's usbip list -r through stunnel (client mode) against a TLS serve; a stunnel without a certificate is refused", async () => {
-    const s = await serveInProcess(["--device", "loopback", "--device", "keyboard", ...serverFlags()]);
-    stops.push(s.stop);
-    const target = `connect = 127.0.0.1:${s.server.address.port}`;
-    const port = await stunnel("usbip-client", [
-      "client = yes",
-      target,
-      `cert = ${pki.client.cert}`,
-      `key = ${pki.client.key}`,
-      `CAfile = ${pki.ca.cert}`,
-      "verifyChain = yes",
-      "checkHost = localhost",
-    ]);
-    const list = await usbipList(port);
-    expect(list.code).toBe(0);
-    expect(list.out).toMatch(/1-1: .*\n[\s\S]*1-2: /);
-    expect(s.c.logger.lines.some((l) => l.includes("device list") && l.includes("(CN=alice)"))).toBe(true);
+  it.skipIf(skipWithout("usbip list -r through stunnel", allOf(stunnelTool, usbipTool)))(
+    "Linux's usbip list -r through stunnel (client mode) against a TLS serve; a stunnel without a certificate is refused",
+    async () => {
+      const s = await serveInProcess(["--device", "loopback", "--device", "keyboard", ...serverFlags()]);
+      stops.push(s.stop);
+      const target = `connect = 127.0.0.1:${s.server.address.port}`;
+      const port = await stunnel("usbip-client", [
+        "client = yes",
+        target,
+        `cert = ${pki.client.cert}`,
+        `key = ${pki.client.key}`,
+        `CAfile = ${pki.ca.cert}`,
+        "verifyChain = yes",
+        "checkHost = localhost",
+      ]);
+      const list = await usbipList(port);
+      expect(list.code).toBe(0);
+      expect(list.out).toMatch(/1-1: .*\n[\s\S]*1-2: /);
+      expect(s.c.logger.lines.some((l) => l.includes("device list") && l.includes("(CN=alice)"))).toBe(true);
 
-    const bare = await stunnel("usbip-nocert", [
-      "client = yes",
-      target,
-      `CAfile = ${pki.ca.cert}`,
-      "verifyChain = yes",
-    ]);
-    const refused = await usbipList(bare);
-    expect(refused.out).not.toMatch(/1-1: /);
-    expect(s.c.logger.matching("TLS refused: no client certificate")).toHaveLength(1);
-  });
+      const bare = await stunnel("usbip-nocert", [
+        "client = yes",
+        target,
+        `CAfile = ${pki.ca.cert}`,
+        "verifyChain = yes",
+      ]);
+      const refused = await usbipList(bare);
+      expect(refused.out).not.toMatch(/1-1: /);
+      expect(s.c.logger.matching("TLS refused: no client certificate")).toHaveLength(1);
+    },
+  );
 });
 
 /** Linux's `usbip --tcp-port PORT list -r 127.0.0.1`. */
 function usbipList(port: number): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
-    const child = spawn("usbip", ["--tcp-port", String(port), "list", "-r", "127.0.0.1"]);
+    const child = spawn(need(usbipTool), ["--tcp-port", String(port), "list", "-r", "127.0.0.1"]);
     let out = "";
     child.stdout.on("data", (d: Buffer) => {
       out += d.toString();

@@ -21,10 +21,14 @@ import { UsbredirClient } from "../../src/usbredir/client.js";
 import { UsbredirServer } from "../../src/usbredir/server.js";
 import { pattern } from "../support/data.js";
 import { eventually } from "../support/eventually.js";
-import { makeTestPki, type TestPki } from "../support/tls-certs.js";
+import { makeTestPki, opensslTool, type TestPki } from "../support/tls-certs.js";
+import { skipWithout } from "../support/tools.js";
 import { bulkIn, bulkOut, enumerate, startServer, type TestServer } from "../usbip/helpers.js";
 import { echoRound, LOOPBACK, startRedirServer, type TestRedirServer } from "../usbredir/helpers.js";
 import { RawConnection } from "./raw-connection.js";
+
+// Every test here needs the certificates openssl makes (the hooks run only when a test does).
+const openssl = opensslTool();
 
 let pki: TestPki;
 beforeAll(() => {
@@ -105,7 +109,7 @@ const pem = (f: string) => readFileSync(f);
 const refusals = (s: TestServer) =>
   s.log.lines.filter((l) => l.startsWith("warn: ") && l.includes("TLS refused"));
 
-describe("USB/IP over mutual TLS", () => {
+describe.skipIf(skipWithout("USB/IP over mutual TLS", openssl))("USB/IP over mutual TLS", () => {
   it("a client with a certificate the client CA signed imports and moves data; its identity is in the log and stats", async () => {
     const s = await tlsServer();
     expect(s.server.tlsRequired).toBe(true);
@@ -240,17 +244,20 @@ describe("USB/IP over mutual TLS", () => {
   });
 });
 
-describe("fingerprints as users write them", () => {
-  it("take colons or none, any case; refuse other lengths and algorithms", () => {
-    const fp = pki.client.fingerprint;
-    expect(parseFingerprint(fp)).toBe(fp);
-    expect(parseFingerprint(`sha256:${fp.slice(7).replace(/:/g, "").toLowerCase()}`)).toBe(fp);
-    expect(() => parseFingerprint(fp.slice(0, -3))).toThrow(/not a certificate fingerprint/);
-    expect(() => parseFingerprint(`SHA1:${fp.slice(7)}`)).toThrow(/not a certificate fingerprint/);
-  });
-});
+describe.skipIf(skipWithout("fingerprints as users write them", openssl))(
+  "fingerprints as users write them",
+  () => {
+    it("take colons or none, any case; refuse other lengths and algorithms", () => {
+      const fp = pki.client.fingerprint;
+      expect(parseFingerprint(fp)).toBe(fp);
+      expect(parseFingerprint(`sha256:${fp.slice(7).replace(/:/g, "").toLowerCase()}`)).toBe(fp);
+      expect(() => parseFingerprint(fp.slice(0, -3))).toThrow(/not a certificate fingerprint/);
+      expect(() => parseFingerprint(`SHA1:${fp.slice(7)}`)).toThrow(/not a certificate fingerprint/);
+    });
+  },
+);
 
-describe("usbredir over mutual TLS", () => {
+describe.skipIf(skipWithout("usbredir over mutual TLS", openssl))("usbredir over mutual TLS", () => {
   let r: TestRedirServer | null = null;
   afterEach(async () => {
     await r?.close();

@@ -7,23 +7,27 @@
  * whose issuer the server's request does not name: no client certificate), the guest sees no device. Certificates
  * by `openssl` for the run. Skips where QEMU or the guest image is missing, unless USBVIRT_REQUIRE_TOOLS=1 (CI).
  */
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CollectingLogger } from "../../src/network-face/log.js";
 import { UsbredirServer } from "../../src/usbredir/server.js";
-import { makeTestPki } from "../support/tls-certs.js";
-import { skipWithout } from "../support/tools.js";
+import { makeTestPki, opensslTool, type TestPki } from "../support/tls-certs.js";
+import { allOf, skipWithout } from "../support/tools.js";
 import { bootGuest, describeRun, requireGuest, vmmGuest } from "./qemu-guest.js";
 
-const availability = vmmGuest();
+const guestTool = vmmGuest();
+const availability = allOf(guestTool, opensslTool());
 
 describe.skipIf(skipWithout("the usbredir TLS QEMU test", availability))(
   "usbvirt redirect to QEMU's TLS chardev",
   () => {
-    const pki = makeTestPki();
+    let pki: TestPki;
+    beforeAll(() => {
+      pki = makeTestPki();
+    });
     const servers: UsbredirServer[] = [];
     afterAll(async () => {
       for (const s of servers) await s.close();
-      pki.remove();
+      pki?.remove();
     });
 
     /** QEMU's arguments for one usb-redir device whose chardev speaks TLS with the credentials in `dir`. */
@@ -51,7 +55,7 @@ describe.skipIf(skipWithout("the usbredir TLS QEMU test", availability))(
     }
 
     it("a QEMU client certificate the CA signed: the guest uses the loopback over mutual TLS", async () => {
-      const guest = requireGuest(availability);
+      const guest = requireGuest(guestTool);
       const log = new CollectingLogger();
       const server = await tlsServer(log);
       const run = await bootGuest({
@@ -75,7 +79,7 @@ describe.skipIf(skipWithout("the usbredir TLS QEMU test", availability))(
     }, 180_000);
 
     it("a QEMU client certificate another CA signed is refused; the guest sees no device", async () => {
-      const guest = requireGuest(availability);
+      const guest = requireGuest(guestTool);
       const log = new CollectingLogger();
       const server = await tlsServer(log);
       const run = await bootGuest({
