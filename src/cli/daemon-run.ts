@@ -225,8 +225,11 @@ export function dialWarning(host: string, face: Exposure): string | null {
 
 /** What a listening daemon logs at start: its exposure, and the socket systemd passed if it listens there. */
 export interface ListenerNotes {
-  /** The address it listens on (as bound: the passed socket's own under socket activation). */
-  readonly bound: string;
+  /**
+   * Where it listens (as bound: the passed socket's own under socket activation): an address, or a
+   * Unix-domain socket's path, which no network peer reaches (its file mode decides), so it has no exposure.
+   */
+  readonly bound: { readonly host: string } | { readonly path: string };
   readonly allowClients: readonly string[];
   readonly face: Exposure;
   /** Mutual TLS on the listener (the note then says what protects it, at info level), or null. */
@@ -239,7 +242,8 @@ export interface ListenerNotes {
 
 export function logListenerNotes(logger: FaceLogger, notes: ListenerNotes): void {
   const tls = notes.tls ?? null;
-  const exposure = exposureWarning(notes.bound, notes.allowClients, notes.face, tls);
+  const exposure =
+    "host" in notes.bound ? exposureWarning(notes.bound.host, notes.allowClients, notes.face, tls) : null;
   if (exposure !== null && tls !== null) logger.info(exposure);
   else if (exposure !== null) logger.warn(exposure);
   if (notes.activated !== null) {

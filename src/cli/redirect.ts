@@ -258,22 +258,27 @@ export async function redirectCommand(
     },
   });
   const bound = server.address;
-  io.out(`usbvirt: redirecting ${server.name} (${describeSpec(spec)}) over usbredir\n`);
   const socketPath = server.socketPath;
+  io.out(`usbvirt: redirecting ${server.name} (${describeSpec(spec)}) over usbredir\n`);
+  const qemuDevice = "-device usb-redir,chardev=usbredir0,bus=xhci.0";
   if (socketPath !== null) {
+    // A socket systemd passed has the mode and group its unit gives (SocketMode=, SocketGroup=).
+    const mode =
+      activated !== null ? "the socket systemd passed" : `mode 0660, group ${process.getgid?.() ?? "?"}`;
     io.out(
-      `listening on ${socketPath} (mode 0660, group ${process.getgid?.() ?? "?"}); in QEMU:  -device qemu-xhci,id=xhci ` +
-        `-chardev socket,id=usbredir0,path=${socketPath},reconnect=2 -device usb-redir,chardev=usbredir0,bus=xhci.0\n`,
+      `listening on ${socketPath || "an unnamed socket"} (${mode}); in QEMU:  -device qemu-xhci,id=xhci ` +
+        `-chardev socket,id=usbredir0,path=${socketPath || "PATH"},reconnect=2 ${qemuDevice}\n`,
     );
   } else if (bound !== null) {
     const host = bound.host.includes(":") ? `[${bound.host}]` : bound.host;
     io.out(
       `listening on ${host}:${bound.port}; in QEMU:  -device qemu-xhci,id=xhci ` +
-        `-chardev socket,id=usbredir0,host=${hostForPeers(bound.host)},port=${bound.port},reconnect=2 ` +
-        "-device usb-redir,chardev=usbredir0,bus=xhci.0\n",
+        `-chardev socket,id=usbredir0,host=${hostForPeers(bound.host)},port=${bound.port},reconnect=2 ${qemuDevice}\n`,
     );
+  }
+  if (socketPath !== null || bound !== null) {
     logListenerNotes(logger, {
-      bound: bound.host,
+      bound: socketPath !== null ? { path: socketPath } : { host: bound!.host },
       allowClients: allow,
       face: USBREDIR_EXPOSURE,
       tls: serverTls,

@@ -694,17 +694,27 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     logger.info(ann.describe());
   }
   const { host: boundHost, port: boundPort } = server.address;
-  io.out(`usbvirt: serving ${server.devices.length} device(s) over USB/IP on ${boundHost}:${boundPort}\n`);
+  const socketPath = server.socketPath;
+  io.out(
+    `usbvirt: serving ${server.devices.length} device(s) over USB/IP on ${
+      socketPath !== null
+        ? `the Unix-domain socket ${socketPath || "systemd passed"}`
+        : `${boundHost}:${boundPort}`
+    }\n`,
+  );
   for (const d of server.devices) {
     io.out(`  ${d.busid.padEnd(6)} ${d.name}  (${describeSpec(d.spec)})\n`);
   }
   const shown = hostForPeers(boundHost);
-  io.out(
-    `on a Linux client:  usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}list -r ${shown}` +
-      `   then   usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}attach -r ${shown} -b ${server.devices[0]?.busid ?? "1-1"}\n`,
-  );
+  // Linux's usbip dials TCP only: for a socket file there is no line to give it.
+  if (socketPath === null) {
+    io.out(
+      `on a Linux client:  usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}list -r ${shown}` +
+        `   then   usbip ${boundPort !== USBIP_PORT ? `--tcp-port ${boundPort} ` : ""}attach -r ${shown} -b ${server.devices[0]?.busid ?? "1-1"}\n`,
+    );
+  }
   logListenerNotes(logger, {
-    bound: boundHost,
+    bound: socketPath !== null ? { path: socketPath } : { host: boundHost },
     allowClients,
     face: USBIP_EXPOSURE,
     tls,

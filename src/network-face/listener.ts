@@ -5,7 +5,7 @@
  * the listener's later errors, refuse a peer outside the allowlist before anything is read from it, and
  * cap the connections held at once.
  */
-import { chmodSync, chownSync, lstatSync, type Stats, unlinkSync } from "node:fs";
+import { chmodSync, chownSync, lstatSync, readFileSync, readlinkSync, type Stats, unlinkSync } from "node:fs";
 import { type BlockList, connect, createServer, type Server, type Socket } from "node:net";
 import { allowedBy } from "../util/ip-prefix.js";
 import type { FaceLogger } from "./log.js";
@@ -18,6 +18,45 @@ export type ListenAt =
   | { readonly fd: number }
   | { readonly port: number; readonly host: string }
   | { readonly path: string };
+
+/** Where a listening server is: a TCP address, or a Unix-domain socket's path. */
+export type ListeningAt = { readonly host: string; readonly port: number } | { readonly path: string };
+
+/**
+ * Where `server` listens (null before it does). For a socket passed by descriptor `fd` (systemd socket
+ * activation) a TCP address is the socket's own (getsockname), so a passed socket bound beyond loopback is
+ * seen as such; a Unix-domain one has no name Node knows, so its path is looked up (unixSocketPathOf).
+ */
+export function listeningAt(server: Server, fd?: number): ListeningAt | null {
+  if (!server.listening) return null;
+  const a = server.address();
+  if (typeof a === "string") return { path: a };
+  if (a !== null) return { host: a.address, port: a.port };
+  return fd !== undefined ? { path: unixSocketPathOf(fd) ?? "" } : null;
+}
+
+/**
+ * The path of the Unix-domain socket open on descriptor `fd` (Linux: the socket's inode, from
+ * /proc/self/fd, found in /proc/net/unix; "@name" for an abstract one), or null when it is none or unnamed.
+ */
+export function unixSocketPathOf(fd: number): string | null {
+  let inode: string;
+  let table: string;
+  try {
+    const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
+    if (m === null) return null;
+    inode = m[1]!;
+    table = readFileSync("/proc/net/unix", "latin1");
+  } catch {
+    return null;
+  }
+  // Num RefCount Protocol Flags Type St Inode Path
+  for (const line of table.split("\n")) {
+    const cols = line.trim().split(/\s+/);
+    if (cols[6] === inode && cols.length > 7) return cols.slice(7).join(" ");
+  }
+  return null;
+}
 
 /** Mode of a Unix-domain socket a server creates: owner and group may connect. */
 export const UNIX_SOCKET_MODE = 0o660;

@@ -60,6 +60,7 @@ import {
   ConnectionCap,
   createPausedServer,
   listenAt,
+  listeningAt,
   peerName,
 } from "../network-face/listener.js";
 import { escapingLogger, type FaceLogger, peerText, stderrLogger } from "../network-face/log.js";
@@ -101,6 +102,8 @@ export class UsbipServer extends EventEmitter {
   private readonly cap: ConnectionCap;
   /** Mutual TLS on every connection (null: plain TCP). */
   private readonly tls: TlsFace | null;
+  /** The descriptor systemd passed, listened on instead of a port. */
+  private readonly listenFd: number | undefined;
   private closing: Promise<void> | null = null;
   /** Each port's region of guest memory (index: port - 1), kept for devices exported later. */
   private readonly regions: readonly { readonly memory: GuestBufferAllocator; readonly bytes: number }[];
@@ -128,6 +131,7 @@ export class UsbipServer extends EventEmitter {
     this.bounds = shares.bounds;
     this.cap = new ConnectionCap(this.bounds.maxConnections, this.log);
     this.tls = shares.tls;
+    this.listenFd = options.listenFd;
     this.urbPhase = new UrbPhase(
       this.hcd,
       new Uint8Array(this.memory),
@@ -288,10 +292,16 @@ export class UsbipServer extends EventEmitter {
   }
 
   /** Where the server listens. */
+  /** Where it listens: its TCP address (a socket systemd passed: that socket's own); on a Unix socket, host "" and port 0. */
   get address(): { host: string; port: number } {
-    const a = this.server.address();
-    if (a === null || typeof a === "string") return { host: String(a), port: 0 };
-    return { host: a.address, port: a.port };
+    const at = listeningAt(this.server, this.listenFd);
+    return at !== null && "host" in at ? at : { host: "", port: 0 };
+  }
+
+  /** The Unix-domain socket it listens on (one systemd passed), or null on TCP. */
+  get socketPath(): string | null {
+    const at = listeningAt(this.server, this.listenFd);
+    return at !== null && "path" in at ? at.path : null;
   }
 
   get devices(): readonly ExportedDeviceInfo[] {

@@ -50,7 +50,9 @@ import {
   admitPeer,
   ConnectionCap,
   createPausedServer,
+  type ListeningAt,
   listenAt,
+  listeningAt,
   peerName,
   RefusalLog,
 } from "../network-face/listener.js";
@@ -292,17 +294,20 @@ export class UsbredirServer extends EventEmitter {
     return { vendorId: this.model.description.vendorId, productId: this.model.description.productId };
   }
 
-  /** The Unix-domain socket the server listens on (listen mode on a path), or null. */
+  /** The Unix-domain socket the server listens on (listen mode on a path, or one systemd passed), or null. */
   get socketPath(): string | null {
-    const a = this.listener?.address();
-    return typeof a === "string" ? a : null;
+    const at = this.listening();
+    return at !== null && "path" in at ? at.path : null;
   }
 
-  /** Where the server listens (listen mode on a TCP port). */
+  /** Where the server listens (listen mode on a TCP port, or one systemd passed). */
   get address(): { host: string; port: number } | null {
-    const a = this.listener?.address();
-    if (a === null || a === undefined || typeof a === "string") return null;
-    return { host: a.address, port: a.port };
+    const at = this.listening();
+    return at !== null && "host" in at ? at : null;
+  }
+
+  private listening(): ListeningAt | null {
+    return this.listener === null ? null : listeningAt(this.listener, this.options.listenFd);
   }
 
   /** The connection that holds the device now, and what it has in the engine. */

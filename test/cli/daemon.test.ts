@@ -1,11 +1,12 @@
 /**
  * usbvirt as a daemon, serve and redirect alike: --version, JSON log lines with the client and busid, the
  * engine dying for good (logged, exit 1), a port already in use, and systemd socket activation through the
- * real `systemd-socket-activate` (redirect with contrib's example config file).
+ * real `systemd-socket-activate` (redirect with contrib's example config file): a passed socket bound beyond
+ * loopback gets the exposure warning, a passed socket file is served and named (no warning).
  */
 import { readFileSync } from "node:fs";
 import { mkdtemp, readFile, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
+import { connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -13,6 +14,7 @@ import { socketActivationFd } from "../../src/cli/daemon.js";
 import { run } from "../../src/cli/run.js";
 import { jsonLine, streamLogger } from "../../src/network-face/log.js";
 import { listRemote } from "../../src/usbip/client.js";
+import { encodeDevlistRequest } from "../../src/usbip/management-pdus.js";
 import { attachRemote } from "../../src/usbip-attach/attach.js";
 import { UsbredirClient } from "../../src/usbredir/client.js";
 import { need, skipWithout } from "../support/tools.js";
@@ -25,6 +27,16 @@ import {
   socketActivateTool,
   spawnChild,
 } from "./helpers.js";
+
+/** A connection to the socket file at `path`, once it is open. */
+async function connected(path: string): Promise<Socket> {
+  const socket = connect(path);
+  await new Promise<void>((resolve, reject) => {
+    socket.once("connect", resolve);
+    socket.once("error", reject);
+  });
+  return socket;
+}
 
 const VERSION = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
 
@@ -162,10 +174,21 @@ describe("systemd socket activation", () => {
 
   const socketActivate = socketActivateTool();
 
-  /** `usbvirt ARGS` (from src, through tsx) started by systemd-socket-activate on its first connection to `port`. */
-  const activated = (port: number, args: readonly string[]) =>
+  /**
+   * `usbvirt ARGS` (from src, through tsx) started by systemd-socket-activate on its first connection to
+   * `at`: a port on 127.0.0.1, or what `-l` takes (ADDRESS:PORT, a socket file's path).
+   */
+  const activated = (at: number | string, args: readonly string[]) =>
     spawnChild(
-      ["-l", `127.0.0.1:${port}`, process.execPath, "--import", "tsx", "src/cli/main.ts", ...args],
+      [
+        "-l",
+        typeof at === "number" ? `127.0.0.1:${at}` : at,
+        process.execPath,
+        "--import",
+        "tsx",
+        "src/cli/main.ts",
+        ...args,
+      ],
       need(socketActivate),
     );
   const jsonLines = (text: string) =>
@@ -234,5 +257,96 @@ describe("systemd socket activation", () => {
       expect(p.err()).toMatch(/SIGTERM: shutting down/);
     },
     30_000,
+  );
+
+  it.skipIf(skipWithout("the exposure warning under systemd-socket-activate", socketActivate))(
+    "a passed socket bound beyond loopback (0.0.0.0) gets the exposure warning, serve and redirect alike",
+    async () => {
+      // The allowlist keeps every other host out while the port is open on all interfaces.
+      const cases = [
+        {
+          args: ["serve", "--port", "1", "--device", "loopback"],
+          reach: (port: number) => listRemote({ host: "127.0.0.1", port, timeoutMs: 20_000 }),
+          warning:
+            "listening on 0.0.0.0: USB/IP has no authentication or encryption; only the --allow-client list (127.0.0.1) decides who can import devices",
+        },
+        {
+          args: ["redirect", "--device", "loopback"],
+          reach: async (port: number) => (await UsbredirClient.connect(port, { timeoutMs: 20_000 })).close(),
+          warning:
+            "listening on 0.0.0.0: usbredir has no authentication or encryption; only the --allow-client list (127.0.0.1) decides who can take the device",
+        },
+      ];
+      for (const c of cases) {
+        const port = await freePort();
+        const p = activated(`0.0.0.0:${port}`, [
+          ...c.args,
+          "--allow-client",
+          "127.0.0.1",
+          "--log-format",
+          "json",
+        ]);
+        try {
+          await p.waitFor(/Listening on 0\.0\.0\.0:\d+ as 3/, "err");
+          await c.reach(port);
+          await p.waitFor(/socket systemd passed/, "err");
+          const json = jsonLines(p.err());
+          expect(
+            json.filter((l) => String(l.message).startsWith("listening on 0.0.0.0")),
+            c.args[0],
+          ).toEqual([
+            expect.objectContaining({ level: "warn", message: expect.stringContaining(c.warning) }),
+          ]);
+        } finally {
+          p.child.kill("SIGTERM");
+        }
+        expect(await p.exited, c.args[0]).toBe(0);
+      }
+    },
+    60_000,
+  );
+
+  it.skipIf(skipWithout("a socket file under systemd-socket-activate", socketActivate))(
+    "a passed Unix-domain socket: redirect gives the device there and names the path for QEMU; serve answers there; neither warns",
+    async () => {
+      const dir = await mkdtemp(join(tmpdir(), "usbvirt-activate-"));
+      const vm = join(dir, "vm1.sock");
+      const r = activated(vm, ["redirect", "--device", "loopback", "--log-format", "json"]);
+      try {
+        await r.waitFor(/Listening on .*vm1\.sock as 3/, "err");
+        const g = await UsbredirClient.over(await connected(vm), { timeoutMs: 20_000 });
+        expect(g.device?.vendorId).toBe(0x1209);
+        expect(r.out()).toContain(
+          `listening on ${vm} (the socket systemd passed); in QEMU:  -device qemu-xhci,id=xhci -chardev socket,id=usbredir0,path=${vm},reconnect=2`,
+        );
+        g.close();
+      } finally {
+        r.child.kill("SIGTERM");
+      }
+      expect(await r.exited).toBe(0);
+      const exposure = (text: string) =>
+        jsonLines(text).filter((l) => l.level === "warn" && String(l.message).startsWith("listening on"));
+      expect(exposure(r.err())).toEqual([]);
+      expect(r.err()).toContain("listening on the socket systemd passed (fd 3), not --listen");
+
+      const usbip = join(dir, "usbip.sock");
+      const s = activated(usbip, ["serve", "--port", "1", "--device", "loopback", "--log-format", "json"]);
+      try {
+        await s.waitFor(/Listening on .*usbip\.sock as 3/, "err");
+        // OP_REQ_DEVLIST; the reply begins with version 0x0111 and OP_REP_DEVLIST (0x0005).
+        const socket = await connected(usbip);
+        socket.write(encodeDevlistRequest());
+        const reply = await new Promise<Buffer>((resolve) => socket.once("data", resolve));
+        expect([...reply.subarray(0, 4)]).toEqual([0x01, 0x11, 0x00, 0x05]);
+        socket.destroy();
+        await s.waitFor(/device list/, "err");
+        expect(s.out()).toContain(`over USB/IP on the Unix-domain socket ${usbip}`);
+      } finally {
+        s.child.kill("SIGTERM");
+      }
+      expect(await s.exited).toBe(0);
+      expect(exposure(s.err())).toEqual([]);
+    },
+    60_000,
   );
 });
