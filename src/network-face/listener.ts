@@ -5,7 +5,16 @@
  * the listener's later errors, refuse a peer outside the allowlist before anything is read from it, and
  * cap the connections held at once.
  */
-import { chmodSync, chownSync, lstatSync, readFileSync, readlinkSync, type Stats, unlinkSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  lstatSync,
+  readFileSync,
+  readlinkSync,
+  type Stats,
+  statSync,
+  unlinkSync,
+} from "node:fs";
 import { type BlockList, connect, createServer, type Server, type Socket } from "node:net";
 import { allowedBy } from "../util/ip-prefix.js";
 import type { FaceLogger } from "./log.js";
@@ -99,7 +108,10 @@ export function listenUnix(server: Server, path: string, listening: () => void):
     server.listen(path, () => {
       try {
         chmodSync(path, UNIX_SOCKET_MODE);
-        chownSync(path, -1, process.getgid?.() ?? -1);
+        // Only in a setgid directory does the file get another group: chown(2) is a privileged call a
+        // sandbox may refuse (systemd's SystemCallFilter=~@privileged), so it is made only when needed.
+        const gid = process.getgid?.();
+        if (gid !== undefined && statSync(path).gid !== gid) chownSync(path, -1, gid);
       } catch (err) {
         server.emit("error", err);
         return;

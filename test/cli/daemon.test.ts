@@ -6,7 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { mkdtemp, readFile, writeFile } from "node:fs/promises";
-import { connect, createServer, type Socket } from "node:net";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -20,6 +20,7 @@ import { UsbredirClient } from "../../src/usbredir/client.js";
 import { need, skipWithout } from "../support/tools.js";
 import {
   capture,
+  connectedTo,
   freePort,
   ROOT,
   redirectInProcess,
@@ -27,16 +28,6 @@ import {
   socketActivateTool,
   spawnChild,
 } from "./helpers.js";
-
-/** A connection to the socket file at `path`, once it is open. */
-async function connected(path: string): Promise<Socket> {
-  const socket = connect(path);
-  await new Promise<void>((resolve, reject) => {
-    socket.once("connect", resolve);
-    socket.once("error", reject);
-  });
-  return socket;
-}
 
 const VERSION = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
 
@@ -229,7 +220,8 @@ describe("systemd socket activation", () => {
     "redirect under systemd-socket-activate, configured by contrib's example file, listens on the passed socket",
     async () => {
       const port = await freePort();
-      // contrib's example as an instance would have it, its disk in a scratch directory; its "listen" is not used.
+      // contrib's example as an instance would have it, its disk in a scratch directory (metrics left out:
+      // its socket folder is systemd's to make); the socket it listens on is the one passed.
       const example = JSON.parse(
         await readFile(join(ROOT, "contrib", "usbvirt-redirect.example.json"), "utf8"),
       ) as Record<string, unknown>;
@@ -314,7 +306,7 @@ describe("systemd socket activation", () => {
       const r = activated(vm, ["redirect", "--device", "loopback", "--log-format", "json"]);
       try {
         await r.waitFor(/Listening on .*vm1\.sock as 3/, "err");
-        const g = await UsbredirClient.over(await connected(vm), { timeoutMs: 20_000 });
+        const g = await UsbredirClient.over(await connectedTo(vm), { timeoutMs: 20_000 });
         expect(g.device?.vendorId).toBe(0x1209);
         expect(r.out()).toContain(
           `listening on ${vm} (the socket systemd passed); in QEMU:  -device qemu-xhci,id=xhci -chardev socket,id=usbredir0,path=${vm},reconnect=2`,
@@ -334,7 +326,7 @@ describe("systemd socket activation", () => {
       try {
         await s.waitFor(/Listening on .*usbip\.sock as 3/, "err");
         // OP_REQ_DEVLIST; the reply begins with version 0x0111 and OP_REP_DEVLIST (0x0005).
-        const socket = await connected(usbip);
+        const socket = await connectedTo(usbip);
         socket.write(encodeDevlistRequest());
         const reply = await new Promise<Buffer>((resolve) => socket.once("data", resolve));
         expect([...reply.subarray(0, 4)]).toEqual([0x01, 0x11, 0x00, 0x05]);

@@ -3,7 +3,7 @@
  * logger, and spawn the real `usbvirt` process (through tsx, from src) with its output collected.
  */
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
-import { createServer } from "node:net";
+import { connect, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import { type CliIo, run } from "../../src/cli/run.js";
 import { CollectingLogger } from "../../src/network-face/log.js";
@@ -83,6 +83,16 @@ export async function freePort(): Promise<number> {
   const port = (probe.address() as { port: number }).port;
   await new Promise<void>((r) => probe.close(() => r()));
   return port;
+}
+
+/** A connection to the Unix-domain socket at `path`, once it is open. */
+export async function connectedTo(path: string): Promise<Socket> {
+  const socket = connect(path);
+  await new Promise<void>((resolve, reject) => {
+    socket.once("connect", resolve);
+    socket.once("error", reject);
+  });
+  return socket;
 }
 
 /** systemd-socket-activate, or why it is missing (test/support/tools.ts). */

@@ -6,7 +6,7 @@
  */
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { connect, createServer } from "node:net";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -15,7 +15,7 @@ import { UNIX_SOCKET_MODE } from "../../src/network-face/listener.js";
 import { CollectingLogger } from "../../src/network-face/log.js";
 import { UsbredirClient } from "../../src/usbredir/client.js";
 import { UsbredirServer } from "../../src/usbredir/server.js";
-import { capture, serveInProcess } from "../cli/helpers.js";
+import { capture, connectedTo, serveInProcess } from "../cli/helpers.js";
 import { command, need, skipWithout } from "../support/tools.js";
 import { echoRound, LOOPBACK } from "../usbredir/helpers.js";
 
@@ -27,12 +27,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 /** A usb-guest on the Unix-domain socket at `path`. */
 async function guestAt(path: string): Promise<UsbredirClient> {
-  const socket = connect(path);
-  await new Promise<void>((resolve, reject) => {
-    socket.once("connect", resolve);
-    socket.once("error", reject);
-  });
-  return UsbredirClient.over(socket, { timeoutMs: 5000 });
+  return UsbredirClient.over(await connectedTo(path), { timeoutMs: 5000 });
 }
 
 describe("Unix-domain sockets", () => {
