@@ -104,9 +104,10 @@ export const REDIRECT: CommandSpec = {
   details: `One device per connection, as usbredir defines. In listen mode the device goes to one VM at a
 time; when the VM disconnects its transfers are cancelled, the device is released and the next
 connection gets it. SIGINT/SIGTERM: transfers cancelled, device released, exit 0. If the engine dies
-for good, redirect logs it and exits 1 (for a supervisor to restart it). Listening beyond loopback logs
-a warning: usbredir has no authentication or encryption. Under systemd socket activation
-(LISTEN_FDS/LISTEN_PID) redirect listens on the passed socket, not --listen.
+for good, redirect logs it and exits 1 (for a supervisor to restart it). Listening beyond loopback without
+mutual TLS logs a warning: usbredir has no authentication or encryption. Under systemd socket activation
+(LISTEN_FDS/LISTEN_PID) redirect listens on the passed socket (a TCP port, judged by its own address, or a
+socket file), not --listen. --metrics-tls-cert/-key/-client-ca give the metrics endpoint mutual TLS.
 With --control, 'usbvirt ctl' lists the devices and assigns others to VMs (assign / release) while redirect
 runs; bind, unbind and detach need serve. Assignments are kept in --state-dir and restored.
 
