@@ -4,12 +4,20 @@
  * a URB answered before the kernel gave it back, and what the reaper's poll costs the libuv pool. The libc
  * under the channel is a fake kernel (it keeps the URBs the channel submits and writes results into them
  * as usbfs does), except in the pool test, where poll() is the real one on a real pipe that never becomes
- * ready: four channels waiting on it must leave the pool free for file I/O.
+ * ready (bench/usbfs-never-ready.ts): four channels waiting on it must leave the pool free for file I/O.
  */
 import { readFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";
+import { NeverReadyUsbfs } from "../../bench/usbfs-never-ready.js";
 import type { TransferRequest, TransferResult } from "../../src/devices/device.js";
-import { probeUsbfs, USBFS_MAX_PACKETS_PER_URB, UsbfsChannel } from "../../src/devices/host/usbfs-iso.js";
+import {
+  POLL_SLICE_ENV,
+  POLL_SLICE_MS,
+  pollSliceOf,
+  probeUsbfs,
+  USBFS_MAX_PACKETS_PER_URB,
+  UsbfsChannel,
+} from "../../src/devices/host/usbfs-iso.js";
 import { ECONNRESET, EINVAL, ENOMEM, ESHUTDOWN, OK } from "../../src/urb/status.js";
 import { eventually } from "../support/eventually.js";
 import { found, missing, need, skipWithout } from "../support/tools.js";
@@ -275,6 +283,38 @@ describe("usbfs channel against a fake kernel", () => {
     await channel.close();
   });
 
+  it("polls without a timeout when the slice is indefinite (the old reaper, which bench/iso.ts measures against the slice)", async () => {
+    const kernel = new FakeKernel();
+    const channel = UsbfsChannel.open(kernel.libc(), 1, 2, {
+      log: () => {},
+      onGone: () => {},
+      pollSliceMs: Number.POSITIVE_INFINITY,
+    });
+    if (typeof channel === "string") throw new Error(channel);
+    channel.submit(1, isoIn(2, 8, 8), () => {});
+    expect(kernel.pollTimeouts).toEqual([-1]);
+    await channel.close();
+  });
+
+  it("takes the poll slice from the option, else the environment, else 50 ms, and refuses one that is not whole milliseconds", () => {
+    expect(pollSliceOf(undefined, {})).toBe(POLL_SLICE_MS);
+    expect(pollSliceOf(undefined, { [POLL_SLICE_ENV]: "indefinite" })).toBe(Number.POSITIVE_INFINITY);
+    expect(pollSliceOf(undefined, { [POLL_SLICE_ENV]: "20" })).toBe(20);
+    expect(pollSliceOf(5, { [POLL_SLICE_ENV]: "20" })).toBe(5);
+    for (const bad of ["0", "1.5", "-1", "", "50ms", "60001", "Infinity"])
+      expect(pollSliceOf(undefined, { [POLL_SLICE_ENV]: bad })).toBe(
+        `${POLL_SLICE_ENV}=${JSON.stringify(bad)}: the usbfs poll slice must be a whole number of milliseconds from 1 to 60000, or indefinite`,
+      );
+    expect(pollSliceOf(0, {})).toMatch(/^pollSliceMs 0: /);
+    // A channel refuses to open with such a slice, saying why (the host device logs it once).
+    const refused = UsbfsChannel.open(new FakeKernel().libc(), 1, 2, {
+      log: () => {},
+      onGone: () => {},
+      pollSliceMs: 0.5,
+    });
+    expect(refused).toMatch(/^pollSliceMs 0\.5: the usbfs poll slice must be/);
+  });
+
   it("abandon (a port worker ending without close) releases the claims and closes the fd and the wake pipe at once", () => {
     const kernel = new FakeKernel();
     const channel = openChannel(kernel);
@@ -295,26 +335,13 @@ describe.skipIf(skipWithout("the usbfs channel test on the real libuv pool", rea
   "usbfs channel on the real libuv pool",
   () => {
     it("four channels with URBs pending leave the pool free: a file read completes while they wait", async () => {
-      const real = need(realLibc).libc;
-      // Each channel's "device" is the read end of a real pipe nobody writes: poll() never reports it ready.
-      // The URBs themselves never reach a kernel (SUBMITURB is answered here); poll, pipe2, read, write and
-      // close are libc's own, so the waits occupy real pool threads.
-      const pipes: number[] = [];
-      const libc: Libc = {
-        ...real,
-        open: () => {
-          const fds = new Int32Array(2);
-          if (real.pipe2(fds, 0o2000000) !== 0) throw new Error("pipe2 failed");
-          pipes.push(fds[1]!);
-          return fds[0]!;
-        },
-        ioctl: (fd, request, arg) => (request === SUBMITURB ? 0 : real.ioctl(fd, request, arg)),
-        ioctlValue: () => 0,
-      };
+      // Each channel's "device" is the read end of a real pipe nobody writes: poll() never reports it ready
+      // (bench/usbfs-never-ready.ts), so the waits occupy real pool threads.
+      const device = new NeverReadyUsbfs(need(realLibc).libc);
       const channels: UsbfsChannel[] = [];
       try {
         for (let i = 0; i < 4; i++) {
-          const c = UsbfsChannel.open(libc, 1, 2 + i, { log: () => {}, onGone: () => {} });
+          const c = UsbfsChannel.open(device.libc, 1, 2 + i, { log: () => {}, onGone: () => {} });
           if (typeof c === "string") throw new Error(c);
           channels.push(c);
           c.submit(1, isoIn(2, 8, 8), () => {});
@@ -328,7 +355,7 @@ describe.skipIf(skipWithout("the usbfs channel test on the real libuv pool", rea
         expect(verdict).toBe("read");
       } finally {
         for (const c of channels) await c.close();
-        for (const fd of pipes) real.close(fd);
+        device.close();
       }
     });
   },

@@ -48,7 +48,9 @@
  * while URBs are in flight, so a pool thread (libuv has 4 for the whole
  * process: file I/O, DNS, libusb's blocking calls) is never held for longer
  * than one slice: other pool work queued meanwhile runs between two slices,
- * and a worker that terminates waits one slice at most. On return the event
+ * and a worker that terminates waits one slice at most. (The slice is an
+ * internal option, with poll(-1) as one value of it, only so that bench/iso.ts
+ * can measure the finite poll against the indefinite one.) On return the event
  * loop thread reaps with REAPURBNDELAY until EAGAIN. A poll that says "ready"
  * but yields nothing (umockdev's emulated node is a socket, always writable)
  * re-arms after 1 ms. close() wakes the poll through the pipe and closes the
@@ -89,7 +91,8 @@ import { usbfsStatus } from "./status.js";
 const USBDEVFS_SETINTERFACE = 0x80085504;
 const USBDEVFS_SUBMITURB = 0x8038550a;
 const USBDEVFS_DISCARDURB = 0x0000550b;
-const USBDEVFS_REAPURBNDELAY = 0x4008550d;
+/** Exported for bench/usbfs-never-ready.ts, whose device has nothing to reap. */
+export const USBDEVFS_REAPURBNDELAY = 0x4008550d;
 const USBDEVFS_CLAIMINTERFACE = 0x8004550f;
 const USBDEVFS_RELEASEINTERFACE = 0x80045510;
 const USBDEVFS_CLEAR_HALT = 0x80045515;
@@ -119,6 +122,38 @@ if (kNumberOfPackets + 4 + 4 + 4 + 8 !== URB_SIZE) throw new Error("usbdevfs_urb
 
 /** Longest a poll holds a libuv pool thread before it is re-armed (see the header). */
 export const POLL_SLICE_MS = 50;
+/** The longest slice the option takes; Infinity stands for poll(-1). */
+const MAX_POLL_SLICE_MS = 60_000;
+/**
+ * The environment variable that sets the slice for every channel of the process (port workers inherit
+ * it): milliseconds, or `indefinite`. The bench's switch (bench/iso.ts), not a setting for users.
+ */
+export const POLL_SLICE_ENV = "USBVIRT_USBFS_POLL_SLICE_MS";
+
+/**
+ * The poll slice a channel uses: `asked` (UsbfsChannelOptions.pollSliceMs), else the environment's,
+ * else POLL_SLICE_MS. Infinity is one poll(-1) for as long as nothing completes (the reaper before
+ * the finite slice). A sentence when the value is not a whole number of milliseconds from 1 to 60000.
+ */
+export function pollSliceOf(
+  asked: number | undefined,
+  env: NodeJS.ProcessEnv = process.env,
+): number | string {
+  const raw = env[POLL_SLICE_ENV];
+  const fromEnv =
+    raw === undefined
+      ? undefined
+      : raw === "indefinite"
+        ? Infinity
+        : /^[0-9]+$/.test(raw)
+          ? Number(raw)
+          : NaN;
+  const slice = asked ?? fromEnv ?? POLL_SLICE_MS;
+  if (slice === Infinity || (Number.isInteger(slice) && slice >= 1 && slice <= MAX_POLL_SLICE_MS))
+    return slice;
+  const what = asked !== undefined ? `pollSliceMs ${asked}` : `${POLL_SLICE_ENV}=${JSON.stringify(raw)}`;
+  return `${what}: the usbfs poll slice must be a whole number of milliseconds from 1 to ${MAX_POLL_SLICE_MS}, or indefinite`;
+}
 
 // poll.h and fcntl.h (Linux generic).
 const POLLIN = 0x001;
@@ -232,6 +267,8 @@ export interface UsbfsChannelOptions {
   readonly log: (message: string) => void;
   /** The first sign that the device is gone (a reap, a submit or poll said so). */
   readonly onGone: (reason: string) => void;
+  /** Internal (bench/iso.ts): the poll slice, see pollSliceOf. */
+  readonly pollSliceMs?: number;
 }
 
 type CancelReason = "unlink" | "close" | "gone";
@@ -274,6 +311,8 @@ export class UsbfsChannel {
   private readonly claimedInterfaces = new Set<number>();
   private readonly pollfds = Buffer.alloc(16);
   private readonly wake: Int32Array;
+  /** poll()'s timeout: the slice in ms, -1 for the indefinite poll. */
+  private readonly pollTimeout: number;
   private polling = false;
   private pollSettled: (() => void) | null = null;
   private backoff: NodeJS.Timeout | null = null;
@@ -289,9 +328,11 @@ export class UsbfsChannel {
     private readonly libc: Libc,
     private readonly fd: number,
     wake: Int32Array,
+    pollSliceMs: number,
     private readonly options: UsbfsChannelOptions,
   ) {
     this.wake = wake;
+    this.pollTimeout = pollSliceMs === Infinity ? -1 : pollSliceMs;
     this.pollfds.writeInt32LE(fd, 0);
     this.pollfds.writeInt16LE(POLLOUT, 4);
     this.pollfds.writeInt32LE(wake[0]!, 8);
@@ -305,6 +346,8 @@ export class UsbfsChannel {
     deviceAddress: number,
     options: UsbfsChannelOptions,
   ): UsbfsChannel | string {
+    const slice = pollSliceOf(options.pollSliceMs);
+    if (typeof slice === "string") return slice;
     const path = `/dev/bus/usb/${String(busNumber).padStart(3, "0")}/${String(deviceAddress).padStart(3, "0")}`;
     const fd = libc.open(path, O_RDWR | O_CLOEXEC);
     if (fd < 0) return `cannot open ${path} (errno ${libc.errno()})`;
@@ -314,7 +357,7 @@ export class UsbfsChannel {
       libc.close(fd);
       return `pipe2 failed (errno ${e})`;
     }
-    return new UsbfsChannel(libc, fd, wake, options);
+    return new UsbfsChannel(libc, fd, wake, slice, options);
   }
 
   get inFlight(): number {
@@ -512,7 +555,7 @@ export class UsbfsChannel {
     this.polling = true;
     this.pollfds.writeInt16LE(0, 6);
     this.pollfds.writeInt16LE(0, 14);
-    this.libc.poll.async(this.pollfds, 2, POLL_SLICE_MS, (err: unknown, ready: unknown) => {
+    this.libc.poll.async(this.pollfds, 2, this.pollTimeout, (err: unknown, ready: unknown) => {
       this.polling = false;
       const settled = this.pollSettled;
       this.pollSettled = null;
