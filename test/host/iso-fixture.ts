@@ -1,6 +1,6 @@
 /**
  * The fake isochronous device the usbfs tests serve from an interactive
- * umockdev testbed (test/host/children/iso-testbed.py), and the data rules the
+ * umockdev testbed (bench/python/iso-testbed.py), and the data rules the
  * testbed and the checks share. A high-speed vendor device (pid.codes test
  * VID 0x1209) shaped like a webcam or an audio interface:
  *

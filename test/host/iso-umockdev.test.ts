@@ -1,7 +1,8 @@
 /**
  * Isochronous transfers to a real (emulated) device through the usbfs path
  * (src/devices/host/usbfs-iso.ts): one child process per test under the
- * interactive umockdev testbed test/host/children/iso-testbed.py, which
+ * interactive umockdev testbed bench/python/iso-testbed.py (shared with the
+ * iso bench), which
  * answers usbdevfs ioctls with per-packet descriptors (USB-TESTING.md, last
  * section). The child runs the whole engine: frontend → backend worker →
  * port worker → HostUsbDevice → usbfs through koffi; libusb (npm usb) keeps
@@ -62,7 +63,7 @@ describe
       const out = await runChild(
         need(tools)[0],
         [
-          "test/host/children/iso-testbed.py",
+          "bench/python/iso-testbed.py",
           description,
           "--",
           process.execPath,

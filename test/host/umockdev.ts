@@ -1,15 +1,17 @@
 /**
  * Synthesise what umockdev needs to fake a USB device for real libusb code:
- * a device description (`*.umockdev`: udev properties, sysfs attributes and
- * the raw `descriptors` file) and a usbmon capture to replay (classic pcap,
+ * a device description (`*.umockdev`, from bench/umockdev-testbed.ts, which
+ * the iso bench shares) and a usbmon capture to replay (classic pcap,
  * LINKTYPE_USB_LINUX_MMAPPED = 220, 64-byte headers from Linux
  * Documentation/usb/usbmon.rst). umockdev-run replays the capture strictly in
  * order: each URB the program submits must match the next recorded submit
  * (type, endpoint, length, OUT data and setup bytes), and its completion is
  * the recorded one. See /work/shared/USB-TESTING.md for what was checked.
  */
-import { execFileSync } from "node:child_process";
+import { testbedPython as findTestbedPython } from "../../bench/umockdev-testbed.js";
 import { command, found, missing, type Tool } from "../support/tools.js";
+
+export { type FakeUsbDevice, umockdevDescription } from "../../bench/umockdev-testbed.js";
 
 export const XFER_ISO = 0;
 export const XFER_INTERRUPT = 1;
@@ -21,68 +23,13 @@ export function umockdevRun(): Tool<string> {
   return command(["umockdev-run"], "apt-get install umockdev");
 }
 
-const TESTBED_INSTALL = "apt-get install umockdev gir1.2-umockdev-1.0 python3-gi";
-
 /**
  * A Python 3 that has umockdev's GObject introspection, for the interactive testbeds (test/host/children/*.py,
- * which run themselves under umockdev-wrapper).
+ * bench/python/iso-testbed.py), which run themselves under umockdev-wrapper.
  */
 export function testbedPython(): Tool<string> {
-  const wrapper = command(["umockdev-wrapper"], TESTBED_INSTALL);
-  if (!wrapper.ok) return wrapper;
-  for (const python of ["/usr/bin/python3", "python3"]) {
-    try {
-      execFileSync(
-        python,
-        ["-B", "-c", "import gi; gi.require_version('UMockdev', '1.0'); from gi.repository import UMockdev"],
-        { stdio: "ignore" },
-      );
-      return found(python);
-    } catch {
-      // try the next one
-    }
-  }
-  return missing(`python3 with umockdev's introspection data is not installed (${TESTBED_INSTALL})`);
-}
-
-export interface FakeUsbDevice {
-  /** Sysfs path, e.g. /devices/pci0000:00/0000:00:14.0/usb1/1-1. Its last part is the bus-port name. */
-  readonly sysfsPath: string;
-  readonly busnum: number;
-  readonly devnum: number;
-  /** Mbit/s as sysfs `speed` says it: 1.5, 12, 480, 5000. */
-  readonly speedMbps: number;
-  readonly deviceDescriptor: Uint8Array;
-  /** The configuration descriptor sets, in index order (configuration 1 first; more when the device has more). */
-  readonly configuration: Uint8Array;
-}
-
-const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
-
-/** The `*.umockdev` text for one device (format of umockdev-record). */
-export function umockdevDescription(d: FakeUsbDevice): string {
-  const node = `bus/usb/${String(d.busnum).padStart(3, "0")}/${String(d.devnum).padStart(3, "0")}`;
-  const dd = d.deviceDescriptor;
-  const word = (at: number) => (dd[at]! | (dd[at + 1]! << 8)).toString(16).padStart(4, "0");
-  return [
-    `P: ${d.sysfsPath}`,
-    `N: ${node}`,
-    `E: DEVNAME=/dev/${node}`,
-    "E: SUBSYSTEM=usb",
-    "E: DEVTYPE=usb_device",
-    `E: PRODUCT=${parseInt(word(8), 16).toString(16)}/${parseInt(word(10), 16).toString(16)}/${parseInt(word(12), 16).toString(16)}`,
-    `E: BUSNUM=${String(d.busnum).padStart(3, "0")}`,
-    `E: DEVNUM=${String(d.devnum).padStart(3, "0")}`,
-    `A: busnum=${d.busnum}\\n`,
-    `A: devnum=${d.devnum}\\n`,
-    `A: speed=${d.speedMbps}\\n`,
-    "A: bConfigurationValue=1\\n",
-    `A: bNumConfigurations=${dd[17]}\\n`,
-    `A: idVendor=${word(8)}\\n`,
-    `A: idProduct=${word(10)}\\n`,
-    `H: descriptors=${hex(dd)}${hex(d.configuration)}`,
-    "",
-  ].join("\n");
+  const t = findTestbedPython();
+  return "python" in t ? found(t.python) : missing(t.reason);
 }
 
 export interface PcapEvent {

@@ -1,5 +1,5 @@
 /**
- * Child process under test/host/children/iso-testbed.py (interactive umockdev):
+ * Child process under bench/python/iso-testbed.py (interactive umockdev):
  * the whole engine (frontend → backend worker → port worker → HostUsbDevice →
  * usbfs through koffi) against the fake iso device of ../iso-fixture.ts.
  *   node --import tsx test/host/children/iso.ts <stream | unlink | unplug>

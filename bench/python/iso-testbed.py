@@ -1,20 +1,28 @@
 #!/usr/bin/python3
 """
-Interactive umockdev testbed that serves isochronous URBs (USB-TESTING.md, last section).
+Interactive umockdev testbed that serves isochronous URBs (USB-TESTING.md, last section), for the usbfs
+tests and the iso bench.
 
   iso-testbed.py DEVICE.umockdev -- node --import tsx test/host/children/iso.ts <scenario>
+  iso-testbed.py --stream REPORT.json DEVICE.umockdev -- node dist/bench/iso-client.js
 
-The device of test/host/iso-fixture.ts, answering usbdevfs ioctls the way the kernel does for
-each open file (libusb's fd and usbvirt's usbfs fd are separate clients here, as in the kernel):
+Answers the device's usbdevfs ioctls the way the kernel does for each open file (libusb's fd and
+usbvirt's usbfs fd are separate clients here, as in the kernel):
   - CLAIMINTERFACE is per client: an interface another client holds answers EBUSY (devio.c);
   - SETINTERFACE / CLEAR_HALT are recorded;
+  - REAPURB(NDELAY) returns only the calling client's URBs.
+Tests (the device of test/host/iso-fixture.ts):
   - iso IN on 0x82: completed in batches of ISO_IN_BATCH, per-packet lengths and -EXDEV by the
     rule of iso-fixture.ts (isoInPacket / isoInByte), data written at the packet offsets;
   - iso OUT on 0x03: every packet checked against isoOutByte, completed in full;
   - iso IN on 0x84: never answered (until DISCARDURB: -ENOENT, or unplug: -ENODEV);
-  - REAPURB(NDELAY) returns only the calling client's URBs.
-Follows the child's `STAGE unplug` line (every URB in flight completes with -ENODEV, later
-submits fail with ENODEV). When the child exits it prints `TESTBED <json>` with what it saw.
+  - follows the child's `STAGE unplug` line (every URB in flight completes with -ENODEV, later
+    submits fail with ENODEV), tells the child `INFLIGHT n` on its stdin; when the child exits it
+    prints `TESTBED <json>` with what it saw.
+--stream (the iso bench, bench/iso.ts): every iso URB on any endpoint is answered as it is submitted,
+every packet in full (IN packets carry a fixed pattern); the child's stdin is this process's own (the
+bench drives the child through it), and what the testbed saw goes to REPORT.json when the child exits.
+The child is killed after USBVIRT_TESTBED_SECONDS (default 40).
 """
 import json
 import os
@@ -71,8 +79,9 @@ class Urb:
 
 
 class Device(UMockdev.IoctlBase):
-    def __init__(self):
+    def __init__(self, stream=False):
         super().__init__()
+        self.stream = stream  # --stream: every iso URB answered at once, in full
         self.done = {}  # client key -> [(Urb, status)]
         self.claims = {}  # interface -> client key
         self.waiting_in = []  # iso IN URBs on 0x82 not answered yet
@@ -87,6 +96,7 @@ class Device(UMockdev.IoctlBase):
         }
         self.keys = {}
         self.child_stdin = None
+        self.fill = b""
 
     def key(self, client):
         # One IoctlClient per open file (stream): the kernel's struct usb_dev_state.
@@ -193,7 +203,9 @@ class Device(UMockdev.IoctlBase):
         if me not in self.report["isoSubmitters"]:
             self.report["isoSubmitters"].append(me)
         client.complete(0, 0)
-        if ep == 0x82:
+        if self.stream:
+            self.answer_stream(urb)
+        elif ep == 0x82:
             self.waiting_in.append(urb)
             self.report["maxInFlight"] = max(self.report["maxInFlight"], len(self.waiting_in))
             if len(self.waiting_in) >= ISO_IN_BATCH:
@@ -243,9 +255,27 @@ class Device(UMockdev.IoctlBase):
             at += length
         self.finish(urb, 0, [(0, length) for length in urb.lengths])
 
+    def answer_stream(self, urb):
+        """--stream: every packet in full; IN data is a fixed pattern, OUT data is taken as it is."""
+        if urb.ep & 0x80:
+            self.report["isoIn"] += 1
+            if urb.buf is not None:
+                urb.buf.update(0, self.pattern(sum(urb.lengths)))
+        else:
+            self.report["isoOut"] += 1
+            self.report["outPackets"] += urb.n
+        self.finish(urb, 0, [(0, length) for length in urb.lengths])
+
+    def pattern(self, n):
+        if len(self.fill) < n:
+            self.fill = bytes(i & 0xFF for i in range(n))
+        return self.fill[:n]
+
     def finish(self, urb, status, packets):
-        for i, (st, actual) in enumerate(packets):
-            urb.data.update(URB_SIZE + DESC_SIZE * i, struct.pack("<IIi", urb.lengths[i], actual, st))
+        # Every packet descriptor (length, actual_length, status) in one update.
+        descs = b"".join(struct.pack("<IIi", urb.lengths[i], a, st) for i, (st, a) in enumerate(packets))
+        if descs:
+            urb.data.update(URB_SIZE, descs)
         urb.data.update(4, struct.pack("<i", status))
         urb.data.update(28, struct.pack("<i", sum(a for _, a in packets)))
         urb.data.update(32, struct.pack("<i", 1000 + self.seq_in))  # start_frame
@@ -261,16 +291,22 @@ class Device(UMockdev.IoctlBase):
 
 
 def main():
-    description = sys.argv[1]
+    args = sys.argv[1 : sys.argv.index("--")]
+    report_file = None
+    if args[0] == "--stream":
+        report_file = args[1]
+        args = args[2:]
+    description = args[0]
     child_argv = sys.argv[sys.argv.index("--") + 1 :]
     text = open(description).read()
     devnode = [line[3:] for line in text.splitlines() if line.startswith("N: ")][0]
     testbed = UMockdev.Testbed.new()
     testbed.add_from_string(text)
-    device = Device()
+    device = Device(stream=report_file is not None)
     testbed.attach_ioctl("/dev/" + devnode, device)
     loop = GLib.MainLoop()
-    child = subprocess.Popen(child_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    child_stdin = None if report_file is not None else subprocess.PIPE
+    child = subprocess.Popen(child_argv, stdin=child_stdin, stdout=subprocess.PIPE, bufsize=0)
     device.child_stdin = child.stdin
     state = {"code": 1, "buf": b""}
 
@@ -297,10 +333,15 @@ def main():
         return False
 
     GLib.io_add_watch(child.stdout.fileno(), GLib.IO_IN | GLib.IO_HUP, on_output)
-    GLib.timeout_add_seconds(40, lambda: (child.kill(), loop.quit()))
+    limit = int(os.environ.get("USBVIRT_TESTBED_SECONDS", "40"))
+    GLib.timeout_add_seconds(limit, lambda: (child.kill(), loop.quit()))
     loop.run()
-    sys.stdout.write("TESTBED %s\n" % json.dumps(device.report))
-    sys.stdout.flush()
+    if report_file is not None:
+        with open(report_file, "w") as f:
+            json.dump(device.report, f)
+    else:
+        sys.stdout.write("TESTBED %s\n" % json.dumps(device.report))
+        sys.stdout.flush()
     sys.exit(state["code"])
 
 
