@@ -13,6 +13,7 @@ import { e2eSuite } from "./e2e.js";
 import { grantSuite } from "./grant.js";
 import { machineHeader, type Ratio, type Result, type SuiteOptions } from "./harness.js";
 import { idleSuite } from "./idle.js";
+import { isoSuite } from "./iso.js";
 import { PEER_DESIGNS } from "./peers/peers.js";
 import { type BenchRecord, writeReport } from "./report.js";
 import { ringSuite } from "./ring.js";
@@ -34,6 +35,7 @@ const suites: Suite[] = [
   usbipSuite,
   usbredirSuite,
   idleSuite,
+  isoSuite,
   vmmSuite,
 ];
 
@@ -150,6 +152,21 @@ function ratios(results: readonly Result[]): Ratio[] {
     true,
   );
   add("ratio.usbip.bulk64k.vs_pypeer", "usbip.bulk64k.mbps", "usbip.pypeer.nodeclient.bulk64k.mbps", true);
+  // The usbfs reaper's finite poll against the indefinite one it replaced (bench/iso.ts), same run.
+  for (const stream of ["in", "out", "in.hb", "out.hb"]) {
+    add(
+      `ratio.iso.usbfs.${stream}.vs_indefinite_poll`,
+      `iso.usbfs.${stream}.urbs_per_s`,
+      `iso.usbfs.${stream}.indefinite_poll.urbs_per_s`,
+      true,
+    );
+    add(
+      `ratio.iso.usbfs.${stream}.engine_cpu.vs_indefinite_poll`,
+      `iso.usbfs.${stream}.engine_cpu_us`,
+      `iso.usbfs.${stream}.indefinite_poll.engine_cpu_us`,
+      false,
+    );
+  }
   return out;
 }
 

@@ -170,11 +170,12 @@ export interface StreamTask<W> {
   readonly result: string;
   readonly unit: "URB/s" | "MB/s";
   /**
-   * Also record the CPU time per item of these processes (all their threads) over the measured waits:
-   * `<result>.server_cpu_us` and `<result>.client_cpu_us`. At 1 in flight the client and the server take
-   * turns, so the rate is bounded by the sum; on a busy host, CPU per item is what the rate follows.
+   * Also record the CPU time per item of these processes (label → pid; all their threads) over the
+   * measured waits: `<result>.<label>_cpu_us`, e.g. `server_cpu_us` and `client_cpu_us`. At 1 in flight
+   * the client and the server take turns, so the rate is bounded by the sum; on a busy host, CPU per item
+   * is what the rate follows.
    */
-  readonly cpu?: { readonly server: number; readonly client: number };
+  readonly cpu?: Readonly<Record<string, number>>;
 }
 
 /** CPU time of every thread of `pid` so far, ns (the kernel's schedstat); null where it cannot be read. */
@@ -212,29 +213,29 @@ export async function runStreams<W>(
 ): Promise<Result[]> {
   const bench = new Bench(benchTiming(opts));
   const done = new Map<string, { waited: number; completed: number }>();
-  const cpuUsed = new Map<string, { server: number; client: number; items: number; readable: boolean }>();
+  const cpuUsed = new Map<string, { ns: Record<string, number>; items: number; readable: boolean }>();
   for (const t of tasks) {
     const client = t.client ?? defaultClient;
     if (client === undefined) throw new Error(`${title}: task ${t.name} has no client`);
     const count = { waited: 0, completed: 0 };
     done.set(t.name, count);
-    const cpu = t.cpu;
-    const used = { server: 0, client: 0, items: 0, readable: cpu !== undefined };
+    const cpu = Object.entries(t.cpu ?? {});
+    const used = {
+      ns: Object.fromEntries(cpu.map(([label]) => [label, 0])),
+      items: 0,
+      readable: cpu.length > 0,
+    };
     cpuUsed.set(t.name, used);
     bench.add(
       t.name,
       async () => {
-        const server0 = cpu === undefined ? null : processCpuNs(cpu.server);
-        const client0 = cpu === undefined ? null : processCpuNs(cpu.client);
+        const before = cpu.map(([, pid]) => processCpuNs(pid));
         const r = await client.request({ cmd: "wait", items: t.items }, "waited");
-        if (cpu !== undefined) {
-          const server1 = processCpuNs(cpu.server);
-          const client1 = processCpuNs(cpu.client);
-          if (server0 === null || client0 === null || server1 === null || client1 === null)
-            used.readable = false;
+        if (cpu.length > 0) {
+          const after = cpu.map(([, pid]) => processCpuNs(pid));
+          if ([...before, ...after].includes(null)) used.readable = false;
           else {
-            used.server += server1 - server0;
-            used.client += client1 - client0;
+            for (const [i, [label]] of cpu.entries()) used.ns[label]! += after[i]! - before[i]!;
             used.items += r.items;
           }
         }
@@ -269,8 +270,11 @@ export async function runStreams<W>(
     const base = t.result.replace(/\.(urbs_per_s|mbps)$/, "");
     return [
       rate,
-      { name: `${base}.server_cpu_us`, value: used.server / 1000 / used.items, unit: "µs/item" },
-      { name: `${base}.client_cpu_us`, value: used.client / 1000 / used.items, unit: "µs/item" },
+      ...Object.entries(used.ns).map(([label, ns]) => ({
+        name: `${base}.${label}_cpu_us`,
+        value: ns / 1000 / used.items,
+        unit: "µs/item",
+      })),
     ];
   });
 }

@@ -10,11 +10,13 @@
  *   modified; tag = serial << bits | slot. Replies have a fixed header size: a header split across reads
  *   is gathered, IN data after a header is skipped in place, never copied. The protocol parses each header
  *   (`onHeader`) and calls `complete(slot)` or `skipThen(bytes, slot)`.
- * - `serveParent`: the IPC loop (ready, one request at a time, exit when the parent goes), answering
- *   `wait` and `stop` itself.
+ * - `serveParent`: the loop over IPC, or over JSON lines on stdin / stdout for a client that runs under
+ *   another program (bench/iso-client.ts, under the umockdev testbed): ready, one request at a time, exit
+ *   when the parent goes; `wait` and `stop` are answered there.
  */
 import type net from "node:net";
 import { performance } from "node:perf_hooks";
+import { createInterface } from "node:readline";
 import type { StreamReply, StreamRequest } from "./stream-bench.js";
 
 /** The running stream: its kind (null when idle), items completed, and a wait due at `target`. */
@@ -225,32 +227,45 @@ export class SlotStream<S extends StreamSlot> {
   }
 }
 
+/** How a client hears its parent: IPC (forked), or JSON lines on stdin, answered on stdout. */
+export type ParentChannel = "ipc" | "lines";
+
 /**
- * The client's IPC loop: `handle` answers its own requests (connect, start), `wait` and `stop` are
+ * The client's loop: `handle` answers its own requests (connect, start), `wait` and `stop` are
  * answered here; `ready` is sent once listening. Anything thrown exits non-zero with the message; the
- * client exits when the parent goes.
+ * client exits when the parent goes (IPC disconnected, or stdin closed).
  */
 export function serveParent<Req extends { readonly cmd: string }>(
   script: string,
   state: StreamState<string>,
   send: (reply: StreamReply) => void,
   handle: (m: Req) => Promise<void>,
+  channel: ParentChannel = "ipc",
 ): void {
-  if (process.send === undefined) state.fail(`run me with child_process.fork (${script} does)`);
+  if (channel === "ipc" && process.send === undefined)
+    state.fail(`run me with child_process.fork (${script} does)`);
   const onMessage = async (m: Req | StreamRequest<unknown>) => {
     if (m.cmd === "wait") state.wait((m as { readonly items: number }).items);
     else if (m.cmd === "stop") state.stop();
     else await handle(m as Req);
   };
-  process.on("message", (m: unknown) => {
+  const onRequest = (m: unknown) => {
     onMessage(m as Req).catch((err: unknown) => {
       console.error(err);
       process.exit(1);
     });
-  });
-  process.on("disconnect", () => {
+  };
+  const parentGone = () => {
     state.closing = true;
     process.exit(0);
-  });
+  };
+  if (channel === "ipc") {
+    process.on("message", onRequest);
+    process.on("disconnect", parentGone);
+  } else {
+    const lines = createInterface({ input: process.stdin });
+    lines.on("line", (line) => onRequest(JSON.parse(line)));
+    lines.on("close", parentGone);
+  }
   send({ ev: "ready" });
 }

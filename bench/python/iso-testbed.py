@@ -25,36 +25,43 @@ bench drives the child through it), and what the testbed saw goes to REPORT.json
 The child is killed after USBVIRT_TESTBED_SECONDS (default 40).
 """
 import json
-import os
 import struct
 import subprocess
 import sys
 
-if os.environ.get("USBVIRT_TESTBED_WRAPPED") != "1":
-    # The controller itself must run under the umockdev preload.
-    os.environ["USBVIRT_TESTBED_WRAPPED"] = "1"
-    # -B: no __pycache__ beside the script (nothing in the tree is written by a test run).
-    os.execvp("umockdev-wrapper", ["umockdev-wrapper", sys.executable, "-B"] + sys.argv)
+from usbdevfs_testbed import (
+    CLAIMINTERFACE,
+    CLEAR_HALT,
+    DESC_SIZE,
+    DISCARDURB,
+    DISCONNECT_CLAIM,
+    EBUSY,
+    EAGAIN,
+    EINVAL,
+    ENODATA,
+    ENODEV,
+    ENOENT,
+    EPIPE,
+    EXDEV,
+    GET_CAPABILITIES,
+    GETDRIVER,
+    REAPURB,
+    REAPURBNDELAY,
+    RELEASEINTERFACE,
+    SETINTERFACE,
+    SUBMITURB,
+    URB_SIZE,
+    run_under_umockdev,
+    serve_child,
+)
+
+run_under_umockdev()
 
 import gi  # noqa: E402
 
 gi.require_version("UMockdev", "1.0")
-from gi.repository import GLib, UMockdev  # noqa: E402
+from gi.repository import UMockdev  # noqa: E402
 
-# include/uapi/linux/usbdevice_fs.h, x86-64 / arm64 encodings
-GET_CAPABILITIES = 0x8004551A
-CLAIMINTERFACE = 0x8004550F
-RELEASEINTERFACE = 0x80045510
-GETDRIVER = 0x41045508
-DISCONNECT_CLAIM = 0x8108551B
-SETINTERFACE = 0x80085504
-CLEAR_HALT = 0x80045515
-SUBMITURB = 0x8038550A
-DISCARDURB = 0x0000550B
-REAPURB = 0x4008550C
-REAPURBNDELAY = 0x4008550D
-ENODATA, EAGAIN, EINVAL, ENOENT, ENODEV, EBUSY, EPIPE, EXDEV = 61, 11, 22, 2, 19, 16, 32, 18
-URB_SIZE, DESC_SIZE = 56, 12
 ISO_IN_BATCH = 4
 
 
@@ -302,47 +309,27 @@ def main():
     devnode = [line[3:] for line in text.splitlines() if line.startswith("N: ")][0]
     testbed = UMockdev.Testbed.new()
     testbed.add_from_string(text)
-    device = Device(stream=report_file is not None)
+    stream = report_file is not None
+    device = Device(stream=stream)
     testbed.attach_ioctl("/dev/" + devnode, device)
-    loop = GLib.MainLoop()
-    child_stdin = None if report_file is not None else subprocess.PIPE
-    child = subprocess.Popen(child_argv, stdin=child_stdin, stdout=subprocess.PIPE, bufsize=0)
-    device.child_stdin = child.stdin
-    state = {"code": 1, "buf": b""}
 
     def on_line(line):
-        sys.stdout.write(line)
-        sys.stdout.flush()
         if line.startswith("STAGE unplug"):
             device.unplug()
 
-    def on_output(fd, cond):
-        chunk = os.read(fd, 65536) if cond & GLib.IO_IN else b""
-        if chunk:
-            state["buf"] += chunk
-            while b"\n" in state["buf"]:
-                line, state["buf"] = state["buf"].split(b"\n", 1)
-                on_line(line.decode() + "\n")
-            return True
-        if state["buf"]:
-            # The child ended inside a line: pass it on as it is (the parent says it was cut short).
-            sys.stdout.write(state["buf"].decode(errors="replace"))
-            state["buf"] = b""
-        state["code"] = child.wait()
-        loop.quit()
-        return False
+    def on_start(child):
+        device.child_stdin = child.stdin
 
-    GLib.io_add_watch(child.stdout.fileno(), GLib.IO_IN | GLib.IO_HUP, on_output)
-    limit = int(os.environ.get("USBVIRT_TESTBED_SECONDS", "40"))
-    GLib.timeout_add_seconds(limit, lambda: (child.kill(), loop.quit()))
-    loop.run()
-    if report_file is not None:
+    code = serve_child(
+        child_argv, on_line, stdin=None if stream else subprocess.PIPE, on_start=on_start, seconds=40
+    )
+    if stream:
         with open(report_file, "w") as f:
             json.dump(device.report, f)
     else:
         sys.stdout.write("TESTBED %s\n" % json.dumps(device.report))
         sys.stdout.flush()
-    sys.exit(state["code"])
+    sys.exit(code)
 
 
 main()

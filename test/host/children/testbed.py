@@ -35,37 +35,45 @@ The child's output is passed through; the exit code is the child's.
 """
 import os
 import struct
-import subprocess
 import sys
 
-if os.environ.get("USBVIRT_TESTBED_WRAPPED") != "1":
-    # The controller itself must run under the umockdev preload.
-    os.environ["USBVIRT_TESTBED_WRAPPED"] = "1"
-    # -B: no __pycache__ beside the script (nothing in the tree is written by a test run).
-    os.execvp("umockdev-wrapper", ["umockdev-wrapper", sys.executable, "-B"] + sys.argv)
+# The usbdevfs vocabulary and the child's runner, shared with the iso testbed.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "bench", "python"))
+from usbdevfs_testbed import (  # noqa: E402
+    CLAIMINTERFACE,
+    CLEAR_HALT,
+    DISCARDURB,
+    DISCONNECT_CLAIM,
+    EAGAIN,
+    EBUSY,
+    EINVAL,
+    ENODATA,
+    ENODEV,
+    ENOENT,
+    EPIPE,
+    GET_CAPABILITIES,
+    GETDRIVER,
+    IOCTL,
+    IOCTL_CONNECT,
+    IOCTL_DISCONNECT,
+    REAPURB,
+    REAPURBNDELAY,
+    RELEASEINTERFACE,
+    RESET,
+    SETCONFIGURATION,
+    SETINTERFACE,
+    SUBMITURB,
+    run_under_umockdev,
+    serve_child,
+)
+
+run_under_umockdev()
 
 import gi  # noqa: E402
 
 gi.require_version("UMockdev", "1.0")
 from gi.repository import GLib, UMockdev  # noqa: E402
 
-# include/uapi/linux/usbdevice_fs.h, x86-64 / arm64 encodings
-GET_CAPABILITIES = 0x8004551A
-CLAIMINTERFACE = 0x8004550F
-RELEASEINTERFACE = 0x80045510
-GETDRIVER = 0x41045508
-DISCONNECT_CLAIM = 0x8108551B
-SUBMITURB = 0x8038550A
-DISCARDURB = 0x0000550B
-REAPURB = 0x4008550C
-REAPURBNDELAY = 0x4008550D
-IOCTL = 0xC0105512  # struct usbdevfs_ioctl { int ifno; int ioctl_code; void *data; }
-IOCTL_DISCONNECT, IOCTL_CONNECT = 0x5516, 0x5517
-RESET = 0x00005514
-SETCONFIGURATION = 0x80045505
-SETINTERFACE = 0x80085504
-CLEAR_HALT = 0x80045515
-ENODATA, EAGAIN, EINVAL, ENOENT, ENODEV, EPIPE, EBUSY = 61, 11, 22, 2, 19, 32, 16
 URB_TYPE_CONTROL, URB_TYPE_BULK = 2, 3
 LANGIDS = bytes([4, 3, 0x09, 0x04])
 # The strings of test/host/fixture.ts (iManufacturer 1, iProduct 2, iSerialNumber 3).
@@ -346,7 +354,7 @@ def main():
     descriptors = descriptors_of(text)
     alt_text = open(alt_description).read() if alt_description is not None else None
     testbed = UMockdev.Testbed.new()
-    state = {"device": None, "code": 1, "handler": None, "showing": text}
+    state = {"device": None, "handler": None, "showing": text}
 
     def show(t):
         """Make the sysfs attributes those of description t (the same node and path: a re-enumeration)."""
@@ -391,9 +399,6 @@ def main():
 
     if not start_unplugged:
         plug()
-    loop = GLib.MainLoop()
-    child = subprocess.Popen(child_argv, stdout=subprocess.PIPE, bufsize=0)
-
     # Stages are applied in order, at most one every 5 ms: umockdev's uevent sender aborts when the
     # program's netlink socket is full, which a burst of hundreds of uevents (a hotplug storm) can do.
     stages = []
@@ -421,8 +426,6 @@ def main():
         return True  # look again in 5 ms
 
     def on_line(line):
-        sys.stdout.write(line)
-        sys.stdout.flush()
         if line.startswith("STAGE "):
             stages.append(line)
             if not pacing["busy"]:
@@ -430,29 +433,7 @@ def main():
                 apply_stage()
                 GLib.timeout_add(5, apply_stage)
 
-    buf = {"data": b""}
-
-    def on_output(fd, cond):
-        chunk = os.read(fd, 65536) if cond & GLib.IO_IN else b""
-        if chunk:
-            buf["data"] += chunk
-            while b"\n" in buf["data"]:
-                line, buf["data"] = buf["data"].split(b"\n", 1)
-                on_line(line.decode() + "\n")
-            return True
-        if buf["data"]:
-            # The child ended inside a line: pass it on as it is (the parent says it was cut short).
-            sys.stdout.write(buf["data"].decode(errors="replace"))
-            buf["data"] = b""
-        state["code"] = child.wait()
-        loop.quit()
-        return False
-
-    GLib.io_add_watch(child.stdout.fileno(), GLib.IO_IN | GLib.IO_HUP, on_output)
-    limit = int(os.environ.get("USBVIRT_TESTBED_SECONDS", "30"))
-    GLib.timeout_add_seconds(limit, lambda: (child.kill(), loop.quit()))
-    loop.run()
-    sys.exit(state["code"])
+    sys.exit(serve_child(child_argv, on_line))
 
 
 main()
