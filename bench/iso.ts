@@ -10,12 +10,11 @@
  *    worker → HostUsbDevice → usbfs through koffi) and keeps 8 URBs of 32 packets in flight on one
  *    endpoint: 192-byte packets (audio) and 3072-byte ones (a high-bandwidth camera), IN and OUT.
  *    Figures: URBs/s, and the CPU time per URB of the engine's process and of the testbed's (every
- *    thread), for two engine processes side by side, their tasks interleaved in one table: one with the
- *    slice, one with USBVIRT_USBFS_POLL_SLICE_MS=indefinite. Both run throughout: an engine with a
- *    device open under umockdev costs CPU even when idle (libusb polls the emulated node; recorded as
- *    `testbed_idle`), alike for either. Under the testbed the reaper's poll never waits (the emulated
- *    node is a socket, always writable), so the two variants run the same reaping path here; the
- *    figures bound the rest of the path, under umockdev (see README).
+ *    thread), with the slice, then in a second engine process with USBVIRT_USBFS_POLL_SLICE_MS=indefinite
+ *    (one at a time: an engine with a device open under umockdev costs CPU even when idle, libusb polling
+ *    the emulated node; recorded as `testbed_idle`), then the two side by side. Under the testbed the
+ *    reaper's poll never waits (the emulated node is a socket, always writable), so the two variants run
+ *    the same reaping path here; the figures bound the rest of the path, under umockdev (see README).
  * 2. The reaper waiting, on the real libuv pool of this process: as many usbfs channels as the pool has
  *    threads, each with a URB in flight on a device that never completes one (bench/usbfs-never-ready.ts:
  *    a real pipe poll() never reports ready). Figures: this process's CPU per second and the polls per
@@ -179,55 +178,52 @@ async function wholePath(opts: SuiteOptions, usbfs: UsbfsLoad): Promise<Result[]
   if ("reason" in testbed) return skipped(part, testbed.reason);
   const dir = mkdtempSync(join(tmpdir(), "usbvirt-bench-iso-"));
   const results: Result[] = [];
-  const engines: Engine[] = [];
   try {
     writeFileSync(join(dir, "device.umockdev"), umockdevDescription(isoBenchDevice));
-    // Both engines run for the whole part, their tasks interleaved: an engine with a device open under
-    // umockdev costs CPU even when idle (libusb polls the emulated node), the same for either variant.
-    for (const variant of VARIANTS) engines.push(await startEngine(testbed.python, dir, variant));
-    const pids = engines.flatMap((e) => [e.enginePid, e.client.pid]);
-    const idle = await cpuPerSecond(pids, opts.quick ? 200 : 1000);
-    for (const [i, variant] of VARIANTS.entries()) {
-      results.push(
-        {
-          name: `iso.usbfs.testbed_idle${variant.tag}.engine_cpu_ms_per_s`,
-          value: idle[2 * i]!,
-          unit: "ms/s",
-        },
-        {
-          name: `iso.usbfs.testbed_idle${variant.tag}.testbed_cpu_ms_per_s`,
-          value: idle[2 * i + 1]!,
-          unit: "ms/s",
-        },
-      );
-    }
-    const tasks: StreamTask<IsoWorkload>[] = SHAPES.flatMap((s) =>
-      VARIANTS.map((variant, i) => ({
-        name: `${s.what}, ${variant.label}`,
-        client: engines[i]!.client,
-        workload: s.workload,
-        items: opts.quick ? 8 : s.items,
-        units: 1,
-        result: `iso.usbfs.${s.name}${variant.tag}.urbs_per_s`,
-        unit: "URB/s" as const,
-        cpu: { engine: engines[i]!.enginePid, testbed: engines[i]!.client.pid },
-      })),
-    );
-    results.push(...(await runStreams(opts, part, tasks)));
-  } finally {
-    for (const e of engines) await e.client.close();
-  }
-  try {
-    // Each testbed saw the URBs on one fd, every claim granted, nothing but iso.
-    for (const e of engines) {
-      const seen = JSON.parse(readFileSync(e.report, "utf8")) as Record<string, unknown>;
+    // One engine at a time: an engine with a device open under umockdev costs CPU even when idle (libusb
+    // polls the emulated node, and the testbed answers), which would weigh on the other variant's run.
+    for (const variant of VARIANTS) {
+      const engine = await startEngine(testbed.python, dir, variant);
+      const pids = { engine: engine.enginePid, testbed: engine.client.pid };
+      try {
+        const [engineIdle, testbedIdle] = await cpuPerSecond(
+          [pids.engine, pids.testbed],
+          opts.quick ? 200 : 1000,
+        );
+        results.push(
+          {
+            name: `iso.usbfs.testbed_idle${variant.tag}.engine_cpu_ms_per_s`,
+            value: engineIdle!,
+            unit: "ms/s",
+          },
+          {
+            name: `iso.usbfs.testbed_idle${variant.tag}.testbed_cpu_ms_per_s`,
+            value: testbedIdle!,
+            unit: "ms/s",
+          },
+        );
+        const tasks: StreamTask<IsoWorkload>[] = SHAPES.map((s) => ({
+          name: `${s.what}, ${variant.label}`,
+          workload: s.workload,
+          items: opts.quick ? 8 : s.items,
+          units: 1,
+          result: `iso.usbfs.${s.name}${variant.tag}.urbs_per_s`,
+          unit: "URB/s",
+          cpu: pids,
+        }));
+        results.push(...(await runStreams(opts, `${part}: ${variant.label}`, tasks, engine.client)));
+      } finally {
+        await engine.client.close();
+      }
+      // The testbed saw the URBs on one fd, every claim granted, nothing but iso.
+      const seen = JSON.parse(readFileSync(engine.report, "utf8")) as Record<string, unknown>;
       const ok =
         seen.busy === 0 &&
         (seen.other as unknown[]).length === 0 &&
         (seen.isoSubmitters as unknown[]).length === 1 &&
         Number(seen.isoIn) > 0 &&
         Number(seen.isoOut) > 0;
-      if (!ok) throw new Error(`${part}: a testbed saw ${JSON.stringify(seen)}`);
+      if (!ok) throw new Error(`${part}: the testbed saw ${JSON.stringify(seen)}`);
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
