@@ -194,3 +194,22 @@ export const NAME_OPTION: OptionSpec = {
   value: "NAME",
   help: "with --announce: added to the host's name in the announcement",
 };
+
+/** A `--NAME SECONDS` option (decimals allowed, e.g. 0.5) → milliseconds. */
+export function secondsOption(
+  options: Parsed["options"],
+  name: string,
+  fallback: number,
+  command: string,
+): number {
+  const text = options[name];
+  if (text === undefined) return fallback * 1000;
+  const s = typeof text === "string" && /^\d+(\.\d+)?$/.test(text) ? Number(text) : Number.NaN;
+  if (!(s > 0 && s <= 86_400)) {
+    throw new UsageError(
+      command,
+      `--${name} must be a number of seconds above 0 (e.g. 5 or 0.5), not "${String(text)}"`,
+    );
+  }
+  return Math.max(1, Math.round(s * 1000));
+}

@@ -6,14 +6,20 @@
  * server down, link lost) the follower asks the network again and imports it from whichever server
  * announces it free next, on attach's reconnect schedule (0.5 s doubling up to 30 s, with jitter). A
  * selector that matches several free devices is an error that lists them: it never picks one by chance.
+ * A host that requires TLS is reached with the client's settings, its announced fingerprint pinned when
+ * the client gave no CA (select.ts tlsFor); one that cannot be reached so is waited past, said once.
  */
 import { EventEmitter } from "node:events";
 import type { FilterRule } from "../devices/host/filter.js";
 import { type DiscoveryResult, discover } from "../discovery/browser.js";
-import { type Candidate, describeCandidate, resolve } from "../discovery/select.js";
+import { type Candidate, describeCandidate, resolve, tlsFor } from "../discovery/select.js";
 import { escapeControls } from "../network-face/log.js";
+import type { TlsClientOptions } from "../tls/tls-settings.js";
 import { type AttachedDevice, attachRemote } from "../usbip-attach/attach.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
+
+/** How long a look at the network listens unless told (list --discover, attach --device, status --discover). */
+export const DEFAULT_DISCOVER_S = 2;
 
 export function discoveryTable(result: DiscoveryResult): string {
   const lines: string[] = [];
@@ -79,6 +85,8 @@ export interface FollowOptions {
   readonly retryMinMs?: number;
   readonly retryMaxMs?: number;
   readonly log: (line: string) => void;
+  /** The client's TLS settings (a host that requires TLS needs at least its certificate; see tlsFor). */
+  readonly tls?: TlsClientOptions;
   /** Replaces multicast discovery (tests). */
   readonly discover?: () => Promise<DiscoveryResult>;
 }
@@ -130,7 +138,10 @@ export class DeviceFollower {
         const error = new AmbiguousDeviceError(this.o.selector, r.candidates);
         return { reason: error.message, error };
       }
-      if (r.kind === "one") {
+      const secure = r.kind === "one" ? tlsFor(r.candidate.server, this.o.tls) : null;
+      if (r.kind === "one" && secure?.ok === false) {
+        say(`${describeCandidate(r.candidate)}: ${secure.reason}; waiting`);
+      } else if (r.kind === "one") {
         const c = r.candidate;
         let att: AttachedDevice | null = null;
         try {
@@ -138,6 +149,7 @@ export class DeviceFollower {
             host: c.server.host,
             port: c.server.port,
             busid: c.device.busid,
+            ...(secure?.ok === true && secure.tls !== undefined ? { tls: secure.tls } : {}),
             timeoutMs: this.o.timeoutMs,
             keepaliveMs: this.o.keepaliveMs,
             reconnect: false,

@@ -10,7 +10,9 @@ export interface ExportedDeviceView {
   /** Its root port on the server's engine connection. */
   readonly port: number;
   readonly name: string;
-  readonly record: { readonly idVendor: number; readonly idProduct: number };
+  readonly record: { readonly idVendor: number; readonly idProduct: number; readonly bDeviceClass?: number };
+  /** The device's serial number string, when it has one. */
+  readonly serial?: string;
 }
 
 export interface ExportingServerStats {

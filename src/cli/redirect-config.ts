@@ -13,6 +13,8 @@ import { parseHostPort } from "../usbip-attach/attach.js";
 import { DEFAULT_MAX_URBS } from "../usbredir/options.js";
 import { PEER_BOUND_FLAGS, peerBoundFields } from "./bound-settings.js";
 import {
+  ANNOUNCE_FLAGS,
+  announceFields,
   type CommandSettings,
   DAEMON_FLAGS,
   daemonFields,
@@ -107,6 +109,7 @@ export const RedirectConfigSchema = v.pipe(
     ),
     ...daemonFields("VMM connections (listen mode)"),
     ...peerBoundFields(String(DEFAULT_MAX_URBS)),
+    ...announceFields("_usbredir._tcp; listen mode on a TCP port only"),
     ...steeringFields(),
   }),
   v.title("usbvirt redirect configuration"),
@@ -124,6 +127,7 @@ export const REDIRECT_SETTINGS: CommandSettings<RedirectConfig> = {
     connect: "connect",
     ...DAEMON_FLAGS,
     ...PEER_BOUND_FLAGS,
+    ...ANNOUNCE_FLAGS,
     ...STEERING_FLAGS,
   },
   numericFlags: Object.values(PEER_BOUND_FLAGS),

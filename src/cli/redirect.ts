@@ -12,12 +12,15 @@ import type { FaceLogger } from "../network-face/log.js";
 import type { HostRow } from "../toolstack/toolstack.js";
 import { DEFAULT_MAX_URBS } from "../usbredir/options.js";
 import { UsbredirServer } from "../usbredir/server.js";
+import { announceDaemon, announcedTls, type ServerAnnouncement } from "./announce.js";
 import {
+  ANNOUNCE_OPTION,
   CONFIG_OPTION,
   CONTROL_OPTION,
   type CommandSpec,
   LOG_FORMAT_OPTION,
   METRICS_OPTION,
+  NAME_OPTION,
   QUIET_OPTION,
   STATE_DIR_OPTION,
   STORAGE_FILE_OPTION,
@@ -93,6 +96,8 @@ export const REDIRECT: CommandSpec = {
     LOG_FORMAT_OPTION,
     METRICS_OPTION,
     ...METRICS_TLS_OPTIONS,
+    ANNOUNCE_OPTION,
+    NAME_OPTION,
     // --tls-cert/--tls-key: our certificate, in both modes.
     ...TLS_SERVER_OPTIONS,
     ...TLS_CLIENT_OPTIONS,
@@ -108,6 +113,8 @@ for good, redirect logs it and exits 1 (for a supervisor to restart it). Listeni
 mutual TLS logs a warning: usbredir has no authentication or encryption. Under systemd socket activation
 (LISTEN_FDS/LISTEN_PID) redirect listens on the passed socket (a TCP port, judged by its own address, or a
 socket file), not --listen. --metrics-tls-cert/-key/-client-ca give the metrics endpoint mutual TLS.
+With --announce (listen mode on a TCP port) redirect publishes _usbredir._tcp on multicast DNS with its
+device (usbvirt list --discover shows it), as serve --announce does.
 With --control, 'usbvirt ctl' lists the devices and assigns others to VMs (assign / release) while redirect
 runs; bind, unbind and detach need serve. Assignments are kept in --state-dir and restored.
 
@@ -168,6 +175,13 @@ export async function redirectCommand(
     );
   }
   const listenAt = listen !== undefined ? parseListenAddress(listen) : null;
+  if (config.name !== undefined && config.announce !== true)
+    throw new UsageError("redirect", `${named("name", "name")} names the announcement: it needs --announce`);
+  if (config.announce === true && (connect !== undefined || (listenAt !== null && "path" in listenAt)))
+    throw new UsageError(
+      "redirect",
+      `${named("announce", "announce")} tells the network where to connect: it needs --listen on a TCP port (not --connect, not unix:)`,
+    );
   if (listenAt !== null && "path" in listenAt && allow.length > 0) {
     throw new UsageError(
       "redirect",
@@ -229,6 +243,7 @@ export async function redirectCommand(
         : { listen: listenAt! }),
   });
   let steering: Steering | null = null;
+  let announcement: ServerAnnouncement | null = null;
   try {
     steering = await startSteering(
       config,
@@ -247,17 +262,34 @@ export async function redirectCommand(
     await server.close();
     throw err;
   }
+  const view = redirectStatusView(server);
   const daemon = await Daemon.start({
-    view: redirectStatusView(server),
+    view,
     log,
     settings: config,
     control: steering?.source ?? null,
     metricsTls,
     close: async () => {
+      await announcement?.stop();
       await steering?.close();
       await server.close();
     },
   });
+  if (config.announce === true) {
+    if (server.address === null) {
+      await daemon.stopNow();
+      throw new Error(
+        "--announce: the socket systemd passed is not a TCP port; there is nothing to announce",
+      );
+    }
+    announcement = await announceDaemon(daemon, log, {
+      service: "_usbredir._tcp",
+      server: view,
+      port: server.address.port,
+      name: config.name,
+      tls: announcedTls(serverTls),
+    });
+  }
   const bound = server.address;
   const socketPath = server.socketPath;
   io.out(`usbvirt: redirecting ${server.name} (${describeSpec(spec)}) over usbredir\n`);
@@ -309,13 +341,14 @@ export function redirectStatusView(server: UsbredirServer): ExportingServer {
   return {
     connection: server.connection,
     get devices() {
-      const { vendorId, productId } = server.identity;
+      const { vendorId, productId, deviceClass, serial } = server.identity;
       return [
         {
           busid: REDIRECT_BUSID,
           port: 1,
           name: server.name,
-          record: { idVendor: vendorId, idProduct: productId },
+          record: { idVendor: vendorId, idProduct: productId, bDeviceClass: deviceClass },
+          ...(serial !== undefined ? { serial } : {}),
         },
       ];
     },

@@ -26,7 +26,7 @@ import {
 import { HostExports, type HotplugSource, libusbHotplugSource } from "../usbip-server/host-exports.js";
 import { UsbipServer } from "../usbip-server/server.js";
 import type { UsbredirServer } from "../usbredir/server.js";
-import { ServerAnnouncement } from "./announce.js";
+import { announceDaemon, announcedTls, type ServerAnnouncement } from "./announce.js";
 import {
   ANNOUNCE_OPTION,
   CONFIG_OPTION,
@@ -41,6 +41,7 @@ import {
   STATE_DIR_OPTION,
   STORAGE_FILE_OPTION,
   STORAGE_SIZE_OPTION,
+  secondsOption,
 } from "./args.js";
 import { peerBoundOptions, peerBoundsOf, RENAMED_BOUND_FLAGS } from "./bound-settings.js";
 import { commandConfig, SERVE_MAX_URBS_DEFAULT, SERVE_SETTINGS, storageBytes } from "./config.js";
@@ -54,7 +55,7 @@ import {
   logListenerNotes,
   USBIP_EXPOSURE,
 } from "./daemon-run.js";
-import { DeviceFollower, discoveryTable } from "./discover.js";
+import { DEFAULT_DISCOVER_S, DeviceFollower, discoveryTable } from "./discover.js";
 import { UsageError } from "./errors.js";
 import { REDIRECT, redirectCommand } from "./redirect.js";
 import { allowedExports, checkExplicitDevices, planPorts } from "./serve-hosts.js";
@@ -111,7 +112,6 @@ export const defaultIo: CliIo = {
 
 const DEFAULT_TIMEOUT_S = 5;
 const DEFAULT_KEEPALIVE_S = 5;
-const DEFAULT_DISCOVER_S = 2;
 
 const TIMEOUT_OPTION = {
   name: "timeout",
@@ -484,20 +484,6 @@ function hex2(n: number): string {
   return n.toString(16).padStart(2, "0");
 }
 
-/** A `--NAME SECONDS` option (decimals allowed, e.g. 0.5) → milliseconds. */
-function secondsOption(options: Options, name: string, fallback: number, command: string): number {
-  const text = options[name];
-  if (text === undefined) return fallback * 1000;
-  const s = typeof text === "string" && /^\d+(\.\d+)?$/.test(text) ? Number(text) : Number.NaN;
-  if (!(s > 0 && s <= 86_400)) {
-    throw new UsageError(
-      command,
-      `--${name} must be a number of seconds above 0 (e.g. 5 or 0.5), not "${String(text)}"`,
-    );
-  }
-  return Math.max(1, Math.round(s * 1000));
-}
-
 function hostPort(text: string, command: string): { host: string; port: number } {
   try {
     return parseHostPort(text);
@@ -677,21 +663,13 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
     },
   });
   if (config.announce === true) {
-    try {
-      announcement = await ServerAnnouncement.start({
-        service: "_usbip._tcp",
-        server,
-        port: server.address.port,
-        name: config.name,
-        status: daemon.statusAddress() ?? undefined,
-      });
-    } catch (err) {
-      await daemon.stopNow();
-      throw new Error(`cannot announce on multicast DNS: ${(err as Error).message}`);
-    }
-    const ann = announcement;
-    log.tracker?.setAnnouncement(() => ann.describe());
-    logger.info(ann.describe());
+    announcement = await announceDaemon(daemon, log, {
+      service: "_usbip._tcp",
+      server,
+      port: server.address.port,
+      name: config.name,
+      tls: announcedTls(tls),
+    });
   }
   const { host: boundHost, port: boundPort } = server.address;
   const socketPath = server.socketPath;
@@ -792,6 +770,8 @@ async function attachBySelector(selector: string, options: Options, io: CliIo): 
     throw new UsageError("attach", `cannot read --device "${selector}": ${(err as Error).message}`);
   }
   if (options.check === true) throw new UsageError("attach", "--check needs HOST BUSID, not --device");
+  // A client certificate alone will do: a host that requires TLS announces its certificate's fingerprint.
+  const tls = tlsClientOptions("attach", options, true);
   const follower = new DeviceFollower({
     selector,
     rule,
@@ -800,6 +780,7 @@ async function attachBySelector(selector: string, options: Options, io: CliIo): 
     keepaliveMs: secondsOption(options, "keepalive", DEFAULT_KEEPALIVE_S, "attach"),
     follow: options["no-reconnect"] !== true,
     log: (line) => io.err(`usbvirt attach: ${line}\n`),
+    ...(tls !== null ? { tls } : {}),
   });
   follower.events.on("attached", (att, c) =>
     io.out(

@@ -179,10 +179,15 @@ export function metricsTlsOptions(command: string, f: MetricsTlsFlags): TlsServe
   return tls;
 }
 
-/** A dialling side's TLS options from its flags, or null when none is given. */
+/**
+ * A dialling side's TLS options from its flags, or null when none is given. `announced`: the server is
+ * found by discovery, whose record may carry its certificate's fingerprint, so a client certificate alone
+ * is enough (the fingerprint is pinned at connect time; src/discovery/select.ts tlsFor).
+ */
 export function tlsClientOptions(
   command: string,
   options: Readonly<Record<string, unknown>>,
+  announced = false,
 ): TlsClientOptions | null {
   const str = (k: string) => (typeof options[k] === "string" ? (options[k] as string) : undefined);
   const pins = Array.isArray(options["tls-server-fingerprint"])
@@ -195,7 +200,7 @@ export function tlsClientOptions(
   if ((cert === undefined) !== (key === undefined)) {
     throw new UsageError(command, "a TLS client certificate needs both --tls-cert and --tls-key");
   }
-  if (ca === undefined && pins.length === 0) {
+  if (ca === undefined && pins.length === 0 && !announced) {
     throw new UsageError(
       command,
       "TLS needs a way to verify the server: --tls-ca and/or --tls-server-fingerprint",

@@ -5,8 +5,13 @@
  * it per interface, which the record does not carry: "class=hid" finds only devices that say 0x03 whole).
  * A bus id in a selector is the server's bus id (1-1), not the host's port path.
  * resolve() picks the one free match: none, only held ones, and several are each their own verdict.
+ * tlsFor() says how to connect to the one picked: a host that requires TLS gets the client's settings, with
+ * the announced certificate fingerprint pinned when the client gave no CA and no pin of its own (trust on
+ * first discovery); a host that announces no TLS is refused when the client asked for TLS (a downgrade).
  */
 import { type FilterRule, parseSelectorRule } from "../devices/host/filter.js";
+import type { TlsClientOptions } from "../tls/tls-settings.js";
+import { escapeControls } from "../util/escape.js";
 import type { DiscoveredServer } from "./browser.js";
 import type { AnnouncedDevice } from "./txt-record.js";
 
@@ -54,11 +59,40 @@ export function resolve(servers: readonly DiscoveredServer[], rule: FilterRule):
   return { kind: "none" };
 }
 
+/** One candidate in words; the name and the serial are the announcing host's, escaped. */
 export function describeCandidate(c: Candidate): string {
   const h = (n: number) => n.toString(16).padStart(4, "0");
   const s = c.device.serial;
-  const serial = s === undefined ? "" : ` serial=${/^[\x20-\x7e]*$/.test(s) ? s : JSON.stringify(s)}`;
-  // JSON-quoted where a peer's text could hold control characters (the name and the serial).
-  const name = /^[\x20-\x7e]*$/.test(c.server.name) ? c.server.name : JSON.stringify(c.server.name);
-  return `${c.device.busid} ${h(c.device.vendorId)}:${h(c.device.productId)}${serial} on ${name} (${c.server.host}:${c.server.port})${c.device.held ? ", held" : ""}`;
+  const serial = s === undefined ? "" : ` serial=${escapeControls(s)}`;
+  return `${c.device.busid} ${h(c.device.vendorId)}:${h(c.device.productId)}${serial} on ${escapeControls(c.server.name)} (${c.server.host}:${c.server.port})${c.device.held ? ", held" : ""}`;
+}
+
+/** How to connect to a discovered server: with these TLS settings (none: plain TCP), or not at all, and why. */
+export type TlsVerdict =
+  | { readonly ok: true; readonly tls?: TlsClientOptions }
+  | { readonly ok: false; readonly reason: string };
+
+export function tlsFor(server: DiscoveredServer, given: TlsClientOptions | undefined): TlsVerdict {
+  if (!server.txt.tls) {
+    if (given === undefined) return { ok: true };
+    return {
+      ok: false,
+      reason:
+        "it announces no TLS and TLS settings were given: not used (anyone on the link can announce, so a host without TLS may be a downgrade)",
+    };
+  }
+  if (given?.cert === undefined)
+    return {
+      ok: false,
+      reason: "it requires mutual TLS: give a client certificate (--tls-cert, --tls-key; tls.cert, tls.key)",
+    };
+  if (given.ca !== undefined || (given.serverFingerprints ?? []).length > 0) return { ok: true, tls: given };
+  const fp = server.txt.fingerprint;
+  if (fp === undefined)
+    return {
+      ok: false,
+      reason:
+        "it requires TLS but announces no certificate fingerprint: give a CA or the server's fingerprint",
+    };
+  return { ok: true, tls: { ...given, serverFingerprints: [`SHA256:${fp}`] } };
 }

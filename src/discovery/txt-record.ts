@@ -10,7 +10,8 @@
  *   status=HOST:PORT     where its metrics and status page are (only when it serves them)
  *   d=BUSID,VID:PID,CC,SERIAL,F|H
  *                        one string per exported device, in bus-id order: bus id, ids in hex, device
- *                        class in hex, serial (percent-encoded, may be empty), free or held
+ *                        class in hex, serial (percent-encoded, may be empty; left out when the
+ *                        entry would pass 255 bytes), free or held
  *   more=N               N devices did not fit the budget (a client lists them with `list --remote`;
  *                        their serials are not announced, so a serial selector cannot find them)
  *
@@ -75,19 +76,35 @@ function encodeSerial(serial: string): string {
   return out;
 }
 
+const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
 function decodeSerial(text: string): string | null {
   if (!/^([A-Za-z0-9._~-]|%[0-9A-F]{2})*$/.test(text)) return null;
   const bytes = Buffer.from(
     text.replace(/%([0-9A-F]{2})/g, (_, h: string) => String.fromCharCode(Number.parseInt(h, 16))),
     "latin1",
   );
-  const serial = bytes.toString("utf8");
-  if (serial.includes("\uFFFD") || [...serial].length > MAX_SERIAL_CHARS) return null;
-  return serial;
+  let serial: string;
+  try {
+    serial = STRICT_UTF8.decode(bytes);
+  } catch {
+    return null; // not UTF-8
+  }
+  return [...serial].length > MAX_SERIAL_CHARS ? null : serial;
 }
 
+/** A TXT string holds at most this many bytes (RFC 6763 §6.1: one length byte). */
+const TXT_STRING_MAX = 255;
+
+/**
+ * A device's string. A serial whose entry would pass TXT_STRING_MAX bytes (percent-encoding triples every
+ * byte that is not a plain letter or digit) is left out rather than cut: a cut serial is another device's.
+ */
 export function deviceEntry(d: AnnouncedDevice): string {
-  return `d=${d.busid},${hex(d.vendorId, 4)}:${hex(d.productId, 4)},${hex(d.deviceClass, 2)},${encodeSerial(d.serial ?? "")},${d.held ? "H" : "F"}`;
+  const entry = (serial: string) =>
+    `d=${d.busid},${hex(d.vendorId, 4)}:${hex(d.productId, 4)},${hex(d.deviceClass, 2)},${serial},${d.held ? "H" : "F"}`;
+  const full = entry(encodeSerial(d.serial ?? ""));
+  return full.length <= TXT_STRING_MAX ? full : entry("");
 }
 
 /** The record's strings: the fixed fields, then as many devices as fit TXT_BUDGET, then `more=N`. */

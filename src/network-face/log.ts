@@ -13,6 +13,8 @@
  * line. `PeerWarnings` rate-limits the per-packet warnings of one connection.
  */
 
+import { escapeControls, escapeForTerminal } from "../util/escape.js";
+
 /** Structured fields of one log line: the client's "address:port" and the device's busid where known. */
 export interface LogFields {
   readonly client?: string;
@@ -29,51 +31,7 @@ export interface FaceLogger {
 export type LogFormat = "text" | "json";
 export const LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
 
-/**
- * Characters that must not reach a log line or a terminal as they are: C0 controls (newline, ESC, …),
- * DEL, C1 controls (0x9b is a one-byte CSI), the line and paragraph separators, bidirectional overrides.
- */
-// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
-const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
-
-function escapeChar(c: string): string {
-  const code = c.charCodeAt(0);
-  return code <= 0xff
-    ? `\\x${code.toString(16).padStart(2, "0")}`
-    : `\\u${code.toString(16).padStart(4, "0")}`;
-}
-
-/** `text` with every unsafe character written as \xNN or \uNNNN (a no-op for ordinary text). */
-export function escapeControls(text: string): string {
-  UNSAFE.lastIndex = 0;
-  return UNSAFE.test(text) ? text.replace(UNSAFE, escapeChar) : text;
-}
-
-// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
-const UNSAFE_BUT_LINES = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
-
-/**
- * Text for a terminal (a command's output, which may be JSON): every unsafe character but the line feed
- * and tab written as \uNNNN, which is also a valid escape inside a JSON string.
- */
-export function escapeForTerminal(text: string): string {
-  UNSAFE_BUT_LINES.lastIndex = 0;
-  if (!UNSAFE_BUT_LINES.test(text)) return text;
-  return text.replace(UNSAFE_BUT_LINES, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
-}
-
-/** Longest peer string quoted whole into a message; the rest is cut, with its length said. */
-export const PEER_TEXT_MAX = 200;
-
-/**
- * A peer- or device-supplied string, ready for a message: in double quotes, its quotes and backslashes
- * escaped, every unsafe character escaped, at most PEER_TEXT_MAX characters of it.
- */
-export function peerText(text: string, max = PEER_TEXT_MAX): string {
-  const cut = text.length > max ? text.slice(0, max) : text;
-  const body = escapeControls(cut.replace(/\\/g, "\\\\").replace(/"/g, '\\"'));
-  return cut.length < text.length ? `"${body}"… (${text.length} characters)` : `"${body}"`;
-}
+export { escapeControls, escapeForTerminal, PEER_TEXT_MAX, peerText } from "../util/escape.js";
 
 function escapeFields(fields: LogFields | undefined): LogFields | undefined {
   if (fields === undefined) return undefined;

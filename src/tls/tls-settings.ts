@@ -4,6 +4,7 @@
  * client connect that verifies the server by a CA and host name or by a pinned fingerprint and presents
  * a client certificate. The server side is src/network-face/tls.ts.
  */
+import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { OnReadOpts } from "node:net";
 import {
@@ -69,6 +70,22 @@ export function parseFingerprint(text: string): string {
 /** A certificate's fingerprint in the form parseFingerprint gives. */
 export function fingerprintOf(cert: PeerCertificate): string {
   return `SHA256:${cert.fingerprint256.toUpperCase()}`;
+}
+
+/** The fingerprint (as fingerprintOf gives it) of the first certificate of a PEM source: the one a server presents. */
+export function fingerprintOfPem(source: PemSource, what: string): string {
+  try {
+    return `SHA256:${new X509Certificate(readPem(source, what)).fingerprint256.toUpperCase()}`;
+  } catch (err) {
+    if (err instanceof TlsError) throw err;
+    throw new TlsError(
+      "ERR_USBVIRT_TLS_OPTIONS",
+      `${what} is not a PEM certificate: ${(err as Error).message}`,
+      {
+        cause: err,
+      },
+    );
+  }
 }
 
 export function readPem(source: PemSource, what: string): string | Buffer {

@@ -29,6 +29,8 @@ export interface ExportedDeviceInfo {
   readonly name: string;
   readonly spec: DeviceSpec;
   readonly record: DeviceRecord;
+  /** The device's serial number string, when it has one (what discovery announces). */
+  readonly serial?: string;
 }
 
 export interface EndpointEntry {
@@ -47,6 +49,7 @@ export interface DeviceSlot<Owner> {
   readonly spec: DeviceSpec;
   readonly name: string;
   readonly record: DeviceRecord;
+  readonly serial?: string;
   /** Endpoint address (bit 7 = IN) → type, per configuration value. */
   readonly endpoints: ReadonlyMap<number, ReadonlyMap<number, EndpointEntry>>;
   /** Every endpoint of every configuration (used while unconfigured). */
@@ -139,6 +142,7 @@ export async function describeDevice<Owner>(
     spec,
     name: `${summary.name} ${hex4(vendor)}:${hex4(product)}`,
     record,
+    ...(d.serial !== undefined ? { serial: d.serial } : {}),
     endpoints,
     anyEndpoints,
     address: port as number as DevAddr,

@@ -312,6 +312,7 @@ export class UsbipServer extends EventEmitter {
       name: s.name,
       spec: s.spec,
       record: s.record,
+      ...(s.serial !== undefined ? { serial: s.serial } : {}),
     }));
   }
 

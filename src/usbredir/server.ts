@@ -289,9 +289,15 @@ export class UsbredirServer extends EventEmitter {
     }
   }
 
-  /** The device's vendor and product id (as announced). */
-  get identity(): { vendorId: number; productId: number } {
-    return { vendorId: this.model.description.vendorId, productId: this.model.description.productId };
+  /** The device's vendor and product id, device class and serial (as announced). */
+  get identity(): { vendorId: number; productId: number; deviceClass: number; serial?: string } {
+    const d = this.model.description;
+    return {
+      vendorId: d.vendorId,
+      productId: d.productId,
+      deviceClass: d.deviceClass,
+      ...(d.serial !== undefined ? { serial: d.serial } : {}),
+    };
   }
 
   /** The Unix-domain socket the server listens on (listen mode on a path, or one systemd passed), or null. */

@@ -12,14 +12,16 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { fakeDevice, PID, VID } from "../host/fixture.js";
+import { fakeDevice, PID, SERIAL, VID } from "../host/fixture.js";
 import { ROOT } from "../host/run-child.js";
 import { testbedPython, umockdevDescription } from "../host/umockdev.js";
 import { eventually } from "../support/eventually.js";
 import { netnsTool, TestNamespace } from "../support/netns.js";
-import { allOf, need, skipWithout } from "../support/tools.js";
+import { makeTestPki } from "../support/tls-certs.js";
+import { allOf, command, need, skipWithout } from "../support/tools.js";
 
 const netns = netnsTool();
+const openssl = command(["openssl"], "apt-get install openssl");
 const CLI = join(ROOT, "dist/src/cli/main.js");
 
 /** A child whose stdout lines are kept; `line(re)` waits for one that matches. */
@@ -80,7 +82,7 @@ describe.skipIf(skipWithout("the discovery tests in network namespaces", netns))
       );
     });
 
-    it("two serve --announce are both listed with their devices; a selector both match is ambiguous", async () => {
+    it("two serve --announce and a redirect --announce are listed with their devices; status --discover reads the status of the one with metrics; a selector both USB/IP hosts match is ambiguous", async () => {
       const a = follow(
         ns.spawn(process.execPath, [
           CLI,
@@ -97,33 +99,108 @@ describe.skipIf(skipWithout("the discovery tests in network namespaces", netns))
       const b = follow(
         ns.spawn(process.execPath, [CLI, "serve", "--port", "0", "--announce", "--name", "beta"]),
       );
+      const g = follow(
+        ns.spawn(process.execPath, [
+          CLI,
+          "redirect",
+          "--device",
+          "keyboard",
+          "--listen",
+          "0",
+          "--announce",
+          "--name",
+          "gamma",
+        ]),
+      );
       try {
         await a.line(/^status page:/);
         await b.line(/^on a Linux client:/);
+        await g.line(/^listening on 127\.0\.0\.1:\d+/);
         const listed = ns.run(process.execPath, [CLI, "list", "--discover", "--json", "--timeout", "2"]);
         expect(listed.code).toBe(0);
         const found = JSON.parse(listed.stdout) as {
           servers: {
             name: string;
+            service: string;
             port: number;
             txt: {
               status?: string;
-              devices: { busid: string; vendorId: number; productId: number; held: boolean }[];
+              devices: {
+                busid: string;
+                vendorId: number;
+                productId: number;
+                serial?: string;
+                held: boolean;
+              }[];
             };
           }[];
         };
-        const names = found.servers.map((s) => s.name.replace(/^.* /, ""));
-        expect(names.sort()).toEqual(["alpha", "beta"]);
-        for (const s of found.servers) {
-          expect(s.txt.devices.map((d) => [d.busid, d.vendorId, d.productId, d.held])).toEqual([
-            ["1-1", 0x1209, 1, false],
-            ["1-2", 0x1209, 2, false],
-            ["1-3", 0x1209, 3, false],
+        const names = found.servers.map((s) => `${s.service} ${s.name.replace(/^.* /, "")}`);
+        expect(names.sort()).toEqual(["_usbip._tcp alpha", "_usbip._tcp beta", "_usbredir._tcp gamma"]);
+        for (const s of found.servers.filter((s) => s.service === "_usbip._tcp")) {
+          expect(s.txt.devices.map((d) => [d.busid, d.vendorId, d.productId, d.serial, d.held])).toEqual([
+            ["1-1", 0x1209, 1, "USBVIRT-LOOP-0001", false],
+            ["1-2", 0x1209, 2, "USBVIRT-KBD-0001", false],
+            ["1-3", 0x1209, 3, "5553425649520001", false],
           ]);
         }
+        const gamma = found.servers.find((s) => s.service === "_usbredir._tcp")!;
+        expect(gamma.port).toBe(Number(/127\.0\.0\.1:(\d+)/.exec(g.lines.join("\n"))![1]));
+        expect(gamma.txt.devices).toEqual([
+          {
+            busid: "1-1",
+            vendorId: 0x1209,
+            productId: 2,
+            deviceClass: 0,
+            serial: "USBVIRT-KBD-0001",
+            held: false,
+          },
+        ]);
         expect(found.servers.find((s) => s.name.endsWith("alpha"))!.txt.status).toMatch(/^127\.0\.0\.1:\d+$/);
         const table = ns.run(process.execPath, [CLI, "list", "--discover", "--timeout", "2"]);
         expect(table.stdout).toMatch(/alpha {2}USB\/IP 127\.0\.0\.1:\d+ {2}usbvirt \d/);
+        expect(table.stdout).toMatch(
+          /gamma {2}usbredir 127\.0\.0\.1:\d+ {2}usbvirt [^\n]*\n {2}1-1 +1209:0002 +class 00 +free {2}serial=USBVIRT-KBD-0001\n/,
+        );
+
+        const status = ns.run(process.execPath, [CLI, "status", "--discover", "--json", "--timeout", "2"]);
+        expect(status.code).toBe(0);
+        const reports = (
+          JSON.parse(status.stdout) as {
+            servers: {
+              name: string;
+              status: string | null;
+              report?: { up: boolean; announce: string; devices: { busid: string; urbsPerSec: number }[] };
+            }[];
+          }
+        ).servers;
+        const alpha = reports.find((r) => r.name.endsWith("alpha"))!;
+        expect(alpha.status).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/$/);
+        expect(alpha.report?.up).toBe(true);
+        expect(alpha.report?.announce).toMatch(
+          /announced on multicast DNS as ".*alpha\._usbip\._tcp\.local"/,
+        );
+        expect(alpha.report?.devices.map((d) => [d.busid, typeof d.urbsPerSec])).toEqual([
+          ["1-1", "number"],
+          ["1-2", "number"],
+          ["1-3", "number"],
+        ]);
+        expect(
+          reports.filter((r) => r.report === undefined).map((r) => [r.name.replace(/^.* /, ""), r.status]),
+        ).toEqual([
+          ["beta", null],
+          ["gamma", null],
+        ]);
+        const statusTable = ns.run(process.execPath, [CLI, "status", "--discover", "--timeout", "2"]);
+        expect(statusTable.stdout).toMatch(
+          /alpha {2}USB\/IP 127\.0\.0\.1:\d+\n {2}usbvirt \S+ at http:\/\/127\.0\.0\.1:\d+\/: engine up, 0 client connection\(s\)/,
+        );
+        expect(statusTable.stdout).toMatch(
+          /\n {4}BUSID +DEVICE +STATE +CLIENT +URBS +BYTES +ERRORS +IN-FLIGHT +URBS\/S +BYTES\/S\n/,
+        );
+        expect(statusTable.stdout).toMatch(
+          /beta {2}USB\/IP 127\.0\.0\.1:\d+\n {2}no status address announced/,
+        );
         const ambiguous = ns.run(process.execPath, [
           CLI,
           "attach",
@@ -134,15 +211,118 @@ describe.skipIf(skipWithout("the discovery tests in network namespaces", netns))
         ]);
         expect(ambiguous.code).toBe(1);
         expect(ambiguous.stderr).toMatch(/"1209:0001" matches 2 free devices/);
-        expect(ambiguous.stderr).toMatch(/1-1 1209:0001 on .*alpha/);
-        expect(ambiguous.stderr).toMatch(/1-1 1209:0001 on .*beta/);
+        expect(ambiguous.stderr).toMatch(/1-1 1209:0001 serial=USBVIRT-LOOP-0001 on .*alpha/);
+        expect(ambiguous.stderr).toMatch(/1-1 1209:0001 serial=USBVIRT-LOOP-0001 on .*beta/);
       } finally {
         a.stop();
         b.stop();
+        g.stop();
         expect(await a.exited).toBe(0);
         expect(await b.exited).toBe(0);
+        expect(await g.exited).toBe(0);
       }
     }, 60_000);
+
+    it.skipIf(skipWithout("the discovery test with TLS (openssl makes its certificates)", openssl))(
+      "a host that requires TLS announces its certificate's SHA-256; attach --device with a client certificate and no CA pins it and imports over TLS; without a certificate, or asking TLS of a host without it, is refused saying why",
+      async () => {
+        need(openssl);
+        const pki = makeTestPki();
+        const secure = follow(
+          ns.spawn(process.execPath, [
+            CLI,
+            "serve",
+            "--port",
+            "0",
+            "--announce",
+            "--name",
+            "secure",
+            "--device",
+            "loopback",
+            "--tls-cert",
+            pki.server.cert,
+            "--tls-key",
+            pki.server.key,
+            "--tls-client-ca",
+            pki.ca.cert,
+          ]),
+        );
+        const plain = follow(
+          ns.spawn(process.execPath, [
+            CLI,
+            "serve",
+            "--port",
+            "0",
+            "--announce",
+            "--name",
+            "plain",
+            "--device",
+            "keyboard",
+          ]),
+        );
+        try {
+          await secure.line(/^on a Linux client:/);
+          await plain.line(/^on a Linux client:/);
+          const fp = pki.server.fingerprint.slice("SHA256:".length).replace(/:/g, "").toLowerCase();
+          const table = ns.run(process.execPath, [CLI, "list", "--discover", "--timeout", "2"]);
+          expect(table.stdout).toMatch(
+            new RegExp(
+              `secure {2}USB/IP 127\\.0\\.0\\.1:\\d+ {2}usbvirt \\S+, TLS required \\(sha256 ${fp}\\)`,
+            ),
+          );
+          expect(table.stdout).toMatch(/plain {2}USB\/IP 127\.0\.0\.1:\d+ {2}usbvirt \S+, no TLS/);
+          const client = [
+            "--tls-cert",
+            pki.client.cert,
+            "--tls-key",
+            pki.client.key,
+            "--discover-timeout",
+            "1",
+          ];
+          const att = follow(ns.spawn(process.execPath, [CLI, "attach", "--device", "1209:0001", ...client]));
+          expect(await att.line(/^attached 1209:0001 from /)).toMatch(/ secure \(127\.0\.0\.1:\d+ 1-1\)/);
+          await eventually(
+            () => /CN=alice/.test(secure.stderr),
+            10_000,
+            "the secure server logs the client's CN",
+          );
+          att.stop();
+          expect(await att.exited).toBe(0);
+
+          const bare = ns.run(process.execPath, [
+            CLI,
+            "attach",
+            "--device",
+            "1209:0001",
+            "--no-reconnect",
+            "--discover-timeout",
+            "1",
+          ]);
+          expect(bare.code).toBe(1);
+          expect(bare.stderr).toMatch(
+            /1-1 1209:0001 serial=USBVIRT-LOOP-0001 on .*secure .*requires mutual TLS/,
+          );
+          const downgrade = ns.run(process.execPath, [
+            CLI,
+            "attach",
+            "--device",
+            "1209:0002",
+            "--no-reconnect",
+            ...client,
+          ]);
+          expect(downgrade.code).toBe(1);
+          expect(downgrade.stderr).toMatch(
+            /on .*plain .*announces no TLS and TLS settings were given: not used/,
+          );
+        } finally {
+          secure.stop();
+          plain.stop();
+          await Promise.all([secure.exited, plain.exited]);
+          pki.remove();
+        }
+      },
+      60_000,
+    );
 
     it("hostile answers (compression loops, an oversized TXT, a flood of instances) are ignored with bounded memory; the real server is still found", async () => {
       const a = follow(
@@ -181,11 +361,9 @@ describe.skipIf(skipWithout("the discovery tests in network namespaces", netns))
 );
 
 const testbed = testbedPython();
-/**
- * The device is selected by VID:PID: serve --device serial=S under the testbed does not get past reading
- * the serial (not resolved here), so the serial is not announced and the follow goes by what is.
- */
-const SELECTOR = `${VID.toString(16)}:${PID.toString(16)}`;
+/** serve exports the testbed's device by VID:PID and announces the serial the device gives (UV-0001). */
+const EXPORTED = `${VID.toString(16)}:${PID.toString(16)}`;
+const SELECTOR = `serial=${SERIAL}`;
 describe.skipIf(
   skipWithout("the follow test (network namespaces and the umockdev testbed)", allOf(netns, testbed)),
 )("attach --device SEL follows the device from one server to another", () => {
@@ -215,7 +393,7 @@ describe.skipIf(
               "--name",
               name,
               "--device",
-              SELECTOR,
+              EXPORTED,
             ],
             { USBVIRT_HOST_LOCK_DIR: mkdtempSync(join(dir, "locks-")), USBVIRT_TESTBED_SECONDS: "100" },
           ),
@@ -226,7 +404,9 @@ describe.skipIf(
       await first.line(/^READY \d+/);
       await second.line(/^READY \d+/);
       const listed = ns.run(process.execPath, [CLI, "list", "--discover", "--timeout", "2"]);
-      expect(listed.stdout).toMatch(/first {2}USB\/IP[^\n]*\n {2}1-1 +1209:7301 +class ff +free\n/);
+      expect(listed.stdout).toMatch(
+        /first {2}USB\/IP[^\n]*\n {2}1-1 +1209:7301 +class ff +free {2}serial=UV-0001\n/,
+      );
       expect(listed.stdout).toMatch(/second {2}USB\/IP[^\n]*\n {2}\(no devices\)/);
 
       const client = follow(
@@ -241,7 +421,9 @@ describe.skipIf(
       expect(client.lines.filter((l) => l.startsWith("ATTACHED "))[1]).toMatch(/^ATTACHED \S+ second true$/);
       // The second server announces it held now.
       const after = ns.run(process.execPath, [CLI, "list", "--discover", "--timeout", "2"]);
-      expect(after.stdout).toMatch(/second {2}USB\/IP[^\n]*\n {2}1-1 +1209:7301 +class ff +held\n/);
+      expect(after.stdout).toMatch(
+        /second {2}USB\/IP[^\n]*\n {2}1-1 +1209:7301 +class ff +held {2}serial=UV-0001\n/,
+      );
       client.send("stop");
       expect(await client.exited).toBe(0);
     } finally {

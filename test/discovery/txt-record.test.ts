@@ -6,7 +6,13 @@
  */
 import { describe, expect, it } from "vitest";
 import { MAX_INSTANCES, ServerCache } from "../../src/discovery/browser.js";
-import { candidates, parseDeviceSelector, resolve } from "../../src/discovery/select.js";
+import {
+  candidates,
+  describeCandidate,
+  parseDeviceSelector,
+  resolve,
+  tlsFor,
+} from "../../src/discovery/select.js";
 import {
   type AnnouncedDevice,
   decodeTxt,
@@ -70,6 +76,39 @@ describe("TXT record", () => {
     });
     expect(small.some((s) => s.startsWith("more="))).toBe(false);
     expect(txtBytes(small)).toBeLessThanOrEqual(TXT_BUDGET);
+  });
+
+  it("a serial whose entry would pass 255 bytes (126 two-byte characters) is left out, not cut; the record stays readable", () => {
+    const long = "é".repeat(126);
+    const strings = encodeTxt({
+      version: "0.1.0",
+      tls: false,
+      devices: [dev(1, { serial: long }), dev(2, { serial: "é".repeat(20) })],
+    });
+    for (const s of strings) expect(Buffer.byteLength(s)).toBeLessThanOrEqual(255);
+    const v = decodeTxt(bytes(strings));
+    if (!v.ok) throw new Error(v.reason);
+    expect(v.txt.devices.map((d) => [d.busid, d.serial])).toEqual([
+      ["1-1", undefined],
+      ["1-2", "é".repeat(20)],
+    ]);
+  });
+
+  it("a serial that holds U+FFFD or a lone surrogate round-trips as the UTF-8 it encodes to (no entry dropped)", () => {
+    const strings = encodeTxt({
+      version: "0.1.0",
+      tls: false,
+      devices: [dev(1, { serial: "A\uFFFDB" }), dev(2, { serial: "C\uD800D" })],
+    });
+    const v = decodeTxt(bytes(strings));
+    if (!v.ok) throw new Error(v.reason);
+    expect(v.txt.dropped).toBe(0);
+    expect(v.txt.devices.map((d) => d.serial)).toEqual(["A\uFFFDB", "C\uFFFDD"]);
+    // Bytes that are not UTF-8 are refused: the entry is dropped.
+    const bad = decodeTxt(
+      bytes([...encodeTxt({ version: "1", tls: false, devices: [] }), "d=1-1,1209:0001,ff,%C3%28,F"]),
+    );
+    expect(bad).toMatchObject({ ok: true, txt: { dropped: 1, devices: [] } });
   });
 
   it("refuses hostile records whole and drops bad device entries", () => {
@@ -172,5 +211,37 @@ describe("finding a device among discovered servers", () => {
     expect(resolve(servers, parseDeviceSelector("serial=SER-2"))).toMatchObject({ kind: "held" });
     expect(resolve(servers, parseDeviceSelector("serial=NOPE"))).toEqual({ kind: "none" });
     expect(() => parseDeviceSelector("frob=1")).toThrow(/unknown key/);
+  });
+
+  it("a candidate in words: the host's name and the device's serial with their control characters escaped", () => {
+    const evil = "A\x1b]0;owned\x07\x9b2J\u202eB\nforged";
+    const hostile = { ...server(evil, []), name: evil };
+    const text = describeCandidate({ server: hostile, device: dev(1, { serial: evil }) });
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
+    expect(text).not.toMatch(/[\x00-\x1f\x7f-\x9f\u202a-\u202e]/);
+    expect(text).toContain("serial=A\\x1b]0;owned\\x07\\x9b2J\\u202eB\\x0aforged");
+  });
+
+  it("how a picked host is reached: plain, its announced fingerprint pinned, the client's own CA or pins, or refused", () => {
+    const plain = server("p", []);
+    const secure = { ...plain, txt: { ...plain.txt, tls: true, fingerprint: "ab".repeat(32) } };
+    const client = { cert: { file: "c.pem" }, key: { file: "c.key" } };
+    expect(tlsFor(plain, undefined)).toEqual({ ok: true });
+    // A host without TLS when the client asked for TLS: a downgrade, refused.
+    expect(tlsFor(plain, client)).toMatchObject({ ok: false, reason: expect.stringMatching(/downgrade/) });
+    expect(tlsFor(secure, undefined)).toMatchObject({
+      ok: false,
+      reason: expect.stringMatching(/--tls-cert/),
+    });
+    expect(tlsFor(secure, client)).toEqual({
+      ok: true,
+      tls: { ...client, serverFingerprints: [`SHA256:${"ab".repeat(32)}`] },
+    });
+    const ca = { ...client, ca: { file: "ca.pem" } };
+    expect(tlsFor(secure, ca)).toEqual({ ok: true, tls: ca });
+    const pinned = { ...client, serverFingerprints: [`SHA256:${"cd".repeat(32)}`] };
+    expect(tlsFor(secure, pinned)).toEqual({ ok: true, tls: pinned });
+    const { fingerprint: _, ...noFp } = secure.txt;
+    expect(tlsFor({ ...secure, txt: noFp }, client)).toMatchObject({ ok: false });
   });
 });

@@ -51,6 +51,14 @@ describe("device list and import", () => {
     expect(t.log.matching("device list").length).toBeGreaterThan(0);
   });
 
+  it("knows each device's own serial (its iSerialNumber string, read when it was exported)", () => {
+    expect(t.server.devices.map((d) => d.serial)).toEqual([
+      "USBVIRT-LOOP-0001",
+      "USBVIRT-KBD-0001",
+      "5553425649520001",
+    ]);
+  });
+
   it("an unknown busid is refused with ST_NODEV", async () => {
     const c = await t.connect();
     await expect(c.import("9-9")).rejects.toMatchObject({ status: OpStatus.NODEV });
