@@ -35,7 +35,8 @@ export function configJsonSchema(schema: v.GenericSchema = SCHEMA_FILES[0]!.sche
   const config: ConversionConfig = {
     target: "draft-07",
     errorMode: "throw",
-    ignoreActions: ["check", "raw_check"],
+    // A checked device spec is cast to its type (a transform that changes nothing JSON Schema can see).
+    ignoreActions: ["check", "raw_check", "transform"],
     // A device entry is chosen by its JSON type at run time (for errors that name the field); as JSON Schema it is a union.
     overrideSchema: ({ valibotSchema }) => {
       const shape = JSON_SHAPES.get(valibotSchema as v.GenericSchema);

@@ -12,11 +12,10 @@
 import { EventEmitter } from "node:events";
 import type { FilterRule } from "../devices/host/filter.js";
 import { type DiscoveryResult, discover } from "../discovery/browser.js";
-import { type Candidate, describeCandidate, resolve, tlsFor } from "../discovery/select.js";
+import { type Candidate, describeCandidate, pick } from "../discovery/select.js";
 import { escapeControls } from "../network-face/log.js";
 import type { TlsClientOptions } from "../tls/tls-settings.js";
 import { type AttachedDevice, attachRemote } from "../usbip-attach/attach.js";
-import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 
 /** How long a look at the network listens unless told (list --discover, attach --device, status --discover). */
 export const DEFAULT_DISCOVER_S = 2;
@@ -55,23 +54,6 @@ export function discoveryTable(result: DiscoveryResult): string {
     );
   return `${lines.join("\n")}\n`;
 }
-
-/** The selector matched several free devices: the user must say which. */
-export class AmbiguousDeviceError extends UsbvirtError {
-  declare readonly code: "ERR_USBVIRT_AMBIGUOUS_DEVICE";
-  constructor(
-    selector: string,
-    readonly candidates: readonly Candidate[],
-  ) {
-    super(
-      "ERR_USBVIRT_AMBIGUOUS_DEVICE",
-      `"${selector}" matches ${candidates.length} free devices; name one (add serial=, or a bus id with the host):\n${candidates
-        .map((c) => `  ${describeCandidate(c)}`)
-        .join("\n")}`,
-    );
-  }
-}
-registerErrorClass(AmbiguousDeviceError);
 
 export interface FollowOptions {
   readonly selector: string;
@@ -133,23 +115,19 @@ export class DeviceFollower {
         this.o.discover ?? (() => discover({ timeoutMs: this.o.discoverMs, services: ["_usbip._tcp"] }))
       )();
       if (this.closed) break;
-      const r = resolve(found.servers, this.o.rule);
-      if (r.kind === "ambiguous") {
-        const error = new AmbiguousDeviceError(this.o.selector, r.candidates);
-        return { reason: error.message, error };
-      }
-      const secure = r.kind === "one" ? tlsFor(r.candidate.server, this.o.tls) : null;
-      if (r.kind === "one" && secure?.ok === false) {
-        say(`${describeCandidate(r.candidate)}: ${secure.reason}; waiting`);
-      } else if (r.kind === "one") {
-        const c = r.candidate;
+      const p = pick(found.servers, this.o.selector, this.o.rule, this.o.tls);
+      if (!p.ok && p.error.code === "ERR_USBVIRT_AMBIGUOUS_DEVICE")
+        return { reason: p.error.message, error: p.error };
+      if (!p.ok) say(this.o.follow ? `${p.error.message}; waiting` : p.error.message);
+      else {
+        const c = p.candidate;
         let att: AttachedDevice | null = null;
         try {
           att = await attachRemote({
             host: c.server.host,
             port: c.server.port,
             busid: c.device.busid,
-            ...(secure?.ok === true && secure.tls !== undefined ? { tls: secure.tls } : {}),
+            ...(p.tls !== undefined ? { tls: p.tls } : {}),
             timeoutMs: this.o.timeoutMs,
             keepaliveMs: this.o.keepaliveMs,
             reconnect: false,
@@ -176,12 +154,6 @@ export class DeviceFollower {
           this.events.emit("lost", reason);
           if (!this.o.follow) return { reason };
         }
-      } else if (r.kind === "held") {
-        say(
-          `"${this.o.selector}" is announced but held by another client: ${r.candidates.map(describeCandidate).join("; ")}; waiting`,
-        );
-      } else {
-        say(`no announced device matches "${this.o.selector}" yet; waiting for one`);
       }
       if (!this.o.follow && this.current === null && said !== "") return { reason: said };
       if (this.closed) break;

@@ -10,7 +10,7 @@
  */
 import * as v from "valibot";
 import { InvalidOptionError } from "../util/errors.js";
-import type { DeviceSpec } from "./spec.js";
+import type { DeviceSpec, UsbipDeviceSpec, UsbipSelectorSpec } from "./spec.js";
 
 /** UsbSpeed.FULL / UsbSpeed.HIGH: the speeds the emulated devices implement (descriptors.ts). */
 const Speed = v.pipe(
@@ -143,7 +143,9 @@ const FingerprintText = v.pipe(
 const UsbipSpec = v.pipe(
   v.strictObject({
     kind: v.literal("usbip"),
-    host: v.pipe(v.string(), v.minLength(1, "must not be empty"), v.maxLength(253, "is longer than 253")),
+    host: v.optional(
+      v.pipe(v.string(), v.minLength(1, "must not be empty"), v.maxLength(253, "is longer than 253")),
+    ),
     port: v.optional(
       v.pipe(
         v.number(),
@@ -152,7 +154,25 @@ const UsbipSpec = v.pipe(
         v.maxValue(65535, "must be an integer 1..65535"),
       ),
     ),
-    busid: v.pipe(v.string(), v.minLength(1, "must not be empty"), v.maxLength(31, "is longer than 31")),
+    busid: v.optional(
+      v.pipe(v.string(), v.minLength(1, "must not be empty"), v.maxLength(31, "is longer than 31")),
+    ),
+    select: v.optional(
+      v.pipe(
+        v.string(),
+        v.minLength(1, "must not be empty"),
+        v.maxLength(200, "is longer than 200"),
+        v.description(
+          'instead of host and busid: the device by what it is ("serial=ABC", "VID:PID", "class=C"), wherever a server announces it (serve --announce)',
+        ),
+      ),
+    ),
+    discoverMs: v.optional(
+      v.pipe(
+        milliseconds,
+        v.description("with select: how long each look at the network listens (default 2000)"),
+      ),
+    ),
     timeoutMs: v.optional(milliseconds),
     keepaliveMs: v.optional(milliseconds),
     reconnect: v.optional(v.boolean()),
@@ -178,16 +198,33 @@ const UsbipSpec = v.pipe(
     ),
   }),
   v.check(
+    (s) =>
+      s.select !== undefined
+        ? s.host === undefined && s.port === undefined && s.busid === undefined
+        : s.host !== undefined && s.busid !== undefined && s.discoverMs === undefined,
+    "a usbip spec names its server (host and busid, port optional) or selects its device (select, discoverMs optional), not both",
+  ),
+  v.check(
     (s) => (s.retryMinMs ?? 500) <= (s.retryMaxMs ?? 30_000),
     "retryMinMs must not be larger than retryMaxMs (defaults 500 and 30000)",
   ),
 );
 
-export const DeviceSpecSchema = v.variant("kind", [EmulatedSpec, HostSpec, UsbipSpec], oneOf);
+const DeviceSpecVariants = v.variant("kind", [EmulatedSpec, HostSpec, UsbipSpec], oneOf);
+
+/** A checked spec, as its type: a usbip spec's check made sure which of its two forms it has. */
+export const DeviceSpecSchema = v.pipe(
+  DeviceSpecVariants,
+  v.transform((s) => s as DeviceSpec),
+);
 
 // The schema and the hand-written DeviceSpec type must agree: a compile error here means one changed alone.
-type SchemaSpec = v.InferOutput<typeof DeviceSpecSchema>;
-const _specFitsType: (s: SchemaSpec) => DeviceSpec = (s) => s;
+// (A usbip spec's keys are all optional to the schema: which form it has is a check, not a type.)
+type LooseUsbipSpec = Omit<UsbipDeviceSpec, "select" | "host" | "busid"> &
+  Partial<Pick<UsbipDeviceSpec, "host" | "busid">> &
+  Partial<Pick<UsbipSelectorSpec, "select" | "discoverMs">>;
+type SchemaSpec = v.InferOutput<typeof DeviceSpecVariants>;
+const _specFitsType: (s: SchemaSpec) => Exclude<DeviceSpec, { kind: "usbip" }> | LooseUsbipSpec = (s) => s;
 void _specFitsType;
 
 /** "devices[0].options.file" from a valibot issue's path. */

@@ -30,6 +30,8 @@ export interface HostDeviceSpec {
 /** A device imported from a USB/IP server (Linux usbipd or `usbvirt serve`), see src/devices/remote/usbip-remote.ts. */
 export interface UsbipDeviceSpec {
   readonly kind: "usbip";
+  /** Absent: this spec names its server (UsbipSelectorSpec finds one). */
+  readonly select?: undefined;
   readonly host: string;
   /** TCP port (default 3240). */
   readonly port?: number;
@@ -54,12 +56,32 @@ export interface UsbipDeviceSpec {
   readonly tls?: TlsClientOptions;
 }
 
+/**
+ * A device imported over USB/IP from whichever server announces it on the network (`serve --announce`,
+ * DNS-SD; src/discovery): `select` is what serve --device takes ("serial=ABC", "VID:PID", "class=C"). The
+ * engine resolves it each time it attaches the device — at first, and on every reconnect after a loss —
+ * so the port holds "serial=ABC anywhere" and follows the device to the server that announces it next;
+ * the port's worker only ever gets the resolved UsbipDeviceSpec. TLS as UsbipDeviceSpec's, with the
+ * announced certificate fingerprint pinned when `tls` gives a client certificate and no CA or pin.
+ */
+export interface UsbipSelectorSpec extends Omit<UsbipDeviceSpec, "select" | "host" | "port" | "busid"> {
+  readonly select: string;
+  readonly host?: undefined;
+  readonly port?: undefined;
+  readonly busid?: undefined;
+  /** How long each look at the network listens for announcements (default 2000 ms). */
+  readonly discoverMs?: number;
+}
+
 /** Which device to put on a port (not `DescriptorSpec`, what an emulated device describes itself as). */
-export type DeviceSpec = EmulatedDeviceSpec | HostDeviceSpec | UsbipDeviceSpec;
+export type DeviceSpec = EmulatedDeviceSpec | HostDeviceSpec | UsbipDeviceSpec | UsbipSelectorSpec;
 
 export function describeSpec(spec: DeviceSpec): string {
   if (spec.kind === "emulated") return `emulated ${spec.name}`;
-  if (spec.kind === "usbip") return `USB/IP device ${spec.busid} on ${spec.host}:${spec.port ?? 3240}`;
+  if (spec.kind === "usbip")
+    return spec.select !== undefined
+      ? `USB/IP device "${spec.select}" wherever it is announced`
+      : `USB/IP device ${spec.busid} on ${spec.host}:${spec.port ?? 3240}`;
   const parts = [
     spec.vendorId !== undefined ? `vid 0x${spec.vendorId.toString(16).padStart(4, "0")}` : "",
     spec.productId !== undefined ? `pid 0x${spec.productId.toString(16).padStart(4, "0")}` : "",

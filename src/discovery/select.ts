@@ -8,9 +8,13 @@
  * tlsFor() says how to connect to the one picked: a host that requires TLS gets the client's settings, with
  * the announced certificate fingerprint pinned when the client gave no CA and no pin of its own (trust on
  * first discovery); a host that announces no TLS is refused when the client asked for TLS (a downgrade).
+ * pick() is both in one verdict, each failure a DeviceSelectionError whose code says which: `attach
+ * --device` (src/cli/discover.ts) waits past all but an ambiguous one, the engine's usbip selector spec
+ * (src/engine/find-announced.ts) fails the attempt and its reconnect rules try again.
  */
 import { type FilterRule, parseSelectorRule } from "../devices/host/filter.js";
 import type { TlsClientOptions } from "../tls/tls-settings.js";
+import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { escapeControls } from "../util/escape.js";
 import type { DiscoveredServer } from "./browser.js";
 import type { AnnouncedDevice } from "./txt-record.js";
@@ -95,4 +99,63 @@ export function tlsFor(server: DiscoveredServer, given: TlsClientOptions | undef
         "it requires TLS but announces no certificate fingerprint: give a CA or the server's fingerprint",
     };
   return { ok: true, tls: { ...given, serverFingerprints: [`SHA256:${fp}`] } };
+}
+
+export type DeviceSelectionCode =
+  | "ERR_USBVIRT_DEVICE_NOT_ANNOUNCED"
+  | "ERR_USBVIRT_DEVICE_HELD"
+  | "ERR_USBVIRT_AMBIGUOUS_DEVICE"
+  | "ERR_USBVIRT_DEVICE_UNREACHABLE";
+
+/** No one device could be picked for a selector; the code says why, `candidates` what was seen. */
+export class DeviceSelectionError extends UsbvirtError {
+  declare readonly code: DeviceSelectionCode;
+  constructor(
+    code: DeviceSelectionCode,
+    message: string,
+    readonly candidates: readonly Candidate[] = [],
+  ) {
+    super(code, message);
+  }
+}
+registerErrorClass(DeviceSelectionError);
+
+export type Pick =
+  | { readonly ok: true; readonly candidate: Candidate; readonly tls?: TlsClientOptions }
+  | { readonly ok: false; readonly error: DeviceSelectionError };
+
+/** The one free device `rule` (written `selector`) matches among `servers`, and how to reach it. */
+export function pick(
+  servers: readonly DiscoveredServer[],
+  selector: string,
+  rule: FilterRule,
+  tls: TlsClientOptions | undefined,
+): Pick {
+  const fail = (code: DeviceSelectionCode, message: string, seen: readonly Candidate[] = []): Pick => ({
+    ok: false,
+    error: new DeviceSelectionError(code, message, seen),
+  });
+  const r = resolve(servers, rule);
+  if (r.kind === "none")
+    return fail("ERR_USBVIRT_DEVICE_NOT_ANNOUNCED", `no announced device matches "${selector}"`);
+  if (r.kind === "held")
+    return fail(
+      "ERR_USBVIRT_DEVICE_HELD",
+      `"${selector}" is announced but held by another client: ${r.candidates.map(describeCandidate).join("; ")}`,
+      r.candidates,
+    );
+  if (r.kind === "ambiguous")
+    return fail(
+      "ERR_USBVIRT_AMBIGUOUS_DEVICE",
+      `"${selector}" matches ${r.candidates.length} free devices; name one (add serial=, or a bus id with the host):\n${r.candidates
+        .map((c) => `  ${describeCandidate(c)}`)
+        .join("\n")}`,
+      r.candidates,
+    );
+  const verdict = tlsFor(r.candidate.server, tls);
+  if (!verdict.ok)
+    return fail("ERR_USBVIRT_DEVICE_UNREACHABLE", `${describeCandidate(r.candidate)}: ${verdict.reason}`, [
+      r.candidate,
+    ]);
+  return { ok: true, candidate: r.candidate, ...(verdict.tls !== undefined ? { tls: verdict.tls } : {}) };
 }

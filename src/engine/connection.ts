@@ -29,11 +29,14 @@ import {
 import { createHeldRecord, releaseHeld } from "../devices/host/held-record.js";
 import { type DeviceSpec, describeSpec } from "../devices/spec.js";
 import { checkDeviceSpec } from "../devices/spec-schema.js";
+import { describeCandidate } from "../discovery/select.js";
 import { VirtualHostController } from "../frontend/index.js";
 import type { ControllerOptions as FrontendOptions, PortStatus } from "../frontend/types.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
+import { escapeControls } from "../util/escape.js";
 import { connect, disconnect, type Remote } from "../util/rpc.js";
 import { siblingModule, startWorker } from "../util/start-worker.js";
+import { findAnnounced } from "./find-announced.js";
 import { PortReconnector, reconnects } from "./reconnect.js";
 
 /** xenbus states (xen/include/public/io/xenbus.h). */
@@ -258,8 +261,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       this.frontend?.backendReady();
       this.emit("backend-ready");
       for (const [port, spec] of this.wanted) {
-        await this.requireBackend()
-          .api.attach(port, spec)
+        await this.resolved(port, spec)
+          .then((found) => this.requireBackend().api.attach(port, found))
           .catch((err: unknown) => {
             this.wanted.delete(port);
             this.emit("log", `re-attach of ${describeSpec(spec)} on port ${port} failed: ${String(err)}`);
@@ -302,10 +305,21 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   }
 
   private async attachSpec(port: number, spec: DeviceSpec): Promise<DeviceSummary> {
-    const summary = await this.requireBackend().api.attach(port, spec);
+    const summary = await this.requireBackend().api.attach(port, await this.resolved(port, spec));
     this.wanted.set(port, spec);
     await this.frontendSees(port, true);
     return summary;
+  }
+
+  /**
+   * What the backend gets for `spec`: a usbip spec that selects its device is resolved on the network now
+   * (find-announced.ts); `wanted` keeps the selector, so every later attach resolves it again.
+   */
+  private async resolved(port: number, spec: DeviceSpec): Promise<DeviceSpec> {
+    if (spec.kind !== "usbip" || spec.select === undefined) return spec;
+    const { spec: found, candidate } = await findAnnounced(spec);
+    this.emit("log", `port ${port}: "${escapeControls(spec.select)}" is ${describeCandidate(candidate)}`);
+    return found;
   }
 
   /** Take the device off a port; resolves once it is closed and the frontend shows the port empty. */

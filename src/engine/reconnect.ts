@@ -6,7 +6,9 @@
  * guest has already seen the disconnect and every URB in flight has
  * completed with -ESHUTDOWN), the connection calls `lost`, and this module
  * attaches the same spec again (connect, re-import of the same bus id,
- * descriptors) after an exponential backoff with jitter:
+ * descriptors; a spec that selects its device is found on the network again
+ * first, so it follows the device to whichever server announces it now)
+ * after an exponential backoff with jitter:
  *
  *   delay(n) = min(retryMaxMs, retryMinMs · 2^(n-1)) · (0.5 + 0.5 · random)
  *
@@ -18,7 +20,12 @@
  * detach, a new attach on the port or closing the connection cancels it.
  */
 import type { DeviceSummary } from "../backend/port-link.js";
-import { type DeviceSpec, describeSpec, type UsbipDeviceSpec } from "../devices/spec.js";
+import {
+  type DeviceSpec,
+  describeSpec,
+  type UsbipDeviceSpec,
+  type UsbipSelectorSpec,
+} from "../devices/spec.js";
 
 export const DEFAULT_RETRY_MIN_MS = 500;
 export const DEFAULT_RETRY_MAX_MS = 30_000;
@@ -37,7 +44,7 @@ export function backoffDelay(
 }
 
 /** True when a lost device of this spec is to be reconnected. */
-export function reconnects(spec: DeviceSpec): spec is UsbipDeviceSpec {
+export function reconnects(spec: DeviceSpec): spec is UsbipDeviceSpec | UsbipSelectorSpec {
   return spec.kind === "usbip" && spec.reconnect !== false;
 }
 
@@ -76,7 +83,7 @@ export class PortReconnector {
   }
 
   /** The device on `port` went away: start reconnecting it. */
-  lost(port: number, spec: UsbipDeviceSpec, reason: string): void {
+  lost(port: number, spec: UsbipDeviceSpec | UsbipSelectorSpec, reason: string): void {
     this.cancel(port);
     const retry: Retry = { timer: null, cancelled: false };
     this.retries.set(port, retry);
@@ -87,7 +94,13 @@ export class PortReconnector {
     this.schedule(port, spec, retry, 1, reason);
   }
 
-  private schedule(port: number, spec: UsbipDeviceSpec, retry: Retry, attempt: number, reason: string): void {
+  private schedule(
+    port: number,
+    spec: UsbipDeviceSpec | UsbipSelectorSpec,
+    retry: Retry,
+    attempt: number,
+    reason: string,
+  ): void {
     const limit = spec.retryAttempts;
     if (limit !== undefined && attempt > limit) {
       this.retries.delete(port);

@@ -45,7 +45,18 @@ const bad: readonly [string, unknown, string][] = [
     { kind: "host" },
     "spec: a host device spec needs vendorId, productId, busPort or serial",
   ],
-  ["usbip without busid", { kind: "usbip", host: "h" }, "spec.busid: "],
+  [
+    "usbip without busid",
+    { kind: "usbip", host: "h" },
+    "spec: a usbip spec names its server (host and busid",
+  ],
+  [
+    "usbip with both a server and a selector",
+    { kind: "usbip", host: "h", busid: "1-1", select: "serial=A" },
+    "not both",
+  ],
+  ["usbip discoverMs without select", { kind: "usbip", host: "h", busid: "1-1", discoverMs: 10 }, "not both"],
+  ["usbip with an empty selector", { kind: "usbip", select: "" }, "spec.select: must not be empty"],
 ];
 
 const good: readonly unknown[] = [
@@ -59,6 +70,13 @@ const good: readonly unknown[] = [
   { kind: "host", vendorId: 0x1209, productId: 1 },
   { kind: "host", busPort: "1-1.2" },
   { kind: "usbip", host: "127.0.0.1", port: 3240, busid: "1-1" },
+  {
+    kind: "usbip",
+    select: "serial=ABC",
+    discoverMs: 1000,
+    retryMaxMs: 2000,
+    tls: { cert: { file: "c" }, key: { file: "k" } },
+  },
 ];
 
 describe("checkDeviceSpec", () => {

@@ -364,73 +364,82 @@ const testbed = testbedPython();
 /** serve exports the testbed's device by VID:PID and announces the serial the device gives (UV-0001). */
 const EXPORTED = `${VID.toString(16)}:${PID.toString(16)}`;
 const SELECTOR = `serial=${SERIAL}`;
+/** The clients that follow a device by what it is: the CLI's `attach --device`, and a VMM's usbip port spec. */
+const FOLLOWERS = [
+  ["attach --device SEL", "test/discovery/children/follower.ts"],
+  ['a port holding {kind: "usbip", select: SEL}', "test/discovery/children/port-follower.ts"],
+] as const;
 describe.skipIf(
   skipWithout("the follow test (network namespaces and the umockdev testbed)", allOf(netns, testbed)),
-)("attach --device SEL follows the device from one server to another", () => {
-  it("attached from the first server with data through it, unplugged there, plugged into the second: followed, data again", async () => {
-    need(netns);
-    const ns = TestNamespace.create();
-    const dir = mkdtempSync(join(tmpdir(), "usbvirt-follow-"));
-    const children: ReturnType<typeof follow>[] = [];
-    try {
-      const description = join(dir, "device.umockdev");
-      writeFileSync(description, umockdevDescription(fakeDevice));
-      const serve = (name: string, unplugged: boolean) =>
-        follow(
-          ns.spawn(
-            need(testbed),
-            [
-              "test/host/children/testbed.py",
-              ...(unplugged ? ["--start-unplugged"] : []),
-              description,
-              `/sys${fakeDevice.sysfsPath}`,
-              "--",
-              process.execPath,
-              "--import",
-              "tsx",
-              "test/discovery/children/announcing-serve.ts",
-              "--announce",
-              "--name",
-              name,
-              "--device",
-              EXPORTED,
-            ],
-            { USBVIRT_HOST_LOCK_DIR: mkdtempSync(join(dir, "locks-")), USBVIRT_TESTBED_SECONDS: "100" },
-          ),
+)("a device followed by its serial from one server to another", () => {
+  it.each(FOLLOWERS)(
+    "%s: attached from the first server with data through it, unplugged there, plugged into the second: followed, data again",
+    async (_what, child) => {
+      need(netns);
+      const ns = TestNamespace.create();
+      const dir = mkdtempSync(join(tmpdir(), "usbvirt-follow-"));
+      const children: ReturnType<typeof follow>[] = [];
+      try {
+        const description = join(dir, "device.umockdev");
+        writeFileSync(description, umockdevDescription(fakeDevice));
+        const serve = (name: string, unplugged: boolean) =>
+          follow(
+            ns.spawn(
+              need(testbed),
+              [
+                "test/host/children/testbed.py",
+                ...(unplugged ? ["--start-unplugged"] : []),
+                description,
+                `/sys${fakeDevice.sysfsPath}`,
+                "--",
+                process.execPath,
+                "--import",
+                "tsx",
+                "test/discovery/children/announcing-serve.ts",
+                "--announce",
+                "--name",
+                name,
+                "--device",
+                EXPORTED,
+              ],
+              { USBVIRT_HOST_LOCK_DIR: mkdtempSync(join(dir, "locks-")), USBVIRT_TESTBED_SECONDS: "100" },
+            ),
+          );
+        const first = serve("first", false);
+        const second = serve("second", true);
+        children.push(first, second);
+        await first.line(/^READY \d+/);
+        await second.line(/^READY \d+/);
+        const listed = ns.run(process.execPath, [CLI, "list", "--discover", "--timeout", "2"]);
+        expect(listed.stdout).toMatch(
+          /first {2}USB\/IP[^\n]*\n {2}1-1 +1209:7301 +class ff +free {2}serial=UV-0001\n/,
         );
-      const first = serve("first", false);
-      const second = serve("second", true);
-      children.push(first, second);
-      await first.line(/^READY \d+/);
-      await second.line(/^READY \d+/);
-      const listed = ns.run(process.execPath, [CLI, "list", "--discover", "--timeout", "2"]);
-      expect(listed.stdout).toMatch(
-        /first {2}USB\/IP[^\n]*\n {2}1-1 +1209:7301 +class ff +free {2}serial=UV-0001\n/,
-      );
-      expect(listed.stdout).toMatch(/second {2}USB\/IP[^\n]*\n {2}\(no devices\)/);
+        expect(listed.stdout).toMatch(/second {2}USB\/IP[^\n]*\n {2}\(no devices\)/);
 
-      const client = follow(
-        ns.spawn(process.execPath, ["--import", "tsx", "test/discovery/children/follower.ts", SELECTOR]),
-      );
-      children.push(client);
-      expect(await client.line(/^ATTACHED /)).toMatch(/^ATTACHED \S+ first true$/);
-      first.send("unplug");
-      await client.line(/^LOST /);
-      second.send("plug");
-      await eventually(() => client.count(/^ATTACHED /) === 2, 40_000, "attached again");
-      expect(client.lines.filter((l) => l.startsWith("ATTACHED "))[1]).toMatch(/^ATTACHED \S+ second true$/);
-      // The second server announces it held now.
-      const after = ns.run(process.execPath, [CLI, "list", "--discover", "--timeout", "2"]);
-      expect(after.stdout).toMatch(
-        /second {2}USB\/IP[^\n]*\n {2}1-1 +1209:7301 +class ff +held {2}serial=UV-0001\n/,
-      );
-      client.send("stop");
-      expect(await client.exited).toBe(0);
-    } finally {
-      for (const c of children) c.send("stop");
-      await Promise.all(children.map((c) => c.exited));
-      ns.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
-  }, 120_000);
+        const client = follow(ns.spawn(process.execPath, ["--import", "tsx", child, SELECTOR]));
+        children.push(client);
+        expect(await client.line(/^ATTACHED /)).toMatch(/^ATTACHED \S+ first true$/);
+        first.send("unplug");
+        await client.line(/^LOST /);
+        second.send("plug");
+        await eventually(() => client.count(/^ATTACHED /) === 2, 40_000, "attached again");
+        expect(client.lines.filter((l) => l.startsWith("ATTACHED "))[1]).toMatch(
+          /^ATTACHED \S+ second true$/,
+        );
+        // The second server announces it held now.
+        const after = ns.run(process.execPath, [CLI, "list", "--discover", "--timeout", "2"]);
+        expect(after.stdout).toMatch(
+          /second {2}USB\/IP[^\n]*\n {2}1-1 +1209:7301 +class ff +held {2}serial=UV-0001\n/,
+        );
+        client.send("stop");
+        expect(await client.exited).toBe(0);
+      } finally {
+        for (const c of children) c.send("stop");
+        await Promise.all(children.map((c) => c.exited));
+        ns.close();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+    120_000,
+  );
 });
