@@ -1,7 +1,8 @@
 /**
- * Writes the JSON Schemas of the daemon commands' config files from the valibot schemas the CLI checks
- * with, so editors and the CLI agree: schema/usbvirt.schema.json (`usbvirt serve`, src/cli/config.ts) and
- * schema/usbvirt-redirect.schema.json (`usbvirt redirect`, src/cli/redirect-config.ts). Run
+ * Writes the JSON Schemas of the commands' config files from the valibot schemas the CLI checks with, so
+ * editors and the CLI agree: schema/usbvirt.schema.json (`usbvirt serve`, src/cli/config.ts),
+ * schema/usbvirt-redirect.schema.json (`usbvirt redirect`, src/cli/redirect-config.ts) and
+ * schema/usbvirt-attach.schema.json (`usbvirt attach`, src/cli/attach-config.ts). Run
  * `npm run -s schema` after changing either; test/cli/config-schema-file.test.ts fails while a checked-in
  * file is stale. Checks JSON Schema cannot say (CIDR ranges, selector syntax, size bounds) stay
  * runtime-only; their shape is in the schema as patterns.
@@ -12,6 +13,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type ConversionConfig, type JsonSchema, toJsonSchema } from "@valibot/to-json-schema";
 import type * as v from "valibot";
+import { ATTACH_SETTINGS } from "../src/cli/attach-config.js";
 import { JSON_SHAPES, SERVE_SETTINGS } from "../src/cli/config.js";
 import { REDIRECT_SETTINGS } from "../src/cli/redirect-config.js";
 
@@ -26,6 +28,7 @@ export const SCHEMA_FILES: readonly {
 }[] = [
   { ...SERVE_SETTINGS, file: join(SCHEMA_DIR, "usbvirt.schema.json") },
   { ...REDIRECT_SETTINGS, file: join(SCHEMA_DIR, "usbvirt-redirect.schema.json") },
+  { ...ATTACH_SETTINGS, file: join(SCHEMA_DIR, "usbvirt-attach.schema.json") },
 ];
 
 /** serve's file, by the name the tests used before redirect had one. */

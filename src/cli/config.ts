@@ -73,7 +73,8 @@ export function deviceEntrySchema(selector: v.GenericSchema<string, string>) {
 /** A `devices` entry of serve: a selector string, or a device spec object. */
 export const DeviceEntrySchema = deviceEntrySchema(DeviceSelectorSchema);
 
-const HostSelectorText = v.pipe(
+/** A host selector (VID:PID, 1-1.2, serial=S, class=C, joined by ","), checked by filter.ts's parser. */
+export const HostSelectorText = v.pipe(
   v.string(),
   v.rawCheck(({ dataset, addIssue }) => {
     if (!dataset.typed) return;
@@ -316,13 +317,13 @@ export const STEERING_FLAGS = { control: "control", stateDir: "state-dir" } as c
 /** The flags of announceFields' settings. */
 export const ANNOUNCE_FLAGS = { announce: "announce", name: "name" } as const;
 
-const FilePath = v.pipe(
+export const FilePath = v.pipe(
   v.string((i) => `must be a file path, not ${JSON.stringify(i.input)}`),
   v.minLength(1, "must not be empty"),
 );
 
 /** A certificate's SHA-256 fingerprint, as `openssl x509 -noout -fingerprint -sha256` prints it after "SHA256:". */
-const Fingerprint = v.pipe(
+export const Fingerprint = v.pipe(
   v.string(),
   v.regex(
     /^[Ss][Hh][Aa]256:([0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$/,

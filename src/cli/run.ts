@@ -43,6 +43,7 @@ import {
   STORAGE_SIZE_OPTION,
   secondsOption,
 } from "./args.js";
+import { ATTACH_SETTINGS, attachEntries, millisecondsOf } from "./attach-config.js";
 import { peerBoundOptions, peerBoundsOf, RENAMED_BOUND_FLAGS } from "./bound-settings.js";
 import { commandConfig, SERVE_MAX_URBS_DEFAULT, SERVE_SETTINGS, storageBytes } from "./config.js";
 import { CTL, ctlCommand } from "./ctl.js";
@@ -242,9 +243,11 @@ const ATTACH: CommandSpec = {
     {
       name: "device",
       kind: "string",
+      multiple: true,
       value: "SEL",
-      help: "instead of HOST BUSID: the one free device SEL names (VID:PID, serial=S, class=C) among the servers announcing on the network, followed to whichever server announces it next",
+      help: "instead of HOST BUSID: the one free device SEL names (VID:PID, serial=S, class=C) among the servers announcing on the network, followed to whichever server announces it next (repeatable)",
     },
+    CONFIG_OPTION,
     {
       name: "discover-timeout",
       kind: "string",
@@ -279,7 +282,13 @@ backoff (0.5 s doubling up to 30 s, with jitter) and imports the same bus id aga
 With --no-reconnect it says so and exits 1 instead.
 With --device SEL (no HOST BUSID) the servers announcing on the network (serve --announce) are asked which
 has a free device SEL matches: one is imported; several are an error listing them (exit 1); none is waited
-for. When it is lost, attach asks again on the same schedule and imports it from whichever server has it.`,
+for. When it is lost, attach asks again on the same schedule and imports it from whichever server has it.
+A server that requires TLS is reached with --tls-cert/--tls-key (its clients are checked) and verified with
+--tls-ca or --tls-server-fingerprint; with neither, the fingerprint it announces is pinned (trust on first
+discovery: anyone on the link can announce; prefer --tls-ca). With TLS settings given, a server announcing
+no TLS is not used. --device may be repeated; --config FILE lists the devices, each with its own TLS
+settings (schema/usbvirt-attach.schema.json; contrib/usbvirt-attach.service runs it). attach exits 1 once
+every device has ended (an ambiguous selector, or lost with --no-reconnect).`,
 };
 
 const COMMANDS: readonly CommandSpec[] = [LIST, SERVE, ATTACH, REDIRECT, STATUS, CTL];
@@ -712,10 +721,10 @@ function pluggedOf(r: HostDeviceRow): HostRow {
 // ---------------------------------------------------------------- attach
 
 async function attachCommand(positionals: readonly string[], options: Options, io: CliIo): Promise<number> {
-  if (typeof options.device === "string") {
+  if (options.device !== undefined || options.config !== undefined) {
     if (positionals.length > 0)
-      throw new UsageError("attach", "--device replaces HOST BUSID: give one or the other");
-    return await attachBySelector(options.device, options, io);
+      throw new UsageError("attach", "--device and --config replace HOST BUSID: give one or the other");
+    return await attachBySelectors(options, io);
   }
   if (positionals.length < 2) throw new UsageError("attach", "missing HOST[:PORT] BUSID (or --device SEL)");
   const { host, port } = hostPort(positionals[0]!, "attach");
@@ -762,40 +771,42 @@ async function attachCommand(positionals: readonly string[], options: Options, i
   }
 }
 
-async function attachBySelector(selector: string, options: Options, io: CliIo): Promise<number> {
-  let rule: ReturnType<typeof parseDeviceSelector>;
-  try {
-    rule = parseDeviceSelector(selector);
-  } catch (err) {
-    throw new UsageError("attach", `cannot read --device "${selector}": ${(err as Error).message}`);
-  }
+async function attachBySelectors(options: Options, io: CliIo): Promise<number> {
   if (options.check === true) throw new UsageError("attach", "--check needs HOST BUSID, not --device");
+  const config = await commandConfig(ATTACH_SETTINGS, options);
   // A client certificate alone will do: a host that requires TLS announces its certificate's fingerprint.
-  const tls = tlsClientOptions("attach", options, true);
-  const follower = new DeviceFollower({
-    selector,
-    rule,
-    discoverMs: secondsOption(options, "discover-timeout", DEFAULT_DISCOVER_S, "attach"),
-    timeoutMs: secondsOption(options, "timeout", DEFAULT_TIMEOUT_S, "attach"),
-    keepaliveMs: secondsOption(options, "keepalive", DEFAULT_KEEPALIVE_S, "attach"),
-    follow: options["no-reconnect"] !== true,
-    log: (line) => io.err(`usbvirt attach: ${line}\n`),
-    ...(tls !== null ? { tls } : {}),
+  const entries = attachEntries(config);
+  if (entries.length === 0) throw new UsageError("attach", "--config: the file lists no devices");
+  const several = entries.length > 1;
+  const followers = entries.map((entry) => {
+    const say = several ? `${entry.selector}: ` : "";
+    const follower = new DeviceFollower({
+      selector: entry.selector,
+      rule: parseDeviceSelector(entry.selector),
+      discoverMs: millisecondsOf(config.discoverTimeout, DEFAULT_DISCOVER_S),
+      timeoutMs: millisecondsOf(config.timeout, DEFAULT_TIMEOUT_S),
+      keepaliveMs: millisecondsOf(config.keepalive, DEFAULT_KEEPALIVE_S),
+      follow: config.noReconnect !== true,
+      log: (line) => io.err(`usbvirt attach: ${say}${line}\n`),
+      ...(entry.tls !== null ? { tls: entry.tls } : {}),
+    });
+    follower.events.on("attached", (att, c) =>
+      io.out(
+        `attached ${entry.selector} from ${c.server.name} (${c.server.host}:${c.server.port} ${c.device.busid}): ${describeEnumerated(att.device)}\n`,
+      ),
+    );
+    // Each one's end is said as it comes; attach ends when every one has.
+    const ended = follower.ended.then((e) => {
+      if (e.reason !== "closed") io.err(`usbvirt attach: ${say}${e.reason}\n`);
+    });
+    return { follower, ended };
   });
-  follower.events.on("attached", (att, c) =>
-    io.out(
-      `attached ${selector} from ${c.server.name} (${c.server.host}:${c.server.port} ${c.device.busid}): ${describeEnumerated(att.device)}\n`,
-    ),
-  );
   const end = await Promise.race([
     (io.stopSignal ?? signals)().then((signal) => ({ signal })),
-    follower.ended.then((e) => ({ end: e })),
+    Promise.all(followers.map((f) => f.ended)).then(() => ({ signal: null })),
   ]);
-  if ("signal" in end) {
-    io.out(`${end.signal}: detaching\n`);
-    await follower.close();
-    return 0;
-  }
-  io.err(`usbvirt attach: ${end.end.reason}\n`);
-  return 1;
+  if (end.signal === null) return 1;
+  io.out(`${end.signal}: detaching\n`);
+  await Promise.all(followers.map((f) => f.follower.close()));
+  return 0;
 }

@@ -1,12 +1,14 @@
 /**
- * schema/usbvirt.schema.json (serve) and schema/usbvirt-redirect.schema.json (redirect) are generated from
- * the valibot schemas the CLI checks with; this fails when a checked-in file is stale (run `npm run -s
- * schema`), and checks each file says what an editor needs. contrib's example redirect config passes.
+ * schema/usbvirt.schema.json (serve), schema/usbvirt-redirect.schema.json (redirect) and
+ * schema/usbvirt-attach.schema.json (attach) are generated from the valibot schemas the CLI checks with;
+ * this fails when a checked-in file is stale (run `npm run -s schema`), and checks each file says what an
+ * editor needs. contrib's example redirect and attach configs pass.
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { configJsonSchema, SCHEMA_FILES } from "../../scripts/gen-config-schema.js";
+import { ATTACH_SETTINGS } from "../../src/cli/attach-config.js";
 import { checkConfig } from "../../src/cli/config.js";
 import { REDIRECT_SETTINGS } from "../../src/cli/redirect-config.js";
 
@@ -51,5 +53,11 @@ describe("the config schemas' own fields", () => {
     const file = join(ROOT, "contrib", "usbvirt-redirect.example.json");
     const example = JSON.parse(await readFile(file, "utf8"));
     expect(checkConfig(REDIRECT_SETTINGS, example, file)).toEqual(example);
+  });
+
+  it("contrib's example attach config passes attach's schema", async () => {
+    const file = join(ROOT, "contrib", "usbvirt-attach.example.json");
+    const example = JSON.parse(await readFile(file, "utf8"));
+    expect(checkConfig(ATTACH_SETTINGS, example, file)).toEqual(example);
   });
 });

@@ -1,7 +1,7 @@
 /**
  * contrib's systemd units as systemd and usbvirt read them: each ExecStart is a usbvirt command line whose
- * every flag exists; `systemd-analyze verify` finds nothing wrong in serve's service and socket or in
- * redirect's templates instantiated for a VM, but the binary's path, which is where a package would install
+ * every flag exists; `systemd-analyze verify` finds nothing wrong in serve's service and socket, in
+ * redirect's templates instantiated for a VM or in attach's service, but the binary's path, which is where a package would install
  * usbvirt; both services carry the same sandbox (the directives README.md explains) and `systemd-analyze
  * security --offline=yes` rates each at or below EXPOSURE_MAX; metrics and the local VM's socket are
  * socket files. And usbvirt runs inside the part of that sandbox a process can impose on itself
@@ -27,6 +27,7 @@ const UNIT_FILES = [
   "usbvirt.socket",
   "usbvirt-redirect@.service",
   "usbvirt-redirect@.socket",
+  "usbvirt-attach.service",
 ] as const;
 
 /** The highest overall exposure `systemd-analyze security` (systemd 252) may give a service here. */
@@ -89,7 +90,7 @@ async function directives(unit: string): Promise<[string, string][]> {
     .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1).trim()]);
 }
 
-/** The four units in a scratch folder, where systemd-analyze can instantiate the templates. */
+/** The units in a scratch folder, where systemd-analyze can instantiate the templates. */
 async function unitsDir(): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), "usbvirt-units-"));
   for (const f of UNIT_FILES) await copyFile(join(CONTRIB, f), join(dir, f));
@@ -120,6 +121,7 @@ describe("contrib's systemd units", () => {
   it.each([
     ["usbvirt.service", "serve"],
     ["usbvirt-redirect@.service", "redirect"],
+    ["usbvirt-attach.service", "attach"],
   ])("%s runs `usbvirt %s` with flags it has", async (unit, command) => {
     const args = await execStartArgs(unit);
     expect(args[0]).toBe(command);
@@ -134,6 +136,11 @@ describe("contrib's systemd units", () => {
     expect(args.slice(1, 3)).toEqual(["--config", "/etc/usbvirt/redirect/%i.json"]);
   });
 
+  it("the attach service reads its config file", async () => {
+    const args = await execStartArgs("usbvirt-attach.service");
+    expect(args.slice(1)).toEqual(["--config", "/etc/usbvirt/attach.json"]);
+  });
+
   const analyze = command(["systemd-analyze"], "apt-get install systemd");
 
   it.skipIf(skipWithout("systemd-analyze verify of contrib's units", analyze))(
@@ -145,6 +152,7 @@ describe("contrib's systemd units", () => {
         "usbvirt.service",
         "usbvirt-redirect@vm1.socket",
         "usbvirt-redirect@vm1.service",
+        "usbvirt-attach.service",
       ];
       const result = await promisify(execFile)(
         need(analyze),

@@ -224,7 +224,7 @@ describe.skipIf(skipWithout("the discovery tests in network namespaces", netns))
     }, 60_000);
 
     it.skipIf(skipWithout("the discovery test with TLS (openssl makes its certificates)", openssl))(
-      "a host that requires TLS announces its certificate's SHA-256; attach --device with a client certificate and no CA pins it and imports over TLS; without a certificate, or asking TLS of a host without it, is refused saying why",
+      "a host that requires TLS announces its certificate's SHA-256; attach --device with a client certificate and no CA pins it and imports over TLS; attach --config takes each device's own TLS settings; without a certificate, or asking TLS of a host without it, is refused saying why",
       async () => {
         need(openssl);
         const pki = makeTestPki();
@@ -288,6 +288,24 @@ describe.skipIf(skipWithout("the discovery tests in network namespaces", netns))
           );
           att.stop();
           expect(await att.exited).toBe(0);
+
+          // One attach --config for both: each device with its own TLS settings (the plain one none).
+          const listFile = join(pki.dir, "attach.json");
+          writeFileSync(
+            listFile,
+            JSON.stringify({
+              devices: [
+                { device: "1209:0001", tlsCert: pki.client.cert, tlsKey: pki.client.key, tlsCa: pki.ca.cert },
+                "1209:0002",
+              ],
+              discoverTimeout: 1,
+            }),
+          );
+          const both = follow(ns.spawn(process.execPath, [CLI, "attach", "--config", listFile]));
+          await both.line(/^attached 1209:0001 from .* secure /);
+          await both.line(/^attached 1209:0002 from .* plain /);
+          both.stop();
+          expect(await both.exited).toBe(0);
 
           const bare = ns.run(process.execPath, [
             CLI,
