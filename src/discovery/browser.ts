@@ -23,7 +23,7 @@ export interface DiscoveredServer {
   readonly instance: string;
   /** The label before the service type. */
   readonly name: string;
-  /** An IPv4 address to reach it: its A record, else the address its answer came from. */
+  /** An IPv4 address to reach it: the address its answer came from when its A records name it, else the first of them, else that address. */
   readonly host: string;
   readonly port: number;
   readonly txt: DecodedTxt;
@@ -144,7 +144,9 @@ export class ServerCache {
     const out: DiscoveredServer[] = [];
     for (const [instance, p] of this.instances) {
       if (p.srv === undefined || p.txt === undefined) continue;
-      const address = this.targets.get(p.srv.target)?.[0] ?? p.from;
+      // Two hosts may announce one host name (cloned machines): prefer the address the answer came from.
+      const known = this.targets.get(p.srv.target) ?? [];
+      const address = known.includes(p.from) ? p.from : (known[0] ?? p.from);
       out.push({
         service: p.service,
         instance,

@@ -166,6 +166,29 @@ describe("the browser's cache", () => {
     expect(cache.servers()).toHaveLength(MAX_INSTANCES);
   });
 
+  it("two hosts that announce the same host name are each reached at the address their answer came from", () => {
+    const cache = new ServerCache();
+    const txt = bytes(encodeTxt({ version: "1", tls: false, devices: [] }));
+    for (const [name, from] of [
+      ["a._usbip._tcp.local", "10.77.0.1"],
+      ["b._usbip._tcp.local", "10.77.0.2"],
+    ] as const) {
+      cache.feed(
+        [
+          { type: "PTR", name: "_usbip._tcp.local", ttl: 120, data: name },
+          { type: "SRV", name, ttl: 120, data: { port: 3240, target: "clone.local" } },
+          { type: "TXT", name, ttl: 120, data: txt },
+          { type: "A", name: "clone.local", ttl: 120, data: from },
+        ],
+        from,
+      );
+    }
+    expect(cache.servers().map((s) => [s.name, s.host])).toEqual([
+      ["a", "10.77.0.1"],
+      ["b", "10.77.0.2"],
+    ]);
+  });
+
   it("ignores SRV records with impossible ports, other services, and forgets an instance that says goodbye", () => {
     const cache = new ServerCache();
     const name = "a._usbip._tcp.local";
