@@ -1,5 +1,6 @@
 /**
- * The client side of discovery: `usbvirt list --discover` (every announcing server and its devices) and
+ * The client side of discovery: `usbvirt list --discover` (every announcing server and its devices, and
+ * where its status page is reached from here: statusAddressOf, which status --discover uses too) and
  * `usbvirt attach --device SEL` (the one free device SEL names among them, followed from host to host).
  *
  * Following: the device is imported without attach's own same-host reconnect; when it is lost (unplugged,
@@ -7,18 +8,53 @@
  * announces it free next, on attach's reconnect schedule (0.5 s doubling up to 30 s, with jitter). A
  * selector that matches several free devices is an error that lists them: it never picks one by chance.
  * A host that requires TLS is reached with the client's settings, its announced fingerprint pinned when
- * the client gave no CA (select.ts tlsFor); one that cannot be reached so is waited past, said once.
+ * the client gave no CA (select.ts pick); one that cannot be reached so is waited past, said once.
  */
 import { EventEmitter } from "node:events";
 import type { FilterRule } from "../devices/host/filter.js";
-import { type DiscoveryResult, discover } from "../discovery/browser.js";
+import { type DiscoveredServer, type DiscoveryResult, discover } from "../discovery/browser.js";
 import { type Candidate, describeCandidate, pick } from "../discovery/select.js";
 import { escapeControls } from "../network-face/log.js";
 import type { TlsClientOptions } from "../tls/tls-settings.js";
 import { type AttachedDevice, attachRemote } from "../usbip-attach/attach.js";
+import { isLoopbackHost } from "../util/ip-prefix.js";
+import { parseMetricsAddress } from "./metrics.js";
+
+/**
+ * Where a server's announced status address is reached from here: an unspecified host (0.0.0.0, ::) is
+ * the server's own address; a loopback one is reachable only from the server's machine (here only when
+ * the server was found on loopback itself), else the reason it is not.
+ */
+export function statusAddressOf(
+  server: DiscoveredServer,
+): { readonly host: string; readonly port: number } | { readonly unreachable: string } | null {
+  const announced = server.txt.status;
+  if (announced === undefined) return null;
+  const at = parseMetricsAddress(announced, false);
+  if ("path" in at) return { unreachable: "its status is on a socket file" };
+  if (at.host === "0.0.0.0" || at.host === "::") return { host: server.host, port: at.port };
+  if (isLoopbackHost(at.host) && !isLoopbackHost(server.host))
+    return {
+      unreachable: `its status page listens on ${announced}, its own loopback (serve --metrics 0.0.0.0:${at.port} to reach it from here)`,
+    };
+  return at;
+}
 
 /** How long a look at the network listens unless told (list --discover, attach --device, status --discover). */
 export const DEFAULT_DISCOVER_S = 2;
+
+/** Where a server's status page is, as the table says it: reached from here, or why it is not. */
+function statusText(server: DiscoveredServer): string {
+  let at: ReturnType<typeof statusAddressOf>;
+  try {
+    at = statusAddressOf(server);
+  } catch (err) {
+    return `status address unreadable: ${(err as Error).message}`;
+  }
+  if (at === null) return "";
+  if ("unreachable" in at) return `status not reachable from here: ${at.unreachable}`;
+  return `status http://${at.host.includes(":") ? `[${at.host}]` : at.host}:${at.port}/`;
+}
 
 export function discoveryTable(result: DiscoveryResult): string {
   const lines: string[] = [];
@@ -31,7 +67,7 @@ export function discoveryTable(result: DiscoveryResult): string {
       s.txt.tls
         ? `TLS required${s.txt.fingerprint !== undefined ? ` (sha256 ${s.txt.fingerprint})` : ""}`
         : "no TLS",
-      ...(s.txt.status !== undefined ? [`status http://${s.txt.status}/`] : []),
+      ...(s.txt.status !== undefined ? [statusText(s)] : []),
     ];
     // Names and serials come from anyone on the link: their control characters are shown escaped.
     lines.push(`${escapeControls(s.name)}  ${kind} ${s.host}:${s.port}  ${extras.join(", ")}`);

@@ -19,9 +19,8 @@ import { describeIssues } from "../devices/spec-schema.js";
 import { type DiscoveredServer, discover } from "../discovery/browser.js";
 import { escapeControls } from "../network-face/log.js";
 import { checkTlsClientOptions, connectTls, type TlsClientSettings } from "../tls/tls-settings.js";
-import { isLoopbackHost } from "../util/ip-prefix.js";
 import { type CommandSpec, secondsOption } from "./args.js";
-import { DEFAULT_DISCOVER_S } from "./discover.js";
+import { DEFAULT_DISCOVER_S, statusAddressOf } from "./discover.js";
 import { UsageError } from "./errors.js";
 import { DEFAULT_METRICS_PORT, type MetricsAt, parseMetricsAddress } from "./metrics.js";
 import { TLS_CERT_OPTION, TLS_CLIENT_OPTIONS, TLS_KEY_OPTION, tlsClientOptions } from "./tls-flags.js";
@@ -256,26 +255,6 @@ export interface DiscoveredStatus {
   readonly status: string | null;
   readonly report?: StatusReport;
   readonly error?: string;
-}
-
-/**
- * Where a server's announced status address is reached from here: an unspecified host (0.0.0.0, ::) is
- * the server's own address; a loopback one is reachable only from the server's machine (here only when
- * the server was found on loopback itself), else the reason it is not.
- */
-export function statusAddressOf(
-  server: DiscoveredServer,
-): { readonly host: string; readonly port: number } | { readonly unreachable: string } | null {
-  const announced = server.txt.status;
-  if (announced === undefined) return null;
-  const at = parseMetricsAddress(announced, false);
-  if ("path" in at) return { unreachable: "its status is on a socket file" };
-  if (at.host === "0.0.0.0" || at.host === "::") return { host: server.host, port: at.port };
-  if (isLoopbackHost(at.host) && !isLoopbackHost(server.host))
-    return {
-      unreachable: `its status page listens on ${announced}, its own loopback (serve --metrics 0.0.0.0:${at.port} to reach it from here)`,
-    };
-  return at;
 }
 
 async function statusOf(server: DiscoveredServer): Promise<DiscoveredStatus> {

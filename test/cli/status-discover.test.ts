@@ -6,8 +6,9 @@
  */
 import { createServer as createHttpServer, type Server as HttpServer } from "node:http";
 import { afterEach, describe, expect, it } from "vitest";
+import { statusAddressOf } from "../../src/cli/discover.js";
 import { run } from "../../src/cli/run.js";
-import { checkReport, statusAddressOf } from "../../src/cli/status.js";
+import { checkReport } from "../../src/cli/status.js";
 import type { DiscoveredServer } from "../../src/discovery/browser.js";
 import { capture } from "./helpers.js";
 
