@@ -2,7 +2,8 @@
  * Strings a peer or a device chooses, on their way into the text log and the terminal: a usbredir
  * peer's version string and its VMM filter, a host device's serial and product strings, a remote USB/IP
  * server's bus ids, a remote status page's fields, a remote device's product string (attach), a host
- * device's product string in `usbvirt ctl list`'s table. Each may
+ * device's product string in `usbvirt ctl list`'s table, an announcing host's instance name and its
+ * devices' serials (list --discover). Each may
  * hold a line break (a forged log line that looks like the server's own), ANSI/OSC escapes (a terminal's
  * title, colours, a cleared screen) or C1 controls. What reaches the log or the terminal holds them escaped: no control character but the line
  * ends the program writes, every line of a log starts as the logger starts it, and the peer's printable
@@ -14,7 +15,9 @@ import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { discoveryTable } from "../../src/cli/discover.js";
 import { run } from "../../src/cli/run.js";
+import { decodeTxt, encodeTxt } from "../../src/discovery/txt-record.js";
 import { streamLogger } from "../../src/network-face/log.js";
 import { encodeDevlistReply } from "../../src/usbip/management-pdus.js";
 import type { HotplugSource } from "../../src/usbip-server/host-exports.js";
@@ -287,6 +290,46 @@ describe("a host device's strings printed by ctl", () => {
       stop("SIGINT");
       expect(await exit).toBe(0);
     }
+  });
+});
+
+describe("what an announcing host says, printed by list --discover", () => {
+  it("a host's instance name and a device's serial (through the TXT record's own encoding) reach the table escaped", () => {
+    const evil = (s: string) => `${s}\x1b]0;owned\x07\n${FORGED}\x1b[2J\x9b1m\u202e`;
+    const txt = decodeTxt(
+      encodeTxt({
+        version: "1",
+        tls: false,
+        devices: [
+          {
+            busid: "1-1",
+            vendorId: 0x1209,
+            productId: 1,
+            deviceClass: 0xff,
+            serial: evil("SN"),
+            held: false,
+          },
+        ],
+      }).map((t) => Buffer.from(t)),
+    );
+    if (!txt.ok) throw new Error(txt.reason);
+    expect(txt.txt.devices[0]!.serial).toBe(evil("SN"));
+    const table = discoveryTable({
+      servers: [
+        {
+          service: "_usbip._tcp",
+          instance: "x._usbip._tcp.local",
+          name: evil("host"),
+          host: "10.0.0.1",
+          port: 3240,
+          txt: txt.txt,
+        },
+      ],
+      ignored: { malformed: 0, badTxt: 0, overLimit: 0, badSrv: 0 },
+    });
+    expect(table).toContain("owned");
+    expectNoRawControls(table, "list --discover's table");
+    expect(table).not.toContain("\u202e");
   });
 });
 
