@@ -12,10 +12,10 @@ import * as v from "valibot";
 import type { TlsClientOptions } from "../tls/tls-settings.js";
 import {
   type CommandSettings,
+  deviceEntrySchema,
   FilePath,
   Fingerprint,
   HostSelectorText,
-  JSON_SHAPES,
   SchemaKey,
 } from "./config.js";
 import { UsageError } from "./errors.js";
@@ -82,18 +82,11 @@ const DeviceObject = v.strictObject({
 });
 
 /** A device entry: a selector string, or an object with the selector and its own TLS settings. */
-const DeviceEntry = v.lazy((input) =>
-  typeof input === "string"
-    ? DeviceSelector
-    : typeof input === "object" && input !== null && !Array.isArray(input)
-      ? DeviceObject
-      : v.never(
-          `must be a selector string ("serial=ABC") or an object {"device": "serial=ABC", …}, not ${
-            Array.isArray(input) ? "an array" : (JSON.stringify(input) ?? typeof input)
-          }`,
-        ),
+const DeviceEntry = deviceEntrySchema(
+  DeviceSelector,
+  DeviceObject,
+  'a selector string ("serial=ABC") or an object {"device": "serial=ABC", …}',
 );
-JSON_SHAPES.set(DeviceEntry, v.union([DeviceSelector, DeviceObject]));
 
 export const AttachConfigSchema = v.pipe(
   v.strictObject({

@@ -53,20 +53,25 @@ export const DeviceSelectorSchema = v.pipe(
  */
 export const JSON_SHAPES = new Map<v.GenericSchema, v.GenericSchema>();
 
-/** A device entry: a selector string (checked by `selector`), or a device spec object (checked field by field). */
-export function deviceEntrySchema(selector: v.GenericSchema<string, string>) {
+/**
+ * A device entry: a selector string (checked by `selector`), or an object (checked field by field by
+ * `object`, a device spec unless given); `shape` words both for the error when it is neither.
+ */
+export function deviceEntrySchema<O extends v.GenericSchema = typeof DeviceSpecSchema>(
+  selector: v.GenericSchema<string, string>,
+  object: O = DeviceSpecSchema as unknown as O,
+  shape = 'a selector string ("loopback", "1209:0001", "1-1.2", "serial=S") or a device spec object',
+) {
   const entry = v.lazy((input) =>
     typeof input === "string"
       ? selector
       : typeof input === "object" && input !== null && !Array.isArray(input)
-        ? DeviceSpecSchema
+        ? object
         : v.never(
-            `must be a selector string ("loopback", "1209:0001", "1-1.2", "serial=S") or a device spec object, not ${
-              Array.isArray(input) ? "an array" : (JSON.stringify(input) ?? typeof input)
-            }`,
+            `must be ${shape}, not ${Array.isArray(input) ? "an array" : (JSON.stringify(input) ?? typeof input)}`,
           ),
   );
-  JSON_SHAPES.set(entry, v.union([selector, DeviceSpecSchema]));
+  JSON_SHAPES.set(entry, v.union([selector, object]));
   return entry;
 }
 

@@ -69,6 +69,11 @@ describe.skipIf(skipWithout("the discovery tests in network namespaces", netns))
       ns = TestNamespace.create();
     });
     afterAll(() => ns?.close());
+    /** `usbvirt serve --port 0 --announce --name NAME EXTRA…` in the namespace. */
+    const announcing = (name: string, ...extra: string[]) =>
+      follow(
+        ns.spawn(process.execPath, [CLI, "serve", "--port", "0", "--announce", "--name", name, ...extra]),
+      );
 
     it("a child started outside the namespace refuses to run (exit 3) before it opens a socket", () => {
       const r = spawnSync(process.execPath, ["--import", "tsx", "test/discovery/children/hostile.ts", "1"], {
@@ -83,22 +88,8 @@ describe.skipIf(skipWithout("the discovery tests in network namespaces", netns))
     });
 
     it("two serve --announce and a redirect --announce are listed with their devices; status --discover reads the status of the one with metrics; a selector both USB/IP hosts match is ambiguous", async () => {
-      const a = follow(
-        ns.spawn(process.execPath, [
-          CLI,
-          "serve",
-          "--port",
-          "0",
-          "--announce",
-          "--name",
-          "alpha",
-          "--metrics",
-          "0",
-        ]),
-      );
-      const b = follow(
-        ns.spawn(process.execPath, [CLI, "serve", "--port", "0", "--announce", "--name", "beta"]),
-      );
+      const a = announcing("alpha", "--metrics", "0");
+      const b = announcing("beta");
       const g = follow(
         ns.spawn(process.execPath, [
           CLI,
@@ -228,38 +219,18 @@ describe.skipIf(skipWithout("the discovery tests in network namespaces", netns))
       async () => {
         need(openssl);
         const pki = makeTestPki();
-        const secure = follow(
-          ns.spawn(process.execPath, [
-            CLI,
-            "serve",
-            "--port",
-            "0",
-            "--announce",
-            "--name",
-            "secure",
-            "--device",
-            "loopback",
-            "--tls-cert",
-            pki.server.cert,
-            "--tls-key",
-            pki.server.key,
-            "--tls-client-ca",
-            pki.ca.cert,
-          ]),
+        const secure = announcing(
+          "secure",
+          "--device",
+          "loopback",
+          "--tls-cert",
+          pki.server.cert,
+          "--tls-key",
+          pki.server.key,
+          "--tls-client-ca",
+          pki.ca.cert,
         );
-        const plain = follow(
-          ns.spawn(process.execPath, [
-            CLI,
-            "serve",
-            "--port",
-            "0",
-            "--announce",
-            "--name",
-            "plain",
-            "--device",
-            "keyboard",
-          ]),
-        );
+        const plain = announcing("plain", "--device", "keyboard");
         try {
           await secure.line(/^on a Linux client:/);
           await plain.line(/^on a Linux client:/);
@@ -343,9 +314,7 @@ describe.skipIf(skipWithout("the discovery tests in network namespaces", netns))
     );
 
     it("hostile answers (compression loops, an oversized TXT, a flood of instances) are ignored with bounded memory; the real server is still found", async () => {
-      const a = follow(
-        ns.spawn(process.execPath, [CLI, "serve", "--port", "0", "--announce", "--name", "real"]),
-      );
+      const a = announcing("real");
       try {
         await a.line(/^on a Linux client:/);
         const h = follow(
