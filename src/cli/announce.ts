@@ -36,8 +36,8 @@ export interface AnnounceParts {
   readonly port: number;
   /** --name: added to the host's name. */
   readonly name?: string | undefined;
-  /** The metrics/status address, "HOST:PORT", when served. */
-  readonly status?: string | undefined;
+  /** The metrics/status address, "HOST:PORT", when served, and whether it needs (mutual) TLS. */
+  readonly status?: { readonly address: string; readonly tls: boolean } | undefined;
   readonly tls: AnnouncedTls;
 }
 
@@ -71,7 +71,9 @@ export class ServerAnnouncement {
       version: packageVersion(),
       tls: parts.tls.required,
       ...(parts.tls.fingerprint !== undefined ? { fingerprint: parts.tls.fingerprint } : {}),
-      ...(parts.status !== undefined ? { status: parts.status } : {}),
+      ...(parts.status !== undefined
+        ? { status: parts.status.address, ...(parts.status.tls ? { statusTls: true } : {}) }
+        : {}),
       devices: announcedDevices(parts.server),
     });
     const announcer = await Announcer.start({

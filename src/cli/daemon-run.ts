@@ -103,12 +103,18 @@ export class Daemon {
     return `metrics: ${at}/metrics\nstatus page: ${at}/\n`;
   }
 
-  /** The metrics endpoint's HOST:PORT (what an announcement names), or null without one or on a socket file. */
-  statusAddress(): string | null {
+  /**
+   * The metrics endpoint's HOST:PORT and whether it speaks HTTPS with mutual TLS (what an announcement
+   * names), or null without one or on a socket file.
+   */
+  statusAddress(): { readonly address: string; readonly tls: boolean } | null {
     if (this.metrics === null) return null;
     const m = this.metrics.address;
     if ("path" in m) return null; // not reachable from the network: nothing to announce
-    return `${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}`;
+    return {
+      address: `${m.host.includes(":") ? `[${m.host}]` : m.host}:${m.port}`,
+      tls: (this.parts.metricsTls ?? null) !== null,
+    };
   }
 
   /** Close everything now, without waiting for a signal (a start that failed after the daemon was up). */

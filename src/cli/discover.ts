@@ -20,6 +20,13 @@ import { type AttachedDevice, attachRemote } from "../usbip-attach/attach.js";
 import { isLoopbackHost } from "../util/ip-prefix.js";
 import { parseMetricsAddress } from "./metrics.js";
 
+/** A discovered server's status page as reached from here (`tls`: HTTPS with mutual TLS, stls=1). */
+export interface StatusAt {
+  readonly host: string;
+  readonly port: number;
+  readonly tls: boolean;
+}
+
 /**
  * Where a server's announced status address is reached from here: an unspecified host (0.0.0.0, ::) is
  * the server's own address; a loopback one is reachable only from the server's machine (here only when
@@ -27,17 +34,23 @@ import { parseMetricsAddress } from "./metrics.js";
  */
 export function statusAddressOf(
   server: DiscoveredServer,
-): { readonly host: string; readonly port: number } | { readonly unreachable: string } | null {
+): StatusAt | { readonly unreachable: string } | null {
   const announced = server.txt.status;
   if (announced === undefined) return null;
   const at = parseMetricsAddress(announced, false);
   if ("path" in at) return { unreachable: "its status is on a socket file" };
-  if (at.host === "0.0.0.0" || at.host === "::") return { host: server.host, port: at.port };
+  const tls = server.txt.statusTls === true;
+  if (at.host === "0.0.0.0" || at.host === "::") return { host: server.host, port: at.port, tls };
   if (isLoopbackHost(at.host) && !isLoopbackHost(server.host))
     return {
       unreachable: `its status page listens on ${announced}, its own loopback (serve --metrics 0.0.0.0:${at.port} to reach it from here)`,
     };
-  return at;
+  return { host: at.host, port: at.port, tls };
+}
+
+/** "http://HOST:PORT/", or https:// for a status page with TLS. */
+export function statusUrl(at: StatusAt): string {
+  return `http${at.tls ? "s" : ""}://${at.host.includes(":") ? `[${at.host}]` : at.host}:${at.port}/`;
 }
 
 /** How long a look at the network listens unless told (list --discover, attach --device, status --discover). */
@@ -53,7 +66,7 @@ function statusText(server: DiscoveredServer): string {
   }
   if (at === null) return "";
   if ("unreachable" in at) return `status not reachable from here: ${at.unreachable}`;
-  return `status http://${at.host.includes(":") ? `[${at.host}]` : at.host}:${at.port}/`;
+  return `status ${statusUrl(at)}${at.tls ? " (mutual TLS)" : ""}`;
 }
 
 export function discoveryTable(result: DiscoveryResult): string {

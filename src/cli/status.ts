@@ -20,7 +20,7 @@ import { type DiscoveredServer, discover } from "../discovery/browser.js";
 import { escapeControls } from "../network-face/log.js";
 import { checkTlsClientOptions, connectTls, type TlsClientSettings } from "../tls/tls-settings.js";
 import { type CommandSpec, secondsOption } from "./args.js";
-import { DEFAULT_DISCOVER_S, statusAddressOf } from "./discover.js";
+import { DEFAULT_DISCOVER_S, statusAddressOf, statusUrl } from "./discover.js";
 import { UsageError } from "./errors.js";
 import { DEFAULT_METRICS_PORT, type MetricsAt, parseMetricsAddress } from "./metrics.js";
 import { TLS_CERT_OPTION, TLS_CLIENT_OPTIONS, TLS_KEY_OPTION, tlsClientOptions } from "./tls-flags.js";
@@ -257,7 +257,8 @@ export interface DiscoveredStatus {
   readonly error?: string;
 }
 
-async function statusOf(server: DiscoveredServer): Promise<DiscoveredStatus> {
+/** One server's status; a page that needs TLS is read with `tls` (the user's TLS flags), never without. */
+async function statusOf(server: DiscoveredServer, tls: TlsClientSettings | null): Promise<DiscoveredStatus> {
   const base = { name: server.name, service: server.service, host: server.host, port: server.port };
   let at: ReturnType<typeof statusAddressOf>;
   try {
@@ -267,12 +268,19 @@ async function statusOf(server: DiscoveredServer): Promise<DiscoveredStatus> {
   }
   if (at === null) return { ...base, status: null };
   if ("unreachable" in at) return { ...base, status: null, error: at.unreachable };
-  const url = `http://${at.host.includes(":") ? `[${at.host}]` : at.host}:${at.port}/`;
+  const url = statusUrl(at);
+  if (at.tls && tls === null)
+    return {
+      ...base,
+      status: url,
+      error:
+        "its status page needs mutual TLS: give --tls-cert, --tls-key and --tls-ca (or --tls-server-fingerprint)",
+    };
   try {
     return {
       ...base,
       status: url,
-      report: checkReport(await httpGet(at, "/status.json", null, DISCOVERED_FETCH_MS)),
+      report: checkReport(await httpGet(at, "/status.json", at.tls ? tls : null, DISCOVERED_FETCH_MS)),
     };
   } catch (err) {
     return { ...base, status: url, error: (err as Error).message };
@@ -284,12 +292,14 @@ async function discoveredStatus(
   io: StatusIo,
 ): Promise<number> {
   const timeoutMs = secondsOption(options, "timeout", DEFAULT_DISCOVER_S, "status");
+  const tlsOptions = tlsClientOptions("status", options);
+  const tls = tlsOptions !== null ? checkTlsClientOptions(tlsOptions) : null;
   const found = await discover({ timeoutMs });
   const servers = found.servers;
   const results: DiscoveredStatus[] = new Array(servers.length);
   let next = 0;
   const worker = async () => {
-    for (let i = next++; i < servers.length; i = next++) results[i] = await statusOf(servers[i]!);
+    for (let i = next++; i < servers.length; i = next++) results[i] = await statusOf(servers[i]!, tls);
   };
   await Promise.all(Array.from({ length: Math.min(DISCOVERED_AT_ONCE, servers.length) }, worker));
   if (options.json === true) {

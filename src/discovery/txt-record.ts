@@ -8,6 +8,7 @@
  *   tls=0 | tls=1        whether the server requires TLS
  *   fp=HEX               the server certificate's SHA-256 fingerprint (only with tls=1, when known)
  *   status=HOST:PORT     where its metrics and status page are (only when it serves them)
+ *   stls=1               the status page speaks HTTPS with mutual TLS (only with status=)
  *   d=BUSID,VID:PID,CC,SERIAL,F|H
  *                        one string per exported device, in bus-id order: bus id, ids in hex, device
  *                        class in hex, serial (percent-encoded, may be empty; left out when the
@@ -42,6 +43,8 @@ export interface AnnouncedInfo {
   readonly tls: boolean;
   readonly fingerprint?: string;
   readonly status?: string;
+  /** The status page needs (mutual) TLS. */
+  readonly statusTls?: boolean;
   readonly devices: readonly AnnouncedDevice[];
 }
 
@@ -112,6 +115,7 @@ export function encodeTxt(info: AnnouncedInfo): string[] {
   const strings = ["txtvers=1", `v=${info.version}`, `tls=${info.tls ? 1 : 0}`];
   if (info.tls && info.fingerprint !== undefined) strings.push(`fp=${info.fingerprint}`);
   if (info.status !== undefined) strings.push(`status=${info.status}`);
+  if (info.status !== undefined && info.statusTls === true) strings.push("stls=1");
   let used = strings.reduce((n, s) => n + 1 + Buffer.byteLength(s), 0);
   // Room kept for the `more=NN` string should any device not fit.
   const reserve = 1 + "more=31".length;
@@ -199,7 +203,9 @@ export function decodeTxt(strings: readonly Uint8Array[]): TxtVerdict {
       version,
       tls: tls === "1",
       ...(fp !== undefined && FINGERPRINT.test(fp) ? { fingerprint: fp } : {}),
-      ...(status !== undefined && STATUS.test(status) ? { status } : {}),
+      ...(status !== undefined && STATUS.test(status)
+        ? { status, ...(fields.get("stls") === "1" ? { statusTls: true } : {}) }
+        : {}),
       devices,
       more,
       dropped,

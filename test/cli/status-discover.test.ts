@@ -85,9 +85,27 @@ describe("where an announced status address is reached from", () => {
   });
   it("as announced; an unspecified host is the server's address; another host's loopback is out of reach", () => {
     expect(statusAddressOf(server("10.0.0.5"))).toBeNull();
-    expect(statusAddressOf(server("10.0.0.5", "10.0.0.5:9240"))).toEqual({ host: "10.0.0.5", port: 9240 });
-    expect(statusAddressOf(server("10.0.0.5", "0.0.0.0:9240"))).toEqual({ host: "10.0.0.5", port: 9240 });
-    expect(statusAddressOf(server("127.0.0.1", "127.0.0.1:9240"))).toEqual({ host: "127.0.0.1", port: 9240 });
+    expect(statusAddressOf(server("10.0.0.5", "10.0.0.5:9240"))).toEqual({
+      host: "10.0.0.5",
+      port: 9240,
+      tls: false,
+    });
+    expect(statusAddressOf(server("10.0.0.5", "0.0.0.0:9240"))).toEqual({
+      host: "10.0.0.5",
+      port: 9240,
+      tls: false,
+    });
+    expect(statusAddressOf(server("127.0.0.1", "127.0.0.1:9240"))).toEqual({
+      host: "127.0.0.1",
+      port: 9240,
+      tls: false,
+    });
+    const secure = server("10.0.0.5", "0.0.0.0:9240");
+    expect(statusAddressOf({ ...secure, txt: { ...secure.txt, statusTls: true } })).toEqual({
+      host: "10.0.0.5",
+      port: 9240,
+      tls: true,
+    });
     expect(statusAddressOf(server("10.0.0.5", "127.0.0.1:9240"))).toMatchObject({
       unreachable: expect.stringMatching(/its own loopback/),
     });

@@ -215,7 +215,7 @@ describe.skipIf(skipWithout("the discovery tests in network namespaces", netns))
     }, 60_000);
 
     it.skipIf(skipWithout("the discovery test with TLS (openssl makes its certificates)", openssl))(
-      "a host that requires TLS announces its certificate's SHA-256; attach --device with a client certificate and no CA pins it and imports over TLS; attach --config takes each device's own TLS settings; without a certificate, or asking TLS of a host without it, is refused saying why",
+      "a host that requires TLS announces its certificate's SHA-256 (and a status page with TLS, which status --discover reads only with the TLS flags); attach --device with a client certificate and no CA pins it and imports over TLS; attach --config takes each device's own TLS settings; without a certificate, or asking TLS of a host without it, is refused saying why",
       async () => {
         need(openssl);
         const pki = makeTestPki();
@@ -228,6 +228,14 @@ describe.skipIf(skipWithout("the discovery tests in network namespaces", netns))
           "--tls-key",
           pki.server.key,
           "--tls-client-ca",
+          pki.ca.cert,
+          "--metrics",
+          "0",
+          "--metrics-tls-cert",
+          pki.server.cert,
+          "--metrics-tls-key",
+          pki.server.key,
+          "--metrics-tls-client-ca",
           pki.ca.cert,
         );
         const plain = announcing("plain", "--device", "keyboard");
@@ -242,6 +250,30 @@ describe.skipIf(skipWithout("the discovery tests in network namespaces", netns))
             ),
           );
           expect(table.stdout).toMatch(/plain {2}USB\/IP 127\.0\.0\.1:\d+ {2}usbvirt \S+, no TLS/);
+          expect(table.stdout).toMatch(/, status https:\/\/127\.0\.0\.1:\d+\/ \(mutual TLS\)\n/);
+          // Its status page needs TLS: read only with the TLS flags, never without.
+          type Statuses = {
+            servers: { name: string; status: string | null; error?: string; report?: { up: boolean } }[];
+          };
+          const statusOf = (args: string[]) =>
+            (
+              JSON.parse(
+                ns.run(process.execPath, [CLI, "status", "--discover", "--json", "--timeout", "2", ...args])
+                  .stdout,
+              ) as Statuses
+            ).servers.find((r) => r.name.endsWith(" secure"))!;
+          const withoutTls = statusOf([]);
+          expect(withoutTls.status).toMatch(/^https:\/\/127\.0\.0\.1:\d+\/$/);
+          expect(withoutTls.error).toMatch(/its status page needs mutual TLS/);
+          const withTls = statusOf([
+            "--tls-cert",
+            pki.client.cert,
+            "--tls-key",
+            pki.client.key,
+            "--tls-ca",
+            pki.ca.cert,
+          ]);
+          expect(withTls.report?.up, withTls.error).toBe(true);
           const client = [
             "--tls-cert",
             pki.client.cert,

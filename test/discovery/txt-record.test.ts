@@ -40,6 +40,7 @@ describe("TXT record", () => {
       tls: true,
       fingerprint: "ab".repeat(32),
       status: "127.0.0.1:9240",
+      statusTls: true,
       devices: [dev(1), dev(2, { serial: "a,b=c%d é" }), dev(3, { serial: undefined })],
     };
     const v = decodeTxt(bytes(encodeTxt(info)));
