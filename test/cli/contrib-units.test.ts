@@ -6,8 +6,9 @@
  * security --offline=yes` rates each at or below EXPOSURE_MAX; metrics and the local VM's socket are
  * socket files. And usbvirt runs inside the part of that sandbox a process can impose on itself
  * (unit-sandbox.py: the units' SystemCallFilter=, SystemCallErrorNumber=, RestrictAddressFamilies=, UMask=):
- * serve with a storage file, a metrics and a control socket, an import and its data check; redirect on a
- * socket file with a usb-guest.
+ * serve with a storage file, a metrics and a control socket, an import and its data check (also by attach in
+ * attach's service's filter); redirect on a socket file with a usb-guest. attach's service has serve's
+ * sandbox but for USB devices and netlink (none) and the LAN (reached).
  */
 import { execFile, execFileSync } from "node:child_process";
 import { statSync } from "node:fs";
@@ -194,6 +195,26 @@ describe("contrib's systemd units", () => {
     },
   );
 
+  it("usbvirt-attach.service runs in serve's sandbox but for USB devices and hotplug events (none) and the LAN (reached)", async () => {
+    const given = await directives("usbvirt-attach.service");
+    const differs = [
+      "DeviceAllow",
+      "RestrictAddressFamilies",
+      "IPAddressAllow",
+      "IPAddressDeny",
+      "Environment",
+    ];
+    const expected = [
+      ...SANDBOX.filter(([k]) => !differs.includes(k)),
+      ["RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"],
+      ["PrivateDevices", "yes"],
+    ] as const;
+    const byName = (list: readonly (readonly [string, string])[]) =>
+      [...list].sort((a, b) => a[0].localeCompare(b[0]));
+    const sandbox = given.filter(([k]) => [...SANDBOX.map(([s]) => s), "PrivateDevices"].includes(k));
+    expect(byName(sandbox)).toEqual(byName(expected));
+  });
+
   it("metrics and a local VM's redirect are socket files, not TCP ports", async () => {
     expect(await execStartArgs("usbvirt.service")).toEqual(
       expect.arrayContaining(["--metrics", "unix:/run/usbvirt/metrics.sock"]),
@@ -216,7 +237,7 @@ describe("contrib's systemd units", () => {
     `systemd-analyze security --offline=yes rates each service at or below ${EXPOSURE_MAX}`,
     async () => {
       const dir = await unitsDir();
-      for (const unit of ["usbvirt.service", "usbvirt-redirect@vm1.service"]) {
+      for (const unit of ["usbvirt.service", "usbvirt-redirect@vm1.service", "usbvirt-attach.service"]) {
         const result = await promisify(execFile)(
           need(analyze),
           ["security", "--offline=yes", `--threshold=${Math.round(EXPOSURE_MAX * 10)}`, join(dir, unit)],
@@ -236,7 +257,7 @@ describe("contrib's systemd units", () => {
   const sandboxTools = allOf(analyze, seccompPython());
 
   it.skipIf(skipWithout("usbvirt inside the units' system call filter", sandboxTools))(
-    "serve and redirect run inside the units' system call filter, address families and umask",
+    "serve, redirect and attach run inside the units' system call filter, address families and umask",
     async () => {
       const python = need(sandboxTools)[1];
       const dir = await mkdtemp(join(tmpdir(), "usbvirt-sandboxed-"));
@@ -287,6 +308,16 @@ describe("contrib's systemd units", () => {
         expect(await ok(["attach", `127.0.0.1:${port}`, "1-1", "--check", "--no-reconnect"])).toContain(
           "check passed",
         );
+        // attach itself inside usbvirt-attach.service's filter and address families.
+        const a = sandboxed("usbvirt-attach.service", [
+          "attach",
+          `127.0.0.1:${port}`,
+          "1-1",
+          "--check",
+          "--no-reconnect",
+        ]);
+        await a.waitFor(/check passed/, "out");
+        expect(await a.exited, a.err()).toBe(0);
         expect(await ok(["status", "--metrics", `unix:${at("metrics.sock")}`])).toContain("engine up");
         expect(await ok(["ctl", "--control", at("control.sock"), "unbind", "1-2"])).toContain("unbound");
         // UMask=0077 for what usbvirt creates, but the sockets it means to share with its group.
