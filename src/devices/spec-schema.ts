@@ -17,6 +17,11 @@ const Speed = v.pipe(
   v.picklist([2, 3], (i) => `must be 2 (full speed) or 3 (high speed), not ${i.received}`),
   v.description("USB speed: 2 = full, 3 = high"),
 );
+/** The storage is SuperSpeed-capable too (its descriptors have a BOS and endpoint companions). */
+const StorageSpeed = v.pipe(
+  v.picklist([2, 3, 4], (i) => `must be 2 (full), 3 (high) or 4 (super speed), not ${i.received}`),
+  v.description("USB speed: 2 = full, 3 = high, 4 = super"),
+);
 const SerialText = v.pipe(
   v.string(),
   v.minLength(1, "must not be empty"),
@@ -73,7 +78,7 @@ const StorageSpec = v.strictObject({
   name: v.literal("storage"),
   options: v.optional(
     v.strictObject({
-      speed: v.optional(Speed),
+      speed: v.optional(StorageSpeed),
       file: v.optional(
         v.pipe(v.string(), v.minLength(1, "must not be empty"), v.description("back the disk by this file")),
       ),

@@ -18,12 +18,15 @@ import {
   CONFIGURATION_DESCRIPTOR_LENGTH,
   DEVICE_DESCRIPTOR_LENGTH,
   DescriptorType,
+  ENDPOINT_TYPE_MASK,
+  EndpointType,
   getDescriptorSetup,
   LANGID_EN_US,
   requestIsIn,
   type SetupPacket,
   setAddressSetup,
   setConfigurationSetup,
+  streamsOfExponent,
 } from "../usb/index.js";
 import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 import { GuestBufferAllocator, type GuestRange } from "./guest-memory-allocator.js";
@@ -45,6 +48,8 @@ export interface EndpointInfo {
   readonly attributes: number;
   readonly maxPacketSize: number;
   readonly interval: number;
+  /** Bulk streams from its SuperSpeed endpoint companion (2^MaxStreams; 0: none or not SuperSpeed). */
+  readonly maxStreams: number;
 }
 
 export interface InterfaceInfo {
@@ -93,7 +98,16 @@ export function parseConfiguration(bytes: Uint8Array): { value: number; interfac
         attributes: bytes[at + 3]!,
         maxPacketSize: bytes[at + 4]! | (bytes[at + 5]! << 8),
         interval: bytes[at + 6]!,
+        maxStreams: 0,
       });
+    } else if (type === DescriptorType.SS_ENDPOINT_COMPANION && current !== null && len >= 4) {
+      // The companion follows its endpoint (USB 3.2 §9.6.7); for bulk, bits 4..0 are MaxStreams.
+      const last = current.endpoints.at(-1);
+      if (last !== undefined && (last.attributes & ENDPOINT_TYPE_MASK) === EndpointType.BULK)
+        current.endpoints[current.endpoints.length - 1] = {
+          ...last,
+          maxStreams: streamsOfExponent(bytes[at + 3]!),
+        };
     }
     at += len;
   }

@@ -56,6 +56,11 @@ export class RedirDeviceModel {
     };
   }
 
+  /** Endpoint 0's packet size: 512 at SuperSpeed (bMaxPacketSize0 9 means 2^9), 64 below. */
+  get controlMaxPacket(): number {
+    return this.speed === RedirSpeed.SUPER ? 512 : 64;
+  }
+
   /** Whether `value` names one of the device's configurations (0 unconfigures). */
   hasConfiguration(value: number): boolean {
     return value === 0 || this.description.configurations.some((c) => c.value === value);
@@ -128,6 +133,7 @@ export class RedirDeviceModel {
           interval: ep.interval,
           interface: itf.number,
           maxPacketSize: size * mult,
+          maxStreams: ep.maxStreams,
         });
       }
     }

@@ -125,7 +125,7 @@ export class DeviceRequests {
     const changed = value !== this.packets.model.configuration;
     this.packets.model.configure(value);
     if (changed) {
-      s.send(encodeEpInfo(s.negotiated!, this.packets.model.endpoints));
+      s.send(encodeEpInfo(s.negotiated!, this.packets.model.endpoints, this.packets.model.controlMaxPacket));
       s.send(encodeInterfaceInfo(s.negotiated!, this.packets.model.interfaces));
     }
   }
@@ -144,7 +144,7 @@ export class DeviceRequests {
 
   applyAlternate(s: Session, itf: number, alt: number): void {
     this.packets.model.selectAlternate(itf, alt);
-    s.send(encodeEpInfo(s.negotiated!, this.packets.model.endpoints));
+    s.send(encodeEpInfo(s.negotiated!, this.packets.model.endpoints, this.packets.model.controlMaxPacket));
   }
 
   /** The guest reset the port: cancel what is in flight, reset in the engine, keep the configuration. */
@@ -166,6 +166,7 @@ export class DeviceRequests {
       return;
     }
     this.packets.model.configure(configuration);
-    if (alternates && !s.closed) s.send(encodeEpInfo(s.negotiated!, this.packets.model.endpoints));
+    if (alternates && !s.closed)
+      s.send(encodeEpInfo(s.negotiated!, this.packets.model.endpoints, this.packets.model.controlMaxPacket));
   }
 }

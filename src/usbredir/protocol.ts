@@ -538,6 +538,8 @@ export interface EndpointEntry {
   readonly interface: number;
   /** Bytes per (micro)frame: wMaxPacketSize's size times its high-bandwidth multiplier. */
   readonly maxPacketSize: number;
+  /** Bulk streams the endpoint offers (SuperSpeed companion); sent only with cap bulk_streams. */
+  readonly maxStreams: number;
 }
 
 /** The ep_info index of an endpoint address: OUT 0..15, IN 16..31. */
@@ -545,16 +547,23 @@ export function epIndex(address: number): number {
   return endpointIndex(address);
 }
 
-/** ep_info: 32 entries by epIndex; endpoint 0 both ways is control, absent ones invalid. */
-export function encodeEpInfo(n: Negotiated, endpoints: ReadonlyMap<number, EndpointEntry>): Buffer {
+/**
+ * ep_info: 32 entries by epIndex; endpoint 0 both ways is control (64-byte packets; 512 at SuperSpeed),
+ * absent ones invalid.
+ */
+export function encodeEpInfo(
+  n: Negotiated,
+  endpoints: ReadonlyMap<number, EndpointEntry>,
+  controlMaxPacket = 64,
+): Buffer {
   const size = typeHeaderSize(RedirType.EP_INFO, n.caps, "host");
   return packet(n, RedirType.EP_INFO, 0, 0, size, 0, (h) => {
     for (let i = 0; i < 32; i++) h.setUint8(i, RedirEpType.INVALID);
     h.setUint8(0, RedirEpType.CONTROL);
     h.setUint8(16, RedirEpType.CONTROL);
     if (size >= 160) {
-      h.setUint16(96, 64, true);
-      h.setUint16(96 + 32, 64, true);
+      h.setUint16(96, controlMaxPacket, true);
+      h.setUint16(96 + 32, controlMaxPacket, true);
     }
     for (const [address, ep] of endpoints) {
       const i = epIndex(address);
@@ -562,6 +571,7 @@ export function encodeEpInfo(n: Negotiated, endpoints: ReadonlyMap<number, Endpo
       h.setUint8(32 + i, ep.interval);
       h.setUint8(64 + i, ep.interface);
       if (size >= 160) h.setUint16(96 + 2 * i, ep.maxPacketSize, true);
+      if (size >= 288) h.setUint32(160 + 4 * i, ep.maxStreams, true);
     }
   });
 }
@@ -577,6 +587,7 @@ export function decodeEpInfo(h: DataView): Map<number, EndpointEntry> {
       interval: h.getUint8(32 + i),
       interface: h.getUint8(64 + i),
       maxPacketSize: h.byteLength >= 160 ? h.getUint16(96 + 2 * i, true) : 0,
+      maxStreams: h.byteLength >= 288 ? h.getUint32(160 + 4 * i, true) : 0,
     });
   }
   return out;

@@ -690,7 +690,7 @@ export class UsbredirServer extends EventEmitter {
     // The VMM's filter may have arrived while the device was being reset and configured.
     if (s.closed || s.refusedBy !== null) return;
     const n = s.negotiated!;
-    s.send(encodeEpInfo(n, this.model.endpoints));
+    s.send(encodeEpInfo(n, this.model.endpoints, this.model.controlMaxPacket));
     s.send(encodeInterfaceInfo(n, this.model.interfaces));
     s.send(encodeDeviceConnect(n, this.model.connectInfo));
     s.announced = true;

@@ -150,6 +150,130 @@ describe("buildDescriptors", () => {
     expect(() => buildDescriptors(badEp, UsbSpeed.FULL)).toThrow(InvalidOptionError);
   });
 
+  describe("SuperSpeed", () => {
+    const streamsEp = { address: 0x81, type: "bulk", maxStreams: 32, maxBurst: 15 } as const;
+    const ss: DescriptorSpec = {
+      ...spec,
+      superSpeed: true,
+      configurations: [
+        {
+          configurationValue: 1,
+          interfaces: [
+            {
+              interfaceNumber: 0,
+              alternates: [
+                {
+                  alternateSetting: 0,
+                  interfaceClass: 0xff,
+                  interfaceSubClass: 0,
+                  interfaceProtocol: 0,
+                  endpoints: [
+                    streamsEp,
+                    { address: 0x02, type: "bulk" },
+                    { address: 0x83, type: "interrupt", maxPacketSize: 16, intervalMs: 1, maxBurst: 1 },
+                  ],
+                },
+              ],
+            },
+          ],
+        },
+      ],
+    };
+
+    it("at SuperSpeed: bcdUSB 3.0, bMaxPacketSize0 9, 1024-byte bulk, a companion after every endpoint", () => {
+      const d = buildDescriptors(ss, UsbSpeed.SUPER);
+      expect(u16(d.device, 2)).toBe(0x0300);
+      expect(d.device[7]).toBe(9);
+      const set = d.configurations[0]!;
+      const { entries, error } = walkDescriptors(set);
+      expect(error).toBeNull();
+      expect(u16(set, 2)).toBe(set.length);
+      expect(entries.map((e) => e.type)).toEqual([
+        DescriptorType.CONFIGURATION,
+        DescriptorType.INTERFACE,
+        DescriptorType.ENDPOINT,
+        DescriptorType.SS_ENDPOINT_COMPANION,
+        DescriptorType.ENDPOINT,
+        DescriptorType.SS_ENDPOINT_COMPANION,
+        DescriptorType.ENDPOINT,
+        DescriptorType.SS_ENDPOINT_COMPANION,
+      ]);
+      const at = (i: number) => entries[i]!.offset;
+      expect(u16(set, at(2) + 4)).toBe(1024);
+      expect(u16(set, at(4) + 4)).toBe(1024);
+      // Bulk IN: bMaxBurst 15, MaxStreams 2^5 = 32, wBytesPerInterval 0.
+      expect([...set.subarray(at(3), at(3) + 6)]).toEqual([6, 0x30, 15, 5, 0, 0]);
+      expect([...set.subarray(at(5), at(5) + 6)]).toEqual([6, 0x30, 0, 0, 0, 0]);
+      // Interrupt: 16 bytes × (1 + 1) per interval; bInterval as at high speed (2^(4-1) × 125 µs = 1 ms).
+      expect([...set.subarray(at(7), at(7) + 6)]).toEqual([6, 0x30, 1, 0, 32, 0]);
+      expect(set[at(6) + 6]).toBe(4);
+      const eps = d.layout[0]!.interfaces[0]!.alternates[0]!.endpoints;
+      expect(eps.map((e) => e.maxStreams)).toEqual([32, 0, 0]);
+      // §9.6.2: at SuperSpeed there is no other speed to describe.
+      expect(d.deviceQualifier).toBeNull();
+      expect(d.otherSpeedConfigurations).toBeNull();
+    });
+
+    it("has a BOS with USB 2.0 Extension (LPM) and SuperSpeed USB capabilities, at every speed", () => {
+      for (const speed of [UsbSpeed.FULL, UsbSpeed.HIGH, UsbSpeed.SUPER]) {
+        const bos = buildDescriptors(ss, speed).bos!;
+        expect(walkDescriptors(bos).error).toBeNull();
+        expect([...bos.subarray(0, 5)]).toEqual([5, 0x0f, bos.length, 0, 2]);
+        expect([...bos.subarray(5, 12)]).toEqual([7, 0x10, 0x02, 0x02, 0, 0, 0]);
+        // wSpeedsSupported full|high|5 Gb/s (0x000e), lowest full function at full speed.
+        expect([...bos.subarray(12, 22)]).toEqual([10, 0x10, 0x03, 0, 0x0e, 0, 1, 0x0a, 0x20, 0]);
+      }
+      expect(buildDescriptors(spec, UsbSpeed.HIGH).bos).toBeNull();
+    });
+
+    it("below SuperSpeed: bcdUSB 2.1 (it has a BOS), no companions, no streams, qualifier as dual-speed", () => {
+      const d = buildDescriptors(ss, UsbSpeed.HIGH);
+      expect(u16(d.device, 2)).toBe(0x0210);
+      expect(d.device[7]).toBe(64);
+      const types = walkDescriptors(d.configurations[0]!).entries.map((e) => e.type);
+      expect(types).not.toContain(DescriptorType.SS_ENDPOINT_COMPANION);
+      expect(d.layout[0]!.interfaces[0]!.alternates[0]!.endpoints[0]!.maxStreams).toBe(0);
+      expect(u16(d.deviceQualifier!, 2)).toBe(0x0210);
+      expect(u16(d.otherSpeedConfigurations![0]!, 2)).toBe(d.otherSpeedConfigurations![0]!.length);
+    });
+
+    it("refuses SuperSpeed for a device that is not capable, and bad streams or bursts, at build time", () => {
+      expect(() => buildDescriptors(spec, UsbSpeed.SUPER)).toThrow(/not SuperSpeed-capable/);
+      const withEp = (ep: object): DescriptorSpec => ({
+        ...ss,
+        configurations: [
+          {
+            configurationValue: 1,
+            interfaces: [
+              {
+                interfaceNumber: 0,
+                alternates: [
+                  {
+                    alternateSetting: 0,
+                    interfaceClass: 0xff,
+                    interfaceSubClass: 0,
+                    interfaceProtocol: 0,
+                    endpoints: [{ address: 0x81, type: "bulk", ...ep } as never],
+                  },
+                ],
+              },
+            ],
+          },
+        ],
+      });
+      for (const speed of [UsbSpeed.HIGH, UsbSpeed.SUPER]) {
+        expect(() => buildDescriptors(withEp({ maxStreams: 3 }), speed)).toThrow(/power of two/);
+        expect(() => buildDescriptors(withEp({ maxStreams: 1 << 17 }), speed)).toThrow(/power of two/);
+        expect(() => buildDescriptors(withEp({ maxBurst: 16 }), speed)).toThrow(/maxBurst/);
+        expect(() =>
+          buildDescriptors(withEp({ type: "interrupt", maxPacketSize: 8, maxStreams: 4 }), speed),
+        ).toThrow(/only bulk/);
+      }
+      // Config 9 + interface 9 + endpoint 7: the companion's bmAttributes is octet 28 of the set.
+      expect(buildDescriptors(withEp({ maxStreams: 65536 }), UsbSpeed.SUPER).configurations[0]![28]).toBe(16);
+    });
+  });
+
   it("walkDescriptors reports a zero bLength instead of looping", () => {
     expect(walkDescriptors(Uint8Array.from([9, 2, 0, 0, 0, 0, 0, 0, 0, 0, 4])).error).toMatch(/bLength 0/);
   });

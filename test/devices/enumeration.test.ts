@@ -1,6 +1,7 @@
 /**
  * Every emulated device enumerates like a USB 2.0 device (chapter 9): descriptors walked and checked the way
- * a host parses them, at full and high speed, plus the standard requests the shared base answers.
+ * a host parses them, at full and high speed (and SuperSpeed for the storage, USB 3.2 chapter 9), plus the
+ * standard requests the shared base answers.
  */
 import { afterEach, describe, expect, it } from "vitest";
 import type { UsbDevice } from "../../src/devices/device.js";
@@ -22,7 +23,11 @@ const EXPECTED_LENGTH: Record<number, number> = {
   [DescriptorType.INTERFACE]: 9,
   [DescriptorType.ENDPOINT]: 7,
   [DescriptorType.HID]: 9,
+  [DescriptorType.SS_ENDPOINT_COMPANION]: 6,
 };
+
+/** The storage is SuperSpeed-capable (BOS, bcdUSB 2.1 below SuperSpeed); the others are USB 2.0 devices. */
+const SUPER_SPEED_CAPABLE = new Set<EmulatedDeviceName>(["storage"]);
 
 let device: UsbDevice;
 afterEach(async () => {
@@ -42,7 +47,13 @@ function checkConfigurationSet(set: Uint8Array, type: number, speed: UsbSpeed): 
   const interfaces = new Set<number>();
   const strings: number[] = [set[6]!];
   let endpointsLeft = 0;
+  let previousType = 0;
   for (const e of entries) {
+    // At SuperSpeed every endpoint is followed by its companion (USB 3.2 §9.6.7), and nothing else is.
+    if (speed === UsbSpeed.SUPER)
+      expect(e.type === DescriptorType.SS_ENDPOINT_COMPANION).toBe(previousType === DescriptorType.ENDPOINT);
+    else expect(e.type).not.toBe(DescriptorType.SS_ENDPOINT_COMPANION);
+    previousType = e.type;
     const expected = EXPECTED_LENGTH[e.type];
     if (expected !== undefined) expect(e.length, `descriptor type ${e.type}`).toBe(expected);
     if (e.type === DescriptorType.INTERFACE) {
@@ -55,9 +66,10 @@ function checkConfigurationSet(set: Uint8Array, type: number, speed: UsbSpeed): 
       endpointsLeft--;
       const attributes = set[e.offset + 3]! & 3;
       const mps = u16(set, e.offset + 4) & 0x7ff;
-      if (attributes === 2) expect(mps).toBe(speed === UsbSpeed.HIGH ? 512 : 64);
-      if (attributes === 3) expect(mps).toBeLessThanOrEqual(speed === UsbSpeed.HIGH ? 1024 : 64);
-      if (attributes === 1) expect(mps).toBeLessThanOrEqual(speed === UsbSpeed.HIGH ? 1024 : 1023);
+      const fast = speed !== UsbSpeed.FULL;
+      if (attributes === 2) expect(mps).toBe({ 2: 64, 3: 512, 4: 1024 }[speed as 2 | 3 | 4]);
+      if (attributes === 3) expect(mps).toBeLessThanOrEqual(fast ? 1024 : 64);
+      if (attributes === 1) expect(mps).toBeLessThanOrEqual(fast ? 1024 : 1023);
       if (attributes !== 2) expect(set[e.offset + 6]).toBeGreaterThan(0);
     }
   }
@@ -67,50 +79,56 @@ function checkConfigurationSet(set: Uint8Array, type: number, speed: UsbSpeed): 
 }
 
 describe.each(EMULATED_DEVICES.map((d) => d.name))("%s enumerates", (name) => {
-  it.each([UsbSpeed.FULL, UsbSpeed.HIGH])(
-    "at speed %i: device, configurations and strings",
-    async (speed) => {
-      device = make(name, speed);
-      await device.open();
-      expect(device.info.speed).toBe(speed);
-      // Linux first reads 8 (or 64) bytes of the device descriptor at address 0.
-      const head = await getDescriptor(device, DescriptorType.DEVICE, 0, 8);
-      expect(head.result).toMatchObject({ status: OK, actualLength: 8 });
-      expect(head.data[7]).toBe(64);
-      const dd = (await getDescriptor(device, DescriptorType.DEVICE, 0, 64)).data;
-      expect(dd.length).toBe(18);
-      expect([dd[0], dd[1], u16(dd, 2)]).toEqual([18, 1, 0x0200]);
-      expect(u16(dd, 8)).toBe(0x1209);
-      expect(dd).toEqual(device.info.deviceDescriptor);
+  const superCapable = SUPER_SPEED_CAPABLE.has(name);
+  const speeds = superCapable
+    ? [UsbSpeed.FULL, UsbSpeed.HIGH, UsbSpeed.SUPER]
+    : [UsbSpeed.FULL, UsbSpeed.HIGH];
+  it.each(speeds)("at speed %i: device, configurations and strings", async (speed) => {
+    device = make(name, speed);
+    await device.open();
+    expect(device.info.speed).toBe(speed);
+    // Linux first reads 8 (or 64) bytes of the device descriptor at address 0.
+    const head = await getDescriptor(device, DescriptorType.DEVICE, 0, 8);
+    expect(head.result).toMatchObject({ status: OK, actualLength: 8 });
+    // At SuperSpeed bMaxPacketSize0 is the exponent 9 (512 bytes).
+    expect(head.data[7]).toBe(speed === UsbSpeed.SUPER ? 9 : 64);
+    const dd = (await getDescriptor(device, DescriptorType.DEVICE, 0, 64)).data;
+    expect(dd.length).toBe(18);
+    const bcdUsb = speed === UsbSpeed.SUPER ? 0x0300 : superCapable ? 0x0210 : 0x0200;
+    expect([dd[0], dd[1], u16(dd, 2)]).toEqual([18, 1, bcdUsb]);
+    // bcdUSB 2.1 and up promises a BOS (Linux reads it for those); a USB 2.0 device stalls the request.
+    const bos = await getDescriptor(device, DescriptorType.BOS, 0, 255);
+    if (superCapable) {
+      expect(bos.result.status).toBe(OK);
+      expect(walkDescriptors(bos.data).error).toBeNull();
+      expect(u16(bos.data, 2)).toBe(bos.data.length);
+    } else expect(bos.result.status).toBe(EPIPE);
+    expect(u16(dd, 8)).toBe(0x1209);
+    expect(dd).toEqual(device.info.deviceDescriptor);
 
-      const strings = [dd[14]!, dd[15]!, dd[16]!].filter((s) => s !== 0);
-      for (let i = 0; i < dd[17]!; i++) {
-        const head9 = await getDescriptor(device, DescriptorType.CONFIGURATION, i, 9);
-        const total = u16(head9.data, 2);
-        const full = await getDescriptor(device, DescriptorType.CONFIGURATION, i, total);
-        expect(full.data.length).toBe(total);
-        expect(full.data).toEqual(device.info.configurations[i]);
-        strings.push(...checkConfigurationSet(full.data, DescriptorType.CONFIGURATION, speed));
-      }
-      expect((await getDescriptor(device, DescriptorType.CONFIGURATION, dd[17]!, 9)).result.status).toBe(
-        EPIPE,
-      );
+    const strings = [dd[14]!, dd[15]!, dd[16]!].filter((s) => s !== 0);
+    for (let i = 0; i < dd[17]!; i++) {
+      const head9 = await getDescriptor(device, DescriptorType.CONFIGURATION, i, 9);
+      const total = u16(head9.data, 2);
+      const full = await getDescriptor(device, DescriptorType.CONFIGURATION, i, total);
+      expect(full.data.length).toBe(total);
+      expect(full.data).toEqual(device.info.configurations[i]);
+      strings.push(...checkConfigurationSet(full.data, DescriptorType.CONFIGURATION, speed));
+    }
+    expect((await getDescriptor(device, DescriptorType.CONFIGURATION, dd[17]!, 9)).result.status).toBe(EPIPE);
 
-      const langids = await getDescriptor(device, DescriptorType.STRING, 0, 255);
-      expect([...langids.data]).toEqual([4, 3, 0x09, 0x04]);
-      for (const index of strings) {
-        const s = await getDescriptor(device, DescriptorType.STRING, index, 255, 0x0409);
-        expect(s.result.status).toBe(OK);
-        expect(decodeStringDescriptor(s.data)?.length).toBeGreaterThan(0);
-        // wLength truncation: a host reading 2 bytes first gets bLength and the type.
-        const two = await getDescriptor(device, DescriptorType.STRING, index, 2, 0x0409);
-        expect([two.data[0], two.data[1]]).toEqual([s.data.length, 3]);
-      }
-      expect((await getDescriptor(device, DescriptorType.STRING, 200, 255, 0x0409)).result.status).toBe(
-        EPIPE,
-      );
-    },
-  );
+    const langids = await getDescriptor(device, DescriptorType.STRING, 0, 255);
+    expect([...langids.data]).toEqual([4, 3, 0x09, 0x04]);
+    for (const index of strings) {
+      const s = await getDescriptor(device, DescriptorType.STRING, index, 255, 0x0409);
+      expect(s.result.status).toBe(OK);
+      expect(decodeStringDescriptor(s.data)?.length).toBeGreaterThan(0);
+      // wLength truncation: a host reading 2 bytes first gets bLength and the type.
+      const two = await getDescriptor(device, DescriptorType.STRING, index, 2, 0x0409);
+      expect([two.data[0], two.data[1]]).toEqual([s.data.length, 3]);
+    }
+    expect((await getDescriptor(device, DescriptorType.STRING, 200, 255, 0x0409)).result.status).toBe(EPIPE);
+  });
 
   it("answers device_qualifier and other_speed_configuration when it is dual-speed", async () => {
     device = make(name, UsbSpeed.HIGH);
@@ -185,4 +203,11 @@ describe("registry", () => {
     expect(speeds.map((d) => d.info.speed)).toEqual([UsbSpeed.HIGH, UsbSpeed.FULL, UsbSpeed.HIGH]);
     for (const d of speeds) await d.close();
   });
+});
+
+it("the storage at SuperSpeed stalls device_qualifier and other_speed_configuration at SuperSpeed", async () => {
+  device = make("storage", UsbSpeed.SUPER);
+  expect((await getDescriptor(device, DescriptorType.DEVICE_QUALIFIER, 0, 10)).result.status).toBe(EPIPE);
+  const other = await getDescriptor(device, DescriptorType.OTHER_SPEED_CONFIGURATION, 0, 9);
+  expect(other.result.status).toBe(EPIPE);
 });

@@ -67,6 +67,25 @@ describe("device list and import", () => {
 
 const UsbSpeed = UsbipSpeed;
 
+describe("a SuperSpeed device over USB/IP", () => {
+  it("has record speed 5 (USB_SPEED_SUPER, so vhci-hcd puts it on a SuperSpeed port) and 1024-byte bulk", async () => {
+    const ss = await startServer({
+      devices: [{ kind: "emulated", name: "storage", options: { sizeBytes: 1024 * 1024, speed: 4 } }],
+    });
+    try {
+      const c = await ss.connect();
+      const [disk] = await c.devlist();
+      c.close();
+      expect(disk).toMatchObject({ idProduct: 0x0003, speed: UsbSpeed.SUPER });
+      const imported = await ss.imported(disk!.busid);
+      const d = await enumerate(imported);
+      expect(d.interfaces[0]!.endpoints.map((e) => e.maxPacketSize)).toEqual([1024, 1024]);
+    } finally {
+      await ss.close();
+    }
+  });
+});
+
 describe("loopback over USB/IP", () => {
   it("enumerates, echoes bulk data, and answers vendor control requests", async () => {
     const c = await t.imported("1-1");

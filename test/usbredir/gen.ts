@@ -165,7 +165,9 @@ export function encodeHostOps(ops: readonly HostOp[], n: Negotiated = NEGOTIATED
   const out: Uint8Array[] = [
     encodeEpInfo(
       n,
-      new Map([[0x81, { type: RedirEpType.BULK, interval: 0, interface: 0, maxPacketSize: 512 }]]),
+      new Map([
+        [0x81, { type: RedirEpType.BULK, interval: 0, interface: 0, maxPacketSize: 512, maxStreams: 0 }],
+      ]),
     ),
     encodeInterfaceInfo(n, [{ number: 0, cls: 0xff, subclass: 0, protocol: 0 }]),
     encodeDeviceConnect(n, {

@@ -3,6 +3,9 @@
  * QEMU expects, then every kind of packet through the engine to the emulated devices.
  */
 import { afterEach, describe, expect, it } from "vitest";
+import { walkDescriptors } from "../../src/devices/emulated/descriptors.js";
+import { decodeCsw, encodeCbw } from "../../src/devices/emulated/mass-storage/index.js";
+import { UsbSpeed } from "../../src/usb/index.js";
 import {
   encodeFilter,
   RedirEpType,
@@ -45,6 +48,39 @@ describe("usbredir server: connect sequence", () => {
     expect(r.length).toBe(18);
     expect(r.data[0]).toBe(18);
     expect(r.data[8]! | (r.data[9]! << 8)).toBe(0x1209);
+  });
+});
+
+describe("usbredir server: a SuperSpeed device", () => {
+  it("connects at speed super with 1024-byte bulk endpoints, serves its BOS and companions, and moves BOT data", async () => {
+    t = await startRedirServer({
+      kind: "emulated",
+      name: "storage",
+      options: { sizeBytes: 1024 * 1024, speed: UsbSpeed.SUPER },
+    });
+    const c = await t.connect();
+    // QEMU attaches a device_connect speed super to the xHCI's USB 3 port.
+    expect(c.device).toMatchObject({ vendorId: 0x1209, productId: 0x0003, speed: RedirSpeed.SUPER });
+    expect(c.endpoints.get(0x81)).toMatchObject({ type: RedirEpType.BULK, maxPacketSize: 1024 });
+    expect(c.endpoints.get(0x02)).toMatchObject({ type: RedirEpType.BULK, maxPacketSize: 1024 });
+    const dev = await c.control({ requestType: 0x80, request: 6, value: 0x0100, index: 0, length: 18 });
+    expect([dev.data[2]! | (dev.data[3]! << 8), dev.data[7]]).toEqual([0x0300, 9]);
+    const bos = await c.control({ requestType: 0x80, request: 6, value: 0x0f00, index: 0, length: 255 });
+    expect(bos.status).toBe(RedirStatus.SUCCESS);
+    expect([bos.data[0], bos.data[1], bos.data[2], bos.data[4]]).toEqual([5, 0x0f, bos.length, 2]);
+    const config = await c.control({ requestType: 0x80, request: 6, value: 0x0200, index: 0, length: 255 });
+    const companions = walkDescriptors(config.data).entries.filter((e) => e.type === 0x30);
+    expect(companions.length).toBe(2);
+    const set = await c.request(RedirType.SET_CONFIGURATION, [1], RedirType.CONFIGURATION_STATUS);
+    expect(set.status).toBe(RedirStatus.SUCCESS);
+    // INQUIRY over Bulk-Only at SuperSpeed: CBW out, 36 bytes in, CSW in.
+    const cbw = encodeCbw({ tag: 7, dataTransferLength: 36, directionIn: true, cb: [0x12, 0, 0, 0, 36, 0] });
+    expect((await c.bulk(0x02, cbw).reply).status).toBe(RedirStatus.SUCCESS);
+    const inquiry = await c.bulk(0x81, 36).reply;
+    expect(inquiry.status).toBe(RedirStatus.SUCCESS);
+    expect(Buffer.from(inquiry.data.subarray(8, 15)).toString()).toBe("USBVIRT");
+    const csw = decodeCsw((await c.bulk(0x81, 13).reply).data);
+    expect(csw).toMatchObject({ tag: 7, residue: 0, status: 0 });
   });
 });
 

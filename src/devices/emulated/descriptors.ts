@@ -1,7 +1,11 @@
 /**
  * Typed USB descriptor builder for the emulated devices (USB 2.0 §9.6: device §9.6.1, device_qualifier
  * §9.6.2, configuration §9.6.3, other_speed_configuration §9.6.4, interface §9.6.5, endpoint §9.6.6,
- * string §9.6.7; HID 1.11 §6.2.1 for the HID class descriptor).
+ * string §9.6.7; HID 1.11 §6.2.1 for the HID class descriptor) and, for a SuperSpeed-capable device, USB 3.2
+ * chapter 9: BOS with its USB 2.0 Extension and SuperSpeed USB device capabilities (§9.6.2), the SuperSpeed
+ * endpoint companion after every endpoint at SuperSpeed (§9.6.7), bMaxPacketSize0 9 (2^9 = 512) and 1024-byte
+ * bulk packets at SuperSpeed (§9.6.6), and no device_qualifier / other_speed_configuration at SuperSpeed
+ * (§9.6.2: a request error there).
  *
  * A device is described once, speed-independently (`DescriptorSpec`); `buildDescriptors(spec, speed)` turns
  * it into the exact bytes a host reads at that speed (endpoint packet sizes and bInterval encodings
@@ -13,14 +17,18 @@
  * Every spec value is checked when the descriptors are built (InvalidOptionError), never at request time.
  */
 import {
+  BOS_DESCRIPTOR_LENGTH,
   CONFIGURATION_DESCRIPTOR_LENGTH,
   DEVICE_DESCRIPTOR_LENGTH,
   DEVICE_QUALIFIER_LENGTH,
   DescriptorType,
+  DeviceCapabilityType,
   ENDPOINT_DESCRIPTOR_LENGTH,
   ENDPOINT_DIR_IN,
   ENDPOINT_NUMBER_MASK,
   INTERFACE_DESCRIPTOR_LENGTH,
+  MAX_STREAMS_EXPONENT,
+  SS_ENDPOINT_COMPANION_LENGTH,
   UsbSpeed,
 } from "../../usb/index.js";
 import { InvalidOptionError } from "../../util/errors.js";
@@ -31,12 +39,33 @@ export const MAX_DESCRIPTOR_LENGTH = 255;
 /** wTotalLength is 16 bits. */
 export const MAX_TOTAL_LENGTH = 0xffff;
 
-/** USB 2.0 (bcdUSB 0x0200): every emulated device is a USB 2.0 device. */
+/** USB 2.0 (bcdUSB 0x0200): a device that is not SuperSpeed-capable. */
 export const BCD_USB_2_0 = 0x0200;
+/** A SuperSpeed-capable device below SuperSpeed says 2.1: it has a BOS descriptor (USB 3.2 §9.6.1). */
+export const BCD_USB_2_1 = 0x0210;
+/** A device running at SuperSpeed (Gen 1, 5 Gb/s). */
+export const BCD_USB_3_0 = 0x0300;
 /** LANGID for US English, the only language the emulated devices speak (USB LANGID table). */
 export const LANGID_EN_US = 0x0409;
 /** bMaxPacketSize0: 64 is valid at full and high speed (§9.6.1; high speed requires 64). */
 export const EP0_MAX_PACKET_SIZE = 64;
+/** At SuperSpeed bMaxPacketSize0 is an exponent: 9 means 512 bytes (USB 3.2 §9.6.1). */
+export const SUPER_SPEED_EP0_EXPONENT = 9;
+/** SuperSpeed bulk packets are 1024 bytes (USB 3.2 §9.6.6); periodic ones at most 1024 per burst packet. */
+export const SUPER_SPEED_BULK_MAX_PACKET = 1024;
+const SUPER_SPEED_PERIODIC_MAX = 1024;
+/** bMaxBurst 0..15: packets per burst minus one (§9.6.7). */
+const MAX_BURST = 15;
+/** USB 2.0 Extension bmAttributes bit 1: Link Power Management, required of a SuperSpeed device at HS. */
+const USB2_EXT_LPM = 0x02;
+/** SuperSpeed USB device capability: wSpeedsSupported full | high | 5 Gb/s; lowest full function: full. */
+const SS_SPEEDS_SUPPORTED = 0x000e;
+const SS_FUNCTIONALITY_SUPPORT = 1;
+/** Exit latencies the capability must state; a virtual link has none worth waiting for. */
+const SS_U1_EXIT_LATENCY_US = 0x0a;
+const SS_U2_EXIT_LATENCY_US = 0x0020;
+const USB2_EXTENSION_LENGTH = 7;
+const SS_DEVICE_CAPABILITY_LENGTH = 10;
 
 /** bmAttributes of a configuration (§9.6.3): bit 7 is reserved and must be set. */
 const CONFIG_ATTR_RESERVED_ONE = 0x80;
@@ -75,9 +104,16 @@ export interface EndpointSpec {
    * Largest packet payload. Bulk defaults to 64 (full) / 512 (high); interrupt and isochronous must say,
    * either one value for both speeds or one per speed.
    */
-  readonly maxPacketSize?: number | { readonly full: number; readonly high: number };
+  readonly maxPacketSize?: number | { readonly full: number; readonly high: number; readonly super?: number };
   /** Interrupt and isochronous: polling period in milliseconds (rounded down to what the speed encodes). */
   readonly intervalMs?: number;
+  /** SuperSpeed: packets per burst minus one, 0..15 (the companion's bMaxBurst). Default 0. */
+  readonly maxBurst?: number;
+  /**
+   * Bulk at SuperSpeed: the streams the endpoint offers, a power of two 2..65536 (the companion's
+   * MaxStreams exponent). Default none. Below SuperSpeed an endpoint has no streams.
+   */
+  readonly maxStreams?: number;
 }
 
 export interface AlternateSettingSpec {
@@ -126,6 +162,11 @@ export interface DescriptorSpec {
    * device_qualifier and other_speed_configuration; a single-speed device stalls them (§9.6.2).
    */
   readonly dualSpeed: boolean;
+  /**
+   * Whether the device also runs at SuperSpeed: it then has a BOS descriptor at every speed (bcdUSB 2.1
+   * below SuperSpeed, 3.0 at it) and may be built at UsbSpeed.SUPER.
+   */
+  readonly superSpeed?: boolean;
   readonly configurations: readonly ConfigurationSpec[];
 }
 
@@ -136,6 +177,8 @@ export interface EndpointLayout {
   readonly maxPacketSize: number;
   /** Interrupt and iso: the period the encoded bInterval means at this speed, in milliseconds (fractions at HS). */
   readonly intervalMs: number;
+  /** Bulk streams the endpoint offers at this speed (0: none; only SuperSpeed bulk has them). */
+  readonly maxStreams: number;
   readonly interfaceNumber: number;
   readonly alternateSetting: number;
 }
@@ -165,6 +208,8 @@ export interface DeviceDescriptors {
   /** The same sets as they would be at the other speed, with bDescriptorType 7; null when single-speed. */
   readonly otherSpeedConfigurations: readonly Uint8Array[] | null;
   readonly deviceQualifier: Uint8Array | null;
+  /** The BOS descriptor set (header and capabilities) of a SuperSpeed-capable device; null otherwise. */
+  readonly bos: Uint8Array | null;
   /** String descriptors by index; index 0 is the LANGID list. */
   readonly strings: ReadonlyMap<number, Uint8Array>;
   readonly layout: readonly ConfigurationLayout[];
@@ -287,25 +332,44 @@ function resolveEndpoint(
   ep: EndpointSpec,
   speed: UsbSpeed,
 ): { maxPacketSize: number; bInterval: number; intervalMs: number } {
-  const high = speed === UsbSpeed.HIGH;
+  const superSpeed = speed === UsbSpeed.SUPER;
+  // SuperSpeed encodes bInterval as high speed does (2^(bInterval-1) × 125 µs, USB 3.2 §9.6.6).
+  const high = speed === UsbSpeed.HIGH || superSpeed;
   const num = ep.address & ENDPOINT_NUMBER_MASK;
   if ((ep.address & ~(ENDPOINT_DIR_IN | ENDPOINT_NUMBER_MASK)) !== 0 || num === 0)
     fail(`endpoint address 0x${ep.address.toString(16)} is not 0x01..0x0f or 0x81..0x8f`);
   const given = ep.maxPacketSize;
   let size =
-    typeof given === "number" ? given : given === undefined ? undefined : high ? given.high : given.full;
+    typeof given === "number"
+      ? given
+      : given === undefined
+        ? undefined
+        : superSpeed
+          ? (given.super ?? given.high)
+          : high
+            ? given.high
+            : given.full;
   if (ep.type === "bulk") {
-    size ??= high ? HIGH_SPEED_BULK_MAX_PACKET : FULL_SPEED_BULK_MAX_PACKET;
-    const ok = high ? size === HIGH_SPEED_BULK_MAX_PACKET : FULL_SPEED_BULK_SIZES.includes(size);
+    const standard = superSpeed
+      ? SUPER_SPEED_BULK_MAX_PACKET
+      : high
+        ? HIGH_SPEED_BULK_MAX_PACKET
+        : FULL_SPEED_BULK_MAX_PACKET;
+    // A size given for one speed (e.g. 512) does not bind another: SuperSpeed bulk is always 1024.
+    if (superSpeed && typeof given !== "object") size = standard;
+    size ??= standard;
+    const ok = high ? size === standard : FULL_SPEED_BULK_SIZES.includes(size);
     if (!ok) fail(`bulk endpoint 0x${ep.address.toString(16)}: max packet ${size} not allowed at this speed`);
     return { maxPacketSize: size, bInterval: 0, intervalMs: 0 };
   }
   if (size === undefined) fail(`${ep.type} endpoint 0x${ep.address.toString(16)} needs maxPacketSize`);
-  const limit = high
-    ? HIGH_SPEED_PERIODIC_MAX
-    : ep.type === "interrupt"
-      ? FULL_SPEED_INTERRUPT_MAX
-      : FULL_SPEED_ISO_MAX;
+  const limit = superSpeed
+    ? SUPER_SPEED_PERIODIC_MAX
+    : high
+      ? HIGH_SPEED_PERIODIC_MAX
+      : ep.type === "interrupt"
+        ? FULL_SPEED_INTERRUPT_MAX
+        : FULL_SPEED_ISO_MAX;
   if (!Number.isInteger(size) || size < 1 || size > limit)
     fail(`${ep.type} endpoint 0x${ep.address.toString(16)}: max packet ${size} outside 1..${limit}`);
   const ms = ep.intervalMs ?? 1;
@@ -337,6 +401,62 @@ function endpointDescriptor(ep: EndpointSpec, maxPacketSize: number, bInterval: 
   bytes[3] = EndpointTransferType[ep.type];
   putU16(bytes, 4, maxPacketSize);
   bytes[6] = bInterval;
+  return bytes;
+}
+
+/** Streams and burst of an endpoint, checked once whatever the speed (a bad spec fails at every speed). */
+function resolveSuperSpeed(ep: EndpointSpec): { maxBurst: number; streamsExponent: number } {
+  const where = `endpoint 0x${ep.address.toString(16)}`;
+  const maxBurst = ep.maxBurst ?? 0;
+  if (!Number.isInteger(maxBurst) || maxBurst < 0 || maxBurst > MAX_BURST)
+    fail(`${where}: maxBurst must be 0..${MAX_BURST}, got ${maxBurst}`);
+  const streams = ep.maxStreams ?? 0;
+  if (streams === 0) return { maxBurst, streamsExponent: 0 };
+  if (ep.type !== "bulk") fail(`${where}: only bulk endpoints have streams`);
+  const exponent = Math.log2(streams);
+  if (!Number.isInteger(exponent) || exponent < 1 || exponent > MAX_STREAMS_EXPONENT)
+    fail(`${where}: maxStreams must be a power of two 2..${2 ** MAX_STREAMS_EXPONENT}, got ${streams}`);
+  return { maxBurst, streamsExponent: exponent };
+}
+
+/** SuperSpeed endpoint companion (USB 3.2 §9.6.7), placed right after its endpoint descriptor. */
+function companionDescriptor(
+  ep: EndpointSpec,
+  maxPacketSize: number,
+  ss: { maxBurst: number; streamsExponent: number },
+): Uint8Array {
+  const bytes = new Uint8Array(SS_ENDPOINT_COMPANION_LENGTH);
+  bytes[0] = SS_ENDPOINT_COMPANION_LENGTH;
+  bytes[1] = DescriptorType.SS_ENDPOINT_COMPANION;
+  bytes[2] = ss.maxBurst;
+  // Bulk: bits 4..0 MaxStreams; iso: bits 1..0 Mult (0, one burst per interval); interrupt: 0.
+  bytes[3] = ep.type === "bulk" ? ss.streamsExponent : 0;
+  // wBytesPerInterval: what a periodic endpoint moves per service interval; 0 for bulk.
+  putU16(bytes, 4, ep.type === "bulk" ? 0 : maxPacketSize * (ss.maxBurst + 1));
+  return bytes;
+}
+
+/** BOS (USB 3.2 §9.6.2): USB 2.0 Extension and SuperSpeed USB device capabilities. */
+function bosDescriptor(): Uint8Array {
+  const bytes = new Uint8Array(BOS_DESCRIPTOR_LENGTH + USB2_EXTENSION_LENGTH + SS_DEVICE_CAPABILITY_LENGTH);
+  bytes[0] = BOS_DESCRIPTOR_LENGTH;
+  bytes[1] = DescriptorType.BOS;
+  putU16(bytes, 2, bytes.length);
+  bytes[4] = 2; // bNumDeviceCaps
+  let at = BOS_DESCRIPTOR_LENGTH;
+  bytes[at] = USB2_EXTENSION_LENGTH;
+  bytes[at + 1] = DescriptorType.DEVICE_CAPABILITY;
+  bytes[at + 2] = DeviceCapabilityType.USB_2_0_EXTENSION;
+  bytes[at + 3] = USB2_EXT_LPM; // bmAttributes, u32 (upper bytes 0)
+  at += USB2_EXTENSION_LENGTH;
+  bytes[at] = SS_DEVICE_CAPABILITY_LENGTH;
+  bytes[at + 1] = DescriptorType.DEVICE_CAPABILITY;
+  bytes[at + 2] = DeviceCapabilityType.SUPERSPEED_USB;
+  bytes[at + 3] = 0; // bmAttributes: no Latency Tolerance Messages
+  putU16(bytes, at + 4, SS_SPEEDS_SUPPORTED);
+  bytes[at + 6] = SS_FUNCTIONALITY_SUPPORT;
+  bytes[at + 7] = SS_U1_EXIT_LATENCY_US;
+  putU16(bytes, at + 8, SS_U2_EXIT_LATENCY_US);
   return bytes;
 }
 
@@ -393,12 +513,15 @@ function buildConfiguration(
         if (endpoints.some((e) => e.address === ep.address))
           fail(`endpoint 0x${ep.address.toString(16)} listed twice in one alternate setting`);
         const r = resolveEndpoint(ep, speed);
+        const ss = resolveSuperSpeed(ep);
         parts.push(endpointDescriptor(ep, r.maxPacketSize, r.bInterval));
+        if (speed === UsbSpeed.SUPER) parts.push(companionDescriptor(ep, r.maxPacketSize, ss));
         endpoints.push({
           address: ep.address,
           type: ep.type,
           maxPacketSize: r.maxPacketSize,
           intervalMs: r.intervalMs,
+          maxStreams: speed === UsbSpeed.SUPER && ss.streamsExponent > 0 ? 2 ** ss.streamsExponent : 0,
           interfaceNumber: iface.interfaceNumber,
           alternateSetting: alt.alternateSetting,
         });
@@ -434,9 +557,14 @@ function buildConfiguration(
   };
 }
 
-/** Build every descriptor of `spec` as the device presents itself at `speed` (FULL or HIGH). */
+/** Build every descriptor of `spec` as the device presents itself at `speed` (FULL, HIGH or SUPER). */
 export function buildDescriptors(spec: DescriptorSpec, speed: UsbSpeed): DeviceDescriptors {
-  if (speed !== UsbSpeed.FULL && speed !== UsbSpeed.HIGH) fail(`speed ${speed}: only full and high speed`);
+  const superCapable = spec.superSpeed ?? false;
+  if (speed === UsbSpeed.SUPER && !superCapable) fail("speed super: the device is not SuperSpeed-capable");
+  if (speed !== UsbSpeed.FULL && speed !== UsbSpeed.HIGH && speed !== UsbSpeed.SUPER)
+    fail(`speed ${speed}: only full, high and super speed`);
+  const superSpeed = speed === UsbSpeed.SUPER;
+  const bcdUsb = superSpeed ? BCD_USB_3_0 : superCapable ? BCD_USB_2_1 : BCD_USB_2_0;
   if (spec.configurations.length === 0) fail("a device needs at least one configuration");
   const values = new Set(spec.configurations.map((c) => c.configurationValue));
   if (values.size !== spec.configurations.length) fail("duplicate bConfigurationValue");
@@ -445,11 +573,11 @@ export function buildDescriptors(spec: DescriptorSpec, speed: UsbSpeed): DeviceD
   const device = new Uint8Array(DEVICE_DESCRIPTOR_LENGTH);
   device[0] = DEVICE_DESCRIPTOR_LENGTH;
   device[1] = DescriptorType.DEVICE;
-  putU16(device, 2, BCD_USB_2_0);
+  putU16(device, 2, bcdUsb);
   device[4] = checkByte("bDeviceClass", spec.deviceClass);
   device[5] = checkByte("bDeviceSubClass", spec.deviceSubClass);
   device[6] = checkByte("bDeviceProtocol", spec.deviceProtocol);
-  device[7] = EP0_MAX_PACKET_SIZE;
+  device[7] = superSpeed ? SUPER_SPEED_EP0_EXPONENT : EP0_MAX_PACKET_SIZE;
   putU16(device, 8, checkWord("idVendor", spec.vendorId));
   putU16(device, 10, checkWord("idProduct", spec.productId));
   putU16(device, 12, checkWord("bcdDevice", spec.bcdDevice));
@@ -463,7 +591,8 @@ export function buildDescriptors(spec: DescriptorSpec, speed: UsbSpeed): DeviceD
   );
   let otherSpeedConfigurations: Uint8Array[] | null = null;
   let deviceQualifier: Uint8Array | null = null;
-  if (spec.dualSpeed) {
+  // §9.6.2: a device running at SuperSpeed has no "other speed" to describe.
+  if (spec.dualSpeed && !superSpeed) {
     const other = otherSpeed(speed);
     otherSpeedConfigurations = spec.configurations.map(
       (c) => buildConfiguration(c, other, DescriptorType.OTHER_SPEED_CONFIGURATION, strings).bytes,
@@ -472,7 +601,7 @@ export function buildDescriptors(spec: DescriptorSpec, speed: UsbSpeed): DeviceD
     deviceQualifier = new Uint8Array(DEVICE_QUALIFIER_LENGTH);
     deviceQualifier[0] = DEVICE_QUALIFIER_LENGTH;
     deviceQualifier[1] = DescriptorType.DEVICE_QUALIFIER;
-    putU16(deviceQualifier, 2, BCD_USB_2_0);
+    putU16(deviceQualifier, 2, bcdUsb);
     deviceQualifier[4] = spec.deviceClass;
     deviceQualifier[5] = spec.deviceSubClass;
     deviceQualifier[6] = spec.deviceProtocol;
@@ -486,6 +615,7 @@ export function buildDescriptors(spec: DescriptorSpec, speed: UsbSpeed): DeviceD
     configurations: built.map((b) => b.bytes),
     otherSpeedConfigurations,
     deviceQualifier,
+    bos: superCapable ? bosDescriptor() : null,
     strings: strings.byIndex,
     layout: built.map((b) => b.layout),
   };

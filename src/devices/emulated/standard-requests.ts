@@ -1,7 +1,7 @@
 /**
  * The chapter-9 standard requests an emulated device answers on endpoint 0 (USB 2.0 §9.4), served from
  * its built descriptors and its endpoint state: GET_DESCRIPTOR of every type (device, configuration,
- * string, device_qualifier, other_speed_configuration; interface-level ones through the device class),
+ * string, device_qualifier, other_speed_configuration, BOS; interface-level ones through the device class),
  * GET_STATUS (§9.4.5), GET_CONFIGURATION (§9.4.2), GET_INTERFACE (§9.4.4),
  * SET_FEATURE / CLEAR_FEATURE (§9.4.1, §9.4.9). A request error is a STALL: -EPIPE (§9.2.7).
  * SET_CONFIGURATION and SET_INTERFACE change the device's transfers too and stay with the device base.
@@ -88,6 +88,8 @@ function deviceDescriptor(setup: SetupPacket, d: DeviceDescriptors): ControlRepl
       return d.deviceQualifier ?? EPIPE;
     case DescriptorType.OTHER_SPEED_CONFIGURATION:
       return d.otherSpeedConfigurations?.[index] ?? EPIPE;
+    case DescriptorType.BOS:
+      return d.bos ?? EPIPE;
     default:
       return EPIPE;
   }

@@ -74,7 +74,7 @@ export const DEFAULT_STORAGE_SERIAL = "5553425649520001";
 const MAX_PUMP_STEPS = 64;
 
 export interface MassStorageOptions {
-  /** Default high. */
+  /** Full, high or super; default high. The device is SuperSpeed-capable at every speed (it has a BOS). */
   readonly speed?: UsbSpeed;
   /** The backing store; default a zero-filled memory store of `sizeBytes`. */
   readonly store?: BlockStore;
@@ -125,6 +125,7 @@ function storageSpec(serialNumber: string): DescriptorSpec {
     product: "usbvirt mass storage",
     serialNumber,
     dualSpeed: true,
+    superSpeed: true,
     configurations: [
       {
         configurationValue: 1,
