@@ -89,6 +89,7 @@ export const grantSuite = {
       encodeRequest(
         {
           kind: "bulk",
+          streamId: 0,
           id: 7 as UrbId,
           port: 1 as PortNum,
           device: DEFAULT_DEV_ADDR,

@@ -263,6 +263,7 @@ function pendingIn(): TransferRequest {
       { offset: 0, length: AUDIO_PACKET },
       { offset: AUDIO_PACKET, length: AUDIO_PACKET },
     ],
+    streamId: 0,
   };
 }
 

@@ -67,6 +67,7 @@ export function submitToDevice(device: UsbDevice, urb: PeerUrb): Promise<PeerRes
     zeroPacket: false,
     interval: 0,
     isoPackets: null,
+    streamId: 0,
   };
   return new Promise((resolve) => {
     device.submit(request, (r) =>

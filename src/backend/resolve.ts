@@ -123,6 +123,7 @@ export class ResolvedTransfer implements PortSubmit {
   isoRegion = 0;
   isoOffset = 0;
   startFrame = 0;
+  streamId = 0;
   /** Grants pinned for this transfer; the backend swaps this array into its in-flight record. */
   pins: GrantRef[] = [];
 }
@@ -215,6 +216,7 @@ export class RequestGate {
     t.isoRegion = 0;
     t.isoOffset = 0;
     t.startFrame = 0;
+    t.streamId = req.kind === "bulk" ? req.streamId : 0;
     const pins = t.pins;
     if (pins.length !== 0) pins.length = 0;
 

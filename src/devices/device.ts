@@ -64,6 +64,8 @@ export interface TransferRequest {
   readonly interval: number;
   /** Isochronous only: the packets, in order. */
   readonly isoPackets: readonly IsoPacketRequest[] | null;
+  /** Bulk only: the stream 1..n of the endpoint's allocated streams (0: none); checked by the port. */
+  readonly streamId: number;
 }
 
 export interface TransferResult {
@@ -113,6 +115,13 @@ export interface UsbDevice {
 
   /** Port reset: the device returns to the default state (address 0, unconfigured). */
   reset(): Promise<UrbStatus>;
+  /**
+   * SuperSpeed bulk streams: ids 1..`streams` on bulk endpoint `endpointAddress` of the active settings
+   * (USB 3.2 §8.12.1.4; xHCI's stream contexts, usbfs USBDEVFS_ALLOC_STREAMS). OK, or -EINVAL when the
+   * endpoint offers fewer (or the device cannot do streams at all). Absent: no streams (-EINVAL).
+   */
+  allocStreams?(endpointAddress: number, streams: number): Promise<UrbStatus>;
+  freeStreams?(endpointAddress: number): Promise<UrbStatus>;
 
   /**
    * Release the device. Transfers still in flight complete with -ESHUTDOWN

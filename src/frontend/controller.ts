@@ -41,6 +41,7 @@ import { IdPool } from "../rings/id-pool.js";
 import { ServiceLoop } from "../rings/service-loop.js";
 import { AdaptiveSpin } from "../rings/spin.js";
 import { URB_RESPONSE_SIZE } from "../urb/layout.js";
+import { MAX_STREAM_ID } from "../urb/limits.js";
 import {
   describeStatus,
   ECONNRESET,
@@ -52,7 +53,15 @@ import {
   type UrbStatus,
 } from "../urb/status.js";
 import type { DevAddr, PortNum, UrbId } from "../urb/types.js";
-import { isSetAddress, portResetSetup } from "../usb/index.js";
+import {
+  allocStreamsSetup,
+  ENDPOINT_DIR_IN,
+  ENDPOINT_NUMBER_MASK,
+  freeStreamsSetup,
+  isSetAddress,
+  portResetSetup,
+  type SetupPacket,
+} from "../usb/index.js";
 import { InvalidOptionError } from "../util/errors.js";
 import { forceRevokeAll, ringFaultReason, takeAllInFlight } from "./backend-loss.js";
 import { ControllerStateError, PortResetError } from "./controller-errors.js";
@@ -277,6 +286,36 @@ export class VirtualHostController {
         else reject(new PortResetError(p, completion.status));
       });
     });
+  }
+
+  /**
+   * Give bulk endpoint `endpointAddress` of the device on `port` stream ids 1..`streams` (what an xHCI does
+   * with its stream contexts; usbredir's alloc_bulk_streams). Sent as usbvirt's ALLOC_STREAMS port request
+   * (src/usb/requests.ts StreamsRequest); resolves with its status: OK, or -EINVAL when the endpoint offers
+   * fewer streams or the device has none.
+   */
+  async allocStreams(port: number, endpointAddress: number, streams: number): Promise<UrbStatus> {
+    if (!Number.isInteger(streams) || streams < 1 || streams > MAX_STREAM_ID)
+      throw new InvalidOptionError(`streams must be an integer 1..${MAX_STREAM_ID}, got ${streams}`);
+    return this.streamsRequest(port, allocStreamsSetup(checkEndpointAddress(endpointAddress), streams));
+  }
+
+  /** The streams of `endpointAddress` go (usbredir's free_bulk_streams); transfers queued on them end. */
+  async freeStreams(port: number, endpointAddress: number): Promise<UrbStatus> {
+    return this.streamsRequest(port, freeStreamsSetup(checkEndpointAddress(endpointAddress)));
+  }
+
+  private async streamsRequest(port: number, setup: SetupPacket): Promise<UrbStatus> {
+    const p = this.hub.checkPort(port);
+    const completion = await this.submit({
+      type: "control",
+      port: p,
+      device: this.hub.address(p),
+      endpoint: 0 as Urb["endpoint"],
+      directionIn: false,
+      setup,
+    });
+    return completion.status;
   }
 
   private emitPort(port: PortNum): void {
@@ -656,4 +695,16 @@ export class VirtualHostController {
       backendLosses: this.backendLosses,
     };
   }
+}
+
+/** A bulk endpoint address: number 1..15, bit 7 for IN, nothing else. */
+function checkEndpointAddress(address: number): number {
+  const number = address & ENDPOINT_NUMBER_MASK;
+  if (
+    !Number.isInteger(address) ||
+    (address & ~(ENDPOINT_DIR_IN | ENDPOINT_NUMBER_MASK)) !== 0 ||
+    number === 0
+  )
+    throw new InvalidOptionError(`endpointAddress must be 0x01..0x0f or 0x81..0x8f, got ${address}`);
+  return address;
 }

@@ -70,7 +70,7 @@ export class RequestScratch {
   private readonly indirect = { kind: "indirect" as const, page: segment(), count: 0 };
 
   readonly control: Mutable<ControlUrb> = { kind: "control", ...common(), setup: ZERO_SETUP };
-  readonly bulk: Mutable<BulkUrb> = { kind: "bulk", ...common(), zeroPacket: false };
+  readonly bulk: Mutable<BulkUrb> = { kind: "bulk", ...common(), zeroPacket: false, streamId: 0 };
   readonly interrupt: Mutable<InterruptUrb> = {
     kind: "interrupt",
     ...common(),

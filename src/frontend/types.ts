@@ -57,6 +57,11 @@ export interface BulkTransfer extends TransferCommon {
   readonly type: "bulk";
   /** OUT only: end with a zero-length packet when the length is a multiple of the packet size. */
   readonly zeroPacket?: boolean;
+  /**
+   * SuperSpeed bulk streams: the stream 1..65533 this transfer belongs to, on an endpoint whose streams
+   * were allocated (VirtualHostController.allocStreams); absent or 0: no stream.
+   */
+  readonly streamId?: number;
 }
 
 export interface InterruptTransfer extends TransferCommon {

@@ -150,6 +150,7 @@ export class UrbSender {
       case "bulk":
         request = scratch.bulk;
         request.zeroPacket = urb.zeroPacket === true;
+        request.streamId = urb.streamId ?? 0;
         break;
       case "interrupt":
         request = scratch.interrupt;

@@ -16,6 +16,7 @@ import {
   MAX_INDIRECT_SEGMENTS,
   MAX_INLINE_SEGMENTS,
   MAX_ISO_PACKETS,
+  MAX_STREAM_ID,
 } from "../urb/limits.js";
 import { EINVAL, EMSGSIZE, type UrbStatus } from "../urb/status.js";
 import { isDevAddr, isEndpointNum, MAX_DEV_ADDR, MAX_ENDPOINT } from "../urb/types.js";
@@ -95,6 +96,8 @@ export function checkUrb(urb: Urb, limits: UrbLimits): UrbRefusal | null {
     case "interrupt":
       if (urb.endpoint === 0) return invalid(`a ${urb.type} URB cannot use endpoint 0`);
       if (urb.zeroPacket === true && urb.directionIn) return invalid("zeroPacket is for OUT transfers only");
+      if (urb.type === "bulk" && urb.streamId !== undefined && !isUint(urb.streamId, MAX_STREAM_ID))
+        return invalid(`urb.streamId must be an integer 0..${MAX_STREAM_ID}, got ${String(urb.streamId)}`);
       if (urb.type === "interrupt" && (!isUint(urb.interval, U32_MAX) || urb.interval < 1)) {
         return invalid(`urb.interval must be a positive integer, got ${String(urb.interval)}`);
       }

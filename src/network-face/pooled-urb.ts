@@ -28,6 +28,8 @@ export interface TransferSpec {
   directionIn: boolean;
   shortNotOk: boolean;
   zeroPacket: boolean;
+  /** Bulk only: the stream (0: none). */
+  streamId: number;
   /** Interrupt only. */
   interval: number;
   /** Control only: the setup packet. */
@@ -51,6 +53,7 @@ export abstract class PooledUrb implements FrameHolder {
     directionIn: false,
     shortNotOk: false,
     zeroPacket: false,
+    streamId: 0,
     interval: 1,
     setup: { bmRequestType: 0, bRequest: 0, wValue: 0, wIndex: 0, wLength: 0 },
   };
@@ -90,8 +93,9 @@ export abstract class PooledUrb implements FrameHolder {
         break;
       }
       case "bulk":
-        this.bulk ??= { type: "bulk", ...this.base(), zeroPacket: false };
+        this.bulk ??= { type: "bulk", ...this.base(), zeroPacket: false, streamId: 0 };
         this.bulk.zeroPacket = spec.zeroPacket;
+        this.bulk.streamId = spec.streamId;
         u = this.bulk;
         break;
       default:

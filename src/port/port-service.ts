@@ -33,8 +33,10 @@ import { ServiceLoop } from "../rings/service-loop.js";
 import { AdaptiveSpin, type SpinLimiter } from "../rings/spin.js";
 import { writeIsoPacketResult } from "../urb/iso.js";
 import { ISO_FRAME_DESCRIPTOR_SIZE } from "../urb/layout.js";
+import { MAX_STREAM_ID } from "../urb/limits.js";
 import { ECONNRESET, EINVAL, ENOENT, EPROTO, OK, type UrbStatus } from "../urb/status.js";
 import { transferKindOfPipeType } from "../urb/types.js";
+import { ENDPOINT_DIR_IN } from "../usb/index.js";
 import { interceptedRequest } from "./intercept.js";
 import {
   PORT_FLAG_SHORT_NOT_OK,
@@ -124,6 +126,13 @@ export class PortService {
     deviceThrows: 0,
   };
   private readonly logListeners: ((line: string) => void)[] = [];
+  /**
+   * Bulk streams allocated, by endpoint address (ALLOC_STREAMS port requests): a transfer's stream id must
+   * be 1..that count. Set-configuration, set-interface and port reset drop them, as the xHCI drops its
+   * endpoint contexts.
+   */
+  private readonly streams = new Map<number, number>();
+  private streamsRefusalLogged = false;
 
   constructor(options: PortServiceOptions) {
     this.device = options.device;
@@ -163,7 +172,12 @@ export class PortService {
     this.stats.deviceThrows++;
     if (this.stats.deviceThrows > 1) return;
     const why = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
-    const line = `${this.device.info.name}: ${what} threw (${why}); answered -EPROTO, the port stays up (further throws are counted in stats.deviceThrows)`;
+    this.say(
+      `${this.device.info.name}: ${what} threw (${why}); answered -EPROTO, the port stays up (further throws are counted in stats.deviceThrows)`,
+    );
+  }
+
+  private say(line: string): void {
     if (this.logListeners.length === 0) process.stderr.write(`usbvirt port: ${line}\n`);
     for (const listener of this.logListeners) listener(line);
   }
@@ -255,6 +269,12 @@ export class PortService {
         return;
       }
     }
+    if (r.streamId !== 0 && !this.streamAllocated(r)) {
+      // A stream the endpoint was not given: refused here, the device never sees it.
+      this.answer(id, EINVAL, 0, 0, 0);
+      this.stats.errors++;
+      return;
+    }
     // One view when the segments are one piece of guest memory, else a bounce buffer (transfer-buffer.ts).
     const buffer = this.buffers.build(r.segs, r.nSegs, r.length, r.directionIn);
     const bounce = this.buffers.bounced ? buffer : null;
@@ -291,6 +311,7 @@ export class PortService {
       zeroPacket: (r.flags & PORT_FLAG_ZERO_PACKET) !== 0,
       interval: r.interval,
       isoPackets,
+      streamId: r.streamId,
       id,
       handle: -1,
       state: "submitted",
@@ -353,6 +374,7 @@ export class PortService {
       zeroPacket: false,
       interval: 0,
       isoPackets: null,
+      streamId: 0,
       id,
       handle: -1,
       state: "submitted",
@@ -373,13 +395,44 @@ export class PortService {
   private runDeviceRequest(op: NonNullable<ReturnType<typeof interceptedRequest>>): Promise<UrbStatus> {
     switch (op.op) {
       case "set-configuration":
+        this.streams.clear();
         return this.device.setConfiguration(op.value);
       case "set-interface":
+        this.streams.clear();
         return this.device.setInterface(op.interfaceNumber, op.alternateSetting);
       case "clear-halt":
         return this.device.clearHalt(op.endpointAddress);
       case "port-reset":
+        this.streams.clear();
         return this.device.reset();
+      case "alloc-streams":
+        return this.allocStreams(op.endpointAddress, op.streams);
+      case "free-streams":
+        this.streams.delete(op.endpointAddress);
+        return this.device.freeStreams?.(op.endpointAddress) ?? Promise.resolve(OK);
     }
+  }
+
+  private streamAllocated(r: PortRequest): boolean {
+    if (r.kind !== 3) return false;
+    const address = r.endpoint | (r.directionIn ? ENDPOINT_DIR_IN : 0);
+    return r.streamId <= (this.streams.get(address) ?? 0);
+  }
+
+  /** The device decides what it offers; the port remembers what was granted, to check stream ids. */
+  private async allocStreams(endpointAddress: number, streams: number): Promise<UrbStatus> {
+    if (this.device.allocStreams === undefined) {
+      if (!this.streamsRefusalLogged) {
+        this.streamsRefusalLogged = true;
+        this.say(
+          `${this.device.info.name}: bulk streams are not supported for this device (usbfs streams are not implemented); ALLOC_STREAMS answered -EINVAL`,
+        );
+      }
+      return EINVAL;
+    }
+    if (streams < 1 || streams > MAX_STREAM_ID) return EINVAL;
+    const status = await this.device.allocStreams(endpointAddress, streams);
+    if (status === OK) this.streams.set(endpointAddress, streams);
+    return status;
   }
 }

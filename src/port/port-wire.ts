@@ -23,7 +23,8 @@
  *  36  isoRegion u32     iso: guest-memory region of the pinned descriptor array (results are written there)
  *  40  isoOffset u32     iso: byte offset of it in that region
  *  44  startFrame u32
- *  48  reserved to 64
+ *  48  streamId u32      bulk: the stream (0: none)
+ *  52  reserved to 64
  *  64  seg[nSegs] × 12   { region u32, offset u32, length u32 }
  *
  * Iso packets (offset, length), as the backend's gate copied and checked them, do not fit a slot (up to
@@ -93,6 +94,7 @@ const kIsoPackets = 32;
 const kIsoRegion = 36;
 const kIsoOffset = 40;
 const kStartFrame = 44;
+const kStreamId = 48;
 
 const kRspId = 0;
 const kRspStatus = 4;
@@ -121,6 +123,7 @@ export class PortRequest {
   isoRegion = 0;
   isoOffset = 0;
   startFrame = 0;
+  streamId = 0;
   /** Segments as flat triples: region, offset, length. */
   readonly segs = new Uint32Array(MAX_PORT_SEGMENTS * 3);
 
@@ -140,6 +143,7 @@ export class PortRequest {
     this.isoRegion = readU32(b, kIsoRegion);
     this.isoOffset = readU32(b, kIsoOffset);
     this.startFrame = readU32(b, kStartFrame);
+    this.streamId = readU32(b, kStreamId);
     for (let i = 0; i < this.nSegs * 3; i++) this.segs[i] = readU32(b, PORT_HEADER_SIZE + i * 4);
   }
 }
@@ -165,6 +169,8 @@ export interface PortSubmit {
   readonly isoRegion: number;
   readonly isoOffset: number;
   readonly startFrame: number;
+  /** Bulk only (0 otherwise): the stream, already checked against MAX_STREAM_ID by the gate. */
+  readonly streamId: number;
 }
 
 const NO_PORT_SEGMENTS = new Uint32Array(0);
@@ -184,6 +190,7 @@ export function portSubmit(
     isoRegion: 0,
     isoOffset: 0,
     startFrame: 0,
+    streamId: 0,
     ...over,
   };
 }
@@ -208,6 +215,7 @@ export function writePortSubmit(b: Uint8Array, id: number, s: PortSubmit): void 
   writeU32(b, kIsoRegion, s.isoRegion);
   writeU32(b, kIsoOffset, s.isoOffset);
   writeU32(b, kStartFrame, s.startFrame);
+  writeU32(b, kStreamId, s.streamId);
   const count = Math.min(s.segmentCount, MAX_PORT_SEGMENTS);
   writeU16(b, kNSegs, count);
   for (let i = 0; i < count * 3; i++) writeU32(b, PORT_HEADER_SIZE + i * 4, s.segments[i]!);

@@ -14,6 +14,7 @@ import {
   FLAG_ISO_ASAP,
   FLAG_SHORT_NOT_OK,
   FLAG_ZERO_PACKET,
+  kBulkStreamId,
   kCtrlSetup,
   kIntInterval,
   kIsoDescOffset,
@@ -123,6 +124,7 @@ export function encodeRequest(req: UrbRequest, target: Uint8Array, offset = 0): 
       writeU32(target, offset + kIsoDescOffset, req.frameDescriptors.offset);
       break;
     case "bulk":
+      writeU32(target, offset + kBulkStreamId, req.streamId);
       break;
   }
 }

@@ -40,7 +40,7 @@
  *     iso        16 interval u16 | 18 number_of_packets u16 | 20 start_frame u32
  *                24 frame-descriptor gref u32 | 28 frame-descriptor offset u32
  *     unlink     16 unlink_id u32 | 20..31 zero            (pipe unlink bit set)
- *     bulk       16..31 zero
+ *     bulk       16 stream_id u32 (0: no stream; 1..65533, USB 3.2 §8.12.1.4) | 20..31 zero
  *
  *   Iso frame descriptor (number_of_packets of them, 16 octets each, in a writable grant):
  *     0 offset u32 | 4 length u32 | 8 status s32 | 12 actual_length u32
@@ -88,6 +88,7 @@ export const kIsoStartFrame = 20;
 export const kIsoDescRef = 24;
 export const kIsoDescOffset = 28;
 export const kUnlinkId = 16;
+export const kBulkStreamId = 16;
 
 // One segment descriptor (inline or in an indirect page).
 export const SEGMENT_SIZE = 12;

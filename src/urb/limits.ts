@@ -35,3 +35,8 @@ export const MAX_ISO_PACKETS = 1024;
 if (MAX_BUFFER_LENGTH > 0xffff_ffff || MAX_INDIRECT_SEGMENTS * SEGMENT_SIZE > FRAME_SIZE) {
   throw new Error("urb limits: dma-map limits no longer fit the URB slot layout");
 }
+/**
+ * Largest bulk stream id (USB 3.2 §8.12.1.4): 0 means no stream, 0xFFFE (Prime) and 0xFFFF (NoStream) are
+ * reserved, and ids above 16 bits do not exist on the bus.
+ */
+export const MAX_STREAM_ID = 0xfffd;

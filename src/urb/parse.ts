@@ -40,6 +40,7 @@ import {
   FLAG_ZERO_PACKET,
   INLINE_SEGMENT_SLOTS,
   ISO_FRAME_DESCRIPTOR_SIZE,
+  kBulkStreamId,
   kCtrlIndex,
   kCtrlLength,
   kCtrlRequest,
@@ -57,7 +58,6 @@ import {
   kReqPipe,
   kReqSegments,
   kReqTransferFlags,
-  kReqUnion,
   kSegLength,
   kSegOffset,
   kSegRef,
@@ -72,6 +72,7 @@ import {
   MAX_INDIRECT_SEGMENTS,
   MAX_INLINE_SEGMENTS,
   MAX_ISO_PACKETS,
+  MAX_STREAM_ID,
 } from "./limits.js";
 import {
   pipeDevice,
@@ -259,6 +260,8 @@ export function parseRequest(copied: Uint8Array): ParseResult {
       if (endpoint === 0) return reject(id, "endpoint-zero-not-control");
       if (isoAsap || (zeroPacket && direction === Direction.In))
         return reject(id, "flag-not-valid-for-transfer");
+      const streamId = readU32(copied, kBulkStreamId);
+      if (streamId > MAX_STREAM_ID) return reject(id, "stream-id-out-of-range");
       req = {
         kind: "bulk",
         id,
@@ -270,8 +273,9 @@ export function parseRequest(copied: Uint8Array): ParseResult {
         buffer,
         shortNotOk,
         zeroPacket,
+        streamId,
       };
-      unionEnd = kReqUnion; // bulk uses none of the union
+      unionEnd = kBulkStreamId + 4;
       break;
     }
     case TransferType.Interrupt: {

@@ -50,6 +50,10 @@ export const PARSE_REJECTIONS = Object.freeze({
   },
   "control-wlength-exceeds-buffer": { status: EINVAL, meaning: "control IN with wLength > buffer_length" },
   "control-out-length-mismatch": { status: EINVAL, meaning: "control OUT with wLength ≠ buffer_length" },
+  "stream-id-out-of-range": {
+    status: EINVAL,
+    meaning: "bulk stream_id above MAX_STREAM_ID (0xFFFE, 0xFFFF and above 16 bits are not stream ids)",
+  },
   "zero-interval": { status: EINVAL, meaning: "interrupt or iso URB with interval 0" },
   "iso-no-packets": { status: EINVAL, meaning: "iso URB with number_of_packets 0" },
   "too-many-iso-packets": { status: EMSGSIZE, meaning: "iso number_of_packets above MAX_ISO_PACKETS" },

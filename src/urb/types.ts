@@ -148,6 +148,8 @@ export interface BulkUrb extends DataUrbFields {
   readonly kind: "bulk";
   /** ZERO_PACKET (OUT only): end a transfer that is a multiple of the packet size with a zero-length packet. */
   readonly zeroPacket: boolean;
+  /** Bulk stream 1..MAX_STREAM_ID on a SuperSpeed endpoint with streams allocated; 0: none. */
+  readonly streamId: number;
 }
 
 export interface InterruptUrb extends DataUrbFields {

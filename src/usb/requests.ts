@@ -86,6 +86,15 @@ export const HubPortFeature = {
   PORT_RESET: 4,
 } as const;
 
+/**
+ * usbvirt's own port requests for bulk streams (no USB request does this: on real hardware the xHCI sets up
+ * stream contexts and the device is told nothing). Like PORT_RESET they travel as a hub-class "other"
+ * request down the device's endpoint 0, which no device ever receives (the port worker intercepts them):
+ * wValue = streams (1..65533; ids 1..n), wIndex = the bulk endpoint address, wLength 0. The codes sit
+ * far above every hub-class request USB 2.0/3.2 define (0..13).
+ */
+export const StreamsRequest = { ALLOC_STREAMS: 0xf0, FREE_STREAMS: 0xf1 } as const;
+
 /** GET_STATUS(device) bit 0 (Figure 9-4) and GET_STATUS(endpoint) bit 0 (Figure 9-6). */
 export const STATUS_SELF_POWERED = 0x01;
 export const STATUS_HALTED = 0x01;

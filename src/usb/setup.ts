@@ -6,7 +6,7 @@
  *   0 bmRequestType u8 | 1 bRequest u8 | 2 wValue u16 | 4 wIndex u16 | 6 wLength u16
  */
 import { DescriptorType, LANGID_EN_US } from "./descriptors.js";
-import { Feature, HubPortFeature, RequestTypeByte, StandardRequest } from "./requests.js";
+import { Feature, HubPortFeature, RequestTypeByte, StandardRequest, StreamsRequest } from "./requests.js";
 
 export const SETUP_PACKET_SIZE = 8;
 
@@ -180,6 +180,28 @@ export function portResetSetup(port: number): SetupPacket {
   };
 }
 
+/** usbvirt's ALLOC_STREAMS port request (requests.ts StreamsRequest): `streams` ids on `endpointAddress`. */
+export function allocStreamsSetup(endpointAddress: number, streams: number): SetupPacket {
+  return {
+    bmRequestType: RequestTypeByte.PORT_OUT,
+    bRequest: StreamsRequest.ALLOC_STREAMS,
+    wValue: streams,
+    wIndex: endpointAddress,
+    wLength: 0,
+  };
+}
+
+/** usbvirt's FREE_STREAMS port request: the streams of `endpointAddress` go. */
+export function freeStreamsSetup(endpointAddress: number): SetupPacket {
+  return {
+    bmRequestType: RequestTypeByte.PORT_OUT,
+    bRequest: StreamsRequest.FREE_STREAMS,
+    wValue: 0,
+    wIndex: endpointAddress,
+    wLength: 0,
+  };
+}
+
 // ---------------------------------------------------------------- standard requests, recognised
 
 export function isSetAddress(s: SetupPacket): boolean {
@@ -199,6 +221,14 @@ export function isClearHalt(s: SetupPacket): boolean {
     isRequest(s, RequestTypeByte.ENDPOINT_OUT, StandardRequest.CLEAR_FEATURE) &&
     s.wValue === Feature.ENDPOINT_HALT
   );
+}
+
+export function isAllocStreams(s: SetupPacket): boolean {
+  return isRequest(s, RequestTypeByte.PORT_OUT, StreamsRequest.ALLOC_STREAMS) && s.wLength === 0;
+}
+
+export function isFreeStreams(s: SetupPacket): boolean {
+  return isRequest(s, RequestTypeByte.PORT_OUT, StreamsRequest.FREE_STREAMS) && s.wLength === 0;
 }
 
 /** SET_FEATURE(PORT_RESET) sent down the port, as USB/IP's vhci does for a port reset. */

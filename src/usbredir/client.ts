@@ -34,8 +34,9 @@ import {
 } from "./protocol.js";
 import { RedirReader, type RedirReaderSink } from "./reader.js";
 
-/** What QEMU 7 advertises (USBREDIR.md §3): everything but bulk streams is used here. */
+/** What QEMU 7 advertises (USBREDIR.md §3, observed 0xff). */
 export const QEMU_GUEST_CAPS: Caps = capsOf(
+  RedirCap.BULK_STREAMS,
   RedirCap.CONNECT_DEVICE_VERSION,
   RedirCap.FILTER,
   RedirCap.DEVICE_DISCONNECT_ACK,
@@ -178,13 +179,17 @@ export class UsbredirClient implements RedirReaderSink {
     return reply;
   }
 
-  /** Bulk IN of `length` bytes (endpoint has 0x80) or OUT of `out`. Returns the packet id too (to cancel). */
-  bulk(endpoint: number, lengthOrOut: number | Uint8Array): { id: Id; reply: Promise<TransferResult> } {
+  /** Bulk IN of `length` bytes (endpoint has 0x80) or OUT of `out`, on `streamId` (0: none). Returns the packet id too (to cancel). */
+  bulk(
+    endpoint: number,
+    lengthOrOut: number | Uint8Array,
+    streamId = 0,
+  ): { id: Id; reply: Promise<TransferResult> } {
     const n = this.negotiated!;
     const id = this.id();
     const out = typeof lengthOrOut === "number" ? null : lengthOrOut;
     const length = out?.length ?? (lengthOrOut as number);
-    const pkt = encodeBulkPacket(n, id, endpoint, 0, length, out?.length ?? 0);
+    const pkt = encodeBulkPacket(n, id, endpoint, 0, length, out?.length ?? 0, streamId);
     if (out !== null) dataOf(n, pkt, hasCap(n.caps, RedirCap.BULK_LENGTH_32BIT) ? 10 : 8).set(out);
     const reply = this.expect(RedirType.BULK_PACKET, id);
     this.socket.write(pkt);

@@ -16,7 +16,15 @@ import { ECONNRESET, ENODEV, ENOENT, ESHUTDOWN, OK } from "../urb/status.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { endpointIsIn, RequestTypeByte, requestIsIn, StandardRequest } from "../usb/index.js";
 import type { RedirDeviceModel } from "./device-model.js";
-import { RedirEpType, type RedirPacket, RedirStatus, RedirType, redirTypeName } from "./protocol.js";
+import {
+  hasCap,
+  RedirCap,
+  RedirEpType,
+  type RedirPacket,
+  RedirStatus,
+  RedirType,
+  redirTypeName,
+} from "./protocol.js";
 import { type Admission, BLOCK } from "./reader.js";
 import type { RedirUrb, Session, SessionOwner } from "./session.js";
 import { redirStatusOf } from "./status.js";
@@ -180,6 +188,7 @@ export class DataPackets implements SessionOwner, StreamContext {
     r.directionIn = directionIn;
     r.request = p.request;
     r.requestType = p.requestType;
+    r.streamId = p.type === RedirType.BULK_PACKET ? p.streamId : 0;
     r.value = p.value;
     r.index = p.index;
     s.current = r;
@@ -221,7 +230,11 @@ export class DataPackets implements SessionOwner, StreamContext {
     if (ep === undefined || ep.type !== want) {
       return `endpoint ${hex(p.endpoint)} is not a ${want === RedirEpType.BULK ? "bulk" : "interrupt"} endpoint of the active settings`;
     }
-    if (p.type === RedirType.BULK_PACKET && p.streamId !== 0) return "bulk streams are not supported";
+    if (p.type === RedirType.BULK_PACKET && p.streamId !== 0) {
+      // Which stream ids were allocated is the port's to check (src/port/port-service.ts): -EINVAL there.
+      if (!hasCap(s.negotiated!.caps, RedirCap.BULK_STREAMS)) return "bulk streams were not negotiated";
+      if (ep.maxStreams === 0) return `endpoint ${hex(p.endpoint)} has no streams`;
+    }
     if (p.type === RedirType.INTERRUPT_PACKET && directionIn) {
       return "interrupt IN is received with start_interrupt_receiving, not requested";
     }
@@ -324,7 +337,7 @@ export class DataPackets implements SessionOwner, StreamContext {
       r.offset,
       data,
       r,
-      r.type === RedirType.CONTROL_PACKET ? r : null,
+      r.type === RedirType.CONTROL_PACKET || r.type === RedirType.BULK_PACKET ? r : null,
     );
   }
 

@@ -2,7 +2,9 @@
  * A usbredir connection's device-state requests, performed on the device through the engine as the
  * guest asked: get / set configuration and alternate setting (a set answers ep_info, and interface_info
  * for a configuration, before its status, as QEMU expects), reset (in-flight URBs cancelled, the port
- * reset and addressed, the configuration restored), and the engine requests announcing a device needs.
+ * reset and addressed, the configuration restored), bulk streams (alloc / free_bulk_streams on the
+ * bulk endpoints the bit set names, each checked against its companion's streams, answered with one
+ * bulk_streams_status), and the engine requests announcing a device needs.
  * The server runs them one at a time per connection; the device model they keep true is the one the data
  * path checks packets against (data-packets.ts).
  */
@@ -19,13 +21,18 @@ import {
   setConfigurationSetup,
   setInterfaceSetup,
 } from "../usb/index.js";
-import { type DataPackets, redirStatusOf } from "./data-packets.js";
+import { type DataPackets, hex, redirStatusOf } from "./data-packets.js";
 import {
   encodeAltSettingStatus,
+  encodeBulkStreamsStatus,
   encodeEpInfo,
   encodeInterfaceInfo,
   encodeStatusPair,
+  epIndex,
+  hasCap,
   type Id,
+  RedirCap,
+  RedirEpType,
   RedirStatus,
   RedirType,
 } from "./protocol.js";
@@ -52,6 +59,68 @@ export class DeviceRequests {
     private readonly packets: DataPackets,
     private readonly host: DeviceRequestsHost,
   ) {}
+
+  /**
+   * alloc_bulk_streams: stream ids 1..`streams` on every endpoint of `eps` (bit n: ep_info index n), or on
+   * none (what was allocated is freed again) and inval.
+   */
+  async allocStreams(
+    s: Session,
+    id: Id,
+    request: { eps: number; streams: number; addresses: readonly number[] },
+  ): Promise<void> {
+    const { eps, streams } = request;
+    let status: number = RedirStatus.SUCCESS;
+    const done: number[] = [];
+    for (const address of request.addresses) {
+      const got = await this.hcd.allocStreams(this.port, address, streams);
+      if (got !== OK) {
+        s.warnings.warn(`${s.peer}: alloc_bulk_streams on ${hex(address)}: the device answered ${got}`);
+        status = redirStatusOf(got);
+        break;
+      }
+      done.push(address);
+    }
+    if (status !== RedirStatus.SUCCESS)
+      for (const address of done) await this.hcd.freeStreams(this.port, address);
+    if (!s.closed) s.send(encodeBulkStreamsStatus(s.negotiated!, id, eps, streams, status));
+  }
+
+  /** free_bulk_streams: the streams of every endpoint of `eps` go. */
+  async freeStreams(s: Session, id: Id, eps: number, addresses: readonly number[]): Promise<void> {
+    let status: number = RedirStatus.SUCCESS;
+    for (const address of addresses) {
+      const got = await this.hcd.freeStreams(this.port, address);
+      if (got !== OK) status = redirStatusOf(got);
+    }
+    if (!s.closed) s.send(encodeBulkStreamsStatus(s.negotiated!, id, eps, 0, status));
+  }
+
+  /**
+   * The bulk endpoints `eps` names, each offering at least `streams` streams; null if not (said once per
+   * connection's warning budget: the caller answers inval at once, nothing is queued).
+   */
+  streamEndpoints(s: Session, eps: number, streams: number): number[] | null {
+    const refuse = (why: string) => {
+      s.warnings.warn(`${s.peer}: bulk streams on endpoint set 0x${(eps >>> 0).toString(16)}: ${why}`);
+      return null;
+    };
+    if (!hasCap(s.negotiated!.caps, RedirCap.BULK_STREAMS)) return refuse("bulk_streams was not negotiated");
+    if (!s.announced) return refuse("no device is connected");
+    if (eps === 0) return refuse("no endpoint named");
+    const addresses: number[] = [];
+    for (const [address, ep] of this.packets.model.endpoints) {
+      if (((eps >>> epIndex(address)) & 1) === 0) continue;
+      if (ep.type !== RedirEpType.BULK || ep.maxStreams === 0)
+        return refuse(`${hex(address)} has no streams`);
+      if (streams > ep.maxStreams)
+        return refuse(`${hex(address)} offers ${ep.maxStreams} streams, not ${streams}`);
+      addresses.push(address);
+    }
+    // A bit for an endpoint the active settings do not have.
+    if (addresses.length !== popCount(eps)) return refuse("an endpoint is not one of the active settings");
+    return addresses;
+  }
 
   /** GET_CONFIGURATION asked of the device itself, as the VMM asked. */
   async getConfiguration(s: Session, id: Id): Promise<void> {
@@ -169,4 +238,10 @@ export class DeviceRequests {
     if (alternates && !s.closed)
       s.send(encodeEpInfo(s.negotiated!, this.packets.model.endpoints, this.packets.model.controlMaxPacket));
   }
+}
+
+function popCount(bits: number): number {
+  let n = 0;
+  for (let v = bits >>> 0; v !== 0; v &= v - 1) n++;
+  return n;
 }

@@ -119,6 +119,7 @@ export const HOST_CAPS: Caps = capsOf(
   RedirCap.EP_INFO_MAX_PACKET_SIZE,
   RedirCap.IDS_64BIT,
   RedirCap.BULK_LENGTH_32BIT,
+  RedirCap.BULK_STREAMS,
 );
 
 const PORT = 1 as PortNum;
@@ -564,10 +565,20 @@ export class UsbredirServer extends EventEmitter {
         isoOut(this.packets, s, p.endpoint, data);
         return;
       case RedirType.ALLOC_BULK_STREAMS:
-      case RedirType.FREE_BULK_STREAMS:
-        s.warnings.warn(`${s.peer}: ${redirTypeName(p.type)}: bulk streams are not supported`);
-        s.send(encodeBulkStreamsStatus(n, id, p.endpoints, 0, RedirStatus.INVAL));
+      case RedirType.FREE_BULK_STREAMS: {
+        const alloc = p.type === RedirType.ALLOC_BULK_STREAMS;
+        const streams = alloc ? p.noStreams : 0;
+        const addresses = this.requests.streamEndpoints(s, p.endpoints, streams);
+        // A refusal is answered at once (a flood of them queues nothing); a valid one goes to the device.
+        if (addresses === null)
+          s.send(encodeBulkStreamsStatus(n, id, p.endpoints, streams, RedirStatus.INVAL));
+        else if (alloc)
+          this.serialize(s, true, () =>
+            this.requests.allocStreams(s, id, { eps: p.endpoints, streams, addresses }),
+          );
+        else this.serialize(s, true, () => this.requests.freeStreams(s, id, p.endpoints, addresses));
         return;
+      }
       case RedirType.START_BULK_RECEIVING:
       case RedirType.STOP_BULK_RECEIVING:
         s.warnings.warn(`${s.peer}: ${redirTypeName(p.type)}: buffered bulk input is not supported`);

@@ -69,6 +69,8 @@ export interface RedirFrame extends Frame {
   requestType: number;
   value: number;
   index: number;
+  /** Bulk: the stream id echoed from the request. */
+  streamId: number;
 }
 
 /** The data packets' headers under one connection's negotiated capabilities. */
@@ -90,6 +92,7 @@ function redirCodec(n: Negotiated): FrameCodec<RedirFrame> {
       requestType: 0,
       value: 0,
       index: 0,
+      streamId: 0,
       dataOffset: 0,
       dataLength: 0,
       tail: null,
@@ -117,7 +120,7 @@ function redirCodec(n: Negotiated): FrameCodec<RedirFrame> {
         out[h + 1] = f.status;
         out.writeUInt16LE(f.length & 0xffff, h + 2);
         if (f.type === RedirType.BULK_PACKET) {
-          out.writeUInt32LE(0, h + 4); // stream id
+          out.writeUInt32LE(f.streamId, h + 4);
           if (th === 10) out.writeUInt16LE(f.length >>> 16, h + 8);
         }
       }
@@ -136,6 +139,8 @@ export class RedirUrb extends PooledUrb {
   key: number | string = 0;
   endpoint = 0;
   directionIn = false;
+  /** Bulk: the stream, echoed in the reply. */
+  streamId = 0;
   /** Control fields, echoed in the reply. */
   request = 0;
   requestType = 0;
@@ -169,6 +174,7 @@ export class RedirUrb extends PooledUrb {
     spec.endpoint = endpointNumberOf(this.endpoint) as EndpointNum;
     spec.directionIn = this.directionIn;
     spec.interval = interval;
+    spec.streamId = this.streamId;
     const setup = spec.setup;
     setup.bmRequestType = this.requestType;
     setup.bRequest = this.request;
@@ -290,7 +296,7 @@ export class Session implements RedirReaderSink {
     dataOffset: number,
     dataLength: number,
     holder: FrameHolder | null,
-    control: RedirUrb | null = null,
+    echo: RedirUrb | null = null,
   ): void {
     const w = this.writer;
     const f = this.closed || w === null ? null : w.frame();
@@ -305,11 +311,13 @@ export class Session implements RedirReaderSink {
     f.endpoint = endpoint;
     f.status = status;
     f.length = length;
-    if (control !== null) {
-      f.request = control.request;
-      f.requestType = control.requestType;
-      f.value = control.value;
-      f.index = control.index;
+    f.streamId = 0;
+    if (echo !== null) {
+      f.request = echo.request;
+      f.requestType = echo.requestType;
+      f.value = echo.value;
+      f.index = echo.index;
+      f.streamId = echo.streamId;
     }
     w!.setData(f, dataOffset, dataLength, null, holder);
   }

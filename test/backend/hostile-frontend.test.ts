@@ -62,6 +62,7 @@ const bulkIn = (over: Partial<Record<string, unknown>> = {}): UrbRequest =>
     buffer: { kind: "inline", segments: [{ ref: 0 as GrantRef, offset: 0, length: 512 }] },
     shortNotOk: false,
     zeroPacket: false,
+    streamId: 0,
     ...over,
   }) as UrbRequest;
 

@@ -37,6 +37,7 @@ export function request(
     zeroPacket: false,
     interval: 1,
     isoPackets: null,
+    streamId: 0,
     ...extra,
   };
 }

@@ -477,7 +477,7 @@ function buildUrb(spec: UrbSpec, grants: readonly GoodGrant[], recent: readonly 
       return { kind: "control", ...data, setup: { ...spec.setup, bmRequestType: bm, wLength } };
     }
     case "bulk":
-      return { kind: "bulk", ...data, zeroPacket: spec.flags.zeroPacket };
+      return { kind: "bulk", ...data, zeroPacket: spec.flags.zeroPacket, streamId: 0 };
     case "interrupt":
       return { kind: "interrupt", ...data, zeroPacket: spec.flags.zeroPacket, interval: spec.interval };
     case "iso": {

@@ -182,6 +182,7 @@ function isoIn(count: number, length: number, stride: number, bufferLength?: num
     zeroPacket: false,
     interval: 1,
     isoPackets: packets,
+    streamId: 0,
   };
 }
 

@@ -23,8 +23,8 @@ import { Doorbell } from "../../src/rings/doorbell.js";
 import { FrontRing } from "../../src/rings/front-ring.js";
 import { createRingBuffer } from "../../src/rings/layout.js";
 import { readS32, readU32 } from "../../src/urb/bytes.js";
-import { ECONNRESET, EINVAL, ENOENT, EPROTO, OK } from "../../src/urb/status.js";
-import { UsbSpeed } from "../../src/usb/index.js";
+import { ECONNRESET, EINVAL, ENOENT, EPROTO, OK, type UrbStatus } from "../../src/urb/status.js";
+import { allocStreamsSetup, freeStreamsSetup, type SetupPacket, UsbSpeed } from "../../src/usb/index.js";
 import { pattern } from "../support/data.js";
 import { eventually } from "../support/eventually.js";
 
@@ -64,6 +64,8 @@ class HoldingDevice implements UsbDevice {
   setInterface = async () => OK;
   clearHalt = async () => OK;
   reset = async () => OK;
+  allocStreams?: (address: number, streams: number) => Promise<UrbStatus>;
+  freeStreams?: (address: number) => Promise<UrbStatus>;
   async close(): Promise<void> {}
 }
 
@@ -304,6 +306,104 @@ describe("port service: a device call that throws", () => {
     expect(lines).toEqual([
       expect.stringMatching(/set-configuration threw \(TypeError: not a configuration\)/),
     ]);
+  });
+});
+
+describe("port service: bulk streams", () => {
+  /** A control request the port intercepts (no data stage). */
+  const intercepted = (h: ReturnType<typeof harness>, id: number, setup: SetupPacket) =>
+    h.raw((slot) =>
+      writePortSubmit(slot, id, portSubmit({ type: 2, endpoint: 0, directionIn: false, setup })),
+    );
+  const streamIn = (h: ReturnType<typeof harness>, id: number, streamId: number) =>
+    h.raw((slot) =>
+      writePortSubmit(
+        slot,
+        id,
+        portSubmit({
+          type: BULK,
+          endpoint: 1,
+          directionIn: true,
+          bufferLength: 64,
+          segments: Uint32Array.of(0, 0, 64),
+          segmentCount: 1,
+          streamId,
+        }),
+      ),
+    );
+  const settled = (h: ReturnType<typeof harness>) =>
+    eventually(() => h.service.inFlight === h.device.held.length, 2000, "the port answered");
+
+  it("ALLOC_STREAMS goes to the device; ids 1..n reach it, n+1 and unallocated endpoints are -EINVAL at the port", async () => {
+    const h = harness();
+    const asked: [number, number][] = [];
+    h.device.allocStreams = async (address, streams) => {
+      asked.push([address, streams]);
+      return OK;
+    };
+    intercepted(h, 1, allocStreamsSetup(0x81, 4));
+    await settled(h);
+    expect(asked).toEqual([[0x81, 4]]);
+    streamIn(h, 2, 1);
+    streamIn(h, 3, 4);
+    streamIn(h, 4, 5);
+    expect(h.device.held.map((t) => t.request.streamId)).toEqual([1, 4]);
+    expect(h.answers()).toEqual([
+      { id: 1, status: OK, actualLength: 0 },
+      { id: 4, status: EINVAL, actualLength: 0 },
+    ]);
+    // FREE_STREAMS: the same id is refused afterwards, and the device heard of it.
+    let freed = 0;
+    h.device.freeStreams = async () => {
+      freed++;
+      return OK;
+    };
+    intercepted(h, 5, freeStreamsSetup(0x81));
+    await settled(h);
+    streamIn(h, 6, 1);
+    expect(freed).toBe(1);
+    expect(h.answers()).toEqual([
+      { id: 5, status: OK, actualLength: 0 },
+      { id: 6, status: EINVAL, actualLength: 0 },
+    ]);
+  });
+
+  it("a configuration change drops the streams, as the xHCI drops its endpoint contexts", async () => {
+    const h = harness();
+    h.device.allocStreams = async () => OK;
+    intercepted(h, 1, allocStreamsSetup(0x81, 8));
+    await settled(h);
+    intercepted(h, 2, { bmRequestType: 0, bRequest: 9, wValue: 1, wIndex: 0, wLength: 0 });
+    await settled(h);
+    streamIn(h, 3, 1);
+    expect(h.device.held).toHaveLength(0);
+    expect(h.answers().at(-1)).toEqual({ id: 3, status: EINVAL, actualLength: 0 });
+  });
+
+  it("the device's refusal is passed on and nothing is allocated", async () => {
+    const h = harness();
+    h.device.allocStreams = async () => EINVAL;
+    intercepted(h, 1, allocStreamsSetup(0x81, 2));
+    await settled(h);
+    streamIn(h, 2, 1);
+    expect(h.answers()).toEqual([
+      { id: 1, status: EINVAL, actualLength: 0 },
+      { id: 2, status: EINVAL, actualLength: 0 },
+    ]);
+  });
+
+  it("a device without streams (a host device) answers -EINVAL with one log line, however often it is asked", async () => {
+    const h = harness();
+    const lines: string[] = [];
+    h.service.onLog((line) => lines.push(line));
+    intercepted(h, 1, allocStreamsSetup(0x81, 2));
+    intercepted(h, 2, allocStreamsSetup(0x02, 2));
+    await settled(h);
+    expect(h.answers()).toEqual([
+      { id: 1, status: EINVAL, actualLength: 0 },
+      { id: 2, status: EINVAL, actualLength: 0 },
+    ]);
+    expect(lines).toEqual([expect.stringMatching(/holding: bulk streams are not supported/)]);
   });
 });
 

@@ -13,6 +13,7 @@ import {
   FLAG_ISO_ASAP,
   FLAG_SHORT_NOT_OK,
   FLAG_ZERO_PACKET,
+  kBulkStreamId,
   kCtrlLength,
   kCtrlRequestType,
   kIntInterval,
@@ -24,7 +25,6 @@ import {
   kReqPipe,
   kReqSegments,
   kReqTransferFlags,
-  kReqUnion,
   kSegLength,
   kSegOffset,
   kUnlinkId,
@@ -37,6 +37,7 @@ import {
   MAX_INDIRECT_SEGMENTS,
   MAX_INLINE_SEGMENTS,
   MAX_ISO_PACKETS,
+  MAX_STREAM_ID,
 } from "../../src/urb/limits.js";
 import type { ParseReason } from "../../src/urb/reasons.js";
 import { EINVAL, EMSGSIZE, type UrbStatus } from "../../src/urb/status.js";
@@ -235,6 +236,7 @@ export function arbBulkUrb(choice: BufferChoice = "any"): fc.Arbitrary<BulkUrb> 
       direction: arbDirection,
       shortNotOk: fc.boolean(),
       zeroPacket: fc.boolean(),
+      streamId: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: MAX_STREAM_ID })),
       spec: arbBuffer(choice, MAX_BUFFER_LENGTH),
     })
     .map(
@@ -245,6 +247,7 @@ export function arbBulkUrb(choice: BufferChoice = "any"): fc.Arbitrary<BulkUrb> 
         direction: r.direction,
         shortNotOk: r.shortNotOk,
         zeroPacket: r.zeroPacket && r.direction === Direction.Out,
+        streamId: r.streamId,
         ...r.spec,
       }),
     );
@@ -367,7 +370,7 @@ const none = () => fc.constant(undefined);
 
 /** Octets of a valid data request's slot that must be zero: union padding and unused segment slots. */
 export function reservedOctets(req: DataUrb): number[] {
-  const unionEnd = { control: 24, interrupt: 20, isochronous: 32, bulk: kReqUnion }[req.kind];
+  const unionEnd = { control: 24, interrupt: 20, isochronous: 32, bulk: kBulkStreamId + 4 }[req.kind];
   const slotsUsed =
     req.buffer.kind === "inline" ? req.buffer.segments.length : req.buffer.kind === "indirect" ? 1 : 0;
   const octets: number[] = [];
@@ -664,6 +667,14 @@ export const CORRUPTIONS: readonly fc.Arbitrary<GenCase>[] = [
     EINVAL,
   ),
   corruption(
+    "bulk-stream-id-beyond-16-bits",
+    arbBulkUrb(),
+    () => fc.integer({ min: MAX_STREAM_ID + 1, max: U32_MAX }),
+    (b, _r, streamId) => putU32(b, kBulkStreamId, streamId),
+    "stream-id-out-of-range",
+    EINVAL,
+  ),
+  corruption(
     "reserved-octet-set",
     arbDataUrb().filter((r) => reservedOctets(r).length > 0),
     (r) => fc.record({ at: fc.constantFrom(...reservedOctets(r)), v: fc.integer({ min: 1, max: 255 }) }),
@@ -772,6 +783,7 @@ export const CASE_LABELS: readonly string[] = [
   "iso-too-many-packets",
   "iso-descriptors-beyond-u32",
   "flag-not-for-this-transfer",
+  "bulk-stream-id-beyond-16-bits",
   "reserved-octet-set",
   "truncated-slot",
   "oversized-slot",

@@ -51,6 +51,7 @@ const getDeviceDescriptor: ControlUrb = {
 
 const bulkOut: BulkUrb = {
   kind: "bulk",
+  streamId: 0,
   id: urbId(9),
   port: portNum(2),
   device: devAddr(3),

@@ -6,13 +6,19 @@ import { afterEach, describe, expect, it } from "vitest";
 import { walkDescriptors } from "../../src/devices/emulated/descriptors.js";
 import { decodeCsw, encodeCbw } from "../../src/devices/emulated/mass-storage/index.js";
 import { UsbSpeed } from "../../src/usb/index.js";
+import { QEMU_GUEST_CAPS } from "../../src/usbredir/client.js";
 import {
+  decodeEpInfo,
+  encodeEpInfo,
   encodeFilter,
+  negotiate,
+  RedirCap,
   RedirEpType,
   RedirSpeed,
   RedirStatus,
   RedirType,
 } from "../../src/usbredir/protocol.js";
+import { HOST_CAPS } from "../../src/usbredir/server.js";
 import { eventually } from "../support/eventually.js";
 import { KEYBOARD, LOOPBACK, startRedirServer, type TestRedirServer } from "./helpers.js";
 
@@ -81,6 +87,71 @@ describe("usbredir server: a SuperSpeed device", () => {
     expect(Buffer.from(inquiry.data.subarray(8, 15)).toString()).toBe("USBVIRT");
     const csw = decodeCsw((await c.bulk(0x81, 13).reply).data);
     expect(csw).toMatchObject({ tag: 7, residue: 0, status: 0 });
+  });
+});
+
+describe("usbredir server: bulk streams", () => {
+  const superDisk = () =>
+    startRedirServer({ kind: "emulated", name: "storage", options: { sizeBytes: 1024 * 1024, speed: 4 } });
+  /** alloc_bulk_streams' header: eps (bit n: ep_info index n; 0x81 is 17, 0x02 is 2), no_streams. */
+  const allocHeader = (eps: number, streams: number) => [
+    ...new Uint8Array(Uint32Array.of(eps, streams).buffer),
+  ];
+
+  it("advertises bulk_streams: ep_info carries max_streams (0 for a Bulk-Only disk's pipes)", async () => {
+    t = await superDisk();
+    const c = await t.connect();
+    expect(c.negotiated!.caps & (1 << RedirCap.BULK_STREAMS)).not.toBe(0);
+    expect(c.endpoints.get(0x81)).toMatchObject({ maxPacketSize: 1024, maxStreams: 0 });
+    // The 288-octet ep_info of bulk_streams: max_streams u32[32] after max_packet_size, by ep_info index.
+    const n = negotiate(HOST_CAPS, QEMU_GUEST_CAPS);
+    const entry = { type: RedirEpType.BULK, interval: 0, interface: 0, maxPacketSize: 1024, maxStreams: 256 };
+    const packet = encodeEpInfo(n, new Map([[0x81, entry]]), 512);
+    const header = packet.subarray(n.headerSize);
+    expect(header.length).toBe(288);
+    expect(header.readUInt16LE(96)).toBe(512); // endpoint 0 at SuperSpeed
+    expect(header.readUInt32LE(160 + 4 * 17)).toBe(256);
+    const decoded = decodeEpInfo(new DataView(header.buffer, header.byteOffset, header.length));
+    expect(decoded.get(0x81)).toEqual(entry);
+  });
+
+  it("alloc_bulk_streams on endpoints without streams answers bulk_streams_status inval and says why", async () => {
+    t = await superDisk();
+    const c = await t.connect();
+    await c.request(RedirType.SET_CONFIGURATION, [1], RedirType.CONFIGURATION_STATUS);
+    const eps = (1 << 17) | (1 << 2);
+    const st = await c.request(
+      RedirType.ALLOC_BULK_STREAMS,
+      allocHeader(eps, 16),
+      RedirType.BULK_STREAMS_STATUS,
+    );
+    expect(st.status).toBe(RedirStatus.INVAL);
+    expect(t.log.lines.some((l) => /0x81 has no streams/.test(l))).toBe(true);
+    // An endpoint the active settings do not have.
+    const none = await c.request(
+      RedirType.ALLOC_BULK_STREAMS,
+      allocHeader(1 << 20, 2),
+      RedirType.BULK_STREAMS_STATUS,
+    );
+    expect(none.status).toBe(RedirStatus.INVAL);
+    const free = await c.request(
+      RedirType.FREE_BULK_STREAMS,
+      allocHeader(eps, 0).slice(0, 4),
+      RedirType.BULK_STREAMS_STATUS,
+    );
+    expect(free.status).toBe(RedirStatus.INVAL);
+  });
+
+  it("a bulk packet on a stream of an endpoint without streams is inval, and the connection goes on", async () => {
+    t = await superDisk();
+    const c = await t.connect();
+    await c.request(RedirType.SET_CONFIGURATION, [1], RedirType.CONFIGURATION_STATUS);
+    const r = await c.bulk(0x81, 512, 3).reply;
+    expect(r.status).toBe(RedirStatus.INVAL);
+    expect(t.log.lines.some((l) => /0x81 has no streams/.test(l))).toBe(true);
+    const cbw = encodeCbw({ tag: 1, dataTransferLength: 0, directionIn: false, cb: [0, 0, 0, 0, 0, 0] });
+    expect((await c.bulk(0x02, cbw).reply).status).toBe(RedirStatus.SUCCESS);
+    expect(decodeCsw((await c.bulk(0x81, 13).reply).data)).toMatchObject({ tag: 1, status: 0 });
   });
 });
 

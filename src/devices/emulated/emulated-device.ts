@@ -7,7 +7,8 @@
  * - Control transfers (§9.3): standard requests are answered by standard-requests.ts, class and vendor
  *   ones by the device class; a request error is a STALL, i.e. -EPIPE on the control transfer (§9.2.7).
  * - The dedicated UsbDevice methods: setConfiguration / setInterface with validation (-EPIPE for values
- *   the descriptors do not offer), clearHalt, reset to the default (unconfigured) state, close.
+ *   the descriptors do not offer), clearHalt, reset to the default (unconfigured) state, close, and bulk
+ *   streams (allocStreams up to the endpoint companion's MaxStreams; every endpoint change drops them).
  * - Transfer dispatch (src/devices/device.ts contract): each submit gets a PendingTransfer that settles
  *   exactly once; cancel settles with -ECONNRESET; endpoint changes (configuration, alternate setting,
  *   reset, close) flush in-flight transfers with -ESHUTDOWN as Linux usb_hcd_flush_endpoint does; a
@@ -77,6 +78,8 @@ export abstract class EmulatedDevice implements UsbDevice {
   private nextHandle = 1;
   private closed = false;
   private readonly state = new EndpointState();
+  /** Bulk streams allocated, by endpoint address; every endpoint change drops them. */
+  private readonly streams = new Map<number, number>();
   /** What standard-requests.ts answers for: built once, so a request allocates nothing for it. */
   private readonly standardTarget: StandardRequestTarget;
   private readonly createdAt = performance.now();
@@ -199,6 +202,7 @@ export abstract class EmulatedDevice implements UsbDevice {
     if (value !== 0 && next === null) return EPIPE;
     // Every non-control endpoint goes away (and comes back with its halt and toggle cleared, §9.4.7).
     this.flush((t) => t.endpointAddress !== 0, ESHUTDOWN);
+    this.streams.clear();
     this.state.configure(next);
     this.onConfigurationChanged(value);
     return OK;
@@ -212,9 +216,33 @@ export abstract class EmulatedDevice implements UsbDevice {
     const owned = (t: PendingTransfer) =>
       this.state.endpoint(t.endpointAddress)?.interfaceNumber === interfaceNumber;
     this.flush(owned, ESHUTDOWN);
+    this.streams.clear();
     this.state.selectAlternate(interfaceNumber, alternateSetting);
     this.onInterfaceChanged(interfaceNumber, alternateSetting);
     return OK;
+  }
+
+  /** Streams up to what the endpoint's companion offers (USB 3.2 §9.6.7), on an active bulk endpoint. */
+  async allocStreams(endpointAddress: number, streams: number): Promise<UrbStatus> {
+    if (this.closed) return ESHUTDOWN;
+    const ep = this.state.endpoint(endpointAddress);
+    if (ep === undefined || ep.type !== "bulk" || !Number.isInteger(streams)) return EINVAL;
+    if (streams < 1 || streams > ep.maxStreams) return EINVAL;
+    this.streams.set(endpointAddress, streams);
+    return OK;
+  }
+
+  async freeStreams(endpointAddress: number): Promise<UrbStatus> {
+    if (this.closed) return ESHUTDOWN;
+    if (!this.streams.delete(endpointAddress)) return EINVAL;
+    // Transfers queued on the endpoint's streams end with it (as xHCI's streams' rings go).
+    this.flush((t) => t.endpointAddress === endpointAddress && t.request.streamId !== 0, ESHUTDOWN);
+    return OK;
+  }
+
+  /** Streams allocated on `address` (0: none). */
+  protected streamsOf(address: number): number {
+    return this.streams.get(address) ?? 0;
   }
 
   async clearHalt(endpointAddress: number): Promise<UrbStatus> {
@@ -225,6 +253,7 @@ export abstract class EmulatedDevice implements UsbDevice {
   async reset(): Promise<UrbStatus> {
     if (this.closed) return ESHUTDOWN;
     this.flush(() => true, ESHUTDOWN);
+    this.streams.clear();
     this.state.configure(null);
     this.onConfigurationChanged(0);
     return OK;
@@ -265,6 +294,11 @@ export abstract class EmulatedDevice implements UsbDevice {
       return;
     }
     if (r.kind !== ep.type) {
+      t.fail(EINVAL);
+      return;
+    }
+    // A stream the endpoint was not given: the port checks it first; a device used directly checks too.
+    if (r.streamId !== 0 && (ep.type !== "bulk" || r.streamId > this.streamsOf(ep.address))) {
       t.fail(EINVAL);
       return;
     }

@@ -35,6 +35,7 @@ async function main(): Promise<Record<string, unknown>> {
         zeroPacket: false,
         interval: 0,
         isoPackets: null,
+        streamId: 0,
       },
       resolve,
     );
@@ -51,6 +52,7 @@ async function main(): Promise<Record<string, unknown>> {
         zeroPacket: false,
         interval: 1,
         isoPackets: [{ offset: 0, length: 8 }],
+        streamId: 0,
       },
       resolve,
     );
