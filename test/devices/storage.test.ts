@@ -23,6 +23,7 @@ import {
 import { ECONNRESET, EPIPE, ESHUTDOWN, OK } from "../../src/urb/status.js";
 import { UsbSpeed } from "../../src/usb/index.js";
 import { InvalidOptionError } from "../../src/util/errors.js";
+import { pattern } from "../support/data.js";
 import { bulk, control, expectPending, setupPacket } from "./support.js";
 
 const SIZE = 1024 * 1024; // 2048 blocks
@@ -202,6 +203,42 @@ describe("READ/WRITE", () => {
     const w16 = [ScsiOp.WRITE_16, 0, 0, 0, 0, 0, 0, 0, 0, 100, 0, 0, 0, 1, 0, 0];
     expect((await scsi(w16, { dataOut: sector })).csw.status).toBe(CswStatus.PASSED);
     expect((await scsi(read10(100, 1), { dataIn: BLOCK_SIZE })).data).toEqual(sector);
+  });
+
+  it("READ(12)/WRITE(12) address the same blocks as READ(10), with 32-bit block counts range-checked", async () => {
+    await attach();
+    const twelve = (op: number, lba: number, blocks: number) => [
+      op,
+      0,
+      ...[24, 16, 8, 0].map((shift) => (lba >>> shift) & 0xff),
+      ...[24, 16, 8, 0].map((shift) => (blocks >>> shift) & 0xff),
+      0,
+      0,
+    ];
+    const data = pattern(3 * BLOCK_SIZE, 12);
+    expect((await scsi(twelve(ScsiOp.WRITE_12, 200, 3), { dataOut: data })).csw.status).toBe(
+      CswStatus.PASSED,
+    );
+    expect((await scsi(read10(200, 3), { dataIn: data.length })).data).toEqual(data);
+    const back = await scsi(twelve(ScsiOp.READ_12, 200, 3), { dataIn: data.length });
+    expect(back.data).toEqual(data);
+    // A count that only 32 bits can say, past the end: refused before any data moves.
+    const huge = await scsi(twelve(ScsiOp.READ_12, 0, 0x1000_0000), { dataIn: BLOCK_SIZE });
+    expect(huge.csw.status).toBe(CswStatus.FAILED);
+    expect(senseOf((await requestSense()).data)).toEqual([0x05, 0x21, 0x00]);
+  });
+
+  it("READ FORMAT CAPACITIES (Windows asks every USB disk) gives the formatted capacity and block length", async () => {
+    await attach();
+    const r = await scsi([ScsiOp.READ_FORMAT_CAPACITIES, 0, 0, 0, 0, 0, 0, 0, 252, 0], { dataIn: 252 });
+    expect(r.csw).toMatchObject({ status: CswStatus.PASSED, residue: 252 - 12 });
+    expect([...r.data.subarray(0, 4)]).toEqual([0, 0, 0, 8]);
+    expect(be32(r.data, 4)).toBe(SIZE / BLOCK_SIZE);
+    expect(r.data[8]).toBe(0x02);
+    expect((r.data[9]! << 16) | (r.data[10]! << 8) | r.data[11]!).toBe(BLOCK_SIZE);
+    // The allocation length cuts the answer.
+    const short = await scsi([ScsiOp.READ_FORMAT_CAPACITIES, 0, 0, 0, 0, 0, 0, 0, 4, 0], { dataIn: 4 });
+    expect([...short.data]).toEqual([0, 0, 0, 8]);
   });
 
   it("an LBA out of range fails with ILLEGAL REQUEST / LBA OUT OF RANGE, reported once by REQUEST SENSE", async () => {

@@ -3,8 +3,9 @@
  * the commands Linux usb-storage / sd and other hosts send, decoded from the CDB into a plan the BOT layer
  * executes. Layouts from SPC-3 (INQUIRY §6.4 + VPD pages §7.6, REQUEST SENSE §6.27 with fixed-format sense
  * §4.5.3, MODE SENSE(6)/(10) §6.9/§6.10 with the caching mode page of SBC-2 §6.3.3, REPORT LUNS §6.21,
- * TEST UNIT READY §6.33, PREVENT ALLOW MEDIUM REMOVAL §6.13) and SBC-2 (READ/WRITE(6)/(10)/(16),
- * READ CAPACITY(10)/(16), START STOP UNIT, SYNCHRONIZE CACHE(10), VERIFY(10)).
+ * TEST UNIT READY §6.33, PREVENT ALLOW MEDIUM REMOVAL §6.13), SBC-2 (READ/WRITE(6)/(10)/(12)/(16),
+ * READ CAPACITY(10)/(16), START STOP UNIT, SYNCHRONIZE CACHE(10), VERIFY(10)) and MMC-2/UFI's READ FORMAT
+ * CAPACITIES (§5.3.3 of the USB Mass Storage UFI spec), which Windows sends to every USB disk.
  *
  * Every CDB field is untrusted: transfer lengths are only ever numbers compared with the store size and the
  * host's buffers, never allocation sizes; LBA + length is checked against the capacity before any I/O.
@@ -37,12 +38,15 @@ export const ScsiOp = {
   MODE_SENSE_6: 0x1a,
   START_STOP_UNIT: 0x1b,
   PREVENT_ALLOW_MEDIUM_REMOVAL: 0x1e,
+  READ_FORMAT_CAPACITIES: 0x23,
   READ_CAPACITY_10: 0x25,
   READ_10: 0x28,
   WRITE_10: 0x2a,
   VERIFY_10: 0x2f,
   SYNCHRONIZE_CACHE_10: 0x35,
   MODE_SENSE_10: 0x5a,
+  READ_12: 0xa8,
+  WRITE_12: 0xaa,
   READ_16: 0x88,
   WRITE_16: 0x8a,
   SERVICE_ACTION_IN_16: 0x9e,
@@ -81,6 +85,11 @@ const MODE_HEADER_10 = 8;
 /** Device-specific parameter bit 7 for direct-access devices: write protected. */
 const MODE_WP = 0x80;
 const REPORT_LUNS_LENGTH = 16;
+/** READ FORMAT CAPACITIES: a 4-byte capacity list header and one 8-byte current capacity descriptor. */
+const FORMAT_CAPACITY_LIST_LENGTH = 12;
+const FORMAT_CAPACITY_DESCRIPTOR_LENGTH = 8;
+/** Descriptor type 2: formatted media, the capacity is the current one. */
+const FORMATTED_MEDIA = 0x02;
 const VERIFY_BYTCHK = 0x02;
 /** READ(6)/WRITE(6): a transfer length of 0 means 256 blocks. */
 const SIX_BYTE_ZERO_MEANS = 256;
@@ -254,6 +263,9 @@ function blockRange(cdb: Uint8Array): { lba: number; blocks: number } | null {
     case ScsiOp.WRITE_10:
     case ScsiOp.VERIFY_10:
       return { lba: be32(cdb, 2), blocks: be16(cdb, 7) };
+    case ScsiOp.READ_12:
+    case ScsiOp.WRITE_12:
+      return { lba: be32(cdb, 2), blocks: be32(cdb, 6) };
     case ScsiOp.READ_16:
     case ScsiOp.WRITE_16: {
       const high = be32(cdb, 2);
@@ -274,6 +286,18 @@ function blockIo(lu: LogicalUnit, cdb: Uint8Array, write: boolean): ScsiPlan {
   const offset = range.lba * lu.blockSize;
   const length = range.blocks * lu.blockSize;
   return write ? { kind: "write", offset, length } : { kind: "read", offset, length };
+}
+
+/** READ FORMAT CAPACITIES: the current (formatted) capacity only, no formattable descriptors. */
+function readFormatCapacities(lu: LogicalUnit, cdb: Uint8Array): ScsiPlan {
+  const out = new Uint8Array(FORMAT_CAPACITY_LIST_LENGTH);
+  out[3] = FORMAT_CAPACITY_DESCRIPTOR_LENGTH; // capacity list length
+  // Number of blocks is 32 bits: a larger disk says all ones, as READ CAPACITY(10) does.
+  putBe32(out, 4, Math.min(lu.blockCount, LBA_32_OVERFLOW));
+  out[8] = FORMATTED_MEDIA;
+  out[9] = (lu.blockSize >>> 16) & 0xff; // block length, 24 bits
+  putBe16(out, 10, lu.blockSize & 0xffff);
+  return inData(out, be16(cdb, 7));
 }
 
 function reportLuns(cdb: Uint8Array): ScsiPlan {
@@ -305,16 +329,20 @@ export function planCommand(lu: LogicalUnit, cdb: Uint8Array, lun: number, sense
       return modeSense(lu, cdb, true);
     case ScsiOp.READ_CAPACITY_10:
       return readCapacity10(lu);
+    case ScsiOp.READ_FORMAT_CAPACITIES:
+      return readFormatCapacities(lu, cdb);
     case ScsiOp.SERVICE_ACTION_IN_16:
       return (cdb[1]! & SERVICE_ACTION_MASK) === SAI_READ_CAPACITY_16
         ? readCapacity16(lu, cdb)
         : check(SENSE_INVALID_FIELD_IN_CDB);
     case ScsiOp.READ_6:
     case ScsiOp.READ_10:
+    case ScsiOp.READ_12:
     case ScsiOp.READ_16:
       return blockIo(lu, cdb, false);
     case ScsiOp.WRITE_6:
     case ScsiOp.WRITE_10:
+    case ScsiOp.WRITE_12:
     case ScsiOp.WRITE_16:
       return blockIo(lu, cdb, true);
     case ScsiOp.VERIFY_10: {
