@@ -84,5 +84,37 @@ describe.skipIf(skipWithout("the usbredir QEMU test", availability))(
       for (const s of servers) await s.close();
       expect(readFileSync(disk).equals(content), "the guest restored the block it wrote").toBe(true);
     }, 180_000);
+
+    it("a SuperSpeed storage (speed 4) lands on the xHCI's USB 3 port: sysfs speed 5000, Bulk-Only I/O works", async () => {
+      const guest = requireGuest(availability);
+      const disk = join(dir, "disk-super.img");
+      const content = Buffer.alloc(8 << 20);
+      for (let i = 0; i < content.length; i++) content[i] = (i * 31 + 7) & 0xff;
+      writeFileSync(disk, content);
+      const log = new CollectingLogger();
+      const storage = await UsbredirServer.start({
+        device: { kind: "emulated", name: "storage", options: { file: disk, speed: 4 } },
+        listen: { port: 0 },
+        logger: log,
+      });
+      servers.push(storage);
+      const run = await bootGuest({
+        guest,
+        name: "usbredir-superspeed-storage",
+        redirPorts: [storage.address!.port],
+        checks: ["storage"],
+        timeoutMs: 150_000,
+      });
+      const why = `${describeRun(run)}\nusbvirt log:\n${log.lines.join("\n")}`;
+      expect(run.done, why).toBe(true);
+      expect(run.steps.get("usb-ids")?.detail, why).toMatch(/1209:0003@\S+\/5000/);
+      expect(run.steps.get("storage"), why).toMatchObject({ ok: true });
+      expect(
+        [...run.steps.values()].filter((s) => !s.ok),
+        why,
+      ).toEqual([]);
+      await storage.close();
+      expect(readFileSync(disk).equals(content), "the guest restored the block it wrote").toBe(true);
+    }, 180_000);
   },
 );
