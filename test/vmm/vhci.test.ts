@@ -110,5 +110,48 @@ describe.skipIf(skipWithout("the vhci-hcd QEMU test", availability))(
       stopServe = null;
       expect(readFileSync(disk).equals(content), "the guest restored the block it wrote").toBe(true);
     }, 330_000);
+
+    it("a SuperSpeed storage (speed 4, from a config file) is attached to a vhci SuperSpeed port: sysfs speed 5000", async () => {
+      const guest = requireGuest(availability);
+      const disk = join(dir, "disk-super.img");
+      const content = Buffer.alloc(8 << 20);
+      for (let i = 0; i < content.length; i++) content[i] = (i * 13 + 5) & 0xff;
+      writeFileSync(disk, content);
+      const config = join(dir, "serve-super.json");
+      const storage = {
+        kind: "emulated",
+        name: "storage",
+        options: { file: disk, sizeBytes: 8 << 20, speed: 4 },
+      };
+      writeFileSync(config, JSON.stringify({ devices: [storage] }));
+      const serve = await serveInProcess(["--config", config]);
+      stopServe = serve.stop;
+      const busids = serve.server.devices.map((d) => d.busid);
+      expect(busids).toEqual(["1-1"]);
+      relays.push(await startLazyRelay(serve.server.address));
+      const run = await bootGuest({
+        guest,
+        name: "vhci-superspeed-storage",
+        usbip: [{ busid: "1-1", port: relays[0]!.port }],
+        checks: ["vhci", "storage"],
+        waitS: 45,
+        timeoutMs: 300_000,
+      });
+      const why = `${describeRun(run)}\nusbvirt log:\n${serve.c.logger.lines.join("\n")}`;
+      expect(run.done, why).toBe(true);
+      // The record said USB_SPEED_SUPER (5): guest-tool picked a port of vhci's SuperSpeed root hub.
+      expect(run.steps.get("vhci-1-1")?.detail, why).toMatch(/^1209:0003 imported .*, super speed \(5\)/);
+      expect(run.steps.get("usb-ids")?.detail, why).toMatch(/1209:0003@\S+\/5000\b/);
+      expect(run.steps.get("storage"), why).toMatchObject({ ok: true });
+      expect(
+        [...run.steps.values()].filter((s) => !s.ok),
+        why,
+      ).toEqual([]);
+      for (const r of relays) await r.close();
+      relays.length = 0;
+      expect(await serve.stop(), why).toBe(0);
+      stopServe = null;
+      expect(readFileSync(disk).equals(content), "the guest restored the block it wrote").toBe(true);
+    }, 330_000);
   },
 );
