@@ -142,6 +142,12 @@ export const STORAGE_SIZE_OPTION: OptionSpec = {
   value: "SIZE",
   help: "size of the emulated storage device (default 64M)",
 };
+export const STORAGE_SPEED_OPTION: OptionSpec = {
+  name: "storage-speed",
+  kind: "string",
+  value: "full|high|super",
+  help: "the emulated storage device's USB speed (default high; super: SuperSpeed, 5 Gb/s)",
+};
 export const STORAGE_FILE_OPTION: OptionSpec = {
   name: "storage-file",
   kind: "string",

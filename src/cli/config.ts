@@ -191,6 +191,15 @@ export function daemonFields(peers: string) {
         v.description('size of the emulated storage device (default "64M")'),
       ),
     ),
+    storageSpeed: v.optional(
+      v.pipe(
+        v.picklist(
+          ["full", "high", "super"],
+          (i) => `must be "full", "high" or "super", not ${JSON.stringify(i.input)}`,
+        ),
+        v.description('the emulated storage device\'s USB speed (default "high")'),
+      ),
+    ),
     storageFile: v.optional(
       v.pipe(
         v.string((i) => `must be a file path, not ${JSON.stringify(i.input)}`),
@@ -341,6 +350,7 @@ export const DAEMON_FLAGS = {
   allowClients: "allow-client",
   storageSize: "storage-size",
   storageFile: "storage-file",
+  storageSpeed: "storage-speed",
   quiet: "quiet",
   logFormat: "log-format",
   metrics: "metrics",
@@ -355,6 +365,11 @@ export const DAEMON_FLAGS = {
   metricsTlsClientFingerprints: "metrics-tls-client-fingerprint",
   metricsTlsMinVersion: "metrics-tls-min-version",
 } as const;
+
+/** The storage's speed option (UsbSpeed numbers) from a checked `storageSpeed` setting; {} for the default. */
+export function storageSpeedOption(speed: "full" | "high" | "super" | undefined): { speed?: number } {
+  return speed === undefined ? {} : { speed: { full: 2, high: 3, super: 4 }[speed] };
+}
 
 /** Storage size in bytes from a checked `storageSize` setting (default 64 MiB). */
 export function storageBytes(size: string | number | undefined): number {

@@ -25,9 +25,10 @@ import {
   STATE_DIR_OPTION,
   STORAGE_FILE_OPTION,
   STORAGE_SIZE_OPTION,
+  STORAGE_SPEED_OPTION,
 } from "./args.js";
 import { peerBoundOptions, peerBoundsOf, RENAMED_BOUND_FLAGS } from "./bound-settings.js";
-import { commandConfig, storageBytes } from "./config.js";
+import { commandConfig, storageBytes, storageSpeedOption } from "./config.js";
 import { packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
 import {
   Daemon,
@@ -90,6 +91,7 @@ export const REDIRECT: CommandSpec = {
       help: "with --listen: accept connections only from these addresses or subnets",
     },
     STORAGE_SIZE_OPTION,
+    STORAGE_SPEED_OPTION,
     STORAGE_FILE_OPTION,
     CONFIG_OPTION,
     QUIET_OPTION,
@@ -216,6 +218,7 @@ export async function redirectCommand(
   const metricsTls = metricsTlsOptions("redirect", config);
   const storage: Record<string, unknown> = {
     sizeBytes: storageBytes(config.storageSize),
+    ...storageSpeedOption(config.storageSpeed),
     ...(config.storageFile !== undefined ? { file: config.storageFile } : {}),
   };
   const spec =

@@ -41,11 +41,18 @@ import {
   STATE_DIR_OPTION,
   STORAGE_FILE_OPTION,
   STORAGE_SIZE_OPTION,
+  STORAGE_SPEED_OPTION,
   secondsOption,
 } from "./args.js";
 import { ATTACH_SETTINGS, attachEntries, millisecondsOf } from "./attach-config.js";
 import { peerBoundOptions, peerBoundsOf, RENAMED_BOUND_FLAGS } from "./bound-settings.js";
-import { commandConfig, SERVE_MAX_URBS_DEFAULT, SERVE_SETTINGS, storageBytes } from "./config.js";
+import {
+  commandConfig,
+  SERVE_MAX_URBS_DEFAULT,
+  SERVE_SETTINGS,
+  storageBytes,
+  storageSpeedOption,
+} from "./config.js";
 import { CTL, ctlCommand } from "./ctl.js";
 import { packageVersion, socketActivationFd, storageFileWarnings } from "./daemon.js";
 import {
@@ -198,6 +205,7 @@ const SERVE: CommandSpec = {
       help: "accept USB/IP clients only from these addresses or subnets",
     },
     STORAGE_SIZE_OPTION,
+    STORAGE_SPEED_OPTION,
     STORAGE_FILE_OPTION,
     CONFIG_OPTION,
     QUIET_OPTION,
@@ -539,6 +547,7 @@ export async function serveCommand(options: Options, io: CliIo): Promise<number>
   const storageFile = config.storageFile;
   const storage: Record<string, unknown> = {
     sizeBytes: storageBytes(config.storageSize),
+    ...storageSpeedOption(config.storageSpeed),
     ...(storageFile !== undefined ? { file: storageFile } : {}),
   };
 

@@ -67,6 +67,11 @@ const flagCases: readonly [string, readonly string[], string][] = [
   ],
   ["a port with letters", ["--port", "3253x"], '--port: must be an integer 0..65535, not "3253x"'],
   ["an empty bind address", ["--bind="], '--bind: must be an IP address or host name, not ""'],
+  [
+    "a storage speed USB has no name for",
+    ["--storage-speed", "fast"],
+    '--storage-speed: must be "full", "high" or "super", not "fast"',
+  ],
 ];
 
 const fileCases: readonly [string, Record<string, unknown>, string][] = [
@@ -74,6 +79,7 @@ const fileCases: readonly [string, Record<string, unknown>, string][] = [
   ["devices must be a list", { devices: "loopback" }, 'devices: must be a list of devices, not "loopback"'],
   ["port must be a number", { port: "0" }, 'port: must be an integer 0..65535, not "0"'],
   ["storageFile must be a path", { storageFile: 7 }, "storageFile: must be a file path, not 7"],
+  ["storageSpeed is a name", { storageSpeed: 4 }, 'storageSpeed: must be "full", "high" or "super", not 4'],
   ["a device entry must be a selector or a spec", { devices: [42] }, "devices[0]: must be a selector string"],
   [
     "a device spec's fields are checked",
