@@ -112,29 +112,25 @@ describe.skipIf(skipWithout("the tests of a port worker that dies holding a host
 describe.skipIf(skipWithout("the tests of a backend worker that dies with its port workers", testbed))(
   "a backend worker that dies with its port workers",
   () => {
-    // Known defect, open: on Node 22 the give-back's USBDEVFS_CONNECT was sometimes never sent (seen in a
-    // fresh-clone CI run and reproduced once by hand; Node 20 passed every run). Skipped there, not hidden.
-    const node22GiveBackDefect = Number(process.versions.node.split(".")[0]) >= 22;
-    if (!node22GiveBackDefect)
-      it("has the control plane give the host device back, so the new backend can attach it again", async () => {
-        const { verdict: v, ioctls } = await underTestbed(
-          "test/host/children/arbitration.ts",
-          ["backend"],
-          ["--driver", "usbhid"],
-        );
-        expect(ioctls.slice(0, 4)).toEqual([
-          "getdriver 0 usbhid",
-          "getdriver 0 usbhid",
-          "disconnect 0",
-          "claim 0",
-        ]);
-        expect(ioctls[4]).toMatch(/^connect 0( -> 16)?$/); // see above for the EBUSY
-        expect(v.logs as string[]).toContainEqual(
-          expect.stringMatching(/^port 1: host device given back by the control plane/),
-        );
-        // The new backend holds it again (B is refused), and no fd of the dead backend's port worker is left.
-        expect(v.after).toMatchObject({ code: "ERR_USBVIRT_HOST_IN_USE" });
-        expect((v.fdsLeft as string[]).filter((f) => f.includes("bus/usb/"))).toHaveLength(1);
-      });
+    it("has the control plane give the host device back, so the new backend can attach it again", async () => {
+      const { verdict: v, ioctls } = await underTestbed(
+        "test/host/children/arbitration.ts",
+        ["backend"],
+        ["--driver", "usbhid"],
+      );
+      expect(ioctls.slice(0, 4)).toEqual([
+        "getdriver 0 usbhid",
+        "getdriver 0 usbhid",
+        "disconnect 0",
+        "claim 0",
+      ]);
+      expect(ioctls[4]).toMatch(/^connect 0( -> 16)?$/); // see above for the EBUSY
+      expect(v.logs as string[]).toContainEqual(
+        expect.stringMatching(/^port 1: host device given back by the control plane/),
+      );
+      // The new backend holds it again (B is refused), and no fd of the dead backend's port worker is left.
+      expect(v.after).toMatchObject({ code: "ERR_USBVIRT_HOST_IN_USE" });
+      expect((v.fdsLeft as string[]).filter((f) => f.includes("bus/usb/"))).toHaveLength(1);
+    });
   },
 );

@@ -63,6 +63,7 @@ from usbdevfs_testbed import (  # noqa: E402
     SETCONFIGURATION,
     SETINTERFACE,
     SUBMITURB,
+    new_testbed,
     run_under_umockdev,
     serve_child,
 )
@@ -353,7 +354,7 @@ def main():
 
     descriptors = descriptors_of(text)
     alt_text = open(alt_description).read() if alt_description is not None else None
-    testbed = UMockdev.Testbed.new()
+    testbed = new_testbed()
     state = {"device": None, "handler": None, "showing": text}
 
     def show(t):
