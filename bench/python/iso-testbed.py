@@ -51,6 +51,7 @@ from usbdevfs_testbed import (
     SETINTERFACE,
     SUBMITURB,
     URB_SIZE,
+    new_testbed,
     run_under_umockdev,
     serve_child,
 )
@@ -307,7 +308,7 @@ def main():
     child_argv = sys.argv[sys.argv.index("--") + 1 :]
     text = open(description).read()
     devnode = [line[3:] for line in text.splitlines() if line.startswith("N: ")][0]
-    testbed = UMockdev.Testbed.new()
+    testbed = new_testbed()
     testbed.add_from_string(text)
     stream = report_file is not None
     device = Device(stream=stream)

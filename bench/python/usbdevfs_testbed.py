@@ -1,8 +1,8 @@
 """
 What the interactive umockdev testbeds share (bench/python/iso-testbed.py, test/host/children/testbed.py;
 USB-TESTING.md, interactive mode): the usbdevfs ioctl numbers and errnos their devices answer, running the
-controller under umockdev's preload, and running the Node child under the testbed with its output passed on.
-Nothing here imports gi before the script runs under the preload.
+controller under umockdev's preload, making the Testbed, and running the Node child under the testbed with
+its output passed on. Nothing here imports gi before the script runs under the preload.
 """
 
 import os
@@ -36,6 +36,26 @@ def run_under_umockdev():
         os.environ["USBVIRT_TESTBED_WRAPPED"] = "1"
         # -B: no __pycache__ beside the script (nothing in the tree is written by a test run).
         os.execvp("umockdev-wrapper", ["umockdev-wrapper", sys.executable, "-B"] + sys.argv)
+
+
+def new_testbed():
+    """
+    A UMockdev.Testbed without its fallback ioctl socket (`ioctl/_default`). umockdev's preload keeps a table
+    from fd numbers to ioctl sockets, filled by its open() wrapper and emptied only by its close() wrapper; a
+    lookup returns the first entry with that number. With the fallback there, every /dev path the testbed
+    does not emulate gets an entry: libuv opens /dev/null in each event loop (its EMFILE reserve) and closes
+    it with the raw close syscall, so the entry outlives the fd. Once a worker thread ended, the next open of
+    the device node (the control plane's give-back, say) may get that number, and its ioctls go to the
+    fallback, which answers ENOTTY without the device's handler seeing them. Without the fallback, paths
+    outside the testbed are not tracked (their ioctls reach the kernel, as without umockdev); emulated nodes
+    have sockets of their own.
+    """
+    from gi.repository import UMockdev
+
+    testbed = UMockdev.Testbed.new()
+    # Bound by the Testbed's constructor; the preload takes a missing fallback as "not emulated".
+    os.unlink(os.path.join(testbed.get_root_dir(), "ioctl", "_default"))
+    return testbed
 
 
 def serve_child(child_argv, on_line, stdin=None, on_start=None, seconds=30):

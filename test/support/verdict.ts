@@ -13,3 +13,24 @@ export function exitWithVerdict(verdict: Readonly<Record<string, unknown>>, code
   leaving = true;
   process.stdout.write(`VERDICT ${JSON.stringify(verdict)}\n`, () => process.exit(code));
 }
+
+/**
+ * A child's whole run: `{ ok: true, ...result }` when `run` resolves (exit 0), `{ ok: false, error }` when it
+ * rejects (exit 1) or has not settled after `watchdogMs` (exit 2: the parent reads a hang as a verdict).
+ */
+export function exitWithVerdictOf(run: Promise<Readonly<Record<string, unknown>>>, watchdogMs: number): void {
+  const watchdog = setTimeout(
+    () => exitWithVerdict({ ok: false, error: "timed out in the child" }, 2),
+    watchdogMs,
+  );
+  run.then(
+    (v) => {
+      clearTimeout(watchdog);
+      exitWithVerdict({ ok: true, ...v }, 0);
+    },
+    (err: unknown) => {
+      clearTimeout(watchdog);
+      exitWithVerdict({ ok: false, error: String(err) }, 1);
+    },
+  );
+}

@@ -5,7 +5,7 @@
  * watchdog or the control plane, an OOM, a crash whose exit hook could not
  * finish). fds and interface claims belong to the process, not the thread:
  *
- *   word 0      state: 0 nothing held, 1 held (set last on publish, cleared first on release)
+ *   word 0      state: 0 nothing held, 1 held (set last on publish, cleared last on release)
  *   words 1, 2  bus number, device address (the device node, and the lock file of ./device-claim.ts)
  *   word 3      the usbfs fd of the isochronous path (./usbfs-iso.ts), -1 if none
  *   words 4-11  interfaces that fd has claimed (a 256-bit set)
@@ -16,6 +16,12 @@
  * libusb's own fd is not listed: node-usb closes it when the worker's
  * environment is torn down (seen under umockdev: terminate() leaves no fd on
  * the device node), and the kernel drops that fd's claims on close.
+ *
+ * The device gives things back one at a time (its close(), or the exit hook), and the
+ * worker may be killed at any point of that: each part leaves the record only once it
+ * was given back (one atomic operation each), and the state is cleared after the lock was
+ * released, so a release that did not finish leaves the record naming what is still
+ * held, and each part is given back by exactly one side.
  *
  * releaseHeld (the spawning thread, after the worker's 'exit'): the usbfs fd,
  * if fstat still names the same file, releases its interfaces and is closed;
@@ -98,10 +104,39 @@ export class HeldRecord {
     Atomics.store(w, kState, 1); // publishes the words above (seq-cst)
   }
 
-  /** Nothing is held any more (released by the device itself). */
+  /** The usbfs fd was closed by the device (its claims went with it). */
+  usbfsClosed(): void {
+    Atomics.store(this.words, kUsbfsFd, -1);
+  }
+
+  /** The device re-attached (or tried to re-attach) interface n's kernel driver itself. */
+  driverReattached(n: number): void {
+    if (n < 0 || n >= SET_WORDS * 32) return;
+    Atomics.and(this.words, kDetached + (n >>> 5), ~(1 << (n & 31)));
+  }
+
+  /** Nothing is held any more (released by the device itself, the lock last). */
   clear(): void {
     Atomics.store(this.words, kState, 0);
   }
+}
+
+/** What the record says is held, without taking it (null when nothing is). */
+export function readHeld(sab: SharedArrayBuffer): Holdings | null {
+  const w = new Int32Array(sab);
+  return Atomics.load(w, kState) === 1 ? holdingsIn(sab) : null;
+}
+
+function holdingsIn(sab: SharedArrayBuffer): Holdings {
+  const w = new Int32Array(sab);
+  return {
+    busNumber: w[kBus]!,
+    deviceAddress: w[kAddress]!,
+    token: Buffer.from(new Uint8Array(sab, TOKEN_AT, TOKEN_BYTES)).toString("hex"),
+    usbfsFd: w[kUsbfsFd]!,
+    usbfsInterfaces: readSet(w, kClaimed),
+    detachedDrivers: readSet(w, kDetached),
+  };
 }
 
 /** What releaseHeld did, for one log line; null when the record held nothing. */
@@ -114,14 +149,15 @@ export interface HeldRelease {
 
 /** Give back what the record says is held (see the header). Never throws. */
 export function releaseHeld(sab: SharedArrayBuffer): HeldRelease | null {
-  const w = new Int32Array(sab);
-  if (Atomics.exchange(w, kState, 0) !== 1) return null;
-  const busNumber = w[kBus]!;
-  const deviceAddress = w[kAddress]!;
-  const fd = w[kUsbfsFd]!;
-  const claimed = readSet(w, kClaimed);
-  const detached = readSet(w, kDetached);
-  const token = Buffer.from(new Uint8Array(sab, TOKEN_AT, TOKEN_BYTES)).toString("hex");
+  if (Atomics.exchange(new Int32Array(sab), kState, 0) !== 1) return null;
+  const {
+    busNumber,
+    deviceAddress,
+    token,
+    usbfsFd: fd,
+    usbfsInterfaces: claimed,
+    detachedDrivers: detached,
+  } = holdingsIn(sab);
   const identity = new BigInt64Array(sab, IDENTITY_AT, 2);
   const load = loadUsbfs();
   let usbfsFd: HeldRelease["usbfsFd"] = "none";

@@ -268,6 +268,7 @@ export class HostUsbDevice implements UsbDevice {
     if (claimError !== null) {
       await this.releaseAll();
       await this.usbfs?.close();
+      this.reattachDrivers(dev); // those detached before the interface that failed
       dev.close();
       this.releaseClaim();
       throw new HostDeviceError("ERR_USBVIRT_HOST_CLAIM", `cannot claim host device ${where}: ${claimError}`);
@@ -578,21 +579,31 @@ export class HostUsbDevice implements UsbDevice {
     const dev = this.dev!;
     await this.releaseAll();
     await this.usbfs?.close();
-    for (const n of this.detachedDrivers) {
-      const rc = dev.attachKernelDriver(n);
-      if (rc !== 0 && rc !== LibusbError.NO_DEVICE)
-        this.log(`interface ${n}: reattaching the kernel driver failed (${rc})`);
-    }
-    this.detachedDrivers.clear();
+    this.held?.usbfsClosed();
+    this.reattachDrivers(dev);
     if (this.inFlight.size === 0) dev.close();
     this.releaseClaim();
     this.state = "closed";
   }
 
+  /**
+   * Give each detached kernel driver back, taking it off the record (./held-record.ts) once asked for:
+   * a worker killed part way leaves the spawning thread the drivers not yet re-attached, and no other.
+   */
+  private reattachDrivers(dev: LibusbDevice): void {
+    for (const n of [...this.detachedDrivers]) {
+      const rc = dev.attachKernelDriver(n);
+      this.detachedDrivers.delete(n);
+      this.held?.driverReattached(n);
+      if (rc !== 0 && rc !== LibusbError.NO_DEVICE)
+        this.log(`interface ${n}: reattaching the kernel driver failed (${rc})`);
+    }
+  }
+
   private releaseClaim(): void {
-    this.held?.clear(); // first: nothing is left for the spawning thread to give back
     this.claim?.release();
     this.claim = null;
+    this.held?.clear(); // last: until the lock is gone, the spawning thread may still have to release it
   }
 
   /**

@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { Connection } from "../../../src/engine/connection.js";
 import type { PortNum } from "../../../src/urb/types.js";
 import { eventually } from "../../support/eventually.js";
-import { exitWithVerdict } from "../../support/verdict.js";
+import { exitWithVerdictOf } from "../../support/verdict.js";
 import { PID, VID } from "../fixture.js";
 
 /** This process's fds open on a USB device node (as /proc/self/fd names them). */
@@ -96,16 +96,4 @@ async function main(): Promise<Record<string, unknown>> {
   }
 }
 
-const watchdog = setTimeout(() => {
-  exitWithVerdict({ ok: false, error: "timed out in the child" }, 2);
-}, 25_000);
-main().then(
-  (v) => {
-    clearTimeout(watchdog);
-    exitWithVerdict({ ok: true, ...v }, 0);
-  },
-  (err: unknown) => {
-    clearTimeout(watchdog);
-    exitWithVerdict({ ok: false, error: String(err) }, 1);
-  },
-);
+exitWithVerdictOf(main(), 25_000);

@@ -10,7 +10,7 @@ import {
   parseSelector,
   passesFilter,
 } from "../../../src/devices/host/index.js";
-import { exitWithVerdict } from "../../support/verdict.js";
+import { exitWithVerdictOf } from "../../support/verdict.js";
 
 async function main(): Promise<Record<string, unknown>> {
   const list = await listHostDevices();
@@ -76,16 +76,4 @@ async function main(): Promise<Record<string, unknown>> {
   };
 }
 
-const watchdog = setTimeout(() => {
-  exitWithVerdict({ ok: false, error: "timed out in the child" }, 2);
-}, 20_000);
-main().then(
-  (v) => {
-    clearTimeout(watchdog);
-    exitWithVerdict({ ok: true, ...v }, 0);
-  },
-  (err: unknown) => {
-    clearTimeout(watchdog);
-    exitWithVerdict({ ok: false, error: String(err) }, 1);
-  },
-);
+exitWithVerdictOf(main(), 20_000);

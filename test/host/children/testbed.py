@@ -17,6 +17,9 @@ follows the child's `STAGE <name>` lines:
   STAGE refuse claims            -> from now on CLAIMINTERFACE fails with EBUSY (as when another program
                                     holds the interface), until
   STAGE accept claims            -> claims are answered again (both logged: `refuse claims`, `accept claims`)
+  STAGE hold connect N           -> the next USBDEVFS_IOCTL(CONNECT) of interface N is logged and left
+                                    unanswered (its caller stays in the ioctl) until
+  STAGE answer connect           -> it is answered (both logged: `hold connect N`, `answer connect`)
 Kernel drivers (as Linux's usbfs has them): without --driver no interface has one (GETDRIVER says
 ENODATA). With --driver NAME, every interface of the active configuration is bound to NAME when
 plugged and after a SET_CONFIGURATION (the kernel probes the new interfaces); GETDRIVER says NAME,
@@ -63,6 +66,7 @@ from usbdevfs_testbed import (  # noqa: E402
     SETCONFIGURATION,
     SETINTERFACE,
     SUBMITURB,
+    new_testbed,
     run_under_umockdev,
     serve_child,
 )
@@ -117,6 +121,8 @@ class Device(UMockdev.IoctlBase):
         self.echo = []  # bytes of bulk OUTs not read back yet
         self.waiting_in = []  # (urb IoctlData, buffer IoctlData, length) of bulk INs waiting for data
         self.refuse_claims = False  # STAGE refuse claims: every CLAIMINTERFACE fails with EBUSY
+        self.hold_connect = None  # STAGE hold connect N: the interface whose next CONNECT is held
+        self.held_connect = None  # (client, result, errno) of that CONNECT, until STAGE answer connect
 
     def control(self, urb, length):
         """A control URB: answer GET_DESCRIPTOR from the description, stall the rest."""
@@ -273,7 +279,12 @@ class Device(UMockdev.IoctlBase):
                     self.bound.add(ifno)
                 self.log(f"connect {ifno}", errno)
                 # The kernel returns device_attach()'s result: 1 when a driver was bound, 0 when none was.
-                client.complete(-1 if errno else int(ifno in self.bound), errno)
+                answer = (-1 if errno else int(ifno in self.bound), errno)
+                if ifno == self.hold_connect:
+                    self.hold_connect = None
+                    self.held_connect = (client, *answer)
+                    return
+                client.complete(*answer)
                 return
             else:
                 errno = EINVAL
@@ -353,7 +364,7 @@ def main():
 
     descriptors = descriptors_of(text)
     alt_text = open(alt_description).read() if alt_description is not None else None
-    testbed = UMockdev.Testbed.new()
+    testbed = new_testbed()
     state = {"device": None, "handler": None, "showing": text}
 
     def show(t):
@@ -419,6 +430,14 @@ def main():
             if state["handler"] is not None:
                 state["handler"].refuse_claims = line.startswith("STAGE refuse")
                 state["handler"].log(line[len("STAGE ") :].strip())
+        elif line.startswith("STAGE hold connect ") and state["handler"] is not None:
+            state["handler"].hold_connect = int(line.split()[-1])
+            state["handler"].log(line[len("STAGE ") :].strip())
+        elif line.startswith("STAGE answer connect\n") and state["handler"] is not None:
+            held, state["handler"].held_connect = state["handler"].held_connect, None
+            if held is not None:
+                held[0].complete(held[1], held[2])  # thread-safe: umockdev passes it to the handler's thread
+            state["handler"].log("answer connect")
         elif line.startswith("STAGE plug alt\n") and alt_text is not None:
             if state["device"] is None:
                 plug(alt_text)
