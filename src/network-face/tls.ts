@@ -10,9 +10,9 @@
  * alone is dropped, and nothing of the protocol was sent or read on it (a plain-TCP client's first bytes
  * are not a TLS record: it is refused there).
  *
- * The plaintext of a TLS connection arrives as the TLS socket's 'data' chunks (decrypted by OpenSSL into
- * buffers of its own): the servers copy OUT data from them into guest memory, where a plain connection
- * reads straight into it.
+ * The servers have the decrypted records land where a plain connection's reads land (util/read-into.ts:
+ * the staging buffer, or straight into the guest buffer of the OUT data due). The cipher suites come in
+ * our order, AES-128-GCM first (tls-settings.ts).
  *
  * The client side and the settings both share are src/tls/tls-settings.ts.
  */
@@ -27,6 +27,7 @@ import {
   checkVersion,
   fingerprintOf,
   type PemSource,
+  PREFERRED_CIPHERS,
   parseFingerprint,
   readPem,
   TlsError,
@@ -161,6 +162,8 @@ export class TlsFace {
       server = createTlsServer({
         ...settings.context,
         minVersion: settings.minVersion,
+        ciphers: PREFERRED_CIPHERS,
+        honorCipherOrder: true,
         requestCert: true,
         // Checked on 'secureConnection' below, so a refusal says which check failed.
         rejectUnauthorized: false,

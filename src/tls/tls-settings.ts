@@ -9,6 +9,7 @@ import { readFileSync } from "node:fs";
 import type { OnReadOpts } from "node:net";
 import {
   type ConnectionOptions,
+  DEFAULT_CIPHERS,
   type PeerCertificate,
   type TLSSocket,
   connect as tlsConnect,
@@ -17,6 +18,19 @@ import { registerErrorClass, UsbvirtError } from "../util/errors.js";
 
 export type TlsVersion = "TLSv1.2" | "TLSv1.3";
 export const DEFAULT_TLS_MIN_VERSION: TlsVersion = "TLSv1.3";
+
+const AES_128_GCM = "TLS_AES_128_GCM_SHA256";
+/**
+ * The cipher suites both sides offer, in our order: Node's own list with TLS 1.3's AES-128-GCM first
+ * (Node's puts AES-256-GCM first). AES-128-GCM is the suite every TLS 1.3 stack must implement (RFC 8446
+ * §9.1), with 128-bit security; with AES-NI it seals and opens about 8 % more bytes per second than
+ * AES-256-GCM (the README's TLS figures). A server honours this order; a peer that offers neither AES
+ * suite still gets ChaCha20-Poly1305, and TLS 1.2's list (when allowed) is Node's, unchanged.
+ */
+export const PREFERRED_CIPHERS = [
+  AES_128_GCM,
+  ...DEFAULT_CIPHERS.split(":").filter((c) => c !== AES_128_GCM),
+].join(":");
 
 /** PEM text, or where to read it (`{ file }`). */
 export type PemSource = string | Buffer | { readonly file: string };
@@ -127,6 +141,7 @@ export function checkTlsClientOptions(o: TlsClientOptions): TlsClientSettings {
   const pins = o.serverFingerprints ?? [];
   const options: ConnectionOptions = {
     minVersion: checkVersion(o.minVersion),
+    ciphers: PREFERRED_CIPHERS,
     // With pinned fingerprints and no CA, the chain is not checked (a self-signed server): the pin is.
     rejectUnauthorized: o.ca !== undefined || pins.length === 0,
   };

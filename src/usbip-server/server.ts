@@ -71,7 +71,7 @@ import { setAddressSetup } from "../usb/index.js";
 import { encodeDevlistReply, encodeImportReply, readOpRequest } from "../usbip/management-pdus.js";
 import { OpStatus, opStatusName, USBIP_PORT } from "../usbip/protocol.js";
 import { buildAllowList } from "../util/ip-prefix.js";
-import { adoptWithReadBuffer } from "../util/read-into.js";
+import { adoptWithReadBuffer, readTlsInto } from "../util/read-into.js";
 import { describeDevice, type ExportedDeviceInfo } from "./exported-device.js";
 import { checkOptions, UsbipServerError, type UsbipServerOptions } from "./options.js";
 import { type Phase, Session, type Slot } from "./session.js";
@@ -372,13 +372,16 @@ export class UsbipServer extends EventEmitter {
       this.open(adopted ?? raw, peer, adopted === null ? null : reads);
       return;
     }
-    // TLS: the plaintext comes as the TLS socket's chunks, copied where it goes (no read into guest memory).
+    // TLS: the plaintext lands as a plain connection's reads do (read-into.ts), where this Node allows.
     this.tls.handshake(raw, peer, {
       secure: (socket, name) => {
         if (this.closing !== null) {
           socket.destroy();
           this.cap.release();
-        } else this.open(socket, name, null);
+          return;
+        }
+        const reads = new ReadTarget();
+        this.open(socket, name, readTlsInto(socket, reads.options) ? reads : null);
       },
       refused: () => this.cap.release(),
     });

@@ -36,7 +36,7 @@
  */
 import { EventEmitter } from "node:events";
 import { type BlockList, connect as netConnect, type Server, type Socket } from "node:net";
-import type { TLSSocket } from "node:tls";
+import { TLSSocket } from "node:tls";
 import { PortStartError } from "../backend/port-link.js";
 import { describeSpec } from "../devices/spec.js";
 import { bytesToFrames, frameToOffset, guestFrame } from "../dma-map/types.js";
@@ -63,7 +63,7 @@ import { connectTls, type TlsClientSettings } from "../tls/tls-settings.js";
 import type { DevAddr, PortNum } from "../urb/types.js";
 import { endpointIsIn, setConfigurationSetup } from "../usb/index.js";
 import { buildAllowList } from "../util/ip-prefix.js";
-import { adoptWithReadBuffer } from "../util/read-into.js";
+import { adoptWithReadBuffer, readTlsInto } from "../util/read-into.js";
 import { DataPackets, hex, idKey } from "./data-packets.js";
 import { RedirDeviceModel, redirSpeedOf } from "./device-model.js";
 import { DeviceRequests } from "./device-requests.js";
@@ -128,12 +128,19 @@ const DRIVER_FRAMES = 16;
 const SCRATCH_FRAMES = 64;
 
 /**
- * Plaintext per TLS record we send. QEMU's socket chardev reads at most 4096 bytes per wakeup and (7.2 at
- * least) waits for the socket to be readable again for the rest: plaintext that gnutls decrypted and
- * still holds is never read, so a 4106-byte data packet in one record stalls the link. Records of at most
- * 4096 bytes are read whole each time.
+ * Plaintext per TLS record we send to QEMU. Its socket chardev reads at most 4096 bytes per wakeup and
+ * (7.2 at least) waits for the socket to be readable again for the rest: plaintext that gnutls decrypted
+ * and still holds is never read, so a 4106-byte data packet in one record stalls the link. Records of at
+ * most 4096 bytes are read whole each time. Set once QEMU's hello named it: until then we send only our
+ * own hello, far smaller. Any other guest keeps TLS's 16 KiB records (a quarter of the records to seal
+ * and open per byte); OpenSSL cannot raise the size again once lowered, so it is never lowered first.
  */
 const QEMU_TLS_RECORD_BYTES = 4096;
+
+/** QEMU's usb-redir names itself "qemu usb-redir guest <version>" (hw/usb/redirect.c); any "qemu…" counts. */
+function isQemuGuest(version: string): boolean {
+  return /^qemu/i.test(version);
+}
 
 export class UsbredirServer extends EventEmitter {
   private readonly log: FaceLogger;
@@ -368,7 +375,7 @@ export class UsbredirServer extends EventEmitter {
         this.open(adopted ?? socket, peer, adopted === null ? null : reads);
         return;
       }
-      // TLS: the plaintext comes as the TLS socket's chunks, copied where it goes.
+      // TLS: the plaintext lands as a plain connection's reads do (read-into.ts), where this Node allows.
       this.tls.handshake(socket, peer, {
         secure: (tlsSocket, name) => {
           if (this.closing !== null || this.session !== null) {
@@ -378,8 +385,8 @@ export class UsbredirServer extends EventEmitter {
             tlsSocket.destroy();
             this.cap.release();
           } else {
-            tlsSocket.setMaxSendFragment(QEMU_TLS_RECORD_BYTES);
-            this.open(tlsSocket, name, null);
+            const reads = new ReadTarget();
+            this.open(tlsSocket, name, readTlsInto(tlsSocket, reads.options) ? reads : null);
           }
         },
         refused: () => this.cap.release(),
@@ -418,10 +425,7 @@ export class UsbredirServer extends EventEmitter {
               onread: reads.options,
             })
           : connectTls({ host: host!, port: port!, onread: reads.options }, tls);
-    if (tls !== null) {
-      socket.setKeepAlive(true, 30_000);
-      (socket as TLSSocket).setMaxSendFragment(QEMU_TLS_RECORD_BYTES);
-    }
+    if (tls !== null) socket.setKeepAlive(true, 30_000);
     let opened = false;
     // With TLS the connection is opened once the VMM's certificate passed (and TLS reads go through onread too).
     socket.once(tls === null ? "connect" : "verified", () => {
@@ -614,6 +618,8 @@ export class UsbredirServer extends EventEmitter {
     const n = negotiate(HOST_CAPS, caps);
     s.negotiate(n);
     s.peerVersion = version;
+    if (s.socket instanceof TLSSocket && isQemuGuest(version))
+      s.socket.setMaxSendFragment(QEMU_TLS_RECORD_BYTES);
     s.share.handshakeDone();
     this.reconnectDelay = this.options.reconnectMinMs ?? 250;
     this.log.info(

@@ -19,6 +19,19 @@ export function repeated(packet: Uint8Array, count: number): Buffer {
 /** What slow-reader.py waits for before it floods (and reads nothing after). */
 export type SlowReaderAwait = "none" | "usbip-import" | "usbredir-connect";
 
+/** What the attacker sends, and how it connects. */
+export interface SlowReaderPlan {
+  readonly port: number;
+  /** Sent first (a hello, an import request). */
+  readonly prelude: Uint8Array;
+  /** What it reads before flooding (nothing after). */
+  readonly wait: SlowReaderAwait;
+  /** Sent over and over. */
+  readonly unit: Uint8Array;
+  /** Mutual TLS (files: the CA that signed the server's certificate, the client's certificate and key). */
+  readonly tls?: { readonly ca: string; readonly cert: string; readonly key: string };
+}
+
 /**
  * The attacker, in Python (slow-reader.py: its stdlib sets SO_RCVBUF and TCP_MAXSEG, which Node cannot),
  * with the smallest kernel buffers TCP allows: what the server answers stays in the server.
@@ -31,15 +44,17 @@ export class SlowReader {
   readonly done: Promise<void>;
   private readonly child: ChildProcess;
 
-  constructor(port: number, prelude: Uint8Array, wait: SlowReaderAwait, unit: Uint8Array) {
+  constructor(plan: SlowReaderPlan) {
+    const tls = plan.tls === undefined ? [] : [plan.tls.ca, plan.tls.cert, plan.tls.key];
     this.child = spawn(
       "python3",
       [
         SLOW_READER,
-        String(port),
-        Buffer.from(prelude).toString("hex"),
-        wait,
-        Buffer.from(unit).toString("hex"),
+        String(plan.port),
+        Buffer.from(plan.prelude).toString("hex"),
+        plan.wait,
+        Buffer.from(plan.unit).toString("hex"),
+        ...tls,
       ],
       { stdio: ["ignore", "pipe", "pipe"] },
     );
@@ -185,7 +200,9 @@ export async function expectBounded(server: MeasuredServer, r: FloodResult, maxL
   expect(r.growth, verdict(r)).toBeLessThanOrEqual(r.bound);
   expect(r.unsent ?? 0, verdict(r)).toBeLessThanOrEqual(r.unsentBound);
   expect(r.dropped, verdict(r)).toBe(true);
-  const dropLine = (l: string) => /usbvirt error: 127\.0\.0\.1:\d+: .*closing the connection/.test(l);
+  // The peer by its address, and its certificate's name over TLS.
+  const dropLine = (l: string) =>
+    /usbvirt error: 127\.0\.0\.1:\d+( \([^)]*\))?: .*closing the connection/.test(l);
   await eventually(() => server.lines().slice(r.since).some(dropLine), 5000, "the line that drops the peer");
   const lines = server.lines().slice(r.since);
   expect(lines.length, lines.slice(0, 8).join("\n")).toBeLessThan(maxLines);

@@ -5,14 +5,17 @@ It asks for a 2 KiB receive buffer and a 536-byte MSS before it connects, so tha
 answers cannot hide in the kernel's buffers (on loopback they would otherwise take megabytes): the
 server's own bounds have to hold it. Standard library only.
 
-usage: slow-reader.py PORT PRELUDE_HEX AWAIT UNIT_HEX
+usage: slow-reader.py PORT PRELUDE_HEX AWAIT UNIT_HEX [CA CERT KEY]
   PRELUDE_HEX  bytes to send first (a hello, an import request)
   AWAIT        what to read before flooding, and nothing after: "none", "usbip-import" (the 320-byte
                OP_REP_IMPORT), "usbredir-connect" (packets up to device_connect, 12-byte headers)
   UNIT_HEX     bytes sent over and over until the server closes the connection
+  CA CERT KEY  PEM files: speak mutual TLS 1.3 (the server verified by CA, this client's certificate
+               and key), over the same small buffers
 Prints one line on stdout: "ready" once flooding, then "closed SENT" with the bytes sent when dropped.
 """
 import socket
+import ssl
 import struct
 import sys
 
@@ -36,6 +39,12 @@ def main():
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
     s.connect(("127.0.0.1", port))
+    if len(sys.argv) > 5:
+        ca, cert, key = sys.argv[5:8]
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(cert, key)
+        s = ctx.wrap_socket(s, server_hostname="127.0.0.1")
     s.sendall(prelude)
     if wait == "usbip-import":
         read_exactly(s, 320)

@@ -9,15 +9,28 @@
  * our certificate, and a VMM whose certificate is not pinned refused.
  * Certificates are made by `openssl` for the run (test/support/tls-certs.ts).
  */
+import { once } from "node:events";
 import { readFileSync } from "node:fs";
-import { type ConnectionOptions, createServer as createTlsServer, connect as tlsConnect } from "node:tls";
+import {
+  type AddressInfo,
+  createServer as createNetServer,
+  connect as netConnect,
+  type Socket,
+} from "node:net";
+import {
+  type ConnectionOptions,
+  createServer as createTlsServer,
+  type TLSSocket,
+  connect as tlsConnect,
+} from "node:tls";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { CollectingLogger } from "../../src/network-face/log.js";
 import type { TlsServerOptions } from "../../src/network-face/tls.js";
-import { parseFingerprint } from "../../src/tls/tls-settings.js";
+import { checkTlsClientOptions, connectTls, parseFingerprint } from "../../src/tls/tls-settings.js";
 import { UsbipClient } from "../../src/usbip/client.js";
 import { encodeDevlistRequest } from "../../src/usbip/management-pdus.js";
 import { UsbredirClient } from "../../src/usbredir/client.js";
+import { RedirStatus } from "../../src/usbredir/protocol.js";
 import { UsbredirServer } from "../../src/usbredir/server.js";
 import { pattern } from "../support/data.js";
 import { eventually } from "../support/eventually.js";
@@ -105,6 +118,58 @@ function probe(
 
 const pem = (f: string) => readFileSync(f);
 
+/**
+ * A TCP relay to the server at `port` on 127.0.0.1 that keeps what the server sends, to read its TLS
+ * records' lengths (each record: content type, version, a 2-byte length, then that many bytes).
+ */
+async function recordTap(port: number): Promise<{ port: number; recordLengths(): number[]; close(): void }> {
+  const chunks: Buffer[] = [];
+  const sockets: Socket[] = [];
+  const relay = createNetServer((down) => {
+    const up = netConnect(port, "127.0.0.1");
+    sockets.push(down, up);
+    up.on("data", (d: Buffer) => chunks.push(d));
+    down.pipe(up);
+    up.pipe(down);
+    for (const s of [down, up])
+      s.on("error", () => undefined).on("close", () => (s === up ? down : up).destroy());
+  });
+  relay.listen(0, "127.0.0.1");
+  await once(relay, "listening");
+  return {
+    port: (relay.address() as AddressInfo).port,
+    recordLengths() {
+      const stream = Buffer.concat(chunks);
+      const lengths: number[] = [];
+      for (let at = 0; at + 5 <= stream.length; at += 5 + stream.readUInt16BE(at + 3))
+        lengths.push(stream.readUInt16BE(at + 3));
+      return lengths;
+    },
+    close() {
+      for (const s of sockets) s.destroy();
+      relay.close();
+    },
+  };
+}
+
+/** The cipher suite a TLS client with alice's certificate (offering `ciphers`, else Node's) agrees on with the server. */
+async function cipherAgreed(port: number, ciphers?: string): Promise<string> {
+  const socket = tlsConnect({
+    host: "127.0.0.1",
+    port,
+    ca: pem(pki.ca.cert),
+    cert: pem(pki.client.cert),
+    key: pem(pki.client.key),
+    ...(ciphers === undefined ? {} : { ciphers }),
+  });
+  try {
+    await once(socket, "secureConnect");
+    return socket.getCipher().name;
+  } finally {
+    socket.destroy();
+  }
+}
+
 /** The warn lines of the server's log that say a TLS connection was refused. */
 const refusals = (s: TestServer) =>
   s.log.lines.filter((l) => l.startsWith("warn: ") && l.includes("TLS refused"));
@@ -127,6 +192,26 @@ describe.skipIf(skipWithout("USB/IP over mutual TLS", openssl))("USB/IP over mut
     for (const line of named) expect(line).toContain("(CN=alice)");
     await serves(s);
     expect(refusals(s)).toEqual([]);
+  });
+
+  it("decrypted OUT data lands straight in its guest buffer, as on a plain connection, and comes back intact", async () => {
+    const s = await tlsServer();
+    const c = await client(s.port);
+    await c.import("1-1");
+    await enumerate(c);
+    const payload = pattern(1024 * 1024, 43);
+    expect((await bulkOut(c, 1, payload)).status).toBe(0);
+    expect(Buffer.compare((await bulkIn(c, 1, payload.length)).data, payload)).toBe(0);
+    // The records after the first of each submit decrypt into guest memory, not into a Buffer per record.
+    const direct = s.server.stats().perDevice.find((d) => d.busid === "1-1")!.directBytes;
+    expect(direct).toBeGreaterThan(payload.length / 2);
+    expect(direct).toBeLessThanOrEqual(payload.length);
+  });
+
+  it("chooses AES-128-GCM for a client that offers Node's order (AES-256-GCM first); serves one that offers only AES-256-GCM", async () => {
+    const s = await tlsServer();
+    expect(await cipherAgreed(s.port)).toBe("TLS_AES_128_GCM_SHA256");
+    expect(await cipherAgreed(s.port, "TLS_AES_256_GCM_SHA384")).toBe("TLS_AES_256_GCM_SHA384");
   });
 
   it("a pinned self-signed client is accepted without a CA; any other certificate is refused as not pinned", async () => {
@@ -244,6 +329,32 @@ describe.skipIf(skipWithout("USB/IP over mutual TLS", openssl))("USB/IP over mut
   });
 });
 
+describe.skipIf(skipWithout("our TLS client", openssl))("our TLS client", () => {
+  it("offers AES-128-GCM first: a server that follows the client's order (as GnuTLS's does by default) chooses it", async () => {
+    const server = createTlsServer({
+      cert: pem(pki.server.cert),
+      key: pem(pki.server.key),
+      honorCipherOrder: false,
+      minVersion: "TLSv1.3",
+    });
+    const agreed = once(server, "secureConnection").then(([s]) => (s as TLSSocket).getCipher().name);
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    const socket = connectTls(
+      { host: "127.0.0.1", port: (server.address() as AddressInfo).port },
+      checkTlsClientOptions({ ca: { file: pki.ca.cert } }),
+    );
+    try {
+      await once(socket, "verified");
+      expect(socket.getCipher().name).toBe("TLS_AES_128_GCM_SHA256");
+      expect(await agreed).toBe("TLS_AES_128_GCM_SHA256");
+    } finally {
+      socket.destroy();
+      server.close();
+    }
+  });
+});
+
 describe.skipIf(skipWithout("fingerprints as users write them", openssl))(
   "fingerprints as users write them",
   () => {
@@ -264,8 +375,13 @@ describe.skipIf(skipWithout("usbredir over mutual TLS", openssl))("usbredir over
     r = null;
   });
 
-  /** A usb-guest over TLS with `who`'s certificate. */
-  async function guestOver(port: number, who = pki.client, waitForDevice = true): Promise<UsbredirClient> {
+  /** A usb-guest over TLS with `who`'s certificate, its hello naming it `version` (else the client's own). */
+  async function guestOver(
+    port: number,
+    who = pki.client,
+    waitForDevice = true,
+    version?: string,
+  ): Promise<UsbredirClient> {
     const socket = tlsConnect({
       host: "127.0.0.1",
       port,
@@ -277,7 +393,11 @@ describe.skipIf(skipWithout("usbredir over mutual TLS", openssl))("usbredir over
       socket.once("secureConnect", resolve);
       socket.once("error", reject);
     });
-    return UsbredirClient.over(socket, { waitForDevice, timeoutMs: 5000 });
+    return UsbredirClient.over(socket, {
+      waitForDevice,
+      timeoutMs: 5000,
+      ...(version === undefined ? {} : { version }),
+    });
   }
 
   it("listen mode: a guest with a signed certificate gets the device; its identity is in the log and stats", async () => {
@@ -289,6 +409,34 @@ describe.skipIf(skipWithout("usbredir over mutual TLS", openssl))("usbredir over
     await eventually(() => r!.log.matching("peer closed the connection").length === 1, 5000, "close line");
     for (const line of r.log.lines.filter((l) => l.includes("127.0.0.1:")))
       expect(line).toContain("(CN=alice)");
+  });
+
+  it("listen mode: records to a guest that is not QEMU carry TLS's 16 KiB; to QEMU's (its hello says so) 4096 bytes", async () => {
+    r = await startRedirServer(LOOPBACK, { tls: serverTls() });
+    const cases = [
+      ["usbvirt test guest", 16384],
+      ["qemu usb-redir guest 8.2.2", 4096],
+    ] as const;
+    for (const [i, [version, most]] of cases.entries()) {
+      const tap = await recordTap(r.port);
+      try {
+        const g = await guestOver(tap.port, pki.client, true, version);
+        const data = pattern(64 * 1024, i);
+        expect((await g.bulk(0x01, data).reply).status).toBe(RedirStatus.SUCCESS);
+        const back = await g.bulk(0x81, data.length).reply;
+        expect(Buffer.compare(back.data, data)).toBe(0);
+        // A TLS 1.3 record carries its plaintext, one content-type byte and a 16-byte tag.
+        expect(Math.max(...tap.recordLengths()) - 17).toBe(most);
+        g.socket.destroy();
+      } finally {
+        tap.close();
+      }
+      await eventually(
+        () => r!.log.matching("peer closed the connection").length === i + 1,
+        5000,
+        "the guest gone, the slot free",
+      );
+    }
   });
 
   it("listen mode: a certificate another CA signed gets no hello and leaves the slot free", async () => {

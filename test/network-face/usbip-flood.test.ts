@@ -9,11 +9,12 @@
  * The server runs in a process of its own (measured-server.ts); its resident memory is what is measured.
  * The attacker (slow-reader.py) keeps the kernel's buffers small, so the server's bounds are what holds.
  */
-import { afterEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { UsbipClient } from "../../src/usbip/client.js";
 import { encodeImportRequest } from "../../src/usbip/management-pdus.js";
 import { encodeCmdSubmit, encodeCmdUnlink } from "../../src/usbip/urb-pdus.js";
 import { pattern } from "../support/data.js";
+import { makeTestPki, type TestPki } from "../support/tls-certs.js";
 import { bulkIn, bulkOut, enumerate } from "../usbip/helpers.js";
 import { expectBounded, type FloodBounds, measureFlood, repeated, SlowReader } from "./flood.js";
 import { type MeasuredServer, startMeasuredServer } from "./measured-server.js";
@@ -60,23 +61,37 @@ afterEach(async () => {
   server = null;
 });
 
-/** Import 1-1, then `unit` over and over, never reading. */
-function attacker(s: MeasuredServer, unit: Uint8Array): () => SlowReader {
+/** Import 1-1, then `unit` over and over, never reading (over mutual TLS with alice's certificate when `pki`). */
+function attacker(s: MeasuredServer, unit: Uint8Array, pki?: TestPki): () => SlowReader {
   return () =>
-    new SlowReader(
-      s.port,
-      encodeImportRequest("1-1"),
-      "usbip-import",
-      repeated(unit, Math.ceil((16 * KiB) / unit.length)),
-    );
+    new SlowReader({
+      port: s.port,
+      prelude: encodeImportRequest("1-1"),
+      wait: "usbip-import",
+      unit: repeated(unit, Math.ceil((16 * KiB) / unit.length)),
+      ...(pki === undefined ? {} : { tls: { ca: pki.ca.cert, cert: pki.client.cert, key: pki.client.key } }),
+    });
+}
+
+/** An honest client of `s` (over mutual TLS with alice's certificate when `pki`). */
+function honest(s: MeasuredServer, pki?: TestPki): Promise<UsbipClient> {
+  return UsbipClient.connect({
+    host: "127.0.0.1",
+    port: s.port,
+    ...(pki === undefined
+      ? {}
+      : {
+          tls: { ca: { file: pki.ca.cert }, cert: { file: pki.client.cert }, key: { file: pki.client.key } },
+        }),
+  });
 }
 
 /** A client on the other device moves verified data, and 1-1 can be imported and used again. */
-async function othersServed(s: MeasuredServer, bystander: UsbipClient): Promise<void> {
+async function othersServed(s: MeasuredServer, bystander: UsbipClient, pki?: TestPki): Promise<void> {
   const data = pattern(3000, 9);
   expect((await bulkOut(bystander, 1, data)).status).toBe(0);
   expect(Buffer.compare((await bulkIn(bystander, 1, data.length)).data, data)).toBe(0);
-  const again = await UsbipClient.connect({ host: "127.0.0.1", port: s.port });
+  const again = await honest(s, pki);
   try {
     await again.import("1-1");
     await enumerate(again);
@@ -119,7 +134,7 @@ describe("USB/IP: a client that floods locally answered requests and never reads
     "%s: within the bound, no line per request, dropped, the others served",
     async (_what, unit) => {
       server = await startMeasuredServer("usbip", { devices: DEVICES, ...BOUNDS });
-      const bystander = await UsbipClient.connect({ host: "127.0.0.1", port: server.port });
+      const bystander = await honest(server);
       try {
         await bystander.import("1-2");
         await enumerate(bystander);
@@ -132,4 +147,32 @@ describe("USB/IP: a client that floods locally answered requests and never reads
     },
     60_000,
   );
+});
+
+describe("USB/IP over mutual TLS: a client that floods and never reads", () => {
+  let pki: TestPki;
+  beforeAll(() => {
+    pki = makeTestPki();
+  });
+  afterAll(() => pki.remove());
+
+  it("CMD_SUBMIT on endpoint 16: its TLS socket is not read past the bound; within it, no line per request, dropped, the others served", async () => {
+    const tls = {
+      cert: { file: pki.server.cert },
+      key: { file: pki.server.key },
+      clientCa: { file: pki.ca.cert },
+    };
+    server = await startMeasuredServer("usbip", { devices: DEVICES, ...BOUNDS, tls });
+    const bystander = await honest(server, pki);
+    try {
+      await bystander.import("1-2");
+      await enumerate(bystander);
+      const unit = encodeCmdSubmit({ ...base, seqnum: 1, directionIn: true, ep: 16 });
+      const r = await measureFlood(server, attacker(server, unit, pki), LIMITS);
+      await expectBounded(server, r);
+      await othersServed(server, bystander, pki);
+    } finally {
+      bystander.close();
+    }
+  }, 60_000);
 });

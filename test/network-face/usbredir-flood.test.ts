@@ -89,12 +89,12 @@ async function floodAfterHello(
   return await measureFlood(
     s,
     () =>
-      new SlowReader(
-        s.port,
-        encodeHello("usbvirt hostile test guest", CAPS_32BIT_IDS),
-        "usbredir-connect",
-        repeated(unit, Math.ceil((16 * KiB) / unit.length)),
-      ),
+      new SlowReader({
+        port: s.port,
+        prelude: encodeHello("usbvirt hostile test guest", CAPS_32BIT_IDS),
+        wait: "usbredir-connect",
+        unit: repeated(unit, Math.ceil((16 * KiB) / unit.length)),
+      }),
     limits,
   );
 }
@@ -185,12 +185,12 @@ describe("usbredir: a peer that floods requests and never reads", () => {
       const s = server;
       const linesBefore = s.lines().length;
       const before = s.rss();
-      const peer = new SlowReader(
-        s.port,
-        encodeHello("usbvirt hostile test guest", CAPS_32BIT_IDS),
-        "usbredir-connect",
-        repeated(packet, Math.ceil((16 * KiB) / packet.length)),
-      );
+      const peer = new SlowReader({
+        port: s.port,
+        prelude: encodeHello("usbvirt hostile test guest", CAPS_32BIT_IDS),
+        wait: "usbredir-connect",
+        unit: repeated(packet, Math.ceil((16 * KiB) / packet.length)),
+      });
       let growth = 0;
       try {
         await peer.ready;
