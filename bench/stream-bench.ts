@@ -178,6 +178,20 @@ export interface StreamTask<W> {
   readonly cpu?: Readonly<Record<string, number>>;
 }
 
+/**
+ * `tasks` with the CPU time per item recorded for those whose result is in `names` (server: this process,
+ * client: `client`'s): the streams another table compares them with.
+ */
+export function withCpu<W>(
+  tasks: readonly StreamTask<W>[],
+  names: ReadonlySet<string>,
+  client: { readonly pid: number },
+): StreamTask<W>[] {
+  return tasks.map((t) =>
+    names.has(t.result) ? { ...t, cpu: { server: process.pid, client: client.pid } } : t,
+  );
+}
+
 /** CPU time of every thread of `pid` so far, ns (the kernel's schedstat); null where it cannot be read. */
 export function processCpuNs(pid: number): number | null {
   try {

@@ -18,7 +18,8 @@
  * (`usbip.bulk64k.pairs1`, `usbip.pypeer.nodeclient.bulk64k.pairs1`), and at 8 against the Python one.
  * The server runs its engine's backend on its own thread (its default); a second server with the
  * backend on a worker runs the Node client's URB streams after it (names `usbip.*.backendworker.*`),
- * the measurement behind that default.
+ * the measurement behind that default. Last, a server with mutual TLS runs the null (1 in flight) and
+ * bulk streams again (`usbip.tls.*`); those and their plain counterparts record CPU per item too.
  */
 import net from "node:net";
 import { fileURLToPath } from "node:url";
@@ -34,7 +35,7 @@ import {
   requirePython,
   startPythonClient,
 } from "./python-peer.js";
-import { ClientProcess, runStreams, type StreamTask } from "./stream-bench.js";
+import { ClientProcess, runStreams, type StreamTask, withCpu } from "./stream-bench.js";
 import { clientTlsOf, makeBenchPki } from "./tls-certs.js";
 import type { ClientReply, ClientRequest, Workload } from "./usbip-client.js";
 
@@ -149,7 +150,7 @@ async function runTasks(
       { cmd: "connect", usbipPort: server.address.port, echoPort, busid: server.devices[0]!.busid },
       "connected",
     );
-    const results = await runStreams(opts, title, tasks, client);
+    const results = await runStreams(opts, title, withCpu(tasks, TLS_COMPARED, client), client);
     if (more === undefined) return results;
     await client.close();
     client = null;
@@ -266,10 +267,18 @@ const WORKER_TASKS: readonly StreamTask<Workload>[] = TASKS.filter(
   result: t.result.replace(/\.(urbs_per_s|mbps)$/, ".backendworker.$1"),
 }));
 
+/** The streams run over mutual TLS too: null at 1 in flight and bulk (their CPU per item recorded in both). */
+const TLS_COMPARED: ReadonlySet<string> = new Set(["usbip.null.inflight1.urbs_per_s", "usbip.bulk64k.mbps"]);
+
 /** The null (1 in flight) and bulk streams over mutual TLS (names `usbip.tls.*`), beside the plain ones. */
-const TLS_TASKS: readonly StreamTask<Workload>[] = TASKS.filter(
-  (t) => t.result === "usbip.null.inflight1.urbs_per_s" || t.result === "usbip.bulk64k.mbps",
-).map((t) => ({ ...t, name: `${t.name}, mutual TLS`, result: t.result.replace(/^usbip\./, "usbip.tls.") }));
+const TLS_TASKS: readonly StreamTask<Workload>[] = TASKS.filter((t) => TLS_COMPARED.has(t.result)).map(
+  (t) => ({
+    ...t,
+    name: `${t.name}, mutual TLS`,
+    result: t.result.replace(/^usbip\./, "usbip.tls."),
+  }),
+);
+const TLS_NAMES: ReadonlySet<string> = new Set(TLS_TASKS.map((t) => t.result));
 
 /**
  * A server with mutual TLS (TLS 1.3, EC P-256 certificates made for the run, its default settings) and
@@ -305,7 +314,7 @@ async function runTlsTasks(opts: SuiteOptions): Promise<Result[]> {
     return await runStreams(
       opts,
       "USB/IP over mutual TLS 1.3 on 127.0.0.1 (same client, TLS socket)",
-      TLS_TASKS,
+      withCpu(TLS_TASKS, TLS_NAMES, client),
       client,
     );
   } finally {

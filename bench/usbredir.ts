@@ -8,14 +8,16 @@
  *   its client): null control packets (loopback RESET_STATS), 64 and 1 in flight; 64 KiB bulk loopback,
  *   8 OUT + 8 IN in flight and 1 + 1: MB/s of payload (each byte crosses the socket twice);
  * - then, once it has gone (one peer holds the device at a time), the Python client of the usbip suite
- *   (bench/python/stream-client.py) on the same workloads (`usbredir.pyclient.*`).
+ *   (bench/python/stream-client.py) on the same workloads (`usbredir.pyclient.*`);
+ * - last, the Node client against a usb-host with mutual TLS: null (1 in flight) and bulk
+ *   (`usbredir.tls.*`); those and their plain counterparts record CPU per item too.
  */
 import { fileURLToPath } from "node:url";
 import { silentLogger } from "../src/network-face/log.js";
 import { UsbredirServer } from "../src/usbredir/server.js";
 import type { Result, SuiteOptions } from "./harness.js";
 import { type PyClient, type PyWorkload, requirePython, startPythonClient } from "./python-peer.js";
-import { ClientProcess, runStreams, type StreamTask } from "./stream-bench.js";
+import { ClientProcess, runStreams, type StreamTask, withCpu } from "./stream-bench.js";
 import { clientTlsOf, makeBenchPki } from "./tls-certs.js";
 import type { ClientReply, ClientRequest, Workload } from "./usbredir-client.js";
 
@@ -92,14 +94,21 @@ const PY_TASKS: readonly StreamTask<PyWorkload>[] = [
   },
 ];
 
+/** The streams run over mutual TLS too: null at 1 in flight and bulk (their CPU per item recorded in both). */
+const TLS_COMPARED: ReadonlySet<string> = new Set([
+  "usbredir.null.inflight1.urbs_per_s",
+  "usbredir.bulk64k.mbps",
+]);
+
 /** The null (1 in flight) and bulk streams over mutual TLS (names `usbredir.tls.*`), beside the plain ones. */
-const TLS_TASKS: readonly StreamTask<Workload>[] = TASKS.filter(
-  (t) => t.result === "usbredir.null.inflight1.urbs_per_s" || t.result === "usbredir.bulk64k.mbps",
-).map((t) => ({
-  ...t,
-  name: `${t.name}, mutual TLS`,
-  result: t.result.replace(/^usbredir\./, "usbredir.tls."),
-}));
+const TLS_TASKS: readonly StreamTask<Workload>[] = TASKS.filter((t) => TLS_COMPARED.has(t.result)).map(
+  (t) => ({
+    ...t,
+    name: `${t.name}, mutual TLS`,
+    result: t.result.replace(/^usbredir\./, "usbredir.tls."),
+  }),
+);
+const TLS_NAMES: ReadonlySet<string> = new Set(TLS_TASKS.map((t) => t.result));
 
 /** A usb-host with mutual TLS (TLS 1.3, certificates made for the run) and a usb-guest with its certificate. */
 async function runTlsTasks(opts: SuiteOptions): Promise<Result[]> {
@@ -120,7 +129,7 @@ async function runTlsTasks(opts: SuiteOptions): Promise<Result[]> {
     return await runStreams(
       opts,
       "usbredir over mutual TLS 1.3 on 127.0.0.1 (same guest, TLS socket)",
-      TLS_TASKS,
+      withCpu(TLS_TASKS, TLS_NAMES, client),
       client,
     );
   } finally {
@@ -150,7 +159,7 @@ export const usbredirSuite = {
       const node = await runStreams(
         opts,
         "usbredir over TCP on 127.0.0.1 (usb-host in this process, usb-guest in another)",
-        TASKS,
+        withCpu(TASKS, TLS_COMPARED, client),
         client,
       );
       // One peer holds the device at a time: the next gets it once this one has gone.
