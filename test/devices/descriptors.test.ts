@@ -10,6 +10,7 @@ import {
 } from "../../src/devices/emulated/descriptors.js";
 import { DescriptorType, UsbSpeed } from "../../src/usb/index.js";
 import { InvalidOptionError } from "../../src/util/errors.js";
+import { oneVendorInterface } from "./vendor-interface.js";
 
 const u16 = (b: Uint8Array, at: number) => b[at]! | (b[at + 1]! << 8);
 
@@ -127,25 +128,7 @@ describe("buildDescriptors", () => {
     expect(() => buildDescriptors(spec, UsbSpeed.LOW)).toThrow(InvalidOptionError);
     const badEp: DescriptorSpec = {
       ...spec,
-      configurations: [
-        {
-          configurationValue: 1,
-          interfaces: [
-            {
-              interfaceNumber: 0,
-              alternates: [
-                {
-                  alternateSetting: 0,
-                  interfaceClass: 0xff,
-                  interfaceSubClass: 0,
-                  interfaceProtocol: 0,
-                  endpoints: [{ address: 0x81, type: "bulk", maxPacketSize: 128 }],
-                },
-              ],
-            },
-          ],
-        },
-      ],
+      configurations: oneVendorInterface([{ address: 0x81, type: "bulk", maxPacketSize: 128 }]),
     };
     expect(() => buildDescriptors(badEp, UsbSpeed.FULL)).toThrow(InvalidOptionError);
   });
@@ -155,29 +138,11 @@ describe("buildDescriptors", () => {
     const ss: DescriptorSpec = {
       ...spec,
       superSpeed: true,
-      configurations: [
-        {
-          configurationValue: 1,
-          interfaces: [
-            {
-              interfaceNumber: 0,
-              alternates: [
-                {
-                  alternateSetting: 0,
-                  interfaceClass: 0xff,
-                  interfaceSubClass: 0,
-                  interfaceProtocol: 0,
-                  endpoints: [
-                    streamsEp,
-                    { address: 0x02, type: "bulk" },
-                    { address: 0x83, type: "interrupt", maxPacketSize: 16, intervalMs: 1, maxBurst: 1 },
-                  ],
-                },
-              ],
-            },
-          ],
-        },
-      ],
+      configurations: oneVendorInterface([
+        streamsEp,
+        { address: 0x02, type: "bulk" },
+        { address: 0x83, type: "interrupt", maxPacketSize: 16, intervalMs: 1, maxBurst: 1 },
+      ]),
     };
 
     it("at SuperSpeed: bcdUSB 3.0, bMaxPacketSize0 9, 1024-byte bulk, a companion after every endpoint", () => {
@@ -241,25 +206,7 @@ describe("buildDescriptors", () => {
       expect(() => buildDescriptors(spec, UsbSpeed.SUPER)).toThrow(/not SuperSpeed-capable/);
       const withEp = (ep: object): DescriptorSpec => ({
         ...ss,
-        configurations: [
-          {
-            configurationValue: 1,
-            interfaces: [
-              {
-                interfaceNumber: 0,
-                alternates: [
-                  {
-                    alternateSetting: 0,
-                    interfaceClass: 0xff,
-                    interfaceSubClass: 0,
-                    interfaceProtocol: 0,
-                    endpoints: [{ address: 0x81, type: "bulk", ...ep } as never],
-                  },
-                ],
-              },
-            ],
-          },
-        ],
+        configurations: oneVendorInterface([{ address: 0x81, type: "bulk", ...ep } as never]),
       });
       for (const speed of [UsbSpeed.HIGH, UsbSpeed.SUPER]) {
         expect(() => buildDescriptors(withEp({ maxStreams: 3 }), speed)).toThrow(/power of two/);

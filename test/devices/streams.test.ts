@@ -11,6 +11,7 @@ import type { PendingTransfer } from "../../src/devices/emulated/pending-transfe
 import { EINVAL, ESHUTDOWN, OK } from "../../src/urb/status.js";
 import { UsbSpeed } from "../../src/usb/index.js";
 import { request, submit } from "./support.js";
+import { oneVendorInterface } from "./vendor-interface.js";
 
 const STREAMS_IN = 0x81;
 const PLAIN_OUT = 0x02;
@@ -24,28 +25,10 @@ const spec: DescriptorSpec = {
   bcdDevice: 0x0100,
   dualSpeed: true,
   superSpeed: true,
-  configurations: [
-    {
-      configurationValue: 1,
-      interfaces: [
-        {
-          interfaceNumber: 0,
-          alternates: [
-            {
-              alternateSetting: 0,
-              interfaceClass: 0xff,
-              interfaceSubClass: 0,
-              interfaceProtocol: 0,
-              endpoints: [
-                { address: STREAMS_IN, type: "bulk", maxStreams: 16 },
-                { address: PLAIN_OUT, type: "bulk" },
-              ],
-            },
-          ],
-        },
-      ],
-    },
-  ],
+  configurations: oneVendorInterface([
+    { address: STREAMS_IN, type: "bulk", maxStreams: 16 },
+    { address: PLAIN_OUT, type: "bulk" },
+  ]),
 };
 
 /** Holds every transfer it is given; the stream id it saw is on the transfer's request. */
